@@ -1,0 +1,328 @@
+"""One pass over the data, then O(n^2) work: the Gram matrix every distance-based rule shares.
+
+Distance-based rules never touch the d coordinates more than twice: once here, to build the
+centred Gram matrix of the inputs, and once at the end, to form their output as a weighted sum of
+input rows. Everything in between (Krum scores, MDA's subset search, Weiszfeld iterations, centred
+clipping, NNM mixing, Bulyan's iterated selection) runs on n x n matrices.
+
+Numerics. ``||x_i - x_j||^2 = G_ii + G_jj - 2 G_ij`` loses precision when the vectors sit far from
+the point the Gram matrix is centred on (full model weights share a large common component; an
+outlier drags a mean). So the pass centres each block of coordinates on its own mean (the common
+component cancels exactly inside the block, before any product), multiplies in the input precision
+and accumulates the blocks in float64. If the resulting distances still look cancellation-prone
+(inputs far from the centre compared with their spread, e.g. one huge outlier), the pass is run
+once more centred on a central input row, which makes the distances between the inputs near that
+row exact to working precision.
+
+Non-finite values. A row holding any NaN/Inf (or a value so large that squared distances over d
+coordinates could overflow float64, see :func:`measurable_limit`) is marked *bad*: it is excluded
+from every product and reported as infinitely far from every other row, so selection rules rank
+it last and it never enters a weighted sum.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+# Coordinates per block: big enough to amortise the per-block Python overhead, small enough for
+# the block and its centred copy to stay in cache while the GEMM reads them.
+_BLOCK_ELEMENTS = 1 << 19
+# Refine when the estimated relative error of typical distances exceeds this.
+_REFINE_REL_ERROR = 1e-5
+
+
+def block_size(n: int, d: int, device: torch.device) -> int:
+    """Columns per block for an (n, d) input on ``device``."""
+    if device.type != "cpu":
+        return d if n * d <= (1 << 28) else max(1, (1 << 28) // n)
+    return max(1024, min(d, _BLOCK_ELEMENTS // max(n, 1)))
+
+
+def column_blocks(d: int, size: int) -> list[tuple[int, int]]:
+    """Split ``range(d)`` into consecutive ``(start, stop)`` blocks of at most ``size`` columns."""
+    return [(j, min(d, j + size)) for j in range(0, d, size)]
+
+
+@dataclass
+class BaseGram:
+    """Centred Gram statistics of the base rows X (n, d).
+
+    ``aug`` is the (n+1) x (n+1) Gram matrix of the rows ``[X - 1 m^T; m]`` where ``m`` is the
+    centre vector (per-block means, a chosen row, or a given centre). Rows and columns of bad rows
+    are zero. ``bad`` flags rows with non-finite values.
+    """
+
+    aug: torch.Tensor  # float64, CPU
+    bad: torch.Tensor  # bool, CPU, (n,)
+
+
+def measurable_limit(d: int) -> float:
+    """Largest magnitude whose squared distances over d coordinates cannot overflow float64.
+
+    With every value of two rows within +-T, ``||x - y||^2 <= 4 d T^2``; rows holding a larger
+    value are treated like non-finite ones (infinitely far), never allowed to overflow the sums of
+    the other rows.
+    """
+    return float(np.sqrt(np.finfo(np.float64).max / (8.0 * max(d, 1))))
+
+
+def _masked_block(
+    Xb: torch.Tensor, centre: torch.Tensor | None, centre_row: int | None, d: int
+):
+    """Slow path for a block holding non-finite values or overflowing products (float64)."""
+    n = Xb.shape[0]
+    Xd = Xb.double()
+    bad = ~torch.isfinite(Xd).all(dim=1) | (Xd.abs() > measurable_limit(d)).any(dim=1)
+    good = ~bad
+    if centre is not None:
+        m = centre.double()
+    elif centre_row is not None:
+        m = Xd[centre_row]
+    elif good.any():
+        m = Xd[good].mean(dim=0)
+    else:
+        m = torch.zeros(Xd.shape[1], dtype=torch.float64, device=Xd.device)
+    aug = torch.zeros(n + 1, Xd.shape[1], dtype=torch.float64, device=Xd.device)
+    aug[:n][good] = Xd[good] - m
+    aug[n] = m
+    G = aug @ aug.T
+    overflow = ~torch.isfinite(G.diagonal()[:n])
+    if overflow.any():  # values beyond ~1e154: treat as non-finite
+        bad |= overflow
+        aug[:n][bad] = 0
+        G = aug @ aug.T
+    return G, bad
+
+
+def base_gram(
+    X: torch.Tensor,
+    centre: torch.Tensor | None = None,
+    centre_row: int | None = None,
+) -> BaseGram:
+    """Centred Gram matrix of the rows of X in one blocked pass (see the module docstring)."""
+    n, d = X.shape
+    size = block_size(n, d, X.device)
+    acc = torch.zeros(n + 1, n + 1, dtype=torch.float64, device=X.device)
+    bad = torch.zeros(n, dtype=torch.bool, device=X.device)
+    buf = torch.empty(n + 1, min(size, d), dtype=X.dtype, device=X.device)
+    for j0, j1 in column_blocks(d, size):
+        Xb = X[:, j0:j1]
+        b = buf[:, : j1 - j0]
+        if centre is not None:
+            m = centre[j0:j1]
+        elif centre_row is not None:
+            m = Xb[centre_row]
+        else:
+            m = Xb.mean(dim=0)
+        torch.sub(Xb, m, out=b[:n])
+        b[n] = m
+        Gb = b @ b.T
+        if not bool(torch.isfinite(Gb).all()):
+            Gb, bad_b = _masked_block(Xb, None if centre is None else m, centre_row, d)
+            bad |= bad_b
+        acc += Gb.double()
+    acc = acc.cpu()
+    bad = bad.cpu() | ~torch.isfinite(acc.diagonal()[:n])  # sums that overflowed across blocks
+    keep = torch.cat([~bad, torch.tensor([True])])
+    acc = torch.where(keep[:, None] & keep[None, :], acc, torch.zeros((), dtype=acc.dtype))
+    return BaseGram(aug=acc, bad=bad)
+
+
+def _sqdist_from_gram(G: torch.Tensor) -> torch.Tensor:
+    diag = G.diagonal()
+    D = diag[:, None] + diag[None, :] - 2.0 * G
+    D.clamp_(min=0.0)
+    D.fill_diagonal_(0.0)
+    return D
+
+
+def _needs_refinement(G: torch.Tensor, bad: torch.Tensor, dtype: torch.dtype) -> bool:
+    good = ~bad
+    k = int(good.sum())
+    if k < 2:
+        return False
+    Gg = G[good][:, good]
+    D = _sqdist_from_gram(Gg)
+    off = D[~torch.eye(k, dtype=torch.bool)]
+    scale_d = float(off.median())
+    scale_g = float(Gg.diagonal().median())
+    unit = torch.finfo(dtype).eps
+    rel = unit * 64.0 * scale_g / max(scale_d, 1e-300)
+    return rel > _REFINE_REL_ERROR and scale_g > 0.0
+
+
+def _central_row(G: torch.Tensor, bad: torch.Tensor) -> int:
+    """A row near the bulk: least sum of distances to its closest half (bad rows never chosen)."""
+    D = _sqdist_from_gram(G)
+    D[bad, :] = float("inf")
+    D[:, bad] = float("inf")
+    D.fill_diagonal_(0.0)
+    half = max(1, (int((~bad).sum()) + 1) // 2)
+    scores = D.sort(dim=1).values[:, :half].sum(dim=1)
+    scores[bad] = float("inf")
+    return int(scores.argmin())
+
+
+@dataclass
+class Inputs:
+    """n' vectors held as linear combinations ``Y = A X`` of the base rows X (never copied).
+
+    Pre-aggregators (NNM, bucketing, clipping) only change ``A``; the Gram matrix of Y follows
+    from the base Gram matrix by algebra, so a composed rule like ``nnm+krum`` still reads the
+    d coordinates only twice.
+    """
+
+    X: torch.Tensor
+    gram: BaseGram | None  # None for coordinate-wise rules, which never need it
+    A: torch.Tensor | None = None  # float64 (n', n); None is the identity
+    centre: torch.Tensor | None = None  # given centre vector the Gram is centred on, if any
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_matrix(cls, X: torch.Tensor, centre: torch.Tensor | None = None) -> Inputs:
+        """Build from an (n, d) matrix with one pass (two when refinement is needed)."""
+        gram = base_gram(X, centre=centre)
+        if centre is None and _needs_refinement(gram.aug[:-1, :-1], gram.bad, X.dtype):
+            gram = base_gram(X, centre_row=_central_row(gram.aug[:-1, :-1], gram.bad))
+        return cls(X=X, gram=gram, centre=centre)
+
+    # --- shape and validity -------------------------------------------------------------
+    @property
+    def n(self) -> int:
+        return self.X.shape[0] if self.A is None else self.A.shape[0]
+
+    @property
+    def d(self) -> int:
+        return self.X.shape[1]
+
+    def coefficients(self) -> torch.Tensor:
+        """The (n', n) float64 mixing matrix A."""
+        if self.A is None:
+            return torch.eye(self.X.shape[0], dtype=torch.float64)
+        return self.A
+
+    @property
+    def bad(self) -> torch.Tensor:
+        """Rows (of Y) that mix in a row holding non-finite values."""
+        if "bad" not in self._cache:
+            if self.A is None:
+                self._cache["bad"] = self.gram.bad.clone()
+            else:
+                self._cache["bad"] = (self.A[:, self.gram.bad] != 0).any(dim=1)
+        return self._cache["bad"]
+
+    # --- n x n statistics -----------------------------------------------------------------
+    def _basis_coefficients(self, centred: bool) -> torch.Tensor:
+        A = self.coefficients()
+        last = A.sum(dim=1, keepdim=True)
+        if centred:
+            last = last - 1.0
+        return torch.cat([A, last], dim=1)
+
+    def centred_gram(self) -> torch.Tensor:
+        """Gram matrix of ``Y - 1 m^T`` (float64, n' x n'); translation-free distances follow."""
+        if "gram" not in self._cache:
+            C = self._basis_coefficients(centred=True)
+            self._cache["gram"] = C @ self.gram.aug @ C.T
+        return self._cache["gram"]
+
+    def sqdist(self) -> torch.Tensor:
+        """Pairwise squared distances (float64, n' x n'); +inf to and from bad rows."""
+        if "sqdist" not in self._cache:
+            D = _sqdist_from_gram(self.centred_gram())
+            bad = self.bad
+            D[bad, :] = float("inf")
+            D[:, bad] = float("inf")
+            D.fill_diagonal_(0.0)
+            self._cache["sqdist"] = D
+        return self._cache["sqdist"]
+
+    def sqnorms(self) -> torch.Tensor:
+        """Squared Euclidean norms of the rows of Y (float64); +inf for bad rows."""
+        if "sqnorms" not in self._cache:
+            C = self._basis_coefficients(centred=False)
+            norms = ((C @ self.gram.aug) * C).sum(dim=1).clamp(min=0.0)
+            norms[self.bad] = float("inf")
+            self._cache["sqnorms"] = norms
+        return self._cache["sqnorms"]
+
+    # --- new views ----------------------------------------------------------------------
+    def mix(self, M: torch.Tensor) -> Inputs:
+        """The vectors ``M Y`` for an (n'', n') matrix M (float64)."""
+        A = M.to(torch.float64) @ self.coefficients()
+        return Inputs(X=self.X, gram=self.gram, A=A, centre=self.centre)
+
+    def subset(self, rows: torch.Tensor | list[int]) -> Inputs:
+        """The rows ``rows`` of Y, as a new Inputs sharing the base Gram matrix."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        return Inputs(X=self.X, gram=self.gram, A=self.coefficients()[rows], centre=self.centre)
+
+    # --- back to d coordinates ----------------------------------------------------------
+    def base_weights(self, alpha: torch.Tensor) -> torch.Tensor:
+        """Weights on the base rows of the combination ``alpha^T Y`` (float64, (n,))."""
+        alpha = alpha.to(torch.float64)
+        return alpha if self.A is None else self.A.T @ alpha
+
+    def combine(self, alpha: torch.Tensor) -> torch.Tensor:
+        """The vector ``sum_i alpha_i Y_i`` (d,), in the input dtype; bad rows must weigh 0."""
+        w = self.base_weights(alpha)
+        if bool((w[self.gram.bad] != 0).any()):
+            raise AssertionError("internal error: a bad row was given a non-zero weight")
+        return weighted_rows(self.X, w)
+
+    def materialize(self) -> torch.Tensor:
+        """The (n', d) matrix Y (a view of X when A is the identity).
+
+        Sparse mixing (bucketing, per-row scaling) sums only the rows involved, so a missing
+        coordinate stays missing in that coordinate only; dense mixing (NNM) marks a whole
+        output row missing (NaN) when it mixes a row holding non-finite values.
+        """
+        if self.A is None:
+            return self.X
+        X = self.X
+        if self.gram is None or int((self.A != 0).sum()) <= 2 * self.X.shape[0]:
+            out = torch.empty(self.A.shape[0], self.d, dtype=X.dtype, device=X.device)
+            for i in range(self.A.shape[0]):
+                rows = torch.nonzero(self.A[i]).flatten()
+                out[i] = 0.0
+                for j in rows.tolist():
+                    out[i].add_(X[j], alpha=float(self.A[i, j]))
+            return out
+        good = torch.nonzero(~self.gram.bad).flatten().to(X.device)
+        A = self.A[:, ~self.gram.bad].to(device=X.device, dtype=X.dtype)
+        n_out, d = self.A.shape[0], self.d
+        out = torch.empty(n_out, d, dtype=X.dtype, device=X.device)
+        size = block_size(X.shape[0], d, X.device)
+        for j0, j1 in column_blocks(d, size):
+            torch.mm(A, X[good, j0:j1], out=out[:, j0:j1])
+        out[self.bad.to(X.device)] = float("nan")
+        return out
+
+
+def weighted_rows(X: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``sum_i w_i X_i`` over the rows with non-zero weight, in one blocked pass, dtype of X."""
+    rows = torch.nonzero(w).flatten()
+    if rows.numel() == 0:
+        return torch.zeros(X.shape[1], dtype=X.dtype, device=X.device)
+    if rows.numel() == 1:
+        i = int(rows[0])
+        scale = float(w[i])
+        return X[i].clone() if scale == 1.0 else X[i] * scale
+    weights = w[rows].to(device=X.device, dtype=X.dtype)
+    if rows.numel() == X.shape[0]:
+        return weights @ X
+    rows = rows.to(X.device)
+    n, d = X.shape
+    out = torch.empty(d, dtype=X.dtype, device=X.device)
+    size = block_size(n, d, X.device)
+    for j0, j1 in column_blocks(d, size):
+        torch.mv(X[rows, j0:j1].T, weights, out=out[j0:j1])
+    return out
+
+
+def as_numpy_bool(t: torch.Tensor) -> np.ndarray:
+    """A CPU boolean tensor as a numpy array."""
+    return t.cpu().numpy().astype(bool)

@@ -1,0 +1,288 @@
+"""Registry of aggregation rules and pre-aggregators, by name, with composition ``"nnm+krum"``.
+
+Every rule is written as an *implementation* that works on :class:`~._gram.Inputs` (n vectors with
+their shared Gram matrix) and returns either a :class:`Combination` (weights over the input rows:
+distance-based rules), a (d,) tensor (coordinate-wise rules) or, for pre-aggregators, new
+``Inputs``. :func:`register` wraps it into the public function ``rule(vectors, f=0, **options)``
+that checks the input, ``f``, the options and the rule's n/f requirement, and gives the result back
+in the caller's kind.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from byzlearn.aggregators._gram import Inputs
+from byzlearn.aggregators._inputs import Vectors, as_matrix, check_f, check_requirement
+
+
+@dataclass
+class Combination:
+    """A rule's output as weights over the rows of its Inputs (plus an optional centre term).
+
+    output = sum_i alpha_i Y_i + centre_weight * centre   (or ``value`` when given)
+    ``kept`` lists the rows a selection rule kept (None for rules that select nothing).
+    """
+
+    inputs: Inputs
+    alpha: torch.Tensor | None  # float64 (n,); None when ``value`` is given
+    kept: torch.Tensor | None = None
+    centre_weight: float = 0.0
+    centre: torch.Tensor | None = None
+    value: torch.Tensor | None = None  # an output already computed (e.g. Bulyan's second phase)
+
+    def vector(self) -> torch.Tensor:
+        """The (d,) output vector (one pass over the rows with non-zero weight)."""
+        if self.value is not None:
+            return self.value
+        out = self.inputs.combine(self.alpha)
+        if self.centre_weight != 0.0 and self.centre is not None:
+            out = out + self.centre_weight * self.centre
+        return out
+
+
+Result = Combination | torch.Tensor | Inputs
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """What the registry knows of one rule."""
+
+    name: str
+    impl: Callable[..., Result]
+    kind: str  # "rule" or "pre"
+    min_n: Callable[[int], int]
+    requirement: str
+    selects: bool
+    options: tuple[str, ...]
+    out_n: Callable[[int, dict], int] | None = None  # pre-aggregators: how many vectors come out
+    needs_gram: bool = True  # distance-based (needs the Gram pass) or not
+    accepts_centre: bool = False
+
+
+_RULES: dict[str, RuleSpec] = {}
+_PUBLIC: dict[str, Callable] = {}
+
+
+def _options_of(impl: Callable) -> tuple[str, ...]:
+    params = list(inspect.signature(impl).parameters.values())[2:]  # skip (inputs, f)
+    return tuple(p.name for p in params if p.kind == p.KEYWORD_ONLY)
+
+
+def _check_options(name: str, allowed: tuple[str, ...], options: dict) -> None:
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        valid = ", ".join(allowed) if allowed else "none"
+        raise TypeError(
+            f"{name}() got an unexpected option {unknown[0]!r} (valid options: {valid})"
+        )
+
+
+def register(
+    name: str,
+    *,
+    kind: str = "rule",
+    min_n: Callable[[int], int] = lambda f: max(1, f + 1),
+    requirement: str = "n >= f + 1",
+    selects: bool = False,
+    out_n: Callable[[int, dict], int] | None = None,
+    needs_gram: bool = True,
+    accepts_centre: bool = False,
+) -> Callable[[Callable[..., Result]], Callable]:
+    """Register ``impl(inputs, f, *, option=default, ...)`` under ``name``.
+
+    Returns ``impl`` unchanged (so implementations can call each other); the public callable is
+    ``get(name)``.
+    """
+
+    def decorate(impl: Callable[..., Result]) -> Callable:
+        spec = RuleSpec(
+            name=name,
+            impl=impl,
+            kind=kind,
+            min_n=min_n,
+            requirement=requirement,
+            selects=selects,
+            options=_options_of(impl),
+            out_n=out_n,
+            needs_gram=needs_gram,
+            accepts_centre=accepts_centre,
+        )
+        _RULES[name] = spec
+        _PUBLIC[name] = _make_public(spec)
+        return impl
+
+    return decorate
+
+
+def _make_public(spec: RuleSpec) -> Callable:
+    def rule(vectors: Vectors, f: int = 0, **options):
+        return apply(spec.name, vectors, f, options)
+
+    rule.__name__ = spec.name
+    rule.__qualname__ = spec.name
+    rule.__doc__ = spec.impl.__doc__
+    rule.__module__ = spec.impl.__module__
+    impl_params = list(inspect.signature(spec.impl).parameters.values())[2:]
+    rule.__signature__ = inspect.Signature(
+        [
+            inspect.Parameter("vectors", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+            inspect.Parameter("f", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=0),
+            *impl_params,
+        ]
+    )
+    return rule
+
+
+# --- lookup --------------------------------------------------------------------------------
+def names(kind: str | None = None) -> list[str]:
+    """Names of the registered rules (``kind="rule"``), pre-aggregators (``"pre"``) or all."""
+    return sorted(n for n, s in _RULES.items() if kind is None or s.kind == kind)
+
+
+def spec(name: str) -> RuleSpec:
+    """The :class:`RuleSpec` of one registered name (no composition)."""
+    try:
+        return _RULES[name]
+    except KeyError:
+        raise KeyError(f"unknown aggregator {name!r}; known: {', '.join(names())}") from None
+
+
+def _parts(name: str) -> list[RuleSpec]:
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"an aggregator name must be a non-empty string, got {name!r}")
+    parts = [spec(p.strip()) for p in name.split("+")]
+    for p in parts[:-1]:
+        if p.kind != "pre":
+            raise ValueError(
+                f"{name!r}: only pre-aggregators ({', '.join(names('pre'))}) may come before "
+                f"'+', but {p.name!r} is a rule"
+            )
+    return parts
+
+
+def is_preaggregator(name: str) -> bool:
+    """True when ``name`` (possibly composed) returns vectors rather than one aggregate."""
+    return _parts(name)[-1].kind == "pre"
+
+
+def get(name: str) -> Callable:
+    """The public callable for ``name``; ``"nnm+krum"`` composes pre-aggregators left to right.
+
+    Options of a composed rule go to the one component that accepts them; when two accept the
+    same name, pass ``<component>_options={...}`` for that component.
+    """
+    parts = _parts(name)
+    if len(parts) == 1:
+        return _PUBLIC[parts[0].name]
+
+    def composed(vectors: Vectors, f: int = 0, **options):
+        return apply(name, vectors, f, options)
+
+    composed.__name__ = name
+    composed.__qualname__ = name
+    composed.__doc__ = f"Composition {' then '.join(p.name for p in parts)} (left to right)."
+    return composed
+
+
+def check(name: str, n: int, f: int, **options) -> None:
+    """Raise ``ValueError`` when ``name`` cannot run on n inputs with f Byzantine ones."""
+    f = check_f(f, name)
+    for part, opts in zip(_parts(name), _route(name, _parts(name), options), strict=True):
+        check_requirement(part.name, n, f, part.min_n, part.requirement)
+        if part.out_n is not None:
+            n = part.out_n(n, opts)
+
+
+def _route(name: str, parts: list[RuleSpec], options: dict) -> list[dict]:
+    routed: list[dict] = [{} for _ in parts]
+    rest = dict(options)
+    for i, p in enumerate(parts):
+        key = f"{p.name}_options"
+        if key in rest and len(parts) > 1:
+            extra = rest.pop(key)
+            if not isinstance(extra, dict):
+                raise TypeError(f"{key} must be a dict of options")
+            _check_options(p.name, p.options, extra)
+            routed[i].update(extra)
+    for opt, value in rest.items():
+        owners = [i for i, p in enumerate(parts) if opt in p.options]
+        if not owners:
+            allowed = tuple(o for p in parts for o in p.options)
+            _check_options(name, allowed, {opt: value})
+        if len(owners) > 1:
+            raise TypeError(
+                f"{name}: option {opt!r} is accepted by several components; pass it as "
+                f"<component>_options={{...}}"
+            )
+        routed[owners[0]][opt] = value
+    return routed
+
+
+# --- application ---------------------------------------------------------------------------
+def _prepare(name: str, vectors: Vectors, f: int, options: dict):
+    parts = _parts(name)
+    routed = _route(name, parts, options)
+    X, kind = as_matrix(vectors, name)
+    f = check_f(f, name)
+    n = X.shape[0]
+    for part, opts in zip(parts, routed, strict=True):
+        check_requirement(part.name, n, f, part.min_n, part.requirement)
+        if part.out_n is not None:
+            n = part.out_n(n, opts)
+    return parts, routed, X, kind, f
+
+
+def _run(parts: list[RuleSpec], routed: list[dict], X: torch.Tensor, f: int) -> Result:
+    centre = routed[-1].get("center") if parts[-1].accepts_centre else None
+    if centre is not None:
+        centre = torch.as_tensor(centre).detach().reshape(-1).to(device=X.device, dtype=X.dtype)
+        if centre.numel() != X.shape[1]:
+            raise ValueError(
+                f"{parts[-1].name}: center has {centre.numel()} values, vectors have {X.shape[1]}"
+            )
+        if not bool(torch.isfinite(centre).all()):
+            raise ValueError(f"{parts[-1].name}: center must be finite")
+        routed[-1] = {**routed[-1], "center": centre}
+    inputs = Inputs.from_matrix(X, centre=centre) if any(p.needs_gram for p in parts) else None
+    if inputs is None:
+        inputs = Inputs(X=X, gram=None)  # type: ignore[arg-type]
+    result: Result = inputs
+    for part, opts in zip(parts, routed, strict=True):
+        result = part.impl(result, f, **opts)
+    return result
+
+
+def apply(name: str, vectors: Vectors, f: int, options: dict):
+    """Run the (possibly composed) rule ``name``; the body of every public rule."""
+    parts, routed, X, kind, f = _prepare(name, vectors, f, options)
+    with torch.no_grad():
+        result = _run(parts, routed, X, f)
+        if isinstance(result, Inputs):
+            return kind.matrix(result.materialize())
+        if isinstance(result, Combination):
+            return kind.vector(result.vector())
+        return kind.vector(result)
+
+
+def selected_indices(name: str, vectors: Vectors, f: int = 0, **options) -> torch.Tensor:
+    """Indices (sorted, into ``vectors``) of the inputs that the selection rule ``name`` kept.
+
+    For a composition such as ``"nnm+krum"`` these are the inputs with non-zero weight in what
+    the final selection kept (e.g. the n - f neighbours mixed into Krum's pick). Raises
+    ``TypeError`` for rules that do not select inputs (coordinate-wise rules, averages).
+    """
+    parts = _parts(name)
+    if not parts[-1].selects:
+        selecting = ", ".join(n for n, s in _RULES.items() if s.selects)
+        raise TypeError(f"{name} does not select inputs; selection rules: {selecting}")
+    parts, routed, X, _, f = _prepare(name, vectors, f, options)
+    with torch.no_grad():
+        result = _run(parts, routed, X, f)
+    assert isinstance(result, Combination) and result.kept is not None
+    A = result.inputs.coefficients()[result.kept]
+    return torch.nonzero((A != 0).any(dim=0)).flatten()

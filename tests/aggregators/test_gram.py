@@ -1,0 +1,124 @@
+"""The shared Gram pass: distances, norms and mixing against explicit float64 differences."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from byzlearn.aggregators._gram import Inputs, block_size, column_blocks, weighted_rows
+
+
+def explicit_sqdist(X: torch.Tensor) -> np.ndarray:
+    """Pairwise squared distances by explicit differences, float64, loops over pairs."""
+    Y = X.double().numpy()
+    n = Y.shape[0]
+    D = np.zeros((n, n))
+    for i in range(n):
+        for j in range(n):
+            D[i, j] = np.sum((Y[i] - Y[j]) ** 2)
+    return D
+
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    off = ~np.eye(a.shape[0], dtype=bool)
+    return float(np.max(np.abs(a[off] - b[off]) / np.maximum(np.abs(b[off]), 1e-300)))
+
+
+@pytest.mark.parametrize("n", [2, 3, 25, 26, 60])
+@pytest.mark.parametrize("offset", [0.0, 1e3, 1e6])
+def test_distances_match_explicit_differences(n, offset):
+    g = torch.Generator().manual_seed(n)
+    X = (torch.randn(n, 777, generator=g, dtype=torch.float64) + offset).float()
+    D = Inputs.from_matrix(X).sqdist().numpy()
+    # float32 inputs: each squared distance is a sum of d squared differences of float32
+    # values, so a few float32 ulps of relative error is the floor.
+    assert rel_err(D, explicit_sqdist(X)) < 1e-5
+
+
+def test_distances_with_a_huge_common_component_are_exact_in_float64():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(30, 2000, generator=g, dtype=torch.float64) * 1e-3 + 1e8
+    D = Inputs.from_matrix(X).sqdist().numpy()
+    assert rel_err(D, explicit_sqdist(X)) < 1e-6
+
+
+def test_one_far_outlier_does_not_spoil_the_other_distances():
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(25, 500, generator=g)
+    X[7] = 1e15
+    D = Inputs.from_matrix(X).sqdist().numpy()
+    ref = explicit_sqdist(X)
+    keep = np.arange(25) != 7
+    assert rel_err(D[np.ix_(keep, keep)], ref[np.ix_(keep, keep)]) < 1e-5
+    assert np.all(D[7, keep] > 1e30)
+
+
+def test_distances_across_many_blocks():
+    n = 4
+    d = block_size(n, 10**9, torch.device("cpu")) * 2 + 123
+    assert len(column_blocks(d, block_size(n, d, torch.device("cpu")))) == 3
+    g = torch.Generator().manual_seed(2)
+    X = torch.randn(n, d, generator=g, dtype=torch.float64)
+    X[:, : d // 2] += 50.0  # blocks with different common components
+    D = Inputs.from_matrix(X).sqdist().numpy()
+    assert rel_err(D, explicit_sqdist(X)) < 1e-10
+
+
+@pytest.mark.parametrize("bad_value", [float("nan"), float("inf"), -float("inf"), 1e200])
+def test_non_finite_or_overflowing_rows_are_infinitely_far(bad_value):
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(6, 300, generator=g, dtype=torch.float64)
+    X[2, 17] = bad_value
+    inputs = Inputs.from_matrix(X)
+    assert inputs.bad.tolist() == [False, False, True, False, False, False]
+    D = inputs.sqdist().numpy()
+    assert np.all(np.isinf(np.delete(D[2], 2))) and D[2, 2] == 0.0
+    keep = np.arange(6) != 2
+    assert rel_err(D[np.ix_(keep, keep)], explicit_sqdist(X[keep])) < 1e-10
+    assert torch.isinf(inputs.sqnorms()[2])
+
+
+def test_mixing_algebra_matches_materialised_rows():
+    g = torch.Generator().manual_seed(4)
+    X = torch.randn(7, 90, generator=g, dtype=torch.float64) + 3.0
+    inputs = Inputs.from_matrix(X)
+    M = torch.rand(5, 7, generator=g, dtype=torch.float64)
+    mixed = inputs.mix(M)
+    Y = M @ X
+    torch.testing.assert_close(mixed.materialize(), Y)
+    np.testing.assert_allclose(mixed.sqdist().numpy(), explicit_sqdist(Y), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(mixed.sqnorms().numpy(), (Y**2).sum(1).numpy(), rtol=1e-9)
+    sub = mixed.subset([4, 0])
+    torch.testing.assert_close(sub.materialize(), Y[[4, 0]])
+    alpha = torch.tensor([0.5, 0.25, 0.25], dtype=torch.float64)
+    torch.testing.assert_close(mixed.subset([0, 1, 2]).combine(alpha), alpha @ Y[:3])
+
+
+def test_gram_centred_on_a_given_centre():
+    g = torch.Generator().manual_seed(5)
+    X = torch.randn(5, 40, generator=g, dtype=torch.float64)
+    c = torch.randn(40, generator=g, dtype=torch.float64)
+    inputs = Inputs.from_matrix(X, centre=c)
+    np.testing.assert_allclose(inputs.sqdist().numpy(), explicit_sqdist(X), rtol=1e-10)
+    torch.testing.assert_close(inputs.centred_gram(), (X - c) @ (X - c).T)
+
+
+@given(
+    rows=st.lists(st.integers(0, 5), min_size=1, max_size=6, unique=True),
+    seed=st.integers(0, 2**16),
+)
+def test_weighted_rows_matches_dense_product(rows, seed):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(6, 33, generator=g)
+    w = torch.zeros(6, dtype=torch.float64)
+    w[rows] = torch.rand(len(rows), generator=g, dtype=torch.float64) + 0.1
+    expected = (w.float()[:, None] * X).sum(0)
+    torch.testing.assert_close(weighted_rows(X, w), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_weighted_rows_of_nothing_is_zero():
+    X = torch.randn(3, 4)
+    assert torch.equal(weighted_rows(X, torch.zeros(3, dtype=torch.float64)), torch.zeros(4))

@@ -1,0 +1,221 @@
+"""The registry: names, lookup, composition, option checking, input kinds, requirement errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import byzlearn.aggregators as agg
+
+RULES = agg.names("rule")
+PRE = agg.names("pre")
+
+# Options some rules need to run at all.
+REQUIRED_OPTIONS = {"clipping": {"max_norm": 1.0}}
+# Smallest n for f = 2 under each rule's requirement.
+MIN_N_F2 = {"krum": 7, "multi_krum": 7, "bulyan": 11}
+
+
+def _inputs(n: int = 25, d: int = 40, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+
+
+def test_names_lists_every_rule_and_preaggregator():
+    expected_rules = {
+        "average", "median", "trimmed_mean", "meamed", "phocas", "krum", "multi_krum", "medoid",
+        "geometric_median", "mda", "bulyan", "centered_clipping", "cge",
+    }
+    assert expected_rules <= set(RULES)
+    assert {"nnm", "bucketing", "arc", "clipping"} <= set(PRE)
+    assert set(agg.names()) == set(RULES) | set(PRE)
+    assert agg.names() == sorted(agg.names())
+
+
+def test_module_attributes_are_the_registered_callables():
+    for name in agg.names():
+        assert getattr(agg, name) is agg.get(name)
+
+
+@pytest.mark.parametrize("name", agg.names())
+def test_every_public_rule_has_a_docstring_with_a_reference(name):
+    doc = agg.get(name).__doc__
+    assert doc and len(doc) > 80
+    venues = ("Reference", "reference", "NeurIPS", "ICML", "ICLR", "arXiv")
+    assert any(word in doc for word in venues)
+    assert "Requirement" in doc or "requirement" in doc or name in {"clipping", "arc"}
+
+
+def test_unknown_name_raises_key_error_listing_known_names():
+    with pytest.raises(KeyError, match=r"unknown aggregator 'krumm'.*krum"):
+        agg.get("krumm")
+    with pytest.raises(TypeError):
+        agg.get("")
+
+
+@pytest.mark.parametrize("name", agg.names())
+def test_unknown_option_raises_type_error_naming_it(name):
+    with pytest.raises(TypeError, match="bogus_option"):
+        agg.get(name)(_inputs(), f=1, bogus_option=3, **REQUIRED_OPTIONS.get(name, {}))
+
+
+def test_rule_before_plus_is_rejected():
+    with pytest.raises(ValueError, match="only pre-aggregators"):
+        agg.get("krum+median")
+
+
+@pytest.mark.parametrize(
+    ("name", "n", "f", "text"),
+    [
+        ("krum", 7, 3, "krum needs n >= 2f + 3, got n=7, f=3"),
+        ("multi_krum", 8, 3, "multi_krum needs n >= 2f + 3, got n=8, f=3"),
+        ("bulyan", 14, 3, "bulyan needs n >= 4f + 3, got n=14, f=3"),
+        ("median", 6, 3, "median needs n >= 2f + 1, got n=6, f=3"),
+        ("trimmed_mean", 4, 2, "trimmed_mean needs n >= 2f + 1, got n=4, f=2"),
+        ("mda", 4, 2, "mda needs n >= 2f + 1, got n=4, f=2"),
+        ("geometric_median", 2, 1, "geometric_median needs n >= 2f + 1, got n=2, f=1"),
+    ],
+)
+def test_requirement_error_message(name, n, f, text):
+    with pytest.raises(ValueError, match=text.replace("+", r"\+")):
+        agg.get(name)(_inputs(n), f=f)
+    with pytest.raises(ValueError, match=text.replace("+", r"\+")):
+        agg.check(name, n, f)
+    agg.check(name, agg.spec(name).min_n(f), f)  # just enough: no error
+
+
+def test_requirement_of_a_composition_is_checked_after_the_preaggregator():
+    # bucketing of 25 into ceil(25 / 2) = 13 buckets; Krum with f = 5 needs 13 >= 13: fine.
+    agg.check("bucketing+krum", 25, 5)
+    agg.get("bucketing+krum")(_inputs(), f=5, seed=0)
+    # With buckets of 3 there are 9 buckets < 13.
+    with pytest.raises(ValueError, match="krum needs n >= 2f \\+ 3, got n=9, f=5"):
+        agg.get("bucketing+krum")(_inputs(), f=5, bucket_size=3, seed=0)
+
+
+@pytest.mark.parametrize("f", [-1, 1.5, "2", True, None])
+def test_bad_f(f):
+    with pytest.raises((TypeError, ValueError), match="f must be"):
+        agg.median(_inputs(), f=f)
+
+
+def test_numpy_integer_f_is_accepted():
+    X = _inputs()
+    assert torch.equal(agg.median(X, f=np.int64(3)), agg.median(X, f=3))
+
+
+@pytest.mark.parametrize(
+    ("vectors", "match"),
+    [
+        (torch.randn(5), "shape"),
+        (torch.randn(0, 4), "no vectors"),
+        (torch.randn(4, 0), "empty"),
+        ([], "empty sequence"),
+        ([torch.randn(3), torch.randn(4)], "one shape"),
+        ([np.zeros(3), np.zeros(4)], "one shape"),
+        ([torch.randn(3), np.zeros(3)], "only tensors or only arrays"),
+        ("abc", "must be a tensor"),
+        (torch.randn(4, 3, dtype=torch.complex64), "complex"),
+    ],
+)
+def test_bad_vectors_raise(vectors, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        agg.average(vectors, f=0)
+
+
+@pytest.mark.parametrize("name", agg.names("rule"))
+def test_output_matches_input_kind_dtype_and_shape(name):
+    f = 1
+    n = MIN_N_F2.get(name, 9)
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(n, 2, 3, 4, generator=g, dtype=torch.float64)
+    rule = agg.get(name)
+    for dtype in (torch.float32, torch.float64):
+        out = rule(base.to(dtype), f=f)
+        assert isinstance(out, torch.Tensor) and out.dtype == dtype and out.shape == (2, 3, 4)
+    out_np = rule(base.numpy(), f=f)
+    assert isinstance(out_np, np.ndarray) and out_np.shape == (2, 3, 4)
+    out_list = rule([row.reshape(-1) for row in base], f=f)
+    assert out_list.shape == (24,)
+    out_list_np = rule([row.reshape(-1).numpy() for row in base], f=f)
+    assert isinstance(out_list_np, np.ndarray)
+    out_int = rule(torch.arange(n * 4).reshape(n, 4), f=f)
+    assert out_int.dtype == torch.get_default_dtype()
+    out_half = rule(base.reshape(n, -1).half(), f=f)
+    assert out_half.dtype == torch.float32
+    np.testing.assert_allclose(out_np.reshape(-1), rule(base, f=f).reshape(-1).numpy())
+
+
+@pytest.mark.parametrize("name", agg.names())
+def test_caller_input_is_not_modified(name):
+    X = _inputs(13, 30)
+    X[2, 4] = float("nan")
+    X_np = X.numpy().copy()
+    before = X.clone()
+    options = REQUIRED_OPTIONS.get(name, {})
+    try:
+        agg.get(name)(X, f=2, **options)
+        agg.get(name)(X_np, f=2, **options)
+    except ValueError:
+        pass  # a rule may refuse the NaN row; it still must not write into the input
+    assert torch.equal(torch.nan_to_num(X, nan=7.0), torch.nan_to_num(before, nan=7.0))
+    expected = np.nan_to_num(before.numpy(), nan=7.0)
+    np.testing.assert_array_equal(np.nan_to_num(X_np, nan=7.0), expected)
+
+
+def test_requires_grad_inputs_are_detached():
+    X = _inputs().requires_grad_()
+    out = agg.krum(X, f=3)
+    assert not out.requires_grad
+    out = agg.median(X, f=3)
+    assert not out.requires_grad
+
+
+def test_preaggregator_returns_vectors_in_caller_kind():
+    X = _inputs(10, 6)
+    out = agg.nnm(X, f=2)
+    assert out.shape == (10, 6)
+    out = agg.bucketing(X.numpy(), f=2, seed=0)
+    assert isinstance(out, np.ndarray) and out.shape == (5, 6)
+    assert agg.is_preaggregator("nnm") and agg.is_preaggregator("nnm+bucketing")
+    assert not agg.is_preaggregator("nnm+krum")
+
+
+def test_composition_equals_manual_chaining():
+    X = _inputs(25, 50, seed=3)
+    manual = agg.krum(agg.nnm(X, f=5), f=5)
+    composed = agg.get("nnm+krum")(X, f=5)
+    torch.testing.assert_close(composed, manual)
+    manual = agg.trimmed_mean(agg.arc(agg.nnm(X, f=5), f=5), f=5)
+    torch.testing.assert_close(agg.get("nnm+arc+trimmed_mean")(X, f=5), manual)
+
+
+def test_composition_routes_options_and_rejects_ambiguity():
+    X = _inputs(25, 20)
+    out = agg.get("bucketing+multi_krum")(X, f=2, bucket_size=2, seed=4, m=3)
+    manual = agg.multi_krum(agg.bucketing(X, f=2, bucket_size=2, seed=4), f=2, m=3)
+    torch.testing.assert_close(out, manual)
+    # An option accepted by two components must be routed explicitly.
+    with pytest.raises(TypeError, match="several components"):
+        agg.get("clipping+arc+clipping+median")(X, f=1, max_norm=1.0)
+    out = agg.get("clipping+median")(X, f=1, clipping_options={"max_norm": 0.5})
+    torch.testing.assert_close(out, agg.median(agg.clipping(X, f=1, max_norm=0.5), f=1))
+
+
+def test_selected_indices_of_composition_and_non_selecting_rules():
+    X = _inputs(25, 20)
+    X[[1, 5, 9]] += 100.0
+    idx = agg.selected_indices("multi_krum", X, f=3)
+    assert set(idx.tolist()).isdisjoint({1, 5, 9}) and len(idx) == 22
+    assert agg.selected_indices("krum", X, f=3).numel() == 1
+    mixed = agg.selected_indices("nnm+krum", X, f=3)
+    assert len(mixed) == 22 and set(mixed.tolist()).isdisjoint({1, 5, 9})
+    with pytest.raises(TypeError, match="does not select"):
+        agg.selected_indices("median", X, f=3)
+
+
+def test_signature_exposes_options():
+    import inspect
+
+    params = inspect.signature(agg.multi_krum).parameters
+    assert list(params)[:3] == ["vectors", "f", "m"]
