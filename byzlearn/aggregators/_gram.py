@@ -226,7 +226,8 @@ class Inputs:
         """Gram matrix of ``Y - 1 m^T`` (float64, n' x n'); translation-free distances follow."""
         if "gram" not in self._cache:
             C = self._basis_coefficients(centred=True)
-            self._cache["gram"] = C @ self.gram.aug @ C.T
+            G = C @ self.gram.aug @ C.T
+            self._cache["gram"] = 0.5 * (G + G.T)  # exactly symmetric: D[i, j] == D[j, i]
         return self._cache["gram"]
 
     def sqdist(self) -> torch.Tensor:

@@ -21,16 +21,17 @@ class InputKind:
     """How to give a result back in the form the caller used."""
 
     as_numpy: bool
-    shape: tuple[int, ...]  # shape of one input vector (d,) or e.g. (c, h, w)
+    shape: tuple[int, ...]  # shape of one input vector: (d,), (c, h, w), ...
+    dtype: torch.dtype  # floating dtype the caller gets back
 
     def vector(self, out: torch.Tensor) -> torch.Tensor | np.ndarray:
-        """Restore one aggregated vector (d,) to the caller's kind and shape."""
-        out = out.reshape(self.shape)
+        """Restore one aggregated vector (d,) to the caller's kind, dtype and shape."""
+        out = out.to(self.dtype).reshape(self.shape)
         return out.numpy() if self.as_numpy else out
 
     def matrix(self, out: torch.Tensor) -> torch.Tensor | np.ndarray:
-        """Restore a stack of vectors (m, d) to the caller's kind and shape."""
-        out = out.reshape((out.shape[0], *self.shape))
+        """Restore a stack of vectors (m, d) to the caller's kind, dtype and shape."""
+        out = out.to(self.dtype).reshape((out.shape[0], *self.shape))
         return out.numpy() if self.as_numpy else out
 
 
@@ -77,9 +78,10 @@ def as_matrix(vectors: Vectors, name: str) -> tuple[torch.Tensor, InputKind]:
         raise TypeError(f"{name}: complex vectors are not supported")
     if not X.is_floating_point():
         X = X.to(torch.get_default_dtype())
-    elif X.dtype in (torch.float16, torch.bfloat16):
-        X = X.float()  # aggregate low precision in float32; returned in float32
-    kind = InputKind(as_numpy=as_numpy, shape=tuple(X.shape[1:]))
+    out_dtype = X.dtype
+    if X.dtype in (torch.float16, torch.bfloat16):
+        X = X.float()  # aggregate low precision in float32, give the result back in its dtype
+    kind = InputKind(as_numpy=as_numpy, shape=tuple(X.shape[1:]), dtype=out_dtype)
     return X.reshape(X.shape[0], -1), kind
 
 

@@ -10,8 +10,12 @@ them. Statistics:
 - ``CLOSEST_TO_TRIMMED``: the mean of the ``k - drop`` values closest to the ``drop``-trimmed mean;
 - ``MEAN``: the mean of the finite values.
 
-Ties in "closest" are broken towards the smaller value. A coordinate with fewer than ``min_k``
-finite values cannot be aggregated safely; the kernel reports it and the caller raises.
+Ties in "closest" are broken towards the smaller value. Every mean is clamped to the range of the
+values it averages, so rounding never puts an output outside that range (and a mean whose sum
+overflows is recomputed from the scaled values). A coordinate with fewer than ``min_k`` finite
+values (never fewer than the statistic needs: 2 ``drop`` + 1 for the trimmed ones, ``drop`` + 1
+for ``CLOSEST_TO_MEDIAN``, 1 otherwise) cannot be aggregated safely; the kernel reports it and the
+caller raises.
 
 CPU: a numba kernel works on blocks of ``LANES`` coordinates held transposed in a small buffer
 (cache resident) and sorts all lanes at once with a Batcher odd-even merge sorting network, whose
@@ -32,6 +36,15 @@ from byzlearn.aggregators._gram import block_size, column_blocks
 MEDIAN, TRIMMED, CLOSEST_TO_MEDIAN, CLOSEST_TO_TRIMMED, MEAN = range(5)
 LANES = 256
 
+# Fewest finite values each statistic is defined on, given ``drop``.
+_NEEDED = {
+    MEDIAN: lambda drop: 1,
+    TRIMMED: lambda drop: 2 * drop + 1,
+    CLOSEST_TO_MEDIAN: lambda drop: drop + 1,
+    CLOSEST_TO_TRIMMED: lambda drop: 2 * drop + 1,
+    MEAN: lambda drop: 1,
+}
+
 try:  # numba is a dependency, but keep a working fallback if it cannot load
     import numba
     from numba import njit, prange
@@ -41,7 +54,7 @@ except ImportError:  # pragma: no cover
     _HAVE_NUMBA = False
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sorting_network(n: int) -> np.ndarray:
     """Compare-exchange pairs (a, b), a < b, of Batcher's odd-even merge sort for n inputs.
 
@@ -70,33 +83,45 @@ def sorting_network(n: int) -> np.ndarray:
 if _HAVE_NUMBA:
 
     @njit(cache=True, inline="always")
+    def _range_mean(col, lo, hi):
+        """Mean of the sorted values col[lo:hi], clamped to [col[lo], col[hi - 1]]."""
+        m = hi - lo
+        acc = 0.0
+        for t in range(lo, hi):
+            acc += col[t]
+        res = acc / m
+        if not np.isfinite(res):  # the sum overflowed: average the scaled values
+            res = 0.0
+            for t in range(lo, hi):
+                res += col[t] / m
+        return min(max(res, col[lo]), col[hi - 1])
+
+    @njit(cache=True, inline="always")
     def _window_mean(col, k, drop, centre):
         m = k - drop
         s = 0
         while s < k - m and (centre - col[s]) > (col[s + m] - centre):
             s += 1
-        acc = 0.0
-        for t in range(s, s + m):
-            acc += col[t]
-        return acc / m
+        return _range_mean(col, s, s + m)
 
     @njit(cache=True)
     def _lane_statistic(col, k, stat, drop):
         if stat == 4:  # MEAN
-            acc = 0.0
-            for t in range(k):
-                acc += col[t]
-            return acc / k
+            return _range_mean(col, 0, k)
         if stat == 1 or stat == 3:  # TRIMMED, or its mean as the centre
-            acc = 0.0
-            for t in range(drop, k - drop):
-                acc += col[t]
-            trimmed = acc / (k - 2 * drop)
+            trimmed = _range_mean(col, drop, k - drop)
             if stat == 1:
                 return trimmed
             return _window_mean(col, k, drop, trimmed)
         half = k // 2
-        med = col[half] if k % 2 == 1 else 0.5 * (col[half - 1] + col[half])
+        if k % 2 == 1:
+            med = col[half]
+        else:
+            a = col[half - 1]
+            b = col[half]
+            med = 0.5 * (a + b)
+            if not np.isfinite(med):  # a + b overflowed
+                med = 0.5 * a + 0.5 * b
         if stat == 0:
             return med
         return _window_mean(col, k, drop, med)
@@ -146,15 +171,23 @@ if _HAVE_NUMBA:
 def _torch_statistic(Xs: torch.Tensor, k: torch.Tensor, stat: int, drop: int) -> torch.Tensor:
     """Statistic of the sorted columns Xs (rows sorted, +inf last), k finite values per column."""
     n = Xs.shape[0]
-    finite = torch.arange(n, device=Xs.device)[:, None] < k[None, :]
-    vals = torch.where(finite, Xs, torch.zeros((), dtype=Xs.dtype, device=Xs.device))
-    cs = torch.cat([torch.zeros_like(vals[:1]), vals.cumsum(dim=0)])  # cs[t] = sum of first t
+    pos = torch.arange(n, device=Xs.device)[:, None]
+    zero = torch.zeros((), dtype=Xs.dtype, device=Xs.device)
 
     def take(idx: torch.Tensor) -> torch.Tensor:
         return Xs.gather(0, idx.clamp(0, n - 1)[None, :])[0]
 
     def range_mean(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:  # mean of [lo, hi)
-        return (cs.gather(0, hi[None, :])[0] - cs.gather(0, lo[None, :])[0]) / (hi - lo)
+        # Masked sums, not differences of prefix sums: a prefix sum holding a huge outlier would
+        # cancel catastrophically (e.g. -1e30 + 1 - (-1e30) == 0).
+        inside = (pos >= lo[None, :]) & (pos < hi[None, :])
+        m = (hi - lo).to(Xs.dtype)
+        res = torch.where(inside, Xs, zero).sum(dim=0) / m
+        bad = ~torch.isfinite(res)
+        if bool(bad.any()):  # the sum overflowed: average the scaled values
+            scaled = torch.where(inside, Xs / m, zero).sum(dim=0)
+            res = torch.where(bad, scaled, res)
+        return torch.minimum(torch.maximum(res, take(lo)), take(hi - 1))
 
     if stat == MEAN:
         return range_mean(torch.zeros_like(k), k)
@@ -163,7 +196,9 @@ def _torch_statistic(Xs: torch.Tensor, k: torch.Tensor, stat: int, drop: int) ->
         if stat == TRIMMED:
             return centre
     else:
-        centre = 0.5 * (take((k - 1) // 2) + take(k // 2))
+        a, b = take((k - 1) // 2), take(k // 2)
+        centre = 0.5 * (a + b)
+        centre = torch.where(torch.isfinite(centre), centre, 0.5 * a + 0.5 * b)  # a + b overflowed
         if stat == MEDIAN:
             return centre
     m = k - drop
@@ -200,6 +235,11 @@ def coordinatewise(
 
     Raises ``ValueError`` naming the rule when a coordinate has fewer than ``min_k`` finite values.
     """
+    if stat not in _NEEDED:
+        raise ValueError(f"{name}: unknown statistic {stat!r}")
+    if drop < 0:
+        raise ValueError(f"{name}: drop must be >= 0, got {drop}")
+    min_k = max(int(min_k), _NEEDED[stat](drop))
     n, d = X.shape
     if rows is None:
         rows = torch.arange(n)

@@ -6,8 +6,7 @@ import torch
 
 from byzlearn.aggregators import _select as sel
 from byzlearn.aggregators._gram import Inputs
-from byzlearn.aggregators._registry import Combination, spec
-from byzlearn.aggregators._registry import register
+from byzlearn.aggregators._registry import Combination, register, spec
 
 
 def _closest_row(inputs: Inputs, result) -> int:

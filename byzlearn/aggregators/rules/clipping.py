@@ -76,7 +76,8 @@ def cge(inputs: Inputs, f: int) -> Combination:
     Reference: Gupta, Liu, Vaidya, "Byzantine Fault-Tolerant Distributed Machine Learning with
     Norm-Based Comparative Gradient Elimination", DSN Workshops 2021 (arXiv 2008.04699); the paper
     sums the kept gradients, here they are averaged so the rule is a drop-in for the mean.
-    Requirement: n >= 2f + 1. Non-finite inputs have infinite norm. Cost: one Gram pass + O(n log n).
+    Requirement: n >= 2f + 1. Non-finite inputs have infinite norm.
+    Cost: one Gram pass + O(n log n).
     """
     m = inputs.n - f
     order = _rank(inputs.sqnorms().numpy(), m, "cge")

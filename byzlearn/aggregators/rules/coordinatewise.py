@@ -9,6 +9,7 @@ O(n log^2 n) compare-exchanges per coordinate.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from byzlearn.aggregators import _select as sel
@@ -56,6 +57,8 @@ def trimmed_mean(inputs: Inputs, f: int, *, trim: int | None = None) -> torch.Te
     Reference: Yin et al., ICML 2018; ByzantineMomentum ``trmean``. Requirement: n >= 2f + 1 and
     n >= 2b + 1 (per coordinate, 2b + 1 finite values). Cost as :func:`median`.
     """
+    if trim is not None and (isinstance(trim, bool) or not isinstance(trim, (int, np.integer))):
+        raise TypeError(f"trimmed_mean: trim must be an int or None, got {type(trim).__name__}")
     b = f if trim is None else int(trim)
     if b < f:
         raise ValueError(f"trimmed_mean: trim={b} must be >= f={f} to remove f outliers per side")
@@ -82,6 +85,4 @@ def phocas(inputs: Inputs, f: int) -> torch.Tensor:
     Reference: Xie, Koyejo, Gupta, "Phocas: dimensional Byzantine-resilient stochastic gradient
     descent", arXiv 1805.09682 (2018). Requirement: n >= 2f + 1. Cost as :func:`median`.
     """
-    return sel.coordinatewise(
-        inputs.materialize(), sel.CLOSEST_TO_TRIMMED, f, 2 * f + 1, "phocas"
-    )
+    return sel.coordinatewise(inputs.materialize(), sel.CLOSEST_TO_TRIMMED, f, 2 * f + 1, "phocas")

@@ -19,7 +19,10 @@ from byzlearn.aggregators._registry import Combination, register
 
 
 def _cover(adj: np.ndarray, active: np.ndarray, budget: int) -> list[int] | None:
-    """A vertex cover of the graph induced by ``active`` with at most ``budget`` vertices, or None."""
+    """A vertex cover of the graph induced by ``active`` with <= ``budget`` vertices, or None.
+
+    ``adj`` must be symmetric (the branching reads neighbours by rows and degrees by sums).
+    """
     sub = adj & active[None, :] & active[:, None]
     deg = sub.sum(axis=1)
     if not deg.any():
@@ -59,6 +62,10 @@ def min_diameter_subset(D: np.ndarray, f: int) -> tuple[np.ndarray, float]:
     distance) from the kept set, which cannot raise the diameter.
     """
     n = D.shape[0]
+    # Distances from a Gram matrix may differ in the last bit between D[i, j] and D[j, i]; an
+    # asymmetric conflict graph breaks the vertex-cover search (degrees and neighbour lists
+    # disagree), so work on the symmetric upper bound.
+    D = np.maximum(D, D.T)
     iu = np.triu_indices(n, 1)
     finite = D[iu][np.isfinite(D[iu])]
     thresholds = np.unique(np.concatenate([[0.0], finite]))
@@ -67,7 +74,7 @@ def min_diameter_subset(D: np.ndarray, f: int) -> tuple[np.ndarray, float]:
     all_active = np.ones(n, dtype=bool)
     while lo <= hi:
         mid = (lo + hi) // 2
-        cover = _cover(D > thresholds[mid], all_active, f)
+        cover = _cover(thresholds[mid] < D, all_active, f)
         if cover is None:
             lo = mid + 1
         else:
@@ -99,6 +106,8 @@ def mda(inputs: Inputs, f: int) -> Combination:
     Ties between subsets of equal diameter are broken by the search order.
     """
     keep, _ = min_diameter_subset(inputs.sqdist().numpy(), f)
+    if bool(inputs.bad[torch.as_tensor(keep)].any()):  # n = 1: a lone row has no distances
+        raise ValueError("mda: every input it would keep holds non-finite values")
     alpha = torch.zeros(inputs.n, dtype=torch.float64)
     alpha[torch.as_tensor(keep)] = 1.0 / len(keep)
     return Combination(inputs=inputs, alpha=alpha, kept=torch.as_tensor(keep))

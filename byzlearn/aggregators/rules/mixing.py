@@ -31,8 +31,15 @@ def nnm(inputs: Inputs, f: int) -> Inputs:
     return inputs.mix(M)
 
 
+def _bucket_size(value: object) -> int:
+    s = int(value)
+    if s < 1:
+        raise ValueError(f"bucketing: bucket_size must be >= 1, got {value}")
+    return s
+
+
 def _bucket_count(n: int, options: dict) -> int:
-    return math.ceil(n / int(options.get("bucket_size", 2)))
+    return math.ceil(n / _bucket_size(options.get("bucket_size", 2)))
 
 
 @register("bucketing", kind="pre", min_n=lambda f: 1, requirement="n >= 1", out_n=_bucket_count,
@@ -55,9 +62,7 @@ def bucketing(
     the same f; its requirement is checked on ``ceil(n / s)`` vectors. A missing coordinate
     makes that coordinate of its bucket missing.
     """
-    s = int(bucket_size)
-    if s < 1:
-        raise ValueError(f"bucketing: bucket_size must be >= 1, got {bucket_size}")
+    s = _bucket_size(bucket_size)
     n = inputs.n
     if generator is None and seed is not None:
         generator = torch.Generator().manual_seed(int(seed))

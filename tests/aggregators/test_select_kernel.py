@@ -1,0 +1,346 @@
+"""The selection kernel ``_select.coordinatewise``: numba path, torch path and a reference agree.
+
+The reference (``ref_statistic`` of test_coordinatewise) is plain Python on each coordinate's
+sorted finite values. The numba path sums sequentially, the torch path pairwise, so the two agree
+to float64 rounding (relative to the values averaged), and exactly wherever no sum is involved.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from byzlearn.aggregators import _gram
+from byzlearn.aggregators import _select as sel
+from tests.aggregators.test_coordinatewise import EPS64, ref_statistic
+
+NAMES = {
+    sel.MEDIAN: "median",
+    sel.TRIMMED: "trimmed",
+    sel.CLOSEST_TO_MEDIAN: "meamed",
+    sel.CLOSEST_TO_TRIMMED: "phocas",
+    sel.MEAN: "mean",
+}
+STATS = tuple(NAMES)
+
+
+def needed(stat: int, drop: int) -> int:
+    """Fewest finite values each statistic is defined on (written from the definitions)."""
+    if stat in (sel.TRIMMED, sel.CLOSEST_TO_TRIMMED):
+        return 2 * drop + 1  # something must be left after trimming drop from each end
+    if stat == sel.CLOSEST_TO_MEDIAN:
+        return drop + 1  # keep k - drop >= 1 values
+    return 1
+
+
+def kernel_reference(X: torch.Tensor, stat: int, drop: int, min_k: int, rows=None):
+    """(out, scale, ok) per coordinate of the rows ``rows`` of X, in float64 numpy."""
+    Xn = X.double().numpy()
+    if rows is not None:
+        Xn = Xn[np.asarray(rows)]
+    d = Xn.shape[1]
+    out, scale, ok = np.zeros(d), np.zeros(d), np.ones(d, dtype=bool)
+    for j in range(d):
+        vals = sorted(v for v in Xn[:, j].tolist() if math.isfinite(v))
+        if len(vals) < max(min_k, needed(stat, drop)):
+            ok[j] = False
+            continue
+        out[j], scale[j] = ref_statistic(vals, NAMES[stat], drop)
+    return out, scale, ok
+
+
+def run(X, stat, drop, min_k, rows=None, force_torch=False, name="rule"):
+    return sel.coordinatewise(X, stat, drop, min_k, name, rows=rows, force_torch=force_torch)
+
+
+def tol(scale: np.ndarray, dtype: torch.dtype, n: int) -> np.ndarray:
+    eps = torch.finfo(dtype).eps
+    return scale * (4 * eps + 8 * n * EPS64) + 1e-300
+
+
+def check_both_paths(X, stat, drop, min_k, rows=None):
+    """Both paths equal the reference (and each other); returns the numba result."""
+    ref, scale, ok = kernel_reference(X, stat, drop, min_k, rows)
+    assert ok.all()
+    rows_t = None if rows is None else torch.as_tensor(rows)
+    fast = run(X, stat, drop, min_k, rows_t)
+    slow = run(X, stat, drop, min_k, rows_t, force_torch=True)
+    assert fast.dtype == X.dtype and slow.dtype == X.dtype and fast.shape == (X.shape[1],)
+    n = X.shape[0] if rows is None else len(rows)
+    t = tol(scale, X.dtype, n)
+    for label, out in (("numba", fast), ("torch", slow)):
+        err = np.abs(out.double().numpy() - ref)
+        j = int(np.argmax(err - t))
+        assert np.all(err <= t), (
+            f"{label} {NAMES[stat]} drop={drop}: coordinate {j} got {float(out[j])!r}, "
+            f"reference {ref[j]!r}"
+        )
+    assert np.all(np.abs(fast.double().numpy() - slow.double().numpy()) <= 2 * t)
+    if stat == sel.MEDIAN:  # no sum involved: bitwise equal
+        assert torch.equal(fast, slow)
+    return fast
+
+
+# --- the sorting network --------------------------------------------------------------------
+def apply_network(values: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Apply compare-exchange pairs to each row of ``values`` (written here, not the kernel)."""
+    v = values.copy()
+    for a, b in pairs:
+        lo = np.minimum(v[:, a], v[:, b])
+        hi = np.maximum(v[:, a], v[:, b])
+        v[:, a], v[:, b] = lo, hi
+    return v
+
+
+@pytest.mark.parametrize("n", range(0, 13))
+def test_sorting_network_sorts_every_zero_one_input(n):
+    # the 0-1 principle: a comparator network sorts everything iff it sorts all 0/1 inputs
+    pairs = sel.sorting_network(n)
+    assert pairs.shape[1] == 2 and pairs.dtype == np.int64
+    assert np.all(pairs[:, 0] < pairs[:, 1]) and np.all(pairs[:, 1] < max(n, 1))
+    if n == 0:
+        return
+    inputs = np.array(list(itertools.product([0.0, 1.0], repeat=n)))
+    out = apply_network(inputs, pairs)
+    np.testing.assert_array_equal(out, np.sort(inputs, axis=1))
+
+
+@pytest.mark.parametrize("n", [13, 16, 17, 31, 32, 33, 63, 64, 65, 100, 129])
+def test_sorting_network_sorts_random_inputs(n):
+    rng = np.random.default_rng(n)
+    inputs = rng.standard_normal((200, n))
+    inputs[:50] = rng.integers(0, 3, (50, n))  # ties
+    inputs[50:100, : n // 3] = np.inf  # padding-like values
+    out = apply_network(inputs, sel.sorting_network(n))
+    np.testing.assert_array_equal(out, np.sort(inputs, axis=1))
+    assert len(sel.sorting_network(n)) <= n * math.ceil(math.log2(n)) ** 2  # O(n log^2 n)
+
+
+# --- numba == torch == reference ------------------------------------------------------------
+def _drops(stat: int, n: int) -> list[int]:
+    if stat in (sel.MEDIAN, sel.MEAN):
+        return [0]
+    top = (n - 1) // 2 if stat != sel.CLOSEST_TO_MEDIAN else n - 1
+    return sorted({0, top // 2, top})
+
+
+@pytest.mark.parametrize("stat", STATS, ids=NAMES.get)
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8, 9, 16, 17, 33, 64])
+def test_paths_match_reference(stat, n):
+    gen = torch.Generator().manual_seed(n * 10 + stat)
+    for d, dtype in [(1, torch.float64), (255, torch.float32), (257, torch.float64)]:
+        X = torch.randn(n, d, generator=gen, dtype=dtype)
+        for drop in _drops(stat, n):
+            check_both_paths(X, stat, drop, needed(stat, drop))
+    # integer values: ties everywhere, exact sums, so both paths pick the same windows
+    X = torch.randint(-2, 3, (n, 300), generator=gen).double()
+    for drop in _drops(stat, n):
+        check_both_paths(X, stat, drop, needed(stat, drop))
+
+
+@pytest.mark.parametrize("stat", STATS, ids=NAMES.get)
+def test_paths_match_reference_with_missing_values(stat):
+    gen = torch.Generator().manual_seed(stat)
+    n, drop = 17, 3
+    X = torch.randn(n, 600, generator=gen, dtype=torch.float64)
+    mask = torch.rand(n, 600, generator=gen) < 0.2
+    specials = torch.tensor([math.nan, math.inf, -math.inf], dtype=torch.float64)
+    X = torch.where(mask, specials[torch.randint(0, 3, (n, 600), generator=gen)], X)
+    min_k = 2 * drop + 1
+    X[: n - min_k, 5] = math.nan  # exactly min_k finite values left in coordinate 5
+    X[n - min_k :, 6] = math.inf  # exactly n - min_k = 10 in coordinate 6
+    kept = torch.isfinite(X).sum(dim=0) >= min_k
+    X = X[:, kept]
+    assert X.shape[1] > 500
+    check_both_paths(X, stat, drop, min_k)
+
+
+@pytest.mark.parametrize("stat", STATS, ids=NAMES.get)
+def test_paths_with_huge_outliers(stat):
+    # 1e30 outliers beside O(1) values: a sum that ever holds an outlier it then subtracts
+    # (prefix sums) cancels catastrophically; each path must only sum the values it averages
+    gen = torch.Generator().manual_seed(20 + stat)
+    n, drop = 11, 3
+    for dtype in (torch.float64, torch.float32):
+        X = torch.randn(n, 300, generator=gen).to(dtype)
+        X[:2] = 1e30
+        X[2:3] = -1e30
+        X[3:4, ::2] = math.nan
+        out = check_both_paths(X, stat, drop, needed(stat, drop))
+        if stat in (sel.MEDIAN, sel.TRIMMED):  # outliers trimmed away: an O(1) result
+            assert torch.all(out.abs() < 10)
+
+
+def test_constant_columns_give_the_constant_exactly():
+    # the mean of k copies of v is v; a plain sum then division gives 0.1 * 3 / 3 != 0.1
+    col = torch.tensor([0.1, 0.7, -1 / 3, 1e-7, 123.456], dtype=torch.float64)
+    for n in (3, 5, 7, 25):
+        X = col.repeat(n, 1)
+        for stat in STATS:
+            for drop in _drops(stat, n):
+                for force_torch in (False, True):
+                    out = run(X, stat, drop, 1, force_torch=force_torch)
+                    assert torch.equal(out, col), (n, NAMES[stat], drop, force_torch)
+
+
+def test_results_stay_within_the_values_averaged_near_overflow():
+    X = torch.tensor([[1.0e308], [1.7e308], [1.7e308], [1.7e308], [1.6e308]], dtype=torch.float64)
+    vals = sorted(float(v) for v in X[:, 0])
+    for stat in STATS:
+        for force_torch in (False, True):
+            out = float(run(X, stat, 1, 1, force_torch=force_torch)[0])
+            assert math.isfinite(out) and vals[0] <= out <= vals[-1], (NAMES[stat], out)
+            if stat == sel.MEAN:
+                assert out == pytest.approx(sum(v / 5 for v in vals), rel=1e-14)
+    X = torch.tensor([[1.5e308], [1.7e308]], dtype=torch.float64)  # a + b overflows
+    for force_torch in (False, True):
+        assert float(run(X, sel.MEDIAN, 0, 1, force_torch=force_torch)[0]) == 1.6e308
+
+
+# --- errors ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("force_torch", [False, True])
+def test_too_few_finite_values_raises_naming_the_rule(force_torch):
+    X = torch.randn(9, 2000, dtype=torch.float64)
+    X[:4, 1500] = math.nan  # 5 finite values: enough for min_k = 5
+    run(X, sel.TRIMMED, 2, 5, force_torch=force_torch)
+    X[4, 1500] = math.inf  # 4 finite values
+    X[:8, 1700] = -math.inf  # 1 finite value
+    message = r"^myrule: 2 coordinate\(s\) have fewer than 5 finite values \(first: coordinate 1500"
+    with pytest.raises(ValueError, match=message):
+        run(X, sel.TRIMMED, 2, 5, force_torch=force_torch, name="myrule")
+    # min_k below what the statistic needs is raised to it (no division by zero or less)
+    with pytest.raises(ValueError, match=r"fewer than 5 finite values \(first: coordinate 1500"):
+        run(X, sel.TRIMMED, 2, 1, force_torch=force_torch)
+    with pytest.raises(ValueError, match=r"fewer than 3 finite values \(first: coordinate 1700"):
+        run(X, sel.CLOSEST_TO_MEDIAN, 2, 1, force_torch=force_torch)
+    out = run(X, sel.MEDIAN, 0, 1, force_torch=force_torch)  # one value is enough for a median
+    assert out[1700] == X[8, 1700]
+    X[:, 3] = math.nan
+    with pytest.raises(ValueError, match=r"fewer than 1 finite values \(first: coordinate 3\)"):
+        run(X, sel.MEAN, 0, 0, force_torch=force_torch)
+    with pytest.raises(ValueError, match="unknown statistic"):
+        run(X, 7, 0, 1, force_torch=force_torch)
+    with pytest.raises(ValueError, match="drop must be >= 0"):
+        run(X, sel.TRIMMED, -1, 1, force_torch=force_torch)
+
+
+# --- rows= (Bulyan's use) -------------------------------------------------------------------
+@pytest.mark.parametrize("stat", STATS, ids=NAMES.get)
+def test_rows_subset(stat):
+    gen = torch.Generator().manual_seed(30 + stat)
+    n = 20
+    X = torch.randn(n, 513, generator=gen, dtype=torch.float64)
+    X[3] = math.nan  # rows outside the subset may hold anything
+    X[11, ::3] = 1e30
+    for rows in (
+        [0, 1, 2, 4, 5, 6, 7, 8, 9],  # sorted (as Bulyan passes them)
+        [19, 2, 7, 0, 13, 5, 8],  # unsorted
+        [6],  # one row
+        [*range(4, n), 0, 1, 2],
+    ):
+        rows = [r for r in rows if r != 11] if stat not in (sel.MEDIAN, sel.TRIMMED) else rows
+        for drop in _drops(stat, len(rows)):
+            min_k = needed(stat, drop)
+            fast = check_both_paths(X, stat, drop, min_k, rows)
+            assert torch.equal(fast, run(X[rows], stat, drop, min_k))  # same as on the copy
+
+
+def test_rows_subset_as_bulyan_calls_it():
+    gen = torch.Generator().manual_seed(8)
+    X = torch.randn(15, 1000, generator=gen)
+    X[[1, 9]] = math.nan
+    kept = torch.tensor([0, 2, 3, 4, 5, 7, 8, 10, 11, 14])
+    drop = 4
+    fast = check_both_paths(X, sel.CLOSEST_TO_MEDIAN, drop, drop + 1, kept.tolist())
+    assert fast.dtype == torch.float32
+
+
+# --- layouts, blocks, threads ---------------------------------------------------------------
+def test_non_contiguous_input():
+    gen = torch.Generator().manual_seed(1)
+    Xt = torch.randn(700, 9, generator=gen, dtype=torch.float64).T
+    assert not Xt.is_contiguous()
+    for stat in STATS:
+        for force_torch in (False, True):
+            a = run(Xt, stat, 2, 5, force_torch=force_torch)
+            assert torch.equal(a, run(Xt.contiguous(), stat, 2, 5, force_torch=force_torch))
+
+
+@pytest.mark.parametrize("stat", STATS, ids=NAMES.get)
+def test_many_coordinates_in_several_blocks(stat):
+    n, d, drop = 3, 300_000, 1
+    size = _gram.block_size(n, d, torch.device("cpu"))
+    assert size < d  # the torch path runs several blocks, the numba one many lanes blocks
+    gen = torch.Generator().manual_seed(40 + stat)
+    X = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    fast = run(X, stat, drop, 3)
+    slow = run(X, stat, drop, 3, force_torch=True)
+    np.testing.assert_allclose(fast.numpy(), slow.numpy(), rtol=1e-14, atol=1e-14)
+    for j0 in (0, 255, size - 100, size + 1000, d - 200):  # slices across block edges
+        sl = slice(j0, j0 + 200)
+        ref, scale, _ = kernel_reference(X[:, sl], stat, drop, 3)
+        assert np.all(np.abs(fast[sl].numpy() - ref) <= tol(scale, X.dtype, n))
+        assert torch.equal(run(X[:, sl].contiguous(), stat, drop, 3), fast[sl])
+
+
+@pytest.mark.parametrize("stat", STATS, ids=NAMES.get)
+def test_threads_do_not_change_the_result(stat):
+    gen = torch.Generator().manual_seed(50 + stat)
+    X = torch.randn(13, 5000, generator=gen)
+    X[2, ::5] = math.nan
+    try:
+        torch.set_num_threads(2)
+        two = run(X, stat, 3, 7)
+        two_torch = run(X, stat, 3, 7, force_torch=True)
+    finally:
+        torch.set_num_threads(1)
+    assert torch.equal(run(X, stat, 3, 7), two)
+    assert torch.equal(run(X, stat, 3, 7, force_torch=True), two_torch)
+
+
+def test_input_not_modified():
+    X = torch.randn(9, 300, dtype=torch.float64)
+    X[1, ::4] = math.nan
+    X[2, ::7] = -math.inf
+    before = X.clone()
+    for stat in STATS:
+        for force_torch in (False, True):
+            run(X, stat, 2, 5, force_torch=force_torch)
+            run(X, stat, 2, 5, rows=torch.tensor([0, 1, 4, 5, 6, 7, 8]), force_torch=force_torch)
+    assert torch.equal(X.isnan(), before.isnan())
+    assert torch.equal(X.nan_to_num(), before.nan_to_num())
+
+
+# --- property: random small problems --------------------------------------------------------
+@given(
+    stat=st.sampled_from(STATS),
+    n=st.integers(1, 20),
+    d=st.integers(1, 6),
+    drop_seed=st.integers(0, 100),
+    values=st.data(),
+)
+def test_property_paths_agree_with_reference(stat, n, d, drop_seed, values):
+    elements = st.one_of(
+        st.integers(-4, 4).map(float),
+        st.floats(-1e3, 1e3, allow_nan=False, allow_subnormal=False),
+        st.sampled_from([math.nan, math.inf, -math.inf, 1e30, -1e30]),
+    )
+    X = torch.tensor(
+        values.draw(st.lists(st.lists(elements, min_size=d, max_size=d), min_size=n, max_size=n)),
+        dtype=torch.float64,
+    ).reshape(n, d)
+    drop = _drops(stat, n)[drop_seed % len(_drops(stat, n))]
+    min_k = needed(stat, drop)
+    ok = kernel_reference(X, stat, drop, min_k)[2]
+    if not ok.all():
+        for force_torch in (False, True):
+            with pytest.raises(ValueError, match=rf"{int((~ok).sum())} coordinate\(s\)"):
+                run(X, stat, drop, min_k, force_torch=force_torch)
+        return
+    check_both_paths(X, stat, drop, min_k)
