@@ -1,0 +1,188 @@
+"""Fault-tolerance-aware training of small MLPs, and the before/after measurement under crashes.
+
+Two techniques of El Mhamdi, Guerraoui, Kucharavy & Volodin, *The Probabilistic Fault Tolerance of
+Neural Networks in the Continuous Limit* (arXiv 1902.01686):
+
+* **crash-dropout**: during training each hidden unit is zeroed with probability ``p_train``
+  **without** rescaling (:class:`byzlearn.neurons.activations.CrashDropout`), i.e. the network is
+  trained under the very failure model it will face;
+* **the VarDelta regulariser**: λ·mean over the batch of Σ_k Var_b3[Δ_k], the first-order variance
+  p·Σ_i ((∂ŷ_k/∂y_i)·y_i)² of :func:`byzlearn.neurons.probabilistic.b3` at the failing layer.
+
+:func:`crash_report` measures accuracy, accuracy under crashes and the Monte-Carlo variance of the
+output error, to compare a plain and a fault-tolerance-aware model.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from byzlearn.neurons.activations import CrashDropout, ScaledSigmoid
+from byzlearn.neurons.network import extract_network
+from byzlearn.neurons.probabilistic import _mc_chunks, b3
+
+__all__ = ["crash_report", "load_digits_data", "make_mlp", "synthetic_data", "train_mlp"]
+
+_ACTS = {
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "softplus": nn.Softplus,
+}
+
+
+def load_digits_data(
+    test_fraction: float = 0.25, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """scikit-learn's bundled 8×8 digits (1797 images, no download), pixels scaled to [0, 1].
+
+    Returns (X_train, y_train, X_test, y_test) with a seeded random split.
+    """
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    X = torch.tensor(d.data / 16.0, dtype=torch.float32)
+    y = torch.tensor(d.target, dtype=torch.long)
+    return _split(X, y, test_fraction, seed)
+
+
+def synthetic_data(
+    n: int = 600, d: int = 16, classes: int = 4, test_fraction: float = 0.25, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gaussian blobs in [0, 1]^d (clipped), ``classes`` classes: a fast stand-in for tests."""
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.rand(classes, d, generator=g)
+    y = torch.randint(0, classes, (n,), generator=g)
+    X = (centers[y] + 0.15 * torch.randn(n, d, generator=g)).clamp(0, 1)
+    return _split(X, y, test_fraction, seed)
+
+
+def _split(
+    X: torch.Tensor, y: torch.Tensor, test_fraction: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(X.shape[0], generator=g)
+    n_test = round(test_fraction * X.shape[0])
+    te, tr = perm[:n_test], perm[n_test:]
+    return X[tr], y[tr], X[te], y[te]
+
+
+def make_mlp(
+    sizes: Sequence[int],
+    activation: str = "sigmoid",
+    K: float | None = None,
+    p_train: float = 0.0,
+) -> nn.Sequential:
+    """Linear/activation stack with ``sizes = [in, h_1, ..., h_L, out]`` and a linear output.
+
+    ``activation``: sigmoid, tanh, relu, softplus, or ``scaled_sigmoid`` (sigmoid(4Kx), K given).
+    ``p_train > 0`` inserts a :class:`CrashDropout` after every hidden activation (identity in
+    ``eval()``).
+    """
+    if len(sizes) < 3:
+        raise ValueError(f"sizes needs at least [in, hidden, out], got {list(sizes)}")
+    if any(int(s) < 1 for s in sizes):
+        raise ValueError(f"sizes must be positive, got {list(sizes)}")
+    mods: list[nn.Module] = []
+    for a, b in itertools.pairwise(sizes[:-1]):
+        mods.append(nn.Linear(int(a), int(b)))
+        if activation == "scaled_sigmoid":
+            mods.append(ScaledSigmoid(1.0 if K is None else K))
+        elif activation in _ACTS:
+            mods.append(_ACTS[activation]())
+        else:
+            raise ValueError(
+                f"unknown activation {activation!r}; choose from {[*_ACTS, 'scaled_sigmoid']}"
+            )
+        if p_train > 0:
+            mods.append(CrashDropout(p_train))
+    mods.append(nn.Linear(int(sizes[-2]), int(sizes[-1])))
+    return nn.Sequential(*mods)
+
+
+def train_mlp(
+    X: torch.Tensor,
+    y: torch.Tensor,
+    hidden: Sequence[int] = (32,),
+    activation: str = "sigmoid",
+    epochs: int = 60,
+    lr: float = 1e-2,
+    batch_size: int = 128,
+    p_train: float = 0.0,
+    var_reg: float = 0.0,
+    reg_p: float = 0.01,
+    reg_layer: int = 0,
+    seed: int = 0,
+) -> nn.Sequential:
+    """Train an MLP classifier (cross-entropy, Adam) and return it in ``eval()`` mode.
+
+    ``p_train``: crash-dropout probability (no rescaling). ``var_reg`` = λ of the VarDelta
+    regulariser λ·mean_x Σ_k p·Σ_i ((∂ŷ_k/∂y_i)·y_i)² at hidden layer ``reg_layer`` with
+    p = ``reg_p`` (arXiv 1902.01686, ``model.py``).
+    """
+    if epochs < 1 or batch_size < 1:
+        raise ValueError("epochs and batch_size must be >= 1")
+    if var_reg < 0:
+        raise ValueError(f"var_reg must be >= 0, got {var_reg}")
+    torch.manual_seed(seed)
+    classes = int(y.max()) + 1
+    model = make_mlp([X.shape[1], *hidden, classes], activation, p_train=p_train)
+    net = extract_network(model)  # shares the parameters
+    net.check_hidden(reg_layer)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(X.shape[0], generator=g)
+        for start in range(0, X.shape[0], batch_size):
+            idx = perm[start : start + batch_size]
+            xb, yb = X[idx], y[idx]
+            loss = nn.functional.cross_entropy(model(xb), yb)
+            if var_reg > 0:
+                loss = loss + var_reg * b3(net, xb, reg_p, reg_layer).var.sum(-1).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    return model
+
+
+def crash_report(
+    model: nn.Module,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    p: float,
+    layer: int = 0,
+    reps: int = 200,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Accuracy and error statistics of ``model`` when neurons of ``layer`` crash w.p. p.
+
+    Keys: ``accuracy`` (fault-free), ``crash_accuracy`` (mean over ``reps`` masks), ``mc_var``
+    (measured Var Δ summed over outputs, averaged over inputs), ``b3_var`` (its b3 estimate),
+    ``mean_abs_error`` (measured E‖Δ‖∞ averaged over inputs), ``prob_var`` (measured variance
+    of the softmax probabilities, summed over classes, averaged over inputs). Δ is measured on the
+    model's outputs (logits for a classifier).
+    """
+    model.eval()
+    net = extract_network(model, data=X)
+    with torch.no_grad():
+        logits = net.forward(X)
+        d = _mc_chunks(net, X, p, net.check_hidden(layer), reps, seed)
+        crash_logits = logits.unsqueeze(0) + d
+        crash_pred = crash_logits.argmax(-1)
+        probs = torch.softmax(crash_logits, -1)
+        return {
+            "accuracy": float((logits.argmax(-1) == y).float().mean()),
+            "crash_accuracy": float((crash_pred == y).float().mean()),
+            "mc_var": float(d.var(0).sum(-1).mean()),
+            "b3_var": float(b3(net, X, p, layer).var.sum(-1).mean()),
+            "mean_abs_error": float(d.abs().amax(-1).mean()),
+            "prob_var": float(probs.var(0).sum(-1).mean()),
+        }
