@@ -246,7 +246,8 @@ def coordinatewise(
     out = torch.empty(d, dtype=X.dtype, device=X.device)
     if X.device.type == "cpu" and _HAVE_NUMBA and not force_torch:
         Xc = X if X.is_contiguous() else X.contiguous()
-        threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+        torch_threads = torch.get_num_threads()
+        threads = max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS))
         numba.set_num_threads(threads)
         n_blocks = (d + LANES - 1) // LANES
         first_bad = np.empty(n_blocks, dtype=np.int64)
@@ -260,6 +261,10 @@ def coordinatewise(
             out.numpy(),
             first_bad,
         )
+        # Starting numba's OpenMP threading layer (first call) resets the process-wide OpenMP
+        # thread count that torch reads: give torch back the count the caller set.
+        if torch.get_num_threads() != torch_threads:
+            torch.set_num_threads(torch_threads)
         bad_blocks = first_bad[first_bad >= 0]
         first = int(bad_blocks[0]) if bad_blocks.size else -1
     else:

@@ -344,3 +344,19 @@ def test_property_paths_agree_with_reference(stat, n, d, drop_seed, values):
                 run(X, stat, drop, min_k, force_torch=force_torch)
         return
     check_both_paths(X, stat, drop, min_k)
+
+
+def test_kernel_leaves_torch_thread_count_alone():
+    # Run in a fresh process: the first kernel call starts numba's threading layer, which used
+    # to reset torch's OpenMP thread count to the core count.
+    import subprocess
+    import sys
+
+    code = (
+        "import torch; torch.set_num_threads(1)\n"
+        "import byzlearn.aggregators as agg\n"
+        "agg.median(torch.randn(5, 600), f=1)\n"
+        "print(torch.get_num_threads())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"

@@ -1,0 +1,326 @@
+"""What an attack knows (the :class:`AttackContext`) and the checks of the common arguments.
+
+Conventions shared by every attack:
+
+* ``honest`` is the ``(h, d)`` stack of the honest vectors of this step (``h = n - f``); it may
+  also be an ``(h, *shape)`` tensor, a numpy array or a sequence of 1-D tensors/arrays (the input
+  kinds of :func:`byzlearn.aggregators._inputs.as_matrix`, which does the conversion). The result
+  is an ``(f, d)`` (or ``(f, *shape)``) tensor, numpy when the input was numpy, in the input's
+  floating dtype and device (half precision is computed in float32 and cast back; integer input
+  gives the default floating dtype). The caller's input is never modified.
+* ``f = 0`` gives an empty ``(0, d)`` result (after the common arguments are checked).
+* Statistics (mean, standard deviation) are per coordinate over the honest vectors. The standard
+  deviation is the unbiased one (``correction=1``, as ``torch.std`` in the reference codes).
+* Non-finite honest entries (NaN, +-Inf: e.g. coordinates dropped by the network) are *missing*,
+  as in the aggregators: the per-coordinate statistics ignore them (a coordinate with no finite
+  value has a NaN mean), and attacks that use distances between honest vectors or copy one honest
+  vector use the fully finite rows only (``ValueError`` when there is none).
+* The rule, when needed, sees ``concat(honest, byzantine)`` (honest rows first) with the same
+  ``f``; its output is compared with the honest mean.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from byzlearn.aggregators._inputs import as_matrix, check_f
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class OutputKind:
+    """How to give the Byzantine vectors back in the form the caller used."""
+
+    as_numpy: bool
+    shape: tuple[int, ...]  # shape of one vector: (d,) or e.g. (c, h, w)
+    dtype: torch.dtype
+
+    def restore(self, out: torch.Tensor):
+        """The (f, d) result as an (f, *shape) tensor (or array) in the caller's dtype."""
+        out = out.to(self.dtype).reshape((out.shape[0], *self.shape))
+        return out.numpy() if self.as_numpy else out
+
+
+def _source_dtype(honest) -> torch.dtype | None:
+    """The floating dtype the caller used when it is one ``as_matrix`` computes in float32."""
+    first = honest
+    if isinstance(honest, Sequence) and not isinstance(honest, (str, bytes)) and len(honest):
+        first = honest[0]
+    if isinstance(first, torch.Tensor) and first.dtype in _LOW_PRECISION:
+        return first.dtype
+    if isinstance(first, np.ndarray) and first.dtype == np.float16:
+        return torch.float16
+    return None
+
+
+def as_honest_matrix(honest, name: str) -> tuple[torch.Tensor, OutputKind]:
+    """``honest`` as an ``(h, d)`` compute tensor (a view when possible) and its output kind.
+
+    The conversion is the aggregators' :func:`~byzlearn.aggregators._inputs.as_matrix` (same
+    accepted kinds, same ``TypeError``/``ValueError``); its messages are prefixed with
+    ``"<attack> (honest)"``. Only the output differs: ``(f, *shape)`` in the caller's dtype.
+    """
+    X, kind = as_matrix(honest, f"{name} (honest)")
+    dtype = _source_dtype(honest) or X.dtype
+    return X, OutputKind(as_numpy=kind.as_numpy, shape=kind.shape, dtype=dtype)
+
+
+def resolve_rule(rule, rule_options: dict | None, n: int, f: int, name: str):
+    """Return ``(callable(X) -> (d,) tensor, label)`` for a registry name or a callable rule.
+
+    A registry name is checked against ``(n, f)`` with :func:`byzlearn.aggregators.check`
+    (``ValueError`` when the rule cannot run); a callable is called as ``rule(X, f=f, **opts)``.
+    """
+    opts = dict(rule_options or {})
+    if isinstance(rule, str):
+        import byzlearn.aggregators as agg
+
+        fn = agg.get(rule)
+        if agg.is_preaggregator(rule):
+            raise ValueError(f"{name}: {rule!r} is a pre-aggregator; the rule must end in a rule")
+        agg.check(rule, n, f, **opts)
+        label = rule
+    elif callable(rule):
+        fn = rule
+        label = getattr(rule, "__name__", repr(rule))
+    else:
+        raise TypeError(
+            f"{name}: rule must be an aggregator name or a callable(vectors, f=...), "
+            f"got {type(rule).__name__}"
+        )
+
+    def run(X: torch.Tensor) -> torch.Tensor:
+        out = torch.as_tensor(fn(X, f=f, **opts))
+        if out.numel() != X.shape[1]:
+            raise ValueError(
+                f"{name}: rule {label!r} returned {out.numel()} values for d={X.shape[1]}; "
+                f"a rule must return one (d,) aggregate"
+            )
+        return out.reshape(-1).to(device=X.device, dtype=X.dtype)
+
+    return run, label
+
+
+@dataclass
+class AttackContext:
+    """Everything an omniscient adversary knows at one step (plus cached honest statistics).
+
+    ``honest`` is the (h, d) compute tensor (never written to); ``rule`` is the resolved rule
+    (``X -> (d,)``) or None when the attack does not need it; ``generator`` is the caller's
+    seeded generator (None: torch's global one).
+    """
+
+    name: str
+    honest: torch.Tensor
+    f: int
+    identical: bool
+    generator: torch.Generator | None
+    rule: Callable[[torch.Tensor], torch.Tensor] | None
+    rule_label: str | None
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    # --- sizes ------------------------------------------------------------------------------
+    @property
+    def h(self) -> int:
+        """Number of honest vectors."""
+        return self.honest.shape[0]
+
+    @property
+    def n(self) -> int:
+        """Total number of vectors the rule receives (h + f)."""
+        return self.h + self.f
+
+    @property
+    def d(self) -> int:
+        """Dimension."""
+        return self.honest.shape[1]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.honest.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.honest.device
+
+    # --- honest statistics ------------------------------------------------------------------
+    @property
+    def all_finite(self) -> bool:
+        """True when every honest entry is finite."""
+        if "finite" not in self._cache:
+            self._cache["finite"] = bool(torch.isfinite(self.honest).all())
+        return self._cache["finite"]
+
+    def mean(self) -> torch.Tensor:
+        """Coordinate-wise mean of the honest vectors (non-finite entries ignored)."""
+        if "mean" not in self._cache:
+            X = self.honest
+            self._cache["mean"] = X.mean(0) if self.all_finite else _nanmean(X)
+        return self._cache["mean"]
+
+    def std(self) -> torch.Tensor:
+        """Coordinate-wise unbiased standard deviation of the honest vectors (needs h >= 2).
+
+        Non-finite entries are ignored; a coordinate with fewer than two finite values gets 0.
+        """
+        if "std" not in self._cache:
+            if self.h < 2:
+                raise ValueError(
+                    f"{self.name}: needs at least 2 honest vectors to estimate the std"
+                )
+            X = self.honest
+            if self.all_finite:
+                s = X.std(0, correction=1)
+            else:
+                finite = torch.isfinite(X)
+                cnt = finite.sum(0)
+                dev = torch.where(finite, X - self.mean(), torch.zeros_like(X))
+                s = ((dev * dev).sum(0) / (cnt - 1).clamp_min(1)).sqrt()
+            self._cache["std"] = s
+        return self._cache["std"]
+
+    def finite_rows(self) -> torch.Tensor:
+        """The honest rows without any non-finite entry (the rows distance-based attacks use)."""
+        return self.honest[self.finite_index()]
+
+    def finite_index(self) -> torch.Tensor:
+        """Indices of the fully finite honest rows (``ValueError`` when there is none)."""
+        if "finite_index" not in self._cache:
+            keep = torch.isfinite(self.honest).all(1)
+            if not bool(keep.any()):
+                raise ValueError(f"{self.name}: every honest vector holds a non-finite value")
+            self._cache["finite_index"] = torch.nonzero(keep).flatten()
+        return self._cache["finite_index"]
+
+    def spread(self) -> float:
+        """The honest 'norm std' ``sqrt(sum_i ||g_i - mean||^2 / (h - 1))`` over finite rows
+        (0 when fewer than two are finite): the typical distance of an honest vector to the mean.
+        """
+        if "spread" not in self._cache:
+            self._cache["spread"] = norm_std(self.finite_rows())
+        return self._cache["spread"]
+
+    # --- helpers ----------------------------------------------------------------------------
+    def repeat(self, v: torch.Tensor) -> torch.Tensor:
+        """The (f, d) matrix of f copies of one (d,) vector."""
+        return v.reshape(1, -1).expand(self.f, -1).clone()
+
+    def rows(self) -> int:
+        """How many distinct vectors a randomized attack draws: 1 when identical, else f."""
+        return 1 if self.identical else self.f
+
+    def randn(self, *shape: int) -> torch.Tensor:
+        """Standard normal draws from the generator (float64 on its device, then moved)."""
+        dev = self.generator.device if self.generator is not None else torch.device("cpu")
+        out = torch.randn(*shape, generator=self.generator, device=dev, dtype=torch.float64)
+        return out.to(device=self.device, dtype=self.dtype)
+
+    def rand(self, *shape: int) -> torch.Tensor:
+        """Uniform [0, 1) draws (float64) from the generator, on the honest vectors' device."""
+        dev = self.generator.device if self.generator is not None else torch.device("cpu")
+        out = torch.rand(*shape, generator=self.generator, device=dev, dtype=torch.float64)
+        return out.to(device=self.device)
+
+    def require_rule(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        if self.rule is None:
+            raise _no_rule(self.name)
+        return self.rule
+
+    def aggregate(self, byz: torch.Tensor) -> torch.Tensor:
+        """The rule's output on ``concat(honest, byz)``; ``byz`` is (d,) (sent f times) or
+        (f, d)."""
+        rule = self.require_rule()
+        B = self.repeat(byz) if byz.dim() == 1 else byz
+        return rule(torch.cat([self.honest, B.to(self.dtype)], dim=0))
+
+    def deviation(self, byz: torch.Tensor, coordinates: torch.Tensor | None = None) -> float:
+        """``||F(honest ∪ byz) - mean(honest)||`` in float64 (restricted to ``coordinates`` when
+        given); a non-finite value counts as ``inf``."""
+        out = self.aggregate(byz).to(torch.float64) - self.mean().to(torch.float64)
+        if coordinates is not None:
+            out = out[coordinates]
+        val = float(torch.linalg.vector_norm(out))
+        return val if math.isfinite(val) else math.inf
+
+    def finish(self, out: torch.Tensor) -> torch.Tensor:
+        """Validate an implementation's result and return the (f, d) Byzantine matrix."""
+        if not isinstance(out, torch.Tensor):
+            out = torch.as_tensor(out)
+        if out.dim() == 1:
+            out = self.repeat(out)
+        if tuple(out.shape) != (self.f, self.d):
+            raise RuntimeError(
+                f"{self.name}: produced shape {tuple(out.shape)}, expected {(self.f, self.d)}"
+            )
+        return out.to(device=self.device, dtype=self.dtype)
+
+
+def norm_std(X: torch.Tensor) -> float:
+    """``sqrt(sum_i ||x_i - mean||^2 / (m - 1))`` over the m rows of ``X`` (float64; 0 when
+    ``m < 2``): the norm standard deviation, i.e. the square root of the trace of the sample
+    covariance."""
+    if X.shape[0] < 2:
+        return 0.0
+    X = X.to(torch.float64)
+    dev = X - X.mean(0)
+    return math.sqrt(float((dev * dev).sum()) / (X.shape[0] - 1))
+
+
+def _no_rule(name: str) -> ValueError:
+    return ValueError(
+        f"{name} is rule-aware: pass rule=<aggregator name or callable(vectors, f=...)>"
+    )
+
+
+def _nanmean(X: torch.Tensor) -> torch.Tensor:
+    finite = torch.isfinite(X)
+    total = torch.where(finite, X, torch.zeros_like(X)).sum(0)
+    cnt = finite.sum(0)
+    return torch.where(cnt > 0, total / cnt.clamp_min(1), torch.full_like(total, math.nan))
+
+
+def make_context(
+    name: str,
+    honest,
+    f: int,
+    *,
+    rule=None,
+    rule_options: dict | None = None,
+    generator: torch.Generator | None = None,
+    identical: bool = True,
+    rule_required: bool = False,
+) -> tuple[AttackContext, OutputKind]:
+    """Validate the common arguments of an attack call and build its context.
+
+    A rule is resolved (and checked against n, f) only when the attack needs it; otherwise
+    ``rule`` and ``rule_options`` are ignored.
+    """
+    X, kind = as_honest_matrix(honest, name)
+    f = check_f(f, name)
+    if not isinstance(identical, (bool, np.bool_)):
+        raise TypeError(f"{name}: identical must be a bool, got {type(identical).__name__}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"{name}: generator must be a torch.Generator or None")
+    if rule_options is not None and not isinstance(rule_options, dict):
+        raise TypeError(f"{name}: rule_options must be a dict or None")
+    run = label = None
+    if rule_required:
+        if rule is None:
+            raise _no_rule(name)
+        run, label = resolve_rule(rule, rule_options, X.shape[0] + f, f, name)
+    ctx = AttackContext(
+        name=name,
+        honest=X,
+        f=f,
+        identical=bool(identical),
+        generator=generator,
+        rule=run,
+        rule_label=label,
+    )
+    return ctx, kind

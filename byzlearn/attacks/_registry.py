@@ -1,0 +1,265 @@
+"""Registry of gradient-space attacks, by name (same style as :mod:`byzlearn.aggregators`).
+
+Every attack is written as an *implementation* ``impl(ctx, *, option=default, ...)`` working on an
+:class:`~byzlearn.attacks._context.AttackContext` (the honest vectors, n, f, the rule in use, the
+generator) and returning either one ``(d,)`` vector (sent by all f Byzantine workers) or an
+``(f, d)`` tensor. :func:`register` wraps it into the public function
+
+    attack(honest, f, *, rule=None, rule_options=None, generator=None, identical=True, **options)
+
+that validates the common arguments and the options (unknown option -> ``TypeError`` naming it),
+resolves the rule, and gives the ``(f, d)`` result back in the caller's kind, dtype and device.
+
+* ``rule`` is needed by rule-aware attacks only (``ValueError`` when missing; :func:`needs_rule`
+  says whether a call needs it, e.g. ``leeway`` with a given ``epsilon`` does not); other attacks
+  ignore it.
+* ``identical=True`` (default, the convention of the reference codes): the f rows are equal.
+  ``identical=False``: attacks registered with ``distinct=True`` (gaussian, large_norm, nonfinite,
+  bitflip) send f different vectors; the others have a single vector to send and still return f
+  equal rows.
+* ``generator``: the only source of randomness (``randomized=True`` attacks); the same seed
+  gives the same result.
+* ``f = 0`` returns an empty ``(0, d)`` result after the common checks.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from byzlearn.attacks._context import AttackContext, make_context
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """What the registry knows of one gradient-space attack."""
+
+    name: str
+    impl: Callable[..., torch.Tensor]
+    rule_aware: bool  # needs the aggregation rule (unless ``needs_rule`` says otherwise)
+    distinct: bool  # honours identical=False by sending distinct vectors
+    randomized: bool  # uses the generator
+    reference: str
+    options: tuple[str, ...]
+    defaults: dict[str, Any] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+    needs_rule: Callable[[dict], bool] | None = None  # option-dependent rule need
+
+    @property
+    def summary(self) -> str:
+        """First line of the docstring."""
+        doc = (self.impl.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+
+_ATTACKS: dict[str, AttackSpec] = {}
+_PUBLIC: dict[str, Callable] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def _options_of(impl: Callable) -> tuple[tuple[str, ...], dict[str, Any]]:
+    params = list(inspect.signature(impl).parameters.values())[1:]  # skip ctx
+    opts = [p for p in params if p.kind == p.KEYWORD_ONLY]
+    return tuple(p.name for p in opts), {p.name: p.default for p in opts}
+
+
+def _check_options(name: str, allowed: tuple[str, ...], options: dict) -> None:
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        valid = ", ".join(allowed) if allowed else "none"
+        raise TypeError(
+            f"{name}() got an unexpected option {unknown[0]!r} (valid options: {valid})"
+        )
+
+
+def register(
+    name: str,
+    *,
+    rule_aware: bool = False,
+    distinct: bool = False,
+    randomized: bool = False,
+    reference: str = "",
+    aliases: tuple[str, ...] = (),
+    needs_rule: Callable[[dict], bool] | None = None,
+) -> Callable[[Callable[..., torch.Tensor]], Callable]:
+    """Register ``impl(ctx, *, option=default, ...)`` under ``name``; return the public attack."""
+
+    def decorate(impl: Callable[..., torch.Tensor]) -> Callable:
+        options, defaults = _options_of(impl)
+        spec = AttackSpec(
+            name=name,
+            impl=impl,
+            rule_aware=rule_aware,
+            distinct=distinct,
+            randomized=randomized,
+            reference=reference,
+            options=options,
+            defaults=defaults,
+            aliases=tuple(aliases),
+            needs_rule=needs_rule,
+        )
+        if name in _ATTACKS or name in _ALIASES:
+            raise ValueError(f"attack {name!r} is already registered")
+        _ATTACKS[name] = spec
+        for alias in aliases:
+            _ALIASES[alias] = name
+        public = _make_public(spec)
+        _PUBLIC[name] = public
+        return public
+
+    return decorate
+
+
+def _make_public(spec: AttackSpec) -> Callable:
+    def attack(
+        honest,
+        f: int,
+        *,
+        rule=None,
+        rule_options: dict | None = None,
+        generator: torch.Generator | None = None,
+        identical: bool = True,
+        **options,
+    ):
+        return apply(
+            spec.name,
+            honest,
+            f,
+            rule=rule,
+            rule_options=rule_options,
+            generator=generator,
+            identical=identical,
+            options=options,
+        )
+
+    attack.__name__ = spec.name
+    attack.__qualname__ = spec.name
+    attack.__doc__ = spec.impl.__doc__
+    attack.__module__ = spec.impl.__module__
+    impl_params = list(inspect.signature(spec.impl).parameters.values())[1:]
+    P = inspect.Parameter
+    attack.__signature__ = inspect.Signature(
+        [
+            P("honest", P.POSITIONAL_OR_KEYWORD),
+            P("f", P.POSITIONAL_OR_KEYWORD),
+            P("rule", P.KEYWORD_ONLY, default=None),
+            P("rule_options", P.KEYWORD_ONLY, default=None),
+            P("generator", P.KEYWORD_ONLY, default=None),
+            P("identical", P.KEYWORD_ONLY, default=True),
+            *impl_params,
+        ]
+    )
+    attack.spec = spec  # type: ignore[attr-defined]
+    return attack
+
+
+# --- lookup --------------------------------------------------------------------------------
+def names(kind: str | None = None) -> list[str]:
+    """Names of the registered gradient-space attacks (canonical names, no aliases).
+
+    ``kind="rule_aware"`` lists only the attacks that use the aggregation rule, ``"fixed"`` only
+    the others; ``None`` (default) lists all.
+    """
+    if kind not in (None, "rule_aware", "fixed"):
+        raise ValueError(f"kind must be None, 'rule_aware' or 'fixed', got {kind!r}")
+    return sorted(
+        n
+        for n, s in _ATTACKS.items()
+        if kind is None or (s.rule_aware if kind == "rule_aware" else not s.rule_aware)
+    )
+
+
+def aliases() -> dict[str, str]:
+    """Alias -> canonical name (e.g. ``"fall_of_empires" -> "ipm"``)."""
+    return dict(sorted(_ALIASES.items()))
+
+
+def _canonical(name: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"an attack name must be a non-empty string, got {name!r}")
+    key = name.strip().lower().replace("-", "_")
+    key = _ALIASES.get(key, key)
+    if key not in _ATTACKS:
+        raise KeyError(f"unknown attack {name!r}; known: {', '.join(names())}")
+    return key
+
+
+def spec(name: str) -> AttackSpec:
+    """The :class:`AttackSpec` of one attack (aliases accepted)."""
+    return _ATTACKS[_canonical(name)]
+
+
+def get(name: str) -> Callable:
+    """The public attack callable for ``name`` (aliases and ``-``/``_`` spellings accepted)."""
+    return _PUBLIC[_canonical(name)]
+
+
+def is_rule_aware(name: str) -> bool:
+    """True when the attack ``name`` may use the aggregation rule (it is 'rule-aware')."""
+    return spec(name).rule_aware
+
+
+def needs_rule(name: str, **options) -> bool:
+    """True when calling ``name`` with ``options`` requires ``rule=...``.
+
+    Rule-aware attacks need it, except where an option fixes the factor (e.g. ``leeway`` with
+    ``epsilon=...``). Unknown options raise ``TypeError`` as they would in the call.
+    """
+    s = spec(name)
+    _check_options(s.name, s.options, options)
+    if not s.rule_aware:
+        return False
+    return True if s.needs_rule is None else bool(s.needs_rule({**s.defaults, **options}))
+
+
+# --- application ---------------------------------------------------------------------------
+def apply(
+    name: str,
+    honest,
+    f: int,
+    *,
+    rule=None,
+    rule_options: dict | None = None,
+    generator: torch.Generator | None = None,
+    identical: bool = True,
+    options: dict | None = None,
+):
+    """Run the attack ``name``; the body of every public attack."""
+    s = spec(name)
+    options = dict(options or {})
+    _check_options(s.name, s.options, options)
+    required = s.rule_aware and (s.needs_rule is None or s.needs_rule({**s.defaults, **options}))
+    ctx, kind = make_context(
+        s.name,
+        honest,
+        f,
+        rule=rule,
+        rule_options=rule_options,
+        generator=generator,
+        identical=identical,
+        rule_required=required,
+    )
+    if ctx.f == 0:
+        return kind.restore(ctx.honest.new_zeros((0, ctx.d)))
+    with torch.no_grad():
+        out = s.impl(ctx, **options)
+        out = ctx.finish(out)
+    return kind.restore(out)
+
+
+__all__ = [
+    "AttackContext",
+    "AttackSpec",
+    "aliases",
+    "apply",
+    "get",
+    "is_rule_aware",
+    "names",
+    "needs_rule",
+    "register",
+    "spec",
+]

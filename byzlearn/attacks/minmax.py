@@ -1,0 +1,173 @@
+"""The min-max and min-sum attacks of Shejwalkar and Houmansadr (NDSS 2021), and the rule-aware
+min-max variant.
+
+Both send ``b = mu - gamma * p`` (f identical copies), with ``p`` a perturbation direction:
+
+* ``"unit_vec"`` (default, the reference code's default): ``p = mu / ||mu||``;
+* ``"std"``: ``p = sigma`` (coordinate-wise unbiased std);
+* ``"sign"``: ``p = sign(mu)``;
+
+and ``gamma >= 0`` the **largest** value keeping ``b`` inconspicuous (AGR-agnostic: no rule):
+
+* min-max: ``max_i ||b - g_i||^2 <= max_{i,j} ||g_i - g_j||^2`` (the Byzantine vector is no
+  farther from any honest vector than the two most distant honest vectors are from each other);
+* min-sum: ``sum_i ||b - g_i||^2 <= min_i sum_j ||g_i - g_j||^2`` (its sum of squared distances
+  to the honest vectors is at most the smallest one of an honest vector; the ``min`` is the
+  reference code's, ``our_attack_score``).
+
+The reference code finds ``gamma`` by bisection starting at ``gamma = 10`` (so it never exceeds
+20); every constraint here is a quadratic in ``gamma``, so ``gamma`` is computed **exactly** in
+closed form (the largest root), with no upper cap. ``gamma = 0`` is always feasible (``mu`` is
+an average of the honest vectors). Statistics use the fully finite honest rows only. When
+``p = 0`` (e.g. ``mu = 0`` for ``"unit_vec"``) the attack sends ``mu``.
+
+Reference: Shejwalkar, Houmansadr, "Manipulating the Byzantine: Optimizing Model Poisoning
+Attacks and Defenses for Federated Learning", NDSS 2021 (code: ``our_attack_dist`` and
+``our_attack_score`` in the authors' notebooks).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from byzlearn.attacks._checks import choice
+from byzlearn.attacks._context import AttackContext
+from byzlearn.attacks._registry import register
+from byzlearn.attacks.optimised import optimise
+
+_PERTURBATIONS = ("unit_vec", "std", "sign")
+_REFERENCE = (
+    "Shejwalkar, Houmansadr, 'Manipulating the Byzantine: Optimizing Model Poisoning Attacks "
+    "and Defenses for Federated Learning', NDSS 2021"
+)
+
+
+def _setup(
+    ctx: AttackContext, perturbation: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(G, mu, p) in float64 over the fully finite honest rows."""
+    perturbation = choice(ctx.name, "perturbation", perturbation, _PERTURBATIONS)
+    G = ctx.finite_rows().to(torch.float64)
+    mu = G.mean(0)
+    if perturbation == "unit_vec":
+        norm = torch.linalg.vector_norm(mu)
+        p = mu / norm if float(norm) > 0 else torch.zeros_like(mu)
+    elif perturbation == "sign":
+        p = torch.sign(mu)
+    else:
+        if G.shape[0] < 2:
+            raise ValueError(f"{ctx.name}: perturbation='std' needs at least 2 finite honest rows")
+        p = G.std(0, correction=1)
+    return G, mu, p
+
+
+def _largest_root(a: float, b: float, c: float) -> float:
+    """Largest real root of ``a x^2 + b x + c`` (``a > 0``, ``c <= 0`` so it is >= 0)."""
+    disc = max(b * b - 4.0 * a * c, 0.0)
+    return (-b + math.sqrt(disc)) / (2.0 * a)
+
+
+def min_max_gamma(G: torch.Tensor, mu: torch.Tensor, p: torch.Tensor) -> float:
+    """Largest ``gamma`` with ``max_i ||mu - gamma p - g_i||^2 <= max_{i,j} ||g_i - g_j||^2``.
+
+    Per honest row: ``||a_i||^2 - 2 gamma <a_i, p> + gamma^2 ||p||^2 <= R^2`` with
+    ``a_i = mu - g_i``; the answer is the smallest of the per-row largest roots.
+    """
+    pp = float(p @ p)
+    if pp == 0.0:
+        return 0.0
+    R2 = float(torch.cdist(G, G).max()) ** 2
+    A = mu - G
+    aa = (A * A).sum(1)
+    ap = A @ p
+    return min(
+        _largest_root(pp, -2.0 * float(x), float(y) - R2) for x, y in zip(ap, aa, strict=True)
+    )
+
+
+def min_sum_gamma(G: torch.Tensor, mu: torch.Tensor, p: torch.Tensor) -> float:
+    """Largest ``gamma`` with ``sum_i ||mu - gamma p - g_i||^2 <= min_i sum_j ||g_i - g_j||^2``."""
+    pp = float(p @ p)
+    if pp == 0.0:
+        return 0.0
+    T = float((torch.cdist(G, G) ** 2).sum(1).min())
+    A = mu - G
+    S = float((A * A).sum())
+    return _largest_root(G.shape[0] * pp, -2.0 * float(A.sum(0) @ p), S - T)
+
+
+@register("min_max", reference=_REFERENCE, aliases=("minmax",))
+def min_max(ctx: AttackContext, *, perturbation: str = "unit_vec") -> torch.Tensor:
+    r"""Min-max (AGR-agnostic): ``b = mu - gamma p`` with the largest ``gamma`` such that
+    ``max_i ||b - g_i|| <= max_{i,j} ||g_i - g_j||`` (see the module docstring).
+
+    Options:
+        perturbation: ``"unit_vec"`` (default, ``p = mu/||mu||``), ``"std"`` (``p = sigma``)
+            or ``"sign"`` (``p = sign(mu)``).
+
+    Reference: Shejwalkar, Houmansadr, NDSS 2021 (min-max attack, ``our_attack_dist``).
+    """
+    G, mu, p = _setup(ctx, perturbation)
+    return (mu - min_max_gamma(G, mu, p) * p).to(ctx.dtype)
+
+
+@register("min_sum", reference=_REFERENCE, aliases=("minsum",))
+def min_sum(ctx: AttackContext, *, perturbation: str = "unit_vec") -> torch.Tensor:
+    r"""Min-sum (AGR-agnostic): ``b = mu - gamma p`` with the largest ``gamma`` such that
+    ``sum_i ||b - g_i||^2 <= min_i sum_j ||g_i - g_j||^2`` (see the module docstring).
+
+    Options:
+        perturbation: ``"unit_vec"`` (default), ``"std"`` or ``"sign"`` (as for ``min_max``).
+
+    Reference: Shejwalkar, Houmansadr, NDSS 2021 (min-sum attack, ``our_attack_score``).
+    """
+    G, mu, p = _setup(ctx, perturbation)
+    return (mu - min_sum_gamma(G, mu, p) * p).to(ctx.dtype)
+
+
+@register(
+    "min_max_opt",
+    rule_aware=True,
+    reference=_REFERENCE + " (AGR-tailored: gamma optimised for the rule)",
+    aliases=("minmax_opt", "min_max_tailored"),
+)
+def min_max_opt(
+    ctx: AttackContext,
+    *,
+    perturbation: str = "unit_vec",
+    evaluations: int = 32,
+    bounds: tuple[float, float] = (1e-2, 1e2),
+) -> torch.Tensor:
+    r"""Min-max tailored to the rule: ``b = mu - gamma p`` with ``gamma`` maximising
+    ``||F(honest ∪ b) - mu||`` instead of satisfying the min-max constraint.
+
+    ``gamma = t * s / ||p||`` with ``s`` the honest norm spread; the factor ``t`` is searched
+    with both signs within ``bounds`` (see :mod:`byzlearn.attacks.optimised`), and the min-max
+    ``gamma`` is tried too, so ``min_max_opt`` is at least as damaging as ``min_max`` for a
+    deterministic rule.
+
+    Options:
+        perturbation: ``"unit_vec"`` (default), ``"std"`` or ``"sign"``.
+        evaluations: rule evaluations of the search (default 32; ``>= 8``).
+        bounds: the magnitudes ``(lo, hi)`` of ``t`` (default (0.01, 100)).
+
+    Reference: Shejwalkar, Houmansadr, NDSS 2021 (the AGR-tailored attacks optimise gamma for
+    the known rule).
+    """
+    G, mu, p = _setup(ctx, perturbation)
+    pn = float(torch.linalg.vector_norm(p))
+    if pn == 0.0:
+        return mu.to(ctx.dtype)
+    unit = (ctx.spread() or 1.0) / pn
+    fixed = min_max_gamma(G, mu, p) / unit
+    byz, _ = optimise(
+        ctx,
+        mu.to(ctx.dtype),
+        (-unit * p).to(ctx.dtype),
+        include=(fixed,),
+        evaluations=evaluations,
+        bounds=bounds,
+    )
+    return byz

@@ -1,0 +1,237 @@
+"""Each fixed attack against an independent numpy reference computed in the test."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import norm
+
+import byzlearn.attacks as atk
+
+
+def draw(h: int = 15, d: int = 40, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.normal(0.5, 2.0, size=(h, d))
+
+
+def run(name: str, X: np.ndarray, f: int, **kw) -> np.ndarray:
+    out = atk.get(name)(torch.from_numpy(X), f, **kw)
+    return out.numpy()
+
+
+def assert_rows(out: np.ndarray, row: np.ndarray, f: int) -> None:
+    assert out.shape == (f, row.size)
+    for r in out:
+        np.testing.assert_allclose(r, row, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("n", "f", "z"),
+    [(20, 4, 0.385), (25, 5, 0.468), (25, 11, 1.405), (50, 12, 0.583), (51, 24, 1.760)],
+)
+def test_alie_z_table(n, f, z):
+    assert atk.alie_z(n, f) == pytest.approx(z, abs=5e-4)
+    s = math.floor(n / 2 + 1) - f
+    assert atk.alie_z(n, f) == pytest.approx(norm.ppf((n - s) / n), rel=1e-9)
+
+
+def test_alie_z_invalid():
+    with pytest.raises(ValueError, match="pass z="):
+        atk.alie_z(10, 8)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_alie(seed):
+    X = draw(seed=seed)
+    f = 4
+    n = X.shape[0] + f
+    mu, sd = X.mean(0), X.std(0, ddof=1)
+    s = math.floor(n / 2 + 1) - f
+    z = norm.ppf((n - s) / n)
+    assert_rows(run("alie", X, f), mu - z * sd, f)
+    assert_rows(run("alie", X, f, z=1.5), mu - 1.5 * sd, f)
+    assert_rows(run("alie", X, f, z=-1.0), mu + sd, f)
+
+
+def test_sign_flip_ipm_zero():
+    X = draw()
+    mu = X.mean(0)
+    assert_rows(run("sign_flip", X, 3), -mu, 3)
+    assert_rows(run("sign_flip", X, 3, scale=10.0), -10 * mu, 3)
+    assert_rows(run("ipm", X, 3), -0.1 * mu, 3)
+    assert_rows(run("ipm", X, 3, epsilon=2.0), -2.0 * mu, 3)
+    assert_rows(run("zero", X, 3), np.zeros_like(mu), 3)
+    with pytest.raises(ValueError, match="scale must be > 0"):
+        run("sign_flip", X, 3, scale=-1.0)
+    with pytest.raises(ValueError, match="epsilon must be finite"):
+        run("ipm", X, 3, epsilon=math.inf)
+    with pytest.raises(TypeError, match="epsilon must be a number"):
+        run("ipm", X, 3, epsilon="0.1")
+
+
+def test_gaussian_matches_torch_draws():
+    X = draw()
+    out = run("gaussian", X, 3, generator=torch.Generator().manual_seed(7), identical=False)
+    ref = 200.0 * torch.randn(
+        3, 40, generator=torch.Generator().manual_seed(7), dtype=torch.float64
+    )
+    np.testing.assert_allclose(out, ref.numpy(), rtol=1e-12)
+    out = run(
+        "gaussian", X, 3, generator=torch.Generator().manual_seed(7), std=2.0, center="honest"
+    )
+    ref = (
+        X.mean(0)
+        + 2.0
+        * torch.randn(
+            1, 40, generator=torch.Generator().manual_seed(7), dtype=torch.float64
+        ).numpy()[0]
+    )
+    assert_rows(out, ref, 3)
+    with pytest.raises(ValueError, match="center must be one of"):
+        run("gaussian", X, 3, center="one")
+
+
+def test_gaussian_statistics():
+    X = draw(d=20000)
+    out = run("gaussian", X, 2, generator=torch.Generator().manual_seed(0), identical=False)
+    assert abs(out.std() - 200.0) < 3.0 and abs(out.mean()) < 3.0
+
+
+def test_large_norm():
+    X = draw()
+    ref_norm = np.linalg.norm(X, axis=1).max()
+    out = run("large_norm", X, 3, generator=torch.Generator().manual_seed(1), identical=False)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 100 * ref_norm, rtol=1e-12)
+    xi = torch.randn(3, 40, generator=torch.Generator().manual_seed(1), dtype=torch.float64).numpy()
+    np.testing.assert_allclose(out, 100 * ref_norm * xi / np.linalg.norm(xi, axis=1, keepdims=True))
+    out = run("large_norm", X, 2, scale=5.0)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 5 * ref_norm, rtol=1e-12)
+
+
+def test_nonfinite():
+    X = draw()
+    for value, bad in (("nan", np.nan), ("inf", np.inf), ("-inf", -np.inf)):
+        out = run("nonfinite", X, 2, value=value)
+        assert_rows(out, np.full(40, bad), 2)
+    out = run(
+        "nonfinite",
+        X,
+        3,
+        fraction=0.25,
+        identical=False,
+        generator=torch.Generator().manual_seed(3),
+    )
+    mu = X.mean(0)
+    for row in out:
+        bad = np.isnan(row)
+        assert bad.sum() == 10
+        np.testing.assert_allclose(row[~bad], mu[~bad])
+    assert len({tuple(np.isnan(r)) for r in out}) > 1
+    with pytest.raises(ValueError, match="fraction"):
+        run("nonfinite", X, 2, fraction=1.5)
+    with pytest.raises(ValueError, match="value must be one of"):
+        run("nonfinite", X, 2, value="zero")
+
+
+def test_bitflip():
+    X = draw(h=4)
+    out = run("bitflip", X, 6, identical=False)
+    np.testing.assert_allclose(out, -X[[0, 1, 2, 3, 0, 1]])
+    assert_rows(run("bitflip", X, 3), -X[0], 3)
+    own = draw(h=3, seed=9)
+    np.testing.assert_allclose(run("bitflip", X, 3, own=own, identical=False), -own)
+    np.testing.assert_allclose(run("bitflip", X, 3, own=torch.from_numpy(own)), -own[[0, 0, 0]])
+    with pytest.raises(ValueError, match="own must hold"):
+        run("bitflip", X, 2, own=own)
+    # non-finite honest rows are skipped as stand-ins
+    Y = X.copy()
+    Y[0, 3] = np.nan
+    np.testing.assert_allclose(run("bitflip", Y, 3, identical=False), -X[[1, 2, 3]])
+
+
+def mimic_reference(X: np.ndarray) -> int:
+    A = X - X.mean(0)
+    _, _, vt = np.linalg.svd(A, full_matrices=False)
+    return int(np.argmax(np.abs(A @ vt[0])))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_mimic_per_step_choice(seed):
+    X = draw(seed=seed)
+    # make one worker clearly the most heterogeneous along a direction
+    X[5] += 6.0 * np.sign(np.random.default_rng(seed).normal(size=40))
+    k = mimic_reference(X)
+    assert k == 5
+    assert_rows(run("mimic", X, 3), X[k], 3)
+    assert_rows(run("mimic", X, 3, worker=2), X[2], 3)
+    with pytest.raises(ValueError, match="worker must be in"):
+        run("mimic", X, 3, worker=15)
+
+
+def test_mimic_state_reference():
+    rng = np.random.default_rng(0)
+    steps = [rng.normal(size=(8, 30)) for _ in range(4)]
+    # independent reference of the running estimate (epfml's heuristic form)
+    mu = z = None
+    targets = []
+    for t, G in enumerate(steps[:3]):
+        if t == 0:
+            mu = G.mean(0)
+            z = G[0] - mu
+            z /= np.linalg.norm(z)
+        else:
+            mu = (t * mu + G.mean(0)) / (t + 1)
+        cumu = sum(((g - mu) @ z) * (g - mu) for g in G)
+        c = cumu / np.linalg.norm(cumu)
+        z = c if t == 0 else (t * z + c) / (t + 1)
+        z /= np.linalg.norm(z)
+        targets.append(int(np.argmax(G @ z)))
+    state = atk.MimicState(warmup=3)
+    for t, G in enumerate(steps):
+        state = state.observe(torch.from_numpy(G))
+        assert state.step == t + 1
+        expected = targets[min(t, 2)]
+        assert state.target == expected
+        assert_rows(run("mimic", G, 2, state=state), G[expected], 2)
+    np.testing.assert_allclose(state.mu.numpy(), mu)
+    np.testing.assert_allclose(state.z.numpy(), z)
+
+
+def test_mimic_state_errors():
+    X = draw()
+    with pytest.raises(ValueError, match="observe"):
+        run("mimic", X, 2, state=atk.MimicState())
+    with pytest.raises(TypeError, match="MimicState"):
+        run("mimic", X, 2, state="s")
+    with pytest.raises(TypeError, match="at most one"):
+        run("mimic", X, 2, state=atk.MimicState(), worker=1)
+    with pytest.raises(ValueError, match="warmup"):
+        atk.MimicState(warmup=0)
+    s = atk.MimicState().observe(torch.from_numpy(X))
+    with pytest.raises(ValueError, match="d=40"):
+        atk.MimicState(warmup=2).observe(X).observe(X[:, :5])
+    # a target holding a non-finite value falls back to the per-step choice
+    Y = X.copy()
+    Y[s.target, 0] = np.nan
+    assert np.isfinite(run("mimic", Y, 2, state=s)).all()
+
+
+def test_nonfinite_honest_policy():
+    X = draw(h=6, d=5)
+    X[0, 1] = np.nan
+    X[2, 3] = np.inf
+    mu = np.array([np.mean(X[np.isfinite(X[:, k]), k]) for k in range(5)])
+    sd = np.array([np.std(X[np.isfinite(X[:, k]), k], ddof=1) for k in range(5)])
+    z = atk.alie_z(8, 2)
+    assert_rows(run("alie", X, 2), mu - z * sd, 2)
+    assert_rows(run("sign_flip", X, 2), -mu, 2)
+    # distance-based attacks use the finite rows only
+    G = X[[1, 3, 4, 5]]
+    assert np.isfinite(run("min_max", X, 2)).all()
+    np.testing.assert_allclose(run("min_max", X, 2), run("min_max", G, 2))
+    assert np.isfinite(run("mimic", X, 2)).all()
+    with pytest.raises(ValueError, match="every honest vector holds a non-finite"):
+        run("mimic", np.full((3, 4), np.nan), 2)
