@@ -69,9 +69,7 @@ def measurable_limit(d: int) -> float:
     return float(np.sqrt(np.finfo(np.float64).max / (8.0 * max(d, 1))))
 
 
-def _masked_block(
-    Xb: torch.Tensor, centre: torch.Tensor | None, centre_row: int | None, d: int
-):
+def _masked_block(Xb: torch.Tensor, centre: torch.Tensor | None, centre_row: int | None, d: int):
     """Slow path for a block holding non-finite values or overflowing products (float64)."""
     n = Xb.shape[0]
     Xd = Xb.double()
@@ -272,7 +270,7 @@ class Inputs:
         w = self.base_weights(alpha)
         if bool((w[self.gram.bad] != 0).any()):
             raise AssertionError("internal error: a bad row was given a non-zero weight")
-        return weighted_rows(self.X, w)
+        return weighted_rows(self.X, w, all_rows=not bool(self.gram.bad.any()))
 
     def materialize(self) -> torch.Tensor:
         """The (n', d) matrix Y (a view of X when A is the identity).
@@ -303,8 +301,12 @@ class Inputs:
         return out
 
 
-def weighted_rows(X: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``sum_i w_i X_i`` over the rows with non-zero weight, in one blocked pass, dtype of X."""
+def weighted_rows(X: torch.Tensor, w: torch.Tensor, all_rows: bool = False) -> torch.Tensor:
+    """``sum_i w_i X_i`` over the rows with non-zero weight, in one blocked pass, dtype of X.
+
+    ``all_rows=True`` (every row finite) allows one dense product over all rows, zero weights
+    included, which is faster than gathering the rows with non-zero weight block by block.
+    """
     rows = torch.nonzero(w).flatten()
     if rows.numel() == 0:
         return torch.zeros(X.shape[1], dtype=X.dtype, device=X.device)
@@ -312,9 +314,9 @@ def weighted_rows(X: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         i = int(rows[0])
         scale = float(w[i])
         return X[i].clone() if scale == 1.0 else X[i] * scale
+    if all_rows or rows.numel() == X.shape[0]:
+        return w.to(device=X.device, dtype=X.dtype) @ X
     weights = w[rows].to(device=X.device, dtype=X.dtype)
-    if rows.numel() == X.shape[0]:
-        return weights @ X
     rows = rows.to(X.device)
     n, d = X.shape
     out = torch.empty(d, dtype=X.dtype, device=X.device)

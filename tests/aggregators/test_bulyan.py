@@ -24,7 +24,7 @@ from tests.aggregators.test_distance_rules import (
     ref_bad,
     ref_geometric_median,
     ref_krum_scores,
-        ref_order,
+    ref_order,
     ref_sqdist,
 )
 
@@ -49,8 +49,7 @@ def ref_picks(X, f, rule) -> list[int]:
         return _tied(ref_krum_scores(X, f), 1e-7)  # max(1, |R| - f - 2) neighbours
     if rule == "medoid":
         D = np.sqrt(ref_sqdist(X))
-        return _tied([np.inf if ref_bad(X)[i] else D[i][~ref_bad(X)].sum() for i in range(n)],
-                     1e-7)
+        return _tied([np.inf if ref_bad(X)[i] else D[i][~ref_bad(X)].sum() for i in range(n)], 1e-7)
     if rule == "multi_krum":
         s = ref_krum_scores(X, f)
         order = ref_order(s)
@@ -62,8 +61,9 @@ def ref_picks(X, f, rule) -> list[int]:
         z = ref_geometric_median(X[~ref_bad(X)])
     else:
         raise AssertionError(rule)
-    return _tied([np.inf if ref_bad(X)[i] else float(np.sum((X[i] - z) ** 2))
-                  for i in range(n)], 1e-5)
+    return _tied(
+        [np.inf if ref_bad(X)[i] else float(np.sum((X[i] - z) ** 2)) for i in range(n)], 1e-5
+    )
 
 
 def ref_bulyan_all(X, f, rule="krum", theta=None, beta=None, limit=64):
@@ -89,8 +89,11 @@ def ref_bulyan_all(X, f, rule="krum", theta=None, beta=None, limit=64):
                 order = sorted(range(theta), key=lambda t: (abs(col[t] - med), col[t]))
                 dist = sorted(abs(col - med))
                 tol = 1e-12 * (1 + abs(med))
-                if (beta < theta and dist[beta] - dist[beta - 1] <= tol
-                        and abs(col[order[beta]] - col[order[beta - 1]]) > tol):
+                if (
+                    beta < theta
+                    and dist[beta] - dist[beta - 1] <= tol
+                    and abs(col[order[beta]] - col[order[beta - 1]]) > tol
+                ):
                     ok = False  # a tie at the cut (e.g. the two middle values when beta = 1)
                 out[j] = col[order[:beta]].mean()
             outcomes[rows] = out
@@ -126,8 +129,16 @@ def check_bulyan(X, f, rule="krum", atol=1e-10, **kw) -> bool:
     return True
 
 
-SHAPES = [(7, 1, 3), (8, 1, 5), (11, 2, 4), (12, 2, 10), (15, 3, 6), (16, 0, 3), (31, 7, 8),
-          (40, 9, 5)]
+SHAPES = [
+    (7, 1, 3),
+    (8, 1, 5),
+    (11, 2, 4),
+    (12, 2, 10),
+    (15, 3, 6),
+    (16, 0, 3),
+    (31, 7, 8),
+    (40, 9, 5),
+]
 
 
 @pytest.mark.parametrize("offset", [0.0, 1e4, 1e6])
@@ -192,8 +203,12 @@ def test_bulyan_errors():
 
 @pytest.mark.parametrize("kind", ["nan", "inf", "huge_distinct", "mixed"])
 @settings(max_examples=12)
-@given(seed=st.integers(0, 2**31 - 1), f=st.integers(1, 3), extra=st.integers(0, 5),
-       d=st.integers(1, 6))
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    f=st.integers(1, 3),
+    extra=st.integers(0, 5),
+    d=st.integers(1, 6),
+)
 def test_bulyan_bad_rows(kind, seed, f, extra, d):
     n = 4 * f + 3 + extra
     X = make_X(seed, n, d)
@@ -244,8 +259,12 @@ def test_bulyan_too_many_bad_rows():
 
 
 @settings(max_examples=15)
-@given(seed=st.integers(0, 2**31 - 1), f=st.integers(0, 2), extra=st.integers(0, 4),
-       offset=st.sampled_from([0.0, 1e3, 1e6]))
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    f=st.integers(0, 2),
+    extra=st.integers(0, 4),
+    offset=st.sampled_from([0.0, 1e3, 1e6]),
+)
 def test_bulyan_permutation_and_translation(seed, f, extra, offset):
     n = 4 * f + 3 + extra
     X = make_X(seed, n, 4, offset)

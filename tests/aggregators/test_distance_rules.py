@@ -80,8 +80,10 @@ def ref_multi_krum(X, f, m=None) -> list[int]:
 def ref_medoid(X) -> int:
     D = np.sqrt(ref_sqdist(X))
     bad = ref_bad(X)
-    sums = [np.inf if bad[i] else sum(D[i, j] for j in range(len(X)) if not bad[j])
-            for i in range(len(X))]
+    sums = [
+        np.inf if bad[i] else sum(D[i, j] for j in range(len(X)) if not bad[j])
+        for i in range(len(X))
+    ]
     return ref_order(np.array(sums))[0]
 
 
@@ -134,14 +136,19 @@ def test_ref_geometric_median_is_optimal():
 
     X = make_X(9, 6, 3)
     z = ref_geometric_median(X)
-    res = minimize(lambda v: ref_gm_objective(X, v), z, method="Nelder-Mead",
-                   options={"xatol": 1e-12, "fatol": 1e-14})
+    res = minimize(
+        lambda v: ref_gm_objective(X, v),
+        z,
+        method="Nelder-Mead",
+        options={"xatol": 1e-12, "fatol": 1e-14},
+    )
     assert ref_gm_objective(X, z) <= res.fun * (1 + 1e-12)
 
 
 def ref_cge(X, f) -> list[int]:
-    norms = [np.inf if ref_bad(X)[i] else math.sqrt(float(np.dot(X[i], X[i])))
-             for i in range(len(X))]
+    norms = [
+        np.inf if ref_bad(X)[i] else math.sqrt(float(np.dot(X[i], X[i]))) for i in range(len(X))
+    ]
     return sorted(ref_order(np.array(norms))[: len(X) - f])
 
 
@@ -188,8 +195,16 @@ def to64(X) -> np.ndarray:
 
 
 # Shapes: (n, f, d), incl. n > 25, even n, f = 0
-SHAPES = [(5, 1, 3), (7, 2, 10), (8, 1, 4), (12, 3, 6), (16, 0, 5), (31, 7, 20), (40, 9, 8),
-          (26, 5, 50)]
+SHAPES = [
+    (5, 1, 3),
+    (7, 2, 10),
+    (8, 1, 4),
+    (12, 3, 6),
+    (16, 0, 5),
+    (31, 7, 20),
+    (40, 9, 8),
+    (26, 5, 50),
+]
 OFFSETS = [0.0, 1e4, 1e6]
 
 
@@ -428,8 +443,9 @@ def test_geometric_median_max_iter_and_tol():
         out = agg.geometric_median(X, f=1, max_iter=k)
         np.testing.assert_allclose(out, _weiszfeld_steps(X, k, 1e-12), rtol=1e-10, atol=1e-12)
     # a huge tolerance stops after the first step
-    np.testing.assert_allclose(agg.geometric_median(X, f=1, tol=1e3),
-                               _weiszfeld_steps(X, 1, 1e-12), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        agg.geometric_median(X, f=1, tol=1e3), _weiszfeld_steps(X, 1, 1e-12), rtol=1e-10, atol=1e-12
+    )
     # a loose tolerance is worse than a tight one, and not as good as the optimum
     loose = ref_gm_objective(X, agg.geometric_median(X, f=1, tol=1e-1))
     tight = ref_gm_objective(X, agg.geometric_median(X, f=1, tol=1e-12, max_iter=100000))
@@ -447,8 +463,9 @@ def test_geometric_median_nu():
     # huge smoothing: every weight is 1/nu, so the iteration stays at the mean
     np.testing.assert_allclose(agg.geometric_median(X, f=0, nu=1e12), X.mean(0), rtol=1e-12)
     # nu = 0.5 for one step matches the smoothed formula
-    np.testing.assert_allclose(agg.geometric_median(X, f=0, nu=0.5, max_iter=1),
-                               _weiszfeld_steps(X, 1, 0.5), rtol=1e-10)
+    np.testing.assert_allclose(
+        agg.geometric_median(X, f=0, nu=0.5, max_iter=1), _weiszfeld_steps(X, 1, 0.5), rtol=1e-10
+    )
     with pytest.raises(ValueError, match="nu"):
         agg.geometric_median(X, f=0, nu=0.0)
 
@@ -476,8 +493,9 @@ def test_centered_clipping_reference(n, d, offset, iterations):
     center = X.mean(0) + 0.7
     for radius in (0.3, 1.5, 100.0):
         ref = ref_centered_clipping(X, center, radius, iterations)
-        out = agg.centered_clipping(X, f=(n - 1) // 2, center=center, radius=radius,
-                                    iterations=iterations)
+        out = agg.centered_clipping(
+            X, f=(n - 1) // 2, center=center, radius=radius, iterations=iterations
+        )
         np.testing.assert_allclose(out, ref, rtol=1e-10, atol=1e-8 * (1 + offset))
     # default radius: median distance of the inputs to the centre
     tau = float(np.median(np.sqrt(((X - center) ** 2).sum(1))))
@@ -495,8 +513,9 @@ def test_centered_clipping_default_radius_default_center():
     X = make_X(12, 9, 3)
     v0 = X[ref_medoid(X)]
     tau = float(np.median(np.sqrt(((X - v0) ** 2).sum(1))))
-    np.testing.assert_allclose(agg.centered_clipping(X, f=2), ref_centered_clipping(X, v0, tau, 1),
-                               rtol=1e-10)
+    np.testing.assert_allclose(
+        agg.centered_clipping(X, f=2), ref_centered_clipping(X, v0, tau, 1), rtol=1e-10
+    )
 
 
 def test_centered_clipping_errors_and_bad_rows():
@@ -594,19 +613,25 @@ def test_translation_equivariance(rule, data):
     c = np.random.default_rng(seed + 1).normal(size=X.shape[1]) * 100
     rule_fn = agg.get(rule)
     scale = 1 + np.abs(X).max() + np.abs(c).max()
-    np.testing.assert_allclose(rule_fn(X + c, f=f), rule_fn(X, f=f) + c, rtol=0,
-                               atol=1e-6 * scale)
+    np.testing.assert_allclose(rule_fn(X + c, f=f), rule_fn(X, f=f) + c, rtol=0, atol=1e-6 * scale)
     if rule == "centered_clipping":
         v = X.mean(0)
         np.testing.assert_allclose(
             rule_fn(X + c, f=f, center=v + c, radius=0.7, iterations=2),
-            rule_fn(X, f=f, center=v, radius=0.7, iterations=2) + c, rtol=0, atol=1e-9 * scale)
+            rule_fn(X, f=f, center=v, radius=0.7, iterations=2) + c,
+            rtol=0,
+            atol=1e-9 * scale,
+        )
 
 
 def _all_diameters(X, f):
     D = ref_sqdist(X)
-    return np.array([max((D[a, b] for a, b in itertools.combinations(S, 2)), default=0.0)
-                     for S in itertools.combinations(range(len(X)), len(X) - f)])
+    return np.array(
+        [
+            max((D[a, b] for a, b in itertools.combinations(S, 2)), default=0.0)
+            for S in itertools.combinations(range(len(X)), len(X) - f)
+        ]
+    )
 
 
 @given(data=st.data())
@@ -739,7 +764,8 @@ def test_non_finite_too_many_raises():
     keep = [i for i in range(9) if i not in (1, 5)]
     out = agg.geometric_median(Y, f=2)
     assert ref_gm_objective(X[keep], out) == pytest.approx(
-        ref_gm_objective(X[keep], ref_geometric_median(X[keep])), rel=1e-6)
+        ref_gm_objective(X[keep], ref_geometric_median(X[keep])), rel=1e-6
+    )
     with pytest.raises(ValueError, match="geometric_median"):
         agg.geometric_median(np.full((5, 2), np.nan), f=1)
 

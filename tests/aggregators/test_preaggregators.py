@@ -46,8 +46,9 @@ def ref_nnm(X, f) -> np.ndarray:
 
 
 def ref_norms(X) -> np.ndarray:
-    return np.array([math.sqrt(float(np.dot(x, x))) if np.all(np.isfinite(x)) else np.inf
-                     for x in X])
+    return np.array(
+        [math.sqrt(float(np.dot(x, x))) if np.all(np.isfinite(x)) else np.inf for x in X]
+    )
 
 
 def ref_clip(X, c) -> np.ndarray:
@@ -94,8 +95,9 @@ def near_ties_free_nnm(X, f, rel=1e-7) -> bool:
 
 
 @pytest.mark.parametrize("offset", [0.0, 1e4, 1e6])
-@pytest.mark.parametrize("n,f,d", [(3, 1, 2), (5, 2, 3), (8, 1, 4), (12, 3, 6), (31, 7, 5),
-                                   (40, 0, 3), (26, 5, 20)])
+@pytest.mark.parametrize(
+    "n,f,d", [(3, 1, 2), (5, 2, 3), (8, 1, 4), (12, 3, 6), (31, 7, 5), (40, 0, 3), (26, 5, 20)]
+)
 def test_nnm_reference(n, f, d, offset):
     used = 0
     for seed in range(3):
@@ -149,8 +151,7 @@ def test_nnm_permutation_equivariance(seed, f, extra):
     X = make_X(seed, n, 3)
     assume(near_ties_free_nnm(X, f))
     perm = np.random.default_rng(seed).permutation(n)
-    np.testing.assert_allclose(agg.nnm(X[perm], f=f), agg.nnm(X, f=f)[perm], rtol=1e-12,
-                               atol=1e-12)
+    np.testing.assert_allclose(agg.nnm(X[perm], f=f), agg.nnm(X, f=f)[perm], rtol=1e-12, atol=1e-12)
 
 
 def test_nnm_then_krum():
@@ -165,7 +166,8 @@ def test_nnm_then_krum():
         best = ref_krum(Y, f)
         np.testing.assert_allclose(agg.get("nnm+krum")(X, f=f), Y[best], rtol=1e-12)
         assert agg.selected_indices("nnm+krum", X, f=f).tolist() == sorted(
-            ref_nnm_neighbours(X, f)[best])
+            ref_nnm_neighbours(X, f)[best]
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -337,8 +339,9 @@ def test_clipping_then_multi_krum():
         assert agg.selected_indices("clipping+multi_krum", X, f=2, max_norm=1.0).tolist() == rows
         out = agg.get("clipping+multi_krum")(X, f=2, max_norm=1.0, m=3)
         if gap_ok(scores, 3, 1e-6):
-            np.testing.assert_allclose(out, Y[ref_multi_krum(Y, 2, 3)].mean(0), rtol=1e-12,
-                                           atol=1e-14)
+            np.testing.assert_allclose(
+                out, Y[ref_multi_krum(Y, 2, 3)].mean(0), rtol=1e-12, atol=1e-14
+            )
 
 
 def test_arc_then_geometric_median():

@@ -23,8 +23,19 @@ def _inputs(n: int = 25, d: int = 40, seed: int = 0) -> torch.Tensor:
 
 def test_names_lists_every_rule_and_preaggregator():
     expected_rules = {
-        "average", "median", "trimmed_mean", "meamed", "phocas", "krum", "multi_krum", "medoid",
-        "geometric_median", "mda", "bulyan", "centered_clipping", "cge",
+        "average",
+        "median",
+        "trimmed_mean",
+        "meamed",
+        "phocas",
+        "krum",
+        "multi_krum",
+        "medoid",
+        "geometric_median",
+        "mda",
+        "bulyan",
+        "centered_clipping",
+        "cge",
     }
     assert expected_rules <= set(RULES)
     assert {"nnm", "bucketing", "arc", "clipping"} <= set(PRE)

@@ -31,9 +31,7 @@ def _closest_row(inputs: Inputs, result) -> int:
     return int(torch.argmin(sq))
 
 
-@register(
-    "bulyan", min_n=lambda f: 4 * f + 3, requirement="n >= 4f + 3", selects=True
-)
+@register("bulyan", min_n=lambda f: 4 * f + 3, requirement="n >= 4f + 3", selects=True)
 def bulyan(
     inputs: Inputs,
     f: int,

@@ -12,7 +12,9 @@ from byzlearn.aggregators.rules.krum import _rank, medoid
 
 
 @register(
-    "centered_clipping", min_n=lambda f: 2 * f + 1, requirement="n >= 2f + 1",
+    "centered_clipping",
+    min_n=lambda f: 2 * f + 1,
+    requirement="n >= 2f + 1",
     accepts_centre=True,
 )
 def centered_clipping(
@@ -90,9 +92,7 @@ def _scale_rows(inputs: Inputs, scale: torch.Tensor) -> Inputs:
     return inputs.mix(torch.diag(scale))
 
 
-@register(
-    "clipping", kind="pre", min_n=lambda f: 1, requirement="n >= 1", out_n=lambda n, o: n
-)
+@register("clipping", kind="pre", min_n=lambda f: 1, requirement="n >= 1", out_n=lambda n, o: n)
 def clipping(inputs: Inputs, f: int, *, max_norm: float) -> Inputs:
     r"""Static norm clipping (pre-aggregator): ``x_i <- x_i min(1, c / ||x_i||)``, ``c = max_norm``.
 

@@ -10,8 +10,9 @@ from byzlearn.aggregators._gram import Inputs
 from byzlearn.aggregators._registry import register
 
 
-@register("nnm", kind="pre", min_n=lambda f: 2 * f + 1, requirement="n >= 2f + 1",
-          out_n=lambda n, o: n)
+@register(
+    "nnm", kind="pre", min_n=lambda f: 2 * f + 1, requirement="n >= 2f + 1", out_n=lambda n, o: n
+)
 def nnm(inputs: Inputs, f: int) -> Inputs:
     r"""Nearest-neighbour mixing: ``y_i = (1/(n - f)) sum_{j in N_i} x_j`` where ``N_i`` holds the
     ``n - f`` inputs closest to ``x_i``, itself included (ties by index).
@@ -42,8 +43,14 @@ def _bucket_count(n: int, options: dict) -> int:
     return math.ceil(n / _bucket_size(options.get("bucket_size", 2)))
 
 
-@register("bucketing", kind="pre", min_n=lambda f: 1, requirement="n >= 1", out_n=_bucket_count,
-          needs_gram=False)
+@register(
+    "bucketing",
+    kind="pre",
+    min_n=lambda f: 1,
+    requirement="n >= 1",
+    out_n=_bucket_count,
+    needs_gram=False,
+)
 def bucketing(
     inputs: Inputs,
     f: int,

@@ -1,0 +1,26 @@
+"""The ``byzlearn`` command line: training experiments and neuron fault-tolerance analysis."""
+
+from __future__ import annotations
+
+import typer
+
+from byzlearn.experiments.cli import register as _register_experiment_commands
+from byzlearn.neurons.cli import app as _neurons_app
+
+app = typer.Typer(
+    name="byzlearn",
+    help="Byzantine-resilient distributed learning and robust learning machines.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+_register_experiment_commands(app)
+app.add_typer(_neurons_app, name="neurons", help="Fault tolerance of neural networks.")
+
+
+def main() -> None:
+    """Entry point of the ``byzlearn`` console script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

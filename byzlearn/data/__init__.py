@@ -1,0 +1,31 @@
+"""Datasets (in memory, no torchvision needed to read them) and partitioners."""
+
+from byzlearn.data.datasets import (
+    ArrayDataset,
+    load_dataset,
+    names,
+    read_cifar_batch,
+    read_idx,
+)
+from byzlearn.data.partition import (
+    dirichlet,
+    gamma_similarity,
+    iid,
+    label_histogram,
+    label_shards,
+    partition,
+)
+
+__all__ = [
+    "ArrayDataset",
+    "dirichlet",
+    "gamma_similarity",
+    "iid",
+    "label_histogram",
+    "label_shards",
+    "load_dataset",
+    "names",
+    "partition",
+    "read_cifar_batch",
+    "read_idx",
+]

@@ -1,0 +1,346 @@
+"""The experiment config: a pydantic schema, YAML loading and ``key=value`` overrides.
+
+Every field has a default, unknown keys are errors, and every error names the field (dotted
+path), e.g. ``rule.name: unknown rule 'krumm' (known: ...)``. See ``docs/training.md`` for the
+field reference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "AttackConfig",
+    "Config",
+    "ConfigError",
+    "DatasetConfig",
+    "ModelConfig",
+    "NetworkConfig",
+    "OptimizerConfig",
+    "PartitionConfig",
+    "PoisoningConfig",
+    "RuleConfig",
+    "apply_overrides",
+    "config_hash",
+    "load_config",
+    "parse_config",
+]
+
+
+class ConfigError(ValueError):
+    """An invalid config; the message lists ``field.path: problem`` lines."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatasetConfig(_Strict):
+    """Which data: ``digits`` (bundled), ``synthetic``, ``mnist``, ``fashion_mnist``, ``cifar10``,
+    ``cifar100``. ``options`` go to the loader (synthetic: num_samples, num_features, num_classes,
+    separation)."""
+
+    name: str = "digits"
+    root: str = "data"
+    download: bool = False
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from byzlearn.data import names
+
+        if v not in names():
+            raise ValueError(f"unknown dataset {v!r} (known: {', '.join(names())})")
+        return v
+
+
+class PartitionConfig(_Strict):
+    """How the training set is split among the n workers (heterogeneity)."""
+
+    kind: Literal["iid", "dirichlet", "shards", "gamma"] = "iid"
+    alpha: float = Field(1.0, gt=0, description="Dirichlet concentration (small = skewed)")
+    shards_per_worker: int = Field(2, ge=1)
+    gamma: float = Field(0.5, ge=0, le=1, description="fraction dealt iid (1 = iid)")
+
+    def label(self) -> str:
+        """Short description, e.g. ``dirichlet(0.1)``."""
+        arg = {"dirichlet": self.alpha, "shards": self.shards_per_worker, "gamma": self.gamma}
+        return self.kind if self.kind == "iid" else f"{self.kind}({arg[self.kind]:g})"
+
+
+class ModelConfig(_Strict):
+    """A reference model by name; ``options`` go to its constructor (mlp: hidden; cnn: channels;
+    resnet: depth, width, groups)."""
+
+    name: str = "mlp"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from byzlearn.models import names
+
+        if v not in names():
+            raise ValueError(f"unknown model {v!r} (known: {', '.join(names())})")
+        return v
+
+
+class AttackConfig(_Strict):
+    """What the Byzantine workers send: ``none`` (they behave honestly) or an attack of
+    :mod:`byzlearn.attacks`, with its options (``mimic`` also takes ``warmup``: the coalition
+    then keeps a running :class:`~byzlearn.attacks.MimicState` across rounds)."""
+
+    name: str = "none"
+    options: dict[str, Any] = Field(default_factory=dict)
+    identical: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v == "none":
+            return v
+        import byzlearn.attacks as atk
+
+        if v not in atk.names() and v not in atk.aliases():
+            raise ValueError(f"unknown attack {v!r} (known: none, {', '.join(atk.names())})")
+        return v
+
+    @model_validator(mode="after")
+    def _options(self) -> AttackConfig:
+        if self.name == "none":
+            if self.options:
+                raise ValueError("options: attack 'none' takes no options")
+            return self
+        import byzlearn.attacks as atk
+
+        spec = atk.spec(self.name)
+        allowed = tuple(o for o in spec.options if o != "state")
+        if spec.name == "mimic":
+            allowed += ("warmup",)  # the protocol keeps a running MimicState(warmup)
+        unknown = sorted(set(self.options) - set(allowed))
+        if unknown:
+            valid = ", ".join(allowed) or "none"
+            raise ValueError(
+                f"options: {self.name} has no option {unknown[0]!r} (valid options: {valid})"
+            )
+        return self
+
+
+class PoisoningConfig(_Strict):
+    """Data poisoning: Byzantine workers compute honestly on poisoned labels."""
+
+    kind: Literal["none", "flip_labels", "targeted_flip"] = "none"
+    mapping: list[int] | None = None
+    source: int = 0
+    target: int = 1
+
+
+class NetworkConfig(_Strict):
+    """The simulated network and nodes of the ``local`` engine (time in simulated seconds).
+
+    Honest workers take ``compute_time`` per round, ``stragglers`` of them (chosen under the
+    seed) ``slowdown`` times longer; replies arrive ``link_delay`` later; each coordinate is lost
+    (arrives as NaN) with probability ``coordinate_drop``; each honest reply is lost with
+    probability ``omission``; ``crashes`` maps a worker id to the round from which it is silent.
+    Stragglers matter with ``q < n`` or a ``deadline``: the server stops waiting for them.
+    """
+
+    compute_time: float = Field(1.0, gt=0)
+    stragglers: int = Field(0, ge=0)
+    slowdown: float = Field(5.0, ge=1)
+    link_delay: float = Field(0.0, ge=0)
+    coordinate_drop: float = Field(0.0, ge=0, lt=1)
+    omission: float = Field(0.0, ge=0, le=1)
+    crashes: dict[int, int] = Field(default_factory=dict)
+
+
+class RuleConfig(_Strict):
+    """The aggregation rule, its pre-aggregators (applied left to right) and its options."""
+
+    name: str = "average"
+    pre: list[str] = Field(default_factory=list)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def full_name(self) -> str:
+        """The registry name with pre-aggregators, e.g. ``nnm+krum``."""
+        return "+".join([*self.pre, self.name])
+
+    @model_validator(mode="after")
+    def _known(self) -> RuleConfig:
+        import byzlearn.aggregators as agg
+
+        known = agg.names()
+        for part in self.full_name.split("+"):
+            if part not in known:
+                where = "pre" if part in self.pre else "name"
+                raise ValueError(f"{where}: unknown rule {part!r} (known: {', '.join(known)})")
+        return self
+
+
+class OptimizerConfig(_Strict):
+    """Server step size schedule, l2 regularisation, momentum placement and clipping."""
+
+    lr: float = Field(0.1, gt=0)
+    schedule: Literal["constant", "step", "cosine", "inverse"] = "constant"
+    milestones: list[int] = Field(default_factory=list, description="step schedule: rounds")
+    gamma: float = Field(0.1, gt=0, description="step schedule: factor at each milestone")
+    decay_steps: float = Field(1000.0, gt=0, description="inverse schedule: lr/(1 + t/decay)")
+    weight_decay: float = Field(0.0, ge=0, description="l2 term added to worker gradients")
+    momentum: float = Field(0.0, ge=0, lt=1)
+    momentum_at: Literal["server", "worker"] = "server"
+    clip: float | None = Field(None, gt=0, description="clip honest gradients to this norm")
+
+
+ByzantineSpec = Literal["first", "last", "random"] | list[int]
+
+
+class Config(_Strict):
+    """One training run. Every field has a default; see ``docs/training.md``."""
+
+    name: str = ""
+    seed: int = 0
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    partition: PartitionConfig = Field(default_factory=PartitionConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    n: int = Field(25, ge=1, description="number of workers")
+    f: int = Field(5, ge=0, description="number of Byzantine workers (and f given to the rule)")
+    byzantine: ByzantineSpec = "random"
+    attack: AttackConfig = Field(default_factory=AttackConfig)
+    poisoning: PoisoningConfig = Field(default_factory=PoisoningConfig)
+    rule: RuleConfig = Field(default_factory=RuleConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    local_steps: int = Field(1, ge=1)
+    batch_size: int = Field(32, ge=1)
+    steps: int = Field(300, ge=1, description="rounds")
+    eval_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(50, ge=0, description="0 = no checkpoints")
+    threads: int = Field(1, ge=1)
+    engine: Literal["local"] = "local"
+    vectorise: bool = True
+    q: int | None = Field(None, ge=1, description="replies gathered per round (default n)")
+    deadline: float | None = Field(None, gt=0, description="simulated seconds to wait per round")
+    network: NetworkConfig = Field(default_factory=NetworkConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        if self.f >= self.n:
+            raise ValueError(f"f: must be < n (got f={self.f}, n={self.n})")
+        if isinstance(self.byzantine, list):
+            ids = self.byzantine
+            if len(ids) != self.f or len(set(ids)) != len(ids):
+                raise ValueError(f"byzantine: needs {self.f} distinct worker ids, got {ids}")
+            if any(not 0 <= i < self.n for i in ids):
+                raise ValueError(f"byzantine: ids must be in [0, {self.n}), got {ids}")
+        if self.q is not None and self.q > self.n:
+            raise ValueError(f"q: must be <= n (got q={self.q}, n={self.n})")
+        if self.network.stragglers > self.n - self.f:
+            raise ValueError(
+                f"network.stragglers: at most the {self.n - self.f} honest workers, "
+                f"got {self.network.stragglers}"
+            )
+        bad = sorted(i for i in self.network.crashes if not 0 <= i < self.n)
+        if bad:
+            raise ValueError(f"network.crashes: worker ids must be in [0, {self.n}), got {bad[0]}")
+        if self.attack.name != "none" and self.poisoning.kind != "none":
+            raise ValueError("attack.name: choose an attack or poisoning, not both")
+        import byzlearn.aggregators as agg
+
+        try:
+            agg.check(self.rule.full_name, self.q or self.n, self.f, **self.rule.options)
+        except ValueError as exc:
+            raise ValueError(f"rule.name: {exc}") from None
+        except TypeError as exc:
+            raise ValueError(f"rule.options: {exc}") from None
+        return self
+
+
+_FIELD_PREFIX = re.compile(r"^([A-Za-z_][\w.]*): (.*)$", re.S)
+
+
+def _format(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"])
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (not a config field)"
+        m = _FIELD_PREFIX.match(msg)
+        if m:  # a validator named the field relative to its model
+            loc = f"{loc}.{m.group(1)}" if loc else m.group(1)
+            msg = m.group(2)
+        lines.append(f"{loc or '<config>'}: {msg}")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def parse_config(data: Config | dict[str, Any] | None = None, **overrides: Any) -> Config:
+    """Validate a mapping into a :class:`Config` (raises :class:`ConfigError` naming fields)."""
+    if isinstance(data, Config):
+        data = data.model_dump()
+    merged = dict(data or {})
+    merged.update(overrides)
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as err:
+        raise ConfigError(_format(err)) from None
+
+
+def _coerce(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML: numbers, bools, lists)."""
+    out = json.loads(json.dumps(data))  # deep copy of plain data
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected key=value")
+        node = out
+        parts = key.strip().split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{'.'.join(parts[: i + 1])}: is not a section")
+            node = child
+        node[parts[-1]] = _coerce(value)
+    return out
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
+    """Load a YAML config file (or the defaults if ``path`` is None) and apply overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        text = Path(path).read_text()
+        loaded = yaml.safe_load(text) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of config fields")
+        data = loaded
+    return parse_config(apply_overrides(data, overrides))
+
+
+_NOT_HASHED = {"name", "threads", "checkpoint_every"}
+
+
+def config_hash(config: Config) -> str:
+    """SHA-256 of the resolved config (fields that cannot change results excluded)."""
+    payload = config.model_dump(mode="json", exclude=_NOT_HASHED)
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def to_yaml(config: Config) -> str:
+    """The resolved config as YAML."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

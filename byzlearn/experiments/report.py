@@ -1,0 +1,226 @@
+"""Reports over a directory of runs: Markdown tables, accuracy curves, worst-case heatmaps.
+
+:func:`build_report` reads every finished run under a directory (a sweep's ``runs/`` or any
+tree of run directories) and writes into ``DIR/report/``:
+
+- ``runs.md``: one row per run (the fields that vary across runs, final and best accuracy,
+  Byzantine inputs kept per round, seconds);
+- ``curves_<group>.png``: test accuracy against rounds, one line per rule (mean over seeds), one
+  figure per combination of the other varying fields (attack, f, heterogeneity, ...);
+- ``worst.md`` and ``worst_rule_f[_<panel>].png``: for each rule and f, the *worst case over
+  attacks* of the seed-averaged accuracy, one heatmap per combination of the other varying
+  fields (e.g. per heterogeneity level); ``worst_heterogeneity_f_<rule>[_<panel>].png``:
+  heterogeneity x f, one per rule (when heterogeneity varies).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from byzlearn.experiments.config import Config
+from byzlearn.experiments.plots import accuracy_curves, heatmap
+from byzlearn.experiments.store import iter_runs
+from byzlearn.experiments.tables import markdown_table
+
+__all__ = ["RunRecord", "build_report", "collect", "describe"]
+
+
+@dataclass
+class RunRecord:
+    """A finished run as the report sees it."""
+
+    path: Path
+    config: Config
+    summary: dict[str, Any]
+    curve: tuple[list[int], list[float]]
+
+
+def describe(config: Config) -> dict[str, Any]:
+    """The fields a report groups by: rule, attack, f, heterogeneity, momentum, seed, ..."""
+    attack = config.attack.name
+    if attack != "none" and config.attack.options:
+        opts = ",".join(f"{k}={v}" for k, v in sorted(config.attack.options.items()))
+        attack = f"{attack}({opts})"
+    if config.poisoning.kind != "none":
+        attack = config.poisoning.kind
+    opt = config.optimizer
+    return {
+        "dataset": config.dataset.name,
+        "model": config.model.name,
+        "rule": config.rule.full_name,
+        "attack": attack,
+        "n": config.n,
+        "f": config.f,
+        "heterogeneity": config.partition.label(),
+        "momentum": f"{opt.momentum:g}@{opt.momentum_at}" if opt.momentum else "0",
+        "lr": opt.lr,
+        "steps": config.steps,
+        "seed": config.seed,
+    }
+
+
+def collect(root: str | Path) -> list[RunRecord]:
+    """Every finished run under ``root``."""
+    out = []
+    for rd in iter_runs(root):
+        summary = rd.summary()
+        if summary is None:
+            continue
+        records = rd.metrics()
+        pts = [(r["round"], r["test_accuracy"]) for r in records if r.get("test_accuracy")]
+        curve = ([p[0] for p in pts], [float(p[1]) for p in pts])
+        out.append(RunRecord(rd.path, rd.read_config(), summary, curve))
+    return out
+
+
+def _varying(descs: list[dict[str, Any]]) -> list[str]:
+    keys = list(descs[0]) if descs else []
+    return [k for k in keys if len({str(d[k]) for d in descs}) > 1]
+
+
+def _mean(values: Iterable[float | None]) -> float:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_")[:120] or "all"
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    return (0, value) if isinstance(value, (int, float)) else (1, str(value))
+
+
+def _mean_curve(curves: list[tuple[list[int], list[float]]]) -> tuple[list[int], list[float]]:
+    """Pointwise mean over the rounds every curve has (a diverged run ends early: it is
+    extended with its last value)."""
+    rounds = sorted({r for c in curves for r in c[0]})
+    out = []
+    for r in rounds:
+        vals = []
+        for xs, ys in curves:
+            if not xs:
+                continue
+            i = np.searchsorted(xs, r, side="right") - 1
+            vals.append(ys[max(i, 0)])
+        out.append(float(np.mean(vals)))
+    return rounds, out
+
+
+def _worst(
+    runs: list[tuple[dict[str, Any], RunRecord]], row: str, col: str, metric: str
+) -> tuple[list[Any], list[Any], np.ndarray]:
+    """``min over attacks (mean over seeds)`` of ``metric`` for each (row, col) cell."""
+    cells: dict[tuple[Any, Any], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for d, r in runs:
+        cells[(d[row], d[col])][d["attack"]].append(r.summary.get(metric))
+    rows = sorted({k[0] for k in cells}, key=_sort_key)
+    cols = sorted({k[1] for k in cells}, key=_sort_key)
+    values = np.full((len(rows), len(cols)), np.nan)
+    for (a, b), per_attack in cells.items():
+        values[rows.index(a), cols.index(b)] = min(_mean(v) for v in per_attack.values())
+    return rows, cols, values
+
+
+def build_report(
+    root: str | Path, out: str | Path | None = None, *, metric: str = "final_accuracy"
+) -> Path:
+    """Write the tables and figures of the runs under ``root`` into ``out`` (default
+    ``root/report``); return ``out``."""
+    root = Path(root)
+    out = Path(out) if out is not None else root / "report"
+    runs = collect(root)
+    if not runs:
+        raise FileNotFoundError(f"no finished runs under {root}")
+    out.mkdir(parents=True, exist_ok=True)
+    descs = [describe(r.config) for r in runs]
+    varying = _varying(descs) or ["rule"]
+    pairs = list(zip(descs, runs, strict=True))
+
+    # ---- one row per run
+    cols = [*varying, "final acc", "best acc", "Byz kept/round", "seconds"]
+    rows = [
+        [
+            *(d[k] for k in varying),
+            r.summary.get("final_accuracy"),
+            r.summary.get("best_accuracy"),
+            r.summary.get("kept_byzantine_mean"),
+            r.summary.get("seconds"),
+        ]
+        for d, r in sorted(pairs, key=lambda p: [str(p[0][k]) for k in varying])
+    ]
+    (out / "runs.md").write_text(markdown_table(cols, rows))
+
+    # ---- curves: one figure per combination of the varying fields other than rule and seed
+    group_keys = [k for k in varying if k not in ("rule", "seed")]
+    groups: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for d, r in pairs:
+        groups[tuple(d[k] for k in group_keys)][d["rule"]].append(r.curve)
+    chance = None
+    for key, per_rule in list(groups.items())[:64]:
+        title = ", ".join(f"{k}={v}" for k, v in zip(group_keys, key, strict=True))
+        name = "curves_" + _slug("_".join(f"{k}={v}" for k, v in zip(group_keys, key, strict=True)))
+        curves = {rule: _mean_curve(c) for rule, c in sorted(per_rule.items())}
+        accuracy_curves(curves, out / f"{name}.png", title=title, chance=chance)
+
+    # ---- worst case over attacks
+    text = [f"# Worst case over attacks ({metric}, mean over seeds)\n"]
+    _worst_panels(pairs, varying, "rule", "worst_rule_f", metric, text, out)
+    if "heterogeneity" in varying:
+        for rule in sorted({d["rule"] for d, _ in pairs}):
+            mine = [(d, r) for d, r in pairs if d["rule"] == rule]
+            stem = f"worst_heterogeneity_f_{_slug(rule)}"
+            _worst_panels(mine, varying, "heterogeneity", stem, metric, text, out, rule)
+    (out / "worst.md").write_text("\n".join(text))
+    return out
+
+
+def _worst_panels(
+    pairs: list[tuple[dict[str, Any], RunRecord]],
+    varying: list[str],
+    row: str,
+    stem: str,
+    metric: str,
+    text: list[str],
+    out: Path,
+    prefix: str = "",
+) -> None:
+    """``row`` x f heatmaps of the worst case over attacks, one per combination of the other
+    varying fields (e.g. one rule x f panel per heterogeneity level), and their tables."""
+    others = [k for k in varying if k not in (row, "f", "attack", "seed", "rule")]
+    panels: dict[tuple, list] = defaultdict(list)
+    for d, r in pairs:
+        panels[tuple(d[k] for k in others)].append((d, r))
+    for key, mine in sorted(panels.items(), key=lambda kv: [str(v) for v in kv[0]]):
+        label = ", ".join(f"{k}={v}" for k, v in zip(others, key, strict=True))
+        rows, cols, values = _worst(mine, row, "f", metric)
+        suffix = ("_" + _slug(label.replace(", ", "_"))) if label else ""
+        title = ": ".join(p for p in (prefix, label) if p) or "all runs"
+        heatmap(
+            values,
+            rows,
+            [f"f={c}" for c in cols],
+            out / f"{stem}{suffix}.png",
+            title=f"worst case over attacks ({title})",
+            label=metric.replace("_", " "),
+            xlabel="f",
+            ylabel=row,
+        )
+        text.append(f"\n## {row} x f: {title}\n")
+        text.append(
+            markdown_table(
+                [row, *(f"f={c}" for c in cols)],
+                [
+                    [h, *(None if math.isnan(v) else float(v) for v in values[i])]
+                    for i, h in enumerate(rows)
+                ],
+            )
+        )

@@ -1,0 +1,196 @@
+"""Run one experiment: the training loop, metrics as they come, checkpoints and resume.
+
+>>> from byzlearn.experiments import run, parse_config
+>>> result = run(parse_config({"dataset": {"name": "synthetic"}, "model": {"name": "logistic"},
+...                            "n": 5, "f": 1, "rule": {"name": "median"}, "steps": 5}))
+>>> result.summary["final_accuracy"] > 0
+True
+
+Metrics records (one per round; ``round = 0`` holds the initial evaluation): ``round``, ``lr``,
+``received``, ``train_loss`` (mean over honest workers), ``agg_seconds``, ``kept`` and
+``kept_byzantine`` (selection rules), ``dist_honest_mean``, ``aggregate_norm``, ``seconds``
+(wall time of the round) and, every ``eval_every`` rounds and at the last one,
+``test_accuracy`` and ``test_loss``. A run whose model, honest loss or aggregate stops being
+finite is marked ``diverged`` and stops there (its last record is evaluated).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from byzlearn.data import ArrayDataset
+from byzlearn.experiments.config import Config, config_hash, parse_config
+from byzlearn.experiments.store import MetricsWriter, RunDir
+from byzlearn.experiments.trainer import Trainer
+
+__all__ = ["RunResult", "run", "summarise"]
+
+Callback = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class RunResult:
+    """What :func:`run` returns: the per-round records, the summary and where they were written."""
+
+    config: Config
+    records: list[dict[str, Any]]
+    summary: dict[str, Any]
+    theta: torch.Tensor | None = None
+    directory: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def curve(self, key: str = "test_accuracy") -> tuple[list[int], list[float]]:
+        """``(rounds, values)`` of the records that hold ``key``."""
+        pts = [(r["round"], r[key]) for r in self.records if r.get(key) is not None]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+
+_TIME_KEYS = ("seconds", "agg_seconds")
+
+
+def summarise(config: Config, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Final and best test accuracy, Byzantine inputs kept per round, seconds, divergence."""
+    acc = [r["test_accuracy"] for r in records if r.get("test_accuracy") is not None]
+    kept = [r["kept_byzantine"] for r in records if r.get("kept_byzantine") is not None]
+    rounds = [r for r in records if r.get("round", 0) > 0]
+    return {
+        "hash": config_hash(config),
+        "name": config.name,
+        "rounds": len(rounds),
+        "final_accuracy": acc[-1] if acc else None,
+        "best_accuracy": max(acc) if acc else None,
+        "kept_byzantine_mean": sum(kept) / len(kept) if kept else None,
+        "seconds": sum(r.get("seconds", 0.0) for r in rounds),
+        "agg_seconds": sum(r.get("agg_seconds", 0.0) for r in rounds),
+        "diverged": any(r.get("diverged") for r in records),
+    }
+
+
+def _finite(value: float | None) -> bool:
+    return value is None or math.isfinite(value)
+
+
+def _evaluate(trainer: Trainer, record: dict[str, Any]) -> None:
+    acc, loss = trainer.evaluate()
+    record["test_accuracy"] = acc
+    record["test_loss"] = loss
+
+
+def _resume(trainer: Trainer, rd: RunDir) -> list[dict[str, Any]]:
+    """Load the checkpoint (if any) and cut the metrics back to it; return the kept records."""
+    state = rd.load_checkpoint()
+    if state is None:
+        rd.metrics_path.unlink(missing_ok=True)
+        return []
+    if state.get("hash") != config_hash(trainer.config):
+        raise ValueError(
+            f"{rd.checkpoint_path}: checkpoint of a different config; use a new directory"
+        )
+    trainer.load_state_dict(state["trainer"])
+    return rd.truncate_metrics(int(state["round"]))
+
+
+def run(
+    config: Config | dict[str, Any] | None = None,
+    directory: str | Path | None = None,
+    *,
+    model: nn.Module | None = None,
+    dataset: ArrayDataset | None = None,
+    resume: bool = True,
+    callback: Callback | None = None,
+) -> RunResult:
+    """Train one run of ``config`` and return its metrics.
+
+    With ``directory``, the resolved config, metrics (as they come), checkpoints (every
+    ``config.checkpoint_every`` rounds), the summary and the final model are written there; a
+    run killed before finishing resumes from its last checkpoint when run again (``resume``),
+    and a finished run is loaded, not retrained. ``callback(record)`` is called after every
+    round (e.g. a progress bar). ``model`` (any ``nn.Module``) and ``dataset`` replace the
+    config's.
+    """
+    config = parse_config(config) if not isinstance(config, Config) else config
+    rd = RunDir(directory) if directory is not None else None
+    if rd is not None and resume and rd.finished:
+        summary = rd.summary() or {}
+        if summary.get("hash") == config_hash(config):
+            theta = torch.load(rd.model_path) if rd.model_path.exists() else None
+            return RunResult(config, rd.metrics(), summary, theta, rd.path)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        return _train(config, rd, model, dataset, resume, callback)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(
+    config: Config,
+    rd: RunDir | None,
+    model: nn.Module | None,
+    dataset: ArrayDataset | None,
+    resume: bool,
+    callback: Callback | None,
+) -> RunResult:
+    trainer = Trainer(config, model=model, dataset=dataset)
+    records: list[dict[str, Any]] = []
+    writer: MetricsWriter | None = None
+    if rd is not None:
+        rd.write_config(config)
+        rd.summary_path.unlink(missing_ok=True)  # a stale summary of another config
+        if resume:
+            records = _resume(trainer, rd)
+        else:
+            rd.metrics_path.unlink(missing_ok=True)
+            rd.checkpoint_path.unlink(missing_ok=True)
+        writer = MetricsWriter(rd.metrics_path)
+    try:
+        if trainer.round == 0:
+            first = {"round": 0}
+            _evaluate(trainer, first)
+            records.append(first)
+            if writer:
+                writer.write(first)
+        while trainer.round < config.steps:
+            start = time.perf_counter()
+            record = trainer.step()
+            t = record["round"]
+            diverged = not (
+                bool(torch.isfinite(trainer.theta).all())
+                and _finite(record.get("train_loss"))
+                and _finite(record.get("aggregate_norm"))
+                and "aggregation_error" not in record
+            )
+            if diverged:
+                record["diverged"] = True
+            if diverged or t % config.eval_every == 0 or t == config.steps:
+                _evaluate(trainer, record)
+            record["seconds"] = time.perf_counter() - start
+            records.append(record)
+            if writer:
+                writer.write(record)
+            if callback is not None:
+                callback(record)
+            if diverged:
+                break
+            every = config.checkpoint_every
+            if rd is not None and every and t % every == 0 and t < config.steps:
+                rd.save_checkpoint(
+                    {"round": t, "hash": config_hash(config), "trainer": trainer.state_dict()}
+                )
+    finally:
+        if writer:
+            writer.close()
+    summary = summarise(config, records)
+    if rd is not None:
+        torch.save(trainer.theta, rd.model_path)
+        rd.write_summary(summary)
+        rd.checkpoint_path.unlink(missing_ok=True)
+    return RunResult(config, records, summary, trainer.theta, rd.path if rd else None)

@@ -1,0 +1,134 @@
+"""Sweeps: a grid over config fields, each run stored under the hash of its resolved config.
+
+A sweep file::
+
+    base:                     # a config (inline), or a path to a config file
+      dataset: {name: digits}
+      steps: 200
+    grid:                     # dotted field -> list of values; the runs are the product
+      rule.name: [average, krum, median]
+      attack: [{name: ipm, options: {epsilon: 10}}, {name: alie}]
+      f: [3, 5]
+      partition.alpha: [0.1, 1.0]
+      seed: [0, 1]
+
+Run ``i`` lives in ``OUT/runs/<hash[:16]>/``. Finished runs (same resolved config) are skipped,
+a killed run resumes from its checkpoint, so running an interrupted sweep again finishes it.
+Combinations the config schema rejects (e.g. Bulyan with too many Byzantine workers) are
+listed as invalid and skipped, not fatal.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from byzlearn.experiments.config import Config, ConfigError, config_hash, parse_config
+from byzlearn.experiments.runner import Callback, run
+
+__all__ = ["SweepPlan", "load_sweep", "plan_sweep", "run_sweep", "set_path"]
+
+
+def set_path(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set the dotted ``key`` of nested ``data`` to ``value`` (creating sections)."""
+    parts = key.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(parts[: i + 1])}: is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+@dataclass
+class SweepPlan:
+    """The valid configs of a sweep and the combinations the schema rejected."""
+
+    configs: list[Config]
+    invalid: list[tuple[dict[str, Any], str]]
+
+    def directory(self, out: str | Path, config: Config) -> Path:
+        """Where the run of ``config`` is stored."""
+        return Path(out) / "runs" / config_hash(config)[:16]
+
+
+def load_sweep(path: str | Path) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+    """Read a sweep file: ``(base config mapping, grid)``."""
+    path = Path(path)
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping with 'base' and 'grid'")
+    unknown = sorted(set(data) - {"base", "grid"})
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown key in a sweep file (expected base, grid)")
+    base = data.get("base") or {}
+    if isinstance(base, str):
+        base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
+        base = yaml.safe_load(base_path.read_text()) or {}
+    if not isinstance(base, dict):
+        raise ConfigError("base: must be a config mapping or a path to a config file")
+    grid = data.get("grid") or {}
+    if not isinstance(grid, dict):
+        raise ConfigError("grid: must map dotted config fields to lists of values")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"grid.{key}: must be a non-empty list of values")
+    return base, grid
+
+
+def plan_sweep(base: dict[str, Any], grid: dict[str, list[Any]]) -> SweepPlan:
+    """Expand the grid over ``base``; validate every combination."""
+    import copy
+
+    keys = list(grid)
+    configs: list[Config] = []
+    invalid: list[tuple[dict[str, Any], str]] = []
+    seen: set[str] = set()
+    for values in itertools.product(*(grid[k] for k in keys)):
+        data = copy.deepcopy(base)
+        point = dict(zip(keys, values, strict=True))
+        try:
+            for key, value in point.items():
+                set_path(data, key, copy.deepcopy(value))
+            config = parse_config(data)
+        except ConfigError as err:
+            invalid.append((point, str(err)))
+            continue
+        h = config_hash(config)
+        if h not in seen:
+            seen.add(h)
+            configs.append(config)
+    return SweepPlan(configs, invalid)
+
+
+def run_sweep(
+    plan: SweepPlan,
+    out: str | Path,
+    *,
+    on_start: Callable[[int, Config, bool], None] | None = None,
+    callback: Callback | None = None,
+) -> list[dict[str, Any]]:
+    """Run every config of ``plan`` under ``out`` (finished runs are loaded, not rerun).
+
+    ``on_start(i, config, finished)`` is called before each run; ``callback(record)`` after
+    every round. Returns the summaries, in plan order.
+    """
+    from byzlearn.experiments.store import RunDir
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summaries = []
+    for i, config in enumerate(plan.configs):
+        directory = plan.directory(out, config)
+        finished = RunDir(directory).finished
+        if on_start is not None:
+            on_start(i, config, finished)
+        result = run(config, directory, callback=None if finished else callback)
+        summaries.append(result.summary)
+    return summaries

@@ -1,0 +1,141 @@
+"""Reference models, built by name.
+
+All models are plain ``nn.Module`` without BatchNorm or dropout so that they run under
+``torch.func.functional_call`` + ``vmap`` (one batched forward/backward for all simulated
+workers). The ResNet uses GroupNorm instead of BatchNorm for that reason. Any user ``nn.Module``
+without buffers that change in ``forward`` works the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from math import prod
+
+import torch
+from torch import nn
+
+__all__ = ["CNN", "MLP", "ResNet", "build_model", "logistic", "names"]
+
+
+def logistic(input_shape: Sequence[int], num_classes: int) -> nn.Module:
+    """Multinomial logistic regression (flatten + linear)."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(prod(input_shape), num_classes))
+
+
+class MLP(nn.Sequential):
+    """Fully connected ReLU network: flatten, hidden layers, linear output."""
+
+    def __init__(
+        self, input_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (64,)
+    ) -> None:
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = prod(input_shape)
+        for h in hidden:
+            layers += [nn.Linear(width, int(h)), nn.ReLU()]
+            width = int(h)
+        layers.append(nn.Linear(width, num_classes))
+        super().__init__(*layers)
+
+
+class CNN(nn.Module):
+    """Small CNN: two conv-ReLU-maxpool blocks, then a linear classifier."""
+
+    def __init__(
+        self, input_shape: Sequence[int], num_classes: int, channels: Sequence[int] = (16, 32)
+    ) -> None:
+        super().__init__()
+        if len(input_shape) != 3:
+            raise ValueError(f"CNN needs (C, H, W) inputs, got shape {tuple(input_shape)}")
+        c1, c2 = (int(c) for c in channels)
+        self.features = nn.Sequential(
+            nn.Conv2d(input_shape[0], c1, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(c1, c2, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            width = self.features(torch.zeros(1, *input_shape)).shape[1]
+        self.classifier = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class _Block(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, groups: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.norm1 = nn.GroupNorm(min(groups, cout), cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.norm2 = nn.GroupNorm(min(groups, cout), cout)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.GroupNorm(min(groups, cout), cout)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.norm1(self.conv1(x)))
+        return torch.relu(self.norm2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """CIFAR-style ResNet (depth = 6k + 2: 8, 14, 20, ...) with GroupNorm instead of BatchNorm."""
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        depth: int = 8,
+        width: int = 16,
+        groups: int = 8,
+    ) -> None:
+        super().__init__()
+        if (depth - 2) % 6 != 0 or depth < 8:
+            raise ValueError(f"ResNet depth must be 6k + 2 >= 8, got {depth}")
+        k = (depth - 2) // 6
+        self.stem = nn.Sequential(
+            nn.Conv2d(input_shape[0], width, 3, 1, 1, bias=False),
+            nn.GroupNorm(min(groups, width), width),
+            nn.ReLU(),
+        )
+        blocks: list[nn.Module] = []
+        cin = width
+        for stage, mult in enumerate((1, 2, 4)):
+            for i in range(k):
+                stride = 2 if stage > 0 and i == 0 else 1
+                blocks.append(_Block(cin, width * mult, stride, groups))
+                cin = width * mult
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.stem(x))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {
+    "logistic": logistic,
+    "mlp": MLP,
+    "cnn": CNN,
+    "resnet": ResNet,
+}
+
+
+def names() -> list[str]:
+    """Names of the reference models."""
+    return sorted(_MODELS)
+
+
+def build_model(
+    name: str, input_shape: Sequence[int], num_classes: int, **options: object
+) -> nn.Module:
+    """Build a reference model by name (``logistic``, ``mlp``, ``cnn``, ``resnet``)."""
+    try:
+        ctor = _MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(names())}") from None
+    return ctor(tuple(input_shape), int(num_classes), **options)

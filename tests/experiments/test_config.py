@@ -1,0 +1,106 @@
+"""The config schema: defaults, unknown keys, errors naming the field, overrides, hashing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from byzlearn.experiments import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    config_hash,
+    load_config,
+    parse_config,
+)
+
+
+def test_every_field_has_a_default() -> None:
+    config = parse_config({})
+    assert config == Config()
+    assert config.rule.full_name == "average" and config.n == 25 and config.f == 5
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"nope": 1}, "nope"),
+        ({"optimizer": {"lrr": 0.1}}, "optimizer.lrr"),
+        ({"optimizer": {"lr": -1}}, "optimizer.lr"),
+        ({"rule": {"name": "krumm"}}, "rule.name"),
+        ({"rule": {"pre": ["nope"], "name": "krum"}}, "rule.pre"),
+        ({"attack": {"name": "nope"}}, "attack.name"),
+        ({"dataset": {"name": "imagenet"}}, "dataset.name"),
+        ({"model": {"name": "gpt"}}, "model.name"),
+        ({"partition": {"kind": "weird"}}, "partition.kind"),
+        ({"n": 5, "f": 5}, "f"),
+        ({"n": 10, "f": 3, "rule": {"name": "bulyan"}}, "rule.name"),
+        ({"byzantine": [0, 0, 1], "f": 3}, "byzantine"),
+        ({"steps": 0}, "steps"),
+        ({"optimizer": {"momentum_at": "moon"}}, "optimizer.momentum_at"),
+        ({"attack": {"name": "ipm", "options": {"eps": 1}}}, "attack.options"),
+        ({"rule": {"name": "krum", "options": {"radius": 1}}}, "rule.options"),
+        ({"engine": "ray"}, "engine"),
+    ],
+)
+def test_bad_configs_name_the_field(data: dict, field: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert f"{field}:" in str(err.value)
+
+
+def test_bulyan_error_states_the_requirement() -> None:
+    with pytest.raises(ConfigError, match=r"rule\.name: .*4f"):
+        parse_config({"n": 10, "f": 3, "rule": {"name": "bulyan"}})
+
+
+def test_overrides_parse_yaml_values_and_nested_keys(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("rule: {name: krum}\nn: 11\nf: 2\n")
+    config = load_config(
+        path,
+        [
+            "rule.name=median",
+            "f=3",
+            "optimizer.milestones=[5, 9]",
+            "attack.options.epsilon=0.5",
+            "attack.name=ipm",
+        ],
+    )
+    assert config.rule.name == "median" and config.f == 3
+    assert config.optimizer.milestones == [5, 9]
+    assert config.attack.options == {"epsilon": 0.5}
+    with pytest.raises(ConfigError, match="expected key=value"):
+        apply_overrides({}, ["rule.name"])
+    with pytest.raises(ConfigError, match="n: is not a section"):
+        apply_overrides({"n": 3}, ["n.x=1"])
+    with pytest.raises(ConfigError, match=r"optimizer\.lrr"):
+        load_config(path, ["optimizer.lrr=1"])
+
+
+def test_composed_rule_names() -> None:
+    assert parse_config({"rule": {"name": "krum", "pre": ["nnm"]}}).rule.full_name == "nnm+krum"
+    assert parse_config({"rule": {"name": "nnm+krum"}}).rule.full_name == "nnm+krum"
+
+
+def test_hash_ignores_names_and_threads_but_not_results_fields() -> None:
+    a = parse_config({"seed": 1})
+    assert config_hash(a) == config_hash(parse_config({"seed": 1, "name": "x", "threads": 2}))
+    assert config_hash(a) != config_hash(parse_config({"seed": 2}))
+    assert len(config_hash(a)) == 64
+
+
+def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(path)
+
+
+def test_shipped_examples_are_valid() -> None:
+    examples = sorted(Path(__file__).parents[2].joinpath("examples").glob("*.yaml"))
+    configs = [p for p in examples if "sweep" not in p.name]
+    assert configs, "examples/*.yaml missing"
+    for path in configs:
+        load_config(path)

@@ -1,0 +1,76 @@
+"""Small pieces: schedules, Byzantine ids, the metrics store, tables, sweep planning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from byzlearn.experiments import RunDir, load_sweep, parse_config, plan_sweep
+from byzlearn.experiments.config import ConfigError
+from byzlearn.experiments.schedules import learning_rate
+from byzlearn.experiments.store import MetricsWriter, read_metrics
+from byzlearn.experiments.tables import markdown_table
+from byzlearn.experiments.trainer import byzantine_ids
+
+ROOT = Path(__file__).parents[2]
+
+
+def test_schedules() -> None:
+    cfg = parse_config({"optimizer": {"lr": 1.0, "schedule": "step", "milestones": [3, 5]}})
+    lr = learning_rate(cfg.optimizer, 10)
+    assert [lr(t) for t in (1, 3, 4, 5)] == pytest.approx([1.0, 0.1, 0.1, 0.01])
+    cos = learning_rate(parse_config({"optimizer": {"schedule": "cosine"}}).optimizer, 10)
+    assert cos(1) == pytest.approx(0.1) and cos(6) == pytest.approx(0.05)
+    inv = parse_config({"optimizer": {"schedule": "inverse", "decay_steps": 10}}).optimizer
+    assert learning_rate(inv, 5)(10) == pytest.approx(0.05)
+
+
+def test_byzantine_ids() -> None:
+    assert byzantine_ids(parse_config({"n": 6, "f": 2, "byzantine": "first"})) == [0, 1]
+    assert byzantine_ids(parse_config({"n": 6, "f": 2, "byzantine": "last"})) == [4, 5]
+    assert byzantine_ids(parse_config({"n": 6, "f": 2, "byzantine": [5, 1]})) == [1, 5]
+    a = byzantine_ids(parse_config({"n": 25, "f": 5, "seed": 0}))
+    assert a == byzantine_ids(parse_config({"n": 25, "f": 5, "seed": 0}))
+    assert a != byzantine_ids(parse_config({"n": 25, "f": 5, "seed": 1}))
+
+
+def test_metrics_are_flushed_per_record_and_a_torn_line_is_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    writer = MetricsWriter(path)
+    writer.write({"round": 1, "loss": float("nan")})
+    assert read_metrics(path) == [{"round": 1, "loss": None}]  # visible before close
+    writer.close()
+    with open(path, "a") as fh:
+        fh.write('{"round": 2, "lo')
+    assert read_metrics(path) == [{"round": 1, "loss": None}]
+    rd = RunDir(tmp_path)
+    path.rename(rd.metrics_path)
+    assert rd.truncate_metrics(0) == []
+
+
+def test_markdown_table() -> None:
+    text = markdown_table(["rule", "acc"], [["krum", 0.91234], ["avg", None]])
+    lines = text.splitlines()
+    assert lines[0].startswith("| rule") and "0.912" in text and "—" in text
+    assert lines[1] == "| ---- | ----: |"
+    assert lines[3] == "| avg  |     — |"
+
+
+def test_sweep_planning_and_errors(tmp_path: Path) -> None:
+    base, grid = load_sweep(ROOT / "examples" / "sweep_digits.yaml")
+    plan = plan_sweep(base, grid)
+    assert len(plan.configs) == 4 * 3 * 2 * 2 and not plan.invalid
+    hashes = {plan.directory(tmp_path, c).name for c in plan.configs}
+    assert len(hashes) == len(plan.configs)
+    (tmp_path / "base.yaml").write_text("n: 7\nf: 1\n")
+    (tmp_path / "s.yaml").write_text("base: base.yaml\ngrid: {rule.name: [krum, nope]}\n")
+    plan = plan_sweep(*load_sweep(tmp_path / "s.yaml"))
+    assert [c.rule.name for c in plan.configs] == ["krum"] and plan.configs[0].n == 7
+    assert "rule.name" in plan.invalid[0][1]
+    (tmp_path / "s.yaml").write_text("grid: {n.x: [1]}\n")
+    plan = plan_sweep(*load_sweep(tmp_path / "s.yaml"))
+    assert not plan.configs and plan.invalid[0][1].splitlines()[1].strip().startswith("n:")
+    (tmp_path / "s.yaml").write_text("- 1\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_sweep(tmp_path / "s.yaml")
