@@ -98,3 +98,13 @@ def check_requirement(name: str, n: int, f: int, min_n: Callable[[int], int], te
     """Raise ``ValueError`` naming the rule, its requirement and the values when n is too small."""
     if n < min_n(f):
         raise ValueError(f"{name} needs {text}, got n={n}, f={f}")
+
+
+def check_options(name: str, allowed: tuple[str, ...], options: dict) -> None:
+    """Raise ``TypeError`` naming the first option of ``options`` that ``name`` does not accept."""
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        valid = ", ".join(allowed) if allowed else "none"
+        raise TypeError(
+            f"{name}() got an unexpected option {unknown[0]!r} (valid options: {valid})"
+        )

@@ -18,6 +18,7 @@ import torch
 
 from byzlearn.aggregators._gram import Inputs
 from byzlearn.aggregators._inputs import Vectors, as_matrix, check_f, check_requirement
+from byzlearn.aggregators._inputs import check_options as _check_options
 
 
 @dataclass
@@ -71,15 +72,6 @@ _PUBLIC: dict[str, Callable] = {}
 def _options_of(impl: Callable) -> tuple[str, ...]:
     params = list(inspect.signature(impl).parameters.values())[2:]  # skip (inputs, f)
     return tuple(p.name for p in params if p.kind == p.KEYWORD_ONLY)
-
-
-def _check_options(name: str, allowed: tuple[str, ...], options: dict) -> None:
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        valid = ", ".join(allowed) if allowed else "none"
-        raise TypeError(
-            f"{name}() got an unexpected option {unknown[0]!r} (valid options: {valid})"
-        )
 
 
 def register(

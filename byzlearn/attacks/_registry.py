@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from byzlearn.aggregators._inputs import check_options as _check_options
 from byzlearn.attacks._context import AttackContext, make_context
 
 
@@ -65,15 +66,6 @@ def _options_of(impl: Callable) -> tuple[tuple[str, ...], dict[str, Any]]:
     params = list(inspect.signature(impl).parameters.values())[1:]  # skip ctx
     opts = [p for p in params if p.kind == p.KEYWORD_ONLY]
     return tuple(p.name for p in opts), {p.name: p.default for p in opts}
-
-
-def _check_options(name: str, allowed: tuple[str, ...], options: dict) -> None:
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        valid = ", ".join(allowed) if allowed else "none"
-        raise TypeError(
-            f"{name}() got an unexpected option {unknown[0]!r} (valid options: {valid})"
-        )
 
 
 def register(
