@@ -30,38 +30,52 @@ def plot_analysis(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    styles = {
-        "rigorous": ("rigorous RMS bound", "k--"),
-        "b3": ("b3 (Taylor) std", "C0-o"),
-        "b4": ("b4 (leave-one-out) std", "C1-s"),
-        "mc": ("measured std (Monte-Carlo)", "C2-^"),
-    }
-    for key, (label, style) in styles.items():
-        if key in p_sweep:
-            a.plot(p_sweep["p"], p_sweep[key], style, label=label, ms=4)
+    _panel(
+        a,
+        p_sweep,
+        "p",
+        {
+            "rigorous": ("rigorous RMS bound", "k--"),
+            "b3": ("b3 (Taylor) std", "C0-o"),
+            "b4": ("b4 (leave-one-out) std", "C1-s"),
+            "mc": ("measured std (Monte-Carlo)", "C2-^"),
+        },
+        ("crash probability p", "output error", "random crashes (one layer)"),
+    )
     a.set_xscale("log")
-    a.set_yscale("log")
-    a.set_xlabel("crash probability p")
-    a.set_ylabel("output error")
-    a.set_title("random crashes (one layer)")
-    a.legend(fontsize=8)
-    fstyles = {
-        "fep_paper": ("FEP bound (paper)", "k--"),
-        "fep_tight": ("FEP bound (tight)", "k-"),
-        "worst": ("measured worst case (search)", "C3-o"),
-        "random": ("measured random (mean)", "C2-^"),
-    }
-    for key, (label, style) in fstyles.items():
-        if key in f_sweep:
-            b.plot(f_sweep["f"], f_sweep[key], style, label=label, ms=4)
-    b.set_yscale("log")
-    b.set_xlabel("crashed neurons in the layer")
-    b.set_ylabel("max output error")
-    b.set_title("worst-case crashes")
-    b.legend(fontsize=8)
+    _panel(
+        b,
+        f_sweep,
+        "f",
+        {
+            "fep_paper": ("FEP bound (paper)", "k--"),
+            "fep_tight": ("FEP bound (tight)", "k-"),
+            "worst": ("measured worst case (search)", "C3-o"),
+            "random": ("measured random (mean)", "C2-^"),
+        },
+        ("crashed neurons in the layer", "max output error", "worst-case crashes"),
+    )
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _panel(
+    ax,
+    sweep: Mapping[str, Sequence[float]],
+    x_key: str,
+    styles: Mapping[str, tuple[str, str]],
+    labels: tuple[str, str, str],
+) -> None:
+    """Plot the curves of ``sweep`` present in ``styles`` against ``sweep[x_key]`` (log y)."""
+    for key, (label, style) in styles.items():
+        if key in sweep:
+            ax.plot(sweep[x_key], sweep[key], style, label=label, ms=4)
+    ax.set_yscale("log")
+    ax.set_xlabel(labels[0])
+    ax.set_ylabel(labels[1])
+    ax.set_title(labels[2])
+    ax.legend(fontsize=8)
