@@ -43,16 +43,21 @@ nnm = get("nnm")
 bucketing = get("bucketing")
 arc = get("arc")
 clipping = get("clipping")
+dnc = get("dnc")
+signguard = get("signguard")
+caf = get("caf")
 
 __all__ = [
     "arc",
     "average",
     "bucketing",
     "bulyan",
+    "caf",
     "centered_clipping",
     "cge",
     "check",
     "clipping",
+    "dnc",
     "geometric_median",
     "get",
     "is_preaggregator",
@@ -66,6 +71,7 @@ __all__ = [
     "nnm",
     "phocas",
     "selected_indices",
+    "signguard",
     "spec",
     "trimmed_mean",
 ]

@@ -27,9 +27,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from byzlearn.aggregators import _gram_kernel
+
 # Coordinates per block: big enough to amortise the per-block Python overhead, small enough for
 # the block and its centred copy to stay in cache while the GEMM reads them.
 _BLOCK_ELEMENTS = 1 << 19
+# Coordinates per block of the CPU kernel, times n: the unit of threading and of the
+# non-finite check (a block holding NaN/Inf is redone in float64 by the slow path).
+_KERNEL_BLOCK_ELEMENTS = 1 << 22
 # Refine when the estimated relative error of typical distances exceeds this.
 _REFINE_REL_ERROR = 1e-5
 
@@ -101,6 +106,46 @@ def base_gram(
     centre_row: int | None = None,
 ) -> BaseGram:
     """Centred Gram matrix of the rows of X in one blocked pass (see the module docstring)."""
+    n = X.shape[0]
+    if X.device.type == "cpu" and _gram_kernel.available(X.detach().numpy()):
+        acc, bad = _kernel_pass(X, centre, centre_row)
+    else:
+        acc, bad = _torch_pass(X, centre, centre_row)
+    acc = acc.cpu()
+    bad = bad.cpu() | ~torch.isfinite(acc.diagonal()[:n])  # sums that overflowed across blocks
+    keep = torch.cat([~bad, torch.tensor([True])])
+    acc = torch.where(keep[:, None] & keep[None, :], acc, torch.zeros((), dtype=acc.dtype))
+    return BaseGram(aug=acc, bad=bad)
+
+
+def _kernel_pass(X: torch.Tensor, centre: torch.Tensor | None, centre_row: int | None):
+    """CPU: the numba kernel of :mod:`._gram_kernel`, slow path for non-finite blocks."""
+    n, d = X.shape
+    Xn = X.detach().numpy()
+    if centre is not None:
+        centre_np = centre.detach().to(X.dtype).numpy()
+    elif centre_row is not None:
+        centre_np = Xn[centre_row]
+    else:
+        centre_np = None
+    lanes = _gram_kernel.LANES
+    size = max(4 * lanes, (_KERNEL_BLOCK_ELEMENTS // max(n, 1)) // lanes * lanes)
+    blocks = column_blocks(d, size)
+    parts = _gram_kernel.gram_blocks(Xn, blocks, centre_np, torch.get_num_threads())
+    acc = torch.zeros(n + 1, n + 1, dtype=torch.float64)
+    bad = torch.zeros(n, dtype=torch.bool)
+    for (j0, j1), part in zip(blocks, parts, strict=True):
+        Gb = torch.from_numpy(part)
+        if not bool(torch.isfinite(Gb).all()):
+            m = None if centre is None else centre[j0:j1]
+            Gb, bad_b = _masked_block(X[:, j0:j1], m, centre_row, d)
+            bad |= bad_b
+        acc += Gb
+    return acc, bad
+
+
+def _torch_pass(X: torch.Tensor, centre: torch.Tensor | None, centre_row: int | None):
+    """Other devices (and inputs the kernel does not take): mean, sub and a GEMM per block."""
     n, d = X.shape
     size = block_size(n, d, X.device)
     acc = torch.zeros(n + 1, n + 1, dtype=torch.float64, device=X.device)
@@ -122,11 +167,7 @@ def base_gram(
             Gb, bad_b = _masked_block(Xb, None if centre is None else m, centre_row, d)
             bad |= bad_b
         acc += Gb.double()
-    acc = acc.cpu()
-    bad = bad.cpu() | ~torch.isfinite(acc.diagonal()[:n])  # sums that overflowed across blocks
-    keep = torch.cat([~bad, torch.tensor([True])])
-    acc = torch.where(keep[:, None] & keep[None, :], acc, torch.zeros((), dtype=acc.dtype))
-    return BaseGram(aug=acc, bad=bad)
+    return acc, bad
 
 
 def _sqdist_from_gram(G: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,7 @@ from byzlearn.aggregators.rules import (  # noqa: F401  (importing registers the
     bulyan,
     clipping,
     coordinatewise,
+    filters,
     geometric_median,
     krum,
     mda,
