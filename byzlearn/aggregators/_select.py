@@ -103,11 +103,31 @@ if _HAVE_NUMBA:
 
     @njit(cache=True, inline="always")
     def _window_mean(col, k, drop, centre):
+        """Mean of the k - drop sorted values closest to ``centre`` (a window col[s:s + m]).
+
+        When drop <= m the window always holds the core col[drop:m]; it is summed first, then
+        the left part col[s:drop], then the right part col[m:s + m]; otherwise the window is
+        summed in order. ``_full_block`` uses the same order.
+        """
         m = k - drop
         s = 0
         while s < k - m and (centre - col[s]) > (col[s + m] - centre):
             s += 1
-        return _range_mean(col, s, s + m)
+        acc = 0.0
+        if drop <= m:
+            for t in range(drop, m):
+                acc += col[t]
+            for t in range(s, drop):
+                acc += col[t]
+            for t in range(m, s + m):
+                acc += col[t]
+        else:
+            for t in range(s, s + m):
+                acc += col[t]
+        res = acc / m
+        if not np.isfinite(res):  # the sum overflowed: average the scaled values
+            return _range_mean(col, s, s + m)
+        return min(max(res, col[s]), col[s + m - 1])
 
     @njit(cache=True)
     def _lane_statistic(col, k, stat, drop):
@@ -131,27 +151,39 @@ if _HAVE_NUMBA:
             return med
         return _window_mean(col, k, drop, med)
 
-    @njit(cache=True)
+    @njit(cache=True, error_model="numpy", boundscheck=False)
     def _rows_mean(buf, a, b, w, res):
         """res[j] = mean of the sorted rows a..b-1 of column j, clamped to their range."""
         m = b - a
         for j in range(w):
             res[j] = 0.0
         for i in range(a, b):
+            row = buf[i]
             for j in range(w):
-                res[j] += buf[i, j]
+                res[j] += np.float64(row[j])
+        overflow = False
+        first = buf[a]
+        last = buf[b - 1]
         for j in range(w):
             r = res[j] / m
-            if not np.isfinite(r):  # the sum overflowed: average the scaled values
-                r = 0.0
+            overflow |= not np.isfinite(r)
+            lo = np.float64(first[j])
+            hi = np.float64(last[j])
+            r = r if r > lo else lo
+            res[j] = r if r < hi else hi
+        if overflow:  # a sum overflowed: redo the columns whose sum is not finite, scaled
+            for j in range(w):
+                total = 0.0
                 for i in range(a, b):
-                    r += buf[i, j] / m
-            lo = np.float64(buf[a, j])
-            hi = np.float64(buf[b - 1, j])
-            res[j] = min(max(r, lo), hi)
+                    total += buf[i, j]
+                if not np.isfinite(total / m):
+                    r = 0.0
+                    for i in range(a, b):
+                        r += buf[i, j] / m
+                    res[j] = min(max(r, np.float64(first[j])), np.float64(last[j]))
 
-    @njit(cache=True)
-    def _full_block(buf, w, stat, drop, out, j0, centre, start, acc, lo, hi):
+    @njit(cache=True, error_model="numpy", boundscheck=False)
+    def _full_block(buf, w, stat, drop, out, j0, centre, start, acc):
         """The statistic of every column of a block whose n values are all finite.
 
         Vectorised over the columns; the same arithmetic, in the same order, as
@@ -164,24 +196,29 @@ if _HAVE_NUMBA:
         elif stat == 1 or stat == 3:  # TRIMMED, or its mean as the centre
             _rows_mean(buf, drop, n - drop, w, centre)
         else:
-            h = n // 2
-            for j in range(w):
-                if n % 2 == 1:
-                    centre[j] = buf[h, j]
-                else:
-                    a = np.float64(buf[h - 1, j])
-                    b = np.float64(buf[h, j])
+            upper = buf[n // 2]
+            if n % 2 == 1:
+                for j in range(w):
+                    centre[j] = upper[j]
+            else:
+                lower = buf[n // 2 - 1]
+                for j in range(w):
+                    a = np.float64(lower[j])
+                    b = np.float64(upper[j])
                     med = 0.5 * (a + b)
-                    if not np.isfinite(med):
-                        med = 0.5 * a + 0.5 * b
-                    centre[j] = med
+                    # a + b overflowed: halve first (a select, so the loop vectorises)
+                    centre[j] = med if np.isfinite(med) else 0.5 * a + 0.5 * b
+        o = out[j0 : j0 + w]
         if stat == 0 or stat == 1 or stat == 4:
             for j in range(w):
-                out[j0 + j] = centre[j]
+                o[j] = centre[j]
         else:
             # The k - drop values closest to the centre start at s = how many of the first
             # ``drop`` positions satisfy centre - v[i] > v[i + m] - centre (a prefix: both sides
             # are monotone in i), as the sequential window search of ``_window_mean`` finds.
+            # When drop <= m the window [s, s + m) always holds the core rows [drop, m): they
+            # are summed unconditionally, then the left rows [s, drop) and the right rows
+            # [m, s + m).
             m = n - drop
             for j in range(w):
                 start[j] = 0.0
@@ -192,24 +229,45 @@ if _HAVE_NUMBA:
                     c = centre[j]
                     closer = (c - np.float64(buf[i, j])) > (np.float64(buf[i + m, j]) - c)
                     start[j] += 1.0 if closer else 0.0
-            for i in range(n):
-                for j in range(w):
-                    v = np.float64(buf[i, j])
-                    s = start[j]
-                    acc[j] += v if (i >= s) & (i < s + m) else 0.0
-                    lo[j] = v if i == s else lo[j]
-                    hi[j] = v if i == s + m - 1 else hi[j]
+            if drop <= m:
+                for i in range(drop, m):
+                    row = buf[i]
+                    for j in range(w):
+                        acc[j] += np.float64(row[j])
+                for i in range(drop):
+                    row = buf[i]
+                    for j in range(w):
+                        acc[j] += np.float64(row[j]) if i >= start[j] else 0.0
+                for i in range(drop):
+                    row = buf[m + i]
+                    for j in range(w):
+                        acc[j] += np.float64(row[j]) if i < start[j] else 0.0
+            else:  # a window shorter than the trimmed part: every row may be in it
+                for i in range(n):
+                    row = buf[i]
+                    for j in range(w):
+                        inside = (i >= start[j]) & (i < start[j] + m)
+                        acc[j] += np.float64(row[j]) if inside else 0.0
+            overflow = False
             for j in range(w):
+                s = np.uint64(start[j])  # unsigned: no negative-index wrap, so it vectorises
+                lo = np.float64(buf[s, j])
+                hi = np.float64(buf[s + np.uint64(m - 1), j])
                 r = acc[j] / m
-                if not np.isfinite(r):  # the sum overflowed: average the scaled values
-                    r = 0.0
-                    for i in range(int(start[j]), int(start[j]) + m):
-                        r += buf[i, j] / m
-                out[j0 + j] = min(max(r, lo[j]), hi[j])
+                overflow |= not np.isfinite(r)
+                r = r if r > lo else lo
+                o[j] = r if r < hi else hi
+            if overflow:  # a sum overflowed: average the scaled values in those columns
+                for j in range(w):
+                    if not np.isfinite(acc[j] / m):
+                        s = int(start[j])
+                        r = 0.0
+                        for i in range(s, s + m):
+                            r += buf[i, j] / m
+                        o[j] = min(max(r, np.float64(buf[s, j])), np.float64(buf[s + m - 1, j]))
         ok = True
         for j in range(w):
-            if not np.isfinite(out[j0 + j]):
-                ok = False
+            ok &= np.isfinite(o[j])
         return ok
 
     @njit(cache=True)
@@ -228,7 +286,7 @@ if _HAVE_NUMBA:
                     full = False
                     break
         if full and _full_block(
-            buf, w, stat, drop, out, j0, work[0], work[1], work[2], work[3], work[4]
+            buf, w, stat, drop, out, j0, work[0], work[1], work[2]
         ):
             return -1
         first = -1
@@ -262,7 +320,7 @@ if _HAVE_NUMBA:
         n_chunks = (n_blocks + _sortnet.CHUNK_BLOCKS - 1) // _sortnet.CHUNK_BLOCKS
         for c in prange(n_chunks):
             buf = np.empty((n, LANES), dtype=X.dtype)
-            work = np.empty((5, LANES), dtype=np.float64)
+            work = np.empty((3, LANES), dtype=np.float64)
             col = np.empty(n, dtype=np.float64)
             stop = min(n_blocks, (c + 1) * _sortnet.CHUNK_BLOCKS)
             for blk in range(c * _sortnet.CHUNK_BLOCKS, stop):

@@ -34,7 +34,7 @@ import numpy as np
 
 LANES = 256
 CHUNK_BLOCKS = 16  # blocks of LANES coordinates per chunk (one buffer allocation each)
-_GENERATOR_VERSION = 8
+_GENERATOR_VERSION = 10
 
 
 def _source(size: int, pairs: np.ndarray) -> str:
@@ -62,12 +62,12 @@ def _source(size: int, pairs: np.ndarray) -> str:
     lines += [
         "    for c in range(n_chunks):",
         f"        buf = np.empty(({size}, {LANES}), dtype=X.dtype)",
-        f"        work = np.empty((5, {LANES}), dtype=np.float64)",
+        f"        work = np.empty((3, {LANES}), dtype=np.float64)",
         f"        col = np.empty({size}, dtype=np.float64)",
         f"        for blk in range(c * {CHUNK_BLOCKS}, min(n_blocks, (c + 1) * {CHUNK_BLOCKS})):",
-        f"            j0 = blk * {LANES}",
-        f"            w = min({LANES}, d - j0)",
-        "            for j in range(w):",
+        f"            j0 = np.uint64(blk * {LANES})",
+        f"            w = min({LANES}, d - blk * {LANES})",
+        "            for j in range(np.uint64(w)):",
     ]
     body = []
     for r in range(size):
@@ -77,15 +77,15 @@ def _source(size: int, pairs: np.ndarray) -> str:
         ]
     for a, b in pairs.tolist():
         body += [
-            f"t = a{a} if a{a} <= a{b} else a{b}",
-            f"a{b} = a{b} if a{a} <= a{b} else a{a}",
+            f"t = a{a} if a{a} < a{b} else a{b}",
+            f"a{b} = a{b} if a{a} < a{b} else a{a}",
             f"a{a} = t",
         ]
     body += [f"buf[{r}, j] = a{r}" for r in range(size)]
     lines += ["                " + line for line in body]
     lines += [
         "            first_bad[blk] = block_statistic(",
-        "                buf[:n], w, stat, drop, min_k, out, j0, work, col",
+        f"                buf[:n], w, stat, drop, min_k, out, blk * {LANES}, work, col",
         "            )",
         "",
     ]
@@ -127,7 +127,7 @@ def _load_in_memory(source: str) -> Callable:
 # minutes at 64) and every size is compiled for float32 and float64, so there are two: 8 (cheap)
 # and 25 (the n = 25 of the papers' setups, unpadded). Larger n go through the row-pair loop of
 # ``_select.pairs_kernel``.
-SIZES = (8, 25)
+SIZES = (8, 16, 25)
 
 
 def size_for(n: int) -> int | None:
