@@ -34,7 +34,7 @@ import numpy as np
 
 LANES = 256
 CHUNK_BLOCKS = 16  # blocks of LANES coordinates per chunk (one buffer allocation each)
-_GENERATOR_VERSION = 10
+_GENERATOR_VERSION = 11
 
 
 def _source(size: int, pairs: np.ndarray) -> str:
@@ -46,12 +46,10 @@ def _source(size: int, pairs: np.ndarray) -> str:
         "from byzlearn.aggregators._select import block_statistic",
         "",
         "",
-        "@njit(cache=True, error_model='numpy', boundscheck=False)",
-        "def kernel(X, rows, big, stat, drop, min_k, out, first_bad):",
+        "@njit(cache=True, error_model='numpy', boundscheck=False, nogil=True)",
+        "def kernel(X, rows, big, stat, drop, min_k, out, first_bad, blk0, blk1):",
         "    d = X.shape[1]",
         "    n = rows.shape[0]",
-        f"    n_blocks = (d + {LANES - 1}) // {LANES}",
-        f"    n_chunks = (n_blocks + {CHUNK_BLOCKS - 1}) // {CHUNK_BLOCKS}",
         "    inf = big[0]",
     ]
     # Row indices, not row views: reads from one array keep the compiler's runtime alias checks
@@ -60,14 +58,13 @@ def _source(size: int, pairs: np.ndarray) -> str:
     for r in range(size):
         lines += [f"    live{r} = {r} < n", f"    i{r} = rows[{r}] if live{r} else rows[0]"]
     lines += [
-        "    for c in range(n_chunks):",
-        f"        buf = np.empty(({size}, {LANES}), dtype=X.dtype)",
-        f"        work = np.empty((3, {LANES}), dtype=np.float64)",
-        f"        col = np.empty({size}, dtype=np.float64)",
-        f"        for blk in range(c * {CHUNK_BLOCKS}, min(n_blocks, (c + 1) * {CHUNK_BLOCKS})):",
-        f"            j0 = np.uint64(blk * {LANES})",
-        f"            w = min({LANES}, d - blk * {LANES})",
-        "            for j in range(np.uint64(w)):",
+        f"    buf = np.empty(({size}, {LANES}), dtype=X.dtype)",
+        f"    work = np.empty((3, {LANES}), dtype=np.float64)",
+        f"    col = np.empty({size}, dtype=np.float64)",
+        "    for blk in range(blk0, blk1):",
+        f"        j0 = np.uint64(blk * {LANES})",
+        f"        w = min({LANES}, d - blk * {LANES})",
+        "        for j in range(np.uint64(w)):",
     ]
     body = []
     for r in range(size):
@@ -82,11 +79,11 @@ def _source(size: int, pairs: np.ndarray) -> str:
             f"a{a} = t",
         ]
     body += [f"buf[{r}, j] = a{r}" for r in range(size)]
-    lines += ["                " + line for line in body]
+    lines += ["            " + line for line in body]
     lines += [
-        "            first_bad[blk] = block_statistic(",
-        f"                buf[:n], w, stat, drop, min_k, out, blk * {LANES}, work, col",
-        "            )",
+        "        first_bad[blk] = block_statistic(",
+        f"            buf[:n], w, stat, drop, min_k, out, blk * {LANES}, work, col",
+        "        )",
         "",
     ]
     return "\n".join(lines)
