@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from byzlearn.aggregators import _sortnet
-from byzlearn.aggregators._gram import block_size, column_blocks
+from byzlearn.aggregators._gram import Inputs, block_size, column_blocks
 
 MEDIAN, TRIMMED, CLOSEST_TO_MEDIAN, CLOSEST_TO_TRIMMED, MEAN = range(5)
 LANES = _sortnet.LANES
@@ -435,17 +435,51 @@ def coordinatewise(
 
     Raises ``ValueError`` naming the rule when a coordinate has fewer than ``min_k`` finite values.
     """
+    min_k = checked_min_k(stat, drop, min_k, name)
+    out = torch.empty(X.shape[1], dtype=X.dtype, device=X.device)
+    first = statistic_into(X, stat, drop, min_k, out, rows, force_torch)
+    if first >= 0:
+        raise missing_error(name, int(torch.isnan(out).sum()), min_k, first)
+    return out
+
+
+def checked_min_k(stat: int, drop: int, min_k: int, name: str) -> int:
+    """The number of finite values a coordinate needs (``min_k``, at least what ``stat`` needs)."""
     if stat not in _NEEDED:
         raise ValueError(f"{name}: unknown statistic {stat!r}")
     if drop < 0:
         raise ValueError(f"{name}: drop must be >= 0, got {drop}")
-    min_k = max(int(min_k), _NEEDED[stat](drop))
+    return max(int(min_k), _NEEDED[stat](drop))
+
+
+def missing_error(name: str, count: int, min_k: int, first: int) -> ValueError:
+    """The error for coordinates with too few finite values."""
+    return ValueError(
+        f"{name}: {count} coordinate(s) have fewer than {min_k} finite values "
+        f"(first: coordinate {first}); non-finite values are treated as missing and too "
+        f"many are missing there to aggregate safely"
+    )
+
+
+def statistic_into(
+    X: torch.Tensor,
+    stat: int,
+    drop: int,
+    min_k: int,
+    out: torch.Tensor,
+    rows: torch.Tensor | None = None,
+    force_torch: bool = False,
+) -> int:
+    """Write the statistic of each column of X (rows ``rows``) into ``out`` (d,).
+
+    Returns the first coordinate with fewer than ``min_k`` finite values (NaN in ``out``), or -1.
+    """
     n, d = X.shape
     if rows is None:
         rows = torch.arange(n)
-    out = torch.empty(d, dtype=X.dtype, device=X.device)
     if X.device.type == "cpu" and _HAVE_NUMBA and not force_torch:
         Xc = X if X.is_contiguous() else X.contiguous()
+        o = out if out.is_contiguous() else torch.empty_like(out)
         torch_threads = torch.get_num_threads()
         threads = max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS))
         numba.set_num_threads(threads)
@@ -456,27 +490,50 @@ def coordinatewise(
         size = _sortnet.size_for(rows.numel())
         if size is None:
             pairs = sorting_network(rows.numel())
-            args = (Xc.numpy(), row_index, big, pairs, stat, drop, min_k, out.numpy(), first_bad)
+            args = (Xc.numpy(), row_index, big, pairs, stat, drop, min_k, o.numpy(), first_bad)
             pairs_kernel(*args)
         else:
-            args = (Xc.numpy(), row_index, big, stat, drop, min_k, out.numpy(), first_bad)
+            args = (Xc.numpy(), row_index, big, stat, drop, min_k, o.numpy(), first_bad)
             run = _sortnet.kernel(size)
             in_parallel(lambda b0, b1: run(*args, b0, b1), n_blocks, torch_threads)
         # Starting numba's OpenMP threading layer (first call) resets the process-wide OpenMP
         # thread count that torch reads: give torch back the count the caller set.
         if torch.get_num_threads() != torch_threads:
             torch.set_num_threads(torch_threads)
+        if o is not out:
+            out.copy_(o)
         bad_blocks = first_bad[first_bad >= 0]
-        first = int(bad_blocks[0]) if bad_blocks.size else -1
+        return int(bad_blocks[0]) if bad_blocks.size else -1
+    _torch_path(X, rows.to(X.device), stat, drop, min_k, out)
+    bad = torch.nonzero(torch.isnan(out)).flatten()
+    return int(bad[0]) if bad.numel() else -1
+
+
+# Elements per block when the inputs are mixed (bucketing, NNM): the mixed rows are built one
+# block at a time, in cache, instead of as an (n', d) matrix (whose first write alone, page
+# faults included, costs more than the statistic).
+_MIXED_BLOCK_ELEMENTS = 1 << 21
+
+
+def coordinatewise_inputs(
+    inputs: Inputs, stat: int, drop: int, min_k: int, name: str
+) -> torch.Tensor:
+    """:func:`coordinatewise` over the vectors of ``inputs`` (``A X``), block by block."""
+    X = inputs.X
+    if inputs.A is None:
+        return coordinatewise(X, stat, drop, min_k, name)
+    min_k = checked_min_k(stat, drop, min_k, name)
+    out = torch.empty(inputs.d, dtype=X.dtype, device=X.device)
+    if X.device.type == "cpu":
+        per_thread = 2 * _MIN_BLOCKS_PER_THREAD * LANES
+        size = max(per_thread * torch.get_num_threads(), _MIXED_BLOCK_ELEMENTS // inputs.n)
     else:
-        _torch_path(X, rows.to(X.device), stat, drop, min_k, out)
-        bad = torch.nonzero(torch.isnan(out)).flatten()
-        first = int(bad[0]) if bad.numel() else -1
+        size = block_size(inputs.n, inputs.d, X.device)
+    first = -1
+    for j0, j1, Y in inputs.column_blocks(size):
+        first_here = statistic_into(Y, stat, drop, min_k, out[j0:j1])
+        if first < 0 and first_here >= 0:
+            first = j0 + first_here
     if first >= 0:
-        count = int(torch.isnan(out).sum())
-        raise ValueError(
-            f"{name}: {count} coordinate(s) have fewer than {min_k} finite values "
-            f"(first: coordinate {first}); non-finite values are treated as missing and too "
-            f"many are missing there to aggregate safely"
-        )
+        raise missing_error(name, int(torch.isnan(out).sum()), min_k, first)
     return out

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from byzlearn.aggregators import _gram, _gram_kernel
 from byzlearn.aggregators._gram import Inputs, block_size, column_blocks, weighted_rows
 
 
@@ -122,3 +125,80 @@ def test_weighted_rows_matches_dense_product(rows, seed):
 def test_weighted_rows_of_nothing_is_zero():
     X = torch.randn(3, 4)
     assert torch.equal(weighted_rows(X, torch.zeros(3, dtype=torch.float64)), torch.zeros(4))
+
+
+def torch_pass_gram(X, centre=None, centre_row=None):
+    """The Gram statistics through the torch path (the one other devices use)."""
+    acc, bad = _gram._torch_pass(X, centre, centre_row)
+    return acc, bad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mode", ["mean", "centre", "row"])
+@pytest.mark.parametrize("n", [1, 2, 4, 25, 31])
+def test_kernel_pass_matches_float64_products(dtype, mode, n, monkeypatch):
+    """The numba pass (3 x 3 tiles, chunks, threads) against centred float64 products."""
+    monkeypatch.setattr(_gram, "_KERNEL_BLOCK_ELEMENTS", 1)  # blocks of 4 * LANES columns
+    g = torch.Generator().manual_seed(n)
+    d = 3 * 4 * _gram_kernel.LANES + 77  # several blocks and a partial chunk
+    X = (torch.randn(n, d, generator=g, dtype=torch.float64) + 50.0).to(dtype)
+    centre = torch.randn(d, generator=g, dtype=torch.float64).to(dtype) + 50.0
+    kwargs = {"centre": centre} if mode == "centre" else {"centre_row": 0} if mode == "row" else {}
+    try:
+        torch.set_num_threads(2)
+        acc, bad = _gram._kernel_pass(X, kwargs.get("centre"), kwargs.get("centre_row"))
+    finally:
+        torch.set_num_threads(1)
+    assert not bad.any()
+    Xd = X.double()
+    expected = np.zeros((n + 1, n + 1))
+    lanes = _gram_kernel.LANES
+    for j0 in range(0, d, lanes):  # the kernel's chunks, centred on (nearly) the same centres
+        B = Xd[:, j0 : j0 + lanes]
+        if mode == "centre":
+            m = centre.double()[j0 : j0 + lanes]
+        elif mode == "row":
+            m = B[0]
+        else:
+            m = B.mean(dim=0).to(dtype).double()
+        aug = torch.cat([B - m, m[None, :]]).numpy()
+        expected += aug @ aug.T
+    assert torch.equal(acc, acc.T)  # mirrored from the upper triangle
+    unit = float(torch.finfo(dtype).eps)
+    scale = float(np.abs(np.diag(expected)).max())
+    np.testing.assert_allclose(acc.numpy(), expected, atol=64 * unit * scale)
+
+
+def test_kernel_and_torch_passes_give_the_same_distances():
+    g = torch.Generator().manual_seed(9)
+    X = torch.randn(11, 20_000, generator=g, dtype=torch.float64) * 3 + 1e4
+    X[4] += 5.0
+    kernel = Inputs.from_matrix(X).sqdist()
+    assert _gram_kernel.available(X.numpy())
+    acc, bad = torch_pass_gram(X)
+    torch_inputs = Inputs(X=X, gram=_gram.BaseGram(aug=acc, bad=bad))
+    np.testing.assert_allclose(kernel.numpy(), torch_inputs.sqdist().numpy(), rtol=1e-9)
+    np.testing.assert_allclose(kernel.numpy(), explicit_sqdist(X), rtol=1e-9)
+
+
+def test_non_finite_values_in_one_block_only(monkeypatch):
+    """A block holding NaN goes through the slow path; the row is bad, the others exact."""
+    monkeypatch.setattr(_gram, "_KERNEL_BLOCK_ELEMENTS", 1)
+    g = torch.Generator().manual_seed(10)
+    X = torch.randn(6, 5 * 4 * _gram_kernel.LANES, generator=g, dtype=torch.float64)
+    X[3, 4 * _gram_kernel.LANES + 7] = math.nan  # in the second block
+    inputs = Inputs.from_matrix(X)
+    assert inputs.bad.tolist() == [False, False, False, True, False, False]
+    good = [0, 1, 2, 4, 5]
+    D = inputs.sqdist().numpy()
+    np.testing.assert_allclose(D[np.ix_(good, good)], explicit_sqdist(X[good]), rtol=1e-10)
+    assert np.isinf(D[3, good]).all()
+
+
+def test_inputs_the_kernel_does_not_take_use_the_torch_path():
+    X = torch.randn(8, 50, dtype=torch.float64)
+    assert not _gram_kernel.available(X.T.contiguous().T.numpy())  # not C-contiguous
+    assert not _gram_kernel.available(X.to(torch.float16).numpy())
+    Xt = X.T.contiguous().T
+    np.testing.assert_allclose(Inputs.from_matrix(Xt).sqdist().numpy(), explicit_sqdist(X),
+                               rtol=1e-10, atol=1e-10)

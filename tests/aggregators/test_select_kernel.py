@@ -290,7 +290,8 @@ def test_many_coordinates_in_several_blocks(stat):
 
 
 @pytest.mark.parametrize("stat", STATS, ids=NAMES.get)
-def test_threads_do_not_change_the_result(stat):
+def test_threads_do_not_change_the_result(stat, monkeypatch):
+    monkeypatch.setattr(sel, "_MIN_BLOCKS_PER_THREAD", 2)  # 20 blocks: two threads run
     gen = torch.Generator().manual_seed(50 + stat)
     X = torch.randn(13, 5000, generator=gen)
     X[2, ::5] = math.nan
@@ -360,3 +361,44 @@ def test_kernel_leaves_torch_thread_count_alone():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "1"
+
+
+def test_in_parallel_covers_every_block_once():
+    seen = []
+    sel.in_parallel(lambda b0, b1: seen.extend(range(b0, b1)), 1000, 3)
+    assert sorted(seen) == list(range(1000))
+    seen.clear()
+    sel.in_parallel(lambda b0, b1: seen.append((b0, b1)), 10, 4)  # too few blocks: one range
+    assert seen == [(0, 10)]
+
+
+@pytest.mark.parametrize("stat", STATS, ids=NAMES.get)
+@pytest.mark.parametrize("mixing", ["sparse", "dense"])
+def test_mixed_inputs_block_by_block_match_the_materialised_rows(stat, mixing, monkeypatch):
+    """coordinatewise_inputs builds A X one block at a time: same values, same missing-value
+    error (with the coordinate counted from 0 across blocks) as on the materialised matrix."""
+    monkeypatch.setattr(sel, "_MIN_BLOCKS_PER_THREAD", 1)
+    monkeypatch.setattr(sel, "_MIXED_BLOCK_ELEMENTS", 1)  # blocks of 2 * 256 columns
+    monkeypatch.setattr(_gram, "_MIX_COLUMNS", 100)  # dense products of 100 columns
+    gen = torch.Generator().manual_seed(60 + stat)
+    X = torch.randn(9, 3000, generator=gen, dtype=torch.float64)
+    inputs = _gram.Inputs.from_matrix(X)
+    if mixing == "sparse":
+        M = torch.zeros(5, 9, dtype=torch.float64)
+        for i in range(5):
+            M[i, [i, i + 4]] = 0.5
+    else:
+        M = torch.rand(7, 9, generator=gen, dtype=torch.float64)
+    mixed = inputs.mix(M)
+    Y = M @ X
+    torch.testing.assert_close(mixed.materialize(), Y)
+    drop = 1
+    min_k = needed(stat, drop)
+    expected = sel.coordinatewise(Y, stat, drop, min_k, "rule")
+    got = sel.coordinatewise_inputs(mixed, stat, drop, min_k, "rule")
+    torch.testing.assert_close(got, expected, rtol=1e-13, atol=1e-13)
+    if mixing == "sparse":  # missing values stay in their coordinates
+        X[:, 1700] = math.nan
+        mixed = _gram.Inputs(X=X, gram=None).mix(M)
+        with pytest.raises(ValueError, match="first: coordinate 1700"):
+            sel.coordinatewise_inputs(mixed, stat, drop, min_k, "rule")

@@ -83,7 +83,7 @@ def bulyan(
             inputs.X, sel.CLOSEST_TO_MEDIAN, drop, drop + 1, "bulyan", rows=kept
         )
     else:
-        value = sel.coordinatewise(
-            inputs.subset(kept).materialize(), sel.CLOSEST_TO_MEDIAN, drop, drop + 1, "bulyan"
+        value = sel.coordinatewise_inputs(
+            inputs.subset(kept), sel.CLOSEST_TO_MEDIAN, drop, drop + 1, "bulyan"
         )
     return Combination(inputs=inputs, alpha=None, kept=kept, value=value)

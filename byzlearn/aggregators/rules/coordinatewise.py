@@ -46,7 +46,7 @@ def median(inputs: Inputs, f: int) -> torch.Tensor:
     2f + 1 finite values). Each output coordinate lies within the range of the honest values.
     Cost: O(n d) traffic + O(n log^2 n) per coordinate.
     """
-    return sel.coordinatewise(inputs.materialize(), sel.MEDIAN, 0, 2 * f + 1, "median")
+    return sel.coordinatewise_inputs(inputs, sel.MEDIAN, 0, 2 * f + 1, "median")
 
 
 @register("trimmed_mean", min_n=_twice_f_plus_one, requirement="n >= 2f + 1", needs_gram=False)
@@ -64,7 +64,7 @@ def trimmed_mean(inputs: Inputs, f: int, *, trim: int | None = None) -> torch.Te
         raise ValueError(f"trimmed_mean: trim={b} must be >= f={f} to remove f outliers per side")
     if inputs.n < 2 * b + 1:
         raise ValueError(f"trimmed_mean needs n >= 2*trim + 1, got n={inputs.n}, trim={b}")
-    return sel.coordinatewise(inputs.materialize(), sel.TRIMMED, b, 2 * b + 1, "trimmed_mean")
+    return sel.coordinatewise_inputs(inputs, sel.TRIMMED, b, 2 * b + 1, "trimmed_mean")
 
 
 @register("meamed", min_n=_twice_f_plus_one, requirement="n >= 2f + 1", needs_gram=False)
@@ -75,7 +75,7 @@ def meamed(inputs: Inputs, f: int) -> torch.Tensor:
     Reference: Xie, Koyejo, Gupta, "Generalized Byzantine-tolerant SGD", arXiv 1802.10116 (2018).
     Requirement: n >= 2f + 1. Cost as :func:`median`.
     """
-    return sel.coordinatewise(inputs.materialize(), sel.CLOSEST_TO_MEDIAN, f, 2 * f + 1, "meamed")
+    return sel.coordinatewise_inputs(inputs, sel.CLOSEST_TO_MEDIAN, f, 2 * f + 1, "meamed")
 
 
 @register("phocas", min_n=_twice_f_plus_one, requirement="n >= 2f + 1", needs_gram=False)
@@ -85,4 +85,6 @@ def phocas(inputs: Inputs, f: int) -> torch.Tensor:
     Reference: Xie, Koyejo, Gupta, "Phocas: dimensional Byzantine-resilient stochastic gradient
     descent", arXiv 1805.09682 (2018). Requirement: n >= 2f + 1. Cost as :func:`median`.
     """
-    return sel.coordinatewise(inputs.materialize(), sel.CLOSEST_TO_TRIMMED, f, 2 * f + 1, "phocas")
+    return sel.coordinatewise_inputs(
+        inputs, sel.CLOSEST_TO_TRIMMED, f, 2 * f + 1, "phocas"
+    )
