@@ -7,9 +7,11 @@ clipping, NNM mixing, Bulyan's iterated selection) runs on n x n matrices.
 
 Numerics. ``||x_i - x_j||^2 = G_ii + G_jj - 2 G_ij`` loses precision when the vectors sit far from
 the point the Gram matrix is centred on (full model weights share a large common component; an
-outlier drags a mean). So the pass centres each block of coordinates on its own mean (the common
-component cancels exactly inside the block, before any product), multiplies in the input precision
-and accumulates the blocks in float64. If the resulting distances still look cancellation-prone
+outlier drags a mean). So the pass centres each chunk of coordinates on its own mean (the common
+component cancels exactly inside the chunk, before any product), multiplies in the input precision
+and accumulates the chunks in float64. On the CPU this is one numba kernel
+(:mod:`._gram_kernel`: one read of the data, half the products of a GEMM, threads); elsewhere a
+torch mean, subtraction and GEMM per block. If the resulting distances still look cancellation-prone
 (inputs far from the centre compared with their spread, e.g. one huge outlier), the pass is run
 once more centred on a central input row, which makes the distances between the inputs near that
 row exact to working precision.
