@@ -375,7 +375,26 @@ class Inputs:
                     for j, a in row_terms[1:]:
                         o.add_(X[j, j0:j1], alpha=a)
 
-            return sparse
+            if X.device.type != "cpu" or X.dtype not in (torch.float32, torch.float64):
+                return sparse
+            Xn = X.detach().numpy()
+
+            def sparse_numpy(j0: int, j1: int, out: torch.Tensor) -> None:
+                # The same sums with numpy's single-threaded loops: torch's OpenMP workers,
+                # woken for these memory-bound ops, would spin against the kernel's threads.
+                O = out.numpy()
+                term = np.empty(j1 - j0, dtype=Xn.dtype)
+                for i, row_terms in enumerate(terms):
+                    if not row_terms:
+                        O[i] = 0
+                        continue
+                    first, scale = row_terms[0]
+                    np.multiply(Xn[first, j0:j1], scale, out=O[i])
+                    for j, a in row_terms[1:]:
+                        np.multiply(Xn[j, j0:j1], a, out=term)
+                        np.add(O[i], term, out=O[i])
+
+            return sparse_numpy
         all_good = not bool(self.gram.bad.any())
         good = torch.nonzero(~self.gram.bad).flatten().to(X.device)
         A_good = A[:, ~self.gram.bad].to(device=X.device, dtype=X.dtype)

@@ -202,3 +202,22 @@ def test_inputs_the_kernel_does_not_take_use_the_torch_path():
     Xt = X.T.contiguous().T
     np.testing.assert_allclose(Inputs.from_matrix(Xt).sqdist().numpy(), explicit_sqdist(X),
                                rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_sparse_mixing_in_every_dtype(dtype):
+    """Sparse mixing (bucketing) sums only the rows involved: numpy loops for float32/64, torch
+    for other dtypes; a missing value stays in its coordinate."""
+    g = torch.Generator().manual_seed(12)
+    X = torch.randn(6, 700, generator=g).to(dtype)
+    X[1, 5] = math.nan
+    M = torch.zeros(3, 6, dtype=torch.float64)
+    M[0, [0, 1]] = 0.5
+    M[1, [2, 3]] = 0.5
+    M[2, [4, 5]] = 0.5
+    Y = Inputs(X=X, gram=None).mix(M).materialize()
+    assert Y.dtype == dtype
+    expected = (M.float() @ torch.nan_to_num(X.float(), nan=0.0))
+    expected[0, 5] = math.nan
+    tol = {torch.float16: 2e-3, torch.float32: 1e-6, torch.float64: 1e-12}[dtype]
+    torch.testing.assert_close(Y.float(), expected, rtol=tol, atol=tol, equal_nan=True)
