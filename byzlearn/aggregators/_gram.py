@@ -113,7 +113,8 @@ def base_gram(
 ) -> BaseGram:
     """Centred Gram matrix of the rows of X in one blocked pass (see the module docstring)."""
     n = X.shape[0]
-    if X.device.type == "cpu" and _gram_kernel.available(X.detach().numpy()):
+    on_kernel = X.device.type == "cpu" and X.dtype in (torch.float32, torch.float64)
+    if on_kernel and _gram_kernel.available(X.detach().numpy()):
         acc, bad = _kernel_pass(X, centre, centre_row)
     else:
         acc, bad = _torch_pass(X, centre, centre_row)
@@ -129,7 +130,7 @@ def _kernel_pass(X: torch.Tensor, centre: torch.Tensor | None, centre_row: int |
     n, d = X.shape
     Xn = X.detach().numpy()
     if centre is not None:
-        centre_np = centre.detach().to(X.dtype).numpy()
+        centre_np = centre.detach().to(device="cpu", dtype=X.dtype).numpy()
     elif centre_row is not None:
         centre_np = Xn[centre_row]
     else:

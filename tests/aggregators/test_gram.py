@@ -221,3 +221,11 @@ def test_sparse_mixing_in_every_dtype(dtype):
     expected[0, 5] = math.nan
     tol = {torch.float16: 2e-3, torch.float32: 1e-6, torch.float64: 1e-12}[dtype]
     torch.testing.assert_close(Y.float(), expected, rtol=tol, atol=tol, equal_nan=True)
+
+
+def test_bfloat16_inputs_take_the_torch_path():
+    """numpy has no bfloat16: the Gram pass must not hand such a tensor to the kernel."""
+    g = torch.Generator().manual_seed(13)
+    X = torch.randn(5, 300, generator=g).to(torch.bfloat16)
+    D = Inputs.from_matrix(X).sqdist().numpy()
+    np.testing.assert_allclose(D, explicit_sqdist(X), rtol=2e-2, atol=1e-6)
