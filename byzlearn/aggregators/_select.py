@@ -176,16 +176,9 @@ if _HAVE_NUMBA:
             hi = np.float64(last[j])
             r = r if r > lo else lo
             res[j] = r if r < hi else hi
-        if overflow:  # a sum overflowed: redo the columns whose sum is not finite, scaled
+        if overflow:  # a sum overflowed: redo column by column (scaled where it overflows)
             for j in range(w):
-                total = 0.0
-                for i in range(a, b):
-                    total += buf[i, j]
-                if not np.isfinite(total / m):
-                    r = 0.0
-                    for i in range(a, b):
-                        r += buf[i, j] / m
-                    res[j] = min(max(r, np.float64(first[j])), np.float64(last[j]))
+                res[j] = _range_mean(buf[:, j], a, b)
 
     @njit(cache=True, error_model="numpy", boundscheck=False)
     def _full_block(buf, w, stat, drop, out, j0, centre, start, acc):
@@ -266,10 +259,7 @@ if _HAVE_NUMBA:
                 for j in range(w):
                     if not np.isfinite(acc[j] / m):
                         s = int(start[j])
-                        r = 0.0
-                        for i in range(s, s + m):
-                            r += buf[i, j] / m
-                        o[j] = min(max(r, np.float64(buf[s, j])), np.float64(buf[s + m - 1, j]))
+                        o[j] = _range_mean(buf[:, j], s, s + m)
         ok = True
         for j in range(w):
             ok &= np.isfinite(o[j])
