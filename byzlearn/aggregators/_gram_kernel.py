@@ -27,9 +27,9 @@ the vectoriser emits gathers. The loops below therefore index 1-D row views from
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
+
+from byzlearn.aggregators._threads import in_parallel
 
 try:  # numba is a dependency, but keep a working fallback if it cannot load
     from numba import njit
@@ -155,7 +155,11 @@ def gram_blocks(
         full = upper + np.triu(acc, 1).T
         return full[: n + 1, : n + 1]
 
-    if threads <= 1 or len(blocks) <= 1:
-        return [one(b) for b in blocks]
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        return list(pool.map(one, blocks))
+    parts: list[np.ndarray] = [np.empty(0)] * len(blocks)
+
+    def run(b0: int, b1: int) -> None:
+        for k in range(b0, b1):
+            parts[k] = one(blocks[k])
+
+    in_parallel(run, len(blocks), threads)
+    return parts

@@ -34,14 +34,13 @@ along the rows), which is also the reference the tests compare the kernel with.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
 from byzlearn.aggregators import _sortnet
 from byzlearn.aggregators._gram import Inputs, block_size, column_blocks
+from byzlearn.aggregators._threads import in_parallel
 
 MEDIAN, TRIMMED, CLOSEST_TO_MEDIAN, CLOSEST_TO_TRIMMED, MEAN = range(5)
 LANES = _sortnet.LANES
@@ -395,23 +394,6 @@ def _torch_path(X, rows, stat, drop, min_k, out):
 _MIN_BLOCKS_PER_THREAD = 64
 
 
-def in_parallel(work: Callable[[int, int], object], n_blocks: int, threads: int) -> None:
-    """Run ``work(b0, b1)`` on ``threads`` contiguous ranges of ``range(n_blocks)`` at once.
-
-    The kernels release the GIL (``nogil=True``), so Python threads run them in parallel; one
-    range (the caller's thread) when the input is too small for threads to pay off.
-    """
-    threads = max(1, min(threads, n_blocks // _MIN_BLOCKS_PER_THREAD))
-    if threads == 1:
-        work(0, n_blocks)
-        return
-    bounds = [n_blocks * t // threads for t in range(threads + 1)]
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        futures = [pool.submit(work, bounds[t], bounds[t + 1]) for t in range(threads)]
-        for future in futures:
-            future.result()
-
-
 def coordinatewise(
     X: torch.Tensor,
     stat: int,
@@ -485,7 +467,9 @@ def statistic_into(
         else:
             args = (Xc.numpy(), row_index, big, stat, drop, min_k, o.numpy(), first_bad)
             run = _sortnet.kernel(size)
-            in_parallel(lambda b0, b1: run(*args, b0, b1), n_blocks, torch_threads)
+            in_parallel(
+                lambda b0, b1: run(*args, b0, b1), n_blocks, torch_threads, _MIN_BLOCKS_PER_THREAD
+            )
         # Starting numba's OpenMP threading layer (first call) resets the process-wide OpenMP
         # thread count that torch reads: give torch back the count the caller set.
         if torch.get_num_threads() != torch_threads:

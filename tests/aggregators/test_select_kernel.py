@@ -363,15 +363,6 @@ def test_kernel_leaves_torch_thread_count_alone():
     assert out.stdout.strip() == "1"
 
 
-def test_in_parallel_covers_every_block_once():
-    seen = []
-    sel.in_parallel(lambda b0, b1: seen.extend(range(b0, b1)), 1000, 3)
-    assert sorted(seen) == list(range(1000))
-    seen.clear()
-    sel.in_parallel(lambda b0, b1: seen.append((b0, b1)), 10, 4)  # too few blocks: one range
-    assert seen == [(0, 10)]
-
-
 @pytest.mark.parametrize("stat", STATS, ids=NAMES.get)
 @pytest.mark.parametrize("mixing", ["sparse", "dense"])
 def test_mixed_inputs_block_by_block_match_the_materialised_rows(stat, mixing, monkeypatch):
