@@ -4,7 +4,11 @@
 >>> X = torch.randn(25, 1000)
 >>> out = agg.get("krum")(X, f=5)            # one (d,) vector
 >>> out = agg.get("nnm+trimmed_mean")(X, f=5)  # pre-aggregators compose left to right
->>> agg.selected_indices("multi_krum", X, f=5)  # which inputs a selection rule kept
+>>> res = agg.aggregate("multi_krum", X, f=5)   # output and kept inputs in one call
+>>> res.vector.shape, res.kept.shape
+(torch.Size([1000]), torch.Size([20]))
+>>> p = agg.prepare(X)                        # share one Gram pass between rules
+>>> a, b = agg.aggregate("krum", p, f=5), agg.aggregate("geometric_median", p, f=5)
 
 Every rule is ``rule(vectors, f=0, **options)``; ``vectors`` is an (n, d) tensor (or (n, *shape)),
 a sequence of n tensors, or numpy arrays, and the result matches the input kind, dtype, device
@@ -12,16 +16,26 @@ and shape. Unknown options raise ``TypeError``; an unmet n/f requirement raises 
 
 Non-finite values (NaN, +-Inf) are *missing*, never propagated silently:
 coordinate-wise rules skip them per coordinate (and raise when a coordinate has too few finite
-values); distance-based rules put a row holding one infinitely far from all others, so it is never
-selected nor averaged in (and raise when they would have to use it). See ``docs/aggregators.md``.
+values); distance-based rules impute a row's missing coordinates with the coordinate-wise median
+and charge its distances the coordinates' spread, so a row gains nothing by hiding coordinates,
+and put a row missing more than ``max_missing`` (default 0.1) of its coordinates infinitely far
+from all others, so it is never selected nor averaged in (and raise when they would have to use
+it). See ``docs/aggregators.md``.
 """
 
 from byzlearn.aggregators import rules as _rules  # noqa: F401  (registers every rule)
+from byzlearn.aggregators._gram import DEFAULT_MAX_MISSING
 from byzlearn.aggregators._registry import (
+    Prepared,
+    Result,
+    accepts,
+    aggregate,
     check,
     get,
     is_preaggregator,
+    largest_f,
     names,
+    prepare,
     selected_indices,
     spec,
 )
@@ -48,6 +62,11 @@ signguard = get("signguard")
 caf = get("caf")
 
 __all__ = [
+    "DEFAULT_MAX_MISSING",
+    "Prepared",
+    "Result",
+    "accepts",
+    "aggregate",
     "arc",
     "average",
     "bucketing",
@@ -62,6 +81,7 @@ __all__ = [
     "get",
     "is_preaggregator",
     "krum",
+    "largest_f",
     "mda",
     "meamed",
     "median",
@@ -70,6 +90,7 @@ __all__ = [
     "names",
     "nnm",
     "phocas",
+    "prepare",
     "selected_indices",
     "signguard",
     "spec",

@@ -16,10 +16,22 @@ torch mean, subtraction and GEMM per block. If the resulting distances still loo
 once more centred on a central input row, which makes the distances between the inputs near that
 row exact to working precision.
 
-Non-finite values. A row holding any NaN/Inf (or a value so large that squared distances over d
-coordinates could overflow float64, see :func:`measurable_limit`) is marked *bad*: it is excluded
-from every product and reported as infinitely far from every other row, so selection rules rank
-it last and it never enters a weighted sum.
+Missing coordinates (NaN/Inf: a lossy link, or a Byzantine input). A row missing at most a
+fraction ``max_missing`` of its coordinates stays in: each missing value is replaced by the
+coordinate-wise median m_k of the rows that carry coordinate k (rows known to be over the
+budget when the block is read excluded: a row's count is checked block by block), and the row's
+squared norm in the Gram matrix gets ``c_i = sum_{k missing in i} s_k^2`` added, s_k the spread
+(1.4826 x MAD) of coordinate k. So ``D_ij = ||x^_i - x^_j||^2 + c_i + c_j``: where one row misses
+k the term is ``(m_k - x_jk)^2 + s_k^2``, whose expectation for an honest pair is the honest
+``E(x_ik - x_jk)^2 = 2 s_k^2``; where both miss it, ``2 s_k^2``. Distances are unbiased for
+honest rows, and a row that hides coordinates is never closer to the others than the finite row
+that sends ``m_k`` there (whose output contribution is the same): a Byzantine input gains
+nothing by sending NaNs. Outputs and mixed rows use the imputed values (missing coordinates of
+the output are filled by the coordinate-wise median). Rows missing more than ``max_missing`` of
+their coordinates, or holding a value so large that squared distances over d coordinates could
+overflow float64 (see :func:`measurable_limit`), are *bad*: excluded from every product and
+infinitely far from every other row, so selection rules rank them last and they never enter a
+weighted sum. ``max_missing=0`` makes every row with a non-finite value bad.
 """
 
 from __future__ import annotations
@@ -68,6 +80,72 @@ class BaseGram:
 
     aug: torch.Tensor  # float64, CPU
     bad: torch.Tensor  # bool, CPU, (n,)
+    missing: MissingEntries | None = None  # imputed missing values of the rows kept
+
+
+# Fraction of missing coordinates beyond which a row is excluded (bad), by default.
+DEFAULT_MAX_MISSING = 0.1
+
+
+@dataclass
+class MissingEntries:
+    """The missing (non-finite) values of the rows kept, and the values imputed for them."""
+
+    rows: torch.Tensor  # long, CPU, (m,)
+    cols: torch.Tensor  # long, CPU, (m,)
+    values: torch.Tensor  # float64, CPU, (m,): the coordinate-wise median of column cols[i]
+
+    def restricted(self, rows: torch.Tensor) -> MissingEntries | None:
+        """The entries of the rows flagged in the boolean mask ``rows`` (None if none)."""
+        keep = rows[self.rows]
+        if not bool(keep.any()):
+            return None
+        return MissingEntries(self.rows[keep], self.cols[keep], self.values[keep])
+
+    def columns(self) -> torch.Tensor:
+        """The distinct columns holding an entry, sorted."""
+        return torch.unique(self.cols)
+
+    def fill(self, values: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> None:
+        """Write the imputed values into ``values = X[rows][:, cols]`` (in place)."""
+        r = _positions(rows.cpu(), self.rows)
+        c = _positions(cols.cpu(), self.cols)
+        hit = (r >= 0) & (c >= 0)
+        if bool(hit.any()):
+            values[r[hit].to(values.device), c[hit].to(values.device)] = self.values[hit].to(
+                device=values.device, dtype=values.dtype
+            )
+
+
+def _positions(index: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
+    """For each value of ``wanted``, its position in ``index`` (-1 when absent)."""
+    if index.numel() == 0:
+        return torch.full_like(wanted, -1)
+    ordered, order = torch.sort(index)
+    at = torch.searchsorted(ordered, wanted).clamp_max(ordered.numel() - 1)
+    return torch.where(ordered[at] == wanted, order[at], torch.full_like(wanted, -1))
+
+
+class _MissingLog:
+    """Accumulates, block by block, what the masked path finds about missing coordinates."""
+
+    def __init__(self, n: int, d: int, max_missing: float) -> None:
+        self.budget = max_missing * d  # rows missing more than this are bad
+        self.counts = torch.zeros(n, dtype=torch.long)
+        self.penalty = torch.zeros(n, dtype=torch.float64)
+        self.parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    @property
+    def over(self) -> torch.Tensor:
+        """Rows already missing more than the budget."""
+        return self.counts > self.budget
+
+    def entries(self, keep: torch.Tensor) -> MissingEntries | None:
+        """The recorded entries of the rows flagged in ``keep``."""
+        if not self.parts:
+            return None
+        rows, cols, values = (torch.cat(x) for x in zip(*self.parts, strict=True))
+        return MissingEntries(rows, cols, values).restricted(keep)
 
 
 def measurable_limit(d: int) -> float:
@@ -80,15 +158,36 @@ def measurable_limit(d: int) -> float:
     return float(np.sqrt(np.finfo(np.float64).max / (8.0 * max(d, 1))))
 
 
-def _masked_block(Xb: torch.Tensor, centre: torch.Tensor | None, centre_row: int | None, d: int):
-    """Slow path for a block holding non-finite values or overflowing products (float64)."""
+def _masked_block(
+    Xb: torch.Tensor,
+    centre: torch.Tensor | None,
+    centre_row: int | None,
+    d: int,
+    j0: int = 0,
+    log: _MissingLog | None = None,
+):
+    """Slow path for a block holding non-finite values or overflowing products (float64).
+
+    Values too large to measure make their row bad. Missing (non-finite) values of the other
+    rows are imputed with the coordinate-wise median of the rows carrying that coordinate, and
+    their spread is added to ``log`` (see the module docstring); without a log (``max_missing =
+    0``) a missing value makes its row bad.
+    """
     n = Xb.shape[0]
-    Xd = Xb.double()
-    bad = ~torch.isfinite(Xd).all(dim=1) | (Xd.abs() > measurable_limit(d)).any(dim=1)
+    Xd = Xb.to(torch.float64, copy=True)  # imputed in place below: never the caller's tensor
+    finite = torch.isfinite(Xd)
+    bad = (finite & (Xd.abs() > measurable_limit(d))).any(dim=1)
+    missing = ~finite
+    if log is None:
+        bad |= missing.any(dim=1)
+    else:  # over the budget with this block's missing values: bad before any median is taken
+        bad |= (log.counts.to(bad.device) + missing.sum(dim=1)) > log.budget
+        _impute_block(Xd, finite, missing & ~bad[:, None], bad, j0, log)
     good = ~bad
     if centre is not None:
         m = centre.double()
-    elif centre_row is not None:
+        m = torch.where(torch.isfinite(m), m, torch.zeros((), dtype=m.dtype, device=m.device))
+    elif centre_row is not None and bool(good[centre_row]):
         m = Xd[centre_row]
     elif good.any():
         m = Xd[good].mean(dim=0)
@@ -106,26 +205,68 @@ def _masked_block(Xb: torch.Tensor, centre: torch.Tensor | None, centre_row: int
     return G, bad
 
 
+def _impute_block(
+    Xd: torch.Tensor,
+    finite: torch.Tensor,
+    missing: torch.Tensor,
+    bad: torch.Tensor,
+    j0: int,
+    log: _MissingLog,
+) -> None:
+    """Replace the ``missing`` values of Xd (in place) by their column's median; log them."""
+    cols = torch.nonzero(missing.any(dim=0)).flatten()
+    if cols.numel() == 0:
+        return
+    V = Xd[:, cols].clone()
+    V[~finite[:, cols] | bad[:, None]] = float("nan")
+    med = torch.nanquantile(V, 0.5, dim=0)  # midpoint of the middle pair for even counts
+    spread = 1.4826 * torch.nanquantile((V - med).abs(), 0.5, dim=0)
+    med = torch.nan_to_num(med, nan=0.0)  # a column nobody carries: no information
+    s2 = torch.nan_to_num(spread, nan=0.0) ** 2
+    r, c = torch.nonzero(missing[:, cols], as_tuple=True)
+    Xd[r, cols[c]] = med[c]
+    rows_cpu = r.cpu()
+    log.penalty.index_add_(0, rows_cpu, s2[c].double().cpu())
+    log.counts += torch.bincount(rows_cpu, minlength=log.counts.numel())
+    record = ~log.over[rows_cpu]  # rows far over the budget will be bad: keep no entries
+    if bool(record.any()):
+        log.parts.append(
+            (rows_cpu[record], (cols[c] + j0).cpu()[record], med[c].double().cpu()[record])
+        )
+
+
 def base_gram(
     X: torch.Tensor,
     centre: torch.Tensor | None = None,
     centre_row: int | None = None,
+    max_missing: float = DEFAULT_MAX_MISSING,
 ) -> BaseGram:
     """Centred Gram matrix of the rows of X in one blocked pass (see the module docstring)."""
-    n = X.shape[0]
+    n, d = X.shape
+    log = _MissingLog(n, d, max_missing) if max_missing > 0 else None
     on_kernel = X.device.type == "cpu" and X.dtype in (torch.float32, torch.float64)
     if on_kernel and _gram_kernel.available(X.detach().numpy()):
-        acc, bad = _kernel_pass(X, centre, centre_row)
+        acc, bad = _kernel_pass(X, centre, centre_row, log)
     else:
-        acc, bad = _torch_pass(X, centre, centre_row)
+        acc, bad = _torch_pass(X, centre, centre_row, log)
     acc = acc.cpu()
     bad = bad.cpu() | ~torch.isfinite(acc.diagonal()[:n])  # sums that overflowed across blocks
+    missing = None
+    if log is not None:
+        bad |= log.over
+        acc.diagonal()[:n] += torch.where(bad, 0.0, log.penalty)
+        missing = log.entries(~bad)
     keep = torch.cat([~bad, torch.tensor([True])])
     acc = torch.where(keep[:, None] & keep[None, :], acc, torch.zeros((), dtype=acc.dtype))
-    return BaseGram(aug=acc, bad=bad)
+    return BaseGram(aug=acc, bad=bad, missing=missing)
 
 
-def _kernel_pass(X: torch.Tensor, centre: torch.Tensor | None, centre_row: int | None):
+def _kernel_pass(
+    X: torch.Tensor,
+    centre: torch.Tensor | None,
+    centre_row: int | None,
+    log: _MissingLog | None = None,
+):
     """CPU: the numba kernel of :mod:`._gram_kernel`, slow path for non-finite blocks."""
     n, d = X.shape
     Xn = X.detach().numpy()
@@ -145,13 +286,18 @@ def _kernel_pass(X: torch.Tensor, centre: torch.Tensor | None, centre_row: int |
         Gb = torch.from_numpy(part)
         if not bool(torch.isfinite(Gb).all()):
             m = None if centre is None else centre[j0:j1]
-            Gb, bad_b = _masked_block(X[:, j0:j1], m, centre_row, d)
+            Gb, bad_b = _masked_block(X[:, j0:j1], m, centre_row, d, j0, log)
             bad |= bad_b
         acc += Gb
     return acc, bad
 
 
-def _torch_pass(X: torch.Tensor, centre: torch.Tensor | None, centre_row: int | None):
+def _torch_pass(
+    X: torch.Tensor,
+    centre: torch.Tensor | None,
+    centre_row: int | None,
+    log: _MissingLog | None = None,
+):
     """Other devices (and inputs the kernel does not take): mean, sub and a GEMM per block."""
     n, d = X.shape
     size = block_size(n, d, X.device)
@@ -171,7 +317,9 @@ def _torch_pass(X: torch.Tensor, centre: torch.Tensor | None, centre_row: int | 
         b[n] = m
         Gb = b @ b.T
         if not bool(torch.isfinite(Gb).all()):
-            Gb, bad_b = _masked_block(Xb, None if centre is None else m, centre_row, d)
+            Gb, bad_b = _masked_block(
+                Xb, None if centre is None else m, centre_row, d, j0, log
+            )
             bad |= bad_b
         acc += Gb.double()
     return acc, bad
@@ -228,11 +376,17 @@ class Inputs:
     _cache: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_matrix(cls, X: torch.Tensor, centre: torch.Tensor | None = None) -> Inputs:
+    def from_matrix(
+        cls,
+        X: torch.Tensor,
+        centre: torch.Tensor | None = None,
+        max_missing: float = DEFAULT_MAX_MISSING,
+    ) -> Inputs:
         """Build from an (n, d) matrix with one pass (two when refinement is needed)."""
-        gram = base_gram(X, centre=centre)
+        gram = base_gram(X, centre=centre, max_missing=max_missing)
         if centre is None and _needs_refinement(gram.aug[:-1, :-1], gram.bad, X.dtype):
-            gram = base_gram(X, centre_row=_central_row(gram.aug[:-1, :-1], gram.bad))
+            row = _central_row(gram.aug[:-1, :-1], gram.bad)
+            gram = base_gram(X, centre_row=row, max_missing=max_missing)
         return cls(X=X, gram=gram, centre=centre)
 
     # --- shape and validity -------------------------------------------------------------
@@ -314,11 +468,59 @@ class Inputs:
         return alpha if self.A is None else self.A.T @ alpha
 
     def combine(self, alpha: torch.Tensor) -> torch.Tensor:
-        """The vector ``sum_i alpha_i Y_i`` (d,), in the input dtype; bad rows must weigh 0."""
+        """The vector ``sum_i alpha_i Y_i`` (d,), in the input dtype; bad rows must weigh 0.
+
+        Missing values of the rows kept count as their imputed values (see the module
+        docstring), so the output has no missing coordinate.
+        """
         w = self.base_weights(alpha)
         if bool((w[self.gram.bad] != 0).any()):
             raise AssertionError("internal error: a bad row was given a non-zero weight")
-        return weighted_rows(self.X, w, all_rows=not bool(self.gram.bad.any()))
+        out = weighted_rows(self.X, w, all_rows=not bool(self.gram.bad.any()))
+        if self.missing is not None:
+            rows = torch.nonzero(w).flatten()
+            for cols in self._missing_column_chunks(0, self.d):
+                values = self.gather(rows, cols)
+                out[cols.to(out.device)] = (w[rows].to(values.device) @ values).to(out.dtype)
+        return out
+
+    # --- missing coordinates --------------------------------------------------------------
+    @property
+    def missing(self) -> MissingEntries | None:
+        """Imputed missing values of the base rows kept (None when there are none)."""
+        return None if self.gram is None else self.gram.missing
+
+    def gather(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """``X[rows][:, cols]`` in float64 with missing values imputed (bad rows keep theirs)."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        cols = torch.as_tensor(cols, dtype=torch.long)
+        device = self.X.device
+        values = self.X.index_select(1, cols.to(device)).index_select(0, rows.to(device)).double()
+        if self.missing is not None:
+            self.missing.fill(values, rows, cols)
+        return values
+
+    def _missing_column_chunks(self, j0: int, j1: int) -> Iterator[torch.Tensor]:
+        """The columns in ``[j0, j1)`` holding a missing value, in chunks (CPU, long)."""
+        if self.missing is None:
+            return
+        if "missing_cols" not in self._cache:
+            self._cache["missing_cols"] = self.missing.columns()
+        cols = self._cache["missing_cols"]
+        lo, hi = torch.searchsorted(cols, torch.tensor([j0, j1])).tolist()
+        for k in range(lo, hi, _MIX_COLUMNS):
+            yield cols[k : min(hi, k + _MIX_COLUMNS)]
+
+    def _repair(self, j0: int, j1: int, out: torch.Tensor) -> None:
+        """Recompute the columns of the block ``out = Y[:, j0:j1]`` that mix a missing value,
+        from the imputed values (a mix with a bad row stays non-finite)."""
+        A = self.coefficients()
+        for cols in self._missing_column_chunks(j0, j1):
+            values = self.gather(torch.arange(self.X.shape[0]), cols)
+            values[self.gram.bad] = float("nan")
+            mixed = A.to(values.device) @ torch.nan_to_num(values, nan=0.0)
+            mixed[self.bad] = float("nan")
+            out[:, (cols - j0).to(out.device)] = mixed.to(device=out.device, dtype=out.dtype)
 
     def materialize(self) -> torch.Tensor:
         """The (n', d) matrix Y (a view of X when A is the identity).
@@ -327,13 +529,14 @@ class Inputs:
         coordinate stays missing in that coordinate only; dense mixing (NNM) marks a whole
         output row missing (NaN) when it mixes a row holding non-finite values.
         """
-        if self.A is None:
+        if self.A is None and self.missing is None:
             return self.X
         X = self.X
         out = torch.empty(self.n, self.d, dtype=X.dtype, device=X.device)
         mix = self._column_mixer()
         for j0, j1 in column_blocks(self.d, block_size(X.shape[0], self.d, X.device)):
             mix(j0, j1, out[:, j0:j1])
+            self._repair(j0, j1, out[:, j0:j1])
         return out
 
     def column_blocks(self, size: int) -> Iterator[tuple[int, int, torch.Tensor]]:
@@ -342,7 +545,7 @@ class Inputs:
         When A is not the identity the blocks are written into one reused buffer (valid until
         the next block), so a consumer of Y's columns never pays for the (n', d) matrix.
         """
-        if self.A is None:
+        if self.A is None and self.missing is None:
             for j0, j1 in column_blocks(self.d, size):
                 yield j0, j1, self.X[:, j0:j1]
             return
@@ -352,11 +555,12 @@ class Inputs:
         for j0, j1 in column_blocks(self.d, size):
             block = buf if j1 - j0 == buf.shape[1] else buf[:, : j1 - j0]
             mix(j0, j1, block)
+            self._repair(j0, j1, block)
             yield j0, j1, block
 
     def _column_mixer(self) -> Callable[[int, int, torch.Tensor], None]:
         """A function writing the columns j0:j1 of ``A X`` into a given (n', j1 - j0) tensor."""
-        X, A = self.X, self.A
+        X, A = self.X, self.coefficients()
         if self.gram is None or int((A != 0).sum()) <= 2 * X.shape[0]:
             terms = [
                 [(j, float(A[i, j])) for j in torch.nonzero(A[i]).flatten().tolist()]

@@ -16,9 +16,16 @@ from dataclasses import dataclass
 
 import torch
 
-from byzlearn.aggregators._gram import Inputs
-from byzlearn.aggregators._inputs import Vectors, as_matrix, check_f, check_requirement
+from byzlearn.aggregators._gram import DEFAULT_MAX_MISSING, Inputs
+from byzlearn.aggregators._inputs import (
+    InputKind,
+    Vectors,
+    as_matrix,
+    check_f,
+    check_requirement,
+)
 from byzlearn.aggregators._inputs import check_options as _check_options
+from byzlearn.registry import Registry
 
 
 @dataclass
@@ -46,7 +53,7 @@ class Combination:
         return out
 
 
-Result = Combination | torch.Tensor | Inputs
+Output = Combination | torch.Tensor | Inputs
 
 
 @dataclass(frozen=True)
@@ -54,7 +61,7 @@ class RuleSpec:
     """What the registry knows of one rule."""
 
     name: str
-    impl: Callable[..., Result]
+    impl: Callable[..., Output]
     kind: str  # "rule" or "pre"
     min_n: Callable[[int], int]
     requirement: str
@@ -63,9 +70,10 @@ class RuleSpec:
     out_n: Callable[[int, dict], int] | None = None  # pre-aggregators: how many vectors come out
     needs_gram: bool = True  # distance-based (needs the Gram pass) or not
     accepts_centre: bool = False
+    max_missing: float = DEFAULT_MAX_MISSING  # default missing-coordinate budget of its rows
 
 
-_RULES: dict[str, RuleSpec] = {}
+_RULES: Registry[RuleSpec] = Registry("aggregator")
 _PUBLIC: dict[str, Callable] = {}
 
 
@@ -84,14 +92,15 @@ def register(
     out_n: Callable[[int, dict], int] | None = None,
     needs_gram: bool = True,
     accepts_centre: bool = False,
-) -> Callable[[Callable[..., Result]], Callable]:
+    max_missing: float = DEFAULT_MAX_MISSING,
+) -> Callable[[Callable[..., Output]], Callable]:
     """Register ``impl(inputs, f, *, option=default, ...)`` under ``name``.
 
     Returns ``impl`` unchanged (so implementations can call each other); the public callable is
     ``get(name)``.
     """
 
-    def decorate(impl: Callable[..., Result]) -> Callable:
+    def decorate(impl: Callable[..., Output]) -> Callable:
         spec = RuleSpec(
             name=name,
             impl=impl,
@@ -103,8 +112,9 @@ def register(
             out_n=out_n,
             needs_gram=needs_gram,
             accepts_centre=accepts_centre,
+            max_missing=max_missing,
         )
-        _RULES[name] = spec
+        _RULES.add(name, spec)
         _PUBLIC[name] = _make_public(spec)
         return impl
 
@@ -138,10 +148,12 @@ def names(kind: str | None = None) -> list[str]:
 
 def spec(name: str) -> RuleSpec:
     """The :class:`RuleSpec` of one registered name (no composition)."""
-    try:
-        return _RULES[name]
-    except KeyError:
-        raise KeyError(f"unknown aggregator {name!r}; known: {', '.join(names())}") from None
+    return _RULES.get(name)
+
+
+def accepts(name: str, option: str) -> bool:
+    """Whether the (possibly composed) rule ``name`` takes ``option`` (in one of its parts)."""
+    return any(option in p.options for p in _parts(name))
 
 
 def _parts(name: str) -> list[RuleSpec]:
@@ -182,12 +194,47 @@ def get(name: str) -> Callable:
 
 
 def check(name: str, n: int, f: int, **options) -> None:
-    """Raise ``ValueError`` when ``name`` cannot run on n inputs with f Byzantine ones."""
+    """Raise ``ValueError`` when ``name`` cannot run on n inputs with f Byzantine ones
+    (``TypeError`` for an unknown option)."""
     f = check_f(f, name)
-    for part, opts in zip(_parts(name), _route(name, _parts(name), options), strict=True):
+    parts = _parts(name)
+    options = dict(options)
+    _max_missing(name, parts, options)
+    for part, opts in zip(parts, _route(name, parts, options), strict=True):
         check_requirement(part.name, n, f, part.min_n, part.requirement)
         if part.out_n is not None:
             n = part.out_n(n, opts)
+
+
+def largest_f(name: str, n: int, f: int, **options) -> int | None:
+    """The largest ``f' <= f`` for which ``name`` can run on ``n`` inputs (None if no f' >= 0).
+
+    A protocol that received fewer inputs than its rule needs may aggregate with this f'
+    (a documented failure policy: fewer Byzantine inputs tolerated, but no crash).
+    """
+    for g in range(int(f), -1, -1):
+        try:
+            check(name, n, g, **options)
+        except ValueError:
+            continue
+        return g
+    return None
+
+
+def _max_missing(name: str, parts: list[RuleSpec], options: dict) -> float:
+    """Pop and validate the ``max_missing`` option (distance-based rules only); the default is
+    the smallest of the parts' defaults."""
+    if "max_missing" not in options:
+        return min((p.max_missing for p in parts if p.needs_gram), default=DEFAULT_MAX_MISSING)
+    value = options.pop("max_missing")
+    if not any(p.needs_gram for p in parts):
+        raise TypeError(
+            f"{name}() got an unexpected option 'max_missing' (it applies to distance-based "
+            "rules, which build the Gram matrix)"
+        )
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"{name}: max_missing must be a number in [0, 1], got {value!r}")
+    return float(value)
 
 
 def _route(name: str, parts: list[RuleSpec], options: dict) -> list[dict]:
@@ -216,20 +263,70 @@ def _route(name: str, parts: list[RuleSpec], options: dict) -> list[dict]:
 
 
 # --- application ---------------------------------------------------------------------------
-def _prepare(name: str, vectors: Vectors, f: int, options: dict):
+class Prepared:
+    """Input vectors checked and converted once; their Gram pass is shared by every rule run
+    on them (e.g. several servers aggregating the same replies).
+
+    >>> import torch, byzlearn.aggregators as agg
+    >>> p = agg.prepare(torch.randn(10, 100))
+    >>> a, b = agg.aggregate("krum", p, f=2), agg.aggregate("mda", p, f=2)  # one Gram pass
+    """
+
+    def __init__(self, vectors: Vectors) -> None:
+        if isinstance(vectors, Prepared):
+            vectors = vectors.X
+        self.X, self.kind = as_matrix(vectors, "prepare")
+        self._inputs: dict[float, Inputs] = {}
+
+    @property
+    def n(self) -> int:
+        return self.X.shape[0]
+
+    def inputs(self, max_missing: float = DEFAULT_MAX_MISSING) -> Inputs:
+        """The inputs with their (uncentred) Gram pass, computed once per ``max_missing``."""
+        if max_missing not in self._inputs:
+            self._inputs[max_missing] = Inputs.from_matrix(self.X, max_missing=max_missing)
+        return self._inputs[max_missing]
+
+
+def prepare(vectors: Vectors) -> Prepared:
+    """Check and convert ``vectors`` once, so that several rules share one Gram pass."""
+    return Prepared(vectors)
+
+
+@dataclass(frozen=True)
+class Result:
+    """What :func:`aggregate` returns: the output vector, and the inputs a selection rule kept
+    (sorted indices into the inputs; ``None`` for rules that do not select)."""
+
+    vector: torch.Tensor
+    kept: torch.Tensor | None
+
+
+def _prepare(name: str, vectors: Vectors | Prepared, f: int, options: dict):
     parts = _parts(name)
+    options = dict(options)
+    max_missing = _max_missing(name, parts, options)
     routed = _route(name, parts, options)
-    X, kind = as_matrix(vectors, name)
+    if isinstance(vectors, Prepared):
+        prepared = vectors
+    else:
+        X, kind = as_matrix(vectors, name)
+        prepared = Prepared.__new__(Prepared)
+        prepared.X, prepared.kind, prepared._inputs = X, kind, {}
     f = check_f(f, name)
-    n = X.shape[0]
+    n = prepared.n
     for part, opts in zip(parts, routed, strict=True):
         check_requirement(part.name, n, f, part.min_n, part.requirement)
         if part.out_n is not None:
             n = part.out_n(n, opts)
-    return parts, routed, X, kind, f
+    return parts, routed, prepared, f, max_missing
 
 
-def _run(parts: list[RuleSpec], routed: list[dict], X: torch.Tensor, f: int) -> Result:
+def _run(
+    parts: list[RuleSpec], routed: list[dict], prepared: Prepared, f: int, max_missing: float
+) -> Result | Combination | torch.Tensor | Inputs:
+    X = prepared.X
     centre = routed[-1].get("center") if parts[-1].accepts_centre else None
     if centre is not None:
         centre = torch.as_tensor(centre).detach().reshape(-1).to(device=X.device, dtype=X.dtype)
@@ -240,41 +337,65 @@ def _run(parts: list[RuleSpec], routed: list[dict], X: torch.Tensor, f: int) -> 
         if not bool(torch.isfinite(centre).all()):
             raise ValueError(f"{parts[-1].name}: center must be finite")
         routed[-1] = {**routed[-1], "center": centre}
-    inputs = Inputs.from_matrix(X, centre=centre) if any(p.needs_gram for p in parts) else None
-    if inputs is None:
+    if not any(p.needs_gram for p in parts):
         inputs = Inputs(X=X, gram=None)  # type: ignore[arg-type]
-    result: Result = inputs
+    elif centre is not None:  # a Gram matrix centred on the given centre (not shared)
+        inputs = Inputs.from_matrix(X, centre=centre, max_missing=max_missing)
+    else:
+        inputs = prepared.inputs(max_missing)
+    result: Combination | torch.Tensor | Inputs = inputs
     for part, opts in zip(parts, routed, strict=True):
         result = part.impl(result, f, **opts)
     return result
 
 
-def apply(name: str, vectors: Vectors, f: int, options: dict):
+def _kept(result) -> torch.Tensor | None:
+    """Indices of the base inputs with non-zero weight in what a selection rule kept."""
+    if not isinstance(result, Combination) or result.kept is None:
+        return None
+    A = result.inputs.coefficients()[result.kept]
+    return torch.nonzero((A != 0).any(dim=0)).flatten()
+
+
+def _output(result, kind: InputKind):
+    if isinstance(result, Inputs):
+        return kind.matrix(result.materialize())
+    if isinstance(result, Combination):
+        return kind.vector(result.vector())
+    return kind.vector(result)
+
+
+def apply(name: str, vectors: Vectors | Prepared, f: int, options: dict):
     """Run the (possibly composed) rule ``name``; the body of every public rule."""
-    parts, routed, X, kind, f = _prepare(name, vectors, f, options)
+    parts, routed, prepared, f, max_missing = _prepare(name, vectors, f, options)
     with torch.no_grad():
-        result = _run(parts, routed, X, f)
-        if isinstance(result, Inputs):
-            return kind.matrix(result.materialize())
-        if isinstance(result, Combination):
-            return kind.vector(result.vector())
-        return kind.vector(result)
+        return _output(_run(parts, routed, prepared, f, max_missing), prepared.kind)
 
 
-def selected_indices(name: str, vectors: Vectors, f: int = 0, **options) -> torch.Tensor:
+def aggregate(name: str, vectors: Vectors | Prepared, f: int = 0, **options) -> Result:
+    """Run the rule ``name`` once and return its output and, for a selection rule, the inputs
+    it kept (:class:`Result`); ``vectors`` may be a :func:`prepare` d input.
+
+    For a composition such as ``"nnm+krum"`` the kept inputs are those with non-zero weight in
+    what the final selection kept (e.g. the n - f neighbours mixed into Krum's pick). A
+    pre-aggregator alone (``"nnm"``) returns its vectors as ``Result.vector`` (a matrix).
+    """
+    parts, routed, prepared, f, max_missing = _prepare(name, vectors, f, options)
+    with torch.no_grad():
+        result = _run(parts, routed, prepared, f, max_missing)
+        return Result(vector=_output(result, prepared.kind), kept=_kept(result))
+
+
+def selected_indices(name: str, vectors: Vectors | Prepared, f: int = 0, **options) -> torch.Tensor:
     """Indices (sorted, into ``vectors``) of the inputs that the selection rule ``name`` kept.
 
-    For a composition such as ``"nnm+krum"`` these are the inputs with non-zero weight in what
-    the final selection kept (e.g. the n - f neighbours mixed into Krum's pick). Raises
-    ``TypeError`` for rules that do not select inputs (coordinate-wise rules, averages).
+    See :func:`aggregate`, which returns them with the output in one call. Raises ``TypeError``
+    for rules that do not select inputs (coordinate-wise rules, averages).
     """
     parts = _parts(name)
     if not parts[-1].selects:
         selecting = ", ".join(n for n, s in _RULES.items() if s.selects)
         raise TypeError(f"{name} does not select inputs; selection rules: {selecting}")
-    parts, routed, X, _, f = _prepare(name, vectors, f, options)
-    with torch.no_grad():
-        result = _run(parts, routed, X, f)
-    assert isinstance(result, Combination) and result.kept is not None
-    A = result.inputs.coefficients()[result.kept]
-    return torch.nonzero((A != 0).any(dim=0)).flatten()
+    kept = aggregate(name, vectors, f, **options).kept
+    assert kept is not None
+    return kept

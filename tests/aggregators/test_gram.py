@@ -72,10 +72,12 @@ def test_distances_across_many_blocks():
 
 @pytest.mark.parametrize("bad_value", [float("nan"), float("inf"), -float("inf"), 1e200])
 def test_non_finite_or_overflowing_rows_are_infinitely_far(bad_value):
+    """With max_missing = 0 one missing value makes a row bad; a value too large to measure
+    always does (the imputation policy for missing values is tested in test_missing.py)."""
     g = torch.Generator().manual_seed(3)
     X = torch.randn(6, 300, generator=g, dtype=torch.float64)
     X[2, 17] = bad_value
-    inputs = Inputs.from_matrix(X)
+    inputs = Inputs.from_matrix(X, max_missing=0.0)
     assert inputs.bad.tolist() == [False, False, True, False, False, False]
     D = inputs.sqdist().numpy()
     assert np.all(np.isinf(np.delete(D[2], 2))) and D[2, 2] == 0.0
@@ -182,12 +184,13 @@ def test_kernel_and_torch_passes_give_the_same_distances():
 
 
 def test_non_finite_values_in_one_block_only(monkeypatch):
-    """A block holding NaN goes through the slow path; the row is bad, the others exact."""
+    """A block holding NaN goes through the slow path; the row is bad (max_missing = 0), the
+    others exact."""
     monkeypatch.setattr(_gram, "_KERNEL_BLOCK_ELEMENTS", 1)
     g = torch.Generator().manual_seed(10)
     X = torch.randn(6, 5 * 4 * _gram_kernel.LANES, generator=g, dtype=torch.float64)
     X[3, 4 * _gram_kernel.LANES + 7] = math.nan  # in the second block
-    inputs = Inputs.from_matrix(X)
+    inputs = Inputs.from_matrix(X, max_missing=0.0)
     assert inputs.bad.tolist() == [False, False, False, True, False, False]
     good = [0, 1, 2, 4, 5]
     D = inputs.sqdist().numpy()

@@ -53,9 +53,9 @@ def bulyan(
     Byzantium", ICML 2018. Requirement: n >= 4f + 3. Inside the iteration, Krum on a shrinking R
     uses ``max(1, |R| - f - 2)`` neighbours. ``selection`` may be any registered rule (distance-
     based ones run on the shared Gram matrix without touching the d coordinates). Non-finite rows
-    are never selected; in phase 2 missing coordinates are skipped (at least 2f + 1 finite values
-    per coordinate). Cost: one Gram pass + theta runs of A on n x n matrices + one kernel pass over
-    the theta selected rows.
+    are never selected; in phase 2 the selected rows' missing coordinates count as their imputed
+    values (the coordinate-wise median, see ``docs/aggregators.md``). Cost: one Gram pass + theta
+    runs of A on n x n matrices + one kernel pass over the theta selected rows.
     """
     n = inputs.n
     theta = n - 2 * f if theta is None else int(theta)
@@ -78,7 +78,7 @@ def bulyan(
         chosen.append(remaining.pop(pick))
     kept = torch.tensor(sorted(chosen))
     drop = theta - beta
-    if inputs.A is None:
+    if inputs.A is None and inputs.missing is None:
         value = sel.coordinatewise(
             inputs.X, sel.CLOSEST_TO_MEDIAN, drop, drop + 1, "bulyan", rows=kept
         )

@@ -134,17 +134,17 @@ class _Rows:
     def columns(self, rows: torch.Tensor, cols: np.ndarray, exact: bool = True) -> torch.Tensor:
         """The values of ``rows`` at coordinates ``cols`` (CPU; float64 when ``exact``, else
         the input dtype where no mixing is needed, e.g. for their signs)."""
-        source = self.inputs.X if self.Y is None else self.Y
-        c = torch.as_tensor(cols, dtype=torch.long, device=source.device)
+        c = torch.as_tensor(cols, dtype=torch.long)
         # Columns first: gathering rows first would copy whole rows of d values.
-        if self.Y is not None or self.inputs.A is None:
-            r = rows.to(source.device)
-            values = source.index_select(1, c).index_select(0, r).cpu()
+        if self.Y is not None:
+            r, cd = rows.to(self.Y.device), c.to(self.Y.device)
+            values = self.Y.index_select(1, cd).index_select(0, r).cpu()
             return values.double() if exact or values.dtype not in _NUMPY_DTYPES else values
+        if self.inputs.A is None:  # base rows, missing values imputed as by the Gram pass
+            return self.inputs.gather(rows, c).cpu()
         A = self.inputs.A[rows]
         used = torch.nonzero((A != 0).any(dim=0)).flatten()
-        sub = source.index_select(1, c).index_select(0, used.to(source.device))
-        return A[:, used] @ sub.double().cpu()
+        return A[:, used] @ self.inputs.gather(used, c).cpu()
 
     def output(self, alpha: torch.Tensor, kept: torch.Tensor | None) -> Combination:
         if self.Y is None:
@@ -347,7 +347,7 @@ def signguard(
 
 
 # --- CAF ----------------------------------------------------------------------------------------
-@register("caf", min_n=lambda f: 2 * f + 1, requirement="n >= 2f + 1")
+@register("caf", min_n=lambda f: 2 * f + 1, requirement="n >= 2f + 1", max_missing=0.0)
 def caf(inputs: Inputs, f: int) -> Combination:
     r"""CAF, the covariance-bound agnostic filter: iterative spectral down-weighting; returns the
     weighted mean of least top covariance eigenvalue seen.
