@@ -1,16 +1,72 @@
-"""Engines: where protocol roles run and how their messages travel.
+"""Engines: where protocol nodes run and how their messages travel.
 
-``local`` (in-process, vectorised workers, simulated clock) is here; a ``ray`` engine (actors)
-comes in a later issue and implements the same :class:`Engine` interface.
+``local`` (in-process, vectorised honest workers, event-driven simulated clock) is the default;
+a ``ray`` engine (actors) implements the same :class:`Engine` contract. Engines are registered
+by name in :data:`ENGINES`; :func:`build` makes one from a config section.
 """
 
-from byzlearn.engines.base import Engine, Group, Message
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from byzlearn.engines.base import STATS, Engine, Handler, Match, Message, Node, match_all
 from byzlearn.engines.functional import FlatModel
 from byzlearn.engines.local import LocalEngine
+from byzlearn.engines.network import Delay, NetworkModel
+from byzlearn.engines.topology import (
+    Complete,
+    ErdosRenyi,
+    Explicit,
+    Graph,
+    RandomRegular,
+    Ring,
+    Topology,
+)
+from byzlearn.registry import Registry
 
-__all__ = ["Engine", "FlatModel", "Group", "LocalEngine", "Message", "names"]
+__all__ = [
+    "ENGINES",
+    "STATS",
+    "Complete",
+    "Delay",
+    "Engine",
+    "ErdosRenyi",
+    "Explicit",
+    "FlatModel",
+    "Graph",
+    "Handler",
+    "LocalEngine",
+    "Match",
+    "Message",
+    "NetworkModel",
+    "Node",
+    "RandomRegular",
+    "Ring",
+    "Topology",
+    "build",
+    "match_all",
+    "names",
+]
+
+EngineFactory = Callable[..., Engine]
+
+#: Engines by name: ``factory(options, *, seed, network) -> Engine`` where ``options`` is the
+#: config's ``engine`` section.
+ENGINES: Registry[EngineFactory] = Registry("engine")
+
+
+@ENGINES.register("local")
+def _local(options: Any, *, seed: int, network: NetworkModel) -> Engine:
+    return LocalEngine(seed=seed, vectorise=getattr(options, "vectorise", True), network=network)
 
 
 def names() -> list[str]:
     """Engines available to configs."""
-    return ["local"]
+    return ENGINES.names()
+
+
+def build(options: Any, *, seed: int = 0, network: NetworkModel | None = None) -> Engine:
+    """The engine named ``options.name`` built from its config section."""
+    factory = ENGINES.get(options.name)
+    return factory(options, seed=seed, network=network or NetworkModel(seed=seed))

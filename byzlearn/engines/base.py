@@ -1,98 +1,299 @@
-"""The small engine interface every protocol is written against.
+"""The engine contract every protocol is written against.
 
-A protocol only ever does three things with an engine:
+Nodes. Every role is a node with an id allocated by the engine (:meth:`Engine.reserve`): the
+protocol decides which roles exist and in which order their ids are allocated, never the
+engine. A node is either
 
-- :meth:`Engine.send` one message to one node, or :meth:`Engine.broadcast` it to every node of a
-  role;
-- :meth:`Engine.gather` "the first ``q`` replies of round ``t`` addressed to me, or whatever
-  arrived by the deadline". Replies tagged with another round are stale and dropped, never mixed.
+- *driven*: a :class:`Node` handle through which the protocol acts as that node (a server, a
+  peer): it sends, multicasts and receives with :meth:`Node.recv` / :meth:`Node.gather`; or
+- *reactive*: a member of a group attached with a :class:`Handler` (workers): the engine calls
+  the handler with the messages delivered to its members, and sends what it returns. One call
+  may carry several messages per member, each with its own round, version and model. A group
+  attached with ``adversary=True`` is the Byzantine coalition: it runs after the honest groups
+  and observes the honest messages sent so far (:meth:`Handler.handle`'s ``observed``).
 
-Nodes are registered in *groups* (:meth:`Engine.add_group`): a group handles the messages
-delivered to its members and returns their replies. An in-process engine may call a whole group
-at once (so simulated honest workers can be vectorised); a distributed engine (Ray, later) calls
-each member where it lives. A group registered as ``omniscient`` (the Byzantine coalition) runs
-after the others of its round and observes every reply they sent, as the adversary of the
-Byzantine model does.
+Messages. ``sender`` and ``role`` are stamped by the engine from registration: a driven node can
+only send as itself, and a message a handler returns under an id that is not one of its group's
+members is an *impostor*: dropped and counted (``stats["impostor"]``). :meth:`Message.reply`
+builds the answer to a message (sender, destination, round and version filled in). A
+:class:`~byzlearn.engines.topology.Topology` says who may talk to whom (complete by default);
+messages along a missing edge are dropped and counted (``stats["blocked"]``).
+
+Time. One primitive, ``recv(dest, q, match, deadline)``: the first ``q`` messages for ``dest``
+that satisfy ``match``, in arrival order, or those that arrived within ``deadline`` seconds of
+``dest``'s clock; the clock then stands at the q-th arrival, or at the deadline when fewer came.
+Messages that miss a deadline stay in flight: a later ``recv`` may still take them, or the
+protocol discards them (:meth:`Node.discard`); either way they are counted (``late``,
+``discarded``), never lost silently. :meth:`Node.gather` is ``recv`` for one round and kind.
 """
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
-__all__ = ["Engine", "Group", "Message"]
+import torch
+
+from byzlearn.engines.topology import Complete, Topology
+
+__all__ = ["STATS", "Engine", "Handler", "Match", "Message", "Node"]
+
+Match = Callable[["Message"], bool]
+
+# Counters every engine keeps (``Engine.stats``).
+STATS = (
+    "sent",  # messages handed to the network (topology and faults not yet applied)
+    "bytes",  # payload bytes of the messages sent
+    "delivered",  # messages taken by a recv or handled by a reactive node
+    "dropped",  # lost to a fault of the sender (crash, omission)
+    "blocked",  # along an edge the topology does not have
+    "impostor",  # returned by a handler under an id that is not its own
+    "late",  # arrived after a deadline they were waited for (whether taken later or discarded)
+    "discarded",  # removed from flight by the protocol (stale rounds) before being taken
+)
 
 
 @dataclass
 class Message:
     """A message between nodes.
 
-    ``sender`` and ``dest`` are node ids, ``role`` the role the sender plays (``"server"``,
-    ``"worker"``), ``round`` the protocol round it belongs to and ``version`` the model version it
-    was computed from. ``sent_at``/``arrival`` are times on the engine's clock.
+    ``kind`` says what the payload is (``"model"``, ``"gradient"``, ...); ``round`` the protocol
+    round or step it belongs to; ``version`` the model version it was computed from; ``meta``
+    small JSON-able extras (a loss, a learning rate). ``sender``, ``role``, ``seq``,
+    ``sent_at`` and ``arrival`` are set by the engine when the message is sent.
     """
 
-    sender: int
-    role: str
-    round: int
-    version: int
-    payload: Any
+    kind: str = ""
+    payload: Any = None
     dest: int | None = None
+    round: int = 0
+    version: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+    sender: int | None = None
+    role: str = ""
+    seq: int = -1
+    reply_to: int | None = None
     sent_at: float = 0.0
     arrival: float = 0.0
-    meta: dict[str, Any] = field(default_factory=dict)
+
+    def reply(self, payload: Any, *, kind: str | None = None, **meta: Any) -> Message:
+        """The answer to this message: from its destination back to its sender, same round and
+        version, ``kind`` (default: this message's kind) and ``meta``."""
+        return Message(
+            kind=self.kind if kind is None else kind,
+            payload=payload,
+            dest=self.sender,
+            round=self.round,
+            version=self.version,
+            meta=dict(meta),
+            sender=self.dest,
+            reply_to=self.seq,
+        )
+
+    def to(self, dest: int) -> Message:
+        """A copy addressed to ``dest`` (the payload is shared, not copied)."""
+        return Message(
+            self.kind, self.payload, int(dest), self.round, self.version, dict(self.meta)
+        )
+
+    def copy(self) -> Message:
+        """A shallow copy (same payload object)."""
+        return Message(**{f: getattr(self, f) for f in _FIELDS})
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the payload (tensors; 0 for anything else)."""
+        p = self.payload
+        return p.numel() * p.element_size() if isinstance(p, torch.Tensor) else 0
+
+    # ------------------------------------------------------------------ checkpoints
+    def to_state(self) -> dict[str, Any]:
+        """Plain data (tensors, numbers, strings) for a ``weights_only`` checkpoint."""
+        return {f: getattr(self, f) for f in _FIELDS}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Message:
+        """Inverse of :meth:`to_state`."""
+        return cls(**state)
 
 
-class Group(Protocol):
-    """A set of nodes handled together (e.g. all honest workers)."""
+_FIELDS = tuple(f.name for f in fields(Message))
+
+
+class Handler(Protocol):
+    """The behaviour of a group of reactive nodes (e.g. all honest workers)."""
 
     def handle(self, inbox: Sequence[Message], observed: Sequence[Message]) -> list[Message]:
-        """Reply to the messages delivered to this group's nodes.
+        """Answer the messages delivered to the group's members.
 
-        ``inbox`` holds at most one message per member (ordered by member id); ``observed`` is
-        the replies of the non-omniscient groups of the same round when the group is omniscient,
-        else empty. Replies must set ``sender``, ``dest``, ``round`` and ``version``.
+        ``inbox`` holds every message delivered in this call, ordered by (member, arrival); a
+        member may have several, each with its own round, version and payload. ``observed``
+        is empty for honest groups; for the adversary it holds, for each honest node, the
+        latest message it had sent by the time the adversary's answers leave. Return the
+        messages to send (usually ``m.reply(...)``); the engine checks that each names one of
+        the group's members as sender.
         """
         ...
 
 
 class Engine(ABC):
-    """Where roles run and how their messages travel."""
+    """Where nodes run and how their messages travel (see the module docstring)."""
+
+    # ------------------------------------------------------------------ nodes
+    @abstractmethod
+    def reserve(self, role: str, count: int) -> list[int]:
+        """Allocate ``count`` new node ids playing ``role``."""
 
     @abstractmethod
+    def attach(self, ids: Sequence[int], handler: Handler, *, adversary: bool = False) -> None:
+        """Make the reserved nodes ``ids`` reactive, handled by ``handler``."""
+
+    @abstractmethod
+    def driven(self, id: int) -> Node:
+        """The handle through which the protocol acts as the reserved node ``id``."""
+
+    def add_node(self, role: str) -> Node:
+        """Reserve one node playing ``role`` and return its handle."""
+        return self.driven(self.reserve(role, 1)[0])
+
     def add_group(
-        self, ids: Sequence[int], role: str, group: Group, *, omniscient: bool = False
-    ) -> None:
-        """Register the nodes ``ids`` playing ``role``, handled by ``group``."""
+        self, role: str, count: int, handler: Handler, *, adversary: bool = False
+    ) -> list[int]:
+        """Reserve ``count`` nodes playing ``role``, handled by ``handler``; return their ids."""
+        ids = self.reserve(role, count)
+        self.attach(ids, handler, adversary=adversary)
+        return ids
 
     @abstractmethod
-    def send(self, msg: Message) -> None:
-        """Send ``msg`` to ``msg.dest``."""
-
-    def broadcast(self, msg: Message, role: str) -> None:
-        """Send a copy of ``msg`` to every node registered with ``role``."""
-        for dest in self.nodes(role):
-            self.send(Message(**{**msg.__dict__, "dest": dest}))
+    def nodes(self, role: str | None = None) -> list[int]:
+        """Ids of the nodes playing ``role`` (all nodes for ``None``), sorted."""
 
     @abstractmethod
-    def nodes(self, role: str) -> list[int]:
-        """Ids of the nodes registered with ``role``."""
-
-    @abstractmethod
-    def gather(self, dest: int, round: int, q: int, deadline: float | None = None) -> list[Message]:
-        """The first ``q`` replies of ``round`` addressed to ``dest`` (fewer if the deadline,
-        relative to now, passes first). Replies of other rounds are dropped."""
+    def role_of(self, id: int) -> str:
+        """The role node ``id`` was registered with."""
 
     @property
     @abstractmethod
-    def clock(self) -> float:
-        """The engine's current time (simulated or wall-clock seconds)."""
+    def topology(self) -> Topology:
+        """Who may talk to whom."""
 
+    @abstractmethod
+    def set_topology(self, topology: Topology) -> None:
+        """Replace the topology (complete by default)."""
+
+    # ------------------------------------------------------------------ transport
+    @abstractmethod
+    def send(self, sender: int, msg: Message) -> None:
+        """Send ``msg`` from the driven node ``sender`` (use :meth:`Node.send`)."""
+
+    @abstractmethod
+    def recv(
+        self,
+        dest: int,
+        q: int = 1,
+        match: Match | None = None,
+        deadline: float | None = None,
+    ) -> list[Message]:
+        """The first ``q`` messages for ``dest`` satisfying ``match`` (see the module docstring);
+        without a deadline, fewer when no more can arrive."""
+
+    @abstractmethod
+    def discard(self, dest: int, match: Match) -> int:
+        """Remove the messages for ``dest`` satisfying ``match`` from flight; return how many."""
+
+    @abstractmethod
+    def now(self, node: int) -> float:
+        """The local clock of node ``node``."""
+
+    @property
+    def clock(self) -> float:
+        """The latest clock of any driven node."""
+        return max((self.now(i) for i in self.nodes()), default=0.0)
+
+    @property
+    @abstractmethod
+    def stats(self) -> dict[str, int]:
+        """The counters of :data:`STATS` so far, plus ``in_flight``."""
+
+    # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """State needed to resume deterministically."""
+        """State needed to resume deterministically (plain data and tensors only)."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
         """Restore :meth:`state_dict`."""
+
+
+def match_all(*conditions: Match | None) -> Match:
+    """A predicate true when every given condition is (``None`` conditions are ignored)."""
+    active = [c for c in conditions if c is not None]
+    return lambda m: all(c(m) for c in active)
+
+
+class Node:
+    """The handle of a driven node: the protocol acts as node ``id`` through it."""
+
+    def __init__(self, engine: Engine, id: int) -> None:
+        self.engine = engine
+        self.id = int(id)
+        self.role = engine.role_of(self.id)
+
+    def __repr__(self) -> str:
+        return f"Node(id={self.id}, role={self.role!r})"
+
+    @property
+    def clock(self) -> float:
+        """This node's local time."""
+        return self.engine.now(self.id)
+
+    def send(self, msg: Message) -> None:
+        """Send ``msg`` (to ``msg.dest``) as this node."""
+        self.engine.send(self.id, msg)
+
+    def multicast(self, msg: Message, dests: Iterable[int]) -> None:
+        """Send a copy of ``msg`` to each of ``dests`` (one payload, shared)."""
+        for dest in dests:
+            self.engine.send(self.id, msg.to(dest))
+
+    def recv(
+        self, q: int = 1, match: Match | None = None, deadline: float | None = None
+    ) -> list[Message]:
+        """``engine.recv(self.id, q, match, deadline)``."""
+        return self.engine.recv(self.id, q, match, deadline)
+
+    def gather(
+        self,
+        round: int,
+        q: int,
+        deadline: float | None = None,
+        *,
+        kind: str | None = None,
+        match: Match | None = None,
+    ) -> list[Message]:
+        """The first ``q`` messages of ``round`` (and ``kind``) for this node; see ``recv``."""
+        cond = match_all(
+            lambda m: m.round == round,
+            None if kind is None else (lambda m: m.kind == kind),
+            match,
+        )
+        return self.recv(q, cond, deadline)
+
+    def discard(self, match: Match) -> int:
+        """Discard in-flight messages for this node satisfying ``match`` (counted)."""
+        return self.engine.discard(self.id, match)
+
+
+def check_deadline(deadline: float | None) -> float | None:
+    """Validate a relative deadline (``None``, or a finite number >= 0)."""
+    if deadline is None:
+        return None
+    value = float(deadline)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"deadline must be a finite number >= 0, got {deadline!r}")
+    return value
+
+
+__all__ += ["Complete", "Topology", "check_deadline", "match_all"]

@@ -1,168 +1,359 @@
-"""The ``local`` engine: every node in this process, a simulated clock, deterministic under a seed.
+"""The ``local`` engine: every node in this process, an event-driven simulated clock.
 
-Delivery is lazy: messages sent to registered nodes wait until someone gathers; then each group
-handles its inbox. With ``vectorise=True`` a group gets its whole inbox in one call (the honest
-workers then run one batched forward/backward for all of them); with ``vectorise=False`` it is
-called once per member (the plain per-worker loop, kept as the reference and benchmark baseline).
-Omniscient groups (the Byzantine coalition) always run last, as one call, and observe the replies
-the other groups sent in the same delivery.
+Time. Every message carries its send time and arrival time on one simulated time line. A
+driven node (a server) has its own clock, which only :meth:`LocalEngine.recv` moves: to the
+arrival of the q-th message taken, or to the deadline when fewer came in time. A reactive node
+(a worker) handles its messages in arrival order, one at a time: message m starts at
+``max(arrival, busy_until)`` and its answer leaves ``compute_time(node, m.round)`` later, then
+travels ``link_delay(node, dest, round)`` (plus the sender's fault delay). Compute times, link
+delays, faults and lost coordinates come from a :class:`~byzlearn.engines.network.NetworkModel`
+and are keyed on (seed, node, round): they do not depend on grouping or vectorisation.
 
-Simulated time: a reply leaves its node ``compute_time`` after the request arrived and arrives
-``link_delay`` later. Faults (for tests and fault-injection studies): ``faults`` maps a node id to
-a behaviour of :mod:`byzlearn.attacks.behaviours` (anything with ``reply(step, node) -> int |
-None``): ``None`` drops the node's reply of that round (crash, omission); ``k > 0`` delays it by
-``k * step_time`` (a synchronous server that stops waiting sees it as stale next round).
-``coordinate_drop`` turns each coordinate of a tensor payload into NaN with that probability (a
-lossy link).
+Delivery. Messages for reactive nodes are handled in *waves*, when a driven node next receives
+(so a multicast reaches a whole group at once): the honest groups first, each in one call for
+all its pending messages when ``vectorise=True`` (the honest workers then run one batched
+forward/backward) or one call per message otherwise, then the adversary (the Byzantine
+coalition), whose answers are computed with the honest messages sent by the time they leave.
+Answers for reactive nodes start the next wave. Because a reactive node's answers depend only on
+what it received, handling it early does not change what the simulation computes; the
+adversary's view is what has been sent by then among the messages already created (a message
+that a driven node has not yet triggered is not in it).
+
+Late messages. A message that arrives after the deadline of a ``recv`` waiting for it stays in
+flight (counted ``late``): a later ``recv`` may take it, or the protocol discards it (counted
+``discarded``). Messages in flight, clocks, busy times and the adversary's view are part of
+:meth:`LocalEngine.state_dict`, so a run resumed from a checkpoint equals an uninterrupted one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
-from byzlearn.engines.base import Engine, Group, Message
+from byzlearn.engines.base import (
+    STATS,
+    Engine,
+    Handler,
+    Match,
+    Message,
+    Node,
+    check_deadline,
+)
+from byzlearn.engines.network import NetworkModel
+from byzlearn.engines.topology import Complete, Topology
 
 __all__ = ["LocalEngine"]
 
+# Waves of reactive messages handled in one recv before the engine gives up (reactive nodes
+# answering each other forever would otherwise never let the driven node's recv return).
+_MAX_WAVES = 10_000
+
 
 @dataclass
-class _Entry:
+class _Group:
     ids: list[int]
-    role: str
-    group: Group
-    omniscient: bool
+    handler: Handler
+    adversary: bool
 
 
 class LocalEngine(Engine):
-    """In-process engine with a simulated clock (see the module docstring)."""
+    """In-process engine with a simulated, event-driven clock (see the module docstring).
+
+    ``history``: honest messages per sender kept for the adversary's view (the latest one sent
+    by a given time is what it observes).
+    """
 
     def __init__(
         self,
         *,
         seed: int = 0,
         vectorise: bool = True,
-        compute_time: float | Mapping[int, float] = 1.0,
-        link_delay: float = 0.0,
-        coordinate_drop: float = 0.0,
-        faults: Mapping[int, Any] | None = None,
-        step_time: float = 1.0,
+        network: NetworkModel | None = None,
+        topology: Topology | None = None,
+        history: int = 2,
     ) -> None:
-        self.vectorise = vectorise
-        self._compute_time = compute_time
-        self._link_delay = float(link_delay)
-        self._coordinate_drop = float(coordinate_drop)
-        self._faults = dict(faults or {})
-        self._step_time = float(step_time)
-        self._entries: list[_Entry] = []
-        self._owner: dict[int, _Entry] = {}
+        self.vectorise = bool(vectorise)
+        self.network = network if network is not None else NetworkModel(seed=seed)
+        self._topology: Topology = topology or Complete()
+        self._history = max(1, int(history))
+        self._roles: dict[int, str] = {}
+        self._groups: list[_Group] = []
+        self._group_of: dict[int, _Group] = {}
+        self._driven: dict[int, Node] = {}
+        self._clock: dict[int, float] = {}
+        self._busy: dict[int, float] = {}
         self._pending: list[Message] = []
-        self._mailbox: list[Message] = []
-        self._clock = 0.0
-        self._rng = torch.Generator().manual_seed(int(seed))
-        self.dropped = 0  # stale or faulty messages discarded so far
+        self._mail: dict[int, list[Message]] = {}
+        self._seen: dict[int, list[Message]] = {}
+        self._late: set[int] = set()
+        self._seq = 0
+        self._stats: Counter[str] = Counter({k: 0 for k in STATS})
+        self._has_adversary = False
 
-    # ------------------------------------------------------------------ registration
-    def add_group(
-        self, ids: Sequence[int], role: str, group: Group, *, omniscient: bool = False
-    ) -> None:
-        entry = _Entry([int(i) for i in ids], role, group, omniscient)
-        for i in entry.ids:
-            if i in self._owner:
-                raise ValueError(f"node {i} is already registered")
-            self._owner[i] = entry
-        # non-omniscient groups first: the adversary moves last
-        self._entries.append(entry)
-        self._entries.sort(key=lambda e: e.omniscient)
+    # ------------------------------------------------------------------ nodes
+    def reserve(self, role: str, count: int) -> list[int]:
+        if not isinstance(role, str) or not role:
+            raise ValueError(f"a role must be a non-empty string, got {role!r}")
+        if int(count) < 0:
+            raise ValueError(f"count must be >= 0, got {count}")
+        start = len(self._roles)
+        ids = list(range(start, start + int(count)))
+        for i in ids:
+            self._roles[i] = role
+        return ids
 
-    def nodes(self, role: str) -> list[int]:
-        return sorted(i for e in self._entries if e.role == role for i in e.ids)
+    def attach(self, ids: Sequence[int], handler: Handler, *, adversary: bool = False) -> None:
+        group = _Group([int(i) for i in ids], handler, bool(adversary))
+        self._has_adversary = self._has_adversary or group.adversary
+        for i in group.ids:
+            self._check_free(i)
+            self._group_of[i] = group
+            self._busy[i] = 0.0
+        self._groups.append(group)
+        self._groups.sort(key=lambda g: g.adversary)  # the adversary moves last in a wave
+
+    def driven(self, id: int) -> Node:
+        id = int(id)
+        if id not in self._driven:
+            self._check_free(id)
+            self._driven[id] = Node(self, id)
+            self._clock[id] = 0.0
+            self._mail[id] = []
+        return self._driven[id]
+
+    def _check_free(self, id: int) -> None:
+        if id not in self._roles:
+            raise ValueError(f"node {id} was not reserved")
+        if id in self._group_of or id in self._driven:
+            raise ValueError(f"node {id} is already registered")
+
+    def nodes(self, role: str | None = None) -> list[int]:
+        return sorted(i for i, r in self._roles.items() if role is None or r == role)
+
+    def role_of(self, id: int) -> str:
+        try:
+            return self._roles[int(id)]
+        except KeyError:
+            raise ValueError(f"unknown node {id}") from None
 
     @property
-    def clock(self) -> float:
-        return self._clock
+    def topology(self) -> Topology:
+        return self._topology
+
+    def set_topology(self, topology: Topology) -> None:
+        self._topology = topology
+
+    def now(self, node: int) -> float:
+        node = int(node)
+        if node in self._clock:
+            return self._clock[node]
+        if node in self._busy:
+            return self._busy[node]
+        raise ValueError(f"unknown node {node}")
+
+    @property
+    def stats(self) -> dict[str, int]:
+        out = dict(self._stats)
+        out["in_flight"] = len(self._pending) + sum(len(box) for box in self._mail.values())
+        return out
 
     # ------------------------------------------------------------------ transport
-    def send(self, msg: Message) -> None:
+    def send(self, sender: int, msg: Message) -> None:
+        sender = int(sender)
+        if sender not in self._driven:
+            raise ValueError(f"node {sender} is not a driven node; reactive nodes answer")
+        self._stamp(msg, sender)
+        msg.sent_at = self._clock[sender]
+        self._dispatch(msg)
+
+    def _stamp(self, msg: Message, sender: int) -> None:
+        msg.sender = sender
+        msg.role = self._roles[sender]
+        msg.seq = self._seq
+        self._seq += 1
+
+    def _dispatch(self, msg: Message) -> None:
+        """Put a stamped message (``sent_at`` set) in flight, applying topology and faults."""
         if msg.dest is None:
             raise ValueError("message has no destination")
-        msg.sent_at = self._clock
-        msg.arrival = msg.sent_at + self._link_delay
-        (self._pending if msg.dest in self._owner else self._mailbox).append(msg)
-
-    def _compute(self, node: int) -> float:
-        ct = self._compute_time
-        return float(ct.get(node, 1.0)) if isinstance(ct, Mapping) else float(ct)
-
-    def _faulty(self, reply: Message) -> bool:
-        """Apply the sender's behaviour: True when the reply is lost, else delay it."""
-        fault = self._faults.get(reply.sender)
-        if fault is None:
-            return False
-        delay = fault.reply(reply.round, reply.sender)
-        if delay is None:
-            return True
-        reply.arrival += float(delay) * self._step_time
-        return False
-
-    def _lossy(self, reply: Message) -> None:
-        if self._coordinate_drop > 0 and isinstance(reply.payload, torch.Tensor):
-            mask = torch.rand(reply.payload.shape, generator=self._rng) < self._coordinate_drop
-            reply.payload = reply.payload.masked_fill(mask, float("nan"))
-
-    def _deliver(self) -> None:
-        """Let every group handle the messages waiting for its members."""
-        if not self._pending:
+        dest = int(msg.dest)
+        if dest not in self._driven and dest not in self._group_of:
+            raise ValueError(f"message to unknown or unregistered node {dest}")
+        assert msg.sender is not None
+        self._stats["sent"] += 1
+        self._stats["bytes"] += msg.nbytes
+        if not self._topology.allows(msg.sender, dest):
+            self._stats["blocked"] += 1
             return
-        pending, self._pending = self._pending, []
-        observed: list[Message] = []
-        for entry in self._entries:
-            members = set(entry.ids)
-            inbox = sorted((m for m in pending if m.dest in members), key=lambda m: m.dest)
-            if not inbox:
-                continue
-            arrival = {m.dest: m.arrival for m in inbox}
-            if entry.omniscient or self.vectorise:
-                replies = entry.group.handle(inbox, observed if entry.omniscient else [])
-            else:
-                replies = [r for m in inbox for r in entry.group.handle([m], [])]
-            for reply in replies:
-                reply.sent_at = arrival.get(reply.sender, self._clock) + self._compute(reply.sender)
-                reply.arrival = reply.sent_at + self._link_delay
-                if self._faulty(reply):
-                    self.dropped += 1
-                    continue
-                if not entry.omniscient:  # the adversary sees what was sent, before losses
-                    observed.append(Message(**reply.__dict__))
-                self._lossy(reply)
-                self._mailbox.append(reply)
+        extra = self.network.fault_delay(msg.sender, msg.round)
+        if extra is None:
+            self._stats["dropped"] += 1
+            return
+        msg.arrival = msg.sent_at + self.network.link_delay(msg.sender, dest, msg.round) + extra
+        self._remember(msg)
+        (self._mail[dest] if dest in self._driven else self._pending).append(msg)
 
-    def gather(self, dest: int, round: int, q: int, deadline: float | None = None) -> list[Message]:
-        self._deliver()
-        mine = [m for m in self._mailbox if m.dest == dest]
-        self._mailbox = [m for m in self._mailbox if m.dest != dest]
-        stale = [m for m in mine if m.round != round]
-        self.dropped += len(stale)
-        current = sorted((m for m in mine if m.round == round), key=lambda m: (m.arrival, m.sender))
-        if deadline is not None:
-            cutoff = self._clock + float(deadline)
-            current = [m for m in current if m.arrival <= cutoff]
-        taken, rest = current[:q], current[q:]
-        self._mailbox.extend(rest)  # may still be gathered for this round; stale afterwards
-        if taken:
-            self._clock = max(self._clock, max(m.arrival for m in taken))
+    def _remember(self, msg: Message) -> None:
+        """Keep honest messages for the adversary's view (only when there is an adversary)."""
+        if not self._has_adversary:
+            return
+        assert msg.sender is not None
+        group = self._group_of.get(msg.sender)
+        if group is not None and group.adversary:
+            return
+        kept = self._seen.setdefault(msg.sender, [])
+        kept.append(msg.copy())  # the payload as sent, before any loss
+        del kept[: -self._history]
+
+    def _view(self, time: float) -> list[Message]:
+        """For each honest sender, its latest message sent by ``time``."""
+        view = []
+        for sender in sorted(self._seen):
+            sent = [m for m in self._seen[sender] if m.sent_at <= time]
+            if sent:
+                view.append(max(sent, key=lambda m: (m.sent_at, m.seq)))
+        return view
+
+    def _lose(self, msg: Message) -> None:
+        assert msg.sender is not None and msg.dest is not None
+        msg.payload = self.network.lose_coordinates(
+            msg.payload, msg.sender, msg.dest, msg.round, msg.kind
+        )
+
+    # ------------------------------------------------------------------ reactive nodes
+    def _run_reactive(self) -> None:
+        """Handle every message pending for reactive nodes, wave after wave."""
+        waves = 0
+        while self._pending:
+            waves += 1
+            if waves > _MAX_WAVES:
+                raise RuntimeError(
+                    f"reactive nodes kept messaging each other for {_MAX_WAVES} waves"
+                )
+            pending, self._pending = self._pending, []
+            for group in self._groups:
+                members = set(group.ids)
+                inbox = [m for m in pending if m.dest in members]
+                if inbox:
+                    self._handle(group, inbox)
+
+    def _handle(self, group: _Group, inbox: list[Message]) -> None:
+        inbox.sort(key=lambda m: (m.dest, m.arrival, m.seq))
+        finish: dict[int, float] = {}
+        for m in inbox:  # per member, in arrival order: one message at a time
+            assert m.dest is not None
+            start = max(m.arrival, self._busy[m.dest])
+            finish[m.seq] = start + self.network.compute_time(m.dest, m.round)
+            self._busy[m.dest] = finish[m.seq]
+            self._lose(m)
+        self._stats["delivered"] += len(inbox)
+        if group.adversary:
+            times = sorted({finish[m.seq] for m in inbox})
+            for t in times:
+                batch = [m for m in inbox if finish[m.seq] == t]
+                self._emit(group, group.handler.handle(batch, self._view(t)), finish)
+        elif self.vectorise:
+            self._emit(group, group.handler.handle(inbox, []), finish)
+        else:
+            for m in sorted(inbox, key=lambda m: (finish[m.seq], m.dest)):
+                self._emit(group, group.handler.handle([m], []), finish)
+
+    def _emit(self, group: _Group, replies: Sequence[Message], finish: dict[int, float]) -> None:
+        members = set(group.ids)
+        for reply in replies:
+            if reply.sender not in members:
+                self._stats["impostor"] += 1
+                continue
+            sender = int(reply.sender)
+            self._stamp(reply, sender)
+            reply.sent_at = finish.get(
+                reply.reply_to if reply.reply_to is not None else -1, self._busy[sender]
+            )
+            self._dispatch(reply)
+
+    # ------------------------------------------------------------------ driven nodes
+    def recv(
+        self,
+        dest: int,
+        q: int = 1,
+        match: Match | None = None,
+        deadline: float | None = None,
+    ) -> list[Message]:
+        dest = int(dest)
+        if dest not in self._driven:
+            raise ValueError(f"node {dest} is not a driven node")
+        if isinstance(q, bool) or int(q) < 0:
+            raise ValueError(f"q must be an int >= 0, got {q!r}")
+        q = int(q)
+        deadline = check_deadline(deadline)
+        self._run_reactive()
+        now = self._clock[dest]
+        limit = now + deadline if deadline is not None else math.inf
+        box = self._mail[dest]
+        candidates = sorted(
+            (m for m in box if match is None or match(m)), key=lambda m: (m.arrival, m.seq)
+        )
+        taken = [m for m in candidates if m.arrival <= limit][:q]
+        if len(taken) == q:
+            self._clock[dest] = max(now, taken[-1].arrival) if taken else now
         elif deadline is not None:
-            self._clock += float(deadline)
+            self._clock[dest] = limit
+            for m in candidates:
+                if m.arrival > limit and m.seq not in self._late:
+                    self._late.add(m.seq)
+                    self._stats["late"] += 1
+        elif taken:  # no deadline: nothing more can arrive
+            self._clock[dest] = max(now, taken[-1].arrival)
+        chosen = {m.seq for m in taken}
+        self._mail[dest] = [m for m in box if m.seq not in chosen]
+        for m in taken:
+            self._late.discard(m.seq)
+            self._lose(m)
+        self._stats["delivered"] += len(taken)
         return taken
+
+    def discard(self, dest: int, match: Match) -> int:
+        dest = int(dest)
+        if dest not in self._driven:
+            raise ValueError(f"node {dest} is not a driven node")
+        box = self._mail[dest]
+        gone = [m for m in box if match(m)]
+        if gone:
+            seqs = {m.seq for m in gone}
+            self._mail[dest] = [m for m in box if m.seq not in seqs]
+            self._late.difference_update(seqs)
+            self._stats["discarded"] += len(gone)
+        return len(gone)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        return {"clock": self._clock, "rng": self._rng.get_state(), "dropped": self.dropped}
+        return {
+            "clock": dict(self._clock),
+            "busy": dict(self._busy),
+            "pending": [m.to_state() for m in self._pending],
+            "mail": {i: [m.to_state() for m in box] for i, box in self._mail.items()},
+            "seen": {i: [m.to_state() for m in kept] for i, kept in self._seen.items()},
+            "late": sorted(self._late),
+            "seq": self._seq,
+            "stats": dict(self._stats),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._clock = float(state["clock"])
-        self._rng.set_state(state["rng"])
-        self.dropped = int(state["dropped"])
+        for i, t in state["clock"].items():
+            self._clock[int(i)] = float(t)
+        for i, t in state["busy"].items():
+            self._busy[int(i)] = float(t)
+        self._pending = [Message.from_state(m) for m in state["pending"]]
+        self._mail = {
+            int(i): [Message.from_state(m) for m in box] for i, box in state["mail"].items()
+        }
+        for i in self._driven:
+            self._mail.setdefault(i, [])
+        self._seen = {int(i): [Message.from_state(m) for m in k] for i, k in state["seen"].items()}
+        self._late = {int(s) for s in state["late"]}
+        self._seq = int(state["seq"])
+        self._stats = Counter({k: 0 for k in STATS})
+        self._stats.update({k: int(v) for k, v in state["stats"].items()})

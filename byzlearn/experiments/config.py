@@ -11,16 +11,20 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from byzlearn.protocols import AsyncSGDOptions, KardamOptions, ParameterServerOptions
 
 __all__ = [
     "AttackConfig",
     "Config",
     "ConfigError",
     "DatasetConfig",
+    "DelayConfig",
+    "LocalEngineConfig",
     "ModelConfig",
     "NetworkConfig",
     "OptimizerConfig",
@@ -143,23 +147,68 @@ class PoisoningConfig(_Strict):
     target: int = 1
 
 
+class DelayConfig(_Strict):
+    """A distribution of durations given by its mean (simulated seconds): ``constant``,
+    ``exponential``, ``lognormal`` (``sigma``: std of the log) or ``pareto`` (heavy-tailed
+    stragglers; tail index ``shape`` > 1)."""
+
+    dist: Literal["constant", "exponential", "lognormal", "pareto"] = "constant"
+    mean: float = Field(1.0, ge=0, allow_inf_nan=False)
+    sigma: float = Field(1.0, gt=0, allow_inf_nan=False)
+    shape: float = Field(2.5, gt=1, allow_inf_nan=False)
+
+
+def _as_delay(value: Any) -> Any:
+    """A bare number is a constant duration."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return {"dist": "constant", "mean": value}
+    return value
+
+
 class NetworkConfig(_Strict):
     """The simulated network and nodes of the ``local`` engine (time in simulated seconds).
 
-    Honest workers take ``compute_time`` per round, ``stragglers`` of them (chosen under the
-    seed) ``slowdown`` times longer; replies arrive ``link_delay`` later; each coordinate is lost
-    (arrives as NaN) with probability ``coordinate_drop``; each honest reply is lost with
-    probability ``omission``; ``crashes`` maps a worker id to the round from which it is silent.
-    Stragglers matter with ``q < n`` or a ``deadline``: the server stops waiting for them.
+    Each node handles a message in ``compute_time`` (a number or a distribution), ``stragglers``
+    honest workers (chosen under the seed) ``slowdown`` times longer; messages arrive
+    ``link_delay`` later; each coordinate of a gradient is lost (arrives as NaN) with
+    probability ``coordinate_drop``; each honest reply is lost with probability ``omission``;
+    ``crashes`` maps a worker index to the round (step) from which it is silent. Every draw is
+    keyed on (seed, node, round).
     """
 
-    compute_time: float = Field(1.0, gt=0)
+    compute_time: DelayConfig = Field(default_factory=DelayConfig)
     stragglers: int = Field(0, ge=0)
-    slowdown: float = Field(5.0, ge=1)
-    link_delay: float = Field(0.0, ge=0)
+    slowdown: float = Field(5.0, ge=1, allow_inf_nan=False)
+    link_delay: DelayConfig = Field(default_factory=lambda: DelayConfig(mean=0.0))
     coordinate_drop: float = Field(0.0, ge=0, lt=1)
     omission: float = Field(0.0, ge=0, le=1)
     crashes: dict[int, int] = Field(default_factory=dict)
+
+    @field_validator("compute_time", "link_delay", mode="before")
+    @classmethod
+    def _number_is_constant(cls, v: Any) -> Any:
+        return _as_delay(v)
+
+    @field_validator("compute_time")
+    @classmethod
+    def _positive_compute(cls, v: DelayConfig) -> DelayConfig:
+        if v.mean <= 0:
+            raise ValueError("mean: a compute time must be > 0")
+        return v
+
+
+class LocalEngineConfig(_Strict):
+    """``engine: {name: local}``: every node in this process, simulated time; ``vectorise``:
+    one batched forward/backward for all honest workers (``false``: a per-worker loop)."""
+
+    name: Literal["local"] = "local"
+    vectorise: bool = True
+
+
+EngineConfig = LocalEngineConfig
+ProtocolConfig = Annotated[
+    ParameterServerOptions | AsyncSGDOptions | KardamOptions, Field(discriminator="name")
+]
 
 
 class RuleConfig(_Strict):
@@ -212,7 +261,10 @@ class Config(_Strict):
     partition: PartitionConfig = Field(default_factory=PartitionConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     n: int = Field(25, ge=1, description="number of workers")
-    f: int = Field(5, ge=0, description="number of Byzantine workers (and f given to the rule)")
+    f: int = Field(5, ge=0, description="Byzantine workers tolerated (given to the rule/filter)")
+    num_byzantine: int | None = Field(
+        None, ge=0, description="workers that actually are Byzantine (default f)"
+    )
     byzantine: ByzantineSpec = "random"
     attack: AttackConfig = Field(default_factory=AttackConfig)
     poisoning: PoisoningConfig = Field(default_factory=PoisoningConfig)
@@ -220,31 +272,86 @@ class Config(_Strict):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     local_steps: int = Field(1, ge=1)
     batch_size: int = Field(32, ge=1)
-    steps: int = Field(300, ge=1, description="rounds")
+    steps: int = Field(300, ge=1, description="protocol steps (rounds, or gradients for async)")
     eval_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(50, ge=0, description="0 = no checkpoints")
     threads: int = Field(1, ge=1)
-    engine: Literal["local"] = "local"
-    vectorise: bool = True
-    q: int | None = Field(None, ge=1, description="replies gathered per round (default n)")
-    deadline: float | None = Field(None, gt=0, description="simulated seconds to wait per round")
+    protocol: ProtocolConfig = Field(default_factory=ParameterServerOptions)
+    engine: EngineConfig = Field(default_factory=LocalEngineConfig)
     network: NetworkConfig = Field(default_factory=NetworkConfig)
+
+    @property
+    def declared_f(self) -> int:
+        """The f given to the rule (and to Kardam's filter)."""
+        return self.f
+
+    @property
+    def byzantine_count(self) -> int:
+        """How many workers are Byzantine (``num_byzantine``, default ``f``)."""
+        return self.f if self.num_byzantine is None else self.num_byzantine
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        """Configs written before the runtime change: ``q``, ``deadline`` (now under
+        ``protocol``), ``vectorise`` and ``engine: local`` (now under ``engine``)."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        engine = data.get("engine")
+        if isinstance(engine, str):
+            data["engine"] = {"name": engine}
+        if "vectorise" in data:
+            section = dict(data.get("engine") or {})
+            section.setdefault("vectorise", data.pop("vectorise"))
+            data["engine"] = section
+        moved = {k: data.pop(k) for k in ("q", "deadline") if k in data}
+        if moved:
+            section = dict(data.get("protocol") or {"name": "parameter_server"})
+            if section.get("name", "parameter_server") != "parameter_server":
+                keys = ", ".join(sorted(moved))
+                raise ValueError(f"{keys}: options of parameter_server; write protocol.{keys}")
+            for key, value in moved.items():
+                section.setdefault(key, value)
+            data["protocol"] = section
+        protocol = data.get("protocol")
+        if isinstance(protocol, dict) and "name" in protocol:
+            from byzlearn.protocols import PROTOCOLS
+
+            if protocol["name"] not in PROTOCOLS:
+                raise ValueError(
+                    f"protocol.name: unknown protocol {protocol['name']!r} "
+                    f"(known: {', '.join(PROTOCOLS.names())})"
+                )
+        if isinstance(data.get("engine"), dict) and "name" in data["engine"]:
+            from byzlearn.engines import ENGINES
+
+            if data["engine"]["name"] not in ENGINES:
+                raise ValueError(
+                    f"engine.name: unknown engine {data['engine']['name']!r} "
+                    f"(known: {', '.join(ENGINES.names())})"
+                )
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
         if self.f >= self.n:
             raise ValueError(f"f: must be < n (got f={self.f}, n={self.n})")
+        count = self.byzantine_count
+        if count >= self.n:
+            raise ValueError(f"num_byzantine: must be < n (got {count}, n={self.n})")
         if isinstance(self.byzantine, list):
             ids = self.byzantine
-            if len(ids) != self.f or len(set(ids)) != len(ids):
-                raise ValueError(f"byzantine: needs {self.f} distinct worker ids, got {ids}")
+            if len(ids) != count or len(set(ids)) != len(ids):
+                raise ValueError(f"byzantine: needs {count} distinct worker ids, got {ids}")
             if any(not 0 <= i < self.n for i in ids):
                 raise ValueError(f"byzantine: ids must be in [0, {self.n}), got {ids}")
-        if self.q is not None and self.q > self.n:
-            raise ValueError(f"q: must be <= n (got q={self.q}, n={self.n})")
-        if self.network.stragglers > self.n - self.f:
+        q = getattr(self.protocol, "q", None)
+        if q is not None and q > self.n:
+            raise ValueError(f"protocol.q: must be <= n (got q={q}, n={self.n})")
+        if self.network.stragglers > self.n - count:
             raise ValueError(
-                f"network.stragglers: at most the {self.n - self.f} honest workers, "
+                f"network.stragglers: at most the {self.n - count} honest workers, "
                 f"got {self.network.stragglers}"
             )
         bad = sorted(i for i in self.network.crashes if not 0 <= i < self.n)
@@ -252,10 +359,20 @@ class Config(_Strict):
             raise ValueError(f"network.crashes: worker ids must be in [0, {self.n}), got {bad[0]}")
         if self.attack.name != "none" and self.poisoning.kind != "none":
             raise ValueError("attack.name: choose an attack or poisoning, not both")
+        if self.protocol.name == "kardam" and self.n < 3 * self.f + 1:
+            raise ValueError(
+                f"protocol.name: kardam needs n >= 3f + 1, got n={self.n}, f={self.f}"
+            )
         import byzlearn.aggregators as agg
 
+        # the rule aggregates at the server of the synchronous protocol; asynchronous ones
+        # only hand it to rule-aware attacks, so its n/f requirement does not apply there
+        n_rule = (q or self.n) if self.protocol.name == "parameter_server" else None
         try:
-            agg.check(self.rule.full_name, self.q or self.n, self.f, **self.rule.options)
+            if n_rule is not None:
+                agg.check(self.rule.full_name, n_rule, self.f, **self.rule.options)
+            else:
+                agg.check(self.rule.full_name, 10**6, 0, **self.rule.options)
         except ValueError as exc:
             raise ValueError(f"rule.name: {exc}") from None
         except TypeError as exc:
@@ -263,13 +380,30 @@ class Config(_Strict):
         return self
 
 
+def _protocol_names() -> list[str]:
+    from byzlearn.protocols import PROTOCOLS
+
+    return PROTOCOLS.names()
+
+
+def _engine_names() -> list[str]:
+    from byzlearn.engines import ENGINES
+
+    return ENGINES.names()
+
+
+_TAGGED = {"protocol": _protocol_names, "engine": _engine_names}
+
 _FIELD_PREFIX = re.compile(r"^([A-Za-z_][\w.]*): (.*)$", re.S)
 
 
 def _format(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"])
+        parts = [str(x) for x in e["loc"]]
+        if len(parts) > 1 and parts[0] in _TAGGED and parts[1] in _TAGGED[parts[0]]():
+            del parts[1]  # the discriminator tag pydantic puts in the path
+        loc = ".".join(parts)
         msg = str(e["msg"]).removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (not a config field)"

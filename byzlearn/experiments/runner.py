@@ -6,12 +6,15 @@
 >>> result.summary["final_accuracy"] > 0
 True
 
-Metrics records (one per round; ``round = 0`` holds the initial evaluation): ``round``, ``lr``,
-``received``, ``train_loss`` (mean over honest workers), ``agg_seconds``, ``kept`` and
-``kept_byzantine`` (selection rules), ``dist_honest_mean``, ``aggregate_norm``, ``seconds``
-(wall time of the round) and, every ``eval_every`` rounds and at the last one,
-``test_accuracy`` and ``test_loss``. A run whose model, honest loss or aggregate stops being
-finite is marked ``diverged`` and stops there (its last record is evaluated).
+Metrics records (one per protocol step; ``round = 0`` holds the initial evaluation): the
+protocol's fields (``round``, ``lr``, ``received``, ``time``; for the parameter server
+``agg_seconds``, ``kept``, ``aggregate_norm``, ``skipped``; for the asynchronous protocols
+``sender``, ``accepted``, ``reason``, ``staleness``), the observers' fields (``train_loss``,
+``kept_byzantine``, ``dist_honest_mean``, message counters), ``seconds`` (wall time of the step)
+and, every ``eval_every`` steps and at the last one, ``test_accuracy`` and ``test_loss``. A
+skipped step (too few replies, inputs too damaged to aggregate) leaves the model as is and the
+run goes on; a run whose model or honest loss stops being finite is marked ``diverged`` and
+stops there (its last record is evaluated).
 """
 
 from __future__ import annotations
@@ -64,12 +67,15 @@ def summarise(config: Config, records: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "hash": config_hash(config),
         "name": config.name,
+        "protocol": config.protocol.name,
         "rounds": len(rounds),
+        "skipped": sum(1 for r in rounds if r.get("skipped")),
         "final_accuracy": acc[-1] if acc else None,
         "best_accuracy": max(acc) if acc else None,
         "kept_byzantine_mean": sum(kept) / len(kept) if kept else None,
         "seconds": sum(r.get("seconds", 0.0) for r in rounds),
         "agg_seconds": sum(r.get("agg_seconds", 0.0) for r in rounds),
+        "simulated_time": rounds[-1].get("time") if rounds else None,
         "diverged": any(r.get("diverged") for r in records),
     }
 
@@ -163,10 +169,7 @@ def _train(
             record = trainer.step()
             t = record["round"]
             diverged = not (
-                bool(torch.isfinite(trainer.theta).all())
-                and _finite(record.get("train_loss"))
-                and _finite(record.get("aggregate_norm"))
-                and "aggregation_error" not in record
+                bool(torch.isfinite(trainer.theta).all()) and _finite(record.get("train_loss"))
             )
             if diverged:
                 record["diverged"] = True
@@ -188,7 +191,7 @@ def _train(
     finally:
         if writer:
             writer.close()
-    summary = summarise(config, records)
+    summary = {**summarise(config, records), **trainer.summary()}
     if rd is not None:
         torch.save(trainer.theta, rd.model_path)
         rd.write_summary(summary)

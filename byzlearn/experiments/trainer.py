@@ -1,12 +1,16 @@
-"""Wire a :class:`Config` into a runnable experiment: data, model, engine, roles.
+"""Wire a :class:`Config` into a runnable experiment: data, model, engine, protocol, observers.
 
-:class:`Trainer` owns the objects of one run (engine, server, worker groups) and exposes one
-round at a time (:meth:`Trainer.step`), evaluation, and the state needed to resume. The loop,
-the metrics file and checkpoints live in :mod:`byzlearn.experiments.runner`.
+:class:`Trainer` is the driver of one run: it builds the engine named by ``config.engine`` and the
+protocol named by ``config.protocol`` (from their registries), then only steps the protocol,
+lets the observers add their fields to each step's record, evaluates the protocol's models and
+checkpoints. The loop, the metrics file and checkpoints live in
+:mod:`byzlearn.experiments.runner`.
 
-Node ids: workers are ``0..n-1`` and the server is ``n``. Seeds: every random choice (model
-initialisation, partition, Byzantine ids, minibatches, the attack's generator, the engine) is
-derived from ``config.seed``, so a run is deterministic.
+Node ids are allocated by the protocol (the parameter-server protocols reserve the n workers
+first, so worker i is node i, then the server). Worker *indices* (``0..n-1``) are what the config
+speaks of (``byzantine``, ``network.crashes``). Every random choice (model initialisation,
+partition, Byzantine workers, minibatches, the attack, the network) derives from
+``config.seed``, so a run is deterministic.
 """
 
 from __future__ import annotations
@@ -18,22 +22,23 @@ import torch
 from torch import nn
 
 from byzlearn.data import ArrayDataset, load_dataset, partition
-from byzlearn.engines import FlatModel, LocalEngine
-from byzlearn.experiments.config import Config
-from byzlearn.experiments.schedules import learning_rate
+from byzlearn.engines import Delay, FlatModel, NetworkModel
+from byzlearn.engines import build as build_engine
+from byzlearn.experiments.config import Config, DelayConfig
+from byzlearn.experiments.observers import EngineObserver, TruthObserver
 from byzlearn.models import build_model
-from byzlearn.protocols import ByzantineWorkers, ComputeWorkers, ParameterServer
+from byzlearn.protocols import PROTOCOLS, Events, Protocol, World
 
 __all__ = ["Trainer", "byzantine_ids"]
 
 # offsets added to config.seed for the independent random streams of a run
-_SEED_MODEL, _SEED_PARTITION, _SEED_BYZ, _SEED_BATCH, _SEED_ATTACK, _SEED_ENGINE = range(6)
+_SEED_MODEL, _SEED_PARTITION, _SEED_BYZ, _SEED_STRAGGLERS = 0, 1, 2, 5
 
 
 def byzantine_ids(config: Config) -> list[int]:
-    """The ids of the Byzantine workers (``first``, ``last``, ``random`` under the seed, or a
-    list)."""
-    n, f, spec = config.n, config.f, config.byzantine
+    """The indices of the Byzantine workers (``first``, ``last``, ``random`` under the seed, or
+    a list); ``config.byzantine_count`` of them."""
+    n, f, spec = config.n, config.byzantine_count, config.byzantine
     if isinstance(spec, list):
         return sorted(int(i) for i in spec)
     if spec == "first":
@@ -44,40 +49,24 @@ def byzantine_ids(config: Config) -> list[int]:
     return sorted(int(i) for i in rng.choice(n, size=f, replace=False))
 
 
-def _poisoned_labels(config: Config, data: ArrayDataset) -> torch.Tensor:
-    import byzlearn.attacks as atk
-
-    p = config.poisoning
-    if p.kind == "flip_labels":
-        return atk.flip_labels(data.y_train, data.num_classes, p.mapping)
-    return atk.targeted_flip(data.y_train, p.source, p.target)
+def _delay(d: DelayConfig) -> Delay:
+    return Delay(dist=d.dist, mean=d.mean, sigma=d.sigma, shape=d.shape)
 
 
-def _engine(config: Config, honest: list[int]) -> LocalEngine:
-    """The local engine with the config's simulated network (stragglers, losses, crashes)."""
-    import byzlearn.attacks as atk
-
-    net, seed = config.network, config.seed * 1000 + _SEED_ENGINE
-    rng = np.random.default_rng([config.seed, _SEED_ENGINE])
-    slow = {int(i) for i in rng.choice(honest, size=net.stragglers, replace=False)}
-    compute = {i: net.compute_time * (net.slowdown if i in slow else 1.0) for i in range(config.n)}
-    faults: dict[int, Any] = {}
-    if net.omission > 0:
-        faults.update({i: atk.Omission(net.omission, seed=seed) for i in honest})
-    faults.update({int(i): atk.Crash(int(r)) for i, r in net.crashes.items()})
-    return LocalEngine(
-        seed=seed,
-        vectorise=config.vectorise,
-        compute_time=compute,
-        link_delay=net.link_delay,
+def network_model(config: Config) -> NetworkModel:
+    """The config's network, before node-specific settings (see :meth:`Trainer.place`)."""
+    net = config.network
+    return NetworkModel(
+        seed=config.seed,
+        compute=_delay(net.compute_time),
+        link=_delay(net.link_delay),
         coordinate_drop=net.coordinate_drop,
-        faults=faults,
-        step_time=net.compute_time,
+        step_time=net.compute_time.mean,
     )
 
 
 class Trainer:
-    """The roles of one synchronous parameter-server run, built from ``config``.
+    """The driver of one run, built from ``config``.
 
     ``model`` (any ``nn.Module`` without buffers updated in ``forward``) and ``dataset`` override
     the config's ``model`` and ``dataset`` sections.
@@ -105,9 +94,7 @@ class Trainer:
                 )
         self.model = FlatModel(model)
         self.byzantine = byzantine_ids(c)
-        byz = set(self.byzantine)
-        honest = [i for i in range(c.n) if i not in byz]
-        parts = partition(
+        self.parts = partition(
             self.data.y_train,
             c.n,
             c.partition.kind,
@@ -116,91 +103,97 @@ class Trainer:
             shards_per_worker=c.partition.shards_per_worker,
             gamma=c.partition.gamma,
         )
-        self.parts = parts
-        self.engine = _engine(c, honest)
-        opt = c.optimizer
-        worker_momentum = opt.momentum if opt.momentum_at == "worker" else 0.0
-        gradient_attack = c.attack.name != "none" and c.f > 0
-        computing = honest if gradient_attack else list(range(c.n))
-        labels: torch.Tensor | list[torch.Tensor] = self.data.y_train
-        if c.poisoning.kind != "none" and c.f > 0:
-            poisoned = _poisoned_labels(c, self.data)
-            labels = [poisoned if i in byz else self.data.y_train for i in computing]
-        self.workers = ComputeWorkers(
-            computing,
-            self.model,
-            self.data.x_train,
-            labels,
-            [parts[i] for i in computing],
-            batch_size=c.batch_size,
-            seed=c.seed * 1000 + _SEED_BATCH,
-            local_steps=c.local_steps,
-            momentum=worker_momentum,
-            weight_decay=opt.weight_decay,
-            clip=opt.clip,
-        )
-        self.engine.add_group(computing, "worker", self.workers)
-        self.attackers: ByzantineWorkers | None = None
-        if gradient_attack:
-            import byzlearn.attacks as atk
+        self.events = Events()
+        self.engine = build_engine(c.engine, seed=c.seed, network=network_model(c))
+        world = World(c, self.data, self.model, self.parts, self.byzantine, self.events)
+        self.protocol: Protocol = PROTOCOLS.get(c.protocol.name).build(world, self.engine)
+        self.place()
+        ids = self.worker_ids
+        self.observers = [
+            TruthObserver([ids[i] for i in self.byzantine], ids),
+            EngineObserver(self.engine),
+        ]
+        for observer in self.observers:
+            self.events.subscribe(observer)
 
-            self.attackers = ByzantineWorkers(
-                self.byzantine,
-                atk.get(c.attack.name),
-                rule=c.rule.full_name,
-                rule_options=c.rule.options,
-                options=c.attack.options,
-                identical=c.attack.identical,
-                seed=c.seed * 1000 + _SEED_ATTACK,
-            )
-            self.engine.add_group(self.byzantine, "worker", self.attackers, omniscient=True)
-        self.server = ParameterServer(
-            self.engine,
-            self.model.flatten(),
-            server_id=c.n,
-            rule=c.rule.full_name,
-            f=c.f,
-            rule_options=c.rule.options,
-            lr=learning_rate(opt, c.steps),
-            momentum=opt.momentum if opt.momentum_at == "server" else 0.0,
-            q=c.q,
-            deadline=c.deadline,
-            byzantine_ids=self.byzantine,
-        )
+    # ------------------------------------------------------------------ network
+    @property
+    def worker_ids(self) -> list[int]:
+        """Node id of each worker index."""
+        return list(getattr(self.protocol, "worker_ids", []))
 
-    # ------------------------------------------------------------------ rounds
+    def place(self) -> None:
+        """Node-specific network settings: stragglers, omissions and crashes of the workers."""
+        import byzlearn.attacks as atk
+
+        c, net = self.config, self.config.network
+        network = getattr(self.engine, "network", None)
+        ids = self.worker_ids
+        if network is None or not ids:
+            return
+        byz = set(self.byzantine)
+        honest = [i for i in range(c.n) if i not in byz]
+        rng = np.random.default_rng([c.seed, _SEED_STRAGGLERS])
+        slow = [int(i) for i in rng.choice(honest, size=net.stragglers, replace=False)]
+        network.slowdown = {ids[i]: net.slowdown for i in slow}
+        faults: dict[int, Any] = {}
+        if net.omission > 0:
+            faults.update({ids[i]: atk.Omission(net.omission, seed=c.seed) for i in honest})
+        faults.update({ids[int(i)]: atk.Crash(int(r)) for i, r in net.crashes.items()})
+        network.faults = faults
+
+    # ------------------------------------------------------------------ steps
     @property
     def round(self) -> int:
-        """Rounds completed so far."""
-        return self.server.round
+        """Steps completed so far."""
+        return self.protocol.steps_done
 
     def step(self) -> dict[str, Any]:
-        """Run one round; return the server's metrics for it."""
-        return self.server.step()
-
-    def evaluate(self) -> tuple[float, float]:
-        """Test accuracy and test loss of the current model."""
-        return self.model.evaluate(self.server.theta, self.data.x_test, self.data.y_test)
+        """Run one protocol step; return its record with the observers' fields."""
+        record = self.protocol.step()
+        for observer in self.observers:
+            observer.collect(record)
+        return record
 
     @property
     def theta(self) -> torch.Tensor:
-        """The server's current flat parameters."""
-        return self.server.theta
+        """The reference model (the first of the protocol's models)."""
+        return next(iter(self.protocol.models().values()))
+
+    def evaluate(self) -> tuple[float, float]:
+        """Test accuracy and test loss of the reference model."""
+        return self.model.evaluate(self.theta, self.data.x_test, self.data.y_test)
+
+    def summary(self) -> dict[str, Any]:
+        """The observers' fields for the run's summary."""
+        out: dict[str, Any] = {}
+        for observer in self.observers:
+            out.update(observer.summary())
+        return out
+
+    # ------------------------------------------------------------------ roles (shortcuts)
+    @property
+    def server(self) -> Any:
+        """The protocol's server role (protocols with one server)."""
+        return self.protocol.server  # type: ignore[attr-defined]
+
+    @property
+    def workers(self) -> Any:
+        """The honest (computing) workers' handler."""
+        return self.protocol.workers.compute  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue the run bit-for-bit."""
+        """Everything needed to continue the run bit for bit (plain data and tensors only)."""
         return {
-            "server": self.server.state_dict(),
-            "workers": self.workers.state_dict(),
-            "attackers": None if self.attackers is None else self.attackers.state_dict(),
+            "protocol": self.protocol.state_dict(),
             "engine": self.engine.state_dict(),
+            "observers": [o.state_dict() for o in self.observers],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
-        self.server.load_state_dict(state["server"])
-        self.workers.load_state_dict(state["workers"])
-        if self.attackers is not None:
-            self.attackers.load_state_dict(state["attackers"])
+        self.protocol.load_state_dict(state["protocol"])
         self.engine.load_state_dict(state["engine"])
+        for observer, saved in zip(self.observers, state["observers"], strict=True):
+            observer.load_state_dict(saved)

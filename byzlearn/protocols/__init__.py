@@ -1,11 +1,56 @@
-"""Protocols: what each role does each round, written against :class:`byzlearn.engines.Engine`.
+"""Protocols: what each role does each step, written against :class:`byzlearn.engines.Engine`.
 
-Now: the synchronous parameter server with momentum at the server or at the workers and local
-steps. Asynchronous (Kardam), replicated servers and peer-to-peer protocols come later and reuse
-the same roles and engine interface.
+Registered in :data:`PROTOCOLS` by name, each with its config options:
+
+- ``parameter_server``: the synchronous parameter server (momentum at the server or the
+  workers, local steps, quorum and deadline, a failure policy for missing replies);
+- ``async_sgd``: asynchronous SGD, each gradient applied as it arrives (staleness dampening);
+- ``kardam``: asynchronous SGD with Kardam's Lipschitz and frequency filters (ICML 2018).
+
+See ``docs/runtime.md`` for the contract and how to write a protocol.
 """
 
-from byzlearn.protocols.parameter_server import ParameterServer
-from byzlearn.protocols.workers import ByzantineWorkers, ComputeWorkers
+from byzlearn.protocols.asynchronous import (
+    AsyncServer,
+    AsyncSGDOptions,
+    AsyncSGDProtocol,
+    KardamOptions,
+    KardamProtocol,
+)
+from byzlearn.protocols.base import PROTOCOLS, Events, Observer, Protocol, World, register
+from byzlearn.protocols.kardam import KardamFilter, dampening
+from byzlearn.protocols.parameter_server import (
+    ParameterServer,
+    ParameterServerOptions,
+    ParameterServerProtocol,
+)
+from byzlearn.protocols.workers import ByzantineWorkers, ComputeWorkers, WorkerSet, build_workers
 
-__all__ = ["ByzantineWorkers", "ComputeWorkers", "ParameterServer"]
+__all__ = [
+    "PROTOCOLS",
+    "AsyncSGDOptions",
+    "AsyncSGDProtocol",
+    "AsyncServer",
+    "ByzantineWorkers",
+    "ComputeWorkers",
+    "Events",
+    "KardamFilter",
+    "KardamOptions",
+    "KardamProtocol",
+    "Observer",
+    "ParameterServer",
+    "ParameterServerOptions",
+    "ParameterServerProtocol",
+    "Protocol",
+    "WorkerSet",
+    "World",
+    "build_workers",
+    "dampening",
+    "names",
+    "register",
+]
+
+
+def names() -> list[str]:
+    """Protocols available to configs."""
+    return PROTOCOLS.names()

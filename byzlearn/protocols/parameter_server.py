@@ -1,46 +1,72 @@
 """Synchronous parameter server (Blanchard et al. 2017; momentum placement of ICLR 2021).
 
-One round ``t``:
+One round ``t`` of the server node:
 
-1. the server broadcasts ``(theta_t, version, lr_t)`` to every worker (round ``t``);
-2. it gathers the first ``q`` replies of round ``t`` (default ``q = n``; with a ``deadline``,
-   whatever arrived by then); stale or mislabelled replies are dropped by the engine;
-3. it aggregates them with the rule (pre-aggregators included, e.g. ``nnm+krum``);
-4. it updates ``theta_{t+1} = theta_t - lr_t * u_t`` with ``u_t`` the aggregate, or with server
-   momentum ``G_t = mu * G_{t-1} + aggregate`` (momentum at the workers lives in the workers).
+1. discard the replies of earlier rounds still in flight (counted ``discarded``; they arrived
+   too late for their round);
+2. multicast ``(theta_t, version, lr_t)`` to every worker (kind ``model``, round ``t``);
+3. gather the first ``q`` gradients of round t (default ``q = n``; with a ``deadline``, what
+   arrived by then; the rest stay in flight and are counted ``late``);
+4. if fewer arrived than the rule needs, apply the failure policy ``on_missing``:
+   ``shrink`` (default) aggregates with the largest f' <= f the rule allows on what arrived,
+   ``wait`` waits up to ``max_waits`` more deadlines for the missing replies (then skips),
+   ``skip`` skips the round; a skipped round leaves the model as is and is recorded
+   ``skipped`` with its reason;
+5. aggregate once with the rule (:func:`byzlearn.aggregators.aggregate`: output and kept rows
+   from the same computation; randomised rules get a generator keyed on (seed, round));
+   inputs too damaged to aggregate (too many missing coordinates) also skip the round;
+6. update ``theta_{t+1} = theta_t - lr_t u_t`` with ``u_t`` the aggregate, or with server momentum
+   ``G_t = mu G_{t-1} + aggregate`` (momentum at the workers lives in the workers).
 
-A round with no reply, or whose replies hold too many non-finite coordinates for the rule to
-aggregate, is recorded as ``skipped`` (with ``aggregation_error``) and leaves the model as is.
-
-The server only sees the replies; ``byzantine_ids`` is ground truth used for metrics alone
-(how many Byzantine inputs a selection rule kept; distance of the aggregate to the honest mean).
+The server only sees the replies; it never knows which workers are Byzantine. It emits an
+``aggregated`` event (senders, inputs, output, kept senders, reported losses) for observers.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 import byzlearn.aggregators as agg
-from byzlearn.engines.base import Engine, Message
+from byzlearn import keyed
+from byzlearn.engines.base import Engine, Message, Node
+from byzlearn.protocols.base import Events, Protocol, World, register
+from byzlearn.protocols.workers import WorkerSet, build_workers
 
-__all__ = ["ParameterServer"]
+__all__ = ["ParameterServer", "ParameterServerOptions", "ParameterServerProtocol"]
+
+OnMissing = Literal["shrink", "skip", "wait"]
+
+
+class ParameterServerOptions(BaseModel):
+    """Config section ``protocol: {name: parameter_server, ...}``."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    name: Literal["parameter_server"] = "parameter_server"
+    q: int | None = Field(None, ge=1, description="replies gathered per round (default n)")
+    deadline: float | None = Field(None, gt=0, description="simulated seconds to wait per round")
+    on_missing: OnMissing = Field(
+        "shrink", description="too few replies for the rule: shrink f, skip the round, or wait"
+    )
+    max_waits: int = Field(3, ge=1, description="on_missing=wait: extra deadlines to wait")
 
 
 class ParameterServer:
-    """The server role of the synchronous parameter-server protocol."""
+    """The server role of the synchronous parameter-server protocol (see the module docstring)."""
 
     role = "server"
 
     def __init__(
         self,
-        engine: Engine,
+        node: Node,
         theta: torch.Tensor,
+        workers: list[int],
         *,
-        server_id: int,
         rule: str,
         f: int,
         rule_options: dict[str, Any] | None = None,
@@ -48,103 +74,116 @@ class ParameterServer:
         momentum: float = 0.0,
         q: int | None = None,
         deadline: float | None = None,
-        byzantine_ids: Sequence[int] = (),
+        on_missing: OnMissing = "shrink",
+        max_waits: int = 3,
+        seed: int = 0,
+        events: Events | None = None,
     ) -> None:
-        self.engine = engine
+        self.node = node
         self.theta = theta.detach().clone()
-        self.id = int(server_id)
+        self.workers = [int(w) for w in workers]
         self.rule_name = rule
-        self.rule = agg.get(rule)
-        self._selects = agg.spec(rule.split("+")[-1]).selects
         self.rule_options = dict(rule_options or {})
+        self._keyed_rule = agg.accepts(rule, "generator") and not {
+            "generator",
+            "seed",
+        } & set(self.rule_options)
+        self._centred = agg.spec(rule.split("+")[-1]).accepts_centre
         self.f = int(f)
         self.lr = lr
         self.momentum = float(momentum)
         self.q = q
         self.deadline = deadline
-        self.byzantine = {int(i) for i in byzantine_ids}
+        self.on_missing = on_missing
+        self.max_waits = int(max_waits)
+        self.seed = int(seed)
+        self.events = events or Events()
         self.version = 0
         self.round = 0
         self.buffer = torch.zeros_like(self.theta) if self.momentum > 0 else None
         self.previous: torch.Tensor | None = None  # last aggregate
+        self.needed = _fewest_inputs(rule, self.f, self.rule_options)
 
     # ------------------------------------------------------------------ aggregation
-    def _options(self) -> dict[str, Any]:
+    def _options(self, t: int) -> dict[str, Any]:
         opts = dict(self.rule_options)
-        uses_center = "centered_clipping" in self.rule_name.split("+")
-        if uses_center and "center" not in opts and self.previous is not None:
+        if self._centred and "center" not in opts and self.previous is not None:
             opts["center"] = self.previous  # CC starts from the previous aggregate
+        if self._keyed_rule:
+            opts["generator"] = keyed.generator((self.seed, "rule", t))
         return opts
 
-    def aggregate(self, vectors: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """The rule's output on ``vectors`` and the seconds it took."""
-        start = time.perf_counter()
-        out = self.rule(vectors, f=self.f, **self._options())
-        return out, time.perf_counter() - start
-
-    def _kept(self, vectors: torch.Tensor) -> list[int] | None:
-        """Rows a selection rule kept (None for rules that do not select inputs)."""
-        if not self._selects:
-            return None
-        idx = agg.selected_indices(self.rule_name, vectors, f=self.f, **self._options())
-        return [int(i) for i in idx]
+    def _gather(self, t: int) -> tuple[list[Message], str | None]:
+        """The round's replies and, when too few came, the policy's verdict."""
+        q = self.q or len(self.workers)
+        replies = self.node.gather(t, q, self.deadline, kind="gradient")
+        needed = min(self.needed, q)
+        waits = 0
+        while len(replies) < needed and self.on_missing == "wait" and waits < self.max_waits:
+            if self.deadline is None:
+                break  # without a deadline everything that could arrive has arrived
+            waits += 1
+            replies += self.node.gather(t, q - len(replies), self.deadline, kind="gradient")
+        if len(replies) >= needed:
+            return replies, None
+        return replies, f"received {len(replies)} of the {needed} replies the rule needs"
 
     # ------------------------------------------------------------------ one round
     def step(self) -> dict[str, Any]:
-        """Run one synchronous round; return its metrics."""
+        """Run one synchronous round; return its record."""
         t = self.round + 1
         lr = float(self.lr(t))
-        n_workers = len(self.engine.nodes("worker"))
-        request = Message(
-            sender=self.id,
-            role=self.role,
-            round=t,
-            version=self.version,
-            payload=self.theta,
-            meta={"lr": lr},
-        )
-        self.engine.broadcast(request, role="worker")
-        replies = self.engine.gather(self.id, t, q=self.q or n_workers, deadline=self.deadline)
-        replies = sorted(
-            (m for m in replies if m.role == "worker" and m.version == self.version),
-            key=lambda m: m.sender,
-        )
+        self.node.discard(lambda m: m.round < t)
+        request = Message(kind="model", round=t, version=self.version, payload=self.theta)
+        request.meta["lr"] = lr
+        self.node.multicast(request, self.workers)
+        replies, shortfall = self._gather(t)
+        replies.sort(key=lambda m: m.sender)
+        senders = [int(m.sender) for m in replies]  # type: ignore[arg-type]
         record: dict[str, Any] = {"round": t, "lr": lr, "received": len(replies)}
-        senders = [m.sender for m in replies]
-        is_byz = torch.tensor([s in self.byzantine for s in senders], dtype=torch.bool)
-        honest_losses = [m.meta["loss"] for m in replies if m.sender not in self.byzantine]
-        record["train_loss"] = sum(honest_losses) / len(honest_losses) if honest_losses else None
-        if not replies:
-            record.update(agg_seconds=0.0, skipped=True)
-            self.round = t
-            return record
-        vectors = torch.stack([m.payload for m in replies])
-        try:
-            out, seconds = self.aggregate(vectors)
-        except ValueError as err:
-            if bool(torch.isfinite(vectors).all()):
-                raise
-            # too many missing (non-finite) coordinates to aggregate: skip the update
-            record.update(agg_seconds=0.0, skipped=True, aggregation_error=str(err))
-            self.round = t
-            return record
+        f = self.f
+        if shortfall is not None and self.on_missing == "shrink":
+            shrunk = agg.largest_f(self.rule_name, len(replies), self.f, **self.rule_options)
+            if shrunk is not None and replies:
+                f, shortfall = shrunk, None
+                record["f_used"] = f
+        losses = {
+            s: m.meta["loss"] for s, m in zip(senders, replies, strict=True) if "loss" in m.meta
+        }
+        vectors = torch.stack([m.payload for m in replies]) if replies else None
+        result, seconds = None, 0.0
+        if shortfall is None and vectors is not None:
+            start = time.perf_counter()
+            try:
+                result = agg.aggregate(self.rule_name, vectors, f=f, **self._options(t))
+            except ValueError as err:  # too many missing coordinates to aggregate
+                shortfall = str(err)
+            seconds = time.perf_counter() - start
         record["agg_seconds"] = seconds
-        kept = self._kept(vectors)
-        if kept is not None:
-            record["kept"] = [senders[i] for i in kept]  # node ids
-            record["kept_byzantine"] = int(sum(bool(is_byz[i]) for i in kept))
-        honest = vectors[~is_byz]
-        if len(honest):
-            record["dist_honest_mean"] = float((out - honest.mean(dim=0)).norm())
-        record["aggregate_norm"] = float(out.norm())
-        self.previous = out.detach().clone()
-        step = out
-        if self.buffer is not None:
-            self.buffer = self.momentum * self.buffer + out
-            step = self.buffer
-        self.theta = self.theta - lr * step
-        self.version += 1
+        if result is None:
+            record.update(skipped=True, skip_reason=shortfall or "no reply")
+        else:
+            out = result.vector
+            if result.kept is not None:
+                record["kept"] = [senders[i] for i in result.kept.tolist()]
+            record["aggregate_norm"] = float(out.norm())
+            self.previous = out.detach().clone()
+            step = out
+            if self.buffer is not None:
+                self.buffer = self.momentum * self.buffer + out
+                step = self.buffer
+            self.theta = self.theta - lr * step
+            self.version += 1
         self.round = t
+        record["time"] = self.node.clock
+        self.events.emit(
+            "aggregated",
+            senders=senders,
+            vectors=vectors,
+            output=None if result is None else result.vector,
+            kept=record.get("kept"),
+            losses=losses,
+        )
         return record
 
     # ------------------------------------------------------------------ state
@@ -163,3 +202,74 @@ class ParameterServer:
         self.round = int(state["round"])
         self.buffer = state["buffer"]
         self.previous = state["previous"]
+
+
+def _fewest_inputs(rule: str, f: int, options: dict[str, Any], limit: int = 100_000) -> int:
+    """Fewest inputs ``rule`` runs on with ``f`` Byzantine ones."""
+    for n in range(1, limit):
+        if agg.largest_f(rule, n, f, **options) == f:
+            return n
+    raise ValueError(f"{rule} cannot run with f={f} on fewer than {limit} inputs")
+
+
+@register
+class ParameterServerProtocol(Protocol):
+    """The synchronous parameter server: n workers (ids first), then the server node."""
+
+    name = "parameter_server"
+    Options = ParameterServerOptions
+
+    def __init__(self, server: ParameterServer, workers: WorkerSet) -> None:
+        self.server = server
+        self.workers = workers
+
+    @classmethod
+    def build(cls, world: World, engine: Engine) -> ParameterServerProtocol:
+        from byzlearn.experiments.schedules import learning_rate
+
+        c = world.config
+        options: ParameterServerOptions = c.protocol  # type: ignore[assignment]
+        workers = build_workers(world, engine, same_round=True)
+        opt = c.optimizer
+        server = ParameterServer(
+            engine.add_node("server"),
+            world.model.flatten(),
+            workers.ids,
+            rule=c.rule.full_name,
+            f=c.declared_f,
+            rule_options=c.rule.options,
+            lr=learning_rate(opt, c.steps),
+            momentum=opt.momentum if opt.momentum_at == "server" else 0.0,
+            q=options.q,
+            deadline=options.deadline,
+            on_missing=options.on_missing,
+            max_waits=options.max_waits,
+            seed=c.seed,
+            events=world.events,
+        )
+        return cls(server, workers)
+
+    @property
+    def worker_ids(self) -> list[int]:
+        return self.workers.ids
+
+    @property
+    def steps_done(self) -> int:
+        return self.server.round
+
+    @property
+    def time(self) -> float:
+        return self.server.node.clock
+
+    def step(self) -> dict[str, Any]:
+        return self.server.step()
+
+    def models(self) -> dict[str, torch.Tensor]:
+        return {"server": self.server.theta}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"server": self.server.state_dict(), "workers": self.workers.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.server.load_state_dict(state["server"])
+        self.workers.load_state_dict(state["workers"])

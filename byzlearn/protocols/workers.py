@@ -1,38 +1,55 @@
-"""Worker roles of the parameter-server protocols.
+"""Worker roles shared by the parameter-server protocols (synchronous and asynchronous).
 
 - :class:`ComputeWorkers`: workers that compute on their data: honest workers, and Byzantine
-  workers doing data poisoning (honest computation on poisoned labels). One request = one round:
-  sample a minibatch per worker, run ``local_steps`` SGD steps (1 = plain gradient), add the l2
-  term, clip, apply worker momentum (m = mu*m + g, ICLR 2021) and send the result.
-- :class:`ByzantineWorkers`: the omniscient coalition. It observes the vectors the honest workers
-  submitted this round and replies with the configured attack (rule-aware attacks are told the
-  rule and its options). Attack state that lives across rounds (mimic's running estimate) is
-  kept here, so that checkpoints carry it.
+  workers doing data poisoning (honest computation on poisoned labels). Each model message is
+  answered with one vector: sample a minibatch, run ``local_steps`` SGD steps (1 = plain
+  gradient), add the l2 term, clip, apply worker momentum (m = mu*m + g, ICLR 2021), reply.
+  One handler call may carry several messages per worker, each with its own model: they are
+  answered in arrival order per worker, and each "layer" (the k-th message of every worker) is
+  computed in one batched forward/backward.
+- :class:`ByzantineWorkers`: the omniscient coalition, the engine's adversary. It observes the
+  honest vectors sent so far and answers with the configured attack (rule-aware attacks are told
+  the rule and its options). Attack state that lives across steps (mimic's running estimate) is
+  kept here, so checkpoints carry it.
 
-Minibatches are drawn for all members at once per round from one generator, so the vectorised
-engine (one call for the group) and the per-worker loop (one call per member) see the same data.
+Randomness is keyed (:mod:`byzlearn.keyed`): worker i's minibatch for a message of round t is
+drawn from ``(seed, "batch", i, t, k)`` (k the local step), the attack of round t from
+``(seed, "attack", t)``; so the vectorised group, the per-worker loop and any other placement
+compute the same vectors.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from byzlearn.engines.base import Message
+from byzlearn import keyed
+from byzlearn.engines.base import Engine, Message
 from byzlearn.engines.functional import FlatModel
 
-__all__ = ["ByzantineWorkers", "ComputeWorkers"]
+if TYPE_CHECKING:
+    from byzlearn.protocols.base import World
+
+__all__ = ["ByzantineWorkers", "ComputeWorkers", "WorkerSet", "build_workers"]
 
 
 class ComputeWorkers:
-    """Workers that compute (possibly poisoned) stochastic gradients on their partitions."""
+    """Workers that compute (possibly poisoned) stochastic gradients on their partitions.
+
+    ``ids`` are node ids, ``indices`` the workers' indices (``0..n-1``) that key their
+    randomness; ``labels`` one label vector for all or one per worker; ``parts`` one index array
+    (into the training set) per worker.
+    """
 
     def __init__(
         self,
         ids: Sequence[int],
+        indices: Sequence[int],
         model: FlatModel,
         x: torch.Tensor,
         labels: torch.Tensor | Sequence[torch.Tensor],
@@ -46,6 +63,9 @@ class ComputeWorkers:
         clip: float | None = None,
     ) -> None:
         self.ids = [int(i) for i in ids]
+        self.indices = [int(i) for i in indices]
+        if len(self.indices) != len(self.ids):
+            raise ValueError("one worker index per node id")
         self.row = {node: r for r, node in enumerate(self.ids)}
         self.model = model
         self.x = x
@@ -59,32 +79,34 @@ class ComputeWorkers:
                 raise ValueError(f"one label vector per worker: {len(labels)} for {h} workers")
             self.labels = torch.stack(list(labels))  # (h, N): worker r's view of the labels
         self.sizes = torch.tensor([len(p) for p in parts], dtype=torch.long)
-        if int(self.sizes.min()) < 1:
+        if h and int(self.sizes.min()) < 1:
             raise ValueError("every worker needs at least one sample")
         self.offsets = torch.cumsum(self.sizes, 0) - self.sizes
-        self.flat_idx = torch.from_numpy(np.concatenate(parts).astype(np.int64))
+        self.flat_idx = torch.from_numpy(
+            np.concatenate(parts).astype(np.int64) if h else np.zeros(0, np.int64)
+        )
         self.batch_size = int(batch_size)
         self.local_steps = int(local_steps)
         self.momentum = float(momentum)
         self.weight_decay = float(weight_decay)
         self.clip = clip
-        self.generator = torch.Generator().manual_seed(int(seed))
+        self.seed = int(seed)
         self.m = torch.zeros(h, model.dim) if self.momentum > 0 else None
-        self._batch_round: int | None = None
-        self._batch: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ data
-    def _indices(self, round: int) -> torch.Tensor:
-        """``(local_steps, h, b)`` sample indices of every member for ``round`` (drawn once)."""
-        if self._batch_round != round:
-            u = torch.rand(
-                (self.local_steps, len(self.ids), self.batch_size), generator=self.generator
-            )
-            pos = (u * self.sizes[None, :, None]).long().clamp_max(self.sizes[None, :, None] - 1)
-            self._batch = self.flat_idx[self.offsets[None, :, None] + pos]
-            self._batch_round = round
-        assert self._batch is not None
-        return self._batch
+    def indices_for(self, rows: Sequence[int], rounds: Sequence[int]) -> torch.Tensor:
+        """``(local_steps, len(rows), b)`` sample indices: worker ``rows[j]`` at ``rounds[j]``."""
+        keys = [
+            (self.indices[r], int(t), k)
+            for k in range(self.local_steps)
+            for r, t in zip(rows, rounds, strict=True)
+        ]
+        u = keyed.uniform_rows((self.seed, "batch"), keys, self.batch_size)
+        u = torch.from_numpy(u).reshape(self.local_steps, len(rows), self.batch_size)
+        r = torch.tensor(list(rows), dtype=torch.long)
+        sizes = self.sizes[r][None, :, None]
+        pos = (u * sizes).long().clamp_max(sizes - 1)
+        return self.flat_idx[self.offsets[r][None, :, None] + pos]
 
     # ------------------------------------------------------------------ compute
     def _grads(
@@ -107,53 +129,59 @@ class ComputeWorkers:
         return g, loss
 
     def handle(self, inbox: Sequence[Message], observed: Sequence[Message] = ()) -> list[Message]:
-        """Reply to the server's model broadcast with each member's submitted vector."""
-        if not inbox:
-            return []
-        rnd = inbox[0].round
-        if any(m.round != rnd for m in inbox):
-            raise ValueError("a compute group handles one round per call")
-        rows = [self.row[m.dest] for m in inbox]
-        theta = inbox[0].payload
-        idx = self._indices(rnd)[:, rows]
+        """Answer each model message with the member's submitted vector (a ``gradient``)."""
+        queues: dict[int, list[Message]] = {}
+        for m in inbox:
+            assert m.dest is not None
+            queues.setdefault(m.dest, []).append(m)
+        replies: list[Message] = []
+        depth = max((len(q) for q in queues.values()), default=0)
+        for k in range(depth):  # the k-th message of every member, in one batched call
+            layer = [q[k] for q in queues.values() if len(q) > k]
+            replies.extend(self._answer(layer))
+        return replies
+
+    def _answer(self, msgs: list[Message]) -> list[Message]:
+        rows = [self.row[int(m.dest)] for m in msgs]  # type: ignore[arg-type]
+        shared = all(m.payload is msgs[0].payload for m in msgs)
+        theta = msgs[0].payload if shared else torch.stack([m.payload for m in msgs])
+        idx = self.indices_for(rows, [m.round for m in msgs])
         if self.local_steps == 1:
             vec, loss = self._grads(theta, rows, idx[0])
         else:
-            lr = float(inbox[0].meta.get("lr", 1.0))
-            local = theta.expand(len(rows), -1).clone()
+            lr = torch.tensor([float(m.meta.get("lr", 1.0)) for m in msgs])[:, None]
+            start = theta.expand(len(rows), -1) if theta.dim() == 1 else theta
+            local = start.clone()
             for k in range(self.local_steps):
                 g, loss = self._grads(local, rows, idx[k])
                 local = local - lr * g
-            vec = (theta[None] - local) / lr
+            vec = (start - local) / lr
         if self.m is not None:
             r = torch.tensor(rows)
             self.m[r] = self.momentum * self.m[r] + vec
             vec = self.m[r].clone()
-        return [
-            Message(
-                sender=m.dest,
-                role="worker",
-                round=rnd,
-                version=m.version,
-                payload=vec[i],
-                dest=m.sender,
-                meta={"loss": float(loss[i])},
-            )
-            for i, m in enumerate(inbox)
-        ]
+        return [m.reply(vec[i], kind="gradient", loss=float(loss[i])) for i, m in enumerate(msgs)]
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state(), "m": self.m}
+        return {"m": self.m}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
         self.m = state["m"]
-        self._batch_round = None
 
 
 class ByzantineWorkers:
-    """The omniscient Byzantine coalition running a gradient-space attack."""
+    """The omniscient Byzantine coalition running a gradient-space attack.
+
+    For the messages it must answer, it takes the honest ``gradient`` messages it observed
+    (with ``same_round=True``, those of the same round: a synchronous protocol), and all f
+    members answer with ``attack(honest, f, rule=..., ...)``. It sees what honest workers had
+    sent by the time its answers leave: with equal compute times (the default) that is every
+    honest vector of the round, the omniscient adversary of the literature; with random compute
+    times, those sent earlier. When what it saw is not enough for its attack (no honest vector,
+    or fewer than the attack needs, e.g. two for ALIE's standard deviation) it stays silent for
+    that round (counted in ``silent``).
+    """
 
     def __init__(
         self,
@@ -165,6 +193,7 @@ class ByzantineWorkers:
         options: dict[str, Any] | None = None,
         identical: bool = True,
         seed: int = 0,
+        same_round: bool = True,
     ) -> None:
         self.ids = [int(i) for i in ids]
         self.attack = attack
@@ -172,8 +201,10 @@ class ByzantineWorkers:
         self.rule_options = dict(rule_options or {})
         self.options = dict(options or {})
         self.identical = identical
-        self.generator = torch.Generator().manual_seed(int(seed))
+        self.seed = int(seed)
+        self.same_round = same_round
         self.state: Any = None  # running attack state (mimic's warm-up estimate)
+        self.silent = 0  # rounds in which what it saw was not enough for its attack
         warmup = self.options.pop("warmup", None)
         if warmup is not None:
             from byzlearn.attacks import MimicState
@@ -181,42 +212,127 @@ class ByzantineWorkers:
             self.state = MimicState(warmup=int(warmup))
 
     def handle(self, inbox: Sequence[Message], observed: Sequence[Message] = ()) -> list[Message]:
-        """Attack: craft ``len(inbox)`` vectors from the honest vectors of the same round."""
-        if not inbox:
-            return []
-        rnd = inbox[0].round
-        honest = [m.payload for m in observed if m.round == rnd and m.role == "worker"]
-        if not honest:
-            return []
-        extra: dict[str, Any] = {}
-        if self.state is not None:
-            self.state = self.state.observe(torch.stack(honest))
-            extra["state"] = self.state
-        byz = self.attack(
-            torch.stack(honest),
-            f=len(inbox),
-            rule=self.rule,
-            rule_options=self.rule_options,
-            generator=self.generator,
-            identical=self.identical,
-            **self.options,
-            **extra,
-        )
-        return [
-            Message(
-                sender=m.dest,
-                role="worker",
-                round=rnd,
-                version=m.version,
-                payload=byz[i].to(honest[0].dtype),
-                dest=m.sender,
-            )
-            for i, m in enumerate(inbox)
-        ]
+        """Attack: one crafted vector per message to answer, from the observed honest ones."""
+        replies: list[Message] = []
+        for rnd in sorted({m.round for m in inbox}):
+            msgs = [m for m in inbox if m.round == rnd]
+            honest = [
+                o.payload
+                for o in observed
+                if o.kind == "gradient" and (not self.same_round or o.round == rnd)
+            ]
+            if not honest:
+                self.silent += 1
+                continue
+            H = torch.stack(honest)
+            extra: dict[str, Any] = {}
+            if self.state is not None:
+                self.state = self.state.observe(H)
+                extra["state"] = self.state
+            try:
+                byz = self.attack(
+                    H,
+                    f=len(msgs),
+                    rule=self.rule,
+                    rule_options=self.rule_options,
+                    generator=keyed.generator((self.seed, "attack", rnd)),
+                    identical=self.identical,
+                    **self.options,
+                    **extra,
+                )
+            except ValueError:  # too little observed for this attack (options are checked
+                self.silent += 1  # when the config is parsed)
+                continue
+            replies.extend(m.reply(byz[i].to(H.dtype), kind="gradient") for i, m in enumerate(msgs))
+        return replies
 
     def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state(), "attack_state": self.state}
+        if self.state is None:
+            return {"attack_state": None, "silent": self.silent}
+        fields = {f.name: getattr(self.state, f.name) for f in dataclasses.fields(self.state)}
+        return {"attack_state": fields, "silent": self.silent}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
-        self.state = state.get("attack_state")
+        saved = state.get("attack_state")
+        if saved is not None and self.state is not None:
+            self.state = type(self.state)(**saved)
+        self.silent = int(state.get("silent", 0))
+
+
+@dataclass
+class WorkerSet:
+    """The workers of a parameter-server protocol: node ids by worker index, their groups."""
+
+    ids: list[int]  # ids[i] is worker i's node id
+    compute: ComputeWorkers
+    coalition: ByzantineWorkers | None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "compute": self.compute.state_dict(),
+            "coalition": None if self.coalition is None else self.coalition.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.compute.load_state_dict(state["compute"])
+        if self.coalition is not None:
+            self.coalition.load_state_dict(state["coalition"])
+
+
+def build_workers(world: World, engine: Engine, *, same_round: bool = True) -> WorkerSet:
+    """Reserve the config's n workers on ``engine`` and attach their behaviours.
+
+    Honest workers (and Byzantine ones doing data poisoning) compute; with a gradient attack the
+    Byzantine workers are the engine's adversary. Seeds derive from ``config.seed``.
+    """
+    import byzlearn.attacks as atk
+
+    c = world.config
+    ids = engine.reserve("worker", c.n)
+    byz = set(world.byzantine)
+    gradient_attack = c.attack.name != "none" and bool(byz)
+    computing = [i for i in range(c.n) if not (gradient_attack and i in byz)]
+    labels: torch.Tensor | list[torch.Tensor] = world.data.y_train
+    if c.poisoning.kind != "none" and byz:
+        poisoned = poisoned_labels(world)
+        labels = [poisoned if i in byz else world.data.y_train for i in computing]
+    opt = c.optimizer
+    compute = ComputeWorkers(
+        [ids[i] for i in computing],
+        computing,
+        world.model,
+        world.data.x_train,
+        labels,
+        [world.parts[i] for i in computing],
+        batch_size=c.batch_size,
+        seed=c.seed,
+        local_steps=c.local_steps,
+        momentum=opt.momentum if opt.momentum_at == "worker" else 0.0,
+        weight_decay=opt.weight_decay,
+        clip=opt.clip,
+    )
+    engine.attach([ids[i] for i in computing], compute)
+    coalition = None
+    if gradient_attack:
+        coalition = ByzantineWorkers(
+            [ids[i] for i in sorted(byz)],
+            atk.get(c.attack.name),
+            rule=c.rule.full_name,
+            rule_options=c.rule.options,
+            options=c.attack.options,
+            identical=c.attack.identical,
+            seed=c.seed,
+            same_round=same_round,
+        )
+        engine.attach(coalition.ids, coalition, adversary=True)
+    return WorkerSet(ids, compute, coalition)
+
+
+def poisoned_labels(world: World) -> torch.Tensor:
+    """The training labels as the poisoning Byzantine workers see them."""
+    import byzlearn.attacks as atk
+
+    p, data = world.config.poisoning, world.data
+    if p.kind == "flip_labels":
+        return atk.flip_labels(data.y_train, data.num_classes, p.mapping)
+    return atk.targeted_flip(data.y_train, p.source, p.target)

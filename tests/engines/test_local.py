@@ -1,141 +1,107 @@
-"""The local engine: round tagging, first-q gathering, deadlines, faults, the omniscient group."""
+"""The local engine beyond the contract: vectorised vs per-member calls, the simulated network
+(compute-time and link-delay distributions, faults, lost coordinates), all keyed on the seed."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
+import numpy as np
 import pytest
 import torch
 
 from byzlearn.attacks.behaviours import Crash, Delay, Omission
-from byzlearn.engines import LocalEngine, Message
-
-SERVER = 100
+from byzlearn.engines import Delay as Time
+from byzlearn.engines import LocalEngine, Message, NetworkModel
 
 
 class Echo:
-    """Replies to each request with the member's id as payload; records its calls."""
-
-    def __init__(self, compute: dict[int, float] | None = None) -> None:
+    def __init__(self, size: int = 1) -> None:
         self.calls: list[list[int]] = []
+        self.size = size
 
     def handle(self, inbox: Sequence[Message], observed: Sequence[Message] = ()) -> list[Message]:
-        self.calls.append([m.dest for m in inbox])
-        return [
-            Message(
-                sender=m.dest,
-                role="worker",
-                round=m.round,
-                version=m.version,
-                payload=torch.tensor([float(m.dest)]),
-                dest=m.sender,
-            )
-            for m in inbox
-        ]
+        self.calls.append([int(m.dest) for m in inbox])
+        return [m.reply(torch.full((self.size,), float(m.dest)), kind="gradient") for m in inbox]
 
 
-class Spy:
-    """Omniscient group: replies with the sum of the payloads it observed."""
-
-    def __init__(self) -> None:
-        self.seen: list[int] = []
-
-    def handle(self, inbox: Sequence[Message], observed: Sequence[Message] = ()) -> list[Message]:
-        self.seen = sorted(m.sender for m in observed)
-        total = sum(float(m.payload[0]) for m in observed)
-        return [
-            Message(m.dest, "worker", m.round, m.version, torch.tensor([total]), dest=m.sender)
-            for m in inbox
-        ]
+def _engine(workers: int = 5, **network):
+    engine = LocalEngine(vectorise=network.pop("vectorise", True), network=NetworkModel(**network))
+    echo = Echo(network.pop("size", 1) if "size" in network else 1)
+    ids = engine.add_group("worker", workers, echo)
+    return engine, engine.add_node("server"), ids, echo
 
 
-def _request(t: int) -> Message:
-    return Message(sender=SERVER, role="server", round=t, version=t - 1, payload=None)
+def test_vectorised_group_gets_one_call_and_the_loop_one_per_message() -> None:
+    _, server, ids, echo = _engine()
+    server.multicast(Message(kind="model", round=1), ids)
+    assert len(server.gather(1, q=5)) == 5
+    assert echo.calls == [ids]
+    _, server, ids, echo = _engine(vectorise=False)
+    server.multicast(Message(kind="model", round=1), ids)
+    assert len(server.gather(1, q=5)) == 5
+    assert echo.calls == [[i] for i in ids]
 
 
-def _engine(**kw) -> tuple[LocalEngine, Echo]:
-    engine = LocalEngine(**kw)
-    group = Echo()
-    engine.add_group(range(5), "worker", group)
-    return engine, group
+def test_timings_do_not_depend_on_vectorisation() -> None:
+    def arrivals(vectorise: bool) -> list[tuple[int, float]]:
+        _, server, ids, _ = _engine(
+            vectorise=vectorise, seed=2, compute=Time("pareto", 1.0, shape=1.5)
+        )
+        out = []
+        for t in (1, 2, 3):
+            server.multicast(Message(kind="model", round=t), ids)
+            out += [(int(m.sender), m.arrival) for m in server.gather(t, q=5)]
+        return out
+
+    assert arrivals(True) == arrivals(False)
 
 
-def test_broadcast_and_gather_all_in_one_vectorised_call() -> None:
-    engine, group = _engine()
-    engine.broadcast(_request(1), role="worker")
-    replies = engine.gather(SERVER, round=1, q=5)
-    assert [m.sender for m in replies] == [0, 1, 2, 3, 4]
-    assert group.calls == [[0, 1, 2, 3, 4]]  # one call for the whole group
-    assert all(m.round == 1 and m.dest == SERVER for m in replies)
+@pytest.mark.parametrize("dist", ["constant", "exponential", "lognormal", "pareto"])
+def test_delay_distributions_have_the_stated_mean(dist: str) -> None:
+    d = Time(dist, mean=2.0, sigma=0.5, shape=3.0)
+    draws = np.array([d.sample((7, "x", i)) for i in range(20000)])
+    assert draws.min() >= 0
+    assert draws.mean() == pytest.approx(2.0, rel=0.05)
+    if dist != "constant":
+        assert draws.std() > 0.1
+    with pytest.raises(ValueError, match="unknown distribution"):
+        Time("gamma")
+    with pytest.raises(ValueError, match="shape"):
+        Time("pareto", shape=1.0)
 
 
-def test_loop_mode_calls_each_member_alone() -> None:
-    engine, group = _engine(vectorise=False)
-    engine.broadcast(_request(1), role="worker")
-    assert len(engine.gather(SERVER, round=1, q=5)) == 5
-    assert group.calls == [[0], [1], [2], [3], [4]]
+def test_faults_crash_omission_and_delay_by_whole_steps() -> None:
+    engine, server, ids, _ = _engine(
+        faults={0: Crash(2), 1: Omission(1.0), 2: Delay(3)}, step_time=1.0
+    )
+    server.multicast(Message(kind="model", round=1), ids)
+    r1 = server.gather(1, q=5, deadline=1.5)
+    assert sorted(int(m.sender) for m in r1) == [0, 3, 4]  # 1 omits, 2 is 3 steps late
+    server.multicast(Message(kind="model", round=2), ids)
+    r2 = server.gather(2, q=5, deadline=1.5)
+    assert sorted(int(m.sender) for m in r2) == [3, 4]  # 0 crashed at round 2
+    assert engine.stats["dropped"] == 3 and engine.stats["late"] == 2
+    late = server.gather(1, q=1)  # the delayed round-1 reply is still in flight
+    assert [int(m.sender) for m in late] == [2] and late[0].arrival == pytest.approx(4.0)
 
 
-def test_gather_first_q_by_arrival_then_stale_replies_dropped() -> None:
-    # node 0 is the slowest, so it is not among the first 4
-    engine, _ = _engine(compute_time={0: 5.0, 1: 1.0, 2: 2.0, 3: 1.5, 4: 3.0})
-    engine.broadcast(_request(1), role="worker")
-    first = engine.gather(SERVER, round=1, q=4)
-    assert [m.sender for m in first] == [1, 3, 2, 4]
-    assert engine.clock == pytest.approx(3.0)
-    # next round: the leftover round-1 reply of node 0 is stale and never mixed in
-    engine.broadcast(_request(2), role="worker")
-    second = engine.gather(SERVER, round=2, q=5)
-    assert {m.round for m in second} == {2}
-    assert len(second) == 5
-    assert engine.dropped == 1
-
-
-def test_deadline_returns_what_arrived_in_time() -> None:
-    engine, _ = _engine(compute_time={0: 5.0, 1: 1.0, 2: 2.0, 3: 1.5, 4: 3.0})
-    engine.broadcast(_request(1), role="worker")
-    got = engine.gather(SERVER, round=1, q=5, deadline=2.5)
-    assert sorted(m.sender for m in got) == [1, 2, 3]
-
-
-def test_faults_crash_omission_delay() -> None:
-    faults = {0: Crash(2), 1: Omission(1.0), 2: Delay(3)}
-    engine, _ = _engine(faults=faults)
-    engine.broadcast(_request(1), role="worker")
-    r1 = engine.gather(SERVER, round=1, q=5, deadline=1.5)
-    assert sorted(m.sender for m in r1) == [0, 3, 4]  # 1 omits, 2 is late
-    engine.broadcast(_request(2), role="worker")
-    r2 = engine.gather(SERVER, round=2, q=5, deadline=1.5)
-    assert sorted(m.sender for m in r2) == [3, 4]  # 0 crashed at round 2
-    assert engine.dropped >= 3
-
-
-def test_omniscient_group_moves_last_and_sees_the_honest_replies() -> None:
-    engine = LocalEngine()
-    spy = Spy()
-    engine.add_group([5, 6], "worker", spy, omniscient=True)  # registered first, runs last
-    engine.add_group(range(5), "worker", Echo())
-    engine.broadcast(_request(1), role="worker")
-    replies = engine.gather(SERVER, round=1, q=7)
-    assert spy.seen == [0, 1, 2, 3, 4]
-    byz = [m for m in replies if m.sender in (5, 6)]
-    assert [float(m.payload[0]) for m in byz] == [10.0, 10.0]
-
-
-def test_coordinate_drop_is_seeded_nan() -> None:
+def test_lost_coordinates_are_keyed_nan_on_gradients_only() -> None:
     def payloads(seed: int) -> torch.Tensor:
-        engine = LocalEngine(seed=seed, coordinate_drop=0.5)
+        engine = LocalEngine(network=NetworkModel(seed=seed, coordinate_drop=0.5))
+        seen = []
 
         class Big(Echo):
             def handle(self, inbox, observed=()):
-                out = super().handle(inbox, observed)
-                for m in out:
-                    m.payload = torch.ones(200)
-                return out
+                seen.extend(m.payload for m in inbox)
+                return [m.reply(torch.ones(200), kind="gradient") for m in inbox]
 
-        engine.add_group(range(3), "worker", Big())
-        engine.broadcast(_request(1), role="worker")
-        return torch.stack([m.payload for m in engine.gather(SERVER, 1, q=3)])
+        ids = engine.add_group("worker", 3, Big())
+        server = engine.add_node("server")
+        server.multicast(Message(kind="model", payload=torch.ones(200), round=1), ids)
+        got = torch.stack([m.payload for m in server.gather(1, q=3)])
+        assert all(not p.isnan().any() for p in seen)  # models travel whole
+        return got
 
     a, b = payloads(0), payloads(0)
     assert torch.equal(a.isnan(), b.isnan())
@@ -143,19 +109,36 @@ def test_coordinate_drop_is_seeded_nan() -> None:
     assert not torch.equal(a.isnan(), payloads(1).isnan())
 
 
-def test_duplicate_registration_and_missing_destination_raise() -> None:
-    engine, _ = _engine()
-    with pytest.raises(ValueError, match="already registered"):
-        engine.add_group([3], "worker", Echo())
-    with pytest.raises(ValueError, match="destination"):
-        engine.send(_request(1))
+def test_a_busy_node_queues_its_messages() -> None:
+    engine, server, ids, _ = _engine(workers=1, compute=Time(mean=2.0))
+    server.send(Message(kind="model", dest=ids[0], round=1))
+    server.send(Message(kind="model", dest=ids[0], round=2))
+    got = server.recv(2)
+    assert [(m.round, m.arrival) for m in got] == [(1, 2.0), (2, 4.0)]
+    assert engine.now(ids[0]) == pytest.approx(4.0)
 
 
-def test_state_dict_roundtrip() -> None:
-    engine, _ = _engine(compute_time=2.0)
-    engine.broadcast(_request(1), role="worker")
-    engine.gather(SERVER, 1, q=5)
-    state = engine.state_dict()
-    other, _ = _engine()
-    other.load_state_dict(state)
-    assert other.clock == engine.clock == pytest.approx(2.0)
+def test_reactive_nodes_that_never_stop_talking_are_caught() -> None:
+    engine = LocalEngine()
+
+    class PingPong:
+        def handle(self, inbox, observed=()):
+            return [
+                Message(kind="ping", dest=(int(m.dest) + 1) % 2 + a, sender=int(m.dest))
+                for m in inbox
+                for a in [engine.nodes("peer")[0]]
+            ]
+
+    peers = engine.add_group("peer", 2, PingPong())
+    server = engine.add_node("server")
+    server.send(Message(kind="ping", dest=peers[0]))
+    with pytest.raises(RuntimeError, match="kept messaging each other"):
+        server.recv(1)
+
+
+def test_clock_of_a_fresh_engine_and_unknown_nodes() -> None:
+    engine, server, ids, _ = _engine()
+    assert engine.clock == 0.0 and server.clock == 0.0
+    with pytest.raises(ValueError, match="unknown node"):
+        engine.now(99)
+    assert not math.isnan(engine.now(ids[0]))

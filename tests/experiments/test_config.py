@@ -41,7 +41,17 @@ def test_every_field_has_a_default() -> None:
         ({"optimizer": {"momentum_at": "moon"}}, "optimizer.momentum_at"),
         ({"attack": {"name": "ipm", "options": {"eps": 1}}}, "attack.options"),
         ({"rule": {"name": "krum", "options": {"radius": 1}}}, "rule.options"),
-        ({"engine": "ray"}, "engine"),
+        ({"engine": "ray"}, "engine.name"),
+        ({"engine": {"name": "local", "vectorize": True}}, "engine.vectorize"),
+        ({"protocol": {"name": "gossip"}}, "protocol.name"),
+        ({"protocol": {"name": "kardam", "q": 3}}, "protocol.q"),
+        ({"protocol": {"name": "kardam"}, "n": 10, "f": 4}, "protocol.name"),
+        ({"protocol": {"name": "parameter_server", "on_missing": "panic"}}, "protocol.on_missing"),
+        ({"protocol": {"name": "kardam"}, "q": 3}, "q"),
+        ({"num_byzantine": 25}, "num_byzantine"),
+        ({"network": {"compute_time": {"dist": "gamma"}}}, "network.compute_time.dist"),
+        ({"network": {"compute_time": 0}}, "network.compute_time.mean"),
+        ({"network": {"link_delay": {"dist": "pareto", "shape": 1.0}}}, "network.link_delay.shape"),
     ],
 )
 def test_bad_configs_name_the_field(data: dict, field: str) -> None:

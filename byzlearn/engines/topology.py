@@ -1,0 +1,173 @@
+"""Topologies: who may talk to whom.
+
+A topology answers :meth:`Topology.allows` for a (sender, receiver) pair and lists a node's
+:meth:`Topology.neighbours`. :class:`Complete` (every pair; the default of every engine) suits
+parameter-server protocols. The graphs (:class:`Ring`, :class:`RandomRegular`,
+:class:`ErdosRenyi`, :class:`Explicit`) are undirected graphs over a given set of node ids (the
+peers of a decentralised protocol); a pair involving a node outside that set is always allowed,
+so servers or observers added to the same engine are not cut off. Random graphs are drawn with
+keyed randomness from their ``seed``: the same seed gives the same graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from byzlearn import keyed
+
+__all__ = ["Complete", "ErdosRenyi", "Explicit", "Graph", "RandomRegular", "Ring", "Topology"]
+
+
+class Topology:
+    """Base class: who may send to whom."""
+
+    def allows(self, sender: int, receiver: int) -> bool:
+        """Whether ``sender`` may send to ``receiver``."""
+        raise NotImplementedError
+
+    def neighbours(self, node: int, among: Iterable[int]) -> list[int]:
+        """The nodes of ``among`` (other than ``node``) that ``node`` may send to."""
+        return [j for j in among if j != node and self.allows(node, j)]
+
+    def describe(self) -> str:
+        """A short label, e.g. ``ring(8)``."""
+        return type(self).__name__.lower()
+
+
+class Complete(Topology):
+    """Every node may talk to every node."""
+
+    def allows(self, sender: int, receiver: int) -> bool:
+        return True
+
+
+class Graph(Topology):
+    """An undirected graph over ``ids``; pairs involving other nodes are allowed."""
+
+    def __init__(self, ids: Sequence[int], edges: Iterable[tuple[int, int]]) -> None:
+        self.ids = [int(i) for i in ids]
+        if len(set(self.ids)) != len(self.ids):
+            raise ValueError("topology: node ids must be distinct")
+        members = set(self.ids)
+        self.adjacency: dict[int, set[int]] = {i: set() for i in self.ids}
+        for a, b in edges:
+            a, b = int(a), int(b)
+            if a not in members or b not in members:
+                raise ValueError(
+                    f"topology: edge ({a}, {b}) names a node outside {sorted(members)}"
+                )
+            if a == b:
+                raise ValueError(f"topology: self-loop on node {a}")
+            self.adjacency[a].add(b)
+            self.adjacency[b].add(a)
+
+    def allows(self, sender: int, receiver: int) -> bool:
+        if sender == receiver:
+            return True
+        if sender not in self.adjacency or receiver not in self.adjacency:
+            return True
+        return receiver in self.adjacency[sender]
+
+    def degree(self, node: int) -> int:
+        """Number of neighbours of ``node`` in the graph."""
+        return len(self.adjacency[int(node)])
+
+    def edges(self) -> list[tuple[int, int]]:
+        """The edges ``(a, b)`` with ``a < b``, sorted."""
+        return sorted((a, b) for a, nb in self.adjacency.items() for b in nb if a < b)
+
+    def connected(self) -> bool:
+        """Whether the graph is connected."""
+        if not self.ids:
+            return True
+        seen, stack = {self.ids[0]}, [self.ids[0]]
+        while stack:
+            for b in self.adjacency[stack.pop()]:
+                if b not in seen:
+                    seen.add(b)
+                    stack.append(b)
+        return len(seen) == len(self.ids)
+
+    def describe(self) -> str:
+        return f"{type(self).__name__.lower()}({len(self.ids)})"
+
+
+class Explicit(Graph):
+    """The graph with exactly the given edges."""
+
+
+class Ring(Graph):
+    """Each node linked to the next ``k`` nodes on each side (``k = 1``: a cycle)."""
+
+    def __init__(self, ids: Sequence[int], k: int = 1) -> None:
+        ids = list(ids)
+        n = len(ids)
+        if k < 1:
+            raise ValueError(f"ring: k must be >= 1, got {k}")
+        edges = {
+            tuple(sorted((ids[i], ids[(i + s) % n])))
+            for i in range(n)
+            for s in range(1, k + 1)
+            if n > 1 and ids[i] != ids[(i + s) % n]
+        }
+        super().__init__(ids, edges)
+
+
+class ErdosRenyi(Graph):
+    """Each pair linked independently with probability ``p`` (keyed on ``seed``)."""
+
+    def __init__(self, ids: Sequence[int], p: float, seed: int = 0) -> None:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"erdos_renyi: p must be in [0, 1], got {p}")
+        ids = list(ids)
+        n = len(ids)
+        pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+        u = keyed.uniform((seed, "topology", "erdos_renyi", n), len(pairs))
+        kept = [(ids[i], ids[j]) for (i, j), v in zip(pairs, u, strict=True) if v < p]
+        super().__init__(ids, kept)
+
+
+class RandomRegular(Graph):
+    """A random ``degree``-regular graph (Steger-Wormald pairing with restarts, keyed on seed).
+
+    Stubs (``degree`` per node) are paired at random, a pair being accepted when it joins two
+    distinct nodes not yet linked; a dead end restarts the draw. Needs ``n * degree`` even and
+    ``degree < n``.
+    """
+
+    def __init__(self, ids: Sequence[int], degree: int, seed: int = 0) -> None:
+        ids = list(ids)
+        n = len(ids)
+        if not 0 <= degree < max(n, 1) or (n * degree) % 2:
+            raise ValueError(
+                f"random_regular: needs 0 <= degree < n and n * degree even, got n={n}, "
+                f"degree={degree}"
+            )
+        for attempt in range(200):
+            edges = _pair_stubs(n, degree, keyed.seed_of((seed, "topology", "regular", attempt)))
+            if edges is not None:
+                super().__init__(ids, [(ids[a], ids[b]) for a, b in edges])
+                return
+        raise ValueError(f"random_regular: no simple {degree}-regular graph found for n={n}")
+
+
+def _pair_stubs(n: int, degree: int, seed: int) -> set[tuple[int, int]] | None:
+    """One Steger-Wormald draw: the edge set, or None at a dead end."""
+    rng = np.random.default_rng(seed)
+    stubs = list(np.repeat(np.arange(n), degree))
+    edges: set[tuple[int, int]] = set()
+    while stubs:
+        for _ in range(100):
+            i, j = rng.choice(len(stubs), size=2, replace=False)
+            a, b = int(stubs[i]), int(stubs[j])
+            pair = (min(a, b), max(a, b))
+            if a != b and pair not in edges:
+                edges.add(pair)
+                for k in sorted((int(i), int(j)), reverse=True):
+                    stubs.pop(k)
+                break
+        else:
+            return None
+    return edges

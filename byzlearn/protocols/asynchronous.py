@@ -1,0 +1,356 @@
+"""Asynchronous SGD and Kardam: the server applies each gradient as it arrives.
+
+At the start the server sends the initial model to every worker. Then each step:
+
+1. take the next gradient to arrive (waiting at most ``deadline`` simulated seconds; a step
+   where none came is recorded ``skipped``);
+2. its staleness tau is the server's version minus the version it sent that worker (the server's
+   own record: a worker cannot lie about it);
+3. ``async_sgd`` accepts every gradient; ``kardam`` passes it through the Lipschitz and
+   frequency filters (:mod:`byzlearn.protocols.kardam`);
+4. an accepted gradient is applied as ``theta <- theta - lr_t Lambda(tau) g`` (optionally with
+   server momentum); lost coordinates (NaN) are not applied (treated as 0);
+5. the worker gets the current model back, accepted or not, and computes again.
+
+A step is one received gradient (accepted or not), so "steps to a target accuracy" counts
+gradients, i.e. time, as the paper's slowdown does. Kardam's first step (the *bootstrap*) takes
+the first 2f + 1 gradients, applies their medoid and rejects the others.
+
+The server never knows which workers are Byzantine; it emits an ``update`` event per gradient
+(sender, accepted, reason, staleness, reported loss) for observers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+import byzlearn.aggregators as agg
+from byzlearn.engines.base import Engine, Message, Node
+from byzlearn.protocols.base import Events, Protocol, World, register
+from byzlearn.protocols.kardam import KardamFilter, dampening
+from byzlearn.protocols.workers import WorkerSet, build_workers
+
+__all__ = [
+    "AsyncSGDOptions",
+    "AsyncSGDProtocol",
+    "AsyncServer",
+    "KardamOptions",
+    "KardamProtocol",
+]
+
+Dampening = Literal["exp", "inverse", "none"]
+
+
+class AsyncSGDOptions(BaseModel):
+    """Config section ``protocol: {name: async_sgd, ...}``."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    name: Literal["async_sgd"] = "async_sgd"
+    dampening: Dampening = Field("none", description="staleness weighting Lambda(tau)")
+    alpha: float = Field(0.2, ge=0, description="exp dampening: Lambda = exp(-alpha tau)")
+    deadline: float | None = Field(
+        None, gt=0, description="simulated seconds to wait for one gradient (then skip)"
+    )
+
+
+class KardamOptions(BaseModel):
+    """Config section ``protocol: {name: kardam, ...}``."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    name: Literal["kardam"] = "kardam"
+    dampening: Dampening = Field("exp", description="staleness weighting Lambda(tau)")
+    alpha: float = Field(0.2, ge=0, description="exp dampening: Lambda = exp(-alpha tau)")
+    deadline: float | None = Field(
+        None, gt=0, description="simulated seconds to wait for one gradient (then skip)"
+    )
+    lipschitz: bool = Field(True, description="the Lipschitz filter")
+    frequency: bool = Field(True, description="the frequency filter")
+    history: int = Field(25, ge=1, description="coefficients kept per worker")
+    summary: float | str = Field(
+        0.85, description="a worker's coefficients summarised by this quantile, or their max"
+    )
+    quantile: float | None = Field(
+        None, gt=0, le=1, description="quantile of the workers' summaries (default (n-f)/n)"
+    )
+    gap: int | None = Field(
+        None, ge=1, description="versions between a gradient and its reference (default n)"
+    )
+    window: int | None = Field(
+        None, ge=1, description="frequency filter: accepted gradients per window (default 2f+1)"
+    )
+    per_window: int | None = Field(
+        None, ge=1, description="frequency filter: per worker and window (default max(f, 1))"
+    )
+    liveness: int | None = Field(
+        None, ge=1, description="accept after this many consecutive rejections (reference code)"
+    )
+
+    @field_validator("summary")
+    @classmethod
+    def _summary(cls, v: float | str) -> float | str:
+        if v == "max" or (isinstance(v, float) and 0 < v <= 1):
+            return v
+        raise ValueError(f"must be 'max' or a quantile in (0, 1], got {v!r}")
+
+
+class AsyncServer:
+    """The server role of asynchronous SGD, with Kardam's filter when ``kardam`` is given."""
+
+    role = "server"
+
+    def __init__(
+        self,
+        node: Node,
+        theta: torch.Tensor,
+        workers: list[int],
+        *,
+        lr: Callable[[int], float] = lambda t: 0.1,
+        dampening: str = "none",
+        alpha: float = 0.2,
+        momentum: float = 0.0,
+        deadline: float | None = None,
+        kardam: KardamFilter | None = None,
+        events: Events | None = None,
+    ) -> None:
+        self.node = node
+        self.theta = theta.detach().clone()
+        self.workers = [int(w) for w in workers]
+        self.lr = lr
+        self.dampening = dampening
+        self.alpha = float(alpha)
+        self.momentum = float(momentum)
+        self.deadline = deadline
+        self.kardam = kardam
+        self.events = events or Events()
+        self.buffer = torch.zeros_like(self.theta) if self.momentum > 0 else None
+        self.version = 0
+        self.steps = 0
+        self.started = False
+        self.sent: dict[int, tuple[int, torch.Tensor]] = {}  # worker -> (version, model) sent
+
+    # ------------------------------------------------------------------ messages
+    def _send_model(self, worker: int, round: int) -> None:
+        self.sent[worker] = (self.version, self.theta)
+        self.node.send(
+            Message(
+                kind="model",
+                payload=self.theta,
+                dest=worker,
+                round=round,
+                version=self.version,
+                meta={"lr": float(self.lr(max(round, 1)))},
+            )
+        )
+
+    def _start(self) -> None:
+        for w in self.workers:
+            self._send_model(w, 0)
+        self.started = True
+
+    # ------------------------------------------------------------------ updates
+    def _apply(self, g: torch.Tensor, staleness: int, lr: float) -> float:
+        weight = dampening(self.dampening, staleness, self.alpha)
+        step = weight * g
+        if self.buffer is not None:
+            self.buffer = self.momentum * self.buffer + step
+            step = self.buffer
+        self.theta = self.theta - lr * step
+        self.version += 1
+        return weight
+
+    def _consider(
+        self, msg: Message, lr: float, verdict_override: str | None = None
+    ) -> dict[str, Any]:
+        """Filter and maybe apply one gradient; return its part of the record."""
+        worker = int(msg.sender)  # type: ignore[arg-type]
+        version, x = self.sent.get(worker, (self.version, self.theta))
+        staleness = self.version - version
+        g = torch.nan_to_num(msg.payload, nan=0.0, posinf=0.0, neginf=0.0)
+        info: dict[str, Any] = {"sender": worker, "staleness": staleness}
+        if verdict_override is not None:
+            accepted, reason = verdict_override == "accepted", verdict_override
+        elif self.kardam is not None:
+            verdict = self.kardam.check(worker, g, x, version)
+            accepted, reason = verdict.accepted, verdict.reason
+            finite = lambda v: v if math.isfinite(v) else None  # noqa: E731 - JSON: null
+            info.update(lipschitz=finite(verdict.k), threshold=finite(verdict.threshold))
+        else:
+            accepted, reason = True, "accepted"
+        if accepted:
+            if self.kardam is not None:
+                self.kardam.accept(worker, g, x, version)
+            info["weight"] = self._apply(g, staleness, lr)
+        info.update(accepted=accepted, reason=reason)
+        self.events.emit(
+            "update",
+            sender=worker,
+            accepted=accepted,
+            reason=reason,
+            staleness=staleness,
+            loss=msg.meta.get("loss"),
+        )
+        return info
+
+    # ------------------------------------------------------------------ one step
+    def step(self) -> dict[str, Any]:
+        """Handle the next gradient(s) to arrive; return the step's record."""
+        if not self.started:
+            self._start()
+        t = self.steps + 1
+        lr = float(self.lr(t))
+        record: dict[str, Any] = {"round": t, "lr": lr}
+        bootstrap = self.kardam is not None and self.version == 0 and not self.kardam.references
+        q = 2 * self.kardam.f + 1 if bootstrap and self.kardam is not None else 1
+        msgs = self.node.recv(q, lambda m: m.kind == "gradient", self.deadline)
+        record["received"] = len(msgs)
+        if not msgs:
+            record.update(skipped=True, skip_reason="no gradient arrived")
+        elif bootstrap:
+            record.update(self._bootstrap(msgs, lr))
+        else:
+            record.update(self._consider(msgs[0], lr))
+        for m in msgs:  # every worker heard gets the current model back
+            self._send_model(int(m.sender), t)  # type: ignore[arg-type]
+        self.steps = t
+        record["version"] = self.version
+        record["time"] = self.node.clock
+        return record
+
+    def _bootstrap(self, msgs: list[Message], lr: float) -> dict[str, Any]:
+        """Kardam's first update: the medoid of the first 2f + 1 gradients; the rest rejected."""
+        assert self.kardam is not None
+        X = torch.stack(
+            [torch.nan_to_num(m.payload, nan=0.0, posinf=0.0, neginf=0.0) for m in msgs]
+        )
+        f = agg.largest_f("medoid", len(msgs), self.kardam.f) or 0
+        kept = agg.aggregate("medoid", X, f=f).kept
+        pick = int(kept[0]) if kept is not None else 0
+        info: dict[str, Any] = {}
+        for i, m in enumerate(msgs):
+            part = self._consider(m, lr, "accepted" if i == pick else "bootstrap")
+            if i == pick:
+                info = part
+        info["bootstrap"] = True
+        return info
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "theta": self.theta,
+            "buffer": self.buffer,
+            "version": self.version,
+            "steps": self.steps,
+            "started": self.started,
+            "sent": {w: [v, x] for w, (v, x) in self.sent.items()},
+            "kardam": None if self.kardam is None else self.kardam.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.theta = state["theta"]
+        self.buffer = state["buffer"]
+        self.version = int(state["version"])
+        self.steps = int(state["steps"])
+        self.started = bool(state["started"])
+        self.sent = {int(w): (int(v), x) for w, (v, x) in state["sent"].items()}
+        if self.kardam is not None:
+            self.kardam.load_state_dict(state["kardam"])
+
+
+class _AsyncBase(Protocol):
+    """Shared wiring of the asynchronous protocols: workers, then the server node."""
+
+    def __init__(self, server: AsyncServer, workers: WorkerSet) -> None:
+        self.server = server
+        self.workers = workers
+
+    @classmethod
+    def _kardam(cls, world: World) -> KardamFilter | None:
+        return None
+
+    @classmethod
+    def build(cls, world: World, engine: Engine) -> _AsyncBase:
+        from byzlearn.experiments.schedules import learning_rate
+
+        c = world.config
+        options = c.protocol
+        workers = build_workers(world, engine, same_round=False)
+        opt = c.optimizer
+        server = AsyncServer(
+            engine.add_node("server"),
+            world.model.flatten(),
+            workers.ids,
+            lr=learning_rate(opt, c.steps),
+            dampening=options.dampening,  # type: ignore[union-attr]
+            alpha=options.alpha,  # type: ignore[union-attr]
+            momentum=opt.momentum if opt.momentum_at == "server" else 0.0,
+            deadline=options.deadline,  # type: ignore[union-attr]
+            kardam=cls._kardam(world),
+            events=world.events,
+        )
+        return cls(server, workers)
+
+    @property
+    def worker_ids(self) -> list[int]:
+        return self.workers.ids
+
+    @property
+    def steps_done(self) -> int:
+        return self.server.steps
+
+    @property
+    def time(self) -> float:
+        return self.server.node.clock
+
+    def step(self) -> dict[str, Any]:
+        return self.server.step()
+
+    def models(self) -> dict[str, torch.Tensor]:
+        return {"server": self.server.theta}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"server": self.server.state_dict(), "workers": self.workers.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.server.load_state_dict(state["server"])
+        self.workers.load_state_dict(state["workers"])
+
+
+@register
+class AsyncSGDProtocol(_AsyncBase):
+    """Asynchronous SGD: every gradient applied as it arrives (the non-robust baseline)."""
+
+    name = "async_sgd"
+    Options = AsyncSGDOptions
+
+
+@register
+class KardamProtocol(_AsyncBase):
+    """Kardam: asynchronous SGD with the Lipschitz and frequency filters and dampening."""
+
+    name = "kardam"
+    Options = KardamOptions
+
+    @classmethod
+    def _kardam(cls, world: World) -> KardamFilter:
+        c = world.config
+        o: KardamOptions = c.protocol  # type: ignore[assignment]
+        return KardamFilter(
+            c.n,
+            c.declared_f,
+            history=o.history,
+            summary=o.summary,
+            quantile=o.quantile,
+            gap=o.gap,
+            window=o.window,
+            per_window=o.per_window,
+            lipschitz=o.lipschitz,
+            frequency=o.frequency,
+            liveness=o.liveness,
+        )

@@ -1,0 +1,151 @@
+"""The protocol interface, its registry, and the event hub observers listen to.
+
+A protocol describes roles (server, workers, peers) and the messages they exchange, written
+against :class:`~byzlearn.engines.Engine` only; it never imports Ray. It is registered by name
+in :data:`PROTOCOLS` with its options (a pydantic model whose ``name`` field is the
+discriminator of the config's ``protocol`` section) and built by
+:meth:`Protocol.build` from a :class:`World` (data, model, partitions, Byzantine workers) and an
+engine. The driver (:class:`~byzlearn.experiments.trainer.Trainer`) then only calls
+:meth:`Protocol.step`, evaluates :meth:`Protocol.models`, and checkpoints
+:meth:`Protocol.state_dict`.
+
+Roles never learn which nodes are Byzantine. What only ground truth can tell (how many
+Byzantine inputs a rule kept, the honest training loss) is computed by *observers*: roles
+:meth:`Events.emit` what they did, and observers, which do know, add fields to the step's record.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+from pydantic import BaseModel
+
+from byzlearn.registry import Registry
+
+if TYPE_CHECKING:
+    from byzlearn.data import ArrayDataset
+    from byzlearn.engines import Engine, FlatModel
+    from byzlearn.experiments.config import Config
+
+__all__ = ["PROTOCOLS", "Events", "Observer", "Protocol", "World"]
+
+
+class Observer:
+    """Listens to protocol events and adds fields to step records (base: does nothing)."""
+
+    def on_event(self, name: str, data: dict[str, Any]) -> None:
+        """Called for every event a role emits during a step."""
+
+    def collect(self, record: dict[str, Any]) -> None:
+        """Add this observer's fields to the record of the step that just ended."""
+
+    def summary(self) -> dict[str, Any]:
+        """Fields for the run's summary."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Cumulative state to checkpoint (plain data and tensors only)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+
+
+class Events:
+    """The hub roles emit events to; observers subscribe."""
+
+    def __init__(self, observers: Iterable[Observer] = ()) -> None:
+        self.observers: list[Observer] = list(observers)
+
+    def subscribe(self, observer: Observer) -> None:
+        """Add an observer."""
+        self.observers.append(observer)
+
+    def emit(self, name: str, **data: Any) -> None:
+        """Tell every observer that ``name`` happened, with ``data``."""
+        for observer in self.observers:
+            observer.on_event(name, data)
+
+
+@dataclass
+class World:
+    """What a protocol is built from, besides its engine.
+
+    ``byzantine`` lists the indices (into the workers, ``0..n-1``) of the Byzantine workers: the
+    protocol uses it only to give those workers the adversary's behaviour, never to its roles.
+    """
+
+    config: Config
+    data: ArrayDataset
+    model: FlatModel
+    parts: list[np.ndarray]
+    byzantine: list[int]
+    events: Events = field(default_factory=Events)
+
+    @property
+    def honest(self) -> list[int]:
+        """Indices of the honest workers."""
+        byz = set(self.byzantine)
+        return [i for i in range(self.config.n) if i not in byz]
+
+
+class Protocol(ABC):
+    """A distributed training protocol (see the module docstring)."""
+
+    #: the registered name (also the ``name`` of the options model)
+    name: ClassVar[str]
+    #: the pydantic model of the protocol's config section
+    Options: ClassVar[type[BaseModel]]
+
+    @classmethod
+    @abstractmethod
+    def build(cls, world: World, engine: Engine) -> Protocol:
+        """Register the protocol's nodes on ``engine`` and return the protocol."""
+
+    @property
+    @abstractmethod
+    def steps_done(self) -> int:
+        """Steps completed so far (rounds of a synchronous protocol, updates of an async one)."""
+
+    @abstractmethod
+    def step(self) -> dict[str, Any]:
+        """Run one step; return its record (``step``, ``time`` and the protocol's fields)."""
+
+    @property
+    @abstractmethod
+    def time(self) -> float:
+        """Simulated (or wall-clock) time of the protocol's reference node."""
+
+    def run_until(self, t: float, max_steps: int | None = None) -> list[dict[str, Any]]:
+        """Step until :attr:`time` reaches ``t`` (or ``max_steps`` steps); return the records."""
+        records: list[dict[str, Any]] = []
+        while self.time < t and (max_steps is None or len(records) < max_steps):
+            records.append(self.step())
+        return records
+
+    @abstractmethod
+    def models(self) -> dict[str, torch.Tensor]:
+        """The flat models to evaluate, by node label (the first is the reference model)."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue bit for bit (plain data and tensors only)."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+
+
+#: Protocols by name (``name -> Protocol subclass``).
+PROTOCOLS: Registry[type[Protocol]] = Registry("protocol")
+
+
+def register(cls: type[Protocol]) -> type[Protocol]:
+    """Class decorator: register a protocol under its ``name``."""
+    PROTOCOLS.add(cls.name, cls)
+    return cls
