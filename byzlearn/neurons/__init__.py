@@ -57,14 +57,17 @@ from byzlearn.neurons.probabilistic import (
     monte_carlo,
 )
 from byzlearn.neurons.train import (
+    LOSSES,
     crash_report,
     load_digits_data,
     make_mlp,
+    strip_crash_dropout,
     synthetic_data,
     train_mlp,
 )
 
 __all__ = [
+    "LOSSES",
     "ActivationInfo",
     "Certificate",
     "CrashDropout",
@@ -100,6 +103,7 @@ __all__ = [
     "output_error",
     "paper_fep",
     "random_faults",
+    "strip_crash_dropout",
     "synthetic_data",
     "tolerates",
     "train_mlp",
