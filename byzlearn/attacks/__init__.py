@@ -4,14 +4,17 @@
 >>> honest = torch.randn(20, 1000) + 1.0           # the (h, d) honest vectors of this step
 >>> byz = atk.get("alie")(honest, f=5)             # (5, 1000): f identical Byzantine vectors
 >>> byz = atk.get("leeway")(honest, f=5, rule="krum", coordinates=0)   # rule-aware
->>> byz = atk.get("gaussian")(honest, f=5, generator=torch.Generator().manual_seed(0),
-...                            identical=False)    # f distinct draws
+>>> byz = atk.get("gaussian")(honest, f=5, generator=torch.Generator().manual_seed(0))
+>>> # (5, 1000): f distinct draws, gaussian's default (identical=True: one draw sent f times)
 
 Every attack is ``attack(honest, f, *, rule=None, rule_options=None, generator=None,
-identical=True, **options)``: a pure function of what an omniscient adversary knows (this step's
+identical=None, **options)``: a pure function of what an omniscient adversary knows (this step's
 honest vectors, n = h + f, the rule in use, a seeded generator) returning the ``(f, d)``
-Byzantine vectors in the caller's kind, dtype and device. Unknown options raise ``TypeError``;
-a rule-aware attack called without ``rule`` raises ``ValueError``; ``f = 0`` gives ``(0, d)``.
+Byzantine vectors in the caller's kind, dtype and device. ``identical=None`` is the attack's own
+default (``atk.spec(name).identical_default``: ``False`` for gaussian and bitflip, whose papers
+have each Byzantine worker send its own vector; ``True`` otherwise). Unknown options raise
+``TypeError``; a rule-aware attack called without ``rule`` raises ``ValueError``; ``f = 0``
+gives ``(0, d)``.
 See ``docs/attacks.md`` for the list, the formulas, defaults and references.
 
 Data poisoning: :func:`flip_labels`, :func:`targeted_flip`. Node behaviours for protocols:

@@ -5,7 +5,7 @@ Every attack is written as an *implementation* ``impl(ctx, *, option=default, ..
 generator) and returning either one ``(d,)`` vector (sent by all f Byzantine workers) or an
 ``(f, d)`` tensor. :func:`register` wraps it into the public function
 
-    attack(honest, f, *, rule=None, rule_options=None, generator=None, identical=True, **options)
+    attack(honest, f, *, rule=None, rule_options=None, generator=None, identical=None, **options)
 
 that validates the common arguments and the options (unknown option -> ``TypeError`` naming it),
 resolves the rule, and gives the ``(f, d)`` result back in the caller's kind, dtype and device.
@@ -13,10 +13,14 @@ resolves the rule, and gives the ``(f, d)`` result back in the caller's kind, dt
 * ``rule`` is needed by rule-aware attacks only (``ValueError`` when missing; :func:`needs_rule`
   says whether a call needs it, e.g. ``leeway`` with a given ``epsilon`` does not); other attacks
   ignore it.
-* ``identical=True`` (default, the convention of the reference codes): the f rows are equal.
-  ``identical=False``: attacks registered with ``distinct=True`` (gaussian, large_norm, nonfinite,
-  bitflip) send f different vectors; the others have a single vector to send and still return f
-  equal rows.
+* ``identical``: ``True``: the f rows are equal (the convention of the reference codes for
+  attacks that compute one vector); ``False``: attacks registered with ``distinct=True``
+  (gaussian, large_norm, nonfinite, bitflip) send f different vectors; the others have a single
+  vector to send and still return f equal rows. ``None`` (default): the attack's own default,
+  :attr:`AttackSpec.identical_default`, which follows the attack's paper where the paper is
+  explicit: ``False`` for ``gaussian`` (the Krum paper's Byzantine workers each draw their own
+  noise) and ``bitflip`` (each Byzantine worker negates its own gradient), ``True`` for the
+  others.
 * ``generator``: the only source of randomness (``randomized=True`` attacks); the same seed
   gives the same result.
 * ``f = 0`` returns an empty ``(0, d)`` result after the common checks.
@@ -49,6 +53,7 @@ class AttackSpec:
     defaults: dict[str, Any] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
     needs_rule: Callable[[dict], bool] | None = None  # option-dependent rule need
+    identical_default: bool = True  # what identical=None means for this attack
 
     @property
     def summary(self) -> str:
@@ -77,8 +82,15 @@ def register(
     reference: str = "",
     aliases: tuple[str, ...] = (),
     needs_rule: Callable[[dict], bool] | None = None,
+    identical_default: bool = True,
 ) -> Callable[[Callable[..., torch.Tensor]], Callable]:
-    """Register ``impl(ctx, *, option=default, ...)`` under ``name``; return the public attack."""
+    """Register ``impl(ctx, *, option=default, ...)`` under ``name``; return the public attack.
+
+    ``identical_default`` is what ``identical=None`` (the default of the call) means for this
+    attack; ``False`` needs ``distinct=True``.
+    """
+    if not identical_default and not distinct:
+        raise ValueError(f"attack {name!r}: identical_default=False needs distinct=True")
 
     def decorate(impl: Callable[..., torch.Tensor]) -> Callable:
         options, defaults = _options_of(impl)
@@ -93,6 +105,7 @@ def register(
             defaults=defaults,
             aliases=tuple(aliases),
             needs_rule=needs_rule,
+            identical_default=bool(identical_default),
         )
         if name in _ATTACKS or name in _ALIASES:
             raise ValueError(f"attack {name!r} is already registered")
@@ -114,7 +127,7 @@ def _make_public(spec: AttackSpec) -> Callable:
         rule=None,
         rule_options: dict | None = None,
         generator: torch.Generator | None = None,
-        identical: bool = True,
+        identical: bool | None = None,
         **options,
     ):
         return apply(
@@ -141,7 +154,7 @@ def _make_public(spec: AttackSpec) -> Callable:
             P("rule", P.KEYWORD_ONLY, default=None),
             P("rule_options", P.KEYWORD_ONLY, default=None),
             P("generator", P.KEYWORD_ONLY, default=None),
-            P("identical", P.KEYWORD_ONLY, default=True),
+            P("identical", P.KEYWORD_ONLY, default=None),
             *impl_params,
         ]
     )
@@ -217,11 +230,16 @@ def apply(
     rule=None,
     rule_options: dict | None = None,
     generator: torch.Generator | None = None,
-    identical: bool = True,
+    identical: bool | None = None,
     options: dict | None = None,
 ):
-    """Run the attack ``name``; the body of every public attack."""
+    """Run the attack ``name``; the body of every public attack.
+
+    ``identical=None`` is the attack's own default (:attr:`AttackSpec.identical_default`).
+    """
     s = spec(name)
+    if identical is None:
+        identical = s.identical_default
     options = dict(options or {})
     _check_options(s.name, s.options, options)
     required = s.rule_aware and (s.needs_rule is None or s.needs_rule({**s.defaults, **options}))

@@ -2,10 +2,13 @@
 
 Notation: ``g_1..g_h`` are the honest vectors of this step, ``mu`` and ``sigma`` their
 coordinate-wise mean and unbiased standard deviation (non-finite entries ignored), ``n = h + f``.
-Unless said otherwise the f Byzantine workers send one identical vector (the convention of every
-reference code, see algorithms.md §0); attacks marked *distinct* send f different vectors when
-called with ``identical=False``. The others have only one vector to send and return f equal rows
-whatever ``identical`` says.
+The f Byzantine workers send one identical vector (the convention of the reference codes, see
+algorithms.md §0) unless the attack is *distinct* and called with ``identical=False``. Each
+attack has its own default for ``identical=None`` (the default of the call), following its paper
+where the paper is explicit: ``gaussian`` (the Krum paper's Byzantine workers draw their noise
+independently) and ``bitflip`` (each Byzantine worker negates its own gradient) default to
+distinct rows; every other attack to identical rows. Attacks that are not *distinct* have only
+one vector to send and return f equal rows whatever ``identical`` says.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from byzlearn.attacks._registry import register
 @register(
     "gaussian",
     distinct=True,
+    identical_default=False,
     randomized=True,
     reference="Blanchard et al., NeurIPS 2017 (Gaussian Byzantine workers, N(0, 200^2 I))",
     aliases=("gaussian_noise", "noise"),
@@ -34,7 +38,10 @@ def gaussian(ctx: AttackContext, *, std: float = 200.0, center: str = "zero") ->
         std: standard deviation of the noise (default 200, the Krum paper's value); ``> 0``.
         center: ``"zero"`` (default, ``c = 0``, as in the paper) or ``"honest"`` (``c = mu``).
 
-    *Distinct*: with ``identical=False`` each Byzantine worker draws its own noise.
+    *Distinct*, and distinct **by default** (``identical=None`` means ``False``): each Byzantine
+    worker draws its own noise, as the Byzantine workers of the Krum paper do (each one is a
+    Gaussian source). ``identical=True`` sends one draw f times (the convention of the
+    reference codes for computed attacks; the default of earlier versions).
     Reference: Blanchard, El Mhamdi, Guerraoui, Stainer, "Machine Learning with Adversaries:
     Byzantine Tolerant Gradient Descent", NeurIPS 2017 (Gaussian Byzantine workers).
     """
@@ -167,6 +174,7 @@ def nonfinite(ctx: AttackContext, *, value: str = "nan", fraction: float = 1.0) 
 @register(
     "bitflip",
     distinct=True,
+    identical_default=False,
     reference="Karimireddy, He, Jaggi, 'Learning from History', ICML 2021 (bit flipping)",
     aliases=("bit_flip", "bit_flipping"),
 )
@@ -179,8 +187,9 @@ def bitflip(ctx: AttackContext, *, own=None) -> torch.Tensor:
             (tensor, numpy array or sequence). Default ``None``: worker ``i`` stands in with the
             ``(i mod h')``-th fully finite honest vector (its data resembles the honest workers').
 
-    *Distinct*: with ``identical=False`` row ``i`` is ``-own_i``; with ``identical=True`` every
-    worker sends ``-own_0``.
+    *Distinct*, and distinct **by default** (``identical=None`` means ``False``): row ``i`` is
+    ``-own_i``, each Byzantine worker negating its own gradient as in the paper; with
+    ``identical=True`` every worker sends ``-own_0`` (the default of earlier versions).
     Reference: Karimireddy, He, Jaggi, "Learning from History for Byzantine Robust
     Optimization", ICML 2021 (bit-flipping attack); algorithms.md §8.
     """

@@ -38,6 +38,15 @@ from byzlearn.neurons.inject import (
     with_crashed_synapses,
     worst_case_search,
 )
+from byzlearn.neurons.modelfile import (
+    ModelFileError,
+    architectures,
+    build_architecture,
+    load_pickled_module,
+    load_state_dict_file,
+    load_weights,
+    save_state_dict_file,
+)
 from byzlearn.neurons.network import Layer, Network, extract_network
 from byzlearn.neurons.probabilistic import (
     Certificate,
@@ -57,26 +66,32 @@ from byzlearn.neurons.probabilistic import (
     monte_carlo,
 )
 from byzlearn.neurons.train import (
+    LOSSES,
     crash_report,
     load_digits_data,
     make_mlp,
+    strip_crash_dropout,
     synthetic_data,
     train_mlp,
 )
 
 __all__ = [
+    "LOSSES",
     "ActivationInfo",
     "Certificate",
     "CrashDropout",
     "InjectionStats",
     "Layer",
+    "ModelFileError",
     "Moments",
     "Network",
     "ScaledSigmoid",
     "WorstCase",
     "algorithm1_conditions",
+    "architectures",
     "b3",
     "b4",
+    "build_architecture",
     "certify",
     "compare_estimates",
     "confidence_interval",
@@ -90,6 +105,9 @@ __all__ = [
     "layer_gain",
     "layer_jacobian",
     "load_digits_data",
+    "load_pickled_module",
+    "load_state_dict_file",
+    "load_weights",
     "make_mlp",
     "max_failures",
     "median_of_repeats",
@@ -100,6 +118,8 @@ __all__ = [
     "output_error",
     "paper_fep",
     "random_faults",
+    "save_state_dict_file",
+    "strip_crash_dropout",
     "synthetic_data",
     "tolerates",
     "train_mlp",

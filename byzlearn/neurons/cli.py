@@ -1,8 +1,17 @@
 """``byzlearn neurons``: train a small MLP and analyse the fault tolerance of a saved network.
 
-MODEL.pt is a **full module** saved with ``torch.save(model, path)`` (an ``nn.Sequential`` of
-Linear + activation modules). It is loaded with ``torch.load(path, weights_only=False)``, which
-unpickles arbitrary Python objects: only analyse files you trust.
+Model files hold **weights only** and are read without unpickling code: a PyTorch state dict
+(``torch.save(model.state_dict(), path)``, read with ``torch.load(path, weights_only=True)``) or
+a safetensors file (optional ``safetensors`` package). The architecture is given by options:
+``--arch mlp`` (default: the network ``byzlearn neurons train`` saves, with ``--hidden``,
+``--activation`` and ``--K``) or ``--arch models.<name>`` (the reference models of
+:mod:`byzlearn.models`); the input size and the number of classes come from ``--data`` (or
+``--classes`` / ``--input-shape``). A whole pickled ``nn.Module`` is read only with
+``--unsafe-pickle``, which runs code from the file.
+
+Every bad input (a missing, empty, truncated or corrupt file, a state dict that does not fit the
+architecture, an unknown architecture, a bad option value) ends the command with exit code 2 and
+one line ``Error: ...`` on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -10,20 +19,36 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import torch
 import typer
 from rich.console import Console
 from rich.table import Table
 from torch import nn
+from typer.core import TyperCommand
 
+from byzlearn.neurons.modelfile import (
+    ModelFileError,
+    architectures,
+    build_architecture,
+    load_pickled_module,
+    load_state_dict_file,
+    load_weights,
+    save_state_dict_file,
+)
 from byzlearn.neurons.train import (
+    LOSSES,
     crash_report,
     load_digits_data,
     synthetic_data,
     train_mlp,
 )
+
+try:  # typer >= 0.16 vendors click
+    from typer._click.exceptions import UsageError as _UsageError
+except ImportError:  # pragma: no cover - older typer on top of click
+    from click.exceptions import UsageError as _UsageError
 
 app = typer.Typer(
     help="Fault tolerance of neural networks: FEP bounds, fault injection, certification.",
@@ -32,6 +57,24 @@ app = typer.Typer(
 )
 
 _DATASETS = ("digits", "synthetic")
+_ACTIVATIONS = ("sigmoid", "tanh", "relu", "softplus", "scaled_sigmoid")
+
+
+def _fail(message: str) -> NoReturn:
+    """End the command: one line on stderr, exit code 2 (a usage error), no traceback."""
+    typer.echo(f"Error: {' '.join(str(message).split())}", err=True)
+    raise typer.Exit(2)
+
+
+class _OneLineErrors(TyperCommand):
+    """A command whose option-parsing errors (bad types, ranges, unknown or missing options)
+    print one line and exit with code 2, instead of the usage panel."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except _UsageError as e:
+            _fail(e.format_message())
 
 
 def _load_data(name: str, seed: int) -> tuple[torch.Tensor, ...]:
@@ -39,22 +82,31 @@ def _load_data(name: str, seed: int) -> tuple[torch.Tensor, ...]:
         return load_digits_data(seed=seed)
     if name == "synthetic":
         return synthetic_data(seed=seed)
-    raise typer.BadParameter(
-        f"unknown dataset {name!r}; choose from {list(_DATASETS)}", param_hint="--data"
-    )
+    _fail(f"--data: unknown dataset {name!r}; choose from {', '.join(_DATASETS)}")
 
 
-def _load_model(path: Path) -> nn.Module:
-    if not path.is_file():
-        raise typer.BadParameter(f"no such file: {path}", param_hint="MODEL")
-    obj = torch.load(path, weights_only=False, map_location="cpu")  # trusted files only
-    if not isinstance(obj, nn.Module):
-        raise typer.BadParameter(
-            f"{path} holds a {type(obj).__name__}, not a full nn.Module; save the model with "
-            "torch.save(model, path)",
-            param_hint="MODEL",
+def _parse_ints(text: str, option: str, example: str, sep: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(sep) if v.strip()]
+    except ValueError:
+        _fail(f"{option}: bad value {text!r}; use e.g. {example}")
+    if not values or any(v < 1 for v in values):
+        _fail(f"{option}: bad value {text!r}: positive integers, e.g. {example}")
+    return values
+
+
+def _parse_crash_layer(text: str, num_hidden: int) -> list[int] | None:
+    if text.strip().lower() == "all":
+        return None
+    try:
+        layers = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        _fail(f"--crash-layer: bad value {text!r}; use 'all' or 0-based indices, e.g. 0 or 0,1")
+    if not layers or any(not 0 <= v < num_hidden for v in layers):
+        _fail(
+            f"--crash-layer: bad value {text!r}: hidden layers are 0 to {num_hidden - 1} (or 'all')"
         )
-    return obj
+    return layers
 
 
 def _ends_with_softmax(model: nn.Module) -> bool:
@@ -66,9 +118,15 @@ def _fmt(v: float) -> str:
     return "inf" if not math.isfinite(v) else f"{v:.4g}"
 
 
-@app.command()
+@app.command(cls=_OneLineErrors)
 def train(
-    out: Annotated[Path, typer.Argument(help="where to save the trained model (MODEL.pt)")],
+    out: Annotated[
+        Path,
+        typer.Argument(
+            help="where to save the weights (MODEL.pt: a state dict; MODEL.safetensors: "
+            "safetensors, needs the optional package)"
+        ),
+    ],
     data: Annotated[str, typer.Option(help="digits (sklearn, bundled) or synthetic")] = "digits",
     hidden: Annotated[str, typer.Option(help="hidden widths, e.g. '32' or '32-16'")] = "32",
     activation: Annotated[
@@ -76,20 +134,35 @@ def train(
     ] = "sigmoid",
     epochs: Annotated[int, typer.Option(min=1)] = 30,
     p_train: Annotated[float, typer.Option(help="crash-dropout probability (no rescaling)")] = 0.0,
+    crash_layer: Annotated[
+        str,
+        typer.Option(
+            help="hidden layers (0-based, comma-separated) trained with crash-dropout, or 'all'"
+        ),
+    ] = "all",
+    loss: Annotated[
+        str, typer.Option(help="cross_entropy, or mse (the paper's loss, on one-hot targets)")
+    ] = "cross_entropy",
     var_reg: Annotated[float, typer.Option(help="lambda of the b3-variance regulariser")] = 0.0,
     reg_p: Annotated[float, typer.Option(help="p used inside the regulariser")] = 0.01,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
-    """Train a small MLP classifier and save it (full module) to OUT."""
+    """Train a small MLP classifier and save its weights (a state dict) to OUT."""
     torch.manual_seed(seed)
-    try:
-        widths = [int(v) for v in hidden.split("-") if v]
-    except ValueError:
-        raise typer.BadParameter(
-            f"bad --hidden {hidden!r}: use e.g. 32-16", param_hint="--hidden"
-        ) from None
+    widths = _parse_ints(hidden, "--hidden", "32-16", "-")
+    if activation not in _ACTIVATIONS:
+        _fail(f"--activation: unknown {activation!r}; choose from {', '.join(_ACTIVATIONS)}")
     if not 0 <= p_train < 1:
-        raise typer.BadParameter("must be in [0, 1)", param_hint="--p-train")
+        _fail(f"--p-train: must be in [0, 1), got {p_train}")
+    if loss not in LOSSES:
+        _fail(f"--loss: unknown {loss!r}; choose from {', '.join(LOSSES)}")
+    if not (math.isfinite(var_reg) and var_reg >= 0):
+        _fail(f"--var-reg: must be a finite number >= 0, got {var_reg}")
+    if not 0 <= reg_p <= 1:
+        _fail(f"--reg-p: must be in [0, 1], got {reg_p}")
+    layers = _parse_crash_layer(crash_layer, len(widths))
+    if out.exists() and out.is_dir():
+        _fail(f"OUT: {out} is a directory; give a file name such as model.pt")
     Xtr, ytr, Xte, yte = _load_data(data, seed)
     try:
         model = train_mlp(
@@ -102,21 +175,116 @@ def train(
             var_reg=var_reg,
             reg_p=reg_p,
             seed=seed,
+            crash_layer=layers,
+            loss=loss,
         )
     except ValueError as e:
-        raise typer.BadParameter(str(e)) from None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model, out)
-    rep = crash_report(model, Xte, yte, p=0.05, reps=100, seed=seed)
+        _fail(str(e))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_state_dict_file(model, out)
+    except ModelFileError as e:
+        _fail(str(e))
+    except OSError as e:
+        _fail(f"OUT: cannot write {out}: {e.strerror or e}")
+    report_layer = layers[0] if layers is not None and len(layers) == 1 else 0
+    rep = crash_report(model, Xte, yte, p=0.05, layer=report_layer, reps=100, seed=seed)
     typer.echo(
         f"saved {out}: test accuracy {rep['accuracy']:.4f}, under crashes p=0.05 "
-        f"(layer 0) {rep['crash_accuracy']:.4f}, Var(delta) {rep['mc_var']:.4g}"
+        f"(layer {report_layer}) {rep['crash_accuracy']:.4f}, Var(delta) {rep['mc_var']:.4g}"
+    )
+    typer.echo(
+        f"analyse it with: byzlearn neurons analyze {out} --data {data} --hidden {hidden} "
+        f"--activation {activation}"
     )
 
 
-@app.command()
+def _read_model_file(path: Path, unsafe_pickle: bool) -> nn.Module | dict[str, torch.Tensor]:
+    """The weights in ``path`` (or, with ``--unsafe-pickle``, the unpickled module); every
+    problem ends the command with one line (exit code 2)."""
+    try:
+        if unsafe_pickle:
+            module = load_pickled_module(path)
+            typer.echo(
+                f"warning: --unsafe-pickle: {path} was unpickled, which runs code from the file",
+                err=True,
+            )
+            return module
+        return load_state_dict_file(path)
+    except ModelFileError as e:
+        _fail(f"MODEL: {e}")
+
+
+def _fit_architecture(
+    state: dict[str, torch.Tensor],
+    path: Path,
+    *,
+    arch: str,
+    in_features: int,
+    classes: int,
+    hidden: list[int],
+    activation: str,
+    K: float | None,
+    input_shape: tuple[int, ...] | None,
+) -> nn.Module:
+    """The network ``--arch`` with the weights ``state`` (checked to fit exactly)."""
+    try:
+        model = build_architecture(
+            arch,
+            in_features=in_features,
+            classes=classes,
+            hidden=hidden,
+            activation=activation,
+            K=K,
+            input_shape=input_shape,
+        )
+    except ValueError as e:
+        _fail(f"--arch: {e}")
+    try:
+        load_weights(model, state, path)
+    except ModelFileError as e:
+        _fail(f"MODEL: {e}")
+    return model
+
+
+@app.command(cls=_OneLineErrors)
 def analyze(
-    model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="torch.save'd nn.Module")],
+    model_path: Annotated[
+        Path,
+        typer.Argument(
+            metavar="MODEL",
+            help="weights: a state dict (.pt) or a .safetensors file; the architecture is "
+            "given by --arch and its options",
+        ),
+    ],
+    arch: Annotated[
+        str,
+        typer.Option(
+            help="architecture of MODEL: mlp (what 'neurons train' saves: --hidden, "
+            "--activation, --K) or models.<name> (byzlearn.models: logistic, mlp, cnn, resnet)"
+        ),
+    ] = "mlp",
+    hidden: Annotated[
+        str, typer.Option(help="hidden widths of --arch mlp or models.mlp, e.g. 32 or 32-16")
+    ] = "32",
+    activation: Annotated[
+        str, typer.Option(help="activation of --arch mlp: " + ", ".join(_ACTIVATIONS))
+    ] = "sigmoid",
+    K: Annotated[
+        float | None, typer.Option("--K", help="K of the scaled_sigmoid activation")
+    ] = None,
+    classes: Annotated[
+        int | None, typer.Option(min=1, help="number of outputs (default: from --data)")
+    ] = None,
+    unsafe_pickle: Annotated[
+        bool,
+        typer.Option(
+            "--unsafe-pickle",
+            help="UNSAFE: MODEL is a whole nn.Module saved with torch.save(model); unpickling "
+            "it (torch.load weights_only=False) RUNS CODE FROM THE FILE. Only for files you "
+            "trust; --arch and its options are then ignored",
+        ),
+    ] = False,
     data: Annotated[
         str, typer.Option(help="digits or synthetic: inputs used for measurements")
     ] = "digits",
@@ -164,26 +332,55 @@ def analyze(
     from byzlearn.neurons.report import analyze as run_analysis
 
     if not 0 <= p <= 1:
-        raise typer.BadParameter("must be in [0, 1]", param_hint="--p")
+        _fail(f"--p: must be in [0, 1], got {p}")
     if not epsilon > 0:
-        raise typer.BadParameter("must be > 0", param_hint="--epsilon")
+        _fail(f"--epsilon: must be > 0, got {epsilon}")
     if not 0 < delta < 1:
-        raise typer.BadParameter("must be in (0, 1)", param_hint="--delta")
+        _fail(f"--delta: must be in (0, 1), got {delta}")
     if output not in ("probs", "logits"):
-        raise typer.BadParameter("must be 'probs' or 'logits'", param_hint="--output")
+        _fail(f"--output: must be 'probs' or 'logits', got {output!r}")
+    if C is not None and not (math.isfinite(C) and C > 0):
+        _fail(f"--C: must be a finite number > 0, got {C}")
+    if arch not in architectures():
+        _fail(f"--arch: unknown architecture {arch!r}; choose from {', '.join(architectures())}")
+    if activation not in _ACTIVATIONS:
+        _fail(f"--activation: unknown {activation!r}; choose from {', '.join(_ACTIVATIONS)}")
+    if K is not None and not (math.isfinite(K) and K > 0):
+        _fail(f"--K: must be a finite number > 0, got {K}")
+    if layer < 0:
+        _fail(f"--layer: must be a hidden layer index >= 0, got {layer}")
+    widths = _parse_ints(hidden, "--hidden", "32-16", "-")
     shape = None
     if input_shape:
-        try:
-            shape = tuple(int(v) for v in input_shape.split(","))
-        except ValueError:
-            raise typer.BadParameter(
-                f"bad --input-shape {input_shape!r}: use e.g. 1,8,8", param_hint="--input-shape"
-            ) from None
+        shape = tuple(_parse_ints(input_shape, "--input-shape", "1,8,8", ","))
+    if out.exists() and not out.is_dir():
+        _fail(f"--out: {out} is a file, not a directory")
+    loaded = _read_model_file(model_path, unsafe_pickle)
     torch.manual_seed(seed)
-    model = _load_model(model_path)
+    _, ytr, Xte, yte = _load_data(data, seed)
+    in_features = Xte.shape[1]
+    if shape is not None and math.prod(shape) != in_features:
+        _fail(
+            f"--input-shape: {input_shape} holds {math.prod(shape)} values, {data} inputs "
+            f"have {in_features}"
+        )
+    n_classes = classes if classes is not None else int(max(ytr.max(), yte.max())) + 1
+    if isinstance(loaded, nn.Module):
+        model = loaded
+    else:
+        model = _fit_architecture(
+            loaded,
+            model_path,
+            arch=arch,
+            in_features=in_features,
+            classes=n_classes,
+            hidden=widths,
+            activation=activation,
+            K=K,
+            input_shape=shape,
+        )
     if output == "probs" and not _ends_with_softmax(model):
         model = nn.Sequential(model, nn.Softmax(dim=-1))
-    _, _, Xte, _ = _load_data(data, seed)
     x = Xte[:n_samples]
     try:
         res = run_analysis(
@@ -201,10 +398,19 @@ def analyze(
             input_shape=shape,
         )
     except (ValueError, NotImplementedError, TypeError) as e:
-        raise typer.BadParameter(str(e), param_hint="MODEL/--layer") from None
+        if "hidden layer index" in str(e):
+            _fail(f"--layer: {e}")
+        _fail(f"{model_path} cannot be analysed: {e}")
+    except RuntimeError as e:  # e.g. the model does not accept the inputs of --data
+        _fail(f"{model_path} cannot be run on the {data} inputs: {e}")
+    except OSError as e:
+        _fail(f"--out: cannot write the figure under {out}: {e.strerror or e}")
     _print(res)
     if json_path is not None:
-        json_path.write_text(json.dumps(res, indent=2, default=float))
+        try:
+            json_path.write_text(json.dumps(res, indent=2, default=float))
+        except OSError as e:
+            _fail(f"--json: cannot write {json_path}: {e.strerror or e}")
         typer.echo(f"numbers written to {json_path}")
 
 

@@ -3,9 +3,13 @@
 Two techniques of El Mhamdi, Guerraoui, Kucharavy & Volodin, *The Probabilistic Fault Tolerance of
 Neural Networks in the Continuous Limit* (arXiv 1902.01686):
 
-* **crash-dropout**: during training each hidden unit is zeroed with probability ``p_train``
-  **without** rescaling (:class:`byzlearn.neurons.activations.CrashDropout`), i.e. the network is
-  trained under the very failure model it will face;
+* **crash-dropout**: during training each unit of the chosen hidden layer(s) is zeroed with
+  probability ``p_train`` **without** rescaling
+  (:class:`byzlearn.neurons.activations.CrashDropout`), i.e. the network is trained under the
+  very failure model it will face. The paper trains with crashes in one layer (the layer that
+  fails at inference) and with the MSE loss on one-hot targets; ``crash_layer=`` and
+  ``loss="mse"`` give that setup (defaults: every hidden layer and cross-entropy, the behaviour
+  of earlier versions);
 * **the VarDelta regulariser**: λ·mean over the batch of Σ_k Var_b3[Δ_k], the first-order variance
   p·Σ_i ((∂ŷ_k/∂y_i)·y_i)² of :func:`byzlearn.neurons.probabilistic.b3` at the failing layer.
 
@@ -25,7 +29,19 @@ from byzlearn.neurons.activations import CrashDropout, ScaledSigmoid
 from byzlearn.neurons.network import extract_network
 from byzlearn.neurons.probabilistic import _mc_chunks, b3
 
-__all__ = ["crash_report", "load_digits_data", "make_mlp", "synthetic_data", "train_mlp"]
+__all__ = [
+    "LOSSES",
+    "crash_report",
+    "load_digits_data",
+    "make_mlp",
+    "strip_crash_dropout",
+    "synthetic_data",
+    "train_mlp",
+]
+
+LOSSES = ("cross_entropy", "mse")
+"""Training losses of :func:`train_mlp`: cross-entropy on the logits, or the paper's MSE between
+the (linear) outputs and one-hot targets."""
 
 _ACTS = {
     "sigmoid": nn.Sigmoid,
@@ -73,24 +89,51 @@ def _split(
     return X[tr], y[tr], X[te], y[te]
 
 
+def _crash_layers(crash_layer: int | Sequence[int] | None, num_hidden: int) -> set[int]:
+    """The 0-based hidden layers that get a :class:`CrashDropout` (``None``: all of them)."""
+    if crash_layer is None:
+        return set(range(num_hidden))
+    if isinstance(crash_layer, int):
+        items: list[object] = [crash_layer]
+    elif isinstance(crash_layer, Sequence) and not isinstance(crash_layer, str):
+        items = list(crash_layer)
+    else:
+        raise ValueError(
+            f"crash_layer must be a hidden layer index, a sequence of them or None, "
+            f"got {crash_layer!r}"
+        )
+    if not items:
+        raise ValueError("crash_layer must name at least one hidden layer (or be None: all)")
+    for v in items:
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < num_hidden:
+            raise ValueError(
+                f"crash_layer: hidden layer index must be an int in [0, {num_hidden - 1}], "
+                f"got {v!r}"
+            )
+    return set(items)
+
+
 def make_mlp(
     sizes: Sequence[int],
     activation: str = "sigmoid",
     K: float | None = None,
     p_train: float = 0.0,
+    crash_layer: int | Sequence[int] | None = None,
 ) -> nn.Sequential:
     """Linear/activation stack with ``sizes = [in, h_1, ..., h_L, out]`` and a linear output.
 
     ``activation``: sigmoid, tanh, relu, softplus, or ``scaled_sigmoid`` (sigmoid(4Kx), K given).
-    ``p_train > 0`` inserts a :class:`CrashDropout` after every hidden activation (identity in
-    ``eval()``).
+    ``p_train > 0`` inserts a :class:`CrashDropout` (identity in ``eval()``) after the activation
+    of the hidden layers ``crash_layer`` (0-based: an index or a sequence of indices; default
+    ``None``: every hidden layer).
     """
     if len(sizes) < 3:
         raise ValueError(f"sizes needs at least [in, hidden, out], got {list(sizes)}")
     if any(int(s) < 1 for s in sizes):
         raise ValueError(f"sizes must be positive, got {list(sizes)}")
+    crashed = _crash_layers(crash_layer, len(sizes) - 2)
     mods: list[nn.Module] = []
-    for a, b in itertools.pairwise(sizes[:-1]):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes[:-1])):
         mods.append(nn.Linear(int(a), int(b)))
         if activation == "scaled_sigmoid":
             mods.append(ScaledSigmoid(1.0 if K is None else K))
@@ -100,10 +143,24 @@ def make_mlp(
             raise ValueError(
                 f"unknown activation {activation!r}; choose from {[*_ACTS, 'scaled_sigmoid']}"
             )
-        if p_train > 0:
+        if p_train > 0 and i in crashed:
             mods.append(CrashDropout(p_train))
     mods.append(nn.Linear(int(sizes[-2]), int(sizes[-1])))
     return nn.Sequential(*mods)
+
+
+def strip_crash_dropout(model: nn.Sequential) -> nn.Sequential:
+    """The same network without its :class:`CrashDropout` modules (parameters shared).
+
+    ``CrashDropout`` is the identity in ``eval()``, so both compute the same function; the
+    stripped model's ``state_dict`` keys are those of ``make_mlp(sizes, activation)`` without
+    crash-dropout, whatever layers were trained with crashes (what ``byzlearn neurons train``
+    saves and ``byzlearn neurons analyze --arch mlp`` rebuilds).
+    """
+    kept = [m for m in model if not isinstance(m, CrashDropout)]
+    out = nn.Sequential(*kept)
+    out.train(model.training)
+    return out
 
 
 def train_mlp(
@@ -119,20 +176,33 @@ def train_mlp(
     reg_p: float = 0.01,
     reg_layer: int = 0,
     seed: int = 0,
+    crash_layer: int | Sequence[int] | None = None,
+    loss: str = "cross_entropy",
 ) -> nn.Sequential:
-    """Train an MLP classifier (cross-entropy, Adam) and return it in ``eval()`` mode.
+    """Train an MLP classifier (Adam) and return it in ``eval()`` mode.
 
-    ``p_train``: crash-dropout probability (no rescaling). ``var_reg`` = λ of the VarDelta
-    regulariser λ·mean_x Σ_k p·Σ_i ((∂ŷ_k/∂y_i)·y_i)² at hidden layer ``reg_layer`` with
-    p = ``reg_p`` (arXiv 1902.01686, ``model.py``).
+    ``loss``: ``"cross_entropy"`` (default) on the logits, or ``"mse"``, the paper's loss:
+    mean over the batch and the C outputs of (ŷ_k − 1[k = y])², the linear outputs regressed on
+    one-hot targets (arXiv 1902.01686, MNIST experiments).
+
+    ``p_train``: crash-dropout probability (units zeroed, no rescaling) in the hidden layers
+    ``crash_layer`` (0-based index or sequence; default ``None``: every hidden layer). The paper
+    trains with crashes in the layer that fails at inference, e.g. ``crash_layer=0``.
+
+    ``var_reg`` = λ of the VarDelta regulariser λ·mean_x Σ_k p·Σ_i ((∂ŷ_k/∂y_i)·y_i)² at hidden
+    layer ``reg_layer`` with p = ``reg_p`` (arXiv 1902.01686, ``model.py``).
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError("epochs and batch_size must be >= 1")
     if var_reg < 0:
         raise ValueError(f"var_reg must be >= 0, got {var_reg}")
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; choose from {list(LOSSES)}")
     torch.manual_seed(seed)
     classes = int(y.max()) + 1
-    model = make_mlp([X.shape[1], *hidden, classes], activation, p_train=p_train)
+    model = make_mlp(
+        [X.shape[1], *hidden, classes], activation, p_train=p_train, crash_layer=crash_layer
+    )
     net = extract_network(model)  # shares the parameters
     net.check_hidden(reg_layer)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -143,11 +213,16 @@ def train_mlp(
         for start in range(0, X.shape[0], batch_size):
             idx = perm[start : start + batch_size]
             xb, yb = X[idx], y[idx]
-            loss = nn.functional.cross_entropy(model(xb), yb)
+            out = model(xb)
+            if loss == "mse":
+                target = nn.functional.one_hot(yb, classes).to(out.dtype)
+                value = nn.functional.mse_loss(out, target)
+            else:
+                value = nn.functional.cross_entropy(out, yb)
             if var_reg > 0:
-                loss = loss + var_reg * b3(net, xb, reg_p, reg_layer).var.sum(-1).mean()
+                value = value + var_reg * b3(net, xb, reg_p, reg_layer).var.sum(-1).mean()
             opt.zero_grad()
-            loss.backward()
+            value.backward()
             opt.step()
     model.eval()
     return model

@@ -74,13 +74,24 @@ def test_sign_flip_ipm_zero():
 
 def test_gaussian_matches_torch_draws():
     X = draw()
-    out = run("gaussian", X, 3, generator=torch.Generator().manual_seed(7), identical=False)
     ref = 200.0 * torch.randn(
         3, 40, generator=torch.Generator().manual_seed(7), dtype=torch.float64
     )
+    out = run("gaussian", X, 3, generator=torch.Generator().manual_seed(7), identical=False)
     np.testing.assert_allclose(out, ref.numpy(), rtol=1e-12)
+    # the default: each Byzantine worker draws its own noise (the Krum paper's Gaussian workers)
+    assert atk.spec("gaussian").identical_default is False
+    out = run("gaussian", X, 3, generator=torch.Generator().manual_seed(7))
+    np.testing.assert_allclose(out, ref.numpy(), rtol=1e-12)
+    # identical=True: one draw sent f times
     out = run(
-        "gaussian", X, 3, generator=torch.Generator().manual_seed(7), std=2.0, center="honest"
+        "gaussian",
+        X,
+        3,
+        generator=torch.Generator().manual_seed(7),
+        std=2.0,
+        center="honest",
+        identical=True,
     )
     ref = (
         X.mean(0)
@@ -140,10 +151,15 @@ def test_bitflip():
     X = draw(h=4)
     out = run("bitflip", X, 6, identical=False)
     np.testing.assert_allclose(out, -X[[0, 1, 2, 3, 0, 1]])
-    assert_rows(run("bitflip", X, 3), -X[0], 3)
+    # the default: each Byzantine worker negates its own gradient (the paper's bit flipping)
+    assert atk.spec("bitflip").identical_default is False
+    np.testing.assert_allclose(run("bitflip", X, 6), -X[[0, 1, 2, 3, 0, 1]])
+    assert_rows(run("bitflip", X, 3, identical=True), -X[0], 3)
     own = draw(h=3, seed=9)
-    np.testing.assert_allclose(run("bitflip", X, 3, own=own, identical=False), -own)
-    np.testing.assert_allclose(run("bitflip", X, 3, own=torch.from_numpy(own)), -own[[0, 0, 0]])
+    np.testing.assert_allclose(run("bitflip", X, 3, own=own), -own)
+    np.testing.assert_allclose(
+        run("bitflip", X, 3, own=torch.from_numpy(own), identical=True), -own[[0, 0, 0]]
+    )
     with pytest.raises(ValueError, match="own must hold"):
         run("bitflip", X, 2, own=own)
     # non-finite honest rows are skipped as stand-ins
@@ -171,33 +187,85 @@ def test_mimic_per_step_choice(seed):
         run("mimic", X, 3, worker=15)
 
 
-def test_mimic_state_reference():
-    rng = np.random.default_rng(0)
-    steps = [rng.normal(size=(8, 30)) for _ in range(4)]
-    # independent reference of the running estimate (epfml's heuristic form)
+def mimic_variant_reference(steps: list[np.ndarray], warmup: int, z0: np.ndarray | None):
+    """epfml's ``MimicVariantAttacker`` (codes/attacks/mimic.py, argmax=True) re-written in
+    numpy: at t = 0 ``_init_callback`` (mu = honest mean, z = z0, one power-iteration step),
+    for 0 < t < warmup ``_warmup_callback`` (running mean, z averaged with the new power step,
+    normalised), and while t < warmup ``_attack_callback`` picks argmax_i <g_i, z>; afterwards
+    the target is frozen. ``z0=None`` starts from ``g_0 - mu`` instead (not the reference: the
+    ``start="deviation"`` option). Returns the per-step targets and the final mu and z."""
     mu = z = None
-    targets = []
-    for t, G in enumerate(steps[:3]):
-        if t == 0:
-            mu = G.mean(0)
-            z = G[0] - mu
-            z /= np.linalg.norm(z)
-        else:
-            mu = (t * mu + G.mean(0)) / (t + 1)
-        cumu = sum(((g - mu) @ z) * (g - mu) for g in G)
-        c = cumu / np.linalg.norm(cumu)
-        z = c if t == 0 else (t * z + c) / (t + 1)
-        z /= np.linalg.norm(z)
-        targets.append(int(np.argmax(G @ z)))
-    state = atk.MimicState(warmup=3)
+    targets: list[int] = []
+    target = -1
     for t, G in enumerate(steps):
-        state = state.observe(torch.from_numpy(G))
+        if t < warmup:
+            avg = sum(G) / len(G)
+            if t == 0:
+                mu = avg
+                z = (G[0] - mu) if z0 is None else z0
+                cumu = sum(((g - mu) @ z) * (g - mu) for g in G)
+                z = cumu / np.linalg.norm(cumu)
+            else:
+                mu = t / (1 + t) * mu + avg / (1 + t)
+                cumu = sum(((g - mu) @ z) * (g - mu) for g in G)
+                z = t / (1 + t) * z + cumu / np.linalg.norm(cumu) / (1 + t)
+                z = z / np.linalg.norm(z)
+            target = max(range(len(G)), key=lambda i: G[i] @ z)
+        targets.append(target)
+    return targets, mu, z
+
+
+def _steps(seed: int = 0, h: int = 8, d: int = 30, k: int = 5) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.normal(size=(h, d)) + rng.normal(size=d) for _ in range(k)]
+
+
+def _check_state(state: atk.MimicState, steps, targets, mu, z, generator=None) -> None:
+    for t, G in enumerate(steps):
+        state = state.observe(torch.from_numpy(G), generator=generator)
         assert state.step == t + 1
-        expected = targets[min(t, 2)]
-        assert state.target == expected
-        assert_rows(run("mimic", G, 2, state=state), G[expected], 2)
-    np.testing.assert_allclose(state.mu.numpy(), mu)
-    np.testing.assert_allclose(state.z.numpy(), z)
+        assert state.target == targets[t], (t, state.target, targets[t])
+        assert_rows(run("mimic", G, 2, state=state), G[targets[t]], 2)
+    np.testing.assert_allclose(state.mu.numpy(), mu, rtol=1e-12)
+    np.testing.assert_allclose(state.z.numpy(), z, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_mimic_state_follows_the_reference(seed):
+    """Default MimicState: epfml's start, torch.randn(d, generator=manual_seed(0)) (float32)."""
+    steps = _steps(seed)
+    z0 = torch.randn(30, generator=torch.Generator().manual_seed(0)).double().numpy()
+    targets, mu, z = mimic_variant_reference(steps, 3, z0)
+    _check_state(atk.MimicState(warmup=3), steps, targets, mu, z)
+    assert atk.MimicState().start == "gaussian" and atk.MimicState().seed == 0
+    # another seed, or the caller's generator, draws another start
+    z7 = torch.randn(30, generator=torch.Generator().manual_seed(7)).double().numpy()
+    targets7, mu7, zz7 = mimic_variant_reference(steps, 3, z7)
+    _check_state(atk.MimicState(warmup=3, seed=7), steps, targets7, mu7, zz7)
+    _check_state(
+        atk.MimicState(warmup=3), steps, targets7, mu7, zz7, torch.Generator().manual_seed(7)
+    )
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_mimic_state_deviation_start(seed):
+    """start="deviation": this library's earlier start, g_0 - mu (not the reference's)."""
+    steps = _steps(seed)
+    targets, mu, z = mimic_variant_reference(steps, 3, None)
+    _check_state(atk.MimicState(warmup=3, start="deviation"), steps, targets, mu, z)
+
+
+def test_the_two_starts_differ():
+    """The start matters (so the tests above tell the two apart): over a few draws, the
+    reference's seeded Gaussian start and the deviation start pick different workers."""
+    differ = 0
+    for seed in range(10):
+        steps = _steps(seed, h=12, d=200, k=1)
+        z0 = torch.randn(200, generator=torch.Generator().manual_seed(0)).double().numpy()
+        differ += (
+            mimic_variant_reference(steps, 1, z0)[0] != mimic_variant_reference(steps, 1, None)[0]
+        )
+    assert differ >= 8  # 10 of 10 when measured
 
 
 def test_mimic_state_errors():
@@ -210,6 +278,12 @@ def test_mimic_state_errors():
         run("mimic", X, 2, state=atk.MimicState(), worker=1)
     with pytest.raises(ValueError, match="warmup"):
         atk.MimicState(warmup=0)
+    with pytest.raises(ValueError, match="start must be one of"):
+        atk.MimicState(start="first")
+    with pytest.raises(ValueError, match="seed"):
+        atk.MimicState(seed=-1)
+    with pytest.raises(TypeError, match="generator"):
+        atk.MimicState().observe(X, generator=0)
     s = atk.MimicState().observe(torch.from_numpy(X))
     with pytest.raises(ValueError, match="d=40"):
         atk.MimicState(warmup=2).observe(X).observe(X[:, :5])

@@ -50,13 +50,27 @@ def test_shape_determinism_and_input_untouched(problem, name, identical):
 @given(problems(), st.sampled_from(atk.names()))
 def test_identical_gives_equal_rows(problem, name):
     X, f, seed = problem
-    out = call(name, X, f, seed).astype(np.float64)
+    out = call(name, X, f, seed, identical=True).astype(np.float64)
     for row in out[1:]:
         np.testing.assert_array_equal(row, out[0])
 
 
+@given(problems(), st.sampled_from(atk.names()))
+def test_default_is_the_attacks_own(problem, name):
+    """identical=None (the call's default) is the spec's identical_default."""
+    X, f, seed = problem
+    default = call(name, X, f, seed)
+    explicit = call(name, X, f, seed, identical=atk.spec(name).identical_default)
+    np.testing.assert_array_equal(default, explicit)
+
+
 def test_distinct_attacks():
     assert set(DISTINCT) == {"bitflip", "gaussian", "large_norm", "nonfinite"}
+    # distinct by default where the paper has each Byzantine worker send its own vector
+    assert {n for n in atk.names() if not atk.spec(n).identical_default} == {
+        "bitflip",
+        "gaussian",
+    }
 
 
 @given(problems(), st.sampled_from(CONTINUOUS_DISTINCT))

@@ -174,6 +174,26 @@ def test_input_kinds_round_trip():
     assert out.dtype == torch.get_default_dtype()
 
 
+def test_identical_argument():
+    import inspect
+
+    from byzlearn.attacks._registry import register
+
+    assert inspect.signature(atk.get("gaussian")).parameters["identical"].default is None
+    X = honest()
+    g = torch.Generator
+    distinct = atk.get("gaussian")(X, 3, generator=g().manual_seed(1))
+    assert len({tuple(r.tolist()) for r in distinct}) == 3  # the default: f draws
+    same = atk.get("gaussian")(X, 3, generator=g().manual_seed(1), identical=True)
+    assert len({tuple(r.tolist()) for r in same}) == 1
+    torch.testing.assert_close(
+        atk.get("gaussian")(X, 3, generator=g().manual_seed(1), identical=False), distinct
+    )
+    with pytest.raises(ValueError, match="needs distinct=True"):
+        register("never_registered", identical_default=False)
+    assert "never_registered" not in atk.names()
+
+
 def test_one_honest_vector():
     X = torch.ones(1, 4)
     with pytest.raises(ValueError, match="at least 2 honest vectors"):
