@@ -37,6 +37,7 @@ import torch
 
 from byzlearn.aggregators._inputs import check_options as _check_options
 from byzlearn.attacks._context import AttackContext, make_context
+from byzlearn.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -62,9 +63,10 @@ class AttackSpec:
         return doc.splitlines()[0] if doc else ""
 
 
-_ATTACKS: dict[str, AttackSpec] = {}
+_ATTACKS: Registry[AttackSpec] = Registry(
+    "attack", normalise=lambda name: name.lower().replace("-", "_")
+)
 _PUBLIC: dict[str, Callable] = {}
-_ALIASES: dict[str, str] = {}
 
 
 def _options_of(impl: Callable) -> tuple[tuple[str, ...], dict[str, Any]]:
@@ -107,11 +109,7 @@ def register(
             needs_rule=needs_rule,
             identical_default=bool(identical_default),
         )
-        if name in _ATTACKS or name in _ALIASES:
-            raise ValueError(f"attack {name!r} is already registered")
-        _ATTACKS[name] = spec
-        for alias in aliases:
-            _ALIASES[alias] = name
+        _ATTACKS.add(name, spec, aliases=tuple(aliases))
         public = _make_public(spec)
         _PUBLIC[name] = public
         return public
@@ -180,22 +178,16 @@ def names(kind: str | None = None) -> list[str]:
 
 def aliases() -> dict[str, str]:
     """Alias -> canonical name (e.g. ``"fall_of_empires" -> "ipm"``)."""
-    return dict(sorted(_ALIASES.items()))
+    return _ATTACKS.aliases()
 
 
 def _canonical(name: str) -> str:
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"an attack name must be a non-empty string, got {name!r}")
-    key = name.strip().lower().replace("-", "_")
-    key = _ALIASES.get(key, key)
-    if key not in _ATTACKS:
-        raise KeyError(f"unknown attack {name!r}; known: {', '.join(names())}")
-    return key
+    return _ATTACKS.canonical(name)
 
 
 def spec(name: str) -> AttackSpec:
     """The :class:`AttackSpec` of one attack (aliases accepted)."""
-    return _ATTACKS[_canonical(name)]
+    return _ATTACKS.get(name)
 
 
 def get(name: str) -> Callable:

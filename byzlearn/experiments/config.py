@@ -104,7 +104,7 @@ class AttackConfig(_Strict):
 
     name: str = "none"
     options: dict[str, Any] = Field(default_factory=dict)
-    identical: bool = True
+    identical: bool | None = None
 
     @field_validator("name")
     @classmethod

@@ -191,7 +191,7 @@ class ByzantineWorkers:
         rule: str | Callable[..., torch.Tensor],
         rule_options: dict[str, Any] | None = None,
         options: dict[str, Any] | None = None,
-        identical: bool = True,
+        identical: bool | None = None,
         seed: int = 0,
         same_round: bool = True,
     ) -> None:
