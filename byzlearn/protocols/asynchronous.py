@@ -14,7 +14,7 @@ At the start the server sends the initial model to every worker. Then each step:
 
 A step is one received gradient (accepted or not), so "steps to a target accuracy" counts
 gradients, i.e. time, as the paper's slowdown does. Kardam's first step (the *bootstrap*) takes
-the first 2f + 1 gradients, applies their medoid and rejects the others.
+the first 2f + 1 gradients and applies their coordinate-wise median.
 
 The server never knows which workers are Byzantine; it emits an ``update`` event per gradient
 (sender, accepted, reason, staleness, reported loss) for observers.
@@ -224,21 +224,17 @@ class AsyncServer:
         return record
 
     def _bootstrap(self, msgs: list[Message], lr: float) -> dict[str, Any]:
-        """Kardam's first update: the medoid of the first 2f + 1 gradients; the rest rejected."""
+        """Kardam's first update: the coordinate-wise median of the first 2f + 1 gradients
+        (all on the initial model, at most f Byzantine); the gradients themselves are rejected."""
         assert self.kardam is not None
-        X = torch.stack(
-            [torch.nan_to_num(m.payload, nan=0.0, posinf=0.0, neginf=0.0) for m in msgs]
-        )
-        f = agg.largest_f("medoid", len(msgs), self.kardam.f) or 0
-        kept = agg.aggregate("medoid", X, f=f).kept
-        pick = int(kept[0]) if kept is not None else 0
-        info: dict[str, Any] = {}
-        for i, m in enumerate(msgs):
-            part = self._consider(m, lr, "accepted" if i == pick else "bootstrap")
-            if i == pick:
-                info = part
-        info["bootstrap"] = True
-        return info
+        for m in msgs:
+            self._consider(m, lr, "bootstrap")
+        X = torch.stack([m.payload for m in msgs])  # lost coordinates are skipped by the median
+        f = agg.largest_f("median", len(msgs), self.kardam.f) or 0
+        median = torch.nan_to_num(agg.median(X, f=f), nan=0.0)
+        self.kardam.accept(-1, median, self.theta, self.version)
+        weight = self._apply(median, 0, lr)
+        return {"bootstrap": True, "accepted": True, "reason": "bootstrap", "weight": weight}
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

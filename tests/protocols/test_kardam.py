@@ -73,20 +73,30 @@ def test_a_worker_is_summarised_by_a_quantile_of_its_last_coefficients() -> None
     assert flt._summarise(flt.coefficients[0]) == 100.0
 
 
-def test_reference_is_taken_gap_versions_back() -> None:
-    flt = KardamFilter(4, 1, gap=3)
-    for v in range(6):
+def test_references_are_2f_plus_1_accepted_gradients_gap_versions_back() -> None:
+    flt = KardamFilter(4, 1, gap=3)  # 2f + 1 = 3 references
+    for v in range(8):
         flt.accept(0, torch.full((2,), float(v)), torch.full((2,), float(v)), v)
-    g, _ = flt.reference(5)
-    assert float(g[0]) == 2.0  # the latest at version <= 5 - 3
-    g, _ = flt.reference(1)
-    assert float(g[0]) == 0.0  # none that far back: the oldest at another version
-    g_ref, x_ref = flt.reference(4)
-    k = flt.coefficient(torch.tensor([4.0, 0.0]), torch.tensor([4.0, 4.0]), 4)
-    expected = float(
-        (torch.tensor([4.0, 0.0]) - g_ref).norm() / (torch.tensor([4.0, 4.0]) - x_ref).norm()
+    assert [float(g[0]) for g, _ in flt.reference(7)] == [2.0, 3.0, 4.0]  # versions <= 7 - 3
+    assert [float(g[0]) for g, _ in flt.reference(1)] == [0.0, 2.0, 3.0]  # the oldest, not v=1
+    g, x = torch.tensor([4.0, 0.0]), torch.tensor([5.0, 5.0])
+    ks = sorted(
+        float((g - g_ref).norm() / (x - x_ref).norm()) for g_ref, x_ref in flt.reference(7)
     )
-    assert k == pytest.approx(expected)
+    assert flt.coefficient(g, x, 7) == pytest.approx(ks[1])  # the median of the three
+
+
+def test_one_byzantine_reference_cannot_vouch_for_another() -> None:
+    """A Byzantine gradient b accepted once: another copy of b, measured against 2f + 1 = 3
+    references of which only one is b, still gets the coefficient of an outlier."""
+    flt = KardamFilter(4, 1, gap=1)
+    honest = torch.ones(2)
+    b = torch.tensor([-10.0, -10.0])
+    for v, g in enumerate([honest, honest, b]):
+        flt.accept(v, g, torch.full((2,), float(v)), v)
+    k_byz = flt.coefficient(b, torch.full((2,), 3.0), 3)
+    k_honest = flt.coefficient(honest, torch.full((2,), 3.0), 3)
+    assert k_byz > 5 * k_honest
 
 
 def test_no_reference_then_warmup_then_lipschitz_and_frequency_decisions() -> None:
