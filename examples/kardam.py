@@ -56,7 +56,10 @@ def _rate(s: dict, who: str) -> float:
 
 
 def under_attack(seeds: list[int]) -> None:
-    print("| attack | Kardam final acc | async SGD final acc | honest rejected | Byzantine rejected |")
+    print(
+        "| attack | Kardam final acc | async SGD final acc | honest rejected "
+        "| Byzantine rejected |"
+    )
     print("| --- | ---: | ---: | ---: | ---: |")
     for label, attack in ATTACKS.items():
         k = [_run(s, KARDAM, attack=attack, eval_every=1500) for s in seeds]
