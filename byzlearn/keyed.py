@@ -24,7 +24,18 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-__all__ = ["Key", "generator", "key_of", "normal", "seed_of", "uniform", "uniform_rows"]
+__all__ = [
+    "Key",
+    "fold",
+    "generator",
+    "key_of",
+    "key_state",
+    "normal",
+    "seed_of",
+    "uniform",
+    "uniform_rows",
+    "uniform_states",
+]
 
 Key = tuple[int | str, ...]
 
@@ -91,6 +102,25 @@ def _to_unit(bits: np.ndarray) -> np.ndarray:
 def uniform(key: Key, count: int) -> np.ndarray:
     """``count`` uniform numbers in ``[0, 1)`` (float64) of the stream ``key``."""
     return _to_unit(_stream(np.array([key_of(key)], dtype=np.uint64), count))[0]
+
+
+def fold(states: np.ndarray, part: int | np.ndarray) -> np.ndarray:
+    """Fold one more key part (an int, or one non-negative int per state) into uint64 states:
+    ``fold(key_state(k), p)`` is the state of the key ``k + (p,)``."""
+    parts = np.asarray(part, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        return _mix((np.asarray(states, dtype=np.uint64) ^ parts) + _GOLDEN)
+
+
+def key_state(key: Key, copies: int = 1) -> np.ndarray:
+    """The state of ``key`` as a uint64 array of ``copies`` equal entries (see :func:`fold`)."""
+    return np.full(copies, key_of(key), dtype=np.uint64)
+
+
+def uniform_states(states: np.ndarray, count: int) -> np.ndarray:
+    """``(len(states), count)`` uniforms: row r is the stream of the key whose state is
+    ``states[r]``."""
+    return _to_unit(_stream(np.asarray(states, dtype=np.uint64), count))
 
 
 def uniform_rows(prefix: Key, rows: Sequence[tuple[int | str, ...]], count: int) -> np.ndarray:

@@ -131,18 +131,25 @@ def run_command(
         _fail(f"dataset.name={cfg.dataset.name}: {err}")
         return
     s = result.summary
-    headers = ["rule", "attack", "f", "final acc", "best acc", "Byz kept/round", "seconds"]
-    row = [
-        cfg.rule.full_name,
-        cfg.attack.name,
-        cfg.f,
-        s["final_accuracy"],
-        s["best_accuracy"],
-        s["kept_byzantine_mean"],
-        s["seconds"],
-    ]
+    if cfg.protocol.name == "parameter_server":
+        headers = ["rule", "attack", "f", "final acc", "best acc", "Byz kept/round", "seconds"]
+        row = [cfg.rule.full_name, cfg.attack.name, cfg.f, s["final_accuracy"],
+               s["best_accuracy"], s["kept_byzantine_mean"], s["seconds"]]  # fmt: skip
+    else:
+        headers = ["protocol", "attack", "f", "final acc", "best acc", "honest rejected",
+                   "Byz rejected", "seconds"]  # fmt: skip
+        row = [cfg.protocol.name, cfg.attack.name, cfg.f, s["final_accuracy"],
+               s["best_accuracy"], _fraction(s, "honest"), _fraction(s, "byzantine"),
+               s["seconds"]]  # fmt: skip
     console.print(markdown_table(headers, [row]), highlight=False, markup=False)
     console.print(f"run directory: {directory}", highlight=False)
+
+
+def _fraction(summary: dict[str, Any], who: str) -> str:
+    """``rejected / received`` of the honest or Byzantine gradients of an asynchronous run."""
+    rejected = summary.get(f"rejected_{who}") or 0
+    total = rejected + (summary.get(f"accepted_{who}") or 0)
+    return f"{rejected / total:.1%}" if total else "—"
 
 
 def sweep(

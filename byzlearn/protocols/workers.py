@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 
 __all__ = ["ByzantineWorkers", "ComputeWorkers", "WorkerSet", "build_workers"]
 
+# Rounds whose minibatches are drawn together (see ComputeWorkers._round_indices).
+_ROUNDS_PER_DRAW = 32
+
 
 class ComputeWorkers:
     """Workers that compute (possibly poisoned) stochastic gradients on their partitions.
@@ -92,21 +95,46 @@ class ComputeWorkers:
         self.clip = clip
         self.seed = int(seed)
         self.m = torch.zeros(h, model.dim) if self.momentum > 0 else None
+        self._batches: dict[int, torch.Tensor] = {}  # block of rounds -> their sample indices
+        self._states = keyed.fold(keyed.key_state((self.seed, "batch"), h), self.indices)
 
     # ------------------------------------------------------------------ data
     def indices_for(self, rows: Sequence[int], rounds: Sequence[int]) -> torch.Tensor:
-        """``(local_steps, len(rows), b)`` sample indices: worker ``rows[j]`` at ``rounds[j]``."""
-        keys = [
-            (self.indices[r], int(t), k)
-            for k in range(self.local_steps)
-            for r, t in zip(rows, rounds, strict=True)
-        ]
-        u = keyed.uniform_rows((self.seed, "batch"), keys, self.batch_size)
-        u = torch.from_numpy(u).reshape(self.local_steps, len(rows), self.batch_size)
-        r = torch.tensor(list(rows), dtype=torch.long)
-        sizes = self.sizes[r][None, :, None]
-        pos = (u * sizes).long().clamp_max(sizes - 1)
-        return self.flat_idx[self.offsets[r][None, :, None] + pos]
+        """``(local_steps, len(rows), b)`` sample indices: worker ``rows[j]`` at ``rounds[j]``.
+
+        The draws of a round are made for all members at once and kept for the next calls of
+        that round (the per-worker loop asks one member at a time); they are keyed, so this
+        changes nothing but the cost.
+        """
+        rounds = [int(t) for t in rounds]
+        if len(set(rounds)) == 1:  # one round (a synchronous protocol): one gather
+            return self._round_indices(rounds[0])[:, torch.as_tensor(list(rows))]
+        columns = [self._round_indices(t)[:, r] for r, t in zip(rows, rounds, strict=True)]
+        return torch.stack(columns, dim=1)
+
+    def _round_indices(self, t: int) -> torch.Tensor:
+        """``(local_steps, h, b)`` sample indices of every member for round ``t``.
+
+        Drawn for a block of ``_ROUNDS_PER_DRAW`` consecutive rounds at once (one vectorised
+        pass instead of a dozen small operations per round); the draws are keyed per (worker,
+        round, local step), so the block size changes nothing but the cost.
+        """
+        block = t // _ROUNDS_PER_DRAW
+        cached = self._batches.get(block)
+        if cached is None:
+            h, steps, b = len(self.ids), self.local_steps, self.batch_size
+            rounds = np.arange(block * _ROUNDS_PER_DRAW, (block + 1) * _ROUNDS_PER_DRAW)
+            at = keyed.fold(np.repeat(self._states[None, :], len(rounds), 0), rounds[:, None])
+            states = np.stack([keyed.fold(at, k) for k in range(steps)], axis=1)  # (R, s, h)
+            u = torch.from_numpy(keyed.uniform_states(states.reshape(-1), b))
+            u = u.reshape(len(rounds), steps, h, b)
+            sizes = self.sizes[None, None, :, None]
+            pos = (u * sizes).long().clamp_max(sizes - 1)
+            cached = self.flat_idx[self.offsets[None, None, :, None] + pos]
+            self._batches[block] = cached
+            while len(self._batches) > 2:  # the blocks still being answered
+                del self._batches[next(iter(self._batches))]
+        return cached[t % _ROUNDS_PER_DRAW]
 
     # ------------------------------------------------------------------ compute
     def _grads(

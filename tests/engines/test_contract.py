@@ -291,3 +291,22 @@ def test_bad_calls_raise_clear_errors(make) -> None:
         server.recv(1, deadline=math.inf)
     with pytest.raises(ValueError, match="not a driven node"):
         engine.send(ids[0], Message(kind="ask", dest=server.id))
+
+
+def test_every_message_sent_is_delivered_discarded_dropped_blocked_or_in_flight(make) -> None:
+    from byzlearn.attacks import Omission
+
+    engine = make(seed=4, compute=Delay("exponential", 1.0), faults={1: Omission(0.5)})
+    honest = engine.add_group("worker", 4, Echo())
+    liars = engine.add_group("worker", 2, Impostor(victim=honest[0]))
+    server = engine.add_node("server")
+    engine.set_topology(Ring([*honest, *liars, server.id], k=2))
+    for t in range(1, 6):
+        server.discard(lambda m, t=t: m.round < t)
+        server.multicast(Message(kind="ask", round=t), honest + liars)
+        server.gather(t, q=3, deadline=0.5)
+    s = engine.stats
+    assert s["sent"] == s["delivered"] + s["discarded"] + s["dropped"] + s["blocked"] + s[
+        "in_flight"
+    ]
+    assert s["dropped"] > 0 and s["blocked"] > 0 and s["impostor"] > 0 and s["late"] > 0
