@@ -43,8 +43,19 @@ class RunRecord:
     curve: tuple[list[int], list[float]]
 
 
+def method(config: Config) -> str:
+    """What aggregates at the server: the rule of the parameter server (``nnm+krum``), else the
+    protocol with its dampening (``kardam/exp``, ``async_sgd/none``)."""
+    protocol = config.protocol
+    if protocol.name == "parameter_server":
+        return config.rule.full_name
+    dampening = getattr(protocol, "dampening", None)
+    return f"{protocol.name}/{dampening}" if dampening else protocol.name
+
+
 def describe(config: Config) -> dict[str, Any]:
-    """The fields a report groups by: rule, attack, f, heterogeneity, momentum, seed, ..."""
+    """The fields a report groups by: rule (the aggregation method, :func:`method`), attack, f,
+    heterogeneity, momentum, seed, ..."""
     attack = config.attack.name
     if attack != "none" and config.attack.options:
         opts = ",".join(f"{k}={v}" for k, v in sorted(config.attack.options.items()))
@@ -55,7 +66,7 @@ def describe(config: Config) -> dict[str, Any]:
     return {
         "dataset": config.dataset.name,
         "model": config.model.name,
-        "rule": config.rule.full_name,
+        "rule": method(config),
         "attack": attack,
         "n": config.n,
         "f": config.f,

@@ -74,3 +74,17 @@ def test_sweep_planning_and_errors(tmp_path: Path) -> None:
     (tmp_path / "s.yaml").write_text("- 1\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_sweep(tmp_path / "s.yaml")
+
+
+def test_report_labels_asynchronous_runs_by_protocol() -> None:
+    from byzlearn.experiments import parse_config
+    from byzlearn.experiments.report import describe
+
+    sync = parse_config({"rule": {"name": "krum", "pre": ["nnm"]}})
+    kardam = parse_config({"protocol": {"name": "kardam"}, "n": 10, "f": 3})
+    plain = parse_config({"protocol": {"name": "async_sgd"}, "n": 10, "f": 3})
+    assert [describe(c)["rule"] for c in (sync, kardam, plain)] == [
+        "nnm+krum",
+        "kardam/exp",
+        "async_sgd/none",
+    ]
