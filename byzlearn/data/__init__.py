@@ -2,7 +2,9 @@
 
 from byzlearn.data.datasets import (
     ArrayDataset,
+    describe_dataset,
     load_dataset,
+    loader_options,
     names,
     read_cifar_batch,
     read_idx,
@@ -18,12 +20,14 @@ from byzlearn.data.partition import (
 
 __all__ = [
     "ArrayDataset",
+    "describe_dataset",
     "dirichlet",
     "gamma_similarity",
     "iid",
     "label_histogram",
     "label_shards",
     "load_dataset",
+    "loader_options",
     "names",
     "partition",
     "read_cifar_batch",

@@ -16,6 +16,7 @@ Files are looked up in ``root``, ``root/<Name>/raw`` (torchvision's layout) and 
 from __future__ import annotations
 
 import gzip
+import inspect
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +25,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["ArrayDataset", "load_dataset", "names", "read_cifar_batch", "read_idx"]
+__all__ = [
+    "ArrayDataset",
+    "describe_dataset",
+    "load_dataset",
+    "loader_options",
+    "names",
+    "read_cifar_batch",
+    "read_idx",
+]
 
 
 @dataclass
@@ -230,6 +239,33 @@ _LOADERS: dict[str, Callable[..., ArrayDataset]] = {
 def names() -> list[str]:
     """Names of the known datasets."""
     return sorted(_LOADERS)
+
+
+# (input shape, classes) of the datasets read from files, known without reading them
+_SHAPES: dict[str, tuple[tuple[int, ...], int]] = {
+    "digits": ((1, 8, 8), 10),
+    "mnist": ((1, 28, 28), 10),
+    "fashion_mnist": ((1, 28, 28), 10),
+    "cifar10": ((3, 32, 32), 10),
+    "cifar100": ((3, 32, 32), 100),
+}
+
+
+def loader_options(name: str) -> tuple[str, ...]:
+    """The options a config may give a dataset's loader (``dataset.options``)."""
+    loader = _LOADERS[name]
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    params = inspect.signature(loader).parameters.values()
+    return tuple(p.name for p in params if p.kind in named and p.name not in ("root", "download"))
+
+
+def describe_dataset(name: str, **options: object) -> tuple[tuple[int, ...], int]:
+    """``(input_shape, num_classes)`` of a dataset without reading its files (the synthetic
+    one is generated, which also checks its options' values)."""
+    if name in _SHAPES:
+        return _SHAPES[name]
+    data = load_dataset(name, **options)
+    return data.input_shape, data.num_classes
 
 
 def load_dataset(name: str, **options: object) -> ArrayDataset:

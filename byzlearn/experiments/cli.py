@@ -8,10 +8,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -28,24 +29,61 @@ __all__ = ["register"]
 console = Console()
 
 
-def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+def _fail(message: str) -> NoReturn:
+    console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
 @contextmanager
-def _progress(total: int, description: str) -> Iterator[tuple[Progress, Any]]:
-    columns = (
-        TextColumn("[bold]{task.description}", justify="left"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task(description, total=total, status="")
-        yield progress, task
+def _user_errors(dataset: str | None = None) -> Iterator[None]:
+    """Turn the errors a user can cause (a bad config or file, a run directory in use or
+    holding another config, a missing dataset or extra) into one line and exit code 2."""
+    from byzlearn.experiments.config import ConfigError
+    from byzlearn.experiments.store import RunDirError
+
+    try:
+        yield
+    except (ConfigError, RunDirError) as err:
+        _fail(str(err))
+    except (FileNotFoundError, ImportError) as err:  # dataset files or optional extras missing
+        _fail(f"dataset.name={dataset}: {err}" if dataset else str(err))
+
+
+class _LazyProgress:
+    """A progress bar that appears at its first update, so that an error raised before any
+    work (a refused directory, a bad checkpoint) prints alone."""
+
+    def __init__(self, total: int, description: str) -> None:
+        columns = (
+            TextColumn("[bold]{task.description}", justify="left"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        self.bar = Progress(*columns, console=console, transient=False)
+        self.task = self.bar.add_task(description, total=total, status="")
+        self.started = False
+
+    def update(self, task: Any = None, **fields: Any) -> None:
+        if not self.started:
+            self.bar.start()
+            self.started = True
+        self.bar.update(self.task, **fields)
+
+    def stop(self) -> None:
+        if self.started:
+            self.bar.stop()
+
+
+@contextmanager
+def _progress(total: int, description: str) -> Iterator[tuple[_LazyProgress, Any]]:
+    progress = _LazyProgress(total, description)
+    try:
+        yield progress, progress.task
+    finally:
+        progress.stop()
 
 
 def _status(record: dict[str, Any]) -> str:
@@ -64,13 +102,14 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed of every run.")] = 0,
 ) -> None:
     """Digits, n=25, f=5, omniscient attack: average collapses, robust rules keep learning."""
-    from byzlearn.experiments.config import ConfigError
-    from byzlearn.experiments.demo import run_demo
+    from byzlearn.experiments.demo import check_demo, run_demo
 
     names = [r.strip() for r in rules.split(",") if r.strip()]
     if not names:
         _fail("--rules: give at least one rule")
-    with _progress(len(names) * steps, "demo") as (progress, task):
+    with _user_errors("digits"):
+        check_demo(out, rules=names, steps=steps, seed=seed)  # before the progress bar
+    with _user_errors("digits"), _progress(len(names) * steps, "demo") as (progress, task):
 
         def on_start(rule: str) -> None:
             progress.update(task, description=f"demo: {rule}")
@@ -78,18 +117,14 @@ def demo(
         def callback(record: dict[str, Any]) -> None:
             progress.update(task, advance=1, status=_status(record))
 
-        try:
-            result = run_demo(
-                out, rules=names, steps=steps, seed=seed, on_start=on_start, callback=callback
-            )
-        except ConfigError as err:
-            _fail(str(err))
-            return
+        result = run_demo(
+            out, rules=names, steps=steps, seed=seed, on_start=on_start, callback=callback
+        )
         progress.update(task, completed=len(names) * steps)
     console.print()
     console.print(result.table, highlight=False, markup=False)
     console.print(
-        f"{len(names)} runs in {result.seconds:.1f} s; table and figure in "
+        f"{len(names)} run(s) in {result.seconds:.1f} s; table and figure in "
         f"{result.directory / 'table.md'}, {result.directory / 'accuracy.png'}",
         highlight=False,
     )
@@ -101,35 +136,46 @@ def run_command(
         list[str] | None, typer.Argument(help="key=value overrides, e.g. rule.name=krum f=3")
     ] = None,
     out: Annotated[
-        Path | None, typer.Option(help="Run directory (default: runs/<name or config hash>).")
+        Path | None,
+        typer.Option(help="Run directory (default: runs/<name>-<config hash>, one per config)."),
     ] = None,
-    resume: Annotated[bool, typer.Option(help="Resume a killed run from its checkpoint.")] = True,
+    resume: Annotated[
+        bool, typer.Option(help="Resume a killed run of this config from its checkpoint.")
+    ] = True,
 ) -> None:
-    """Train one run from CONFIG (plus overrides); metrics go to the run directory."""
-    from byzlearn.experiments.config import ConfigError, config_hash, load_config
+    """Train one run from CONFIG (plus overrides); metrics go to the run directory.
+
+    A directory holding a run of another config is refused (nothing is written): the default
+    directory carries the config hash, so different configs never share one.
+    """
+    from byzlearn.experiments.config import config_hash, load_config
     from byzlearn.experiments.runner import run
+    from byzlearn.experiments.store import RunDir
     from byzlearn.experiments.tables import markdown_table
 
-    if not config.is_file():
-        _fail(f"no such config file: {config}")
-    try:
+    with _user_errors():
         cfg = load_config(config, list(overrides or []))
-    except ConfigError as err:
-        _fail(str(err))
-        return
-    directory = out or Path("runs") / (cfg.name or config_hash(cfg)[:16])
-    try:
-        with _progress(cfg.steps, cfg.name or config.stem) as (progress, task):
-            result = run(
-                cfg,
-                directory,
-                resume=resume,
-                callback=lambda r: progress.update(task, completed=r["round"], status=_status(r)),
-            )
-            progress.update(task, completed=cfg.steps)
-    except (FileNotFoundError, ImportError) as err:  # dataset files or optional extras missing
-        _fail(f"dataset.name={cfg.dataset.name}: {err}")
-        return
+    h = config_hash(cfg)[:16]
+    directory = out or Path("runs") / (f"{cfg.name}-{h[:8]}" if cfg.name else h)
+    with _user_errors():
+        RunDir(directory).claim(cfg)  # before the progress bar: a refusal is one line
+    with _user_errors(cfg.dataset.name), _progress(cfg.steps, cfg.name or config.stem) as (
+        progress,
+        task,
+    ):
+        result = run(
+            cfg,
+            directory,
+            resume=resume,
+            callback=lambda r: progress.update(task, completed=r["round"], status=_status(r)),
+        )
+        progress.update(task, completed=cfg.steps)
+    what = {
+        "started": "trained a new run",
+        "resumed": f"resumed from the checkpoint of round {result.resumed_from}",
+        "loaded": "loaded the finished run (same config; nothing retrained)",
+    }[result.status]
+    console.print(f"{what} in {directory}", highlight=False, markup=False)
     s = result.summary
     if cfg.protocol.name == "parameter_server":
         headers = ["rule", "attack", "f", "final acc", "best acc", "Byz kept/round", "seconds"]
@@ -142,7 +188,6 @@ def run_command(
                s["best_accuracy"], _fraction(s, "honest"), _fraction(s, "byzantine"),
                s["seconds"]]  # fmt: skip
     console.print(markdown_table(headers, [row]), highlight=False, markup=False)
-    console.print(f"run directory: {directory}", highlight=False)
 
 
 def _fraction(summary: dict[str, Any], who: str) -> str:
@@ -161,30 +206,32 @@ def sweep(
     report: Annotated[bool, typer.Option(help="Build the report when done.")] = True,
 ) -> None:
     """Run a grid of configs; finished runs are skipped, so an interrupted sweep resumes."""
-    from byzlearn.experiments.config import ConfigError
     from byzlearn.experiments.store import RunDir
     from byzlearn.experiments.sweep import load_sweep, plan_sweep, run_sweep
 
-    if not spec.is_file():
-        _fail(f"no such sweep file: {spec}")
-    try:
+    with _user_errors():
         base, grid = load_sweep(spec)
         plan = plan_sweep(base, grid)
-    except ConfigError as err:
-        _fail(str(err))
-        return
     out = out or Path("runs") / spec.stem
-    done = sum(RunDir(plan.directory(out, c)).finished for c in plan.configs)
+    if out.exists() and not out.is_dir():
+        _fail(f"{out}: is a file, not a sweep directory")
+    done = [RunDir(plan.directory(out, c)).finished for c in plan.configs]
     console.print(
-        f"{len(plan.configs)} runs ({done} already finished), {len(plan.invalid)} invalid "
+        f"{len(plan.configs)} runs ({sum(done)} already finished), {len(plan.invalid)} invalid "
         f"combinations skipped; directory {out}",
         highlight=False,
+        markup=False,
     )
     for point, err in plan.invalid:
-        console.print(
-            f"  skipped {point}: {err.splitlines()[-1].strip()}", highlight=False, markup=False
-        )
-    if dry_run or not plan.configs:
+        reason = err.splitlines()[-1].strip().removeprefix("invalid config: ")
+        console.print(f"  skipped {point}: {reason}", highlight=False, markup=False)
+    if not plan.configs:
+        _fail(f"{spec}: no valid run in the grid (every combination was rejected, see above)")
+    if dry_run:
+        for i, (point, config) in enumerate(zip(plan.points, plan.configs, strict=True)):
+            state = "finished" if done[i] else "to run"
+            where = plan.directory(out, config)
+            console.print(f"  {where}  [{state}]  {point}", highlight=False, markup=False)
         return
     total = sum(c.steps for c in plan.configs)
     with _progress(total, "sweep") as (progress, task):
@@ -202,7 +249,8 @@ def sweep(
                 task, completed=offset["base"] + record["round"], status=_status(record)
             )
 
-        run_sweep(plan, out, on_start=on_start, callback=callback)
+        with _user_errors():
+            run_sweep(plan, out, on_start=on_start, callback=callback)
         progress.update(task, completed=total)
     if report:
         _report(out)
@@ -215,7 +263,8 @@ def _report(directory: Path, metric: str = "final_accuracy") -> None:
         where = build_report(directory, metric=metric)
     except FileNotFoundError as err:
         _fail(str(err))
-        return
+    except (ValueError, OSError) as err:  # damaged run files (config, summary, metrics)
+        _fail(str(err))
     console.print((where / "worst.md").read_text(), highlight=False, markup=False)
     console.print(f"report written to {where}", highlight=False)
 

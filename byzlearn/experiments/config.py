@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import types
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -33,8 +34,10 @@ __all__ = [
     "RuleConfig",
     "apply_overrides",
     "config_hash",
+    "field_path_exists",
     "load_config",
     "parse_config",
+    "read_yaml",
 ]
 
 
@@ -43,7 +46,11 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict: no silent coercion (``n: true`` or ``lr: "0.1"`` are errors, not 1 and 0.1);
+    # allow_inf_nan=False: ``lr: .inf`` is an error, not a run that "diverges" at round 1
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False
+    )
 
 
 class DatasetConfig(_Strict):
@@ -64,6 +71,19 @@ class DatasetConfig(_Strict):
         if v not in names():
             raise ValueError(f"unknown dataset {v!r} (known: {', '.join(names())})")
         return v
+
+    @model_validator(mode="after")
+    def _options(self) -> DatasetConfig:
+        from byzlearn.data import loader_options
+
+        allowed = loader_options(self.name)
+        unknown = sorted(set(self.options) - set(allowed))
+        if unknown:
+            valid = ", ".join(allowed) or "none"
+            raise ValueError(
+                f"options: {self.name} has no option {unknown[0]!r} (valid options: {valid})"
+            )
+        return self
 
 
 class PartitionConfig(_Strict):
@@ -188,6 +208,14 @@ class NetworkConfig(_Strict):
     @classmethod
     def _number_is_constant(cls, v: Any) -> Any:
         return _as_delay(v)
+
+    @field_validator("crashes", mode="before")
+    @classmethod
+    def _integer_keys(cls, v: Any) -> Any:
+        """Worker indices written as strings (JSON keys) are integers."""
+        if isinstance(v, dict):
+            return {int(k) if isinstance(k, str) and k.isdigit() else k: r for k, r in v.items()}
+        return v
 
     @field_validator("compute_time")
     @classmethod
@@ -314,6 +342,9 @@ class Config(_Strict):
             for key, value in moved.items():
                 section.setdefault(key, value)
             data["protocol"] = section
+        for section, default in (("protocol", "parameter_server"), ("engine", "local")):
+            if isinstance(data.get(section), dict) and "name" not in data[section]:
+                data[section] = {"name": default, **data[section]}  # protocol.q=3 alone
         protocol = data.get("protocol")
         if isinstance(protocol, dict) and "name" in protocol:
             from byzlearn.protocols import PROTOCOLS
@@ -367,17 +398,69 @@ class Config(_Strict):
 
         # the rule aggregates at the server of the synchronous protocol; asynchronous ones
         # only hand it to rule-aware attacks, so its n/f requirement does not apply there
-        n_rule = (q or self.n) if self.protocol.name == "parameter_server" else None
+        sync = self.protocol.name == "parameter_server"
+        n_rule, f_rule = ((q or self.n), self.f) if sync else (max(self.n, 10), 0)
         try:
-            if n_rule is not None:
-                agg.check(self.rule.full_name, n_rule, self.f, **self.rule.options)
-            else:
-                agg.check(self.rule.full_name, 10**6, 0, **self.rule.options)
+            agg.check(self.rule.full_name, n_rule, f_rule, **self.rule.options)
         except ValueError as exc:
             raise ValueError(f"rule.name: {exc}") from None
         except TypeError as exc:
             raise ValueError(f"rule.options: {exc}") from None
+        _try_options(self, n_rule, f_rule)
         return self
+
+
+_PROBE_DIM = 4  # coordinates of the vectors the option values are tried on
+
+
+def _try_options(config: Config, n_rule: int, f_rule: int) -> None:
+    """Build the model and run the rule and the attack once on tiny random inputs, so that
+    option *values* are checked by the objects themselves when the config is parsed (a bad
+    value fails here, not at round 1 with a half-written run directory)."""
+    import torch
+
+    import byzlearn.aggregators as agg
+    from byzlearn.data import describe_dataset
+    from byzlearn.models import build_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        try:
+            shape, classes = describe_dataset(config.dataset.name, **config.dataset.options)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"dataset.options: {_one_line(exc)}") from None
+        try:
+            build_model(config.model.name, shape, classes, **config.model.options)
+        except (ValueError, TypeError, RuntimeError) as exc:
+            raise ValueError(f"model.options: {_one_line(exc)}") from None
+        X = torch.randn(n_rule, _PROBE_DIM)
+        try:
+            agg.get(config.rule.full_name)(X, f=f_rule, **config.rule.options)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"rule.options: {_one_line(exc)}") from None
+        a = config.attack
+        if a.name == "none" or config.byzantine_count == 0:
+            return
+        import byzlearn.attacks as atk
+
+        options = {k: v for k, v in a.options.items() if k != "warmup"}
+        honest = torch.randn(max(config.n - config.byzantine_count, 1), _PROBE_DIM)
+        try:
+            atk.get(a.name)(
+                honest,
+                config.byzantine_count,
+                rule=config.rule.full_name,
+                rule_options=config.rule.options,
+                generator=torch.Generator().manual_seed(0),
+                identical=a.identical,
+                **options,
+            )
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"attack.options: {_one_line(exc)}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 def _protocol_names() -> list[str]:
@@ -412,6 +495,8 @@ def _format(err: ValidationError) -> str:
             loc = f"{loc}.{m.group(1)}" if loc else m.group(1)
             msg = m.group(2)
         lines.append(f"{loc or '<config>'}: {msg}")
+    if len(lines) == 1:
+        return f"invalid config: {lines[0]}"
     return "invalid config:\n  " + "\n  ".join(lines)
 
 
@@ -452,18 +537,103 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses a key written twice in one mapping."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False):
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} written twice (lines {seen[key]} and {line})",
+                key_node.start_mark,
+            )  # fmt: skip
+        seen[key] = line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
+)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """The YAML document in ``path``; any problem (missing, a directory, not UTF-8, malformed,
+    a key written twice) raises :class:`ConfigError` in one line naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such file")
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a YAML file")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read ({err.strerror})") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+
+
 def load_config(
     path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> Config:
     """Load a YAML config file (or the defaults if ``path`` is None) and apply overrides."""
     data: dict[str, Any] = {}
     if path is not None:
-        text = Path(path).read_text()
-        loaded = yaml.safe_load(text) or {}
+        loaded = read_yaml(path) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of config fields")
         data = loaded
     return parse_config(apply_overrides(data, overrides))
+
+
+def field_path_exists(key: str) -> bool:
+    """Whether the dotted ``key`` names a config field (``rule.name``, ``protocol.deadline``,
+    ``attack.options.z``: anything below a free-form mapping such as ``options`` counts)."""
+    models: list[Any] = [Config]  # None stands for a free-form mapping
+    for part in key.split("."):
+        found, children = False, []
+        for model in models:
+            if model is None:
+                found = True
+                children.append(None)
+                continue
+            fields = getattr(model, "model_fields", {})
+            if part in fields:
+                found = True
+                children.extend(_field_models(fields[part].annotation))
+        if not found:
+            return False
+        models = children
+    return True
+
+
+def _field_models(annotation: Any) -> list[Any]:
+    """What may sit below a field: its pydantic models, None for a free-form mapping (``dict``,
+    ``Any``), nothing for a scalar or a list."""
+    import typing
+
+    if annotation is Any:
+        return [None]
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _field_models(typing.get_args(annotation)[0])
+    if origin is dict:
+        return [None]
+    if origin in (typing.Union, types.UnionType):
+        return [m for a in typing.get_args(annotation) for m in _field_models(a)]
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return []
 
 
 _NOT_HASHED = {"name", "threads", "checkpoint_every"}

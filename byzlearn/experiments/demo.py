@@ -17,9 +17,10 @@ from typing import Any
 from byzlearn.experiments.config import Config, parse_config
 from byzlearn.experiments.plots import accuracy_curves
 from byzlearn.experiments.runner import RunResult, run
+from byzlearn.experiments.store import RunCollisionError, RunDir, RunDirError
 from byzlearn.experiments.tables import markdown_table
 
-__all__ = ["DEMO_RULES", "DemoResult", "demo_config", "run_demo"]
+__all__ = ["DEMO_RULES", "DemoResult", "check_demo", "demo_config", "run_demo"]
 
 DEMO_RULES = ("average", "krum", "median", "trimmed_mean", "bulyan", "nnm+krum")
 
@@ -62,9 +63,51 @@ def _label(rule: str, result: RunResult) -> str:
     return rule
 
 
+def _run_dir(directory: Path, rule: str) -> Path:
+    return directory / rule.replace("+", "_")
+
+
+def _warm_up(config: Config, first: bool) -> None:
+    """One-off costs out of the timed run: the rule's kernels (compiled, or loaded from the
+    cache) on inputs of the run's shape, and, before the first rule, one untimed training
+    step (the batched forward/backward's first call)."""
+    import torch
+
+    import byzlearn.aggregators as agg
+    from byzlearn.experiments.trainer import Trainer
+
+    X = torch.randn(config.n, 4096, generator=torch.Generator().manual_seed(0))
+    agg.aggregate(config.rule.full_name, X, f=config.f, **config.rule.options)
+    if first:
+        with torch.random.fork_rng(devices=[]):
+            Trainer(config).step()
+
+
 def _row(rule: str, result: RunResult) -> list[Any]:
     s = result.summary
     return [rule, s["final_accuracy"], s["best_accuracy"], s["kept_byzantine_mean"], s["seconds"]]
+
+
+def check_demo(
+    directory: str | Path, *, rules: Sequence[str] = DEMO_RULES, steps: int = 200, seed: int = 0
+) -> dict[str, Config]:
+    """The configs of the demo's runs, after checking (before anything is written) that
+    ``directory`` holds no demo of other settings: raises
+    :class:`~byzlearn.experiments.store.RunDirError` in one line naming a directory to use."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise RunDirError(f"{directory}: is a file, not a directory")
+    configs = {rule: demo_config(rule, steps=steps, seed=seed) for rule in rules}
+    for rule, config in configs.items():
+        try:
+            RunDir(_run_dir(directory, rule)).claim(config)
+        except RunCollisionError:
+            raise RunCollisionError(
+                f"{directory}: holds a demo with other settings ({_run_dir(directory, rule)}); "
+                f"nothing was written. Use another directory, e.g. --out "
+                f"{directory}-steps{steps}-seed{seed}"
+            ) from None
+    return configs
 
 
 def run_demo(
@@ -76,16 +119,29 @@ def run_demo(
     on_start: Callable[[str], None] | None = None,
     callback: Callable[[dict[str, Any]], None] | None = None,
 ) -> DemoResult:
-    """Run the demo into ``directory``; return its results and Markdown table."""
+    """Run the demo into ``directory``; return its results and Markdown table.
+
+    :func:`check_demo` runs first: a demo with other settings (``--steps``, ``--seed``) in the
+    same directory is refused, not overwritten. The table and the figure cover every rule whose
+    run the directory holds (a later ``--rules krum`` adds to them, it does not replace them).
+    The seconds exclude the one-off compilation of the aggregation kernels (each rule runs
+    once on inputs of the demo's shape before its timed run).
+    """
     directory = Path(directory)
+    configs = check_demo(directory, rules=rules, steps=steps, seed=seed)
     directory.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     results: dict[str, RunResult] = {}
-    for rule in rules:
+    for i, (rule, config) in enumerate(configs.items()):
         if on_start is not None:
             on_start(rule)
-        config = demo_config(rule, steps=steps, seed=seed)
-        results[rule] = run(config, directory / rule.replace("+", "_"), callback=callback)
+        if not RunDir(_run_dir(directory, rule)).finished:
+            _warm_up(config, first=i == 0)
+        results[rule] = run(config, _run_dir(directory, rule), callback=callback)
+    seconds = time.perf_counter() - start
+    results = {**_earlier_runs(directory, steps, seed, exclude=set(results)), **results}
+    order = {rule: i for i, rule in enumerate(DEMO_RULES)}
+    results = dict(sorted(results.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
     headers = ["rule", "final acc", "best acc", "Byzantine kept/round", "seconds"]
     table = markdown_table(headers, [_row(rule, r) for rule, r in results.items()])
     first = next(iter(results.values())).config
@@ -97,4 +153,25 @@ def run_demo(
         chance=0.1,
     )
     (directory / "table.md").write_text(f"# byzlearn demo\n\n{title}\n\n{table}")
-    return DemoResult(results, table, directory, time.perf_counter() - start)
+    return DemoResult(results, table, directory, seconds)
+
+
+def _earlier_runs(
+    directory: Path, steps: int, seed: int, exclude: set[str]
+) -> dict[str, RunResult]:
+    """Finished demo runs of the same settings already in ``directory`` (other rules)."""
+    found: dict[str, RunResult] = {}
+    for path in sorted(p for p in directory.iterdir() if p.is_dir()):
+        rd = RunDir(path)
+        try:
+            config = rd.read_config() if rd.finished else None
+        except (ValueError, OSError):
+            continue
+        if config is None or config.rule.full_name in exclude:
+            continue
+        rule = config.rule.full_name
+        if config != demo_config(rule, steps=steps, seed=seed):
+            continue
+        summary = rd.summary() or {}
+        found[rule] = RunResult(config, rd.metrics(), summary, None, path, status="loaded")
+    return found

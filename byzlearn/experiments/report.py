@@ -126,6 +126,15 @@ def _mean_curve(curves: list[tuple[list[int], list[float]]]) -> tuple[list[int],
     return rounds, out
 
 
+def _curve_label(rule: str, runs: list[RunRecord]) -> str:
+    """The rule, and how many of its runs diverged (their curves end there: the mean carries
+    their last value on)."""
+    diverged = sum(1 for r in runs if r.summary.get("diverged"))
+    if not diverged:
+        return rule
+    return f"{rule} (diverged: {diverged} of {len(runs)} runs)"
+
+
 def _worst(
     runs: list[tuple[dict[str, Any], RunRecord]], row: str, col: str, metric: str
 ) -> tuple[list[Any], list[Any], np.ndarray]:
@@ -172,14 +181,17 @@ def build_report(
 
     # ---- curves: one figure per combination of the varying fields other than rule and seed
     group_keys = [k for k in varying if k not in ("rule", "seed")]
-    groups: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    groups: dict[tuple, dict[str, list[RunRecord]]] = defaultdict(lambda: defaultdict(list))
     for d, r in pairs:
-        groups[tuple(d[k] for k in group_keys)][d["rule"]].append(r.curve)
+        groups[tuple(d[k] for k in group_keys)][d["rule"]].append(r)
     chance = None
     for key, per_rule in list(groups.items())[:64]:
         title = ", ".join(f"{k}={v}" for k, v in zip(group_keys, key, strict=True))
         name = "curves_" + _slug("_".join(f"{k}={v}" for k, v in zip(group_keys, key, strict=True)))
-        curves = {rule: _mean_curve(c) for rule, c in sorted(per_rule.items())}
+        curves = {
+            _curve_label(rule, runs): _mean_curve([r.curve for r in runs])
+            for rule, runs in sorted(per_rule.items())
+        }
         accuracy_curves(curves, out / f"{name}.png", title=title, chance=chance)
 
     # ---- worst case over attacks

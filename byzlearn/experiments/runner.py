@@ -31,7 +31,7 @@ from torch import nn
 
 from byzlearn.data import ArrayDataset
 from byzlearn.experiments.config import Config, config_hash, parse_config
-from byzlearn.experiments.store import MetricsWriter, RunDir
+from byzlearn.experiments.store import CheckpointError, MetricsWriter, RunDir
 from byzlearn.experiments.trainer import Trainer
 
 __all__ = ["RunResult", "run", "summarise"]
@@ -41,7 +41,11 @@ Callback = Callable[[dict[str, Any]], None]
 
 @dataclass
 class RunResult:
-    """What :func:`run` returns: the per-round records, the summary and where they were written."""
+    """What :func:`run` returns: the per-round records, the summary and where they were written.
+
+    ``status`` says what :func:`run` did: ``"started"`` (from round 0), ``"resumed"`` (from the
+    checkpoint of round ``resumed_from``) or ``"loaded"`` (a finished run, not retrained).
+    """
 
     config: Config
     records: list[dict[str, Any]]
@@ -49,6 +53,8 @@ class RunResult:
     theta: torch.Tensor | None = None
     directory: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    status: str = "started"
+    resumed_from: int | None = None
 
     def curve(self, key: str = "test_accuracy") -> tuple[list[int], list[float]]:
         """``(rounds, values)`` of the records that hold ``key``."""
@@ -90,17 +96,31 @@ def _evaluate(trainer: Trainer, record: dict[str, Any]) -> None:
     record["test_loss"] = loss
 
 
-def _resume(trainer: Trainer, rd: RunDir) -> list[dict[str, Any]]:
-    """Load the checkpoint (if any) and cut the metrics back to it; return the kept records."""
+def _checkpoint(rd: RunDir, config: Config) -> dict[str, Any] | None:
+    """The directory's checkpoint, checked to belong to ``config`` (before anything is
+    written); None without one."""
     state = rd.load_checkpoint()
+    if state is not None and state.get("hash") != config_hash(config):
+        raise CheckpointError(
+            f"{rd.checkpoint_path}: checkpoint of another config; nothing was written. Use "
+            "another directory"
+        )
+    return state
+
+
+def _resume(trainer: Trainer, rd: RunDir, state: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Restore the checkpoint ``state`` (if any) and cut the metrics back to it; return the
+    kept records."""
     if state is None:
         rd.metrics_path.unlink(missing_ok=True)
         return []
-    if state.get("hash") != config_hash(trainer.config):
-        raise ValueError(
-            f"{rd.checkpoint_path}: checkpoint of a different config; use a new directory"
-        )
-    trainer.load_state_dict(state["trainer"])
+    try:
+        trainer.load_state_dict(state["trainer"])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
+        raise CheckpointError(
+            f"{rd.checkpoint_path}: does not fit this run ({type(err).__name__}: {err}); "
+            "rerun with --no-resume to start this run afresh"
+        ) from None
     return rd.truncate_metrics(int(state["round"]))
 
 
@@ -118,21 +138,34 @@ def run(
     With ``directory``, the resolved config, metrics (as they come), checkpoints (every
     ``config.checkpoint_every`` rounds), the summary and the final model are written there; a
     run killed before finishing resumes from its last checkpoint when run again (``resume``),
-    and a finished run is loaded, not retrained. ``callback(record)`` is called after every
-    round (e.g. a progress bar). ``model`` (any ``nn.Module``) and ``dataset`` replace the
-    config's.
+    and a finished run is loaded, not retrained (``resume=False`` starts afresh). A directory
+    holding results of *another* config is refused before anything is written
+    (:class:`~byzlearn.experiments.store.RunCollisionError`), a directory another process runs
+    in too (:class:`~byzlearn.experiments.store.RunLockedError`). ``callback(record)`` is
+    called after every round (e.g. a progress bar). ``model`` (any ``nn.Module``) and
+    ``dataset`` replace the config's.
     """
     config = parse_config(config) if not isinstance(config, Config) else config
-    rd = RunDir(directory) if directory is not None else None
-    if rd is not None and resume and rd.finished:
-        summary = rd.summary() or {}
-        if summary.get("hash") == config_hash(config):
-            theta = torch.load(rd.model_path) if rd.model_path.exists() else None
-            return RunResult(config, rd.metrics(), summary, theta, rd.path)
+    if directory is None:
+        return _threads(config, lambda: _train(config, None, model, dataset, None, callback))
+    rd = RunDir(directory)
+    rd.claim(config)  # another config's results are never touched: refused before any write
+    with rd.lock():
+        if resume and rd.finished:
+            summary = rd.summary() or {}
+            theta = (
+                torch.load(rd.model_path, weights_only=True) if rd.model_path.exists() else None
+            )
+            return RunResult(config, rd.metrics(), summary, theta, rd.path, status="loaded")
+        state = _checkpoint(rd, config) if resume else None
+        return _threads(config, lambda: _train(config, rd, model, dataset, state, callback))
+
+
+def _threads(config: Config, work: Callable[[], RunResult]) -> RunResult:
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
-        return _train(config, rd, model, dataset, resume, callback)
+        return work()
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -142,19 +175,20 @@ def _train(
     rd: RunDir | None,
     model: nn.Module | None,
     dataset: ArrayDataset | None,
-    resume: bool,
+    state: dict[str, Any] | None,
     callback: Callback | None,
 ) -> RunResult:
     trainer = Trainer(config, model=model, dataset=dataset)
     records: list[dict[str, Any]] = []
     writer: MetricsWriter | None = None
+    status, resumed_from = "started", None
     if rd is not None:
         rd.write_config(config)
-        rd.summary_path.unlink(missing_ok=True)  # a stale summary of another config
-        if resume:
-            records = _resume(trainer, rd)
+        rd.summary_path.unlink(missing_ok=True)  # an unfinished run of this config
+        records = _resume(trainer, rd, state)
+        if state is not None:
+            status, resumed_from = "resumed", int(state["round"])
         else:
-            rd.metrics_path.unlink(missing_ok=True)
             rd.checkpoint_path.unlink(missing_ok=True)
         writer = MetricsWriter(rd.metrics_path)
     try:
@@ -196,4 +230,12 @@ def _train(
         torch.save(trainer.theta, rd.model_path)
         rd.write_summary(summary)
         rd.checkpoint_path.unlink(missing_ok=True)
-    return RunResult(config, records, summary, trainer.theta, rd.path if rd else None)
+    return RunResult(
+        config,
+        records,
+        summary,
+        trainer.theta,
+        rd.path if rd else None,
+        status=status,
+        resumed_from=resumed_from,
+    )

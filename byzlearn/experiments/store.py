@@ -8,8 +8,17 @@ Layout of a run directory::
     summary.json     written when the run finishes: final/best accuracy, seconds, ...
     model.pt         the final flat parameter vector
 
+    lock             present while a process runs in the directory (its pid and host)
+
 A run is *finished* when ``summary.json`` exists. On resume, ``metrics.jsonl`` is cut back to the
 checkpoint's round, so the finished file equals an uninterrupted run's.
+
+Safety. A directory holding any result of another config (its ``config.yaml``, metrics,
+checkpoint, summary or model) is never written to: :meth:`RunDir.claim` refuses it before
+anything is written. A lock file keeps two processes out of one directory. Checkpoints hold only
+tensors, numbers and strings and are read with ``torch.load(..., weights_only=True)``: a run
+directory received from someone else cannot run code when resumed. Every such problem raises a
+:class:`RunDirError` whose message is one line naming the file and what to do.
 """
 
 from __future__ import annotations
@@ -17,15 +26,48 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 
-from byzlearn.experiments.config import Config, parse_config, to_yaml
+from byzlearn.experiments.config import (
+    Config,
+    ConfigError,
+    config_hash,
+    parse_config,
+    read_yaml,
+    to_yaml,
+)
 
-__all__ = ["MetricsWriter", "RunDir", "read_metrics"]
+__all__ = [
+    "CheckpointError",
+    "MetricsWriter",
+    "RunCollisionError",
+    "RunDir",
+    "RunDirError",
+    "RunLockedError",
+    "read_metrics",
+]
+
+
+class RunDirError(ValueError):
+    """A run directory cannot be used as asked (one-line message naming the file)."""
+
+
+class RunCollisionError(RunDirError):
+    """The directory holds the results of another config."""
+
+
+class RunLockedError(RunDirError):
+    """Another live process runs in the directory."""
+
+
+class CheckpointError(RunDirError):
+    """The checkpoint cannot be read or is not a byzlearn checkpoint."""
 
 
 def _clean(value: Any) -> Any:
@@ -40,16 +82,37 @@ def _clean(value: Any) -> Any:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a metrics file (a torn last line, from a crash mid-write, is ignored)."""
+    """The records of a metrics file.
+
+    A torn last line (a crash mid-write: no final newline, or not JSON) is ignored; a damaged
+    line anywhere else raises :class:`RunDirError` naming it, rather than silently dropping the
+    records after it.
+    """
     path = Path(path)
     if not path.exists():
         return []
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise RunDirError(f"{path}: not a metrics file (not UTF-8 at byte {err.start})") from None
+    lines = text.split("\n")
     records = []
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        last = number == len(lines)  # no newline after it: possibly torn
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
-            break
+            if last:
+                break
+            raise RunDirError(
+                f"{path}: line {number} is not a JSON record (the file is damaged; the records "
+                "after it are not read)"
+            ) from None
+        if not isinstance(record, dict):
+            raise RunDirError(f"{path}: line {number} is not a metrics record")
+        records.append(record)
     return records
 
 
@@ -92,6 +155,7 @@ class RunDir:
         self.path = Path(path)
 
     config_path = property(lambda self: self.path / "config.yaml")
+    lock_path = property(lambda self: self.path / "lock")
     metrics_path = property(lambda self: self.path / "metrics.jsonl")
     checkpoint_path = property(lambda self: self.path / "checkpoint.pt")
     summary_path = property(lambda self: self.path / "summary.json")
@@ -102,6 +166,91 @@ class RunDir:
         """Whether the run completed (its summary exists)."""
         return self.summary_path.exists()
 
+    # ------------------------------------------------------------------ ownership
+    _RESULTS = ("config.yaml", "metrics.jsonl", "checkpoint.pt", "summary.json", "model.pt")
+
+    def holds_results(self) -> bool:
+        """Whether the directory holds any file of a run."""
+        return self.path.is_dir() and any((self.path / f).exists() for f in self._RESULTS)
+
+    def owner_hash(self) -> str | None:
+        """The config hash of the run this directory holds (None: no run; ``"?"``: a run
+        whose config cannot be read)."""
+        if not self.holds_results():
+            return None
+        summary_hash = None
+        if self.summary_path.exists():
+            try:
+                summary_hash = json.loads(self.summary_path.read_text()).get("hash")
+            except (ValueError, OSError, AttributeError):
+                summary_hash = None
+        if summary_hash:
+            return str(summary_hash)
+        try:
+            return config_hash(self.read_config())
+        except (ValueError, OSError):
+            return "?"
+
+    def claim(self, config: Config) -> None:
+        """Check, before anything is written, that this directory may hold a run of
+        ``config``: it is not a file, and holds no result of another config."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirError(f"{self.path}: is a file, not a run directory")
+        owner = self.owner_hash()
+        mine = config_hash(config)
+        if owner is not None and owner != mine:
+            what = "finished run" if self.finished else "run"
+            raise RunCollisionError(
+                f"{self.path}: holds the {what} of another config; nothing was written. "
+                f"Use another directory, e.g. --out {self.path}-{mine[:8]}"
+            )
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Keep other processes out of this directory while the block runs.
+
+        The lock file holds the owner's pid and host; a lock left by a process that no longer
+        runs on this host is taken over.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        me = f"{os.getpid()} {socket.gethostname()}"
+        for _ in range(2):
+            try:
+                fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if self._live_owner():
+                    raise RunLockedError(
+                        f"{self.path}: another byzlearn process "
+                        f"({self.lock_path.read_text().strip()}) is running in this directory"
+                    ) from None
+                self.lock_path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(me + "\n")
+            break
+        else:
+            raise RunLockedError(f"{self.path}: could not take the lock {self.lock_path}")
+        try:
+            yield
+        finally:
+            self.lock_path.unlink(missing_ok=True)
+
+    def _live_owner(self) -> bool:
+        try:
+            pid_text, _, host = self.lock_path.read_text().strip().partition(" ")
+            pid = int(pid_text)
+        except (OSError, ValueError):
+            return False  # an unreadable lock is stale
+        if host != socket.gethostname():
+            return True  # another machine's process: cannot check, respect it
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
     # ------------------------------------------------------------------ config
     def write_config(self, config: Config) -> None:
         """Create the directory and write the resolved config."""
@@ -110,9 +259,10 @@ class RunDir:
 
     def read_config(self) -> Config:
         """The resolved config of this run."""
-        import yaml
-
-        return parse_config(yaml.safe_load(self.config_path.read_text()))
+        data = read_yaml(self.config_path)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{self.config_path}: not a config mapping")
+        return parse_config(data)
 
     # ------------------------------------------------------------------ metrics
     def metrics(self) -> list[dict[str, Any]]:
@@ -134,10 +284,19 @@ class RunDir:
         os.replace(tmp, self.checkpoint_path)
 
     def load_checkpoint(self) -> dict[str, Any] | None:
-        """The latest checkpoint, or None."""
-        if not self.checkpoint_path.exists():
+        """The latest checkpoint, or None. Read with ``weights_only=True`` (tensors, numbers,
+        strings: no code runs); an unreadable one raises :class:`CheckpointError`."""
+        path = self.checkpoint_path
+        if not path.exists():
             return None
-        return torch.load(self.checkpoint_path, weights_only=False)
+        hint = "rerun with --no-resume to start this run afresh"
+        try:
+            state = torch.load(path, weights_only=True, map_location="cpu")
+        except Exception as err:  # any failure to read is one clear error
+            raise CheckpointError(f"{path}: {_checkpoint_problem(err)}; {hint}") from None
+        if not isinstance(state, dict) or not {"round", "hash", "trainer"} <= set(state):
+            raise CheckpointError(f"{path}: not a byzlearn checkpoint; {hint}")
+        return state
 
     # ------------------------------------------------------------------ summary
     def write_summary(self, summary: dict[str, Any]) -> None:
@@ -148,7 +307,30 @@ class RunDir:
         """The summary of a finished run, or None."""
         if not self.finished:
             return None
-        return json.loads(self.summary_path.read_text())
+        try:
+            summary = json.loads(self.summary_path.read_text())
+        except (ValueError, OSError) as err:
+            raise RunDirError(f"{self.summary_path}: not a readable summary ({err})") from None
+        if not isinstance(summary, dict):
+            raise RunDirError(f"{self.summary_path}: not a summary mapping")
+        return summary
+
+
+def _checkpoint_problem(err: Exception) -> str:
+    """What a failed ``torch.load(..., weights_only=True)`` says about the file, in words."""
+    import pickle
+
+    text = str(err).lower()
+    if isinstance(err, EOFError) or "truncated" in text:
+        return "empty or truncated, not a readable checkpoint"
+    if isinstance(err, pickle.UnpicklingError) and "weights_only" in text:
+        return (
+            "holds objects other than tensors, numbers and strings (refused: loading them "
+            "could run code from the file)"
+        )
+    if "zip" in text or "magic number" in text:
+        return "not a checkpoint file (corrupt, or written by something else)"
+    return f"cannot be read as a checkpoint ({type(err).__name__})"
 
 
 def iter_runs(root: str | Path) -> Iterator[RunDir]:

@@ -22,13 +22,18 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from byzlearn.experiments.config import Config, ConfigError, config_hash, parse_config
+from byzlearn.experiments.config import (
+    Config,
+    ConfigError,
+    config_hash,
+    field_path_exists,
+    parse_config,
+    read_yaml,
+)
 from byzlearn.experiments.runner import Callback, run
 
 __all__ = ["SweepPlan", "load_sweep", "plan_sweep", "run_sweep", "set_path"]
@@ -48,10 +53,12 @@ def set_path(data: dict[str, Any], key: str, value: Any) -> None:
 
 @dataclass
 class SweepPlan:
-    """The valid configs of a sweep and the combinations the schema rejected."""
+    """The valid configs of a sweep (with the grid point of each) and the combinations the
+    schema rejected."""
 
     configs: list[Config]
     invalid: list[tuple[dict[str, Any], str]]
+    points: list[dict[str, Any]] = field(default_factory=list)
 
     def directory(self, out: str | Path, config: Config) -> Path:
         """Where the run of ``config`` is stored."""
@@ -61,24 +68,28 @@ class SweepPlan:
 def load_sweep(path: str | Path) -> tuple[dict[str, Any], dict[str, list[Any]]]:
     """Read a sweep file: ``(base config mapping, grid)``."""
     path = Path(path)
-    data = yaml.safe_load(path.read_text()) or {}
+    data = read_yaml(path) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping with 'base' and 'grid'")
     unknown = sorted(set(data) - {"base", "grid"})
     if unknown:
-        raise ConfigError(f"{unknown[0]}: unknown key in a sweep file (expected base, grid)")
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r} (a sweep has base and grid)")
     base = data.get("base") or {}
     if isinstance(base, str):
         base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
-        base = yaml.safe_load(base_path.read_text()) or {}
+        if not base_path.is_file():
+            raise ConfigError(f"{path}: base: no such config file {base_path}")
+        base = read_yaml(base_path) or {}
     if not isinstance(base, dict):
-        raise ConfigError("base: must be a config mapping or a path to a config file")
+        raise ConfigError(f"{path}: base: must be a config mapping or a path to a config file")
     grid = data.get("grid") or {}
     if not isinstance(grid, dict):
-        raise ConfigError("grid: must map dotted config fields to lists of values")
+        raise ConfigError(f"{path}: grid: must map dotted config fields to lists of values")
     for key, values in grid.items():
+        if not isinstance(key, str) or not field_path_exists(key):
+            raise ConfigError(f"{path}: grid: {key!r} is not a config field")
         if not isinstance(values, list) or not values:
-            raise ConfigError(f"grid.{key}: must be a non-empty list of values")
+            raise ConfigError(f"{path}: grid.{key}: must be a non-empty list of values")
     return base, grid
 
 
@@ -89,6 +100,7 @@ def plan_sweep(base: dict[str, Any], grid: dict[str, list[Any]]) -> SweepPlan:
     keys = list(grid)
     configs: list[Config] = []
     invalid: list[tuple[dict[str, Any], str]] = []
+    points: list[dict[str, Any]] = []
     seen: set[str] = set()
     for values in itertools.product(*(grid[k] for k in keys)):
         data = copy.deepcopy(base)
@@ -104,7 +116,8 @@ def plan_sweep(base: dict[str, Any], grid: dict[str, list[Any]]) -> SweepPlan:
         if h not in seen:
             seen.add(h)
             configs.append(config)
-    return SweepPlan(configs, invalid)
+            points.append(point)
+    return SweepPlan(configs, invalid, points)
 
 
 def run_sweep(

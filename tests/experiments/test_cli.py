@@ -71,7 +71,7 @@ def test_run_config_errors_name_the_field(
     result = runner.invoke(app, ["run", str(cfg), "rule.name=krumm"])
     assert result.exit_code == 2 and "rule.name" in result.output
     result = runner.invoke(app, ["run", str(tmp_path / "missing.yaml")])
-    assert result.exit_code == 2 and "no such config" in result.output
+    assert result.exit_code == 2 and "missing.yaml: no such file" in result.output
 
 
 @pytest.mark.slow

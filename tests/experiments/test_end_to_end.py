@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from byzlearn.experiments import RunDir, parse_config, run
+from byzlearn.experiments.store import RunCollisionError
 
 SYNTHETIC: dict[str, Any] = {
     "dataset": {
@@ -146,11 +147,15 @@ def test_checkpoint_of_another_config_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(KilledError):
         run(config, tmp_path / "r", callback=kill)
-    with pytest.raises(ValueError, match="different config"):
-        run(_config(steps=12, checkpoint_every=5, seed=9), tmp_path / "r")
-    # without resume the directory is started afresh
-    fresh = run(_config(steps=12, checkpoint_every=5, seed=9), tmp_path / "r", resume=False)
-    assert fresh.summary["rounds"] == 12
+    before = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()}
+    other = _config(steps=12, checkpoint_every=5, seed=9)
+    for resume in (True, False):  # --no-resume does not destroy another config's run either
+        with pytest.raises(RunCollisionError, match="another config; nothing was written"):
+            run(other, tmp_path / "r", resume=resume)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()} == before
+    # the killed run itself resumes; another directory takes the other config
+    assert run(config, tmp_path / "r").status == "resumed"
+    assert run(other, tmp_path / "r2").summary["rounds"] == 12
 
 
 def test_divergence_is_recorded_and_stops_the_run() -> None:

@@ -68,9 +68,12 @@ def test_sweep_planning_and_errors(tmp_path: Path) -> None:
     plan = plan_sweep(*load_sweep(tmp_path / "s.yaml"))
     assert [c.rule.name for c in plan.configs] == ["krum"] and plan.configs[0].n == 7
     assert "rule.name" in plan.invalid[0][1]
-    (tmp_path / "s.yaml").write_text("grid: {n.x: [1]}\n")
-    plan = plan_sweep(*load_sweep(tmp_path / "s.yaml"))
-    assert not plan.configs and plan.invalid[0][1].splitlines()[1].strip().startswith("n:")
+    for typo in ("n.x", "rule.nam", "optimzer.lr"):  # refused when the sweep file is read
+        (tmp_path / "s.yaml").write_text(f"grid: {{{typo}: [1]}}\n")
+        with pytest.raises(ConfigError, match=f"grid: '{typo}' is not a config field"):
+            load_sweep(tmp_path / "s.yaml")
+    (tmp_path / "s.yaml").write_text("grid: {attack.options.z: [1.5], protocol.q: [3]}\n")
+    assert load_sweep(tmp_path / "s.yaml")[1] == {"attack.options.z": [1.5], "protocol.q": [3]}
     (tmp_path / "s.yaml").write_text("- 1\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_sweep(tmp_path / "s.yaml")
