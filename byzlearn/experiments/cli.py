@@ -188,6 +188,14 @@ def run_command(
                s["best_accuracy"], _fraction(s, "honest"), _fraction(s, "byzantine"),
                s["seconds"]]  # fmt: skip
     console.print(markdown_table(headers, [row]), highlight=False, markup=False)
+    if s.get("diverged"):
+        last = result.records[-1]["round"] if result.records else "?"
+        console.print(
+            f"diverged at step {last}: the model or the honest loss stopped being finite "
+            "(the accuracies above are of the diverged model)",
+            highlight=False,
+            markup=False,
+        )
 
 
 def _fraction(summary: dict[str, Any], who: str) -> str:

@@ -376,3 +376,21 @@ def test_run_directories_of_the_same_config_resume_not_collide(tmp_path: Path) -
     second = run(config, tmp_path / "r")
     assert second.status == "loaded" and second.summary == first.summary
     assert RunDir(tmp_path / "r").owner_hash() == first.summary["hash"]
+
+
+def test_error_lines_keep_square_brackets(capsys) -> None:
+    import typer
+
+    from byzlearn.experiments.cli import _fail
+
+    with pytest.raises(typer.Exit):
+        _fail("needs torchvision: pip install 'byzlearn[vision]'")
+    assert "pip install 'byzlearn[vision]'" in capsys.readouterr().out
+
+
+def test_a_diverged_run_says_so(tmp_path: Path) -> None:
+    cfg = _config(
+        tmp_path, optimizer={"lr": 1e20}, attack={"name": "ipm", "options": {"epsilon": 1e20}}
+    )
+    result = runner.invoke(app, ["run", str(cfg), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0 and "diverged at step" in result.output
