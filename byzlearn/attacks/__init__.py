@@ -27,6 +27,7 @@ from byzlearn.attacks import minmax as _minmax  # noqa: F401
 from byzlearn.attacks import optimised as _optimised  # noqa: F401
 from byzlearn.attacks._context import AttackContext
 from byzlearn.attacks._registry import (
+    Attack,
     AttackSpec,
     aliases,
     get,
@@ -50,6 +51,7 @@ from byzlearn.attacks.minmax import min_max_gamma, min_sum_gamma
 from byzlearn.attacks.poisoning import flip_labels, targeted_flip
 
 __all__ = [
+    "Attack",
     "AttackContext",
     "AttackSpec",
     "Behaviour",

@@ -66,7 +66,7 @@ class AttackSpec:
 _ATTACKS: Registry[AttackSpec] = Registry(
     "attack", normalise=lambda name: name.lower().replace("-", "_")
 )
-_PUBLIC: dict[str, Callable] = {}
+_PUBLIC: dict[str, Attack] = {}
 
 
 def _options_of(impl: Callable) -> tuple[tuple[str, ...], dict[str, Any]]:
@@ -85,7 +85,7 @@ def register(
     aliases: tuple[str, ...] = (),
     needs_rule: Callable[[dict], bool] | None = None,
     identical_default: bool = True,
-) -> Callable[[Callable[..., torch.Tensor]], Callable]:
+) -> Callable[[Callable[..., torch.Tensor]], Attack]:
     """Register ``impl(ctx, *, option=default, ...)`` under ``name``; return the public attack.
 
     ``identical_default`` is what ``identical=None`` (the default of the call) means for this
@@ -94,7 +94,7 @@ def register(
     if not identical_default and not distinct:
         raise ValueError(f"attack {name!r}: identical_default=False needs distinct=True")
 
-    def decorate(impl: Callable[..., torch.Tensor]) -> Callable:
+    def decorate(impl: Callable[..., torch.Tensor]) -> Attack:
         options, defaults = _options_of(impl)
         spec = AttackSpec(
             name=name,
@@ -110,26 +110,54 @@ def register(
             identical_default=bool(identical_default),
         )
         _ATTACKS.add(name, spec, aliases=tuple(aliases))
-        public = _make_public(spec)
+        public = Attack(spec)
         _PUBLIC[name] = public
         return public
 
     return decorate
 
 
-def _make_public(spec: AttackSpec) -> Callable:
-    def attack(
-        honest,
+class Attack:
+    """The public callable of one registered attack (what :func:`get` returns)::
+
+        attack(honest, f, *, rule=None, rule_options=None, generator=None, identical=None,
+               **options) -> (f, d) Byzantine vectors in the caller's kind, dtype and device
+
+    ``spec`` is its :class:`AttackSpec`; ``inspect.signature(attack)`` lists its options.
+    """
+
+    def __init__(self, spec: AttackSpec) -> None:
+        self.spec = spec
+        self.__name__ = self.__qualname__ = spec.name
+        self.__doc__ = spec.impl.__doc__
+        self.__module__ = spec.impl.__module__
+        impl_params = list(inspect.signature(spec.impl).parameters.values())[1:]
+        P = inspect.Parameter
+        self.__signature__ = inspect.Signature(
+            [
+                P("honest", P.POSITIONAL_OR_KEYWORD),
+                P("f", P.POSITIONAL_OR_KEYWORD),
+                P("rule", P.KEYWORD_ONLY, default=None),
+                P("rule_options", P.KEYWORD_ONLY, default=None),
+                P("generator", P.KEYWORD_ONLY, default=None),
+                P("identical", P.KEYWORD_ONLY, default=None),
+                *impl_params,
+            ]
+        )
+
+    def __call__(
+        self,
+        honest: Any,
         f: int,
         *,
-        rule=None,
-        rule_options: dict | None = None,
+        rule: str | Callable[..., Any] | None = None,
+        rule_options: dict[str, Any] | None = None,
         generator: torch.Generator | None = None,
         identical: bool | None = None,
-        **options,
-    ):
+        **options: Any,
+    ) -> Any:
         return apply(
-            spec.name,
+            self.spec.name,
             honest,
             f,
             rule=rule,
@@ -139,25 +167,8 @@ def _make_public(spec: AttackSpec) -> Callable:
             options=options,
         )
 
-    attack.__name__ = spec.name
-    attack.__qualname__ = spec.name
-    attack.__doc__ = spec.impl.__doc__
-    attack.__module__ = spec.impl.__module__
-    impl_params = list(inspect.signature(spec.impl).parameters.values())[1:]
-    P = inspect.Parameter
-    attack.__signature__ = inspect.Signature(
-        [
-            P("honest", P.POSITIONAL_OR_KEYWORD),
-            P("f", P.POSITIONAL_OR_KEYWORD),
-            P("rule", P.KEYWORD_ONLY, default=None),
-            P("rule_options", P.KEYWORD_ONLY, default=None),
-            P("generator", P.KEYWORD_ONLY, default=None),
-            P("identical", P.KEYWORD_ONLY, default=None),
-            *impl_params,
-        ]
-    )
-    attack.spec = spec  # type: ignore[attr-defined]
-    return attack
+    def __repr__(self) -> str:
+        return f"<attack {self.spec.name}>"
 
 
 # --- lookup --------------------------------------------------------------------------------
@@ -190,7 +201,7 @@ def spec(name: str) -> AttackSpec:
     return _ATTACKS.get(name)
 
 
-def get(name: str) -> Callable:
+def get(name: str) -> Attack:
     """The public attack callable for ``name`` (aliases and ``-``/``_`` spellings accepted)."""
     return _PUBLIC[_canonical(name)]
 
@@ -254,6 +265,7 @@ def apply(
 
 
 __all__ = [
+    "Attack",
     "AttackContext",
     "AttackSpec",
     "aliases",

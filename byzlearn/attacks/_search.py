@@ -27,7 +27,8 @@ grid and half for the refinement.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, cast
 
 _INV_PHI = (math.sqrt(5.0) - 1.0) / 2.0  # 0.618...
 
@@ -41,7 +42,7 @@ def check_search_options(
     if evaluations < 8:
         raise ValueError(f"{name}: evaluations must be >= 8, got {evaluations}")
     try:
-        lo, hi = (float(b) for b in bounds)  # type: ignore[union-attr]
+        lo, hi = (float(b) for b in cast(Iterable[Any], bounds))
     except (TypeError, ValueError):
         raise TypeError(
             f"{name}: bounds must be a pair of floats (lo, hi), got {bounds!r}"

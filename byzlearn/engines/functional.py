@@ -86,7 +86,12 @@ class FlatModel:
         self.module.zero_grad(set_to_none=True)
         loss = F.cross_entropy(self.module(x), y)
         loss.backward()
-        g = torch.cat([p.grad.reshape(-1) for p in self.module.parameters()])
+        g = torch.cat(  # a parameter the forward did not use has a zero gradient
+            [
+                (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                for p in self.module.parameters()
+            ]
+        )
         return g, loss.detach()
 
     @torch.no_grad()

@@ -107,7 +107,7 @@ class Ring(Graph):
         if k < 1:
             raise ValueError(f"ring: k must be >= 1, got {k}")
         edges = {
-            tuple(sorted((ids[i], ids[(i + s) % n])))
+            (min(ids[i], ids[(i + s) % n]), max(ids[i], ids[(i + s) % n]))
             for i in range(n)
             for s in range(1, k + 1)
             if n > 1 and ids[i] != ids[(i + s) % n]

@@ -12,7 +12,7 @@ import json
 import re
 import types
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -342,9 +342,9 @@ class Config(_Strict):
             for key, value in moved.items():
                 section.setdefault(key, value)
             data["protocol"] = section
-        for section, default in (("protocol", "parameter_server"), ("engine", "local")):
-            if isinstance(data.get(section), dict) and "name" not in data[section]:
-                data[section] = {"name": default, **data[section]}  # protocol.q=3 alone
+        for name, default in (("protocol", "parameter_server"), ("engine", "local")):
+            if isinstance(data.get(name), dict) and "name" not in data[name]:
+                data[name] = {"name": default, **data[name]}  # protocol.q=3 alone
         protocol = data.get("protocol")
         if isinstance(protocol, dict) and "name" in protocol:
             from byzlearn.protocols import PROTOCOLS
@@ -601,7 +601,7 @@ def field_path_exists(key: str) -> bool:
     ``attack.options.z``: anything below a free-form mapping such as ``options`` counts)."""
     models: list[Any] = [Config]  # None stands for a free-form mapping
     for part in key.split("."):
-        found, children = False, []
+        found, children = False, cast(list[Any], [])
         for model in models:
             if model is None:
                 found = True

@@ -120,7 +120,7 @@ def _mean_curve(curves: list[tuple[list[int], list[float]]]) -> tuple[list[int],
         for xs, ys in curves:
             if not xs:
                 continue
-            i = np.searchsorted(xs, r, side="right") - 1
+            i = int(np.searchsorted(xs, r, side="right")) - 1
             vals.append(ys[max(i, 0)])
         out.append(float(np.mean(vals)))
     return rounds, out
@@ -139,7 +139,9 @@ def _worst(
     runs: list[tuple[dict[str, Any], RunRecord]], row: str, col: str, metric: str
 ) -> tuple[list[Any], list[Any], np.ndarray]:
     """``min over attacks (mean over seeds)`` of ``metric`` for each (row, col) cell."""
-    cells: dict[tuple[Any, Any], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    cells: dict[tuple[Any, Any], dict[str, list[float | None]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
     for d, r in runs:
         cells[(d[row], d[col])][d["attack"]].append(r.summary.get(metric))
     rows = sorted({k[0] for k in cells}, key=_sort_key)

@@ -276,6 +276,8 @@ class _AsyncBase(Protocol):
 
         c = world.config
         options = c.protocol
+        if not isinstance(options, (AsyncSGDOptions, KardamOptions)):
+            raise TypeError(f"{cls.name} built from the options of {options.name}")
         workers = build_workers(world, engine, same_round=False)
         opt = c.optimizer
         server = AsyncServer(
@@ -283,10 +285,10 @@ class _AsyncBase(Protocol):
             world.model.flatten(),
             workers.ids,
             lr=learning_rate(opt, c.steps),
-            dampening=options.dampening,  # type: ignore[union-attr]
-            alpha=options.alpha,  # type: ignore[union-attr]
+            dampening=options.dampening,
+            alpha=options.alpha,
             momentum=opt.momentum if opt.momentum_at == "server" else 0.0,
-            deadline=options.deadline,  # type: ignore[union-attr]
+            deadline=options.deadline,
             kardam=cls._kardam(world),
             events=world.events,
         )

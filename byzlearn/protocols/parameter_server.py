@@ -138,8 +138,8 @@ class ParameterServer:
         request.meta["lr"] = lr
         self.node.multicast(request, self.workers)
         replies, shortfall = self._gather(t)
-        replies.sort(key=lambda m: m.sender)
-        senders = [int(m.sender) for m in replies]  # type: ignore[arg-type]
+        replies.sort(key=lambda m: m.sender if m.sender is not None else -1)
+        senders = [int(m.sender) for m in replies if m.sender is not None]
         record: dict[str, Any] = {"round": t, "lr": lr, "received": len(replies)}
         f = self.f
         if shortfall is not None and self.on_missing == "shrink":

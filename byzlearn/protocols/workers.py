@@ -96,7 +96,8 @@ class ComputeWorkers:
         self.seed = int(seed)
         self.m = torch.zeros(h, model.dim) if self.momentum > 0 else None
         self._batches: dict[int, torch.Tensor] = {}  # block of rounds -> their sample indices
-        self._states = keyed.fold(keyed.key_state((self.seed, "batch"), h), self.indices)
+        worker_parts = np.array(self.indices, dtype=np.uint64)
+        self._states = keyed.fold(keyed.key_state((self.seed, "batch"), h), worker_parts)
 
     # ------------------------------------------------------------------ data
     def indices_for(self, rows: Sequence[int], rounds: Sequence[int]) -> torch.Tensor:
