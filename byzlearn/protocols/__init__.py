@@ -17,7 +17,15 @@ from byzlearn.protocols.asynchronous import (
     KardamOptions,
     KardamProtocol,
 )
-from byzlearn.protocols.base import PROTOCOLS, Events, Observer, Protocol, World, register
+from byzlearn.protocols.base import (
+    PROTOCOLS,
+    Events,
+    Observer,
+    Protocol,
+    ServerProtocol,
+    World,
+    register,
+)
 from byzlearn.protocols.kardam import KardamFilter, dampening
 from byzlearn.protocols.parameter_server import (
     ParameterServer,
@@ -42,6 +50,7 @@ __all__ = [
     "ParameterServerOptions",
     "ParameterServerProtocol",
     "Protocol",
+    "ServerProtocol",
     "WorkerSet",
     "World",
     "build_workers",

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 import byzlearn.aggregators as agg
 from byzlearn.engines.base import Engine, Message, Node
-from byzlearn.protocols.base import Events, Protocol, World, register
+from byzlearn.protocols.base import Events, ServerProtocol, World, register
 from byzlearn.protocols.kardam import KardamFilter, dampening
 from byzlearn.protocols.workers import WorkerSet, build_workers
 
@@ -236,6 +236,11 @@ class AsyncServer:
         weight = self._apply(median, 0, lr)
         return {"bootstrap": True, "accepted": True, "reason": "bootstrap", "weight": weight}
 
+    @property
+    def steps_done(self) -> int:
+        """Gradients received (steps) so far."""
+        return self.steps
+
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -259,12 +264,11 @@ class AsyncServer:
             self.kardam.load_state_dict(state["kardam"])
 
 
-class _AsyncBase(Protocol):
+class _AsyncBase(ServerProtocol):
     """Shared wiring of the asynchronous protocols: workers, then the server node."""
 
-    def __init__(self, server: AsyncServer, workers: WorkerSet) -> None:
-        self.server = server
-        self.workers = workers
+    server: AsyncServer
+    workers: WorkerSet
 
     @classmethod
     def _kardam(cls, world: World) -> KardamFilter | None:
@@ -293,31 +297,6 @@ class _AsyncBase(Protocol):
             events=world.events,
         )
         return cls(server, workers)
-
-    @property
-    def worker_ids(self) -> list[int]:
-        return self.workers.ids
-
-    @property
-    def steps_done(self) -> int:
-        return self.server.steps
-
-    @property
-    def time(self) -> float:
-        return self.server.node.clock
-
-    def step(self) -> dict[str, Any]:
-        return self.server.step()
-
-    def models(self) -> dict[str, torch.Tensor]:
-        return {"server": self.server.theta}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"server": self.server.state_dict(), "workers": self.workers.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.server.load_state_dict(state["server"])
-        self.workers.load_state_dict(state["workers"])
 
 
 @register

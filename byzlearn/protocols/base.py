@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from byzlearn.engines import Engine, FlatModel
     from byzlearn.experiments.config import Config
 
-__all__ = ["PROTOCOLS", "Events", "Observer", "Protocol", "World"]
+__all__ = ["PROTOCOLS", "Events", "Observer", "Protocol", "ServerProtocol", "World"]
 
 
 class Observer:
@@ -139,6 +139,43 @@ class Protocol(ABC):
     @abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
+
+
+class ServerProtocol(Protocol):
+    """A protocol with one server role (``server``: a ``node``, a flat ``theta``, ``step()``,
+    ``steps_done``, ``state_dict()``) and parameter-server workers (``workers``: a
+    :class:`~byzlearn.protocols.workers.WorkerSet`): the synchronous and asynchronous servers.
+    Subclasses write ``build``."""
+
+    def __init__(self, server: Any, workers: Any) -> None:
+        self.server = server
+        self.workers = workers
+
+    @property
+    def worker_ids(self) -> list[int]:
+        """Node id of each worker index."""
+        return list(self.workers.ids)
+
+    @property
+    def steps_done(self) -> int:
+        return int(self.server.steps_done)
+
+    @property
+    def time(self) -> float:
+        return float(self.server.node.clock)
+
+    def step(self) -> dict[str, Any]:
+        return dict(self.server.step())
+
+    def models(self) -> dict[str, torch.Tensor]:
+        return {"server": self.server.theta}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"server": self.server.state_dict(), "workers": self.workers.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.server.load_state_dict(state["server"])
+        self.workers.load_state_dict(state["workers"])
 
 
 #: Protocols by name (``name -> Protocol subclass``).

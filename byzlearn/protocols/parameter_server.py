@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 import byzlearn.aggregators as agg
 from byzlearn import keyed
 from byzlearn.engines.base import Engine, Message, Node
-from byzlearn.protocols.base import Events, Protocol, World, register
+from byzlearn.protocols.base import Events, ServerProtocol, World, register
 from byzlearn.protocols.workers import WorkerSet, build_workers
 
 __all__ = ["ParameterServer", "ParameterServerOptions", "ParameterServerProtocol"]
@@ -186,6 +186,11 @@ class ParameterServer:
         )
         return record
 
+    @property
+    def steps_done(self) -> int:
+        """Rounds completed."""
+        return self.round
+
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -213,15 +218,13 @@ def _fewest_inputs(rule: str, f: int, options: dict[str, Any], limit: int = 100_
 
 
 @register
-class ParameterServerProtocol(Protocol):
+class ParameterServerProtocol(ServerProtocol):
     """The synchronous parameter server: n workers (ids first), then the server node."""
 
     name = "parameter_server"
     Options = ParameterServerOptions
-
-    def __init__(self, server: ParameterServer, workers: WorkerSet) -> None:
-        self.server = server
-        self.workers = workers
+    server: ParameterServer
+    workers: WorkerSet
 
     @classmethod
     def build(cls, world: World, engine: Engine) -> ParameterServerProtocol:
@@ -248,28 +251,3 @@ class ParameterServerProtocol(Protocol):
             events=world.events,
         )
         return cls(server, workers)
-
-    @property
-    def worker_ids(self) -> list[int]:
-        return self.workers.ids
-
-    @property
-    def steps_done(self) -> int:
-        return self.server.round
-
-    @property
-    def time(self) -> float:
-        return self.server.node.clock
-
-    def step(self) -> dict[str, Any]:
-        return self.server.step()
-
-    def models(self) -> dict[str, torch.Tensor]:
-        return {"server": self.server.theta}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"server": self.server.state_dict(), "workers": self.workers.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.server.load_state_dict(state["server"])
-        self.workers.load_state_dict(state["workers"])
