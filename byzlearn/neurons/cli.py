@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import torch
 import typer
@@ -45,10 +45,15 @@ from byzlearn.neurons.train import (
     train_mlp,
 )
 
-try:  # typer >= 0.16 vendors click
+# mypy sees one definition (typer >= 0.16, which vendors click); at run time an older typer falls
+# back to click itself. Two imports of one name under try/except would be a redefinition for mypy.
+if TYPE_CHECKING:
     from typer._click.exceptions import UsageError as _UsageError
-except ImportError:  # pragma: no cover - older typer on top of click
-    from click.exceptions import UsageError as _UsageError
+else:
+    try:  # typer >= 0.16 vendors click
+        from typer._click.exceptions import UsageError as _UsageError
+    except ImportError:  # pragma: no cover - older typer on top of click
+        from click.exceptions import UsageError as _UsageError
 
 app = typer.Typer(
     help="Fault tolerance of neural networks: FEP bounds, fault injection, certification.",

@@ -210,15 +210,15 @@ def evaluate_configs(
                 lay = net.layers[layer]
                 size = lay.n_out if kind == "neuron" else lay.n_out * lay.n_in
                 mask = torch.zeros(M, size, dtype=torch.bool)
-                value = torch.zeros(M, size, dtype=x.dtype)
+                sent = torch.zeros(M, size, dtype=x.dtype)
                 r, c = torch.tensor(rows), torch.tensor(cols)
                 mask[r, c] = True
-                value[r, c] = torch.tensor(vals, dtype=x.dtype)
+                sent[r, c] = torch.tensor(vals, dtype=x.dtype)
                 if kind == "neuron":
-                    nm[layer], nv[layer] = mask, value
+                    nm[layer], nv[layer] = mask, sent
                 else:
                     sm[layer] = mask.reshape(M, *lay.weight.shape)
-                    sv[layer] = value.reshape(M, *lay.weight.shape)
+                    sv[layer] = sent.reshape(M, *lay.weight.shape)
             y = net.forward(x, nm, nv, sm, sv)
             if y.dim() == 2:  # no fault in this block
                 y = y.unsqueeze(0).expand(M, *y.shape)
@@ -278,8 +278,8 @@ def worst_case_search(
     if total <= exhaustive_limit:
         configs = list(_all_configs(groups))
         errs = evaluate_configs(net, x, configs, "max", y_ref)
-        best = int(errs.argmax())
-        return WorstCase(float(errs[best]), configs[best], "exhaustive", len(configs))
+        top = int(errs.argmax())
+        return WorstCase(float(errs[top]), configs[top], "exhaustive", len(configs))
 
     g = torch.Generator().manual_seed(seed)
     evaluated = 0

@@ -61,9 +61,10 @@ class ModelFileError(ValueError):
     """A model file cannot be used; the message is one line that names the file."""
 
 
-def _one_line(text: str, limit: int = 200) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _one_line(text: object, limit: int = 200) -> str:
+    """``str(text)`` (a message or an exception) on one line, cut to ``limit`` characters."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 # --- architectures -------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import itertools
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal, overload
 
 import torch
 from torch import nn
@@ -132,6 +133,53 @@ class Network:
             )
         return layer
 
+    # The return type depends on ``return_hidden``: the overloads let callers get a plain Tensor
+    # (the usual case) or the (output, hidden outputs, pre-activations) tuple without narrowing.
+    @overload
+    def forward(
+        self,
+        x: torch.Tensor,
+        neuron_masks: Mapping[int, torch.Tensor] | None = ...,
+        neuron_values: Mapping[int, torch.Tensor | float] | None = ...,
+        synapse_masks: Mapping[int, torch.Tensor] | None = ...,
+        synapse_values: Mapping[int, torch.Tensor | float] | None = ...,
+        return_hidden: Literal[False] = ...,
+    ) -> torch.Tensor: ...
+
+    @overload
+    def forward(
+        self,
+        x: torch.Tensor,
+        neuron_masks: Mapping[int, torch.Tensor] | None,
+        neuron_values: Mapping[int, torch.Tensor | float] | None,
+        synapse_masks: Mapping[int, torch.Tensor] | None,
+        synapse_values: Mapping[int, torch.Tensor | float] | None,
+        return_hidden: Literal[True],
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]: ...
+
+    @overload
+    def forward(
+        self,
+        x: torch.Tensor,
+        neuron_masks: Mapping[int, torch.Tensor] | None = ...,
+        neuron_values: Mapping[int, torch.Tensor | float] | None = ...,
+        synapse_masks: Mapping[int, torch.Tensor] | None = ...,
+        synapse_values: Mapping[int, torch.Tensor | float] | None = ...,
+        *,
+        return_hidden: Literal[True],
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]: ...
+
+    @overload
+    def forward(
+        self,
+        x: torch.Tensor,
+        neuron_masks: Mapping[int, torch.Tensor] | None = ...,
+        neuron_values: Mapping[int, torch.Tensor | float] | None = ...,
+        synapse_masks: Mapping[int, torch.Tensor] | None = ...,
+        synapse_values: Mapping[int, torch.Tensor | float] | None = ...,
+        return_hidden: bool = ...,
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]: ...
+
     def forward(
         self,
         x: torch.Tensor,
@@ -155,7 +203,8 @@ class Network:
             return_hidden: also return the lists of hidden outputs h_l and pre-activations z_l.
 
         Returns:
-            Output of shape (B, out), or (M, B, out) when a mask has a configuration axis.
+            Output of shape (B, out), or (M, B, out) when a mask has a configuration axis; with
+            ``return_hidden``, the tuple (output, [h_1, ..., h_L], [z_1, ..., z_{L+1}]).
         """
         neuron_masks = neuron_masks or {}
         neuron_values = neuron_values or {}
@@ -225,7 +274,7 @@ class Network:
         return rows
 
 
-def _per_layer(value: float | Sequence[float] | None, n: int, what: str) -> list[float | None]:
+def _per_layer(value: float | Sequence[float] | None, n: int, what: str) -> Sequence[float | None]:
     if value is None:
         return [None] * n
     if isinstance(value, (int, float)):
@@ -252,7 +301,9 @@ def _next_shape(mod: nn.Module, shape: tuple[int, ...], name: str) -> tuple[int,
     return shape
 
 
-def _unrolled_conv(name: str, mod: nn.Module, shape: tuple[int, ...] | None) -> Layer:
+def _unrolled_conv(
+    name: str, mod: nn.Conv1d | nn.Conv2d | nn.Conv3d, shape: tuple[int, ...] | None
+) -> Layer:
     """Dense (out, in) matrix and bias of a convolution applied to inputs of ``shape``."""
     assert shape is not None
     n_in = math.prod(shape)

@@ -104,13 +104,15 @@ def _crash_layers(crash_layer: int | Sequence[int] | None, num_hidden: int) -> s
         )
     if not items:
         raise ValueError("crash_layer must name at least one hidden layer (or be None: all)")
+    layers: set[int] = set()
     for v in items:
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < num_hidden:
             raise ValueError(
                 f"crash_layer: hidden layer index must be an int in [0, {num_hidden - 1}], "
                 f"got {v!r}"
             )
-    return set(items)
+        layers.add(v)
+    return layers
 
 
 def make_mlp(
