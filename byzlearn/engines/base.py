@@ -39,7 +39,18 @@ import torch
 
 from byzlearn.engines.topology import Complete, Topology
 
-__all__ = ["STATS", "Engine", "Handler", "Match", "Message", "Node"]
+__all__ = [
+    "STATS",
+    "Complete",
+    "Engine",
+    "Handler",
+    "Match",
+    "Message",
+    "Node",
+    "Topology",
+    "check_deadline",
+    "match_all",
+]
 
 Match = Callable[["Message"], bool]
 
@@ -210,7 +221,8 @@ class Engine(ABC):
 
     @property
     def clock(self) -> float:
-        """The latest clock of any driven node."""
+        """The latest time any node has reached (a driven node's clock, a reactive node's busy
+        time)."""
         return max((self.now(i) for i in self.nodes()), default=0.0)
 
     @property
@@ -295,5 +307,3 @@ def check_deadline(deadline: float | None) -> float | None:
         raise ValueError(f"deadline must be a finite number >= 0, got {deadline!r}")
     return value
 
-
-__all__ += ["Complete", "Topology", "check_deadline", "match_all"]
