@@ -7,14 +7,17 @@ clipping, NNM mixing, Bulyan's iterated selection) runs on n x n matrices.
 
 Numerics. ``||x_i - x_j||^2 = G_ii + G_jj - 2 G_ij`` loses precision when the vectors sit far from
 the point the Gram matrix is centred on (full model weights share a large common component; an
-outlier drags a mean). So the pass centres each chunk of coordinates on its own mean (the common
-component cancels exactly inside the chunk, before any product), multiplies in the input precision
-and accumulates the chunks in float64. On the CPU this is one numba kernel
-(:mod:`._gram_kernel`: one read of the data, half the products of a GEMM, threads); elsewhere a
-torch mean, subtraction and GEMM per block. If the resulting distances still look cancellation-prone
-(inputs far from the centre compared with their spread, e.g. one huge outlier), the pass is run
-once more centred on a central input row, which makes the distances between the inputs near that
-row exact to working precision.
+outlier drags a mean). So the pass centres every chunk of coordinates before any product (the
+common component cancels exactly inside the chunk), multiplies in the input precision and
+accumulates the chunks in float64. The centre is a *central input row*: on inputs of 2^21 values
+or more it is chosen first on a sample of about d / 64 coordinates (:func:`centre_row_from_sample`;
+with an honest majority an honest row near the bulk, which attackers cannot drag away), so the
+distances between the inputs near it are exact to working precision in one pass, attacked or not.
+Smaller inputs centre each chunk on its mean. If the distances still look cancellation-prone
+(inputs far from the centre compared with their spread), the pass is run once more centred on the
+central row of the full Gram matrix. On the CPU the pass is numba (:mod:`._gram_kernel`: one read
+of the data, 3 x 3 tiles computing half the products of a GEMM for few rows, BLAS syrk for many,
+threads); elsewhere a torch subtraction and GEMM per block.
 
 Non-finite values. A row holding any NaN/Inf (or a value so large that squared distances over d
 coordinates could overflow float64, see :func:`measurable_limit`) is marked *bad*: it is excluded
@@ -24,6 +27,7 @@ it last and it never enters a weighted sum.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -38,6 +42,8 @@ _BLOCK_ELEMENTS = 1 << 19
 # Coordinates per block of the CPU kernel, times n: the unit of threading and of the
 # non-finite check (a block holding NaN/Inf is redone in float64 by the slow path).
 _KERNEL_BLOCK_ELEMENTS = 1 << 22
+# Elements per block of the BLAS path (many rows): a (rows x columns) float32 buffer of 64 MB.
+_BLAS_BLOCK_ELEMENTS = 1 << 24
 # Columns per product of dense mixing (NNM) on the CPU: a (n', n) x (n, 16384) product runs
 # at about twice the speed of one over the 80k+ columns of a block (measured, one core).
 _MIX_COLUMNS = 16384
@@ -126,29 +132,90 @@ def base_gram(
 
 
 def _kernel_pass(X: torch.Tensor, centre: torch.Tensor | None, centre_row: int | None):
-    """CPU: the numba kernel of :mod:`._gram_kernel`, slow path for non-finite blocks."""
+    """CPU: the numba kernels of :mod:`._gram_kernel` (3 x 3 tiles for few rows, BLAS syrk for
+    many), the slow path for blocks whose products overflow.
+
+    Rows holding a non-finite value are flagged by the kernel (their products are skipped, the
+    others' stay exact); a block holding products that overflowed the input precision is redone
+    in float64 by :func:`_masked_block`. With ``centre_row`` the centre row's own (zero) centred
+    values are not multiplied; where that row is not finite the kernel centres on the mean.
+    """
     n, d = X.shape
     Xn = X.detach().numpy()
+    rows = np.arange(n, dtype=np.int64)
     if centre is not None:
         centre_np = centre.detach().to(device="cpu", dtype=X.dtype).numpy()
     elif centre_row is not None:
         centre_np = Xn[centre_row]
+        rows = rows[rows != centre_row]
     else:
         centre_np = None
-    lanes = _gram_kernel.LANES
-    size = max(4 * lanes, (_KERNEL_BLOCK_ELEMENTS // max(n, 1)) // lanes * lanes)
-    blocks = column_blocks(d, size)
-    parts = _gram_kernel.gram_blocks(Xn, blocks, centre_np, torch.get_num_threads())
+    if rows.size >= _gram_kernel.BLAS_MIN_ROWS:
+        blocks, parts = _blas_parts(Xn, centre_np, rows)
+    else:
+        lanes = _gram_kernel.LANES
+        size = max(4 * lanes, (_KERNEL_BLOCK_ELEMENTS // max(n, 1)) // lanes * lanes)
+        blocks = column_blocks(d, size)
+        parts = _gram_kernel.gram_blocks(Xn, blocks, centre_np, torch.get_num_threads(), rows)
     acc = torch.zeros(n + 1, n + 1, dtype=torch.float64)
     bad = torch.zeros(n, dtype=torch.bool)
-    for (j0, j1), part in zip(blocks, parts, strict=True):
+    for (j0, j1), (part, nonfinite, centre_missing) in zip(blocks, parts, strict=True):
         Gb = torch.from_numpy(part)
+        bad[torch.from_numpy(nonfinite)] = True
+        if centre_missing and centre_row is not None:
+            bad[centre_row] = True
         if not bool(torch.isfinite(Gb).all()):
             m = None if centre is None else centre[j0:j1]
-            Gb, bad_b = _masked_block(X[:, j0:j1], m, centre_row, d)
+            row = None if centre_missing else centre_row
+            Gb, bad_b = _masked_block(X[:, j0:j1], m, row, d)
             bad |= bad_b
         acc += Gb
     return acc, bad
+
+
+def _blas_parts(Xn: np.ndarray, centre_np: np.ndarray | None, rows: np.ndarray):
+    """Blocks and their Gram statistics for many rows: the centred block is written by the
+    kernel, its products are one BLAS ``syrk`` (numpy's ``C @ C.T`` on the same buffer) on
+    ``torch.get_num_threads()`` BLAS threads."""
+    n, d = Xn.shape
+    lanes = _gram_kernel.LANES
+    size = max(4 * lanes, (_BLAS_BLOCK_ELEMENTS // rows.size) // lanes * lanes)
+    blocks = column_blocks(d, size)
+    buf = np.empty((rows.size, min(size, d)), dtype=Xn.dtype)
+    parts = []
+    with _blas_threads(torch.get_num_threads()):
+        for j0, j1 in blocks:
+            C = buf if j1 - j0 == buf.shape[1] else np.empty((rows.size, j1 - j0), Xn.dtype)
+            dots, msq, nonfinite, centre_missing = _gram_kernel.centre_block(
+                Xn, j0, j1, centre_np, rows, C
+            )
+            G = C @ C.T  # numpy runs this product of a buffer with its transpose as a syrk
+            part = _gram_kernel.layout(n, rows, G.astype(np.float64), dots, msq)
+            parts.append((part, nonfinite, centre_missing))
+    return blocks, parts
+
+
+_BLAS_CONTROLLER: list = []  # the threadpoolctl controller, created on first use
+
+
+@contextlib.contextmanager
+def _blas_threads(threads: int) -> Iterator[None]:
+    """Limit the BLAS behind numpy to ``threads`` threads inside a ``with`` block (threadpoolctl,
+    a dependency of scikit-learn; without it the BLAS keeps its own setting)."""
+    limit = None
+    try:
+        if not _BLAS_CONTROLLER:
+            from threadpoolctl import ThreadpoolController
+
+            _BLAS_CONTROLLER.append(ThreadpoolController())
+        limit = _BLAS_CONTROLLER[0].limit(limits=threads, user_api="blas")
+    except Exception:
+        limit = None
+    try:
+        yield
+    finally:
+        if limit is not None:
+            limit.restore_original_limits()
 
 
 def _torch_pass(X: torch.Tensor, centre: torch.Tensor | None, centre_row: int | None):
@@ -200,6 +267,53 @@ def _needs_refinement(G: torch.Tensor, bad: torch.Tensor, dtype: torch.dtype) ->
     return rel > _REFINE_REL_ERROR and scale_g > 0.0
 
 
+# Inputs of fewer elements centre their Gram pass on chunk means (and run it again, centred on a
+# central row, when that looks cancellation-prone: cheap at this size); larger ones pick the
+# central row first, from a sample of the coordinates, so that one pass suffices under attack.
+_SAMPLE_MIN_ELEMENTS = 1 << 21
+# The sample: chunks of this many consecutive coordinates, evenly spread over d ...
+_SAMPLE_CHUNK = 256
+# ... about d / _SAMPLE_FRACTION coordinates, between 4 and _SAMPLE_MAX_CHUNKS chunks.
+_SAMPLE_FRACTION = 64
+_SAMPLE_MAX_CHUNKS = 64
+
+
+def sample_columns(d: int) -> np.ndarray:
+    """The coordinates :func:`centre_row_from_sample` reads: evenly spread chunks of
+    ``_SAMPLE_CHUNK`` consecutive coordinates, about ``d / 64`` of them (4 to 64 chunks)."""
+    chunks = int(min(_SAMPLE_MAX_CHUNKS, max(4, d // (_SAMPLE_FRACTION * _SAMPLE_CHUNK))))
+    if chunks * _SAMPLE_CHUNK >= d:
+        return np.arange(d)
+    starts = np.linspace(0, d - _SAMPLE_CHUNK, chunks).astype(np.int64)
+    return (starts[:, None] + np.arange(_SAMPLE_CHUNK)[None, :]).reshape(-1)
+
+
+def centre_row_from_sample(X: torch.Tensor) -> int | None:
+    """A central input row to centre the Gram pass on, chosen on a sample of the coordinates;
+    None for small inputs (they centre on chunk means).
+
+    Centring each chunk on its mean lets a few far inputs (e.g. the -10 x mean attack, Gaussian
+    noise of sigma 200) drag the centre away from the honest inputs, so that their distances come
+    from differences of large products and lose precision. An input row that is central (least
+    sum of squared distances to its closest half, :func:`_central_row`) on about d / 64
+    evenly spread coordinates is, with an honest majority, an honest row near the bulk of the
+    others on all coordinates, and centring on it keeps their distances exact to working
+    precision in one pass. Rows holding a non-finite value in the sample are never chosen. The
+    choice only affects rounding: a row that looks central on the sample only (an attack on this
+    choice) is caught by the precision check after the pass, which then runs a second pass
+    centred on the central row of the full Gram matrix.
+    """
+    n, d = X.shape
+    if n < 3 or n * d < _SAMPLE_MIN_ELEMENTS:
+        return None
+    cols = torch.as_tensor(sample_columns(d), device=X.device)
+    S = X.index_select(1, cols)
+    gram = base_gram(S)
+    if not bool((~gram.bad).any()):
+        return None
+    return _central_row(gram.aug[:-1, :-1], gram.bad)
+
+
 def _central_row(G: torch.Tensor, bad: torch.Tensor) -> int:
     """A row near the bulk: least sum of distances to its closest half (bad rows never chosen)."""
     D = _sqdist_from_gram(G)
@@ -229,10 +343,14 @@ class Inputs:
 
     @classmethod
     def from_matrix(cls, X: torch.Tensor, centre: torch.Tensor | None = None) -> Inputs:
-        """Build from an (n, d) matrix with one pass (two when refinement is needed)."""
-        gram = base_gram(X, centre=centre)
+        """Build from an (n, d) matrix with one pass over the data (two only when the first
+        still looks cancellation-prone, see :func:`centre_row_from_sample`)."""
+        row = None if centre is not None else centre_row_from_sample(X)
+        gram = base_gram(X, centre=centre, centre_row=row)
         if centre is None and _needs_refinement(gram.aug[:-1, :-1], gram.bad, X.dtype):
-            gram = base_gram(X, centre_row=_central_row(gram.aug[:-1, :-1], gram.bad))
+            refined = _central_row(gram.aug[:-1, :-1], gram.bad)
+            if refined != row:
+                gram = base_gram(X, centre_row=refined)
         return cls(X=X, gram=gram, centre=centre)
 
     # --- shape and validity -------------------------------------------------------------
