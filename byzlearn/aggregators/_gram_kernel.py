@@ -53,6 +53,8 @@ LANES = 256
 TILE = 3
 # From this many active rows on, the products go to BLAS (syrk) instead of the 3 x 3 tiles.
 BLAS_MIN_ROWS = 160
+# Coordinates per chunk of the weighted sum (its float64 accumulator stays in L1).
+_SUM_LANES = 256
 # Float32 values per cache line: the prefetch stride (float64 rows prefetch every other line
 # twice, harmlessly).
 _LINE = 16
@@ -234,6 +236,48 @@ if njit is not None:
                 flags[-1] = True
             msq[0] += _square_sum(m, w)
             _centre_rows(X, rows, k0, w, m, C, k0 - j0, dots, flags)
+
+
+    @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
+    def _weighted_sum(X, rows, weights, out, b0, b1):  # pragma: no cover (compiled)
+        """out[j] = sum_t weights[t] X[rows[t], j] for the chunks b0..b1-1 (float64 sums);
+        each row's next chunk is prefetched while the current one is added."""
+        wide()
+        d = X.shape[1]
+        Xf = X.reshape(-1)
+        acc = np.zeros(_SUM_LANES)
+        for b in range(b0, b1):
+            k0 = b * _SUM_LANES
+            w = min(_SUM_LANES, d - k0)
+            nxt = k0 + _SUM_LANES
+            ahead = min(_SUM_LANES, d - nxt) if b + 1 < b1 else 0
+            for k in range(w):
+                acc[k] = 0.0
+            for t in range(rows.shape[0]):
+                base = rows[t] * d + nxt
+                for c in range(0, ahead, _LINE):
+                    prefetch(Xf, base + c)
+                a = weights[t]
+                xr = X[rows[t], k0 : k0 + w]
+                for k in range(w):
+                    acc[k] += a * np.float64(xr[k])
+            o = out[k0 : k0 + w]
+            for k in range(w):
+                o[k] = acc[k]
+
+
+def weighted_sum(X: np.ndarray, rows: np.ndarray, weights: np.ndarray, threads: int) -> np.ndarray:
+    """``sum_t weights[t] X[rows[t]]`` (d,) in X's dtype, one read of the rows used: chunks of
+    coordinates summed in float64 (in row order), on ``threads`` threads."""
+    d = X.shape[1]
+    out = np.empty(d, dtype=X.dtype)
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    weights = np.ascontiguousarray(weights, dtype=np.float64)
+    chunks = -(-d // _SUM_LANES)
+    in_parallel(
+        lambda b0, b1: _weighted_sum(X, rows, weights, out, b0, b1), chunks, threads, 256
+    )
+    return out
 
 
 def available(X: np.ndarray) -> bool:

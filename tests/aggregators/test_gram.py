@@ -346,3 +346,25 @@ def test_sample_columns_spread_over_every_coordinate_range():
     assert cols[0] == 0 and cols[-1] == 10_000_000 - 1
     assert np.all(np.diff(cols) > 0)
     assert np.array_equal(_gram.sample_columns(500), np.arange(500))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_weighted_rows_kernel_on_threads(dtype):
+    """The compiled weighted sum (float64 sums, chunks on two threads, a partial last chunk)
+    reads only the rows with a non-zero weight: NaN rows of weight 0 do not leak in."""
+    g = torch.Generator().manual_seed(25)
+    d = 256 * 600 + 17
+    X = torch.randn(9, d, generator=g, dtype=torch.float64).to(dtype)
+    X[4] = math.nan
+    w = torch.rand(9, generator=g, dtype=torch.float64)
+    w[4] = 0.0
+    try:
+        torch.set_num_threads(2)
+        got = weighted_rows(X, w)
+    finally:
+        torch.set_num_threads(1)
+    keep = torch.arange(9) != 4
+    expected = (w[keep][:, None] * X[keep].double()).sum(0)
+    assert got.dtype == dtype
+    tol = 1e-6 if dtype == torch.float32 else 1e-13
+    torch.testing.assert_close(got.double(), expected, rtol=tol, atol=tol)
