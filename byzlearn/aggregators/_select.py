@@ -58,6 +58,8 @@ try:  # numba is a dependency, but keep a working fallback if it cannot load
     import numba
     from numba import njit, prange
 
+    from byzlearn.aggregators._simd import wide
+
     _HAVE_NUMBA = True
 except ImportError:  # pragma: no cover
     _HAVE_NUMBA = False
@@ -110,8 +112,9 @@ if _HAVE_NUMBA:
         """Mean of the k - drop sorted values closest to ``centre`` (a window col[s:s + m]).
 
         When drop <= m the window always holds the core col[drop:m]; it is summed first, then
-        the left part col[s:drop], then the right part col[m:s + m]; otherwise the window is
-        summed in order. ``_full_block`` uses the same order.
+        for t < drop the value col[t + m] (when t < s: col[t] left the window, col[t + m]
+        entered) or col[t]; otherwise the window is summed in order. ``_full_block`` uses the
+        same order.
         """
         m = k - drop
         s = 0
@@ -121,10 +124,8 @@ if _HAVE_NUMBA:
         if drop <= m:
             for t in range(drop, m):
                 acc += col[t]
-            for t in range(s, drop):
-                acc += col[t]
-            for t in range(m, s + m):
-                acc += col[t]
+            for t in range(drop):  # position t of the left part, or its partner t + m
+                acc += col[t + m] if t < s else col[t]
         else:
             for t in range(s, s + m):
                 acc += col[t]
@@ -156,20 +157,22 @@ if _HAVE_NUMBA:
         return _window_mean(col, k, drop, med)
 
     @njit(cache=True, error_model="numpy", boundscheck=False)
-    def _rows_mean(buf, a, b, w, res):
-        """res[j] = mean of the sorted rows a..b-1 of column j, clamped to their range."""
+    def _rows_mean(buf, a, b, w, res, sums):
+        """res[j] = mean of the sorted rows a..b-1 of column j, clamped to their range; their
+        sum (float64, in row order) goes to sums[j]."""
+        wide()
         m = b - a
         for j in range(w):
-            res[j] = 0.0
+            sums[j] = 0.0
         for i in range(a, b):
             row = buf[i]
             for j in range(w):
-                res[j] += np.float64(row[j])
+                sums[j] += np.float64(row[j])
         overflow = False
         first = buf[a]
         last = buf[b - 1]
         for j in range(w):
-            r = res[j] / m
+            r = sums[j] / m
             overflow |= not np.isfinite(r)
             lo = np.float64(first[j])
             hi = np.float64(last[j])
@@ -180,18 +183,20 @@ if _HAVE_NUMBA:
                 res[j] = _range_mean(buf[:, j], a, b)
 
     @njit(cache=True, error_model="numpy", boundscheck=False)
-    def _full_block(buf, w, stat, drop, out, j0, centre, start, acc):
+    def _full_block(buf, w, stat, drop, out, j0, centre, acc, lo, hi):
         """The statistic of every column of a block whose n values are all finite.
 
         Vectorised over the columns; the same arithmetic, in the same order, as
         ``_lane_statistic`` (so both give identical results). Returns False when a result is not
         finite (a sum overflowed), for the caller to redo those columns one by one.
         """
+        wide()
         n = buf.shape[0]
+        m = n - drop
         if stat == 4:  # MEAN
-            _rows_mean(buf, 0, n, w, centre)
+            _rows_mean(buf, 0, n, w, centre, acc)
         elif stat == 1 or stat == 3:  # TRIMMED, or its mean as the centre
-            _rows_mean(buf, drop, n - drop, w, centre)
+            _rows_mean(buf, drop, n - drop, w, centre, acc)
         else:
             upper = buf[n // 2]
             if n % 2 == 1:
@@ -205,18 +210,57 @@ if _HAVE_NUMBA:
                     med = 0.5 * (a + b)
                     # a + b overflowed: halve first (a select, so the loop vectorises)
                     centre[j] = med if np.isfinite(med) else 0.5 * a + 0.5 * b
+            if stat == 2 and drop <= m:  # the core of the window: rows drop..m-1
+                for j in range(w):
+                    acc[j] = 0.0
+                for i in range(drop, m):
+                    row = buf[i]
+                    for j in range(w):
+                        acc[j] += np.float64(row[j])
         o = out[j0 : j0 + w]
         if stat == 0 or stat == 1 or stat == 4:
             for j in range(w):
                 o[j] = centre[j]
-        else:
-            # The k - drop values closest to the centre start at s = how many of the first
-            # ``drop`` positions satisfy centre - v[i] > v[i + m] - centre (a prefix: both sides
-            # are monotone in i), as the sequential window search of ``_window_mean`` finds.
-            # When drop <= m the window [s, s + m) always holds the core rows [drop, m): they
-            # are summed unconditionally, then the left rows [s, drop) and the right rows
-            # [m, s + m).
-            m = n - drop
+        elif drop <= m:
+            # The k - drop values closest to the centre: a window [s, s + m) of the sorted
+            # values, s = how many of the first ``drop`` positions satisfy centre - v[i] >
+            # v[i + m] - centre (a prefix: both sides are monotone in i), as the sequential
+            # search of ``_window_mean`` finds. The window always holds the core rows
+            # [drop, m) (summed above: for Phocas they are the trimmed mean's rows); then for
+            # each i < drop it holds v[i + m] when the test holds (v[i] left, v[i + m] entered)
+            # and v[i] otherwise, so one branch-free pass adds them and tracks the window's
+            # ends lo = v[s], hi = v[s + m - 1] (no gather).
+            for j in range(w):
+                lo[j] = np.float64(buf[0, j])
+                hi[j] = np.float64(buf[m - 1, j])
+            for i in range(drop):
+                left = buf[i]
+                right = buf[i + m]
+                after = buf[i + 1]
+                for j in range(w):
+                    c = centre[j]
+                    a = np.float64(left[j])
+                    b = np.float64(right[j])
+                    closer = (c - a) > (b - c)
+                    acc[j] += b if closer else a
+                    lo[j] = np.float64(after[j]) if closer else lo[j]
+                    hi[j] = b if closer else hi[j]
+            overflow = False
+            for j in range(w):
+                r = acc[j] / m
+                overflow |= not np.isfinite(r)
+                r = r if r > lo[j] else lo[j]
+                o[j] = r if r < hi[j] else hi[j]
+            if overflow:  # a sum overflowed: average the scaled values in those columns
+                for j in range(w):
+                    if not np.isfinite(acc[j] / m):
+                        col = buf[:, j]
+                        s = 0
+                        while s < drop and (centre[j] - col[s]) > (col[s + m] - centre[j]):
+                            s += 1
+                        o[j] = _range_mean(col, s, s + m)
+        else:  # a window shorter than the trimmed part: every row may be in it
+            start = lo
             for j in range(w):
                 start[j] = 0.0
                 acc[j] = 0.0
@@ -226,34 +270,20 @@ if _HAVE_NUMBA:
                     c = centre[j]
                     closer = (c - np.float64(buf[i, j])) > (np.float64(buf[i + m, j]) - c)
                     start[j] += 1.0 if closer else 0.0
-            if drop <= m:
-                for i in range(drop, m):
-                    row = buf[i]
-                    for j in range(w):
-                        acc[j] += np.float64(row[j])
-                for i in range(drop):
-                    row = buf[i]
-                    for j in range(w):
-                        acc[j] += np.float64(row[j]) if i >= start[j] else 0.0
-                for i in range(drop):
-                    row = buf[m + i]
-                    for j in range(w):
-                        acc[j] += np.float64(row[j]) if i < start[j] else 0.0
-            else:  # a window shorter than the trimmed part: every row may be in it
-                for i in range(n):
-                    row = buf[i]
-                    for j in range(w):
-                        inside = (i >= start[j]) & (i < start[j] + m)
-                        acc[j] += np.float64(row[j]) if inside else 0.0
+            for i in range(n):
+                row = buf[i]
+                for j in range(w):
+                    inside = (i >= start[j]) & (i < start[j] + m)
+                    acc[j] += np.float64(row[j]) if inside else 0.0
             overflow = False
             for j in range(w):
                 s = np.uint64(start[j])  # unsigned: no negative-index wrap, so it vectorises
-                lo = np.float64(buf[s, j])
-                hi = np.float64(buf[s + np.uint64(m - 1), j])
+                low = np.float64(buf[s, j])
+                high = np.float64(buf[s + np.uint64(m - 1), j])
                 r = acc[j] / m
                 overflow |= not np.isfinite(r)
-                r = r if r > lo else lo
-                o[j] = r if r < hi else hi
+                r = r if r > low else low
+                o[j] = r if r < high else high
             if overflow:  # a sum overflowed: average the scaled values in those columns
                 for j in range(w):
                     if not np.isfinite(acc[j] / m):
@@ -273,14 +303,19 @@ if _HAVE_NUMBA:
         """
         n = buf.shape[0]
         inf = np.inf
-        full = n >= min_k and n >= 1
+        # Whole rows missing (e.g. NaN attacks) leave every column with the same count k of
+        # finite values: the vectorised path then runs on the first k sorted rows.
+        k = 0
+        while k < n and buf[k, 0] < inf:
+            k += 1
+        full = k >= min_k and k >= 1
         if full:
             for j in range(w):
-                if not buf[n - 1, j] < inf:  # the largest value of column j is missing
+                if not buf[k - 1, j] < inf or (k < n and buf[k, j] < inf):
                     full = False
                     break
         if full and _full_block(
-            buf, w, stat, drop, out, j0, work[0], work[1], work[2]
+            buf[:k], w, stat, drop, out, j0, work[0], work[1], work[2], work[3]
         ):
             return -1
         first = -1
@@ -314,7 +349,7 @@ if _HAVE_NUMBA:
         n_chunks = (n_blocks + _sortnet.CHUNK_BLOCKS - 1) // _sortnet.CHUNK_BLOCKS
         for c in prange(n_chunks):
             buf = np.empty((n, LANES), dtype=X.dtype)
-            work = np.empty((3, LANES), dtype=np.float64)
+            work = np.empty((4, LANES), dtype=np.float64)
             col = np.empty(n, dtype=np.float64)
             stop = min(n_blocks, (c + 1) * _sortnet.CHUNK_BLOCKS)
             for blk in range(c * _sortnet.CHUNK_BLOCKS, stop):
