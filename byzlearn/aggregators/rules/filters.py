@@ -21,9 +21,10 @@ Random coordinates (DnC, SignGuard). ``rng = numpy.random.default_rng(s)`` with 
 int), or, when ``generator`` (a ``torch.Generator``) is given or ``seed=None``, with ``s`` one
 ``torch.randint(0, 2**63 - 1, (1,))`` draw from that generator or from torch's global one. A set
 of k of the d coordinates is ``numpy.sort(rng.choice(d, size=k, replace=False))`` (all d, without
-a draw, when k >= d); successive sets come from the same ``rng``. The default ``seed=0`` draws
-the same coordinates at every call for a given d (reproducible results); ``seed=None`` draws fresh
-ones at every call, reproducibly under ``torch.manual_seed``.
+a draw, when k >= d); successive sets come from the same ``rng``. The default ``seed=None`` draws
+fresh coordinates at every call, as both papers do at every aggregation: from ``generator`` when
+given, else from torch's global generator (so a run is reproducible under ``torch.manual_seed``).
+A fixed ``seed`` (an int) draws the same coordinates at every call for a given d.
 """
 
 from __future__ import annotations
@@ -176,7 +177,7 @@ def dnc(
     iterations: int = 1,
     subsample: int = 10_000,
     fraction: float = 1.0,
-    seed: int | None = 0,
+    seed: int | None = None,
     generator: torch.Generator | None = None,
 ) -> Combination:
     r"""Divide-and-Conquer: the mean of the inputs that survive ``iterations`` spectral filters.
@@ -188,9 +189,9 @@ def dnc(
     inputs of lowest score (c = ``fraction``; ties by index; c f is rounded to 9 decimals before
     the floor so that e.g. 0.29 * 100 counts as 29). Output: the mean of the inputs in the
     intersection of the I_t (``ValueError`` if it is empty, possible only when iterations *
-    floor(c f) >= n). Random coordinates: ``seed`` / ``generator`` as in the module docstring
-    (default seed 0; the paper draws fresh coordinates at every aggregation: pass
-    ``seed=None``).
+    floor(c f) >= n). Random coordinates: ``seed`` / ``generator`` as in the module docstring:
+    by default fresh coordinates at every call, as the paper draws them at every aggregation
+    (from ``generator``, else torch's global generator); ``seed=<int>`` fixes them.
 
     Reference: Shejwalkar, Houmansadr, "Manipulating the Byzantine: Optimizing Model Poisoning
     Attacks and Defenses for Federated Learning", NDSS 2021, Algorithm 2 (b = 10000, c = 1 and
@@ -291,7 +292,7 @@ def signguard(
     lower: float = 0.1,
     upper: float = 3.0,
     coordinate_fraction: float = 0.1,
-    seed: int | None = 0,
+    seed: int | None = None,
     generator: torch.Generator | None = None,
 ) -> Combination:
     r"""SignGuard: norm filter and sign clustering, then the mean of the kept inputs clipped to
@@ -301,7 +302,8 @@ def signguard(
        ``S1 = {i : L M <= ||g_i|| <= R M}`` (L = ``lower``, R = ``upper``; i.e.
        ``L <= ||g_i|| / M <= R``).
     2. Sign clustering: on k = max(1, floor(``coordinate_fraction`` * d)) random coordinates
-       (``seed`` / ``generator`` as in the module docstring), each input's features are the
+       (fresh at every call by default, from ``generator`` or torch's global generator;
+       ``seed=<int>`` fixes them; see the module docstring), each input's features are the
        fractions of its positive, zero and negative values; S2 = the largest MeanShift cluster of
        the features (see :func:`largest_sign_cluster`: ``bin_seeding=True``,
        ``cluster_all=False``, bandwidth by ``estimate_bandwidth(quantile=0.5)``; ties to the
