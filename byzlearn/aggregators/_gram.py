@@ -544,7 +544,8 @@ def weighted_rows(X: torch.Tensor, w: torch.Tensor, all_rows: bool = False) -> t
         i = int(rows[0])
         scale = float(w[i])
         return X[i].clone() if scale == 1.0 else X[i] * scale
-    if X.device.type == "cpu" and _gram_kernel.available(X.detach().numpy()):
+    numpy_ok = X.device.type == "cpu" and X.dtype in (torch.float32, torch.float64)
+    if numpy_ok and _gram_kernel.available(X.detach().numpy()):
         # one compiled read of the rows used, float64 sums (speed: see _gram_kernel)
         out = _gram_kernel.weighted_sum(
             X.detach().numpy(), rows.numpy(), w[rows].numpy(), torch.get_num_threads()

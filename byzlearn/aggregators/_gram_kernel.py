@@ -266,6 +266,90 @@ if njit is not None:
                 o[k] = acc[k]
 
 
+    @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
+    def _row_stats(X, r0, r1, sq, largest):  # pragma: no cover (compiled)
+        """Rows r0..r1-1: sq[i] = sum of squares (float64 across chunks), largest[i] = max |x|
+        (NaN when the row holds a NaN). One sequential read of each row; the reductions run
+        element-wise on a chunk-sized accumulator (a vectorised loop), then across it."""
+        wide()
+        d = X.shape[1]
+        zero = X.dtype.type(0)
+        s = np.zeros(_SUM_LANES, dtype=X.dtype)
+        top = np.zeros(_SUM_LANES, dtype=X.dtype)
+        nan = np.zeros(_SUM_LANES, dtype=X.dtype)
+        for i in range(r0, r1):
+            row = X[i]
+            total = 0.0
+            for k in range(_SUM_LANES):
+                top[k] = zero
+                nan[k] = zero
+            for k0 in range(0, d, _SUM_LANES * 64):
+                for k in range(_SUM_LANES):
+                    s[k] = zero
+                stop = min(d, k0 + _SUM_LANES * 64)
+                c0 = k0
+                while c0 < stop:
+                    w = min(_SUM_LANES, stop - c0)
+                    part = row[c0 : c0 + w]
+                    for k in range(w):
+                        v = part[k]
+                        a = abs(v)
+                        s[k] += v * v
+                        top[k] = a if a > top[k] else top[k]
+                        nan[k] += v * zero  # NaN when v is NaN or infinite
+                    c0 += w
+                for k in range(_SUM_LANES):
+                    total += s[k]
+            t = zero
+            bad = zero
+            for k in range(_SUM_LANES):
+                t = top[k] if top[k] > t else t
+                bad += nan[k]
+            sq[i] = total
+            largest[i] = t if bad == zero else np.nan
+
+    @njit(boundscheck=False, error_model="numpy", cache=True, nogil=True)
+    def _sign_counts(X, rows, cols, t0, t1, counts):  # pragma: no cover (compiled)
+        """counts[t] = (#positive, #zero, #negative) of X[rows[t], cols] for t0..t1-1, and
+        counts[t, 3] = 1 when one of those values is not finite."""
+        for t in range(t0, t1):
+            row = X[rows[t]]
+            pos = 0
+            zer = 0
+            neg = 0
+            bad = 0
+            for q in range(cols.shape[0]):
+                v = row[cols[q]]
+                pos += 1 if v > 0 else 0
+                zer += 1 if v == 0 else 0
+                neg += 1 if v < 0 else 0
+                bad += 0 if abs(v) < np.inf else 1
+            counts[t, 0] = pos
+            counts[t, 1] = zer
+            counts[t, 2] = neg
+            counts[t, 3] = 1 if bad else 0
+
+
+def row_stats(X: np.ndarray, threads: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the sum of squares (float64) and the largest magnitude (NaN when the row holds
+    a NaN), one read of each row, rows split over ``threads`` threads."""
+    n = X.shape[0]
+    sq = np.empty(n)
+    largest = np.empty(n)
+    in_parallel(lambda r0, r1: _row_stats(X, r0, r1, sq, largest), n, threads)
+    return sq, largest
+
+
+def sign_counts(X: np.ndarray, rows: np.ndarray, cols: np.ndarray, threads: int) -> np.ndarray:
+    """(len(rows), 4) int64: the positive, zero and negative values of ``X[rows][:, cols]`` per
+    row, and 1 in the last column for rows where one of those values is not finite."""
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    cols = np.ascontiguousarray(cols, dtype=np.int64)
+    counts = np.zeros((rows.size, 4), dtype=np.int64)
+    in_parallel(lambda t0, t1: _sign_counts(X, rows, cols, t0, t1, counts), rows.size, threads)
+    return counts
+
+
 def weighted_sum(X: np.ndarray, rows: np.ndarray, weights: np.ndarray, threads: int) -> np.ndarray:
     """``sum_t weights[t] X[rows[t]]`` (d,) in X's dtype, one read of the rows used: chunks of
     coordinates summed in float64 (in row order), on ``threads`` threads."""

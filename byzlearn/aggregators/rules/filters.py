@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from byzlearn.aggregators import _gram_kernel
 from byzlearn.aggregators._gram import Inputs, column_blocks, measurable_limit, weighted_rows
 from byzlearn.aggregators._registry import Combination, register
 
@@ -81,6 +82,17 @@ def _row_stats(Y: torch.Tensor, norms: bool) -> tuple[torch.Tensor | None, torch
     incomplete rows of Y (a NaN/Inf, or a value beyond :func:`measurable_limit`)."""
     n, d = Y.shape
     limit = measurable_limit(d)
+    if Y.device.type == "cpu" and Y.dtype in _NUMPY_DTYPES and _gram_kernel.available(
+        Y.detach().numpy()
+    ):
+        # one compiled, sequential read of each row (torch: three reductions per block)
+        sq_np, top = _gram_kernel.row_stats(Y.detach().numpy(), torch.get_num_threads())
+        bad = torch.from_numpy(~(top <= limit))  # NaN compares False: incomplete
+        if not norms:
+            return None, bad
+        sq = torch.from_numpy(sq_np)
+        sq[bad] = float("inf")
+        return sq, bad
     sq = torch.zeros(n, dtype=torch.float64, device=Y.device)
     largest = torch.zeros(n, dtype=torch.float64, device=Y.device)
     size = max(1024, _STATS_BLOCK_ELEMENTS // max(n, 1))
@@ -252,6 +264,19 @@ def sign_features(V: torch.Tensor) -> np.ndarray:
     return np.stack([positive, zero, negative], axis=1) / k
 
 
+def _sign_features_of(rows: _Rows, good: torch.Tensor, cols: np.ndarray) -> np.ndarray:
+    """:func:`sign_features` of the rows ``good`` at the coordinates ``cols``: counted by a
+    compiled loop straight from the input rows when there is no pre-aggregator (no n x k
+    gather), else from the gathered (mixed) values."""
+    if rows.Y is not None and rows.Y.device.type == "cpu" and rows.Y.dtype in _NUMPY_DTYPES:
+        Yn = rows.Y.detach().numpy()
+        if _gram_kernel.available(Yn):
+            counts = _gram_kernel.sign_counts(Yn, good.numpy(), cols, torch.get_num_threads())
+            if not counts[:, 3].any():  # finite sampled values only (else: the general path)
+                return counts[:, :3].astype(np.float64) / max(1, len(cols))
+    return sign_features(rows.columns(good, cols, exact=False))
+
+
 def largest_sign_cluster(features: np.ndarray) -> np.ndarray:
     """Boolean mask of the largest MeanShift cluster of ``features`` (n x 3).
 
@@ -336,7 +361,7 @@ def signguard(
     d = inputs.d
     k = max(1, math.floor(round(frac * d, 9)))
     r = draw_coordinates(make_rng(seed, generator, "signguard"), d, k)
-    s2 = torch.as_tensor(largest_sign_cluster(sign_features(rows.columns(good, r, exact=False))))
+    s2 = torch.as_tensor(largest_sign_cluster(_sign_features_of(rows, good, r)))
     S = s1 & s2
     if not bool(S.any()):
         S = s1
