@@ -537,6 +537,133 @@ def statistic_into(
 _MIXED_BLOCK_ELEMENTS = 1 << 21
 
 
+if _HAVE_NUMBA:
+
+    @njit(fastmath={"reassoc", "contract"}, boundscheck=False, error_model="numpy", cache=True,
+          nogil=True)
+    def _mix_block(X, j0, w, common, common_w, starts, extra, extra_w, U):  # pragma: no cover
+        """U[u, :w] = sum_c common_w[c] X[common[c], j0:j0+w]
+        + sum_{e in starts[u]:starts[u+1]} extra_w[e] X[extra[e], j0:j0+w], float64 sums."""
+        wide()
+        base = np.zeros(LANES)
+        acc = np.zeros(LANES)
+        for k0 in range(0, w, LANES):
+            m = min(LANES, w - k0)
+            for k in range(m):
+                base[k] = 0.0
+            for c in range(common.shape[0]):
+                a = common_w[c]
+                xr = X[common[c], j0 + k0 : j0 + k0 + m]
+                for k in range(m):
+                    base[k] += a * np.float64(xr[k])
+            for u in range(U.shape[0]):
+                for k in range(m):
+                    acc[k] = base[k]
+                for e in range(starts[u], starts[u + 1]):
+                    a = extra_w[e]
+                    xr = X[extra[e], j0 + k0 : j0 + k0 + m]
+                    for k in range(m):
+                        acc[k] += a * np.float64(xr[k])
+                ur = U[u, k0 : k0 + m]
+                for k in range(m):
+                    ur[k] = acc[k]
+
+
+# Columns per mixed block of the fast mixing path (the unique mixed rows, in the L2 cache).
+_MIX_BLOCK = 8192
+
+
+def _mixed_rows_plan(A: np.ndarray):
+    """The distinct rows of the mixing matrix A as ``common`` terms (the same coefficient in
+    every distinct row) plus per-row extra terms, and the distinct row of each output row."""
+    unique, inverse = np.unique(A, axis=0, return_inverse=True)
+    same = np.all(unique == unique[:1], axis=0) & (unique[0] != 0)
+    common = np.flatnonzero(same)
+    starts = [0]
+    extra: list[int] = []
+    extra_w: list[float] = []
+    for row in unique:
+        cols = np.flatnonzero((row != 0) & ~same)
+        extra.extend(cols.tolist())
+        extra_w.extend(row[cols].tolist())
+        starts.append(len(extra))
+    return (
+        unique.shape[0],
+        inverse.reshape(-1).astype(np.int64),
+        common.astype(np.int64),
+        unique[0, common].astype(np.float64),
+        np.asarray(starts, dtype=np.int64),
+        np.asarray(extra, dtype=np.int64),
+        np.asarray(extra_w, dtype=np.float64),
+    )
+
+
+def _mixed_fast(inputs: Inputs, stat: int, drop: int, min_k: int, out: torch.Tensor) -> int | None:
+    """The statistic over the mixed rows ``A X`` by one compiled pass: per block, the distinct
+    mixed rows are built in cache from the terms they share (NNM's neighbourhoods overlap: the
+    honest rows' n - f neighbours are mostly the same inputs, so a block costs about one sum of
+    the shared rows plus a few extra rows, not n - f rows per output row), then sorted by the
+    kernel, which reads each output row through its distinct row (a mix of a row holding
+    non-finite values reads a NaN row: missing). None when this path does not apply (other
+    devices or dtypes, sparse mixing such as bucketing)."""
+    X = inputs.X
+    A = inputs.A
+    if (
+        not _HAVE_NUMBA
+        or X.device.type != "cpu"
+        or X.dtype not in (torch.float32, torch.float64)
+        or not X.is_contiguous()
+        or inputs.gram is None
+        or getattr(inputs, "missing", None) is not None  # imputed values: the general path
+        or int((A != 0).sum()) <= 2 * X.shape[0]
+    ):
+        return None
+    # Output rows that mix in a row holding non-finite values are missing (NaN) as a whole, as
+    # in Inputs.materialize; they all read one NaN row of the block.
+    missing = inputs.bad.numpy()
+    An = A.numpy()
+    if missing.all():
+        return None
+    plan = _mixed_rows_plan(An[~missing])
+    n_unique, inverse_good, common, common_w, starts, extra, extra_w = plan
+    inverse = np.full(An.shape[0], n_unique, dtype=np.int64)
+    inverse[~missing] = inverse_good
+    Xn = X.numpy()
+    d = Xn.shape[1]
+    size = _sortnet.size_for(inverse.size)
+    threads = torch.get_num_threads()
+    blocks = column_blocks(d, _MIX_BLOCK)
+    firsts = np.full(len(blocks), -1, dtype=np.int64)
+    o = out.numpy()
+    big = np.array([np.inf], dtype=Xn.dtype)
+    pairs = sorting_network(inverse.size) if size is None else None
+    run = None if size is None else _sortnet.kernel(size)
+
+    def work(b0: int, b1: int) -> None:
+        U = np.full((n_unique + 1, _MIX_BLOCK), np.nan, dtype=Xn.dtype)
+        for b in range(b0, b1):
+            j0, j1 = blocks[b]
+            w = j1 - j0
+            Ub = U if w == _MIX_BLOCK else np.full((n_unique + 1, w), np.nan, dtype=Xn.dtype)
+            _mix_block(Xn, j0, w, common, common_w, starts, extra, extra_w, Ub[:n_unique])
+            n_blk = (w + LANES - 1) // LANES
+            if size is None:
+                nb = (w + PAIRS_LANES - 1) // PAIRS_LANES
+                bad = np.empty(nb, dtype=np.int64)
+                pairs_kernel(Ub, inverse, big, pairs, stat, drop, min_k, o[j0:j1], bad, 0, nb,
+                             PAIRS_LANES)
+            else:
+                bad = np.empty(n_blk, dtype=np.int64)
+                run(Ub, inverse, big, stat, drop, min_k, o[j0:j1], bad, 0, n_blk)
+            hit = np.flatnonzero(bad >= 0)
+            if hit.size:
+                firsts[b] = j0 + int(bad[hit[0]])
+
+    in_parallel(work, len(blocks), threads, 4)
+    hit = firsts[firsts >= 0]
+    return int(hit[0]) if hit.size else -1
+
+
 def coordinatewise_inputs(
     inputs: Inputs, stat: int, drop: int, min_k: int, name: str
 ) -> torch.Tensor:
@@ -546,6 +673,11 @@ def coordinatewise_inputs(
         return coordinatewise(X, stat, drop, min_k, name)
     min_k = checked_min_k(stat, drop, min_k, name)
     out = torch.empty(inputs.d, dtype=X.dtype, device=X.device)
+    first = _mixed_fast(inputs, stat, drop, min_k, out)
+    if first is not None:
+        if first >= 0:
+            raise missing_error(name, int(torch.isnan(out).sum()), min_k, first)
+        return out
     if X.device.type == "cpu":
         per_thread = 2 * _MIN_BLOCKS_PER_THREAD * LANES
         size = max(per_thread * torch.get_num_threads(), _MIXED_BLOCK_ELEMENTS // inputs.n)

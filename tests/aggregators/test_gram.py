@@ -368,3 +368,35 @@ def test_weighted_rows_kernel_on_threads(dtype):
     assert got.dtype == dtype
     tol = 1e-6 if dtype == torch.float32 else 1e-13
     torch.testing.assert_close(got.double(), expected, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_row_stats_kernel(dtype, threads):
+    """One sequential read per row: float64 sums of squares and the largest magnitude, NaN when
+    the row holds NaN or an infinity (the filters' validity check)."""
+    rng = np.random.default_rng(26)
+    X = rng.normal(size=(7, 256 * 64 * 3 + 5)).astype(dtype) * 3
+    X[2, 10] = np.nan
+    X[4, -1] = -np.inf
+    X[5, 7] = 1e30 if dtype == np.float64 else 1e19
+    sq, top = _gram_kernel.row_stats(X, threads)
+    good = [0, 1, 3, 5, 6]
+    np.testing.assert_allclose(sq[good], (X[good].astype(np.float64) ** 2).sum(1), rtol=1e-6)
+    np.testing.assert_array_equal(top[good], np.abs(X[good]).max(1))
+    assert np.isnan(top[2]) and np.isnan(top[4])
+
+
+def test_sign_counts_kernel():
+    rng = np.random.default_rng(27)
+    X = rng.normal(size=(6, 5000)).astype(np.float32)
+    X[:, ::7] = 0.0
+    X[3, 11] = np.inf
+    rows = np.array([0, 2, 3, 5])
+    cols = np.sort(rng.choice(5000, 800, replace=False))
+    counts = _gram_kernel.sign_counts(X, rows, cols, 2)
+    V = X[rows][:, cols]
+    np.testing.assert_array_equal(counts[:, 0], (V > 0).sum(1))
+    np.testing.assert_array_equal(counts[:, 1], (V == 0).sum(1))
+    np.testing.assert_array_equal(counts[:, 2], (V < 0).sum(1))
+    assert counts[:, 3].tolist() == [0, 0, int(11 in cols), 0]
