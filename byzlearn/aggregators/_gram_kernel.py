@@ -267,19 +267,26 @@ if njit is not None:
 
 
     @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
-    def _row_stats(X, r0, r1, sq, largest):  # pragma: no cover (compiled)
+    def _row_stats(X, r0, r1, sq, largest, cols, signs):  # pragma: no cover (compiled)
         """Rows r0..r1-1: sq[i] = sum of squares (float64 across chunks), largest[i] = max |x|
-        (NaN when the row holds a NaN). One sequential read of each row; the reductions run
-        element-wise on a chunk-sized accumulator (a vectorised loop), then across it."""
+        (NaN when the row holds a NaN or an infinity), and signs[i] = the positive, zero and
+        negative values at the (sorted) coordinates ``cols``. One sequential read of each row;
+        the reductions run element-wise on a chunk-sized accumulator (a vectorised loop), then
+        across it; the signs are counted on each chunk while it is in the L1 cache."""
         wide()
         d = X.shape[1]
         zero = X.dtype.type(0)
         s = np.zeros(_SUM_LANES, dtype=X.dtype)
         top = np.zeros(_SUM_LANES, dtype=X.dtype)
         nan = np.zeros(_SUM_LANES, dtype=X.dtype)
+        nc = cols.shape[0]
         for i in range(r0, r1):
             row = X[i]
             total = 0.0
+            q = 0
+            pos = 0
+            zer = 0
+            neg = 0
             for k in range(_SUM_LANES):
                 top[k] = zero
                 nan[k] = zero
@@ -297,6 +304,12 @@ if njit is not None:
                         s[k] += v * v
                         top[k] = a if a > top[k] else top[k]
                         nan[k] += v * zero  # NaN when v is NaN or infinite
+                    while q < nc and cols[q] < c0 + w:
+                        v = part[cols[q] - c0]
+                        pos += 1 if v > 0 else 0
+                        zer += 1 if v == 0 else 0
+                        neg += 1 if v < 0 else 0
+                        q += 1
                     c0 += w
                 for k in range(_SUM_LANES):
                     total += s[k]
@@ -307,6 +320,9 @@ if njit is not None:
                 bad += nan[k]
             sq[i] = total
             largest[i] = t if bad == zero else np.nan
+            signs[i, 0] = pos
+            signs[i, 1] = zer
+            signs[i, 2] = neg
 
     @njit(boundscheck=False, error_model="numpy", cache=True, nogil=True)
     def _sign_counts(X, rows, cols, t0, t1, counts):  # pragma: no cover (compiled)
@@ -330,14 +346,20 @@ if njit is not None:
             counts[t, 3] = 1 if bad else 0
 
 
-def row_stats(X: np.ndarray, threads: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per row: the sum of squares (float64) and the largest magnitude (NaN when the row holds
-    a NaN), one read of each row, rows split over ``threads`` threads."""
+def row_stats(
+    X: np.ndarray, threads: int, cols: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row: the sum of squares (float64), the largest magnitude (NaN when the row holds a
+    NaN or an infinity) and the counts of positive, zero and negative values at the sorted
+    coordinates ``cols`` ((n, 3) int64; zeros without cols), in one read of each row, rows
+    split over ``threads`` threads."""
     n = X.shape[0]
     sq = np.empty(n)
     largest = np.empty(n)
-    in_parallel(lambda r0, r1: _row_stats(X, r0, r1, sq, largest), n, threads)
-    return sq, largest
+    cols = np.zeros(0, dtype=np.int64) if cols is None else np.ascontiguousarray(cols, np.int64)
+    signs = np.zeros((n, 3), dtype=np.int64)
+    in_parallel(lambda r0, r1: _row_stats(X, r0, r1, sq, largest, cols, signs), n, threads)
+    return sq, largest, signs
 
 
 def sign_counts(X: np.ndarray, rows: np.ndarray, cols: np.ndarray, threads: int) -> np.ndarray:

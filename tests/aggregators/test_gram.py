@@ -377,10 +377,16 @@ def test_row_stats_kernel(dtype, threads):
     the row holds NaN or an infinity (the filters' validity check)."""
     rng = np.random.default_rng(26)
     X = rng.normal(size=(7, 256 * 64 * 3 + 5)).astype(dtype) * 3
-    X[2, 10] = np.nan
+    X[:, ::5] = 0.0
+    X[2, 11] = np.nan
     X[4, -1] = -np.inf
     X[5, 7] = 1e30 if dtype == np.float64 else 1e19
-    sq, top = _gram_kernel.row_stats(X, threads)
+    cols = np.sort(rng.choice(X.shape[1], 3000, replace=False))
+    sq, top, signs = _gram_kernel.row_stats(X, threads, cols)
+    V = X[:, cols]
+    expected = np.stack([(V > 0).sum(1), (V == 0).sum(1), (V < 0).sum(1)], axis=1)
+    finite = [i for i in range(7) if i not in (2, 4)]  # NaN compares False: not counted
+    np.testing.assert_array_equal(signs[finite], expected[finite])
     good = [0, 1, 3, 5, 6]
     np.testing.assert_allclose(sq[good], (X[good].astype(np.float64) ** 2).sum(1), rtol=1e-6)
     np.testing.assert_array_equal(top[good], np.abs(X[good]).max(1))

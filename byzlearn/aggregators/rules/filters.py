@@ -86,7 +86,7 @@ def _row_stats(Y: torch.Tensor, norms: bool) -> tuple[torch.Tensor | None, torch
         Y.detach().numpy()
     ):
         # one compiled, sequential read of each row (torch: three reductions per block)
-        sq_np, top = _gram_kernel.row_stats(Y.detach().numpy(), torch.get_num_threads())
+        sq_np, top, _ = _gram_kernel.row_stats(Y.detach().numpy(), torch.get_num_threads())
         bad = torch.from_numpy(~(top <= limit))  # NaN compares False: incomplete
         if not norms:
             return None, bad
@@ -264,6 +264,23 @@ def sign_features(V: torch.Tensor) -> np.ndarray:
     return np.stack([positive, zero, negative], axis=1) / k
 
 
+def _rows_and_signs(inputs: Inputs, cols: np.ndarray) -> tuple[_Rows, np.ndarray | None]:
+    """SignGuard's rows (validity, norms) and, when no pre-aggregator mixes them and the
+    kernel takes the input, the sign counts at ``cols`` from the same single read of each row
+    (None otherwise: counted afterwards from the gathered values)."""
+    if inputs.gram is None and inputs.A is None:
+        X = inputs.X
+        if X.device.type == "cpu" and X.dtype in _NUMPY_DTYPES:
+            Xn = X.detach().numpy()
+            if _gram_kernel.available(Xn):
+                sq_np, top, signs = _gram_kernel.row_stats(Xn, torch.get_num_threads(), cols)
+                bad = torch.from_numpy(~(top <= measurable_limit(X.shape[1])))
+                sq = torch.from_numpy(sq_np)
+                sq[bad] = float("inf")
+                return _Rows(inputs=inputs, Y=X, bad=bad, sqnorms=sq), signs.astype(np.float64)
+    return _Rows.of(inputs, norms=True), None
+
+
 def _sign_features_of(rows: _Rows, good: torch.Tensor, cols: np.ndarray) -> np.ndarray:
     """:func:`sign_features` of the rows ``good`` at the coordinates ``cols``: counted by a
     compiled loop straight from the input rows when there is no pre-aggregator (no n x k
@@ -353,15 +370,18 @@ def signguard(
         raise ValueError(f"signguard: need 0 <= lower <= 1 <= upper, got {lower}, {upper}")
     if not (0.0 < frac <= 1.0):
         raise ValueError(f"signguard: coordinate_fraction must be in (0, 1], got {frac}")
-    rows = _Rows.of(inputs, norms=True)
+    d = inputs.d
+    k = max(1, math.floor(round(frac * d, 9)))
+    r = draw_coordinates(make_rng(seed, generator, "signguard"), d, k)
+    rows, signs = _rows_and_signs(inputs, r)
     good, _ = rows.complete(f, "signguard", count_in_f=False)
     norms = rows.sqnorms[good].sqrt()
     M = float(np.median(norms.numpy()))
     s1 = (norms >= lo * M) & (norms <= hi * M)
-    d = inputs.d
-    k = max(1, math.floor(round(frac * d, 9)))
-    r = draw_coordinates(make_rng(seed, generator, "signguard"), d, k)
-    s2 = torch.as_tensor(largest_sign_cluster(_sign_features_of(rows, good, r)))
+    features = (signs[good.numpy()] / max(1, len(r))) if signs is not None else None
+    if features is None:
+        features = _sign_features_of(rows, good, r)
+    s2 = torch.as_tensor(largest_sign_cluster(features))
     S = s1 & s2
     if not bool(S.any()):
         S = s1
