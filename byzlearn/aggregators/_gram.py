@@ -151,12 +151,11 @@ def _kernel_pass(X: torch.Tensor, centre: torch.Tensor | None, centre_row: int |
     else:
         centre_np = None
     if rows.size >= _gram_kernel.BLAS_MIN_ROWS:
-        blocks, parts = _blas_parts(Xn, centre_np, rows)
-    else:
-        lanes = _gram_kernel.LANES
-        size = max(4 * lanes, (_KERNEL_BLOCK_ELEMENTS // max(n, 1)) // lanes * lanes)
-        blocks = column_blocks(d, size)
-        parts = _gram_kernel.gram_blocks(Xn, blocks, centre_np, torch.get_num_threads(), rows)
+        return _blas_pass(X, Xn, centre, centre_np, centre_row, rows)
+    lanes = _gram_kernel.LANES
+    size = max(4 * lanes, (_KERNEL_BLOCK_ELEMENTS // max(n, 1)) // lanes * lanes)
+    blocks = column_blocks(d, size)
+    parts = _gram_kernel.gram_blocks(Xn, blocks, centre_np, torch.get_num_threads(), rows)
     acc = torch.zeros(n + 1, n + 1, dtype=torch.float64)
     bad = torch.zeros(n, dtype=torch.bool)
     for (j0, j1), (part, nonfinite, centre_missing) in zip(blocks, parts, strict=True):
@@ -173,26 +172,50 @@ def _kernel_pass(X: torch.Tensor, centre: torch.Tensor | None, centre_row: int |
     return acc, bad
 
 
-def _blas_parts(Xn: np.ndarray, centre_np: np.ndarray | None, rows: np.ndarray):
-    """Blocks and their Gram statistics for many rows: the centred block is written by the
-    kernel, its products are one BLAS ``syrk`` (numpy's ``C @ C.T`` on the same buffer) on
-    ``torch.get_num_threads()`` BLAS threads."""
+def _blas_pass(
+    X: torch.Tensor,
+    Xn: np.ndarray,
+    centre: torch.Tensor | None,
+    centre_np: np.ndarray | None,
+    centre_row: int | None,
+    rows: np.ndarray,
+):
+    """:func:`_kernel_pass` for many rows: per block the kernel writes the centred rows, their
+    products are one BLAS ``syrk`` (numpy's ``C @ C.T`` on one buffer) on
+    ``torch.get_num_threads()`` BLAS threads, summed in float64 into one matrix laid out once
+    (blocks whose products overflow go to :func:`_masked_block`, as in the kernel path)."""
     n, d = Xn.shape
+    na = rows.size
     lanes = _gram_kernel.LANES
-    size = max(4 * lanes, (_BLAS_BLOCK_ELEMENTS // rows.size) // lanes * lanes)
-    blocks = column_blocks(d, size)
-    buf = np.empty((rows.size, min(size, d)), dtype=Xn.dtype)
-    parts = []
+    size = max(4 * lanes, (_BLAS_BLOCK_ELEMENTS // na) // lanes * lanes)
+    buf = np.empty((na, min(size, d)), dtype=Xn.dtype)
+    G = np.zeros((na, na))
+    dots = np.zeros(na)
+    msq = 0.0
+    extra = torch.zeros(n + 1, n + 1, dtype=torch.float64)
+    bad = torch.zeros(n, dtype=torch.bool)
     with _blas_threads(torch.get_num_threads()):
-        for j0, j1 in blocks:
-            C = buf if j1 - j0 == buf.shape[1] else np.empty((rows.size, j1 - j0), Xn.dtype)
-            dots, msq, nonfinite, centre_missing = _gram_kernel.centre_block(
+        for j0, j1 in column_blocks(d, size):
+            C = buf if j1 - j0 == buf.shape[1] else np.empty((na, j1 - j0), Xn.dtype)
+            dots_b, msq_b, nonfinite, centre_missing = _gram_kernel.centre_block(
                 Xn, j0, j1, centre_np, rows, C
             )
-            G = C @ C.T  # numpy runs this product of a buffer with its transpose as a syrk
-            part = _gram_kernel.layout(n, rows, G.astype(np.float64), dots, msq)
-            parts.append((part, nonfinite, centre_missing))
-    return blocks, parts
+            bad[torch.from_numpy(nonfinite)] = True
+            if centre_missing and centre_row is not None:
+                bad[centre_row] = True
+            Gb = C @ C.T  # numpy runs this product of a buffer with its transpose as a syrk
+            if not (np.isfinite(Gb).all() and np.isfinite(dots_b).all() and np.isfinite(msq_b)):
+                m = None if centre is None else centre[j0:j1]
+                row = None if centre_missing else centre_row
+                Gm, bad_b = _masked_block(X[:, j0:j1], m, row, d)
+                bad |= bad_b
+                extra += Gm
+                continue
+            G += Gb
+            dots += dots_b
+            msq += msq_b
+    acc = torch.from_numpy(_gram_kernel.layout(n, rows, G, dots, msq)) + extra
+    return acc, bad
 
 
 _BLAS_CONTROLLER: list = []  # the threadpoolctl controller, created on first use
@@ -389,6 +412,10 @@ class Inputs:
     def centred_gram(self) -> torch.Tensor:
         """Gram matrix of ``Y - 1 m^T`` (float64, n' x n'); translation-free distances follow."""
         if "gram" not in self._cache:
+            if self.A is None:  # the base rows: the centred block of aug itself (symmetric)
+                n = self.X.shape[0]
+                self._cache["gram"] = self.gram.aug[:n, :n].clone()
+                return self._cache["gram"]
             C = self._basis_coefficients(centred=True)
             G = C @ self.gram.aug @ C.T
             self._cache["gram"] = 0.5 * (G + G.T)  # exactly symmetric: D[i, j] == D[j, i]
@@ -408,8 +435,13 @@ class Inputs:
     def sqnorms(self) -> torch.Tensor:
         """Squared Euclidean norms of the rows of Y (float64); +inf for bad rows."""
         if "sqnorms" not in self._cache:
-            C = self._basis_coefficients(centred=False)
-            norms = ((C @ self.gram.aug) * C).sum(dim=1).clamp(min=0.0)
+            aug = self.gram.aug
+            if self.A is None:  # ||x_i||^2 = ||c_i||^2 + 2 c_i.m + ||m||^2, O(n)
+                n = self.X.shape[0]
+                norms = (aug.diagonal()[:n] + 2.0 * aug[:n, n] + aug[n, n]).clamp(min=0.0)
+            else:
+                C = self._basis_coefficients(centred=False)
+                norms = ((C @ aug) * C).sum(dim=1).clamp(min=0.0)
             norms[self.bad] = float("inf")
             self._cache["sqnorms"] = norms
         return self._cache["sqnorms"]
