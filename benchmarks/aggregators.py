@@ -707,6 +707,18 @@ def sgemm_rate(threads: int) -> float:
     return 2048 * 8192 * 2048 / best
 
 
+def syrk_rate(threads: int) -> float:
+    """Useful multiply-adds per second (n (n + 1) / 2 per column) of numpy's C @ C.T on a
+    1000 x 16384 float32 buffer (the BLAS syrk the library's Gram pass uses for many rows)."""
+    from byzlearn.aggregators._gram import _blas_threads
+
+    C = np.random.default_rng(0).standard_normal((1000, 16384)).astype(np.float32)
+    with _blas_threads(threads):
+        C @ C.T
+        best = min(timed(lambda: C @ C.T)[0] for _ in range(3))
+    return 1000 * 1001 / 2 * 16384 / best
+
+
 def scale_n(args) -> list[list[str]]:
     import torch
 
@@ -714,8 +726,10 @@ def scale_n(args) -> list[list[str]]:
 
     torch.set_num_threads(args.threads[0])
     rate = sgemm_rate(args.threads[0])
-    print(f"measured sgemm rate: {rate / 1e9:.1f} G multiply-adds/s ({2 * rate / 1e9:.0f} GFLOP/s)"
-          f" on {args.threads[0]} thread(s)", flush=True)
+    srate = syrk_rate(args.threads[0])
+    print(f"measured sgemm rate (torch): {rate / 1e9:.1f} G multiply-adds/s "
+          f"({2 * rate / 1e9:.0f} GFLOP/s); syrk (numpy's C @ C.T, useful multiply-adds): "
+          f"{srate / 1e9:.1f} G/s; {args.threads[0]} thread(s)", flush=True)
     lines = []
     for n in args.scale_values:
         f = n // 5
@@ -723,6 +737,7 @@ def scale_n(args) -> list[list[str]]:
         X = make_inputs("honest", n, f, d, args.dtype, args.seed)
         compiled_read(X)
         bound = n * n * d / 2 / rate
+        sbound = n * n * d / 2 / srate
         for rule in args.rules:
             if rule not in SCALE_RULES:
                 continue
@@ -735,8 +750,8 @@ def scale_n(args) -> list[list[str]]:
             try:
                 impl(X, f, **opts)
             except ValueError as exc:
-                lines.append([str(n), str(f), f"{d:.0e}", rule, "-", "-", "-", "-", "-", "-",
-                              f"ValueError: {exc}"[:60]])
+                lines.append([str(n), str(f), f"{d:.0e}".replace("+0", ""), rule, "-", "-", "-",
+                              "-", "-", "-", "-", f"ValueError: {exc}"[:60]])
                 continue
             ours_s, floor_s, _, ratio, _, _ = paired(
                 lambda impl=impl, opts=opts, X=X, f=f: impl(X, f, **opts),
@@ -747,14 +762,15 @@ def scale_n(args) -> list[list[str]]:
             kind = kind_of(rule)
             if kind == "coordinate-wise":
                 vs, target = ratio, SCALE_TARGET[kind]
-                bound_txt = "-"
+                bound_txt, syrk_txt = "-", "-"
             else:
                 vs, target = ours_s / (bound + floor_s), SCALE_TARGET[kind]
                 bound_txt = f"{bound * 1e3:.1f}"
+                syrk_txt = f"{ours_s / (sbound + floor_s):.2f}"
             mark = "yes" if vs <= target else "NO"
             lines.append([str(n), str(f), f"{d:.0e}".replace("+0", ""), rule, _ms(ours_s),
                           _ms(floor_s), f"{ratio:.2f}", bound_txt, f"{vs:.2f}",
-                          f"<= {target:g}: {mark}", note])
+                          f"<= {target:g}: {mark}", syrk_txt, note])
             print(f"  n={n} {rule}: {ours_s * 1e3:.1f} ms ({ratio:.2f} floors)", file=sys.stderr,
                   flush=True)
         del X
@@ -806,11 +822,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.rules = args.rules or list(SCALE_RULES)
         lines = scale_n(args)
         header = ["n", "f", "d", "rule", "ours ms", "floor ms", "ours/floor", "Gram bound ms",
-                  "vs target", "target", "notes"]
-        print(render(header, lines, args.markdown, right={0, 1, 4, 5, 6, 7, 8}))
+                  "vs target", "target", "vs syrk bound", "notes"]
+        print(render(header, lines, args.markdown, right={0, 1, 4, 5, 6, 7, 8, 10}))
         print(sep + "vs target: ours/floor for coordinate-wise rules; ours / (Gram bound + floor)"
-              " for distance-based ones, the bound being n^2 d / 2 multiply-adds at the measured"
-              " sgemm rate.")
+              " for distance-based ones, the Gram bound being n^2 d / 2 multiply-adds at the "
+              "measured sgemm rate (torch's BLAS); vs syrk bound: the same with the measured rate "
+              "of the syrk the library calls (numpy's BLAS), i.e. the overhead beyond that "
+              "product.")
         print(f"load average (1/5/15 min) at the end: {load_average()}")
         return 0
     args.rules = args.rules or list(ALL_RULES)
