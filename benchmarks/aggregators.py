@@ -636,7 +636,7 @@ def _target(row: Row, d: int) -> str:
 
 def table(rows: Sequence[Row], d: int, markdown: bool) -> str:
     header = ["input", "thr", "rule", "ours ms", "floor ms", "ours/floor", "spread", "target",
-              "X.sum(0) ms", "ours/X.sum(0)", "peak MB", "ref ms", "ref/ours", "max|diff|",
+              "X.sum(0) ms", "ours/X.sum(0)", "peak MB", "ref ms", "ref/ours", "max abs diff",
               "notes"]
     lines = []
     for r in rows:

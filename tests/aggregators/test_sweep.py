@@ -4,7 +4,7 @@
 The input kinds are the benchmark's: honest Gaussians around a common mean, the demo's attack
 (-10 x the honest mean), one Gaussian vector of sigma 200 sent by all f, ALIE (mu - z sigma) and f
 rows of NaN. These exercise every kernel path: the unrolled sorting networks (n <= 25) and the
-row-pair network (more rows), the 3 x 3 Gram tiles and the BLAS syrk (from 160 rows), the Gram
+row-pair network (more rows), the 3 x 3 Gram tiles and the BLAS syrk (from 256 rows), the Gram
 pass centred on a row chosen from a sample (n d >= 2^21: n = 500 and 1000 here), the fast mixing
 of NNM, the running Krum scores of Bulyan and the NaN-row fast paths.
 """
