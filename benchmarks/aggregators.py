@@ -1,33 +1,35 @@
-"""Benchmark of the aggregation rules against the memory floor and plain-torch references.
+"""Benchmark of the aggregation rules against the memory floor and the fastest plain references.
 
 Usage (from the repository root)::
 
-    python benchmarks/aggregators.py                       # d = 1e5 1e6 1e7, threads 1 and 2
-    python benchmarks/aggregators.py --quick               # smoke test: d = 1e5, 1 thread
-    python benchmarks/aggregators.py --d 1e5 1e6 --threads 1 --markdown
-    python benchmarks/aggregators.py --d 1e7 --threads 1 --rules median krum mda
+    python benchmarks/aggregators.py --d 1e7 --threads 1            # n = 25, f = 5, all inputs
+    python benchmarks/aggregators.py --d 1e7 --threads 2 --no-reference
+    python benchmarks/aggregators.py --d 1e6 --inputs honest nan --rules median krum
+    python benchmarks/aggregators.py --scale-n                       # n = 10 ... 1000, f = n / 5
+    python benchmarks/aggregators.py --quick                         # smoke test
 
-For every dimension d, thread count t and rule, the script times (median over ``--repeats`` runs,
-more for short calls, see ``--min-time``; after one warm-up run that also triggers numba's JIT
-compilation):
+Per input kind, thread count and rule the script times (medians; after one warm-up run that also
+compiles numba's kernels):
 
-- ``ours``: the library rule ``byzlearn.aggregators.get(rule)(X, f)``;
-- ``floor``: ``X.sum(0)`` on the same input, the memory-bandwidth floor of any rule that must read
-  all n * d values once, timed in turns with the rule; ``ours/floor`` is the median of the
-  per-pair ratios (steadier than a ratio of medians on a host whose speed drifts);
-- ``ref``: a plain-torch reference implementation of the same rule, written here the
-  straightforward way (sort / median / topk / cdist / Weiszfeld in d-space / brute-force subset
-  search), see ``REFERENCES``.
+- ``ours``: ``byzlearn.aggregators.get(rule)(X, f)``;
+- ``floor``: the fastest one-pass read of the same X: the faster of ``X.sum()`` and a compiled
+  read (numba, one sequential pass over the rows, on the same threads), timed *in turns* with the
+  rule (floor, rule, floor, rule, ...); ``ours/floor`` is the median of the per-pair ratios;
+- ``X.sum(0)`` (the floor of earlier versions, kept for continuity), timed in the same turns;
+- ``ref``: the fastest plain implementation of the rule in a few lines (``np.partition``, a
+  float64 Gram matrix by BLAS on column blocks, ``np.sort`` on blocks for the window rules), see
+  ``REFERENCES``; the script checks it gives the same result and exits with status 1 otherwise;
+- ``peak MB``: the largest resident memory above the input seen during one call (sampled).
 
-It checks that ``ours`` and ``ref`` agree (max abs difference, relative to the size of the inputs)
-and exits with status 1 when any rule disagrees beyond the tolerance. Targets (at d = 1e7):
-coordinate-wise rules within 3x of the floor, distance-based rules within 4x (filters and
-compositions have no target; their rows show ``-``). See
-``benchmarks/README.md`` for the meaning of every column.
+Input kinds (rows: n - f honest ``mu + s_i noise_i``, s_i in [0.8, 1.2], then f Byzantine):
+``honest`` (all n honest), ``mean10`` (the demo's attack, -10 x the honest mean), ``gauss200``
+(one Gaussian vector of sigma 200, sent by all f), ``alie`` (mu - z sigma of the honest rows,
+z from n and f as in the paper), ``nan`` (f rows of NaN).
 
-Input: n - f honest rows ``mu + s_i * noise_i`` (``s_i`` spread over [0.8, 1.2] so that Krum
-scores and subset diameters are well separated and the selections are unique) and f Byzantine
-rows ``-mu + noise_j`` (a sign-flip attack), in the chosen dtype, from a fixed seed.
+``--scale-n``: n in {10, 25, 50, 100, 200, 500, 1000}, f = n / 5, d = 1e6 (1e5 from n = 500),
+honest input, one thread; coordinate-wise rules against the floor (target 3x), distance-based
+ones against the Gram's compute bound (n^2 d / 2 multiply-adds at the measured sgemm rate,
+printed) plus the floor (target 1.5x). See ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
@@ -40,13 +42,12 @@ import os
 import platform
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # the real imports happen in main(), after NUMBA_NUM_THREADS is set
-    import torch
+import numpy as np
 
 COORDINATEWISE = ("average", "median", "trimmed_mean", "meamed", "phocas")
 DISTANCE_BASED = (
@@ -55,279 +56,368 @@ DISTANCE_BASED = (
     "medoid",
     "geometric_median",
     "mda",
-    "bulyan",
     "centered_clipping",
     "cge",
+    "bulyan",
 )
-# Rules the issue states no target for: filters (a Gram pass or a coordinate sample, then one
-# weighted sum) and compositions with a pre-aggregator (their cost adds up).
 FILTERS = ("caf", "dnc", "signguard")
-COMPOSED = ("nnm+krum", "bucketing+median", "nnm+trimmed_mean")
+COMPOSED = ("nnm+trimmed_mean", "nnm+krum", "bucketing+median")
 ALL_RULES = COORDINATEWISE + DISTANCE_BASED + FILTERS + COMPOSED
-TARGET = {"coordinate-wise": 3.0, "distance-based": 4.0}
-TARGET_D = 10_000_000  # the dimension the targets are stated for
-
-# Coordinate-wise references run on column blocks of this many coordinates, so that their sort /
-# topk temporaries (values + int64 indices, several times the size of X) stay bounded at d = 1e7.
-REF_COLUMN_BLOCK = 1 << 20
-# A reference whose first (checked) run takes longer than this is not run again: its time is that
-# single run (marked "1 run" in the notes).
-DEFAULT_REF_BUDGET_S = 3.0
-# Agreement tolerance: max |ours - ref| <= RTOL[dtype] * max(1, max |X|).
-RTOL = {"float32": 1e-4, "float64": 1e-9}
+INPUT_KINDS = ("honest", "mean10", "gauss200", "alie", "nan")
+# Targets at n = 25, f = 5, d = 1e7, float32, one thread (ratio to the floor).
+TARGET = {
+    "median": 2.0,
+    "trimmed_mean": 2.0,
+    "meamed": 2.5,
+    "phocas": 2.5,
+    **{rule: 3.0 for rule in DISTANCE_BASED if rule != "bulyan"},
+    "bulyan": 4.0,
+    "nnm+trimmed_mean": 4.0,
+    "signguard": 4.0,
+}
+TARGET_D = 10_000_000
+SCALE_N = (10, 25, 50, 100, 200, 500, 1000)
+SCALE_RULES = (
+    "median",
+    "trimmed_mean",
+    "meamed",
+    "phocas",
+    "krum",
+    "multi_krum",
+    "medoid",
+    "geometric_median",
+    "mda",
+    "centered_clipping",
+    "cge",
+    "bulyan",
+)
+SCALE_TARGET = {"coordinate-wise": 3.0, "distance-based": 1.5}
 BUCKET_SEED = 0
-# Short measurements are repeated until they add up to --min-time seconds, at most this often.
-MAX_REPEATS = 200
-DEFAULT_MIN_TIME_S = 0.25
-# At most this many coordinates where a coordinate-wise reference (or Bulyan's second phase)
-# differs are rechecked in float64.
-MAX_RECHECKED = 1000
-GM_TOL = 1e-8  # the library's default geometric_median tolerance, used by the reference too
-GM_MAX_ITER = 1000
-GM_STALL = 5
-# Notes a reference leaves about its last run (e.g. iteration counts).
-REF_INFO: dict[str, str] = {}
-# State a reference leaves for the float64 recheck (Bulyan's selection).
-REF_STATE: dict[str, torch.Tensor] = {}
+RANDOM_SEED = 0  # dnc / signguard draw fresh coordinates by default; fixed here to be repeatable
+RTOL = {"float32": 2e-5, "float64": 1e-9}
+REF_BLOCK = 1 << 18  # columns per block of the coordinate-wise references (bounded memory)
+MAX_REPEATS = 100
 
 
 # --------------------------------------------------------------------------------------------
-# Plain-torch references
+# Inputs
 # --------------------------------------------------------------------------------------------
-def _by_columns(
-    fn: Callable[[torch.Tensor], torch.Tensor], X: torch.Tensor, block: int = REF_COLUMN_BLOCK
-) -> torch.Tensor:
-    """Apply a coordinate-wise ``fn`` ((n, b) -> (b,)) on column blocks of X (bounded memory)."""
+def make_inputs(kind: str, n: int, f: int, d: int, dtype: str, seed: int):
+    """The (n, d) input of one kind (see the module docstring), as a torch tensor."""
     import torch
 
-    if X.shape[1] <= block:
-        return fn(X)
-    return torch.cat([fn(X[:, j : j + block]) for j in range(0, X.shape[1], block)])
+    from byzlearn.attacks.gradient import alie_z
+
+    tdtype = getattr(torch, dtype)
+    g = torch.Generator().manual_seed(seed)
+    X = torch.empty(n, d, dtype=tdtype)
+    h = n - f if kind != "honest" else n
+    step = 1 << 22
+    for j0 in range(0, d, step):  # in blocks: bounded float temporaries
+        j1 = min(d, j0 + step)
+        block = torch.randn(n, j1 - j0, generator=g, dtype=tdtype)
+        mu = torch.randn(j1 - j0, generator=g, dtype=tdtype)
+        block[:h].mul_(torch.linspace(0.8, 1.2, h, dtype=tdtype)[:, None]).add_(mu)
+        if kind == "mean10":
+            block[h:] = -10.0 * block[:h].mean(0)
+        elif kind == "gauss200":
+            block[h:] = 200.0 * block[h : h + 1]
+        elif kind == "alie" and f > 0:
+            block[h:] = block[:h].mean(0) - alie_z(n, f) * block[:h].std(0)
+        elif kind == "nan":
+            block[h:] = float("nan")
+        X[:, j0:j1] = block
+    return X
 
 
-def ref_average(X: torch.Tensor, f: int) -> torch.Tensor:
-    """Plain mean."""
-    return X.mean(dim=0)
+# --------------------------------------------------------------------------------------------
+# The floor: a compiled one-pass read
+# --------------------------------------------------------------------------------------------
+_READ = None
 
 
-def ref_median(X: torch.Tensor, f: int) -> torch.Tensor:
-    """``torch.median(dim=0)`` (n odd here, so the lower median is the median)."""
+def compiled_read(X) -> float:
+    """Sum of all values of X, one sequential pass over its rows (numba; rows split over
+    torch's thread count, the GIL released)."""
+    global _READ
     import torch
 
-    return _by_columns(lambda B: torch.median(B, dim=0).values, X)
+    from byzlearn.aggregators._threads import in_parallel
+
+    if _READ is None:
+        from numba import njit
+
+        @njit(fastmath=True, nogil=True, cache=True)
+        def read_rows(A, r0, r1, out):
+            for i in range(r0, r1):
+                row = A[i]
+                s = A.dtype.type(0)
+                for k in range(row.shape[0]):
+                    s += row[k]
+                out[i] = s
+
+        _READ = read_rows
+    A = X.numpy()
+    out = np.zeros(A.shape[0], dtype=A.dtype)
+    in_parallel(lambda r0, r1: _READ(A, r0, r1, out), A.shape[0], torch.get_num_threads())
+    return float(np.nansum(out))
 
 
-def ref_trimmed_mean(X: torch.Tensor, f: int) -> torch.Tensor:
-    """Sort each coordinate, drop f values per side, average the rest."""
+# --------------------------------------------------------------------------------------------
+# References: the fastest plain implementation in a few lines, float64 where it matters
+# --------------------------------------------------------------------------------------------
+def _finite_rows(X: np.ndarray) -> np.ndarray:
+    """Rows without a non-finite value (the NaN kind has whole NaN rows: removing them is the
+    same as skipping the missing values per coordinate)."""
+    return np.flatnonzero(np.isfinite(X).all(axis=1))
+
+
+def _by_blocks(fn: Callable[[np.ndarray], np.ndarray], X: np.ndarray) -> np.ndarray:
+    out = np.empty(X.shape[1], dtype=X.dtype)
+    for j0 in range(0, X.shape[1], REF_BLOCK):
+        out[j0 : j0 + REF_BLOCK] = fn(X[:, j0 : j0 + REF_BLOCK])
+    return out
+
+
+def ref_average(X, f):
+    return np.nanmean(X, axis=0) if X.dtype == np.float64 else np.mean(X[_finite_rows(X)], 0)
+
+
+def ref_median(X, f):
+    Y = X[_finite_rows(X)]
+    n = Y.shape[0]
+    if n % 2:
+        return _by_blocks(lambda B: np.partition(B, n // 2, axis=0)[n // 2], Y)
+
+    def even(B):
+        P = np.partition(B, (n // 2 - 1, n // 2), axis=0)
+        return (0.5 * (P[n // 2 - 1].astype(np.float64) + P[n // 2])).astype(B.dtype)
+
+    return _by_blocks(even, Y)
+
+
+def ref_trimmed_mean(X, f):
+    Y = X[_finite_rows(X)]
+    n = Y.shape[0]
+    return _by_blocks(
+        lambda B: np.partition(B, (f, n - f - 1), axis=0)[f : n - f].mean(0, dtype=np.float64), Y
+    )
+
+
+def _window(S: np.ndarray, c: np.ndarray, m: int) -> np.ndarray:
+    """Per column of the sorted S, the mean of the m values closest to c (ties towards the
+    smaller value: the window [s, s + m) moves right while the left end is strictly farther)."""
+    n = S.shape[0]
+    S64 = S.astype(np.float64)
+    s = np.zeros(S.shape[1], dtype=np.int64)
+    for _ in range(n - m):
+        i = np.arange(S.shape[1])
+        move = (s < n - m) & ((c - S64[s, i]) > (S64[np.minimum(s + m, n - 1), i] - c))
+        s += move
+    csum = np.concatenate([np.zeros((1, S.shape[1])), np.cumsum(S64, axis=0)])
+    i = np.arange(S.shape[1])
+    return (csum[s + m, i] - csum[s, i]) / m
+
+
+def ref_meamed(X, f):
+    Y = X[_finite_rows(X)]
+    n = Y.shape[0]
+
+    def one(B):
+        S = np.sort(B, axis=0)
+        upper = S[n // 2].astype(np.float64)
+        c = upper if n % 2 else 0.5 * (S[n // 2 - 1] + upper)
+        return _window(S, c, n - f)
+
+    return _by_blocks(one, Y)
+
+
+def ref_phocas(X, f):
+    Y = X[_finite_rows(X)]
+    n = Y.shape[0]
+
+    def one(B):
+        S = np.sort(B, axis=0)
+        return _window(S, S[f : n - f].mean(0, dtype=np.float64), n - f)
+
+    return _by_blocks(one, Y)
+
+
+def ref_sqdist(X: np.ndarray) -> np.ndarray:
+    """Squared distances from a float64 Gram matrix of the rows centred per column block (BLAS
+    on blocks of 2^18 columns); rows holding a non-finite value are infinitely far."""
+    good = _finite_rows(X)
     n = X.shape[0]
-    return _by_columns(lambda B: B.sort(dim=0).values[f : n - f].mean(dim=0), X)
+    G = np.zeros((good.size, good.size))
+    for j0 in range(0, X.shape[1], REF_BLOCK):
+        B = X[good, j0 : j0 + REF_BLOCK].astype(np.float64)
+        B -= B.mean(axis=0)
+        G += B @ B.T
+    diag = np.diag(G)
+    Dg = np.maximum(diag[:, None] + diag[None, :] - 2 * G, 0.0)
+    D = np.full((n, n), np.inf)
+    D[np.ix_(good, good)] = Dg
+    np.fill_diagonal(D, 0.0)
+    return D
 
 
-def _closest_mean(S: torch.Tensor, centre: torch.Tensor, m: int) -> torch.Tensor:
-    """Per column, the mean of the m values of S (sorted along dim 0) closest to ``centre``,
-    ties towards the smaller value like the library (a stable sort of the distances + gather)."""
-    idx = (S - centre).abs().sort(dim=0, stable=True).indices[:m]
-    return S.gather(0, idx).mean(dim=0)
-
-
-def ref_meamed(X: torch.Tensor, f: int) -> torch.Tensor:
-    """Sort for the median, then the mean of the n - f values closest to it."""
-    n = X.shape[0]
-
-    def one(B: torch.Tensor) -> torch.Tensor:
-        S = B.sort(dim=0).values
-        med = S[n // 2] if n % 2 else 0.5 * (S[n // 2 - 1] + S[n // 2])
-        return _closest_mean(S, med, n - f)
-
-    return _by_columns(one, X)
-
-
-def ref_phocas(X: torch.Tensor, f: int) -> torch.Tensor:
-    """Sort for the f-trimmed mean, then the mean of the n - f values closest to it."""
-    n = X.shape[0]
-
-    def one(B: torch.Tensor) -> torch.Tensor:
-        S = B.sort(dim=0).values
-        return _closest_mean(S, S[f : n - f].mean(dim=0), n - f)
-
-    return _by_columns(one, X)
-
-
-def _sqdist(X: torch.Tensor) -> torch.Tensor:
-    """Pairwise squared distances with ``torch.cdist`` (its default mode: for n <= 25 rows it
-    sums the coordinate differences directly, no Gram-matrix cancellation, O(n^2) memory)."""
-    import torch
-
-    return torch.cdist(X, X) ** 2
-
-
-def _krum_pick(D: torch.Tensor, f: int) -> int:
-    """Index of the Krum choice for the squared-distance matrix D (self excluded)."""
+def _krum_order(D: np.ndarray, f: int) -> np.ndarray:
     n = D.shape[0]
     k = max(1, n - f - 2)
-    scores = D.topk(k + 1, dim=1, largest=False).values.sum(dim=1)  # includes D[i, i] = 0
-    return int(scores.argmin())
+    Dn = D.copy()
+    np.fill_diagonal(Dn, np.inf)
+    scores = np.sort(Dn, axis=1)[:, :k].sum(axis=1)
+    return np.argsort(scores, kind="stable")
 
 
-def ref_krum(X: torch.Tensor, f: int) -> torch.Tensor:
-    """cdist**2, sum of the n - f - 2 smallest per row, the row of least score."""
-    return X[_krum_pick(_sqdist(X), f)].clone()
+def _mean_rows(X: np.ndarray, rows) -> np.ndarray:
+    w = np.zeros(X.shape[0])
+    w[list(rows)] = 1.0 / len(rows)
+    return _weighted(X, w)
 
 
-def ref_multi_krum(X: torch.Tensor, f: int) -> torch.Tensor:
-    """cdist**2, Krum scores, mean of the n - f rows of least score."""
-    n = X.shape[0]
-    D = _sqdist(X)
-    scores = D.topk(n - f - 1, dim=1, largest=False).values.sum(dim=1)
-    return X[scores.topk(n - f, largest=False).indices].mean(dim=0)
+def _weighted(X: np.ndarray, w: np.ndarray) -> np.ndarray:
+    rows = np.flatnonzero(w)
+    out = np.zeros(X.shape[1])
+    for i in rows:
+        out += w[i] * X[i].astype(np.float64)
+    return out.astype(X.dtype)
 
 
-def ref_medoid(X: torch.Tensor, f: int) -> torch.Tensor:
-    """cdist, the row of least summed distance."""
-    import torch
-
-    return X[int(torch.cdist(X, X).sum(dim=1).argmin())].clone()
+def ref_krum(X, f):
+    return X[_krum_order(ref_sqdist(X), f)[0]].copy()
 
 
-def ref_geometric_median(X: torch.Tensor, f: int) -> torch.Tensor:
-    """Smoothed Weiszfeld in d-space with the library's stopping rule: from the mean, until the
-    step is below ``GM_TOL`` times the median pairwise distance (nu = 1e-9 of it), at most
-    ``GM_MAX_ITER`` iterations. In float32 that tolerance can lie below the rounding of z, so the
-    iteration also stops when the step has not decreased for ``GM_STALL`` iterations."""
-    import torch
+def ref_multi_krum(X, f):
+    return _mean_rows(X, _krum_order(ref_sqdist(X), f)[: X.shape[0] - f])
 
-    C = torch.cdist(X, X)
-    off = C[~torch.eye(X.shape[0], dtype=torch.bool)]
-    scale = float(off[off > 0].median())
-    nu = 1e-9 * scale
-    z = X.mean(dim=0)
-    best_step, stalled, iterations, reason = math.inf, 0, 0, "max_iter"
-    for iterations in range(1, GM_MAX_ITER + 1):  # noqa: B007  (reported after the loop)
-        dist = torch.cdist(X, z[None, :])[:, 0]
-        beta = 1.0 / dist.clamp(min=nu)
-        new = (beta / beta.sum()) @ X
-        step = float(torch.linalg.vector_norm(new - z))
-        z = new
-        if step <= GM_TOL * scale:
-            reason = "tol"
+
+def _medoid_index(D: np.ndarray) -> int:
+    good = np.isfinite(D).sum(axis=1) == np.isfinite(D).sum(axis=1).max()
+    sums = np.sqrt(D[:, good]).sum(axis=1)
+    sums[~good] = np.inf
+    return int(np.argmin(sums))
+
+
+def ref_medoid(X, f):
+    return X[_medoid_index(ref_sqdist(X))].copy()
+
+
+def ref_cge(X, f):
+    norms = np.array([np.dot(r.astype(np.float64), r.astype(np.float64)) for r in X])
+    norms[~np.isfinite(norms)] = np.inf
+    return _mean_rows(X, np.argsort(norms, kind="stable")[: X.shape[0] - f])
+
+
+def ref_geometric_median(X, f):
+    """Smoothed Weiszfeld on the float64 distances (z = sum_i a_i x_i: ||z - x_i||^2 from the
+    squared distances), from the mean, the library's stopping rule; then one weighted sum."""
+    D = ref_sqdist(X)
+    good = np.isfinite(D).sum(axis=1) == np.isfinite(D).sum(axis=1).max()
+    Dg = D[np.ix_(good, good)]
+    scale = float(np.median(np.sqrt(Dg[Dg > 0])))
+    a = np.full(int(good.sum()), 1.0 / good.sum())
+    for _ in range(1000):
+        # ||z - x_i||^2 = sum_j a_j D_ij - a^T D a / 2
+        dist = np.sqrt(np.maximum(Dg @ a - 0.5 * a @ Dg @ a, 0.0))
+        beta = 1.0 / np.maximum(dist, 1e-9 * scale)
+        new = beta / beta.sum()
+        step = new - a
+        a = new
+        if math.sqrt(max(-0.5 * step @ Dg @ step, 0.0)) <= 1e-8 * scale:
             break
-        stalled = stalled + 1 if step >= best_step else 0
-        best_step = min(best_step, step)
-        if stalled >= GM_STALL:
-            reason = "stalled"
-            break
-    REF_INFO["geometric_median"] = f"ref: {iterations} Weiszfeld its ({reason})"
-    return z
+    w = np.zeros(X.shape[0])
+    w[good] = a
+    return _weighted(X, w)
 
 
-def ref_mda(X: torch.Tensor, f: int) -> torch.Tensor:
-    """Brute force: cdist, then every (n - f)-subset (itertools.combinations), least diameter."""
-    import numpy as np
-
+def ref_mda(X, f):
+    """All C(n, f) subsets (enumerated with itertools; n <= 25 only)."""
+    D = ref_sqdist(X)
     n = X.shape[0]
-    D = _sqdist(X).double().numpy()
-    best, best_diam = None, math.inf
+    if math.comb(n, f) > 200_000:
+        raise NotImplementedError("C(n, f) too large for the brute-force reference")
+    best, best_diam = None, np.inf
     for keep in itertools.combinations(range(n), n - f):
         diam = D[np.ix_(keep, keep)].max()
         if diam < best_diam:
             best, best_diam = keep, diam
-    assert best is not None
-    return X[list(best)].mean(dim=0)
+    return _mean_rows(X, best)
 
 
-def ref_bulyan(X: torch.Tensor, f: int) -> torch.Tensor:
-    """cdist**2 once; theta = n - 2f rounds of Krum on the remaining rows (submatrix of D);
-    then, per coordinate, the mean of the beta = theta - 2f selected values closest to the
-    median (sort + stable sort of the distances + gather)."""
-    import torch
+def ref_centered_clipping(X, f):
+    D = ref_sqdist(X)
+    v = _medoid_index(D)
+    dist = np.sqrt(D[v])
+    finite = np.sort(dist[np.isfinite(dist)])
+    tau = float(finite[(finite.size - 1) // 2])  # the lower median, as torch's median
+    w = np.where(np.isfinite(dist), np.minimum(1.0, tau / np.maximum(dist, 1e-300)), 0.0) / len(X)
+    w[v] += 1.0 - w.sum()  # v + mean_i (x_i - v) c_i
+    return _weighted(X, w)
 
+
+def ref_bulyan(X, f):
+    D = ref_sqdist(X)
     n = X.shape[0]
-    theta = n - 2 * f
-    beta = theta - 2 * f
-    D = _sqdist(X)
-    remaining = list(range(n))
-    chosen: list[int] = []
+    theta, beta = n - 2 * f, n - 4 * f
+    remaining, chosen = list(range(n)), []
     for _ in range(theta):
-        sub = D[remaining][:, remaining]
-        chosen.append(remaining.pop(_krum_pick(sub, f)))
-    kept = torch.tensor(sorted(chosen))
-    REF_STATE["bulyan"] = kept
-    return _bulyan_trim(X[kept], beta)
+        sub = D[np.ix_(remaining, remaining)]
+        chosen.append(remaining.pop(int(_krum_order(sub, f)[0])))
+    S = X[sorted(chosen)]
+
+    def one(B):
+        Bs = np.sort(B, axis=0)
+        c = Bs[theta // 2].astype(np.float64) if theta % 2 else 0.5 * (
+            Bs[theta // 2 - 1] + Bs[theta // 2].astype(np.float64)
+        )
+        return _window(Bs, c, beta)
+
+    return _by_blocks(one, S)
 
 
-def _bulyan_trim(S: torch.Tensor, beta: int) -> torch.Tensor:
-    """Bulyan's second phase: per coordinate, the mean of the beta values closest to the median
-    of the selected rows S."""
-    theta = S.shape[0]
-
-    def one(B: torch.Tensor) -> torch.Tensor:
-        Bs = B.sort(dim=0).values
-        med = Bs[theta // 2] if theta % 2 else 0.5 * (Bs[theta // 2 - 1] + Bs[theta // 2])
-        return _closest_mean(Bs, med, beta)
-
-    return _by_columns(one, S)
+def _nnm_matrix(D: np.ndarray, f: int) -> np.ndarray:
+    n = D.shape[0]
+    Dn = D.copy()
+    np.fill_diagonal(Dn, -1.0)
+    idx = np.argsort(Dn, axis=1, kind="stable")[:, : n - f]
+    M = np.zeros((n, n))
+    np.put_along_axis(M, idx, 1.0 / (n - f), axis=1)
+    return M
 
 
-def recheck(rule: str, X: torch.Tensor, cols: torch.Tensor, f: int) -> torch.Tensor | None:
-    """The reference at the coordinates ``cols`` only, in float64, or None when the rule's
-    coordinates are not independent (distance-based rules other than Bulyan's second phase)."""
-    if kind_of(rule) == "coordinate-wise":
-        return REFERENCES[rule](X[:, cols].double(), f)
-    if rule == "bulyan" and "bulyan" in REF_STATE:
-        kept = REF_STATE["bulyan"]
-        return _bulyan_trim(X[kept][:, cols].double(), X.shape[0] - 4 * f)
-    return None
+def _mix(X: np.ndarray, M: np.ndarray) -> np.ndarray:
+    """M X by float64 BLAS on column blocks; rows of M that mix a row holding a non-finite
+    value give NaN rows (missing, as in the library)."""
+    bad = ~np.isfinite(X).all(axis=1)
+    missing = (M[:, bad] != 0).any(axis=1)
+    Y = np.full((M.shape[0], X.shape[1]), np.nan, dtype=X.dtype)
+    Mg = M[~missing][:, ~bad]
+    Xg = X[~bad]
+    for j0 in range(0, X.shape[1], REF_BLOCK):
+        Y[~missing, j0 : j0 + REF_BLOCK] = Mg @ Xg[:, j0 : j0 + REF_BLOCK].astype(np.float64)
+    return Y
 
 
-def ref_centered_clipping(X: torch.Tensor, f: int) -> torch.Tensor:
-    """One centred-clipping step in d-space from the medoid (cdist), radius tau = median
-    distance to it: ``v + mean_i (x_i - v) min(1, tau / ||x_i - v||)``."""
-    import torch
-
-    v = X[int(torch.cdist(X, X).sum(dim=1).argmin())]
-    diff = X - v
-    norms = torch.linalg.vector_norm(diff, dim=1)
-    tau = norms.median()
-    w = torch.where(norms > tau, tau / norms, torch.ones_like(norms))
-    return v + (diff * w[:, None]).mean(dim=0)
+def ref_nnm_trimmed_mean(X, f):
+    return ref_trimmed_mean(_mix(X, _nnm_matrix(ref_sqdist(X), f)), f)
 
 
-def ref_cge(X: torch.Tensor, f: int) -> torch.Tensor:
-    """Row norms, mean of the n - f rows of least norm."""
-    import torch
-
-    n = X.shape[0]
-    norms = torch.linalg.vector_norm(X, dim=1)
-    return X[norms.topk(n - f, largest=False).indices].mean(dim=0)
+def ref_nnm_krum(X, f):
+    Y = _mix(X, _nnm_matrix(ref_sqdist(X), f))
+    return Y[_krum_order(ref_sqdist(Y), f)[0]].copy()
 
 
-def ref_nnm_krum(X: torch.Tensor, f: int) -> torch.Tensor:
-    """NNM in d-space (cdist, each row replaced by the mean of its n - f nearest rows, itself
-    included; an (n, d) matmul), then Krum (cdist**2) on the mixed rows."""
+def ref_bucketing_median(X, f):
     import torch
 
     n = X.shape[0]
-    D = _sqdist(X)
-    D.fill_diagonal_(-1.0)
-    idx = D.topk(n - f, dim=1, largest=False).indices
-    M = torch.zeros(n, n, dtype=X.dtype).scatter_(1, idx, 1.0 / (n - f))
-    Y = M @ X
-    return Y[_krum_pick(_sqdist(Y), f)].clone()
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(BUCKET_SEED)).numpy()
+    Y = np.stack([X[perm[b : b + 2]].mean(0) for b in range(0, n, 2)])
+    return ref_median(Y[_finite_rows(Y)], f)
 
 
-def ref_bucketing_median(X: torch.Tensor, f: int) -> torch.Tensor:
-    """Shuffle with the seed given to the library, average buckets of 2, torch.median(dim=0)."""
-    import torch
-
-    n = X.shape[0]
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(BUCKET_SEED))
-    Y = torch.stack([X[perm[b : b + 2]].mean(dim=0) for b in range(0, n, 2)])
-    if Y.shape[0] % 2 == 0:
-        raise ValueError("ref_bucketing_median assumes an odd number of buckets")
-    return ref_median(Y, f)
-
-
-REFERENCES: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
+REFERENCES: dict[str, Callable] = {
     "average": ref_average,
     "median": ref_median,
     "trimmed_mean": ref_trimmed_mean,
@@ -338,64 +428,24 @@ REFERENCES: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
     "medoid": ref_medoid,
     "geometric_median": ref_geometric_median,
     "mda": ref_mda,
-    "bulyan": ref_bulyan,
     "centered_clipping": ref_centered_clipping,
     "cge": ref_cge,
+    "bulyan": ref_bulyan,
+    "nnm+trimmed_mean": ref_nnm_trimmed_mean,
     "nnm+krum": ref_nnm_krum,
     "bucketing+median": ref_bucketing_median,
 }
-# Options passed to the library rule (to match the reference).
-OPTIONS: dict[str, dict] = {"bucketing+median": {"seed": BUCKET_SEED}}
-# Notes printed next to a rule's row.
-NOTES: dict[str, str] = {
-    "mda": "ref: C(n, f) subsets",
-    "bulyan": "ref: cdist once, Krum on submatrices",
+OPTIONS: dict[str, dict] = {
+    "bucketing+median": {"seed": BUCKET_SEED},
+    "dnc": {"seed": RANDOM_SEED},
+    "signguard": {"seed": RANDOM_SEED},
 }
 
 
 # --------------------------------------------------------------------------------------------
 # Measurement
 # --------------------------------------------------------------------------------------------
-@dataclass
-class Row:
-    """One line of the result table."""
-
-    d: int
-    threads: int
-    rule: str
-    kind: str
-    ours_s: float
-    floor_s: float
-    pair_ratio: float | None = None  # median of (rule time / floor time) over interleaved pairs
-    ref_s: float | None = None
-    max_diff: float | None = None
-    tolerance: float | None = None
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def ratio(self) -> float:
-        return self.pair_ratio if self.pair_ratio is not None else self.ours_s / self.floor_s
-
-    @property
-    def speedup(self) -> float | None:
-        return None if self.ref_s is None else self.ref_s / self.ours_s
-
-    @property
-    def agrees(self) -> bool:
-        return self.max_diff is None or self.max_diff <= (self.tolerance or 0.0)
-
-    def target_mark(self) -> str:
-        """``yes`` / ``NO`` at the target dimension, ``(yes)`` / ``(no)`` below it."""
-        if self.kind not in TARGET:
-            return "-"
-        ok = self.ratio <= TARGET[self.kind]
-        if self.d >= TARGET_D:
-            return "yes" if ok else "NO"
-        return "(yes)" if ok else "(no)"
-
-
 def kind_of(rule: str) -> str:
-    """``coordinate-wise``, ``distance-based``, ``filter`` or ``composed``."""
     if rule in COORDINATEWISE:
         return "coordinate-wise"
     if rule in DISTANCE_BASED:
@@ -404,129 +454,135 @@ def kind_of(rule: str) -> str:
 
 
 def timed(fn: Callable[[], object]) -> tuple[float, object]:
-    """Wall time of one call and its result."""
     t0 = time.perf_counter()
     out = fn()
     return time.perf_counter() - t0, out
 
 
-def median_time(fn: Callable[[], object], repeats: int, min_time: float = 0.0) -> float:
-    """Median wall time of at least ``repeats`` calls, more (up to ``MAX_REPEATS``) until they
-    add up to ``min_time`` seconds: short calls get enough samples for a robust median on a
-    machine shared with other work."""
-    times: list[float] = []
-    while len(times) < repeats or (sum(times) < min_time and len(times) < MAX_REPEATS):
-        times.append(timed(fn)[0])
-    return statistics.median(times)
+class PeakMemory:
+    """The largest resident set size above the level at entry, sampled every 0.5 ms."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = False
+
+    @staticmethod
+    def rss() -> int:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def __enter__(self) -> PeakMemory:
+        self.base = self.rss()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop:
+            self.peak = max(self.peak, self.rss() - self.base)
+            time.sleep(0.0005)
+
+    def __exit__(self, *exc) -> None:
+        self._stop = True
+        self._thread.join()
+        self.peak = max(self.peak, self.rss() - self.base)
 
 
-def paired_times(
-    fn: Callable[[], object], floor: Callable[[], object], repeats: int, min_time: float = 0.0
-) -> tuple[float, float, float]:
-    """Time ``fn`` and ``floor`` alternately: (median fn time, median floor time, median of the
-    per-pair ratios). On a machine whose speed drifts (shared hosts, turbo), a ratio taken from
-    calls made moments apart is far steadier than one of two separately timed medians."""
-    ours: list[float] = []
-    floors: list[float] = []
+@dataclass
+class Row:
+    kind: str
+    threads: int
+    rule: str
+    ours_s: float
+    floor_s: float
+    sum0_s: float
+    ratio: float  # median over pairs of ours / floor
+    ratio_sum0: float
+    ratios: list[float] = field(default_factory=list)
+    peak_mb: float | None = None
+    ref_s: float | None = None
+    max_diff: float | None = None
+    tolerance: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def agrees(self) -> bool:
+        return self.max_diff is None or self.max_diff <= (self.tolerance or 0.0)
+
+
+def paired(
+    fn: Callable[[], object], X, repeats: int, min_time: float
+) -> tuple[float, float, float, float, float, list[float]]:
+    """Time fn, the floor (the faster of X.sum() and the compiled read) and X.sum(0) in turns."""
+    ours, floors, sums0 = [], [], []
     while len(ours) < repeats or (sum(ours) < min_time and len(ours) < MAX_REPEATS):
-        floors.append(timed(floor)[0])
+        read = timed(lambda: compiled_read(X))[0]
+        total = timed(X.sum)[0]
+        floors.append(min(read, total))
+        sums0.append(timed(lambda: X.sum(0))[0])
         ours.append(timed(fn)[0])
     ratios = [a / b for a, b in zip(ours, floors, strict=True)]
-    return statistics.median(ours), statistics.median(floors), statistics.median(ratios)
+    ratios0 = [a / b for a, b in zip(ours, sums0, strict=True)]
+    return (
+        statistics.median(ours),
+        statistics.median(floors),
+        statistics.median(sums0),
+        statistics.median(ratios),
+        statistics.median(ratios0),
+        ratios,
+    )
 
 
-def make_inputs(n: int, f: int, d: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
-    """n - f honest rows ``mu + s_i noise_i`` (s_i in [0.8, 1.2]) and f rows ``-mu + noise``."""
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    X = torch.randn(n, d, generator=g, dtype=dtype)
-    mu = torch.randn(d, generator=g, dtype=dtype)
-    scales = torch.linspace(0.8, 1.2, n - f, dtype=dtype)
-    X[: n - f].mul_(scales[:, None]).add_(mu)
-    X[n - f :].sub_(mu)
-    return X
-
-
-def bench_rule(
-    rule: str,
-    X: torch.Tensor,
-    f: int,
-    repeats: int,
-    threads: int,
-    with_reference: bool,
-    ref_budget_s: float,
-    rtol: float,
-    min_time: float = 0.0,
-) -> Row:
-    """Warm up, time the library rule, run/time the reference and compare the outputs."""
+def bench_rule(rule, X, Xn, f, kind, threads, args) -> Row:
     import torch
 
     import byzlearn.aggregators as agg
 
     impl = agg.get(rule)
     opts = OPTIONS.get(rule, {})
-    _, ours = timed(lambda: impl(X, f, **opts))  # warm-up (JIT) + the checked output
-    floor_repeats = max(repeats, 5)
-    ours_s, floor_s, ratio = paired_times(
-        lambda: impl(X, f, **opts), lambda: X.sum(dim=0), floor_repeats, min_time
-    )
-    row = Row(X.shape[1], threads, rule, kind_of(rule), ours_s, floor_s, ratio)
-    if rule in NOTES:
-        row.notes.append(NOTES[rule])
-    ref = REFERENCES.get(rule)
-    if not with_reference or ref is None:
+    try:
+        _, ours = timed(lambda: impl(X, f, **opts))  # warm-up (compilation) + checked output
+    except ValueError as exc:  # e.g. bucketing + median with f NaN rows: by design
+        row = Row(kind, threads, rule, math.nan, math.nan, math.nan, math.nan, math.nan)
+        row.notes.append(f"ValueError: {str(exc)[:70]}")
         return row
-    with torch.no_grad():
-        ref_first, expected = timed(lambda: ref(X, f))
-        if rule in REF_INFO:  # e.g. the number of Weiszfeld iterations
-            row.notes.append(REF_INFO.pop(rule))
-        if ref_first > ref_budget_s or repeats == 1:
-            row.ref_s = ref_first
-            if repeats > 1:
-                row.notes.append("ref: 1 run")
-        else:
-            row.ref_s = median_time(lambda: ref(X, f), repeats, min_time)
-    assert isinstance(ours, torch.Tensor) and isinstance(expected, torch.Tensor)
-    row.tolerance = rtol * max(1.0, float(X.abs().max()))
-    diff = (ours.double() - expected.double()).abs()
-    cols = torch.nonzero(diff > row.tolerance).flatten()
-    if 0 < cols.numel() <= MAX_RECHECKED:
-        # Near-ties ("closest to the centre" picks, rounding of the centre) can make a reference
-        # in the input precision choose differently at a few coordinates: redo those in float64.
+    with PeakMemory() as mem:
+        impl(X, f, **opts)
+    ours_s, floor_s, sum0_s, ratio, ratio0, ratios = paired(
+        lambda: impl(X, f, **opts), X, args.repeats, args.min_time
+    )
+    row = Row(kind, threads, rule, ours_s, floor_s, sum0_s, ratio, ratio0, ratios)
+    row.peak_mb = mem.peak / 2**20
+    ref = REFERENCES.get(rule)
+    if args.no_reference or ref is None:
+        return row
+    try:
         with torch.no_grad():
-            exact = recheck(rule, X, cols, f)
-        if exact is not None:
-            diff[cols] = (ours[cols].double() - exact).abs()
-            row.notes.append(f"{cols.numel()} coord(s) rechecked in float64")
+            ref_s, expected = timed(lambda: ref(Xn, f))
+    except NotImplementedError as exc:
+        row.notes.append(f"ref: {exc}")
+        return row
+    row.ref_s = ref_s
+    ours_np = ours.numpy().astype(np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    scale = float(np.nanmax(np.abs(Xn[np.isfinite(Xn).all(axis=1)]))) if Xn.size else 1.0
+    row.tolerance = RTOL[args.dtype] * max(1.0, scale)
+    diff = np.abs(ours_np - expected)
+    diff[np.isnan(ours_np) & np.isnan(expected)] = 0.0
+    bad = np.flatnonzero(~(diff <= row.tolerance))
+    if 0 < bad.size <= 1000 and rule in COORDINATEWISE:
+        # near-ties (two values equally close to the centre up to rounding): redo in float64
+        redo = ref(Xn[:, bad].astype(np.float64), f)
+        diff[bad] = np.abs(ours_np[bad] - redo)
+        row.notes.append(f"{bad.size} coord(s) rechecked in float64")
     row.max_diff = float(diff.max())
     return row
-
-
-def parse_dims(values: Sequence[str]) -> list[int]:
-    """``["1e5", "1000000"]`` -> ``[100000, 1000000]``."""
-    dims = []
-    for v in values:
-        try:
-            x = float(v)
-        except ValueError:
-            raise SystemExit(f"--d: {v!r} is not a number") from None
-        if not x.is_integer() or x < 1:
-            raise SystemExit(f"--d: {v!r} is not a positive integer")
-        dims.append(int(x))
-    return dims
-
-
-def default_repeats(d: int) -> int:
-    """5 repeats up to d = 1e6, 3 above."""
-    return 5 if d <= 1_000_000 else 3
 
 
 # --------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------
 def load_average() -> str:
-    """The 1, 5 and 15 minute load averages (``/proc/loadavg``)."""
     try:
         with open("/proc/loadavg") as fh:
             return " ".join(fh.read().split()[:3])
@@ -534,254 +590,278 @@ def load_average() -> str:
         return "unknown"
 
 
-def machine_facts(threads: Sequence[int], dtype: str, n: int, f: int) -> list[tuple[str, str]]:
-    """What the timings were taken on (CPU, memory, versions, settings, date)."""
+def machine_facts(args) -> list[tuple[str, str]]:
     import numba
-    import numpy
     import torch
 
     cpu = "unknown"
     try:
         with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
+            cpu = next(
+                line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")
+            )
+    except (OSError, StopIteration):
         cpu = platform.processor() or "unknown"
     mem = "unknown"
     try:
         with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemTotal"):
-                    mem = f"{int(line.split()[1]) / 2**20:.1f} GiB"
-                    break
-    except OSError:
+            kb = next(int(line.split()[1]) for line in fh if line.startswith("MemTotal"))
+            mem = f"{kb / 2**20:.1f} GiB"
+    except (OSError, StopIteration):
         pass
-    load = load_average()
-    cores = os.cpu_count() or 0
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
     return [
         ("cpu", cpu),
-        ("cores", f"{cores} (usable by this process: {usable})"),
+        ("cores", str(os.cpu_count())),
         ("memory", mem),
-        ("load average (1/5/15 min)", load),
-        ("python", platform.python_version()),
-        ("torch", torch.__version__),
-        (
-            "numba",
-            f"{numba.__version__} (NUMBA_NUM_THREADS={numba.config.NUMBA_NUM_THREADS}, "
-            f"NUMBA_THREADING_LAYER={numba.config.THREADING_LAYER})",
-        ),
-        ("numpy", numpy.__version__),
-        ("threads", " ".join(map(str, threads))),
-        ("dtype", dtype),
-        ("n, f", f"{n}, {f}"),
+        ("load average (1/5/15 min) at start", load_average()),
+        ("python / torch / numba / numpy", f"{platform.python_version()} / {torch.__version__} / "
+         f"{numba.__version__} / {np.__version__}"),
+        ("dtype", args.dtype),
         ("date", dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")),
     ]
 
 
 def _ms(s: float | None) -> str:
-    return "-" if s is None else f"{s * 1e3:.2f}"
+    return "-" if s is None or (isinstance(s, float) and math.isnan(s)) else f"{s * 1e3:.1f}"
 
 
-def _fmt_diff(row: Row) -> str:
-    if row.max_diff is None:
+def _target(row: Row, d: int) -> str:
+    t = TARGET.get(row.rule)
+    if t is None or math.isnan(row.ratio):
         return "-"
-    return f"{row.max_diff:.1e}" + ("" if row.agrees else " MISMATCH")
+    ok = row.ratio <= t
+    mark = "yes" if ok else "NO"
+    return f"<= {t:g}: {mark}" if d >= TARGET_D else f"<= {t:g}: ({mark.lower()})"
 
 
-def table(rows: Sequence[Row], markdown: bool) -> str:
-    """The result table, as aligned text or as a Markdown table."""
-    header = [
-        "d",
-        "thr",
-        "rule",
-        "kind",
-        "ours ms",
-        "floor ms",
-        "ours/floor",
-        "target",
-        "ref ms",
-        "speed-up",
-        "max|diff|",
-        "notes",
-    ]
-    lines = [
-        [
-            f"{r.d:.0e}".replace("+0", ""),
-            str(r.threads),
-            r.rule,
-            r.kind,
-            _ms(r.ours_s),
-            _ms(r.floor_s),
-            f"{r.ratio:.2f}",
-            r.target_mark(),
-            _ms(r.ref_s),
-            "-" if r.speedup is None else f"{r.speedup:.1f}x",
-            _fmt_diff(r),
+def table(rows: Sequence[Row], d: int, markdown: bool) -> str:
+    header = ["input", "thr", "rule", "ours ms", "floor ms", "ours/floor", "spread", "target",
+              "X.sum(0) ms", "ours/X.sum(0)", "peak MB", "ref ms", "ref/ours", "max abs diff",
+              "notes"]
+    lines = []
+    for r in rows:
+        spread = "-" if not r.ratios else f"{min(r.ratios):.2f}-{max(r.ratios):.2f}"
+        diff = "-" if r.max_diff is None else f"{r.max_diff:.1e}"
+        diff += "" if r.agrees else " MISMATCH"
+        speed = "-" if r.ref_s is None or math.isnan(r.ours_s) else f"{r.ref_s / r.ours_s:.1f}x"
+        lines.append([
+            r.kind, str(r.threads), r.rule, _ms(r.ours_s), _ms(r.floor_s),
+            "-" if math.isnan(r.ratio) else f"{r.ratio:.2f}", spread, _target(r, d),
+            _ms(r.sum0_s), "-" if math.isnan(r.ratio_sum0) else f"{r.ratio_sum0:.2f}",
+            "-" if r.peak_mb is None else f"{r.peak_mb:.0f}", _ms(r.ref_s), speed, diff,
             "; ".join(r.notes),
-        ]
-        for r in rows
-    ]
-    right = {0, 1, 4, 5, 6, 8, 9}
+        ])
+    return render(header, lines, markdown, right={1, 3, 4, 5, 8, 9, 10, 11, 12})
+
+
+def render(header: list[str], lines: list[list[str]], markdown: bool, right: set[int]) -> str:
     if markdown:
         sep = ["---:" if i in right else "---" for i in range(len(header))]
         return "\n".join("| " + " | ".join(c) + " |" for c in [header, sep, *lines])
     widths = [max(len(x[i]) for x in [header, *lines]) for i in range(len(header))]
 
-    def fmt(cells: list[str]) -> str:
-        return "  ".join(
-            c.rjust(w) if i in right else c.ljust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ).rstrip()
+    def fmt(cells):
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
 
     return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, lines)])
 
 
-def legend(n: int, f: int) -> str:
-    """Short explanation printed under the table."""
-    return (
-        "ours = library rule, floor = X.sum(0) on the same input (timed in turns with the rule), "
-        "ref = plain-torch reference (this file); times are medians over the repeats, "
-        "ours/floor is the median of the per-pair ratios.\n"
-        f"target (at d = 1e7): ours/floor <= {TARGET['coordinate-wise']:g} for coordinate-wise "
-        f"rules, <= {TARGET['distance-based']:g} for distance-based ones; '(yes)'/'(no)' below "
-        "d = 1e7 is informative only; '-': no target (filters, compositions).\n"
-        "speed-up = ref / ours; max|diff| = max |ours - ref| (MISMATCH when above tolerance).\n"
-        f"mda reference enumerates all C({n}, {f}) = {math.comb(n, f)} subsets of removed inputs."
-    )
+def threads_summary(rows: Sequence[Row], n: int, d: int, itemsize: int, markdown: bool) -> str:
+    """Per input and rule, the speed-up from 1 to 2 threads and the fraction of the read
+    bandwidth used at 2 threads (the 2-thread floor / the 2-thread time: the share of the
+    machine's read bandwidth a rule reading its input once would use)."""
+    by = {(r.kind, r.rule, r.threads): r for r in rows}
+    threads = sorted({r.threads for r in rows})
+    if len(threads) < 2:
+        return ""
+    t1, t2 = threads[0], threads[-1]
+    header = ["input", "rule", f"{t1} thr ms", f"{t2} thr ms", "speed-up",
+              f"floor GB/s ({t2} thr)", "rule GB/s (one read)", "bandwidth used"]
+    lines = []
+    for (kind, rule, t), r2 in by.items():
+        if t != t2 or (kind, rule, t1) not in by or math.isnan(r2.ours_s):
+            continue
+        r1 = by[(kind, rule, t1)]
+        nbytes = n * d * itemsize
+        lines.append([kind, rule, _ms(r1.ours_s), _ms(r2.ours_s), f"{r1.ours_s / r2.ours_s:.2f}x",
+                      f"{nbytes / r2.floor_s / 1e9:.1f}", f"{nbytes / r2.ours_s / 1e9:.1f}",
+                      f"{r2.floor_s / r2.ours_s:.0%}"])
+    return render(header, lines, markdown, right={2, 3, 4, 5, 6, 7})
+
+
+# --------------------------------------------------------------------------------------------
+# --scale-n
+# --------------------------------------------------------------------------------------------
+def sgemm_rate(threads: int) -> float:
+    """Multiply-adds per second of one large float32 GEMM (torch's BLAS) on ``threads``."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a = torch.randn(2048, 8192)
+    b = torch.randn(8192, 2048)
+    a @ b
+    best = math.inf
+    for _ in range(3):
+        best = min(best, timed(lambda: a @ b)[0])
+    return 2048 * 8192 * 2048 / best
+
+
+def syrk_rate(threads: int) -> float:
+    """Useful multiply-adds per second (n (n + 1) / 2 per column) of numpy's C @ C.T on a
+    1000 x 16384 float32 buffer (the BLAS syrk the library's Gram pass uses for many rows)."""
+    from byzlearn.aggregators._gram import _blas_threads
+
+    C = np.random.default_rng(0).standard_normal((1000, 16384)).astype(np.float32)
+    with _blas_threads(threads):
+        C @ C.T
+        best = min(timed(lambda: C @ C.T)[0] for _ in range(3))
+    return 1000 * 1001 / 2 * 16384 / best
+
+
+def scale_n(args) -> list[list[str]]:
+    import torch
+
+    import byzlearn.aggregators as agg
+
+    torch.set_num_threads(args.threads[0])
+    rate = sgemm_rate(args.threads[0])
+    srate = syrk_rate(args.threads[0])
+    print(f"measured sgemm rate (torch): {rate / 1e9:.1f} G multiply-adds/s "
+          f"({2 * rate / 1e9:.0f} GFLOP/s); syrk (numpy's C @ C.T, useful multiply-adds): "
+          f"{srate / 1e9:.1f} G/s; {args.threads[0]} thread(s)", flush=True)
+    lines = []
+    for n in args.scale_values:
+        f = n // 5
+        d = int(args.scale_d) if n < 500 else int(args.scale_d_large)
+        X = make_inputs("honest", n, f, d, args.dtype, args.seed)
+        compiled_read(X)
+        bound = n * n * d / 2 / rate
+        sbound = n * n * d / 2 / srate
+        for rule in args.rules:
+            if rule not in SCALE_RULES:
+                continue
+            opts = dict(OPTIONS.get(rule, {}))
+            note = ""
+            if rule == "mda" and f > 19:
+                opts["approximate"] = True
+                note = "approximate (f > 19)"
+            impl = agg.get(rule)
+            try:
+                impl(X, f, **opts)
+            except ValueError as exc:
+                lines.append([str(n), str(f), f"{d:.0e}".replace("+0", ""), rule, "-", "-", "-",
+                              "-", "-", "-", "-", f"ValueError: {exc}"[:60]])
+                continue
+            ours_s, floor_s, _, ratio, _, _ = paired(
+                lambda impl=impl, opts=opts, X=X, f=f: impl(X, f, **opts),
+                X,
+                args.repeats,
+                args.min_time,
+            )
+            kind = kind_of(rule)
+            if kind == "coordinate-wise":
+                vs, target = ratio, SCALE_TARGET[kind]
+                bound_txt, syrk_txt = "-", "-"
+            else:
+                vs, target = ours_s / (bound + floor_s), SCALE_TARGET[kind]
+                bound_txt = f"{bound * 1e3:.1f}"
+                syrk_txt = f"{ours_s / (sbound + floor_s):.2f}"
+            mark = "yes" if vs <= target else "NO"
+            lines.append([str(n), str(f), f"{d:.0e}".replace("+0", ""), rule, _ms(ours_s),
+                          _ms(floor_s), f"{ratio:.2f}", bound_txt, f"{vs:.2f}",
+                          f"<= {target:g}: {mark}", syrk_txt, note])
+            print(f"  n={n} {rule}: {ours_s * 1e3:.1f} ms ({ratio:.2f} floors)", file=sys.stderr,
+                  flush=True)
+        del X
+    return lines
 
 
 # --------------------------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    """The command-line interface."""
-    p = argparse.ArgumentParser(
-        description=(__doc__ or "").split("\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--d", nargs="+", default=["1e5", "1e6", "1e7"], help="dimensions")
-    p.add_argument("--n", type=int, default=25, help="number of input vectors")
-    p.add_argument("--f", type=int, default=5, help="number of Byzantine inputs")
-    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts")
-    p.add_argument(
-        "--repeats",
-        type=int,
-        default=None,
-        help="timed runs per measurement (default: 5 for d <= 1e6, 3 above)",
-    )
-    p.add_argument(
-        "--rules",
-        nargs="+",
-        default=list(ALL_RULES),
-        choices=ALL_RULES,
-        metavar="RULE",
-        help=f"subset of: {' '.join(ALL_RULES)}",
-    )
-    p.add_argument(
-        "--min-time",
-        type=float,
-        default=DEFAULT_MIN_TIME_S,
-        help=f"repeat a measurement beyond --repeats (at most {MAX_REPEATS} runs) until its runs "
-        "add up to this many seconds",
-    )
-    p.add_argument("--dtype", default="float32", choices=sorted(RTOL), help="input dtype")
-    p.add_argument("--seed", type=int, default=0, help="seed of the input data")
-    p.add_argument("--no-reference", action="store_true", help="skip the references")
-    p.add_argument(
-        "--ref-budget",
-        type=float,
-        default=DEFAULT_REF_BUDGET_S,
-        help="a reference slower than this (seconds) on its checked run is not repeated",
-    )
-    p.add_argument(
-        "--threading-layer",
-        default="default",
-        choices=["default", "workqueue", "omp", "tbb"],
-        help="numba threading layer (sets NUMBA_THREADING_LAYER); 'default' leaves numba's choice",
-    )
-    p.add_argument("--markdown", action="store_true", help="print a Markdown table")
-    p.add_argument("--quick", action="store_true", help="smoke test: d = 1e5, 1 thread")
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--d", type=float, default=1e7, help="dimension")
+    p.add_argument("--n", type=int, default=25)
+    p.add_argument("--f", type=int, default=5)
+    p.add_argument("--threads", type=int, nargs="+", default=[1], help="torch thread counts")
+    p.add_argument("--inputs", nargs="+", default=list(INPUT_KINDS), choices=INPUT_KINDS)
+    p.add_argument("--rules", nargs="+", default=None, choices=ALL_RULES, metavar="RULE",
+                   help=f"subset of: {' '.join(ALL_RULES)}")
+    p.add_argument("--repeats", type=int, default=5, help="timed pairs per rule (at least)")
+    p.add_argument("--min-time", type=float, default=0.5,
+                   help="more pairs (at most 100) until the rule's runs add up to this (s)")
+    p.add_argument("--dtype", default="float32", choices=sorted(RTOL))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-reference", action="store_true")
+    p.add_argument("--markdown", action="store_true")
+    p.add_argument("--quick", action="store_true", help="smoke test: d = 1e5, 2 inputs")
+    p.add_argument("--scale-n", action="store_true", help="the sweep over n (see the docstring)")
+    p.add_argument("--scale-values", type=int, nargs="+", default=list(SCALE_N))
+    p.add_argument("--scale-d", type=float, default=1e6, help="d of the sweep for n < 500")
+    p.add_argument("--scale-d-large", type=float, default=1e5, help="d of the sweep for n >= 500")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmark; 0 when every reference agrees with the library, 1 otherwise."""
     args = build_parser().parse_args(argv)
-    dims = [100_000] if args.quick else parse_dims(args.d)
-    threads = [1] if args.quick else args.threads
-    if min(threads) < 1 or (args.repeats is not None and args.repeats < 1):
-        raise SystemExit("--threads and --repeats must be >= 1")
-    # The library's numba kernel uses min(torch.get_num_threads(), NUMBA_NUM_THREADS) threads and
-    # numba reads NUMBA_NUM_THREADS once, when it is first imported (by byzlearn, below).
-    os.environ.setdefault("NUMBA_NUM_THREADS", str(max(2, *threads)))
-    if args.threading_layer != "default":
-        os.environ["NUMBA_THREADING_LAYER"] = args.threading_layer
-    import numba
+    os.environ.setdefault("NUMBA_NUM_THREADS", str(max(2, *args.threads)))
     import torch
 
     import byzlearn.aggregators as agg
 
-    if max(threads) > numba.config.NUMBA_NUM_THREADS:
-        print(
-            f"warning: NUMBA_NUM_THREADS={numba.config.NUMBA_NUM_THREADS} caps the numba "
-            f"kernel below --threads {max(threads)}",
-            file=sys.stderr,
-        )
-    dtype = getattr(torch, args.dtype)
-    for rule in args.rules:
-        agg.check(rule, args.n, args.f, **OPTIONS.get(rule, {}))
-
+    if args.quick:
+        args.d, args.inputs, args.repeats, args.min_time = 1e5, ["honest", "nan"], 3, 0.05
     sep = "\n" if args.markdown else ""
-    for key, value in machine_facts(threads, args.dtype, args.n, args.f):
-        print(f"- {key}: {value}" if args.markdown else f"{key:>26}: {value}")
+    for key, value in machine_facts(args):
+        print(f"- {key}: {value}" if args.markdown else f"{key:>36}: {value}")
     print(sep, flush=True)
-
+    if args.scale_n:
+        args.rules = args.rules or list(SCALE_RULES)
+        lines = scale_n(args)
+        header = ["n", "f", "d", "rule", "ours ms", "floor ms", "ours/floor", "Gram bound ms",
+                  "vs target", "target", "vs syrk bound", "notes"]
+        print(render(header, lines, args.markdown, right={0, 1, 4, 5, 6, 7, 8, 10}))
+        print(sep + "vs target: ours/floor for coordinate-wise rules; ours / (Gram bound + floor)"
+              " for distance-based ones, the Gram bound being n^2 d / 2 multiply-adds at the "
+              "measured sgemm rate (torch's BLAS); vs syrk bound: the same with the measured rate "
+              "of the syrk the library calls (numpy's BLAS), i.e. the overhead beyond that "
+              "product.")
+        print(f"load average (1/5/15 min) at the end: {load_average()}")
+        return 0
+    args.rules = args.rules or list(ALL_RULES)
+    d, n, f = int(args.d), args.n, args.f
+    for rule in args.rules:
+        agg.check(rule, n, f, **OPTIONS.get(rule, {}))
     rows: list[Row] = []
-    for d in dims:
-        repeats = args.repeats or default_repeats(d)
-        X = make_inputs(args.n, args.f, d, dtype, args.seed)
-        for t in threads:
+    itemsize = 4 if args.dtype == "float32" else 8
+    for kind in args.inputs:
+        X = make_inputs(kind, n, f, d, args.dtype, args.seed)
+        Xn = X.numpy()
+        for t in args.threads:
             torch.set_num_threads(t)
-            X.sum(dim=0)  # warm-up
+            compiled_read(X)
             for rule in args.rules:
-                # The floor is timed in turns with each rule, so that both see the same load.
-                row = bench_rule(
-                    rule,
-                    X,
-                    args.f,
-                    repeats,
-                    t,
-                    not args.no_reference,
-                    args.ref_budget,
-                    RTOL[args.dtype],
-                    args.min_time,
-                )
+                row = bench_rule(rule, X, Xn, f, kind, t, args)
                 rows.append(row)
-                print(
-                    f"  d={d:.0e} threads={t} {rule}: ours {_ms(row.ours_s)} ms, "
-                    f"ref {_ms(row.ref_s)} ms",
-                    file=sys.stderr,
-                    flush=True,
-                )
-        del X
-
-    print(table(rows, args.markdown))
-    print(sep + legend(args.n, args.f))
+                print(f"  {kind} threads={t} {rule}: {_ms(row.ours_s)} ms, {row.ratio:.2f} floors",
+                      file=sys.stderr, flush=True)
+        del X, Xn
+    print(table(rows, d, args.markdown))
+    print(sep + f"n = {n}, f = {f}, d = {d:.0e}; floor = the faster of X.sum() and a compiled "
+          "one-pass read, timed in turns with the rule; ours/floor = median of the per-pair "
+          "ratios (spread: their min-max); peak MB: resident memory above the input during one "
+          "call; ref: the fastest plain implementation (this file), ref/ours its time over ours.")
+    summary = threads_summary(rows, n, d, itemsize, args.markdown)
+    if summary:
+        print(sep + summary)
     print(f"load average (1/5/15 min) at the end: {load_average()}")
-    try:
-        print(f"numba threading layer used: {numba.threading_layer()}")
-    except ValueError:  # no parallel numba kernel ran
-        print("numba threading layer used: none (no parallel kernel ran)")
     bad = [r for r in rows if not r.agrees]
     for r in bad:
-        print(
-            f"MISMATCH: {r.rule} at d={r.d} threads={r.threads}: max|ours - ref| = "
-            f"{r.max_diff:.3e} > tolerance {r.tolerance:.3e}",
-            file=sys.stderr,
-        )
+        print(f"MISMATCH: {r.rule} on {r.kind}: max|ours - ref| = {r.max_diff:.3e} > "
+              f"{r.tolerance:.3e}", file=sys.stderr)
     return 1 if bad else 0
 
 

@@ -1,25 +1,36 @@
-"""The CPU Gram pass as one numba kernel: centre, multiply and accumulate, one read of the data.
+"""The CPU Gram pass as numba kernels: centre, multiply and accumulate, one read of the data.
 
-For each chunk of ``LANES`` coordinates the kernel
+For a block of coordinates ``j0:j1`` and a set of *active* rows, the kernels return the centred
+Gram statistics of the block: ``C C^T`` (C the active rows minus the centre ``m``), ``C m`` and
+``|m|^2``, in float64 (the caller lays them out as the (n + 1) x (n + 1) Gram matrix of
+``[X - 1 m^T; m]``, rows outside the active set being zero). The centre of each chunk is a given
+vector (a central input row, or a centre passed by the rule), or the mean of the rows whose chunk
+is finite; when a given centre is not finite on a chunk (a central row missing values there), that
+chunk falls back to the mean. Any per-chunk centre gives valid statistics: the centre of the whole
+matrix is then the vector made of the chunk centres.
 
-1. computes the centre of the chunk (the mean of the n rows, or a given centre vector),
-2. writes the centred rows and the centre into a small buffer ``C`` (n + 1 rows, padded with zero
-   rows to a multiple of 3; it stays in the L2 cache),
-3. adds the products of 3 x 3 tiles of rows of ``C`` to the Gram matrix: only tiles on or above
-   the diagonal, so about half the products of a general matrix product.
+Small n (:func:`gram_blocks`): for each chunk of ``LANES`` coordinates the kernel
 
-A 3 x 3 tile keeps nine accumulators and six rows' values in registers (15 of AVX2's 16), and its
-inner loop over the chunk vectorises across coordinates; the sums of a chunk are in the input
-precision (``LANES`` terms), then added in float64. Chunks of 1024 coordinates (4 KB runs per
-row) stream from memory faster than 256 (measured: about 1.7 against 2.2 floors for Krum).
-Compared with torch (``mean``, ``sub`` and a GEMM per block) this reads the data once instead of
-three times and does half the multiplications: at n = 25, d = 1e7, float32 on one core it takes
-under 2 memory floors (``X.sum(0)``) against 4 to 5.
+1. writes the centred active rows into a small buffer ``C`` (padded with zero rows to a multiple
+   of 3; it stays in the L1/L2 cache), adding ``c_i . m`` and ``|m|^2`` on the way, and flags the
+   rows holding a non-finite value in the block (their buffer rows are zeroed: they are missing,
+   the caller marks them bad);
+2. adds the products of 3 x 3 tiles of rows of ``C`` to the Gram matrix: only tiles on or above
+   the diagonal, so about half the products of a general matrix product; meanwhile it prefetches
+   the next chunk of every active row, so the memory read overlaps the products.
 
-Threads: the kernel releases the GIL, so :func:`gram_blocks` runs blocks on
-``torch.get_num_threads()`` Python threads at once; each block has its own partial matrix, which
-is checked for non-finite values by the caller (the slow path of :mod:`._gram` handles those
-blocks).
+A 3 x 3 tile keeps nine accumulators and six rows' values in registers and its inner loop
+vectorises across coordinates (512-bit vectors where the CPU has them, see :mod:`._simd`); the
+sums of a chunk are in the input precision (``LANES`` terms), then added in float64.
+
+Large n (:func:`centre_block`): the centred block is written to a buffer and its Gram matrix is a
+BLAS ``syrk`` (numpy's ``C @ C.T``), which runs at close to the machine's GEMM rate once rows are
+many enough for the tiles to lose their advantage (``BLAS_MIN_ROWS``).
+
+Threads: the kernels release the GIL, so :func:`gram_blocks` runs blocks on ``threads`` Python
+threads at once; each block has its own partial matrix (summed in a fixed order by the caller, so
+the result does not depend on the number of threads). A partial holding a non-finite value (a
+product that overflowed the input precision) is redone by the caller's float64 slow path.
 
 Indexing note: numba wraps negative indices, and when it cannot prove an index is non-negative
 the vectoriser emits gathers. The loops below therefore index 1-D row views from 0.
@@ -33,48 +44,79 @@ from byzlearn.aggregators._threads import in_parallel
 
 try:  # numba is a dependency, but keep a working fallback if it cannot load
     from numba import njit
+
+    from byzlearn.aggregators._simd import prefetch, wide
 except ImportError:  # pragma: no cover
     njit = None
 
-LANES = 1024
+LANES = 256
 TILE = 3
+# From this many active rows on, the products go to BLAS (syrk) instead of the 3 x 3 tiles
+# (measured: tiles faster up to about 250 rows, syrk from 300 on, one core).
+BLAS_MIN_ROWS = 256
+# Coordinates per chunk of the weighted sum (its float64 accumulator stays in L1).
+_SUM_LANES = 256
+# Float32 values per cache line: the prefetch stride (float64 rows prefetch every other line
+# twice, harmlessly).
+_LINE = 16
 # Reassociation (vectorised reductions) and contraction (FMA) only: the other fast-math flags
-# let the compiler assume there are no NaN/Inf, and a block's non-finite values must show up in
-# its partial Gram matrix.
+# let the compiler assume there are no NaN/Inf, and a block's non-finite values must be seen.
 _FLAGS = {"reassoc", "contract"}
 
 
 def padded_rows(n: int) -> int:
-    """Rows of the buffer: n centred rows, the centre row, zero rows up to a multiple of 3."""
-    return -(-(n + 1) // TILE) * TILE
+    """Rows of the tile buffer: n active rows, zero rows up to a multiple of 3."""
+    return max(TILE, -(-n // TILE) * TILE)
 
 
 if njit is not None:
 
     @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
-    def _add_tiles(C, acc):  # pragma: no cover (compiled)
-        """acc[I:I+3, J:J+3] += C[I:I+3] C[J:J+3]^T for the 3 x 3 tiles with J >= I."""
+    def _add_tiles(C, acc, Xf, rows, next0, d, lines):  # pragma: no cover (compiled)
+        """acc[I:I+3, J:J+3] += C[I:I+3] C[J:J+3]^T for the 3 x 3 tiles with J >= I.
+
+        Meanwhile, prefetch ``lines`` cache lines of every active row from coordinate ``next0``
+        on (the next chunk), spread over the tiles.
+        """
+        wide()
         R = C.shape[0]
+        na = rows.shape[0]
         zero = C.dtype.type(0)
+        total = na * lines
+        tiles = (R // 3) * (R // 3 + 1) // 2
+        per_tile = (total + tiles - 1) // tiles
+        issued = 0
         for I in range(0, R, 3):
             for J in range(I, R, 3):
+                for _ in range(per_tile):
+                    if issued < total:
+                        t = issued // lines
+                        c = issued - t * lines
+                        prefetch(Xf, rows[t] * d + next0 + c * _LINE)
+                        issued += 1
                 a00 = a01 = a02 = a10 = a11 = a12 = a20 = a21 = a22 = zero
+                x0 = C[I]
+                x1 = C[I + 1]
+                x2 = C[I + 2]
+                y0 = C[J]
+                y1 = C[J + 1]
+                y2 = C[J + 2]
                 for k in range(C.shape[1]):
-                    x0 = C[I, k]
-                    x1 = C[I + 1, k]
-                    x2 = C[I + 2, k]
-                    y0 = C[J, k]
-                    y1 = C[J + 1, k]
-                    y2 = C[J + 2, k]
-                    a00 += x0 * y0
-                    a01 += x0 * y1
-                    a02 += x0 * y2
-                    a10 += x1 * y0
-                    a11 += x1 * y1
-                    a12 += x1 * y2
-                    a20 += x2 * y0
-                    a21 += x2 * y1
-                    a22 += x2 * y2
+                    u0 = x0[k]
+                    u1 = x1[k]
+                    u2 = x2[k]
+                    v0 = y0[k]
+                    v1 = y1[k]
+                    v2 = y2[k]
+                    a00 += u0 * v0
+                    a01 += u0 * v1
+                    a02 += u0 * v2
+                    a10 += u1 * v0
+                    a11 += u1 * v1
+                    a12 += u1 * v2
+                    a20 += u2 * v0
+                    a21 += u2 * v1
+                    a22 += u2 * v2
                 acc[I, J] += a00
                 acc[I, J + 1] += a01
                 acc[I, J + 2] += a02
@@ -86,40 +128,263 @@ if njit is not None:
                 acc[I + 2, J + 2] += a22
 
     @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
-    def _gram_block(X, j0, j1, centre, use_centre, acc):  # pragma: no cover (compiled)
-        """Add the upper 3 x 3 tiles of the centred Gram matrix of X[:, j0:j1] to acc."""
-        n = X.shape[0]
-        C = np.zeros((acc.shape[0], LANES), dtype=X.dtype)
-        m = np.zeros(LANES, dtype=X.dtype)
-        inv = 1.0 / n
-        for k0 in range(j0, j1, LANES):
-            w = j1 - k0
-            if w > LANES:
-                w = LANES
-            for k in range(LANES):
-                m[k] = 0
-            if use_centre:
-                cr = centre[k0 : k0 + w]
+    def _chunk_centre(X, rows, centre, use_centre, k0, w, m):  # pragma: no cover (compiled)
+        """Write the centre of the chunk ``k0:k0+w`` into m[:w] (zeros after): the given
+        centre when it is finite there, else the mean of the active rows finite there. Returns
+        False when a given centre was not finite there."""
+        wide()
+        zero = X.dtype.type(0)
+        for k in range(m.shape[0]):
+            m[k] = zero
+        ok = False
+        if use_centre:
+            cr = centre[k0 : k0 + w]
+            s = zero
+            for k in range(w):
+                s += cr[k] * zero  # NaN when a value is not finite
+            ok = s == zero
+            if ok:
                 for k in range(w):
                     m[k] = cr[k]
-            else:
-                for i in range(n):
-                    xr = X[i, k0 : k0 + w]
+        if not ok:
+            count = 0
+            for t in range(rows.shape[0]):
+                xr = X[rows[t], k0 : k0 + w]
+                s = zero
+                for k in range(w):
+                    s += xr[k] * zero
+                if s == zero:
                     for k in range(w):
                         m[k] += xr[k]
+                    count += 1
+            if count > 0:
+                inv = 1.0 / count
                 for k in range(w):
                     m[k] *= inv
-            for i in range(n):
-                xr = X[i, k0 : k0 + w]
-                cr = C[i]
+        return ok or not use_centre
+
+    @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
+    def _centre_rows(X, rows, k0, w, m, C, c0, dots, nonfinite):  # pragma: no cover (compiled)
+        """C[t, c0:c0+w] = X[rows[t], k0:k0+w] - m[:w]; dots[t] += c_t . m; flag (and zero)
+        the rows holding a non-finite value (the products of the others stay exact)."""
+        wide()
+        zero = X.dtype.type(0)
+        for t in range(rows.shape[0]):
+            xr = X[rows[t], k0 : k0 + w]
+            cr = C[t, c0 : c0 + w]
+            s = zero
+            dt = zero
+            for k in range(w):
+                x = xr[k]
+                s += x * zero  # NaN when x is not finite (overflow of x - m is not missing)
+                v = x - m[k]
+                cr[k] = v
+                dt += v * m[k]
+            if s == zero:
+                dots[t] += dt
+            else:
+                nonfinite[t] = True
                 for k in range(w):
-                    cr[k] = xr[k] - m[k]
-                for k in range(w, LANES):
-                    cr[k] = 0
-            cr = C[n]
-            for k in range(LANES):
-                cr[k] = m[k]
-            _add_tiles(C, acc)
+                    cr[k] = zero
+
+    @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
+    def _square_sum(m, w):  # pragma: no cover (compiled)
+        wide()
+        s = m.dtype.type(0)
+        for k in range(w):
+            s += m[k] * m[k]
+        return s
+
+    @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
+    def _gram_block(X, rows, centre, use_centre, j0, j1, acc, dots, msq, flags):
+        # pragma: no cover (compiled)
+        """Add the block ``j0:j1``'s centred statistics of the active ``rows`` to acc (upper 3 x 3
+        tiles), dots (``c_t . m``) and msq[0] (``|m|^2``); flags[t] for active rows holding a
+        non-finite value, flags[-1] when the given centre is not finite somewhere."""
+        wide()
+        d = X.shape[1]
+        Xf = X.reshape(-1)
+        C = np.zeros((acc.shape[0], LANES), dtype=X.dtype)
+        m = np.zeros(LANES, dtype=X.dtype)
+        zero = X.dtype.type(0)
+        for k0 in range(j0, j1, LANES):
+            w = min(LANES, j1 - k0)
+            if not _chunk_centre(X, rows, centre, use_centre, k0, w, m):
+                flags[-1] = True
+            msq[0] += _square_sum(m, w)
+            _centre_rows(X, rows, k0, w, m, C, 0, dots, flags)
+            if w < LANES:
+                for t in range(rows.shape[0]):
+                    cr = C[t]
+                    for k in range(w, LANES):
+                        cr[k] = zero
+            nxt = k0 + LANES
+            lines = 0
+            if nxt < j1:
+                lines = (min(LANES, j1 - nxt) + _LINE - 1) // _LINE
+            _add_tiles(C, acc, Xf, rows, nxt, d, lines)
+
+    @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
+    def _centre_into(X, rows, centre, use_centre, j0, j1, C, dots, msq, flags):
+        # pragma: no cover (compiled)
+        """Write the centred block ``X[rows, j0:j1] - m`` into C (na x (j1 - j0)); statistics
+        and flags as :func:`_gram_block`."""
+        wide()
+        m = np.zeros(LANES, dtype=X.dtype)
+        for k0 in range(j0, j1, LANES):
+            w = min(LANES, j1 - k0)
+            if not _chunk_centre(X, rows, centre, use_centre, k0, w, m):
+                flags[-1] = True
+            msq[0] += _square_sum(m, w)
+            _centre_rows(X, rows, k0, w, m, C, k0 - j0, dots, flags)
+
+
+    @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
+    def _weighted_sum(X, rows, weights, out, b0, b1):  # pragma: no cover (compiled)
+        """out[j] = sum_t weights[t] X[rows[t], j] for the chunks b0..b1-1 (float64 sums);
+        each row's next chunk is prefetched while the current one is added."""
+        wide()
+        d = X.shape[1]
+        Xf = X.reshape(-1)
+        acc = np.zeros(_SUM_LANES)
+        for b in range(b0, b1):
+            k0 = b * _SUM_LANES
+            w = min(_SUM_LANES, d - k0)
+            nxt = k0 + _SUM_LANES
+            ahead = min(_SUM_LANES, d - nxt) if b + 1 < b1 else 0
+            for k in range(w):
+                acc[k] = 0.0
+            for t in range(rows.shape[0]):
+                base = rows[t] * d + nxt
+                for c in range(0, ahead, _LINE):
+                    prefetch(Xf, base + c)
+                a = weights[t]
+                xr = X[rows[t], k0 : k0 + w]
+                for k in range(w):
+                    acc[k] += a * np.float64(xr[k])
+            o = out[k0 : k0 + w]
+            for k in range(w):
+                o[k] = acc[k]
+
+
+    @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
+    def _row_stats(X, r0, r1, sq, largest, cols, signs):  # pragma: no cover (compiled)
+        """Rows r0..r1-1: sq[i] = sum of squares (float64 across chunks), largest[i] = max |x|
+        (NaN when the row holds a NaN or an infinity), and signs[i] = the positive, zero and
+        negative values at the (sorted) coordinates ``cols``. One sequential read of each row;
+        the reductions run element-wise on a chunk-sized accumulator (a vectorised loop), then
+        across it; the signs are counted on each chunk while it is in the L1 cache."""
+        wide()
+        d = X.shape[1]
+        zero = X.dtype.type(0)
+        s = np.zeros(_SUM_LANES, dtype=X.dtype)
+        top = np.zeros(_SUM_LANES, dtype=X.dtype)
+        nan = np.zeros(_SUM_LANES, dtype=X.dtype)
+        nc = cols.shape[0]
+        for i in range(r0, r1):
+            row = X[i]
+            total = 0.0
+            q = 0
+            pos = 0
+            zer = 0
+            neg = 0
+            for k in range(_SUM_LANES):
+                top[k] = zero
+                nan[k] = zero
+            for k0 in range(0, d, _SUM_LANES * 64):
+                for k in range(_SUM_LANES):
+                    s[k] = zero
+                stop = min(d, k0 + _SUM_LANES * 64)
+                c0 = k0
+                while c0 < stop:
+                    w = min(_SUM_LANES, stop - c0)
+                    part = row[c0 : c0 + w]
+                    for k in range(w):
+                        v = part[k]
+                        a = abs(v)
+                        s[k] += v * v
+                        top[k] = a if a > top[k] else top[k]
+                        nan[k] += v * zero  # NaN when v is NaN or infinite
+                    while q < nc and cols[q] < c0 + w:
+                        v = part[cols[q] - c0]
+                        pos += 1 if v > 0 else 0
+                        zer += 1 if v == 0 else 0
+                        neg += 1 if v < 0 else 0
+                        q += 1
+                    c0 += w
+                for k in range(_SUM_LANES):
+                    total += s[k]
+            t = zero
+            bad = zero
+            for k in range(_SUM_LANES):
+                t = top[k] if top[k] > t else t
+                bad += nan[k]
+            sq[i] = total
+            largest[i] = t if bad == zero else np.nan
+            signs[i, 0] = pos
+            signs[i, 1] = zer
+            signs[i, 2] = neg
+
+    @njit(boundscheck=False, error_model="numpy", cache=True, nogil=True)
+    def _sign_counts(X, rows, cols, t0, t1, counts):  # pragma: no cover (compiled)
+        """counts[t] = (#positive, #zero, #negative) of X[rows[t], cols] for t0..t1-1, and
+        counts[t, 3] = 1 when one of those values is not finite."""
+        for t in range(t0, t1):
+            row = X[rows[t]]
+            pos = 0
+            zer = 0
+            neg = 0
+            bad = 0
+            for q in range(cols.shape[0]):
+                v = row[cols[q]]
+                pos += 1 if v > 0 else 0
+                zer += 1 if v == 0 else 0
+                neg += 1 if v < 0 else 0
+                bad += 0 if abs(v) < np.inf else 1
+            counts[t, 0] = pos
+            counts[t, 1] = zer
+            counts[t, 2] = neg
+            counts[t, 3] = 1 if bad else 0
+
+
+def row_stats(
+    X: np.ndarray, threads: int, cols: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row: the sum of squares (float64), the largest magnitude (NaN when the row holds a
+    NaN or an infinity) and the counts of positive, zero and negative values at the sorted
+    coordinates ``cols`` ((n, 3) int64; zeros without cols), in one read of each row, rows
+    split over ``threads`` threads."""
+    n = X.shape[0]
+    sq = np.empty(n)
+    largest = np.empty(n)
+    cols = np.zeros(0, dtype=np.int64) if cols is None else np.ascontiguousarray(cols, np.int64)
+    signs = np.zeros((n, 3), dtype=np.int64)
+    in_parallel(lambda r0, r1: _row_stats(X, r0, r1, sq, largest, cols, signs), n, threads)
+    return sq, largest, signs
+
+
+def sign_counts(X: np.ndarray, rows: np.ndarray, cols: np.ndarray, threads: int) -> np.ndarray:
+    """(len(rows), 4) int64: the positive, zero and negative values of ``X[rows][:, cols]`` per
+    row, and 1 in the last column for rows where one of those values is not finite."""
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    cols = np.ascontiguousarray(cols, dtype=np.int64)
+    counts = np.zeros((rows.size, 4), dtype=np.int64)
+    in_parallel(lambda t0, t1: _sign_counts(X, rows, cols, t0, t1, counts), rows.size, threads)
+    return counts
+
+
+def weighted_sum(X: np.ndarray, rows: np.ndarray, weights: np.ndarray, threads: int) -> np.ndarray:
+    """``sum_t weights[t] X[rows[t]]`` (d,) in X's dtype, one read of the rows used: chunks of
+    coordinates summed in float64 (in row order), on ``threads`` threads."""
+    d = X.shape[1]
+    out = np.empty(d, dtype=X.dtype)
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    weights = np.ascontiguousarray(weights, dtype=np.float64)
+    chunks = -(-d // _SUM_LANES)
+    in_parallel(
+        lambda b0, b1: _weighted_sum(X, rows, weights, out, b0, b1), chunks, threads, 256
+    )
+    return out
 
 
 def available(X: np.ndarray) -> bool:
@@ -132,30 +397,51 @@ def available(X: np.ndarray) -> bool:
     )
 
 
+def _layout(n: int, rows: np.ndarray, G: np.ndarray, dots: np.ndarray, msq: float) -> np.ndarray:
+    """The (n + 1) x (n + 1) Gram matrix of ``[X - 1 m^T; m]`` from the statistics of the active
+    rows (G: their upper-triangular or full product matrix)."""
+    na = rows.shape[0]
+    upper = np.triu(G[:na, :na])
+    full = np.zeros((n + 1, n + 1))
+    full[np.ix_(rows, rows)] = upper + np.triu(upper, 1).T
+    full[rows, n] = dots
+    full[n, rows] = dots
+    full[n, n] = msq
+    return full
+
+
 def gram_blocks(
     X: np.ndarray,
     blocks: list[tuple[int, int]],
     centre: np.ndarray | None,
     threads: int,
-) -> list[np.ndarray]:
-    """Per block, the (n+1) x (n+1) float64 Gram matrix of ``[X[:, j0:j1] - m; m]``.
+    rows: np.ndarray | None = None,
+) -> list[tuple[np.ndarray, np.ndarray, bool]]:
+    """Per block, the (n+1) x (n+1) float64 Gram matrix of ``[X[:, j0:j1] - m; m]``, the
+    active rows holding a non-finite value there (their entries are zero) and whether the given
+    centre was not finite somewhere in the block (those chunks were centred on the mean).
 
-    ``m`` is ``centre[j0:j1]`` when given, else the mean of the rows over each chunk of
-    ``LANES`` coordinates. Blocks run on ``threads`` threads.
+    ``m`` is ``centre[j0:j1]`` when given (the mean, chunk by chunk, where it is not finite), else
+    the mean of the active rows over each chunk of ``LANES`` coordinates. ``rows`` are the active
+    rows (default: all); the others get zero entries (e.g. the centre row itself, whose centred
+    values are zero). Blocks run on ``threads`` threads.
     """
     n = X.shape[0]
-    R = padded_rows(n)
+    rows = np.arange(n, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
     use_centre = centre is not None
     c = np.ascontiguousarray(centre, dtype=X.dtype) if use_centre else np.zeros(1, X.dtype)
+    R = padded_rows(rows.shape[0])
 
-    def one(block: tuple[int, int]) -> np.ndarray:
+    def one(block: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, bool]:
         acc = np.zeros((R, R))
-        _gram_block(X, block[0], block[1], c, use_centre, acc)
-        upper = np.triu(acc)
-        full = upper + np.triu(acc, 1).T
-        return full[: n + 1, : n + 1]
+        dots = np.zeros(rows.shape[0])
+        msq = np.zeros(1)
+        flags = np.zeros(rows.shape[0] + 1, dtype=np.bool_)
+        _gram_block(X, rows, c, use_centre, block[0], block[1], acc, dots, msq, flags)
+        part = _layout(n, rows, acc, dots, float(msq[0]))
+        return part, rows[flags[:-1]], bool(flags[-1])
 
-    parts: list[np.ndarray] = [np.empty(0)] * len(blocks)
+    parts: list = [None] * len(blocks)
 
     def run(b0: int, b1: int) -> None:
         for k in range(b0, b1):
@@ -163,3 +449,29 @@ def gram_blocks(
 
     in_parallel(run, len(blocks), threads)
     return parts
+
+
+def centre_block(
+    X: np.ndarray,
+    j0: int,
+    j1: int,
+    centre: np.ndarray | None,
+    rows: np.ndarray,
+    out: np.ndarray,
+) -> tuple[np.ndarray, float, np.ndarray, bool]:
+    """Write ``X[rows, j0:j1] - m`` into ``out`` (len(rows) x (j1 - j0), C-contiguous) and
+    return ``(C m, |m|^2, rows holding a non-finite value, given centre not finite somewhere)``
+    (see :func:`gram_blocks`); the caller multiplies ``out @ out.T`` (BLAS)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    use_centre = centre is not None
+    c = np.ascontiguousarray(centre, dtype=X.dtype) if use_centre else np.zeros(1, X.dtype)
+    dots = np.zeros(rows.shape[0])
+    msq = np.zeros(1)
+    flags = np.zeros(rows.shape[0] + 1, dtype=np.bool_)
+    _centre_into(X, rows, c, use_centre, j0, j1, out, dots, msq, flags)
+    return dots, float(msq[0]), rows[flags[:-1]], bool(flags[-1])
+
+
+def layout(n: int, rows: np.ndarray, G: np.ndarray, dots: np.ndarray, msq: float) -> np.ndarray:
+    """Public alias of the layout step for the BLAS path of the caller."""
+    return _layout(n, np.asarray(rows, dtype=np.int64), G, dots, msq)

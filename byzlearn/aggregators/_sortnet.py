@@ -34,7 +34,7 @@ import numpy as np
 
 LANES = 256
 CHUNK_BLOCKS = 16  # blocks of LANES coordinates per chunk (one buffer allocation each)
-_GENERATOR_VERSION = 11
+_GENERATOR_VERSION = 13
 
 
 def _source(size: int, pairs: np.ndarray) -> str:
@@ -44,10 +44,12 @@ def _source(size: int, pairs: np.ndarray) -> str:
         "import numpy as np",
         "from numba import njit",
         "from byzlearn.aggregators._select import block_statistic",
+        "from byzlearn.aggregators._simd import wide",
         "",
         "",
         "@njit(cache=True, error_model='numpy', boundscheck=False, nogil=True)",
         "def kernel(X, rows, big, stat, drop, min_k, out, first_bad, blk0, blk1):",
+        "    wide()",
         "    d = X.shape[1]",
         "    n = rows.shape[0]",
         "    inf = big[0]",
@@ -59,7 +61,7 @@ def _source(size: int, pairs: np.ndarray) -> str:
         lines += [f"    live{r} = {r} < n", f"    i{r} = rows[{r}] if live{r} else rows[0]"]
     lines += [
         f"    buf = np.empty(({size}, {LANES}), dtype=X.dtype)",
-        f"    work = np.empty((3, {LANES}), dtype=np.float64)",
+        f"    work = np.empty((4, {LANES}), dtype=np.float64)",
         f"    col = np.empty({size}, dtype=np.float64)",
         "    for blk in range(blk0, blk1):",
         f"        j0 = np.uint64(blk * {LANES})",

@@ -325,3 +325,62 @@ def test_nnm_then_bulyan():
             for rows, ref in outcomes.items()
         )
     assert used >= 1
+
+
+def test_bulyan_variants():
+    """The paper's theta = n - 2f by default; ByzantineMomentum's theta = n - 2f - 2 as an
+    option (beta = theta - 2f in both); explicit theta / beta override either."""
+    X = make_X(7, 23, 6)
+    rows = agg.selected_indices("bulyan", X, f=5)
+    assert rows.numel() == 13
+    bm = agg.selected_indices("bulyan", X, f=5, variant="byzantine_momentum")
+    assert bm.numel() == 11
+    np.testing.assert_array_equal(agg.bulyan(X, f=5, variant="byzantine_momentum"),
+                                  agg.bulyan(X, f=5, theta=11))
+    np.testing.assert_array_equal(agg.bulyan(X, f=5, variant="paper"), agg.bulyan(X, f=5))
+    kept = agg.selected_indices("bulyan", X, f=5, variant="byzantine_momentum", theta=12)
+    assert kept.numel() == 12
+    with pytest.raises(ValueError, match="variant"):
+        agg.bulyan(X, f=5, variant="multi")
+
+
+def test_bulyan_paper_variant_admits_one_identical_outlier_at_n_4f_plus_3():
+    """The example in docs/aggregators.md: n = 23, f = 5, the f Byzantine inputs send one
+    Gaussian vector (sigma = 200). The paper's last Krum steps run on fewer than 2f + 3 inputs,
+    where the f identical copies score 0: one of them enters the 13 selected; the theta = n - 2f
+    - 2 variant keeps none of its 11."""
+    for seed in range(5):
+        g = torch.Generator().manual_seed(seed)
+        honest = torch.randn(18, 1000, generator=g, dtype=torch.float64)
+        byz = (200 * torch.randn(1, 1000, generator=g, dtype=torch.float64)).expand(5, -1)
+        X = torch.cat([honest, byz])
+        paper = agg.selected_indices("bulyan", X, f=5)
+        variant = agg.selected_indices("bulyan", X, f=5, variant="byzantine_momentum")
+        assert int((paper >= 18).sum()) == 1 and paper.numel() == 13
+        assert int((variant >= 18).sum()) == 0 and variant.numel() == 11
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    f=st.integers(0, 6),
+    extra=st.integers(0, 25),
+    bad=st.integers(0, 3),
+    shrink=st.sampled_from([0, 2]),
+)
+def test_running_krum_scores_match_krum_on_each_subset(seed, f, extra, bad, shrink):
+    """Bulyan's Krum selection keeps running scores (O(n^2) for all steps): the same choices
+    as calling Krum on every shrinking subset (continuous data: no ties)."""
+    from byzlearn.aggregators._gram import Inputs
+    from byzlearn.aggregators._registry import spec
+    from byzlearn.aggregators.rules import bulyan as bulyan_module
+
+    n = 4 * f + 3 + extra
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 5))
+    X[rng.choice(n, min(bad, f), replace=False)] = np.nan
+    inputs = Inputs.from_matrix(torch.from_numpy(X))
+    theta = max(1, n - 2 * f - shrink)
+    fast = bulyan_module._iterated_krum(inputs, f, theta)
+    slow = bulyan_module._iterated_rule(inputs, spec("krum"), f, {}, theta)
+    assert fast == slow

@@ -36,8 +36,19 @@ def ref_median(vals: list[float]) -> float:
 
 
 def ref_closest(vals: list[float], centre: float, m: int) -> list[float]:
-    """The m values closest to centre; ties towards the smaller value."""
-    return sorted(vals, key=lambda v: (abs(v - centre), v))[:m]
+    """The m values closest to centre; ties towards the smaller value.
+
+    The m values are consecutive in sorted order: the window starts at the smallest values and
+    slides right while its left end is strictly farther from the centre than the value after
+    its right end, ``centre - v[s] > v[s + m] - centre`` in float64 (the documented rule). In
+    exact arithmetic this is "sort by distance, ties to the smaller value"; where float64 rounds
+    two different distances to one (e.g. 0.5 - (-1e-20) and 1 - 0.5) the comparison decides,
+    not the exact distances."""
+    v = sorted(vals)
+    s = 0
+    while s < len(v) - m and (centre - v[s]) > (v[s + m] - centre):
+        s += 1
+    return v[s : s + m]
 
 
 def ref_statistic(vals: list[float], stat: str, b: int) -> tuple[float, float]:

@@ -368,6 +368,46 @@ def test_mda_exact_against_brute_force(seed):
     np.testing.assert_allclose(agg.mda(X, f=f), X[rows].mean(0), rtol=1e-12, atol=1e-9)
 
 
+@pytest.mark.parametrize("seed", range(30))
+def test_mda_approximation_within_twice_the_optimum(seed):
+    """approximate=True: n - f distinct inputs, diameter at most twice the least (distances)."""
+    rng = np.random.default_rng(2000 + seed)
+    f = int(rng.integers(0, 5))
+    n = int(rng.integers(2 * f + 1, 13))
+    X = rng.normal(size=(n, int(rng.integers(1, 6))))
+    if seed % 3 == 0:
+        X[: max(1, f)] += 5.0 * rng.normal(size=(max(1, f), X.shape[1]))
+    if seed % 4 == 1 and f > 0:
+        X[0] = np.nan
+    rows = agg.selected_indices("mda", X, f=f, approximate=True).tolist()
+    assert len(rows) == n - f and len(set(rows)) == n - f
+    assert not (seed % 4 == 1 and f > 0 and 0 in rows)
+    good = [i for i in range(n) if np.all(np.isfinite(X[i]))]
+    opt = ref_mda_optimum(X[good], f - (n - len(good)))
+    assert math.sqrt(ref_diameter(X, rows)) <= 2 * math.sqrt(opt) * (1 + 1e-9) + 1e-12
+    np.testing.assert_allclose(
+        agg.mda(X, f=f, approximate=True), X[rows].mean(0), rtol=1e-12, atol=1e-12
+    )
+
+
+def test_mda_exact_search_limit_and_its_message():
+    """The exact search stops with a ValueError past max_branches, naming the limit and the
+    approximation; approximate=True then runs, in O(n^2 log n)."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(60, 8))
+    with pytest.raises(ValueError, match=r"max_branches=5 .*1\.62\^f.*f <= 19.*approximate=True"):
+        agg.mda(X, f=12, max_branches=5)
+    with pytest.raises(ValueError, match="max_branches must be"):
+        agg.mda(X, f=12, max_branches=0)
+    exact = agg.selected_indices("mda", X, f=12).tolist()  # the default budget suffices here
+    approx = agg.selected_indices("mda", X, f=12, approximate=True).tolist()
+    assert len(approx) == 48
+    assert math.sqrt(ref_diameter(X, approx)) <= 2 * math.sqrt(ref_diameter(X, exact)) + 1e-12
+    # large n, f = n / 5 (far beyond the exact search's guarantee)
+    Y = rng.normal(size=(1000, 4))
+    assert agg.selected_indices("mda", Y, f=200, approximate=True).numel() == 800
+
+
 def test_mda_25_5_fast_and_exact():
     rng = np.random.default_rng(7)
     X = rng.normal(size=(25, 50))

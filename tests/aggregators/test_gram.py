@@ -232,3 +232,180 @@ def test_bfloat16_inputs_take_the_torch_path():
     X = torch.randn(5, 300, generator=g).to(torch.bfloat16)
     D = Inputs.from_matrix(X).sqdist().numpy()
     np.testing.assert_allclose(D, explicit_sqdist(X), rtol=2e-2, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mode", ["mean", "centre", "row"])
+@pytest.mark.parametrize("n", [2, 7, 40])
+def test_blas_path_matches_float64_products(dtype, mode, n, monkeypatch):
+    """Many rows: the kernel writes the centred block, BLAS (syrk) multiplies it."""
+    monkeypatch.setattr(_gram_kernel, "BLAS_MIN_ROWS", 1)
+    monkeypatch.setattr(_gram, "_BLAS_BLOCK_ELEMENTS", 1)  # blocks of 4 * LANES columns
+    g = torch.Generator().manual_seed(100 + n)
+    d = 3 * 4 * _gram_kernel.LANES + 77
+    X = (torch.randn(n, d, generator=g, dtype=torch.float64) + 50.0).to(dtype)
+    centre = torch.randn(d, generator=g, dtype=torch.float64).to(dtype) + 50.0
+    kwargs = {"centre": centre} if mode == "centre" else {"centre_row": 1} if mode == "row" else {}
+    acc, bad = _gram._kernel_pass(X, kwargs.get("centre"), kwargs.get("centre_row"))
+    assert not bad.any()
+    Xd = X.double()
+    expected = np.zeros((n + 1, n + 1))
+    lanes = _gram_kernel.LANES
+    for j0 in range(0, d, lanes):
+        B = Xd[:, j0 : j0 + lanes]
+        m = (centre.double()[j0 : j0 + lanes] if mode == "centre" else B[1] if mode == "row"
+             else B.mean(dim=0).to(dtype).double())
+        aug = torch.cat([B - m, m[None, :]]).numpy()
+        expected += aug @ aug.T
+    assert torch.equal(acc, acc.T)
+    unit = float(torch.finfo(dtype).eps)
+    scale = float(np.abs(np.diag(expected)).max())
+    np.testing.assert_allclose(acc.numpy(), expected, atol=256 * unit * scale)
+
+
+def test_blas_path_distances_with_non_finite_rows(monkeypatch):
+    monkeypatch.setattr(_gram_kernel, "BLAS_MIN_ROWS", 1)
+    g = torch.Generator().manual_seed(21)
+    X = torch.randn(9, 3000, generator=g, dtype=torch.float64) + 7.0
+    X[2] = math.nan
+    X[5, 1234] = math.inf
+    inputs = Inputs.from_matrix(X)
+    assert inputs.bad.tolist() == [i in (2, 5) for i in range(9)]
+    good = [i for i in range(9) if i not in (2, 5)]
+    D = inputs.sqdist().numpy()
+    np.testing.assert_allclose(D[np.ix_(good, good)], explicit_sqdist(X[good]), rtol=1e-10)
+
+
+def test_kernel_flags_non_finite_rows_without_the_slow_path(monkeypatch):
+    """Whole NaN rows (an attack) are flagged by the kernel itself: the other rows' products stay
+    on the fast path."""
+    calls = []
+    slow = _gram._masked_block
+    monkeypatch.setattr(_gram, "_masked_block", lambda *a, **k: calls.append(1) or slow(*a, **k))
+    g = torch.Generator().manual_seed(22)
+    X = torch.randn(12, 5000, generator=g)
+    X[[3, 8]] = math.nan
+    X[10, :100] = -math.inf
+    inputs = Inputs.from_matrix(X)
+    assert not calls
+    assert inputs.bad.tolist() == [i in (3, 8, 10) for i in range(12)]
+    good = [i for i in range(12) if i not in (3, 8, 10)]
+    D = inputs.sqdist().numpy()
+    assert rel_err(D[np.ix_(good, good)], explicit_sqdist(X[good])) < 1e-5
+
+
+@pytest.mark.parametrize("blas", [False, True])
+def test_centre_row_missing_in_a_block_falls_back_to_the_mean(blas, monkeypatch):
+    """The centre row holds NaN in one block: that block centres on the mean, the row is bad,
+    the others' distances stay exact."""
+    if blas:
+        monkeypatch.setattr(_gram_kernel, "BLAS_MIN_ROWS", 1)
+    monkeypatch.setattr(_gram, "_KERNEL_BLOCK_ELEMENTS", 1)
+    g = torch.Generator().manual_seed(23)
+    d = 5 * 4 * _gram_kernel.LANES
+    X = torch.randn(7, d, generator=g, dtype=torch.float64) + 1e3
+    X[0, 4 * _gram_kernel.LANES + 3] = math.nan
+    _, bad = _gram._kernel_pass(X, None, 0)
+    assert bad.tolist() == [True] + [False] * 6
+    gram = _gram.base_gram(X, centre_row=0)
+    inputs = Inputs(X=X, gram=gram)
+    D = inputs.sqdist().numpy()
+    np.testing.assert_allclose(D[1:, 1:], explicit_sqdist(X[1:]), rtol=1e-9)
+
+
+@pytest.mark.parametrize("attack", ["mean10", "gauss200", "huge_row"])
+def test_one_pass_under_attack(attack, monkeypatch):
+    """Inputs large enough to be sampled: the Gram pass centres on a central row chosen on a
+    sample of the coordinates, so attacks that drag the mean far from the honest inputs still
+    need a single pass, and the distances are exact to float32 rounding."""
+    calls = []
+    real = _gram.base_gram
+    monkeypatch.setattr(_gram, "base_gram", lambda X, **k: calls.append(X.shape) or real(X, **k))
+    n, f, d = 25, 5, 100_000
+    assert n * d >= _gram._SAMPLE_MIN_ELEMENTS
+    g = torch.Generator().manual_seed(24)
+    X = torch.randn(n, d, generator=g)
+    mu = torch.randn(d, generator=g) * 3
+    X[: n - f] += mu
+    if attack == "mean10":
+        X[n - f :] = -10 * X[: n - f].mean(0)
+    elif attack == "gauss200":
+        X[n - f :] *= 200
+    else:
+        X[n - f :] = 1e12
+    inputs = Inputs.from_matrix(X)
+    full = [s for s in calls if s[1] == d]
+    assert len(full) == 1  # one pass over all the coordinates (plus the small sample)
+    D = inputs.sqdist().numpy()
+    ref = explicit_sqdist(X)
+    h = n - f
+    assert rel_err(D[:h, :h], ref[:h, :h]) < 1e-5
+    assert rel_err(D, ref) < 1e-4
+
+
+def test_sample_columns_spread_over_every_coordinate_range():
+    cols = _gram.sample_columns(10_000_000)
+    assert cols.size == _gram._SAMPLE_MAX_CHUNKS * _gram._SAMPLE_CHUNK
+    assert cols[0] == 0 and cols[-1] == 10_000_000 - 1
+    assert np.all(np.diff(cols) > 0)
+    assert np.array_equal(_gram.sample_columns(500), np.arange(500))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_weighted_rows_kernel_on_threads(dtype):
+    """The compiled weighted sum (float64 sums, chunks on two threads, a partial last chunk)
+    reads only the rows with a non-zero weight: NaN rows of weight 0 do not leak in."""
+    g = torch.Generator().manual_seed(25)
+    d = 256 * 600 + 17
+    X = torch.randn(9, d, generator=g, dtype=torch.float64).to(dtype)
+    X[4] = math.nan
+    w = torch.rand(9, generator=g, dtype=torch.float64)
+    w[4] = 0.0
+    try:
+        torch.set_num_threads(2)
+        got = weighted_rows(X, w)
+    finally:
+        torch.set_num_threads(1)
+    keep = torch.arange(9) != 4
+    expected = (w[keep][:, None] * X[keep].double()).sum(0)
+    assert got.dtype == dtype
+    tol = 1e-6 if dtype == torch.float32 else 1e-13
+    torch.testing.assert_close(got.double(), expected, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_row_stats_kernel(dtype, threads):
+    """One sequential read per row: float64 sums of squares and the largest magnitude, NaN when
+    the row holds NaN or an infinity (the filters' validity check)."""
+    rng = np.random.default_rng(26)
+    X = rng.normal(size=(7, 256 * 64 * 3 + 5)).astype(dtype) * 3
+    X[:, ::5] = 0.0
+    X[2, 11] = np.nan
+    X[4, -1] = -np.inf
+    X[5, 7] = 1e30 if dtype == np.float64 else 1e19
+    cols = np.sort(rng.choice(X.shape[1], 3000, replace=False))
+    sq, top, signs = _gram_kernel.row_stats(X, threads, cols)
+    V = X[:, cols]
+    expected = np.stack([(V > 0).sum(1), (V == 0).sum(1), (V < 0).sum(1)], axis=1)
+    finite = [i for i in range(7) if i not in (2, 4)]  # NaN compares False: not counted
+    np.testing.assert_array_equal(signs[finite], expected[finite])
+    good = [0, 1, 3, 5, 6]
+    np.testing.assert_allclose(sq[good], (X[good].astype(np.float64) ** 2).sum(1), rtol=1e-6)
+    np.testing.assert_array_equal(top[good], np.abs(X[good]).max(1))
+    assert np.isnan(top[2]) and np.isnan(top[4])
+
+
+def test_sign_counts_kernel():
+    rng = np.random.default_rng(27)
+    X = rng.normal(size=(6, 5000)).astype(np.float32)
+    X[:, ::7] = 0.0
+    X[3, 11] = np.inf
+    rows = np.array([0, 2, 3, 5])
+    cols = np.sort(rng.choice(5000, 800, replace=False))
+    counts = _gram_kernel.sign_counts(X, rows, cols, 2)
+    V = X[rows][:, cols]
+    np.testing.assert_array_equal(counts[:, 0], (V > 0).sum(1))
+    np.testing.assert_array_equal(counts[:, 1], (V == 0).sum(1))
+    np.testing.assert_array_equal(counts[:, 2], (V < 0).sum(1))
+    assert counts[:, 3].tolist() == [0, 0, int(11 in cols), 0]

@@ -393,3 +393,65 @@ def test_mixed_inputs_block_by_block_match_the_materialised_rows(stat, mixing, m
         mixed = _gram.Inputs(X=X, gram=None).mix(M)
         with pytest.raises(ValueError, match="first: coordinate 1700"):
             sel.coordinatewise_inputs(mixed, stat, drop, min_k, "rule")
+
+
+@pytest.mark.parametrize("n", [9, 25, 31])
+@pytest.mark.parametrize("stat", [sel.MEDIAN, sel.TRIMMED, sel.CLOSEST_TO_MEDIAN,
+                                  sel.CLOSEST_TO_TRIMMED])
+@pytest.mark.parametrize("kind", ["nnm", "weights", "nan_rows"])
+def test_fast_mixing_matches_materialised_rows(n, stat, kind):
+    """Mixed rows built per block from shared terms (NNM's overlapping neighbourhoods) give the
+    statistic of the materialised A X (dense mixing with unequal weights too; mixes of a row
+    holding NaN are missing rows)."""
+    from byzlearn.aggregators._gram import Inputs
+    from byzlearn.aggregators.rules.mixing import nnm
+
+    f = (n - 1) // 4
+    g = torch.Generator().manual_seed(n + stat)
+    X = torch.randn(n, 3 * sel._MIX_BLOCK + 77, generator=g) + torch.randn(1, 1, generator=g)
+    X[: n - f] += torch.randn(X.shape[1], generator=g)  # a common component: overlapping sets
+    if kind == "nan_rows":
+        X[[1, 4]] = float("nan")
+    inputs = Inputs.from_matrix(X)
+    mixed = nnm(inputs, f)
+    if kind == "weights":
+        M = torch.rand(n, n, generator=g, dtype=torch.float64)
+        mixed = mixed.mix(M / M.sum(dim=1, keepdim=True))
+    drop = f if stat != sel.MEDIAN else 0
+    out = torch.empty(X.shape[1])
+    first = sel._mixed_fast(mixed, stat, drop, 2 * drop + 1, out)
+    assert first == -1
+    # the fast path sums in float64 and rounds once: so does this reference (torch's float32
+    # product can round a mixed value differently and flip a near-tie of the window rules)
+    A = mixed.coefficients()
+    Y = (torch.nan_to_num(A) @ torch.nan_to_num(X.double(), nan=0.0)).float()
+    Y[mixed.bad] = float("nan")
+    expected = torch.empty_like(out)
+    sel.statistic_into(Y, stat, drop, 2 * drop + 1, expected, force_torch=True)
+    torch.testing.assert_close(out, expected, rtol=2e-6, atol=2e-6)
+    torch.testing.assert_close(mixed.materialize(), Y, rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
+@pytest.mark.parametrize("stat", [sel.MEDIAN, sel.TRIMMED])
+@pytest.mark.parametrize("seed", range(6))
+def test_weighted_statistic_equals_the_expanded_multiset(stat, seed):
+    """Few distinct mixed rows (NNM's coinciding neighbourhoods): the median / trimmed mean of
+    the distinct values with their multiplicities equals the plain statistic of the rows."""
+    rng = np.random.default_rng(seed)
+    nu = int(rng.integers(1, sel._WEIGHTED_MAX + 1))
+    weights = rng.integers(1, 6, size=nu).astype(np.float64)
+    k = int(weights.sum())
+    drop = int(rng.integers(0, (k - 1) // 2 + 1)) if stat == sel.TRIMMED else 0
+    w = 3 * sel.LANES + 17
+    U = rng.normal(size=(nu + 1, w)).astype(np.float32)
+    U[:, ::5] = np.round(U[:, ::5])  # ties between distinct rows
+    U[nu] = np.nan  # the missing row, never read
+    out = np.empty(w, dtype=np.float32)
+    pairs = sel.sorting_network(nu)
+    assert sel._weighted_block(U, nu, weights, pairs, stat, drop, out)
+    expanded = torch.from_numpy(np.repeat(U[:nu], weights.astype(int), axis=0))
+    expected = torch.empty(w)
+    sel.statistic_into(expanded, stat, drop, 1, expected, force_torch=True)
+    torch.testing.assert_close(torch.from_numpy(out), expected, rtol=1e-6, atol=1e-6)
+    U[nu // 2, 3] = np.inf  # a non-finite mixed value: the caller falls back
+    assert not sel._weighted_block(U, nu, weights, pairs, stat, drop, out)

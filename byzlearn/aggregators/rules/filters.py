@@ -21,9 +21,10 @@ Random coordinates (DnC, SignGuard). ``rng = numpy.random.default_rng(s)`` with 
 int), or, when ``generator`` (a ``torch.Generator``) is given or ``seed=None``, with ``s`` one
 ``torch.randint(0, 2**63 - 1, (1,))`` draw from that generator or from torch's global one. A set
 of k of the d coordinates is ``numpy.sort(rng.choice(d, size=k, replace=False))`` (all d, without
-a draw, when k >= d); successive sets come from the same ``rng``. The default ``seed=0`` draws
-the same coordinates at every call for a given d (reproducible results); ``seed=None`` draws fresh
-ones at every call, reproducibly under ``torch.manual_seed``.
+a draw, when k >= d); successive sets come from the same ``rng``. The default ``seed=None`` draws
+fresh coordinates at every call, as both papers do at every aggregation: from ``generator`` when
+given, else from torch's global generator (so a run is reproducible under ``torch.manual_seed``).
+A fixed ``seed`` (an int) draws the same coordinates at every call for a given d.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from byzlearn.aggregators import _gram_kernel
 from byzlearn.aggregators._gram import Inputs, column_blocks, measurable_limit, weighted_rows
 from byzlearn.aggregators._registry import Combination, register
 
@@ -80,6 +82,17 @@ def _row_stats(Y: torch.Tensor, norms: bool) -> tuple[torch.Tensor | None, torch
     incomplete rows of Y (a NaN/Inf, or a value beyond :func:`measurable_limit`)."""
     n, d = Y.shape
     limit = measurable_limit(d)
+    if Y.device.type == "cpu" and Y.dtype in _NUMPY_DTYPES and _gram_kernel.available(
+        Y.detach().numpy()
+    ):
+        # one compiled, sequential read of each row (torch: three reductions per block)
+        sq_np, top, _ = _gram_kernel.row_stats(Y.detach().numpy(), torch.get_num_threads())
+        bad = torch.from_numpy(~(top <= limit))  # NaN compares False: incomplete
+        if not norms:
+            return None, bad
+        sq = torch.from_numpy(sq_np)
+        sq[bad] = float("inf")
+        return sq, bad
     sq = torch.zeros(n, dtype=torch.float64, device=Y.device)
     largest = torch.zeros(n, dtype=torch.float64, device=Y.device)
     size = max(1024, _STATS_BLOCK_ELEMENTS // max(n, 1))
@@ -176,7 +189,7 @@ def dnc(
     iterations: int = 1,
     subsample: int = 10_000,
     fraction: float = 1.0,
-    seed: int | None = 0,
+    seed: int | None = None,
     generator: torch.Generator | None = None,
 ) -> Combination:
     r"""Divide-and-Conquer: the mean of the inputs that survive ``iterations`` spectral filters.
@@ -188,9 +201,9 @@ def dnc(
     inputs of lowest score (c = ``fraction``; ties by index; c f is rounded to 9 decimals before
     the floor so that e.g. 0.29 * 100 counts as 29). Output: the mean of the inputs in the
     intersection of the I_t (``ValueError`` if it is empty, possible only when iterations *
-    floor(c f) >= n). Random coordinates: ``seed`` / ``generator`` as in the module docstring
-    (default seed 0; the paper draws fresh coordinates at every aggregation: pass
-    ``seed=None``).
+    floor(c f) >= n). Random coordinates: ``seed`` / ``generator`` as in the module docstring:
+    by default fresh coordinates at every call, as the paper draws them at every aggregation
+    (from ``generator``, else torch's global generator); ``seed=<int>`` fixes them.
 
     Reference: Shejwalkar, Houmansadr, "Manipulating the Byzantine: Optimizing Model Poisoning
     Attacks and Defenses for Federated Learning", NDSS 2021, Algorithm 2 (b = 10000, c = 1 and
@@ -251,6 +264,36 @@ def sign_features(V: torch.Tensor) -> np.ndarray:
     return np.stack([positive, zero, negative], axis=1) / k
 
 
+def _rows_and_signs(inputs: Inputs, cols: np.ndarray) -> tuple[_Rows, np.ndarray | None]:
+    """SignGuard's rows (validity, norms) and, when no pre-aggregator mixes them and the
+    kernel takes the input, the sign counts at ``cols`` from the same single read of each row
+    (None otherwise: counted afterwards from the gathered values)."""
+    if inputs.gram is None and inputs.A is None:
+        X = inputs.X
+        if X.device.type == "cpu" and X.dtype in _NUMPY_DTYPES:
+            Xn = X.detach().numpy()
+            if _gram_kernel.available(Xn):
+                sq_np, top, signs = _gram_kernel.row_stats(Xn, torch.get_num_threads(), cols)
+                bad = torch.from_numpy(~(top <= measurable_limit(X.shape[1])))
+                sq = torch.from_numpy(sq_np)
+                sq[bad] = float("inf")
+                return _Rows(inputs=inputs, Y=X, bad=bad, sqnorms=sq), signs.astype(np.float64)
+    return _Rows.of(inputs, norms=True), None
+
+
+def _sign_features_of(rows: _Rows, good: torch.Tensor, cols: np.ndarray) -> np.ndarray:
+    """:func:`sign_features` of the rows ``good`` at the coordinates ``cols``: counted by a
+    compiled loop straight from the input rows when there is no pre-aggregator (no n x k
+    gather), else from the gathered (mixed) values."""
+    if rows.Y is not None and rows.Y.device.type == "cpu" and rows.Y.dtype in _NUMPY_DTYPES:
+        Yn = rows.Y.detach().numpy()
+        if _gram_kernel.available(Yn):
+            counts = _gram_kernel.sign_counts(Yn, good.numpy(), cols, torch.get_num_threads())
+            if not counts[:, 3].any():  # finite sampled values only (else: the general path)
+                return counts[:, :3].astype(np.float64) / max(1, len(cols))
+    return sign_features(rows.columns(good, cols, exact=False))
+
+
 def largest_sign_cluster(features: np.ndarray) -> np.ndarray:
     """Boolean mask of the largest MeanShift cluster of ``features`` (n x 3).
 
@@ -291,7 +334,7 @@ def signguard(
     lower: float = 0.1,
     upper: float = 3.0,
     coordinate_fraction: float = 0.1,
-    seed: int | None = 0,
+    seed: int | None = None,
     generator: torch.Generator | None = None,
 ) -> Combination:
     r"""SignGuard: norm filter and sign clustering, then the mean of the kept inputs clipped to
@@ -301,7 +344,8 @@ def signguard(
        ``S1 = {i : L M <= ||g_i|| <= R M}`` (L = ``lower``, R = ``upper``; i.e.
        ``L <= ||g_i|| / M <= R``).
     2. Sign clustering: on k = max(1, floor(``coordinate_fraction`` * d)) random coordinates
-       (``seed`` / ``generator`` as in the module docstring), each input's features are the
+       (fresh at every call by default, from ``generator`` or torch's global generator;
+       ``seed=<int>`` fixes them; see the module docstring), each input's features are the
        fractions of its positive, zero and negative values; S2 = the largest MeanShift cluster of
        the features (see :func:`largest_sign_cluster`: ``bin_seeding=True``,
        ``cluster_all=False``, bandwidth by ``estimate_bandwidth(quantile=0.5)``; ties to the
@@ -326,15 +370,18 @@ def signguard(
         raise ValueError(f"signguard: need 0 <= lower <= 1 <= upper, got {lower}, {upper}")
     if not (0.0 < frac <= 1.0):
         raise ValueError(f"signguard: coordinate_fraction must be in (0, 1], got {frac}")
-    rows = _Rows.of(inputs, norms=True)
+    d = inputs.d
+    k = max(1, math.floor(round(frac * d, 9)))
+    r = draw_coordinates(make_rng(seed, generator, "signguard"), d, k)
+    rows, signs = _rows_and_signs(inputs, r)
     good, _ = rows.complete(f, "signguard", count_in_f=False)
     norms = rows.sqnorms[good].sqrt()
     M = float(np.median(norms.numpy()))
     s1 = (norms >= lo * M) & (norms <= hi * M)
-    d = inputs.d
-    k = max(1, math.floor(round(frac * d, 9)))
-    r = draw_coordinates(make_rng(seed, generator, "signguard"), d, k)
-    s2 = torch.as_tensor(largest_sign_cluster(sign_features(rows.columns(good, r, exact=False))))
+    features = (signs[good.numpy()] / max(1, len(r))) if signs is not None else None
+    if features is None:
+        features = _sign_features_of(rows, good, r)
+    s2 = torch.as_tensor(largest_sign_cluster(features))
     S = s1 & s2
     if not bool(S.any()):
         S = s1

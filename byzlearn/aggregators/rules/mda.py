@@ -7,6 +7,17 @@ Vertex cover with budget f is solved exactly by branching on a maximum-degree ve
 removed, or all its neighbours are) with the forced-move rule "a vertex of degree > budget must be
 removed"; this explores at most O(1.62^f) branches, independent of C(n, f). A binary search over
 the sorted pairwise distances finds the least feasible t. Only n x n matrices are touched.
+
+Limit. The search is exponential in f in the worst case, so it stops with ``ValueError`` after
+``max_branches`` branches (default 200 000, a few seconds): within that budget it is guaranteed
+to finish for f <= 19 at any n <= 1000 (1.62^19 branches per threshold times the ~20 thresholds of
+the binary search); beyond, typical inputs still finish in milliseconds (f = 40, n = 200:
+0.3 s), adversarial ones may not. ``approximate=True`` replaces the search by a
+2-approximation in O(n^2 log n): for each input x_i the n - f inputs closest to it (itself
+included) lie within the radius r_i of x_i, so their diameter is at most 2 r_i; an optimal subset
+S* contains some x_i with all of S* within diam(S*) of it, so min_i r_i <= diam(S*). The rule
+keeps, among the 16 inputs of least radius, the neighbourhood of least diameter (at most twice the
+optimum).
 """
 
 from __future__ import annotations
@@ -17,12 +28,42 @@ import torch
 from byzlearn.aggregators._gram import Inputs
 from byzlearn.aggregators._registry import Combination, register
 
+# Branches the exact search may explore before it gives up (see the module docstring).
+MAX_BRANCHES = 200_000
+# f up to which the exact search always finishes within MAX_BRANCHES (n <= 1000).
+EXACT_F = 19
+# Candidate centres (least radius) whose neighbourhoods the approximation compares.
+_APPROX_CANDIDATES = 16
 
-def _cover(adj: np.ndarray, active: np.ndarray, budget: int) -> list[int] | None:
+
+class _Budget:
+    """Counts the branches of the exact search; raises past the limit."""
+
+    def __init__(self, limit: int, n: int, f: int) -> None:
+        self.left = int(limit)
+        self.limit, self.n, self.f = int(limit), n, f
+
+    def spend(self) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise ValueError(
+                f"mda: the exact search for the (n - f)-subset of least diameter exceeded "
+                f"max_branches={self.limit} branches (n={self.n}, f={self.f}); it grows like "
+                f"1.62^f and is guaranteed within {MAX_BRANCHES} branches for f <= {EXACT_F} "
+                "only. Pass approximate=True for the 2-approximation (docs/aggregators.md), or "
+                "a larger max_branches"
+            )
+
+
+def _cover(
+    adj: np.ndarray, active: np.ndarray, budget: int, spent: _Budget | None = None
+) -> list[int] | None:
     """A vertex cover of the graph induced by ``active`` with <= ``budget`` vertices, or None.
 
     ``adj`` must be symmetric (the branching reads neighbours by rows and degrees by sums).
     """
+    if spent is not None:
+        spent.spend()
     sub = adj & active[None, :] & active[:, None]
     deg = sub.sum(axis=1)
     if not deg.any():
@@ -37,7 +78,7 @@ def _cover(adj: np.ndarray, active: np.ndarray, budget: int) -> list[int] | None
         return None
     inner = active.copy()
     inner[v] = False
-    rest = _cover(adj, inner, budget - 1)
+    rest = _cover(adj, inner, budget - 1, spent)
     if rest is not None:
         return [v, *rest]
     if deg[v] > budget:
@@ -45,7 +86,7 @@ def _cover(adj: np.ndarray, active: np.ndarray, budget: int) -> list[int] | None
     nbrs = np.nonzero(sub[v])[0]
     inner = active.copy()
     inner[nbrs] = False
-    rest = _cover(adj, inner, budget - len(nbrs))
+    rest = _cover(adj, inner, budget - len(nbrs), spent)
     return None if rest is None else [*map(int, nbrs), *rest]
 
 
@@ -54,7 +95,9 @@ def _matching_cover(sub: np.ndarray) -> list[int]:
     return list(np.minimum(i, j))
 
 
-def min_diameter_subset(D: np.ndarray, f: int) -> tuple[np.ndarray, float]:
+def min_diameter_subset(
+    D: np.ndarray, f: int, max_branches: int = MAX_BRANCHES
+) -> tuple[np.ndarray, float]:
     """Indices of an (n - f)-subset of least diameter (squared distances ``D``) and its diameter.
 
     Rows at infinite distance (non-finite inputs) are always removed first. When a feasible cover
@@ -72,9 +115,10 @@ def min_diameter_subset(D: np.ndarray, f: int) -> tuple[np.ndarray, float]:
     lo, hi = 0, len(thresholds) - 1
     best: list[int] | None = None
     all_active = np.ones(n, dtype=bool)
+    spent = _Budget(max_branches, n, f)
     while lo <= hi:
         mid = (lo + hi) // 2
-        cover = _cover(thresholds[mid] < D, all_active, f)
+        cover = _cover(thresholds[mid] < D, all_active, f, spent)
         if cover is None:
             lo = mid + 1
         else:
@@ -94,8 +138,45 @@ def min_diameter_subset(D: np.ndarray, f: int) -> tuple[np.ndarray, float]:
     return keep, diameter
 
 
+def approximate_subset(D: np.ndarray, f: int) -> tuple[np.ndarray, float]:
+    """An (n - f)-subset whose diameter is at most twice the least (squared distances ``D``;
+    the guarantee is on distances, so at most 4 times on squared ones), and its diameter.
+
+    Rows at infinite distance (non-finite inputs) are removed first (at most f of them). Among
+    the ``_APPROX_CANDIDATES`` inputs with the least radius (distance to their (n - f)-th closest,
+    themselves included), the neighbourhood (those n - f inputs, ties by index) of least diameter
+    wins; ties go to the lower centre.
+    """
+    n = D.shape[0]
+    D = np.maximum(D, D.T)
+    finite_rows = np.isfinite(D).sum(axis=1)
+    good = np.flatnonzero(finite_rows == finite_rows.max())
+    if good.size < n - f:
+        raise ValueError(
+            f"mda: no {n - f} inputs are all at finite distance from each other "
+            "(more than f inputs hold non-finite values)"
+        )
+    m = n - f
+    Dg = D[np.ix_(good, good)].copy()
+    np.fill_diagonal(Dg, -1.0)  # each input is its own first neighbour
+    order = np.argsort(Dg, axis=1, kind="stable")[:, :m]
+    radius = np.take_along_axis(Dg, order[:, -1:], axis=1)[:, 0]
+    candidates = np.argsort(radius, kind="stable")[:_APPROX_CANDIDATES]
+    best, best_diameter = None, np.inf
+    for c in candidates:
+        members = np.sort(order[c])
+        sub = Dg[np.ix_(members, members)]
+        diameter = float(sub.max()) if members.size > 1 else 0.0
+        if diameter < best_diameter or (diameter == best_diameter and c < best[0]):
+            best, best_diameter = (int(c), members), diameter
+    assert best is not None
+    return good[best[1]], max(best_diameter, 0.0)
+
+
 @register("mda", min_n=lambda f: 2 * f + 1, requirement="n >= 2f + 1", selects=True)
-def mda(inputs: Inputs, f: int) -> Combination:
+def mda(
+    inputs: Inputs, f: int, *, approximate: bool = False, max_branches: int = MAX_BRANCHES
+) -> Combination:
     r"""Minimum-diameter averaging: the average of the (n - f)-subset of least diameter,
     ``argmin_{|S| = n - f} max_{i, j in S} ||x_i - x_j||``, found exactly.
 
@@ -104,8 +185,20 @@ def mda(inputs: Inputs, f: int) -> Combination:
     NeurIPS 2021. Requirement: n >= 2f + 1. Cost: one Gram pass + an exact search on the n x n
     distance matrix that grows like 1.62^f (not C(n, f)); n = 25, f = 5 takes milliseconds.
     Ties between subsets of equal diameter are broken by the search order.
+
+    Limit: the exact search raises ``ValueError`` after ``max_branches`` branches (default
+    200 000; always enough for f <= 19 at n <= 1000, see :mod:`.mda`). ``approximate=True``
+    uses the 2-approximation instead (:func:`approximate_subset`: the neighbourhood of least
+    diameter among those of the 16 inputs of least radius; its diameter is at most twice the
+    optimum), O(n^2 log n).
     """
-    keep, _ = min_diameter_subset(inputs.sqdist().numpy(), f)
+    D = inputs.sqdist().numpy()
+    if approximate:
+        keep, _ = approximate_subset(D, f)
+    else:
+        if int(max_branches) < 1:
+            raise ValueError(f"mda: max_branches must be >= 1, got {max_branches}")
+        keep, _ = min_diameter_subset(D, f, max_branches)
     if bool(inputs.bad[torch.as_tensor(keep)].any()):  # n = 1: a lone row has no distances
         raise ValueError("mda: every input it would keep holds non-finite values")
     alpha = torch.zeros(inputs.n, dtype=torch.float64)
