@@ -26,6 +26,7 @@ it). See ``docs/aggregators.md``.
 from byzlearn.aggregators import rules as _rules  # noqa: F401  (registers every rule)
 from byzlearn.aggregators._gram import DEFAULT_MAX_MISSING
 from byzlearn.aggregators._registry import (
+    AggregationRule,
     Prepared,
     Result,
     accepts,
@@ -63,6 +64,7 @@ caf = get("caf")
 
 __all__ = [
     "DEFAULT_MAX_MISSING",
+    "AggregationRule",
     "Prepared",
     "Result",
     "accepts",

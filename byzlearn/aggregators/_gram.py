@@ -591,9 +591,9 @@ class Inputs:
         """Rows (of Y) that mix in a row holding non-finite values."""
         if "bad" not in self._cache:
             if self.A is None:
-                self._cache["bad"] = self.gram.bad.clone()
+                self._cache["bad"] = self.base.bad.clone()
             else:
-                self._cache["bad"] = (self.A[:, self.gram.bad] != 0).any(dim=1)
+                self._cache["bad"] = (self.A[:, self.base.bad] != 0).any(dim=1)
         return self._cache["bad"]
 
     # --- n x n statistics -----------------------------------------------------------------
@@ -609,10 +609,10 @@ class Inputs:
         if "gram" not in self._cache:
             if self.A is None:  # the base rows: the centred block of aug itself (symmetric)
                 n = self.X.shape[0]
-                self._cache["gram"] = self.gram.aug[:n, :n].clone()
+                self._cache["gram"] = self.base.aug[:n, :n].clone()
                 return self._cache["gram"]
             C = self._basis_coefficients(centred=True)
-            G = C @ self.gram.aug @ C.T
+            G = C @ self.base.aug @ C.T
             self._cache["gram"] = 0.5 * (G + G.T)  # exactly symmetric: D[i, j] == D[j, i]
         return self._cache["gram"]
 
@@ -630,7 +630,7 @@ class Inputs:
     def sqnorms(self) -> torch.Tensor:
         """Squared Euclidean norms of the rows of Y (float64); +inf for bad rows."""
         if "sqnorms" not in self._cache:
-            aug = self.gram.aug
+            aug = self.base.aug
             if self.A is None:  # ||x_i||^2 = ||c_i||^2 + 2 c_i.m + ||m||^2, O(n)
                 n = self.X.shape[0]
                 norms = (aug.diagonal()[:n] + 2.0 * aug[:n, n] + aug[n, n]).clamp(min=0.0)
@@ -665,9 +665,9 @@ class Inputs:
         docstring), so the output has no missing coordinate.
         """
         w = self.base_weights(alpha)
-        if bool((w[self.gram.bad] != 0).any()):
+        if bool((w[self.base.bad] != 0).any()):
             raise AssertionError("internal error: a bad row was given a non-zero weight")
-        out = weighted_rows(self.X, w, all_rows=not bool(self.gram.bad.any()))
+        out = weighted_rows(self.X, w, all_rows=not bool(self.base.bad.any()))
         if self.missing is not None:
             rows = torch.nonzero(w).flatten()
             for cols in self._missing_column_chunks(0, self.d):
@@ -676,6 +676,13 @@ class Inputs:
         return out
 
     # --- missing coordinates --------------------------------------------------------------
+    @property
+    def base(self) -> BaseGram:
+        """The base Gram statistics (for distance-based rules, which always build them)."""
+        if self.gram is None:
+            raise ValueError("internal error: a distance-based step on inputs without a Gram pass")
+        return self.gram
+
     @property
     def missing(self) -> MissingEntries | None:
         """Imputed missing values of the base rows kept (None when there are none)."""
@@ -708,7 +715,7 @@ class Inputs:
         A = self.coefficients()
         for cols in self._missing_column_chunks(j0, j1):
             values = self.gather(torch.arange(self.X.shape[0]), cols)
-            values[self.gram.bad] = float("nan")
+            values[self.base.bad] = float("nan")
             mixed = A.to(values.device) @ torch.nan_to_num(values, nan=0.0)
             mixed[self.bad] = float("nan")
             out[:, (cols - j0).to(out.device)] = mixed.to(device=out.device, dtype=out.dtype)
@@ -791,9 +798,9 @@ class Inputs:
                         np.add(O[i], term, out=O[i])
 
             return sparse_numpy
-        all_good = not bool(self.gram.bad.any())
-        good = torch.nonzero(~self.gram.bad).flatten().to(X.device)
-        A_good = A[:, ~self.gram.bad].to(device=X.device, dtype=X.dtype)
+        all_good = not bool(self.base.bad.any())
+        good = torch.nonzero(~self.base.bad).flatten().to(X.device)
+        A_good = A[:, ~self.base.bad].to(device=X.device, dtype=X.dtype)
         bad_rows = self.bad.to(X.device)
         step = _MIX_COLUMNS if X.device.type == "cpu" else max(1, X.shape[1])
 
@@ -824,10 +831,10 @@ def weighted_rows(X: torch.Tensor, w: torch.Tensor, all_rows: bool = False) -> t
     numpy_ok = X.device.type == "cpu" and X.dtype in (torch.float32, torch.float64)
     if numpy_ok and _gram_kernel.available(X.detach().numpy()):
         # one compiled read of the rows used, float64 sums (speed: see _gram_kernel)
-        out = _gram_kernel.weighted_sum(
+        summed = _gram_kernel.weighted_sum(
             X.detach().numpy(), rows.numpy(), w[rows].numpy(), torch.get_num_threads()
         )
-        return torch.from_numpy(out)
+        return torch.from_numpy(summed)
     if all_rows or rows.numel() == X.shape[0]:
         return w.to(device=X.device, dtype=X.dtype) @ X
     weights = w[rows].to(device=X.device, dtype=X.dtype)

@@ -47,7 +47,7 @@ try:  # numba is a dependency, but keep a working fallback if it cannot load
 
     from byzlearn.aggregators._simd import prefetch, wide
 except ImportError:  # pragma: no cover
-    njit = None
+    njit = None  # type: ignore[assignment]
 
 LANES = 256
 TILE = 3

@@ -59,7 +59,7 @@ def as_matrix(vectors: Vectors, name: str) -> tuple[torch.Tensor, InputKind]:
             shapes = {tuple(v.shape) for v in vectors}
             if len(shapes) != 1:
                 raise ValueError(f"{name}: all vectors must have one shape, got {sorted(shapes)}")
-            X = torch.stack([v.detach() for v in vectors])
+            X = torch.stack([v.detach() for v in vectors if isinstance(v, torch.Tensor)])
         else:
             raise TypeError(f"{name}: a sequence of vectors must hold only tensors or only arrays")
     else:

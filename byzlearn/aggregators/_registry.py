@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -47,6 +48,8 @@ class Combination:
         """The (d,) output vector (one pass over the rows with non-zero weight)."""
         if self.value is not None:
             return self.value
+        if self.alpha is None:
+            raise ValueError("internal error: a combination with neither weights nor a value")
         out = self.inputs.combine(self.alpha)
         if self.centre_weight != 0.0 and self.centre is not None:
             out = out + self.centre_weight * self.centre
@@ -74,7 +77,7 @@ class RuleSpec:
 
 
 _RULES: Registry[RuleSpec] = Registry("aggregator")
-_PUBLIC: dict[str, Callable] = {}
+_PUBLIC: dict[str, AggregationRule] = {}
 
 
 def _options_of(impl: Callable) -> tuple[str, ...]:
@@ -121,23 +124,35 @@ def register(
     return decorate
 
 
-def _make_public(spec: RuleSpec) -> Callable:
-    def rule(vectors: Vectors, f: int = 0, **options):
-        return apply(spec.name, vectors, f, options)
+class AggregationRule:
+    """The public callable of a registered rule or composition (what :func:`get` returns)::
 
-    rule.__name__ = spec.name
-    rule.__qualname__ = spec.name
-    rule.__doc__ = spec.impl.__doc__
-    rule.__module__ = spec.impl.__module__
-    impl_params = list(inspect.signature(spec.impl).parameters.values())[2:]
-    rule.__signature__ = inspect.Signature(
-        [
-            inspect.Parameter("vectors", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-            inspect.Parameter("f", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=0),
-            *impl_params,
-        ]
-    )
-    return rule
+        rule(vectors, f=0, **options) -> the (d,) aggregate (pre-aggregators: the new vectors),
+        in the caller's kind, dtype, device and shape
+
+    ``name`` is its registry name (``"nnm+krum"`` for a composition); ``inspect.signature``
+    lists its options.
+    """
+
+    def __init__(self, name: str, doc: str | None, module: str, params: list) -> None:
+        self.name = name
+        self.__name__ = self.__qualname__ = name
+        self.__doc__ = doc
+        self.__module__ = module
+        P = inspect.Parameter
+        head = [P("vectors", P.POSITIONAL_OR_KEYWORD), P("f", P.POSITIONAL_OR_KEYWORD, default=0)]
+        self.__signature__ = inspect.Signature([*head, *params])
+
+    def __call__(self, vectors: Vectors | Prepared, f: int = 0, **options: Any) -> Any:
+        return apply(self.name, vectors, f, options)
+
+    def __repr__(self) -> str:
+        return f"<aggregation rule {self.name}>"
+
+
+def _make_public(spec: RuleSpec) -> AggregationRule:
+    params = list(inspect.signature(spec.impl).parameters.values())[2:]
+    return AggregationRule(spec.name, spec.impl.__doc__, spec.impl.__module__, params)
 
 
 # --- lookup --------------------------------------------------------------------------------
@@ -174,7 +189,7 @@ def is_preaggregator(name: str) -> bool:
     return _parts(name)[-1].kind == "pre"
 
 
-def get(name: str) -> Callable:
+def get(name: str) -> AggregationRule:
     """The public callable for ``name``; ``"nnm+krum"`` composes pre-aggregators left to right.
 
     Options of a composed rule go to the one component that accepts them; when two accept the
@@ -183,14 +198,14 @@ def get(name: str) -> Callable:
     parts = _parts(name)
     if len(parts) == 1:
         return _PUBLIC[parts[0].name]
-
-    def composed(vectors: Vectors, f: int = 0, **options):
-        return apply(name, vectors, f, options)
-
-    composed.__name__ = name
-    composed.__qualname__ = name
-    composed.__doc__ = f"Composition {' then '.join(p.name for p in parts)} (left to right)."
-    return composed
+    doc = f"Composition {' then '.join(p.name for p in parts)} (left to right)."
+    params = [
+        inspect.Parameter(o, inspect.Parameter.KEYWORD_ONLY, default=None)
+        for p in parts
+        for o in p.options
+    ]
+    unique = list({p.name: p for p in params}.values())
+    return AggregationRule(name, doc, __name__, unique)
 
 
 def check(name: str, n: int, f: int, **options) -> None:
@@ -272,10 +287,12 @@ class Prepared:
     >>> a, b = agg.aggregate("krum", p, f=2), agg.aggregate("mda", p, f=2)  # one Gram pass
     """
 
-    def __init__(self, vectors: Vectors) -> None:
+    def __init__(self, vectors: Vectors | Prepared, name: str = "prepare") -> None:
         if isinstance(vectors, Prepared):
             vectors = vectors.X
-        self.X, self.kind = as_matrix(vectors, "prepare")
+        self.X: torch.Tensor
+        self.kind: InputKind
+        self.X, self.kind = as_matrix(vectors, name)
         self._inputs: dict[float, Inputs] = {}
 
     @property
@@ -308,12 +325,7 @@ def _prepare(name: str, vectors: Vectors | Prepared, f: int, options: dict):
     options = dict(options)
     max_missing = _max_missing(name, parts, options)
     routed = _route(name, parts, options)
-    if isinstance(vectors, Prepared):
-        prepared = vectors
-    else:
-        X, kind = as_matrix(vectors, name)
-        prepared = Prepared.__new__(Prepared)
-        prepared.X, prepared.kind, prepared._inputs = X, kind, {}
+    prepared = vectors if isinstance(vectors, Prepared) else Prepared(vectors, name)
     f = check_f(f, name)
     n = prepared.n
     for part, opts in zip(parts, routed, strict=True):
@@ -338,7 +350,7 @@ def _run(
             raise ValueError(f"{parts[-1].name}: center must be finite")
         routed[-1] = {**routed[-1], "center": centre}
     if not any(p.needs_gram for p in parts):
-        inputs = Inputs(X=X, gram=None)  # type: ignore[arg-type]
+        inputs = Inputs(X=X, gram=None)
     elif centre is not None:  # a Gram matrix centred on the given centre (not shared)
         inputs = Inputs.from_matrix(X, centre=centre, max_missing=max_missing)
     else:

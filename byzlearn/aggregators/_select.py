@@ -39,6 +39,8 @@ torch path (sort along the rows), which is also the reference the tests compare 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -505,9 +507,12 @@ def statistic_into(
             pairs = sorting_network(rows.numel())
             n_blocks = (d + PAIRS_LANES - 1) // PAIRS_LANES
             first_bad = np.empty(n_blocks, dtype=np.int64)
-            args = (Xc.numpy(), row_index, big, pairs, stat, drop, min_k, o.numpy(), first_bad)
+            args: tuple[Any, ...] = (
+                Xc.numpy(), row_index, big, pairs, stat, drop, min_k, o.numpy(), first_bad
+            )
+            pairs_fn: Callable[..., Any] = pairs_kernel  # numba's stubs type a Dispatcher
             in_parallel(
-                lambda b0, b1: pairs_kernel(*args, b0, b1, PAIRS_LANES),
+                lambda b0, b1: pairs_fn(*args, b0, b1, PAIRS_LANES),
                 n_blocks,
                 torch_threads,
                 _MIN_BLOCKS_PER_THREAD,
@@ -695,6 +700,7 @@ def _mixed_fast(inputs: Inputs, stat: int, drop: int, min_k: int, out: torch.Ten
         or not X.is_contiguous()
         or inputs.gram is None
         or getattr(inputs, "missing", None) is not None  # imputed values: the general path
+        or A is None
         or int((A != 0).sum()) <= 2 * X.shape[0]
     ):
         return None
@@ -741,6 +747,7 @@ def _mixed_fast(inputs: Inputs, stat: int, drop: int, min_k: int, out: torch.Ten
                              PAIRS_LANES)
             else:
                 bad = np.empty(n_blk, dtype=np.int64)
+                assert run is not None  # compiled for this size above
                 run(Ub, inverse, big, stat, drop, min_k, o[j0:j1], bad, 0, n_blk)
             hit = np.flatnonzero(bad >= 0)
             if hit.size:

@@ -108,6 +108,8 @@ def _load_from_file(name: str, source: str) -> Callable | None:
     except OSError:
         return None
     spec = importlib.util.spec_from_file_location(f"byzlearn_kernels_{name}", path)
+    if spec is None or spec.loader is None:
+        return None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
@@ -143,7 +145,7 @@ def kernel(size: int) -> Callable:
     source = _source(size, sorting_network(size))
     # numba's disk cache checks only the kernel's own file, not the functions it calls: key the
     # file on the source of those functions too, so a changed _select.py never runs stale code.
-    helpers = Path(sys.modules["byzlearn.aggregators._select"].__file__).read_bytes()
+    helpers = Path(str(sys.modules["byzlearn.aggregators._select"].__file__)).read_bytes()
     digest = hashlib.sha1(source.encode() + helpers).hexdigest()[:12]
     name = f"sortnet_{size}_v{_GENERATOR_VERSION}_{digest}"
     return _load_from_file(name, source) or _load_in_memory(source)

@@ -269,7 +269,7 @@ def test_blas_path_distances_with_non_finite_rows(monkeypatch):
     X = torch.randn(9, 3000, generator=g, dtype=torch.float64) + 7.0
     X[2] = math.nan
     X[5, 1234] = math.inf
-    inputs = Inputs.from_matrix(X)
+    inputs = Inputs.from_matrix(X, max_missing=0.0)  # strict: one missing value makes a row bad
     assert inputs.bad.tolist() == [i in (2, 5) for i in range(9)]
     good = [i for i in range(9) if i not in (2, 5)]
     D = inputs.sqdist().numpy()
@@ -278,20 +278,25 @@ def test_blas_path_distances_with_non_finite_rows(monkeypatch):
 
 def test_kernel_flags_non_finite_rows_without_the_slow_path(monkeypatch):
     """Whole NaN rows (an attack) are flagged by the kernel itself: the other rows' products stay
-    on the fast path."""
+    on the fast path, with the default missing budget as with the strict one; a row missing a
+    few values (2 %, within the budget) is imputed on the float64 path instead."""
     calls = []
     slow = _gram._masked_block
     monkeypatch.setattr(_gram, "_masked_block", lambda *a, **k: calls.append(1) or slow(*a, **k))
     g = torch.Generator().manual_seed(22)
     X = torch.randn(12, 5000, generator=g)
     X[[3, 8]] = math.nan
-    X[10, :100] = -math.inf
     inputs = Inputs.from_matrix(X)
+    assert not calls and inputs.bad.tolist() == [i in (3, 8) for i in range(12)]
+    X[10, :100] = -math.inf
+    inputs = Inputs.from_matrix(X, max_missing=0.0)
     assert not calls
     assert inputs.bad.tolist() == [i in (3, 8, 10) for i in range(12)]
     good = [i for i in range(12) if i not in (3, 8, 10)]
     D = inputs.sqdist().numpy()
     assert rel_err(D[np.ix_(good, good)], explicit_sqdist(X[good])) < 1e-5
+    imputed = Inputs.from_matrix(X)
+    assert calls and imputed.bad.tolist() == [i in (3, 8) for i in range(12)]
 
 
 @pytest.mark.parametrize("blas", [False, True])

@@ -13,7 +13,7 @@ from byzlearn.aggregators.rules.krum import krum_scores
 try:
     from numba import njit
 except ImportError:  # pragma: no cover
-    njit = None
+    njit = None  # type: ignore[assignment]
 
 # The variants of the selection size: the paper's theta = n - 2f, and theta = n - 2f - 2 of the
 # "Bulyan over Multi-Krum" in EPFL's later code (LPD-EPFL/ByzantineMomentum).
@@ -172,7 +172,7 @@ def _closest_row(inputs: Inputs, result) -> int:
     """Index of the row of ``inputs`` closest to a rule's output (bad rows never chosen)."""
     if isinstance(result, Combination) and result.kept is not None and len(result.kept) == 1:
         return int(result.kept[0])
-    if isinstance(result, Combination) and result.value is None:
+    if isinstance(result, Combination) and result.value is None and result.alpha is not None:
         alpha = result.alpha
         if result.centre_weight == 0.0 and abs(float(alpha.sum()) - 1.0) < 1e-9:
             diff = torch.eye(inputs.n, dtype=torch.float64) - alpha[None, :]

@@ -86,8 +86,8 @@ def _row_stats(Y: torch.Tensor, norms: bool) -> tuple[torch.Tensor | None, torch
         Y.detach().numpy()
     ):
         # one compiled, sequential read of each row (torch: three reductions per block)
-        sq_np, top, _ = _gram_kernel.row_stats(Y.detach().numpy(), torch.get_num_threads())
-        bad = torch.from_numpy(~(top <= limit))  # NaN compares False: incomplete
+        sq_np, top_np, _ = _gram_kernel.row_stats(Y.detach().numpy(), torch.get_num_threads())
+        bad = torch.from_numpy(~(top_np <= limit))  # NaN compares False: incomplete
         if not norms:
             return None, bad
         sq = torch.from_numpy(sq_np)
@@ -375,6 +375,7 @@ def signguard(
     r = draw_coordinates(make_rng(seed, generator, "signguard"), d, k)
     rows, signs = _rows_and_signs(inputs, r)
     good, _ = rows.complete(f, "signguard", count_in_f=False)
+    assert rows.sqnorms is not None  # asked for by _rows_and_signs
     norms = rows.sqnorms[good].sqrt()
     M = float(np.median(norms.numpy()))
     s1 = (norms >= lo * M) & (norms <= hi * M)

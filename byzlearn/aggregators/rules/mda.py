@@ -162,12 +162,14 @@ def approximate_subset(D: np.ndarray, f: int) -> tuple[np.ndarray, float]:
     order = np.argsort(Dg, axis=1, kind="stable")[:, :m]
     radius = np.take_along_axis(Dg, order[:, -1:], axis=1)[:, 0]
     candidates = np.argsort(radius, kind="stable")[:_APPROX_CANDIDATES]
-    best, best_diameter = None, np.inf
+    best: tuple[int, np.ndarray] | None = None
+    best_diameter = np.inf
     for c in candidates:
         members = np.sort(order[c])
         sub = Dg[np.ix_(members, members)]
         diameter = float(sub.max()) if members.size > 1 else 0.0
-        if diameter < best_diameter or (diameter == best_diameter and c < best[0]):
+        tie = best is not None and diameter == best_diameter and c < best[0]
+        if best is None or diameter < best_diameter or tie:
             best, best_diameter = (int(c), members), diameter
     assert best is not None
     return good[best[1]], max(best_diameter, 0.0)

@@ -33,6 +33,8 @@ def nnm(inputs: Inputs, f: int) -> Inputs:
 
 
 def _bucket_size(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise TypeError(f"bucketing: bucket_size must be an int, got {type(value).__name__}")
     s = int(value)
     if s < 1:
         raise ValueError(f"bucketing: bucket_size must be >= 1, got {value}")
