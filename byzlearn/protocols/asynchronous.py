@@ -31,8 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 import byzlearn.aggregators as agg
 from byzlearn.engines.base import Engine, Message, Node
-from byzlearn.protocols.base import Events, ServerProtocol, World, register
-from byzlearn.protocols.kardam import KardamFilter, dampening
+from byzlearn.protocols.base import Events, Server, ServerProtocol, World, register
+from byzlearn.protocols.kardam import Dampening, KardamFilter, check_summary, dampening
 from byzlearn.protocols.workers import WorkerSet, build_workers
 
 __all__ = [
@@ -42,8 +42,6 @@ __all__ = [
     "KardamOptions",
     "KardamProtocol",
 ]
-
-Dampening = Literal["exp", "inverse", "none"]
 
 
 class AsyncSGDOptions(BaseModel):
@@ -59,17 +57,12 @@ class AsyncSGDOptions(BaseModel):
     )
 
 
-class KardamOptions(BaseModel):
-    """Config section ``protocol: {name: kardam, ...}``."""
+class KardamOptions(AsyncSGDOptions):
+    """Config section ``protocol: {name: kardam, ...}``: the options of asynchronous SGD
+    (dampening ``exp`` by default), and the filters'."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    name: Literal["kardam"] = "kardam"
+    name: Literal["kardam"] = "kardam"  # type: ignore[assignment]
     dampening: Dampening = Field("exp", description="staleness weighting Lambda(tau)")
-    alpha: float = Field(0.2, ge=0, description="exp dampening: Lambda = exp(-alpha tau)")
-    deadline: float | None = Field(
-        None, gt=0, description="simulated seconds to wait for one gradient (then skip)"
-    )
     lipschitz: bool = Field(True, description="the Lipschitz filter")
     frequency: bool = Field(True, description="the frequency filter")
     history: int = Field(25, ge=1, description="coefficients kept per worker")
@@ -95,15 +88,11 @@ class KardamOptions(BaseModel):
     @field_validator("summary")
     @classmethod
     def _summary(cls, v: float | str) -> float | str:
-        if v == "max" or (isinstance(v, float) and 0 < v <= 1):
-            return v
-        raise ValueError(f"must be 'max' or a quantile in (0, 1], got {v!r}")
+        return check_summary(v)
 
 
-class AsyncServer:
+class AsyncServer(Server):
     """The server role of asynchronous SGD, with Kardam's filter when ``kardam`` is given."""
-
-    role = "server"
 
     def __init__(
         self,
@@ -119,18 +108,11 @@ class AsyncServer:
         kardam: KardamFilter | None = None,
         events: Events | None = None,
     ) -> None:
-        self.node = node
-        self.theta = theta.detach().clone()
-        self.workers = [int(w) for w in workers]
-        self.lr = lr
+        super().__init__(node, theta, workers, lr=lr, momentum=momentum, events=events)
         self.dampening = dampening
         self.alpha = float(alpha)
-        self.momentum = float(momentum)
         self.deadline = deadline
         self.kardam = kardam
-        self.events = events or Events()
-        self.buffer = torch.zeros_like(self.theta) if self.momentum > 0 else None
-        self.version = 0
         self.steps = 0
         self.started = False
         self.sent: dict[int, tuple[int, torch.Tensor]] = {}  # worker -> (version, model) sent
@@ -157,12 +139,7 @@ class AsyncServer:
     # ------------------------------------------------------------------ updates
     def _apply(self, g: torch.Tensor, staleness: int, lr: float) -> float:
         weight = dampening(self.dampening, staleness, self.alpha)
-        step = weight * g
-        if self.buffer is not None:
-            self.buffer = self.momentum * self.buffer + step
-            step = self.buffer
-        self.theta = self.theta - lr * step
-        self.version += 1
+        self.update(weight * g, lr)
         return weight
 
     def _consider(
@@ -244,9 +221,7 @@ class AsyncServer:
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         return {
-            "theta": self.theta,
-            "buffer": self.buffer,
-            "version": self.version,
+            **super().state_dict(),
             "steps": self.steps,
             "started": self.started,
             "sent": {w: [v, x] for w, (v, x) in self.sent.items()},
@@ -254,9 +229,7 @@ class AsyncServer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.theta = state["theta"]
-        self.buffer = state["buffer"]
-        self.version = int(state["version"])
+        super().load_state_dict(state)
         self.steps = int(state["steps"])
         self.started = bool(state["started"])
         self.sent = {int(w): (int(v), x) for w, (v, x) in state["sent"].items()}
@@ -276,25 +249,16 @@ class _AsyncBase(ServerProtocol):
 
     @classmethod
     def build(cls, world: World, engine: Engine) -> _AsyncBase:
-        from byzlearn.experiments.schedules import learning_rate
-
-        c = world.config
-        options = c.protocol
-        if not isinstance(options, (AsyncSGDOptions, KardamOptions)):
+        options = world.config.protocol
+        if not isinstance(options, AsyncSGDOptions):
             raise TypeError(f"{cls.name} built from the options of {options.name}")
         workers = build_workers(world, engine, same_round=False)
-        opt = c.optimizer
         server = AsyncServer(
-            engine.add_node("server"),
-            world.model.flatten(),
-            workers.ids,
-            lr=learning_rate(opt, c.steps),
+            **cls.server_arguments(world, engine, workers),
             dampening=options.dampening,
             alpha=options.alpha,
-            momentum=opt.momentum if opt.momentum_at == "server" else 0.0,
             deadline=options.deadline,
             kardam=cls._kardam(world),
-            events=world.events,
         )
         return cls(server, workers)
 

@@ -17,7 +17,7 @@ Byzantine inputs a rule kept, the honest training loss) is computed by *observer
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -29,10 +29,11 @@ from byzlearn.registry import Registry
 
 if TYPE_CHECKING:
     from byzlearn.data import ArrayDataset
-    from byzlearn.engines import Engine, FlatModel
+    from byzlearn.engines import Engine, FlatModel, Node
     from byzlearn.experiments.config import Config
+    from byzlearn.protocols.workers import WorkerSet
 
-__all__ = ["PROTOCOLS", "Events", "Observer", "Protocol", "ServerProtocol", "World"]
+__all__ = ["PROTOCOLS", "Events", "Observer", "Protocol", "Server", "ServerProtocol", "World"]
 
 
 class Observer:
@@ -141,15 +142,87 @@ class Protocol(ABC):
         """Restore :meth:`state_dict`."""
 
 
-class ServerProtocol(Protocol):
-    """A protocol with one server role (``server``: a ``node``, a flat ``theta``, ``step()``,
-    ``steps_done``, ``state_dict()``) and parameter-server workers (``workers``: a
-    :class:`~byzlearn.protocols.workers.WorkerSet`): the synchronous and asynchronous servers.
-    Subclasses write ``build``."""
+class Server(ABC):
+    """What every server role shares: its ``node``, the flat model ``theta`` and its
+    ``version`` (updates applied), the ``workers`` it serves, the learning-rate schedule ``lr``
+    (step -> rate), server momentum and the event hub. Subclasses write :meth:`step` and
+    :attr:`steps_done`, and extend :meth:`state_dict`."""
 
-    def __init__(self, server: Any, workers: Any) -> None:
+    role = "server"
+
+    def __init__(
+        self,
+        node: Node,
+        theta: torch.Tensor,
+        workers: Iterable[int],
+        *,
+        lr: Callable[[int], float] = lambda t: 0.1,
+        momentum: float = 0.0,
+        events: Events | None = None,
+    ) -> None:
+        self.node = node
+        self.theta = theta.detach().clone()
+        self.workers = [int(w) for w in workers]
+        self.lr = lr
+        self.momentum = float(momentum)
+        self.events = events or Events()
+        self.buffer = torch.zeros_like(self.theta) if self.momentum > 0 else None
+        self.version = 0
+
+    def update(self, step: torch.Tensor, lr: float) -> None:
+        """Apply ``step``: ``theta <- theta - lr step``, or with server momentum
+        ``G <- mu G + step; theta <- theta - lr G``; the version goes up by one."""
+        if self.buffer is not None:
+            self.buffer = self.momentum * self.buffer + step
+            step = self.buffer
+        self.theta = self.theta - lr * step
+        self.version += 1
+
+    @abstractmethod
+    def step(self) -> dict[str, Any]:
+        """Run one step of the server; return its record."""
+
+    @property
+    @abstractmethod
+    def steps_done(self) -> int:
+        """Steps completed so far."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The model, momentum buffer and version (subclasses add their own state)."""
+        return {"theta": self.theta, "buffer": self.buffer, "version": self.version}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.theta = state["theta"]
+        self.buffer = state["buffer"]
+        self.version = int(state["version"])
+
+
+class ServerProtocol(Protocol):
+    """A protocol with one :class:`Server` role (``server``) and parameter-server workers
+    (``workers``: a :class:`~byzlearn.protocols.workers.WorkerSet`): the synchronous and
+    asynchronous servers. Subclasses write ``build``, with :meth:`server_arguments`."""
+
+    def __init__(self, server: Server, workers: WorkerSet) -> None:
         self.server = server
         self.workers = workers
+
+    @staticmethod
+    def server_arguments(world: World, engine: Engine, workers: WorkerSet) -> dict[str, Any]:
+        """The :class:`Server` arguments from the config: a new ``server`` node (registered
+        after the workers), the initial model, the workers' ids, the learning-rate schedule,
+        server momentum (when the optimizer puts it at the server) and the event hub."""
+        from byzlearn.experiments.schedules import learning_rate
+
+        c, opt = world.config, world.config.optimizer
+        return {
+            "node": engine.add_node("server"),
+            "theta": world.model.flatten(),
+            "workers": workers.ids,
+            "lr": learning_rate(opt, c.steps),
+            "momentum": opt.momentum if opt.momentum_at == "server" else 0.0,
+            "events": world.events,
+        }
 
     @property
     def worker_ids(self) -> list[int]:

@@ -60,13 +60,14 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 
-__all__ = ["DAMPENINGS", "KardamFilter", "Verdict", "dampening"]
+__all__ = ["DAMPENINGS", "Dampening", "KardamFilter", "Verdict", "check_summary", "dampening"]
 
-DAMPENINGS = ("exp", "inverse", "none")
+Dampening = Literal["exp", "inverse", "none"]
+DAMPENINGS: tuple[str, ...] = get_args(Dampening)
 
 
 def dampening(kind: str, staleness: int, alpha: float = 0.2) -> float:
@@ -80,6 +81,13 @@ def dampening(kind: str, staleness: int, alpha: float = 0.2) -> float:
     if kind == "none":
         return 1.0
     raise ValueError(f"unknown dampening {kind!r} (known: {', '.join(DAMPENINGS)})")
+
+
+def check_summary(summary: float | str) -> float | str:
+    """``summary`` when it is ``"max"`` or a quantile in (0, 1]; else a ValueError."""
+    if summary == "max" or (isinstance(summary, (int, float)) and 0 < summary <= 1):
+        return summary
+    raise ValueError(f"must be 'max' or a quantile in (0, 1], got {summary!r}")
 
 
 @dataclass(frozen=True)
@@ -114,11 +122,10 @@ class KardamFilter:
             raise ValueError(f"kardam needs n >= 3f + 1, got n={n}, f={f}")
         self.n, self.f = int(n), int(f)
         self.history = int(history)
-        if summary != "max" and not (isinstance(summary, (int, float)) and 0 < summary <= 1):
-            raise ValueError(
-                f"kardam: summary must be 'max' or a quantile in (0, 1], got {summary!r}"
-            )
-        self.summary = summary
+        try:
+            self.summary = check_summary(summary)
+        except ValueError as err:
+            raise ValueError(f"kardam: summary {err}") from None
         self.quantile = (n - f) / n if quantile is None else float(quantile)
         self.gap = int(n) if gap is None else int(gap)
         self.window = 2 * f + 1 if window is None else int(window)

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 import byzlearn.aggregators as agg
 from byzlearn import keyed
 from byzlearn.engines.base import Engine, Message, Node
-from byzlearn.protocols.base import Events, ServerProtocol, World, register
+from byzlearn.protocols.base import Events, Server, ServerProtocol, World, register
 from byzlearn.protocols.workers import WorkerSet, build_workers
 
 __all__ = ["ParameterServer", "ParameterServerOptions", "ParameterServerProtocol"]
@@ -56,10 +56,8 @@ class ParameterServerOptions(BaseModel):
     max_waits: int = Field(3, ge=1, description="on_missing=wait: extra deadlines to wait")
 
 
-class ParameterServer:
+class ParameterServer(Server):
     """The server role of the synchronous parameter-server protocol (see the module docstring)."""
-
-    role = "server"
 
     def __init__(
         self,
@@ -79,9 +77,7 @@ class ParameterServer:
         seed: int = 0,
         events: Events | None = None,
     ) -> None:
-        self.node = node
-        self.theta = theta.detach().clone()
-        self.workers = [int(w) for w in workers]
+        super().__init__(node, theta, workers, lr=lr, momentum=momentum, events=events)
         self.rule_name = rule
         self.rule_options = dict(rule_options or {})
         self._keyed_rule = agg.accepts(rule, "generator") and not {
@@ -90,17 +86,12 @@ class ParameterServer:
         } & set(self.rule_options)
         self._centred = agg.spec(rule.split("+")[-1]).accepts_centre
         self.f = int(f)
-        self.lr = lr
-        self.momentum = float(momentum)
         self.q = q
         self.deadline = deadline
         self.on_missing = on_missing
         self.max_waits = int(max_waits)
         self.seed = int(seed)
-        self.events = events or Events()
-        self.version = 0
         self.round = 0
-        self.buffer = torch.zeros_like(self.theta) if self.momentum > 0 else None
         self.previous: torch.Tensor | None = None  # last aggregate
         self.needed = _fewest_inputs(rule, self.f, self.rule_options)
 
@@ -168,12 +159,7 @@ class ParameterServer:
                 record["kept"] = [senders[i] for i in result.kept.tolist()]
             record["aggregate_norm"] = float(out.norm())
             self.previous = out.detach().clone()
-            step = out
-            if self.buffer is not None:
-                self.buffer = self.momentum * self.buffer + out
-                step = self.buffer
-            self.theta = self.theta - lr * step
-            self.version += 1
+            self.update(out, lr)
         self.round = t
         record["time"] = self.node.clock
         self.events.emit(
@@ -193,19 +179,11 @@ class ParameterServer:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "theta": self.theta,
-            "version": self.version,
-            "round": self.round,
-            "buffer": self.buffer,
-            "previous": self.previous,
-        }
+        return {**super().state_dict(), "round": self.round, "previous": self.previous}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.theta = state["theta"]
-        self.version = int(state["version"])
+        super().load_state_dict(state)
         self.round = int(state["round"])
-        self.buffer = state["buffer"]
         self.previous = state["previous"]
 
 
@@ -228,26 +206,18 @@ class ParameterServerProtocol(ServerProtocol):
 
     @classmethod
     def build(cls, world: World, engine: Engine) -> ParameterServerProtocol:
-        from byzlearn.experiments.schedules import learning_rate
-
         c = world.config
         options: ParameterServerOptions = c.protocol  # type: ignore[assignment]
         workers = build_workers(world, engine, same_round=True)
-        opt = c.optimizer
         server = ParameterServer(
-            engine.add_node("server"),
-            world.model.flatten(),
-            workers.ids,
+            **cls.server_arguments(world, engine, workers),
             rule=c.rule.full_name,
             f=c.declared_f,
             rule_options=c.rule.options,
-            lr=learning_rate(opt, c.steps),
-            momentum=opt.momentum if opt.momentum_at == "server" else 0.0,
             q=options.q,
             deadline=options.deadline,
             on_missing=options.on_missing,
             max_waits=options.max_waits,
             seed=c.seed,
-            events=world.events,
         )
         return cls(server, workers)
