@@ -342,16 +342,38 @@ def _kernel_pass(X: torch.Tensor, centre: torch.Tensor | None, centre_row: int |
     bad = torch.zeros(n, dtype=torch.bool)
     for (j0, j1), (part, nonfinite, centre_missing) in zip(blocks, parts, strict=True):
         Gb = torch.from_numpy(part)
-        bad[torch.from_numpy(nonfinite)] = True
-        if centre_missing and centre_row is not None:
-            bad[centre_row] = True
+        _flag_rows(bad, nonfinite, centre_missing, centre_row)
         if not bool(torch.isfinite(Gb).all()):
-            m = None if centre is None else centre[j0:j1]
-            row = None if centre_missing else centre_row
-            Gb, bad_b = _masked_block(X[:, j0:j1], m, row, d)
-            bad |= bad_b
+            Gb = _redo_block(X, j0, j1, centre, centre_row, centre_missing, bad)
         acc += Gb
     return acc, bad
+
+
+def _flag_rows(
+    bad: torch.Tensor, nonfinite: np.ndarray, centre_missing: bool, centre_row: int | None
+) -> None:
+    """Mark the rows a block found non-finite (and the centre row when it is missing there)."""
+    bad[torch.from_numpy(nonfinite)] = True
+    if centre_missing and centre_row is not None:
+        bad[centre_row] = True
+
+
+def _redo_block(
+    X: torch.Tensor,
+    j0: int,
+    j1: int,
+    centre: torch.Tensor | None,
+    centre_row: int | None,
+    centre_missing: bool,
+    bad: torch.Tensor,
+) -> torch.Tensor:
+    """Block ``[j0, j1)`` whose products overflowed, redone in float64 by
+    :func:`_masked_block` (its bad rows added to ``bad``)."""
+    m = None if centre is None else centre[j0:j1]
+    row = None if centre_missing else centre_row
+    Gm, bad_b = _masked_block(X[:, j0:j1], m, row, X.shape[1])
+    bad |= bad_b
+    return Gm
 
 
 def _blas_pass(
@@ -382,16 +404,10 @@ def _blas_pass(
             dots_b, msq_b, nonfinite, centre_missing = _gram_kernel.centre_block(
                 Xn, j0, j1, centre_np, rows, C
             )
-            bad[torch.from_numpy(nonfinite)] = True
-            if centre_missing and centre_row is not None:
-                bad[centre_row] = True
+            _flag_rows(bad, nonfinite, centre_missing, centre_row)
             Gb = C @ C.T  # numpy runs this product of a buffer with its transpose as a syrk
             if not (np.isfinite(Gb).all() and np.isfinite(dots_b).all() and np.isfinite(msq_b)):
-                m = None if centre is None else centre[j0:j1]
-                row = None if centre_missing else centre_row
-                Gm, bad_b = _masked_block(X[:, j0:j1], m, row, d)
-                bad |= bad_b
-                extra += Gm
+                extra += _redo_block(X, j0, j1, centre, centre_row, centre_missing, bad)
                 continue
             G += Gb
             dots += dots_b

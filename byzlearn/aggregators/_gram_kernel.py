@@ -397,9 +397,9 @@ def available(X: np.ndarray) -> bool:
     )
 
 
-def _layout(n: int, rows: np.ndarray, G: np.ndarray, dots: np.ndarray, msq: float) -> np.ndarray:
+def layout(n: int, rows: np.ndarray, G: np.ndarray, dots: np.ndarray, msq: float) -> np.ndarray:
     """The (n + 1) x (n + 1) Gram matrix of ``[X - 1 m^T; m]`` from the statistics of the active
-    rows (G: their upper-triangular or full product matrix)."""
+    rows (``rows``, int64; G: their upper-triangular or full product matrix)."""
     na = rows.shape[0]
     upper = np.triu(G[:na, :na])
     full = np.zeros((n + 1, n + 1))
@@ -438,7 +438,7 @@ def gram_blocks(
         msq = np.zeros(1)
         flags = np.zeros(rows.shape[0] + 1, dtype=np.bool_)
         _gram_block(X, rows, c, use_centre, block[0], block[1], acc, dots, msq, flags)
-        part = _layout(n, rows, acc, dots, float(msq[0]))
+        part = layout(n, rows, acc, dots, float(msq[0]))
         return part, rows[flags[:-1]], bool(flags[-1])
 
     parts: list = [None] * len(blocks)
@@ -470,8 +470,3 @@ def centre_block(
     flags = np.zeros(rows.shape[0] + 1, dtype=np.bool_)
     _centre_into(X, rows, c, use_centre, j0, j1, out, dots, msq, flags)
     return dots, float(msq[0]), rows[flags[:-1]], bool(flags[-1])
-
-
-def layout(n: int, rows: np.ndarray, G: np.ndarray, dots: np.ndarray, msq: float) -> np.ndarray:
-    """Public alias of the layout step for the BLAS path of the caller."""
-    return _layout(n, np.asarray(rows, dtype=np.int64), G, dots, msq)

@@ -215,7 +215,12 @@ def check(name: str, n: int, f: int, **options) -> None:
     parts = _parts(name)
     options = dict(options)
     _max_missing(name, parts, options)
-    for part, opts in zip(parts, _route(name, parts, options), strict=True):
+    _check_sizes(parts, _route(name, parts, options), n, f)
+
+
+def _check_sizes(parts: list[RuleSpec], routed: list[dict], n: int, f: int) -> None:
+    """Check each part's n/f requirement on the number of inputs it receives."""
+    for part, opts in zip(parts, routed, strict=True):
         check_requirement(part.name, n, f, part.min_n, part.requirement)
         if part.out_n is not None:
             n = part.out_n(n, opts)
@@ -327,11 +332,7 @@ def _prepare(name: str, vectors: Vectors | Prepared, f: int, options: dict):
     routed = _route(name, parts, options)
     prepared = vectors if isinstance(vectors, Prepared) else Prepared(vectors, name)
     f = check_f(f, name)
-    n = prepared.n
-    for part, opts in zip(parts, routed, strict=True):
-        check_requirement(part.name, n, f, part.min_n, part.requirement)
-        if part.out_n is not None:
-            n = part.out_n(n, opts)
+    _check_sizes(parts, routed, prepared.n, f)
     return parts, routed, prepared, f, max_missing
 
 
@@ -408,6 +409,8 @@ def selected_indices(name: str, vectors: Vectors | Prepared, f: int = 0, **optio
     if not parts[-1].selects:
         selecting = ", ".join(n for n, s in _RULES.items() if s.selects)
         raise TypeError(f"{name} does not select inputs; selection rules: {selecting}")
-    kept = aggregate(name, vectors, f, **options).kept
+    parts, routed, prepared, f, max_missing = _prepare(name, vectors, f, options)
+    with torch.no_grad():
+        kept = _kept(_run(parts, routed, prepared, f, max_missing))  # no output vector built
     assert kept is not None
     return kept

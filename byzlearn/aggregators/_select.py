@@ -498,15 +498,14 @@ def statistic_into(
         Xc = X if X.is_contiguous() else X.contiguous()
         o = out if out.is_contiguous() else torch.empty_like(out)
         torch_threads = torch.get_num_threads()
-        n_blocks = (d + LANES - 1) // LANES
-        first_bad = np.empty(n_blocks, dtype=np.int64)
         big = np.array([np.inf], dtype=Xc.numpy().dtype)
         row_index = rows.cpu().numpy().astype(np.int64)
         size = _sortnet.size_for(rows.numel())
+        lanes = PAIRS_LANES if size is None else LANES
+        n_blocks = (d + lanes - 1) // lanes
+        first_bad = np.empty(n_blocks, dtype=np.int64)
         if size is None:
             pairs = sorting_network(rows.numel())
-            n_blocks = (d + PAIRS_LANES - 1) // PAIRS_LANES
-            first_bad = np.empty(n_blocks, dtype=np.int64)
             args: tuple[Any, ...] = (
                 Xc.numpy(), row_index, big, pairs, stat, drop, min_k, o.numpy(), first_bad
             )
@@ -523,10 +522,6 @@ def statistic_into(
             in_parallel(
                 lambda b0, b1: run(*args, b0, b1), n_blocks, torch_threads, _MIN_BLOCKS_PER_THREAD
             )
-        # Starting numba's OpenMP threading layer (first call) resets the process-wide OpenMP
-        # thread count that torch reads: give torch back the count the caller set.
-        if torch.get_num_threads() != torch_threads:
-            torch.set_num_threads(torch_threads)
         if o is not out:
             out.copy_(o)
         bad_blocks = first_bad[first_bad >= 0]
@@ -576,13 +571,13 @@ if _HAVE_NUMBA:
 
     @njit(fastmath={"reassoc", "contract"}, boundscheck=False, error_model="numpy", cache=True,
           nogil=True)
-    def _weighted_block(U, nu, weights, pairs, stat, drop, out):  # pragma: no cover
+    def _weighted_block(U, nu, weights, stat, drop, out):  # pragma: no cover
         """Median or trimmed mean of the multiset where row q of U (q < nu) appears weights[q]
         times. Each distinct value's positions in the sorted multiset are [P_q, P_q + w_q) with
         P_q = the weight of the values before it (smaller, or equal and of a lower row): nu^2
         comparisons per coordinate, vectorised across coordinates; the statistic is then a
         weighted sum over the positions it keeps. Returns False when a value is not finite (the
-        caller then uses the plain kernel). ``pairs`` is unused (kept for the signature)."""
+        caller then uses the plain kernel)."""
         wide()
         w = U.shape[1]
         k = 0.0
@@ -728,7 +723,6 @@ def _mixed_fast(inputs: Inputs, stat: int, drop: int, min_k: int, out: torch.Ten
     weights = np.bincount(inverse, minlength=n_unique + 1)[:n_unique].astype(np.float64)
     k = float(weights.sum())  # mixes of a row holding non-finite values are missing rows
     weighted = stat in (MEDIAN, TRIMMED) and n_unique <= _WEIGHTED_MAX and k >= min_k
-    wpairs = sorting_network(n_unique) if weighted else None
 
     def work(b0: int, b1: int) -> None:
         U = np.full((n_unique + 1, _MIX_BLOCK), np.nan, dtype=Xn.dtype)
@@ -737,7 +731,7 @@ def _mixed_fast(inputs: Inputs, stat: int, drop: int, min_k: int, out: torch.Ten
             w = j1 - j0
             Ub = U if w == _MIX_BLOCK else np.full((n_unique + 1, w), np.nan, dtype=Xn.dtype)
             _mix_block(Xn, j0, w, common, common_w, starts, extra, extra_w, Ub[:n_unique])
-            if weighted and _weighted_block(Ub, n_unique, weights, wpairs, stat, drop, o[j0:j1]):
+            if weighted and _weighted_block(Ub, n_unique, weights, stat, drop, o[j0:j1]):
                 continue
             n_blk = (w + LANES - 1) // LANES
             if size is None:

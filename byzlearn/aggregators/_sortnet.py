@@ -33,7 +33,6 @@ from pathlib import Path
 import numpy as np
 
 LANES = 256
-CHUNK_BLOCKS = 16  # blocks of LANES coordinates per chunk (one buffer allocation each)
 _GENERATOR_VERSION = 13
 
 

@@ -447,11 +447,10 @@ def test_weighted_statistic_equals_the_expanded_multiset(stat, seed):
     U[:, ::5] = np.round(U[:, ::5])  # ties between distinct rows
     U[nu] = np.nan  # the missing row, never read
     out = np.empty(w, dtype=np.float32)
-    pairs = sel.sorting_network(nu)
-    assert sel._weighted_block(U, nu, weights, pairs, stat, drop, out)
+    assert sel._weighted_block(U, nu, weights, stat, drop, out)
     expanded = torch.from_numpy(np.repeat(U[:nu], weights.astype(int), axis=0))
     expected = torch.empty(w)
     sel.statistic_into(expanded, stat, drop, 1, expected, force_torch=True)
     torch.testing.assert_close(torch.from_numpy(out), expected, rtol=1e-6, atol=1e-6)
     U[nu // 2, 3] = np.inf  # a non-finite mixed value: the caller falls back
-    assert not sel._weighted_block(U, nu, weights, pairs, stat, drop, out)
+    assert not sel._weighted_block(U, nu, weights, stat, drop, out)

@@ -8,7 +8,6 @@ import torch
 from byzlearn.aggregators import _select as sel
 from byzlearn.aggregators._gram import Inputs
 from byzlearn.aggregators._registry import Combination, register, spec
-from byzlearn.aggregators.rules.krum import krum_scores
 
 try:
     from numba import njit
@@ -145,8 +144,6 @@ def _iterated_krum(inputs: Inputs, f: int, theta: int) -> list[int]:
         # no finite score left: the rule's own error (from the same state)
         done = [int(c) for c in chosen if c >= 0]
         remaining = [i for i in range(n) if i not in set(done)]
-        sub = D[np.ix_(remaining, remaining)]
-        krum_scores(torch.from_numpy(sub), f)  # scores only; the check below raises
         raise ValueError(
             f"krum: only {int(good[remaining].sum())} input(s) have a finite score but 1 must "
             "be selected (too many inputs hold non-finite values)"

@@ -77,22 +77,29 @@ def _positive_int(value: object, option: str, name: str) -> int:
     return int(value)
 
 
-def _row_stats(Y: torch.Tensor, norms: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """Squared norms (float64, CPU, +inf on incomplete rows; None unless ``norms``) and the
-    incomplete rows of Y (a NaN/Inf, or a value beyond :func:`measurable_limit`)."""
+def _row_stats(
+    Y: torch.Tensor, norms: bool, sign_cols: np.ndarray | None = None
+) -> tuple[torch.Tensor | None, torch.Tensor, np.ndarray | None]:
+    """Squared norms (float64, CPU, +inf on incomplete rows; None unless ``norms``), the
+    incomplete rows of Y (a NaN/Inf, or a value beyond :func:`measurable_limit`) and, with
+    ``sign_cols``, the (n, 3) counts of positive, zero and negative values there when the
+    compiled read computed them in the same pass (else None)."""
     n, d = Y.shape
     limit = measurable_limit(d)
     if Y.device.type == "cpu" and Y.dtype in _NUMPY_DTYPES and _gram_kernel.available(
         Y.detach().numpy()
     ):
         # one compiled, sequential read of each row (torch: three reductions per block)
-        sq_np, top_np, _ = _gram_kernel.row_stats(Y.detach().numpy(), torch.get_num_threads())
+        sq_np, top_np, counts = _gram_kernel.row_stats(
+            Y.detach().numpy(), torch.get_num_threads(), sign_cols
+        )
+        signs = None if sign_cols is None else counts.astype(np.float64)
         bad = torch.from_numpy(~(top_np <= limit))  # NaN compares False: incomplete
         if not norms:
-            return None, bad
+            return None, bad, signs
         sq = torch.from_numpy(sq_np)
         sq[bad] = float("inf")
-        return sq, bad
+        return sq, bad, signs
     sq = torch.zeros(n, dtype=torch.float64, device=Y.device)
     largest = torch.zeros(n, dtype=torch.float64, device=Y.device)
     size = max(1024, _STATS_BLOCK_ELEMENTS // max(n, 1))
@@ -105,10 +112,10 @@ def _row_stats(Y: torch.Tensor, norms: bool) -> tuple[torch.Tensor | None, torch
             sq += torch.linalg.vecdot(block, block, dim=1).double()
     bad = (~(largest <= limit)).cpu()  # NaN compares False: incomplete
     if not norms:
-        return None, bad
+        return None, bad, None
     sq = sq.cpu()
     sq[bad] = float("inf")
-    return sq, bad
+    return sq, bad, None
 
 
 @dataclass
@@ -119,15 +126,21 @@ class _Rows:
     Y: torch.Tensor | None  # the rows' coordinates; None: mix the base rows through inputs.A
     bad: torch.Tensor  # bool, CPU, (n,)
     sqnorms: torch.Tensor | None  # float64, CPU, (n,); +inf on bad rows
+    # (n, 3) positive/zero/negative counts at the sign_cols of :meth:`of`, when computed
+    signs: np.ndarray | None = None
 
     @classmethod
-    def of(cls, inputs: Inputs, norms: bool) -> _Rows:
+    def of(cls, inputs: Inputs, norms: bool, sign_cols: np.ndarray | None = None) -> _Rows:
+        """The rows of ``inputs``, with their squared norms when ``norms``; with ``sign_cols``
+        and the input rows themselves (no pre-aggregator), their sign counts there from the
+        same read when the compiled kernel takes them."""
         if inputs.gram is not None:  # the Gram pass already flagged bad rows (and gives norms)
             sq = inputs.sqnorms().clone() if norms else None
             return cls(inputs=inputs, Y=None, bad=inputs.bad.clone(), sqnorms=sq)
         Y = inputs.materialize()  # a view of X without a pre-aggregator
-        sq, bad = _row_stats(Y, norms)
-        return cls(inputs=inputs, Y=Y, bad=bad, sqnorms=sq)
+        cols = sign_cols if inputs.A is None else None
+        sq, bad, signs = _row_stats(Y, norms, cols)
+        return cls(inputs=inputs, Y=Y, bad=bad, sqnorms=sq, signs=signs)
 
     def complete(self, f: int, name: str, count_in_f: bool) -> tuple[torch.Tensor, int]:
         """Indices of the complete rows and the f left for them."""
@@ -264,23 +277,6 @@ def sign_features(V: torch.Tensor) -> np.ndarray:
     return np.stack([positive, zero, negative], axis=1) / k
 
 
-def _rows_and_signs(inputs: Inputs, cols: np.ndarray) -> tuple[_Rows, np.ndarray | None]:
-    """SignGuard's rows (validity, norms) and, when no pre-aggregator mixes them and the
-    kernel takes the input, the sign counts at ``cols`` from the same single read of each row
-    (None otherwise: counted afterwards from the gathered values)."""
-    if inputs.gram is None and inputs.A is None:
-        X = inputs.X
-        if X.device.type == "cpu" and X.dtype in _NUMPY_DTYPES:
-            Xn = X.detach().numpy()
-            if _gram_kernel.available(Xn):
-                sq_np, top, signs = _gram_kernel.row_stats(Xn, torch.get_num_threads(), cols)
-                bad = torch.from_numpy(~(top <= measurable_limit(X.shape[1])))
-                sq = torch.from_numpy(sq_np)
-                sq[bad] = float("inf")
-                return _Rows(inputs=inputs, Y=X, bad=bad, sqnorms=sq), signs.astype(np.float64)
-    return _Rows.of(inputs, norms=True), None
-
-
 def _sign_features_of(rows: _Rows, good: torch.Tensor, cols: np.ndarray) -> np.ndarray:
     """:func:`sign_features` of the rows ``good`` at the coordinates ``cols``: counted by a
     compiled loop straight from the input rows when there is no pre-aggregator (no n x k
@@ -373,14 +369,15 @@ def signguard(
     d = inputs.d
     k = max(1, math.floor(round(frac * d, 9)))
     r = draw_coordinates(make_rng(seed, generator, "signguard"), d, k)
-    rows, signs = _rows_and_signs(inputs, r)
+    rows = _Rows.of(inputs, norms=True, sign_cols=r)  # the sign counts from the same read
     good, _ = rows.complete(f, "signguard", count_in_f=False)
-    assert rows.sqnorms is not None  # asked for by _rows_and_signs
+    assert rows.sqnorms is not None  # asked for above
     norms = rows.sqnorms[good].sqrt()
     M = float(np.median(norms.numpy()))
     s1 = (norms >= lo * M) & (norms <= hi * M)
-    features = (signs[good.numpy()] / max(1, len(r))) if signs is not None else None
-    if features is None:
+    if rows.signs is not None:
+        features = rows.signs[good.numpy()] / max(1, len(r))
+    else:
         features = _sign_features_of(rows, good, r)
     s2 = torch.as_tensor(largest_sign_cluster(features))
     S = s1 & s2
