@@ -63,10 +63,10 @@ class AttackSpec:
         return doc.splitlines()[0] if doc else ""
 
 
-_ATTACKS: Registry[AttackSpec] = Registry(
+# the public attacks by name; each carries its AttackSpec (``.spec``)
+_ATTACKS: Registry[Attack] = Registry(
     "attack", normalise=lambda name: name.lower().replace("-", "_")
 )
-_PUBLIC: dict[str, Attack] = {}
 
 
 def _options_of(impl: Callable) -> tuple[tuple[str, ...], dict[str, Any]]:
@@ -109,9 +109,8 @@ def register(
             needs_rule=needs_rule,
             identical_default=bool(identical_default),
         )
-        _ATTACKS.add(name, spec, aliases=tuple(aliases))
         public = Attack(spec)
-        _PUBLIC[name] = public
+        _ATTACKS.add(name, public, aliases=tuple(aliases))
         return public
 
     return decorate
@@ -182,8 +181,8 @@ def names(kind: str | None = None) -> list[str]:
         raise ValueError(f"kind must be None, 'rule_aware' or 'fixed', got {kind!r}")
     return sorted(
         n
-        for n, s in _ATTACKS.items()
-        if kind is None or (s.rule_aware if kind == "rule_aware" else not s.rule_aware)
+        for n, a in _ATTACKS.items()
+        if kind is None or (a.spec.rule_aware if kind == "rule_aware" else not a.spec.rule_aware)
     )
 
 
@@ -192,18 +191,14 @@ def aliases() -> dict[str, str]:
     return _ATTACKS.aliases()
 
 
-def _canonical(name: str) -> str:
-    return _ATTACKS.canonical(name)
-
-
 def spec(name: str) -> AttackSpec:
     """The :class:`AttackSpec` of one attack (aliases accepted)."""
-    return _ATTACKS.get(name)
+    return _ATTACKS.get(name).spec
 
 
 def get(name: str) -> Attack:
     """The public attack callable for ``name`` (aliases and ``-``/``_`` spellings accepted)."""
-    return _PUBLIC[_canonical(name)]
+    return _ATTACKS.get(name)
 
 
 def is_rule_aware(name: str) -> bool:

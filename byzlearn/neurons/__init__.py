@@ -47,7 +47,7 @@ from byzlearn.neurons.modelfile import (
     load_weights,
     save_state_dict_file,
 )
-from byzlearn.neurons.network import Layer, Network, extract_network
+from byzlearn.neurons.network import HiddenLayerError, Layer, Network, extract_network
 from byzlearn.neurons.probabilistic import (
     Certificate,
     Moments,
@@ -66,6 +66,7 @@ from byzlearn.neurons.probabilistic import (
     monte_carlo,
 )
 from byzlearn.neurons.train import (
+    ACTIVATIONS,
     LOSSES,
     crash_report,
     load_digits_data,
@@ -76,10 +77,12 @@ from byzlearn.neurons.train import (
 )
 
 __all__ = [
+    "ACTIVATIONS",
     "LOSSES",
     "ActivationInfo",
     "Certificate",
     "CrashDropout",
+    "HiddenLayerError",
     "InjectionStats",
     "Layer",
     "ModelFileError",

@@ -37,7 +37,9 @@ from byzlearn.neurons.modelfile import (
     load_weights,
     save_state_dict_file,
 )
+from byzlearn.neurons.network import HiddenLayerError
 from byzlearn.neurons.train import (
+    ACTIVATIONS,
     LOSSES,
     crash_report,
     load_digits_data,
@@ -62,7 +64,6 @@ app = typer.Typer(
 )
 
 _DATASETS = ("digits", "synthetic")
-_ACTIVATIONS = ("sigmoid", "tanh", "relu", "softplus", "scaled_sigmoid")
 
 
 def _fail(message: str) -> NoReturn:
@@ -135,7 +136,7 @@ def train(
     data: Annotated[str, typer.Option(help="digits (sklearn, bundled) or synthetic")] = "digits",
     hidden: Annotated[str, typer.Option(help="hidden widths, e.g. '32' or '32-16'")] = "32",
     activation: Annotated[
-        str, typer.Option(help="sigmoid, tanh, relu, softplus, scaled_sigmoid")
+        str, typer.Option(help=", ".join(ACTIVATIONS))
     ] = "sigmoid",
     epochs: Annotated[int, typer.Option(min=1)] = 30,
     p_train: Annotated[float, typer.Option(help="crash-dropout probability (no rescaling)")] = 0.0,
@@ -155,8 +156,8 @@ def train(
     """Train a small MLP classifier and save its weights (a state dict) to OUT."""
     torch.manual_seed(seed)
     widths = _parse_ints(hidden, "--hidden", "32-16", "-")
-    if activation not in _ACTIVATIONS:
-        _fail(f"--activation: unknown {activation!r}; choose from {', '.join(_ACTIVATIONS)}")
+    if activation not in ACTIVATIONS:
+        _fail(f"--activation: unknown {activation!r}; choose from {', '.join(ACTIVATIONS)}")
     if not 0 <= p_train < 1:
         _fail(f"--p-train: must be in [0, 1), got {p_train}")
     if loss not in LOSSES:
@@ -273,7 +274,7 @@ def analyze(
         str, typer.Option(help="hidden widths of --arch mlp or models.mlp, e.g. 32 or 32-16")
     ] = "32",
     activation: Annotated[
-        str, typer.Option(help="activation of --arch mlp: " + ", ".join(_ACTIVATIONS))
+        str, typer.Option(help="activation of --arch mlp: " + ", ".join(ACTIVATIONS))
     ] = "sigmoid",
     K: Annotated[
         float | None, typer.Option("--K", help="K of the scaled_sigmoid activation")
@@ -348,8 +349,8 @@ def analyze(
         _fail(f"--C: must be a finite number > 0, got {C}")
     if arch not in architectures():
         _fail(f"--arch: unknown architecture {arch!r}; choose from {', '.join(architectures())}")
-    if activation not in _ACTIVATIONS:
-        _fail(f"--activation: unknown {activation!r}; choose from {', '.join(_ACTIVATIONS)}")
+    if activation not in ACTIVATIONS:
+        _fail(f"--activation: unknown {activation!r}; choose from {', '.join(ACTIVATIONS)}")
     if K is not None and not (math.isfinite(K) and K > 0):
         _fail(f"--K: must be a finite number > 0, got {K}")
     if layer < 0:
@@ -402,9 +403,9 @@ def analyze(
             seed=seed,
             input_shape=shape,
         )
+    except HiddenLayerError as e:
+        _fail(f"--layer: {e}")
     except (ValueError, NotImplementedError, TypeError) as e:
-        if "hidden layer index" in str(e):
-            _fail(f"--layer: {e}")
         _fail(f"{model_path} cannot be analysed: {e}")
     except RuntimeError as e:  # e.g. the model does not accept the inputs of --data
         _fail(f"{model_path} cannot be run on the {data} inputs: {e}")

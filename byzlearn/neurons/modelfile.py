@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from byzlearn.neurons.train import _ACTS, make_mlp, strip_crash_dropout
+from byzlearn.neurons.train import ACTIVATIONS, make_mlp, strip_crash_dropout
 
 __all__ = [
     "ModelFileError",
@@ -98,10 +98,8 @@ def build_architecture(
     if arch == "mlp":
         if not hidden:
             raise ValueError("--arch mlp needs at least one hidden layer")
-        if activation not in (*_ACTS, "scaled_sigmoid"):
-            raise ValueError(
-                f"unknown activation {activation!r}; choose from {[*_ACTS, 'scaled_sigmoid']}"
-            )
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; choose from {list(ACTIVATIONS)}")
         if K is not None and not (math.isfinite(K) and K > 0):
             raise ValueError(f"K must be a finite number > 0, got {K}")
         return make_mlp([in_features, *hidden, classes], activation, K=K)

@@ -27,9 +27,13 @@ from torch import nn
 
 from byzlearn.neurons.activations import IDENTITY, ActivationInfo, CrashDropout, activation_info
 
-__all__ = ["Layer", "Network", "extract_network", "iter_modules"]
+__all__ = ["HiddenLayerError", "Layer", "Network", "extract_network", "iter_modules"]
 
 _SKIPPED = (nn.Flatten, nn.Dropout, nn.Dropout1d, nn.AlphaDropout, CrashDropout)
+
+
+class HiddenLayerError(ValueError):
+    """A hidden-layer index out of range (or not an int); see :meth:`Network.check_hidden`."""
 
 
 @dataclass
@@ -128,7 +132,7 @@ class Network:
     def check_hidden(self, layer: int) -> int:
         """Validate a hidden-layer index (0-based) and return it."""
         if not isinstance(layer, int) or not 0 <= layer < self.num_hidden:
-            raise ValueError(
+            raise HiddenLayerError(
                 f"hidden layer index must be an int in [0, {self.num_hidden - 1}], got {layer!r}"
             )
         return layer

@@ -30,6 +30,7 @@ from byzlearn.neurons.network import extract_network
 from byzlearn.neurons.probabilistic import _mc_chunks, b3
 
 __all__ = [
+    "ACTIVATIONS",
     "LOSSES",
     "crash_report",
     "load_digits_data",
@@ -49,6 +50,8 @@ _ACTS = {
     "relu": nn.ReLU,
     "softplus": nn.Softplus,
 }
+ACTIVATIONS = (*_ACTS, "scaled_sigmoid")
+"""Hidden-layer activations of :func:`make_mlp` (``scaled_sigmoid``: sigmoid(4Kx), K given)."""
 
 
 def load_digits_data(
@@ -142,9 +145,7 @@ def make_mlp(
         elif activation in _ACTS:
             mods.append(_ACTS[activation]())
         else:
-            raise ValueError(
-                f"unknown activation {activation!r}; choose from {[*_ACTS, 'scaled_sigmoid']}"
-            )
+            raise ValueError(f"unknown activation {activation!r}; choose from {list(ACTIVATIONS)}")
         if p_train > 0 and i in crashed:
             mods.append(CrashDropout(p_train))
     mods.append(nn.Linear(int(sizes[-2]), int(sizes[-1])))
