@@ -23,7 +23,7 @@ import argparse
 import statistics
 from typing import Any
 
-from byzlearn.experiments import parse_config, run
+from byzlearn.experiments import RunResult, parse_config, run
 
 BASE: dict[str, Any] = {
     "dataset": {"name": "digits"},
@@ -46,8 +46,8 @@ ASYNC = {"name": "async_sgd", "dampening": "exp", "alpha": 0.2}
 KARDAM = {"name": "kardam", "dampening": "exp", "alpha": 0.2}
 
 
-def _run(seed: int, protocol: dict, **extra: Any):
-    return run(parse_config({**BASE, "seed": seed, "protocol": protocol, **extra})).summary
+def _run(seed: int, protocol: dict, **extra: Any) -> RunResult:
+    return run(parse_config({**BASE, "seed": seed, "protocol": protocol, **extra}))
 
 
 def _rate(s: dict, who: str) -> float:
@@ -62,8 +62,8 @@ def under_attack(seeds: list[int]) -> None:
     )
     print("| --- | ---: | ---: | ---: | ---: |")
     for label, attack in ATTACKS.items():
-        k = [_run(s, KARDAM, attack=attack, eval_every=1500) for s in seeds]
-        a = [_run(s, ASYNC, attack=attack, eval_every=1500) for s in seeds]
+        k = [_run(s, KARDAM, attack=attack, eval_every=1500).summary for s in seeds]
+        a = [_run(s, ASYNC, attack=attack, eval_every=1500).summary for s in seeds]
 
         def span(values: list[float]) -> str:
             return f"{min(values):.3f}-{max(values):.3f}"
@@ -77,13 +77,8 @@ def under_attack(seeds: list[int]) -> None:
         )
 
 
-def _steps_to(seed: int, protocol: dict, target: float) -> int | None:
-    result = run(
-        parse_config(
-            {**BASE, "seed": seed, "protocol": protocol, "num_byzantine": 0, "eval_every": 10}
-        )
-    )
-    for record in result.records:
+def _steps_to(records: list[dict], target: float) -> int | None:
+    for record in records:
         if (record.get("test_accuracy") or 0.0) >= target:
             return int(record["round"])
     return None
@@ -93,9 +88,14 @@ def slowdown(seeds: list[int], targets: list[float]) -> None:
     f_over_n = BASE["f"] / BASE["n"]
     print("| target acc | async SGD steps | Kardam steps | slowdown (mean, per seed) | f/n |")
     print("| ---: | ---: | ---: | --- | ---: |")
+    # one run per seed and protocol, with no attacker, read at every target
+    curves = {
+        name: [_run(s, protocol, num_byzantine=0, eval_every=10).records for s in seeds]
+        for name, protocol in (("async", ASYNC), ("kardam", KARDAM))
+    }
     for target in targets:
-        a = [_steps_to(s, ASYNC, target) for s in seeds]
-        k = [_steps_to(s, KARDAM, target) for s in seeds]
+        a = [_steps_to(records, target) for records in curves["async"]]
+        k = [_steps_to(records, target) for records in curves["kardam"]]
         pairs = [(x, y) for x, y in zip(a, k, strict=True) if x and y]
         ratios = [y / x - 1.0 for x, y in pairs]
         mean = f"{statistics.mean(ratios):+.2f}" if ratios else "n/a"

@@ -102,13 +102,12 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed of every run.")] = 0,
 ) -> None:
     """Digits, n=25, f=5, omniscient attack: average collapses, robust rules keep learning."""
-    from byzlearn.experiments.demo import check_demo, run_demo
+    from byzlearn.experiments.demo import run_demo
 
     names = [r.strip() for r in rules.split(",") if r.strip()]
     if not names:
         _fail("--rules: give at least one rule")
-    with _user_errors("digits"):
-        check_demo(out, rules=names, steps=steps, seed=seed)  # before the progress bar
+    # run_demo checks the directory before any work: a refusal prints alone (the bar is lazy)
     with _user_errors("digits"), _progress(len(names) * steps, "demo") as (progress, task):
 
         def on_start(rule: str) -> None:
@@ -150,15 +149,13 @@ def run_command(
     """
     from byzlearn.experiments.config import config_hash, load_config
     from byzlearn.experiments.runner import run
-    from byzlearn.experiments.store import RunDir
     from byzlearn.experiments.tables import markdown_table
 
     with _user_errors():
         cfg = load_config(config, list(overrides or []))
     h = config_hash(cfg)[:16]
     directory = out or Path("runs") / (f"{cfg.name}-{h[:8]}" if cfg.name else h)
-    with _user_errors():
-        RunDir(directory).claim(cfg)  # before the progress bar: a refusal is one line
+    # run() claims the directory before any work: a refusal prints alone (the bar is lazy)
     with _user_errors(cfg.dataset.name), _progress(cfg.steps, cfg.name or config.stem) as (
         progress,
         task,
@@ -269,9 +266,7 @@ def _report(directory: Path, metric: str = "final_accuracy") -> None:
 
     try:
         where = build_report(directory, metric=metric)
-    except FileNotFoundError as err:
-        _fail(str(err))
-    except (ValueError, OSError) as err:  # damaged run files (config, summary, metrics)
+    except (ValueError, OSError) as err:  # missing or damaged run files (config, summary, ...)
         _fail(str(err))
     console.print((where / "worst.md").read_text(), highlight=False, markup=False)
     console.print(f"report written to {where}", highlight=False)

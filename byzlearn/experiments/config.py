@@ -11,13 +11,16 @@ import hashlib
 import json
 import re
 import types
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from byzlearn.protocols import AsyncSGDOptions, KardamOptions, ParameterServerOptions
+from byzlearn.engines import ENGINES
+from byzlearn.protocols import PROTOCOLS, AsyncSGDOptions, KardamOptions, ParameterServerOptions
+from byzlearn.registry import Registry
 
 __all__ = [
     "AttackConfig",
@@ -76,13 +79,7 @@ class DatasetConfig(_Strict):
     def _options(self) -> DatasetConfig:
         from byzlearn.data import loader_options
 
-        allowed = loader_options(self.name)
-        unknown = sorted(set(self.options) - set(allowed))
-        if unknown:
-            valid = ", ".join(allowed) or "none"
-            raise ValueError(
-                f"options: {self.name} has no option {unknown[0]!r} (valid options: {valid})"
-            )
+        _check_option_names(self.name, self.options, loader_options(self.name))
         return self
 
 
@@ -149,12 +146,7 @@ class AttackConfig(_Strict):
         allowed = tuple(o for o in spec.options if o != "state")
         if spec.name == "mimic":
             allowed += ("warmup",)  # the protocol keeps a running MimicState(warmup)
-        unknown = sorted(set(self.options) - set(allowed))
-        if unknown:
-            valid = ", ".join(allowed) or "none"
-            raise ValueError(
-                f"options: {self.name} has no option {unknown[0]!r} (valid options: {valid})"
-            )
+        _check_option_names(self.name, self.options, allowed)
         return self
 
 
@@ -345,22 +337,12 @@ class Config(_Strict):
         for name, default in (("protocol", "parameter_server"), ("engine", "local")):
             if isinstance(data.get(name), dict) and "name" not in data[name]:
                 data[name] = {"name": default, **data[name]}  # protocol.q=3 alone
-        protocol = data.get("protocol")
-        if isinstance(protocol, dict) and "name" in protocol:
-            from byzlearn.protocols import PROTOCOLS
-
-            if protocol["name"] not in PROTOCOLS:
+        for key, registry in _TAGGED.items():
+            chosen = data.get(key)
+            if isinstance(chosen, dict) and "name" in chosen and chosen["name"] not in registry:
                 raise ValueError(
-                    f"protocol.name: unknown protocol {protocol['name']!r} "
-                    f"(known: {', '.join(PROTOCOLS.names())})"
-                )
-        if isinstance(data.get("engine"), dict) and "name" in data["engine"]:
-            from byzlearn.engines import ENGINES
-
-            if data["engine"]["name"] not in ENGINES:
-                raise ValueError(
-                    f"engine.name: unknown engine {data['engine']['name']!r} "
-                    f"(known: {', '.join(ENGINES.names())})"
+                    f"{key}.name: unknown {registry.kind} {chosen['name']!r} "
+                    f"(known: {', '.join(registry.names())})"
                 )
         return data
 
@@ -463,19 +445,16 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-def _protocol_names() -> list[str]:
-    from byzlearn.protocols import PROTOCOLS
-
-    return PROTOCOLS.names()
-
-
-def _engine_names() -> list[str]:
-    from byzlearn.engines import ENGINES
-
-    return ENGINES.names()
+def _check_option_names(name: str, options: dict[str, Any], allowed: Sequence[str]) -> None:
+    """Refuse an option ``name`` (a dataset, an attack) does not take, naming the valid ones."""
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        valid = ", ".join(allowed) or "none"
+        raise ValueError(f"options: {name} has no option {unknown[0]!r} (valid options: {valid})")
 
 
-_TAGGED = {"protocol": _protocol_names, "engine": _engine_names}
+# config sections that are discriminated unions, tagged by the name of a registered entry
+_TAGGED: dict[str, Registry[Any]] = {"protocol": PROTOCOLS, "engine": ENGINES}
 
 _FIELD_PREFIX = re.compile(r"^([A-Za-z_][\w.]*): (.*)$", re.S)
 
@@ -484,7 +463,7 @@ def _format(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         parts = [str(x) for x in e["loc"]]
-        if len(parts) > 1 and parts[0] in _TAGGED and parts[1] in _TAGGED[parts[0]]():
+        if len(parts) > 1 and parts[0] in _TAGGED and parts[1] in _TAGGED[parts[0]]:
             del parts[1]  # the discriminator tag pydantic puts in the path
         loc = ".".join(parts)
         msg = str(e["msg"]).removeprefix("Value error, ")

@@ -178,12 +178,10 @@ class RunDir:
         whose config cannot be read)."""
         if not self.holds_results():
             return None
-        summary_hash = None
-        if self.summary_path.exists():
-            try:
-                summary_hash = json.loads(self.summary_path.read_text()).get("hash")
-            except (ValueError, OSError, AttributeError):
-                summary_hash = None
+        try:
+            summary_hash = (self.summary() or {}).get("hash")
+        except RunDirError:  # an unreadable summary: the config tells
+            summary_hash = None
         if summary_hash:
             return str(summary_hash)
         try:

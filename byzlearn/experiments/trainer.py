@@ -105,8 +105,8 @@ class Trainer:
         )
         self.events = Events()
         self.engine = build_engine(c.engine, seed=c.seed, network=network_model(c))
-        world = World(c, self.data, self.model, self.parts, self.byzantine, self.events)
-        self.protocol: Protocol = PROTOCOLS.get(c.protocol.name).build(world, self.engine)
+        self.world = World(c, self.data, self.model, self.parts, self.byzantine, self.events)
+        self.protocol: Protocol = PROTOCOLS.get(c.protocol.name).build(self.world, self.engine)
         self.place()
         ids = self.worker_ids
         self.observers = [
@@ -131,8 +131,7 @@ class Trainer:
         ids = self.worker_ids
         if network is None or not ids:
             return
-        byz = set(self.byzantine)
-        honest = [i for i in range(c.n) if i not in byz]
+        honest = self.world.honest
         rng = np.random.default_rng([c.seed, _SEED_STRAGGLERS])
         slow = [int(i) for i in rng.choice(honest, size=net.stragglers, replace=False)]
         network.slowdown = {ids[i]: net.slowdown for i in slow}
