@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from byzlearn.experiments.cli import register
 from byzlearn.experiments.store import RunDir
+from tests.resume import kill_run
 
 SMALL = {
     "dataset": {"name": "synthetic", "options": {"num_samples": 600, "num_features": 10}},
@@ -125,20 +126,7 @@ def test_sweep_resumes_and_reports(app: typer.Typer, runner: CliRunner, tmp_path
     for config in plan.configs[:3]:
         run(config, plan.directory(out, config))
     victim = plan.configs[3]
-
-    class KilledError(Exception):
-        pass
-
-    def kill(record: dict) -> None:
-        if record["round"] == 6:
-            raise KilledError
-
-    with pytest.raises(KilledError):
-        run(
-            victim.model_copy(update={"checkpoint_every": 5}),
-            plan.directory(out, victim),
-            callback=kill,
-        )
+    kill_run(victim.model_copy(update={"checkpoint_every": 5}), plan.directory(out, victim), at=6)
     mtimes = [
         plan.directory(out, c).joinpath("summary.json").stat().st_mtime_ns for c in plan.configs[:3]
     ]

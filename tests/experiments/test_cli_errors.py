@@ -22,6 +22,7 @@ from byzlearn.cli import app
 from byzlearn.experiments import run
 from byzlearn.experiments.config import load_config
 from byzlearn.experiments.store import RunDir
+from tests.resume import kill_run
 
 SMALL = {
     "name": "small",
@@ -190,20 +191,9 @@ def test_a_running_directory_is_locked(tmp_path: Path) -> None:
     assert not (out / "lock").exists()
 
 
-class KilledError(Exception):
-    pass
-
-
 def _killed_run(tmp_path: Path) -> Path:
     out = tmp_path / "killed"
-    config = load_config(_config(tmp_path))
-
-    def kill(record):
-        if record["round"] == 6:
-            raise KilledError
-
-    with pytest.raises(KilledError):
-        run(config, out, callback=kill)
+    kill_run(load_config(_config(tmp_path)), out, at=6)
     assert (out / "checkpoint.pt").exists()
     return out
 

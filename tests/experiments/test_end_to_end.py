@@ -13,6 +13,7 @@ from torch import nn
 
 from byzlearn.experiments import RunDir, parse_config, run
 from byzlearn.experiments.store import RunCollisionError
+from tests.resume import kill_at, kill_run, without_times
 
 SYNTHETIC: dict[str, Any] = {
     "dataset": {
@@ -97,14 +98,6 @@ def test_a_user_module_and_local_steps_work() -> None:
     assert result.theta is not None and result.theta.numel() == 20 * 8 + 8 + 8 * 4 + 4
 
 
-def _strip_times(records: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in ("seconds", "agg_seconds")} for r in records]
-
-
-class KilledError(Exception):
-    pass
-
-
 def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path: Path) -> None:
     config = _config(
         rule={"name": "krum"},
@@ -115,13 +108,7 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path: Path) -> None
         checkpoint_every=5,
     )
     full = run(config, tmp_path / "full")
-
-    def kill_at_13(record: dict) -> None:
-        if record["round"] == 13:
-            raise KilledError
-
-    with pytest.raises(KilledError):
-        run(config, tmp_path / "killed", callback=kill_at_13)
+    kill_run(config, tmp_path / "killed", at=13)
     rd = RunDir(tmp_path / "killed")
     assert not rd.finished
     assert [r["round"] for r in rd.metrics()][-1] == 13  # written as they came
@@ -130,23 +117,17 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path: Path) -> None
     a = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     b = [json.loads(x) for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in b] == list(range(25))
-    assert _strip_times(a) == _strip_times(b)
+    assert without_times(a) == without_times(b)
     assert torch.equal(full.theta, resumed.theta)
     assert rd.finished and not rd.checkpoint_path.exists()
     # a finished run is loaded, not retrained
-    again = run(config, tmp_path / "killed", callback=kill_at_13)
+    again = run(config, tmp_path / "killed", callback=kill_at(13))
     assert again.summary == resumed.summary
 
 
 def test_checkpoint_of_another_config_is_refused(tmp_path: Path) -> None:
     config = _config(steps=12, checkpoint_every=5)
-
-    def kill(record: dict) -> None:
-        if record["round"] == 7:
-            raise KilledError
-
-    with pytest.raises(KilledError):
-        run(config, tmp_path / "r", callback=kill)
+    kill_run(config, tmp_path / "r", at=7)
     before = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()}
     other = _config(steps=12, checkpoint_every=5, seed=9)
     for resume in (True, False):  # --no-resume does not destroy another config's run either
@@ -201,15 +182,9 @@ def test_mimic_with_a_running_state_resumes_identically(tmp_path: Path) -> None:
         checkpoint_every=5,
     )
     full = run(config, tmp_path / "full")
-
-    def kill(record: dict) -> None:
-        if record["round"] == 8:
-            raise KilledError
-
-    with pytest.raises(KilledError):
-        run(config, tmp_path / "killed", callback=kill)
+    kill_run(config, tmp_path / "killed", at=8)
     resumed = run(config, tmp_path / "killed")
-    assert _strip_times(full.records) == _strip_times(resumed.records)
+    assert without_times(full.records) == without_times(resumed.records)
     assert full.summary["final_accuracy"] > 0.8
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from byzlearn.experiments import Trainer, parse_config, run
+from tests.resume import kill_run, without_times
 
 SYNTHETIC: dict[str, Any] = {
     "dataset": {
@@ -120,14 +121,6 @@ def test_node_ids_come_from_the_protocol_and_engines_from_the_registry() -> None
         ENGINES.add("local", lambda *a, **k: None)
 
 
-def _strip(records):
-    return [{k: v for k, v in r.items() if k not in ("seconds", "agg_seconds")} for r in records]
-
-
-class KilledError(Exception):
-    pass
-
-
 def test_randomised_rules_are_deterministic_and_resume_exactly(tmp_path: Path) -> None:
     config = _config(
         n=10,
@@ -139,16 +132,10 @@ def test_randomised_rules_are_deterministic_and_resume_exactly(tmp_path: Path) -
         checkpoint_every=5,
     )
     a, b = run(config), run(config)
-    assert _strip(a.records) == _strip(b.records)
-
-    def kill(record):
-        if record["round"] == 8:
-            raise KilledError
-
-    with pytest.raises(KilledError):
-        run(config, tmp_path / "run", callback=kill)
+    assert without_times(a.records) == without_times(b.records)
+    kill_run(config, tmp_path / "run", at=8)
     resumed = run(config, tmp_path / "run")
-    assert _strip(resumed.records) == _strip(a.records)
+    assert without_times(resumed.records) == without_times(a.records)
     assert all(r.get("kept") for r in a.records[1:])
 
 
@@ -165,14 +152,8 @@ def test_a_killed_run_with_messages_in_flight_resumes_exactly(tmp_path: Path) ->
         protocol={"name": "parameter_server", "q": 7},
     )
     full = run(config)
-
-    def kill(record):
-        if record["round"] == 9:
-            raise KilledError
-
-    with pytest.raises(KilledError):
-        run(config, tmp_path / "run", callback=kill)
+    kill_run(config, tmp_path / "run", at=9)
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert any(state["trainer"]["engine"]["mail"].values())  # replies were in flight
     resumed = run(config, tmp_path / "run")
-    assert _strip(resumed.records) == _strip(full.records)
+    assert without_times(resumed.records) == without_times(full.records)

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from byzlearn.engines import LocalEngine, Message
 from byzlearn.experiments import parse_config, run
 from byzlearn.protocols import AsyncServer, KardamFilter, dampening
+from tests.resume import kill_run, without_times
 
 
 def test_dampening_forms() -> None:
@@ -230,10 +231,6 @@ def test_kardam_learns_where_async_sgd_fails(attack: str) -> None:
     assert plain.summary["accepted_byzantine"] > 0 and plain.summary["rejected_byzantine"] == 0
 
 
-class KilledError(Exception):
-    pass
-
-
 def test_a_killed_kardam_run_resumes_exactly(tmp_path: Path) -> None:
     config = parse_config(
         {
@@ -246,14 +243,7 @@ def test_a_killed_kardam_run_resumes_exactly(tmp_path: Path) -> None:
         }
     )
     full = run(config)
-
-    def kill(record):
-        if record["round"] == 90:
-            raise KilledError
-
-    with pytest.raises(KilledError):
-        run(config, tmp_path / "run", callback=kill)
+    kill_run(config, tmp_path / "run", at=90)
     resumed = run(config, tmp_path / "run")
-    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
-    assert strip(resumed.records) == strip(full.records)
+    assert without_times(resumed.records) == without_times(full.records)
     assert resumed.summary["per_worker"] == full.summary["per_worker"]
