@@ -297,15 +297,13 @@ class LocalEngine(Engine):
             (m for m in box if match is None or match(m)), key=lambda m: (m.arrival, m.seq)
         )
         taken = [m for m in candidates if m.arrival <= limit][:q]
-        if len(taken) == q:
-            self._clock[dest] = max(now, taken[-1].arrival) if taken else now
-        elif deadline is not None:
+        if len(taken) < q and deadline is not None:  # too few in time: wait out the deadline
             self._clock[dest] = limit
             for m in candidates:
                 if m.arrival > limit and m.seq not in self._late:
                     self._late.add(m.seq)
                     self._stats["late"] += 1
-        elif taken:  # no deadline: nothing more can arrive
+        elif taken:  # the q-th arrival (without a deadline, nothing more can arrive)
             self._clock[dest] = max(now, taken[-1].arrival)
         chosen = {m.seq for m in taken}
         self._mail[dest] = [m for m in box if m.seq not in chosen]
