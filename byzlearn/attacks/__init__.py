@@ -29,6 +29,7 @@ from byzlearn.attacks._context import AttackContext
 from byzlearn.attacks._registry import (
     Attack,
     AttackSpec,
+    RunningState,
     aliases,
     get,
     is_rule_aware,
@@ -61,6 +62,7 @@ __all__ = [
     "MimicState",
     "Omission",
     "Reliable",
+    "RunningState",
     "aliases",
     "alie_z",
     "flip_labels",

@@ -41,6 +41,20 @@ from byzlearn.registry import Registry
 
 
 @dataclass(frozen=True)
+class RunningState:
+    """An attack state the caller keeps across steps (declared on the attack's spec).
+
+    ``factory(**options)`` builds the initial state from the config ``options`` named in
+    ``options`` (they go to the factory, not to the attack); each step the caller replaces the
+    state by ``state.observe(honest)`` and passes it to the attack as ``state=``. A config that
+    gives none of these options runs the attack without a state.
+    """
+
+    factory: Callable[..., Any]
+    options: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class AttackSpec:
     """What the registry knows of one gradient-space attack."""
 
@@ -55,6 +69,24 @@ class AttackSpec:
     aliases: tuple[str, ...] = ()
     needs_rule: Callable[[dict], bool] | None = None  # option-dependent rule need
     identical_default: bool = True  # what identical=None means for this attack
+    running_state: RunningState | None = None  # state kept across steps by the caller
+
+    @property
+    def config_options(self) -> tuple[str, ...]:
+        """The options a config may give: the attack's own (without ``state``, which the
+        caller makes) and those of its running state."""
+        own = tuple(o for o in self.options if o != "state" or self.running_state is None)
+        return own + (self.running_state.options if self.running_state else ())
+
+    def start(self, options: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+        """Split config ``options`` into the attack's options and its initial running state
+        (``None`` when the attack has none or none of its options is given)."""
+        rs = self.running_state
+        if rs is None:
+            return dict(options), None
+        own = {k: v for k, v in options.items() if k not in rs.options}
+        given = {k: v for k, v in options.items() if k in rs.options}
+        return own, (rs.factory(**given) if given else None)
 
     @property
     def summary(self) -> str:
@@ -85,11 +117,13 @@ def register(
     aliases: tuple[str, ...] = (),
     needs_rule: Callable[[dict], bool] | None = None,
     identical_default: bool = True,
+    running_state: RunningState | None = None,
 ) -> Callable[[Callable[..., torch.Tensor]], Attack]:
     """Register ``impl(ctx, *, option=default, ...)`` under ``name``; return the public attack.
 
     ``identical_default`` is what ``identical=None`` (the default of the call) means for this
-    attack; ``False`` needs ``distinct=True``.
+    attack; ``False`` needs ``distinct=True``. ``running_state`` declares a state the caller
+    keeps across steps (the attack then takes it as its ``state`` option).
     """
     if not identical_default and not distinct:
         raise ValueError(f"attack {name!r}: identical_default=False needs distinct=True")
@@ -108,6 +142,7 @@ def register(
             aliases=tuple(aliases),
             needs_rule=needs_rule,
             identical_default=bool(identical_default),
+            running_state=running_state,
         )
         public = Attack(spec)
         _ATTACKS.add(name, public, aliases=tuple(aliases))

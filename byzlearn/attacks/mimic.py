@@ -37,7 +37,7 @@ import torch
 
 from byzlearn.attacks._checks import choice, integer
 from byzlearn.attacks._context import AttackContext, as_honest_matrix
-from byzlearn.attacks._registry import register
+from byzlearn.attacks._registry import RunningState, register
 
 STARTS = ("gaussian", "deviation")
 """How :class:`MimicState` starts its power iteration: the reference's seeded Gaussian
@@ -158,6 +158,7 @@ def most_heterogeneous(X: torch.Tensor) -> int:
     "mimic",
     reference="Karimireddy, He, Jaggi, 'Byzantine-Robust Learning on Heterogeneous Datasets "
     "via Bucketing', ICLR 2022 (arXiv 2006.09365)",
+    running_state=RunningState(lambda warmup: MimicState(warmup=int(warmup)), ("warmup",)),
 )
 def mimic(ctx: AttackContext, *, worker: int | None = None, state: MimicState | None = None):
     r"""Mimic: every Byzantine worker sends ``b = g_k``, a copy of one honest worker's vector.

@@ -163,12 +163,16 @@ class Engine(ABC):
         """Make the reserved nodes ``ids`` reactive, handled by ``handler``."""
 
     @abstractmethod
-    def driven(self, id: int) -> Node:
-        """The handle through which the protocol acts as the reserved node ``id``."""
+    def driven(self, id: int, *, adversary: bool = False) -> Node:
+        """The handle through which the protocol acts as the reserved node ``id``.
 
-    def add_node(self, role: str) -> Node:
+        ``adversary=True`` makes it a Byzantine node acting on its own (a Byzantine server or
+        peer): its messages are not shown to the adversary as honest ones, and it may
+        :meth:`observe` what honest nodes sent."""
+
+    def add_node(self, role: str, *, adversary: bool = False) -> Node:
         """Reserve one node playing ``role`` and return its handle."""
-        return self.driven(self.reserve(role, 1)[0])
+        return self.driven(self.reserve(role, 1)[0], adversary=adversary)
 
     def add_group(
         self, role: str, count: int, handler: Handler, *, adversary: bool = False
@@ -210,6 +214,13 @@ class Engine(ABC):
     ) -> list[Message]:
         """The first ``q`` messages for ``dest`` satisfying ``match`` (see the module docstring);
         without a deadline, fewer when no more can arrive."""
+
+    @abstractmethod
+    def observe(self, node: int, match: Match | None = None) -> list[Message]:
+        """What the Byzantine node ``node`` (driven with ``adversary=True``) sees: for each
+        honest sender, the latest message satisfying ``match`` that it has sent so far (the
+        omniscient adversary of the literature). The node's clock moves to the send time of
+        the latest message returned (it acts once it has seen what it uses)."""
 
     @abstractmethod
     def discard(self, dest: int, match: Match) -> int:
@@ -296,6 +307,10 @@ class Node:
     def discard(self, match: Match) -> int:
         """Discard in-flight messages for this node satisfying ``match`` (counted)."""
         return self.engine.discard(self.id, match)
+
+    def observe(self, match: Match | None = None) -> list[Message]:
+        """``engine.observe(self.id, match)`` (Byzantine nodes only)."""
+        return self.engine.observe(self.id, match)
 
 
 def check_deadline(deadline: float | None) -> float | None:

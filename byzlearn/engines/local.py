@@ -83,6 +83,7 @@ class LocalEngine(Engine):
         self._groups: list[_Group] = []
         self._group_of: dict[int, _Group] = {}
         self._driven: dict[int, Node] = {}
+        self._byzantine: set[int] = set()  # driven nodes acting for the adversary
         self._clock: dict[int, float] = {}
         self._busy: dict[int, float] = {}
         self._pending: list[Message] = []
@@ -115,13 +116,19 @@ class LocalEngine(Engine):
         self._groups.append(group)
         self._groups.sort(key=lambda g: g.adversary)  # the adversary moves last in a wave
 
-    def driven(self, id: int) -> Node:
+    def driven(self, id: int, *, adversary: bool = False) -> Node:
         id = int(id)
         if id not in self._driven:
             self._check_free(id)
             self._driven[id] = Node(self, id)
             self._clock[id] = 0.0
             self._mail[id] = []
+            if adversary:
+                self._byzantine.add(id)
+                self._has_adversary = True
+        elif adversary != (id in self._byzantine):
+            kind = "an honest" if adversary else "a Byzantine"
+            raise ValueError(f"node {id} is already registered as {kind} node")
         return self._driven[id]
 
     def _check_free(self, id: int) -> None:
@@ -202,19 +209,32 @@ class LocalEngine(Engine):
             return
         assert msg.sender is not None
         group = self._group_of.get(msg.sender)
-        if group is not None and group.adversary:
+        if (group is not None and group.adversary) or msg.sender in self._byzantine:
             return
         kept = self._seen.setdefault(msg.sender, [])
         kept.append(msg.copy())  # the payload as sent, before any loss
         del kept[: -self._history]
 
-    def _view(self, time: float) -> list[Message]:
-        """For each honest sender, its latest message sent by ``time``."""
+    def _view(self, time: float, match: Match | None = None) -> list[Message]:
+        """For each honest sender, its latest message (satisfying ``match``) sent by ``time``."""
         view = []
         for sender in sorted(self._seen):
-            sent = [m for m in self._seen[sender] if m.sent_at <= time]
+            sent = [
+                m
+                for m in self._seen[sender]
+                if m.sent_at <= time and (match is None or match(m))
+            ]
             if sent:
                 view.append(max(sent, key=lambda m: (m.sent_at, m.seq)))
+        return view
+
+    def observe(self, node: int, match: Match | None = None) -> list[Message]:
+        node = int(node)
+        if node not in self._byzantine:
+            raise ValueError(f"node {node} is not a Byzantine driven node; it cannot observe")
+        view = [m.copy() for m in self._view(math.inf, match)]
+        if view:
+            self._clock[node] = max(self._clock[node], max(m.sent_at for m in view))
         return view
 
     def _lose(self, msg: Message) -> None:

@@ -19,7 +19,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from byzlearn.engines import ENGINES
-from byzlearn.protocols import PROTOCOLS, AsyncSGDOptions, KardamOptions, ParameterServerOptions
+from byzlearn.protocols import (
+    PROTOCOLS,
+    AsyncSGDOptions,
+    ByzSGDOptions,
+    DecentralizedOptions,
+    KardamOptions,
+    LiuBeiOptions,
+    ParameterServerOptions,
+)
 from byzlearn.registry import Registry
 
 __all__ = [
@@ -116,8 +124,9 @@ class ModelConfig(_Strict):
 
 class AttackConfig(_Strict):
     """What the Byzantine workers send: ``none`` (they behave honestly) or an attack of
-    :mod:`byzlearn.attacks`, with its options (``mimic`` also takes ``warmup``: the coalition
-    then keeps a running :class:`~byzlearn.attacks.MimicState` across rounds)."""
+    :mod:`byzlearn.attacks`, with its options. An attack with a running state (its spec's
+    ``running_state``: ``mimic``'s ``warmup``) also takes that state's options; the coalition
+    then keeps the state across rounds."""
 
     name: str = "none"
     options: dict[str, Any] = Field(default_factory=dict)
@@ -142,11 +151,7 @@ class AttackConfig(_Strict):
             return self
         import byzlearn.attacks as atk
 
-        spec = atk.spec(self.name)
-        allowed = tuple(o for o in spec.options if o != "state")
-        if spec.name == "mimic":
-            allowed += ("warmup",)  # the protocol keeps a running MimicState(warmup)
-        _check_option_names(self.name, self.options, allowed)
+        _check_option_names(self.name, self.options, atk.spec(self.name).config_options)
         return self
 
 
@@ -227,8 +232,17 @@ class LocalEngineConfig(_Strict):
 
 EngineConfig = LocalEngineConfig
 ProtocolConfig = Annotated[
-    ParameterServerOptions | AsyncSGDOptions | KardamOptions, Field(discriminator="name")
+    ParameterServerOptions
+    | AsyncSGDOptions
+    | KardamOptions
+    | ByzSGDOptions
+    | LiuBeiOptions
+    | DecentralizedOptions,
+    Field(discriminator="name"),
 ]
+
+# protocols whose servers aggregate with MDA unless the config names a rule (ByzSGD, PODC 2020)
+_MDA_BY_DEFAULT = ("byzsgd", "liubei")
 
 
 class RuleConfig(_Strict):
@@ -337,6 +351,9 @@ class Config(_Strict):
         for name, default in (("protocol", "parameter_server"), ("engine", "local")):
             if isinstance(data.get(name), dict) and "name" not in data[name]:
                 data[name] = {"name": default, **data[name]}  # protocol.q=3 alone
+        chosen_protocol = data.get("protocol")
+        if isinstance(chosen_protocol, dict) and chosen_protocol.get("name") in _MDA_BY_DEFAULT:
+            data.setdefault("rule", {"name": "mda"})
         for key, registry in _TAGGED.items():
             chosen = data.get(key)
             if isinstance(chosen, dict) and "name" in chosen and chosen["name"] not in registry:
@@ -376,12 +393,20 @@ class Config(_Strict):
             raise ValueError(
                 f"protocol.name: kardam needs n >= 3f + 1, got n={self.n}, f={self.f}"
             )
+        check = getattr(self.protocol, "check_config", None)
+        if check is not None:
+            check(self.n, self.f)
         import byzlearn.aggregators as agg
 
-        # the rule aggregates at the server of the synchronous protocol; asynchronous ones
-        # only hand it to rule-aware attacks, so its n/f requirement does not apply there
-        sync = self.protocol.name == "parameter_server"
-        n_rule, f_rule = ((q or self.n), self.f) if sync else (max(self.n, 10), 0)
+        # the rule aggregates at the server of the synchronous protocol (and where a protocol's
+        # rule_arity says); asynchronous ones only hand it to rule-aware attacks, so its n/f
+        # requirement does not apply there
+        arity = getattr(self.protocol, "rule_arity", None)
+        n_rule, f_rule = max(self.n, 10), 0
+        if self.protocol.name == "parameter_server":
+            n_rule, f_rule = (q or self.n), self.f
+        elif arity is not None:
+            n_rule, f_rule = arity(self.n, self.f) or (n_rule, f_rule)
         try:
             agg.check(self.rule.full_name, n_rule, f_rule, **self.rule.options)
         except ValueError as exc:
@@ -425,7 +450,10 @@ def _try_options(config: Config, n_rule: int, f_rule: int) -> None:
             return
         import byzlearn.attacks as atk
 
-        options = {k: v for k, v in a.options.items() if k != "warmup"}
+        try:
+            options, _ = atk.spec(a.name).start(a.options)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"attack.options: {_one_line(exc)}") from None
         honest = torch.randn(max(config.n - config.byzantine_count, 1), _PROBE_DIM)
         try:
             atk.get(a.name)(

@@ -91,9 +91,19 @@ def _finite(value: float | None) -> bool:
 
 
 def _evaluate(trainer: Trainer, record: dict[str, Any]) -> None:
-    acc, loss = trainer.evaluate()
-    record["test_accuracy"] = acc
-    record["test_loss"] = loss
+    """``test_accuracy`` and ``test_loss``: of the model, or the mean over the protocol's
+    models (correct servers, honest peers) with their min and max and each model's accuracy."""
+    results = trainer.evaluate_models()
+    if len(results) == 1:
+        record["test_accuracy"], record["test_loss"] = next(iter(results.values()))
+        return
+    accs = [a for a, _ in results.values()]
+    losses = [v for _, v in results.values()]
+    record["test_accuracy"] = sum(accs) / len(accs)
+    record["test_loss"] = sum(losses) / len(losses)
+    record["test_accuracy_min"] = min(accs)
+    record["test_accuracy_max"] = max(accs)
+    record["accuracies"] = {k: a for k, (a, _) in results.items()}
 
 
 def _checkpoint(rd: RunDir, config: Config) -> dict[str, Any] | None:

@@ -163,6 +163,12 @@ class Trainer:
         """Test accuracy and test loss of the reference model."""
         return self.model.evaluate(self.theta, self.data.x_test, self.data.y_test)
 
+    def evaluate_models(self) -> dict[str, tuple[float, float]]:
+        """Test accuracy and loss of each of the protocol's models (every correct server of a
+        replicated protocol, every honest peer), by label."""
+        x, y = self.data.x_test, self.data.y_test
+        return {k: self.model.evaluate(v, x, y) for k, v in self.protocol.models().items()}
+
     def summary(self) -> dict[str, Any]:
         """The observers' fields for the run's summary."""
         out: dict[str, Any] = {}

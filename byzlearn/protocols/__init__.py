@@ -5,11 +5,15 @@ Registered in :data:`PROTOCOLS` by name, each with its config options:
 - ``parameter_server``: the synchronous parameter server (momentum at the server or the
   workers, local steps, quorum and deadline, a failure policy for missing replies);
 - ``async_sgd``: asynchronous SGD, each gradient applied as it arrives (staleness dampening);
-- ``kardam``: asynchronous SGD with Kardam's Lipschitz and frequency filters (ICML 2018).
+- ``kardam``: asynchronous SGD with Kardam's Lipschitz and frequency filters (ICML 2018);
+- ``byzsgd``, ``liubei``: replicated Byzantine parameter servers (PODC 2020; arXiv 1911.07537);
+- ``decentralized``: peers on a graph with robust mixing (NNA/MoNNA, iterated trimmed mean,
+  MDA averaging agreement, self-centred clipping, gossip).
 
 See ``docs/runtime.md`` for the contract and how to write a protocol.
 """
 
+from byzlearn.protocols.adversary import ByzantineNodes, NodeAttackConfig
 from byzlearn.protocols.asynchronous import (
     AsyncServer,
     AsyncSGDOptions,
@@ -27,11 +31,18 @@ from byzlearn.protocols.base import (
     World,
     register,
 )
+from byzlearn.protocols.decentralized import DecentralizedOptions, DecentralizedProtocol
 from byzlearn.protocols.kardam import KardamFilter, dampening
 from byzlearn.protocols.parameter_server import (
     ParameterServer,
     ParameterServerOptions,
     ParameterServerProtocol,
+)
+from byzlearn.protocols.replicated import (
+    ByzSGDOptions,
+    ByzSGDProtocol,
+    LiuBeiOptions,
+    LiuBeiProtocol,
 )
 from byzlearn.protocols.workers import ByzantineWorkers, ComputeWorkers, WorkerSet, build_workers
 
@@ -40,12 +51,20 @@ __all__ = [
     "AsyncSGDOptions",
     "AsyncSGDProtocol",
     "AsyncServer",
+    "ByzSGDOptions",
+    "ByzSGDProtocol",
+    "ByzantineNodes",
     "ByzantineWorkers",
     "ComputeWorkers",
+    "DecentralizedOptions",
+    "DecentralizedProtocol",
     "Events",
     "KardamFilter",
     "KardamOptions",
     "KardamProtocol",
+    "LiuBeiOptions",
+    "LiuBeiProtocol",
+    "NodeAttackConfig",
     "Observer",
     "ParameterServer",
     "ParameterServerOptions",

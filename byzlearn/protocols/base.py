@@ -33,7 +33,16 @@ if TYPE_CHECKING:
     from byzlearn.experiments.config import Config
     from byzlearn.protocols.workers import WorkerSet
 
-__all__ = ["PROTOCOLS", "Events", "Observer", "Protocol", "Server", "ServerProtocol", "World"]
+__all__ = [
+    "PROTOCOLS",
+    "Events",
+    "Observer",
+    "Protocol",
+    "Server",
+    "ServerProtocol",
+    "World",
+    "diameter",
+]
 
 
 class Observer:
@@ -249,6 +258,15 @@ class ServerProtocol(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.server.load_state_dict(state["server"])
         self.workers.load_state_dict(state["workers"])
+
+
+def diameter(models: torch.Tensor) -> float:
+    """The largest distance between two rows of ``models`` ((m, d); 0 for fewer than two),
+    computed in float64 (NaN when a model is not finite)."""
+    if len(models) < 2:
+        return 0.0
+    X = models.double()
+    return float(torch.cdist(X[None], X[None])[0].max())
 
 
 #: Protocols by name (``name -> Protocol subclass``).

@@ -123,11 +123,21 @@ class ParameterServer(Server):
     def step(self) -> dict[str, Any]:
         """Run one synchronous round; return its record."""
         t = self.round + 1
-        lr = float(self.lr(t))
+        self.send_model(t)
+        return self.collect(t)
+
+    def send_model(self, t: int) -> None:
+        """Start round ``t``: discard what is left of earlier rounds, send the model to every
+        worker (kind ``model``, with the round's learning rate)."""
         self.node.discard(lambda m: m.round < t)
         request = Message(kind="model", round=t, version=self.version, payload=self.theta)
-        request.meta["lr"] = lr
+        request.meta["lr"] = float(self.lr(t))
         self.node.multicast(request, self.workers)
+
+    def collect(self, t: int) -> dict[str, Any]:
+        """End round ``t``: gather the gradients, aggregate them (or apply the failure policy),
+        update; return the round's record."""
+        lr = float(self.lr(t))
         replies, shortfall = self._gather(t)
         replies.sort(key=lambda m: m.sender if m.sender is not None else -1)
         senders = [int(m.sender) for m in replies if m.sender is not None]

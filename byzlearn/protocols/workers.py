@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from byzlearn import keyed
-from byzlearn.engines.base import Engine, Message
+from byzlearn.engines.base import Engine, Handler, Message
 from byzlearn.engines.functional import FlatModel
 
 if TYPE_CHECKING:
@@ -171,14 +171,39 @@ class ComputeWorkers:
         return replies
 
     def _answer(self, msgs: list[Message]) -> list[Message]:
-        rows = [self.row[int(m.dest)] for m in msgs]  # type: ignore[arg-type]
+        nodes = [int(m.dest) for m in msgs]  # type: ignore[arg-type]
         shared = all(m.payload is msgs[0].payload for m in msgs)
         theta = msgs[0].payload if shared else torch.stack([m.payload for m in msgs])
-        idx = self.indices_for(rows, [m.round for m in msgs])
+        lrs = [float(m.meta.get("lr", 1.0)) for m in msgs]
+        vec, loss = self.submit(nodes, theta, [m.round for m in msgs], lrs)
+        return [m.reply(vec[i], kind="gradient", loss=float(loss[i])) for i, m in enumerate(msgs)]
+
+    def gradients(
+        self, nodes: Sequence[int], theta: torch.Tensor, t: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Plain stochastic gradients (l2 term and clipping, no momentum, no local steps) of
+        members ``nodes`` at ``theta`` on their minibatches of round ``t``: what a worker uses
+        to check a model, leaving its momentum untouched."""
+        rows = [self.row[int(i)] for i in nodes]
+        return self._grads(theta, rows, self.indices_for(rows, [t] * len(rows))[0])
+
+    def submit(
+        self,
+        nodes: Sequence[int],
+        theta: torch.Tensor,
+        rounds: Sequence[int],
+        lrs: Sequence[float] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The vectors members ``nodes`` (node ids, each at most once) submit at ``rounds``,
+        from ``theta`` ((d,) shared or one row per member): the stochastic gradient (or the
+        local-steps displacement divided by the learning rate ``lrs``), clipped, through worker
+        momentum; and their losses. One batched forward/backward per local step."""
+        rows = [self.row[int(i)] for i in nodes]
+        idx = self.indices_for(rows, rounds)
         if self.local_steps == 1:
             vec, loss = self._grads(theta, rows, idx[0])
         else:
-            lr = torch.tensor([float(m.meta.get("lr", 1.0)) for m in msgs])[:, None]
+            lr = torch.tensor(list(lrs) if lrs is not None else [1.0] * len(rows))[:, None]
             start = theta.expand(len(rows), -1) if theta.dim() == 1 else theta
             local = start.clone()
             for k in range(self.local_steps):
@@ -189,7 +214,7 @@ class ComputeWorkers:
             r = torch.tensor(rows)
             self.m[r] = self.momentum * self.m[r] + vec
             vec = self.m[r].clone()
-        return [m.reply(vec[i], kind="gradient", loss=float(loss[i])) for i, m in enumerate(msgs)]
+        return vec, loss
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -228,17 +253,17 @@ class ByzantineWorkers:
         self.attack = attack
         self.rule = rule
         self.rule_options = dict(rule_options or {})
-        self.options = dict(options or {})
         self.identical = identical
         self.seed = int(seed)
         self.same_round = same_round
-        self.state: Any = None  # running attack state (mimic's warm-up estimate)
+        # running attack state (mimic's warm-up estimate), declared on the attack's spec
+        spec = getattr(attack, "spec", None)
+        given: dict[str, Any] = dict(options or {})
+        self.state: Any = None
+        self.options: dict[str, Any] = given
+        if spec is not None:
+            self.options, self.state = spec.start(given)
         self.silent = 0  # rounds in which what it saw was not enough for its attack
-        warmup = self.options.pop("warmup", None)
-        if warmup is not None:
-            from byzlearn.attacks import MimicState
-
-            self.state = MimicState(warmup=int(warmup))
 
     def handle(self, inbox: Sequence[Message], observed: Sequence[Message] = ()) -> list[Message]:
         """Attack: one crafted vector per message to answer, from the observed honest ones."""
@@ -258,10 +283,11 @@ class ByzantineWorkers:
             if self.state is not None:
                 self.state = self.state.observe(H)
                 extra["state"] = self.state
+            members = sorted({int(m.dest) for m in msgs if m.dest is not None})
             try:
                 byz = self.attack(
                     H,
-                    f=len(msgs),
+                    f=len(members),
                     rule=self.rule,
                     rule_options=self.rule_options,
                     generator=keyed.generator((self.seed, "attack", rnd)),
@@ -272,7 +298,13 @@ class ByzantineWorkers:
             except ValueError:  # too little observed for this attack (options are checked
                 self.silent += 1  # when the config is parsed)
                 continue
-            replies.extend(m.reply(byz[i].to(H.dtype), kind="gradient") for i, m in enumerate(msgs))
+            row = {member: i for i, member in enumerate(members)}
+            # one crafted vector per member (a member asked by several servers answers each
+            # with its own vector)
+            replies.extend(
+                m.reply(byz[row[int(m.dest)]].to(H.dtype), kind="gradient")  # type: ignore[arg-type]
+                for m in msgs
+            )
         return replies
 
     def state_dict(self) -> dict[str, Any]:
@@ -308,16 +340,26 @@ class WorkerSet:
             self.coalition.load_state_dict(state["coalition"])
 
 
-def build_workers(world: World, engine: Engine, *, same_round: bool = True) -> WorkerSet:
-    """Reserve the config's n workers on ``engine`` and attach their behaviours.
+def build_workers(
+    world: World,
+    engine: Engine,
+    *,
+    same_round: bool = True,
+    ids: Sequence[int] | None = None,
+    handler: Callable[[ComputeWorkers], Handler] | None = None,
+) -> WorkerSet:
+    """Reserve the config's n workers on ``engine`` (or use the reserved ``ids``) and attach
+    their behaviours.
 
-    Honest workers (and Byzantine ones doing data poisoning) compute; with a gradient attack the
-    Byzantine workers are the engine's adversary. Seeds derive from ``config.seed``.
+    Honest workers (and Byzantine ones doing data poisoning) compute; they are attached as
+    ``handler(compute)`` when given (a protocol's own worker logic around the computation),
+    else as the :class:`ComputeWorkers` themselves. With a gradient attack the Byzantine
+    workers are the engine's adversary. Seeds derive from ``config.seed``.
     """
     import byzlearn.attacks as atk
 
     c = world.config
-    ids = engine.reserve("worker", c.n)
+    ids = list(ids) if ids is not None else engine.reserve("worker", c.n)
     byz = set(world.byzantine)
     gradient_attack = c.attack.name != "none" and bool(byz)
     computing = [i for i in range(c.n) if not (gradient_attack and i in byz)]
@@ -340,7 +382,7 @@ def build_workers(world: World, engine: Engine, *, same_round: bool = True) -> W
         weight_decay=opt.weight_decay,
         clip=opt.clip,
     )
-    engine.attach([ids[i] for i in computing], compute)
+    engine.attach([ids[i] for i in computing], compute if handler is None else handler(compute))
     coalition = None
     if gradient_attack:
         coalition = ByzantineWorkers(
