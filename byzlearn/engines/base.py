@@ -227,6 +227,12 @@ class Engine(ABC):
         """Remove the messages for ``dest`` satisfying ``match`` from flight; return how many."""
 
     @abstractmethod
+    def compute(self, node: int, round: int) -> float:
+        """The driven node ``node`` computes for ``round`` (a peer's gradient): a simulated
+        engine moves its clock by its compute time; a real one has nothing to do (the time
+        passed). Return its clock."""
+
+    @abstractmethod
     def now(self, node: int) -> float:
         """The local clock of node ``node``."""
 
@@ -307,6 +313,10 @@ class Node:
     def discard(self, match: Match) -> int:
         """Discard in-flight messages for this node satisfying ``match`` (counted)."""
         return self.engine.discard(self.id, match)
+
+    def compute(self, round: int) -> float:
+        """``engine.compute(self.id, round)``: local work that takes this node's compute time."""
+        return self.engine.compute(self.id, round)
 
     def observe(self, match: Match | None = None) -> list[Message]:
         """``engine.observe(self.id, match)`` (Byzantine nodes only)."""

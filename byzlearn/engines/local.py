@@ -1,11 +1,15 @@
 """The ``local`` engine: every node in this process, an event-driven simulated clock.
 
 Time. Every message carries its send time and arrival time on one simulated time line. A
-driven node (a server) has its own clock, which only :meth:`LocalEngine.recv` moves: to the
-arrival of the q-th message taken, or to the deadline when fewer came in time. A reactive node
-(a worker) handles its messages in arrival order, one at a time: message m starts at
-``max(arrival, busy_until)`` and its answer leaves ``compute_time(node, m.round)`` later, then
-travels ``link_delay(node, dest, round)`` (plus the sender's fault delay). Compute times, link
+driven node (a server, a peer) has its own clock, which :meth:`LocalEngine.recv` moves (to the
+arrival of the q-th message taken, or to the deadline when fewer came in time) and
+:meth:`LocalEngine.compute` advances by the node's compute time. A reactive node (a worker)
+handles its messages in arrival order, one at a time: message m starts at
+``max(arrival, busy_until)``; a message it answers (a reply's ``reply_to``) takes
+``compute_time(node, m.round)``, one it only stores (a model it waits to have a quorum of) takes
+none; the adversary is charged once per member and round. An answer leaves when the message it
+answers is done, then travels ``link_delay(node, dest, round)`` (plus the sender's fault
+delay). Compute times, link
 delays, faults and lost coordinates come from a :class:`~byzlearn.engines.network.NetworkModel`
 and are keyed on (seed, node, round): they do not depend on grouping or vectorisation.
 
@@ -260,26 +264,55 @@ class LocalEngine(Engine):
                 if inbox:
                     self._handle(group, inbox)
 
-    def _handle(self, group: _Group, inbox: list[Message]) -> None:
-        inbox.sort(key=lambda m: (m.dest, m.arrival, m.seq))
+    def _schedule(self, inbox: list[Message], charged: set[int]) -> dict[int, float]:
+        """Finish times of ``inbox`` (sorted by member, arrival), one message at a time per
+        member: a message whose seq is in ``charged`` takes the member's compute time; the
+        others (messages it only stores, e.g. models it waits to have a quorum of) take none."""
         finish: dict[int, float] = {}
-        for m in inbox:  # per member, in arrival order: one message at a time
+        for m in inbox:
             assert m.dest is not None
             start = max(m.arrival, self._busy[m.dest])
-            finish[m.seq] = start + self.network.compute_time(m.dest, m.round)
+            cost = self.network.compute_time(m.dest, m.round) if m.seq in charged else 0.0
+            finish[m.seq] = start + cost
             self._busy[m.dest] = finish[m.seq]
+        return finish
+
+    def _handle(self, group: _Group, inbox: list[Message]) -> None:
+        """Compute time is charged for the messages a reply answers (``reply_to``); for the
+        adversary, once per member and round (it answers them together)."""
+        inbox.sort(key=lambda m: (m.dest, m.arrival, m.seq))
+        for m in inbox:
             self._lose(m)
         self._stats["delivered"] += len(inbox)
         if group.adversary:
-            times = sorted({finish[m.seq] for m in inbox})
-            for t in times:
+            first: dict[tuple[int | None, int], int] = {}
+            for m in inbox:
+                first.setdefault((m.dest, m.round), m.seq)
+            finish = self._schedule(inbox, set(first.values()))
+            for m in inbox:  # the member's other messages of the round are answered with it
+                finish[m.seq] = max(finish[m.seq], finish[first[(m.dest, m.round)]])
+            for t in sorted(set(finish.values())):
                 batch = [m for m in inbox if finish[m.seq] == t]
                 self._emit(group, group.handler.handle(batch, self._view(t)), finish)
         elif self.vectorise:
-            self._emit(group, group.handler.handle(inbox, []), finish)
+            replies = group.handler.handle(inbox, [])
+            finish = self._schedule(inbox, {r.reply_to for r in replies if r.reply_to is not None})
+            self._emit(group, replies, finish)
         else:
-            for m in sorted(inbox, key=lambda m: (finish[m.seq], m.dest)):
-                self._emit(group, group.handler.handle([m], []), finish)
+            busy = dict(self._busy)  # the order of the calls: as if every message were answered
+            order = self._schedule(inbox, {m.seq for m in inbox})
+            self._busy.update(busy)
+            for m in sorted(inbox, key=lambda m: (order[m.seq], m.dest)):
+                replies = group.handler.handle([m], [])
+                charged = {r.reply_to for r in replies if r.reply_to is not None}
+                self._emit(group, replies, self._schedule([m], charged))
+
+    def compute(self, node: int, round: int) -> float:
+        node = int(node)
+        if node not in self._driven:
+            raise ValueError(f"node {node} is not a driven node")
+        self._clock[node] += self.network.compute_time(node, round)
+        return self._clock[node]
 
     def _emit(self, group: _Group, replies: Sequence[Message], finish: dict[int, float]) -> None:
         members = set(group.ids)

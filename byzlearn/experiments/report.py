@@ -44,11 +44,15 @@ class RunRecord:
 
 
 def method(config: Config) -> str:
-    """What aggregates at the server: the rule of the parameter server (``nnm+krum``), else the
+    """What aggregates: the rule of the parameter server (``nnm+krum``), the label a protocol
+    gives itself (``byzsgd-async/mda``, ``decentralized/nna@random_regular8``), else the
     protocol with its dampening (``kardam/exp``, ``async_sgd/none``)."""
     protocol = config.protocol
     if protocol.name == "parameter_server":
         return config.rule.full_name
+    label = getattr(protocol, "method_label", None)
+    if label is not None:  # the protocol names its own method (byzsgd/mda, decentralized/nna@ring)
+        return str(label(config.rule.full_name))
     dampening = getattr(protocol, "dampening", None)
     return f"{protocol.name}/{dampening}" if dampening else protocol.name
 

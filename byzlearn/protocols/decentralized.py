@@ -62,7 +62,7 @@ class TopologyConfig(BaseModel):
     degree: int | None = Field(None, ge=1)
     k: int = Field(1, ge=1)
     p: float | None = Field(None, gt=0, le=1)
-    edges: list[tuple[int, int]] | None = None
+    edges: list[list[int]] | None = Field(None, description="explicit: [[a, b], ...] peer indices")
     seed: int | None = Field(None, ge=0, description="random graphs (default: the run's seed)")
 
     @model_validator(mode="after")
@@ -70,6 +70,9 @@ class TopologyConfig(BaseModel):
         need = {"random_regular": "degree", "erdos_renyi": "p", "explicit": "edges"}.get(self.name)
         if need is not None and getattr(self, need) is None:
             raise ValueError(f"{need}: topology {self.name} needs {need}")
+        bad = [e for e in self.edges or [] if len(e) != 2]
+        if bad:
+            raise ValueError(f"edges: each edge is a pair [a, b] of peer indices, got {bad[0]}")
         return self
 
     def build(self, ids: list[int], seed: int) -> Topology:
@@ -108,8 +111,20 @@ class DecentralizedOptions(BaseModel):
         False, description="Byzantine peers send each neighbour another vector"
     )
 
+    def method_label(self, rule: str) -> str:
+        """How reports name this method: ``decentralized/nna@random_regular8``."""
+        mixing = rule if self.mixing == "rule" else self.mixing
+        t = self.topology
+        extra = {"random_regular": t.degree, "ring": t.k, "erdos_renyi": t.p}.get(t.name, "")
+        rounds = f"x{self.mixing_rounds}" if self.mixing_rounds > 1 else ""
+        return f"decentralized/{mixing}{rounds}@{t.name}{extra}"
+
     def check_config(self, n: int, f: int) -> None:
-        """Nothing beyond the mixing's own requirement (checked per peer at run time)."""
+        """The graph can be built over n peers (one clear line when not)."""
+        try:
+            self.topology.build(list(range(n)), seed=0)
+        except ValueError as exc:
+            raise ValueError(f"protocol.topology: {' '.join(str(exc).split())}") from None
 
     def rule_arity(self, n: int, f: int) -> tuple[int, int] | None:
         """Inputs and f of one mixing with the config's rule (``mixing: rule`` only): a peer's
@@ -266,6 +281,8 @@ class DecentralizedProtocol(Protocol):
         vec, loss = self.compute.submit(
             self.ids, self.theta, [t] * len(self.ids), [lr] * len(self.ids)
         )
+        for node in self.nodes:
+            node.compute(t)  # the peers' gradients take their compute time
         x = self.theta - lr * vec
         topology = self.engine.topology
         everyone = self.peer_ids

@@ -102,6 +102,12 @@ class ReplicatedOptions(BaseModel):
             )
         return self
 
+    def method_label(self, rule: str) -> str:
+        """How reports name this method: ``byzsgd-async/mda``, ``liubei/mda``."""
+        variant = getattr(self, "variant", None)
+        name = f"{self.name}-{variant}" if variant else self.name  # type: ignore[attr-defined]
+        return f"{name}/{rule}"
+
     def check_config(self, n: int, f: int) -> None:
         """The worker-side requirement (raises ``ValueError`` naming the field)."""
         if n < 3 * f + 1:

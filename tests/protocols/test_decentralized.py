@@ -51,6 +51,12 @@ def base(**protocol):
 def test_bad_topologies_and_options_are_one_clear_error():
     with pytest.raises(ConfigError, match="topology random_regular needs degree"):
         parse_config(base(topology={"name": "random_regular"}))
+    with pytest.raises(ConfigError, match=r"protocol.topology: random_regular: needs 0 <= degree"):
+        parse_config(base(topology={"name": "random_regular", "degree": 20}))
+    with pytest.raises(ConfigError, match=r"peer indices must be in \[0, 16\), got \[0, 99\]"):
+        parse_config(base(topology={"name": "explicit", "edges": [[0, 99]]}))
+    with pytest.raises(ConfigError, match="each edge is a pair"):
+        parse_config(base(topology={"name": "explicit", "edges": [[0, 1, 2]]}))
     with pytest.raises(ConfigError, match="mixing"):
         parse_config(base(mixing="krum"))
     with pytest.raises(ConfigError, match="bulyan needs"):
@@ -75,6 +81,15 @@ def test_killed_run_resumes_bit_for_bit(tmp_path, mixing):
     whole = run(c)
     kill_run(c, tmp_path, at=7)
     assert without_times(run(c, tmp_path).records) == without_times(whole.records)
+
+
+def test_method_labels_name_the_mixing_and_graph():
+    from byzlearn.experiments.report import method
+
+    c = parse_config({**base(mixing="rule", topology={"name": "random_regular", "degree": 8}),
+                      "rule": {"name": "trimmed_mean"}})
+    assert method(c) == "decentralized/trimmed_mean@random_regular8"
+    assert method(parse_config(base())) == "decentralized/nna@complete"
 
 
 def last_eval(res):
