@@ -64,6 +64,7 @@ STATS = (
     "impostor",  # returned by a handler under an id that is not its own
     "late",  # arrived after a deadline they were waited for (whether taken later or discarded)
     "discarded",  # removed from flight by the protocol (stale rounds) before being taken
+    "alarms",  # local timers fired on reactive nodes (not network messages)
 )
 
 
@@ -75,6 +76,10 @@ class Message:
     round or step it belongs to; ``version`` the model version it was computed from; ``meta``
     small JSON-able extras (a loss, a learning rate). ``sender``, ``role``, ``seq``,
     ``sent_at`` and ``arrival`` are set by the engine when the message is sent.
+
+    From a reactive node, ``reply_to`` names the message it reacts to (it leaves once that one
+    is handled) and ``computed`` says whether producing it took the node's compute time (a
+    gradient: yes; forwarding a model it holds, asking for one: no).
     """
 
     kind: str = ""
@@ -89,6 +94,7 @@ class Message:
     reply_to: int | None = None
     sent_at: float = 0.0
     arrival: float = 0.0
+    computed: bool = True
 
     def reply(self, payload: Any, *, kind: str | None = None, **meta: Any) -> Message:
         """The answer to this message: from its destination back to its sender, same round and
@@ -145,7 +151,9 @@ class Handler(Protocol):
         is empty for honest groups; for the adversary it holds, for each honest node, the
         latest message it had sent by the time the adversary's answers leave. Return the
         messages to send (usually ``m.reply(...)``); the engine checks that each names one of
-        the group's members as sender.
+        the group's members as sender. A simulated engine charges a member's compute time for
+        each message a reply answers (``reply_to``), and none when the handler has a true
+        ``instant`` attribute (it only forwards or crafts what it holds).
         """
         ...
 
@@ -225,6 +233,20 @@ class Engine(ABC):
     @abstractmethod
     def discard(self, dest: int, match: Match) -> int:
         """Remove the messages for ``dest`` satisfying ``match`` from flight; return how many."""
+
+    def alarm(self, nodes: Sequence[int], at: float, round: int, kind: str = "alarm") -> None:
+        """Fire a local timer on each reactive node of ``nodes`` at time ``at``: the node's
+        handler gets ``Message(kind=kind, round=round)`` from itself, arriving at ``at``. A timer
+        is not a network message: no link delay, topology or fault applies, and it is counted in
+        ``stats["alarms"]``, not ``sent``. Protocols that assume synchrony (rounds that start at
+        known times, timeouts) start their reactive roles with alarms."""
+        raise NotImplementedError(f"the {type(self).__name__} engine has no alarms")
+
+    def settle(self) -> None:
+        """Deliver everything that can be delivered now: reactive nodes handle their messages
+        (and answer each other) until none is pending. Protocols whose roles are all reactive
+        (started by :meth:`alarm`) step with it."""
+        raise NotImplementedError(f"the {type(self).__name__} engine cannot settle")
 
     @abstractmethod
     def compute(self, node: int, round: int) -> float:

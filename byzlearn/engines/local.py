@@ -51,6 +51,11 @@ from byzlearn.engines.topology import Complete, Topology
 
 __all__ = ["LocalEngine"]
 
+
+def _charged(replies: Sequence[Message]) -> set[int]:
+    """The messages whose handling took compute time: those a computed reply answers."""
+    return {r.reply_to for r in replies if r.reply_to is not None and r.computed}
+
 # Waves of reactive messages handled in one recv before the engine gives up (reactive nodes
 # answering each other forever would otherwise never let the driven node's recv return).
 _MAX_WAVES = 10_000
@@ -97,6 +102,7 @@ class LocalEngine(Engine):
         self._seq = 0
         self._stats: Counter[str] = Counter({k: 0 for k in STATS})
         self._has_adversary = False
+        self._charged: set[tuple[int | None, int]] = set()  # adversary (member, round) charged
 
     # ------------------------------------------------------------------ nodes
     def reserve(self, role: str, count: int) -> list[int]:
@@ -272,31 +278,42 @@ class LocalEngine(Engine):
         for m in inbox:
             assert m.dest is not None
             start = max(m.arrival, self._busy[m.dest])
-            cost = self.network.compute_time(m.dest, m.round) if m.seq in charged else 0.0
-            finish[m.seq] = start + cost
-            self._busy[m.dest] = finish[m.seq]
+            if m.seq in charged:
+                finish[m.seq] = start + self.network.compute_time(m.dest, m.round)
+                self._busy[m.dest] = finish[m.seq]
+            else:  # taken as it comes; the node is not kept busy
+                finish[m.seq] = start
         return finish
 
     def _handle(self, group: _Group, inbox: list[Message]) -> None:
-        """Compute time is charged for the messages a reply answers (``reply_to``); for the
-        adversary, once per member and round (it answers them together)."""
+        """Compute time is charged for the messages a computed reply answers (``reply_to``,
+        ``computed``); for the adversary, once per member and round (it answers them
+        together); never for a handler whose ``instant`` attribute is true (it only sends what
+        it holds or crafts)."""
         inbox.sort(key=lambda m: (m.dest, m.arrival, m.seq))
+        instant = bool(getattr(group.handler, "instant", False))
         for m in inbox:
             self._lose(m)
         self._stats["delivered"] += len(inbox)
         if group.adversary:
             first: dict[tuple[int | None, int], int] = {}
             for m in inbox:
-                first.setdefault((m.dest, m.round), m.seq)
+                if (m.dest, m.round) not in self._charged and not instant:
+                    first.setdefault((m.dest, m.round), m.seq)
             finish = self._schedule(inbox, set(first.values()))
             for m in inbox:  # the member's other messages of the round are answered with it
-                finish[m.seq] = max(finish[m.seq], finish[first[(m.dest, m.round)]])
+                if (m.dest, m.round) in first:
+                    finish[m.seq] = max(finish[m.seq], finish[first[(m.dest, m.round)]])
+            self._charged.update(first)
+            if len(self._charged) > 100_000:  # rounds long past
+                newest = max(r for _, r in self._charged)
+                self._charged = {k for k in self._charged if k[1] >= newest - 10}
             for t in sorted(set(finish.values())):
                 batch = [m for m in inbox if finish[m.seq] == t]
                 self._emit(group, group.handler.handle(batch, self._view(t)), finish)
         elif self.vectorise:
             replies = group.handler.handle(inbox, [])
-            finish = self._schedule(inbox, {r.reply_to for r in replies if r.reply_to is not None})
+            finish = self._schedule(inbox, set() if instant else _charged(replies))
             self._emit(group, replies, finish)
         else:
             busy = dict(self._busy)  # the order of the calls: as if every message were answered
@@ -304,8 +321,25 @@ class LocalEngine(Engine):
             self._busy.update(busy)
             for m in sorted(inbox, key=lambda m: (order[m.seq], m.dest)):
                 replies = group.handler.handle([m], [])
-                charged = {r.reply_to for r in replies if r.reply_to is not None}
+                charged = set() if instant else _charged(replies)
                 self._emit(group, replies, self._schedule([m], charged))
+
+    def alarm(self, nodes: Sequence[int], at: float, round: int, kind: str = "alarm") -> None:
+        at = float(at)
+        if not math.isfinite(at):
+            raise ValueError(f"an alarm needs a finite time, got {at!r}")
+        for node in nodes:
+            node = int(node)
+            if node not in self._group_of:
+                raise ValueError(f"node {node} is not a reactive node")
+            msg = Message(kind=kind, dest=node, round=int(round))
+            self._stamp(msg, node)
+            msg.sent_at = msg.arrival = at
+            self._pending.append(msg)
+            self._stats["alarms"] += 1
+
+    def settle(self) -> None:
+        self._run_reactive()
 
     def compute(self, node: int, round: int) -> float:
         node = int(node)
@@ -388,6 +422,7 @@ class LocalEngine(Engine):
             "mail": {i: [m.to_state() for m in box] for i, box in self._mail.items()},
             "seen": {i: [m.to_state() for m in kept] for i, kept in self._seen.items()},
             "late": sorted(self._late),
+            "charged": sorted(self._charged),
             "seq": self._seq,
             "stats": dict(self._stats),
         }
@@ -405,6 +440,7 @@ class LocalEngine(Engine):
             self._mail.setdefault(i, [])
         self._seen = {int(i): [Message.from_state(m) for m in k] for i, k in state["seen"].items()}
         self._late = {int(s) for s in state["late"]}
+        self._charged = {(int(d), int(r)) for d, r in state.get("charged", [])}
         self._seq = int(state["seq"])
         self._stats = Counter({k: 0 for k in STATS})
         self._stats.update({k: int(v) for k, v in state["stats"].items()})

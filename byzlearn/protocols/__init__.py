@@ -33,17 +33,13 @@ from byzlearn.protocols.base import (
 )
 from byzlearn.protocols.decentralized import DecentralizedOptions, DecentralizedProtocol
 from byzlearn.protocols.kardam import KardamFilter, dampening
+from byzlearn.protocols.liubei import LiuBeiOptions, LiuBeiProtocol
 from byzlearn.protocols.parameter_server import (
     ParameterServer,
     ParameterServerOptions,
     ParameterServerProtocol,
 )
-from byzlearn.protocols.replicated import (
-    ByzSGDOptions,
-    ByzSGDProtocol,
-    LiuBeiOptions,
-    LiuBeiProtocol,
-)
+from byzlearn.protocols.replicated import ByzSGDOptions, ByzSGDProtocol
 from byzlearn.protocols.workers import ByzantineWorkers, ComputeWorkers, WorkerSet, build_workers
 
 __all__ = [

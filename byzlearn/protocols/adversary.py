@@ -89,9 +89,11 @@ class ByzantineNodes:
         seed: int = 0,
         label: str = "nodes",
         fallback: torch.Tensor | None = None,
+        ids: Sequence[int] | None = None,
     ) -> None:
         self.nodes = list(nodes)
-        self.ids = [n.id for n in self.nodes]
+        # reactive Byzantine nodes (no handles; they use craft) are named by their ids
+        self.ids = [n.id for n in self.nodes] if ids is None else [int(i) for i in ids]
         self.config = attack
         self.rule = rule
         self.rule_options = dict(rule_options or {})
@@ -108,8 +110,11 @@ class ByzantineNodes:
             self.attack = atk.get(attack.name)
             self.options, self.state = atk.spec(attack.name).start(attack.options)
 
-    def craft(self, honest: torch.Tensor, t: int, stage: int = 0) -> torch.Tensor | None:
-        """``(len(nodes), d)`` vectors from the ``(h, d)`` honest ones (``None``: silent)."""
+    def craft(
+        self, honest: torch.Tensor, t: int, stage: int = 0, count: int | None = None
+    ) -> torch.Tensor | None:
+        """``(count, d)`` vectors (default one per node) from the ``(h, d)`` honest ones
+        (``None``: silent)."""
         if self.attack is None or len(honest) == 0:
             self.silent += 1
             return None
@@ -120,7 +125,7 @@ class ByzantineNodes:
         try:
             return self.attack(
                 honest,
-                f=len(self.nodes),
+                f=len(self.nodes) if count is None else count,
                 rule=self.rule,
                 rule_options=self.rule_options,
                 generator=keyed.generator((self.seed, self.label, t, stage)),
@@ -157,19 +162,25 @@ class ByzantineNodes:
         byz = self.craft(honest, t, stage)
         if byz is None:
             return 0
-        from byzlearn.attacks import Equivocation
-
         mean = honest.mean(dim=0)
         sent = 0
         for j, node in enumerate(self.nodes):
-            candidates = [byz[j], 2 * mean - byz[j]] if self.config.equivocate else [byz[j]]
             for r, dest in enumerate(receivers(node.id)):
-                vec = candidates[Equivocation("alternate").choose(r, len(candidates))]
+                vec = self.for_receiver(byz[j], mean, r)
                 msg = Message(kind=kind, payload=vec, dest=int(dest), round=t)
                 msg.meta.update(meta or {})
                 node.send(msg)
                 sent += 1
         return sent
+
+    def for_receiver(self, crafted: torch.Tensor, mean: torch.Tensor, r: int) -> torch.Tensor:
+        """What the r-th receiver gets: ``crafted``, or with equivocation ``crafted`` and its
+        reflection ``2 mean - crafted`` alternately."""
+        if not self.config.equivocate:
+            return crafted
+        from byzlearn.attacks import Equivocation
+
+        return [crafted, 2 * mean - crafted][Equivocation("alternate").choose(r, 2)]
 
     def state_dict(self) -> dict[str, Any]:
         state = None

@@ -1,4 +1,5 @@
-"""Replicated Byzantine parameter servers: ByzSGD (PODC 2020) and LiuBei (arXiv 1911.07537).
+"""Replicated Byzantine parameter servers: ByzSGD (PODC 2020). LiuBei is in
+:mod:`byzlearn.protocols.liubei` and shares the options and the model filter defined here.
 
 No single server is trusted: ``servers`` replicas hold the model, ``f_servers`` of them may be
 Byzantine (:class:`~byzlearn.protocols.adversary.ByzantineNodes`: garbage, a model attack,
@@ -7,12 +8,11 @@ equivocation, silence); the n workers include f Byzantine ones as in every proto
 One step ``t`` (every correct server, every worker):
 
 1. *scatter*: every server sends its model ``theta_s`` to every worker (kind ``model``);
-2. a worker *reads* a model: ``median`` (ByzSGD): the coordinate-wise median of the first
-   ``model_quorum`` models to arrive (default ``servers - f_servers``); ``filtered`` (ByzSGD's
-   synchronous variant, LiuBei): the model of one server (server ``(i + t) mod servers`` for
-   worker i), accepted when it passes the filters (:class:`ModelFilter`); on rejection
-   ByzSGD-sync takes the median, LiuBei the next server's model (the median when every one was
-   rejected). A server whose model did not come is skipped (its timeout);
+2. a worker *reads* a model: ``median`` (``variant: async``): the coordinate-wise median of the
+   first ``model_quorum`` models to arrive (default ``servers - f_servers``); ``filtered``
+   (``variant: sync``, the paper's synchronous variant): the model of one server (server
+   ``(i + t) mod servers`` for worker i), accepted when it passes the filters
+   (:class:`ModelFilter`), else (rejected, or it did not come) the median of the quorum;
 3. the worker computes its gradient at the model it read and sends it to every server;
 4. each correct server aggregates the first ``gradient_quorum`` gradients (default ``n - f``)
    with the rule (MDA by default) and updates, with the failure policy of the synchronous
@@ -47,8 +47,6 @@ from byzlearn.protocols.workers import ComputeWorkers, WorkerSet, build_workers
 __all__ = [
     "ByzSGDOptions",
     "ByzSGDProtocol",
-    "LiuBeiOptions",
-    "LiuBeiProtocol",
     "ModelFilter",
     "ReplicaServer",
     "ReplicaWorkers",
@@ -135,16 +133,8 @@ class ByzSGDOptions(ReplicatedOptions):
     lipschitz_factor: float = Field(3.0, gt=0, description="sync: Lipschitz filter factor")
 
 
-class LiuBeiOptions(ReplicatedOptions):
-    """Config section ``protocol: {name: liubei, ...}``."""
-
-    name: Literal["liubei"] = "liubei"
-    slack: float = Field(1.0, ge=0, description="distance filter slack (ModelFilter)")
-    lipschitz_factor: float = Field(3.0, gt=0, description="Lipschitz filter factor")
-
-
 class ModelFilter:
-    """The worker-side checks of a model read from one server (LiuBei; ByzSGD's sync variant).
+    """The worker-side checks of a model read from one server (ByzSGD's sync variant, LiuBei).
 
     Each worker keeps the model it last read (``theta_prev``, step ``t_prev``), the norm of the
     gradient it computed there and its recent empirical Lipschitz coefficients. A model
@@ -186,14 +176,43 @@ class ModelFilter:
             return math.isnan(k) or math.isfinite(k)
         return k <= self.factor * float(np.median(history))
 
+    @staticmethod
+    def start(theta0: torch.Tensor) -> dict[str, Any]:
+        """A worker's filter state before its first read: it knows the initial model."""
+        return {"theta": theta0.clone(), "t": 0, "g": None, "g_norm": None, "k": []}
+
+    def check(
+        self,
+        compute: ComputeWorkers,
+        member: int,
+        theta: torch.Tensor,
+        state: dict[str, Any],
+        t: int,
+        lr: float,
+    ) -> Literal["accepted", "distance", "lipschitz"]:
+        """Whether ``member`` accepts ``theta`` at step t: ``"accepted"``, or the filter that
+        rejected it (``"distance"`` needs no gradient; ``"lipschitz"`` computed one). On
+        acceptance the state moves there (its gradient there, its coefficient), except
+        ``g_norm``, which the caller sets from the vector it sends."""
+        if not self.distance_ok(theta, state, t, lr):
+            return "distance"
+        g, _ = compute.gradients([member], theta, t)
+        k = self.lipschitz(theta, g[0], state)
+        if not self.lipschitz_ok(k, state):
+            return "lipschitz"
+        if math.isfinite(k):
+            state["k"] = [*state["k"], k][-25:]
+        state["g"], state["theta"], state["t"] = g[0], theta.clone(), t
+        return "accepted"
+
 
 class ReplicaWorkers:
     """The honest workers of the replicated-server protocols (a reactive group's handler).
 
     It buffers each member's models of a step until ``quorum`` came, reads one (see the module
-    docstring: ``read="median"`` or ``"filtered"`` with ``fallback`` ``"median"`` or
-    ``"next"``), computes the member's vector there with :meth:`ComputeWorkers.submit`, and
-    sends it to every server. Models of a step already answered are ignored (``ignored``).
+    docstring: ``read="median"`` or ``"filtered"``), computes the member's vector there with
+    :meth:`ComputeWorkers.submit`, and sends it to every server. Models of a step already
+    answered are ignored (``ignored``).
     """
 
     def __init__(
@@ -203,7 +222,6 @@ class ReplicaWorkers:
         *,
         quorum: int,
         read: Literal["median", "filtered"] = "median",
-        fallback: Literal["median", "next"] = "median",
         model_filter: ModelFilter | None = None,
         theta0: torch.Tensor | None = None,
     ) -> None:
@@ -211,7 +229,6 @@ class ReplicaWorkers:
         self.servers = [int(s) for s in servers]
         self.quorum = int(quorum)
         self.read = read
-        self.fallback = fallback
         self.filter = model_filter or ModelFilter()
         self.pending: dict[tuple[int, int], list[Message]] = {}
         self.answered: dict[int, int] = {}  # member -> last step answered
@@ -223,13 +240,7 @@ class ReplicaWorkers:
             if theta0 is None:
                 raise ValueError("a filtered read needs the initial model theta0")
             for member in compute.ids:
-                self.filters[member] = {
-                    "theta": theta0.clone(),
-                    "t": 0,
-                    "g": None,
-                    "g_norm": None,
-                    "k": [],
-                }
+                self.filters[member] = ModelFilter.start(theta0)
 
     def handle(self, inbox: Sequence[Message], observed: Sequence[Message] = ()) -> list[Message]:
         for m in sorted(inbox, key=lambda m: (m.arrival, m.seq)):
@@ -287,25 +298,15 @@ class ReplicaWorkers:
         order = [
             self.servers[(index + t + k) % len(self.servers)] for k in range(len(self.servers))
         ]
-        order = [s for s in order if s in by_server]  # a missing model: that server timed out
-        if self.fallback == "median":
-            order = order[:1]
+        order = [s for s in order if s in by_server][:1]  # a missing model: it timed out
         chosen = None
         for server in order:
             theta = by_server[server]
-            if not self.filter.distance_ok(theta, state, t, lr):
-                self.counts["rejected"] += 1
-                continue
-            g, _ = self.compute.gradients([member], theta, t)
-            k = self.filter.lipschitz(theta, g[0], state)
-            if not self.filter.lipschitz_ok(k, state):
+            if self.filter.check(self.compute, member, theta, state, t, lr) != "accepted":
                 self.counts["rejected"] += 1
                 continue
             self.counts["accepted"] += 1
             chosen = theta
-            if math.isfinite(k):
-                state["k"] = [*state["k"], k][-25:]
-            state["g"] = g[0]
             break
         if chosen is None:
             self.counts["fallback"] += 1
@@ -375,7 +376,6 @@ class ReplicatedProtocol(Protocol):
 
     Options = ReplicatedOptions
     read: Literal["median", "filtered"] = "median"
-    fallback: Literal["median", "next"] = "median"
 
     def __init__(
         self,
@@ -419,7 +419,6 @@ class ReplicatedProtocol(Protocol):
                     server_ids,
                     quorum=options.quorum,
                     read=read,
-                    fallback=cls.fallback,
                     model_filter=model_filter,
                     theta0=theta0,
                 )
@@ -563,18 +562,6 @@ class ByzSGDProtocol(ReplicatedProtocol):
     @classmethod
     def read_mode(cls, options: ReplicatedOptions) -> Literal["median", "filtered"]:
         return "filtered" if getattr(options, "variant", "async") == "sync" else "median"
-
-
-@register
-class LiuBeiProtocol(ReplicatedProtocol):
-    """LiuBei (El Mhamdi, Guerraoui, Guirguis, Rouault, "Fast Machine Learning with Byzantine
-    Workers and Servers", arXiv 1911.07537): one filtered model per step, the next server's on
-    rejection, scatter/gather."""
-
-    name = "liubei"
-    Options = LiuBeiOptions
-    read = "filtered"
-    fallback = "next"
 
 
 def byzantine_servers(options: ReplicatedOptions, seed: int) -> list[int]:

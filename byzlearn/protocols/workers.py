@@ -248,9 +248,14 @@ class ByzantineWorkers:
         identical: bool | None = None,
         seed: int = 0,
         same_round: bool = True,
+        fanout: Sequence[int] | None = None,
     ) -> None:
         self.ids = [int(i) for i in ids]
         self.attack = attack
+        # with fanout: every member sends its vector of a round to each of these nodes, once,
+        # whatever message (a model, a timer) started its round
+        self.fanout = None if fanout is None else [int(i) for i in fanout]
+        self.answered: dict[int, int] = {}
         self.rule = rule
         self.rule_options = dict(rule_options or {})
         self.identical = identical
@@ -268,6 +273,12 @@ class ByzantineWorkers:
     def handle(self, inbox: Sequence[Message], observed: Sequence[Message] = ()) -> list[Message]:
         """Attack: one crafted vector per message to answer, from the observed honest ones."""
         replies: list[Message] = []
+        if self.fanout is not None:  # answer each (member, round) once, to every server
+            inbox = [m for m in inbox if m.round > self.answered.get(int(m.dest), 0)]  # type: ignore[arg-type]
+            firsts: dict[tuple[int, int], Message] = {}
+            for m in inbox:
+                firsts.setdefault((int(m.dest), m.round), m)  # type: ignore[arg-type]
+            inbox = list(firsts.values())
         for rnd in sorted({m.round for m in inbox}):
             msgs = [m for m in inbox if m.round == rnd]
             honest = [
@@ -299,6 +310,23 @@ class ByzantineWorkers:
                 self.silent += 1  # when the config is parsed)
                 continue
             row = {member: i for i, member in enumerate(members)}
+            if self.fanout is not None:
+                for m in msgs:
+                    member = int(m.dest)  # type: ignore[arg-type]
+                    self.answered[member] = rnd
+                    vec = byz[row[member]].to(H.dtype)
+                    replies.extend(
+                        Message(
+                            kind="gradient",
+                            payload=vec,
+                            dest=dest,
+                            round=rnd,
+                            sender=member,
+                            reply_to=m.seq,
+                        )
+                        for dest in self.fanout
+                    )
+                continue
             # one crafted vector per member (a member asked by several servers answers each
             # with its own vector)
             replies.extend(
@@ -308,16 +336,17 @@ class ByzantineWorkers:
         return replies
 
     def state_dict(self) -> dict[str, Any]:
-        if self.state is None:
-            return {"attack_state": None, "silent": self.silent}
-        fields = {f.name: getattr(self.state, f.name) for f in dataclasses.fields(self.state)}
-        return {"attack_state": fields, "silent": self.silent}
+        fields = None
+        if self.state is not None:
+            fields = {f.name: getattr(self.state, f.name) for f in dataclasses.fields(self.state)}
+        return {"attack_state": fields, "silent": self.silent, "answered": dict(self.answered)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         saved = state.get("attack_state")
         if saved is not None and self.state is not None:
             self.state = type(self.state)(**saved)
         self.silent = int(state.get("silent", 0))
+        self.answered = {int(k): int(v) for k, v in state.get("answered", {}).items()}
 
 
 @dataclass
@@ -347,6 +376,7 @@ def build_workers(
     same_round: bool = True,
     ids: Sequence[int] | None = None,
     handler: Callable[[ComputeWorkers], Handler] | None = None,
+    fanout: Sequence[int] | None = None,
 ) -> WorkerSet:
     """Reserve the config's n workers on ``engine`` (or use the reserved ``ids``) and attach
     their behaviours.
@@ -354,7 +384,8 @@ def build_workers(
     Honest workers (and Byzantine ones doing data poisoning) compute; they are attached as
     ``handler(compute)`` when given (a protocol's own worker logic around the computation),
     else as the :class:`ComputeWorkers` themselves. With a gradient attack the Byzantine
-    workers are the engine's adversary. Seeds derive from ``config.seed``.
+    workers are the engine's adversary (with ``fanout``, each sends its vector of a round to
+    every one of those nodes). Seeds derive from ``config.seed``.
     """
     import byzlearn.attacks as atk
 
@@ -394,6 +425,7 @@ def build_workers(
             identical=c.attack.identical,
             seed=c.seed,
             same_round=same_round,
+            fanout=fanout,
         )
         engine.attach(coalition.ids, coalition, adversary=True)
     return WorkerSet(ids, compute, coalition)

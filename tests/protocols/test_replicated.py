@@ -129,6 +129,32 @@ def test_messages_per_step_against_the_single_server():
     assert [r["messages_sent"] for r in byz.records[1:]] == [40 + 40 + 12] * 2
 
 
+def test_liubei_sends_one_model_per_worker_and_pulls_on_rejection():
+    quiet = dict(n=10, f=3, num_byzantine=0, steps=3, eval_every=1, attack={"name": "none"})
+    res = run(parse_config({**quiet, "protocol": {"name": "liubei", "byzantine_servers": 0}}))
+    # one model per worker, gradients 10 x 4, gather 4 x 3; nothing rejected, nothing pulled
+    assert [r["messages_sent"] for r in res.records[1:]] == [10 + 40 + 12] * 3
+    assert all(r["reads_pulls"] == 0 and r["reads_accepted"] == 10 for r in res.records[1:])
+    garbage = run(parse_config({**quiet, "protocol": {"name": "liubei"}}))
+    for r in garbage.records[1:]:  # the Byzantine server's workers reject and pull the next
+        rejected = r["reads_rejected"]
+        assert rejected > 0 and r["reads_pulls"] == rejected and r["reads_accepted"] == 10
+        assert r["messages_sent"] == 10 + 2 * rejected + 40 + 12  # pulls and their replies
+
+
+def test_liubei_workers_of_a_silent_server_time_out_and_pull():
+    c = {**BASE, "steps": 4, "eval_every": 2,
+         "protocol": {"name": "liubei", "server_attack": {"name": "silent"}, "timeout": 2.5,
+                      "gradient_quorum": 13}}  # servers wait for every worker
+    res = run(parse_config(c))
+    steps = res.records[1:]
+    assert all(r["reads_timeouts"] > 0 for r in steps)
+    assert all(r["reads_timeouts"] == r["reads_pulls"] for r in steps)
+    assert all(r["reads_accepted"] == 10 for r in steps)  # every honest worker got a model
+    # the step ends once the workers that timed out (at 2.5) pulled and computed (1 s)
+    assert steps[0]["time"] >= 3.5
+
+
 # ------------------------------------------------------------------ resume
 @pytest.mark.parametrize("protocol", [{"name": "byzsgd"}, {"name": "liubei"}])
 def test_killed_run_resumes_bit_for_bit(tmp_path, protocol):
