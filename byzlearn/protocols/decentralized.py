@@ -47,7 +47,7 @@ from byzlearn.engines.topology import (
 )
 from byzlearn.protocols.adversary import ByzantineNodes, NodeAttackConfig
 from byzlearn.protocols.base import Protocol, World, diameter, register
-from byzlearn.protocols.workers import ComputeWorkers, poisoned_labels
+from byzlearn.protocols.workers import ComputeWorkers, computing_workers
 
 __all__ = ["DecentralizedOptions", "DecentralizedProtocol", "TopologyConfig", "nna"]
 
@@ -196,28 +196,9 @@ class DecentralizedProtocol(Protocol):
         ids = engine.reserve("peer", c.n)
         engine.set_topology(options.topology.build(ids, c.seed))
         byz = set(world.byzantine)
-        poisoning = c.poisoning.kind != "none"
         gradient_attack = c.attack.name != "none" and bool(byz)
-        honest = [i for i in range(c.n) if i not in byz or not gradient_attack]
-        labels: torch.Tensor | list[torch.Tensor] = world.data.y_train
-        if poisoning and byz:
-            poisoned = poisoned_labels(world)
-            labels = [poisoned if i in byz else world.data.y_train for i in honest]
-        opt = c.optimizer
-        compute = ComputeWorkers(
-            [ids[i] for i in honest],
-            honest,
-            world.model,
-            world.data.x_train,
-            labels,
-            [world.parts[i] for i in honest],
-            batch_size=c.batch_size,
-            seed=c.seed,
-            local_steps=c.local_steps,
-            momentum=opt.momentum,
-            weight_decay=opt.weight_decay,
-            clip=opt.clip,
-        )
+        compute = computing_workers(world, ids, c.optimizer.momentum)  # local momentum
+        honest = compute.indices
         nodes = [engine.driven(ids[i]) for i in honest]
         attack = NodeAttackConfig(
             name="silent" if c.attack.name == "none" else c.attack.name,

@@ -35,7 +35,7 @@ from byzlearn.engines.functional import FlatModel
 if TYPE_CHECKING:
     from byzlearn.protocols.base import World
 
-__all__ = ["ByzantineWorkers", "ComputeWorkers", "WorkerSet", "build_workers"]
+__all__ = ["ByzantineWorkers", "ComputeWorkers", "WorkerSet", "build_workers", "computing_workers"]
 
 # Rounds whose minibatches are drawn together (see ComputeWorkers._round_indices).
 _ROUNDS_PER_DRAW = 32
@@ -393,27 +393,9 @@ def build_workers(
     ids = list(ids) if ids is not None else engine.reserve("worker", c.n)
     byz = set(world.byzantine)
     gradient_attack = c.attack.name != "none" and bool(byz)
-    computing = [i for i in range(c.n) if not (gradient_attack and i in byz)]
-    labels: torch.Tensor | list[torch.Tensor] = world.data.y_train
-    if c.poisoning.kind != "none" and byz:
-        poisoned = poisoned_labels(world)
-        labels = [poisoned if i in byz else world.data.y_train for i in computing]
     opt = c.optimizer
-    compute = ComputeWorkers(
-        [ids[i] for i in computing],
-        computing,
-        world.model,
-        world.data.x_train,
-        labels,
-        [world.parts[i] for i in computing],
-        batch_size=c.batch_size,
-        seed=c.seed,
-        local_steps=c.local_steps,
-        momentum=opt.momentum if opt.momentum_at == "worker" else 0.0,
-        weight_decay=opt.weight_decay,
-        clip=opt.clip,
-    )
-    engine.attach([ids[i] for i in computing], compute if handler is None else handler(compute))
+    compute = computing_workers(world, ids, opt.momentum if opt.momentum_at == "worker" else 0.0)
+    engine.attach(compute.ids, compute if handler is None else handler(compute))
     coalition = None
     if gradient_attack:
         coalition = ByzantineWorkers(
@@ -429,6 +411,34 @@ def build_workers(
         )
         engine.attach(coalition.ids, coalition, adversary=True)
     return WorkerSet(ids, compute, coalition)
+
+
+def computing_workers(world: World, ids: Sequence[int], momentum: float) -> ComputeWorkers:
+    """The config's computing workers (node ``ids[i]`` for worker i): every honest one, and the
+    Byzantine ones when they poison data (or have no attack) rather than run an attack; with
+    ``momentum`` at the workers, and the config's batch, local steps, l2 and clipping."""
+    c = world.config
+    byz = set(world.byzantine)
+    gradient_attack = c.attack.name != "none" and bool(byz)
+    computing = [i for i in range(c.n) if not (gradient_attack and i in byz)]
+    labels: torch.Tensor | list[torch.Tensor] = world.data.y_train
+    if c.poisoning.kind != "none" and byz:
+        poisoned = poisoned_labels(world)
+        labels = [poisoned if i in byz else world.data.y_train for i in computing]
+    return ComputeWorkers(
+        [ids[i] for i in computing],
+        computing,
+        world.model,
+        world.data.x_train,
+        labels,
+        [world.parts[i] for i in computing],
+        batch_size=c.batch_size,
+        seed=c.seed,
+        local_steps=c.local_steps,
+        momentum=momentum,
+        weight_decay=c.optimizer.weight_decay,
+        clip=c.optimizer.clip,
+    )
 
 
 def poisoned_labels(world: World) -> torch.Tensor:
