@@ -114,6 +114,15 @@ def test_robust_mixing_agrees_and_learns(attack, topology, mixing, rule):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("rule", ["mda", "centered_clipping"])
+def test_averaging_agreement_and_self_centred_clipping_learn(rule):
+    c = parse_config({**base(mixing="rule", topology={"name": "random_regular", "degree": 8}),
+                      "f": 2, "steps": 100, "rule": {"name": rule},
+                      "attack": {"name": "sign_flip", "options": {"scale": 4.0}}})
+    assert last_eval(run(c))["test_accuracy"] >= 0.85
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "attack", [{"name": "sign_flip", "options": {"scale": 4.0}}, {"name": "gaussian"}]
 )
