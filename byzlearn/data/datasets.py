@@ -1,10 +1,12 @@
 """Datasets held in memory as tensors.
 
 Every loader returns an :class:`ArrayDataset`: float32 features (``(N, C, H, W)`` for images,
-``(N, d)`` for vectors), int64 labels, and a fixed train/test split.
+``(N, d)`` for vectors), int64 labels, and a train/test split; every loader takes
+``standardise``: ``channel`` (default: per channel for images, per feature for vectors),
+``feature`` (per pixel) or ``none``. Unknown options are errors.
 
 - ``digits``: scikit-learn's bundled 8x8 digits (1797 images, no download), scaled to [0, 1] then
-  standardised; fixed stratified split (20 % test, ``random_state=0``).
+  standardised; a stratified split under the run's seed (``test_fraction`` 0.2 by default).
 - ``synthetic``: a Gaussian-mixture classification problem generated from a seed (for tests).
 - ``mnist``, ``fashion_mnist``: the standard IDX files (``*-ubyte`` or ``*-ubyte.gz``), read with
   numpy; no torchvision needed unless ``download=True``.
@@ -57,17 +59,31 @@ class ArrayDataset:
             raise ValueError("features and labels must have the same length")
 
 
-def _standardise(x_train: np.ndarray, x_test: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Standardise per channel (images) or per feature (vectors) with train statistics."""
-    axes = (0, 2, 3) if x_train.ndim == 4 else (0,)
-    mean = x_train.mean(axis=axes, keepdims=True)
-    std = x_train.std(axis=axes, keepdims=True) + 1e-6
+#: how loaders standardise inputs with the training set's statistics
+STANDARDISE = ("channel", "feature", "none")
+
+
+def _standardise(
+    x_train: np.ndarray, x_test: np.ndarray, how: str = "channel"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Standardise with train statistics: per ``channel`` (images; per feature for vectors),
+    per ``feature`` (every pixel of every channel on its own), or ``none``."""
+    if how not in STANDARDISE:
+        raise ValueError(f"standardise must be one of {', '.join(STANDARDISE)}, got {how!r}")
+    if how == "none":
+        mean, std = np.zeros(1, np.float32), np.ones(1, np.float32)
+    else:
+        axes = (0, 2, 3) if x_train.ndim == 4 and how == "channel" else (0,)
+        mean = x_train.mean(axis=axes, keepdims=True)
+        std = x_train.std(axis=axes, keepdims=True) + 1e-6
     as_t = lambda a: torch.from_numpy(np.ascontiguousarray((a - mean) / std, dtype=np.float32))  # noqa: E731
     return as_t(x_train), as_t(x_test)
 
 
-def _make(name: str, xtr, ytr, xte, yte, num_classes: int) -> ArrayDataset:
-    x_train, x_test = _standardise(xtr.astype(np.float32), xte.astype(np.float32))
+def _make(
+    name: str, xtr, ytr, xte, yte, num_classes: int, standardise: str = "channel"
+) -> ArrayDataset:
+    x_train, x_test = _standardise(xtr.astype(np.float32), xte.astype(np.float32), standardise)
     return ArrayDataset(
         name,
         x_train,
@@ -81,17 +97,28 @@ def _make(name: str, xtr, ytr, xte, yte, num_classes: int) -> ArrayDataset:
 # --------------------------------------------------------------------------- digits / synthetic
 
 
-def load_digits(**_: object) -> ArrayDataset:
-    """scikit-learn's 8x8 digits as ``(N, 1, 8, 8)`` images, 10 classes, fixed 80/20 split."""
+def load_digits(
+    seed: int = 0, test_fraction: float = 0.2, standardise: str = "channel"
+) -> ArrayDataset:
+    """scikit-learn's 8x8 digits as ``(N, 1, 8, 8)`` images, 10 classes; a stratified split
+    with ``test_fraction`` of the images for testing, drawn under ``seed`` (a run's seed unless
+    ``dataset.options`` fixes it); ``standardise``: ``channel`` (one mean and deviation for all
+    pixels), ``feature`` (per pixel) or ``none`` (pixels in [0, 1])."""
     from sklearn.datasets import load_digits as _load
     from sklearn.model_selection import train_test_split
 
+    if not 0 < float(test_fraction) < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
     bunch = _load()
     x = (bunch.data / 16.0).reshape(-1, 1, 8, 8)
     xtr, xte, ytr, yte = train_test_split(
-        x, bunch.target, test_size=0.2, random_state=0, stratify=bunch.target
+        x,
+        bunch.target,
+        test_size=float(test_fraction),
+        random_state=int(seed),
+        stratify=bunch.target,
     )
-    return _make("digits", xtr, ytr, xte, yte, 10)
+    return _make("digits", xtr, ytr, xte, yte, 10, standardise)
 
 
 def load_synthetic(
@@ -101,15 +128,19 @@ def load_synthetic(
     num_classes: int = 4,
     separation: float = 2.0,
     test_fraction: float = 0.2,
-    **_: object,
+    standardise: str = "channel",
 ) -> ArrayDataset:
     """Gaussian mixture: class centres ~ N(0, separation^2 I), samples = centre + N(0, I)."""
+    if not 0 < float(test_fraction) < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
     rng = np.random.default_rng(seed)
     centres = rng.normal(0.0, separation, size=(num_classes, num_features))
     y = rng.integers(0, num_classes, size=num_samples)
     x = centres[y] + rng.normal(size=(num_samples, num_features))
     n_test = max(1, round(num_samples * test_fraction))
-    return _make("synthetic", x[n_test:], y[n_test:], x[:n_test], y[:n_test], num_classes)
+    return _make(
+        "synthetic", x[n_test:], y[n_test:], x[:n_test], y[:n_test], num_classes, standardise
+    )
 
 
 # --------------------------------------------------------------------------- file formats
@@ -172,7 +203,12 @@ def _download(tv_name: str, root: Path) -> None:
 
 
 def _idx_loader(name: str, tv_name: str) -> Callable[..., ArrayDataset]:
-    def load(root: str | Path = "data", download: bool = False, **_: object) -> ArrayDataset:
+    def load(
+        root: str | Path = "data",
+        download: bool = False,
+        standardise: str = "channel",
+        seed: int = 0,
+    ) -> ArrayDataset:
         rootp = Path(root).expanduser()
         subdirs = [f"{tv_name}/raw", tv_name, name]
         files = {
@@ -191,7 +227,7 @@ def _idx_loader(name: str, tv_name: str) -> Callable[..., ArrayDataset]:
         arr = {k: read_idx(p) for k, p in paths.items()}
         xtr = arr["xtr"].reshape(-1, 1, 28, 28) / 255.0
         xte = arr["xte"].reshape(-1, 1, 28, 28) / 255.0
-        return _make(name, xtr, arr["ytr"], xte, arr["yte"], 10)
+        return _make(name, xtr, arr["ytr"], xte, arr["yte"], 10, standardise)
 
     load.__doc__ = f"{tv_name} from its IDX files under ``root`` (28x28 grey, 10 classes)."
     return load
@@ -204,7 +240,12 @@ def _cifar_loader(
     test_file = "test" if classes == 100 else "test_batch"
     label_key = "fine_labels" if classes == 100 else "labels"
 
-    def load(root: str | Path = "data", download: bool = False, **_: object) -> ArrayDataset:
+    def load(
+        root: str | Path = "data",
+        download: bool = False,
+        standardise: str = "channel",
+        seed: int = 0,
+    ) -> ArrayDataset:
         rootp = Path(root).expanduser()
         base = rootp / folder if (rootp / folder).is_dir() else rootp
         if not (base / test_file).exists():
@@ -220,7 +261,7 @@ def _cifar_loader(
         xtr = np.concatenate([p[0] for p in parts]) / 255.0
         ytr = np.concatenate([p[1] for p in parts])
         xte, yte = read_cifar_batch(base / test_file, label_key)
-        return _make(name, xtr, ytr, xte / 255.0, yte, classes)
+        return _make(name, xtr, ytr, xte / 255.0, yte, classes, standardise)
 
     load.__doc__ = f"{tv_name} from its python pickle batches under ``root`` ({classes} classes)."
     return load
@@ -256,12 +297,23 @@ def loader_options(name: str) -> tuple[str, ...]:
     loader = _LOADERS[name]
     named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     params = inspect.signature(loader).parameters.values()
-    return tuple(p.name for p in params if p.kind in named and p.name not in ("root", "download"))
+    hidden = (
+        ("root", "download", "seed")
+        if name not in ("digits", "synthetic")
+        else ("root", "download")
+    )
+    return tuple(p.name for p in params if p.kind in named and p.name not in hidden)
 
 
 def describe_dataset(name: str, **options: object) -> tuple[tuple[int, ...], int]:
     """``(input_shape, num_classes)`` of a dataset without reading its files (the synthetic
     one is generated, which also checks its options' values)."""
+    how = options.get("standardise", "channel")
+    if how not in STANDARDISE:
+        raise ValueError(f"standardise must be one of {', '.join(STANDARDISE)}, got {how!r}")
+    fraction = options.get("test_fraction", 0.2)
+    if not isinstance(fraction, (int, float)) or not 0 < float(fraction) < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {fraction!r}")
     if name in _SHAPES:
         return _SHAPES[name]
     data = load_dataset(name, **options)
@@ -274,4 +326,8 @@ def load_dataset(name: str, **options: object) -> ArrayDataset:
         loader = _LOADERS[name]
     except KeyError:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(names())}") from None
+    accepted = inspect.signature(loader).parameters
+    for where in ("root", "download"):  # the bundled and generated data have no files
+        if where not in accepted:
+            options.pop(where, None)
     return loader(**options)

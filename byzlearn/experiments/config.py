@@ -92,9 +92,15 @@ class DatasetConfig(_Strict):
 
 
 class PartitionConfig(_Strict):
-    """How the training set is split among the n workers (heterogeneity)."""
+    """How the training set is dealt to the workers (heterogeneity): disjoint parts (``iid``,
+    ``dirichlet``, ``shards``, ``gamma``) or ``full`` (every worker samples, with replacement,
+    from the whole training set: the Krum, Bulyan and momentum papers' setting). ``among``:
+    ``all`` workers get a part (Byzantine ones included), or only the ``honest`` ones (the
+    heterogeneity papers); Byzantine workers that compute (data poisoning, or no attack) then
+    sample from the whole training set."""
 
-    kind: Literal["iid", "dirichlet", "shards", "gamma"] = "iid"
+    kind: Literal["iid", "dirichlet", "shards", "gamma", "full"] = "iid"
+    among: Literal["all", "honest"] = "all"
     alpha: float = Field(1.0, gt=0, description="Dirichlet concentration (small = skewed)")
     shards_per_worker: int = Field(2, ge=1)
     gamma: float = Field(0.5, ge=0, le=1, description="fraction dealt iid (1 = iid)")
@@ -102,7 +108,8 @@ class PartitionConfig(_Strict):
     def label(self) -> str:
         """Short description, e.g. ``dirichlet(0.1)``."""
         arg = {"dirichlet": self.alpha, "shards": self.shards_per_worker, "gamma": self.gamma}
-        return self.kind if self.kind == "iid" else f"{self.kind}({arg[self.kind]:g})"
+        text = f"{self.kind}({arg[self.kind]:g})" if self.kind in arg else self.kind
+        return text + ("/honest" if self.among == "honest" else "")
 
 
 class ModelConfig(_Strict):
@@ -280,6 +287,9 @@ class OptimizerConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0, description="l2 term added to worker gradients")
     momentum: float = Field(0.0, ge=0, lt=1)
     momentum_at: Literal["server", "worker"] = "server"
+    dampened: bool = Field(
+        False, description="m = mu m + (1 - mu) g instead of heavy ball m = mu m + g"
+    )
     clip: float | None = Field(None, gt=0, description="clip honest gradients to this norm")
 
 

@@ -29,7 +29,7 @@ from byzlearn.experiments.observers import EngineObserver, TruthObserver
 from byzlearn.models import build_model
 from byzlearn.protocols import PROTOCOLS, Events, Protocol, World
 
-__all__ = ["Trainer", "byzantine_ids"]
+__all__ = ["Trainer", "byzantine_ids", "deal"]
 
 # offsets added to config.seed for the independent random streams of a run
 _SEED_MODEL, _SEED_PARTITION, _SEED_BYZ, _SEED_STRAGGLERS = 0, 1, 2, 5
@@ -47,6 +47,31 @@ def byzantine_ids(config: Config) -> list[int]:
         return list(range(n - f, n))
     rng = np.random.default_rng([config.seed, _SEED_BYZ])
     return sorted(int(i) for i in rng.choice(n, size=f, replace=False))
+
+
+def deal(config: Config, labels: torch.Tensor, byzantine: list[int]) -> list[np.ndarray]:
+    """Each worker's training indices (``config.partition``): disjoint parts dealt to all
+    workers or to the honest ones only (Byzantine workers then get the whole training set, for
+    the attacks that compute: data poisoning), or the whole set to everyone (``full``)."""
+    p, n = config.partition, config.n
+    everything = np.arange(len(labels))
+    if p.kind == "full":
+        return [everything] * n
+    byz = set(byzantine) if p.among == "honest" else set()
+    owners = [i for i in range(n) if i not in byz]
+    parts = partition(
+        labels,
+        len(owners),
+        p.kind,
+        seed=config.seed * 1000 + _SEED_PARTITION,
+        alpha=p.alpha,
+        shards_per_worker=p.shards_per_worker,
+        gamma=p.gamma,
+    )
+    out = [everything] * n
+    for owner, part in zip(owners, parts, strict=True):
+        out[owner] = part
+    return out
 
 
 def _delay(d: DelayConfig) -> Delay:
@@ -94,15 +119,7 @@ class Trainer:
                 )
         self.model = FlatModel(model)
         self.byzantine = byzantine_ids(c)
-        self.parts = partition(
-            self.data.y_train,
-            c.n,
-            c.partition.kind,
-            seed=c.seed * 1000 + _SEED_PARTITION,
-            alpha=c.partition.alpha,
-            shards_per_worker=c.partition.shards_per_worker,
-            gamma=c.partition.gamma,
-        )
+        self.parts = deal(c, self.data.y_train, self.byzantine)
         self.events = Events()
         self.engine = build_engine(c.engine, seed=c.seed, network=network_model(c))
         self.world = World(c, self.data, self.model, self.parts, self.byzantine, self.events)

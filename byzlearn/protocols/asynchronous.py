@@ -104,11 +104,14 @@ class AsyncServer(Server):
         dampening: str = "none",
         alpha: float = 0.2,
         momentum: float = 0.0,
+        dampened: bool = False,
         deadline: float | None = None,
         kardam: KardamFilter | None = None,
         events: Events | None = None,
     ) -> None:
-        super().__init__(node, theta, workers, lr=lr, momentum=momentum, events=events)
+        super().__init__(
+            node, theta, workers, lr=lr, momentum=momentum, dampened=dampened, events=events
+        )
         self.dampening = dampening
         self.alpha = float(alpha)
         self.deadline = deadline

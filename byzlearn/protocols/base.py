@@ -41,6 +41,7 @@ __all__ = [
     "Server",
     "ServerProtocol",
     "World",
+    "accumulate",
     "diameter",
 ]
 
@@ -151,6 +152,15 @@ class Protocol(ABC):
         """Restore :meth:`state_dict`."""
 
 
+def accumulate(
+    buffer: torch.Tensor, g: torch.Tensor, mu: float, dampened: bool = False
+) -> torch.Tensor:
+    """One momentum step: heavy ball ``mu m + g``, or dampened ``mu m + (1 - mu) g`` (an
+    exponential average: what an absolute clipping radius or learning rate then means does not
+    change with mu)."""
+    return mu * buffer + ((1.0 - mu) * g if dampened else g)
+
+
 class Server(ABC):
     """What every server role shares: its ``node``, the flat model ``theta`` and its
     ``version`` (updates applied), the ``workers`` it serves, the learning-rate schedule ``lr``
@@ -167,6 +177,7 @@ class Server(ABC):
         *,
         lr: Callable[[int], float] = lambda t: 0.1,
         momentum: float = 0.0,
+        dampened: bool = False,
         events: Events | None = None,
     ) -> None:
         self.node = node
@@ -174,6 +185,7 @@ class Server(ABC):
         self.workers = [int(w) for w in workers]
         self.lr = lr
         self.momentum = float(momentum)
+        self.dampened = bool(dampened)
         self.events = events or Events()
         self.buffer = torch.zeros_like(self.theta) if self.momentum > 0 else None
         self.version = 0
@@ -182,7 +194,7 @@ class Server(ABC):
         """Apply ``step``: ``theta <- theta - lr step``, or with server momentum
         ``G <- mu G + step; theta <- theta - lr G``; the version goes up by one."""
         if self.buffer is not None:
-            self.buffer = self.momentum * self.buffer + step
+            self.buffer = accumulate(self.buffer, step, self.momentum, self.dampened)
             step = self.buffer
         self.theta = self.theta - lr * step
         self.version += 1
@@ -230,6 +242,7 @@ class ServerProtocol(Protocol):
             "workers": workers.ids,
             "lr": learning_rate(opt, c.steps),
             "momentum": opt.momentum if opt.momentum_at == "server" else 0.0,
+            "dampened": opt.dampened,
             "events": world.events,
         }
 

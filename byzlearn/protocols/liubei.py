@@ -42,7 +42,7 @@ import byzlearn.aggregators as agg
 from byzlearn import keyed
 from byzlearn.engines.base import Engine, Message
 from byzlearn.protocols.adversary import ByzantineNodes
-from byzlearn.protocols.base import Events, Protocol, World, diameter, register
+from byzlearn.protocols.base import Events, Protocol, World, accumulate, diameter, register
 from byzlearn.protocols.replicated import (
     ModelFilter,
     ReplicatedOptions,
@@ -260,6 +260,7 @@ class LiuBeiServers:
         on_missing: Literal["shrink", "skip"],
         lr: Any,
         momentum: float,
+        dampened: bool,
         seed: int,
         events: Events,
     ) -> None:
@@ -274,6 +275,7 @@ class LiuBeiServers:
         self.quorum, self.model_quorum = int(quorum), int(model_quorum)
         self.on_missing = on_missing
         self.lr, self.momentum, self.seed = lr, float(momentum), int(seed)
+        self.dampened = bool(dampened)
         self.events = events
         self.state = {s: _ServerState(theta0, momentum) for s in self.ids}
 
@@ -357,7 +359,7 @@ class LiuBeiServers:
         step = result.vector
         st.previous = step.detach().clone()
         if st.buffer is not None:
-            st.buffer = self.momentum * st.buffer + step
+            st.buffer = accumulate(st.buffer, step, self.momentum, self.dampened)
             step = st.buffer
         st.theta = st.theta - float(self.lr(t)) * step
         if result.kept is not None:
@@ -527,6 +529,7 @@ class LiuBeiProtocol(Protocol):
             on_missing=options.on_missing,
             lr=lr,
             momentum=c.optimizer.momentum if c.optimizer.momentum_at == "server" else 0.0,
+            dampened=c.optimizer.dampened,
             seed=c.seed,
             events=world.events,
         )

@@ -70,6 +70,7 @@ class ParameterServer(Server):
         rule_options: dict[str, Any] | None = None,
         lr: Callable[[int], float] = lambda t: 0.1,
         momentum: float = 0.0,
+        dampened: bool = False,
         q: int | None = None,
         deadline: float | None = None,
         on_missing: OnMissing = "shrink",
@@ -77,7 +78,9 @@ class ParameterServer(Server):
         seed: int = 0,
         events: Events | None = None,
     ) -> None:
-        super().__init__(node, theta, workers, lr=lr, momentum=momentum, events=events)
+        super().__init__(
+            node, theta, workers, lr=lr, momentum=momentum, dampened=dampened, events=events
+        )
         self.rule_name = rule
         self.rule_options = dict(rule_options or {})
         self._keyed_rule = agg.accepts(rule, "generator") and not {

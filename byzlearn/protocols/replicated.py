@@ -444,6 +444,7 @@ class ReplicatedProtocol(Protocol):
                     rule_options=c.rule.options,
                     lr=lr,
                     momentum=momentum,
+                    dampened=c.optimizer.dampened,
                     q=options.gradient_quorum or c.n - c.declared_f,
                     deadline=options.deadline,
                     on_missing=options.on_missing,

@@ -31,6 +31,7 @@ import torch
 from byzlearn import keyed
 from byzlearn.engines.base import Engine, Handler, Message
 from byzlearn.engines.functional import FlatModel
+from byzlearn.protocols.base import accumulate
 
 if TYPE_CHECKING:
     from byzlearn.protocols.base import World
@@ -62,6 +63,7 @@ class ComputeWorkers:
         seed: int = 0,
         local_steps: int = 1,
         momentum: float = 0.0,
+        dampened: bool = False,
         weight_decay: float = 0.0,
         clip: float | None = None,
     ) -> None:
@@ -91,6 +93,7 @@ class ComputeWorkers:
         self.batch_size = int(batch_size)
         self.local_steps = int(local_steps)
         self.momentum = float(momentum)
+        self.dampened = bool(dampened)
         self.weight_decay = float(weight_decay)
         self.clip = clip
         self.seed = int(seed)
@@ -212,7 +215,7 @@ class ComputeWorkers:
             vec = (start - local) / lr
         if self.m is not None:
             r = torch.tensor(rows)
-            self.m[r] = self.momentum * self.m[r] + vec
+            self.m[r] = accumulate(self.m[r], vec, self.momentum, self.dampened)
             vec = self.m[r].clone()
         return vec, loss
 
@@ -436,6 +439,7 @@ def computing_workers(world: World, ids: Sequence[int], momentum: float) -> Comp
         seed=c.seed,
         local_steps=c.local_steps,
         momentum=momentum,
+        dampened=c.optimizer.dampened,
         weight_decay=c.optimizer.weight_decay,
         clip=c.optimizer.clip,
     )

@@ -116,3 +116,33 @@ def test_cifar100_uses_fine_labels(tmp_path: Path) -> None:
     _cifar_batch(folder / "test", 2, b"fine_labels", 2)
     data = load_dataset("cifar100", root=tmp_path)
     assert data.num_classes == 100 and data.y_train.tolist() == ytr.tolist()
+
+
+def test_digits_split_follows_the_seed_and_the_test_fraction() -> None:
+    from byzlearn.data import load_dataset
+
+    a, b, a2 = (load_dataset("digits", seed=s) for s in (0, 1, 0))
+    assert torch.equal(a.x_test, a2.x_test) and torch.equal(a.y_test, a2.y_test)
+    assert not torch.equal(a.x_test, b.x_test)
+    half = load_dataset("digits", seed=0, test_fraction=0.5)
+    assert len(half.x_test) in (898, 899) and len(half.x_train) + len(half.x_test) == 1797
+    for cls in range(10):  # stratified
+        share = float((half.y_test == cls).float().mean())
+        assert abs(share - 0.1) < 0.01
+
+
+def test_standardise_per_channel_per_feature_or_none() -> None:
+    from byzlearn.data import load_dataset
+
+    per_channel = load_dataset("digits", standardise="channel").x_train
+    assert abs(float(per_channel.mean())) < 1e-5 and abs(float(per_channel.std()) - 1) < 1e-3
+    per_pixel = load_dataset("digits", standardise="feature").x_train.reshape(-1, 64)
+    varying = per_pixel.std(dim=0) > 1e-3  # two corner pixels are always 0
+    assert torch.allclose(per_pixel.mean(dim=0), torch.zeros(64), atol=1e-5)
+    assert torch.allclose(per_pixel.std(dim=0)[varying], torch.ones(int(varying.sum())), atol=1e-2)
+    raw = load_dataset("digits", standardise="none").x_train
+    assert float(raw.min()) == 0.0 and float(raw.max()) == 1.0
+    with pytest.raises(ValueError, match="standardise must be one of"):
+        load_dataset("digits", standardise="pixel")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'foo'"):
+        load_dataset("digits", foo=1)

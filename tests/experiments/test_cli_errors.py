@@ -111,8 +111,16 @@ OVERRIDE_CASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
     ),
     "dataset option name": (["dataset.options.foo=1"], ("dataset.options", "no option 'foo'")),
     "digits takes no option": (
-        ["dataset={name: digits, options: {seed: 3}}"],
-        ("dataset.options", "digits has no option 'seed'"),
+        ["dataset={name: digits, options: {separation: 3}}"],
+        ("dataset.options", "digits has no option 'separation'"),
+    ),
+    "standardise value": (
+        ["dataset.options.standardise=pixel"],
+        ("dataset.options", "standardise must be one of channel, feature, none"),
+    ),
+    "test fraction": (
+        ["dataset.options.test_fraction=1.5"],
+        ("dataset.options", "test_fraction must be in (0, 1)"),
     ),
     "unknown protocol": (["protocol.name=gossip"], ("protocol.name", "unknown protocol")),
     "kardam needs 3f+1": (["protocol.name=kardam", "n=5", "f=2"], ("kardam needs n >= 3f + 1",)),

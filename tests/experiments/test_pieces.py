@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from byzlearn.experiments import RunDir, load_sweep, parse_config, plan_sweep
 from byzlearn.experiments.config import ConfigError
@@ -91,3 +92,23 @@ def test_report_labels_asynchronous_runs_by_protocol() -> None:
         "kardam/exp",
         "async_sgd/none",
     ]
+
+
+def test_parts_dealt_to_all_to_the_honest_or_the_whole_set() -> None:
+    import numpy as np
+
+    from byzlearn.experiments.config import parse_config
+    from byzlearn.experiments.trainer import deal
+
+    labels = torch.arange(100) % 10
+    byz = [1, 4]
+    every = deal(parse_config({"n": 6, "f": 2}), labels, byz)
+    assert sorted(np.concatenate(every).tolist()) == list(range(100))  # disjoint, all 6
+    honest = deal(parse_config({"n": 6, "f": 2, "partition": {"among": "honest"}}), labels, byz)
+    mine = [honest[i] for i in range(6) if i not in byz]
+    assert sorted(np.concatenate(mine).tolist()) == list(range(100))  # the honest 4 share it
+    assert all(len(honest[i]) == 100 for i in byz)  # Byzantine workers: the whole set
+    full = deal(parse_config({"n": 6, "f": 2, "partition": {"kind": "full"}}), labels, byz)
+    assert all(np.array_equal(p, np.arange(100)) for p in full)
+    label = parse_config({"partition": {"kind": "dirichlet", "alpha": 0.3, "among": "honest"}})
+    assert label.partition.label() == "dirichlet(0.3)/honest"

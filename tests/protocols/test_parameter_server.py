@@ -276,3 +276,27 @@ def test_replies_of_another_kind_or_round_are_not_mixed() -> None:
     torch.testing.assert_close(server.theta, -torch.ones(2))
     server.step()  # the stray messages of round 1 are discarded and counted
     assert engine.stats["discarded"] >= 1
+
+
+@pytest.mark.parametrize("dampened", [False, True])
+def test_worker_and_server_momentum_heavy_ball_or_dampened(dampened):
+    from byzlearn.experiments.config import parse_config
+    from byzlearn.experiments.trainer import Trainer
+
+    c = parse_config({"n": 3, "f": 0, "steps": 3, "optimizer": {
+        "momentum": 0.9, "momentum_at": "worker", "dampened": dampened}})
+    trainer = Trainer(c)
+    compute = trainer.protocol.workers.compute
+    theta = trainer.theta
+    g1 = compute.gradients(compute.ids, theta, 1)[0]
+    g2 = compute.gradients(compute.ids, theta, 2)[0]
+    compute.submit(compute.ids, theta, [1, 1, 1])
+    m2, _ = compute.submit(compute.ids, theta, [2, 2, 2])
+    scale = 0.1 if dampened else 1.0
+    torch.testing.assert_close(m2, 0.9 * scale * g1 + scale * g2)
+    from byzlearn.protocols.base import accumulate
+
+    torch.testing.assert_close(
+        accumulate(torch.ones(2), torch.full((2,), 3.0), 0.5, dampened),
+        torch.full((2,), 0.5 + (1.5 if dampened else 3.0)),
+    )
