@@ -25,7 +25,12 @@ True
 Hidden layers are indexed from 0; see ``docs/neurons.md``.
 """
 
-from byzlearn.neurons.activations import ActivationInfo, CrashDropout, ScaledSigmoid
+from byzlearn.neurons.activations import (
+    ActivationInfo,
+    CrashDropout,
+    DeclaredActivation,
+    ScaledSigmoid,
+)
 from byzlearn.neurons.fep import fep_bound, max_failures, neuron_error, paper_fep, tolerates
 from byzlearn.neurons.inject import (
     InjectionStats,
@@ -82,6 +87,7 @@ __all__ = [
     "ActivationInfo",
     "Certificate",
     "CrashDropout",
+    "DeclaredActivation",
     "HiddenLayerError",
     "InjectionStats",
     "Layer",

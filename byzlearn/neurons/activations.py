@@ -20,7 +20,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["ActivationInfo", "CrashDropout", "ScaledSigmoid", "activation_info"]
+__all__ = [
+    "ActivationInfo",
+    "CrashDropout",
+    "DeclaredActivation",
+    "ScaledSigmoid",
+    "activation_info",
+]
 
 
 class ScaledSigmoid(nn.Module):
@@ -42,6 +48,94 @@ class ScaledSigmoid(nn.Module):
 
     def extra_repr(self) -> str:
         return f"K={self.K}"
+
+
+class DeclaredActivation(nn.Module):
+    """A user-defined elementwise activation with its declared Lipschitz constant and range.
+
+    ``fn`` is any elementwise function of a tensor (a lambda, a torch function, an
+    ``nn.Module``); ``K`` its Lipschitz constant; its range ``[-C, C]`` (``C``) or
+    ``[lo, hi]`` (either may be infinite; default unbounded, then the analysis takes the range
+    observed on data as for ReLU). ``derivative`` (φ', for the Taylor bound b3) defaults to
+    autograd. With ``check=True`` (default) the declaration is verified on a grid of 20001
+    points in ``[-span, span]``: a slope above K or a value outside the range is a
+    ``ValueError`` naming where. Example, the FEP paper's setup (arXiv 1902.01686)::
+
+        DeclaredActivation(lambda z: torch.sigmoid(4 * z), K=1.0, lo=0.0, hi=1.0, name="sig4")
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[torch.Tensor], torch.Tensor],
+        K: float,
+        C: float | None = None,
+        *,
+        lo: float | None = None,
+        hi: float | None = None,
+        derivative: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        name: str = "declared",
+        check: bool = True,
+        span: float = 20.0,
+    ) -> None:
+        super().__init__()
+        if not callable(fn):
+            raise TypeError(f"activation {name}: fn must be callable, got {type(fn).__name__}")
+        if not (isinstance(K, (int, float)) and math.isfinite(K) and K > 0):
+            raise ValueError(f"activation {name}: K must be a finite number > 0, got {K!r}")
+        if C is not None and (lo is not None or hi is not None):
+            raise ValueError(f"activation {name}: give C (range [-C, C]) or lo/hi, not both")
+        if C is not None:
+            if not C > 0:
+                raise ValueError(f"activation {name}: C must be > 0, got {C!r}")
+            lo, hi = -float(C), float(C)
+        self.fn = fn
+        self.K = float(K)
+        self.lo = -math.inf if lo is None else float(lo)
+        self.hi = math.inf if hi is None else float(hi)
+        if not self.lo < self.hi:
+            raise ValueError(f"activation {name}: needs lo < hi, got [{self.lo}, {self.hi}]")
+        self.label = str(name)
+        self._derivative = derivative
+        if check:
+            self.verify(span)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+    def derivative(self, z: torch.Tensor) -> torch.Tensor:
+        """φ'(z): the given derivative, else autograd of the elementwise function."""
+        if self._derivative is not None:
+            return self._derivative(z)
+        with torch.enable_grad():
+            x = z.detach().clone().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.fn(x).sum(), x)
+        return grad
+
+    def verify(self, span: float = 20.0, points: int = 20001) -> None:
+        """Check the declared K and range on a grid of ``[-span, span]`` (float64)."""
+        z = torch.linspace(-span, span, points, dtype=torch.float64)
+        y = self.fn(z)
+        if not isinstance(y, torch.Tensor) or y.shape != z.shape:
+            raise ValueError(f"activation {self.label}: fn must be elementwise (same shape out)")
+        if not bool(torch.isfinite(y).all()):
+            raise ValueError(f"activation {self.label}: fn is not finite on [-{span}, {span}]")
+        low, high = float(y.min()), float(y.max())
+        tol = 1e-9 * max(1.0, abs(low), abs(high))
+        if low < self.lo - tol or high > self.hi + tol:
+            raise ValueError(
+                f"activation {self.label}: declared range [{self.lo:g}, {self.hi:g}] but its "
+                f"values reach [{low:.6g}, {high:.6g}]"
+            )
+        slopes = (y[1:] - y[:-1]).abs() / (z[1:] - z[:-1])
+        worst = int(slopes.argmax())
+        if float(slopes[worst]) > self.K * (1 + 1e-6):
+            raise ValueError(
+                f"activation {self.label}: declared K={self.K:g} but its slope reaches "
+                f"{float(slopes[worst]):.4g} near z={round(float(z[worst]), 4) + 0.0:g}"
+            )
+
+    def extra_repr(self) -> str:
+        return f"name={self.label}, K={self.K}, range=[{self.lo}, {self.hi}]"
 
 
 class CrashDropout(nn.Module):
@@ -114,10 +208,15 @@ def activation_info(module: nn.Module) -> ActivationInfo | None:
     range is [0, 1].
 
     Supported: ReLU (K = 1, [0, ∞)), LeakyReLU (K = max(1, |slope|)), Sigmoid (K = 1/4, [0, 1]),
-    Tanh (K = 1, [−1, 1]), Softplus (K = 1, [0, ∞)), Identity (K = 1) and
-    :class:`ScaledSigmoid` (K given, [0, 1]). Reference: *When Neurons Fail* (IPDPS 2017) requires φ
+    Tanh (K = 1, [−1, 1]), Softplus (K = 1, [0, ∞)), Identity (K = 1),
+    :class:`ScaledSigmoid` (K given, [0, 1]) and any :class:`DeclaredActivation` (user-defined,
+    with its declared K and range). Reference: *When Neurons Fail* (IPDPS 2017) requires φ
     K-Lipschitz and bounded by C.
     """
+    if isinstance(module, DeclaredActivation):
+        return ActivationInfo(
+            module.label, module.K, module.lo, module.hi, module, module.derivative
+        )
     if isinstance(module, ScaledSigmoid):
         k4 = 4.0 * module.K
 

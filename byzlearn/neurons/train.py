@@ -19,6 +19,7 @@ output error, to compare a plain and a fault-tolerance-aware model.
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Sequence
 
@@ -120,14 +121,16 @@ def _crash_layers(crash_layer: int | Sequence[int] | None, num_hidden: int) -> s
 
 def make_mlp(
     sizes: Sequence[int],
-    activation: str = "sigmoid",
+    activation: str | nn.Module = "sigmoid",
     K: float | None = None,
     p_train: float = 0.0,
     crash_layer: int | Sequence[int] | None = None,
 ) -> nn.Sequential:
     """Linear/activation stack with ``sizes = [in, h_1, ..., h_L, out]`` and a linear output.
 
-    ``activation``: sigmoid, tanh, relu, softplus, or ``scaled_sigmoid`` (sigmoid(4Kx), K given).
+    ``activation``: sigmoid, tanh, relu, softplus, ``scaled_sigmoid`` (sigmoid(4Kx), K given),
+    or a module (a :class:`~byzlearn.neurons.activations.DeclaredActivation` with its K and
+    range; one copy per hidden layer).
     ``p_train > 0`` inserts a :class:`CrashDropout` (identity in ``eval()``) after the activation
     of the hidden layers ``crash_layer`` (0-based: an index or a sequence of indices; default
     ``None``: every hidden layer).
@@ -140,7 +143,9 @@ def make_mlp(
     mods: list[nn.Module] = []
     for i, (a, b) in enumerate(itertools.pairwise(sizes[:-1])):
         mods.append(nn.Linear(int(a), int(b)))
-        if activation == "scaled_sigmoid":
+        if isinstance(activation, nn.Module):
+            mods.append(copy.deepcopy(activation))
+        elif activation == "scaled_sigmoid":
             mods.append(ScaledSigmoid(1.0 if K is None else K))
         elif activation in _ACTS:
             mods.append(_ACTS[activation]())
