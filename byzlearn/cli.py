@@ -6,6 +6,7 @@ import typer
 
 from byzlearn.experiments.cli import register as _register_experiment_commands
 from byzlearn.neurons.cli import app as _neurons_app
+from byzlearn.studies.cli import study as _study
 
 app = typer.Typer(
     name="byzlearn",
@@ -15,6 +16,7 @@ app = typer.Typer(
 )
 _register_experiment_commands(app)
 app.add_typer(_neurons_app, name="neurons", help="Fault tolerance of neural networks.")
+app.command("study")(_study)
 
 
 def main() -> None:

@@ -1,0 +1,173 @@
+"""What a study is, and how one runs: a packaged, resumable set of runs (and computations that
+need no training), an analysis, and a report with the paper's claim and a verdict.
+
+A :class:`Study` names its paper and states the paper's claim in one sentence. For a scale
+(``tiny`` for smoke tests, ``small``: the CPU-friendly default on digits, ``paper``) it lists its
+training runs (:meth:`Study.runs`: a label and a config each) and may compute results that need
+no training (:meth:`Study.compute`, kept in ``results.json`` so that a rerun does not redo
+them). :func:`run_study` trains what is not finished (each run in its own directory under
+``OUT/runs``, by config hash: a killed study resumes, finished runs are loaded), then the
+study's :meth:`Study.analyse` turns everything into a table, figures and a verdict, written to
+``OUT/report.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from byzlearn.experiments.config import Config, config_hash, parse_config
+from byzlearn.experiments.runner import RunResult, run
+from byzlearn.registry import Registry
+
+__all__ = ["SCALES", "STUDIES", "Analysis", "Study", "StudyRun", "run_study"]
+
+SCALES = ("tiny", "small", "paper")
+
+
+@dataclass
+class StudyRun:
+    """One training run of a study: what it varies (``label``), its config and, once run, its
+    records and summary."""
+
+    label: dict[str, Any]
+    config: Config
+    result: RunResult | None = None
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return {} if self.result is None else self.result.summary
+
+    def curve(self, key: str = "test_accuracy") -> tuple[list[int], list[float]]:
+        """``(rounds, values)`` of the records holding ``key``."""
+        records = [] if self.result is None else self.result.records
+        pts = [(r["round"], r[key]) for r in records if r.get(key) is not None]
+        return [p[0] for p in pts], [float(p[1]) for p in pts]
+
+
+@dataclass
+class Analysis:
+    """What a study's analysis gives the report: a Markdown table, figures (file names under the
+    output directory), the verdict (``reproduced``, ``not reproduced``, ``partly reproduced``)
+    with its reason in numbers, and notes."""
+
+    table: str
+    figures: list[str]
+    verdict: str
+    reason: str
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Study:
+    """A packaged reproduction (see the module docstring). Subclasses write :meth:`runs`,
+    :meth:`analyse` and, when part of the study needs no training, :meth:`compute`."""
+
+    name: str
+    title: str
+    reference: str
+    claim: str
+
+    def runs(self, scale: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """``(label, config mapping)`` of every training run at ``scale``."""
+        return []
+
+    def compute(self, scale: str) -> dict[str, Any]:
+        """Results that need no training (plain JSON data)."""
+        return {}
+
+    def analyse(
+        self, scale: str, runs: list[StudyRun], computed: dict[str, Any], out: Path
+    ) -> Analysis:
+        raise NotImplementedError
+
+
+#: Studies by name.
+STUDIES: Registry[Study] = Registry("study")
+
+
+def _machine() -> str:
+    return (
+        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} torch thread(s)"
+    )
+
+
+def _computed(study: Study, scale: str, out: Path) -> dict[str, Any]:
+    path = out / "results.json"
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError):
+            saved = None
+        if isinstance(saved, dict) and saved.get("scale") == scale and "results" in saved:
+            return dict(saved["results"])
+    results = study.compute(scale)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"study": study.name, "scale": scale, "results": results}))
+    tmp.replace(path)  # written whole or not at all
+    return results
+
+
+def run_study(
+    name: str,
+    scale: str = "small",
+    out: str | Path | None = None,
+    *,
+    jobs: int = 1,
+    on_run: Callable[[int, int, StudyRun, bool], None] | None = None,
+) -> tuple[Path, Analysis]:
+    """Run the study ``name`` at ``scale`` into ``out`` (default ``studies/NAME``); return the
+    report's path and the analysis. Finished runs are loaded, killed ones resume."""
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r} (known: {', '.join(SCALES)})")
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    study = STUDIES.get(name)
+    out = Path(out) if out is not None else Path("studies") / name
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    planned = [StudyRun(label, parse_config(data)) for label, data in study.runs(scale)]
+    for i, item in enumerate(planned):
+        directory = out / "runs" / config_hash(item.config)[:16]
+        finished = (directory / "summary.json").is_file()
+        if on_run is not None:
+            on_run(i, len(planned), item, finished)
+        item.result = run(item.config, directory)
+    computed = _computed(study, scale, out)
+    analysis = study.analyse(scale, planned, computed, out)
+    seconds = time.perf_counter() - start
+    report = out / "report.md"
+    report.write_text(_report(study, scale, analysis, seconds, len(planned)))
+    return report, analysis
+
+
+def _report(study: Study, scale: str, analysis: Analysis, seconds: float, runs: int) -> str:
+    lines = [
+        f"# {study.title}",
+        "",
+        f"Reference: {study.reference}",
+        "",
+        f"**The paper's claim.** {study.claim}",
+        "",
+        f"**Verdict: {analysis.verdict}.** {analysis.reason}",
+        "",
+        f"Produced by `byzlearn study {study.name} --scale {scale}` ({runs} training runs; "
+        f"{seconds:.0f} s on {_machine()}; finished runs are loaded, not retrained, so a rerun "
+        "takes less).",
+        "",
+        analysis.table,
+        "",
+    ]
+    lines += [f"![{fig}]({fig})" for fig in analysis.figures]
+    if analysis.notes:
+        lines += ["", "Notes:", ""] + [f"- {note}" for note in analysis.notes]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,52 @@
+"""Every study runs at a tiny scale, resumes, and writes its report and figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from byzlearn.cli import app
+from byzlearn.studies import SCALES, names, run_study
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("name", names())
+def test_study_runs_resumes_and_reports(tmp_path: Path, name: str) -> None:
+    seen: list[bool] = []
+
+    def kill_second(i: int, total: int, item, finished: bool) -> None:
+        seen.append(finished)
+        if i == 1:
+            raise Killed
+
+    out = tmp_path / name
+    with pytest.raises(Killed):
+        run_study(name, "tiny", out, on_run=kill_second)
+    states: list[bool] = []
+    report, analysis = run_study(name, "tiny", out, on_run=lambda i, t, item, f: states.append(f))
+    assert states[0] is True and not any(states[1:])  # the finished run is loaded, not retrained
+    text = report.read_text()
+    assert "The paper's claim." in text and f"**Verdict: {analysis.verdict}.**" in text
+    assert analysis.verdict in ("reproduced", "not reproduced", "partly reproduced")
+    for figure in analysis.figures:
+        assert (out / figure).stat().st_size > 1000 and f"]({figure})" in text
+    again: list[bool] = []
+    run_study(name, "tiny", out, on_run=lambda i, t, item, f: again.append(f))
+    assert all(again)  # everything loaded
+
+
+def test_cli_lists_and_refuses_bad_input(tmp_path: Path) -> None:
+    runner = CliRunner()
+    listed = runner.invoke(app, ["study", "--list"])
+    assert listed.exit_code == 0 and all(n in listed.output for n in names())
+    bad = runner.invoke(app, ["study", "krum-1999"])
+    assert bad.exit_code == 2 and "unknown study 'krum-1999'" in bad.output
+    assert len(bad.output.strip().splitlines()) == 1
+    scale = runner.invoke(app, ["study", "krum-2017", "--scale", "huge", "--out", str(tmp_path)])
+    assert scale.exit_code == 2 and "--scale: expected one of" in scale.output
+    assert SCALES == ("tiny", "small", "paper")
