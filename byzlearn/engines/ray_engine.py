@@ -18,7 +18,8 @@ faults, and routes them to a driven node's mailbox or, for a reactive destinatio
 delivery.
 
 Time is the wall clock (seconds since the engine was made; :meth:`RayEngine.load_state_dict`
-continues from the checkpoint's time). ``recv`` waits on the calls in flight with ``ray.wait``
+continues from the checkpoint's time). A driven node's clock is the time of its last send, or
+where its last ``recv`` left it; a deadline counts from the moment ``recv`` is called. ``recv`` waits on the calls in flight with ``ray.wait``
 until ``q`` matching messages are in the mailbox or the deadline (real seconds) passes; without
 a deadline it waits until nothing more can arrive. An answer's arrival is the time the actor
 finished it; the clock of a driven node then stands at the q-th arrival, or at the deadline
@@ -128,6 +129,9 @@ class _GroupActor:
             if isinstance(p, torch.Tensor) and p.untyped_storage().nbytes() > p.nbytes:
                 r.payload = p.clone()
         return replies, time.time()
+
+    def where(self) -> str:
+        return str(ray.get_runtime_context().get_node_id())
 
     def state(self) -> Any:
         getter = getattr(self.handler, "state_dict", None)
@@ -317,13 +321,15 @@ class RayEngine(Engine):
         raise AssertionError("unreachable: every member has an actor")
 
     def placement(self) -> list[tuple[str, list[int], bool]]:
-        """One ``(actor id, member ids, adversary)`` per actor (starts the actors if needed)."""
+        """One ``(Ray node id, member ids, adversary)`` per actor (starts the actors if needed)."""
         self._start()
-        return [
-            (actor._actor_id.hex(), list(members), g.adversary)
+        pairs = [
+            (a, m, g.adversary)
             for g in self._groups
-            for actor, members in zip(g.actors, g.members, strict=True)
+            for a, m in zip(g.actors, g.members, strict=True)
         ]
+        nodes = ray.get([a.where.remote() for a, _, _ in pairs])
+        return [(node, list(m), adv) for node, (_, m, adv) in zip(nodes, pairs, strict=True)]
 
     def close(self) -> None:
         """Kill this engine's actors (Ray itself stays up); later messages to them are lost."""
@@ -385,8 +391,13 @@ class RayEngine(Engine):
             )
         return plan
 
+    def start(self) -> None:
+        """Start Ray (if needed) and the groups' actors, and wait until they are ready (done
+        by the first delivery otherwise, so that actor start-up never eats into a deadline)."""
+        self._start()
+
     def _start(self) -> None:
-        """Start Ray (if needed) and the groups' actors, once."""
+        """Start Ray (if needed) and the groups' actors, once; wait until they are ready."""
         if self._started:
             return
         if not ray.is_initialized():
@@ -419,6 +430,7 @@ class RayEngine(Engine):
                 ).remote(handler_ref, max(1, math.ceil(res.cpus)), state)
                 group.actors.append(actor)
                 group.members.append(members)
+        ray.get([a.where.remote() for g in self._groups for a in g.actors])
         self._started = True
 
     # ------------------------------------------------------------------ transport
@@ -429,6 +441,7 @@ class RayEngine(Engine):
         self._stamp(msg, sender)
         msg.sent_at = self._wall()
         msg.arrival = msg.sent_at
+        self._clock[sender] = max(self._clock[sender], msg.sent_at)
         self._dispatch(msg)
 
     def _stamp(self, msg: Message, sender: int) -> None:
