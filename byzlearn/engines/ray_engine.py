@@ -23,7 +23,8 @@ where its last ``recv`` left it; a deadline counts from the moment ``recv`` is c
 until ``q`` matching messages are in the mailbox or the deadline (real seconds) passes; without
 a deadline it waits until nothing more can arrive. An answer's arrival is the time the actor
 finished it; the clock of a driven node then stands at the q-th arrival, or at the deadline
-when fewer came (the driver sleeps out the deadline when nothing is in flight). Messages that
+when fewer came. When nothing more can arrive (no call in flight: the others crashed, were
+dropped or answered), ``recv`` returns at once, deadline or not, its clock at that moment. Messages that
 arrive after a deadline they were waited for are counted ``late`` (when they arrive, not when
 the deadline passes: a wall-clock engine cannot know earlier) and stay in the mailbox.
 
@@ -668,14 +669,10 @@ class RayEngine(Engine):
                 expired.append((limit, match or (lambda m: True)))
                 del expired[:-_EXPIRED_KEPT]
                 break
-            if not self._busy_elsewhere():
-                if deadline is None:  # nothing more can arrive
-                    taken = in_time
-                    if taken:
-                        self._clock[dest] = max(self._clock[dest], taken[-1].arrival)
-                    break
-                time.sleep(max(0.0, limit - now))
-                continue
+            if not self._busy_elsewhere():  # nothing more can arrive: no need to wait
+                taken = in_time
+                self._clock[dest] = max(self._clock[dest], now)
+                break
             self._collect(min(limit - now, self._next_release(), _POLL))
         chosen = {m.seq for m in taken}
         self._mail[dest] = [m for m in box if m.seq not in chosen]
