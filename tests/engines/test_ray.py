@@ -329,3 +329,29 @@ def test_an_async_kardam_run_completes(ray_instance) -> None:
         assert torch.isfinite(trainer.theta).all()
     finally:
         trainer.engine.close()  # type: ignore[attr-defined]
+
+
+def test_a_killed_ray_run_resumes_from_its_checkpoint_to_the_same_model(
+    ray_instance, tmp_path
+) -> None:
+    import gc
+
+    from byzlearn.experiments import run
+    from tests.resume import kill_run
+
+    config = parse_config(
+        {
+            **RUN,
+            "steps": 8,
+            "checkpoint_every": 4,
+            "optimizer": {"momentum": 0.9, "momentum_at": "worker"},  # state in the actors
+            "engine": {"name": "ray", "actors": 1, "resources": {"worker": {"cpus": 0.5}}},
+        }
+    )
+    full = run(config)
+    kill_run(config, tmp_path / "run", at=6)
+    gc.collect()  # the killed run's actors go with its engine
+    resumed = run(config, tmp_path / "run")
+    assert resumed.status == "resumed" and resumed.resumed_from == 4
+    assert full.theta is not None and resumed.theta is not None
+    assert torch.allclose(resumed.theta, full.theta, atol=1e-5, rtol=1e-4)
