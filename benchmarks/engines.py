@@ -91,6 +91,7 @@ def main() -> None:
         f"this process: {torch.get_num_threads()} torch threads; ray: {args.cpus} CPUs, "
         f"one actor per CPU, 1 torch thread each"
     )
+    print(f"load average at the start: {os.getloadavg()[0]:.2f} (rerun when it is high)")
     print(f"digits, batch 32 per worker, f = 0, average; median of {args.rounds} rounds\n")
     header = (
         f"{'model':<5} {'n':>3} {'local s/round':>13} {'ray s/round':>11} "
@@ -101,7 +102,8 @@ def main() -> None:
     print("-" * len(header))
     for model in args.models:
         for n in args.n:
-            local = _measure(Trainer(_config(model, n, {"name": "local"})), args.warmup, args.rounds)
+            local_trainer = Trainer(_config(model, n, {"name": "local"}))
+            local = _measure(local_trainer, args.warmup, args.rounds)
             trainer = Trainer(_config(model, n, {"name": "ray"}))
             try:
                 remote = _measure(trainer, args.warmup, args.rounds)
@@ -114,6 +116,7 @@ def main() -> None:
                 f"{1000 * (remote['seconds'] - local['seconds']):>15.1f} "
                 f"{local['messages']:>10.0f} {local['bytes']:>11.0f}"
             )
+    print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
     ray.shutdown()
 
 

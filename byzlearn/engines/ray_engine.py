@@ -19,14 +19,14 @@ delivery.
 
 Time is the wall clock (seconds since the engine was made; :meth:`RayEngine.load_state_dict`
 continues from the checkpoint's time). A driven node's clock is the time of its last send, or
-where its last ``recv`` left it; a deadline counts from the moment ``recv`` is called. ``recv`` waits on the calls in flight with ``ray.wait``
-until ``q`` matching messages are in the mailbox or the deadline (real seconds) passes; without
-a deadline it waits until nothing more can arrive. An answer's arrival is the time the actor
-finished it; the clock of a driven node then stands at the q-th arrival, or at the deadline
-when fewer came. When nothing more can arrive (no call in flight: the others crashed, were
-dropped or answered), ``recv`` returns at once, deadline or not, its clock at that moment. Messages that
-arrive after a deadline they were waited for are counted ``late`` (when they arrive, not when
-the deadline passes: a wall-clock engine cannot know earlier) and stay in the mailbox.
+where its last ``recv`` left it; a deadline counts from the moment ``recv`` is called. ``recv``
+waits on the calls in flight with ``ray.wait`` until ``q`` matching messages are in the mailbox
+or the deadline (real seconds) passes. An answer's arrival is the time the actor finished it;
+the clock of a driven node then stands at the q-th arrival, or at the deadline when fewer came.
+When nothing more can arrive (no call in flight: the others crashed, were dropped or answered),
+``recv`` returns at once, deadline or not, its clock at that moment. Messages that arrive after
+a deadline they were waited for are counted ``late`` (when they arrive, not when the deadline
+passes: a wall-clock engine cannot know earlier) and stay in the mailbox.
 
 Faults. An actor whose process dies (``ray.kill``, a machine lost, out of memory) is a crashed
 node: the messages it was handling and every later message to its members are ``dropped``, its

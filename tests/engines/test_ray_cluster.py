@@ -10,10 +10,10 @@ import pytest
 
 pytest.importorskip("ray")
 
-from byzlearn.engines import Message  # noqa: E402
-from byzlearn.engines.ray_engine import RayEngine  # noqa: E402
-from tests.engines.conftest import ROOT  # noqa: E402
-from tests.engines.test_contract import Echo  # noqa: E402
+from byzlearn.engines import Message
+from byzlearn.engines.ray_engine import RayEngine
+from tests.engines.conftest import ROOT
+from tests.engines.test_contract import Echo
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(120)]
 
