@@ -282,8 +282,9 @@ def _train(config: dict[str, Any], steps: int) -> Trainer:
 
 
 def test_a_sync_run_on_ray_computes_what_the_local_engine_computes(ray_instance) -> None:
-    local = _train(RUN, 12)
-    remote = _train({**RUN, "engine": {"name": "ray", "actors": 1}}, 12)
+    local = _train(RUN, 12)  # one vectorised group of 5 honest workers
+    two = {"name": "ray", "actors": 2, "resources": {"worker": {"cpus": 0.5}}}
+    remote = _train({**RUN, "engine": two}, 12)  # actors [0, 1, 2] and [3, 4], the coalition
     try:
         assert torch.allclose(remote.theta, local.theta, atol=1e-5, rtol=1e-4)
         assert remote.evaluate()[0] == pytest.approx(local.evaluate()[0], abs=0.005)
