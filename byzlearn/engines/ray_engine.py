@@ -84,6 +84,8 @@ __all__ = ["RayEngine", "Resources"]
 _EXPIRED_KEPT = 16
 # longest single ray.wait (s): the loop re-checks held adversary deliveries at least this often
 _POLL = 0.5
+# seconds the actors may take to start before the engine gives up
+_START = 300.0
 # exceptions that mean "the actor's process is gone" (a crash), not "the handler raised"
 _DEAD = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
 
@@ -145,6 +147,11 @@ class _GroupActor:
 
 
 _RemoteGroupActor = ray.remote(_GroupActor)
+
+
+def _cut(a: int, size: int, parts: int) -> int:
+    """Where slice ``a`` of ``parts`` near-equal contiguous slices of ``size`` items starts."""
+    return -(-a * size // parts)
 
 
 @dataclass
@@ -420,18 +427,22 @@ class RayEngine(Engine):
                 continue
             res = self._resources(self._roles[group.ids[0]])
             handler_ref = ray.put(group.handler)
-            size = -(-len(group.ids) // k)
-            for a in range(k):
-                members = group.ids[a * size : (a + 1) * size]
-                if not members:
-                    continue
+            for a in range(k):  # k contiguous slices, sizes differing by at most one
+                members = group.ids[_cut(a, len(group.ids), k) : _cut(a + 1, len(group.ids), k)]
                 state = saved[gi][a] if saved is not None else None
                 actor = _RemoteGroupActor.options(
                     num_cpus=res.cpus, num_gpus=res.gpus
                 ).remote(handler_ref, max(1, math.ceil(res.cpus)), state)
                 group.actors.append(actor)
                 group.members.append(members)
-        ray.get([a.where.remote() for g in self._groups for a in g.actors])
+        try:
+            ray.get([a.where.remote() for g in self._groups for a in g.actors], timeout=_START)
+        except ray.exceptions.GetTimeoutError:
+            self.close()
+            raise RuntimeError(
+                f"ray engine: the actors did not start within {_START:g} s (a busy cluster, or "
+                "resources no node has); nothing was run"
+            ) from None
         self._started = True
 
     # ------------------------------------------------------------------ transport

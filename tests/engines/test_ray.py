@@ -87,31 +87,31 @@ def _balanced(s: dict[str, int]) -> bool:
 # ---------------------------------------------------------------------- time
 def test_deadline_is_real_time_and_late_answers_stay_in_flight(engines) -> None:
     engine = _engine(engines, actors=2)  # actors: [0, 1] and [2]
-    ids = engine.add_group("worker", 3, Sleepy(slow=[2], seconds=1.0))
+    ids = engine.add_group("worker", 3, Sleepy(slow=[2], seconds=2.5))
     server = engine.add_node("server")
     engine.start()  # (the first delivery would start the actors otherwise)
     server.multicast(Message(kind="ask", round=1), ids)
     start = server.clock
-    early = server.gather(1, q=3, deadline=0.5)
+    early = server.gather(1, q=3, deadline=1.0)
     assert sorted(int(m.sender) for m in early) == ids[:2]
-    assert server.clock == pytest.approx(start + 0.5, abs=0.05)  # the deadline
-    late = server.gather(1, q=1, deadline=10.0)
+    assert server.clock == pytest.approx(start + 1.0, abs=0.05)  # the deadline
+    late = server.gather(1, q=1, deadline=20.0)
     assert [int(m.sender) for m in late] == [ids[2]]
-    assert start + 1.0 < server.clock < start + 10.0  # the straggler's real arrival
+    assert start + 2.5 < server.clock < start + 20.0  # the straggler's real arrival
     s = engine.stats
     assert s["late"] == 1 and s["in_flight"] == 0 and _balanced(s)
 
 
 def test_q_met_before_the_deadline_returns_at_the_qth_arrival(engines) -> None:
     engine = _engine(engines, actors=2)
-    ids = engine.add_group("worker", 3, Sleepy(slow=[2], seconds=2.0))
+    ids = engine.add_group("worker", 3, Sleepy(slow=[2], seconds=6.0))
     server = engine.add_node("server")
     engine.start()
     server.multicast(Message(kind="ask", round=1), ids)
     start = time.time()
     got = server.gather(1, q=2, deadline=20.0)
     assert sorted(int(m.sender) for m in got) == ids[:2]
-    assert time.time() - start < 1.5  # did not wait for the straggler or the deadline
+    assert time.time() - start < 5.0  # did not wait for the straggler or the deadline
     assert engine.stats["late"] == 0
     server.discard(lambda m: True)
 
@@ -129,13 +129,13 @@ def test_the_adversary_sees_every_honest_answer_of_its_delivery_by_default(engin
 
 
 def test_adversary_wait_bounds_how_long_the_adversary_waits_for_stragglers(engines) -> None:
-    engine = _engine(engines, actors=2, resources=HALF, adversary_wait=0.3)
+    engine = _engine(engines, actors=2, resources=HALF, adversary_wait=1.5)
     byz = engine.add_group("worker", 1, Spy(), adversary=True)
-    honest = engine.add_group("worker", 3, Sleepy(slow=[3], seconds=1.0))  # actors [1, 2], [3]
+    honest = engine.add_group("worker", 3, Sleepy(slow=[3], seconds=6.0))  # actors [1, 2], [3]
     server = engine.add_node("server")
     engine.start()
     server.multicast(Message(kind="ask", round=1), byz + honest)
-    replies = {int(m.sender): m for m in server.recv(4)}
+    replies = {int(m.sender): m for m in server.recv(3, lambda m: m.sender != 3)}
     assert replies[byz[0]].meta["view"] == honest[:2]  # not the straggler
 
 
