@@ -58,6 +58,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import weakref
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -265,7 +266,9 @@ class RayEngine(Engine):
         id = int(id)
         if id not in self._driven:
             self._check_free(id)
-            self._driven[id] = Node(self, id)
+            # the handle refers back through a weak proxy: no engine <-> node cycle, so a
+            # dropped engine is freed at once and its actors (and their CPUs) with it
+            self._driven[id] = Node(weakref.proxy(self), id)
             self._clock[id] = self._wall()
             self._mail[id] = []
         return self._driven[id]

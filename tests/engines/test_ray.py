@@ -356,3 +356,31 @@ def test_a_killed_ray_run_resumes_from_its_checkpoint_to_the_same_model(
     assert resumed.status == "resumed" and resumed.resumed_from == 4
     assert full.theta is not None and resumed.theta is not None
     assert torch.allclose(resumed.theta, full.theta, atol=1e-5, rtol=1e-4)
+
+
+def test_a_dropped_engine_frees_its_actors_without_waiting_for_the_garbage_collector(
+    ray_instance,
+) -> None:
+    import gc
+
+    ray = ray_instance
+
+    def free_cpus(expected: float) -> bool:
+        for _ in range(100):
+            if ray.available_resources().get("CPU", 0.0) == expected:
+                return True
+            time.sleep(0.1)
+        return False
+
+    gc.disable()  # freed by reference counting alone: no engine <-> node cycle
+    try:
+        engine = RayEngine(actors=2)
+        ids = engine.add_group("worker", 2, Echo())
+        server = engine.add_node("server")
+        server.multicast(Message(kind="ask", round=1), ids)
+        assert len(server.gather(1, q=2)) == 2
+        assert free_cpus(0.0)
+        del engine, server
+        assert free_cpus(2.0)
+    finally:
+        gc.enable()
