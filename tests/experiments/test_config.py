@@ -43,7 +43,6 @@ def test_every_field_has_a_default() -> None:
         ({"rule": {"name": "krum", "options": {"radius": 1}}}, "rule.options"),
         ({"engine": "spark"}, "engine.name"),
         ({"engine": {"name": "ray", "actors": 0}}, "engine.actors"),
-        ({"engine": "ray", "network": {"stragglers": 1}}, "network.stragglers"),
         ({"engine": {"name": "local", "vectorize": True}}, "engine.vectorize"),
         ({"protocol": {"name": "gossip"}}, "protocol.name"),
         ({"protocol": {"name": "kardam", "q": 3}}, "protocol.q"),
