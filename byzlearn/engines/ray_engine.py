@@ -220,6 +220,7 @@ class RayEngine(Engine):
         self._groups: list[_Group] = []
         self._group_of: dict[int, _Group] = {}
         self._driven: dict[int, Node] = {}
+        self._byzantine: set[int] = set()  # driven nodes acting for the adversary
         self._clock: dict[int, float] = {}
         self._busy: dict[int, float] = {}
         self._mail: dict[int, list[Message]] = {}
@@ -262,7 +263,9 @@ class RayEngine(Engine):
         self._groups.append(group)
         self._groups.sort(key=lambda g: g.adversary)  # the adversary is handed out last
 
-    def driven(self, id: int) -> Node:
+    def driven(self, id: int, *, adversary: bool = False) -> Node:
+        """The handle of node ``id``; ``adversary=True``: a Byzantine node acting on its own
+        (its messages are not shown to the adversary as honest ones; it may :meth:`observe`)."""
         id = int(id)
         if id not in self._driven:
             self._check_free(id)
@@ -271,7 +274,40 @@ class RayEngine(Engine):
             self._driven[id] = Node(weakref.proxy(self), id)
             self._clock[id] = self._wall()
             self._mail[id] = []
+            if adversary:
+                self._byzantine.add(id)
+                self._has_adversary = True
+        elif adversary != (id in self._byzantine):
+            kind = "an honest" if adversary else "a Byzantine"
+            raise ValueError(f"node {id} is already registered as {kind} node")
         return self._driven[id]
+
+    def add_node(self, role: str, *, adversary: bool = False) -> Node:
+        """Reserve one node playing ``role`` and return its handle."""
+        return self.driven(self.reserve(role, 1)[0], adversary=adversary)
+
+    def observe(self, node: int, match: Match | None = None) -> list[Message]:
+        """What the Byzantine driven node ``node`` sees: for each honest sender, the latest
+        message (satisfying ``match``) it has sent so far (answers of finished calls included);
+        the node's clock moves to the latest of their send times."""
+        node = int(node)
+        if node not in self._byzantine:
+            raise ValueError(f"node {node} is not a Byzantine driven node; it cannot observe")
+        self._flush()
+        self._collect(0.0)
+        view = [m.copy() for m in self._view(match)]
+        if view:
+            self._clock[node] = max(self._clock[node], max(m.sent_at for m in view))
+        return view
+
+    def compute(self, node: int, round: int) -> float:
+        """A driven node's local work (a peer's gradient) ran in the driver on real time:
+        nothing to simulate; its clock moves to now."""
+        node = int(node)
+        if node not in self._driven:
+            raise ValueError(f"node {node} is not a driven node")
+        self._clock[node] = max(self._clock[node], self._wall())
+        return self._clock[node]
 
     def _check_free(self, id: int) -> None:
         if id not in self._roles:
@@ -509,19 +545,20 @@ class RayEngine(Engine):
             return
         assert msg.sender is not None
         group = self._group_of.get(msg.sender)
-        if group is not None and group.adversary:
+        if (group is not None and group.adversary) or msg.sender in self._byzantine:
             return
         kept = self._seen.setdefault(msg.sender, [])
         kept.append(msg.copy())
         del kept[: -self._history]
 
-    def _view(self) -> list[Message]:
-        """For each honest sender, its latest message sent so far."""
-        return [
-            max(self._seen[s], key=lambda m: (m.sent_at, m.seq))
-            for s in sorted(self._seen)
-            if self._seen[s]
-        ]
+    def _view(self, match: Match | None = None) -> list[Message]:
+        """For each honest sender, its latest message (satisfying ``match``) sent so far."""
+        view = []
+        for sender in sorted(self._seen):
+            sent = [m for m in self._seen[sender] if match is None or match(m)]
+            if sent:
+                view.append(max(sent, key=lambda m: (m.sent_at, m.seq)))
+        return view
 
     def _flush(self) -> None:
         """Hand the buffered messages to the actors: honest groups now, the adversary held."""

@@ -384,3 +384,23 @@ def test_a_dropped_engine_frees_its_actors_without_waiting_for_the_garbage_colle
         assert free_cpus(2.0)
     finally:
         gc.enable()
+
+
+def test_a_byzantine_driven_node_observes_the_honest_messages_sent_so_far(engines) -> None:
+    engine = _engine(engines, actors=1)
+    ids = engine.add_group("worker", 2, Echo())
+    server = engine.add_node("server")
+    spy = engine.add_node("server", adversary=True)  # a Byzantine server acting on its own
+    server.multicast(Message(kind="ask", payload=3.0, round=1), ids)
+    spy.send(Message(kind="ask", payload=9.0, dest=ids[0], round=1))
+    assert len(server.gather(1, q=2)) == 2
+    seen = engine.observe(spy.id, lambda m: m.kind == "echo")
+    assert sorted(int(m.sender) for m in seen) == ids  # the workers' answers to the server
+    assert spy.clock >= max(m.sent_at for m in seen)
+    assert {int(m.sender) for m in engine.observe(spy.id)} == {*ids, server.id}  # not its own
+    with pytest.raises(ValueError, match="not a Byzantine driven node"):
+        engine.observe(server.id)
+    with pytest.raises(ValueError, match="already registered as a Byzantine node"):
+        engine.driven(spy.id)
+    before = time.time()
+    assert engine.compute(server.id, 1) >= before - engine._t0  # real time: the clock is now
