@@ -296,16 +296,17 @@ def test_a_sync_run_on_ray_computes_what_the_local_engine_computes(ray_instance)
 def test_killing_a_worker_actor_mid_run_is_recorded_and_the_run_goes_on(ray_instance) -> None:
     import ray
 
-    config = {**RUN, "engine": {"name": "ray", "actors": 2, "resources": {"worker": {"cpus": 0.5}}}}
-    trainer = Trainer(parse_config(config))  # honest workers 0-4 in actors [0, 1, 2] and [3, 4]
+    engine = {"name": "ray", "actors": 2}
+    config = {**RUN, "attack": {"name": "none"}, "engine": engine}  # worker 5 computes too
+    trainer = Trainer(parse_config(config))  # workers in actors [0, 1, 2] and [3, 4, 5]
     try:
         records = [trainer.step() for _ in range(3)]
-        ray.kill(trainer.engine.actor_of(3))  # type: ignore[attr-defined]  (workers 3 and 4)
+        ray.kill(trainer.engine.actor_of(3))  # type: ignore[attr-defined]  (workers 3, 4, 5)
         records += [trainer.step() for _ in range(4)]
-        assert [r["received"] for r in records] == [6, 6, 6, 4, 4, 4, 4]
-        assert [r.get("crashed") for r in records][3] == [3, 4]  # the kill is in the records
-        assert not any(r.get("skipped") for r in records)  # median: 4 >= 2f + 1 replies
-        assert trainer.summary()["crashed_nodes"] == [3, 4]
+        assert [r["received"] for r in records] == [6, 6, 6, 3, 3, 3, 3]
+        assert [r.get("crashed") for r in records][3] == [3, 4, 5]  # the kill is in the records
+        assert not any(r.get("skipped") for r in records)  # median: 3 >= 2f + 1 replies
+        assert trainer.summary()["crashed_nodes"] == [3, 4, 5]
         assert torch.isfinite(trainer.theta).all()
     finally:
         trainer.engine.close()  # type: ignore[attr-defined]
@@ -343,10 +344,11 @@ def test_a_killed_ray_run_resumes_from_its_checkpoint_to_the_same_model(
     config = parse_config(
         {
             **RUN,
+            "attack": {"name": "none"},  # one actor per run: every worker computes
             "steps": 8,
             "checkpoint_every": 4,
             "optimizer": {"momentum": 0.9, "momentum_at": "worker"},  # state in the actors
-            "engine": {"name": "ray", "actors": 1, "resources": {"worker": {"cpus": 0.5}}},
+            "engine": {"name": "ray", "actors": 1},
         }
     )
     full = run(config)
