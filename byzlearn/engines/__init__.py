@@ -1,8 +1,9 @@
 """Engines: where protocol nodes run and how their messages travel.
 
 ``local`` (in-process, vectorised honest workers, event-driven simulated clock) is the default;
-a ``ray`` engine (actors) implements the same :class:`Engine` contract. Engines are registered
-by name in :data:`ENGINES`; :func:`build` makes one from a config section.
+``ray`` (:mod:`byzlearn.engines.ray_engine`: worker groups in Ray actors, wall-clock time; the
+optional extra ``ray``, imported only when used) implements the same :class:`Engine` contract.
+Engines are registered by name in :data:`ENGINES`; :func:`build` makes one from a config section.
 """
 
 from __future__ import annotations
@@ -59,6 +60,30 @@ ENGINES: Registry[EngineFactory] = Registry("engine")
 @ENGINES.register("local")
 def _local(options: Any, *, seed: int, network: NetworkModel) -> Engine:
     return LocalEngine(seed=seed, vectorise=getattr(options, "vectorise", True), network=network)
+
+
+@ENGINES.register("ray")
+def _ray(options: Any, *, seed: int, network: NetworkModel) -> Engine:
+    try:
+        from byzlearn.engines.ray_engine import RayEngine, Resources
+    except ModuleNotFoundError as err:
+        if err.name != "ray":
+            raise
+        raise ValueError(
+            'the ray engine needs the optional extra: pip install -e ".[ray]"'
+        ) from None
+    return RayEngine(
+        seed=seed,
+        network=network,
+        address=getattr(options, "address", None),
+        num_cpus=getattr(options, "num_cpus", None),
+        actors=getattr(options, "actors", None),
+        resources={
+            role: Resources(cpus=r.cpus, gpus=r.gpus)
+            for role, r in getattr(options, "resources", {}).items()
+        },
+        adversary_wait=getattr(options, "adversary_wait", None),
+    )
 
 
 def names() -> list[str]:

@@ -42,6 +42,7 @@ __all__ = [
     "OptimizerConfig",
     "PartitionConfig",
     "PoisoningConfig",
+    "RayEngineConfig",
     "RuleConfig",
     "apply_overrides",
     "config_hash",
@@ -237,7 +238,42 @@ class LocalEngineConfig(_Strict):
     vectorise: bool = True
 
 
-EngineConfig = LocalEngineConfig
+class RoleResourcesConfig(_Strict):
+    """What one actor of a role reserves on the ``ray`` engine (``cpus`` are also its torch
+    threads)."""
+
+    cpus: float = Field(1.0, ge=0, allow_inf_nan=False)
+    gpus: float = Field(0.0, ge=0, allow_inf_nan=False)
+
+
+class RayEngineConfig(_Strict):
+    """``engine: {name: ray}``: reactive nodes (workers) in Ray actors, wall-clock time (see
+    ``docs/ray.md``). ``address``: none for a local instance (``num_cpus`` CPUs), ``auto`` or
+    ``host:port`` for a running cluster; ``actors``: actors per honest group; ``resources``:
+    per role; ``adversary_wait``: seconds the coalition waits for the honest answers."""
+
+    name: Literal["ray"] = "ray"
+    address: str | None = None
+    num_cpus: int | None = Field(None, ge=1)
+    actors: int | None = Field(None, ge=1)
+    resources: dict[str, RoleResourcesConfig] = Field(default_factory=dict)
+    adversary_wait: float | None = Field(None, gt=0, allow_inf_nan=False)
+
+    @field_validator("name")
+    @classmethod
+    def _installed(cls, v: str) -> str:
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise ValueError('the ray engine needs the optional extra: pip install -e ".[ray]"')
+        return v
+
+
+EngineConfig = Annotated[LocalEngineConfig | RayEngineConfig, Field(discriminator="name")]
+
+# network options the ray engine cannot honour on real time (it emulates crashes, omissions and
+# lost coordinates, which are keyed per node and round)
+_SIMULATED_ONLY = ("compute_time", "link_delay", "stragglers", "slowdown")
 ProtocolConfig = Annotated[
     ParameterServerOptions
     | AsyncSGDOptions
@@ -397,11 +433,25 @@ class Config(_Strict):
         bad = sorted(i for i in self.network.crashes if not 0 <= i < self.n)
         if bad:
             raise ValueError(f"network.crashes: worker ids must be in [0, {self.n}), got {bad[0]}")
+        if self.engine.name == "ray":
+            defaults = NetworkConfig()
+            for key in _SIMULATED_ONLY:
+                if getattr(self.network, key) != getattr(defaults, key):
+                    raise ValueError(
+                        f"network.{key}: simulated time only (engine local); the ray engine "
+                        "runs on real time"
+                    )
         if self.attack.name != "none" and self.poisoning.kind != "none":
             raise ValueError("attack.name: choose an attack or poisoning, not both")
         if self.protocol.name == "kardam" and self.n < 3 * self.f + 1:
             raise ValueError(
                 f"protocol.name: kardam needs n >= 3f + 1, got n={self.n}, f={self.f}"
+            )
+        engines = getattr(self.protocol, "engines", None)
+        if engines is not None and self.engine.name not in engines:
+            raise ValueError(
+                f"engine.name: {self.protocol.name} runs on the {', '.join(engines)} engine "
+                f"only, got {self.engine.name!r}"
             )
         check = getattr(self.protocol, "check_config", None)
         if check is not None:

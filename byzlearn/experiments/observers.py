@@ -126,6 +126,7 @@ class EngineObserver(Observer):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._last = dict(engine.stats)
+        self._crashed: set[int] = set()
 
     def collect(self, record: dict[str, Any]) -> None:
         now = self.engine.stats
@@ -133,13 +134,22 @@ class EngineObserver(Observer):
             record[key] = int(now.get(stat, 0) - self._last.get(stat, 0))
         record["in_flight"] = int(now.get("in_flight", 0))
         self._last = dict(now)
+        # nodes found dead during the step (engines with real crashes: ``engine.crashed``)
+        new = sorted(set(getattr(self.engine, "crashed", ())) - self._crashed)
+        if new:
+            record["crashed"] = new
+            self._crashed.update(new)
 
     def summary(self) -> dict[str, Any]:
         stats = self.engine.stats
-        return {f"total_{k}": int(stats.get(v, 0)) for k, v in _COUNTERS.items()}
+        out: dict[str, Any] = {f"total_{k}": int(stats.get(v, 0)) for k, v in _COUNTERS.items()}
+        if self._crashed:
+            out["crashed_nodes"] = sorted(self._crashed)
+        return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {"last": dict(self._last)}
+        return {"last": dict(self._last), "crashed": sorted(self._crashed)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._last = {k: int(v) for k, v in state["last"].items()}
+        self._crashed = {int(i) for i in state.get("crashed", [])}

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -58,6 +58,9 @@ class LiuBeiOptions(ReplicatedOptions):
     """Config section ``protocol: {name: liubei, ...}``."""
 
     name: Literal["liubei"] = "liubei"
+    #: engines it runs on: its servers and workers are reactive nodes started by timers, whose
+    #: state the protocol reads in the driver (on Ray they live in actors)
+    engines: ClassVar[tuple[str, ...]] = ("local",)
     timeout: float = Field(1.5, gt=0, description="seconds after a step starts to pull another")
     slack: float = Field(1.0, ge=0, description="distance filter slack (ModelFilter)")
     lipschitz_factor: float = Field(3.0, gt=0, description="Lipschitz filter factor")

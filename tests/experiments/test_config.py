@@ -41,7 +41,8 @@ def test_every_field_has_a_default() -> None:
         ({"optimizer": {"momentum_at": "moon"}}, "optimizer.momentum_at"),
         ({"attack": {"name": "ipm", "options": {"eps": 1}}}, "attack.options"),
         ({"rule": {"name": "krum", "options": {"radius": 1}}}, "rule.options"),
-        ({"engine": "ray"}, "engine.name"),
+        ({"engine": "spark"}, "engine.name"),
+        ({"engine": {"name": "ray", "actors": 0}}, "engine.actors"),
         ({"engine": {"name": "local", "vectorize": True}}, "engine.vectorize"),
         ({"protocol": {"name": "gossip"}}, "protocol.name"),
         ({"protocol": {"name": "kardam", "q": 3}}, "protocol.q"),
@@ -58,6 +59,21 @@ def test_bad_configs_name_the_field(data: dict, field: str) -> None:
     with pytest.raises(ConfigError) as err:
         parse_config(data)
     assert f"{field}:" in str(err.value)
+
+
+def test_the_ray_engine_without_its_extra_is_one_line(monkeypatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a)
+    )
+    with pytest.raises(ConfigError) as err:
+        parse_config({"engine": "ray"})
+    assert str(err.value) == (
+        "invalid config: engine.name: the ray engine needs the optional extra: "
+        'pip install -e ".[ray]"'
+    )
 
 
 def test_bulyan_error_states_the_requirement() -> None:

@@ -116,7 +116,7 @@ def test_node_ids_come_from_the_protocol_and_engines_from_the_registry() -> None
     assert trainer.engine.role_of(4) == "server"
     from byzlearn.engines import ENGINES
 
-    assert ENGINES.names() == ["local"]
+    assert ENGINES.names() == ["local", "ray"]  # ray: the optional extra, imported when used
     with pytest.raises(ValueError, match="already registered"):
         ENGINES.add("local", lambda *a, **k: None)
 

@@ -39,6 +39,11 @@ def test_worker_requirement_and_quorums():
         cfg(server_attack={"name": "silent", "equivocate": True})
 
 
+def test_liubei_is_refused_on_an_engine_it_cannot_run_on():
+    with pytest.raises(ConfigError, match=r"engine\.name: liubei runs on the local engine only"):
+        parse_config({**BASE, "protocol": {"name": "liubei"}, "engine": {"name": "ray"}})
+
+
 def test_mda_is_the_default_rule_and_any_rule_is_allowed():
     assert cfg().rule.name == "mda"
     c = parse_config({**BASE, "rule": {"name": "median"}, "protocol": {"name": "byzsgd"}})

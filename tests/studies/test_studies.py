@@ -9,10 +9,7 @@ from typer.testing import CliRunner
 
 from byzlearn.cli import app
 from byzlearn.studies import SCALES, names, run_study
-
-
-class Killed(Exception):
-    pass
+from tests.resume import KilledError
 
 
 @pytest.mark.parametrize("name", names())
@@ -22,10 +19,10 @@ def test_study_runs_resumes_and_reports(tmp_path: Path, name: str) -> None:
     def kill_second(i: int, total: int, item, finished: bool) -> None:
         seen.append(finished)
         if i == 1:
-            raise Killed
+            raise KilledError
 
     out = tmp_path / name
-    with pytest.raises(Killed):
+    with pytest.raises(KilledError):
         run_study(name, "tiny", out, on_run=kill_second)
     states: list[bool] = []
     report, analysis = run_study(name, "tiny", out, on_run=lambda i, t, item, f: states.append(f))
