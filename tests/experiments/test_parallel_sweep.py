@@ -1,0 +1,134 @@
+"""Parallel sweeps (``--jobs N``, local processes or Ray tasks): the same runs as a sequential
+sweep, and a parallel sweep killed mid-way resumes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from byzlearn.cli import app
+from byzlearn.experiments.store import RunDir
+from byzlearn.experiments.sweep import load_sweep, plan_sweep, run_sweep
+from tests.resume import without_times
+
+BASE = {
+    "dataset": {"name": "synthetic", "options": {"num_samples": 400, "num_features": 8}},
+    "model": {"name": "logistic"},
+    "n": 7,
+    "f": 1,
+    "steps": 10,
+    "eval_every": 5,
+    "batch_size": 8,
+}
+
+
+def _spec(tmp_path: Path, steps: int = 10, checkpoint_every: int = 0) -> Path:
+    base = {**BASE, "steps": steps, "checkpoint_every": checkpoint_every}
+    spec = {"base": base, "grid": {"rule.name": ["average", "median"], "seed": [0, 1]}}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _runs(out: Path, spec: Path) -> dict[str, list[dict]]:
+    """Records (without wall-clock fields) of every run of the sweep, by directory name."""
+    plan = plan_sweep(*load_sweep(spec))
+    return {
+        plan.directory(out, c).name: without_times(RunDir(plan.directory(out, c)).metrics())
+        for c in plan.configs
+    }
+
+
+@pytest.mark.timeout(120)
+def test_parallel_sweep_equals_sequential_and_skips_finished(tmp_path: Path) -> None:
+    spec = _spec(tmp_path)
+    plan = plan_sweep(*load_sweep(spec))
+    sequential = run_sweep(plan, tmp_path / "seq")
+    seen: list[tuple[int, int]] = []
+    parallel = run_sweep(
+        plan, tmp_path / "par", jobs=2, on_round=lambda i, r: seen.append((i, r["round"]))
+    )
+    strip = ("seconds", "agg_seconds")
+    assert [{k: v for k, v in s.items() if k not in strip} for s in parallel] == [
+        {k: v for k, v in s.items() if k not in strip} for s in sequential
+    ]
+    assert _runs(tmp_path / "par", spec) == _runs(tmp_path / "seq", spec)
+    assert {i for i, _ in seen} == set(range(4))  # rounds reported from the workers
+    # a finished sweep is loaded, not rerun
+    mtimes = [p.stat().st_mtime_ns for p in sorted((tmp_path / "par").rglob("summary.json"))]
+    again = run_sweep(plan, tmp_path / "par", jobs=2)
+    assert again == parallel
+    assert mtimes == [p.stat().st_mtime_ns for p in sorted((tmp_path / "par").rglob("summary.json"))]
+
+
+@pytest.mark.timeout(180)
+def test_parallel_sweep_killed_mid_way_resumes(tmp_path: Path) -> None:
+    spec = _spec(tmp_path, steps=150, checkpoint_every=10)
+    out = tmp_path / "par"
+    # the command line, in its own process group, killed (SIGKILL, workers included) once a
+    # run has checkpointed and before the sweep is over
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "byzlearn.cli", "sweep", str(spec), "--out", str(out),
+         "--jobs", "2", "--no-report"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while not list(out.rglob("checkpoint.pt")):
+            assert proc.poll() is None, "the sweep ended before it could be killed"
+            assert time.monotonic() < deadline, "no checkpoint within 90 s"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    plan = plan_sweep(*load_sweep(spec))
+    dirs = [RunDir(plan.directory(out, c)) for c in plan.configs]
+    assert not all(d.finished for d in dirs)
+    assert any(d.checkpoint_path.exists() for d in dirs)
+    result = CliRunner().invoke(
+        app, ["sweep", str(spec), "--out", str(out), "--jobs", "2", "--no-report"]
+    )
+    assert result.exit_code == 0, result.output
+    assert all(d.finished and not d.lock_path.exists() for d in dirs)
+    run_sweep(plan, tmp_path / "seq")
+    assert _runs(out, spec) == _runs(tmp_path / "seq", spec)  # no lost or duplicated round
+
+
+def test_jobs_must_be_positive(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["sweep", str(_spec(tmp_path)), "--jobs", "0"])
+    assert result.exit_code == 2 and "--jobs" in result.output
+    result = CliRunner().invoke(app, ["sweep", str(_spec(tmp_path)), "--address", "x:1"])
+    assert result.exit_code == 2 and "--address: only with --ray" in result.output
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    ray = pytest.importorskip("ray")
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    if started_here:
+        ray.shutdown()
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(120)
+def test_ray_sweep_equals_sequential(tmp_path: Path, ray_instance) -> None:
+    spec = _spec(tmp_path)
+    plan = plan_sweep(*load_sweep(spec))
+    run_sweep(plan, tmp_path / "seq")
+    result = CliRunner().invoke(
+        app, ["sweep", str(spec), "--out", str(tmp_path / "ray"), "--jobs", "2", "--ray",
+              "--no-report"]
+    )
+    assert result.exit_code == 0, result.output
+    assert _runs(tmp_path / "ray", spec) == _runs(tmp_path / "seq", spec)
