@@ -54,7 +54,7 @@ import torch
 
 from byzlearn.aggregators import _gram
 from byzlearn.aggregators._gram import BaseGram, Inputs, MissingEntries
-from byzlearn.aggregators._inputs import as_matrix, check_f
+from byzlearn.aggregators._inputs import InputKind, as_matrix, check_f
 from byzlearn.aggregators._registry import (
     Combination,
     RuleSpec,
@@ -154,9 +154,12 @@ class Shard:
         """Compute this shard's part of the output (kept here); returns None, or ``(kind,
         message)`` of the error a rule raised."""
         kind, A, centre, args = plan
-        gram = None if aug is None else BaseGram(aug=aug, bad=bad, missing=self.missing)
+        gram = None
+        if aug is not None and bad is not None:
+            gram = BaseGram(aug=aug, bad=bad, missing=self.missing)
         inputs = Inputs(X=self.X, gram=gram, A=A, centre=centre)
         self.output = None
+        out: Any
         try:
             if kind == "combine":
                 alpha, centre_weight = args
@@ -197,6 +200,7 @@ class ShardedVectors:
         self.d = bounds[-1]
         self.dtype = dtype
         self.ray = ray
+        self.kind: InputKind | None = None  # how :func:`scatter` got them (for the output)
 
     @property
     def k(self) -> int:
@@ -215,7 +219,7 @@ class ShardedVectors:
         )
         vectors = cls(shards, bounds, n, torch.float32, backend == "ray")
         infos = vectors._all("info")
-        for s, (rows, cols, dtype) in enumerate(infos):
+        for s, (rows, cols, _) in enumerate(infos):
             if rows != n or cols != bounds[s + 1] - bounds[s]:
                 raise ValueError(
                     f"make({bounds[s]}, {bounds[s + 1]}) gave shape ({rows}, {cols}), expected "
@@ -270,7 +274,9 @@ def _bounds(d: int, k: int) -> list[int]:
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"sharded: k must be a positive int, got {k!r}")
     if k > d:
-        raise ValueError(f"sharded: k={k} shards for d={d} coordinates (at most one per coordinate)")
+        raise ValueError(
+            f"sharded: k={k} shards for d={d} coordinates (at most one per coordinate)"
+        )
     return [d * s // k for s in range(k + 1)]
 
 
@@ -292,8 +298,8 @@ def _start(backend: str, args: list[tuple], actor_options: dict) -> list[Any]:
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False)
     options = {"num_cpus": 1, **actor_options}
-    actor = ray.remote(Shard).options(**options)
-    handles = [actor.remote(*a) for a in args]
+    actor: Any = ray.remote(Shard).options(**options)
+    handles: list[Any] = [actor.remote(*a) for a in args]
     ready, _ = ray.wait([h.info.remote() for h in handles], num_returns=len(handles),
                         timeout=START_TIMEOUT)
     if len(ready) < len(handles):
@@ -316,8 +322,10 @@ def scatter(vectors: Any, k: int, backend: str = "ray", **actor_options: Any) ->
     bounds = _bounds(X.shape[1], k)
     parts = [X[:, bounds[s] : bounds[s + 1]].contiguous() for s in range(k)]
     args = [(parts[s], bounds[s], X.shape[1], None) for s in range(k)]
-    return ShardedVectors(_start(backend, args, actor_options), bounds, X.shape[0], X.dtype,
-                          backend == "ray")
+    shards = _start(backend, args, actor_options)
+    sharded = ShardedVectors(shards, bounds, X.shape[0], X.dtype, backend == "ray")
+    sharded.kind = kind
+    return sharded
 
 
 @dataclass
@@ -329,10 +337,14 @@ class ShardedResult:
     kept: torch.Tensor | None
     matrix: bool = False  # a pre-aggregator's vectors (n', d) rather than one (d,) vector
 
-    def vector(self) -> torch.Tensor:
-        """The whole output, gathered from the shards: (d,), or (n', d) for a pre-aggregator."""
-        parts = self.vectors._all("part")
-        return torch.cat(parts, dim=1 if self.matrix else 0)
+    def vector(self) -> Any:
+        """The whole output, gathered from the shards: (d,), or (n', d) for a pre-aggregator,
+        in the kind, dtype and vector shape :func:`scatter` was given."""
+        out = torch.cat(self.vectors._all("part"), dim=1 if self.matrix else 0)
+        kind = self.vectors.kind
+        if kind is None:
+            return out
+        return kind.matrix(out) if self.matrix else kind.vector(out)
 
 
 # ------------------------------------------------------------------------------ Gram pass
@@ -468,12 +480,12 @@ def aggregate(name: str, vectors: ShardedVectors, f: int = 0, **options: Any) ->
         inputs = Inputs(X=meta, gram=None)
     with torch.no_grad():
         for part, opts in zip(parts[:-1], routed[:-1], strict=True):
-            inputs = part.impl(inputs, f, **opts)
+            inputs = _vectors(part.impl(inputs, f, **opts))
         last, opts = parts[-1], routed[-1]
         kept = None
         matrix = False
         if last.kind == "pre":
-            inputs = last.impl(inputs, f, **opts)
+            inputs = _vectors(last.impl(inputs, f, **opts))
             plan: tuple = ("vectors", inputs.A, None, ())
             matrix = True
         elif last.name == "bulyan":
@@ -495,6 +507,12 @@ def aggregate(name: str, vectors: ShardedVectors, f: int = 0, **options: Any) ->
         )
     _raise_first(errors, V.bounds)
     return ShardedResult(V, kept, matrix)
+
+
+def _vectors(result: object) -> Inputs:
+    if not isinstance(result, Inputs):  # pragma: no cover - pre-aggregators return Inputs
+        raise TypeError(f"internal error: a pre-aggregator returned {type(result).__name__}")
+    return result
 
 
 _MISSING = re.compile(

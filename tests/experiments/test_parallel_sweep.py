@@ -63,10 +63,11 @@ def test_parallel_sweep_equals_sequential_and_skips_finished(tmp_path: Path) -> 
     assert _runs(tmp_path / "par", spec) == _runs(tmp_path / "seq", spec)
     assert {i for i, _ in seen} == set(range(4))  # rounds reported from the workers
     # a finished sweep is loaded, not rerun
-    mtimes = [p.stat().st_mtime_ns for p in sorted((tmp_path / "par").rglob("summary.json"))]
+    summaries = sorted((tmp_path / "par").rglob("summary.json"))
+    mtimes = [p.stat().st_mtime_ns for p in summaries]
     again = run_sweep(plan, tmp_path / "par", jobs=2)
     assert again == parallel
-    assert mtimes == [p.stat().st_mtime_ns for p in sorted((tmp_path / "par").rglob("summary.json"))]
+    assert mtimes == [p.stat().st_mtime_ns for p in summaries]
 
 
 @pytest.mark.timeout(180)
