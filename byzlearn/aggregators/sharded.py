@@ -96,6 +96,12 @@ class Shard:
         """``(n, d_s, dtype)`` of the shard."""
         return self.X.shape[0], self.X.shape[1], str(self.X.dtype).removeprefix("torch.")
 
+    def set_threads(self, threads: int) -> int:
+        """Torch (and kernel) threads of this shard's process; returns the previous count."""
+        previous = torch.get_num_threads()
+        torch.set_num_threads(int(threads))
+        return previous
+
     def columns(self, cols: np.ndarray) -> torch.Tensor:
         """The values of the given local columns (the central-row sample)."""
         return self.X[:, torch.as_tensor(cols, dtype=torch.long)]

@@ -2,10 +2,17 @@
 NaN rows and lost coordinates, on k = 1, 2, 3 shards (in-process shards; one test on Ray
 actors).
 
-Equality is exact (``torch.equal``, NaN positions included) for every rule: the selections are
-the same, and the outputs are the same per-coordinate sums of the same rows. The Gram matrices
-differ in the last bits (partial sums added in another order); no input here sits near a tie,
-so nothing downstream differs.
+The sharded Gram matrix is the sum of the shards' partial Gram matrices: it differs from the
+unsharded one in the last bits (float64 partial sums added in another order). So:
+
+- exact (``torch.equal``, NaN positions included): the coordinate-wise rules (run per shard on
+  the same values), and every rule whose output is the mean of selected rows (Krum, Multi-Krum,
+  the medoid, MDA, CGE, Bulyan, after NNM or bucketing too): the same selection, then the same
+  per-coordinate sums. No input here sits near a tie, where a selection could flip;
+- within float32 rounding (``rtol = 1e-5``, ``atol = 1e-6 max |out|``; measured at d = 1e6,
+  n = 10: at most one unit in the last place, relative norm of the difference < 5e-9): the rules
+  whose weights are real functions of the Gram matrix (geometric median, centred clipping, CAF,
+  and rules after ARC or clipping, whose scales come from the norms).
 """
 
 from __future__ import annotations
@@ -25,6 +32,15 @@ COMPOSED = [
     "clipping+multi_krum",
     "nnm+bulyan",
 ]
+
+
+#: rules whose output weights are real functions of the Gram matrix (compared within rounding)
+WEIGHTED = ("geometric_median", "centered_clipping", "caf")
+
+
+def _exact(name: str) -> bool:
+    parts = name.split("+")
+    return parts[-1] not in WEIGHTED and not {"arc", "clipping"} & set(parts[:-1])
 
 
 def _options(name: str) -> dict:
@@ -59,7 +75,13 @@ def _same(name: str, X: torch.Tensor, V: sharded.ShardedVectors, f: int) -> None
     out = res.vector()
     assert out.shape == ref.vector.shape and out.dtype == ref.vector.dtype
     assert torch.equal(out.isnan(), ref.vector.isnan()), name
-    assert torch.equal(torch.nan_to_num(out), torch.nan_to_num(ref.vector)), name
+    if _exact(name):
+        assert torch.equal(torch.nan_to_num(out), torch.nan_to_num(ref.vector)), name
+    else:
+        scale = float(torch.nan_to_num(ref.vector).abs().max())
+        torch.testing.assert_close(
+            torch.nan_to_num(out), torch.nan_to_num(ref.vector), rtol=1e-5, atol=1e-6 * scale
+        )
     if ref.kept is None:
         assert res.kept is None
     else:
@@ -81,7 +103,8 @@ def test_large_inputs_take_the_sampled_centre_and_the_imputation_pass() -> None:
     # runs shard after shard, carrying the rows' missing counts
     X = _inputs(11, 200_003, seed=1)
     V = sharded.scatter(X, 3, backend="local")
-    for name in ["krum", "geometric_median", "centered_clipping", "bulyan", "nnm+trimmed_mean"]:
+    for name in ["krum", "geometric_median", "centered_clipping", "bulyan", "nnm+trimmed_mean",
+                 "arc+multi_krum", "caf"]:
         _same(name, X, V, 1 if name == "bulyan" else 2)
 
 
