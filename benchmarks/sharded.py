@@ -145,6 +145,9 @@ def main() -> None:
         with sharded.ShardedVectors.generate(args.n, args.d, k, make, backend="ray") as V:
             print(f"k = {k}: shards made in {time.perf_counter() - t0:.1f} s", flush=True)
             V._all("set_threads", args.threads)
+            seconds, _ = timed(lambda: V._all("read"), args.repeats)
+            rows["one read (floor)", k] = (seconds, float("nan"))
+            print(f"k = {k}, one read: {seconds:.2f} s", flush=True)
             for rule in args.rules:
                 f = min(args.f, (args.n - 3) // 4) if rule == "bulyan" else args.f
                 seconds, res = timed(
@@ -172,20 +175,22 @@ def main() -> None:
         head += ["vs local, each k"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
-    for rule in args.rules:
+    for rule in ["one read (floor)", *args.rules]:
         base = rows[rule, args.k[0]][0]
-        cells = [rule, *([f"{local[rule]:.2f}"] if local else [])]
+        cells = [rule, *([f"{local[rule]:.2f}" if rule in local else "-"] if local else [])]
         for k in args.k:
             cells.append(f"{rows[rule, k][0]:.2f}")
             if k != args.k[0]:
                 cells.append(f"{base / rows[rule, k][0]:.2f}x")
-        cells.append(f"{rows[rule, args.k[-1]][1]:.2f}")
+        gather = rows[rule, args.k[-1]][1]
+        cells.append("-" if gather != gather else f"{gather:.2f}")
         if checks:
-            cells.append(", ".join(checks[rule, k] for k in args.k))
+            cells.append(", ".join(checks.get((rule, k), "-") for k in args.k))
         print("| " + " | ".join(cells) + " |")
     print()
     if checks:
         print("vs local: 'equal' (torch.equal), or max |sharded - unsharded| / max |unsharded|.")
+    print("one read (floor): X.sum() on every actor at once, the memory floor of any rule.")
     print("Times: median of the repeats of sharded.aggregate (partial Gram passes, n x n work, "
           "outputs left on the actors); gather: ray.get of the output parts to the driver.")
 

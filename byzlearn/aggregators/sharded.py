@@ -102,6 +102,10 @@ class Shard:
         torch.set_num_threads(int(threads))
         return previous
 
+    def read(self) -> float:
+        """One streaming read of the shard (``X.sum()``): the memory floor of benchmarks."""
+        return float(self.X.sum())
+
     def columns(self, cols: np.ndarray) -> torch.Tensor:
         """The values of the given local columns (the central-row sample)."""
         return self.X[:, torch.as_tensor(cols, dtype=torch.long)]

@@ -270,11 +270,16 @@ def sweep(
                 )
             progress.update(task, completed=sum(rounds), status=_status(record))
 
-        with _user_errors():
-            run_sweep(
-                plan, out, on_start=on_start, on_round=on_round, jobs=jobs, ray=ray,
-                address=address,
-            )
+        from byzlearn.experiments.parallel import JobError
+
+        try:
+            with _user_errors():
+                run_sweep(
+                    plan, out, on_start=on_start, on_round=on_round, jobs=jobs, ray=ray,
+                    address=address,
+                )
+        except JobError as err:  # a worker died, Ray unreachable: one line, rerun resumes
+            _fail(str(err))
         progress.update(task, completed=total)
     if report:
         _report(out)

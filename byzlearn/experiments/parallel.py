@@ -22,6 +22,7 @@ import os
 import queue
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,15 @@ import torch
 
 from byzlearn.experiments.config import Config, parse_config
 
-__all__ = ["RoundCallback", "run_parallel", "threads_per_job"]
+__all__ = ["JobError", "RoundCallback", "run_parallel", "threads_per_job"]
 
 #: ``on_round(i, record)``: run ``i`` of the plan finished a round
 RoundCallback = Callable[[int, dict[str, Any]], None]
+
+
+class JobError(RuntimeError):
+    """A job could not run: its worker process or Ray task died (killed, out of memory), or
+    the Ray cluster cannot be reached. One line naming the run or the address."""
 
 
 def threads_per_job(jobs: int) -> int:
@@ -119,6 +125,7 @@ def _run_processes(
     progress = manager.Queue() if manager is not None else None
     summaries: dict[int, dict[str, Any]] = {}
     error: BaseException | None = None
+    work_dirs = {w[0]: w[2] for w in work}
     try:
         with ProcessPoolExecutor(
             max_workers=jobs, mp_context=context, initializer=_init_worker,
@@ -132,6 +139,13 @@ def _run_processes(
                     i = pending.pop(future)
                     try:
                         summaries[i] = future.result()
+                    except BrokenProcessPool:
+                        err = JobError(
+                            f"{work_dirs[i]}: its worker process died (killed or out of memory); "
+                            "run the sweep again to resume"
+                        )
+                        error = error or err
+                        continue
                     except BaseException as err:  # the run's own error, raised below
                         if error is None:
                             error = err
@@ -174,11 +188,16 @@ def _run_ray(
             "--ray needs the ray extra: pip install -e '.[ray]'"
         ) from None
     if not ray.is_initialized():
-        if address is None:
-            ray.init(num_cpus=jobs, include_dashboard=False, log_to_driver=False)
-        else:
-            ray.init(address=address, log_to_driver=False)
+        try:
+            if address is None:
+                ray.init(num_cpus=jobs, include_dashboard=False, log_to_driver=False)
+            else:
+                ray.init(address=address, log_to_driver=False)
+        except Exception as err:  # any failure to start or reach Ray is one line
+            where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+            raise JobError(f"cannot start or reach {where}: {err}") from None
     task = ray.remote(num_cpus=1, max_retries=0)(run_job)
+    work_dirs = {w[0]: w[2] for w in work}
     summaries: dict[int, dict[str, Any]] = {}
     queued = list(work)
     running: dict[Any, int] = {}
@@ -194,8 +213,15 @@ def _run_ray(
             i = running.pop(ref)
             try:
                 summaries[i] = ray.get(ref)
-            except ray.exceptions.RayTaskError as err:
+            except ray.exceptions.RayTaskError as err:  # the run's own error
                 error = error or getattr(err, "cause", None) or err
+                queued.clear()
+                continue
+            except ray.exceptions.RayError as err:  # the task or its worker died
+                error = error or JobError(
+                    f"{work_dirs[i]}: its Ray task failed ({type(err).__name__}); run the sweep "
+                    "again to resume"
+                )
                 queued.clear()
                 continue
             if on_done is not None:
