@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -61,7 +62,8 @@ def test_parallel_sweep_equals_sequential_and_skips_finished(tmp_path: Path) -> 
         {k: v for k, v in s.items() if k not in strip} for s in sequential
     ]
     assert _runs(tmp_path / "par", spec) == _runs(tmp_path / "seq", spec)
-    assert {i for i, _ in seen} == set(range(4))  # rounds reported from the workers
+    assert {i for i, _ in seen} == set(range(4))
+    assert {r for _, r in seen} == set(range(1, 11))  # every round, reported from the workers
     # a finished sweep is loaded, not rerun
     summaries = sorted((tmp_path / "par").rglob("summary.json"))
     mtimes = [p.stat().st_mtime_ns for p in summaries]
@@ -101,6 +103,25 @@ def test_parallel_sweep_killed_mid_way_resumes(tmp_path: Path) -> None:
     assert all(d.finished and not d.lock_path.exists() for d in dirs)
     run_sweep(plan, tmp_path / "seq")
     assert _runs(out, spec) == _runs(tmp_path / "seq", spec)  # no lost or duplicated round
+
+
+@pytest.mark.timeout(120)
+def test_a_failing_run_is_one_line_and_the_others_finish(tmp_path: Path) -> None:
+    spec = _spec(tmp_path)
+    out = tmp_path / "par"
+    plan = plan_sweep(*load_sweep(spec))
+    busy = RunDir(plan.directory(out, plan.configs[0]))
+    busy.path.mkdir(parents=True)
+    busy.lock_path.write_text(f"{os.getpid()} {socket.gethostname()}\n")  # a live process
+    result = CliRunner().invoke(
+        app, ["sweep", str(spec), "--out", str(out), "--jobs", "2", "--no-report"]
+    )
+    assert result.exit_code == 2
+    assert "another byzlearn process" in result.output and "Traceback" not in result.output
+    assert not busy.finished and not busy.holds_results()  # nothing written there
+    # the runs already going when it failed finished; none is left half-written or locked
+    others = [RunDir(plan.directory(out, c)) for c in plan.configs[1:]]
+    assert not any(d.lock_path.exists() for d in others)
 
 
 def test_jobs_must_be_positive(tmp_path: Path) -> None:
