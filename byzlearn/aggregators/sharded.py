@@ -10,7 +10,7 @@ too big for one machine.
 True
 
 Shard ``s`` holds the coordinates ``[j_s, j_{s+1})`` of every input. The rules decompose in
-three ways, and the result is the unsharded rule's (``byzlearn.aggregators``):
+two ways, and the result is the unsharded rule's (``byzlearn.aggregators``):
 
 - **Coordinate-wise** (``average``, ``median``, ``trimmed_mean``, ``meamed``, ``phocas``): each
   shard runs the rule on its coordinates; the output is the concatenation. Exactly equal.
@@ -22,17 +22,23 @@ three ways, and the result is the unsharded rule's (``byzlearn.aggregators``):
   runs the rule's n x n work once (the same code as unsharded), and broadcasts its outcome: the
   weights ``alpha`` over the inputs (output ``sum_i alpha_i x_i`` per shard), Bulyan's selected
   rows (phase 2, coordinate-wise, per shard), or a pre-aggregator's mixing matrix ``A`` for the
-  rule after it. The Weiszfeld iterations of the geometric median and the centred-clipping
-  iterations need only the norms ``||x_i - z||``, which this Gram matrix gives (z stays in the
-  span of the inputs), so they are distributed iterations with one exchange of d-vectors.
-  Selections are the unsharded ones; outputs equal them exactly for selection rules (the same
-  per-coordinate sums of the same rows) and to the last bits of float64 weights for the
-  iterative ones (the partial Gram sums are added in another order).
+  rule after it. The Weiszfeld iterations of the geometric median, the centred-clipping and
+  CAF iterations need only norms of differences of combinations of the inputs, which this Gram
+  matrix gives, so they run once on the coordinator and no d-vector moves between iterations.
+  The summed Gram matrix equals the unsharded one up to the order of float64 additions, so the
+  selections are the unsharded ones (barring exact or near ties) and outputs that average
+  selected rows are bitwise equal (the same per-coordinate sums of the same rows); outputs whose
+  weights are real functions of the Gram matrix (geometric median, centred clipping, CAF, rules
+  after ``clipping`` or ``arc``) equal them within float32 rounding (measured: one unit in the
+  last place at most).
 - Missing values (NaN/Inf) follow the unsharded policy (``docs/aggregators.md``): the central
   row the Gram pass is centred on is chosen on the same sample of coordinates, gathered from the
   shards; a row's count of missing coordinates is the sum over the shards, and the imputation
-  pass visits the shards in order, carrying each row's count, so the budget is checked as the
-  unsharded pass does it (blocks never straddle a shard boundary).
+  pass visits the shards in order, carrying each row's count, so the budget is checked block by
+  block as unsharded. Blocks end at shard boundaries: a row that crosses the budget part-way
+  can be flagged one block apart from the unsharded pass, which changes only whether its
+  finite values enter the imputation medians of that block (rows well within the budget, and
+  NaN rows, are handled identically: tested).
 
 Not sharded: ``dnc`` and ``signguard`` (they read randomly sampled coordinates and the rows'
 signs across all of d); asking for them raises one ``ValueError`` naming the rule.
