@@ -9,8 +9,8 @@ too big for one machine.
 >>> bool(torch.equal(res.vector(), __import__("byzlearn").aggregators.krum(X, f=2)))
 True
 
-Shard ``s`` holds the coordinates ``[j_s, j_{s+1})`` of every input. The rules decompose in
-two ways, and the result is the unsharded rule's (``byzlearn.aggregators``):
+Shard ``s`` holds the coordinates ``[j_s, j_{s+1})`` of every input. The rules decompose as
+follows, and the result is the unsharded rule's (``byzlearn.aggregators``):
 
 - **Coordinate-wise** (``average``, ``median``, ``trimmed_mean``, ``meamed``, ``phocas``): each
   shard runs the rule on its coordinates; the output is the concatenation. Exactly equal.
@@ -40,8 +40,12 @@ two ways, and the result is the unsharded rule's (``byzlearn.aggregators``):
   finite values enter the imputation medians of that block (rows well within the budget, and
   NaN rows, are handled identically: tested).
 
-Not sharded: ``dnc`` and ``signguard`` (they read randomly sampled coordinates and the rows'
-signs across all of d); asking for them raises one ``ValueError`` naming the rule.
+- **Filters that read sampled coordinates** (``dnc``, ``signguard``): their n x n work runs on
+  the coordinator as well; the rows' validity and norms are sums (and maxima) of the shards'
+  per-row statistics, the sampled coordinates are drawn over all of d (the same draw as
+  unsharded) and each shard answers for the ones it holds (DnC gathers its b sampled columns,
+  SignGuard gets the sign counts per row). Selections as unsharded; DnC's output is exactly
+  equal, SignGuard's (whose clipping scales come from the norms) within float32 rounding.
 
 Traffic per aggregation: each shard sends O(n^2) numbers (its Gram block) and receives O(n^2)
 (the weights or the mixing matrix); the d coordinates never leave their shard, except for the
@@ -59,7 +63,7 @@ import numpy as np
 import torch
 
 from byzlearn.aggregators import _gram
-from byzlearn.aggregators._gram import BaseGram, Inputs, MissingEntries
+from byzlearn.aggregators._gram import BaseGram, Inputs, MissingEntries, weighted_rows
 from byzlearn.aggregators._inputs import InputKind, as_matrix, check_f
 from byzlearn.aggregators._registry import (
     Combination,
@@ -74,10 +78,7 @@ from byzlearn.aggregators._registry import (
 from byzlearn.aggregators._select import missing_error
 from byzlearn.aggregators.rules.bulyan import bulyan_selection, bulyan_trim
 
-__all__ = ["UNSHARDED", "Shard", "ShardedResult", "ShardedVectors", "aggregate", "scatter"]
-
-#: rules that read sampled coordinates across all of d; refused by :func:`aggregate`
-UNSHARDED = ("dnc", "signguard")
+__all__ = ["Shard", "ShardedResult", "ShardedVectors", "aggregate", "scatter", "sharded_names"]
 
 Maker = Callable[[int, int], torch.Tensor]
 
@@ -126,6 +127,38 @@ class Shard:
         else:
             acc, bad = _gram._torch_pass(X, centre, centre_row)
         return acc.cpu(), bad.cpu()
+
+    def gather(self, rows: torch.Tensor, cols: torch.Tensor, aug, bad) -> torch.Tensor:
+        """``X[rows][:, cols]`` (local columns) in float64, missing values imputed as by the
+        Gram pass (see :meth:`byzlearn.aggregators._gram.Inputs.gather`)."""
+        gram = None
+        if aug is not None and bad is not None:
+            gram = BaseGram(aug=aug, bad=bad, missing=self.missing)
+        return Inputs(X=self.X, gram=gram).gather(rows, cols)
+
+    def row_stats(self, A: torch.Tensor | None, sign_cols: np.ndarray | None):
+        """Per row of ``A X`` here: the sum of squares (float64), the largest magnitude (NaN
+        when the row holds a NaN or an infinity) and, with ``sign_cols`` (local, sorted), the
+        (n', 3) counts of positive, zero and negative values there."""
+        Y = Inputs(X=self.X, gram=None, A=A).materialize()
+        if Y.dtype in (torch.float32, torch.float64) and _gram._gram_kernel.available(
+            Y.numpy()
+        ):
+            sq_np, top_np, signs_np = _gram._gram_kernel.row_stats(
+                Y.numpy(), torch.get_num_threads(), sign_cols
+            )
+            return torch.from_numpy(sq_np), torch.from_numpy(top_np), torch.from_numpy(signs_np)
+        sq = torch.zeros(Y.shape[0], dtype=torch.float64)
+        top = torch.zeros(Y.shape[0], dtype=torch.float64)
+        for j0, j1 in _gram.column_blocks(Y.shape[1], 1 << 16):
+            block = Y[:, j0:j1]
+            top = torch.maximum(top, torch.maximum(block.amax(dim=1), -block.amin(dim=1)).double())
+            sq += torch.linalg.vecdot(block, block, dim=1).double()
+        signs = torch.zeros(Y.shape[0], 3, dtype=torch.long)
+        if sign_cols is not None and len(sign_cols):
+            V = Y[:, torch.as_tensor(sign_cols, dtype=torch.long)]
+            signs = torch.stack([(V > 0).sum(1), (V == 0).sum(1), (V < 0).sum(1)], dim=1)
+        return sq, top, signs
 
     def missing_counts(self, rows: list[int], d_total: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Per given row: its non-finite values here, and whether it holds a value too large to
@@ -179,7 +212,10 @@ class Shard:
         try:
             if kind == "combine":
                 alpha, centre_weight = args
-                out = inputs.combine(alpha)
+                if gram is None:  # DnC, SignGuard: no Gram pass, no imputed values
+                    out = weighted_rows(inputs.materialize(), alpha.to(torch.float64))
+                else:
+                    out = inputs.combine(alpha)
                 if centre_weight != 0.0 and centre is not None:
                     out = out + centre_weight * centre
             elif kind == "bulyan":
@@ -363,6 +399,68 @@ class ShardedResult:
         return kind.matrix(out) if self.matrix else kind.vector(out)
 
 
+# ------------------------------------------------------------------------------ coordinator
+@dataclass
+class _ShardedInputs(Inputs):
+    """The coordinator's view of sharded inputs: X is a shape-only (meta) tensor; the n x n
+    statistics are here, and the few reads of coordinates a rule makes (DnC's and SignGuard's
+    sampled coordinates, their rows' norms and validity) are answered by the shards."""
+
+    shards: ShardedVectors | None = None
+
+    def _vectors(self) -> ShardedVectors:
+        if self.shards is None:  # pragma: no cover - always set by aggregate()
+            raise ValueError("internal error: sharded inputs without their shards")
+        return self.shards
+
+    def gather(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """``X[rows][:, cols]`` in float64 (missing values imputed), from the shards."""
+        V = self._vectors()
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        cols = torch.as_tensor(cols, dtype=torch.long)
+        out = torch.empty(rows.numel(), cols.numel(), dtype=torch.float64)
+        aug = None if self.gram is None else self.gram.aug
+        bad = None if self.gram is None else self.gram.bad
+        where = []
+        each = []
+        for s in range(V.k):
+            at = torch.nonzero((cols >= V.bounds[s]) & (cols < V.bounds[s + 1])).flatten()
+            where.append(at)
+            each.append((rows, cols[at] - V.bounds[s], aug, bad))
+        for at, values in zip(where, V._all("gather", each=each), strict=True):
+            out[:, at] = values
+        return out
+
+    def row_stats(self, norms: bool, sign_cols: np.ndarray | None):
+        """What :func:`byzlearn.aggregators.rules.filters._row_stats` gives for the rows
+        ``A X``: squared norms (+inf on incomplete rows; None unless ``norms``), the
+        incomplete rows and, without a pre-aggregator, sign counts at ``sign_cols``."""
+        V = self._vectors()
+        cols = sign_cols if self.A is None else None
+        each = []
+        for s in range(V.k):
+            local = None
+            if cols is not None:
+                local = cols[(cols >= V.bounds[s]) & (cols < V.bounds[s + 1])] - V.bounds[s]
+            each.append((self.A, local))
+        parts = V._all("row_stats", each=each)
+        top = parts[0][1]
+        for _, t, _ in parts[1:]:
+            top = torch.maximum(top, t)  # NaN (a non-finite value) propagates
+        bad = ~(top <= _gram.measurable_limit(V.d))
+        signs = None
+        if cols is not None:
+            signs = sum(p[2] for p in parts).numpy().astype(np.float64)
+        if not norms:
+            return None, bad, signs
+        sq = sum((p[0] for p in parts), torch.zeros(top.numel(), dtype=torch.float64))
+        sq[bad] = float("inf")
+        return sq, bad, signs
+
+    def materialize(self) -> torch.Tensor:  # pragma: no cover - guards against a silent bug
+        raise ValueError("internal error: a sharded rule asked for all the coordinates")
+
+
 # ------------------------------------------------------------------------------ Gram pass
 def _centre_row(V: ShardedVectors) -> int | None:
     """:func:`byzlearn.aggregators._gram.centre_row_from_sample` on the shards: the same sample
@@ -433,28 +531,22 @@ def _gram_of(
 
 # ------------------------------------------------------------------------------ aggregation
 def _refuse(name: str, parts: list[RuleSpec], options: dict) -> None:
-    for p in parts:
-        if p.name in UNSHARDED:
-            raise ValueError(
-                f"{name}: {p.name} is not available sharded (it reads randomly sampled "
-                f"coordinates across all of d); sharded rules: {', '.join(sharded_names())}"
-            )
     last = parts[-1]
     if last.name == "bulyan":
         selection = options.get("selection", "krum")
         chosen = _parts(selection)[-1] if isinstance(selection, str) else None
-        if chosen is None or not chosen.needs_gram or chosen.name in UNSHARDED:
+        if chosen is None or not chosen.needs_gram:
             raise ValueError(
-                f"{name}: sharded Bulyan needs a distance-based selection rule, got "
-                f"{selection!r}"
+                f"{name}: sharded Bulyan needs a distance-based selection rule (one that builds "
+                f"the Gram matrix), got {selection!r}"
             )
 
 
 def sharded_names() -> list[str]:
-    """The registered rules and pre-aggregators :func:`aggregate` runs sharded."""
+    """The registered rules and pre-aggregators :func:`aggregate` runs sharded (all of them)."""
     from byzlearn.aggregators._registry import names
 
-    return [n for n in names() if n not in UNSHARDED]
+    return names()
 
 
 def aggregate(name: str, vectors: ShardedVectors, f: int = 0, **options: Any) -> ShardedResult:
@@ -491,9 +583,9 @@ def aggregate(name: str, vectors: ShardedVectors, f: int = 0, **options: Any) ->
         gram, imputed = _gram_of(V, centre, max_missing)
         V._all("set_gram", gram.bad, imputed)
         aug, bad = gram.aug, gram.bad
-        inputs = Inputs(X=meta, gram=gram)
+        inputs: Inputs = _ShardedInputs(X=meta, gram=gram, shards=V)
     else:
-        inputs = Inputs(X=meta, gram=None)
+        inputs = _ShardedInputs(X=meta, gram=None, shards=V)
     with torch.no_grad():
         for part, opts in zip(parts[:-1], routed[:-1], strict=True):
             inputs = _vectors(part.impl(inputs, f, **opts))
@@ -508,7 +600,7 @@ def aggregate(name: str, vectors: ShardedVectors, f: int = 0, **options: Any) ->
             chosen, drop = bulyan_selection(inputs, f, **opts)
             plan = ("bulyan", inputs.A, None, (chosen, drop))
             kept = _kept(Combination(inputs=inputs, alpha=None, kept=chosen))
-        elif not last.needs_gram:
+        elif not last.needs_gram and not last.selects:  # coordinate-wise: run per shard
             plan = ("rule", inputs.A, None, (last.name, f, opts))
         else:
             result = last.impl(inputs, f, **opts)

@@ -7,12 +7,12 @@ unsharded one in the last bits (float64 partial sums added in another order). So
 
 - exact (``torch.equal``, NaN positions included): the coordinate-wise rules (run per shard on
   the same values), and every rule whose output is the mean of selected rows (Krum, Multi-Krum,
-  the medoid, MDA, CGE, Bulyan, after NNM or bucketing too): the same selection, then the same
-  per-coordinate sums. No input here sits near a tie, where a selection could flip;
+  the medoid, MDA, CGE, Bulyan, DnC, after NNM or bucketing too): the same selection, then the
+  same per-coordinate sums. No input here sits near a tie, where a selection could flip;
 - within float32 rounding (``rtol = 1e-5``, ``atol = 1e-6 max |out|``; measured at d = 1e6,
   n = 10: at most one unit in the last place, relative norm of the difference < 5e-9): the rules
-  whose weights are real functions of the Gram matrix (geometric median, centred clipping, CAF,
-  and rules after ARC or clipping, whose scales come from the norms).
+  whose weights are real functions of the Gram matrix or of the norms (geometric median,
+  centred clipping, CAF, SignGuard, and rules after ARC or clipping).
 """
 
 from __future__ import annotations
@@ -31,16 +31,30 @@ COMPOSED = [
     "arc+geometric_median",
     "clipping+multi_krum",
     "nnm+bulyan",
+    "bucketing+dnc",
+    "nnm+signguard",
+    "arc+dnc",
 ]
 
 
 #: rules whose output weights are real functions of the Gram matrix (compared within rounding)
-WEIGHTED = ("geometric_median", "centered_clipping", "caf")
+WEIGHTED = ("geometric_median", "centered_clipping", "caf", "signguard")
+
+
+#: rules that must run (not raise) on the inputs of :func:`_inputs` with :func:`_f`
+RUN = ("dnc", "signguard", "krum", "geometric_median", "bulyan", "median", "mda")
 
 
 def _exact(name: str) -> bool:
     parts = name.split("+")
     return parts[-1] not in WEIGHTED and not {"arc", "clipping"} & set(parts[:-1])
+
+
+def _f(name: str) -> int:
+    """f for the inputs of :func:`_inputs` (n = 11, 3 incomplete rows): Bulyan needs
+    n >= 4f + 3; DnC and CAF count incomplete rows among the f (f = 3 runs them, f = 2 checks
+    their error)."""
+    return 1 if "bulyan" in name else 3 if "dnc" in name else 2
 
 
 def _options(name: str) -> dict:
@@ -58,13 +72,16 @@ def _inputs(n: int, d: int, seed: int = 0) -> torch.Tensor:
     return X
 
 
-def _same(name: str, X: torch.Tensor, V: sharded.ShardedVectors, f: int) -> None:
+def _same(
+    name: str, X: torch.Tensor, V: sharded.ShardedVectors, f: int, must_fail: bool = False
+) -> None:
     """The sharded run gives the unsharded output, kept rows and errors, exactly."""
     opts = _options(name)
     torch.manual_seed(7)  # randomised rules (bucketing) draw the same permutation
     try:
         ref = agg.aggregate(name, X, f=f, **opts)
     except ValueError as err:
+        assert must_fail or name not in RUN, f"{name} must run on these inputs: {err}"
         torch.manual_seed(7)
         with pytest.raises(ValueError) as got:
             sharded.aggregate(name, V, f=f, **opts)
@@ -93,8 +110,7 @@ def test_every_sharded_rule_equals_the_unsharded_rule(k: int) -> None:
     X = _inputs(11, 3001)
     V = sharded.scatter(X, k, backend="local")
     for name in [*sharded.sharded_names(), *COMPOSED]:
-        f = 1 if "bulyan" in name else 2
-        _same(name, X, V, f)
+        _same(name, X, V, _f(name))
 
 
 def test_large_inputs_take_the_sampled_centre_and_the_imputation_pass() -> None:
@@ -104,8 +120,25 @@ def test_large_inputs_take_the_sampled_centre_and_the_imputation_pass() -> None:
     X = _inputs(11, 200_003, seed=1)
     V = sharded.scatter(X, 3, backend="local")
     for name in ["krum", "geometric_median", "centered_clipping", "bulyan", "nnm+trimmed_mean",
-                 "arc+multi_krum", "caf"]:
-        _same(name, X, V, 1 if name == "bulyan" else 2)
+                 "arc+multi_krum", "caf", "dnc", "signguard"]:
+        _same(name, X, V, _f(name))
+
+
+def test_bulyan_selections_and_input_kinds() -> None:
+    X = _inputs(15, 2000, seed=4)
+    V = sharded.scatter(X, 3, backend="local")
+    for options in ({"selection": "geometric_median"}, {"selection": "mda"},
+                    {"variant": "byzantine_momentum"},
+                    {"selection": "multi_krum", "selection_options": {"m": 3}}):
+        ref = agg.aggregate("bulyan", X, f=2, **options)
+        got = sharded.aggregate("bulyan", V, f=2, **options)
+        assert torch.equal(got.vector(), ref.vector) and torch.equal(got.kept, ref.kept)
+    half = X.half()  # aggregated in float32, given back in float16, as unsharded
+    out = sharded.aggregate("median", sharded.scatter(half, 2, "local"), f=2).vector()
+    assert out.dtype == torch.float16 and torch.equal(out, agg.median(half, f=2))
+    cube = X.numpy().reshape(15, 20, 100)  # numpy in, numpy out, in the vectors' shape
+    out = sharded.aggregate("krum", sharded.scatter(cube, 2, "local"), f=2).vector()
+    assert isinstance(out, np.ndarray) and np.array_equal(out, agg.krum(cube, f=2))
 
 
 def test_float64_and_a_given_centre() -> None:
@@ -125,7 +158,9 @@ def test_too_few_finite_values_is_the_unsharded_error() -> None:
     X[:4, 350] = float("nan")
     V = sharded.scatter(X, 2, backend="local")
     for name in ("median", "trimmed_mean", "phocas"):
-        _same(name, X, V, 2)
+        with pytest.raises(ValueError, match="coordinate\\(s\\) have fewer than"):
+            agg.aggregate(name, X, f=2)
+        _same(name, X, V, 2, must_fail=True)
 
 
 def test_selection_against_a_numpy_krum() -> None:
@@ -146,12 +181,9 @@ def test_selection_against_a_numpy_krum() -> None:
     assert torch.equal(res.vector(), X[best])
 
 
-def test_refused_rules_and_bad_calls_are_one_clear_error() -> None:
+def test_bad_calls_are_one_clear_error() -> None:
     X = torch.randn(9, 100)
     V = sharded.scatter(X, 2, backend="local")
-    for name in ("dnc", "signguard", "nnm+signguard"):
-        with pytest.raises(ValueError, match="not available sharded"):
-            sharded.aggregate(name, V, f=2)
     with pytest.raises(ValueError, match="distance-based selection"):
         sharded.aggregate("bulyan", sharded.scatter(torch.randn(11, 50), 2, "local"), f=2,
                           selection="median")
@@ -189,8 +221,9 @@ def ray_instance():
 def test_on_ray_actors(ray_instance) -> None:
     X = _inputs(11, 3001)
     with sharded.scatter(X, 2, backend="ray") as V:
-        for name in ("krum", "geometric_median", "median", "bulyan", "nnm+trimmed_mean"):
-            _same(name, X, V, 1 if name == "bulyan" else 2)
+        for name in ("krum", "geometric_median", "median", "bulyan", "nnm+trimmed_mean", "dnc",
+                     "signguard"):
+            _same(name, X, V, _f(name))
     with sharded.ShardedVectors.generate(9, 5000, 2, _make, backend="ray") as G:
         full = _make(0, 5000)
         assert torch.equal(sharded.aggregate("medoid", G, f=2).vector(), agg.medoid(full, f=2))
