@@ -72,9 +72,27 @@ def test_parallel_sweep_equals_sequential_and_skips_finished(tmp_path: Path) -> 
     assert mtimes == [p.stat().st_mtime_ns for p in summaries]
 
 
+def _wait_group_gone(pgid: int, timeout: float = 20.0) -> None:
+    """Wait until every process of group ``pgid`` has exited (zombies count as exited)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = False
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != "Z":
+                alive = True
+                break
+        if not alive:
+            return
+        time.sleep(0.05)
+
+
 @pytest.mark.timeout(180)
 def test_parallel_sweep_killed_mid_way_resumes(tmp_path: Path) -> None:
-    spec = _spec(tmp_path, steps=150, checkpoint_every=10)
+    spec = _spec(tmp_path, steps=60, checkpoint_every=5)
     out = tmp_path / "par"
     # the command line, in its own process group, killed (SIGKILL, workers included) once a
     # run has checkpointed and before the sweep is over
@@ -88,10 +106,11 @@ def test_parallel_sweep_killed_mid_way_resumes(tmp_path: Path) -> None:
         while not list(out.rglob("checkpoint.pt")):
             assert proc.poll() is None, "the sweep ended before it could be killed"
             assert time.monotonic() < deadline, "no checkpoint within 90 s"
-            time.sleep(0.05)
+            time.sleep(0.02)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        _wait_group_gone(proc.pid)
     plan = plan_sweep(*load_sweep(spec))
     dirs = [RunDir(plan.directory(out, c)) for c in plan.configs]
     assert not all(d.finished for d in dirs)
@@ -124,6 +143,25 @@ def test_a_failing_run_is_one_line_and_the_others_finish(tmp_path: Path) -> None
     assert not any(d.lock_path.exists() for d in others)
 
 
+def test_a_lock_left_by_a_killed_unreaped_process_is_taken_over(tmp_path: Path) -> None:
+    # a worker killed with its sweep stays a zombie until its parent reaps it (in a container,
+    # possibly never): its lock must not keep the resumed sweep out
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    stat = Path(f"/proc/{child.pid}/stat")
+    deadline = time.monotonic() + 20
+    while stat.read_text().rpartition(")")[2].split()[0] != "Z":  # exited, not reaped
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    rd = RunDir(tmp_path / "run")
+    rd.path.mkdir()
+    rd.lock_path.write_text(f"{child.pid} {socket.gethostname()}\n")
+    try:
+        with rd.lock():
+            assert rd.lock_path.read_text().split()[0] == str(os.getpid())
+    finally:
+        child.wait()
+
+
 def test_jobs_must_be_positive(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["sweep", str(_spec(tmp_path)), "--jobs", "0"])
     assert result.exit_code == 2 and "--jobs" in result.output
@@ -144,13 +182,15 @@ def ray_instance():
 
 @pytest.mark.ray
 @pytest.mark.timeout(120)
-def test_ray_sweep_equals_sequential(tmp_path: Path, ray_instance) -> None:
+def test_ray_sweep_equals_sequential(
+    tmp_path: Path, ray_instance, monkeypatch: pytest.MonkeyPatch
+) -> None:
     spec = _spec(tmp_path)
     plan = plan_sweep(*load_sweep(spec))
     run_sweep(plan, tmp_path / "seq")
+    monkeypatch.chdir(tmp_path)  # a relative --out: the tasks write where the driver means
     result = CliRunner().invoke(
-        app, ["sweep", str(spec), "--out", str(tmp_path / "ray"), "--jobs", "2", "--ray",
-              "--no-report"]
+        app, ["sweep", str(spec), "--out", "ray", "--jobs", "2", "--ray", "--no-report"]
     )
     assert result.exit_code == 0, result.output
     assert _runs(tmp_path / "ray", spec) == _runs(tmp_path / "seq", spec)
