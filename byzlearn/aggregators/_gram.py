@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -661,12 +661,12 @@ class Inputs:
     def mix(self, M: torch.Tensor) -> Inputs:
         """The vectors ``M Y`` for an (n'', n') matrix M (float64)."""
         A = M.to(torch.float64) @ self.coefficients()
-        return Inputs(X=self.X, gram=self.gram, A=A, centre=self.centre)
+        return replace(self, A=A, _cache={})  # same class, X, Gram and centre
 
     def subset(self, rows: torch.Tensor | list[int]) -> Inputs:
         """The rows ``rows`` of Y, as a new Inputs sharing the base Gram matrix."""
         rows = torch.as_tensor(rows, dtype=torch.long)
-        return Inputs(X=self.X, gram=self.gram, A=self.coefficients()[rows], centre=self.centre)
+        return replace(self, A=self.coefficients()[rows], _cache={})
 
     # --- back to d coordinates ----------------------------------------------------------
     def base_weights(self, alpha: torch.Tensor) -> torch.Tensor:

@@ -209,11 +209,21 @@ def sweep(
     ] = None,
     dry_run: Annotated[bool, typer.Option(help="List the runs without training.")] = False,
     report: Annotated[bool, typer.Option(help="Build the report when done.")] = True,
+    jobs: Annotated[
+        int, typer.Option(min=1, help="Runs at a time (local processes; Ray tasks with --ray).")
+    ] = 1,
+    ray: Annotated[bool, typer.Option("--ray", help="Run the runs as Ray tasks.")] = False,
+    address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster address for --ray (default: a local Ray instance)."),
+    ] = None,
 ) -> None:
     """Run a grid of configs; finished runs are skipped, so an interrupted sweep resumes."""
     from byzlearn.experiments.store import RunDir
     from byzlearn.experiments.sweep import load_sweep, plan_sweep, run_sweep
 
+    if address is not None and not ray:
+        _fail("--address: only with --ray")
     with _user_errors():
         base, grid = load_sweep(spec)
         plan = plan_sweep(base, grid)
@@ -240,22 +250,36 @@ def sweep(
         return
     total = sum(c.steps for c in plan.configs)
     with _progress(total, "sweep") as (progress, task):
-        offset = {"steps": 0}
+        rounds = [0] * len(plan.configs)
+        finished = {"runs": 0}
 
-        def on_start(i: int, config: Any, finished: bool) -> None:
-            progress.update(
-                task, completed=offset["steps"], description=f"sweep {i + 1}/{len(plan.configs)}"
-            )
-            offset["base"] = offset["steps"]
-            offset["steps"] += config.steps
+        def on_start(i: int, config: Any, was_finished: bool) -> None:
+            if was_finished:
+                rounds[i] = config.steps
+            if jobs == 1 and not ray:
+                progress.update(task, description=f"sweep {i + 1}/{len(plan.configs)}")
 
-        def callback(record: dict[str, Any]) -> None:
-            progress.update(
-                task, completed=offset["base"] + record["round"], status=_status(record)
-            )
+        def on_round(i: int, record: dict[str, Any]) -> None:
+            rounds[i] = record["round"]
+            if jobs > 1 or ray:
+                finished["runs"] = sum(
+                    r >= c.steps for r, c in zip(rounds, plan.configs, strict=True)
+                )
+                progress.update(
+                    task, description=f"sweep {finished['runs']}/{len(plan.configs)} done"
+                )
+            progress.update(task, completed=sum(rounds), status=_status(record))
 
-        with _user_errors():
-            run_sweep(plan, out, on_start=on_start, callback=callback)
+        from byzlearn.experiments.parallel import JobError
+
+        try:
+            with _user_errors():
+                run_sweep(
+                    plan, out, on_start=on_start, on_round=on_round, jobs=jobs, ray=ray,
+                    address=address,
+                )
+        except JobError as err:  # a worker died, Ray unreachable: one line, rerun resumes
+            _fail(str(err))
         progress.update(task, completed=total)
     if report:
         _report(out)

@@ -247,7 +247,7 @@ class RunDir:
             return False
         except PermissionError:
             return True
-        return True
+        return not _zombie(pid)  # a killed process its parent has not reaped yet is gone
 
     # ------------------------------------------------------------------ config
     def write_config(self, config: Config) -> None:
@@ -312,6 +312,15 @@ class RunDir:
         if not isinstance(summary, dict):
             raise RunDirError(f"{self.summary_path}: not a summary mapping")
         return summary
+
+
+def _zombie(pid: int) -> bool:
+    """Whether process ``pid`` has exited but is not reaped (Linux ``/proc``; False elsewhere)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
 def _checkpoint_problem(err: Exception) -> str:

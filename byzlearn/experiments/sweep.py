@@ -14,6 +14,8 @@ A sweep file::
 
 Run ``i`` lives in ``OUT/runs/<hash[:16]>/``. Finished runs (same resolved config) are skipped,
 a killed run resumes from its checkpoint, so running an interrupted sweep again finishes it.
+``run_sweep(..., jobs=N)`` runs N at a time (local processes; ``ray=True``: Ray tasks), with
+the same directories, skips and resumes (:mod:`byzlearn.experiments.parallel`).
 Combinations the config schema rejects (e.g. Bulyan with too many Byzantine workers) are
 listed as invalid and skipped, not fatal.
 """
@@ -34,6 +36,7 @@ from byzlearn.experiments.config import (
     parse_config,
     read_yaml,
 )
+from byzlearn.experiments.parallel import RoundCallback, run_parallel
 from byzlearn.experiments.runner import Callback, run
 
 __all__ = ["SweepPlan", "load_sweep", "plan_sweep", "run_sweep", "set_path"]
@@ -126,22 +129,61 @@ def run_sweep(
     *,
     on_start: Callable[[int, Config, bool], None] | None = None,
     callback: Callback | None = None,
+    jobs: int = 1,
+    ray: bool = False,
+    address: str | None = None,
+    on_round: RoundCallback | None = None,
 ) -> list[dict[str, Any]]:
     """Run every config of ``plan`` under ``out`` (finished runs are loaded, not rerun).
 
-    ``on_start(i, config, finished)`` is called before each run; ``callback(record)`` after
-    every round. Returns the summaries, in plan order.
+    ``on_start(i, config, finished)`` is called before each run (in parallel: as it is
+    submitted); ``callback(record)`` after every round of a sequential sweep, and
+    ``on_round(i, record)`` after every round of run ``i`` in either mode (Ray tasks report
+    only their last round). ``jobs > 1`` runs that many at a time in local processes, ``ray``
+    as Ray tasks on the cluster at ``address`` (a local instance when None); see
+    :mod:`byzlearn.experiments.parallel`. Returns the summaries, in plan order.
     """
     from byzlearn.experiments.store import RunDir
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    summaries = []
+    if jobs < 1:
+        raise ConfigError(f"--jobs: must be >= 1, got {jobs}")
+    if jobs == 1 and not ray:
+        summaries = []
+        for i, config in enumerate(plan.configs):
+            directory = plan.directory(out, config)
+            finished = RunDir(directory).finished
+            if on_start is not None:
+                on_start(i, config, finished)
+
+            def each_round(record: dict[str, Any], i: int = i) -> None:
+                if callback is not None:
+                    callback(record)
+                if on_round is not None:
+                    on_round(i, record)
+
+            result = run(config, directory, callback=None if finished else each_round)
+            summaries.append(result.summary)
+        return summaries
+
+    by_index: dict[int, dict[str, Any]] = {}
+    todo = []
     for i, config in enumerate(plan.configs):
         directory = plan.directory(out, config)
         finished = RunDir(directory).finished
         if on_start is not None:
             on_start(i, config, finished)
-        result = run(config, directory, callback=None if finished else callback)
-        summaries.append(result.summary)
-    return summaries
+        if finished:  # loaded here, never submitted (checked and locked as any run)
+            by_index[i] = run(config, directory).summary
+        else:
+            todo.append((i, config, directory))
+
+    def done(i: int, summary: dict[str, Any]) -> None:
+        if on_round is not None:
+            on_round(i, {"round": plan.configs[i].steps})  # finished (or diverged early)
+
+    by_index.update(
+        run_parallel(todo, jobs, ray=ray, address=address, on_round=on_round, on_done=done)
+    )
+    return [by_index[i] for i in range(len(plan.configs))]

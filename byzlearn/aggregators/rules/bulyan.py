@@ -221,6 +221,21 @@ def bulyan(
     as their imputed values (the coordinate-wise median, see ``docs/aggregators.md``). Cost: one
     Gram pass + theta runs of A on n x n matrices + one kernel pass over the theta selected rows.
     """
+    kept, drop = bulyan_selection(inputs, f, selection, selection_options, theta, beta, variant)
+    return Combination(inputs=inputs, alpha=None, kept=kept, value=bulyan_trim(inputs, kept, drop))
+
+
+def bulyan_selection(
+    inputs: Inputs,
+    f: int,
+    selection: str = "krum",
+    selection_options: dict | None = None,
+    theta: int | None = None,
+    beta: int | None = None,
+    variant: str = "paper",
+) -> tuple[torch.Tensor, int]:
+    """Bulyan's first phase on the n x n statistics: the selected rows (sorted) and the number
+    ``theta - beta`` of values phase 2 drops per coordinate (options as :func:`bulyan`)."""
     n = inputs.n
     if variant not in VARIANTS:
         raise ValueError(f"bulyan: variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
@@ -239,14 +254,16 @@ def bulyan(
         chosen = _iterated_krum(inputs, f, theta)
     else:
         chosen = _iterated_rule(inputs, rule, f, options, theta)
-    kept = torch.tensor(sorted(chosen))
-    drop = theta - beta
+    return torch.tensor(sorted(chosen)), theta - beta
+
+
+def bulyan_trim(inputs: Inputs, kept: torch.Tensor, drop: int) -> torch.Tensor:
+    """Bulyan's second phase: per coordinate, the mean of the selected rows' values closest to
+    their median, ``drop`` of them left out."""
     if inputs.A is None and inputs.missing is None:
-        value = sel.coordinatewise(
+        return sel.coordinatewise(
             inputs.X, sel.CLOSEST_TO_MEDIAN, drop, drop + 1, "bulyan", rows=kept
         )
-    else:
-        value = sel.coordinatewise_inputs(
-            inputs.subset(kept), sel.CLOSEST_TO_MEDIAN, drop, drop + 1, "bulyan"
-        )
-    return Combination(inputs=inputs, alpha=None, kept=kept, value=value)
+    return sel.coordinatewise_inputs(
+        inputs.subset(kept), sel.CLOSEST_TO_MEDIAN, drop, drop + 1, "bulyan"
+    )

@@ -137,6 +137,10 @@ class _Rows:
         if inputs.gram is not None:  # the Gram pass already flagged bad rows (and gives norms)
             sq = inputs.sqnorms().clone() if norms else None
             return cls(inputs=inputs, Y=None, bad=inputs.bad.clone(), sqnorms=sq)
+        held_elsewhere = getattr(inputs, "row_stats", None)
+        if held_elsewhere is not None:  # sharded inputs: the shards' statistics, combined
+            sq, bad, signs = held_elsewhere(norms, sign_cols)
+            return cls(inputs=inputs, Y=None, bad=bad, sqnorms=sq, signs=signs)
         Y = inputs.materialize()  # a view of X without a pre-aggregator
         cols = sign_cols if inputs.A is None else None
         sq, bad, signs = _row_stats(Y, norms, cols)
