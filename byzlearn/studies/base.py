@@ -136,12 +136,21 @@ def run_study(
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     planned = [StudyRun(label, parse_config(data)) for label, data in study.runs(scale)]
+    if jobs > 1 and planned:  # train what is not finished, N at a time (the sweep's pool)
+        from byzlearn.experiments.sweep import SweepPlan, run_sweep
+
+        def started(i: int, config: Config, finished: bool) -> None:
+            if on_run is not None:
+                on_run(i, len(planned), planned[i], finished)
+
+        plan = SweepPlan([p.config for p in planned], [], [p.label for p in planned])
+        run_sweep(plan, out, jobs=jobs, on_start=started)
     for i, item in enumerate(planned):
         directory = out / "runs" / config_hash(item.config)[:16]
         finished = (directory / "summary.json").is_file()
-        if on_run is not None:
+        if on_run is not None and jobs == 1:
             on_run(i, len(planned), item, finished)
-        item.result = run(item.config, directory)
+        item.result = run(item.config, directory)  # finished runs are loaded
     computed = _computed(study, scale, out)
     analysis = study.analyse(scale, planned, computed, out)
     seconds = time.perf_counter() - start

@@ -47,3 +47,9 @@ def test_cli_lists_and_refuses_bad_input(tmp_path: Path) -> None:
     scale = runner.invoke(app, ["study", "krum-2017", "--scale", "huge", "--out", str(tmp_path)])
     assert scale.exit_code == 2 and "--scale: expected one of" in scale.output
     assert SCALES == ("tiny", "small", "paper")
+
+
+def test_jobs_train_in_parallel_with_the_same_results(tmp_path: Path) -> None:
+    _, one = run_study("krum-2017", "tiny", tmp_path / "one")
+    _, two = run_study("krum-2017", "tiny", tmp_path / "two", jobs=2)
+    assert one.table == two.table and one.verdict == two.verdict
