@@ -32,7 +32,9 @@ __all__ = ["torch_client_app"]
 def _partition(context: Context, parts: Sequence[np.ndarray]) -> int:
     value = context.node_config.get("partition-id")
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < len(parts):
-        raise ValueError(f"node_config partition-id must be an int in [0, {len(parts)}), got {value!r}")
+        raise ValueError(
+            f"node_config partition-id must be an int in [0, {len(parts)}), got {value!r}"
+        )
     return value
 
 

@@ -1,10 +1,10 @@
 """An in-process Flower grid: run a strategy against ClientApps without Ray or a SuperLink.
 
 ``LocalGrid(apps)`` implements Flower's ``Grid`` (``flwr.serverapp.Grid``): node ``i`` (id
-``first_node_id + i``, 2, 3, ... by default: 1 is the server's) runs ``apps[i]`` in this process, sequentially, on its own copy of each
-message and with its own ``Context`` (``node_config``: ``partition-id``, ``num-partitions``; a
-``state`` kept across rounds). A ClientApp that raises gives an error reply, as on a SuperNode.
-Apps that declare ``needs_honest_replies`` (Byzantine attackers,
+``first_node_id + i``; 2, 3, ... by default, 1 being the server's) runs ``apps[i]`` in this
+process, sequentially, on its own copy of each message and with its own ``Context``
+(``node_config``: ``partition-id``, ``num-partitions``; a ``state`` kept across rounds). A
+ClientApp that raises gives an error reply, as on a SuperNode. Apps that declare ``needs_honest_replies`` (Byzantine attackers,
 :class:`~byzlearn.integrations.flower.byzantine.ByzantineClientApp`) run after the others and
 first receive their replies to the same message batch (``app.observe(message, replies)``): the
 omniscient adversary of a simulation. Like Flower's ServerApp runtime, it sets the process's
