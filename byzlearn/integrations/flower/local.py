@@ -4,12 +4,16 @@
 ``first_node_id + i``; 2, 3, ... by default, 1 being the server's) runs ``apps[i]`` in this
 process, sequentially, on its own copy of each message and with its own ``Context``
 (``node_config``: ``partition-id``, ``num-partitions``; a ``state`` kept across rounds). A
-ClientApp that raises gives an error reply, as on a SuperNode. Apps that declare ``needs_honest_replies`` (Byzantine attackers,
+ClientApp that raises gives an error reply, as on a SuperNode.
+
+Apps that declare ``needs_honest_replies`` (Byzantine attackers,
 :class:`~byzlearn.integrations.flower.byzantine.ByzantineClientApp`) run after the others and
 first receive their replies to the same message batch (``app.observe(message, replies)``): the
-omniscient adversary of a simulation. Like Flower's ServerApp runtime, it sets the process's
-``flwr.supercore.task_identity.TaskIdentity`` (run 0, the server's node id), which the messages a
-strategy builds read.
+omniscient adversary of a simulation.
+
+Like Flower's ServerApp runtime, the grid sets the process's
+``flwr.supercore.task_identity.TaskIdentity`` (run 0, the server's node id), which the messages
+a strategy builds read.
 
 It serves tests, examples and quick experiments (a Flower strategy's ``start(grid=...)`` runs
 unchanged); Flower's own simulation engine (Ray) and deployment (SuperLink, SuperNodes) run the
