@@ -57,7 +57,7 @@ def torch_client_app(
 
     def load(message: Message) -> nn.Module:
         model = model_fn()
-        model.load_state_dict(message.content["arrays"].to_torch_state_dict())
+        model.load_state_dict(message.content.array_records["arrays"].to_torch_state_dict())
         return model
 
     @app.train()
