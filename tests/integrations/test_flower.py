@@ -11,6 +11,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 pytest.importorskip("flwr")
 
@@ -65,8 +67,8 @@ def idle_app() -> ClientApp:
 
 
 def sent_messages(strategy: RobustStrategy, sent: dict[str, np.ndarray], n: int, t: int = 1):
-    """The strategy's messages to n nodes (Flower's real configure_train path; the strategy
-    waits for min_available_nodes, so the grid has at least that many, and n are used)."""
+    """The strategy's messages to n nodes (Flower's real configure_train path; Flower waits
+    for min_available_nodes nodes, so the grid has at least that many and n are used)."""
     grid = LocalGrid([idle_app() for _ in range(max(n, strategy.min_available_nodes))])
     return list(strategy.configure_train(t, record(sent), ConfigRecord(), grid))[:n]
 
@@ -170,6 +172,32 @@ def test_aggregate_is_the_rule_bit_for_bit(rule: str, seed: int) -> None:
     assert metrics["train_loss"] == pytest.approx(0.5)
 
 
+@given(
+    n=st.integers(1, 12),
+    f=st.integers(0, 3),
+    rule=st.sampled_from(["krum", "nnm+krum", "median", "bucketing+median", "geometric_median"]),
+    seed=st.integers(0, 2**16),
+)
+def test_any_round_is_the_rule_on_its_replies_or_a_documented_skip(
+    n: int, f: int, rule: str, seed: int
+) -> None:
+    sent = model(seed)
+    strategy = RobustStrategy(rule, f=f, seed=seed)
+    messages = sent_messages(strategy, sent, n)
+    arrays = clients(sent, n, seed + 1, byzantine=min(f, n))
+    new, metrics = strategy.aggregate_train(
+        1, [reply(m, a) for m, a in zip(messages, arrays, strict=True)]
+    )
+    used = agg.largest_f(rule, n, f)  # the shrink policy
+    if used is None:
+        assert new is None and metrics["skipped"] == 1
+        return
+    X = torch.from_numpy(np.stack([flat_update(a, sent) for a in arrays]))
+    options = {"generator": keyed.generator((seed, "rule", 1))} if "bucketing" in rule else {}
+    assert metrics["f"] == used
+    assert_bitwise(new, sent, agg.aggregate(rule, X, f=used, **options).vector)
+
+
 def test_momentum_and_centred_clipping_state_over_two_rounds() -> None:
     n, f, beta, eta = 9, 2, 0.9, 0.5
     strategy = RobustStrategy(
@@ -218,10 +246,11 @@ def test_malformed_replies_are_rejected_and_nan_follows_the_rule_policy() -> Non
     replies.append(reply(messages[8], None))  # no ArrayRecord
     replies.append(Message(Error(2, "client raised"), reply_to=messages[9]))  # error reply
     replies += [reply(messages[i], good[i]) for i in (10, 11)]
+    replies.append(reply(messages[0], good[11]))  # a second reply from node 0
 
     new, metrics = strategy.aggregate_train(1, replies)
 
-    assert metrics["rejected"] == 6 and metrics["failed"] == 1 and metrics["received"] == 11
+    assert metrics["rejected"] == 7 and metrics["failed"] == 1 and metrics["received"] == 12
     usable = [good[0], nan_row, inf_few, good[10], good[11]]
     X = torch.from_numpy(np.stack([flat_update(a, sent) for a in usable]))
     # 5 rows < 2f + 3 = 7: shrink f to what krum allows on 5 rows (1), then krum's NaN policy
@@ -237,6 +266,7 @@ def test_malformed_replies_are_rejected_and_nan_follows_the_rule_policy() -> Non
         "not a number",
         "does not decode",
         "no ArrayRecord",
+        "second reply",
     ):
         assert words in reasons
 
@@ -440,3 +470,18 @@ def test_simulation_on_digits_robust_strategy_learns_where_fedavg_fails() -> Non
             assert all(train[t]["byzantine-kept"] == 0 for t in train)
     assert final["nnm+krum"] > 0.85, final
     assert final["fedavg"] < 0.3, final
+
+
+def test_example_flower_app_runs_its_serverapp_on_a_local_grid(monkeypatch) -> None:
+    """examples/flower/app: the ServerApp and ClientApp that `flwr run` deploys, two rounds."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "examples" / "flower" / "app"
+    monkeypatch.syspath_prepend(str(root))
+    from byzflower.client_app import app as client_app
+    from byzflower.server_app import app as server_app
+
+    config = {"num-server-rounds": 2, "rule": "nnm+krum", "f": 1, "local-steps": 1}
+    grid = LocalGrid([client_app] * 4 + byzantine_clients([client_app], "alie"), run_config=config)
+    context = Context(run_id=0, node_id=1, node_config={}, state=RecordDict(), run_config=config)
+    server_app(grid, context)  # runs main(grid, context): RobustStrategy.start on the grid

@@ -3,7 +3,8 @@
 An update is ``reply tensor - tensor the server sent``, for every floating-point tensor of the
 model, concatenated in the order of the sent ArrayRecord. A reply is *malformed* (rejected with
 a reason, never aggregated) when it carries no ArrayRecord, misses a tensor or adds one, sends a
-tensor of another shape, a non-numeric dtype or bytes that do not decode. Non-finite values in a
+tensor of another shape, a non-numeric dtype or bytes that do not decode, or is a node's second
+reply of the round. Non-finite values in a
 well-formed reply are kept: the rule's missing-value policy handles them.
 """
 
@@ -156,6 +157,9 @@ def read_replies(
     for message in usable:
         node = int(message.metadata.src_node_id)
         row = updates[len(nodes)]  # a rejected reply's partial row is overwritten by the next
+        if node in nodes:
+            rejected.append(Rejected(node, "a second reply from this node this round"))
+            continue
         try:
             _row(_arrays_of(message, arrays_key), layout, row)
         except ValueError as err:

@@ -118,9 +118,10 @@ class RobustStrategy(FedAvg):
     seed : keys the generator of randomised rules (bucketing, DnC, SignGuard) per round.
     simulation : report how many Byzantine replies were aggregated and kept, from the
         :data:`BYZANTINE_KEY` record that simulated Byzantine clients add.
-    **fedavg_options : Flower's FedAvg options (``fraction_train``, ``min_train_nodes``, ...);
-        ``min_train_nodes`` and ``min_available_nodes`` default to the fewest inputs the rule
-        needs with f.
+    **fedavg_options : Flower's FedAvg options (``fraction_train``, ``min_train_nodes``,
+        ``min_available_nodes``, ...), with Flower's defaults: the server waits for
+        ``min_available_nodes`` nodes before a round, so raising it to ``strategy.needed`` waits
+        for enough nodes instead of shrinking f (a grid that never has that many waits forever).
     """
 
     def __init__(
@@ -159,8 +160,6 @@ class RobustStrategy(FedAvg):
                     "weighting='examples' sets the weights; drop rule_options['weights']"
                 )
         self.needed = fewest_inputs(rule, f, options)  # checks the rule and its options
-        fedavg_options.setdefault("min_train_nodes", self.needed)
-        fedavg_options.setdefault("min_available_nodes", fedavg_options["min_train_nodes"])
         super().__init__(**fedavg_options)
         self.rule = rule
         self.f = f
@@ -204,6 +203,17 @@ class RobustStrategy(FedAvg):
     ) -> Iterable[Message]:
         """Remember the model sent (updates are taken against it), then FedAvg's sampling."""
         self.layout = Layout.of(arrays)
+        available = len(list(grid.get_node_ids()))
+        if int(available * self.fraction_train) < self.needed and self.fraction_train > 0:
+            log(
+                WARNING,
+                "%d nodes available, %s needs %d replies with f=%d: on_shortfall=%s applies",
+                available,
+                self.rule,
+                self.needed,
+                self.f,
+                self.on_shortfall,
+            )
         return super().configure_train(server_round, arrays, config, grid)
 
     # ------------------------------------------------------------------ aggregation
@@ -275,6 +285,17 @@ class RobustStrategy(FedAvg):
         self.reports.append(report)
         if report.skipped is not None:
             log(WARNING, "round %d skipped: %s", server_round, report.skipped)
+        else:
+            log(
+                INFO,
+                "aggregate_train: %d replies, %d failed, %d rejected; %s with f=%s kept %d",
+                report.received,
+                len(report.failed),
+                len(report.rejected),
+                self.rule,
+                report.f,
+                len(report.kept),
+            )
         return arrays, self._metrics(report, parsed)
 
     def _aggregate(self, t: int, parsed: Parsed, report: RoundReport) -> ArrayRecord | None:
