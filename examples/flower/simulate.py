@@ -7,8 +7,8 @@
 Runs the ServerApp and ClientApp of ``examples/flower/app`` (the code ``flwr run`` deploys) on an
 in-process grid (:class:`byzlearn.integrations.flower.LocalGrid`): the last ``--byzantine``
 nodes train honestly, then send a byzlearn attack computed on the round's honest updates. Prints
-the test accuracy of the global model every ``--every`` rounds for both strategies, and how many
-Byzantine replies the robust rule kept.
+the test accuracy of the global model every ``--every`` rounds for both strategies, and, for a
+selection rule (Krum, NNM + Krum, ...), how many Byzantine replies it kept.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "app"))
 from byzflower.client_app import app as honest_app
 from byzflower.server_app import run
 
+import byzlearn.aggregators as agg
 from byzlearn.integrations.flower import LocalGrid, RobustStrategy, byzantine_clients
 
 
@@ -102,8 +103,8 @@ def main() -> None:
         curves[rule] = {
             t: float(m["accuracy"]) for t, m in result.evaluate_metrics_serverapp.items()
         }
-        if isinstance(strategy, RobustStrategy):
-            kept = [r.byzantine_kept for r in strategy.reports]
+        if isinstance(strategy, RobustStrategy) and agg.spec(args.rule.split("+")[-1]).selects:
+            kept = [r.byzantine_kept for r in strategy.reports]  # selection rules only
     options = attack_options or "defaults"
     print(
         f"digits, {args.clients} clients ({args.byzantine} Byzantine: {args.attack} {options}), "

@@ -70,7 +70,8 @@ def sent_messages(strategy: RobustStrategy, sent: dict[str, np.ndarray], n: int,
     """The strategy's messages to n nodes (Flower's real configure_train path; Flower waits
     for min_available_nodes nodes, so the grid has at least that many and n are used)."""
     grid = LocalGrid([idle_app() for _ in range(max(n, strategy.min_available_nodes))])
-    return list(strategy.configure_train(t, record(sent), ConfigRecord(), grid))[:n]
+    messages = strategy.configure_train(t, record(sent), ConfigRecord(), grid)
+    return sorted(messages, key=lambda m: m.metadata.dst_node_id)[:n]  # the strategy's row order
 
 
 def reply(
@@ -170,6 +171,11 @@ def test_aggregate_is_the_rule_bit_for_bit(rule: str, seed: int) -> None:
     assert metrics["kept"] == len(kept) and metrics["f"] == f and metrics["skipped"] == 0
     assert metrics["aggregated"] == n and metrics["rejected"] == 0
     assert metrics["train_loss"] == pytest.approx(0.5)
+    # the order replies arrive in (Flower samples nodes in random order) changes nothing
+    again = RobustStrategy(rule, f=f, seed=seed)
+    sent_messages(again, sent, n)
+    shuffled, _ = again.aggregate_train(1, replies[::-1])
+    assert_bitwise(shuffled, sent, expected.vector)
 
 
 @given(

@@ -142,7 +142,11 @@ def _row(arrays: ArrayRecord, layout: Layout, out: torch.Tensor) -> None:
 def read_replies(
     replies: list[Message], layout: Layout, *, arrays_key: str, weight_key: str
 ) -> Parsed:
-    """Check every reply against the layout and stack the usable ones' updates (one pass)."""
+    """Check every reply against the layout and stack the usable ones' updates (one pass), in
+    node-id order (a node's first reply counts)."""
+    # Rows in node-id order: Flower samples nodes in random order, and the output of
+    # order-sensitive rules (bucketing's shuffle, ties) must not depend on it.
+    replies = sorted(replies, key=lambda m: int(m.metadata.src_node_id))
     usable = [m for m in replies if not m.has_error() and m.has_content()]
     failed = [
         Rejected(int(m.metadata.src_node_id), str(m.error.reason if m.has_error() else "empty"))

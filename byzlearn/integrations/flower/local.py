@@ -2,9 +2,9 @@
 
 ``LocalGrid(apps)`` implements Flower's ``Grid`` (``flwr.serverapp.Grid``): node ``i`` (id
 ``first_node_id + i``; 2, 3, ... by default, 1 being the server's) runs ``apps[i]`` in this
-process, sequentially, on its own copy of each message and with its own ``Context``
-(``node_config``: ``partition-id``, ``num-partitions``; a ``state`` kept across rounds). A
-ClientApp that raises gives an error reply, as on a SuperNode.
+process, one after the other in node-id order, on its own copy of each message and with its
+own ``Context`` (``node_config``: ``partition-id``, ``num-partitions``; a ``state`` kept across
+rounds). A ClientApp that raises gives an error reply, as on a SuperNode.
 
 Apps that declare ``needs_honest_replies`` (Byzantine attackers,
 :class:`~byzlearn.integrations.flower.byzantine.ByzantineClientApp`) run after the others and
@@ -109,8 +109,9 @@ class LocalGrid(Grid):
         messages = list(messages)
         for message in messages:
             message.metadata.__dict__["_message_id"] = str(uuid4())  # as Flower's grids do
-        late = [m for m in messages if _observes(self.apps.get(m.metadata.dst_node_id))]
-        first = [m for m in messages if m not in late]
+        ordered = sorted(messages, key=lambda m: m.metadata.dst_node_id)  # runs reproducible
+        late = [m for m in ordered if _observes(self.apps.get(m.metadata.dst_node_id))]
+        first = [m for m in ordered if m not in late]
         replies = {m.metadata.message_id: self._deliver(m) for m in first}
         honest = [r for r in replies.values() if r.has_content()]
         for message in late:
