@@ -412,6 +412,17 @@ def test_byzantine_clients_send_the_attack_on_the_rounds_honest_updates(attack: 
     assert metrics["byzantine"] == f  # simulation report from the Byzantine mark
 
 
+@pytest.mark.parametrize("attack", atk.names())
+def test_every_attack_runs_as_a_flower_client(attack: str) -> None:
+    app = shift_app(0.01)
+    grid = LocalGrid([app] * 7 + byzantine_clients([app] * 2, attack, rule="median"))
+    strategy = RobustStrategy("median", f=2, simulation=True)
+    messages = list(strategy.configure_train(1, record(model(0)), ConfigRecord(), grid))
+    new, metrics = strategy.aggregate_train(1, grid.send_and_receive(messages))
+    assert metrics["failed"] == 0 and metrics["rejected"] == 0 and metrics["byzantine"] == 2
+    assert new is not None and np.isfinite(new["w"].numpy()).all()
+
+
 def test_behaviours_crash_and_omission_give_error_replies() -> None:
     app = shift_app(0.01)
     crash = ByzantineClientApp(app, behaviour=Crash(2))
