@@ -4,6 +4,7 @@ Roles never know which workers are Byzantine; these observers do (they are built
 from the config) and turn the roles' events into metrics:
 
 - :class:`TruthObserver`: ``train_loss`` (mean loss reported by honest senders),
+  ``variance_norm_ratio`` (sqrt(E||h - mean||^2) / ||mean|| of the honest submitted vectors),
   ``kept_byzantine`` (Byzantine inputs a selection rule kept), ``dist_honest_mean`` (distance
   of the aggregate to the honest inputs' mean); for asynchronous protocols ``byzantine_sender``
   per step and cumulative accepted / rejected counts, honest and Byzantine, and per worker;
@@ -60,6 +61,11 @@ class TruthObserver(Observer):
                 if not bool(torch.isfinite(mean).all()):  # lost coordinates: skip them
                     mean = rows.nanmean(dim=0)
                 self._fields["dist_honest_mean"] = float((output - mean).norm())
+                if len(rows) > 1 and bool(torch.isfinite(rows).all()):
+                    # sqrt(E ||h - mean||^2) / ||mean||: the variance-norm ratio of ICLR 2021
+                    spread = float((rows - mean).pow(2).sum(dim=1).mean().sqrt())
+                    norm = float(mean.norm())
+                    self._fields["variance_norm_ratio"] = spread / norm if norm > 0 else None
 
     def _update(self, data: dict[str, Any]) -> None:
         sender = int(data["sender"])
