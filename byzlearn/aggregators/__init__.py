@@ -50,6 +50,7 @@ krum = get("krum")
 multi_krum = get("multi_krum")
 medoid = get("medoid")
 geometric_median = get("geometric_median")
+skewed_geometric_median = get("skewed_geometric_median")
 mda = get("mda")
 bulyan = get("bulyan")
 centered_clipping = get("centered_clipping")
@@ -95,6 +96,7 @@ __all__ = [
     "prepare",
     "selected_indices",
     "signguard",
+    "skewed_geometric_median",
     "spec",
     "trimmed_mean",
 ]

@@ -530,8 +530,17 @@ def _gram_of(
 
 
 # ------------------------------------------------------------------------------ aggregation
+# rules that cannot run sharded, and why (one line each)
+_UNSHARDED = {
+    "skewed_geometric_median": "its skewing matrix S mixes coordinates that different shards "
+    "hold (run it unsharded: S x_i needs whole vectors)",
+}
+
+
 def _refuse(name: str, parts: list[RuleSpec], options: dict) -> None:
     last = parts[-1]
+    if last.name in _UNSHARDED:
+        raise ValueError(f"{name}: cannot run sharded: {_UNSHARDED[last.name]}")
     if last.name == "bulyan":
         selection = options.get("selection", "krum")
         chosen = _parts(selection)[-1] if isinstance(selection, str) else None
@@ -543,10 +552,11 @@ def _refuse(name: str, parts: list[RuleSpec], options: dict) -> None:
 
 
 def sharded_names() -> list[str]:
-    """The registered rules and pre-aggregators :func:`aggregate` runs sharded (all of them)."""
+    """The registered rules and pre-aggregators :func:`aggregate` runs sharded (all but the
+    skewed geometric median)."""
     from byzlearn.aggregators._registry import names
 
-    return names()
+    return [n for n in names() if n not in _UNSHARDED]
 
 
 def aggregate(name: str, vectors: ShardedVectors, f: int = 0, **options: Any) -> ShardedResult:

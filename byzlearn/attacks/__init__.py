@@ -25,6 +25,7 @@ The (attack x rule) damage table: :func:`byzlearn.attacks.matrix.attack_matrix`.
 from byzlearn.attacks import gradient as _gradient  # noqa: F401  (registers the attacks)
 from byzlearn.attacks import minmax as _minmax  # noqa: F401
 from byzlearn.attacks import optimised as _optimised  # noqa: F401
+from byzlearn.attacks import strategic as _strategic  # noqa: F401
 from byzlearn.attacks._context import AttackContext
 from byzlearn.attacks._registry import (
     Attack,

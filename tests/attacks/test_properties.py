@@ -103,4 +103,5 @@ def test_randomized_flags():
         "gaussian",
         "large_norm",
         "nonfinite",
+        "strategic",  # the far starting points of its search
     }

@@ -40,10 +40,11 @@ def test_names_and_kinds():
         "min_sum",
         "nonfinite",
         "sign_flip",
+        "strategic",
         "zero",
     }
     assert set(atk.names()) == expected
-    assert set(RULE_AWARE) == {"alie_opt", "ipm_opt", "leeway", "min_max_opt"}
+    assert set(RULE_AWARE) == {"alie_opt", "ipm_opt", "leeway", "min_max_opt", "strategic"}
     assert sorted(FIXED + RULE_AWARE) == atk.names()
     with pytest.raises(ValueError, match="kind"):
         atk.names("other")

@@ -70,3 +70,52 @@ def geometric_median(
         if float((step @ G @ step).clamp(min=0).sqrt()) <= tol * scale:
             break
     return Combination(inputs=inputs, alpha=alpha)
+
+
+@register("skewed_geometric_median", min_n=lambda f: 2 * f + 1, requirement="n >= 2f + 1")
+def skewed_geometric_median(
+    inputs: Inputs,
+    f: int,
+    *,
+    skew: torch.Tensor | list | None = None,
+    tol: float = 1e-8,
+    max_iter: int = 1000,
+    nu: float | None = None,
+) -> Combination:
+    r"""Skewed geometric median ``argmin_z sum_i ||S (z - x_i)||`` for an invertible skewing
+    matrix ``S``.
+
+    ``S`` (``skew``) is a ``(d,)`` vector (a diagonal matrix) or a ``(d, d)`` matrix; ``None`` is
+    the identity (the geometric median). Since ``||S(z - x_i)|| = ||Sz - Sx_i||``, the minimiser is
+    ``S^{-1} GM(S x_1, ..., S x_n)``, and as the geometric median of the ``S x_i`` is a convex
+    combination ``sum_i alpha_i S x_i``, the output is ``sum_i alpha_i x_i`` with the same
+    weights: the Weiszfeld iterations run on the skewed inputs (:func:`geometric_median`, same
+    ``tol``, ``max_iter``, ``nu``). Reference: El Mhamdi, Farhadkhani, Guerraoui, Hoang, "On the
+    Strategyproofness of the Geometric Median", AISTATS 2023 (arXiv 2106.02394), which skews the
+    geometric median to restore asymptotic strategyproofness for voters with anisotropic
+    preferences. [The paper's exact choice of S for given preferences is not checked here;
+    the rule takes any invertible S.] Requirement: n >= 2f + 1. Cost: O(n d) (diagonal) or
+    O(n d^2) (matrix) for ``S X``, then the geometric median's.
+    """
+    X = inputs.materialize()
+    d = X.shape[1]
+    if skew is None:
+        return geometric_median(inputs, f, tol=tol, max_iter=max_iter, nu=nu)
+    S = torch.as_tensor(skew, dtype=torch.float64)
+    if not bool(torch.isfinite(S).all()):
+        raise ValueError("skewed_geometric_median: skew must be finite")
+    if S.dim() == 1 and S.numel() == d:
+        if bool((S == 0).any()):
+            raise ValueError("skewed_geometric_median: a diagonal skew needs no zero entry")
+        Y = X.to(torch.float64) * S
+    elif S.dim() == 2 and S.shape == (d, d):
+        if int(torch.linalg.matrix_rank(S)) < d:
+            raise ValueError("skewed_geometric_median: skew must be an invertible matrix")
+        Y = X.to(torch.float64) @ S.T
+    else:
+        raise ValueError(
+            f"skewed_geometric_median: skew must have shape ({d},) or ({d}, {d}), "
+            f"got {tuple(S.shape)}"
+        )
+    inner = geometric_median(Inputs.from_matrix(Y), f, tol=tol, max_iter=max_iter, nu=nu)
+    return Combination(inputs=inputs, alpha=inner.alpha)
