@@ -159,11 +159,14 @@ def run_study(
     work = sum(float(p.summary.get("seconds") or 0.0) for p in planned)
     work += float(computed.get("_seconds", 0.0))
     report = out / "report.md"
-    report.write_text(_report(study, scale, analysis, work, len(planned)))
+    report.write_text(_report(study, scale, analysis, work, planned))
     return report, analysis
 
 
-def _report(study: Study, scale: str, analysis: Analysis, seconds: float, runs: int) -> str:
+def _report(
+    study: Study, scale: str, analysis: Analysis, seconds: float, planned: list[StudyRun]
+) -> str:
+    runs = len(planned)
     lines = [
         f"# {study.title}",
         "",
@@ -180,6 +183,9 @@ def _report(study: Study, scale: str, analysis: Analysis, seconds: float, runs: 
         analysis.table,
         "",
     ]
+    datasets = sorted({p.config.dataset.name for p in planned})
+    if datasets:
+        lines += [f"Dataset of the training runs: {', '.join(datasets)}.", ""]
     lines += [f"![{fig}]({fig})" for fig in analysis.figures]
     if analysis.notes:
         lines += ["", "Notes:", ""] + [f"- {note}" for note in analysis.notes]

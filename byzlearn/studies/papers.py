@@ -35,9 +35,29 @@ _STEPS = {"tiny": 4, "small": 200, "paper": 600}
 _SEEDS = {"tiny": [0], "small": [0], "paper": [0, 1, 2]}
 
 
+#: where ``--scale paper`` looks for MNIST (the IDX files; torchvision's layout works)
+DATA_ROOT_ENV = "BYZLEARN_DATA"
+
+
+def paper_dataset() -> dict[str, Any]:
+    """MNIST when its files are under ``$BYZLEARN_DATA`` (default ``data``), else digits: the
+    paper scale's dataset for the training studies (the report says which one ran)."""
+    import os
+
+    from byzlearn.data.datasets import _find
+
+    root = Path(os.environ.get(DATA_ROOT_ENV, "data")).expanduser()
+    names = ["t10k-images-idx3-ubyte", "t10k-images.idx3-ubyte"]
+    try:
+        _find(root, names, ["MNIST/raw", "MNIST", "mnist"])
+    except FileNotFoundError:
+        return {"name": "digits"}
+    return {"name": "mnist", "root": str(root)}
+
+
 def _base(scale: str, **extra: Any) -> dict[str, Any]:
     return {
-        "dataset": {"name": "digits"},
+        "dataset": paper_dataset() if scale == "paper" else {"name": "digits"},
         "model": {"name": "mlp"},
         "steps": _STEPS[scale],
         "eval_every": max(1, _STEPS[scale] // 20),

@@ -59,3 +59,13 @@ def test_jobs_train_in_parallel_with_the_same_results(tmp_path: Path) -> None:
     _, one = run_study("krum-2017", "tiny", tmp_path / "one")
     _, two = run_study("krum-2017", "tiny", tmp_path / "two", jobs=2)
     assert one.table == two.table and one.verdict == two.verdict
+
+
+def test_paper_scale_trains_on_mnist_when_its_files_are_there(tmp_path: Path, monkeypatch) -> None:
+    from byzlearn.studies.papers import paper_dataset
+
+    monkeypatch.setenv("BYZLEARN_DATA", str(tmp_path))
+    assert paper_dataset() == {"name": "digits"}
+    (tmp_path / "MNIST" / "raw").mkdir(parents=True)
+    (tmp_path / "MNIST" / "raw" / "t10k-images-idx3-ubyte").write_bytes(b"")
+    assert paper_dataset() == {"name": "mnist", "root": str(tmp_path)}
