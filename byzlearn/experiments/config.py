@@ -514,6 +514,12 @@ def _try_options(config: Config, n_rule: int, f_rule: int) -> None:
             options, _ = atk.spec(a.name).start(a.options)
         except (ValueError, TypeError) as exc:
             raise ValueError(f"attack.options: {_one_line(exc)}") from None
+        # the probe checks values, not quality: cap the search budgets of rule-aware attacks
+        # (an invalid budget stays invalid: min keeps a value below the cap)
+        for key, cap in (("evaluations", 8), ("restarts", 1)):
+            value = options.get(key, cap)
+            if key in atk.spec(a.name).options and isinstance(value, (int, float)):
+                options[key] = min(value, cap)
         honest = torch.randn(max(config.n - config.byzantine_count, 1), _PROBE_DIM)
         try:
             atk.get(a.name)(
