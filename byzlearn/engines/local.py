@@ -39,7 +39,6 @@ from typing import Any
 
 from byzlearn.engines.base import (
     STATS,
-    Engine,
     Handler,
     Match,
     Message,
@@ -47,6 +46,7 @@ from byzlearn.engines.base import (
     check_deadline,
 )
 from byzlearn.engines.network import NetworkModel
+from byzlearn.engines.nodes import NodeTable
 from byzlearn.engines.topology import Complete, Topology
 
 __all__ = ["LocalEngine"]
@@ -68,7 +68,7 @@ class _Group:
     adversary: bool
 
 
-class LocalEngine(Engine):
+class LocalEngine(NodeTable):
     """In-process engine with a simulated, event-driven clock (see the module docstring).
 
     ``history``: honest messages per sender kept for the adversary's view (the latest one sent
@@ -86,15 +86,10 @@ class LocalEngine(Engine):
     ) -> None:
         self.vectorise = bool(vectorise)
         self.network = network if network is not None else NetworkModel(seed=seed)
-        self._topology: Topology = topology or Complete()
+        self._init_nodes(topology or Complete())
         self._history = max(1, int(history))
-        self._roles: dict[int, str] = {}
         self._groups: list[_Group] = []
-        self._group_of: dict[int, _Group] = {}
-        self._driven: dict[int, Node] = {}
         self._byzantine: set[int] = set()  # driven nodes acting for the adversary
-        self._clock: dict[int, float] = {}
-        self._busy: dict[int, float] = {}
         self._pending: list[Message] = []
         self._mail: dict[int, list[Message]] = {}
         self._seen: dict[int, list[Message]] = {}
@@ -105,17 +100,6 @@ class LocalEngine(Engine):
         self._charged: set[tuple[int | None, int]] = set()  # adversary (member, round) charged
 
     # ------------------------------------------------------------------ nodes
-    def reserve(self, role: str, count: int) -> list[int]:
-        if not isinstance(role, str) or not role:
-            raise ValueError(f"a role must be a non-empty string, got {role!r}")
-        if int(count) < 0:
-            raise ValueError(f"count must be >= 0, got {count}")
-        start = len(self._roles)
-        ids = list(range(start, start + int(count)))
-        for i in ids:
-            self._roles[i] = role
-        return ids
-
     def attach(self, ids: Sequence[int], handler: Handler, *, adversary: bool = False) -> None:
         group = _Group([int(i) for i in ids], handler, bool(adversary))
         self._has_adversary = self._has_adversary or group.adversary
@@ -140,36 +124,6 @@ class LocalEngine(Engine):
             kind = "an honest" if adversary else "a Byzantine"
             raise ValueError(f"node {id} is already registered as {kind} node")
         return self._driven[id]
-
-    def _check_free(self, id: int) -> None:
-        if id not in self._roles:
-            raise ValueError(f"node {id} was not reserved")
-        if id in self._group_of or id in self._driven:
-            raise ValueError(f"node {id} is already registered")
-
-    def nodes(self, role: str | None = None) -> list[int]:
-        return sorted(i for i, r in self._roles.items() if role is None or r == role)
-
-    def role_of(self, id: int) -> str:
-        try:
-            return self._roles[int(id)]
-        except KeyError:
-            raise ValueError(f"unknown node {id}") from None
-
-    @property
-    def topology(self) -> Topology:
-        return self._topology
-
-    def set_topology(self, topology: Topology) -> None:
-        self._topology = topology
-
-    def now(self, node: int) -> float:
-        node = int(node)
-        if node in self._clock:
-            return self._clock[node]
-        if node in self._busy:
-            return self._busy[node]
-        raise ValueError(f"unknown node {node}")
 
     @property
     def stats(self) -> dict[str, int]:

@@ -69,7 +69,6 @@ import torch
 
 from byzlearn.engines.base import (
     STATS,
-    Engine,
     Handler,
     Match,
     Message,
@@ -77,6 +76,7 @@ from byzlearn.engines.base import (
     check_deadline,
 )
 from byzlearn.engines.network import NetworkModel
+from byzlearn.engines.nodes import NodeTable
 from byzlearn.engines.topology import Complete, Topology
 
 __all__ = ["RayEngine", "Resources"]
@@ -181,7 +181,7 @@ class _Held:
     since: float
 
 
-class RayEngine(Engine):
+class RayEngine(NodeTable):
     """Reactive groups in Ray actors, wall-clock time (see the module docstring).
 
     ``address``: ``None`` starts a local Ray instance (with ``num_cpus`` CPUs, default all)
@@ -214,15 +214,10 @@ class RayEngine(Engine):
         self.actors = None if actors is None else int(actors)
         self.resources = dict(resources or {})
         self.adversary_wait = check_deadline(adversary_wait)
-        self._topology: Topology = topology or Complete()
+        self._init_nodes(topology or Complete())
         self._history = max(1, int(history))
-        self._roles: dict[int, str] = {}
         self._groups: list[_Group] = []
-        self._group_of: dict[int, _Group] = {}
-        self._driven: dict[int, Node] = {}
         self._byzantine: set[int] = set()  # driven nodes acting for the adversary
-        self._clock: dict[int, float] = {}
-        self._busy: dict[int, float] = {}
         self._mail: dict[int, list[Message]] = {}
         self._outbox: list[Message] = []
         self._calls: dict[Any, _Call] = {}
@@ -239,17 +234,6 @@ class RayEngine(Engine):
         self._t0 = time.time()
 
     # ------------------------------------------------------------------ nodes
-    def reserve(self, role: str, count: int) -> list[int]:
-        if not isinstance(role, str) or not role:
-            raise ValueError(f"a role must be a non-empty string, got {role!r}")
-        if int(count) < 0:
-            raise ValueError(f"count must be >= 0, got {count}")
-        start = len(self._roles)
-        ids = list(range(start, start + int(count)))
-        for i in ids:
-            self._roles[i] = role
-        return ids
-
     def attach(self, ids: Sequence[int], handler: Handler, *, adversary: bool = False) -> None:
         if self._started:
             raise ValueError("ray engine: attach every group before the first message")
@@ -308,36 +292,6 @@ class RayEngine(Engine):
             raise ValueError(f"node {node} is not a driven node")
         self._clock[node] = max(self._clock[node], self._wall())
         return self._clock[node]
-
-    def _check_free(self, id: int) -> None:
-        if id not in self._roles:
-            raise ValueError(f"node {id} was not reserved")
-        if id in self._group_of or id in self._driven:
-            raise ValueError(f"node {id} is already registered")
-
-    def nodes(self, role: str | None = None) -> list[int]:
-        return sorted(i for i, r in self._roles.items() if role is None or r == role)
-
-    def role_of(self, id: int) -> str:
-        try:
-            return self._roles[int(id)]
-        except KeyError:
-            raise ValueError(f"unknown node {id}") from None
-
-    @property
-    def topology(self) -> Topology:
-        return self._topology
-
-    def set_topology(self, topology: Topology) -> None:
-        self._topology = topology
-
-    def now(self, node: int) -> float:
-        node = int(node)
-        if node in self._clock:
-            return self._clock[node]
-        if node in self._busy:
-            return self._busy[node]
-        raise ValueError(f"unknown node {node}")
 
     @property
     def crashed(self) -> dict[int, float]:
