@@ -1,9 +1,14 @@
-"""Shared test settings: hypothesis profiles (CI runs the same profile as developers)."""
+"""Shared test settings: hypothesis profiles (CI runs the same profile as developers), and one
+local Ray instance per test module for the tests marked ``ray`` (the ``ray`` extra)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
+import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
@@ -17,3 +22,29 @@ settings.register_profile("thorough", parent=settings.get_profile("default"), ma
 settings.load_profile(os.environ.get("BYZLEARN_HYPOTHESIS_PROFILE", "default"))
 
 torch.set_num_threads(1)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def start_ray(**options: Any) -> Any:
+    """``ray.init`` for tests: 2 CPUs, no dashboard, quiet, and the repository on the actors'
+    path (handlers defined in test modules are pickled by reference)."""
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
+        **options,
+    )
+    return ray
+
+
+@pytest.fixture(scope="module")
+def ray_instance() -> Iterator[Any]:
+    """A local Ray instance (num_cpus=2) for the whole module."""
+    ray = start_ray()
+    yield ray
+    ray.shutdown()

@@ -205,17 +205,6 @@ def _make(j0: int, j1: int) -> torch.Tensor:
     return torch.arange(9, dtype=torch.float32)[:, None] + cols[None, :]
 
 
-@pytest.fixture(scope="module")
-def ray_instance():
-    ray = pytest.importorskip("ray")
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    if started_here:
-        ray.shutdown()
-
-
 @pytest.mark.ray
 @pytest.mark.timeout(120)
 def test_on_ray_actors(ray_instance) -> None:

@@ -12,7 +12,7 @@ pytest.importorskip("ray")
 
 from byzlearn.engines import Message
 from byzlearn.engines.ray_engine import RayEngine
-from tests.engines.conftest import ROOT
+from tests.conftest import ROOT
 from tests.engines.test_contract import Echo
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(120)]

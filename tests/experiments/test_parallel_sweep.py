@@ -169,17 +169,6 @@ def test_jobs_must_be_positive(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "--address: only with --ray" in result.output
 
 
-@pytest.fixture(scope="module")
-def ray_instance():
-    ray = pytest.importorskip("ray")
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    if started_here:
-        ray.shutdown()
-
-
 @pytest.mark.ray
 @pytest.mark.timeout(120)
 def test_ray_sweep_equals_sequential(
