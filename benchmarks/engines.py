@@ -84,7 +84,7 @@ def main() -> None:
     import ray
 
     torch.set_num_threads(args.threads)
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}")
     print(
         f"python {platform.python_version()}, torch {torch.__version__}, ray {ray.__version__}; "

@@ -124,7 +124,9 @@ def main() -> None:
     from byzlearn.aggregators import sharded
 
     torch.set_num_threads(args.threads)
-    ray.init(num_cpus=max(args.k), include_dashboard=False, log_to_driver=False)
+    ray.init(
+        address="local", num_cpus=max(args.k), include_dashboard=False, log_to_driver=False
+    )
     facts = machine_facts(args)
     make = Maker(args.n, args.f)
     rows: dict[tuple[str, int], tuple[float, float]] = {}

@@ -33,6 +33,7 @@ def start_ray(**options: Any) -> Any:
     if ray.is_initialized():
         ray.shutdown()
     ray.init(
+        address="local",  # our own instance, even when another runs on the machine
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,

@@ -348,7 +348,7 @@ def _start(backend: str, args: list[tuple], actor_options: dict) -> list[Any]:
             "sharded aggregation on Ray needs the ray extra: pip install -e '.[ray]'"
         ) from None
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
     options = {"num_cpus": 1, **actor_options}
     actor: Any = ray.remote(Shard).options(**options)
     handles: list[Any] = [actor.remote(*a) for a in args]

@@ -403,7 +403,8 @@ class RayEngine(NodeTable):
             return
         if not ray.is_initialized():
             ray.init(
-                address=self.address,
+                # no address: a new local instance, never another cluster found on the machine
+                address=self.address or "local",
                 num_cpus=self.num_cpus if self.address is None else None,
                 include_dashboard=False,
                 logging_level=logging.WARNING,

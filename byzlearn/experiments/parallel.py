@@ -204,7 +204,9 @@ def _run_ray(
     if not ray.is_initialized():
         try:
             if address is None:
-                ray.init(num_cpus=jobs, include_dashboard=False, log_to_driver=False)
+                ray.init(  # a new local instance, never a cluster found on the machine
+                    address="local", num_cpus=jobs, include_dashboard=False, log_to_driver=False
+                )
             else:
                 ray.init(address=address, log_to_driver=False)
         except Exception as err:  # any failure to start or reach Ray is one line
