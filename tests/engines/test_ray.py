@@ -140,15 +140,33 @@ def test_adversary_wait_bounds_how_long_the_adversary_waits_for_stragglers(engin
 
 
 # ---------------------------------------------------------------------- crashes, faults
-def test_a_killed_actor_is_a_crashed_node_and_the_rest_go_on(engines) -> None:
+def kill_and_wait(actor, timeout: float = 30.0) -> None:
+    """Kill a Ray actor and wait until it is dead (``ray.kill`` returns before the process
+    goes; on a loaded machine the actor could still answer the next call)."""
+    import time
+
     import ray
+    from ray.exceptions import RayActorError
+
+    ray.kill(actor)
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            ray.get(actor.where.remote(), timeout=timeout)
+        except RayActorError:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the killed actor still answers")
+
+
+def test_a_killed_actor_is_a_crashed_node_and_the_rest_go_on(engines) -> None:
 
     engine = _engine(engines, actors=2, resources=HALF)
     ids = engine.add_group("worker", 4, Echo())  # actors: [0, 1] and [2, 3]
     server = engine.add_node("server")
     server.multicast(Message(kind="ask", round=1), ids)
     assert len(server.gather(1, q=4)) == 4
-    ray.kill(engine.actor_of(ids[0]))
+    kill_and_wait(engine.actor_of(ids[0]))
     for t in (2, 3):
         server.multicast(Message(kind="ask", round=t), ids)
         got = server.gather(t, q=4)  # no deadline: returns when nothing more can arrive
@@ -294,14 +312,13 @@ def test_a_sync_run_on_ray_computes_what_the_local_engine_computes(ray_instance)
 
 
 def test_killing_a_worker_actor_mid_run_is_recorded_and_the_run_goes_on(ray_instance) -> None:
-    import ray
 
     engine = {"name": "ray", "actors": 2}
     config = {**RUN, "attack": {"name": "none"}, "engine": engine}  # worker 5 computes too
     trainer = Trainer(parse_config(config))  # workers in actors [0, 1, 2] and [3, 4, 5]
     try:
         records = [trainer.step() for _ in range(3)]
-        ray.kill(trainer.engine.actor_of(3))  # type: ignore[attr-defined]  (workers 3, 4, 5)
+        kill_and_wait(trainer.engine.actor_of(3))  # type: ignore[attr-defined]  (workers 3, 4, 5)
         records += [trainer.step() for _ in range(4)]
         assert [r["received"] for r in records] == [6, 6, 6, 3, 3, 3, 3]
         assert [r.get("crashed") for r in records][3] == [3, 4, 5]  # the kill is in the records
