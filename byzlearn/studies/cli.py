@@ -31,7 +31,7 @@ def study(
 
     if list_ or name is None:
         for key, item in STUDIES.items():
-            console.print(f"{key:14s} {item.title}", highlight=False, markup=False)
+            console.print(f"{key:20s} {item.title}", highlight=False, markup=False)
         if name is None and not list_:
             console.print("run one with: byzlearn study NAME [--scale small]", highlight=False)
         return
