@@ -86,44 +86,18 @@ class LocalEngine(NodeTable):
     ) -> None:
         self.vectorise = bool(vectorise)
         self.network = network if network is not None else NetworkModel(seed=seed)
-        self._init_nodes(topology or Complete())
-        self._history = max(1, int(history))
-        self._groups: list[_Group] = []
-        self._byzantine: set[int] = set()  # driven nodes acting for the adversary
+        self._init_nodes(topology or Complete(), history)
         self._pending: list[Message] = []
-        self._mail: dict[int, list[Message]] = {}
-        self._seen: dict[int, list[Message]] = {}
-        self._late: set[int] = set()
-        self._seq = 0
-        self._stats: Counter[str] = Counter({k: 0 for k in STATS})
-        self._has_adversary = False
         self._charged: set[tuple[int | None, int]] = set()  # adversary (member, round) charged
 
     # ------------------------------------------------------------------ nodes
     def attach(self, ids: Sequence[int], handler: Handler, *, adversary: bool = False) -> None:
-        group = _Group([int(i) for i in ids], handler, bool(adversary))
-        self._has_adversary = self._has_adversary or group.adversary
-        for i in group.ids:
-            self._check_free(i)
-            self._group_of[i] = group
-            self._busy[i] = 0.0
-        self._groups.append(group)
-        self._groups.sort(key=lambda g: g.adversary)  # the adversary moves last in a wave
+        # the adversary moves last in a wave
+        self._register_group(_Group([int(i) for i in ids], handler, bool(adversary)))
 
     def driven(self, id: int, *, adversary: bool = False) -> Node:
         id = int(id)
-        if id not in self._driven:
-            self._check_free(id)
-            self._driven[id] = Node(self, id)
-            self._clock[id] = 0.0
-            self._mail[id] = []
-            if adversary:
-                self._byzantine.add(id)
-                self._has_adversary = True
-        elif adversary != (id in self._byzantine):
-            kind = "an honest" if adversary else "a Byzantine"
-            raise ValueError(f"node {id} is already registered as {kind} node")
-        return self._driven[id]
+        return self._register_driven(id, adversary, lambda: Node(self, id), 0.0)
 
     @property
     def stats(self) -> dict[str, int]:
@@ -140,66 +114,19 @@ class LocalEngine(NodeTable):
         msg.sent_at = self._clock[sender]
         self._dispatch(msg)
 
-    def _stamp(self, msg: Message, sender: int) -> None:
-        msg.sender = sender
-        msg.role = self._roles[sender]
-        msg.seq = self._seq
-        self._seq += 1
-
     def _dispatch(self, msg: Message) -> None:
         """Put a stamped message (``sent_at`` set) in flight, applying topology and faults."""
-        if msg.dest is None:
-            raise ValueError("message has no destination")
-        dest = int(msg.dest)
-        if dest not in self._driven and dest not in self._group_of:
-            raise ValueError(f"message to unknown or unregistered node {dest}")
-        assert msg.sender is not None
-        self._stats["sent"] += 1
-        self._stats["bytes"] += msg.nbytes
-        if not self._topology.allows(msg.sender, dest):
-            self._stats["blocked"] += 1
-            return
-        extra = self.network.fault_delay(msg.sender, msg.round)
+        extra = self._admit(msg)
         if extra is None:
-            self._stats["dropped"] += 1
             return
+        assert msg.sender is not None and msg.dest is not None
+        dest = int(msg.dest)
         msg.arrival = msg.sent_at + self.network.link_delay(msg.sender, dest, msg.round) + extra
         self._remember(msg)
         (self._mail[dest] if dest in self._driven else self._pending).append(msg)
 
-    def _remember(self, msg: Message) -> None:
-        """Keep honest messages for the adversary's view (only when there is an adversary)."""
-        if not self._has_adversary:
-            return
-        assert msg.sender is not None
-        group = self._group_of.get(msg.sender)
-        if (group is not None and group.adversary) or msg.sender in self._byzantine:
-            return
-        kept = self._seen.setdefault(msg.sender, [])
-        kept.append(msg.copy())  # the payload as sent, before any loss
-        del kept[: -self._history]
-
-    def _view(self, time: float, match: Match | None = None) -> list[Message]:
-        """For each honest sender, its latest message (satisfying ``match``) sent by ``time``."""
-        view = []
-        for sender in sorted(self._seen):
-            sent = [
-                m
-                for m in self._seen[sender]
-                if m.sent_at <= time and (match is None or match(m))
-            ]
-            if sent:
-                view.append(max(sent, key=lambda m: (m.sent_at, m.seq)))
-        return view
-
     def observe(self, node: int, match: Match | None = None) -> list[Message]:
-        node = int(node)
-        if node not in self._byzantine:
-            raise ValueError(f"node {node} is not a Byzantine driven node; it cannot observe")
-        view = [m.copy() for m in self._view(math.inf, match)]
-        if view:
-            self._clock[node] = max(self._clock[node], max(m.sent_at for m in view))
-        return view
+        return self._observed(int(node), match)
 
     def _lose(self, msg: Message) -> None:
         assert msg.sender is not None and msg.dest is not None
@@ -264,7 +191,7 @@ class LocalEngine(NodeTable):
                 self._charged = {k for k in self._charged if k[1] >= newest - 10}
             for t in sorted(set(finish.values())):
                 batch = [m for m in inbox if finish[m.seq] == t]
-                self._emit(group, group.handler.handle(batch, self._view(t)), finish)
+                self._emit(group, group.handler.handle(batch, self._view(time=t)), finish)
         elif self.vectorise:
             replies = group.handler.handle(inbox, [])
             finish = self._schedule(inbox, set() if instant else _charged(replies))

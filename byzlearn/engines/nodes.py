@@ -1,37 +1,66 @@
 """What every engine keeps the same way: the table of nodes (ids by role, reactive groups,
-driven handles), the topology, and the clocks."""
+driven handles, Byzantine driven nodes), the topology, the clocks, and the bookkeeping of a
+message on its way out (stamping, the topology and faults, counters, the adversary's memory)."""
 
 from __future__ import annotations
 
+import math
+from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
-from byzlearn.engines.base import Engine, Node
+from byzlearn.engines.base import STATS, Engine, Match, Message, Node
+from byzlearn.engines.network import NetworkModel
 from byzlearn.engines.topology import Topology
 
 __all__ = ["NodeTable"]
 
 
 class NodeTable(Engine):
-    """An engine base holding the node table: ``reserve`` hands out ids in order, a node is
-    reactive (in ``_group_of``) or driven (in ``_driven``), never both; ``now`` is a driven
-    node's clock or a reactive node's busy time. Subclasses set the attributes in ``__init__``
-    (:meth:`_init_nodes`) and write the rest of the contract."""
+    """An engine base holding the node table and the message bookkeeping both engines share.
 
+    ``reserve`` hands out ids in order; a node is reactive (in ``_group_of``) or driven (in
+    ``_driven``), never both; ``now`` is a driven node's clock or a reactive node's busy time.
+    :meth:`_stamp` sets a message's sender, role and sequence number; :meth:`_admit` counts it
+    and applies the topology and the sender's faults; :meth:`_remember` keeps the last
+    ``history`` honest messages per sender for the adversary's :meth:`_view`. Subclasses call
+    :meth:`_init_nodes` in ``__init__`` and write the rest of the contract (delivery, time)."""
+
+    network: NetworkModel
     _topology: Topology
     _roles: dict[int, str]
+    _groups: list[Any]
     _group_of: dict[int, Any]
     _driven: dict[int, Node]
+    _byzantine: set[int]
     _clock: dict[int, float]
     _busy: dict[int, float]
+    _mail: dict[int, list[Message]]
+    _seen: dict[int, list[Message]]
+    _late: set[int]
+    _seq: int
+    _stats: Counter[str]
+    _has_adversary: bool
+    _history: int
 
-    def _init_nodes(self, topology: Topology) -> None:
+    def _init_nodes(self, topology: Topology, history: int = 2) -> None:
         self._topology = topology
         self._roles = {}
+        self._groups = []
         self._group_of = {}
         self._driven = {}
+        self._byzantine = set()  # driven nodes acting for the adversary
         self._clock = {}
         self._busy = {}
+        self._mail = {}
+        self._seen = {}
+        self._late = set()
+        self._seq = 0
+        self._stats = Counter({k: 0 for k in STATS})
+        self._has_adversary = False
+        self._history = max(1, int(history))
 
+    # ------------------------------------------------------------------ nodes
     def reserve(self, role: str, count: int) -> list[int]:
         if not isinstance(role, str) or not role:
             raise ValueError(f"a role must be a non-empty string, got {role!r}")
@@ -48,6 +77,36 @@ class NodeTable(Engine):
             raise ValueError(f"node {id} was not reserved")
         if id in self._group_of or id in self._driven:
             raise ValueError(f"node {id} is already registered")
+
+    def _register_group(self, group: Any) -> None:
+        """Make ``group``'s members (all free, checked first) reactive; the adversary's group
+        goes last in :attr:`_groups`."""
+        for i in group.ids:
+            self._check_free(i)
+        self._has_adversary = self._has_adversary or group.adversary
+        for i in group.ids:
+            self._group_of[i] = group
+            self._busy[i] = 0.0
+        self._groups.append(group)
+        self._groups.sort(key=lambda g: g.adversary)
+
+    def _register_driven(
+        self, id: int, adversary: bool, handle: Callable[[], Node], clock: float
+    ) -> Node:
+        """Register the driven node ``id`` with ``handle()`` and its starting ``clock`` (the
+        first time), or check that a second registration asks for the same kind."""
+        if id not in self._driven:
+            self._check_free(id)
+            self._driven[id] = handle()
+            self._clock[id] = clock
+            self._mail[id] = []
+            if adversary:
+                self._byzantine.add(id)
+                self._has_adversary = True
+        elif adversary != (id in self._byzantine):
+            kind = "an honest" if adversary else "a Byzantine"
+            raise ValueError(f"node {id} is already registered as {kind} node")
+        return self._driven[id]
 
     def nodes(self, role: str | None = None) -> list[int]:
         return sorted(i for i, r in self._roles.items() if role is None or r == role)
@@ -72,3 +131,66 @@ class NodeTable(Engine):
         if node in self._busy:
             return self._busy[node]
         raise ValueError(f"unknown node {node}")
+
+    # ------------------------------------------------------------------ messages
+    def _stamp(self, msg: Message, sender: int) -> None:
+        msg.sender = sender
+        msg.role = self._roles[sender]
+        msg.seq = self._seq
+        self._seq += 1
+
+    def _admit(self, msg: Message) -> float | None:
+        """Count a stamped message as sent and apply the topology and the sender's faults:
+        the sender's extra delay, or ``None`` when the message is blocked or dropped (counted).
+        Its destination must be a registered node."""
+        if msg.dest is None:
+            raise ValueError("message has no destination")
+        dest = int(msg.dest)
+        if dest not in self._driven and dest not in self._group_of:
+            raise ValueError(f"message to unknown or unregistered node {dest}")
+        assert msg.sender is not None
+        self._stats["sent"] += 1
+        self._stats["bytes"] += msg.nbytes
+        if not self._topology.allows(msg.sender, dest):
+            self._stats["blocked"] += 1
+            return None
+        extra = self.network.fault_delay(msg.sender, msg.round)
+        if extra is None:
+            self._stats["dropped"] += 1
+        return extra
+
+    def _remember(self, msg: Message) -> None:
+        """Keep honest messages (as sent, before losses) for the adversary's view (only when
+        there is an adversary)."""
+        if not self._has_adversary:
+            return
+        assert msg.sender is not None
+        group = self._group_of.get(msg.sender)
+        if (group is not None and group.adversary) or msg.sender in self._byzantine:
+            return
+        kept = self._seen.setdefault(msg.sender, [])
+        kept.append(msg.copy())
+        del kept[: -self._history]
+
+    def _view(self, match: Match | None = None, time: float = math.inf) -> list[Message]:
+        """For each honest sender, its latest message (satisfying ``match``) sent by ``time``."""
+        view = []
+        for sender in sorted(self._seen):
+            sent = [
+                m
+                for m in self._seen[sender]
+                if m.sent_at <= time and (match is None or match(m))
+            ]
+            if sent:
+                view.append(max(sent, key=lambda m: (m.sent_at, m.seq)))
+        return view
+
+    def _observed(self, node: int, match: Match | None) -> list[Message]:
+        """What the Byzantine driven node ``node`` sees now (copies); its clock moves to the
+        latest send time among them."""
+        if node not in self._byzantine:
+            raise ValueError(f"node {node} is not a Byzantine driven node; it cannot observe")
+        view = [m.copy() for m in self._view(match)]
+        if view:
+            self._clock[node] = max(self._clock[node], max(m.sent_at for m in view))
+        return view

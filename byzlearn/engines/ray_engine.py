@@ -214,20 +214,11 @@ class RayEngine(NodeTable):
         self.actors = None if actors is None else int(actors)
         self.resources = dict(resources or {})
         self.adversary_wait = check_deadline(adversary_wait)
-        self._init_nodes(topology or Complete())
-        self._history = max(1, int(history))
-        self._groups: list[_Group] = []
-        self._byzantine: set[int] = set()  # driven nodes acting for the adversary
-        self._mail: dict[int, list[Message]] = {}
+        self._init_nodes(topology or Complete(), history)
         self._outbox: list[Message] = []
         self._calls: dict[Any, _Call] = {}
         self._held: list[_Held] = []
-        self._seen: dict[int, list[Message]] = {}
         self._expired: dict[int, list[tuple[float, Match]]] = {}
-        self._late: set[int] = set()
-        self._seq = 0
-        self._stats: Counter[str] = Counter({k: 0 for k in STATS})
-        self._has_adversary = False
         self._dead: dict[int, float] = {}  # crashed node -> when it was found dead
         self._saved_states: list[list[Any]] | None = None  # handler states to start actors with
         self._started = False
@@ -237,34 +228,17 @@ class RayEngine(NodeTable):
     def attach(self, ids: Sequence[int], handler: Handler, *, adversary: bool = False) -> None:
         if self._started:
             raise ValueError("ray engine: attach every group before the first message")
-        group = _Group([int(i) for i in ids], handler, bool(adversary))
-        for i in group.ids:
-            self._check_free(i)
-        self._has_adversary = self._has_adversary or group.adversary
-        for i in group.ids:
-            self._group_of[i] = group
-            self._busy[i] = 0.0
-        self._groups.append(group)
-        self._groups.sort(key=lambda g: g.adversary)  # the adversary is handed out last
+        # the adversary is handed out last
+        self._register_group(_Group([int(i) for i in ids], handler, bool(adversary)))
 
     def driven(self, id: int, *, adversary: bool = False) -> Node:
         """The handle of node ``id``; ``adversary=True``: a Byzantine node acting on its own
         (its messages are not shown to the adversary as honest ones; it may :meth:`observe`)."""
         id = int(id)
-        if id not in self._driven:
-            self._check_free(id)
-            # the handle refers back through a weak proxy: no engine <-> node cycle, so a
-            # dropped engine is freed at once and its actors (and their CPUs) with it
-            self._driven[id] = Node(weakref.proxy(self), id)
-            self._clock[id] = self._wall()
-            self._mail[id] = []
-            if adversary:
-                self._byzantine.add(id)
-                self._has_adversary = True
-        elif adversary != (id in self._byzantine):
-            kind = "an honest" if adversary else "a Byzantine"
-            raise ValueError(f"node {id} is already registered as {kind} node")
-        return self._driven[id]
+        # the handle refers back through a weak proxy: no engine <-> node cycle, so a dropped
+        # engine is freed at once and its actors (and their CPUs) with it
+        proxy: Any = weakref.proxy(self)
+        return self._register_driven(id, adversary, lambda: Node(proxy, id), self._wall())
 
     def add_node(self, role: str, *, adversary: bool = False) -> Node:
         """Reserve one node playing ``role`` and return its handle."""
@@ -275,14 +249,10 @@ class RayEngine(NodeTable):
         message (satisfying ``match``) it has sent so far (answers of finished calls included);
         the node's clock moves to the latest of their send times."""
         node = int(node)
-        if node not in self._byzantine:
-            raise ValueError(f"node {node} is not a Byzantine driven node; it cannot observe")
-        self._flush()
-        self._collect(0.0)
-        view = [m.copy() for m in self._view(match)]
-        if view:
-            self._clock[node] = max(self._clock[node], max(m.sent_at for m in view))
-        return view
+        if node in self._byzantine:  # answers of calls finished by now count as sent
+            self._flush()
+            self._collect(0.0)
+        return self._observed(node, match)
 
     def compute(self, node: int, round: int) -> float:
         """A driven node's local work (a peer's gradient) ran in the driver on real time:
@@ -450,29 +420,13 @@ class RayEngine(NodeTable):
         self._clock[sender] = max(self._clock[sender], msg.sent_at)
         self._dispatch(msg)
 
-    def _stamp(self, msg: Message, sender: int) -> None:
-        msg.sender = sender
-        msg.role = self._roles[sender]
-        msg.seq = self._seq
-        self._seq += 1
-
     def _dispatch(self, msg: Message) -> None:
         """Put a stamped message in flight, applying topology and the emulated faults."""
-        if msg.dest is None:
-            raise ValueError("message has no destination")
-        dest = int(msg.dest)
-        if dest not in self._driven and dest not in self._group_of:
-            raise ValueError(f"message to unknown or unregistered node {dest}")
-        assert msg.sender is not None
-        self._stats["sent"] += 1
-        self._stats["bytes"] += msg.nbytes
-        if not self._topology.allows(msg.sender, dest):
-            self._stats["blocked"] += 1
-            return
-        extra = self.network.fault_delay(msg.sender, msg.round)
+        extra = self._admit(msg)
         if extra is None:
-            self._stats["dropped"] += 1
             return
+        assert msg.sender is not None and msg.dest is not None
+        dest = int(msg.dest)
         if extra > 0:
             raise ValueError("ray engine: delay faults are not emulated (real time only)")
         self._remember(msg)
@@ -493,27 +447,6 @@ class RayEngine(NodeTable):
                 self._stats["late"] += 1
                 break
         self._mail[dest].append(msg)
-
-    def _remember(self, msg: Message) -> None:
-        """Keep honest messages (as sent, before losses) for the adversary's view."""
-        if not self._has_adversary:
-            return
-        assert msg.sender is not None
-        group = self._group_of.get(msg.sender)
-        if (group is not None and group.adversary) or msg.sender in self._byzantine:
-            return
-        kept = self._seen.setdefault(msg.sender, [])
-        kept.append(msg.copy())
-        del kept[: -self._history]
-
-    def _view(self, match: Match | None = None) -> list[Message]:
-        """For each honest sender, its latest message (satisfying ``match``) sent so far."""
-        view = []
-        for sender in sorted(self._seen):
-            sent = [m for m in self._seen[sender] if match is None or match(m)]
-            if sent:
-                view.append(max(sent, key=lambda m: (m.sent_at, m.seq)))
-        return view
 
     def _flush(self) -> None:
         """Hand the buffered messages to the actors: honest groups now, the adversary held."""
