@@ -43,7 +43,6 @@ from byzlearn.engines.base import (
     Match,
     Message,
     Node,
-    check_deadline,
 )
 from byzlearn.engines.network import NetworkModel
 from byzlearn.engines.nodes import NodeTable
@@ -250,13 +249,7 @@ class LocalEngine(NodeTable):
         match: Match | None = None,
         deadline: float | None = None,
     ) -> list[Message]:
-        dest = int(dest)
-        if dest not in self._driven:
-            raise ValueError(f"node {dest} is not a driven node")
-        if isinstance(q, bool) or int(q) < 0:
-            raise ValueError(f"q must be an int >= 0, got {q!r}")
-        q = int(q)
-        deadline = check_deadline(deadline)
+        dest, q, deadline = self._recv_arguments(dest, q, deadline)
         self._run_reactive()
         now = self._clock[dest]
         limit = now + deadline if deadline is not None else math.inf
@@ -273,26 +266,12 @@ class LocalEngine(NodeTable):
                     self._stats["late"] += 1
         elif taken:  # the q-th arrival (without a deadline, nothing more can arrive)
             self._clock[dest] = max(now, taken[-1].arrival)
-        chosen = {m.seq for m in taken}
-        self._mail[dest] = [m for m in box if m.seq not in chosen]
         for m in taken:
-            self._late.discard(m.seq)
             self._lose(m)
-        self._stats["delivered"] += len(taken)
-        return taken
+        return self._take(dest, taken)
 
     def discard(self, dest: int, match: Match) -> int:
-        dest = int(dest)
-        if dest not in self._driven:
-            raise ValueError(f"node {dest} is not a driven node")
-        box = self._mail[dest]
-        gone = [m for m in box if match(m)]
-        if gone:
-            seqs = {m.seq for m in gone}
-            self._mail[dest] = [m for m in box if m.seq not in seqs]
-            self._late.difference_update(seqs)
-            self._stats["discarded"] += len(gone)
-        return len(gone)
+        return self._discard(self._driven_id(dest), match)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

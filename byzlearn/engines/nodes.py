@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from byzlearn.engines.base import STATS, Engine, Match, Message, Node
+from byzlearn.engines.base import STATS, Engine, Match, Message, Node, check_deadline
 from byzlearn.engines.network import NetworkModel
 from byzlearn.engines.topology import Topology
 
@@ -194,3 +194,37 @@ class NodeTable(Engine):
         if view:
             self._clock[node] = max(self._clock[node], max(m.sent_at for m in view))
         return view
+
+    # ------------------------------------------------------------------ mailboxes
+    def _driven_id(self, dest: int) -> int:
+        dest = int(dest)
+        if dest not in self._driven:
+            raise ValueError(f"node {dest} is not a driven node")
+        return dest
+
+    def _recv_arguments(
+        self, dest: int, q: int, deadline: float | None
+    ) -> tuple[int, int, float | None]:
+        """``recv``'s arguments checked: a driven node, ``q >= 0``, a valid deadline."""
+        dest = self._driven_id(dest)
+        if isinstance(q, bool) or int(q) < 0:
+            raise ValueError(f"q must be an int >= 0, got {q!r}")
+        return dest, int(q), check_deadline(deadline)
+
+    def _take(self, dest: int, taken: list[Message]) -> list[Message]:
+        """Remove ``taken`` from ``dest``'s mailbox (delivered, no longer late)."""
+        chosen = {m.seq for m in taken}
+        self._mail[dest] = [m for m in self._mail[dest] if m.seq not in chosen]
+        self._late.difference_update(chosen)
+        self._stats["delivered"] += len(taken)
+        return taken
+
+    def _discard(self, dest: int, match: Match) -> int:
+        """Remove the messages for ``dest`` satisfying ``match`` from its mailbox (counted)."""
+        box = self._mail[dest]
+        gone = {m.seq for m in box if match(m)}
+        if gone:
+            self._mail[dest] = [m for m in box if m.seq not in gone]
+            self._late.difference_update(gone)
+            self._stats["discarded"] += len(gone)
+        return len(gone)

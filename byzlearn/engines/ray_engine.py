@@ -578,13 +578,7 @@ class RayEngine(NodeTable):
         match: Match | None = None,
         deadline: float | None = None,
     ) -> list[Message]:
-        dest = int(dest)
-        if dest not in self._driven:
-            raise ValueError(f"node {dest} is not a driven node")
-        if isinstance(q, bool) or int(q) < 0:
-            raise ValueError(f"q must be an int >= 0, got {q!r}")
-        q = int(q)
-        deadline = check_deadline(deadline)
+        dest, q, deadline = self._recv_arguments(dest, q, deadline)
         start = self._wall()
         limit = start + deadline if deadline is not None else math.inf
         self._flush()
@@ -613,27 +607,13 @@ class RayEngine(NodeTable):
                 self._clock[dest] = max(self._clock[dest], now)
                 break
             self._collect(min(limit - now, self._next_release(), _POLL))
-        chosen = {m.seq for m in taken}
-        self._mail[dest] = [m for m in box if m.seq not in chosen]
-        for m in taken:
-            self._late.discard(m.seq)
-        self._stats["delivered"] += len(taken)
-        return taken
+        return self._take(dest, taken)
 
     def discard(self, dest: int, match: Match) -> int:
-        dest = int(dest)
-        if dest not in self._driven:
-            raise ValueError(f"node {dest} is not a driven node")
+        dest = self._driven_id(dest)
         self._flush()
         self._collect(0.0)
-        box = self._mail[dest]
-        gone = [m for m in box if match(m)]
-        if gone:
-            seqs = {m.seq for m in gone}
-            self._mail[dest] = [m for m in box if m.seq not in seqs]
-            self._late.difference_update(seqs)
-            self._stats["discarded"] += len(gone)
-        return len(gone)
+        return self._discard(dest, match)
 
     def drain(self) -> None:
         """Wait until no call is in flight (answers go to the mailboxes)."""
