@@ -48,6 +48,7 @@ from byzlearn.protocols.replicated import (
     ReplicatedOptions,
     _median,
     byzantine_servers,
+    server_order,
 )
 from byzlearn.protocols.workers import ComputeWorkers, WorkerSet, build_workers
 
@@ -107,9 +108,7 @@ class LiuBeiWorkers:
         self.counts = {"accepted": 0, "rejected": 0, "pulls": 0, "timeouts": 0, "gave_up": 0}
 
     def _order(self, member: int, t: int) -> list[int]:
-        index = self.compute.indices[self.compute.row[member]]
-        n = len(self.servers)
-        return [self.servers[(index + t + k) % n] for k in range(n)]
+        return server_order(self.servers, self.compute.indices[self.compute.row[member]], t)
 
     def _asked(self, member: int, t: int) -> list[int]:
         step, asked = self.tried.get(member, (t, []))

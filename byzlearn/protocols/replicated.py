@@ -291,28 +291,21 @@ class ReplicaWorkers:
         return out
 
     def _filtered(self, t: int, member: int, msgs: list[Message], lr: float) -> torch.Tensor:
-        """The model a filtered read accepts (see :class:`ModelFilter`)."""
+        """The model a filtered read accepts (see :class:`ModelFilter`): its server's, else (a
+        rejection, or no model from it: a timeout) the median of the quorum."""
         state = self.filters[member]
         by_server = {int(m.sender): m.payload for m in msgs if m.sender is not None}
         index = self.compute.indices[self.compute.row[member]]
-        order = [
-            self.servers[(index + t + k) % len(self.servers)] for k in range(len(self.servers))
-        ]
-        order = [s for s in order if s in by_server][:1]  # a missing model: it timed out
-        chosen = None
-        for server in order:
-            theta = by_server[server]
-            if self.filter.check(self.compute, member, theta, state, t, lr) != "accepted":
-                self.counts["rejected"] += 1
-                continue
-            self.counts["accepted"] += 1
-            chosen = theta
-            break
-        if chosen is None:
-            self.counts["fallback"] += 1
-            chosen = _median([m.payload for m in msgs[: self.quorum]])
-            state["g"] = None
-        state["theta"], state["t"] = chosen.clone(), t
+        came = [s for s in server_order(self.servers, index, t) if s in by_server]
+        if came:
+            theta = by_server[came[0]]
+            if self.filter.check(self.compute, member, theta, state, t, lr) == "accepted":
+                self.counts["accepted"] += 1
+                return theta
+            self.counts["rejected"] += 1
+        self.counts["fallback"] += 1
+        chosen = _median([m.payload for m in msgs[: self.quorum]])
+        state["g"], state["theta"], state["t"] = None, chosen.clone(), t
         return chosen
 
     def state_dict(self) -> dict[str, Any]:
@@ -340,6 +333,13 @@ class ReplicaWorkers:
         self.ignored = int(state["ignored"])
         self.counts = {k: int(v) for k, v in state["counts"].items()}
         self.filters = {int(k): dict(v) for k, v in state["filters"].items()}
+
+
+def server_order(servers: Sequence[int], index: int, t: int) -> list[int]:
+    """The servers worker ``index`` reads from at step t, in order: server ``(index + t) mod
+    n_ps`` first, then the next ones."""
+    n = len(servers)
+    return [servers[(index + t + k) % n] for k in range(n)]
 
 
 def _median(models: Sequence[torch.Tensor]) -> torch.Tensor:
