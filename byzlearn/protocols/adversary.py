@@ -111,11 +111,17 @@ class ByzantineNodes:
             self.options, self.state = atk.spec(attack.name).start(attack.options)
 
     def craft(
-        self, honest: torch.Tensor, t: int, stage: int = 0, count: int | None = None
-    ) -> torch.Tensor | None:
-        """``(count, d)`` vectors (default one per node) from the ``(h, d)`` honest ones
-        (``None``: silent)."""
-        if self.attack is None or len(honest) == 0:
+        self, seen: Sequence[torch.Tensor], t: int, stage: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """One vector per member, crafted from the honest vectors ``seen`` (the ``fallback``
+        when it saw none), and the mean of what it attacked; ``None``: silent this time."""
+        if seen:
+            honest = torch.stack(list(seen))
+        elif self.fallback is not None:  # no honest node to watch (a single Byzantine server)
+            honest = self.fallback[None]
+        else:
+            honest = None
+        if self.attack is None or honest is None:
             self.silent += 1
             return None
         extra: dict[str, Any] = {}
@@ -123,18 +129,19 @@ class ByzantineNodes:
             self.state = self.state.observe(honest)
             extra["state"] = self.state
         try:
-            return self.attack(
+            byz = self.attack(
                 honest,
-                f=len(self.nodes) if count is None else count,
+                f=len(self.ids),
                 rule=self.rule,
                 rule_options=self.rule_options,
                 generator=keyed.generator((self.seed, self.label, t, stage)),
                 **self.options,
                 **extra,
-            ).to(honest.dtype)
+            )
         except ValueError:  # too little observed for this attack (e.g. ALIE with one vector)
             self.silent += 1
             return None
+        return byz.to(honest.dtype), honest.mean(dim=0)
 
     def send(
         self,
@@ -153,16 +160,10 @@ class ByzantineNodes:
         seen: list[Message] = []
         for node in self.nodes:  # each member observes (its clock moves to what it saw)
             seen = node.observe(observe)
-        if seen:
-            honest = torch.stack([m.payload for m in seen])
-        elif self.fallback is not None:  # no honest node to watch (a single Byzantine server)
-            honest = self.fallback[None]
-        else:
-            honest = torch.zeros(0)
-        byz = self.craft(honest, t, stage)
-        if byz is None:
+        crafted = self.craft([m.payload for m in seen], t, stage)
+        if crafted is None:
             return 0
-        mean = honest.mean(dim=0)
+        byz, mean = crafted
         sent = 0
         for j, node in enumerate(self.nodes):
             for r, dest in enumerate(receivers(node.id)):

@@ -407,16 +407,9 @@ class ByzantineServers:
         key = (t, kind)
         if key not in self.crafted:
             seen = [o.payload for o in observed if o.kind == kind and o.round == t]
-            if seen:
-                honest = torch.stack(seen)
-            elif self.coalition.fallback is not None:
-                honest = self.coalition.fallback[None]
-            else:
-                honest = torch.zeros(0)
             stage = 0 if kind == "model" else 1
-            byz = self.coalition.craft(honest, t, stage, count=len(self.ids))
             self.crafted = {k: v for k, v in self.crafted.items() if k[0] >= t}
-            self.crafted[key] = None if byz is None else (byz, honest.mean(dim=0))
+            self.crafted[key] = self.coalition.craft(seen, t, stage)
         return self.crafted[key]
 
     def handle(self, inbox: Sequence[Message], observed: Sequence[Message] = ()) -> list[Message]:
