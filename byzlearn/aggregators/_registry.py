@@ -171,6 +171,32 @@ def accepts(name: str, option: str) -> bool:
     return any(option in p.options for p in _parts(name))
 
 
+def call_options(
+    name: str,
+    options: dict[str, Any] | None = None,
+    *,
+    centre: torch.Tensor | None = None,
+    key: tuple | None = None,
+) -> dict[str, Any]:
+    """``options`` completed the way a role calls the rule ``name`` step after step: a centred
+    rule (centred clipping) starts from ``centre`` (the previous aggregate, a peer's own
+    vector) when its options give no ``center``; a randomised rule (bucketing) gets a generator
+    keyed on ``key`` (:func:`byzlearn.keyed.generator`) when its options fix neither a
+    ``generator`` nor a ``seed``."""
+    from byzlearn import keyed
+
+    opts = dict(options or {})
+    if (
+        centre is not None
+        and "center" not in opts
+        and spec(name.split("+")[-1].strip()).accepts_centre
+    ):
+        opts["center"] = centre
+    if key is not None and accepts(name, "generator") and not {"generator", "seed"} & set(opts):
+        opts["generator"] = keyed.generator(key)
+    return opts
+
+
 def _parts(name: str) -> list[RuleSpec]:
     if not isinstance(name, str) or not name:
         raise TypeError(f"an aggregator name must be a non-empty string, got {name!r}")

@@ -35,7 +35,6 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 import byzlearn.aggregators as agg
-from byzlearn import keyed
 from byzlearn.engines.base import Engine, Message, Node
 from byzlearn.engines.topology import (
     Complete,
@@ -178,8 +177,6 @@ class DecentralizedProtocol(Protocol):
         self.f = c.declared_f
         self.rule = c.rule.full_name
         self.rule_options = dict(c.rule.options)
-        self.centred = agg.spec(self.rule.split("+")[-1]).accepts_centre
-        self.keyed_rule = agg.accepts(self.rule, "generator") and "seed" not in self.rule_options
         self.seed = c.seed
         from byzlearn.experiments.schedules import learning_rate
 
@@ -246,11 +243,9 @@ class DecentralizedProtocol(Protocol):
         f = agg.largest_f(self.rule, len(X), self.f, **self.rule_options)
         if f is None or f < min(self.f, len(received)):
             return None  # too few vectors for the rule with the declared f
-        opts = dict(self.rule_options)
-        if self.centred and "center" not in opts:
-            opts["center"] = own  # self-centred clipping
-        if self.keyed_rule:
-            opts["generator"] = keyed.generator((self.seed, "mix", self.honest[row], t, r))
+        opts = agg.call_options(  # centred at its own vector: self-centred clipping
+            self.rule, self.rule_options, centre=own, key=(self.seed, "mix", self.honest[row], t, r)
+        )
         try:
             return agg.get(self.rule)(X, f=f, **opts)
         except ValueError:

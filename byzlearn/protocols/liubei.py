@@ -39,7 +39,6 @@ import torch
 from pydantic import Field
 
 import byzlearn.aggregators as agg
-from byzlearn import keyed
 from byzlearn.engines.base import Engine, Message
 from byzlearn.protocols.adversary import ByzantineNodes
 from byzlearn.protocols.base import Events, Protocol, World, accumulate, diameter, register
@@ -270,10 +269,6 @@ class LiuBeiServers:
         self.all_servers = [int(i) for i in all_servers]
         self.workers = [int(w) for w in workers]
         self.rule, self.f, self.rule_options = rule, int(f), dict(rule_options)
-        self.keyed_rule = agg.accepts(rule, "generator") and not {"generator", "seed"} & set(
-            rule_options
-        )
-        self.centred = agg.spec(rule.split("+")[-1]).accepts_centre
         self.quorum, self.model_quorum = int(quorum), int(model_quorum)
         self.on_missing = on_missing
         self.lr, self.momentum, self.seed = lr, float(momentum), int(seed)
@@ -345,11 +340,9 @@ class LiuBeiServers:
         senders = sorted(st.grads)
         replies = [st.grads[s] for s in senders]
         vectors = torch.stack([m.payload for m in replies])
-        opts = dict(self.rule_options)
-        if self.centred and "center" not in opts and st.previous is not None:
-            opts["center"] = st.previous
-        if self.keyed_rule:
-            opts["generator"] = keyed.generator((self.seed, "rule", t))
+        opts = agg.call_options(
+            self.rule, self.rule_options, centre=st.previous, key=(self.seed, "rule", t)
+        )
         st.done = t
         record = st.record
         record["received"] = len(replies)

@@ -32,7 +32,6 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 import byzlearn.aggregators as agg
-from byzlearn import keyed
 from byzlearn.engines.base import Engine, Message, Node
 from byzlearn.protocols.base import Events, Server, ServerProtocol, World, register
 from byzlearn.protocols.workers import WorkerSet, build_workers
@@ -83,11 +82,6 @@ class ParameterServer(Server):
         )
         self.rule_name = rule
         self.rule_options = dict(rule_options or {})
-        self._keyed_rule = agg.accepts(rule, "generator") and not {
-            "generator",
-            "seed",
-        } & set(self.rule_options)
-        self._centred = agg.spec(rule.split("+")[-1]).accepts_centre
         self.f = int(f)
         self.q = q
         self.deadline = deadline
@@ -100,12 +94,10 @@ class ParameterServer(Server):
 
     # ------------------------------------------------------------------ aggregation
     def _options(self, t: int) -> dict[str, Any]:
-        opts = dict(self.rule_options)
-        if self._centred and "center" not in opts and self.previous is not None:
-            opts["center"] = self.previous  # CC starts from the previous aggregate
-        if self._keyed_rule:
-            opts["generator"] = keyed.generator((self.seed, "rule", t))
-        return opts
+        # CC starts from the previous aggregate; randomised rules draw from (seed, "rule", t)
+        return agg.call_options(
+            self.rule_name, self.rule_options, centre=self.previous, key=(self.seed, "rule", t)
+        )
 
     def _gather(self, t: int) -> tuple[list[Message], str | None]:
         """The round's replies and, when too few came, the policy's verdict."""

@@ -234,3 +234,19 @@ def test_signature_exposes_options():
 
     params = inspect.signature(agg.multi_krum).parameters
     assert list(params)[:3] == ["vectors", "f", "m"]
+
+
+def test_call_options_add_a_centre_and_a_keyed_generator_only_where_they_belong():
+    import torch
+
+    c = torch.ones(3)
+    cc = agg.call_options("centered_clipping", {"radius": 1.0}, centre=c, key=(0, "rule", 1))
+    assert cc["center"] is c and "generator" not in cc and cc["radius"] == 1.0
+    given = agg.call_options("centered_clipping", {"center": c * 2}, centre=c)
+    assert torch.equal(given["center"], c * 2)  # the config's own centre wins
+    b = agg.call_options("bucketing+median", {}, centre=c, key=(0, "rule", 1))
+    assert "center" not in b
+    again = agg.call_options("bucketing+median", {}, key=(0, "rule", 1))["generator"]
+    assert torch.equal(torch.rand(4, generator=b["generator"]), torch.rand(4, generator=again))
+    assert "generator" not in agg.call_options("bucketing+median", {"seed": 3}, key=(0,))
+    assert agg.call_options("krum", {}, centre=c, key=(0,)) == {}

@@ -45,7 +45,6 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
 import byzlearn.aggregators as agg
-from byzlearn import keyed
 from byzlearn.integrations.flower._updates import Layout, Parsed, Rejected, read_replies
 
 __all__ = ["BYZANTINE_KEY", "METRIC_KEYS", "RobustStrategy", "RoundReport"]
@@ -170,10 +169,6 @@ class RobustStrategy(FedAvg):
         self.weighting = weighting
         self.seed = int(seed)
         self.simulation = bool(simulation)
-        self._randomised = agg.accepts(rule, "generator") and not {"generator", "seed"} & set(
-            options
-        )
-        self._centred = agg.spec(rule.split("+")[-1].strip()).accepts_centre
         self.layout: Layout | None = None  # of the model sent this round
         self.previous: torch.Tensor | None = None  # a_{t-1}, the previous aggregate
         self.momentum: torch.Tensor | None = None  # m_{t-1}
@@ -218,11 +213,12 @@ class RobustStrategy(FedAvg):
 
     # ------------------------------------------------------------------ aggregation
     def _rule_options(self, server_round: int, weights: list[float]) -> dict[str, Any]:
-        options = dict(self.rule_options)
-        if self._centred and "center" not in options and self.previous is not None:
-            options["center"] = self.previous
-        if self._randomised:
-            options["generator"] = keyed.generator((self.seed, "rule", server_round))
+        options = agg.call_options(
+            self.rule,
+            self.rule_options,
+            centre=self.previous,
+            key=(self.seed, "rule", server_round),
+        )
         if self.weighting == "examples":
             w = torch.tensor(weights, dtype=torch.float64)
             options["weights"] = w / w.sum()
