@@ -191,7 +191,6 @@ class LiuBeiWorkers:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "compute": self.compute.state_dict(),
             "filters": {m: {**s, "k": list(s["k"])} for m, s in self.filters.items()},
             "answered": dict(self.answered),
             "tried": {m: [t, list(a)] for m, (t, a) in self.tried.items()},
@@ -199,7 +198,6 @@ class LiuBeiWorkers:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.compute.load_state_dict(state["compute"])
         self.filters = {int(m): dict(s) for m, s in state["filters"].items()}
         self.answered = {int(k): int(v) for k, v in state["answered"].items()}
         self.tried = {int(m): (int(t), [int(x) for x in a]) for m, (t, a) in state["tried"].items()}

@@ -310,7 +310,6 @@ class ReplicaWorkers:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "compute": self.compute.state_dict(),
             "pending": {
                 f"{member}:{t}": [m.to_state() for m in msgs]
                 for (member, t), msgs in self.pending.items()
@@ -324,7 +323,6 @@ class ReplicaWorkers:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.compute.load_state_dict(state["compute"])
         self.pending = {}
         for key, msgs in state["pending"].items():
             member, t = key.split(":")
@@ -375,7 +373,6 @@ class ReplicatedProtocol(Protocol):
     the servers."""
 
     Options = ReplicatedOptions
-    read: Literal["median", "filtered"] = "median"
 
     def __init__(
         self,
@@ -466,7 +463,8 @@ class ReplicatedProtocol(Protocol):
 
     @classmethod
     def read_mode(cls, options: ReplicatedOptions) -> Literal["median", "filtered"]:
-        return cls.read
+        """How workers read the servers' models (median of a quorum, or one filtered)."""
+        return "median"
 
     # ------------------------------------------------------------------ steps
     @property
