@@ -27,11 +27,12 @@ release the GIL and run on ``torch.get_num_threads()`` Python threads, each on i
 blocks (numba's own parallel build of the unrolled code takes minutes to compile). Loads read
 contiguous rows from a non-negative offset: an index numba cannot prove non-negative gets a
 negative-index wrap per element, and the compiler then emits gathers. More than 25 rows
-go through :func:`pairs_kernel`, the same network as a loop over its pairs, on blocks of
-``PAIRS_LANES`` coordinates, on the same threads. (Selection by counting passes, vectorised
-across coordinates, was tried for many rows and lost to this loop on every statistic up to
-n = 1000 on an AVX-512 core: each pass over the cached block costs a compare and an add per value
-and pivot, and closing the brackets of all coordinates of a block took 6 to 9 passes.) All
+are sorted in groups of 16 or 25 by the same unrolled networks and the groups merged by a loop over
+the merge pairs of Batcher's network (:func:`._sortnet.plan`), on the same threads. (Selection by
+counting passes, vectorised across coordinates, was tried for many rows and lost to the sorting
+networks on every statistic up to n = 1000 on an AVX-512 core: a pass over the cached block
+costs 0.5 (counts only) to 1 (counts and the exact values next to the pivot) times one read of
+the block, and closing the brackets of all coordinates of a block took 6 to 12 passes.) All
 kernels use 512-bit vectors where the CPU has them (:mod:`._simd`). Other devices: a blocked
 torch path (sort along the rows), which is also the reference the tests compare the kernel with.
 """
@@ -39,8 +40,6 @@ torch path (sort along the rows), which is also the reference the tests compare 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import torch
@@ -71,6 +70,23 @@ except ImportError:  # pragma: no cover
     _HAVE_NUMBA = False
 
 
+def _batcher_levels(size: int, first: int) -> list[tuple[int, int]]:
+    """Compare-exchange pairs of Batcher's odd-even merge sort on ``size`` (a power of two)
+    wires, from the level that merges sorted runs of ``first`` wires on."""
+    pairs = []
+    p = first
+    while p < size:
+        k = p
+        while k >= 1:
+            for j in range(k % p, size - k, 2 * k):
+                for i in range(min(k, size - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
+                        pairs.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    return pairs
+
+
 @functools.cache
 def sorting_network(n: int) -> np.ndarray:
     """Compare-exchange pairs (a, b), a < b, of Batcher's odd-even merge sort for n inputs.
@@ -81,20 +97,15 @@ def sorting_network(n: int) -> np.ndarray:
     size = 1
     while size < n:
         size *= 2
-    pairs = []
-    p = 1
-    while p < size:
-        k = p
-        while k >= 1:
-            for j in range(k % p, size - k, 2 * k):
-                for i in range(min(k, size - j - k)):
-                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
-                        a, b = i + j, i + j + k
-                        if b < n:
-                            pairs.append((a, b))
-            k //= 2
-        p *= 2
+    pairs = [(a, b) for a, b in _batcher_levels(size, 1) if b < n]
     return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+
+
+@functools.cache
+def merge_network(size: int, run: int) -> np.ndarray:
+    """The pairs of Batcher's network on ``size`` wires (a power of two) that merge its sorted
+    runs of ``run`` wires (a power of two) into one sorted sequence."""
+    return np.asarray(_batcher_levels(size, run), dtype=np.int64).reshape(-1, 2)
 
 
 if _HAVE_NUMBA:
@@ -339,48 +350,6 @@ if _HAVE_NUMBA:
         return first
 
 
-if _HAVE_NUMBA:
-
-    @njit(cache=True, error_model="numpy", boundscheck=False, nogil=True)
-    def pairs_kernel(X, rows, big, pairs, stat, drop, min_k, out, first_bad, blk0, blk1, W):
-        """The kernel for any row count: the network as a loop over its compare-exchange pairs,
-        on blocks of W coordinates (blocks blk0..blk1-1; W = ``PAIRS_LANES``).
-
-        Slower per pair than the unrolled kernels of :mod:`._sortnet` (each pair loads and
-        stores two buffer rows) but compiled once for every n; used for more than 25 rows.
-        """
-        wide()
-        n = rows.shape[0]
-        d = X.shape[1]
-        inf = big[0]
-        buf = np.empty((n, W), dtype=X.dtype)
-        work = np.empty((4, W), dtype=np.float64)
-        col = np.empty(n, dtype=np.float64)
-        for blk in range(blk0, blk1):
-            j0 = blk * W
-            w = min(W, d - j0)
-            for r in range(n):
-                src = X[rows[r], j0 : j0 + w]
-                dst = buf[r]
-                for j in range(w):
-                    v = src[j]
-                    dst[j] = v if abs(v) < inf else inf
-            for p in range(pairs.shape[0]):
-                a = buf[pairs[p, 0]]
-                b = buf[pairs[p, 1]]
-                for j in range(w):
-                    x = a[j]
-                    y = b[j]
-                    a[j] = x if x <= y else y
-                    b[j] = y if x <= y else x
-            first_bad[blk] = block_statistic(buf, w, stat, drop, min_k, out, j0, work, col)
-
-
-# Coordinates per block of the row-pair kernel (its n x W buffer; 128 was fastest from 50 to
-# 1000 rows on an AVX-512 core, against 256 and 64).
-PAIRS_LANES = 128
-
-
 def _torch_statistic(Xs: torch.Tensor, k: torch.Tensor, stat: int, drop: int) -> torch.Tensor:
     """Statistic of the sorted columns Xs (rows sorted, +inf last), k finite values per column."""
     n = Xs.shape[0]
@@ -500,28 +469,14 @@ def statistic_into(
         torch_threads = torch.get_num_threads()
         big = np.array([np.inf], dtype=Xc.numpy().dtype)
         row_index = rows.cpu().numpy().astype(np.int64)
-        size = _sortnet.size_for(rows.numel())
-        lanes = PAIRS_LANES if size is None else LANES
-        n_blocks = (d + lanes - 1) // lanes
+        plan = _sortnet.plan(rows.numel())
+        n_blocks = plan.blocks(d)
         first_bad = np.empty(n_blocks, dtype=np.int64)
-        if size is None:
-            pairs = sorting_network(rows.numel())
-            args: tuple[Any, ...] = (
-                Xc.numpy(), row_index, big, pairs, stat, drop, min_k, o.numpy(), first_bad
-            )
-            pairs_fn: Callable[..., Any] = pairs_kernel  # numba's stubs type a Dispatcher
-            in_parallel(
-                lambda b0, b1: pairs_fn(*args, b0, b1, PAIRS_LANES),
-                n_blocks,
-                torch_threads,
-                _MIN_BLOCKS_PER_THREAD,
-            )
-        else:
-            args = (Xc.numpy(), row_index, big, stat, drop, min_k, o.numpy(), first_bad)
-            run = _sortnet.kernel(size)
-            in_parallel(
-                lambda b0, b1: run(*args, b0, b1), n_blocks, torch_threads, _MIN_BLOCKS_PER_THREAD
-            )
+        args = (Xc.numpy(), row_index, big, stat, drop, min_k, o.numpy(), first_bad)
+        in_parallel(
+            lambda b0, b1: plan.run(*args, b0, b1), n_blocks, torch_threads,
+            _MIN_BLOCKS_PER_THREAD,
+        )
         if o is not out:
             out.copy_(o)
         bad_blocks = first_bad[first_bad >= 0]
@@ -711,14 +666,12 @@ def _mixed_fast(inputs: Inputs, stat: int, drop: int, min_k: int, out: torch.Ten
     inverse[~missing] = inverse_good
     Xn = X.numpy()
     d = Xn.shape[1]
-    size = _sortnet.size_for(inverse.size)
+    plan = _sortnet.plan(inverse.size)
     threads = torch.get_num_threads()
     blocks = column_blocks(d, _MIX_BLOCK)
     firsts = np.full(len(blocks), -1, dtype=np.int64)
     o = out.numpy()
     big = np.array([np.inf], dtype=Xn.dtype)
-    pairs = sorting_network(inverse.size) if size is None else None
-    run = None if size is None else _sortnet.kernel(size)
 
     weights = np.bincount(inverse, minlength=n_unique + 1)[:n_unique].astype(np.float64)
     k = float(weights.sum())  # mixes of a row holding non-finite values are missing rows
@@ -733,16 +686,8 @@ def _mixed_fast(inputs: Inputs, stat: int, drop: int, min_k: int, out: torch.Ten
             _mix_block(Xn, j0, w, common, common_w, starts, extra, extra_w, Ub[:n_unique])
             if weighted and _weighted_block(Ub, n_unique, weights, stat, drop, o[j0:j1]):
                 continue
-            n_blk = (w + LANES - 1) // LANES
-            if size is None:
-                nb = (w + PAIRS_LANES - 1) // PAIRS_LANES
-                bad = np.empty(nb, dtype=np.int64)
-                pairs_kernel(Ub, inverse, big, pairs, stat, drop, min_k, o[j0:j1], bad, 0, nb,
-                             PAIRS_LANES)
-            else:
-                bad = np.empty(n_blk, dtype=np.int64)
-                assert run is not None  # compiled for this size above
-                run(Ub, inverse, big, stat, drop, min_k, o[j0:j1], bad, 0, n_blk)
+            bad = np.empty(plan.blocks(w), dtype=np.int64)
+            plan.run(Ub, inverse, big, stat, drop, min_k, o[j0:j1], bad, 0, bad.size)
             hit = np.flatnonzero(bad >= 0)
             if hit.size:
                 firsts[b] = j0 + int(bad[hit[0]])

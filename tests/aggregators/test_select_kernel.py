@@ -122,6 +122,64 @@ def test_sorting_network_sorts_random_inputs(n):
     assert len(sel.sorting_network(n)) <= n * math.ceil(math.log2(n)) ** 2  # O(n log^2 n)
 
 
+def apply_plan(inputs: np.ndarray, plan) -> np.ndarray:
+    """What the kernel does with a plan, in numpy: sort each group into its slot (+inf after),
+    set the pad rows to +inf, run the merge pairs; the first n wires are the result."""
+    n = inputs.shape[1]
+    wires = np.full((inputs.shape[0], plan.wires), np.nan)  # NaN: a wire nothing wrote
+    for g in range(len(plan.starts) - 1):
+        a, b = plan.starts[g], plan.starts[g + 1]
+        assert 0 < b - a <= plan.size
+        block = np.full((inputs.shape[0], plan.size), np.inf)
+        block[:, : b - a] = np.sort(inputs[:, a:b], axis=1)
+        wires[:, g * plan.slot : g * plan.slot + plan.size] = block
+    wires[:, plan.pad] = np.inf
+    assert not np.isnan(wires).any()  # every wire is written before the merge
+    return apply_network(wires, plan.merge)[:, :n]
+
+
+@pytest.mark.parametrize("n", [1, 8, 9, 25, 26, 31, 40, 50, 51, 64, 77, 100, 129, 200, 333])
+def test_grouped_plan_sorts(n):
+    from byzlearn.aggregators import _sortnet
+
+    plan = _sortnet.plan(n)
+    assert plan.starts[0] == 0 and plan.starts[-1] == n
+    if n <= 25:  # one unrolled network, nothing to merge
+        assert len(plan.starts) == 2 and len(plan.merge) == 0
+    else:  # fewer pairs left to the loop than the whole network
+        assert len(plan.merge) < len(sel.sorting_network(n))
+    rng = np.random.default_rng(n)
+    inputs = rng.standard_normal((300, n))
+    inputs[:60] = rng.integers(0, 3, (60, n))  # ties
+    inputs[60:120, rng.random(n) < 0.3] = np.inf  # missing values sort last
+    np.testing.assert_array_equal(apply_plan(inputs, plan), np.sort(inputs, axis=1))
+
+
+@pytest.mark.parametrize("n", [26, 33, 50])
+def test_grouped_plan_sorts_every_zero_one_input_of_its_merge(n):
+    # the 0-1 principle on the merge: any sorted groups, i.e. each group's count of zeros
+    from byzlearn.aggregators import _sortnet
+
+    plan = _sortnet.plan(n)
+    sizes = np.diff(plan.starts)
+    zeros = np.array(list(itertools.product(*[range(s + 1) for s in sizes])))
+    inputs = np.concatenate(
+        [np.arange(s)[None, :] >= z[:, None] for s, z in zip(sizes, zeros.T, strict=True)], axis=1
+    ).astype(float)
+    np.testing.assert_array_equal(apply_plan(inputs, plan), np.sort(inputs, axis=1))
+
+
+@pytest.mark.parametrize("stat", STATS, ids=NAMES.get)
+@pytest.mark.parametrize("n", [26, 41, 50, 100, 160])
+def test_grouped_kernel_matches_reference(stat, n):
+    gen = torch.Generator().manual_seed(n * 10 + stat)
+    X = torch.randn(n, 300, dtype=torch.float64, generator=gen)
+    X[: n // 5, ::7] = float("nan")  # missing values in some coordinates
+    X[n // 5 : n // 4] = 1e30  # far outliers
+    for drop in _drops(stat, n // 2):
+        check_both_paths(X, stat, drop, needed(stat, drop))
+
+
 # --- numba == torch == reference ------------------------------------------------------------
 def _drops(stat: int, n: int) -> list[int]:
     if stat in (sel.MEDIAN, sel.MEAN):
