@@ -12,10 +12,11 @@ floating-point rounding. Buffers are passed through unchanged (models must not u
 in ``forward``; use GroupNorm rather than BatchNorm).
 
 A plain ``nn.Sequential`` of ``Flatten``, ``Linear`` and ``ReLU`` layers (the ``logistic`` and
-``mlp`` models), without hooks, is run by calling the very functions those layers' ``forward``
-calls (``F.linear``, ``F.relu``, ``Tensor.flatten``) on the parameter views, rather than through
-``functional_call``, which swaps the views into the module on every call (a tenth of a small
-MLP's batched forward/backward): the same operations on the same tensors, so the same numbers.
+``mlp`` models) without hooks takes a shorter road to the same numbers
+(:mod:`byzlearn.engines._sequential`): its forward calls the layers' own functions on the
+parameter views (no ``functional_call``), and its per-worker gradients at a shared ``theta`` are
+written out with the very operations the vmapped backward runs (half the time: no functorch
+dispatch); the tests check that both roads give bit-identical gradients and losses.
 """
 
 from __future__ import annotations
@@ -25,38 +26,9 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 from torch.nn import functional as F  # noqa: N812
 
+from byzlearn.engines import _sequential
+
 __all__ = ["FlatModel"]
-
-_Layers = list[tuple[str, nn.Module]]
-
-
-def _plain_layers(module: nn.Module) -> _Layers | None:
-    """``module``'s layers when it is an ``nn.Sequential`` (its own ``forward``) of exactly
-    ``Flatten``, ``Linear`` and ``ReLU`` (not in place) modules whose parameters are plain
-    ``<index>.weight`` / ``<index>.bias`` (no parametrisation); else ``None``."""
-    if not isinstance(module, nn.Sequential) or type(module).forward is not nn.Sequential.forward:
-        return None
-    layers = list(module.named_children())
-    expected: list[str] = []
-    for name, layer in layers:
-        kind = type(layer)
-        if kind is nn.Linear:
-            expected += [f"{name}.weight"] + ([f"{name}.bias"] if layer.bias is not None else [])
-        elif not (kind is nn.Flatten or (kind is nn.ReLU and not layer.inplace)):
-            return None
-    if [n for n, _ in module.named_parameters()] != expected or any(module.buffers()):
-        return None
-    return layers
-
-
-def _hooked(modules: list[nn.Module]) -> bool:
-    """Whether a forward hook (global, or on one of ``modules``) would run in a module call."""
-    from torch.nn.modules import module as base
-
-    if base._global_forward_hooks or base._global_forward_pre_hooks:
-        return True
-    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
-
 
 class FlatModel:
     """Functional view of ``module`` over a flat parameter vector ``theta``."""
@@ -71,7 +43,7 @@ class FlatModel:
         self.numels = [p.numel() for _, p in params]
         self.dim = sum(self.numels)
         self.buffers = dict(module.named_buffers())
-        self._layers = _plain_layers(module)
+        self._layers = _sequential.plain_layers(module)
         self._modules = [module] + [layer for _, layer in self._layers or []]
 
     # ------------------------------------------------------------------ conversion
@@ -93,23 +65,14 @@ class FlatModel:
     # ------------------------------------------------------------------ functional
     def forward(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Logits of the model with parameters ``theta`` on inputs ``x``."""
-        if self._layers is not None and not _hooked(self._modules):
-            return self._sequential(self.unflatten(theta), x)
+        if self._plain():
+            assert self._layers is not None
+            return _sequential.forward(self._layers, self.unflatten(theta), x)
         return functional_call(self.module, (self.unflatten(theta), self.buffers), (x,))
 
-    def _sequential(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        """The forward of a plain Sequential (see :func:`_plain_layers`), layer by layer as
-        the layers' own ``forward`` computes it."""
-        assert self._layers is not None
-        for name, layer in self._layers:
-            if isinstance(layer, nn.Linear):
-                x = F.linear(x, params[f"{name}.weight"], params.get(f"{name}.bias"))
-            elif isinstance(layer, nn.ReLU):
-                x = F.relu(x)
-            else:
-                assert isinstance(layer, nn.Flatten)
-                x = x.flatten(layer.start_dim, layer.end_dim)
-        return x
+    def _plain(self) -> bool:
+        """Whether the plain-Sequential road applies now (no hook was added since)."""
+        return self._layers is not None and not _sequential.hooked(self._modules)
 
     def loss(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of the model ``theta`` on ``(x, y)``.
@@ -123,11 +86,18 @@ class FlatModel:
     def batched_grads(
         self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-worker gradients and losses in one vmapped forward/backward.
+        """Per-worker gradients and losses in one vmapped forward/backward (for a plain
+        Sequential at a shared ``theta``, the same numbers by hand: see the module docstring).
 
         ``theta``: ``(d,)`` shared by all workers, or ``(h, d)`` one row per worker;
         ``x``: ``(h, b, ...)``; ``y``: ``(h, b)``. Returns ``(h, d)`` gradients, ``(h,)`` losses.
         """
+        if theta.dim() == 1 and self._plain():
+            assert self._layers is not None
+            params = self.unflatten(theta)
+            out = _sequential.per_worker_grads(self._layers, self.names, params, x, y)
+            if out is not None:
+                return out
         in_dims = (None if theta.dim() == 1 else 0, 0, 0)
         grads, losses = vmap(grad_and_value(self.loss), in_dims=in_dims)(theta, x, y)
         return grads.detach(), losses.detach()

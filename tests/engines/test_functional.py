@@ -105,3 +105,61 @@ def test_other_modules_and_hooks_go_through_the_module() -> None:
     assert torch.equal(model.forward(theta, x), module[2](torch.zeros(5, 4)))
     handle.remove()
     assert torch.equal(model.forward(theta, x), plain)
+
+
+def _vmap_grads(model: FlatModel, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor):
+    """The vmapped gradients and losses through the module (``functional_call``): the
+    reference of the hand-written road."""
+    loss = _module_path(model).loss
+    return torch.func.vmap(torch.func.grad_and_value(loss), in_dims=(None, 0, 0))(theta, x, y)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(
+    ("hidden", "shape"),
+    [(None, (1, 8, 8)), ([64], (1, 8, 8)), ([256], (3, 16, 16)), ([96, 40], (5,))],
+)
+def test_plain_sequential_gradients_are_bit_identical_to_vmap(
+    hidden: list[int] | None, shape: tuple[int, ...], threads: int
+) -> None:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for h, b in [(2, 1), (3, 7), (25, 32), (4, 100)]:
+            torch.manual_seed(h * 1000 + b)
+            module = (
+                build_model("logistic", shape, 10)
+                if hidden is None
+                else build_model("mlp", shape, 10, hidden=hidden)
+            )
+            model = FlatModel(module)
+            theta = model.flatten()
+            x, y = torch.randn(h, b, *shape), torch.randint(0, 10, (h, b))
+            grads, losses = model.batched_grads(theta, x, y)
+            ref_grads, ref_losses = _vmap_grads(model, theta, x, y)
+            assert torch.equal(grads, ref_grads), (h, b)
+            assert torch.equal(losses, ref_losses), (h, b)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_hand_written_gradients_keep_nan_inf_and_float64_as_vmap() -> None:
+    torch.manual_seed(5)
+    model = FlatModel(build_model("mlp", (1, 8, 8), 10).double())
+    theta = model.flatten()
+    theta[7], theta[300] = float("nan"), float("inf")
+    x, y = torch.randn(4, 9, 1, 8, 8, dtype=torch.float64), torch.randint(0, 10, (4, 9))
+    grads, losses = model.batched_grads(theta, x, y)
+    ref_grads, ref_losses = _vmap_grads(model, theta, x, y)
+    torch.testing.assert_close(grads, ref_grads, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(losses, ref_losses, rtol=0, atol=0, equal_nan=True)
+
+
+def test_a_linear_layer_on_several_feature_dimensions_goes_through_vmap() -> None:
+    torch.manual_seed(6)
+    model = FlatModel(nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Flatten(), nn.Linear(15, 3)))
+    theta = model.flatten()
+    x, y = torch.randn(2, 6, 3, 4), torch.randint(0, 3, (2, 6))
+    grads, losses = model.batched_grads(theta, x, y)
+    ref_grads, ref_losses = _vmap_grads(model, theta, x, y)
+    assert torch.equal(grads, ref_grads) and torch.equal(losses, ref_losses)
