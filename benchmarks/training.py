@@ -1,64 +1,136 @@
-"""Seconds per training round: vectorised honest workers vs a plain per-worker loop.
+"""Seconds per training round, broken down: vectorised workers, a per-worker loop, the big-batch
+floor and, when installed, ByzFL's own training loop on the same task.
 
 Usage (from the repository root)::
 
-    python benchmarks/training.py                  # n = 10 25 50, MLP and CNN, 1 thread
-    python benchmarks/training.py --quick          # smoke test: n = 10, MLP, few rounds
-    python benchmarks/training.py --n 25 --models cnn --rounds 20 --threads 2
+    python benchmarks/training.py                       # MLP and CNN, n = 25, both scenarios
+    python benchmarks/training.py --quick               # smoke test: MLP, few rounds
+    python benchmarks/training.py --n 10 25 50 --scenarios average --rounds 20 --threads 2
 
-One round of the synchronous parameter server on scikit-learn's digits (8x8, no download):
-n honest workers (f = 0, no attack, so every worker computes), batch 32 per worker, averaging at
-the server. For every (model, n) the same run times, after ``--warmup`` rounds:
+One round of the synchronous parameter server on scikit-learn's digits (8x8, no download), batch
+32 per worker, ``--n`` workers, in two scenarios:
+
+- ``average``: f = 0, no attack, averaging (every worker computes);
+- ``krum``: f = 5 Byzantine workers sending -10 x the honest mean (``ipm``, epsilon = 10, the
+  demo's attack), Krum at the server (issue 12's training round).
+
+For every (model, scenario, n) one run times, after ``--warmup`` rounds, in interleaved turns (so
+that load from other processes on a shared machine hits all of them alike):
 
 - ``vectorised``: the ``local`` engine's default, one ``torch.func`` vmapped forward/backward
-  for all n workers;
+  for all honest workers;
 - ``loop``: ``vectorise: false``, one plain ``nn.Module`` forward/backward per worker;
 - ``big batch``: one forward/backward of the same model on all n * 32 samples at once (the
-  floor a vectorised round can approach: same flops, no per-worker gradients).
+  floor a round can approach: the same flops, no per-worker gradients);
+- ``byzfl``: ByzFL's DSGD round (its ``Client``, ``ByzantineClient`` and ``Server`` classes,
+  as in its ``byzfl.benchmark.train`` loop) on the same model shape, data, n, f, attack and
+  rule; skipped, with a note, when ``import byzfl`` fails. ``krum`` 0.9.1, the other peer of
+  the issue, is not on PyPI and is not run.
 
-Each figure is the median over ``--rounds`` rounds of the wall time of a whole round (data
-sampling, gradients, aggregation, update); the rounds of the three variants are interleaved, so
-load from other processes on a shared machine hits them alike.
+The vectorised round is broken down by timers wrapped around the library's methods for the
+benchmark only (nothing is instrumented in the library): ``workers`` (the honest workers'
+minibatch draw and gradients, ``ComputeWorkers.submit``), ``attack`` (the coalition's attack
+function), ``aggregation`` (the rule, the server's own ``agg_seconds``), ``update`` (the
+server's model step), ``metrics`` (the driver's observers), and ``engine``: the rest (messages,
+scheduling, the protocol's bookkeeping). Every figure is the median over ``--rounds`` rounds.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
+import sys
 import time
+import types
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from byzlearn.experiments import Trainer, parse_config
 
+SCENARIOS = ("average", "krum")
+BATCH = 32
+BYZANTINE = 5
+EPSILON = 10.0  # the attack: -EPSILON x the honest mean
+PARTS = ("workers", "attack", "aggregation", "update", "metrics")
 
-def _config(model: str, n: int, vectorise: bool):
+
+def _config(model: str, n: int, scenario: str, vectorise: bool) -> Any:
+    robust = scenario == "krum"
     return parse_config(
         {
             "dataset": {"name": "digits"},
             "model": {"name": model},
             "n": n,
-            "f": 0,
-            "rule": {"name": "average"},
-            "batch_size": 32,
+            "f": BYZANTINE if robust else 0,
+            "attack": {"name": "ipm", "options": {"epsilon": EPSILON}} if robust else {},
+            "rule": {"name": "krum" if robust else "average"},
+            "optimizer": {"lr": 0.1},
+            "batch_size": BATCH,
             "engine": {"name": "local", "vectorise": vectorise},
         }
     )
 
 
-def _step_seconds(trainer: Trainer) -> float:
+# ---------------------------------------------------------------------- timers
+class _Clock:
+    """Seconds spent in the wrapped callables during the current round, by part."""
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(PARTS, 0.0)
+
+    def reset(self) -> None:
+        self.seconds = dict.fromkeys(PARTS, 0.0)
+
+    def wrap(self, part: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kw: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kw)
+            finally:
+                self.seconds[part] += time.perf_counter() - start
+
+        return timed
+
+
+def _instrument(trainer: Trainer) -> _Clock:
+    """Wrap the trainer's workers, attack, server update and observers with timers (instance
+    attributes: the library's classes stay untouched)."""
+    clock = _Clock()
+    workers = trainer.protocol.workers  # type: ignore[attr-defined]
+    workers.compute.submit = clock.wrap("workers", workers.compute.submit)
+    if workers.coalition is not None:
+        workers.coalition.attack = clock.wrap("attack", workers.coalition.attack)
+    server = trainer.server
+    server.update = clock.wrap("update", server.update)
+    for observer in trainer.observers:
+        observer.on_event = clock.wrap("metrics", observer.on_event)  # type: ignore[method-assign]
+        observer.collect = clock.wrap("metrics", observer.collect)  # type: ignore[method-assign]
+    return clock
+
+
+def _round(trainer: Trainer, clock: _Clock) -> dict[str, float]:
+    clock.reset()
     start = time.perf_counter()
-    trainer.step()
-    return time.perf_counter() - start
+    record = trainer.step()
+    total = time.perf_counter() - start
+    out = dict(clock.seconds)
+    out["aggregation"] = float(record.get("agg_seconds", 0.0))
+    out["engine"] = total - sum(out.values())
+    out["total"] = total
+    return out
 
 
+# ---------------------------------------------------------------------- big batch
 def _big_batch(trainer: Trainer, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    x = trainer.data.x_train[: n * 32]
-    y = trainer.data.y_train[: n * 32]
-    if len(x) < n * 32:  # digits has 1437 training images: tile them
-        reps = (n * 32 + len(x) - 1) // len(x)
-        x, y = torch.cat([x] * reps)[: n * 32], torch.cat([y] * reps)[: n * 32]
+    x = trainer.data.x_train[: n * BATCH]
+    y = trainer.data.y_train[: n * BATCH]
+    if len(x) < n * BATCH:  # digits has 1437 training images: tile them
+        reps = (n * BATCH + len(x) - 1) // len(x)
+        x, y = torch.cat([x] * reps)[: n * BATCH], torch.cat([y] * reps)[: n * BATCH]
     return x, y
 
 
@@ -69,73 +141,254 @@ def _big_batch_seconds(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
     return time.perf_counter() - start
 
 
-def measure(model: str, n: int, rounds: int, warmup: int) -> dict[str, float]:
-    """Median seconds per round of the three variants, their rounds interleaved so that load
-    from other processes hits all of them alike; ``rest`` is the vectorised round minus its
-    batched forward/backward (engine, messages, minibatch draws, aggregation, update)."""
-    vec = Trainer(_config(model, n, True))
-    loop = Trainer(_config(model, n, False))
-    module = vec.model.module
-    x, y = _big_batch(vec, n)
-    grads = {"seconds": 0.0}
-    batched = vec.model.batched_grads
+# ---------------------------------------------------------------------- ByzFL
+class _Unavailable(types.ModuleType):
+    """A stand-in module whose every public attribute is itself (callable, returning itself)."""
 
-    def timed(*args, **kw):
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self
+
+    def __call__(self, *args: Any, **kw: Any) -> Any:
+        return self
+
+
+def _import_byzfl() -> tuple[Any, str | None]:
+    """``byzfl`` or ``None``, and a note. ByzFL's package imports torchvision for its dataset
+    helpers only; where torchvision is installed but cannot load (a CUDA build next to a CPU
+    torch), an empty stand-in module lets its training classes import (they do not use it)."""
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        pass
+    except Exception:
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+        sys.modules["torchvision"] = _Unavailable("torchvision")
+    try:
+        import byzfl
+    except Exception as err:
+        return None, f"byzfl not run: `import byzfl` failed ({type(err).__name__}: {err})"
+    version = getattr(byzfl, "__version__", None)
+    if version is None:
+        from importlib.metadata import version as dist_version
+
+        version = dist_version("byzfl")
+    return byzfl, f"byzfl {version}"
+
+
+class ByzflRound:
+    """ByzFL's DSGD round on the same task, written against its public classes the way its
+    ``byzfl.benchmark.train`` loop uses them: honest ``Client``s compute gradients on their
+    ``DataLoader``s, a ``ByzantineClient`` crafts the attack from the honest gradients, the
+    ``Server`` aggregates and steps, and the new model is sent back to every client.
+
+    The model is byzlearn's module of the same shape, handed to ByzFL through its model
+    registry (``byzfl.fed_framework.models``, looked up by name); each honest client gets the
+    same data part as in byzlearn's run (shuffled, full batches of 32)."""
+
+    def __init__(self, byzfl: Any, trainer: Trainer, scenario: str) -> None:
+        import byzfl.fed_framework.models as models
+        from torch.utils.data import DataLoader, TensorDataset
+
+        c, data = trainer.config, trainer.data
+        f = c.f if scenario == "krum" else 0
+        honest = [i for i in range(c.n) if i not in set(trainer.byzantine)]
+        name = f"byzlearn_{c.model.name}"
+        state = trainer.model.module.state_dict()
+
+        def build() -> torch.nn.Module:
+            from byzlearn.models import build_model
+
+            module = build_model(c.model.name, data.input_shape, data.num_classes)
+            module.load_state_dict(state)
+            return module
+
+        setattr(models, name, build)
+        self.clock = _Clock()
+        self.clients = [
+            byzfl.Client(
+                {
+                    "model_name": name,
+                    "device": "cpu",
+                    "loss_name": "CrossEntropyLoss",
+                    "LabelFlipping": False,
+                    "nb_labels": data.num_classes,
+                    "momentum": 0.0,
+                    "training_dataloader": DataLoader(
+                        TensorDataset(
+                            data.x_train[trainer.parts[i]], data.y_train[trainer.parts[i]]
+                        ),
+                        batch_size=BATCH,
+                        shuffle=True,
+                        drop_last=True,
+                    ),
+                    "store_per_client_metrics": False,
+                }
+            )
+            for i in honest
+        ]
+        rule = (
+            {"name": "Krum", "parameters": {"f": f}} if f else {"name": "Average", "parameters": {}}
+        )
+        self.server = byzfl.Server(
+            {
+                "model_name": name,
+                "device": "cpu",
+                "test_loader": DataLoader(TensorDataset(data.x_test, data.y_test), batch_size=256),
+                "optimizer_name": "SGD",
+                "learning_rate": float(c.optimizer.lr),
+                "weight_decay": 0.0,
+                "milestones": [],
+                "learning_rate_decay": 1.0,
+                "aggregator_info": rule,
+                "pre_agg_list": [],
+            }
+        )
+        self.server.aggregate = self.clock.wrap("aggregation", self.server.aggregate)
+        attack = (
+            {"name": "InnerProductManipulation", "f": f, "parameters": {"tau": EPSILON}}
+            if f
+            else {"name": "NoAttack", "f": 0, "parameters": {}}
+        )
+        self.byzantine = byzfl.ByzantineClient(attack)
+        self.broadcast()
+
+    def broadcast(self) -> None:
+        model = self.server.get_dict_parameters()
+        for client in self.clients:
+            client.set_model_state(model)
+
+    def step(self) -> dict[str, float]:
+        clock = self.clock
+        clock.reset()
         start = time.perf_counter()
-        out = batched(*args, **kw)
-        grads["seconds"] += time.perf_counter() - start
+        for client in self.clients:
+            client.compute_gradients()
+        honest = [client.get_flat_gradients_with_momentum() for client in self.clients]
+        t1 = time.perf_counter()
+        byz = self.byzantine.apply_attack(honest) if self.byzantine.f else []
+        t2 = time.perf_counter()
+        self.server.update_model_with_gradients(honest + byz)
+        t3 = time.perf_counter()
+        self.broadcast()
+        end = time.perf_counter()
+        out = dict(clock.seconds)
+        out.update(workers=t1 - start, attack=t2 - t1, update=t3 - t2 - out["aggregation"])
+        out["engine"] = end - t3  # sending the new model back to every client
+        out["total"] = end - start
         return out
 
-    vec.model.batched_grads = timed  # type: ignore[method-assign]
-    times: dict[str, list[float]] = {"vectorised": [], "loop": [], "big": [], "rest": []}
+
+# ---------------------------------------------------------------------- one measurement
+def measure(
+    model: str, n: int, scenario: str, rounds: int, warmup: int, byzfl: Any = None
+) -> dict[str, Any]:
+    """Median seconds per round of every variant and of the vectorised round's parts, the
+    variants' rounds interleaved so that load from other processes hits them alike."""
+    vec = Trainer(_config(model, n, scenario, True))
+    loop = Trainer(_config(model, n, scenario, False))
+    clocks = {"vectorised": _instrument(vec), "loop": _instrument(loop)}
+    module = vec.model.module
+    x, y = _big_batch(vec, n)
+    peer = ByzflRound(byzfl, vec, scenario) if byzfl is not None else None
+    samples: dict[str, list[dict[str, float]]] = {"vectorised": [], "loop": [], "byzfl": []}
+    big: list[float] = []
     for i in range(warmup + rounds):
-        grads["seconds"] = 0.0
-        sample = {"vectorised": _step_seconds(vec)}
-        sample["rest"] = sample["vectorised"] - grads["seconds"]
-        sample["loop"] = _step_seconds(loop)
-        sample["big"] = _big_batch_seconds(module, x, y)
+        turn = {
+            "vectorised": _round(vec, clocks["vectorised"]),
+            "loop": _round(loop, clocks["loop"]),
+        }
+        if peer is not None:
+            turn["byzfl"] = peer.step()
+        seconds = _big_batch_seconds(module, x, y)
         if i >= warmup:
-            for key, value in sample.items():
-                times[key].append(value)
-    out = {k: statistics.median(v) for k, v in times.items()}
-    out["d"] = vec.model.dim
+            for key, value in turn.items():
+                samples[key].append(value)
+            big.append(seconds)
+    out: dict[str, Any] = {"d": vec.model.dim, "big": statistics.median(big)}
+    for key, rows in samples.items():
+        if rows:
+            out[key] = {part: statistics.median(r[part] for r in rows) for part in rows[0]}
     return out
 
 
+# ---------------------------------------------------------------------- report
+def _machine(threads: int) -> str:
+    cpu = platform.processor() or "cpu"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next(
+                line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")
+            )
+    except (OSError, StopIteration):
+        pass
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    return (
+        f"- machine: {platform.machine()}, {cpu}, {os.cpu_count()} cores (load average {load}); "
+        f"Python {platform.python_version()}, torch {torch.__version__}; "
+        f"torch threads: {threads}"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Run the benchmark and print a Markdown table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, nargs="+", default=[10, 25, 50])
+    """Run the benchmark and print Markdown tables."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--n", type=int, nargs="+", default=[25])
     parser.add_argument("--models", nargs="+", default=["mlp", "cnn"])
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--quick", action="store_true", help="n = 10, MLP, 5 rounds")
+    parser.add_argument("--no-byzfl", action="store_true", help="do not run ByzFL's loop")
+    parser.add_argument("--quick", action="store_true", help="MLP, n = 25, 5 rounds")
     args = parser.parse_args(argv)
     if args.quick:
-        args.n, args.models, args.rounds, args.warmup = [10], ["mlp"], 5, 1
+        args.models, args.n, args.rounds, args.warmup = ["mlp"], [25], 5, 1
     torch.set_num_threads(args.threads)
+    byzfl, note = (None, "byzfl not run (--no-byzfl)") if args.no_byzfl else _import_byzfl()
+    print(_machine(args.threads))
     print(
-        f"- machine: {platform.machine()}, {platform.processor() or 'cpu'}; "
-        f"torch {torch.__version__}; {args.threads} thread(s)\n"
-        f"- digits (8x8, 10 classes), batch 32 per worker, f = 0, average; "
-        f"median of {args.rounds} rounds after {args.warmup} warm-up rounds\n"
+        f"- digits (8x8, 10 classes), batch {BATCH} per worker; `average`: f = 0, no attack; "
+        f"`krum`: f = {BYZANTINE}, -{EPSILON:g} x honest mean (ipm); median of {args.rounds} "
+        f"rounds after {args.warmup} warm-up rounds, variants interleaved"
     )
-    header = (
-        "| model | d | n | vectorised (s/round) | of which not gradients (s) | loop (s/round) "
-        "| speed-up | big batch (s) | vectorised / big batch |"
-    )
-    print(header)
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(f"- peers: {note}; krum 0.9.1 is not on PyPI: not run\n")
+    rows = []
     for model in args.models:
-        for n in args.n:
-            m = measure(model, n, args.rounds, args.warmup)
-            t_vec, t_loop, t_big = m["vectorised"], m["loop"], m["big"]
-            print(
-                f"| {model} | {m['d']} | {n} | {t_vec:.4f} | {m['rest']:.4f} | {t_loop:.4f} "
-                f"| {t_loop / t_vec:.1f}x | {t_big:.4f} | {t_vec / t_big:.1f}x |",
-                flush=True,
-            )
+        for scenario in args.scenarios:
+            for n in args.n:
+                m = measure(model, n, scenario, args.rounds, args.warmup, byzfl)
+                rows.append((model, scenario, n, m))
+                print(f"  measured {model} {scenario} n={n}", file=sys.stderr, flush=True)
+    print(
+        "| model | d | scenario | n | vectorised (ms) | / big batch | loop (ms) | byzfl (ms) "
+        "| byzfl / vectorised | big batch (ms) |"
+    )
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for model, scenario, n, m in rows:
+        vec, big = m["vectorised"]["total"], m["big"]
+        peer = m.get("byzfl")
+        peer_ms = f"{1e3 * peer['total']:.2f}" if peer else "-"
+        ratio = f"{peer['total'] / vec:.1f}x" if peer else "-"
+        print(
+            f"| {model} | {m['d']} | {scenario} | {n} | {1e3 * vec:.2f} | {vec / big:.2f}x "
+            f"| {1e3 * m['loop']['total']:.2f} | {peer_ms} | {ratio} | {1e3 * big:.2f} |"
+        )
+    print(
+        "\nPer-round breakdown (ms, medians of each part, so they need not add up to the total):\n"
+    )
+    parts = [*PARTS, "engine"]
+    print(f"| model | scenario | n | variant | {' | '.join(parts)} | total |")
+    print("| --- | --- | ---: | --- |" + " ---: |" * (len(parts) + 1))
+    for model, scenario, n, m in rows:
+        for variant in ("vectorised", "loop", "byzfl"):
+            if variant not in m:
+                continue
+            r = m[variant]
+            cells = " | ".join(f"{1e3 * r[p]:.2f}" for p in parts)
+            print(f"| {model} | {scenario} | {n} | {variant} | {cells} | {1e3 * r['total']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from byzlearn.aggregators._inputs import as_matrix, check_f
+from byzlearn.finite import all_finite
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -154,7 +155,7 @@ class AttackContext:
     def all_finite(self) -> bool:
         """True when every honest entry is finite."""
         if "finite" not in self._cache:
-            self._cache["finite"] = bool(torch.isfinite(self.honest).all())
+            self._cache["finite"] = all_finite(self.honest)
         return self._cache["finite"]
 
     def mean(self) -> torch.Tensor:

@@ -118,7 +118,7 @@ class Message:
 
     def copy(self) -> Message:
         """A shallow copy (same payload object)."""
-        return Message(**{f: getattr(self, f) for f in _FIELDS})
+        return Message(**vars(self))  # the instance holds exactly the fields
 
     @property
     def nbytes(self) -> int:

@@ -10,6 +10,13 @@
 Both return flat ``(d,)`` gradients in the order of ``module.parameters()`` and agree to
 floating-point rounding. Buffers are passed through unchanged (models must not update buffers
 in ``forward``; use GroupNorm rather than BatchNorm).
+
+A plain ``nn.Sequential`` of ``Flatten``, ``Linear`` and ``ReLU`` layers (the ``logistic`` and
+``mlp`` models) without hooks takes a shorter road to the same numbers
+(:mod:`byzlearn.engines._sequential`): its forward calls the layers' own functions on the
+parameter views (no ``functional_call``), and its per-worker gradients at a shared ``theta`` are
+written out with the very operations the vmapped backward runs (half the time: no functorch
+dispatch); the tests check that both roads give bit-identical gradients and losses.
 """
 
 from __future__ import annotations
@@ -19,8 +26,9 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 from torch.nn import functional as F  # noqa: N812
 
-__all__ = ["FlatModel"]
+from byzlearn.engines import _sequential
 
+__all__ = ["FlatModel"]
 
 class FlatModel:
     """Functional view of ``module`` over a flat parameter vector ``theta``."""
@@ -35,6 +43,8 @@ class FlatModel:
         self.numels = [p.numel() for _, p in params]
         self.dim = sum(self.numels)
         self.buffers = dict(module.named_buffers())
+        self._layers = _sequential.plain_layers(module)
+        self._modules = [module] + [layer for _, layer in self._layers or []]
 
     # ------------------------------------------------------------------ conversion
     def flatten(self) -> torch.Tensor:
@@ -55,7 +65,14 @@ class FlatModel:
     # ------------------------------------------------------------------ functional
     def forward(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Logits of the model with parameters ``theta`` on inputs ``x``."""
+        if self._plain():
+            assert self._layers is not None
+            return _sequential.forward(self._layers, self.unflatten(theta), x)
         return functional_call(self.module, (self.unflatten(theta), self.buffers), (x,))
+
+    def _plain(self) -> bool:
+        """Whether the plain-Sequential road applies now (no hook was added since)."""
+        return self._layers is not None and not _sequential.hooked(self._modules)
 
     def loss(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of the model ``theta`` on ``(x, y)``.
@@ -69,11 +86,18 @@ class FlatModel:
     def batched_grads(
         self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-worker gradients and losses in one vmapped forward/backward.
+        """Per-worker gradients and losses in one vmapped forward/backward (for a plain
+        Sequential at a shared ``theta``, the same numbers by hand: see the module docstring).
 
         ``theta``: ``(d,)`` shared by all workers, or ``(h, d)`` one row per worker;
         ``x``: ``(h, b, ...)``; ``y``: ``(h, b)``. Returns ``(h, d)`` gradients, ``(h,)`` losses.
         """
+        if theta.dim() == 1 and self._plain():
+            assert self._layers is not None
+            params = self.unflatten(theta)
+            out = _sequential.per_worker_grads(self._layers, self.names, params, x, y)
+            if out is not None:
+                return out
         in_dims = (None if theta.dim() == 1 else 0, 0, 0)
         grads, losses = vmap(grad_and_value(self.loss), in_dims=in_dims)(theta, x, y)
         return grads.detach(), losses.detach()

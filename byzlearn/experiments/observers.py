@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from byzlearn.engines import Engine
+from byzlearn.finite import all_finite
 from byzlearn.protocols.base import Observer
 
 __all__ = ["EngineObserver", "TruthObserver"]
@@ -58,10 +59,13 @@ class TruthObserver(Observer):
             if honest:
                 rows = vectors if len(honest) == len(senders) else vectors[torch.tensor(honest)]
                 mean = rows.mean(dim=0)
-                if not bool(torch.isfinite(mean).all()):  # lost coordinates: skip them
+                # a non-finite entry makes its column's mean non-finite: a finite mean means
+                # finite rows (one small test instead of one over all the rows)
+                finite = all_finite(mean)
+                if not finite:  # lost coordinates: skip them
                     mean = rows.nanmean(dim=0)
                 self._fields["dist_honest_mean"] = float((output - mean).norm())
-                if len(rows) > 1 and bool(torch.isfinite(rows).all()):
+                if len(rows) > 1 and (finite or all_finite(rows)):
                     # sqrt(E ||h - mean||^2) / ||mean||: the variance-norm ratio of ICLR 2021
                     spread = float((rows - mean).pow(2).sum(dim=1).mean().sqrt())
                     norm = float(mean.norm())

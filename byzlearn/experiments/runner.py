@@ -33,6 +33,7 @@ from byzlearn.data import ArrayDataset
 from byzlearn.experiments.config import Config, config_hash, parse_config
 from byzlearn.experiments.store import CheckpointError, MetricsWriter, RunDir
 from byzlearn.experiments.trainer import Trainer
+from byzlearn.finite import all_finite
 
 __all__ = ["RunResult", "run", "summarise"]
 
@@ -213,7 +214,7 @@ def _train(
             record = trainer.step()
             t = record["round"]
             diverged = not (
-                bool(torch.isfinite(trainer.theta).all()) and _finite(record.get("train_loss"))
+                all_finite(trainer.theta) and _finite(record.get("train_loss"))
             )
             if diverged:
                 record["diverged"] = True

@@ -179,7 +179,11 @@ class ComputeWorkers:
         theta = msgs[0].payload if shared else torch.stack([m.payload for m in msgs])
         lrs = [float(m.meta.get("lr", 1.0)) for m in msgs]
         vec, loss = self.submit(nodes, theta, [m.round for m in msgs], lrs)
-        return [m.reply(vec[i], kind="gradient", loss=float(loss[i])) for i, m in enumerate(msgs)]
+        losses = loss.tolist()  # one conversion, not one per member
+        return [
+            m.reply(row, kind="gradient", loss=value)
+            for m, row, value in zip(msgs, vec.unbind(0), losses, strict=True)
+        ]
 
     def gradients(
         self, nodes: Sequence[int], theta: torch.Tensor, t: int
