@@ -268,23 +268,23 @@ if njit is not None:
 
 
     @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
-    def _row_stats(X, r0, r1, sq, largest, cols, signs):  # pragma: no cover (compiled)
+    def _row_stats(X, r0, r1, sq, largest, cols, starts, signs):  # pragma: no cover (compiled)
         """Rows r0..r1-1: sq[i] = sum of squares (float64 across chunks), largest[i] = max |x|
         (NaN when the row holds a NaN or an infinity), and signs[i] = the positive, zero and
         negative values at the (sorted) coordinates ``cols``. One sequential read of each row;
         the reductions run element-wise on a chunk-sized accumulator (a vectorised loop), then
-        across it; the signs are counted on each chunk while it is in the L1 cache."""
+        across it; the signs are counted on each chunk while it is in the L1 cache, over the
+        sampled coordinates ``cols[starts[b]:starts[b + 1]]`` of chunk b (a loop without
+        branches, vectorised with gathers)."""
         wide()
         d = X.shape[1]
         zero = X.dtype.type(0)
         s = np.zeros(_SUM_LANES, dtype=X.dtype)
         top = np.zeros(_SUM_LANES, dtype=X.dtype)
         nan = np.zeros(_SUM_LANES, dtype=X.dtype)
-        nc = cols.shape[0]
         for i in range(r0, r1):
             row = X[i]
             total = 0.0
-            q = 0
             pos = 0
             zer = 0
             neg = 0
@@ -305,12 +305,12 @@ if njit is not None:
                         s[k] += v * v
                         top[k] = a if a > top[k] else top[k]
                         nan[k] += v * zero  # NaN when v is NaN or infinite
-                    while q < nc and cols[q] < c0 + w:
+                    b = c0 // _SUM_LANES
+                    for q in range(starts[b], starts[b + 1]):
                         v = part[cols[q] - c0]
                         pos += 1 if v > 0 else 0
                         zer += 1 if v == 0 else 0
                         neg += 1 if v < 0 else 0
-                        q += 1
                     c0 += w
                 for k in range(_SUM_LANES):
                     total += s[k]
@@ -358,8 +358,13 @@ def row_stats(
     sq = np.empty(n)
     largest = np.empty(n)
     cols = np.zeros(0, dtype=np.int64) if cols is None else np.ascontiguousarray(cols, np.int64)
+    # the sampled coordinates of chunk b are cols[starts[b]:starts[b + 1]]
+    chunk_starts = np.arange(0, X.shape[1] + _SUM_LANES, _SUM_LANES, dtype=np.int64)
+    starts = np.searchsorted(cols, chunk_starts).astype(np.int64)
     signs = np.zeros((n, 3), dtype=np.int64)
-    in_parallel(lambda r0, r1: _row_stats(X, r0, r1, sq, largest, cols, signs), n, threads)
+    in_parallel(
+        lambda r0, r1: _row_stats(X, r0, r1, sq, largest, cols, starts, signs), n, threads
+    )
     return sq, largest, signs
 
 
