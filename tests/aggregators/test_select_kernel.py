@@ -454,3 +454,27 @@ def test_weighted_statistic_equals_the_expanded_multiset(stat, seed):
     torch.testing.assert_close(torch.from_numpy(out), expected, rtol=1e-6, atol=1e-6)
     U[nu // 2, 3] = np.inf  # a non-finite mixed value: the caller falls back
     assert not sel._weighted_block(U, nu, weights, stat, drop, out)
+
+
+@pytest.mark.parametrize("n_common", [0, 1, 3, 4, 5, 8, 11])
+def test_mix_block_matches_numpy(n_common):
+    """The mixed rows of one block (common rows added four at a time, then one by one, plus
+    each row's extra terms) equal the float64 sums of a numpy reference."""
+    if not sel._HAVE_NUMBA:
+        pytest.skip("numba not available")
+    rng = np.random.default_rng(n_common)
+    X = rng.normal(size=(14, 3000)).astype(np.float32)
+    common = rng.permutation(14)[:n_common].astype(np.int64)
+    common_w = rng.random(n_common)
+    starts = np.array([0, 2, 2, 5], dtype=np.int64)
+    extra = rng.integers(0, 14, size=5).astype(np.int64)
+    extra_w = rng.random(5)
+    j0, w = 300, 1000  # an offset and a width that is not a multiple of the lanes
+    U = np.full((3, w), np.nan, dtype=np.float32)
+    sel._mix_block(X, j0, w, common, common_w, starts, extra, extra_w, U)
+    Xd = X[:, j0 : j0 + w].astype(np.float64)
+    base = common_w @ Xd[common] if n_common else np.zeros(w)
+    for u in range(3):
+        e = slice(starts[u], starts[u + 1])
+        expected = base + extra_w[e] @ Xd[extra[e]]
+        np.testing.assert_allclose(U[u], expected.astype(np.float32), rtol=1e-6, atol=1e-6)
