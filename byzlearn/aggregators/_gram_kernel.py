@@ -16,7 +16,8 @@ Small n (:func:`gram_blocks`): for each chunk of ``LANES`` coordinates the kerne
    rows holding a non-finite value in the block (their buffer rows are zeroed: they are missing,
    the caller marks them bad);
 2. adds the products of 3 x 3 tiles of rows of ``C`` to the Gram matrix: only tiles on or above
-   the diagonal, so about half the products of a general matrix product; meanwhile it prefetches
+   the diagonal, and of the diagonal tiles only their upper triangle (6 products of 9), so about
+   half the products of a general matrix product; meanwhile it prefetches
    the next chunk of every active row, so the memory read overlaps the products.
 
 A 3 x 3 tile keeps nine accumulators and six rows' values in registers and its inner loop
@@ -73,7 +74,8 @@ if njit is not None:
 
     @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
     def _add_tiles(C, acc, Xf, rows, next0, d, lines):  # pragma: no cover (compiled)
-        """acc[I:I+3, J:J+3] += C[I:I+3] C[J:J+3]^T for the 3 x 3 tiles with J >= I.
+        """acc[I:I+3, J:J+3] += C[I:I+3] C[J:J+3]^T for the 3 x 3 tiles with J >= I (on the
+        diagonal tiles, their upper triangle only: the caller reads the upper triangle).
 
         Meanwhile, prefetch ``lines`` cache lines of every active row from coordinate ``next0``
         on (the next chunk), spread over the tiles.
@@ -94,6 +96,28 @@ if njit is not None:
                         c = issued - t * lines
                         prefetch(Xf, rows[t] * d + next0 + c * _LINE)
                         issued += 1
+                if I == J:  # a diagonal tile: its upper triangle only (6 products, not 9)
+                    b00 = b01 = b02 = b11 = b12 = b22 = zero
+                    x0 = C[I]
+                    x1 = C[I + 1]
+                    x2 = C[I + 2]
+                    for k in range(C.shape[1]):
+                        u0 = x0[k]
+                        u1 = x1[k]
+                        u2 = x2[k]
+                        b00 += u0 * u0
+                        b01 += u0 * u1
+                        b02 += u0 * u2
+                        b11 += u1 * u1
+                        b12 += u1 * u2
+                        b22 += u2 * u2
+                    acc[I, J] += b00
+                    acc[I, J + 1] += b01
+                    acc[I, J + 2] += b02
+                    acc[I + 1, J + 1] += b11
+                    acc[I + 1, J + 2] += b12
+                    acc[I + 2, J + 2] += b22
+                    continue
                 a00 = a01 = a02 = a10 = a11 = a12 = a20 = a21 = a22 = zero
                 x0 = C[I]
                 x1 = C[I + 1]
