@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from byzlearn.aggregators import _sortnet
+from byzlearn.aggregators import _sortnet, _weighted_sort
 from byzlearn.aggregators._gram import Inputs, block_size, column_blocks
 from byzlearn.aggregators._threads import in_parallel
 
@@ -589,88 +589,8 @@ if _HAVE_NUMBA:
                     ur[k] = acc[k]
 
 
-    @njit(fastmath={"reassoc", "contract"}, boundscheck=False, error_model="numpy", cache=True,
-          nogil=True)
-    def _weighted_block(U, nu, weights, stat, drop, out):  # pragma: no cover
-        """Median or trimmed mean of the multiset where row q of U (q < nu) appears weights[q]
-        times. Each distinct value's positions in the sorted multiset are [P_q, P_q + w_q) with
-        P_q = the weight of the values before it (smaller, or equal and of a lower row): nu^2
-        comparisons per coordinate, vectorised across coordinates; the statistic is then a
-        weighted sum over the positions it keeps. Returns False when a value is not finite (the
-        caller then uses the plain kernel)."""
-        wide()
-        w = U.shape[1]
-        k = 0.0
-        for q in range(nu):
-            k += weights[q]
-        P = np.empty(LANES)
-        tot = np.empty(LANES)
-        fst = np.empty(LANES)
-        lst = np.empty(LANES)
-        lo_pos = float(drop) if stat == 1 else (k - 1.0) // 2.0
-        hi_pos = k - drop if stat == 1 else k // 2.0 + 1.0
-        zero = U.dtype.type(0)
-        for k0 in range(0, w, LANES):
-            m = min(LANES, w - k0)
-            bad = zero
-            for q in range(nu):
-                vq = U[q, k0 : k0 + m]
-                for j in range(m):
-                    bad += vq[j] * zero
-            if bad != zero:
-                return False
-            for j in range(m):
-                tot[j] = 0.0
-                fst[j] = 0.0
-                lst[j] = 0.0
-            for q in range(nu):
-                vq = U[q, k0 : k0 + m]
-                for j in range(m):
-                    P[j] = 0.0
-                for r in range(nu):
-                    if r == q:
-                        continue
-                    vr = U[r, k0 : k0 + m]
-                    wr = weights[r]
-                    if r < q:
-                        for j in range(m):
-                            P[j] += wr if vr[j] <= vq[j] else 0.0
-                    else:
-                        for j in range(m):
-                            P[j] += wr if vr[j] < vq[j] else 0.0
-                wq = weights[q]
-                for j in range(m):
-                    a = P[j] if P[j] > lo_pos else lo_pos
-                    e = P[j] + wq
-                    b = e if e < hi_pos else hi_pos
-                    take = b - a if b > a else 0.0
-                    v = np.float64(vq[j])
-                    tot[j] += v * take
-                    # the values at the first and last kept positions
-                    fst[j] = v if (P[j] <= lo_pos) & (lo_pos < e) else fst[j]
-                    lst[j] = v if (P[j] <= hi_pos - 1.0) & (hi_pos - 1.0 < e) else lst[j]
-            o = out[k0 : k0 + m]
-            if stat == 1:  # TRIMMED: positions [drop, k - drop)
-                for j in range(m):
-                    r = tot[j] / (hi_pos - lo_pos)
-                    r = r if r > fst[j] else fst[j]
-                    o[j] = r if r < lst[j] else lst[j]
-            else:  # MEDIAN: the values at positions (k - 1) // 2 and k // 2
-                for j in range(m):
-                    a = fst[j]
-                    b = lst[j]
-                    med = 0.5 * (a + b)
-                    o[j] = med if np.isfinite(med) else 0.5 * a + 0.5 * b
-        return True
-
-
 # Columns per mixed block of the fast mixing path (the unique mixed rows, in the L2 cache).
 _MIX_BLOCK = 8192
-# Distinct mixed rows up to which the median and the trimmed mean rank the distinct values with
-# their multiplicities instead of sorting all n' values (NNM's neighbourhoods coincide for most
-# rows): nu^2 comparisons per coordinate, measured faster than the 25-row network up to nu = 4
-# (about 0.4 floors saved at nu = 2), even at nu = 6.
-_WEIGHTED_MAX = 4
 
 
 def _mixed_rows_plan(A: np.ndarray):
@@ -742,7 +662,11 @@ def _mixed_fast(inputs: Inputs, stat: int, drop: int, min_k: int, out: torch.Ten
 
     weights = np.bincount(inverse, minlength=n_unique + 1)[:n_unique].astype(np.float64)
     k = float(weights.sum())  # mixes of a row holding non-finite values are missing rows
-    weighted = stat in (MEDIAN, TRIMMED) and n_unique <= _WEIGHTED_MAX and k >= min_k
+    # few distinct rows (NNM's neighbourhoods coincide for most rows): the median and the
+    # trimmed mean of the distinct values with their multiplicities (:mod:`._weighted_sort`)
+    weighted = stat in (MEDIAN, TRIMMED) and n_unique <= _weighted_sort.MAX_DISTINCT
+    weighted = weighted and k >= min_k
+    distinct_pairs = sorting_network(max(1, n_unique)) if weighted else None
 
     def work(b0: int, b1: int) -> None:
         U = np.full((n_unique + 1, _MIX_BLOCK), np.nan, dtype=Xn.dtype)
@@ -751,7 +675,9 @@ def _mixed_fast(inputs: Inputs, stat: int, drop: int, min_k: int, out: torch.Ten
             w = j1 - j0
             Ub = U if w == _MIX_BLOCK else np.full((n_unique + 1, w), np.nan, dtype=Xn.dtype)
             _mix_block(Xn, j0, w, common, common_w, starts, extra, extra_w, Ub[:n_unique])
-            if weighted and _weighted_block(Ub, n_unique, weights, stat, drop, o[j0:j1]):
+            if weighted and _weighted_sort.weighted_statistic(
+                Ub, n_unique, weights, distinct_pairs, stat, drop, o[j0:j1]
+            ):
                 continue
             n_blk = (w + LANES - 1) // LANES
             if size is None:

@@ -433,12 +433,14 @@ def test_fast_mixing_matches_materialised_rows(n, stat, kind):
 
 
 @pytest.mark.parametrize("stat", [sel.MEDIAN, sel.TRIMMED])
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(8))
 def test_weighted_statistic_equals_the_expanded_multiset(stat, seed):
     """Few distinct mixed rows (NNM's coinciding neighbourhoods): the median / trimmed mean of
     the distinct values with their multiplicities equals the plain statistic of the rows."""
+    from byzlearn.aggregators import _weighted_sort
+
     rng = np.random.default_rng(seed)
-    nu = int(rng.integers(1, sel._WEIGHTED_MAX + 1))
+    nu = int(rng.integers(1, _weighted_sort.MAX_DISTINCT + 1))
     weights = rng.integers(1, 6, size=nu).astype(np.float64)
     k = int(weights.sum())
     drop = int(rng.integers(0, (k - 1) // 2 + 1)) if stat == sel.TRIMMED else 0
@@ -447,13 +449,14 @@ def test_weighted_statistic_equals_the_expanded_multiset(stat, seed):
     U[:, ::5] = np.round(U[:, ::5])  # ties between distinct rows
     U[nu] = np.nan  # the missing row, never read
     out = np.empty(w, dtype=np.float32)
-    assert sel._weighted_block(U, nu, weights, stat, drop, out)
+    pairs = sel.sorting_network(nu)
+    assert _weighted_sort.weighted_statistic(U, nu, weights, pairs, stat, drop, out)
     expanded = torch.from_numpy(np.repeat(U[:nu], weights.astype(int), axis=0))
     expected = torch.empty(w)
     sel.statistic_into(expanded, stat, drop, 1, expected, force_torch=True)
     torch.testing.assert_close(torch.from_numpy(out), expected, rtol=1e-6, atol=1e-6)
     U[nu // 2, 3] = np.inf  # a non-finite mixed value: the caller falls back
-    assert not sel._weighted_block(U, nu, weights, stat, drop, out)
+    assert not _weighted_sort.weighted_statistic(U, nu, weights, pairs, stat, drop, out)
 
 
 @pytest.mark.parametrize("n_common", [0, 1, 3, 4, 5, 8, 11])
