@@ -624,8 +624,9 @@ def _mixed_fast(inputs: Inputs, stat: int, drop: int, min_k: int, out: torch.Ten
     honest rows' n - f neighbours are mostly the same inputs, so a block costs about one sum of
     the shared rows plus a few extra rows, not n - f rows per output row), then sorted by the
     kernel, which reads each output row through its distinct row (a mix of a row holding
-    non-finite values reads a NaN row: missing). None when this path does not apply (other
-    devices or dtypes, sparse mixing such as bucketing)."""
+    non-finite values reads a NaN row: missing); the median and the trimmed mean of a few
+    distinct rows sort only those, with their multiplicities (:mod:`._weighted_sort`). None when
+    this path does not apply (other devices or dtypes, sparse mixing such as bucketing)."""
     X = inputs.X
     A = inputs.A
     if (
