@@ -297,9 +297,9 @@ if njit is not None:
         (NaN when the row holds a NaN or an infinity), and signs[i] = the positive, zero and
         negative values at the (sorted) coordinates ``cols``. One sequential read of each row;
         the reductions run element-wise on a chunk-sized accumulator (a vectorised loop), then
-        across it; the signs are counted on each chunk while it is in the L1 cache, over the
-        sampled coordinates ``cols[starts[b]:starts[b + 1]]`` of chunk b (a loop without
-        branches, vectorised with gathers)."""
+        across it; the signs are counted after each stretch of 64 chunks (64 KB of a float32
+        row, still in the L2 cache), over the sampled coordinates of the stretch,
+        ``cols[starts[b0]:starts[b1]]`` for its chunks b0..b1-1 (one branch-free loop)."""
         wide()
         d = X.shape[1]
         zero = X.dtype.type(0)
@@ -329,13 +329,21 @@ if njit is not None:
                         s[k] += v * v
                         top[k] = a if a > top[k] else top[k]
                         nan[k] += v * zero  # NaN when v is NaN or infinite
-                    b = c0 // _SUM_LANES
-                    for q in range(starts[b], starts[b + 1]):
-                        v = part[cols[q] - c0]
-                        pos += 1 if v > 0 else 0
-                        zer += 1 if v == 0 else 0
-                        neg += 1 if v < 0 else 0
                     c0 += w
+                # the signs at the sampled coordinates of this stretch (still in the L2 cache)
+                qa = starts[k0 // _SUM_LANES]
+                qb = starts[(stop + _SUM_LANES - 1) // _SUM_LANES]
+                p32 = np.int32(0)
+                z32 = np.int32(0)
+                n32 = np.int32(0)
+                for q in range(qa, qb):
+                    v = row[cols[q]]
+                    p32 += np.int32(v > zero)
+                    z32 += np.int32(v == zero)
+                    n32 += np.int32(v < zero)
+                pos += p32
+                zer += z32
+                neg += n32
                 for k in range(_SUM_LANES):
                     total += s[k]
             t = zero
@@ -382,7 +390,8 @@ def row_stats(
     sq = np.empty(n)
     largest = np.empty(n)
     cols = np.zeros(0, dtype=np.int64) if cols is None else np.ascontiguousarray(cols, np.int64)
-    # the sampled coordinates of chunk b are cols[starts[b]:starts[b + 1]]
+    # the sampled coordinates of chunk b are cols[starts[b]:starts[b + 1]] (counts per stretch
+    # of 64 chunks fit int32)
     chunk_starts = np.arange(0, X.shape[1] + _SUM_LANES, _SUM_LANES, dtype=np.int64)
     starts = np.searchsorted(cols, chunk_starts).astype(np.int64)
     signs = np.zeros((n, 3), dtype=np.int64)
