@@ -39,6 +39,8 @@ the vectoriser emits gathers. The loops below therefore index 1-D row views from
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from byzlearn.aggregators._threads import in_parallel
@@ -448,21 +450,49 @@ def layout(n: int, rows: np.ndarray, G: np.ndarray, dots: np.ndarray, msq: float
     return full
 
 
+@dataclass
+class BlockStats:
+    """The centred Gram statistics of one block of coordinates, as the kernel leaves them.
+
+    ``acc``: the products of the centred active rows (upper triangle of ``acc[:na, :na]``, na
+    the number of active rows; zeros elsewhere), ``dots``: ``c_t . m`` per active row, ``msq``:
+    ``|m|^2``; ``nonfinite``: the active rows holding a non-finite value there (their entries
+    are zero); ``centre_missing``: whether the given centre was not finite somewhere in the
+    block (those chunks were centred on the mean). :func:`layout` turns the statistics (or a
+    sum of them over blocks: the layout is linear) into the (n + 1) x (n + 1) Gram matrix.
+    """
+
+    acc: np.ndarray
+    dots: np.ndarray
+    msq: float
+    nonfinite: np.ndarray
+    centre_missing: bool
+
+    def finite(self) -> bool:
+        """Whether no product overflowed the input precision (else: redo the block)."""
+        na = self.dots.shape[0]
+        return bool(
+            np.isfinite(self.acc[:na, :na]).all()
+            and np.isfinite(self.dots).all()
+            and np.isfinite(self.msq)
+        )
+
+
 def gram_blocks(
     X: np.ndarray,
     blocks: list[tuple[int, int]],
     centre: np.ndarray | None,
     threads: int,
     rows: np.ndarray | None = None,
-) -> list[tuple[np.ndarray, np.ndarray, bool]]:
-    """Per block, the (n+1) x (n+1) float64 Gram matrix of ``[X[:, j0:j1] - m; m]``, the
-    active rows holding a non-finite value there (their entries are zero) and whether the given
-    centre was not finite somewhere in the block (those chunks were centred on the mean).
+) -> list[BlockStats]:
+    """Per block, the statistics (:class:`BlockStats`) of the Gram matrix of
+    ``[X[:, j0:j1] - m; m]`` over the active ``rows`` (default: all; the others get zero
+    entries, e.g. the centre row itself, whose centred values are zero).
 
     ``m`` is ``centre[j0:j1]`` when given (the mean, chunk by chunk, where it is not finite), else
-    the mean of the active rows over each chunk of ``LANES`` coordinates. ``rows`` are the active
-    rows (default: all); the others get zero entries (e.g. the centre row itself, whose centred
-    values are zero). Blocks run on ``threads`` threads.
+    the mean of the active rows over each chunk of ``LANES`` coordinates. Blocks run on
+    ``threads`` threads. The caller sums the blocks' statistics and lays them out once
+    (:func:`layout`), instead of building an (n + 1) x (n + 1) matrix per block.
     """
     n = X.shape[0]
     rows = np.arange(n, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
@@ -470,14 +500,13 @@ def gram_blocks(
     c = np.ascontiguousarray(centre, dtype=X.dtype) if use_centre else np.zeros(1, X.dtype)
     R = padded_rows(rows.shape[0])
 
-    def one(block: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, bool]:
+    def one(block: tuple[int, int]) -> BlockStats:
         acc = np.zeros((R, R))
         dots = np.zeros(rows.shape[0])
         msq = np.zeros(1)
         flags = np.zeros(rows.shape[0] + 1, dtype=np.bool_)
         _gram_block(X, rows, c, use_centre, block[0], block[1], acc, dots, msq, flags)
-        part = layout(n, rows, acc, dots, float(msq[0]))
-        return part, rows[flags[:-1]], bool(flags[-1])
+        return BlockStats(acc, dots, float(msq[0]), rows[flags[:-1]], bool(flags[-1]))
 
     parts: list = [None] * len(blocks)
 
