@@ -49,3 +49,26 @@ def test_weighted_statistic_reports_non_finite_values():
     out = np.empty(40, dtype=np.float32)
     pairs = _select.sorting_network(2)
     assert not _weighted_sort.weighted_statistic(U, 2, np.array([3.0, 2.0]), pairs, 1, 1, out)
+
+
+@pytest.mark.parametrize("stat", [_select.MEDIAN, _select.TRIMMED])
+@pytest.mark.parametrize(("weights", "drop"), [([1, 1, 1, 1, 1, 20], 5), ([3, 9, 1], 4),
+                                               ([2, 2, 2, 7], 1), ([1, 19, 1, 1, 1, 1, 1], 6)])
+def test_a_row_covering_the_kept_positions_is_the_statistic(stat, weights, drop):
+    """NNM's shape: one row's copies hold the kept positions wherever the others fall; the
+    output is that row (and the plain statistic of the expanded rows)."""
+    w8 = np.asarray(weights, dtype=np.float64)
+    nu = len(weights)
+    drop = drop if stat == _select.TRIMMED else 0
+    rng = np.random.default_rng(nu + drop)
+    U = rng.normal(size=(nu + 1, 300)).astype(np.float32) * 10 ** rng.uniform(-3, 3, (nu + 1, 1))
+    U = U.astype(np.float32)
+    out = np.empty(300, dtype=np.float32)
+    pairs = _select.sorting_network(nu)
+    assert _weighted_sort.weighted_statistic(U, nu, w8, pairs, stat, drop, out)
+    expected = ref_statistic(U[:nu], w8, stat, drop).astype(np.float32)
+    np.testing.assert_array_equal(out, expected)
+    k, top = w8.sum(), int(np.argmax(w8))
+    lo, hi = (drop, k - drop) if stat == _select.TRIMMED else ((k - 1) // 2, k // 2 + 1)
+    if w8[top] >= hi and k - w8[top] <= lo:
+        np.testing.assert_array_equal(out, U[top])
