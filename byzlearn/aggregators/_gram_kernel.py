@@ -413,11 +413,19 @@ def sign_counts(X: np.ndarray, rows: np.ndarray, cols: np.ndarray, threads: int)
     return counts
 
 
-def weighted_sum(X: np.ndarray, rows: np.ndarray, weights: np.ndarray, threads: int) -> np.ndarray:
+def weighted_sum(
+    X: np.ndarray,
+    rows: np.ndarray,
+    weights: np.ndarray,
+    threads: int,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     """``sum_t weights[t] X[rows[t]]`` (d,) in X's dtype, one read of the rows used: chunks of
-    coordinates summed in float64 (in row order), on ``threads`` threads."""
+    coordinates summed in float64 (in row order), on ``threads`` threads; into ``out`` when
+    given (C-contiguous, X's dtype)."""
     d = X.shape[1]
-    out = np.empty(d, dtype=X.dtype)
+    if out is None:
+        out = np.empty(d, dtype=X.dtype)
     rows = np.ascontiguousarray(rows, dtype=np.int64)
     weights = np.ascontiguousarray(weights, dtype=np.float64)
     chunks = -(-d // _SUM_LANES)

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from byzlearn.aggregators import _sortnet, _weighted_sort
+from byzlearn.aggregators import _gram_kernel, _sortnet, _weighted_sort
 from byzlearn.aggregators._gram import Inputs, block_size, column_blocks
 from byzlearn.aggregators._threads import in_parallel
 
@@ -668,6 +668,20 @@ def _mixed_fast(inputs: Inputs, stat: int, drop: int, min_k: int, out: torch.Ten
     weighted = stat in (MEDIAN, TRIMMED) and n_unique <= _weighted_sort.MAX_DISTINCT
     weighted = weighted and k >= min_k
     distinct_pairs = sorting_network(max(1, n_unique)) if weighted else None
+    top = _weighted_sort.covering_row(weights, stat == TRIMMED, drop) if weighted else -1
+    good_rows = An[~missing]
+    if top >= 0 and (good_rows >= 0).all() and np.allclose(good_rows.sum(axis=1), 1.0):
+        # One distinct row covers the kept positions (NNM's honest mix at n = 25, f = 5): the
+        # statistic is that row at every coordinate. The mixed rows are convex combinations of
+        # finite rows, so none is missing anywhere, and only the covering row is built: one
+        # weighted sum of its inputs into out.
+        coef = np.zeros(An.shape[1])
+        coef[common] = common_w
+        own = slice(starts[top], starts[top + 1])
+        np.add.at(coef, extra[own], extra_w[own])
+        used = np.flatnonzero(coef)
+        _gram_kernel.weighted_sum(Xn, used, coef[used], threads, out=o)
+        return -1
 
     def work(b0: int, b1: int) -> None:
         U = np.full((n_unique + 1, _MIX_BLOCK), np.nan, dtype=Xn.dtype)

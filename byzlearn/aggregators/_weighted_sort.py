@@ -40,6 +40,21 @@ except ImportError:  # pragma: no cover
 # nu up to 6), 1.5x slower at nu = 12.
 MAX_DISTINCT = 8
 
+
+
+def covering_row(weights: np.ndarray, trimmed: bool, drop: int) -> int:
+    """The distinct row whose copies hold every kept position wherever the other rows' values
+    fall (weight w >= hi and k - w <= lo, positions [lo, hi) kept), or -1: the statistic is that
+    row's value at every coordinate (the rule :func:`weighted_statistic` applies per block)."""
+    k = float(np.sum(weights))
+    lo = float(drop) if trimmed else (k - 1.0) // 2.0
+    hi = k - drop if trimmed else k // 2.0 + 1.0
+    for q, w in enumerate(np.asarray(weights, dtype=np.float64).tolist()):
+        if w >= hi and k - w <= lo:
+            return q
+    return -1
+
+
 if _HAVE_NUMBA:
 
     @njit(fastmath={"reassoc", "contract"}, boundscheck=False, error_model="numpy", cache=True,

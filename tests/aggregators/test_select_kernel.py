@@ -481,3 +481,40 @@ def test_mix_block_matches_numpy(n_common):
         e = slice(starts[u], starts[u + 1])
         expected = base + extra_w[e] @ Xd[extra[e]]
         np.testing.assert_allclose(U[u], expected.astype(np.float32), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("stat", [sel.MEDIAN, sel.TRIMMED])
+@pytest.mark.parametrize("convex", [True, False])
+def test_covering_mixed_row_is_the_statistic(stat, convex, monkeypatch):
+    """NNM at n = 25, f = 5 on honest rows: 20 outputs share one neighbourhood, whose copies hold
+    the kept positions; the fast path then reads only that row's inputs (one weighted sum), and
+    agrees with the statistic of the materialised rows. A non-convex mix (a row could overflow
+    into a missing value) keeps the general path."""
+    from byzlearn.aggregators import _gram_kernel
+    from byzlearn.aggregators._gram import Inputs
+    from byzlearn.aggregators.rules.mixing import nnm
+
+    n, f = 25, 5
+    g = torch.Generator().manual_seed(10)  # distinct mixed rows of weights 1, 1, 1, 1, 1, 20
+    d = 2 * sel._MIX_BLOCK + 77
+    X = torch.randn(n, d, generator=g) * torch.linspace(0.8, 1.2, n)[:, None]
+    X += torch.randn(d, generator=g)
+    mixed = nnm(Inputs.from_matrix(X), f)
+    if not convex:
+        mixed = mixed.mix(2.0 * torch.eye(n, dtype=torch.float64))
+    calls = []
+    real = _gram_kernel.weighted_sum
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_gram_kernel, "weighted_sum", spy)
+    drop = f if stat == sel.TRIMMED else 0
+    out = torch.empty(d)
+    assert sel._mixed_fast(mixed, stat, drop, 2 * drop + 1, out) == -1
+    assert bool(calls) == convex
+    Y = (mixed.coefficients() @ X.double()).float()
+    expected = torch.empty(d)
+    sel.statistic_into(Y, stat, drop, 2 * drop + 1, expected, force_torch=True)
+    torch.testing.assert_close(out, expected, rtol=2e-6, atol=2e-6)
