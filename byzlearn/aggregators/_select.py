@@ -670,7 +670,8 @@ def _mixed_fast(inputs: Inputs, stat: int, drop: int, min_k: int, out: torch.Ten
     distinct_pairs = sorting_network(max(1, n_unique)) if weighted else None
     top = _weighted_sort.covering_row(weights, stat == TRIMMED, drop) if weighted else -1
     good_rows = An[~missing]
-    if top >= 0 and (good_rows >= 0).all() and np.allclose(good_rows.sum(axis=1), 1.0):
+    convex = (good_rows >= 0).all() and (np.abs(good_rows.sum(axis=1) - 1.0) <= 1e-12).all()
+    if top >= 0 and convex:
         # One distinct row covers the kept positions (NNM's honest mix at n = 25, f = 5): the
         # statistic is that row at every coordinate. The mixed rows are convex combinations of
         # finite rows, so none is missing anywhere, and only the covering row is built: one
