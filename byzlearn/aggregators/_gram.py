@@ -340,12 +340,20 @@ def _kernel_pass(X: torch.Tensor, centre: torch.Tensor | None, centre_row: int |
     parts = _gram_kernel.gram_blocks(Xn, blocks, centre_np, torch.get_num_threads(), rows)
     acc = torch.zeros(n + 1, n + 1, dtype=torch.float64)
     bad = torch.zeros(n, dtype=torch.bool)
-    for (j0, j1), (part, nonfinite, centre_missing) in zip(blocks, parts, strict=True):
-        Gb = torch.from_numpy(part)
-        _flag_rows(bad, nonfinite, centre_missing, centre_row)
-        if not bool(torch.isfinite(Gb).all()):
-            Gb = _redo_block(X, j0, j1, centre, centre_row, centre_missing, bad)
-        acc += Gb
+    # the blocks' statistics summed in block order, laid out once (the layout is linear)
+    sum_acc = np.zeros_like(parts[0].acc) if parts else np.zeros((1, 1))
+    sum_dots = np.zeros(rows.size)
+    sum_msq = 0.0
+    for (j0, j1), part in zip(blocks, parts, strict=True):
+        if part.nonfinite.size or part.centre_missing:
+            _flag_rows(bad, part.nonfinite, part.centre_missing, centre_row)
+        if not part.finite():
+            acc += _redo_block(X, j0, j1, centre, centre_row, part.centre_missing, bad)
+            continue
+        sum_acc += part.acc
+        sum_dots += part.dots
+        sum_msq += part.msq
+    acc += torch.from_numpy(_gram_kernel.layout(n, rows, sum_acc, sum_dots, sum_msq))
     return acc, bad
 
 

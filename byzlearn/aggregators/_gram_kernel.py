@@ -16,7 +16,8 @@ Small n (:func:`gram_blocks`): for each chunk of ``LANES`` coordinates the kerne
    rows holding a non-finite value in the block (their buffer rows are zeroed: they are missing,
    the caller marks them bad);
 2. adds the products of 3 x 3 tiles of rows of ``C`` to the Gram matrix: only tiles on or above
-   the diagonal, so about half the products of a general matrix product; meanwhile it prefetches
+   the diagonal, and of the diagonal tiles only their upper triangle (6 products of 9), so about
+   half the products of a general matrix product; meanwhile it prefetches
    the next chunk of every active row, so the memory read overlaps the products.
 
 A 3 x 3 tile keeps nine accumulators and six rows' values in registers and its inner loop
@@ -37,6 +38,8 @@ the vectoriser emits gathers. The loops below therefore index 1-D row views from
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -73,7 +76,8 @@ if njit is not None:
 
     @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
     def _add_tiles(C, acc, Xf, rows, next0, d, lines):  # pragma: no cover (compiled)
-        """acc[I:I+3, J:J+3] += C[I:I+3] C[J:J+3]^T for the 3 x 3 tiles with J >= I.
+        """acc[I:I+3, J:J+3] += C[I:I+3] C[J:J+3]^T for the 3 x 3 tiles with J >= I (on the
+        diagonal tiles, their upper triangle only: the caller reads the upper triangle).
 
         Meanwhile, prefetch ``lines`` cache lines of every active row from coordinate ``next0``
         on (the next chunk), spread over the tiles.
@@ -94,6 +98,28 @@ if njit is not None:
                         c = issued - t * lines
                         prefetch(Xf, rows[t] * d + next0 + c * _LINE)
                         issued += 1
+                if I == J:  # a diagonal tile: its upper triangle only (6 products, not 9)
+                    b00 = b01 = b02 = b11 = b12 = b22 = zero
+                    x0 = C[I]
+                    x1 = C[I + 1]
+                    x2 = C[I + 2]
+                    for k in range(C.shape[1]):
+                        u0 = x0[k]
+                        u1 = x1[k]
+                        u2 = x2[k]
+                        b00 += u0 * u0
+                        b01 += u0 * u1
+                        b02 += u0 * u2
+                        b11 += u1 * u1
+                        b12 += u1 * u2
+                        b22 += u2 * u2
+                    acc[I, J] += b00
+                    acc[I, J + 1] += b01
+                    acc[I, J + 2] += b02
+                    acc[I + 1, J + 1] += b11
+                    acc[I + 1, J + 2] += b12
+                    acc[I + 2, J + 2] += b22
+                    continue
                 a00 = a01 = a02 = a10 = a11 = a12 = a20 = a21 = a22 = zero
                 x0 = C[I]
                 x1 = C[I + 1]
@@ -268,23 +294,23 @@ if njit is not None:
 
 
     @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
-    def _row_stats(X, r0, r1, sq, largest, cols, signs):  # pragma: no cover (compiled)
+    def _row_stats(X, r0, r1, sq, largest, cols, starts, signs):  # pragma: no cover (compiled)
         """Rows r0..r1-1: sq[i] = sum of squares (float64 across chunks), largest[i] = max |x|
         (NaN when the row holds a NaN or an infinity), and signs[i] = the positive, zero and
         negative values at the (sorted) coordinates ``cols``. One sequential read of each row;
         the reductions run element-wise on a chunk-sized accumulator (a vectorised loop), then
-        across it; the signs are counted on each chunk while it is in the L1 cache."""
+        across it; the signs are counted after each stretch of 64 chunks (64 KB of a float32
+        row, still in the L2 cache), over the sampled coordinates of the stretch,
+        ``cols[starts[b0]:starts[b1]]`` for its chunks b0..b1-1 (one branch-free loop)."""
         wide()
         d = X.shape[1]
         zero = X.dtype.type(0)
         s = np.zeros(_SUM_LANES, dtype=X.dtype)
         top = np.zeros(_SUM_LANES, dtype=X.dtype)
         nan = np.zeros(_SUM_LANES, dtype=X.dtype)
-        nc = cols.shape[0]
         for i in range(r0, r1):
             row = X[i]
             total = 0.0
-            q = 0
             pos = 0
             zer = 0
             neg = 0
@@ -305,13 +331,21 @@ if njit is not None:
                         s[k] += v * v
                         top[k] = a if a > top[k] else top[k]
                         nan[k] += v * zero  # NaN when v is NaN or infinite
-                    while q < nc and cols[q] < c0 + w:
-                        v = part[cols[q] - c0]
-                        pos += 1 if v > 0 else 0
-                        zer += 1 if v == 0 else 0
-                        neg += 1 if v < 0 else 0
-                        q += 1
                     c0 += w
+                # the signs at the sampled coordinates of this stretch (still in the L2 cache)
+                qa = starts[k0 // _SUM_LANES]
+                qb = starts[(stop + _SUM_LANES - 1) // _SUM_LANES]
+                p32 = np.int32(0)
+                z32 = np.int32(0)
+                n32 = np.int32(0)
+                for q in range(qa, qb):
+                    v = row[cols[q]]
+                    p32 += np.int32(v > zero)
+                    z32 += np.int32(v == zero)
+                    n32 += np.int32(v < zero)
+                pos += p32
+                zer += z32
+                neg += n32
                 for k in range(_SUM_LANES):
                     total += s[k]
             t = zero
@@ -358,8 +392,14 @@ def row_stats(
     sq = np.empty(n)
     largest = np.empty(n)
     cols = np.zeros(0, dtype=np.int64) if cols is None else np.ascontiguousarray(cols, np.int64)
+    # the sampled coordinates of chunk b are cols[starts[b]:starts[b + 1]] (counts per stretch
+    # of 64 chunks fit int32)
+    chunk_starts = np.arange(0, X.shape[1] + _SUM_LANES, _SUM_LANES, dtype=np.int64)
+    starts = np.searchsorted(cols, chunk_starts).astype(np.int64)
     signs = np.zeros((n, 3), dtype=np.int64)
-    in_parallel(lambda r0, r1: _row_stats(X, r0, r1, sq, largest, cols, signs), n, threads)
+    in_parallel(
+        lambda r0, r1: _row_stats(X, r0, r1, sq, largest, cols, starts, signs), n, threads
+    )
     return sq, largest, signs
 
 
@@ -373,11 +413,19 @@ def sign_counts(X: np.ndarray, rows: np.ndarray, cols: np.ndarray, threads: int)
     return counts
 
 
-def weighted_sum(X: np.ndarray, rows: np.ndarray, weights: np.ndarray, threads: int) -> np.ndarray:
+def weighted_sum(
+    X: np.ndarray,
+    rows: np.ndarray,
+    weights: np.ndarray,
+    threads: int,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     """``sum_t weights[t] X[rows[t]]`` (d,) in X's dtype, one read of the rows used: chunks of
-    coordinates summed in float64 (in row order), on ``threads`` threads."""
+    coordinates summed in float64 (in row order), on ``threads`` threads; into ``out`` when
+    given (C-contiguous, X's dtype)."""
     d = X.shape[1]
-    out = np.empty(d, dtype=X.dtype)
+    if out is None:
+        out = np.empty(d, dtype=X.dtype)
     rows = np.ascontiguousarray(rows, dtype=np.int64)
     weights = np.ascontiguousarray(weights, dtype=np.float64)
     chunks = -(-d // _SUM_LANES)
@@ -410,21 +458,49 @@ def layout(n: int, rows: np.ndarray, G: np.ndarray, dots: np.ndarray, msq: float
     return full
 
 
+@dataclass
+class BlockStats:
+    """The centred Gram statistics of one block of coordinates, as the kernel leaves them.
+
+    ``acc``: the products of the centred active rows (upper triangle of ``acc[:na, :na]``, na
+    the number of active rows; zeros elsewhere), ``dots``: ``c_t . m`` per active row, ``msq``:
+    ``|m|^2``; ``nonfinite``: the active rows holding a non-finite value there (their entries
+    are zero); ``centre_missing``: whether the given centre was not finite somewhere in the
+    block (those chunks were centred on the mean). :func:`layout` turns the statistics (or a
+    sum of them over blocks: the layout is linear) into the (n + 1) x (n + 1) Gram matrix.
+    """
+
+    acc: np.ndarray
+    dots: np.ndarray
+    msq: float
+    nonfinite: np.ndarray
+    centre_missing: bool
+
+    def finite(self) -> bool:
+        """Whether no product overflowed the input precision (else: redo the block)."""
+        na = self.dots.shape[0]
+        return bool(
+            np.isfinite(self.acc[:na, :na]).all()
+            and np.isfinite(self.dots).all()
+            and np.isfinite(self.msq)
+        )
+
+
 def gram_blocks(
     X: np.ndarray,
     blocks: list[tuple[int, int]],
     centre: np.ndarray | None,
     threads: int,
     rows: np.ndarray | None = None,
-) -> list[tuple[np.ndarray, np.ndarray, bool]]:
-    """Per block, the (n+1) x (n+1) float64 Gram matrix of ``[X[:, j0:j1] - m; m]``, the
-    active rows holding a non-finite value there (their entries are zero) and whether the given
-    centre was not finite somewhere in the block (those chunks were centred on the mean).
+) -> list[BlockStats]:
+    """Per block, the statistics (:class:`BlockStats`) of the Gram matrix of
+    ``[X[:, j0:j1] - m; m]`` over the active ``rows`` (default: all; the others get zero
+    entries, e.g. the centre row itself, whose centred values are zero).
 
     ``m`` is ``centre[j0:j1]`` when given (the mean, chunk by chunk, where it is not finite), else
-    the mean of the active rows over each chunk of ``LANES`` coordinates. ``rows`` are the active
-    rows (default: all); the others get zero entries (e.g. the centre row itself, whose centred
-    values are zero). Blocks run on ``threads`` threads.
+    the mean of the active rows over each chunk of ``LANES`` coordinates. Blocks run on
+    ``threads`` threads. The caller sums the blocks' statistics and lays them out once
+    (:func:`layout`), instead of building an (n + 1) x (n + 1) matrix per block.
     """
     n = X.shape[0]
     rows = np.arange(n, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
@@ -432,14 +508,13 @@ def gram_blocks(
     c = np.ascontiguousarray(centre, dtype=X.dtype) if use_centre else np.zeros(1, X.dtype)
     R = padded_rows(rows.shape[0])
 
-    def one(block: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, bool]:
+    def one(block: tuple[int, int]) -> BlockStats:
         acc = np.zeros((R, R))
         dots = np.zeros(rows.shape[0])
         msq = np.zeros(1)
         flags = np.zeros(rows.shape[0] + 1, dtype=np.bool_)
         _gram_block(X, rows, c, use_centre, block[0], block[1], acc, dots, msq, flags)
-        part = layout(n, rows, acc, dots, float(msq[0]))
-        return part, rows[flags[:-1]], bool(flags[-1])
+        return BlockStats(acc, dots, float(msq[0]), rows[flags[:-1]], bool(flags[-1]))
 
     parts: list = [None] * len(blocks)
 

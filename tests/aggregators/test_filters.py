@@ -2,8 +2,9 @@
 
 The references work on the d coordinates with plain loops (no Gram matrix, no library helper).
 They share with the library only what the rules document as their protocol: the way random
-coordinates are drawn (``numpy.random.default_rng(seed)`` then ``numpy.sort(rng.choice(d, k,
-replace=False))`` per draw, all coordinates when k >= d) and, for SignGuard, the clustering call
+coordinates are drawn (``numpy.random.default_rng(seed)``, then per draw Floyd's algorithm on
+``rng.integers(0, [d - k, ..., d - 1], endpoint=True)``, sorted; all coordinates when k >= d) and,
+for SignGuard, the clustering call
 (sklearn's MeanShift with the documented settings). Random inputs whose selections are ambiguous
 (near-ties of the reference scores) are skipped by looking at the reference, never at the library.
 """
@@ -40,10 +41,15 @@ def complete_rows(X: np.ndarray) -> list[int]:
 
 
 def ref_coordinates(rng: np.random.Generator, d: int, k: int) -> np.ndarray:
-    """The documented draw: k sorted distinct coordinates, all of them when k >= d."""
+    """The documented draw: k sorted distinct coordinates (Floyd's algorithm with a Python set),
+    all of them when k >= d."""
     if k >= d:
         return np.arange(d)
-    return np.sort(rng.choice(d, size=k, replace=False))
+    draws = rng.integers(0, np.arange(d - k, d), endpoint=True)
+    chosen: set[int] = set()
+    for q, t in enumerate(draws.tolist()):
+        chosen.add(d - k + q if t in chosen else t)
+    return np.array(sorted(chosen), dtype=np.int64)
 
 
 def ref_dnc(X, f, iterations=1, subsample=10_000, fraction=1.0, seed=0):

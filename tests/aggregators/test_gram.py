@@ -390,6 +390,8 @@ def test_row_stats_kernel(dtype, threads):
     X[4, -1] = -np.inf
     X[5, 7] = 1e30 if dtype == np.float64 else 1e19
     cols = np.sort(rng.choice(X.shape[1], 3000, replace=False))
+    edges = [0, 255, 256, 257, 256 * 64 - 1, 256 * 64, X.shape[1] - 1]  # chunk boundaries
+    cols = np.union1d(cols, edges)
     sq, top, signs = _gram_kernel.row_stats(X, threads, cols)
     V = X[:, cols]
     expected = np.stack([(V > 0).sum(1), (V == 0).sum(1), (V < 0).sum(1)], axis=1)

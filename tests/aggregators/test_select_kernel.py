@@ -491,12 +491,14 @@ def test_fast_mixing_matches_materialised_rows(n, stat, kind):
 
 
 @pytest.mark.parametrize("stat", [sel.MEDIAN, sel.TRIMMED])
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(8))
 def test_weighted_statistic_equals_the_expanded_multiset(stat, seed):
     """Few distinct mixed rows (NNM's coinciding neighbourhoods): the median / trimmed mean of
     the distinct values with their multiplicities equals the plain statistic of the rows."""
+    from byzlearn.aggregators import _weighted_sort
+
     rng = np.random.default_rng(seed)
-    nu = int(rng.integers(1, sel._WEIGHTED_MAX + 1))
+    nu = int(rng.integers(1, _weighted_sort.MAX_DISTINCT + 1))
     weights = rng.integers(1, 6, size=nu).astype(np.float64)
     k = int(weights.sum())
     drop = int(rng.integers(0, (k - 1) // 2 + 1)) if stat == sel.TRIMMED else 0
@@ -505,10 +507,72 @@ def test_weighted_statistic_equals_the_expanded_multiset(stat, seed):
     U[:, ::5] = np.round(U[:, ::5])  # ties between distinct rows
     U[nu] = np.nan  # the missing row, never read
     out = np.empty(w, dtype=np.float32)
-    assert sel._weighted_block(U, nu, weights, stat, drop, out)
+    pairs = sel.sorting_network(nu)
+    assert _weighted_sort.weighted_statistic(U, nu, weights, pairs, stat, drop, out)
     expanded = torch.from_numpy(np.repeat(U[:nu], weights.astype(int), axis=0))
     expected = torch.empty(w)
     sel.statistic_into(expanded, stat, drop, 1, expected, force_torch=True)
     torch.testing.assert_close(torch.from_numpy(out), expected, rtol=1e-6, atol=1e-6)
     U[nu // 2, 3] = np.inf  # a non-finite mixed value: the caller falls back
-    assert not sel._weighted_block(U, nu, weights, stat, drop, out)
+    assert not _weighted_sort.weighted_statistic(U, nu, weights, pairs, stat, drop, out)
+
+
+@pytest.mark.parametrize("n_common", [0, 1, 3, 4, 5, 8, 11])
+def test_mix_block_matches_numpy(n_common):
+    """The mixed rows of one block (common rows added four at a time, then one by one, plus
+    each row's extra terms) equal the float64 sums of a numpy reference."""
+    if not sel._HAVE_NUMBA:
+        pytest.skip("numba not available")
+    rng = np.random.default_rng(n_common)
+    X = rng.normal(size=(14, 3000)).astype(np.float32)
+    common = rng.permutation(14)[:n_common].astype(np.int64)
+    common_w = rng.random(n_common)
+    starts = np.array([0, 2, 2, 5], dtype=np.int64)
+    extra = rng.integers(0, 14, size=5).astype(np.int64)
+    extra_w = rng.random(5)
+    j0, w = 300, 1000  # an offset and a width that is not a multiple of the lanes
+    U = np.full((3, w), np.nan, dtype=np.float32)
+    sel._mix_block(X, j0, w, common, common_w, starts, extra, extra_w, U)
+    Xd = X[:, j0 : j0 + w].astype(np.float64)
+    base = common_w @ Xd[common] if n_common else np.zeros(w)
+    for u in range(3):
+        e = slice(starts[u], starts[u + 1])
+        expected = base + extra_w[e] @ Xd[extra[e]]
+        np.testing.assert_allclose(U[u], expected.astype(np.float32), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("stat", [sel.MEDIAN, sel.TRIMMED])
+@pytest.mark.parametrize("convex", [True, False])
+def test_covering_mixed_row_is_the_statistic(stat, convex, monkeypatch):
+    """NNM at n = 25, f = 5 on honest rows: 20 outputs share one neighbourhood, whose copies hold
+    the kept positions; the fast path then reads only that row's inputs (one weighted sum), and
+    agrees with the statistic of the materialised rows. A non-convex mix (a row could overflow
+    into a missing value) keeps the general path."""
+    from byzlearn.aggregators import _gram_kernel
+    from byzlearn.aggregators._gram import Inputs
+    from byzlearn.aggregators.rules.mixing import nnm
+
+    n, f = 25, 5
+    g = torch.Generator().manual_seed(10)  # distinct mixed rows of weights 1, 1, 1, 1, 1, 20
+    d = 2 * sel._MIX_BLOCK + 77
+    X = torch.randn(n, d, generator=g) * torch.linspace(0.8, 1.2, n)[:, None]
+    X += torch.randn(d, generator=g)
+    mixed = nnm(Inputs.from_matrix(X), f)
+    if not convex:
+        mixed = mixed.mix(2.0 * torch.eye(n, dtype=torch.float64))
+    calls = []
+    real = _gram_kernel.weighted_sum
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_gram_kernel, "weighted_sum", spy)
+    drop = f if stat == sel.TRIMMED else 0
+    out = torch.empty(d)
+    assert sel._mixed_fast(mixed, stat, drop, 2 * drop + 1, out) == -1
+    assert bool(calls) == convex
+    Y = (mixed.coefficients() @ X.double()).float()
+    expected = torch.empty(d)
+    sel.statistic_into(Y, stat, drop, 2 * drop + 1, expected, force_torch=True)
+    torch.testing.assert_close(out, expected, rtol=2e-6, atol=2e-6)

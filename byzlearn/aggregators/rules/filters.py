@@ -20,10 +20,15 @@ when no row is complete.
 Random coordinates (DnC, SignGuard). ``rng = numpy.random.default_rng(s)`` with ``s = seed`` (an
 int), or, when ``generator`` (a ``torch.Generator``) is given or ``seed=None``, with ``s`` one
 ``torch.randint(0, 2**63 - 1, (1,))`` draw from that generator or from torch's global one. A set
-of k of the d coordinates is ``numpy.sort(rng.choice(d, size=k, replace=False))`` (all d, without
-a draw, when k >= d); successive sets come from the same ``rng``. The default ``seed=None`` draws
-fresh coordinates at every call, as both papers do at every aggregation: from ``generator`` when
-given, else from torch's global generator (so a run is reproducible under ``torch.manual_seed``).
+of k of the d coordinates is a uniform random k-subset drawn by Floyd's algorithm
+(:func:`._sample.sorted_sample`): ``t = rng.integers(0, [d - k, ..., d - 1], endpoint=True)``,
+then for q = 0..k-1 add ``t[q]``, or ``d - k + q`` when ``t[q]`` is already in the set; the set
+is returned sorted (all d, without a draw, when k >= d). Successive sets come from the same
+``rng``. (Earlier versions drew ``numpy.sort(rng.choice(d, size=k, replace=False))``, which
+shuffles a d-entry permutation when k > d / 50: the same distribution, other coordinates.)
+The default ``seed=None`` draws fresh coordinates at every call, as both papers do at every
+aggregation: from ``generator`` when given, else from torch's global generator (so a run is
+reproducible under ``torch.manual_seed``).
 A fixed ``seed`` (an int) draws the same coordinates at every call for a given d.
 """
 
@@ -39,6 +44,7 @@ import torch
 from byzlearn.aggregators import _gram_kernel
 from byzlearn.aggregators._gram import Inputs, column_blocks, measurable_limit, weighted_rows
 from byzlearn.aggregators._registry import Combination, register
+from byzlearn.aggregators._sample import sorted_sample
 
 # Elements per block of the validity / norm pass (float64 copies of one block stay small).
 _STATS_BLOCK_ELEMENTS = 1 << 20
@@ -63,10 +69,9 @@ def make_rng(seed: int | None, generator: torch.Generator | None, name: str) -> 
 
 
 def draw_coordinates(rng: np.random.Generator, d: int, k: int) -> np.ndarray:
-    """``k`` distinct coordinates of ``range(d)``, sorted; all of them (no draw) when k >= d."""
-    if k >= d:
-        return np.arange(d)
-    return np.sort(rng.choice(d, size=k, replace=False))
+    """``k`` distinct coordinates of ``range(d)``, uniform over the k-subsets, sorted; all of
+    them (no draw) when k >= d (Floyd's algorithm, see the module docstring)."""
+    return sorted_sample(rng, d, k)
 
 
 def _positive_int(value: object, option: str, name: str) -> int:
