@@ -607,7 +607,7 @@ def _mixed_fast(inputs: Inputs, stat: int, drop: int, min_k: int, out: torch.Ten
     inverse[~missing] = inverse_good
     Xn = X.numpy()
     d = Xn.shape[1]
-    plan = _sortnet.plan(inverse.size)
+    sort_plan = _sortnet.plan(inverse.size)
     threads = torch.get_num_threads()
     blocks = column_blocks(d, _MIX_BLOCK)
     firsts = np.full(len(blocks), -1, dtype=np.int64)
@@ -648,8 +648,8 @@ def _mixed_fast(inputs: Inputs, stat: int, drop: int, min_k: int, out: torch.Ten
                 Ub, n_unique, weights, distinct_pairs, stat, drop, o[j0:j1]
             ):
                 continue
-            bad = np.empty(plan.blocks(w), dtype=np.int64)
-            plan.run(Ub, inverse, big, stat, drop, min_k, o[j0:j1], bad, 0, bad.size)
+            bad = np.empty(sort_plan.blocks(w), dtype=np.int64)
+            sort_plan.run(Ub, inverse, big, stat, drop, min_k, o[j0:j1], bad, 0, bad.size)
             hit = np.flatnonzero(bad >= 0)
             if hit.size:
                 firsts[b] = j0 + int(bad[hit[0]])
