@@ -131,6 +131,9 @@ def compiled_read(X) -> float:
 
     from byzlearn.aggregators._threads import in_parallel
 
+    if X.device.type != "cpu":  # on a GPU the floor is X.sum(), the one read torch compiles
+        return float(X.sum())
+
     if _READ is None:
         from numba import njit
 
@@ -440,14 +443,23 @@ def kind_of(rule: str) -> str:
     return "filter" if rule in FILTERS else "composed"
 
 
+# The device the inputs live on (``--device``); on CUDA every timing waits for the GPU.
+DEVICE = "cpu"
+
+
 def timed(fn: Callable[[], object]) -> tuple[float, object]:
     t0 = time.perf_counter()
     out = fn()
+    if DEVICE != "cpu":
+        import torch
+
+        torch.cuda.synchronize()
     return time.perf_counter() - t0, out
 
 
 class PeakMemory:
-    """The largest resident set size above the level at entry, sampled every 0.5 ms."""
+    """The largest resident set size above the level at entry, sampled every 0.5 ms (on CUDA:
+    the largest device memory torch allocated above the level at entry)."""
 
     def __init__(self) -> None:
         self.peak = 0
@@ -455,10 +467,18 @@ class PeakMemory:
 
     @staticmethod
     def rss() -> int:
+        if DEVICE != "cpu":
+            import torch
+
+            return int(torch.cuda.max_memory_allocated())
         with open("/proc/self/statm") as fh:
             return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
     def __enter__(self) -> PeakMemory:
+        if DEVICE != "cpu":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
         self.base = self.rss()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -557,7 +577,7 @@ def bench_rule(rule, X, Xn, f, kind, threads, args, scale: float = 1.0) -> Row:
         row.notes.append(f"ref: {exc}")
         return row
     row.ref_s = ref_s
-    ours_np = ours.numpy().astype(np.float64)
+    ours_np = ours.cpu().numpy().astype(np.float64)
     expected = np.asarray(expected, dtype=np.float64)
     row.tolerance = RTOL[args.dtype] * max(1.0, scale)
     diff = np.abs(ours_np - expected)
@@ -610,6 +630,7 @@ def machine_facts(args) -> list[tuple[str, str]]:
         ("python / torch / numba / numpy", f"{platform.python_version()} / {torch.__version__} / "
          f"{numba.__version__} / {np.__version__}"),
         ("dtype", args.dtype),
+        ("device", "cpu" if args.device == "cpu" else torch.cuda.get_device_name()),
         ("date", dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")),
     ]
 
@@ -687,12 +708,13 @@ def threads_summary(rows: Sequence[Row], n: int, d: int, itemsize: int, markdown
 # --scale-n
 # --------------------------------------------------------------------------------------------
 def sgemm_rate(threads: int) -> float:
-    """Multiply-adds per second of one large float32 GEMM (torch's BLAS) on ``threads``."""
+    """Multiply-adds per second of one large float32 GEMM (torch's BLAS) on ``threads``, on the
+    benchmark's device."""
     import torch
 
     torch.set_num_threads(threads)
-    a = torch.randn(2048, 8192)
-    b = torch.randn(8192, 2048)
+    a = torch.randn(2048, 8192, device=DEVICE)
+    b = torch.randn(8192, 2048, device=DEVICE)
     a @ b
     best = math.inf
     for _ in range(3):
@@ -719,7 +741,7 @@ def scale_n(args) -> list[list[str]]:
 
     torch.set_num_threads(args.threads[0])
     rate = sgemm_rate(args.threads[0])
-    srate = syrk_rate(args.threads[0])
+    srate = syrk_rate(args.threads[0]) if DEVICE == "cpu" else math.nan
     print(f"measured sgemm rate (torch): {rate / 1e9:.1f} G multiply-adds/s "
           f"({2 * rate / 1e9:.0f} GFLOP/s); syrk (numpy's C @ C.T, useful multiply-adds): "
           f"{srate / 1e9:.1f} G/s; {args.threads[0]} thread(s)", flush=True)
@@ -727,7 +749,7 @@ def scale_n(args) -> list[list[str]]:
     for n in args.scale_values:
         f = n // 5
         d = int(args.scale_d) if n < 500 else int(args.scale_d_large)
-        X = make_inputs("honest", n, f, d, args.dtype, args.seed)
+        X = make_inputs("honest", n, f, d, args.dtype, args.seed).to(DEVICE)
         compiled_read(X)
         bound = n * n * d / 2 / rate
         sbound = n * n * d / 2 / srate
@@ -759,7 +781,7 @@ def scale_n(args) -> list[list[str]]:
             else:
                 vs, target = ours_s / (bound + floor_s), SCALE_TARGET[kind]
                 bound_txt = f"{bound * 1e3:.1f}"
-                syrk_txt = f"{ours_s / (sbound + floor_s):.2f}"
+                syrk_txt = "-" if DEVICE != "cpu" else f"{ours_s / (sbound + floor_s):.2f}"
             mark = "yes" if vs <= target else "NO"
             lines.append([str(n), str(f), f"{d:.0e}".replace("+0", ""), rule, _ms(ours_s),
                           _ms(floor_s), f"{ratio:.2f}", bound_txt, f"{vs:.2f}",
@@ -791,6 +813,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-reference", action="store_true")
     p.add_argument("--markdown", action="store_true")
     p.add_argument("--quick", action="store_true", help="smoke test: d = 1e5, 2 inputs")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="where the inputs live; on cuda the floor is X.sum() on the GPU")
     p.add_argument("--scale-n", action="store_true", help="the sweep over n (see the docstring)")
     p.add_argument("--scale-values", type=int, nargs="+", default=list(SCALE_N))
     p.add_argument("--scale-d", type=float, default=1e6, help="d of the sweep for n < 500")
@@ -804,6 +828,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import byzlearn.aggregators as agg
 
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda: no CUDA device is available to torch here", file=sys.stderr)
+        return 2
+    global DEVICE
+    DEVICE = args.device
     if args.quick:
         args.d, args.inputs, args.repeats, args.min_time = 1e5, ["honest", "nan"], 3, 0.05
     sep = "\n" if args.markdown else ""
@@ -832,6 +861,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for kind in args.inputs:
         X = make_inputs(kind, n, f, d, args.dtype, args.seed)
         Xn = X.numpy()
+        X = X.to(DEVICE)
         scale = 1.0 if args.no_reference else finite_scale(Xn)  # once per input
         for t in args.threads:
             torch.set_num_threads(t)
