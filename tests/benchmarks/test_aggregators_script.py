@@ -1,0 +1,44 @@
+"""benchmarks/aggregators.py runs end to end on a small input, and refuses a missing GPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def script():
+    path = REPO / "benchmarks" / "aggregators.py"
+    spec = importlib.util.spec_from_file_location("bench_aggregators", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+    module.DEVICE = "cpu"
+
+
+def test_small_run_checks_the_references_and_prints_the_floor(script, capsys):
+    threads = torch.get_num_threads()
+    try:
+        code = script.main(["--quick", "--d", "2e4", "--rules", "median", "krum", "--markdown"])
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert code == 0  # the library agrees with the plain references
+    assert "| honest | 1 | median |" in out and "| nan | 1 | krum |" in out
+    assert "- device: cpu" in out and "MISMATCH" not in out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+def test_cuda_without_a_device_is_one_line(script, capsys):
+    assert script.main(["--quick", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --device cuda: no CUDA device is available to torch here"]
