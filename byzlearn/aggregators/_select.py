@@ -645,7 +645,7 @@ def _mixed_fast(inputs: Inputs, stat: int, drop: int, min_k: int, out: torch.Ten
             Ub = U if w == _MIX_BLOCK else np.full((n_unique + 1, w), np.nan, dtype=Xn.dtype)
             _mix_block(Xn, j0, w, common, common_w, starts, extra, extra_w, Ub[:n_unique])
             if weighted and _weighted_sort.weighted_statistic(
-                Ub, n_unique, weights, distinct_pairs, stat, drop, o[j0:j1]
+                Ub, n_unique, weights, distinct_pairs, stat, drop, top, o[j0:j1]
             ):
                 continue
             bad = np.empty(sort_plan.blocks(w), dtype=np.int64)

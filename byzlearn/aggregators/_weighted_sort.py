@@ -59,10 +59,11 @@ if _HAVE_NUMBA:
 
     @njit(fastmath={"reassoc", "contract"}, boundscheck=False, error_model="numpy", cache=True,
           nogil=True)
-    def weighted_statistic(U, nu, weights, pairs, stat, drop, out):  # pragma: no cover
+    def weighted_statistic(U, nu, weights, pairs, stat, drop, cover, out):  # pragma: no cover
         """Median (stat 0) or ``drop``-trimmed mean (stat 1) per column of the multiset where
         row q of U (q < nu) appears weights[q] times, into out; ``pairs``: a sorting network
-        for nu inputs. Returns False (out undefined) when a value is not finite."""
+        for nu inputs; ``cover``: :func:`covering_row` of the weights (that row is copied, no
+        sort), or -1. Returns False (out undefined) when a value is not finite."""
         wide()
         w = U.shape[1]
         k = 0.0
@@ -71,13 +72,6 @@ if _HAVE_NUMBA:
         lo = np.float32(drop) if stat == 1 else np.float32((k - 1.0) // 2.0)
         hi = np.float32(k - drop) if stat == 1 else np.float32(k // 2.0 + 1.0)
         last = hi - np.float32(1.0)
-        # A row whose copies cover the kept positions wherever the others fall (its first
-        # position P is in [0, k - w]: [P, P + w) holds [lo, hi) when k - w <= lo and w >= hi)
-        # is the statistic itself: NNM's honest neighbourhood at n = 25, f = 5 (w = 20).
-        dom = -1
-        for q in range(nu):
-            if weights[q] >= hi and k - weights[q] <= lo:
-                dom = q
         V = np.empty((nu, LANES), dtype=U.dtype)
         W = np.empty((nu, LANES), dtype=np.float32)
         P = np.empty(LANES, dtype=np.float32)
@@ -100,8 +94,8 @@ if _HAVE_NUMBA:
                     wq[j] = a
             if bad != zero:
                 return False
-            if dom >= 0:
-                src = V[dom]
+            if cover >= 0:  # its copies hold every kept position: the statistic itself
+                src = V[cover]
                 o = out[k0 : k0 + m]
                 for j in range(m):
                     o[j] = src[j]

@@ -508,13 +508,14 @@ def test_weighted_statistic_equals_the_expanded_multiset(stat, seed):
     U[nu] = np.nan  # the missing row, never read
     out = np.empty(w, dtype=np.float32)
     pairs = sel.sorting_network(nu)
-    assert _weighted_sort.weighted_statistic(U, nu, weights, pairs, stat, drop, out)
+    cover = _weighted_sort.covering_row(weights, stat == sel.TRIMMED, drop)
+    assert _weighted_sort.weighted_statistic(U, nu, weights, pairs, stat, drop, cover, out)
     expanded = torch.from_numpy(np.repeat(U[:nu], weights.astype(int), axis=0))
     expected = torch.empty(w)
     sel.statistic_into(expanded, stat, drop, 1, expected, force_torch=True)
     torch.testing.assert_close(torch.from_numpy(out), expected, rtol=1e-6, atol=1e-6)
     U[nu // 2, 3] = np.inf  # a non-finite mixed value: the caller falls back
-    assert not _weighted_sort.weighted_statistic(U, nu, weights, pairs, stat, drop, out)
+    assert not _weighted_sort.weighted_statistic(U, nu, weights, pairs, stat, drop, cover, out)
 
 
 @pytest.mark.parametrize("n_common", [0, 1, 3, 4, 5, 8, 11])

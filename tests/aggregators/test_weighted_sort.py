@@ -34,8 +34,9 @@ def test_weighted_statistic_matches_numpy(dtype, stat, nu):
         U[:, ::3] = np.round(U[:, ::3])  # ties
         U[nu] = np.nan  # not read
         out = np.empty(w, dtype=dtype)
+        cover = _weighted_sort.covering_row(weights, stat == _select.TRIMMED, drop)
         ok = _weighted_sort.weighted_statistic(
-            U, nu, weights, _select.sorting_network(nu), stat, drop, out
+            U, nu, weights, _select.sorting_network(nu), stat, drop, cover, out
         )
         assert ok
         expected = ref_statistic(U[:nu], weights, stat, drop).astype(dtype)
@@ -48,7 +49,9 @@ def test_weighted_statistic_reports_non_finite_values():
     U[1, 7] = np.nan
     out = np.empty(40, dtype=np.float32)
     pairs = _select.sorting_network(2)
-    assert not _weighted_sort.weighted_statistic(U, 2, np.array([3.0, 2.0]), pairs, 1, 1, out)
+    weights = np.array([3.0, 2.0])
+    cover = _weighted_sort.covering_row(weights, True, 1)
+    assert not _weighted_sort.weighted_statistic(U, 2, weights, pairs, 1, 1, cover, out)
 
 
 @pytest.mark.parametrize("stat", [_select.MEDIAN, _select.TRIMMED])
@@ -65,7 +68,8 @@ def test_a_row_covering_the_kept_positions_is_the_statistic(stat, weights, drop)
     U = U.astype(np.float32)
     out = np.empty(300, dtype=np.float32)
     pairs = _select.sorting_network(nu)
-    assert _weighted_sort.weighted_statistic(U, nu, w8, pairs, stat, drop, out)
+    cover = _weighted_sort.covering_row(w8, stat == _select.TRIMMED, drop)
+    assert _weighted_sort.weighted_statistic(U, nu, w8, pairs, stat, drop, cover, out)
     expected = ref_statistic(U[:nu], w8, stat, drop).astype(np.float32)
     np.testing.assert_array_equal(out, expected)
     k, top = w8.sum(), int(np.argmax(w8))
