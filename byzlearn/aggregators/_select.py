@@ -87,6 +87,14 @@ def _batcher_levels(size: int, first: int) -> list[tuple[int, int]]:
     return pairs
 
 
+def next_power_of_two(n: int) -> int:
+    """The least power of two >= n (1 for n <= 1)."""
+    size = 1
+    while size < n:
+        size *= 2
+    return size
+
+
 @functools.cache
 def sorting_network(n: int) -> np.ndarray:
     """Compare-exchange pairs (a, b), a < b, of Batcher's odd-even merge sort for n inputs.
@@ -94,10 +102,7 @@ def sorting_network(n: int) -> np.ndarray:
     Built for the next power of two; pairs touching padding positions are dropped, which is valid
     because padding holds +inf and never moves below position n.
     """
-    size = 1
-    while size < n:
-        size *= 2
-    pairs = [(a, b) for a, b in _batcher_levels(size, 1) if b < n]
+    pairs = [(a, b) for a, b in _batcher_levels(next_power_of_two(n), 1) if b < n]
     return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
 
 

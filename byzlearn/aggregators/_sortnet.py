@@ -194,16 +194,16 @@ class Plan:
     ``slot`` of buffer rows, the ``pad`` rows set to +inf, then the ``merge`` pairs."""
 
     size: int
-    lanes: int
     starts: np.ndarray
     slot: int
     wires: int
     pad: np.ndarray
     merge: np.ndarray
 
-    def blocks(self, d: int) -> int:
-        """Blocks of ``lanes`` coordinates covering d coordinates."""
-        return (d + self.lanes - 1) // self.lanes
+    @staticmethod
+    def blocks(d: int) -> int:
+        """Blocks of ``LANES`` coordinates covering d coordinates (the kernel's blocks)."""
+        return (d + LANES - 1) // LANES
 
     def run(self, X, rows, big, stat, drop, min_k, out, first_bad, blk0, blk1) -> None:
         """The statistic of blocks blk0..blk1-1 of X's rows ``rows`` (see :func:`kernel`)."""
@@ -211,13 +211,6 @@ class Plan:
             X, rows, big, stat, drop, min_k, out, first_bad, blk0, blk1,
             self.starts, self.slot, self.wires, self.pad, self.merge,
         )
-
-
-def _next_power_of_two(n: int) -> int:
-    size = 1
-    while size < n:
-        size *= 2
-    return size
 
 
 def _merge_plan(n: int, size: int) -> Plan:
@@ -230,12 +223,12 @@ def _merge_plan(n: int, size: int) -> Plan:
     upper row holds +inf leaves both rows as they are; a pair whose lower row holds +inf and the
     upper a value swaps them, and the tracking follows.
     """
-    from byzlearn.aggregators._select import merge_network
+    from byzlearn.aggregators._select import merge_network, next_power_of_two
 
-    slot = _next_power_of_two(size)
+    slot = next_power_of_two(size)
     groups = -(-n // size)
     counts = [n // groups + (1 if g < n % groups else 0) for g in range(groups)]
-    wires = slot * _next_power_of_two(groups)
+    wires = slot * next_power_of_two(groups)
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     surely_inf = np.ones(wires, dtype=bool)
     written = np.zeros(wires, dtype=bool)
@@ -251,7 +244,7 @@ def _merge_plan(n: int, size: int) -> Plan:
         if surely_inf[a]:
             surely_inf[a], surely_inf[b] = False, True
     merge = np.asarray(kept, dtype=np.int64).reshape(-1, 2)
-    return Plan(size, LANES, starts, slot, wires, pad, merge)
+    return Plan(size, starts, slot, wires, pad, merge)
 
 
 @functools.lru_cache(maxsize=64)
@@ -262,7 +255,7 @@ def plan(n: int) -> Plan:
     if small is not None:
         none = np.empty(0, dtype=np.int64)
         starts = np.array([0, n], dtype=np.int64)
-        return Plan(small, LANES, starts, small, small, none, none.reshape(0, 2))
+        return Plan(small, starts, small, small, none, none.reshape(0, 2))
     return min((_merge_plan(n, size) for size in (16, 25)), key=lambda p: len(p.merge))
 
 
