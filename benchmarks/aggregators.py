@@ -607,21 +607,9 @@ def machine_facts(args) -> list[tuple[str, str]]:
     import numba
     import torch
 
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(
-                line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")
-            )
-    except (OSError, StopIteration):
-        cpu = platform.processor() or "unknown"
-    mem = "unknown"
-    try:
-        with open("/proc/meminfo") as fh:
-            kb = next(int(line.split()[1]) for line in fh if line.startswith("MemTotal"))
-            mem = f"{kb / 2**20:.1f} GiB"
-    except (OSError, StopIteration):
-        pass
+    from byzlearn.machine import cpu_name, memory
+
+    cpu, mem = cpu_name(), memory()
     return [
         ("cpu", cpu),
         ("cores", str(os.cpu_count())),

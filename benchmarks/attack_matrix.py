@@ -18,18 +18,12 @@ import time
 import torch
 
 from byzlearn.attacks.matrix import attack_matrix, format_matrix
+from byzlearn.machine import cpu_name
 
 
 def machine() -> str:
     """A one-line description of where the table was computed."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(
-                line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")
-            )
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     return (
         f"python {platform.python_version()}, torch {torch.__version__}, {cpu}, "
         f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}"

@@ -57,19 +57,9 @@ class Maker:
 def machine_facts(args: argparse.Namespace) -> list[tuple[str, str]]:
     import ray
 
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(l.split(":", 1)[1].strip() for l in fh if l.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor() or "unknown"
-    mem = "unknown"
-    try:
-        with open("/proc/meminfo") as fh:
-            kb = next(int(l.split()[1]) for l in fh if l.startswith("MemTotal"))
-            mem = f"{kb / 2**20:.1f} GiB"
-    except (OSError, StopIteration):
-        pass
+    from byzlearn.machine import cpu_name, memory
+
+    cpu, mem = cpu_name(), memory()
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     return [
         ("cpu", cpu),

@@ -50,6 +50,7 @@ from typing import Any
 import torch
 
 from byzlearn.experiments import Trainer, parse_config
+from byzlearn.machine import cpu_name
 
 SCENARIOS = ("average", "krum")
 BATCH = 32
@@ -316,14 +317,7 @@ def measure(
 
 # ---------------------------------------------------------------------- report
 def _machine(threads: int) -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(
-                line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")
-            )
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
     return (
         f"- machine: {platform.machine()}, {cpu}, {os.cpu_count()} cores (load average {load}); "
