@@ -30,6 +30,7 @@ from byzlearn.engines import _sequential
 
 __all__ = ["FlatModel"]
 
+
 class FlatModel:
     """Functional view of ``module`` over a flat parameter vector ``theta``."""
 
