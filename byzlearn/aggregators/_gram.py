@@ -334,8 +334,8 @@ def _kernel_pass(X: torch.Tensor, centre: torch.Tensor | None, centre_row: int |
         centre_np = None
     if rows.size >= _gram_kernel.BLAS_MIN_ROWS:
         return _blas_pass(X, Xn, centre, centre_np, centre_row, rows)
-    lanes = _gram_kernel.LANES
-    size = max(4 * lanes, (_KERNEL_BLOCK_ELEMENTS // max(n, 1)) // lanes * lanes)
+    lanes = _gram_kernel.tile_lanes(_gram_kernel.padded_rows(rows.size))
+    size = max(lanes, (_KERNEL_BLOCK_ELEMENTS // max(n, 1)) // lanes * lanes)
     blocks = column_blocks(d, size)
     parts = _gram_kernel.gram_blocks(Xn, blocks, centre_np, torch.get_num_threads(), rows)
     acc = torch.zeros(n + 1, n + 1, dtype=torch.float64)
@@ -400,7 +400,7 @@ def _blas_pass(
     na = rows.size
     lanes = _gram_kernel.LANES
     size = max(4 * lanes, (_BLAS_BLOCK_ELEMENTS // na) // lanes * lanes)
-    buf = np.empty((na, min(size, d)), dtype=Xn.dtype)
+    buf = _gram_kernel.aligned_zeros((na, min(size, d)), Xn.dtype)
     G = np.zeros((na, na))
     dots = np.zeros(na)
     msq = 0.0

@@ -137,10 +137,11 @@ def torch_pass_gram(X, centre=None, centre_row=None):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("mode", ["mean", "centre", "row"])
-@pytest.mark.parametrize("n", [1, 2, 4, 25, 31])
+@pytest.mark.parametrize("n", [1, 2, 4, 25, 31, 40])
 def test_kernel_pass_matches_float64_products(dtype, mode, n, monkeypatch):
-    """The numba pass (3 x 3 tiles, chunks, threads) against centred float64 products."""
-    monkeypatch.setattr(_gram, "_KERNEL_BLOCK_ELEMENTS", 1)  # blocks of 4 * LANES columns
+    """The numba pass (3 x 3 tiles, chunks, threads) against centred float64 products; from 33
+    rows on a pass of the tiles spans two chunks, each centred on its own centre."""
+    monkeypatch.setattr(_gram, "_KERNEL_BLOCK_ELEMENTS", 1)  # blocks of one pass of the tiles
     g = torch.Generator().manual_seed(n)
     d = 3 * 4 * _gram_kernel.LANES + 77  # several blocks and a partial chunk
     X = (torch.randn(n, d, generator=g, dtype=torch.float64) + 50.0).to(dtype)
@@ -169,6 +170,15 @@ def test_kernel_pass_matches_float64_products(dtype, mode, n, monkeypatch):
     unit = float(torch.finfo(dtype).eps)
     scale = float(np.abs(np.diag(expected)).max())
     np.testing.assert_allclose(acc.numpy(), expected, atol=64 * unit * scale)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 256), (40, 512), (7, 13)])
+def test_tile_buffer_is_aligned_and_zero(dtype, shape):
+    C = _gram_kernel.aligned_zeros(shape, dtype)
+    assert C.shape == shape and C.dtype == dtype and C.flags.c_contiguous
+    assert C.ctypes.data % 64 == 0
+    assert not C.any()
 
 
 def test_kernel_and_torch_passes_give_the_same_distances():
