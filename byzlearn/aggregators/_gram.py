@@ -489,15 +489,21 @@ def _sqdist_from_gram(G: torch.Tensor) -> torch.Tensor:
 
 
 def _needs_refinement(G: torch.Tensor, bad: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether the distances of the good rows look cancellation-prone: the rounding of their
+    Gram entries (64 units of ``dtype`` times the median squared norm) against the median
+    distance, above ``_REFINE_REL_ERROR``."""
     good = ~bad
     k = int(good.sum())
     if k < 2:
         return False
-    Gg = G[good][:, good]
-    D = _sqdist_from_gram(Gg)
-    off = D[~torch.eye(k, dtype=torch.bool)]
-    scale_d = float(off.median())
-    scale_g = float(Gg.diagonal().median())
+    Gg = G if k == G.shape[0] else G[good][:, good]
+    D = _sqdist_from_gram(Gg).numpy()
+    # the lower median of the off-diagonal entries: each pair appears twice there, and the
+    # lower median of a doubled set is the lower median of the pairs (the upper triangle)
+    upper = D[np.triu_indices(k, 1)]
+    scale_d = float(np.partition(upper, (upper.size - 1) // 2)[(upper.size - 1) // 2])
+    norms = Gg.diagonal().numpy()
+    scale_g = float(np.partition(norms, (k - 1) // 2)[(k - 1) // 2])
     unit = torch.finfo(dtype).eps
     rel = unit * 64.0 * scale_g / max(scale_d, 1e-300)
     return rel > _REFINE_REL_ERROR and scale_g > 0.0
@@ -552,14 +558,18 @@ def centre_row_from_sample(X: torch.Tensor) -> int | None:
 
 def _central_row(G: torch.Tensor, bad: torch.Tensor) -> int:
     """A row near the bulk: least sum of distances to its closest half (bad rows never chosen)."""
-    D = _sqdist_from_gram(G)
-    D[bad, :] = float("inf")
-    D[:, bad] = float("inf")
-    D.fill_diagonal_(0.0)
-    half = max(1, (int((~bad).sum()) + 1) // 2)
-    scores = D.sort(dim=1).values[:, :half].sum(dim=1)
-    scores[bad] = float("inf")
-    return int(scores.argmin())
+    D = _sqdist_from_gram(G).numpy()
+    bad_np = bad.numpy()
+    D[bad_np, :] = np.inf
+    D[:, bad_np] = np.inf
+    np.fill_diagonal(D, 0.0)
+    half = max(1, (int((~bad_np).sum()) + 1) // 2)
+    # the half smallest of each row, summed in increasing order (a partition, then a sort of
+    # that half only: the same sums as sorting whole rows, at a fraction of the cost)
+    closest = np.sort(np.partition(D, half - 1, axis=1)[:, :half], axis=1)
+    scores = closest.sum(axis=1)
+    scores[bad_np] = np.inf
+    return int(np.argmin(scores))
 
 
 @dataclass

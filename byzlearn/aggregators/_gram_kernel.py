@@ -478,15 +478,34 @@ def available(X: np.ndarray) -> bool:
 
 def layout(n: int, rows: np.ndarray, G: np.ndarray, dots: np.ndarray, msq: float) -> np.ndarray:
     """The (n + 1) x (n + 1) Gram matrix of ``[X - 1 m^T; m]`` from the statistics of the active
-    rows (``rows``, int64; G: their upper-triangular or full product matrix)."""
-    na = rows.shape[0]
-    upper = np.triu(G[:na, :na])
+    rows (``rows``, int64; G: their upper-triangular or full product matrix; only its upper
+    triangle is read)."""
     full = np.zeros((n + 1, n + 1))
-    full[np.ix_(rows, rows)] = upper + np.triu(upper, 1).T
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    if njit is None:  # pragma: no cover
+        na = rows.shape[0]
+        upper = np.triu(G[:na, :na])
+        full[np.ix_(rows, rows)] = upper + np.triu(upper, 1).T
+    else:
+        _mirror_into(full, rows, G)
     full[rows, n] = dots
     full[n, rows] = dots
     full[n, n] = msq
     return full
+
+
+if njit is not None:
+
+    @njit(boundscheck=False, error_model="numpy", cache=True, nogil=True)
+    def _mirror_into(full, rows, G):  # pragma: no cover (compiled)
+        """full[rows[a], rows[b]] = full[rows[b], rows[a]] = G[a, b] for a <= b (one pass over
+        the upper triangle, instead of numpy's triangle copies and fancy-index assignment)."""
+        for a in range(rows.shape[0]):
+            ra = rows[a]
+            for b in range(a, rows.shape[0]):
+                v = G[a, b]
+                full[ra, rows[b]] = v
+                full[rows[b], ra] = v
 
 
 @dataclass

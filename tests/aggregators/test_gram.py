@@ -426,3 +426,70 @@ def test_sign_counts_kernel():
     np.testing.assert_array_equal(counts[:, 1], (V == 0).sum(1))
     np.testing.assert_array_equal(counts[:, 2], (V < 0).sum(1))
     assert counts[:, 3].tolist() == [0, 0, int(11 in cols), 0]
+
+
+# --- the n x n steps: layout, central row, precision check -----------------------------------
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 40])
+def test_layout_mirrors_the_upper_triangle_onto_the_active_rows(n):
+    rng = np.random.default_rng(n)
+    rows = np.sort(rng.choice(n, size=max(1, n - 1), replace=False)).astype(np.int64)
+    na = rows.size
+    G = rng.standard_normal((na, na))
+    G[np.tril_indices(na, -1)] = 99.0  # the lower triangle is never read
+    dots = rng.standard_normal(na)
+    full = _gram_kernel.layout(n, rows, G, dots, 3.5)
+    expected = np.zeros((n + 1, n + 1))
+    for a in range(na):
+        for b in range(a, na):
+            expected[rows[a], rows[b]] = expected[rows[b], rows[a]] = G[a, b]
+        expected[rows[a], n] = expected[n, rows[a]] = dots[a]
+    expected[n, n] = 3.5
+    np.testing.assert_array_equal(full, expected)
+
+
+def reference_central_row(G, bad):
+    """Least sum of squared distances to the closest half, by loops (bad rows excluded)."""
+    n = G.shape[0]
+    good = [i for i in range(n) if not bad[i]]
+    half = max(1, (len(good) + 1) // 2)
+    best, best_score = None, math.inf
+    for i in good:
+        dist = sorted(max(G[i, i] + G[j, j] - 2 * G[i, j], 0.0) if j != i else 0.0
+                      for j in good)
+        score = sum(dist[:half])
+        if score < best_score:
+            best, best_score = i, score
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_central_row_matches_a_loop_reference(seed):
+    g = torch.Generator().manual_seed(seed)
+    n = 5 + seed * 7
+    X = torch.randn(n, 30, generator=g, dtype=torch.float64)
+    X[: n // 4] += 40.0 * torch.randn(n // 4, 30, generator=g, dtype=torch.float64)  # far rows
+    G = X @ X.T
+    bad = torch.zeros(n, dtype=torch.bool)
+    bad[torch.randperm(n, generator=g)[: seed % 3]] = True
+    assert _gram._central_row(G, bad) == reference_central_row(G.numpy(), bad.numpy())
+    assert not bad[_gram._central_row(G, bad)]
+
+
+@pytest.mark.parametrize("n", [3, 4, 9, 10])
+def test_precision_check_uses_the_lower_medians(n):
+    """Rows far from the origin compared with their spread need the second pass, close ones do
+    not; the scales are torch's lower medians of all off-diagonal distances and of the norms."""
+    g = torch.Generator().manual_seed(n)
+    for offset, expected in ((0.0, False), (1e4, True)):
+        X = torch.randn(n, 50, generator=g, dtype=torch.float64) + offset
+        G = X @ X.T
+        bad = torch.zeros(n, dtype=torch.bool)
+        D = torch.cdist(X, X) ** 2
+        off = D[~torch.eye(n, dtype=torch.bool)]
+        rel = torch.finfo(torch.float32).eps * 64 * float(G.diagonal().median()) / float(
+            off.median()
+        )
+        assert (rel > _gram._REFINE_REL_ERROR) == expected
+        assert _gram._needs_refinement(G, bad, torch.float32) == expected
