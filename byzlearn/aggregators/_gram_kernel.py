@@ -119,14 +119,18 @@ if njit is not None:
         tiles = (R // 3) * (R // 3 + 1) // 2
         per_tile = (total + tiles - 1) // tiles
         issued = 0
+        t = 0  # the row and line of the next prefetch (counters, not a division per line)
+        c = 0
         for I in range(0, R, 3):
             for J in range(I, R, 3):
                 for _ in range(per_tile):
                     if issued < total:
-                        t = issued // lines
-                        c = issued - t * lines
                         prefetch(Xf, rows[t] * d + next0 + c * _LINE)
                         issued += 1
+                        c += 1
+                        if c == lines:
+                            c = 0
+                            t += 1
                 if I == J:  # a diagonal tile: its upper triangle only (6 products, not 9)
                     b00 = b01 = b02 = b11 = b12 = b22 = zero
                     x0 = C[I]
