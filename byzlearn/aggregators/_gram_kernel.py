@@ -58,9 +58,12 @@ LANES = 256
 TILE = 3
 # Coordinates per pass of the 3 x 3 tiles: up to 32 buffer rows, one chunk (the buffer stays in
 # the L1 cache); beyond, two chunks, so that each tile's nine float32 sums (reduced across the
-# vector at the end of a pass) run over twice as many products. Measured in the Gram pass, one
-# AVX-512 core, d = 1e6, in floors (one read of X): at 100 rows 4.1 (256), 3.7 (512), 3.8 (1024);
-# at 200 rows 7.4, 6.6, 6.9; at 10 and 25 rows 256 and 512 were within the noise, 1024 slower.
+# vector at the end of a pass) run over twice as many products. Each row is centred in one loop
+# per pass (its chunks' centres side by side). Measured in the Gram pass against the previous
+# kernel (chunks of 256, unaligned buffer), A/B in one process, one AVX-512 core, d = 1e6, in
+# floors (one read of X): 10 rows 2.1-2.2 -> 1.9; 25 rows 1.5-1.7 -> 1.35-1.45; 50 rows 2.2-2.6
+# -> 2.1-2.2; 100 rows 4.3-4.5 -> 3.2-3.4; 200 rows 8.9-9.2 -> 6.6-7.2. Four chunks per pass
+# were slower from 10 to 100 rows.
 _TILE_LANES_FEW = LANES
 _TILE_LANES_MANY = 2 * LANES
 _FEW_ROWS = 32
@@ -265,16 +268,18 @@ if njit is not None:
         d = X.shape[1]
         Xf = X.reshape(-1)
         width = C.shape[1]
-        m = np.zeros(LANES, dtype=X.dtype)
+        m = np.zeros(width, dtype=X.dtype)  # the centres of the pass's chunks, side by side
         zero = X.dtype.type(0)
         for s0 in range(j0, j1, width):
             s1 = min(j1, s0 + width)
             for k0 in range(s0, s1, LANES):
                 w = min(LANES, s1 - k0)
-                if not _chunk_centre(X, rows, centre, use_centre, k0, w, m):
+                mk = m[k0 - s0 : k0 - s0 + LANES]
+                if not _chunk_centre(X, rows, centre, use_centre, k0, w, mk):
                     flags[-1] = True
-                msq[0] += _square_sum(m, w)
-                _centre_rows(X, rows, k0, w, m, C, k0 - s0, dots, flags)
+                msq[0] += _square_sum(mk, w)
+            # each row's whole pass at once (one loop and one reduction per row, not per chunk)
+            _centre_rows(X, rows, s0, s1 - s0, m, C, 0, dots, flags)
             if s1 - s0 < width:
                 for t in range(rows.shape[0]):
                     cr = C[t]
