@@ -296,13 +296,15 @@ if njit is not None:
         """Write the centred block ``X[rows, j0:j1] - m`` into C (na x (j1 - j0)); statistics
         and flags as :func:`_gram_block`."""
         wide()
-        m = np.zeros(LANES, dtype=X.dtype)
+        width = j1 - j0
+        m = np.zeros(-(-width // LANES) * LANES, dtype=X.dtype)  # the chunks' centres
         for k0 in range(j0, j1, LANES):
             w = min(LANES, j1 - k0)
-            if not _chunk_centre(X, rows, centre, use_centre, k0, w, m):
+            mk = m[k0 - j0 : k0 - j0 + LANES]
+            if not _chunk_centre(X, rows, centre, use_centre, k0, w, mk):
                 flags[-1] = True
-            msq[0] += _square_sum(m, w)
-            _centre_rows(X, rows, k0, w, m, C, k0 - j0, dots, flags)
+            msq[0] += _square_sum(mk, w)
+        _centre_rows(X, rows, j0, width, m, C, 0, dots, flags)  # one loop per row
 
 
     @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
