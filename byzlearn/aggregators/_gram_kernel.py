@@ -73,8 +73,9 @@ _FEW_ROWS = 32
 # Gram pass: 4.7 -> 4.1 floors at 100 rows, 8.9 -> 7.4 at 200.
 _ALIGN = 64
 # From this many active rows on, the products go to BLAS (syrk) instead of the 3 x 3 tiles
-# (measured: tiles faster up to about 250 rows, syrk from 300 on, one core).
-BLAS_MIN_ROWS = 256
+# (measured, one core, in reads of X: tiles 9.0 against syrk 10.9 at 256 rows, 11.5 against
+# 11.8 at 350, 17.0 against 15.4 at 500).
+BLAS_MIN_ROWS = 384
 # Coordinates per chunk of the weighted sum (its float64 accumulator stays in L1).
 _SUM_LANES = 256
 # Float32 values per cache line: the prefetch stride (float64 rows prefetch every other line
