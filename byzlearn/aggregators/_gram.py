@@ -587,6 +587,11 @@ class Inputs:
         """Build from an (n, d) matrix with one pass over the data (two only when the first
         still looks cancellation-prone, see :func:`centre_row_from_sample`; the imputation of
         missing values may add one on the float64 path, see :func:`base_gram`)."""
+        if centre is None:  # small inputs: the same pass in two compiled calls (_gram_small)
+            from byzlearn.aggregators._gram_small import small_gram
+
+            if (small := small_gram(X, max_missing)) is not None:
+                return cls(X=X, gram=small[0], _cache=small[1])
         row = None if centre is not None else centre_row_from_sample(X)
         gram = base_gram(X, centre=centre, centre_row=row, max_missing=max_missing)
         if centre is None and _needs_refinement(gram.aug[:-1, :-1], gram.bad, X.dtype):
