@@ -190,8 +190,10 @@ if njit is not None:
         medians[1] = 0.0
         if good < 2:
             return True
+        # D is exactly symmetric, so the lower median of its m = k(k-1) off-diagonal entries
+        # (each distance twice) is the lower median of the m / 2 distances i < j
         norms = np.empty(good)
-        dist = np.empty(good * (good - 1))
+        dist = np.empty(good * (good - 1) // 2)
         a = 0
         b = 0
         for i in range(n):
@@ -199,8 +201,8 @@ if njit is not None:
                 continue
             norms[a] = aug[i, i]
             a += 1
-            for j in range(n):
-                if j != i and not bad[j]:
+            for j in range(i + 1, n):
+                if not bad[j]:
                     dist[b] = D[i, j]
                     b += 1
         norms.sort()
