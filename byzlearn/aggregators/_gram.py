@@ -17,7 +17,8 @@ Smaller inputs centre each chunk on its mean. If the distances still look cancel
 (inputs far from the centre compared with their spread), the pass is run once more centred on the
 central row of the full Gram matrix. On the CPU the pass is numba (:mod:`._gram_kernel`: one read
 of the data, 3 x 3 tiles computing half the products of a GEMM for few rows, BLAS syrk for many,
-threads); elsewhere a torch subtraction and GEMM per block.
+threads); elsewhere a torch subtraction and GEMM per block. Inputs under 2^21 values take the
+same kernel pass in two compiled calls (:mod:`._gram_small`, bit-identical results).
 
 Missing coordinates (NaN/Inf: a lossy link, or a Byzantine input). A row missing at most a
 fraction ``max_missing`` of its coordinates stays in: each missing value is replaced by the
