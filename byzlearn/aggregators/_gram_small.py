@@ -2,9 +2,10 @@
 
 At the sizes of a training round (n = 25 gradients of an MLP, d = 4810: 0.1 M values) the
 arithmetic of :func:`._gram.base_gram` takes about 0.08 ms, and the Python and torch work around
-it (the block plan, the layout of the (n + 1) x (n + 1) matrix, the precision check, the
-squared distances: some hundred small tensor operations) took four times that. This path does
-the same computation in two calls:
+it (the block plan, the layout of the (n + 1) x (n + 1) matrix, the bad rows, the precision
+check, the squared distances: some hundred small tensor operations) took twice that again
+(measured on one core: ``Inputs.from_matrix`` 0.25 ms, then ``sqdist`` 0.02 ms; with this path
+0.09 ms for both). This path does the same computation in two calls:
 
 1. the CPU kernel of the general path (:func:`._gram_kernel._gram_block` on the whole of X: one
    block, each chunk of ``LANES`` coordinates centred on the mean of the rows finite there,
@@ -31,7 +32,8 @@ The numerics contract is the general path's (see :mod:`._gram`), case by case:
   exactly as after a general pass.
 
 So the results (``aug``, ``bad``, the distances, Krum's choice) are those of the general path, to
-the last bit on the finite inputs the tests compare.
+the last bit (``tests/aggregators/test_gram_small.py`` compares them on random inputs with NaN
+rows, infinite values, attacked and near-duplicate rows).
 """
 
 from __future__ import annotations
