@@ -108,11 +108,16 @@ class ComputeWorkers:
 
         The draws of a round are made for all members at once and kept for the next calls of
         that round (the per-worker loop asks one member at a time); they are keyed, so this
-        changes nothing but the cost.
+        changes nothing but the cost. For every member in order (the vectorised group) the
+        result is the kept draws themselves: read them, never write to them.
         """
         rounds = [int(t) for t in rounds]
         if len(set(rounds)) == 1:  # one round (a synchronous protocol): one gather
-            return self._round_indices(rounds[0])[:, torch.as_tensor(list(rows))]
+            block = self._round_indices(rounds[0])
+            rows = list(rows)
+            if rows == list(range(block.shape[1])):  # every member in order: the block itself
+                return block
+            return block[:, torch.as_tensor(rows)]
         columns = [self._round_indices(t)[:, r] for r, t in zip(rows, rounds, strict=True)]
         return torch.stack(columns, dim=1)
 
