@@ -695,9 +695,10 @@ class Inputs:
         docstring), so the output has no missing coordinate.
         """
         w = self.base_weights(alpha)
-        if bool((w[self.base.bad] != 0).any()):
+        some_bad = bool(self.base.bad.any())
+        if some_bad and bool((w[self.base.bad] != 0).any()):
             raise AssertionError("internal error: a bad row was given a non-zero weight")
-        out = weighted_rows(self.X, w, all_rows=not bool(self.base.bad.any()))
+        out = weighted_rows(self.X, w, all_rows=not some_bad)
         if self.missing is not None:
             rows = torch.nonzero(w).flatten()
             for cols in self._missing_column_chunks(0, self.d):

@@ -62,11 +62,16 @@ except ImportError:  # pragma: no cover
 SMALL_MAX_ELEMENTS = _SAMPLE_MIN_ELEMENTS
 
 
+# Read-only arguments of the kernel, made once: the active rows (all) per n, the unused centre.
+_ALL_ROWS: dict[int, np.ndarray] = {}
+_NO_CENTRE = {np.float32: np.zeros(1, np.float32), np.float64: np.zeros(1, np.float64)}
+
+
 def applies(X: torch.Tensor) -> bool:
     """Whether the small path takes X: a CPU float32/float64 C-contiguous (n, d) matrix of
     fewer than ``SMALL_MAX_ELEMENTS`` values, with fewer rows than the BLAS path starts at, that
     the general kernel pass reads in one block."""
-    if njit is None or X.device.type != "cpu" or X.dtype not in (torch.float32, torch.float64):
+    if njit is None or not X.is_cpu or X.dtype not in (torch.float32, torch.float64):
         return False
     if X.dim() != 2 or not X.is_contiguous():
         return False
@@ -87,21 +92,21 @@ def small_gram(X: torch.Tensor, max_missing: float) -> tuple[BaseGram, dict] | N
         return None
     Xn = X.detach().numpy()
     n, d = Xn.shape
-    rows = np.arange(n, dtype=np.int64)
+    if n not in _ALL_ROWS:
+        _ALL_ROWS[n] = np.arange(n, dtype=np.int64)
     R = _gram_kernel.padded_rows(n)
     acc = np.zeros((R, R))
     dots = np.zeros(n)
     msq = np.zeros(1)
     flags = np.zeros(n + 1, dtype=np.bool_)
-    centre = np.zeros(1, dtype=Xn.dtype)
-    _gram_kernel._gram_block(Xn, rows, centre, False, 0, d, acc, dots, msq, flags)
-    flagged = flags[:n]
-    lossy = max_missing > 0 and flagged.any()
-    if lossy and _flagged_rows_within_budget(Xn, flagged, max_missing * d, measurable_limit(d)):
+    no_centre = _NO_CENTRE[Xn.dtype.type]  # read by the kernel only with a given centre
+    _gram_kernel._gram_block(Xn, _ALL_ROWS[n], no_centre, False, 0, d, acc, dots, msq, flags)
+    bad = flags[:n]  # rows holding a non-finite value; _finish adds none (it only reads)
+    lossy = max_missing > 0 and bad.any()
+    if lossy and _flagged_rows_within_budget(Xn, bad, max_missing * d, measurable_limit(d)):
         return None  # a lossy row: its missing values are imputed by the general path
     aug = np.empty((n + 1, n + 1))
     D = np.empty((n, n))
-    bad = flagged.copy()
     medians = np.zeros(2)
     if not _finish(acc, dots, float(msq[0]), bad, aug, D, medians):
         return None  # products overflowed the input precision: the float64 slow path
