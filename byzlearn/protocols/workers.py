@@ -108,11 +108,16 @@ class ComputeWorkers:
 
         The draws of a round are made for all members at once and kept for the next calls of
         that round (the per-worker loop asks one member at a time); they are keyed, so this
-        changes nothing but the cost.
+        changes nothing but the cost. For every member in order (the vectorised group) the
+        result is the kept draws themselves: read them, never write to them.
         """
         rounds = [int(t) for t in rounds]
         if len(set(rounds)) == 1:  # one round (a synchronous protocol): one gather
-            return self._round_indices(rounds[0])[:, torch.as_tensor(list(rows))]
+            block = self._round_indices(rounds[0])
+            rows = list(rows)
+            if rows == list(range(block.shape[1])):  # every member in order: the block itself
+                return block
+            return block[:, torch.as_tensor(rows)]
         columns = [self._round_indices(t)[:, r] for r, t in zip(rows, rounds, strict=True)]
         return torch.stack(columns, dim=1)
 
@@ -145,8 +150,13 @@ class ComputeWorkers:
         self, theta: torch.Tensor, rows: list[int], idx: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Gradients of members ``rows`` at ``theta`` ((d,) shared or (h, d)) on indices idx."""
-        x = self.x[idx]
-        y = self.labels[torch.tensor(rows)[:, None], idx]
+        # gathers by index_select (the values of advanced indexing, at a third of its cost)
+        flat = idx.reshape(-1)
+        x = self.x.index_select(0, flat).view(*idx.shape, *self.x.shape[1:])
+        if self.labels.stride(0) == 0:  # one label vector seen by every worker
+            y = self.labels[0].index_select(0, flat).view(idx.shape)
+        else:
+            y = self.labels[torch.tensor(rows)[:, None], idx]
         if len(rows) > 1:
             g, loss = self.model.batched_grads(theta, x, y)
         else:

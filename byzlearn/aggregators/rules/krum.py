@@ -24,7 +24,7 @@ def krum_scores(D: torch.Tensor, f: int) -> np.ndarray:
         return np.zeros(1)
     k = max(1, n - f - 2)
     Dn = D.numpy().copy()
-    np.fill_diagonal(Dn, np.inf)
+    Dn.flat[:: n + 1] = np.inf  # the diagonal (what np.fill_diagonal does, minus its checks)
     part = np.sort(Dn, axis=1)[:, :k]
     with np.errstate(invalid="ignore"):
         return part.sum(axis=1)

@@ -1,0 +1,219 @@
+"""The Gram pass of small inputs (fewer than 2^21 values) in two compiled calls.
+
+At the sizes of a training round (n = 25 gradients of an MLP, d = 4810: 0.1 M values) the
+arithmetic of :func:`._gram.base_gram` takes about 0.08 ms, and the Python and torch work around
+it (the block plan, the layout of the (n + 1) x (n + 1) matrix, the bad rows, the precision
+check, the squared distances: some hundred small tensor operations) took twice that again
+(measured on one core: ``Inputs.from_matrix`` 0.25 ms, then ``sqdist`` 0.02 ms; with this path
+0.09 ms for both). This path does the same computation in two calls:
+
+1. the CPU kernel of the general path (:func:`._gram_kernel._gram_block` on the whole of X: one
+   block, each chunk of ``LANES`` coordinates centred on the mean of the rows finite there,
+   products in the input precision, chunks summed in float64; rows holding a non-finite value
+   flagged and left out of every product), so its statistics are bit for bit those of the
+   general path;
+2. :func:`_finish`: the (n + 1) x (n + 1) matrix ``aug`` laid out as :func:`._gram_kernel.layout`
+   does, the rows of bad inputs zeroed, the squared distances ``D_ij = G_ii + G_jj - 2 G_ij``
+   (clamped at 0, +inf to and from bad rows, as :meth:`._gram.Inputs.sqdist`) and the two
+   medians of the precision check (:func:`._gram._needs_refinement`: the lower median of the
+   distances between good rows and of their centred squared norms).
+
+The numerics contract is the general path's (see :mod:`._gram`), case by case:
+
+- a row holding a NaN/Inf is flagged by the kernel; with ``max_missing = 0``, or when every
+  flagged row misses more than ``max_missing`` of its coordinates or holds a value too large to
+  measure (:func:`_flagged_rows_within_budget`, compiled), the flagged rows are bad here, as
+  there; when one of them is within the budget (a lossy link: its missing values are imputed),
+  the general path runs instead;
+- products that overflowed the input precision (values beyond ~1e19 in float32) send the input
+  to the general path, whose float64 slow path handles them;
+- when the precision check fails (inputs far from the chunk means compared with their spread),
+  the pass is run again by the general path centred on the central row of this Gram matrix,
+  exactly as after a general pass.
+
+So the results (``aug``, ``bad``, the distances, Krum's choice) are those of the general path, to
+the last bit (``tests/aggregators/test_gram_small.py`` compares them on random inputs with NaN
+rows, infinite values, attacked and near-duplicate rows).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from byzlearn.aggregators import _gram_kernel
+from byzlearn.aggregators._gram import (
+    _KERNEL_BLOCK_ELEMENTS,
+    _REFINE_REL_ERROR,
+    _SAMPLE_MIN_ELEMENTS,
+    BaseGram,
+    _central_row,
+    base_gram,
+    measurable_limit,
+)
+
+try:
+    from numba import njit
+except ImportError:  # pragma: no cover
+    njit = None  # type: ignore[assignment]
+
+# Inputs of fewer values than this take the small path (those the general path centres on
+# chunk means rather than on a central row chosen on a sample).
+SMALL_MAX_ELEMENTS = _SAMPLE_MIN_ELEMENTS
+
+
+# Read-only arguments of the kernel, made once: the active rows (all) per n, the unused centre.
+_ALL_ROWS: dict[int, np.ndarray] = {}
+_NO_CENTRE = {np.float32: np.zeros(1, np.float32), np.float64: np.zeros(1, np.float64)}
+
+
+def applies(X: torch.Tensor) -> bool:
+    """Whether the small path takes X: a CPU float32/float64 C-contiguous (n, d) matrix of
+    fewer than ``SMALL_MAX_ELEMENTS`` values, with fewer rows than the BLAS path starts at, that
+    the general kernel pass reads in one block."""
+    if njit is None or not X.is_cpu or X.dtype not in (torch.float32, torch.float64):
+        return False
+    if X.dim() != 2 or not X.is_contiguous():
+        return False
+    n, d = X.shape
+    if n < 1 or d < 1 or n * d >= SMALL_MAX_ELEMENTS or n >= _gram_kernel.BLAS_MIN_ROWS:
+        return False
+    lanes = _gram_kernel.LANES
+    size = max(4 * lanes, (_KERNEL_BLOCK_ELEMENTS // n) // lanes * lanes)
+    return d <= size  # one block of the general pass (always true below 2^21 values)
+
+
+def small_gram(X: torch.Tensor, max_missing: float) -> tuple[BaseGram, dict] | None:
+    """The base Gram statistics of X (no given centre), as :meth:`._gram.Inputs.from_matrix`
+    computes them, and the initial cache of its :class:`._gram.Inputs` (the squared distances,
+    ``"sqdist"``, unless a refinement pass ran); None when X is not for this path
+    (:func:`applies`) or needs the general path (imputation, overflowing products)."""
+    if not applies(X):
+        return None
+    Xn = X.detach().numpy()
+    n, d = Xn.shape
+    if n not in _ALL_ROWS:
+        _ALL_ROWS[n] = np.arange(n, dtype=np.int64)
+    R = _gram_kernel.padded_rows(n)
+    acc = np.zeros((R, R))
+    dots = np.zeros(n)
+    msq = np.zeros(1)
+    flags = np.zeros(n + 1, dtype=np.bool_)
+    no_centre = _NO_CENTRE[Xn.dtype.type]  # read by the kernel only with a given centre
+    _gram_kernel._gram_block(Xn, _ALL_ROWS[n], no_centre, False, 0, d, acc, dots, msq, flags)
+    bad = flags[:n]  # rows holding a non-finite value; _finish adds none (it only reads)
+    lossy = max_missing > 0 and bad.any()
+    if lossy and _flagged_rows_within_budget(Xn, bad, max_missing * d, measurable_limit(d)):
+        return None  # a lossy row: its missing values are imputed by the general path
+    aug = np.empty((n + 1, n + 1))
+    D = np.empty((n, n))
+    medians = np.zeros(2)
+    if not _finish(acc, dots, float(msq[0]), bad, aug, D, medians):
+        return None  # products overflowed the input precision: the float64 slow path
+    gram = BaseGram(aug=torch.from_numpy(aug), bad=torch.from_numpy(bad))
+    if _cancellation_prone(float(medians[0]), float(medians[1]), X.dtype):
+        refined = _central_row(gram.aug[:-1, :-1], gram.bad)
+        return base_gram(X, centre_row=refined, max_missing=max_missing), {}
+    return gram, {"sqdist": torch.from_numpy(D)}
+
+
+def _cancellation_prone(scale_g: float, scale_d: float, dtype: torch.dtype) -> bool:
+    """The test of :func:`._gram._needs_refinement` on its two medians (scale_g = 0 when fewer
+    than two rows are good)."""
+    unit = torch.finfo(dtype).eps
+    rel = unit * 64.0 * scale_g / max(scale_d, 1e-300)
+    return rel > _REFINE_REL_ERROR and scale_g > 0.0
+
+
+if njit is not None:
+
+    @njit(boundscheck=False, error_model="numpy", cache=True, nogil=True)
+    def _flagged_rows_within_budget(X, flagged, budget, limit):  # pragma: no cover (compiled)
+        """Whether a flagged row misses at most ``budget`` coordinates and holds no finite value
+        above ``limit`` (:func:`._gram._some_rows_within_budget`)."""
+        n, d = X.shape
+        for i in range(n):
+            if not flagged[i]:
+                continue
+            row = X[i]
+            count = 0
+            huge = False
+            for k in range(d):
+                v = row[k]
+                if np.isfinite(v):
+                    if abs(v) > limit:
+                        huge = True
+                        break
+                else:
+                    count += 1
+                    if count > budget:
+                        break
+            if 0 < count <= budget and not huge:
+                return True
+        return False
+
+    @njit(boundscheck=False, error_model="numpy", cache=True, nogil=True)
+    def _finish(acc, dots, msq, bad, aug, D, medians):  # pragma: no cover (compiled)
+        """From the kernel's statistics: ``aug`` (the layout of :func:`._gram_kernel.layout`,
+        bad rows zeroed as in :func:`._gram.base_gram`), the squared distances ``D`` (as
+        :meth:`._gram.Inputs.sqdist`) and ``medians = (median centred squared norm, median
+        distance)`` over the good rows (torch's lower medians). Returns False when a statistic
+        is not finite (an overflow: the caller takes the general path). No fast-math: the
+        operations and their rounding are those of the torch code they replace."""
+        n = dots.shape[0]
+        if not np.isfinite(msq):
+            return False
+        for i in range(n):
+            if not np.isfinite(dots[i]):
+                return False
+            for j in range(i, n):
+                if not np.isfinite(acc[i, j]):
+                    return False
+        for i in range(n):
+            for j in range(i, n):
+                v = acc[i, j]
+                if bad[i] or bad[j]:
+                    v = 0.0
+                aug[i, j] = v
+                aug[j, i] = v
+            v = 0.0 if bad[i] else dots[i]
+            aug[i, n] = v
+            aug[n, i] = v
+        aug[n, n] = msq
+        good = 0
+        for i in range(n):
+            if not bad[i]:
+                good += 1
+        for i in range(n):
+            for j in range(n):
+                if i == j:
+                    D[i, j] = 0.0
+                elif bad[i] or bad[j]:
+                    D[i, j] = np.inf
+                else:
+                    v = (aug[i, i] + aug[j, j]) - 2.0 * aug[i, j]
+                    D[i, j] = v if v > 0.0 else 0.0
+        medians[0] = 0.0
+        medians[1] = 0.0
+        if good < 2:
+            return True
+        # D is exactly symmetric, so the lower median of its m = k(k-1) off-diagonal entries
+        # (each distance twice) is the lower median of the m / 2 distances i < j
+        norms = np.empty(good)
+        dist = np.empty(good * (good - 1) // 2)
+        a = 0
+        b = 0
+        for i in range(n):
+            if bad[i]:
+                continue
+            norms[a] = aug[i, i]
+            a += 1
+            for j in range(i + 1, n):
+                if not bad[j]:
+                    dist[b] = D[i, j]
+                    b += 1
+        norms.sort()
+        dist.sort()
+        medians[0] = norms[(good - 1) // 2]
+        medians[1] = dist[(dist.shape[0] - 1) // 2]
+        return True
