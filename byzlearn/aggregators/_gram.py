@@ -335,9 +335,7 @@ def _kernel_pass(X: torch.Tensor, centre: torch.Tensor | None, centre_row: int |
         centre_np = None
     if rows.size >= _gram_kernel.BLAS_MIN_ROWS:
         return _blas_pass(X, Xn, centre, centre_np, centre_row, rows)
-    lanes = _gram_kernel.tile_lanes(_gram_kernel.padded_rows(rows.size))
-    size = max(lanes, (_KERNEL_BLOCK_ELEMENTS // max(n, 1)) // lanes * lanes)
-    blocks = column_blocks(d, size)
+    blocks = column_blocks(d, kernel_block_size(n, rows.size))
     parts = _gram_kernel.gram_blocks(Xn, blocks, centre_np, torch.get_num_threads(), rows)
     acc = torch.zeros(n + 1, n + 1, dtype=torch.float64)
     bad = torch.zeros(n, dtype=torch.bool)
@@ -356,6 +354,13 @@ def _kernel_pass(X: torch.Tensor, centre: torch.Tensor | None, centre_row: int |
         sum_msq += part.msq
     acc += torch.from_numpy(_gram_kernel.layout(n, rows, sum_acc, sum_dots, sum_msq))
     return acc, bad
+
+
+def kernel_block_size(n: int, active: int) -> int:
+    """Columns per block of the CPU kernel pass over n rows, ``active`` of them multiplied: about
+    ``_KERNEL_BLOCK_ELEMENTS`` values, a whole number of passes of the tiles."""
+    lanes = _gram_kernel.tile_lanes(_gram_kernel.padded_rows(active))
+    return max(lanes, (_KERNEL_BLOCK_ELEMENTS // max(n, 1)) // lanes * lanes)
 
 
 def _flag_rows(

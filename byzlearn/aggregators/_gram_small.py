@@ -43,12 +43,12 @@ import torch
 
 from byzlearn.aggregators import _gram_kernel
 from byzlearn.aggregators._gram import (
-    _KERNEL_BLOCK_ELEMENTS,
     _REFINE_REL_ERROR,
     _SAMPLE_MIN_ELEMENTS,
     BaseGram,
     _central_row,
     base_gram,
+    kernel_block_size,
     measurable_limit,
 )
 
@@ -78,9 +78,7 @@ def applies(X: torch.Tensor) -> bool:
     n, d = X.shape
     if n < 1 or d < 1 or n * d >= SMALL_MAX_ELEMENTS or n >= _gram_kernel.BLAS_MIN_ROWS:
         return False
-    lanes = _gram_kernel.LANES
-    size = max(4 * lanes, (_KERNEL_BLOCK_ELEMENTS // n) // lanes * lanes)
-    return d <= size  # one block of the general pass (always true below 2^21 values)
+    return d <= kernel_block_size(n, n)  # one block of the general pass (always, below 2^21)
 
 
 def small_gram(X: torch.Tensor, max_missing: float) -> tuple[BaseGram, dict] | None:
@@ -100,7 +98,10 @@ def small_gram(X: torch.Tensor, max_missing: float) -> tuple[BaseGram, dict] | N
     msq = np.zeros(1)
     flags = np.zeros(n + 1, dtype=np.bool_)
     no_centre = _NO_CENTRE[Xn.dtype.type]  # read by the kernel only with a given centre
-    _gram_kernel._gram_block(Xn, _ALL_ROWS[n], no_centre, False, 0, d, acc, dots, msq, flags)
+    C = _gram_kernel.aligned_zeros((R, _gram_kernel.tile_lanes(R)), Xn.dtype)
+    _gram_kernel._gram_block(
+        Xn, _ALL_ROWS[n], no_centre, False, 0, d, acc, dots, msq, flags, C
+    )
     bad = flags[:n]  # rows holding a non-finite value; _finish adds none (it only reads)
     lossy = max_missing > 0 and bad.any()
     if lossy and _flagged_rows_within_budget(Xn, bad, max_missing * d, measurable_limit(d)):

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import byzlearn.aggregators as agg
-from byzlearn.aggregators import _gram_small
+from byzlearn.aggregators import _gram_kernel, _gram_small
 from byzlearn.aggregators._gram import Inputs
 
 
@@ -83,7 +83,7 @@ def test_small_inputs_take_the_small_path_and_large_ones_do_not():
     assert not _gram_small.applies(torch.zeros(25, 4810).T)  # not contiguous
     assert not _gram_small.applies(torch.zeros(25, 4810, dtype=torch.float16))
     assert not _gram_small.applies(torch.zeros(2, 1 << 20))  # 2^21 values: the general pass
-    assert not _gram_small.applies(torch.zeros(300, 10))  # the BLAS path's row counts
+    assert not _gram_small.applies(torch.zeros(_gram_kernel.BLAS_MIN_ROWS, 10))  # BLAS rows
     assert _gram_small.small_gram(attacked(25, 4810, 0), 0.1) is not None
 
 
