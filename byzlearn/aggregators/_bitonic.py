@@ -58,40 +58,46 @@ def kind_of(stages: int, flip: bool) -> int:
     return 2 * (stages - 1) + int(flip)
 
 
-def level_passes(wires: int, p: int) -> list[tuple[int, bool, list[int]]]:
-    """Passes (stages, flip, wires in local order) of the bitonic level merging the sorted runs of
-    p wires (a power of two) of ``wires`` wires into sorted runs of 2p."""
-    total = (2 * p).bit_length() - 1  # log2(2p) stages: the flip, then strides p/2 .. 1
+def merge_passes(wires: int, run: int) -> list[tuple[int, bool, list[int]]]:
+    """Passes (stages, flip, wires in local order) that merge sorted runs of ``run`` wires into
+    one sorted sequence of ``wires`` (both powers of two).
+
+    In depth-first order: a block of 2p wires is merged as soon as its two halves are, and each
+    group of stages of a level runs on one sub-block right after the group before it finished
+    there. A pass thus mostly reads rows that the passes just before it wrote (in the L1 cache
+    while the block fits there), rather than streaming every row of the buffer once per group of
+    stages.
+    """
     out: list[tuple[int, bool, list[int]]] = []
-    done = 0
-    while done < total:
+
+    def stage_group(p: int, done: int, lo: int, span: int) -> None:
+        # the stages done .. done + stages - 1 of the level merging runs of p, on [lo, lo + span)
+        total = (2 * p).bit_length() - 1  # log2(2p): the flip, then strides p/2 .. 1
         stages = min(MAX_STAGES, total - done)
         half = 1 << (stages - 1)
-        if done == 0:  # the flip of each 2p block and the next strides p/2 .. s
+        if done == 0:  # the flip of the 2p block and the strides p/2 .. s
             s = p >> (stages - 1)
-            for block in range(0, wires, 2 * p):
-                for r in range(s):
-                    low = [block + r + k * s for k in range(half)]
-                    high = [block + (s - 1 - r) + k * s for k in range(half, 2 * half)]
-                    out.append((stages, True, low + high))
-        else:  # strides top, top/2, .., s inside blocks of 2 top
-            top = p >> done
-            s = top >> (stages - 1)
-            for block in range(0, wires, 2 * top):
-                for r in range(s):
-                    out.append((stages, False, [block + r + k * s for k in range(2 * half)]))
-        done += stages
-    return out
+            for r in range(s):
+                low = [lo + r + k * s for k in range(half)]
+                high = [lo + (s - 1 - r) + k * s for k in range(half, 2 * half)]
+                out.append((stages, True, low + high))
+        else:  # the strides span/2 .. s inside the block
+            s = (span // 2) >> (stages - 1)
+            for r in range(s):
+                out.append((stages, False, [lo + r + k * s for k in range(2 * half)]))
+        if done + stages < total:
+            sub = 2 * (p >> (done + stages))
+            for b in range(lo, lo + span, sub):
+                stage_group(p, done + stages, b, sub)
 
+    def sort(lo: int, size: int) -> None:
+        if size <= run:
+            return
+        sort(lo, size // 2)
+        sort(lo + size // 2, size // 2)
+        stage_group(size // 2, 0, lo, size)
 
-def merge_passes(wires: int, run: int) -> list[tuple[int, bool, list[int]]]:
-    """Passes that merge sorted runs of ``run`` wires into one sorted sequence of ``wires``
-    (both powers of two)."""
-    out = []
-    p = run
-    while p < wires:
-        out += level_passes(wires, p)
-        p *= 2
+    sort(0, wires)
     return out
 
 
@@ -132,6 +138,7 @@ def pruned_passes(
 try:  # the passes need numba's llvmlite; without it the grouped kernel cannot run either
     from llvmlite import ir
     from numba import njit, types
+    from numba.core import cgutils
     from numba.extending import intrinsic
 
     from byzlearn.aggregators._simd import wide
@@ -144,42 +151,49 @@ except ImportError:  # pragma: no cover
 if _HAVE_NUMBA:
 
     def cx_pass(stages: int, flip: bool):
-        """An intrinsic ``f(buf, table, q, col)``: the pass ``table[q]`` on the columns
-        ``col .. col + VECTOR_BYTES / itemsize - 1`` of the rows of ``buf`` (C-contiguous, 2-D):
-        one vector load per wire, the compare-exchanges of :func:`pass_pairs`, one store."""
+        """An intrinsic ``f(buf, table, q, col0, col1)``: the pass ``table[q]`` on the columns
+        ``col0 .. col1 - 1`` of the rows of ``buf`` (C-contiguous, 2-D; col1 - col0 a multiple
+        of ``VECTOR_BYTES / itemsize``): per vector of columns, one load per wire, the
+        compare-exchanges of :func:`pass_pairs`, one store per wire. The rows' addresses are
+        computed once, before the loop over the columns."""
         pairs = pass_pairs(stages, flip)
         count = 1 << stages
 
         @intrinsic
-        def run_pass(typingctx, buf, table, q, col):  # pragma: no cover (compiled)
-            sig = types.void(buf, table, q, col)
+        def run_pass(typingctx, buf, table, q, col0, col1):  # pragma: no cover (compiled)
+            sig = types.void(buf, table, q, col0, col1)
 
             def codegen(context, builder, signature, args):
-                buf_t, table_t, q_t, col_t = signature.args
+                buf_t, table_t, q_t, c0_t, c1_t = signature.args
                 rows = context.make_array(buf_t)(context, builder, args[0])
                 tab = context.make_array(table_t)(context, builder, args[1])
-                q_v = context.cast(builder, args[2], q_t, types.int64)
-                col_v = context.cast(builder, args[3], col_t, types.int64)
+                q_v = context.cast(builder, args[2], q_t, types.intp)
+                c0 = context.cast(builder, args[3], c0_t, types.intp)
+                c1 = context.cast(builder, args[4], c1_t, types.intp)
                 element = context.get_data_type(buf_t.dtype)
                 size = context.get_abi_sizeof(element)
-                vector = ir.VectorType(element, VECTOR_BYTES // size)
-                i64 = ir.IntType(64)
+                lanes = VECTOR_BYTES // size
+                vector = ir.VectorType(element, lanes)
+                intp = context.get_value_type(types.intp)
                 row_len = builder.extract_value(rows.shape, 1)
                 first = builder.mul(q_v, builder.extract_value(tab.shape, 1))
-                pointers, values = [], []
+                starts = []
                 for k in range(count):
-                    wire = builder.load(builder.gep(tab.data, [builder.add(first, i64(k))]))
-                    at = builder.gep(rows.data, [builder.add(builder.mul(wire, row_len), col_v)])
-                    pointer = builder.bitcast(at, vector.as_pointer())
-                    pointers.append(pointer)
-                    values.append(builder.load(pointer, align=size))
-                for a, b in pairs:
-                    le = builder.fcmp_ordered("<=", values[a], values[b])
-                    low = builder.select(le, values[a], values[b])
-                    high = builder.select(le, values[b], values[a])
-                    values[a], values[b] = low, high
-                for pointer, value in zip(pointers, values, strict=True):
-                    builder.store(value, pointer, align=size)
+                    wire = builder.load(builder.gep(tab.data, [builder.add(first, intp(k))]))
+                    starts.append(builder.gep(rows.data, [builder.mul(wire, row_len)]))
+                with cgutils.for_range_slice(builder, c0, c1, intp(lanes)) as (col, _):
+                    pointers, values = [], []
+                    for start in starts:
+                        pointer = builder.bitcast(builder.gep(start, [col]), vector.as_pointer())
+                        pointers.append(pointer)
+                        values.append(builder.load(pointer, align=size))
+                    for a, b in pairs:
+                        le = builder.fcmp_ordered("<=", values[a], values[b])
+                        low = builder.select(le, values[a], values[b])
+                        high = builder.select(le, values[b], values[a])
+                        values[a], values[b] = low, high
+                    for pointer, value in zip(pointers, values, strict=True):
+                        builder.store(value, pointer, align=size)
                 return context.get_dummy_value()
 
             return sig, codegen
@@ -197,30 +211,22 @@ if _HAVE_NUMBA:
         wide()  # 512-bit registers for the explicit vectors (else split in two 256-bit halves)
         step = VECTOR_BYTES // buf.itemsize
         for c0 in range(0, w, chunk):
-            c1 = min(w, c0 + chunk)
+            c1 = c0 + ((min(w, c0 + chunk) - c0 + step - 1) // step) * step
             for q in range(kinds.shape[0]):
                 kind = kinds[q]
                 if kind == 7:
-                    for col in range(c0, c1, step):
-                        _p4f(buf, table, q, col)
+                    _p4f(buf, table, q, c0, c1)
                 elif kind == 6:
-                    for col in range(c0, c1, step):
-                        _p4(buf, table, q, col)
+                    _p4(buf, table, q, c0, c1)
                 elif kind == 5:
-                    for col in range(c0, c1, step):
-                        _p3f(buf, table, q, col)
+                    _p3f(buf, table, q, c0, c1)
                 elif kind == 4:
-                    for col in range(c0, c1, step):
-                        _p3(buf, table, q, col)
+                    _p3(buf, table, q, c0, c1)
                 elif kind == 3:
-                    for col in range(c0, c1, step):
-                        _p2f(buf, table, q, col)
+                    _p2f(buf, table, q, c0, c1)
                 elif kind == 2:
-                    for col in range(c0, c1, step):
-                        _p2(buf, table, q, col)
+                    _p2(buf, table, q, c0, c1)
                 elif kind == 1:
-                    for col in range(c0, c1, step):
-                        _p1f(buf, table, q, col)
+                    _p1f(buf, table, q, c0, c1)
                 else:
-                    for col in range(c0, c1, step):
-                        _p1(buf, table, q, col)
+                    _p1(buf, table, q, c0, c1)

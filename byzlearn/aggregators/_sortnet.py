@@ -171,10 +171,11 @@ def _load_in_memory(source: str) -> Callable:
 # :func:`plan`).
 SIZES = (8, 16, 25)
 
-# Coordinates per pass of the merge loop: the merge runs over chunks of this many coordinates of
-# the block, so that its wires x chunk slice stays in the L1 cache (64 was fastest from 26 to
-# 1000 rows on an AVX-512 core, against 32, 128 and the whole block of 256).
-MERGE_LANES = 64
+# Coordinates per run of the merge passes: the passes run over chunks of this many coordinates of
+# the block. With the bitonic passes the whole block was as fast as or faster than chunks of 128
+# and 64 from 50 to 1000 rows on an AVX-512 core (chunks of 16 and 32 were 1.5 to 2 times
+# slower), so the passes run once per block.
+MERGE_LANES = LANES
 
 
 def size_for(n: int) -> int | None:
