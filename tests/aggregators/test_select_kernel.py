@@ -157,7 +157,9 @@ def pass_pairs(stages: int, flip: bool) -> list[tuple[int, int]]:
     return pairs
 
 
-@pytest.mark.parametrize("n", [1, 8, 9, 25, 26, 31, 40, 50, 51, 64, 77, 100, 129, 200, 333])
+@pytest.mark.parametrize(
+    "n", [1, 8, 9, 25, 26, 31, 40, 50, 51, 64, 77, 100, 129, 200, 333, 500, 513, 1000]
+)
 def test_grouped_plan_sorts(n):
     from byzlearn.aggregators import _sortnet
 
@@ -184,6 +186,67 @@ def test_grouped_plan_sorts_every_zero_one_input_of_its_merge(n):
         [np.arange(s)[None, :] >= z[:, None] for s, z in zip(sizes, zeros.T, strict=True)], axis=1
     ).astype(float)
     np.testing.assert_array_equal(apply_plan(inputs, plan), np.sort(inputs, axis=1))
+
+
+@pytest.mark.parametrize(("wires", "run"), [(2, 1), (8, 2), (16, 4), (32, 8), (64, 16)])
+def test_bitonic_passes_merge_every_zero_one_input(wires, run):
+    # the 0-1 principle on the merge: any sorted runs, i.e. each run's count of zeros; the
+    # passes must hold distinct wires and, unpruned, touch every wire
+    from byzlearn.aggregators import _bitonic
+
+    passes = _bitonic.merge_passes(wires, run)
+    touched = set()
+    for stages, flip, used in passes:
+        assert len(used) == 1 << stages and len(set(used)) == len(used)
+        assert all(0 <= u < wires for u in used)
+        touched.update(used)
+        assert _bitonic.pass_pairs(stages, flip) == pass_pairs(stages, flip)
+    assert touched == set(range(wires))
+    counts = np.array(list(itertools.product(range(run + 1), repeat=wires // run)))
+    inputs = np.concatenate(
+        [np.arange(run)[None, :] >= z[:, None] for z in counts.T], axis=1
+    ).astype(float)
+    merged = inputs.copy()
+    for stages, flip, used in passes:
+        merged[:, used] = apply_network(merged[:, used], np.array(pass_pairs(stages, flip)))
+    np.testing.assert_array_equal(merged, np.sort(inputs, axis=1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("n", [26, 33, 64, 65, 127, 200, 333, 500, 1000])
+def test_grouped_kernel_with_specials_matches_reference(n, dtype):
+    """The grouped kernel (sorted groups merged by the bitonic passes) against the per-coordinate
+    reference, with NaN, +-inf, ties and far outliers; on integer columns every sum is exact, so
+    there every statistic must equal the reference exactly."""
+    gen = torch.Generator().manual_seed(1000 + n)
+    d = 2 * sel.LANES + 37  # two full blocks and a partial one
+    X = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    X[:, ::3] = torch.randint(-3, 4, (n, len(range(0, d, 3))), generator=gen).double()  # ties
+    special = torch.rand(n, d, generator=gen)
+    X[special < 0.04] = math.nan
+    X[(special >= 0.04) & (special < 0.06)] = math.inf
+    X[(special >= 0.06) & (special < 0.08)] = -math.inf
+    X[(special >= 0.08) & (special < 0.10)] = 1e30
+    X[: n // 3, 5] = math.nan  # a coordinate a third missing
+    X[:, 7] = 0.5  # a constant coordinate
+    X = X.to(dtype)
+    drop = n // 5
+    exact = torch.zeros(d, dtype=torch.bool)
+    exact[::3] = True
+    exact[7] = True
+    for stat in STATS:
+        d_stat = drop if stat != sel.MEDIAN and stat != sel.MEAN else 0
+        min_k = needed(stat, d_stat)
+        fast = check_both_paths(X, stat, d_stat, min_k)
+        ref, _, _ = kernel_reference(X, stat, d_stat, min_k)
+        ints = exact.numpy() & np.isfinite(ref) & (np.abs(ref) < 1e20)
+        if stat != sel.MEAN:  # integers averaged in float32 may round; the others are exact
+            np.testing.assert_array_equal(fast.double().numpy()[ints], ref[ints].astype(
+                torch_to_numpy(dtype)).astype(np.float64))
+
+
+def torch_to_numpy(dtype: torch.dtype):
+    return np.float32 if dtype == torch.float32 else np.float64
 
 
 @pytest.mark.parametrize("stat", STATS, ids=NAMES.get)
