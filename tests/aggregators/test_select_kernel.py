@@ -124,7 +124,8 @@ def test_sorting_network_sorts_random_inputs(n):
 
 def apply_plan(inputs: np.ndarray, plan) -> np.ndarray:
     """What the kernel does with a plan, in numpy: sort each group into its slot (+inf after),
-    set the pad rows to +inf, run the merge pairs; the first n wires are the result."""
+    set the pad rows to +inf, run the bitonic passes (each on its distinct wires, every one
+    written before); the first n wires are the result."""
     n = inputs.shape[1]
     wires = np.full((inputs.shape[0], plan.wires), np.nan)  # NaN: a wire nothing wrote
     for g in range(len(plan.starts) - 1):
