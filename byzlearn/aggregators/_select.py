@@ -27,8 +27,9 @@ release the GIL and run on ``torch.get_num_threads()`` Python threads, each on i
 blocks (numba's own parallel build of the unrolled code takes minutes to compile). Loads read
 contiguous rows from a non-negative offset: an index numba cannot prove non-negative gets a
 negative-index wrap per element, and the compiler then emits gathers. More than 25 rows
-are sorted in groups of 16 or 25 by the same unrolled networks and the groups merged by a loop over
-the merge pairs of Batcher's network (:func:`._sortnet.plan`), on the same threads. (Selection by
+are sorted in groups of 16 or 25 by the same unrolled networks and the groups merged by bitonic
+merge passes, each holding 16 buffer rows in vector registers for up to four stages
+(:mod:`._bitonic`, :func:`._sortnet.plan`), on the same threads. (Selection by
 counting passes, vectorised across coordinates, was tried for many rows and lost to the sorting
 networks on every statistic up to n = 1000 on an AVX-512 core: a pass over the cached block
 costs 0.5 (counts only) to 1 (counts and the exact values next to the pivot) times one read of
@@ -72,7 +73,7 @@ except ImportError:  # pragma: no cover
 
 def _batcher_levels(size: int, first: int) -> list[tuple[int, int]]:
     """Compare-exchange pairs of Batcher's odd-even merge sort on ``size`` (a power of two)
-    wires, from the level that merges sorted runs of ``first`` wires on."""
+    wires, from the level that merges sorted runs of ``first`` wires on (1: the whole sort)."""
     pairs = []
     p = first
     while p < size:
@@ -104,13 +105,6 @@ def sorting_network(n: int) -> np.ndarray:
     """
     pairs = [(a, b) for a, b in _batcher_levels(next_power_of_two(n), 1) if b < n]
     return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-
-
-@functools.cache
-def merge_network(size: int, run: int) -> np.ndarray:
-    """The pairs of Batcher's network on ``size`` wires (a power of two) that merge its sorted
-    runs of ``run`` wires (a power of two) into one sorted sequence."""
-    return np.asarray(_batcher_levels(size, run), dtype=np.int64).reshape(-1, 2)
 
 
 if _HAVE_NUMBA:

@@ -124,7 +124,8 @@ def test_sorting_network_sorts_random_inputs(n):
 
 def apply_plan(inputs: np.ndarray, plan) -> np.ndarray:
     """What the kernel does with a plan, in numpy: sort each group into its slot (+inf after),
-    set the pad rows to +inf, run the merge pairs; the first n wires are the result."""
+    set the pad rows to +inf, run the bitonic passes (each on its distinct wires, every one
+    written before); the first n wires are the result."""
     n = inputs.shape[1]
     wires = np.full((inputs.shape[0], plan.wires), np.nan)  # NaN: a wire nothing wrote
     for g in range(len(plan.starts) - 1):
@@ -134,20 +135,39 @@ def apply_plan(inputs: np.ndarray, plan) -> np.ndarray:
         block[:, : b - a] = np.sort(inputs[:, a:b], axis=1)
         wires[:, g * plan.slot : g * plan.slot + plan.size] = block
     wires[:, plan.pad] = np.inf
-    assert not np.isnan(wires).any()  # every wire is written before the merge
-    return apply_network(wires, plan.merge)[:, :n]
+    for kind, table in zip(plan.kinds, plan.passes, strict=True):
+        stages, flip = int(kind) // 2 + 1, bool(kind % 2)
+        used = table[: 1 << stages]
+        assert len(set(used.tolist())) == len(used)  # a pass holds distinct wires
+        assert not np.isnan(wires[:, used]).any()  # every wire a pass reads was written
+        local = apply_network(wires[:, used], np.array(pass_pairs(stages, flip)))
+        wires[:, used] = local
+    return wires[:, :n]
 
 
-@pytest.mark.parametrize("n", [1, 8, 9, 25, 26, 31, 40, 50, 51, 64, 77, 100, 129, 200, 333])
+def pass_pairs(stages: int, flip: bool) -> list[tuple[int, int]]:
+    """The compare-exchanges of one bitonic pass on its 2**stages local wires, written from the
+    definition: the flip (k, 2**stages - 1 - k) first when ``flip``, then half-cleaners of
+    strides halving to 1 (each pairs k with k + s inside blocks of 2s)."""
+    size = 1 << stages
+    pairs = [(k, size - 1 - k) for k in range(size // 2)] if flip else []
+    s = size // 4 if flip else size // 2
+    while s >= 1:
+        pairs += [(b + k, b + k + s) for b in range(0, size, 2 * s) for k in range(s)]
+        s //= 2
+    return pairs
+
+
+@pytest.mark.parametrize(
+    "n", [1, 8, 9, 25, 26, 31, 40, 50, 51, 64, 77, 100, 129, 200, 333, 500, 513, 1000]
+)
 def test_grouped_plan_sorts(n):
     from byzlearn.aggregators import _sortnet
 
     plan = _sortnet.plan(n)
     assert plan.starts[0] == 0 and plan.starts[-1] == n
     if n <= 25:  # one unrolled network, nothing to merge
-        assert len(plan.starts) == 2 and len(plan.merge) == 0
-    else:  # fewer pairs left to the loop than the whole network
-        assert len(plan.merge) < len(sel.sorting_network(n))
+        assert len(plan.starts) == 2 and len(plan.kinds) == 0
     rng = np.random.default_rng(n)
     inputs = rng.standard_normal((300, n))
     inputs[:60] = rng.integers(0, 3, (60, n))  # ties
@@ -167,6 +187,67 @@ def test_grouped_plan_sorts_every_zero_one_input_of_its_merge(n):
         [np.arange(s)[None, :] >= z[:, None] for s, z in zip(sizes, zeros.T, strict=True)], axis=1
     ).astype(float)
     np.testing.assert_array_equal(apply_plan(inputs, plan), np.sort(inputs, axis=1))
+
+
+@pytest.mark.parametrize(("wires", "run"), [(2, 1), (8, 2), (16, 4), (32, 8), (64, 16)])
+def test_bitonic_passes_merge_every_zero_one_input(wires, run):
+    # the 0-1 principle on the merge: any sorted runs, i.e. each run's count of zeros; the
+    # passes must hold distinct wires and, unpruned, touch every wire
+    from byzlearn.aggregators import _bitonic
+
+    passes = _bitonic.merge_passes(wires, run)
+    touched = set()
+    for stages, flip, used in passes:
+        assert len(used) == 1 << stages and len(set(used)) == len(used)
+        assert all(0 <= u < wires for u in used)
+        touched.update(used)
+        assert _bitonic.pass_pairs(stages, flip) == pass_pairs(stages, flip)
+    assert touched == set(range(wires))
+    counts = np.array(list(itertools.product(range(run + 1), repeat=wires // run)))
+    inputs = np.concatenate(
+        [np.arange(run)[None, :] >= z[:, None] for z in counts.T], axis=1
+    ).astype(float)
+    merged = inputs.copy()
+    for stages, flip, used in passes:
+        merged[:, used] = apply_network(merged[:, used], np.array(pass_pairs(stages, flip)))
+    np.testing.assert_array_equal(merged, np.sort(inputs, axis=1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("n", [26, 33, 64, 65, 127, 200, 333, 500, 1000])
+def test_grouped_kernel_with_specials_matches_reference(n, dtype):
+    """The grouped kernel (sorted groups merged by the bitonic passes) against the per-coordinate
+    reference, with NaN, +-inf, ties and far outliers; on integer columns every sum is exact, so
+    there every statistic must equal the reference exactly."""
+    gen = torch.Generator().manual_seed(1000 + n)
+    d = 2 * sel.LANES + 37  # two full blocks and a partial one
+    X = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    X[:, ::3] = torch.randint(-3, 4, (n, len(range(0, d, 3))), generator=gen).double()  # ties
+    special = torch.rand(n, d, generator=gen)
+    X[special < 0.04] = math.nan
+    X[(special >= 0.04) & (special < 0.06)] = math.inf
+    X[(special >= 0.06) & (special < 0.08)] = -math.inf
+    X[(special >= 0.08) & (special < 0.10)] = 1e30
+    X[: n // 3, 5] = math.nan  # a coordinate a third missing
+    X[:, 7] = 0.5  # a constant coordinate
+    X = X.to(dtype)
+    drop = n // 5
+    exact = torch.zeros(d, dtype=torch.bool)
+    exact[::3] = True
+    exact[7] = True
+    for stat in STATS:
+        d_stat = drop if stat != sel.MEDIAN and stat != sel.MEAN else 0
+        min_k = needed(stat, d_stat)
+        fast = check_both_paths(X, stat, d_stat, min_k)
+        ref, _, _ = kernel_reference(X, stat, d_stat, min_k)
+        ints = exact.numpy() & np.isfinite(ref) & (np.abs(ref) < 1e20)
+        if stat != sel.MEAN:  # integers averaged in float32 may round; the others are exact
+            np.testing.assert_array_equal(fast.double().numpy()[ints], ref[ints].astype(
+                torch_to_numpy(dtype)).astype(np.float64))
+
+
+def torch_to_numpy(dtype: torch.dtype):
+    return np.float32 if dtype == torch.float32 else np.float64
 
 
 @pytest.mark.parametrize("stat", STATS, ids=NAMES.get)
