@@ -137,7 +137,9 @@ def compiled_read(X) -> float:
     if _READ is None:
         from numba import njit
 
-        @njit(fastmath=True, nogil=True, cache=True)
+        # not cached on disk: the cache would name the module the script was imported as (the
+        # tests import it under another name), and loading it as __main__ would then fail
+        @njit(fastmath=True, nogil=True)
         def read_rows(A, r0, r1, out):
             for i in range(r0, r1):
                 row = A[i]

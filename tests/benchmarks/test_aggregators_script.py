@@ -42,3 +42,18 @@ def test_cuda_without_a_device_is_one_line(script, capsys):
     assert script.main(["--quick", "--device", "cuda"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: --device cuda: no CUDA device is available to torch here"]
+
+
+def test_script_runs_as_a_program_after_being_imported(script):
+    """The script's compiled read is not cached on disk under the name the tests import it as
+    (loading that cache when the script runs as ``__main__`` failed)."""
+    import subprocess
+
+    script.compiled_read(torch.ones(2, 3))  # compiled under the tests' module name
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "aggregators.py"), "--quick", "--d", "2e4",
+         "--rules", "median", "--inputs", "honest"],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "median" in result.stdout
