@@ -6,7 +6,7 @@ coordinates, that code vectorises across coordinates (each SIMD lane sorts one c
 values with branch-free min/max), which a loop over a runtime list of row pairs does much less
 well: each compare-exchange then loads and stores two buffer rows.
 
-:func:`kernel` writes that code for 8, 16 or 25 rows (fewer rows are padded with +inf, which
+:func:`kernel` writes that code for 8, 12, 16 or 25 rows (fewer rows are padded with +inf, which
 sorts last; the pairs come from :func:`byzlearn.aggregators._select.sorting_network`), compiles
 it with numba and keeps it. The
 source goes to a cache folder (``$BYZLEARN_CACHE`` or ``~/.cache/byzlearn``) so numba's on-disk
@@ -160,13 +160,15 @@ def _load_in_memory(source: str) -> Callable:
 
 
 # Unrolled networks are compiled for these row counts only (n rows use the smallest size >= n,
-# padded with +inf). Compile time grows fast with the size (about 20 s at 25 rows per dtype,
-# about 10 s at 16, minutes at 64) and every size is compiled for float32 and float64, so there
-# are three: 8 (cheap), 16 (Bulyan's theta = n - 2f = 15 selected rows at n = 25, f = 5: padding
-# them to 25 cost a third more time) and 25 (the n = 25 of the papers' setups, unpadded). Larger
-# n are sorted in groups of 16 or 25 rows by the same kernels and the groups merged (see
-# :func:`plan`).
-SIZES = (8, 16, 25)
+# padded with +inf). Compile time grows fast with the size (about 12 s at 25 rows per dtype,
+# about 5 s at 16, minutes at 64) and every size is compiled for float32 and float64, so there
+# are four: 8 (cheap), 12 (the federations of about ten clients: at n = 9 to 12 its 42
+# compare-exchanges instead of the padded 16-row network's 63 made the four coordinate-wise rules
+# 7-16 % faster at d = 1e6, same outputs), 16 (Bulyan's theta = n - 2f = 15 selected rows at
+# n = 25, f = 5: padding them to 25 cost a third more time) and 25 (the n = 25 of the papers'
+# setups, unpadded). Larger n are sorted in groups of 16 or 25 rows by the same kernels and the
+# groups merged (see :func:`plan`).
+SIZES = (8, 12, 16, 25)
 
 # Coordinates per run of the merge passes: the passes run over chunks of this many coordinates of
 # the block. With the bitonic passes the whole block was as fast as or faster than chunks of 128

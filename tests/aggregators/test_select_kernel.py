@@ -270,7 +270,7 @@ def _drops(stat: int, n: int) -> list[int]:
 
 
 @pytest.mark.parametrize("stat", STATS, ids=NAMES.get)
-@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8, 9, 16, 17, 33, 64])
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8, 9, 10, 12, 13, 16, 17, 33, 64])
 def test_paths_match_reference(stat, n):
     gen = torch.Generator().manual_seed(n * 10 + stat)
     for d, dtype in [(1, torch.float64), (255, torch.float32), (257, torch.float64)]:
@@ -284,16 +284,16 @@ def test_paths_match_reference(stat, n):
 
 
 @pytest.mark.parametrize("stat", STATS, ids=NAMES.get)
-def test_paths_match_reference_with_missing_values(stat):
+@pytest.mark.parametrize(("n", "drop"), [(17, 3), (11, 2)])  # the 25- and 12-row kernels
+def test_paths_match_reference_with_missing_values(stat, n, drop):
     gen = torch.Generator().manual_seed(stat)
-    n, drop = 17, 3
     X = torch.randn(n, 600, generator=gen, dtype=torch.float64)
     mask = torch.rand(n, 600, generator=gen) < 0.2
     specials = torch.tensor([math.nan, math.inf, -math.inf], dtype=torch.float64)
     X = torch.where(mask, specials[torch.randint(0, 3, (n, 600), generator=gen)], X)
     min_k = 2 * drop + 1
     X[: n - min_k, 5] = math.nan  # exactly min_k finite values left in coordinate 5
-    X[n - min_k :, 6] = math.inf  # exactly n - min_k = 10 in coordinate 6
+    X[n - min_k :, 6] = math.inf  # exactly n - min_k in coordinate 6
     kept = torch.isfinite(X).sum(dim=0) >= min_k
     X = X[:, kept]
     assert X.shape[1] > 500
