@@ -157,12 +157,10 @@ class _Unavailable(types.ModuleType):
 
 def _import_byzfl() -> tuple[Any, str | None]:
     """``byzfl`` or ``None``, and a note. ByzFL's package imports torchvision for its dataset
-    helpers only; where torchvision is installed but cannot load (a CUDA build next to a CPU
+    helpers only; where torchvision is missing or cannot load (a CUDA build next to a CPU
     torch), an empty stand-in module lets its training classes import (they do not use it)."""
     try:
         import torchvision  # noqa: F401
-    except ImportError:
-        pass
     except Exception:
         for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
             del sys.modules[name]
