@@ -259,6 +259,22 @@ if njit is not None:
         return s
 
     @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
+    def _centre_span(X, rows, centre, use_centre, j0, j1, m, C, dots, msq, flags):
+        # pragma: no cover (compiled)
+        """C[t, :j1 - j0] = X[rows[t], j0:j1] - m: the centre of each chunk of ``LANES``
+        coordinates written side by side into m (at least j1 - j0 values, rounded up to whole
+        chunks), then each row centred in one loop over the span (one reduction per row, not
+        per chunk); statistics and flags as :func:`_gram_block`."""
+        wide()
+        for k0 in range(j0, j1, LANES):
+            w = min(LANES, j1 - k0)
+            mk = m[k0 - j0 : k0 - j0 + LANES]
+            if not _chunk_centre(X, rows, centre, use_centre, k0, w, mk):
+                flags[-1] = True
+            msq[0] += _square_sum(mk, w)
+        _centre_rows(X, rows, j0, j1 - j0, m, C, 0, dots, flags)
+
+    @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
     def _gram_block(X, rows, centre, use_centre, j0, j1, acc, dots, msq, flags, C):
         # pragma: no cover (compiled)
         """Add the block ``j0:j1``'s centred statistics of the active ``rows`` to acc (upper 3 x 3
@@ -273,14 +289,7 @@ if njit is not None:
         zero = X.dtype.type(0)
         for s0 in range(j0, j1, width):
             s1 = min(j1, s0 + width)
-            for k0 in range(s0, s1, LANES):
-                w = min(LANES, s1 - k0)
-                mk = m[k0 - s0 : k0 - s0 + LANES]
-                if not _chunk_centre(X, rows, centre, use_centre, k0, w, mk):
-                    flags[-1] = True
-                msq[0] += _square_sum(mk, w)
-            # each row's whole pass at once (one loop and one reduction per row, not per chunk)
-            _centre_rows(X, rows, s0, s1 - s0, m, C, 0, dots, flags)
+            _centre_span(X, rows, centre, use_centre, s0, s1, m, C, dots, msq, flags)
             if s1 - s0 < width:
                 for t in range(rows.shape[0]):
                     cr = C[t]
@@ -296,16 +305,8 @@ if njit is not None:
         # pragma: no cover (compiled)
         """Write the centred block ``X[rows, j0:j1] - m`` into C (na x (j1 - j0)); statistics
         and flags as :func:`_gram_block`."""
-        wide()
-        width = j1 - j0
-        m = np.zeros(-(-width // LANES) * LANES, dtype=X.dtype)  # the chunks' centres
-        for k0 in range(j0, j1, LANES):
-            w = min(LANES, j1 - k0)
-            mk = m[k0 - j0 : k0 - j0 + LANES]
-            if not _chunk_centre(X, rows, centre, use_centre, k0, w, mk):
-                flags[-1] = True
-            msq[0] += _square_sum(mk, w)
-        _centre_rows(X, rows, j0, width, m, C, 0, dots, flags)  # one loop per row
+        m = np.zeros(-(-(j1 - j0) // LANES) * LANES, dtype=X.dtype)  # the chunks' centres
+        _centre_span(X, rows, centre, use_centre, j0, j1, m, C, dots, msq, flags)
 
 
     @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
