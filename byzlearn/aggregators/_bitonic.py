@@ -65,9 +65,17 @@ def kind_of(stages: int, flip: bool) -> int:
     return 2 * (stages - 1) + int(flip)
 
 
-def merge_passes(wires: int, run: int) -> list[tuple[int, bool, list[int]]]:
+def merge_passes(
+    wires: int, run: int, needed: tuple[int, ...] | None = None
+) -> list[tuple[int, bool, list[int]]]:
     """Passes (stages, flip, wires in local order) that merge sorted runs of ``run`` wires into
     one sorted sequence of ``wires`` (both powers of two).
+
+    With ``needed`` (positions), the last level only sorts on into the blocks that hold one of
+    those positions: after a group of its stages, every block of the next size already holds
+    the right values as a set (those of its ranks), so a block holding no needed position
+    keeps them, unsorted. The needed positions then hold their exact ranks, and every run of
+    positions between two needed ones the right set of values.
 
     In depth-first order: a block of 2p wires is merged as soon as its two halves are, and each
     group of stages of a level runs on one sub-block right after the group before it finished
@@ -77,7 +85,7 @@ def merge_passes(wires: int, run: int) -> list[tuple[int, bool, list[int]]]:
     """
     out: list[tuple[int, bool, list[int]]] = []
 
-    def stage_group(p: int, done: int, lo: int, span: int) -> None:
+    def stage_group(p: int, done: int, lo: int, span: int, last: bool = False) -> None:
         # the stages done .. done + stages - 1 of the level merging runs of p, on [lo, lo + span)
         total = (2 * p).bit_length() - 1  # log2(2p): the flip, then strides p/2 .. 1
         stages = min(MAX_STAGES, total - done)
@@ -95,21 +103,23 @@ def merge_passes(wires: int, run: int) -> list[tuple[int, bool, list[int]]]:
         if done + stages < total:
             sub = 2 * (p >> (done + stages))
             for b in range(lo, lo + span, sub):
-                stage_group(p, done + stages, b, sub)
+                if last and needed is not None and not any(b <= e < b + sub for e in needed):
+                    continue  # holds its ranks as a set already; no needed position inside
+                stage_group(p, done + stages, b, sub, last)
 
     def sort(lo: int, size: int) -> None:
         if size <= run:
             return
         sort(lo, size // 2)
         sort(lo + size // 2, size // 2)
-        stage_group(size // 2, 0, lo, size)
+        stage_group(size // 2, 0, lo, size, last=size == wires)
 
     sort(0, wires)
     return out
 
 
 def pruned_passes(
-    wires: int, run: int, surely_inf: np.ndarray
+    wires: int, run: int, surely_inf: np.ndarray, needed: tuple[int, ...] | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The passes of :func:`merge_passes` that can move a value, as (kinds, wires of each pass
     padded to ``PASS_WIRES``, whether each wire is read).
@@ -122,7 +132,7 @@ def pruned_passes(
     inf = surely_inf.copy()
     kinds, table = [], []
     read = np.zeros(wires, dtype=bool)
-    for stages, flip, wires_of_pass in merge_passes(wires, run):
+    for stages, flip, wires_of_pass in merge_passes(wires, run, needed):
         local = inf[wires_of_pass]
         useful = False
         for a, b in pass_pairs(stages, flip):

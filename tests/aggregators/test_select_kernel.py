@@ -175,6 +175,48 @@ def test_grouped_plan_sorts(n):
     np.testing.assert_array_equal(apply_plan(inputs, plan), np.sort(inputs, axis=1))
 
 
+@pytest.mark.parametrize("n", [26, 31, 50, 64, 77, 100, 200, 333, 500, 513, 1000])
+@pytest.mark.parametrize("stat", [sel.MEDIAN, sel.TRIMMED], ids=NAMES.get)
+def test_exact_passes_place_the_read_positions_and_the_sets_between(n, stat):
+    """On finite values, the merge that sorts its last level only around the statistic's read
+    positions leaves those positions exact and every run of positions between them (and
+    before the first, after the last) holding the right values as a set."""
+    import dataclasses
+
+    from byzlearn.aggregators import _sortnet
+
+    plan = _sortnet.plan(n)
+    positions = _sortnet.read_positions(n, stat, n // 5)
+    kinds, passes = _sortnet.exact_passes(n, positions)
+    assert len(kinds) < len(plan.kinds)  # it saves passes
+    exact = dataclasses.replace(plan, kinds=kinds, passes=passes)
+    rng = np.random.default_rng(n + stat)
+    inputs = rng.standard_normal((200, n))
+    inputs[:50] = rng.integers(0, 3, (50, n))  # ties
+    out, want = apply_plan(inputs, exact), np.sort(inputs, axis=1)
+    cuts = sorted(set(positions))
+    np.testing.assert_array_equal(out[:, cuts], want[:, cuts])
+    for a, b in zip([0, *(c + 1 for c in cuts)], [*cuts, n], strict=True):
+        np.testing.assert_array_equal(np.sort(out[:, a:b], axis=1), want[:, a:b])
+    if n >= 100:  # the runs between are left unsorted: the check above is not vacuous
+        assert not np.array_equal(out, want)
+
+
+@pytest.mark.parametrize("n", [26, 50, 100, 200, 500, 1000])
+def test_grouped_kernel_on_finite_blocks_matches_reference(n):
+    """Blocks of finite values take the exact passes: the median must equal the torch path
+    bitwise, the trimmed mean the reference within float64 rounding (its middle values are
+    summed in another order); the other statistics keep the full merge."""
+    gen = torch.Generator().manual_seed(2000 + n)
+    d = 2 * sel.LANES + 37
+    X = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    X[:, ::4] = torch.randint(-3, 4, (n, len(range(0, d, 4))), generator=gen).double()  # ties
+    X[n // 2, 3] = 1e30  # a far outlier
+    for stat in STATS:  # the median bitwise equal to the torch path (check_both_paths)
+        drop = 0 if stat in (sel.MEDIAN, sel.MEAN) else n // 5
+        check_both_paths(X, stat, drop, needed(stat, drop))
+
+
 @pytest.mark.parametrize("n", [26, 33, 50])
 def test_grouped_plan_sorts_every_zero_one_input_of_its_merge(n):
     # the 0-1 principle on the merge: any sorted groups, i.e. each group's count of zeros
