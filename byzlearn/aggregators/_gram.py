@@ -495,9 +495,8 @@ def _sqdist_from_gram(G: torch.Tensor) -> torch.Tensor:
 
 
 def _needs_refinement(G: torch.Tensor, bad: torch.Tensor, dtype: torch.dtype) -> bool:
-    """Whether the distances of the good rows look cancellation-prone: the rounding of their
-    Gram entries (64 units of ``dtype`` times the median squared norm) against the median
-    distance, above ``_REFINE_REL_ERROR``."""
+    """Whether the distances of the good rows look cancellation-prone (:func:`cancellation_prone`
+    on the lower medians of their squared norms and of their distances)."""
     good = ~bad
     k = int(good.sum())
     if k < 2:
@@ -506,10 +505,20 @@ def _needs_refinement(G: torch.Tensor, bad: torch.Tensor, dtype: torch.dtype) ->
     D = _sqdist_from_gram(Gg).numpy()
     # the lower median of the off-diagonal entries: each pair appears twice there, and the
     # lower median of a doubled set is the lower median of the pairs (the upper triangle)
-    upper = D[np.triu_indices(k, 1)]
-    scale_d = float(np.partition(upper, (upper.size - 1) // 2)[(upper.size - 1) // 2])
-    norms = Gg.diagonal().numpy()
-    scale_g = float(np.partition(norms, (k - 1) // 2)[(k - 1) // 2])
+    scale_d = _lower_median(D[np.triu_indices(k, 1)])
+    return cancellation_prone(_lower_median(Gg.diagonal().numpy()), scale_d, dtype)
+
+
+def _lower_median(values: np.ndarray) -> float:
+    """The lower median (torch's ``median``) of a non-empty 1-D array."""
+    mid = (values.size - 1) // 2
+    return float(np.partition(values, mid)[mid])
+
+
+def cancellation_prone(scale_g: float, scale_d: float, dtype: torch.dtype) -> bool:
+    """Whether the rounding of Gram entries of size ``scale_g`` (64 units of ``dtype``) is large
+    against squared distances of size ``scale_d``: above ``_REFINE_REL_ERROR`` relative error,
+    the pass is run again centred on a central row. False when ``scale_g`` is 0."""
     unit = torch.finfo(dtype).eps
     rel = unit * 64.0 * scale_g / max(scale_d, 1e-300)
     return rel > _REFINE_REL_ERROR and scale_g > 0.0

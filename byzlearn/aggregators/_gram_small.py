@@ -43,11 +43,11 @@ import torch
 
 from byzlearn.aggregators import _gram_kernel
 from byzlearn.aggregators._gram import (
-    _REFINE_REL_ERROR,
     _SAMPLE_MIN_ELEMENTS,
     BaseGram,
     _central_row,
     base_gram,
+    cancellation_prone,
     kernel_block_size,
     measurable_limit,
 )
@@ -112,18 +112,10 @@ def small_gram(X: torch.Tensor, max_missing: float) -> tuple[BaseGram, dict] | N
     if not _finish(acc, dots, float(msq[0]), bad, aug, D, medians):
         return None  # products overflowed the input precision: the float64 slow path
     gram = BaseGram(aug=torch.from_numpy(aug), bad=torch.from_numpy(bad))
-    if _cancellation_prone(float(medians[0]), float(medians[1]), X.dtype):
+    if cancellation_prone(float(medians[0]), float(medians[1]), X.dtype):
         refined = _central_row(gram.aug[:-1, :-1], gram.bad)
         return base_gram(X, centre_row=refined, max_missing=max_missing), {}
     return gram, {"sqdist": torch.from_numpy(D)}
-
-
-def _cancellation_prone(scale_g: float, scale_d: float, dtype: torch.dtype) -> bool:
-    """The test of :func:`._gram._needs_refinement` on its two medians (scale_g = 0 when fewer
-    than two rows are good)."""
-    unit = torch.finfo(dtype).eps
-    rel = unit * 64.0 * scale_g / max(scale_d, 1e-300)
-    return rel > _REFINE_REL_ERROR and scale_g > 0.0
 
 
 if njit is not None:
