@@ -71,11 +71,11 @@ except ImportError:  # pragma: no cover
     _HAVE_NUMBA = False
 
 
-def _batcher_levels(size: int, first: int) -> list[tuple[int, int]]:
+def _batcher_pairs(size: int) -> list[tuple[int, int]]:
     """Compare-exchange pairs of Batcher's odd-even merge sort on ``size`` (a power of two)
-    wires, from the level that merges sorted runs of ``first`` wires on (1: the whole sort)."""
+    wires."""
     pairs = []
-    p = first
+    p = 1
     while p < size:
         k = p
         while k >= 1:
@@ -103,7 +103,7 @@ def sorting_network(n: int) -> np.ndarray:
     Built for the next power of two; pairs touching padding positions are dropped, which is valid
     because padding holds +inf and never moves below position n.
     """
-    pairs = [(a, b) for a, b in _batcher_levels(next_power_of_two(n), 1) if b < n]
+    pairs = [(a, b) for a, b in _batcher_pairs(next_power_of_two(n)) if b < n]
     return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
 
 

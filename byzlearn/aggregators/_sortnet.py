@@ -122,7 +122,7 @@ def _source(size: int, pairs: np.ndarray) -> str:
         "            row = buf[pad[q]]",
         "            for j in range(w):",
         "                row[j] = inf",
-        # every value of the block finite: each group's last value (its largest) is
+        # the block's values are all finite when each group's last (largest) value is
         "        finite = True",
         "        for g in range(starts.shape[0] - 1):",
         "            top = buf[g * slot + starts[g + 1] - starts[g] - 1]",
