@@ -9,8 +9,8 @@ is finite; when a given centre is not finite on a chunk (a central row missing v
 chunk falls back to the mean. Any per-chunk centre gives valid statistics: the centre of the whole
 matrix is then the vector made of the chunk centres.
 
-Small n (:func:`gram_blocks`): for each pass over ``tile_lanes(rows)`` coordinates (one chunk of
-``LANES`` for up to 32 rows, two beyond) the kernel
+Small n (:func:`gram_blocks`): for each pass over ``tile_lanes(rows)`` coordinates (two chunks of
+``LANES``, one for 19 to 32 rows) the kernel
 
 1. writes the centred active rows, chunk by chunk (each chunk centred on its own ``m``), into a
    small buffer ``C`` (padded with zero rows to a multiple of 3; 64-byte aligned; it stays in the
@@ -56,16 +56,19 @@ except ImportError:  # pragma: no cover
 
 LANES = 256
 TILE = 3
-# Coordinates per pass of the 3 x 3 tiles: up to 32 buffer rows, one chunk (the buffer stays in
-# the L1 cache); beyond, two chunks, so that each tile's nine float32 sums (reduced across the
-# vector at the end of a pass) run over twice as many products. Each row is centred in one loop
-# per pass (its chunks' centres side by side). Measured in the Gram pass against the previous
-# kernel (chunks of 256, unaligned buffer), A/B in one process, one AVX-512 core, d = 1e6, in
-# floors (one read of X): 10 rows 2.1-2.2 -> 1.9; 25 rows 1.5-1.7 -> 1.35-1.45; 50 rows 2.2-2.6
-# -> 2.1-2.2; 100 rows 4.3-4.5 -> 3.2-3.4; 200 rows 8.9-9.2 -> 6.6-7.2. Four chunks per pass
-# were slower from 10 to 100 rows.
-_TILE_LANES_FEW = LANES
-_TILE_LANES_MANY = 2 * LANES
+# Coordinates per pass of the 3 x 3 tiles. Two chunks (512) where the buffer stays small enough
+# for the L1 cache at that width (up to 18 rows, 36 KB in float32) and beyond 32 rows (the
+# buffer is in L2 either way); one chunk (256) between, where two would push the buffer out of
+# L1. Longer passes amortise each tile's nine reductions (float32 sums of 256 or 512 products,
+# then added in float64). Each row is centred in one loop per pass (its chunks' centres side by
+# side). Measured in the Gram pass, A/B in one process, one AVX-512 core, d = 1e6, in floors
+# (one read of X), 256 -> 512: 5 rows 2.31 -> 1.95, 10 rows 1.99 -> 1.84, 16 rows 1.76 ->
+# 1.66, 20 rows 1.58 -> 1.58, 25 rows 1.61 -> 1.65, 34 rows 1.89 -> 1.95; earlier, against
+# one chunk of 256 and an unaligned buffer: 50 rows 2.2-2.6 -> 2.1-2.2, 100 rows 4.3-4.5 ->
+# 3.2-3.4, 200 rows 8.9-9.2 -> 6.6-7.2. Four chunks per pass were slower from 10 to 100 rows.
+_TILE_LANES_NARROW = LANES
+_TILE_LANES_WIDE = 2 * LANES
+_WIDE_IN_L1_ROWS = 18
 _FEW_ROWS = 32
 # Alignment of the tile buffer: a 512-bit load that straddles two cache lines costs two, and
 # numba's own allocations are only 32-byte aligned. With the buffer 64-byte aligned the tiles
@@ -93,7 +96,8 @@ def padded_rows(n: int) -> int:
 
 def tile_lanes(rows: int) -> int:
     """Coordinates per pass of the tiles for this many buffer rows (a multiple of LANES)."""
-    return _TILE_LANES_FEW if rows <= _FEW_ROWS else _TILE_LANES_MANY
+    narrow = _WIDE_IN_L1_ROWS < rows <= _FEW_ROWS
+    return _TILE_LANES_NARROW if narrow else _TILE_LANES_WIDE
 
 
 def aligned_zeros(shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
