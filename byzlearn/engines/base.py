@@ -126,7 +126,7 @@ class Message:
     def nbytes(self) -> int:
         """Bytes of the payload (tensors; 0 for anything else)."""
         p = self.payload
-        return p.numel() * p.element_size() if isinstance(p, torch.Tensor) else 0
+        return p.nbytes if isinstance(p, torch.Tensor) else 0
 
     # ------------------------------------------------------------------ checkpoints
     def to_state(self) -> dict[str, Any]:

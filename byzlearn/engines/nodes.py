@@ -9,9 +9,11 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from byzlearn.engines.base import STATS, Engine, Match, Message, Node, check_deadline
 from byzlearn.engines.network import NetworkModel
-from byzlearn.engines.topology import Topology
+from byzlearn.engines.topology import Complete, Topology
 
 __all__ = ["NodeTable"]
 
@@ -142,21 +144,30 @@ class NodeTable(Engine):
     def _admit(self, msg: Message) -> float | None:
         """Count a stamped message as sent and apply the topology and the sender's faults:
         the sender's extra delay, or ``None`` when the message is blocked or dropped (counted).
-        Its destination must be a registered node."""
+        Its destination must be a registered node.
+
+        Called for every message: the common case (every edge allowed, a sender without a
+        fault behaviour) takes no call into the topology or the network model."""
         if msg.dest is None:
             raise ValueError("message has no destination")
         dest = int(msg.dest)
         if dest not in self._driven and dest not in self._group_of:
             raise ValueError(f"message to unknown or unregistered node {dest}")
-        assert msg.sender is not None
-        self._stats["sent"] += 1
-        self._stats["bytes"] += msg.nbytes
-        if not self._topology.allows(msg.sender, dest):
-            self._stats["blocked"] += 1
+        sender = msg.sender
+        assert sender is not None
+        stats = self._stats
+        stats["sent"] += 1
+        payload = msg.payload
+        if isinstance(payload, torch.Tensor):
+            stats["bytes"] += payload.nbytes
+        if type(self._topology) is not Complete and not self._topology.allows(sender, dest):
+            stats["blocked"] += 1
             return None
-        extra = self.network.fault_delay(msg.sender, msg.round)
+        if sender not in self.network.faults:
+            return 0.0
+        extra = self.network.fault_delay(sender, msg.round)
         if extra is None:
-            self._stats["dropped"] += 1
+            stats["dropped"] += 1
         return extra
 
     def _remember(self, msg: Message) -> None:
@@ -164,13 +175,17 @@ class NodeTable(Engine):
         there is an adversary)."""
         if not self._has_adversary:
             return
-        assert msg.sender is not None
-        group = self._group_of.get(msg.sender)
-        if (group is not None and group.adversary) or msg.sender in self._byzantine:
+        sender = msg.sender
+        assert sender is not None
+        group = self._group_of.get(sender)
+        if (group is not None and group.adversary) or sender in self._byzantine:
             return
-        kept = self._seen.setdefault(msg.sender, [])
+        kept = self._seen.get(sender)
+        if kept is None:
+            kept = self._seen[sender] = []
         kept.append(msg.copy())
-        del kept[: -self._history]
+        if len(kept) > self._history:
+            del kept[: -self._history]
 
     def _view(self, match: Match | None = None, time: float = math.inf) -> list[Message]:
         """For each honest sender, its latest message (satisfying ``match``) sent by ``time``."""

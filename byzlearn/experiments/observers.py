@@ -68,11 +68,12 @@ class TruthObserver(Observer):
                 finite = all_finite(mean)
                 if not finite:  # lost coordinates: skip them
                     mean = rows.nanmean(dim=0)
-                self._fields["dist_honest_mean"] = float((output - mean).norm())
+                self._fields["dist_honest_mean"] = float(torch.dist(output, mean))
                 if len(rows) > 1 and (finite or all_finite(rows)):
-                    # sqrt(E ||h - mean||^2) / ||mean||: the variance-norm ratio of ICLR 2021
-                    spread = float((rows - mean).pow(2).sum(dim=1).mean().sqrt())
-                    norm = float(mean.norm())
+                    # sqrt(E ||h - mean||^2) / ||mean||: the variance-norm ratio of ICLR 2021,
+                    # the spread as the Frobenius norm of the centred rows over sqrt(rows)
+                    spread = float(torch.linalg.vector_norm(rows - mean)) / len(rows) ** 0.5
+                    norm = float(torch.linalg.vector_norm(mean))
                     self._fields["variance_norm_ratio"] = spread / norm if norm > 0 else None
 
     def _update(self, data: dict[str, Any]) -> None:

@@ -56,6 +56,12 @@ def test_server_update_kept_inputs_and_observed_metrics() -> None:
     picked = honest[ids.index(rec["kept"][0])]
     torch.testing.assert_close(server.theta, -0.5 * picked)
     assert rec["dist_honest_mean"] == pytest.approx(float((picked - honest.mean(0)).norm()))
+    # sqrt(E ||h - mean||^2) / ||mean|| over the honest rows, by loops in float64
+    rows = honest.double().tolist()
+    mean = [sum(r[j] for r in rows) / len(rows) for j in range(3)]
+    spread = (sum(sum((r[j] - mean[j]) ** 2 for j in range(3)) for r in rows) / len(rows)) ** 0.5
+    ratio = spread / sum(v * v for v in mean) ** 0.5
+    assert rec["variance_norm_ratio"] == pytest.approx(ratio, rel=1e-5)
     assert server.version == 1 and server.round == 1 and rec["time"] == pytest.approx(1.0)
 
 
