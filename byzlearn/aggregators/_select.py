@@ -110,13 +110,21 @@ def sorting_network(n: int) -> np.ndarray:
 if _HAVE_NUMBA:
 
     @njit(cache=True, inline="always")
-    def _range_mean(col, lo, hi):
+    def _mean(total, m, inv, recip):
+        """total / m: as ``total * inv`` (inv = 1 / m) when ``recip``, the float32 kernels (their
+        float64 result is rounded to float32 after it, and vector divisions cost about a third
+        of the statistic's pass); a division for float64 inputs, whose means stay correctly
+        rounded."""
+        return total * inv if recip else total / m
+
+    @njit(cache=True, inline="always")
+    def _range_mean(col, lo, hi, recip):
         """Mean of the sorted values col[lo:hi], clamped to [col[lo], col[hi - 1]]."""
         m = hi - lo
         acc = 0.0
         for t in range(lo, hi):
             acc += col[t]
-        res = acc / m
+        res = _mean(acc, m, 1.0 / m, recip)
         if not np.isfinite(res):  # the sum overflowed: average the scaled values
             res = 0.0
             for t in range(lo, hi):
@@ -124,7 +132,7 @@ if _HAVE_NUMBA:
         return min(max(res, col[lo]), col[hi - 1])
 
     @njit(cache=True, inline="always")
-    def _window_mean(col, k, drop, centre):
+    def _window_mean(col, k, drop, centre, recip):
         """Mean of the k - drop sorted values closest to ``centre`` (a window col[s:s + m]).
 
         When drop <= m the window always holds the core col[drop:m]; it is summed first, then
@@ -145,20 +153,20 @@ if _HAVE_NUMBA:
         else:
             for t in range(s, s + m):
                 acc += col[t]
-        res = acc / m
+        res = _mean(acc, m, 1.0 / m, recip)
         if not np.isfinite(res):  # the sum overflowed: average the scaled values
-            return _range_mean(col, s, s + m)
+            return _range_mean(col, s, s + m, recip)
         return min(max(res, col[s]), col[s + m - 1])
 
     @njit(cache=True)
-    def _lane_statistic(col, k, stat, drop):
+    def _lane_statistic(col, k, stat, drop, recip):
         if stat == 4:  # MEAN
-            return _range_mean(col, 0, k)
+            return _range_mean(col, 0, k, recip)
         if stat == 1 or stat == 3:  # TRIMMED, or its mean as the centre
-            trimmed = _range_mean(col, drop, k - drop)
+            trimmed = _range_mean(col, drop, k - drop, recip)
             if stat == 1:
                 return trimmed
-            return _window_mean(col, k, drop, trimmed)
+            return _window_mean(col, k, drop, trimmed, recip)
         half = k // 2
         if k % 2 == 1:
             med = col[half]
@@ -170,14 +178,15 @@ if _HAVE_NUMBA:
                 med = 0.5 * a + 0.5 * b
         if stat == 0:
             return med
-        return _window_mean(col, k, drop, med)
+        return _window_mean(col, k, drop, med, recip)
 
     @njit(cache=True, error_model="numpy", boundscheck=False)
-    def _rows_mean(buf, a, b, w, res, sums):
+    def _rows_mean(buf, a, b, w, res, sums, recip):
         """res[j] = mean of the sorted rows a..b-1 of column j, clamped to their range; their
         sum (float64, in row order) goes to sums[j]."""
         wide()
         m = b - a
+        inv = 1.0 / m
         for j in range(w):
             sums[j] = 0.0
         for i in range(a, b):
@@ -188,7 +197,7 @@ if _HAVE_NUMBA:
         first = buf[a]
         last = buf[b - 1]
         for j in range(w):
-            r = sums[j] / m
+            r = _mean(sums[j], m, inv, recip)
             overflow |= not np.isfinite(r)
             lo = np.float64(first[j])
             hi = np.float64(last[j])
@@ -196,10 +205,10 @@ if _HAVE_NUMBA:
             res[j] = r if r < hi else hi
         if overflow:  # a sum overflowed: redo column by column (scaled where it overflows)
             for j in range(w):
-                res[j] = _range_mean(buf[:, j], a, b)
+                res[j] = _range_mean(buf[:, j], a, b, recip)
 
     @njit(cache=True, error_model="numpy", boundscheck=False)
-    def _full_block(buf, w, stat, drop, out, j0, centre, acc, lo, hi):
+    def _full_block(buf, w, stat, drop, out, j0, centre, acc, lo, hi, recip):
         """The statistic of every column of a block whose n values are all finite.
 
         Vectorised over the columns; the same arithmetic, in the same order, as
@@ -209,10 +218,11 @@ if _HAVE_NUMBA:
         wide()
         n = buf.shape[0]
         m = n - drop
+        inv = 1.0 / m
         if stat == 4:  # MEAN
-            _rows_mean(buf, 0, n, w, centre, acc)
+            _rows_mean(buf, 0, n, w, centre, acc, recip)
         elif stat == 1 or stat == 3:  # TRIMMED, or its mean as the centre
-            _rows_mean(buf, drop, n - drop, w, centre, acc)
+            _rows_mean(buf, drop, n - drop, w, centre, acc, recip)
         else:
             upper = buf[n // 2]
             if n % 2 == 1:
@@ -263,18 +273,18 @@ if _HAVE_NUMBA:
                     hi[j] = b if closer else hi[j]
             overflow = False
             for j in range(w):
-                r = acc[j] / m
+                r = _mean(acc[j], m, inv, recip)
                 overflow |= not np.isfinite(r)
                 r = r if r > lo[j] else lo[j]
                 o[j] = r if r < hi[j] else hi[j]
             if overflow:  # a sum overflowed: average the scaled values in those columns
                 for j in range(w):
-                    if not np.isfinite(acc[j] / m):
+                    if not np.isfinite(_mean(acc[j], m, inv, recip)):
                         col = buf[:, j]
                         s = 0
                         while s < drop and (centre[j] - col[s]) > (col[s + m] - centre[j]):
                             s += 1
-                        o[j] = _range_mean(col, s, s + m)
+                        o[j] = _range_mean(col, s, s + m, recip)
         else:  # a window shorter than the trimmed part: every row may be in it
             start = lo
             for j in range(w):
@@ -296,15 +306,15 @@ if _HAVE_NUMBA:
                 s = np.uint64(start[j])  # unsigned: no negative-index wrap, so it vectorises
                 low = np.float64(buf[s, j])
                 high = np.float64(buf[s + np.uint64(m - 1), j])
-                r = acc[j] / m
+                r = _mean(acc[j], m, inv, recip)
                 overflow |= not np.isfinite(r)
                 r = r if r > low else low
                 o[j] = r if r < high else high
             if overflow:  # a sum overflowed: average the scaled values in those columns
                 for j in range(w):
-                    if not np.isfinite(acc[j] / m):
+                    if not np.isfinite(_mean(acc[j], m, inv, recip)):
                         s = int(start[j])
-                        o[j] = _range_mean(buf[:, j], s, s + m)
+                        o[j] = _range_mean(buf[:, j], s, s + m, recip)
         ok = True
         for j in range(w):
             ok &= np.isfinite(o[j])
@@ -325,13 +335,19 @@ if _HAVE_NUMBA:
         while k < n and buf[k, 0] < inf:
             k += 1
         full = k >= min_k and k >= 1
-        if full:
-            for j in range(w):
-                if not buf[k - 1, j] < inf or (k < n and buf[k, j] < inf):
-                    full = False
-                    break
+        if full:  # every column has k values: row k - 1 all finite, row k (if any) all +inf
+            last = buf[k - 1]
+            short = False
+            for j in range(w):  # an OR over the block (vectorised; an early exit is not)
+                short |= not last[j] < inf
+            if k < n:
+                after = buf[k]
+                for j in range(w):
+                    short |= after[j] < inf
+            full = not short
+        recip = buf.itemsize == 4  # float32: means by the reciprocal (see _mean)
         if full and _full_block(
-            buf[:k], w, stat, drop, out, j0, work[0], work[1], work[2], work[3]
+            buf[:k], w, stat, drop, out, j0, work[0], work[1], work[2], work[3], recip
         ):
             return -1
         first = -1
@@ -345,7 +361,7 @@ if _HAVE_NUMBA:
                 if first < 0:
                     first = j0 + j
                 continue
-            out[j0 + j] = _lane_statistic(col, k, stat, drop)
+            out[j0 + j] = _lane_statistic(col, k, stat, drop, recip)
         return first
 
 
