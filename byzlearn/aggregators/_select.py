@@ -180,6 +180,31 @@ if _HAVE_NUMBA:
             return med
         return _window_mean(col, k, drop, med, recip)
 
+    @njit(cache=True, inline="always")
+    def _sum_rows(buf, a, b, w, sums):
+        """sums[j] = the float64 sum of rows a..b-1 of column j, in row order; four rows per
+        pass over the columns (a quarter of the loads and stores of sums, the same additions in
+        the same order)."""
+        for j in range(w):
+            sums[j] = 0.0
+        i = a
+        while i + 4 <= b:
+            r0 = buf[i]
+            r1 = buf[i + 1]
+            r2 = buf[i + 2]
+            r3 = buf[i + 3]
+            for j in range(w):
+                t = sums[j] + np.float64(r0[j])
+                t = t + np.float64(r1[j])
+                t = t + np.float64(r2[j])
+                sums[j] = t + np.float64(r3[j])
+            i += 4
+        while i < b:
+            row = buf[i]
+            for j in range(w):
+                sums[j] += np.float64(row[j])
+            i += 1
+
     @njit(cache=True, error_model="numpy", boundscheck=False)
     def _rows_mean(buf, a, b, w, res, sums, recip):
         """res[j] = mean of the sorted rows a..b-1 of column j, clamped to their range; their
@@ -187,12 +212,7 @@ if _HAVE_NUMBA:
         wide()
         m = b - a
         inv = 1.0 / m
-        for j in range(w):
-            sums[j] = 0.0
-        for i in range(a, b):
-            row = buf[i]
-            for j in range(w):
-                sums[j] += np.float64(row[j])
+        _sum_rows(buf, a, b, w, sums)
         overflow = False
         first = buf[a]
         last = buf[b - 1]
@@ -237,12 +257,7 @@ if _HAVE_NUMBA:
                     # a + b overflowed: halve first (a select, so the loop vectorises)
                     centre[j] = med if np.isfinite(med) else 0.5 * a + 0.5 * b
             if stat == 2 and drop <= m:  # the core of the window: rows drop..m-1
-                for j in range(w):
-                    acc[j] = 0.0
-                for i in range(drop, m):
-                    row = buf[i]
-                    for j in range(w):
-                        acc[j] += np.float64(row[j])
+                _sum_rows(buf, drop, m, w, acc)
         o = out[j0 : j0 + w]
         if stat == 0 or stat == 1 or stat == 4:
             for j in range(w):
@@ -259,7 +274,29 @@ if _HAVE_NUMBA:
             for j in range(w):
                 lo[j] = np.float64(buf[0, j])
                 hi[j] = np.float64(buf[m - 1, j])
-            for i in range(drop):
+            i = 0
+            while i + 2 <= drop:  # two positions per pass over the columns: half the loads and
+                left = buf[i]  # stores of acc, lo and hi, the same operations in the same order
+                right = buf[i + m]
+                after = buf[i + 1]
+                right2 = buf[i + 1 + m]
+                after2 = buf[i + 2]
+                for j in range(w):
+                    c = centre[j]
+                    a = np.float64(left[j])
+                    b = np.float64(right[j])
+                    closer = (c - a) > (b - c)
+                    t = acc[j] + (b if closer else a)
+                    low = np.float64(after[j]) if closer else lo[j]
+                    high = b if closer else hi[j]
+                    a = np.float64(after[j])
+                    b = np.float64(right2[j])
+                    closer = (c - a) > (b - c)
+                    acc[j] = t + (b if closer else a)
+                    lo[j] = np.float64(after2[j]) if closer else low
+                    hi[j] = b if closer else high
+                i += 2
+            if i < drop:
                 left = buf[i]
                 right = buf[i + m]
                 after = buf[i + 1]
