@@ -6,7 +6,7 @@ coordinates, that code vectorises across coordinates (each SIMD lane sorts one c
 values with branch-free min/max), which a loop over a runtime list of row pairs does much less
 well: each compare-exchange then loads and stores two buffer rows.
 
-:func:`kernel` writes that code for 8, 12, 16 or 25 rows (fewer rows are padded with +inf, which
+:func:`kernel` writes that code for 8, 10, 12, 16 or 25 rows (fewer rows are padded with +inf, which
 sorts last; the pairs come from :func:`byzlearn.aggregators._select.sorting_network`), compiles
 it with numba and keeps it. The
 source goes to a cache folder (``$BYZLEARN_CACHE`` or ``~/.cache/byzlearn``) so numba's on-disk
@@ -175,13 +175,15 @@ def _load_in_memory(source: str) -> Callable:
 # Unrolled networks are compiled for these row counts only (n rows use the smallest size >= n,
 # padded with +inf). Compile time grows fast with the size (about 12 s at 25 rows per dtype,
 # about 5 s at 16, minutes at 64) and every size is compiled for float32 and float64, so there
-# are four: 8 (cheap), 12 (the federations of about ten clients: at n = 9 to 12 its 42
-# compare-exchanges instead of the padded 16-row network's 63 made the four coordinate-wise rules
-# 7-16 % faster at d = 1e6, same outputs), 16 (Bulyan's theta = n - 2f = 15 selected rows at
-# n = 25, f = 5: padding them to 25 cost a third more time) and 25 (the n = 25 of the papers'
-# setups, unpadded). Larger n are sorted in groups of 16 or 25 rows by the same kernels and the
-# groups merged (see :func:`plan`).
-SIZES = (8, 12, 16, 25)
+# are five: 8 (cheap), 10 and 12 (the federations of about ten clients: at n = 9 to 12 the
+# 12-row network's 42 compare-exchanges instead of the padded 16-row network's 63 made the four
+# coordinate-wise rules 7-16 % faster at d = 1e6; at n = 9 and 10 the 10-row network's 32
+# instead of 42 another 4-9 %, in-process A/B at n = 10: median 2.12 -> 1.93 floors, trimmed
+# mean 2.46 -> 2.28, MeaMed 3.35 -> 3.15, Phocas 3.23 -> 3.10; same outputs), 16 (Bulyan's
+# theta = n - 2f = 15 selected rows at n = 25, f = 5: padding them to 25 cost a third more time)
+# and 25 (the n = 25 of the papers' setups, unpadded). Larger n are sorted in groups of 16 or 25
+# rows by the same kernels and the groups merged (see :func:`plan`).
+SIZES = (8, 10, 12, 16, 25)
 
 # Coordinates per run of the merge passes: the passes run over chunks of this many coordinates of
 # the block. With the bitonic passes the whole block was as fast as or faster than chunks of 128

@@ -326,7 +326,7 @@ def test_paths_match_reference(stat, n):
 
 
 @pytest.mark.parametrize("stat", STATS, ids=NAMES.get)
-@pytest.mark.parametrize(("n", "drop"), [(17, 3), (11, 2)])  # the 25- and 12-row kernels
+@pytest.mark.parametrize(("n", "drop"), [(17, 3), (11, 2), (9, 2)])  # 25-, 12-, 10-row kernels
 def test_paths_match_reference_with_missing_values(stat, n, drop):
     gen = torch.Generator().manual_seed(stat)
     X = torch.randn(n, 600, generator=gen, dtype=torch.float64)
