@@ -227,6 +227,19 @@ if _HAVE_NUMBA:
             for j in range(w):
                 res[j] = _range_mean(buf[:, j], a, b, recip)
 
+    @njit(cache=True, inline="always")
+    def _window_step(c, a, b, after, total, low, high):
+        """Position i < drop of the window pass (see ``_full_block``), for the values
+        a = v[i], b = v[i + m], after = v[i + 1]: when v[i + m] is closer to the centre c than
+        v[i], the window moves past i (adds b, starts at v[i + 1], ends at b), else it keeps a.
+        Returns the updated (total, low, high)."""
+        a = np.float64(a)
+        b = np.float64(b)
+        closer = (c - a) > (b - c)
+        return total + (b if closer else a), (np.float64(after) if closer else low), (
+            b if closer else high
+        )
+
     @njit(cache=True, error_model="numpy", boundscheck=False)
     def _full_block(buf, w, stat, drop, out, j0, centre, acc, lo, hi, recip):
         """The statistic of every column of a block whose n values are all finite.
@@ -283,31 +296,21 @@ if _HAVE_NUMBA:
                 after2 = buf[i + 2]
                 for j in range(w):
                     c = centre[j]
-                    a = np.float64(left[j])
-                    b = np.float64(right[j])
-                    closer = (c - a) > (b - c)
-                    t = acc[j] + (b if closer else a)
-                    low = np.float64(after[j]) if closer else lo[j]
-                    high = b if closer else hi[j]
-                    a = np.float64(after[j])
-                    b = np.float64(right2[j])
-                    closer = (c - a) > (b - c)
-                    acc[j] = t + (b if closer else a)
-                    lo[j] = np.float64(after2[j]) if closer else low
-                    hi[j] = b if closer else high
+                    t, low, high = _window_step(
+                        c, left[j], right[j], after[j], acc[j], lo[j], hi[j]
+                    )
+                    acc[j], lo[j], hi[j] = _window_step(
+                        c, after[j], right2[j], after2[j], t, low, high
+                    )
                 i += 2
             if i < drop:
                 left = buf[i]
                 right = buf[i + m]
                 after = buf[i + 1]
                 for j in range(w):
-                    c = centre[j]
-                    a = np.float64(left[j])
-                    b = np.float64(right[j])
-                    closer = (c - a) > (b - c)
-                    acc[j] += b if closer else a
-                    lo[j] = np.float64(after[j]) if closer else lo[j]
-                    hi[j] = b if closer else hi[j]
+                    acc[j], lo[j], hi[j] = _window_step(
+                        centre[j], left[j], right[j], after[j], acc[j], lo[j], hi[j]
+                    )
             overflow = False
             for j in range(w):
                 r = _mean(acc[j], m, inv, recip)
