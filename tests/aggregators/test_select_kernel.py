@@ -176,7 +176,11 @@ def test_grouped_plan_sorts(n):
 
 
 @pytest.mark.parametrize("n", [26, 31, 50, 64, 77, 100, 200, 333, 500, 513, 1000])
-@pytest.mark.parametrize("stat", [sel.MEDIAN, sel.TRIMMED], ids=NAMES.get)
+@pytest.mark.parametrize(
+    "stat",
+    [sel.MEDIAN, sel.TRIMMED, sel.CLOSEST_TO_MEDIAN, sel.CLOSEST_TO_TRIMMED],
+    ids=NAMES.get,
+)
 def test_exact_passes_place_the_read_positions_and_the_sets_between(n, stat):
     """On finite values, the merge that sorts its last level only around the statistic's read
     positions leaves those positions exact and every run of positions between them (and
@@ -205,8 +209,8 @@ def test_exact_passes_place_the_read_positions_and_the_sets_between(n, stat):
 @pytest.mark.parametrize("n", [26, 50, 100, 200, 500, 1000])
 def test_grouped_kernel_on_finite_blocks_matches_reference(n):
     """Blocks of finite values take the exact passes: the median must equal the torch path
-    bitwise, the trimmed mean the reference within float64 rounding (its middle values are
-    summed in another order); the other statistics keep the full merge."""
+    bitwise, the trimmed mean, MeaMed and Phocas the reference within float64 rounding (their
+    middle values are summed in another order); the mean keeps the full merge."""
     gen = torch.Generator().manual_seed(2000 + n)
     d = 2 * sel.LANES + 37
     X = torch.randn(n, d, generator=gen, dtype=torch.float64)
