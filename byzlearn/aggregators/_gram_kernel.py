@@ -429,6 +429,45 @@ if njit is not None:
             counts[t, 3] = 1 if bad else 0
 
 
+# Values per step of the missing-value count of a flagged row (a vectorised loop, then the test
+# that ends the row's count early).
+_COUNT_LANES = 4096
+
+if njit is not None:
+
+    @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
+    def rows_within_budget(X, flagged, budget, limit):  # pragma: no cover (compiled)
+        """Whether a ``flagged`` row of X misses at most ``budget`` coordinates (non-finite
+        values) and holds no finite value above ``limit`` in magnitude: a lossy row, whose
+        missing values the float64 path imputes. Each row is counted in steps of
+        ``_COUNT_LANES`` values (vectorised) and dropped as soon as its count passes the budget
+        or a huge value shows up, so a NaN row costs a read of about ``budget`` values."""
+        wide()
+        n, d = X.shape
+        for i in range(n):
+            if not flagged[i]:
+                continue
+            row = X[i]
+            count = 0
+            lossy = True
+            for k0 in range(0, d, _COUNT_LANES):
+                part = row[k0 : min(d, k0 + _COUNT_LANES)]
+                missing = 0
+                huge = 0
+                for k in range(part.shape[0]):
+                    a = abs(part[k])
+                    finite = a < np.inf  # False for NaN and the infinities
+                    missing += 0 if finite else 1
+                    huge += 1 if finite & (a > limit) else 0
+                count += missing
+                if huge > 0 or count > budget:
+                    lossy = False
+                    break
+            if lossy and count > 0:
+                return True
+        return False
+
+
 def row_stats(
     X: np.ndarray, threads: int, cols: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

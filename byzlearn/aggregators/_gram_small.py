@@ -22,7 +22,7 @@ The numerics contract is the general path's (see :mod:`._gram`), case by case:
 
 - a row holding a NaN/Inf is flagged by the kernel; with ``max_missing = 0``, or when every
   flagged row misses more than ``max_missing`` of its coordinates or holds a value too large to
-  measure (:func:`_flagged_rows_within_budget`, compiled), the flagged rows are bad here, as
+  measure (:func:`._gram_kernel.rows_within_budget`, compiled), the flagged rows are bad here, as
   there; when one of them is within the budget (a lossy link: its missing values are imputed),
   the general path runs instead;
 - products that overflowed the input precision (values beyond ~1e19 in float32) send the input
@@ -104,7 +104,7 @@ def small_gram(X: torch.Tensor, max_missing: float) -> tuple[BaseGram, dict] | N
     )
     bad = flags[:n]  # rows holding a non-finite value; _finish adds none (it only reads)
     lossy = max_missing > 0 and bad.any()
-    if lossy and _flagged_rows_within_budget(Xn, bad, max_missing * d, measurable_limit(d)):
+    if lossy and _gram_kernel.rows_within_budget(Xn, bad, max_missing * d, measurable_limit(d)):
         return None  # a lossy row: its missing values are imputed by the general path
     aug = np.empty((n + 1, n + 1))
     D = np.empty((n, n))
@@ -119,31 +119,6 @@ def small_gram(X: torch.Tensor, max_missing: float) -> tuple[BaseGram, dict] | N
 
 
 if njit is not None:
-
-    @njit(boundscheck=False, error_model="numpy", cache=True, nogil=True)
-    def _flagged_rows_within_budget(X, flagged, budget, limit):  # pragma: no cover (compiled)
-        """Whether a flagged row misses at most ``budget`` coordinates and holds no finite value
-        above ``limit`` (:func:`._gram._some_rows_within_budget`)."""
-        n, d = X.shape
-        for i in range(n):
-            if not flagged[i]:
-                continue
-            row = X[i]
-            count = 0
-            huge = False
-            for k in range(d):
-                v = row[k]
-                if np.isfinite(v):
-                    if abs(v) > limit:
-                        huge = True
-                        break
-                else:
-                    count += 1
-                    if count > budget:
-                        break
-            if 0 < count <= budget and not huge:
-                return True
-        return False
 
     @njit(boundscheck=False, error_model="numpy", cache=True, nogil=True)
     def _finish(acc, dots, msq, bad, aug, D, medians):  # pragma: no cover (compiled)

@@ -9,6 +9,7 @@ spread ``s_k^2 = (1.4826 MAD_k)^2``; rows missing more are infinitely far.
 from __future__ import annotations
 
 import math
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -188,3 +189,46 @@ def test_imputed_distances_are_permutation_equivariant(seed, n, p, perm_seed):
     D = Inputs.from_matrix(X).sqdist()
     Dp = Inputs.from_matrix(X[perm]).sqdist()
     torch.testing.assert_close(Dp, D[perm][:, perm], rtol=1e-9, atol=1e-9)
+
+
+def _lossy_reference(X: np.ndarray, flagged: np.ndarray, budget: float, limit: float) -> bool:
+    """A flagged row missing at most ``budget`` values and holding no finite value above
+    ``limit``, by a plain loop over the rows."""
+    for row, flag in zip(X, flagged, strict=True):
+        finite = np.isfinite(row)
+        missing = int((~finite).sum())
+        huge = (np.abs(row[finite].astype(np.float64)) > limit).any()
+        if flag and 0 < missing <= budget and not huge:
+            return True
+    return False
+
+
+@given(
+    missing=st.lists(st.integers(0, 40), min_size=1, max_size=4),
+    huge_row=st.integers(-1, 3),
+    kind=st.sampled_from(["nan", "inf", "-inf"]),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    seed=st.integers(0, 1000),
+)
+def test_the_compiled_lossy_row_test_matches_a_loop(missing, huge_row, kind, dtype, seed):
+    """``rows_within_budget`` (steps of 4096 values, early exits) against a loop, across the
+    budget's edge, with infinities and with values too large to measure; the torch path of
+    ``_some_rows_within_budget`` (used off the CPU) agrees too."""
+    from byzlearn.aggregators import _gram_kernel
+
+    rng = np.random.default_rng(seed)
+    d = 9000  # three steps of the compiled count, the last one partial
+    X = rng.standard_normal((len(missing), d)).astype(dtype)
+    for i, count in enumerate(missing):
+        X[i, rng.choice(d, size=count * 25, replace=False)] = float(kind)
+    limit = _gram.measurable_limit(d)
+    if dtype is np.float64 and 0 <= huge_row < len(missing):  # float32 cannot exceed it
+        X[huge_row, rng.integers(d)] = 2.0 * limit
+    flagged = ~np.isfinite(X).all(axis=1) | (np.abs(X.astype(np.float64)) > limit).any(axis=1)
+    budget = 0.1 * d  # 900 values: the row counts above straddle it (0 to 1000)
+    want = _lossy_reference(X, flagged, budget, limit)
+    assert _gram_kernel.rows_within_budget(X, flagged, budget, limit) == want
+    Xt, flags = torch.from_numpy(X), torch.from_numpy(flagged)
+    assert _gram._some_rows_within_budget(Xt, flags, 0.1) == want
+    with mock.patch.object(_gram_kernel, "available", return_value=False):  # the torch loop
+        assert _gram._some_rows_within_budget(Xt, flags, 0.1) == want
