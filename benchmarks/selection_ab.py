@@ -41,7 +41,8 @@ def _revision_module(rev: str) -> types.ModuleType:
         text=True,
     )
     if done.returncode != 0:
-        sys.exit(f"error: cannot read _select.py at revision {rev!r}: {done.stderr.strip()}")
+        why = (done.stderr.strip().splitlines() or ["git failed"])[-1]
+        sys.exit(f"error: cannot read _select.py at revision {rev!r}: {why}")
     module = types.ModuleType("byzlearn_select_at_rev")
     module.__file__ = f"<_select.py at {rev}>"
     sys.modules[module.__name__] = module
