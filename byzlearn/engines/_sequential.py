@@ -1,8 +1,11 @@
-"""The short road for plain MLPs: an ``nn.Sequential`` of ``Flatten``, ``Linear`` and ``ReLU``.
+"""The short road for plain chains of layers: an ``nn.Sequential`` (or a module declaring
+``sequential_children``, as the ``cnn`` model does) of ``Flatten``, ``Linear`` and ``ReLU``
+(the ``logistic`` and ``mlp`` models), optionally after ``Conv2d``, ``MaxPool2d`` and ``ReLU``
+layers that end in a ``Flatten`` (the ``cnn`` model).
 
 :func:`forward` calls the functions the layers' own ``forward`` calls (``F.linear``, ``F.relu``,
-``Tensor.flatten``) on the parameter views: what ``functional_call`` runs, without swapping the
-views into the module on every call.
+``F.conv2d``, ``F.max_pool2d``, ``Tensor.flatten``) on the parameter views: what
+``functional_call`` runs, without swapping the views into the module on every call.
 
 :func:`per_worker_grads` gives the per-worker gradients and losses of ``h`` workers at one shared
 parameter vector, the result of ``vmap(grad_and_value(loss), in_dims=(None, 0, 0))``, mostly by
@@ -18,8 +21,12 @@ functorch's per-operation dispatch; the tests check agreement to rounding over m
 - backward layer by layer: per-worker weight gradients ``g^T a`` (one batched product),
   bias gradients ``sum_b g``, ``threshold_backward`` through ReLU, and ``g W`` to the layer weight.
 
-Inputs the road does not cover (a linear layer fed more than one feature dimension) fall back
-to vmap (``None``).
+The convolutional layers before the ``Flatten`` run in a grouped, channels-last layout
+(:mod:`byzlearn.engines._convolutional`); the gradient of their output comes back from the first
+linear layer as ``g W``.
+
+Inputs the road does not cover (a linear layer fed more than one feature dimension, a
+convolution after the ``Flatten``) fall back to vmap (``None``).
 """
 
 from __future__ import annotations
@@ -28,25 +35,55 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
+from byzlearn.engines import _convolutional
+
 __all__ = ["Layers", "forward", "hooked", "per_worker_grads", "plain_layers"]
 
 Layers = list[tuple[str, nn.Module]]
 
 
+def _chain(module: nn.Module, prefix: str) -> Layers | None:
+    """The layers of ``module`` in the order its forward runs them, when that forward is a
+    plain chain: an ``nn.Sequential``'s own forward, or a class declaring
+    ``sequential_children`` (names of children its own ``forward`` runs one after the other,
+    e.g. the ``cnn`` model's ``features`` then ``classifier``); nested chains are flattened.
+    A leaf is any other module; ``None`` when ``module`` is not a chain."""
+    kind = type(module)
+    if isinstance(module, nn.Sequential) and kind.forward is nn.Sequential.forward:
+        children = [name for name, _ in module.named_children()]
+    else:
+        owner = next((c for c in kind.__mro__ if "sequential_children" in vars(c)), None)
+        if owner is None or kind.forward is not owner.forward:  # type: ignore[attr-defined]
+            return None
+        children = list(owner.sequential_children)  # type: ignore[attr-defined]
+        if sorted(children) != sorted(name for name, _ in module.named_children()):
+            return None
+    layers: Layers = []
+    for name in children:
+        child = getattr(module, name)
+        inner = _chain(child, f"{prefix}{name}.")
+        layers += inner if inner is not None else [(f"{prefix}{name}", child)]
+    return layers
+
+
 def plain_layers(module: nn.Module) -> Layers | None:
-    """``module``'s layers when it is an ``nn.Sequential`` (its own ``forward``) of exactly
-    ``Flatten``, ``Linear`` and ``ReLU`` (not in place) modules whose parameters are plain
-    ``<index>.weight`` / ``<index>.bias`` (no parametrisation) and without buffers; else
-    ``None``."""
-    if not isinstance(module, nn.Sequential) or type(module).forward is not nn.Sequential.forward:
+    """``module``'s layers when it is a plain chain (an ``nn.Sequential`` with its own
+    ``forward``, possibly nested, or a module declaring ``sequential_children``) of exactly
+    ``Flatten``, ``Linear``, ``ReLU`` (not in place), ``Conv2d`` (one group, zero padding) and
+    ``MaxPool2d`` modules whose parameters are plain ``<layer>.weight`` / ``<layer>.bias`` (no
+    parametrisation) and without buffers; else ``None``."""
+    layers = _chain(module, "")
+    if layers is None:
         return None
-    layers = list(module.named_children())
     expected: list[str] = []
     for name, layer in layers:
         kind = type(layer)
-        if kind is nn.Linear:
-            expected += [f"{name}.weight"] + ([f"{name}.bias"] if layer.bias is not None else [])
-        elif not (kind is nn.Flatten or (kind is nn.ReLU and not layer.inplace)):
+        if kind in (nn.Linear, nn.Conv2d):
+            if kind is nn.Conv2d and not _convolutional.supported(layer):
+                return None
+            has_bias = getattr(layer, "bias", None) is not None
+            expected += [f"{name}.weight"] + ([f"{name}.bias"] if has_bias else [])
+        elif not (kind is nn.Flatten or _convolutional.supported(layer)):
             return None
     if [n for n, _ in module.named_parameters()] != expected or any(module.buffers()):
         return None
@@ -69,6 +106,25 @@ def forward(layers: Layers, params: dict[str, torch.Tensor], x: torch.Tensor) ->
             x = F.linear(x, params[f"{name}.weight"], params.get(f"{name}.bias"))
         elif isinstance(layer, nn.ReLU):
             x = F.relu(x)
+        elif isinstance(layer, nn.Conv2d):
+            x = F.conv2d(
+                x,
+                params[f"{name}.weight"],
+                params.get(f"{name}.bias"),
+                layer.stride,
+                layer.padding,
+                layer.dilation,
+                layer.groups,
+            )
+        elif isinstance(layer, nn.MaxPool2d):
+            x = F.max_pool2d(
+                x,
+                layer.kernel_size,
+                layer.stride,
+                layer.padding,
+                layer.dilation,
+                ceil_mode=layer.ceil_mode,
+            )
         else:
             assert isinstance(layer, nn.Flatten)
             x = x.flatten(layer.start_dim, layer.end_dim)
@@ -78,6 +134,26 @@ def forward(layers: Layers, params: dict[str, torch.Tensor], x: torch.Tensor) ->
 def _batched_dim(dim: int) -> int:
     """A per-sample dimension as a dimension of the ``(h, ...)`` stack of samples."""
     return dim + 1 if dim >= 0 else dim
+
+
+def _split(layers: Layers) -> tuple[Layers, Layers] | None:
+    """``(convolutional part, the rest)``: the layers before the ``Flatten`` that ends the
+    convolutions (``Conv2d``, ``MaxPool2d``, ``ReLU`` only) and those after it; an empty first
+    part for a chain without convolution or pooling; ``None`` for other arrangements."""
+    spatial = (nn.Conv2d, nn.MaxPool2d)
+    if not any(isinstance(layer, spatial) for _, layer in layers):
+        return [], layers
+    for k, (_, layer) in enumerate(layers):
+        if isinstance(layer, nn.Flatten):
+            rest = layers[k + 1 :]
+            if (layer.start_dim, layer.end_dim) != (1, -1) or k == 0:
+                return None
+            if any(isinstance(other, spatial) for _, other in rest):
+                return None
+            return layers[:k], rest
+        if not isinstance(layer, (*spatial, nn.ReLU)):
+            return None
+    return None
 
 
 def per_worker_grads(
@@ -91,10 +167,20 @@ def per_worker_grads(
     cross-entropy of each worker's ``(x[i], y[i])`` at the shared parameters ``params``; ``None``
     where the road does not apply (see the module docstring)."""
     h = y.shape[0]
+    parts = _split(layers)
+    if parts is None:
+        return None
+    head, tail = parts
+    conv = None
+    if head:  # convolutions on (h, b, C, H, W) images, then Flatten
+        if x.dim() != 5:
+            return None
+        conv = _convolutional.ConvForward(head, params, x)
+        x = conv.features
     a = x
     saved: list[tuple[str, torch.Tensor, torch.Tensor | None]] = []  # (layer, input or output, W)
     with torch.no_grad():
-        for name, layer in layers:
+        for name, layer in tail:
             if isinstance(layer, nn.Linear):
                 if a.dim() != 3:  # (h, b, features) only
                     return None
@@ -121,8 +207,10 @@ def per_worker_grads(
             grads[f"{name}.weight"] = torch.matmul(g.transpose(1, 2), tensor)
             if f"{name}.bias" in params:
                 grads[f"{name}.bias"] = g.sum(1)
-            if i > 0:
+            if i > 0 or conv is not None:
                 g = torch.matmul(g, weight)
+    if conv is not None:
+        grads.update(conv.backward(g))
     flat = torch.cat([grads[n].reshape(h, -1) for n in names], dim=1)
     return flat, losses.detach()
 

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from byzlearn.engines import Engine
+from byzlearn.experiments._honest_stats import honest_statistics
 from byzlearn.finite import all_finite
 from byzlearn.protocols.base import Observer
 
@@ -57,24 +58,37 @@ class TruthObserver(Observer):
         if vectors is not None and output is not None:
             honest = [i for i, s in enumerate(senders) if s not in self.byzantine]
             if honest:
-                rows = (  # index_select: the rows of advanced indexing, at a third of its cost
-                    vectors
-                    if len(honest) == len(senders)
-                    else vectors.index_select(0, torch.tensor(honest))
-                )
-                mean = rows.mean(dim=0)
-                # a non-finite entry makes its column's mean non-finite: a finite mean means
-                # finite rows (one small test instead of one over all the rows)
-                finite = all_finite(mean)
-                if not finite:  # lost coordinates: skip them
-                    mean = rows.nanmean(dim=0)
-                self._fields["dist_honest_mean"] = float(torch.dist(output, mean))
-                if len(rows) > 1 and (finite or all_finite(rows)):
-                    # sqrt(E ||h - mean||^2) / ||mean||: the variance-norm ratio of ICLR 2021,
-                    # the spread as the Frobenius norm of the centred rows over sqrt(rows)
-                    spread = float(torch.linalg.vector_norm(rows - mean)) / len(rows) ** 0.5
-                    norm = float(torch.linalg.vector_norm(mean))
-                    self._fields["variance_norm_ratio"] = spread / norm if norm > 0 else None
+                self._spread(vectors, honest, output)
+
+    def _spread(self, vectors: torch.Tensor, honest: list[int], output: torch.Tensor) -> None:
+        """``dist_honest_mean`` and ``variance_norm_ratio`` of the honest rows: one compiled
+        call (:func:`._honest_stats.honest_statistics`), else (lost coordinates, no numba,
+        another device) torch operations that skip non-finite coordinates."""
+        fused = honest_statistics(vectors, honest, output)
+        if fused is not None:
+            dist, spread, norm = fused
+            self._fields["dist_honest_mean"] = dist
+            if len(honest) > 1:
+                self._fields["variance_norm_ratio"] = spread / norm if norm > 0 else None
+            return
+        rows = (  # index_select: the rows of advanced indexing, at a third of its cost
+            vectors
+            if len(honest) == len(vectors)
+            else vectors.index_select(0, torch.tensor(honest, device=vectors.device))
+        )
+        mean = rows.mean(dim=0)
+        # a non-finite entry makes its column's mean non-finite: a finite mean means
+        # finite rows (one small test instead of one over all the rows)
+        finite = all_finite(mean)
+        if not finite:  # lost coordinates: skip them
+            mean = rows.nanmean(dim=0)
+        self._fields["dist_honest_mean"] = float(torch.dist(output, mean))
+        if len(rows) > 1 and (finite or all_finite(rows)):
+            # sqrt(E ||h - mean||^2) / ||mean||: the variance-norm ratio of ICLR 2021,
+            # the spread as the Frobenius norm of the centred rows over sqrt(rows)
+            spread = float(torch.linalg.vector_norm(rows - mean)) / len(rows) ** 0.5
+            norm = float(torch.linalg.vector_norm(mean))
+            self._fields["variance_norm_ratio"] = spread / norm if norm > 0 else None
 
     def _update(self, data: dict[str, Any]) -> None:
         sender = int(data["sender"])

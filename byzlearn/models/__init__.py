@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from math import prod
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -38,7 +39,14 @@ class MLP(nn.Sequential):
 
 
 class CNN(nn.Module):
-    """Small CNN: two conv-ReLU-maxpool blocks, then a linear classifier."""
+    """Small CNN: two conv-ReLU-maxpool blocks, then a linear classifier.
+
+    Its forward runs ``features`` then ``classifier``, as ``sequential_children`` declares: the
+    engines' short road (:mod:`byzlearn.engines._sequential`) computes its per-worker gradients
+    as those of one Sequential.
+    """
+
+    sequential_children: ClassVar[tuple[str, ...]] = ("features", "classifier")
 
     def __init__(
         self, input_shape: Sequence[int], num_classes: int, channels: Sequence[int] = (16, 32)

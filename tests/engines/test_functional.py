@@ -100,7 +100,6 @@ def test_other_modules_and_hooks_go_through_the_module() -> None:
     assert FlatModel(relu_in_place)._layers is None
     assert FlatModel(_Scaled(nn.Linear(3, 3)))._layers is None
     assert FlatModel(nn.Sequential(nn.Linear(3, 3), nn.Tanh()))._layers is None
-    assert FlatModel(build_model("cnn", (1, 8, 8), 10))._layers is None
     torch.manual_seed(3)
     module = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
     model = FlatModel(module)

@@ -1,0 +1,43 @@
+"""benchmarks/training.py runs and prints its two tables, with the channels-last floor for a
+model with convolutions."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def script():
+    path = REPO / "benchmarks" / "training.py"
+    spec = importlib.util.spec_from_file_location("bench_training", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _rows(out: str, first: str) -> list[list[str]]:
+    return [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in out.splitlines()
+        if line.startswith(f"| {first} |")
+    ]
+
+
+@pytest.mark.slow
+def test_both_models_print_rounds_parts_and_floors(script, capsys):
+    args = "--models mlp cnn --scenarios krum --rounds 2 --warmup 1 --no-byzfl"
+    script.main(args.split())
+    out = capsys.readouterr().out
+    assert "big batch CL (ms)" in out and "byzfl not run (--no-byzfl)" in out
+    mlp, cnn = _rows(out, "mlp")[0], _rows(out, "cnn")[0]
+    assert mlp[2] == cnn[2] == "krum" and mlp[-1] == "-"  # no convolution: no channels-last floor
+    big_cnn, last_cnn, vec_cnn, ratio = float(cnn[-2]), float(cnn[-1]), float(cnn[4]), cnn[5]
+    assert float(ratio.rstrip("x")) == pytest.approx(vec_cnn / min(big_cnn, last_cnn), rel=0.02)
+    parts = [r for r in _rows(out, "cnn") if r[3] == "vectorised"]
+    assert len(parts) == 1 and float(parts[0][-1]) > 0
