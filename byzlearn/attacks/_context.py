@@ -162,6 +162,14 @@ class AttackContext:
         """Coordinate-wise mean of the honest vectors (non-finite entries ignored)."""
         if "mean" not in self._cache:
             X = self.honest
+            if "finite" not in self._cache:
+                mean = X.mean(0)
+                # a finite column mean means finite values in that column: a finite mean
+                # answers all_finite without its own pass over the rows
+                if all_finite(mean):
+                    self._cache["finite"] = True
+                    self._cache["mean"] = mean
+                    return mean
             self._cache["mean"] = X.mean(0) if self.all_finite else _nanmean(X)
         return self._cache["mean"]
 

@@ -53,70 +53,61 @@ def honest_statistics(
 if njit is not None:
 
     @njit(boundscheck=False, cache=True, nogil=True, inline="always")
-    def _sum_sq(u, v, scale):  # pragma: no cover (compiled)
-        """``sum_j (u_j - scale v_j)^2`` in four running sums over ``j mod 4``, added in a fixed
-        order: the same rounding wherever the arrays lie (a reassociated sum could depend on
-        their alignment, and records must not depend on the process that computed them)."""
+    def _fixed_sum(u, v, scale, square):  # pragma: no cover (compiled)
+        """``sum_j t_j`` or ``sum_j t_j^2`` for ``t = u - scale v``, in four running sums over
+        ``j mod 4`` added in a fixed order."""
         d = u.shape[0]
-        s0 = s1 = s2 = s3 = 0.0
+        acc0 = acc1 = acc2 = acc3 = 0.0
         full = d - d % 4
         for j in range(0, full, 4):
-            t0 = u[j] - scale * v[j]
-            t1 = u[j + 1] - scale * v[j + 1]
-            t2 = u[j + 2] - scale * v[j + 2]
-            t3 = u[j + 3] - scale * v[j + 3]
-            s0 += t0 * t0
-            s1 += t1 * t1
-            s2 += t2 * t2
-            s3 += t3 * t3
+            t0 = np.float64(u[j]) - scale * v[j]
+            t1 = np.float64(u[j + 1]) - scale * v[j + 1]
+            t2 = np.float64(u[j + 2]) - scale * v[j + 2]
+            t3 = np.float64(u[j + 3]) - scale * v[j + 3]
+            if square:
+                t0, t1, t2, t3 = t0 * t0, t1 * t1, t2 * t2, t3 * t3
+            acc0 += t0
+            acc1 += t1
+            acc2 += t2
+            acc3 += t3
         for j in range(full, d):
-            t = u[j] - scale * v[j]
-            s0 += t * t
-        return (s0 + s1) + (s2 + s3)
-
-    @njit(boundscheck=False, cache=True, nogil=True, inline="always")
-    def _sum(u):  # pragma: no cover (compiled)
-        """``sum_j u_j`` in four running sums, added in a fixed order (as :func:`_sum_sq`)."""
-        d = u.shape[0]
-        s0 = s1 = s2 = s3 = 0.0
-        full = d - d % 4
-        for j in range(0, full, 4):
-            s0 += u[j]
-            s1 += u[j + 1]
-            s2 += u[j + 2]
-            s3 += u[j + 3]
-        for j in range(full, d):
-            s0 += u[j]
-        return (s0 + s1) + (s2 + s3)
+            t = np.float64(u[j]) - scale * v[j]
+            acc0 += t * t if square else t
+        return (acc0 + acc1) + (acc2 + acc3)
 
     @njit(boundscheck=False, cache=True, nogil=True)
     def _statistics(X, rows, a, work, out):  # pragma: no cover (compiled)
         """``out = (||a - mean||^2, sum_r ||X_r - mean||^2, ||mean||^2)`` over ``rows``, in
-        float64; False when a value of those rows is not finite. The sums over rows run per
-        coordinate (``work[0]``: the mean, ``work[1]``: the squared deviations; independent
-        lanes, vectorised), then one fixed-order sum over the coordinates."""
+        float64; False when a value of those rows is not finite.
+
+        One pass over the rows, shifted by the first of them (``c``): per coordinate the sums
+        ``S1 = sum_r (x_r - c)`` and ``S2 = sum_r (x_r - c)^2`` (``work``; independent lanes,
+        vectorised), then ``mean = c + S1 / m`` and ``sum_r (x_r - mean)^2 = S2 - S1^2 / m``
+        (the shifted-data formula: shifted by a data point, the subtraction loses nothing
+        that matters in float64). The sums over coordinates run in four running sums added in
+        a fixed order, so the rounding does not depend on where the arrays lie (records must
+        not depend on the process that computed them)."""
         d = X.shape[1]
         m = rows.shape[0]
-        mean = work[0]
-        dev = work[1]
+        s1 = work[0]
+        s2 = work[1]
+        c = X[rows[0]]
         for j in range(d):
-            mean[j] = 0.0
-            dev[j] = 0.0
-        for r in range(m):
+            s1[j] = 0.0
+            s2[j] = 0.0
+        for r in range(1, m):
             row = X[rows[r]]
             for j in range(d):
-                mean[j] += row[j]
-        for j in range(d):
-            mean[j] /= m
-        for j in range(d):
-            if not np.isfinite(mean[j]):  # a value in its column is not finite
-                return False
-        for r in range(m):
-            row = X[rows[r]]
-            for j in range(d):
-                t = row[j] - mean[j]
-                dev[j] += t * t
-        out[0] = _sum_sq(a, mean, 1.0)
-        out[1] = _sum(dev)
-        out[2] = _sum_sq(mean, mean, 0.0)
-        return True
+                t = np.float64(row[j]) - np.float64(c[j])
+                s1[j] += t
+                s2[j] += t * t
+        for j in range(d):  # independent lanes: the mean in s1, the squared deviations in s2
+            mean = np.float64(c[j]) + s1[j] / m
+            dev = s2[j] - s1[j] * s1[j] / m
+            s1[j] = mean
+            s2[j] = dev if dev > 0.0 else 0.0
+        out[0] = _fixed_sum(a, s1, 1.0, True)
+        out[1] = _fixed_sum(s2, s2, 0.0, False)
+        out[2] = _fixed_sum(s1, s1, 0.0, True)
+        # a non-finite value makes its column's mean or deviations, so these sums, non-finite
+        return np.isfinite(out[1]) and np.isfinite(out[2])

@@ -162,7 +162,7 @@ class ParameterServer(Server):
             out = result.vector
             if result.kept is not None:
                 record["kept"] = [senders[i] for i in result.kept.tolist()]
-            record["aggregate_norm"] = float(out.norm())
+            record["aggregate_norm"] = float(torch.linalg.vector_norm(out))
             self.previous = out.detach().clone()
             self.update(out, lr)
         self.round = t
