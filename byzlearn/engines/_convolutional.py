@@ -14,12 +14,16 @@ of one batch of ``b`` samples, ``(b, h C, H, W)``, stored channels-last (memory
 - its backward, one ``convolution_backward`` with ``groups = h``, gives the gradient of the
   input and, for each group, the weight and bias gradients summed over that worker's samples
   only: the per-worker gradients, with no reshuffling of the activations;
-- max-pooling and ReLU act on each channel alone, whatever the grouping; a non-overlapping pool
-  is undone by ``max_unpool2d`` (the gradient goes to the kept index, as in
-  ``max_pool2d_with_indices_backward``, here at a tenth of its cost), an overlapping one by
-  ``max_pool2d_with_indices_backward``; a ``ReLU`` right before a max-pool runs after it (the
-  maximum of the rectified values is the rectified maximum, and where it is 0 the gradient is
-  0 either way: the same gradients, on a quarter of the values).
+- max-pooling and ReLU act on each channel alone, whatever the grouping. A pool whose windows
+  tile its input (stride = kernel, no padding or dilation) runs without indices and its backward
+  is one compiled pass (:mod:`byzlearn.engines._pool_kernel`: each window rescanned as torch's
+  forward scans it, the gradient written at the kept index and zeros around it, no separate zero
+  fill). A ``ReLU`` right before a max-pool runs after it (the maximum of the rectified values
+  is the rectified maximum, and where it is 0 the gradient is 0 either way: the same gradients,
+  on a quarter of the values); before a tiling pool its threshold is folded into that pass.
+  Other pools keep their
+  indices: ``max_unpool2d`` undoes a non-overlapping one, ``max_pool2d_with_indices_backward``
+  an overlapping one.
 
 Channels-last storage matters on the CPU: PyTorch's max-pool over small planes in the default
 layout costs 10x more (4.2 against 0.42 ms for 800 x 16 x 8 x 8 values, one thread), and oneDNN's
@@ -34,6 +38,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
+
+from byzlearn.engines import _pool_kernel
 
 __all__ = ["ConvForward", "supported", "to_grouped"]
 
@@ -84,6 +90,7 @@ class _Saved:
     name: str
     tensor: torch.Tensor  # conv: its input; ReLU: its output; pool: its input
     extra: torch.Tensor | None = None  # conv: the repeated weight; pool: the indices
+    relu: bool = False  # a compiled pool backward: with the ReLU that followed the pool
 
 
 class ConvForward:
@@ -114,10 +121,11 @@ class ConvForward:
                     self.saved.append(_Saved(layer, name, a))
                 else:
                     assert isinstance(layer, nn.MaxPool2d)
-                    a = self._pool(name, layer, a)
+                    a = self._pool(name, layer, a, held_relu)
                     if held_relu:
                         a = torch.relu(a)
-                        self.saved.append(_Saved(_RELU, name, a))
+                        if not self.saved[-1].relu:  # not folded into the pool's backward
+                            self.saved.append(_Saved(_RELU, name, a))
                         held_relu = False
             self.features = _from_grouped(a, self.h)
             self.shape = a.shape
@@ -139,7 +147,11 @@ class ConvForward:
             self.h,
         )
 
-    def _pool(self, name: str, layer: nn.MaxPool2d, a: torch.Tensor) -> torch.Tensor:
+    def _pool(self, name: str, layer: nn.MaxPool2d, a: torch.Tensor, relu: bool) -> torch.Tensor:
+        kernel = _tiling(layer)
+        if kernel is not None and _pool_kernel.applies(a, a):  # the compiled backward
+            self.saved.append(_Saved(layer, name, a, None, relu))
+            return F.max_pool2d(a, kernel, kernel)
         out, indices = F.max_pool2d(
             a,
             layer.kernel_size,
@@ -164,6 +176,11 @@ class ConvForward:
                 s = self.saved[i]
                 if isinstance(s.layer, nn.ReLU):
                     g = torch.ops.aten.threshold_backward(g, s.tensor, 0)
+                elif isinstance(s.layer, nn.MaxPool2d) and s.extra is None:
+                    kernel = _tiling(s.layer)
+                    assert kernel is not None
+                    g = g.contiguous(memory_format=_LAST)
+                    g = _pool_kernel.pool_backward(g, s.tensor, kernel, s.relu)
                 elif isinstance(s.layer, nn.MaxPool2d):
                     g = _pool_backward(s.layer, g, s.tensor, s.extra)
                 else:
@@ -193,6 +210,16 @@ class ConvForward:
         if has_bias:
             grads[f"{s.name}.bias"] = grad_b.view(self.h, -1)
         return grad_in
+
+
+def _tiling(layer: nn.MaxPool2d) -> tuple[int, int] | None:
+    """The kernel of a max-pool whose windows tile its input (stride = kernel, no padding, no
+    dilation, no partial window), else ``None``."""
+    kernel, stride = _pair(layer.kernel_size), _pair(layer.stride or layer.kernel_size)
+    simple = _pair(layer.padding) == [0, 0] and _pair(layer.dilation) == [1, 1]
+    if kernel == stride and simple and not layer.ceil_mode:
+        return kernel[0], kernel[1]
+    return None
 
 
 def _pool_backward(

@@ -1,0 +1,73 @@
+"""The compiled backward of a non-overlapping max-pool (and the ReLU after it), against torch's
+``max_pool2d_with_indices`` + ``threshold_backward`` + ``max_unpool2d``: the same values, bit for
+bit, including ties, NaN and -inf in a window and sizes the kernel does not divide."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.nn import functional as F  # noqa: N812
+
+from byzlearn.engines._pool_kernel import applies, pool_backward
+
+LAST = torch.channels_last
+
+
+def _torch(g: torch.Tensor, z: torch.Tensor, kernel: tuple[int, int], relu: bool) -> torch.Tensor:
+    q, idx = F.max_pool2d(z, kernel, kernel, 0, 1, False, True)
+    if relu:
+        g = torch.ops.aten.threshold_backward(g, torch.relu(q), 0)
+    return F.max_unpool2d(g, idx, kernel, kernel, [0, 0], z.shape[-2:])
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    n=st.integers(1, 3),
+    c=st.integers(1, 20),
+    h=st.integers(1, 9),
+    w=st.integers(1, 9),
+    kh=st.integers(1, 3),
+    kw=st.integers(1, 3),
+    relu=st.booleans(),
+    special=st.sampled_from(["none", "ties", "nan", "-inf"]),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    seed=st.integers(0, 10_000),
+)
+def test_matches_torch_bit_for_bit(n, c, h, w, kh, kw, relu, special, dtype, seed) -> None:
+    if h < kh or w < kw:
+        return
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, c, h, w, generator=gen, dtype=dtype)
+    if special == "ties":
+        z = (z * 1.5).round()  # many equal values, zeros and negatives
+    elif special != "none":
+        mask = torch.rand(n, c, h, w, generator=gen) < 0.3
+        z[mask] = float("nan") if special == "nan" else -float("inf")
+    z = z.contiguous(memory_format=LAST)
+    g = torch.randn(n, c, h // kh, w // kw, generator=gen, dtype=dtype)
+    g = g.contiguous(memory_format=LAST)
+    assert applies(z, g)
+    got = pool_backward(g, z, (kh, kw), relu)
+    assert got.is_contiguous(memory_format=LAST)
+    ref = _torch(g, z, (kh, kw), relu)
+    assert torch.equal(got.isnan(), ref.isnan())
+    assert torch.equal(got.nan_to_num(), ref.nan_to_num())
+
+
+def test_what_it_does_not_take() -> None:
+    z = torch.randn(2, 3, 4, 4).contiguous(memory_format=LAST)
+    g = torch.randn(2, 3, 2, 2).contiguous(memory_format=LAST)
+    assert applies(z, g)
+    assert not applies(z.contiguous(), g)  # 3 channels: the default layout is not channels-last
+    assert not applies(z, g.double())
+    assert not applies(z.half(), g.half())
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_the_cnn_model_shape(relu: bool) -> None:
+    gen = torch.Generator().manual_seed(4)
+    z = (torch.randn(32, 400, 8, 8, generator=gen) * 4).round().contiguous(memory_format=LAST)
+    g = torch.randn(32, 400, 4, 4, generator=gen).contiguous(memory_format=LAST)
+    assert torch.equal(pool_backward(g, z, (2, 2), relu), _torch(g, z, (2, 2), relu))
