@@ -2,15 +2,17 @@
 ``Flatten`` of a plain Sequential (the ``cnn`` model), per-worker gradients at a shared
 parameter vector without ``vmap``.
 
-All ``h`` workers share the parameters, so their forward passes are one pass over the ``h x b``
-samples; what differs per worker is only the sum that makes each weight's gradient. Both come
+When the ``h`` workers share the parameters their forward passes are one pass over the ``h x b``
+samples and what differs per worker is only the sum that makes each weight's gradient; with one
+model per worker only the convolutions' weights differ, group by group. Both come
 from one layout, the *grouped* one: the activations of the ``h`` workers are the channel groups
 of one batch of ``b`` samples, ``(b, h C, H, W)``, stored channels-last (memory
 ``(b, H, W, h, C)``):
 
 - a convolution is one grouped convolution (``groups = h``) whose weight is the layer's weight
-  repeated ``h`` times: each group sees only its worker's channels, i.e. the layer applied to
-  each worker's samples (the same products as ``h`` separate convolutions);
+  repeated ``h`` times (or the workers' own weights stacked, when each worker has its model):
+  each group sees only its worker's channels, i.e. the layer applied to each worker's samples
+  (the same products as ``h`` separate convolutions);
 - its backward, one ``convolution_backward`` with ``groups = h``, gives the gradient of the
   input and, for each group, the weight and bias gradients summed over that worker's samples
   only: the per-worker gradients, with no reshuffling of the activations;
@@ -133,14 +135,19 @@ class ConvForward:
     def _conv(
         self, name: str, layer: nn.Conv2d, params: dict[str, torch.Tensor], a: torch.Tensor
     ) -> torch.Tensor:
-        weight = params[f"{name}.weight"]
-        repeated = weight.repeat(self.h, 1, 1, 1).contiguous(memory_format=_LAST)
+        weight = params[f"{name}.weight"]  # (Cout, Cin, kh, kw), or one per worker
+        if weight.dim() == 5:  # the workers' own weights, stacked: the groups' weights
+            grouped = weight.reshape(-1, *weight.shape[2:]).contiguous(memory_format=_LAST)
+        else:
+            grouped = weight.repeat(self.h, 1, 1, 1).contiguous(memory_format=_LAST)
         bias = params.get(f"{name}.bias")
-        self.saved.append(_Saved(layer, name, a, repeated))
+        if bias is not None:
+            bias = bias.reshape(-1) if bias.dim() == 2 else bias.repeat(self.h)
+        self.saved.append(_Saved(layer, name, a, grouped))
         return F.conv2d(
             a,
-            repeated,
-            None if bias is None else bias.repeat(self.h),
+            grouped,
+            bias,
             layer.stride,
             layer.padding,
             layer.dilation,

@@ -8,9 +8,10 @@ layers that end in a ``Flatten`` (the ``cnn`` model).
 ``functional_call`` runs, without swapping the views into the module on every call.
 
 :func:`per_worker_grads` gives the per-worker gradients and losses of ``h`` workers at one shared
-parameter vector, the result of ``vmap(grad_and_value(loss), in_dims=(None, 0, 0))``, mostly by
-the operations that vmapped backward runs (read from torch's profiler), written out without
-functorch's per-operation dispatch; the tests check agreement to rounding over many shapes:
+parameter vector or at one vector per worker, the result of ``vmap(grad_and_value(loss))``,
+mostly by the operations that vmapped backward runs (read from torch's profiler), written out
+without functorch's per-operation dispatch; the tests check agreement to rounding over many
+shapes (with one model per worker, the products are batched over the workers' own weights):
 
 - forward on all ``h x b`` samples at once: ``matmul(a, W.t())`` on the ``(h, b, in)`` inputs
   (one matrix product), then ``bias + out``; ReLU; the logits ``(h, b, C)``;
@@ -164,8 +165,10 @@ def per_worker_grads(
     y: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``(h, d)`` gradients (parameters in the order ``names``) and ``(h,)`` losses of the mean
-    cross-entropy of each worker's ``(x[i], y[i])`` at the shared parameters ``params``; ``None``
-    where the road does not apply (see the module docstring)."""
+    cross-entropy of each worker's ``(x[i], y[i])`` at the parameters ``params``: shared (each
+    of its parameter's shape) or one set per worker (a leading dimension ``h``, e.g. the
+    models of later local steps); ``None`` where the road does not apply (see the module
+    docstring)."""
     h = y.shape[0]
     parts = _split(layers)
     if parts is None:
@@ -186,8 +189,11 @@ def per_worker_grads(
                     return None
                 w, bias = params[f"{name}.weight"], params.get(f"{name}.bias")
                 saved.append((name, a, w))
-                out = torch.matmul(a, w.t())
-                a = out if bias is None else bias + out
+                out = torch.matmul(a, w.transpose(-1, -2))  # w: (out, in), or (h, out, in)
+                if bias is not None:
+                    a = (bias if bias.dim() == 1 else bias.unsqueeze(-2)) + out
+                else:
+                    a = out
             elif isinstance(layer, nn.ReLU):
                 a = torch.relu(a)
                 saved.append((name, a, None))

@@ -16,10 +16,10 @@ A plain chain of layers without hooks takes a shorter road to the same numbers
 ``ReLU`` layers (the ``logistic`` and ``mlp`` models), optionally after ``Conv2d``, ``MaxPool2d``
 and ``ReLU`` layers (the ``cnn`` model, which declares its ``features`` and ``classifier`` as one
 chain). Its forward calls the layers' own functions on the parameter views (no
-``functional_call``), and its per-worker gradients at a shared ``theta`` are written out: the
-linear layers with mostly the operations the vmapped backward runs (half the time: no functorch
-dispatch, and the loss's log-softmax on the transposed logits), the convolutions as grouped
-convolutions over the workers in channels-last memory
+``functional_call``), and its per-worker gradients (at a shared ``theta`` or one per worker)
+are written out: the linear layers with mostly the operations the vmapped backward runs (half
+the time: no functorch dispatch, and the loss's log-softmax on the transposed logits), the
+convolutions as grouped convolutions over the workers in channels-last memory
 (:mod:`byzlearn.engines._convolutional`: the CNN's per-worker gradients in a third of vmap's
 time); the tests check that both roads agree to rounding.
 """
@@ -62,6 +62,14 @@ class FlatModel:
         chunks = torch.split(theta, self.numels)
         return {n: c.view(s) for n, c, s in zip(self.names, chunks, self.shapes, strict=True)}
 
+    def _unflatten_rows(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Views of the ``(h, d)`` rows of ``theta`` shaped ``(h, *parameter shape)``."""
+        h = theta.shape[0]
+        chunks = torch.split(theta, self.numels, dim=1)
+        return {
+            n: c.view(h, *s) for n, c, s in zip(self.names, chunks, self.shapes, strict=True)
+        }
+
     def load(self, theta: torch.Tensor) -> None:
         """Copy ``theta`` into the module's parameters."""
         with torch.no_grad():
@@ -92,15 +100,15 @@ class FlatModel:
     def batched_grads(
         self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-worker gradients and losses in one vmapped forward/backward (for a plain
-        Sequential at a shared ``theta``, the same numbers by hand: see the module docstring).
+        """Per-worker gradients and losses in one vmapped forward/backward (for a plain chain
+        of layers, the same numbers by hand: see the module docstring).
 
         ``theta``: ``(d,)`` shared by all workers, or ``(h, d)`` one row per worker;
         ``x``: ``(h, b, ...)``; ``y``: ``(h, b)``. Returns ``(h, d)`` gradients, ``(h,)`` losses.
         """
-        if theta.dim() == 1 and self._plain():
+        if theta.dim() in (1, 2) and self._plain():
             assert self._layers is not None
-            params = self.unflatten(theta)
+            params = self.unflatten(theta) if theta.dim() == 1 else self._unflatten_rows(theta)
             out = _sequential.per_worker_grads(self._layers, self.names, params, x, y)
             if out is not None:
                 return out

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.benchmarks import REPO, load_script
 
 
 def _has_history() -> bool:
@@ -26,12 +24,7 @@ pytestmark = pytest.mark.skipif(not _has_history(), reason="needs git and the re
 
 @pytest.fixture(scope="module")
 def script():
-    path = REPO / "benchmarks" / "selection_ab.py"
-    spec = importlib.util.spec_from_file_location("bench_selection_ab", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("selection_ab")
 
 
 @pytest.mark.slow

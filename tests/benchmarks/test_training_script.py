@@ -3,22 +3,14 @@ model with convolutions."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.benchmarks import load_script
 
 
 @pytest.fixture(scope="module")
 def script():
-    path = REPO / "benchmarks" / "training.py"
-    spec = importlib.util.spec_from_file_location("bench_training", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("training")
 
 
 def _rows(out: str, first: str) -> list[list[str]]:

@@ -23,7 +23,8 @@ def _module_path(model: FlatModel) -> FlatModel:
 
 def _vmap(model: FlatModel, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor):
     loss = _module_path(model).loss
-    return torch.func.vmap(torch.func.grad_and_value(loss), in_dims=(None, 0, 0))(theta, x, y)
+    dims = (None if theta.dim() == 1 else 0, 0, 0)
+    return torch.func.vmap(torch.func.grad_and_value(loss), in_dims=dims)(theta, x, y)
 
 
 def _check(module: nn.Module, shape: tuple[int, ...], h: int, b: int, seed: int, *, ties: bool):
@@ -36,10 +37,12 @@ def _check(module: nn.Module, shape: tuple[int, ...], h: int, b: int, seed: int,
         x = (x * 4).round().clamp(min=0)
     classes = module.classifier.out_features if isinstance(module, CNN) else module[-1].out_features
     y = torch.randint(0, classes, (h, b))
-    grads, losses = model.batched_grads(theta, x, y)
-    ref_grads, ref_losses = _vmap(model, theta, x, y)
-    torch.testing.assert_close(grads, ref_grads, msg=f"{h} x {b}")
-    torch.testing.assert_close(losses, ref_losses, msg=f"{h} x {b}")
+    own = theta + 0.05 * torch.randn(h, model.dim)  # one model per worker (local steps)
+    for th in (theta, own):
+        grads, losses = model.batched_grads(th, x, y)
+        ref_grads, ref_losses = _vmap(model, th, x, y)
+        torch.testing.assert_close(grads, ref_grads, msg=f"{h} x {b}, theta {tuple(th.shape)}")
+        torch.testing.assert_close(losses, ref_losses, msg=f"{h} x {b}, theta {tuple(th.shape)}")
     return model, theta, x, y
 
 

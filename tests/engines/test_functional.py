@@ -113,9 +113,10 @@ def test_other_modules_and_hooks_go_through_the_module() -> None:
 
 def _vmap_grads(model: FlatModel, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor):
     """The vmapped gradients and losses through the module (``functional_call``): the
-    reference of the hand-written road."""
+    reference of the hand-written road (``theta`` shared, or one row per worker)."""
     loss = _module_path(model).loss
-    return torch.func.vmap(torch.func.grad_and_value(loss), in_dims=(None, 0, 0))(theta, x, y)
+    dims = (None if theta.dim() == 1 else 0, 0, 0)
+    return torch.func.vmap(torch.func.grad_and_value(loss), in_dims=dims)(theta, x, y)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -139,10 +140,12 @@ def test_plain_sequential_gradients_agree_with_vmap(
             model = FlatModel(module)
             theta = model.flatten()
             x, y = torch.randn(h, b, *shape), torch.randint(0, 10, (h, b))
-            grads, losses = model.batched_grads(theta, x, y)
-            ref_grads, ref_losses = _vmap_grads(model, theta, x, y)
-            torch.testing.assert_close(grads, ref_grads, msg=f"{h} x {b}")
-            torch.testing.assert_close(losses, ref_losses, msg=f"{h} x {b}")
+            own = theta + 0.05 * torch.randn(h, model.dim)  # one model per worker
+            for th in (theta, own):
+                grads, losses = model.batched_grads(th, x, y)
+                ref_grads, ref_losses = _vmap_grads(model, th, x, y)
+                torch.testing.assert_close(grads, ref_grads, msg=f"{h} x {b}, {th.dim()}-d")
+                torch.testing.assert_close(losses, ref_losses, msg=f"{h} x {b}, {th.dim()}-d")
     finally:
         torch.set_num_threads(previous)
 
