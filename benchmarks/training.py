@@ -56,6 +56,7 @@ import torch
 
 from byzlearn.experiments import Trainer, parse_config
 from byzlearn.machine import cpu_name
+from byzlearn.models import names as model_names
 
 SCENARIOS = ("average", "krum")
 BATCH = 32
@@ -350,15 +351,30 @@ def _machine(threads: int) -> str:
     )
 
 
+def _at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``low``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and print Markdown tables."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--n", type=int, nargs="+", default=[25])
-    parser.add_argument("--models", nargs="+", default=["mlp", "cnn"])
+    parser.add_argument("--n", type=_at_least(1), nargs="+", default=[25])
+    parser.add_argument("--models", nargs="+", choices=model_names(), default=["mlp", "cnn"])
     parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
-    parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=_at_least(1), default=30)
+    parser.add_argument("--warmup", type=_at_least(0), default=5)
+    parser.add_argument("--threads", type=_at_least(1), default=1)
     parser.add_argument("--no-byzfl", action="store_true", help="do not run ByzFL's loop")
     parser.add_argument("--quick", action="store_true", help="MLP, n = 25, 5 rounds")
     args = parser.parse_args(argv)
@@ -377,7 +393,10 @@ def main(argv: list[str] | None = None) -> None:
     for model in args.models:
         for scenario in args.scenarios:
             for n in args.n:
-                m = measure(model, n, scenario, args.rounds, args.warmup, byzfl)
+                try:
+                    m = measure(model, n, scenario, args.rounds, args.warmup, byzfl)
+                except ValueError as err:  # a config the library refuses (e.g. n too small)
+                    parser.error(f"{model} {scenario} n={n}: {err}")
                 rows.append((model, scenario, n, m))
                 print(f"  measured {model} {scenario} n={n}", file=sys.stderr, flush=True)
     print(

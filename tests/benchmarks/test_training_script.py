@@ -33,3 +33,19 @@ def test_both_models_print_rounds_parts_and_floors(script, capsys):
     assert float(ratio.rstrip("x")) == pytest.approx(vec_cnn / min(big_cnn, last_cnn), rel=0.02)
     parts = [r for r in _rows(out, "cnn") if r[3] == "vectorised"]
     assert len(parts) == 1 and float(parts[0][-1]) > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ("--models foo", "invalid choice: 'foo'"),
+        ("--rounds 0", "--rounds: must be >= 1, got 0"),
+        ("--n 7 --scenarios krum --models mlp", "krum needs n >= 2f + 3, got n=7, f=5"),
+    ],
+)
+def test_bad_arguments_get_one_line(script, capsys, args: str, message: str) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(["--no-byzfl", "--warmup", "0", "--rounds", "1", *args.split()])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and "Traceback" not in "\n".join(err)
