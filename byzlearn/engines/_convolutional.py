@@ -91,7 +91,7 @@ class _Saved:
     layer: nn.Module
     name: str
     tensor: torch.Tensor  # conv: its input; ReLU: its output; pool: its input
-    extra: torch.Tensor | None = None  # conv: the repeated weight; pool: the indices
+    extra: torch.Tensor | None = None  # conv: the groups' weight; pool: the indices, if kept
     relu: bool = False  # a compiled pool backward: with the ReLU that followed the pool
 
 
