@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from _cli import at_least
 from torch.nn import functional as F  # noqa: N812
 
 from byzlearn.engines import FlatModel, _pool_kernel
@@ -42,19 +43,6 @@ from byzlearn.models import build_model
 BATCH = 32
 SHAPE = (1, 8, 8)  # digits
 CLASSES = 10
-
-
-def _at_least(low: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-        return value
-
-    return parse
 
 
 def _big_batch(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
@@ -122,10 +110,10 @@ def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and print a Markdown table."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=["mlp", "cnn"], default=["mlp", "cnn"])
-    parser.add_argument("--workers", type=_at_least(1), nargs="+", default=[25])
+    parser.add_argument("--workers", type=at_least(1), nargs="+", default=[25])
     parser.add_argument("--kinds", nargs="+", choices=["shared", "own"], default=["shared", "own"])
-    parser.add_argument("--calls", type=_at_least(1), default=40)
-    parser.add_argument("--threads", type=_at_least(1), default=1)
+    parser.add_argument("--calls", type=at_least(1), default=40)
+    parser.add_argument("--threads", type=at_least(1), default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"

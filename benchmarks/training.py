@@ -53,6 +53,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from _cli import at_least
 
 from byzlearn.experiments import Trainer, parse_config
 from byzlearn.machine import cpu_name
@@ -351,30 +352,15 @@ def _machine(threads: int) -> str:
     )
 
 
-def _at_least(low: int) -> Callable[[str], int]:
-    """An argparse type: an integer >= ``low``."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-        return value
-
-    return parse
-
-
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and print Markdown tables."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--n", type=_at_least(1), nargs="+", default=[25])
+    parser.add_argument("--n", type=at_least(1), nargs="+", default=[25])
     parser.add_argument("--models", nargs="+", choices=model_names(), default=["mlp", "cnn"])
     parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
-    parser.add_argument("--rounds", type=_at_least(1), default=30)
-    parser.add_argument("--warmup", type=_at_least(0), default=5)
-    parser.add_argument("--threads", type=_at_least(1), default=1)
+    parser.add_argument("--rounds", type=at_least(1), default=30)
+    parser.add_argument("--warmup", type=at_least(0), default=5)
+    parser.add_argument("--threads", type=at_least(1), default=1)
     parser.add_argument("--no-byzfl", action="store_true", help="do not run ByzFL's loop")
     parser.add_argument("--quick", action="store_true", help="MLP, n = 25, 5 rounds")
     args = parser.parse_args(argv)
