@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from _cli import at_least
+from _common import at_least, channels_last
 from torch.nn import functional as F  # noqa: N812
 
 from byzlearn.engines import FlatModel, _pool_kernel
@@ -51,14 +51,6 @@ def _big_batch(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Cal
         F.cross_entropy(module(x), y).backward()
 
     return run
-
-
-def _channels_last(
-    module: torch.nn.Module, x: torch.Tensor
-) -> tuple[torch.nn.Module, torch.Tensor]:
-    clone = copy.deepcopy(module).to(memory_format=torch.channels_last)
-    n, c, h, w = x.shape  # explicit strides: with one channel torch would keep NCHW's
-    return clone, torch.empty_strided((n, c, h, w), (c * h * w, 1, w * c, c)).copy_(x)
 
 
 def measure(model: str, h: int, kind: str, calls: int) -> dict[str, float]:
@@ -91,7 +83,9 @@ def measure(model: str, h: int, kind: str, calls: int) -> dict[str, float]:
     flat_x, flat_y = x.reshape(h * BATCH, *SHAPE), y.reshape(-1)
     variants["big batch"] = _big_batch(copy.deepcopy(module), flat_x, flat_y)
     if model == "cnn":
-        variants["big batch CL"] = _big_batch(*_channels_last(module, flat_x), flat_y)
+        last = channels_last(module, flat_x)
+        assert last is not None
+        variants["big batch CL"] = _big_batch(*last, flat_y)
     times: dict[str, list[float]] = {name: [] for name in variants}
     for i in range(calls + 2):
         for name, run in variants.items():

@@ -41,7 +41,6 @@ scheduling, the protocol's bookkeeping). Every figure is the median over ``--rou
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import os
 import platform
@@ -53,7 +52,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from _cli import at_least
+from _common import at_least, channels_last
 
 from byzlearn.experiments import Trainer, parse_config
 from byzlearn.machine import cpu_name
@@ -140,19 +139,6 @@ def _big_batch(trainer: Trainer, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         reps = (n * BATCH + len(x) - 1) // len(x)
         x, y = torch.cat([x] * reps)[: n * BATCH], torch.cat([y] * reps)[: n * BATCH]
     return x, y
-
-
-def _channels_last(
-    module: torch.nn.Module, x: torch.Tensor
-) -> tuple[torch.nn.Module, torch.Tensor] | None:
-    """A copy of ``module`` and ``x`` in channels-last memory, for a model with 4-d weights
-    (convolutions); ``None`` otherwise."""
-    if x.dim() != 4 or not any(p.dim() == 4 for p in module.parameters()):
-        return None
-    clone = copy.deepcopy(module).to(memory_format=torch.channels_last)
-    n, c, h, w = x.shape  # explicit strides: with one channel torch would keep NCHW's
-    nhwc = torch.empty_strided((n, c, h, w), (c * h * w, 1, w * c, c), dtype=x.dtype)
-    return clone, nhwc.copy_(x)
 
 
 def _big_batch_seconds(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -312,7 +298,7 @@ def measure(
     module = vec.model.module
     x, y = _big_batch(vec, n)
     peer = ByzflRound(byzfl, vec, scenario) if byzfl is not None else None
-    last = _channels_last(module, x)
+    last = channels_last(module, x)
     samples: dict[str, list[dict[str, float]]] = {"vectorised": [], "loop": [], "byzfl": []}
     big: list[float] = []
     big_last: list[float] = []

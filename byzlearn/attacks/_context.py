@@ -162,15 +162,12 @@ class AttackContext:
         """Coordinate-wise mean of the honest vectors (non-finite entries ignored)."""
         if "mean" not in self._cache:
             X = self.honest
-            if "finite" not in self._cache:
-                mean = X.mean(0)
-                # a finite column mean means finite values in that column: a finite mean
-                # answers all_finite without its own pass over the rows
-                if all_finite(mean):
-                    self._cache["finite"] = True
-                    self._cache["mean"] = mean
-                    return mean
-            self._cache["mean"] = X.mean(0) if self.all_finite else _nanmean(X)
+            mean = None if self._cache.get("finite") is False else X.mean(0)
+            # a finite column mean means finite values in that column: a finite mean answers
+            # all_finite without its own pass over the rows
+            if mean is not None and "finite" not in self._cache and all_finite(mean):
+                self._cache["finite"] = True
+            self._cache["mean"] = mean if self.all_finite else _nanmean(X)
         return self._cache["mean"]
 
     def std(self) -> torch.Tensor:

@@ -58,16 +58,12 @@ class FlatModel:
         return torch.cat([p.detach().reshape(-1) for p in self.module.parameters()]).clone()
 
     def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Views of ``theta`` shaped as the module's parameters (works under vmap/grad)."""
-        chunks = torch.split(theta, self.numels)
-        return {n: c.view(s) for n, c, s in zip(self.names, chunks, self.shapes, strict=True)}
-
-    def _unflatten_rows(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Views of the ``(h, d)`` rows of ``theta`` shaped ``(h, *parameter shape)``."""
-        h = theta.shape[0]
-        chunks = torch.split(theta, self.numels, dim=1)
+        """Views of ``theta`` shaped as the module's parameters (works under vmap/grad); for
+        ``(h, d)`` rows, one set per row, shaped ``(h, *parameter shape)``."""
+        lead = theta.shape[:-1]
+        chunks = torch.split(theta, self.numels, dim=-1)
         return {
-            n: c.view(h, *s) for n, c, s in zip(self.names, chunks, self.shapes, strict=True)
+            n: c.view(*lead, *s) for n, c, s in zip(self.names, chunks, self.shapes, strict=True)
         }
 
     def load(self, theta: torch.Tensor) -> None:
@@ -108,7 +104,7 @@ class FlatModel:
         """
         if theta.dim() in (1, 2) and self._plain():
             assert self._layers is not None
-            params = self.unflatten(theta) if theta.dim() == 1 else self._unflatten_rows(theta)
+            params = self.unflatten(theta)
             out = _sequential.per_worker_grads(self._layers, self.names, params, x, y)
             if out is not None:
                 return out

@@ -10,9 +10,10 @@ For the ``m`` honest rows ``h_r`` of the submitted ``(n, d)`` matrix and the agg
 
 In torch these are seven small operations per round (a row selection, a mean, a finiteness test,
 a distance, a centred copy, two norms: about 0.1 ms for 20 x 4810 float32 values on one thread,
-most of it per-operation overhead); here two passes over the honest rows in L2, accumulated in
-float64. Where an honest value is not finite (coordinates lost on a link) the caller keeps the
-torch path, which skips the missing coordinates.
+most of it per-operation overhead); here one pass over the honest rows, shifted by the first of
+them and accumulated in float64, then one over the coordinates. Where an honest value is not
+finite (coordinates lost on a link) the caller keeps the torch path, which skips the missing
+coordinates.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 def load_script(name: str) -> ModuleType:
     """``benchmarks/<name>.py`` as a module named ``bench_<name>`` (not registered in
     ``sys.modules``), with ``benchmarks/`` on the import path as when the script runs (its
-    shared helpers, ``_cli``)."""
+    shared helpers, ``_common``)."""
     folder = str(REPO / "benchmarks")
     if folder not in sys.path:
         sys.path.append(folder)
