@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from byzlearn.aggregators import _gram_kernel, _sortnet, _weighted_sort
+from byzlearn.aggregators._device import cpu_kernels
 from byzlearn.aggregators._gram import Inputs, block_size, column_blocks
 from byzlearn.aggregators._threads import in_parallel
 
@@ -518,7 +519,7 @@ def statistic_into(
     n, d = X.shape
     if rows is None:
         rows = torch.arange(n)
-    if X.device.type == "cpu" and _HAVE_NUMBA and not force_torch:
+    if cpu_kernels(X.device) and _HAVE_NUMBA and not force_torch:
         Xc = X if X.is_contiguous() else X.contiguous()
         o = out if out.is_contiguous() else torch.empty_like(out)
         torch_threads = torch.get_num_threads()
@@ -641,7 +642,7 @@ def _mixed_fast(inputs: Inputs, stat: int, drop: int, min_k: int, out: torch.Ten
     A = inputs.A
     if (
         not _HAVE_NUMBA
-        or X.device.type != "cpu"
+        or not cpu_kernels(X.device)
         or X.dtype not in (torch.float32, torch.float64)
         or not X.is_contiguous()
         or inputs.gram is None
@@ -728,7 +729,7 @@ def coordinatewise_inputs(
         if first >= 0:
             raise missing_error(name, int(torch.isnan(out).sum()), min_k, first)
         return out
-    if X.device.type == "cpu":
+    if cpu_kernels(X.device):
         per_thread = 2 * _MIN_BLOCKS_PER_THREAD * LANES
         size = max(per_thread * torch.get_num_threads(), _MIXED_BLOCK_ELEMENTS // inputs.n)
     else:

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from byzlearn.aggregators import _gram_kernel
+from byzlearn.aggregators._device import cpu_kernels
 from byzlearn.aggregators._gram import Inputs, column_blocks, measurable_limit, weighted_rows
 from byzlearn.aggregators._registry import Combination, register
 from byzlearn.aggregators._sample import sorted_sample
@@ -91,7 +92,7 @@ def _row_stats(
     compiled read computed them in the same pass (else None)."""
     n, d = Y.shape
     limit = measurable_limit(d)
-    if Y.device.type == "cpu" and Y.dtype in _NUMPY_DTYPES and _gram_kernel.available(
+    if cpu_kernels(Y.device) and Y.dtype in _NUMPY_DTYPES and _gram_kernel.available(
         Y.detach().numpy()
     ):
         # one compiled, sequential read of each row (torch: three reductions per block)
@@ -290,7 +291,7 @@ def _sign_features_of(rows: _Rows, good: torch.Tensor, cols: np.ndarray) -> np.n
     """:func:`sign_features` of the rows ``good`` at the coordinates ``cols``: counted by a
     compiled loop straight from the input rows when there is no pre-aggregator (no n x k
     gather), else from the gathered (mixed) values."""
-    if rows.Y is not None and rows.Y.device.type == "cpu" and rows.Y.dtype in _NUMPY_DTYPES:
+    if rows.Y is not None and cpu_kernels(rows.Y.device) and rows.Y.dtype in _NUMPY_DTYPES:
         Yn = rows.Y.detach().numpy()
         if _gram_kernel.available(Yn):
             counts = _gram_kernel.sign_counts(Yn, good.numpy(), cols, torch.get_num_threads())

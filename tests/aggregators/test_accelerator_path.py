@@ -1,0 +1,91 @@
+"""The path CUDA tensors take (blocked torch operations), checked on the CPU: inside
+``accelerator_path()`` every rule gives the CPU kernels' result on every input kind.
+
+What only a real device shows (a tensor created on the wrong device, a transfer) is left to
+``test_gpu.py``, which runs where CUDA is available."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import byzlearn.aggregators as agg
+from byzlearn.aggregators import _gram_kernel, _gram_small, _sortnet
+from byzlearn.aggregators._device import accelerator_path, cpu_kernels
+
+# Randomised rules get a fixed seed: both paths must draw the same samples.
+OPTIONS = {
+    "clipping": {"max_norm": 1.0},
+    "bucketing": {"seed": 0},
+    "dnc": {"seed": 0},
+    "signguard": {"seed": 0},
+}
+NAMES = [*agg.names(), "nnm+krum", "nnm+trimmed_mean", "bucketing+median", "clipping+krum"]
+KINDS = ["gaussian", "one_nan", "nan_rows", "mean10", "n50"]
+
+
+def _inputs(kind: str, dtype: torch.dtype) -> tuple[torch.Tensor, int]:
+    g = torch.Generator().manual_seed(0)
+    n, f = (50, 10) if kind == "n50" else (25, 5)
+    X = torch.randn(n, 4099, generator=g, dtype=torch.float64) + 3.0
+    if kind == "one_nan":
+        X[3, 7] = float("nan")
+    elif kind == "nan_rows":
+        X[:3] = float("nan")
+    elif kind == "mean10":  # the demo's attack: f rows at -10 x the honest mean
+        X[:f] = -10 * X[f:].mean(0)
+    return X.to(dtype), f
+
+
+def _run(name: str, X: torch.Tensor, f: int) -> torch.Tensor | str:
+    options = {**OPTIONS.get(name.split("+")[0], {}), **OPTIONS.get(name.split("+")[-1], {})}
+    try:
+        return agg.get(name)(X, f=f, **options)
+    except ValueError as err:  # e.g. bucketing+median on NaN rows: both paths must refuse
+        return f"ValueError: {err}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("name", NAMES)
+def test_accelerator_path_equals_cpu_kernels(name: str, kind: str, dtype: torch.dtype) -> None:
+    X, f = _inputs(kind, dtype)
+    cpu = _run(name, X, f)
+    with accelerator_path():
+        other = _run(name, X, f)
+    if isinstance(cpu, str) or isinstance(other, str):
+        assert cpu == other
+        return
+    assert other.dtype == X.dtype and other.shape == cpu.shape
+    tol = 1e-9 if dtype == torch.float64 else 2e-5
+    torch.testing.assert_close(other, cpu, rtol=tol, atol=tol, equal_nan=True)
+
+
+def test_the_switch_bypasses_every_cpu_kernel(monkeypatch) -> None:
+    def tripwire(*args, **kwargs):
+        raise AssertionError("a CPU kernel ran")
+
+    for module, attr in [
+        (_gram_kernel, "gram_blocks"),
+        (_gram_kernel, "centre_block"),
+        (_gram_small, "_finish"),
+        (_sortnet, "plan"),
+    ]:
+        monkeypatch.setattr(module, attr, tripwire)
+    X = torch.randn(25, 3000)
+    big = torch.randn(25, 100_000)  # over the small path's size: the general Gram pass
+    with accelerator_path():
+        assert not cpu_kernels(X.device)
+        for name in ["median", "trimmed_mean", "krum", "geometric_median", "signguard"]:
+            agg.get(name)(X, f=5, **OPTIONS.get(name, {}))
+        agg.krum(big, f=5)
+    assert cpu_kernels(X.device)
+    for name, data in [("median", X), ("krum", X), ("krum", big)]:
+        with pytest.raises(AssertionError, match="a CPU kernel ran"):
+            agg.get(name)(data, f=5)
+
+
+def test_the_switch_is_restored_after_an_error() -> None:
+    with pytest.raises(RuntimeError), accelerator_path():
+        raise RuntimeError("inside")
+    assert cpu_kernels(torch.device("cpu"))
