@@ -14,8 +14,11 @@ One round of the synchronous parameter server on scikit-learn's digits (8x8, no 
 - ``krum``: f = 5 Byzantine workers sending -10 x the honest mean (``ipm``, epsilon = 10, the
   demo's attack), Krum at the server (issue 12's training round).
 
-For every (model, scenario, n) one run times, after ``--warmup`` rounds, in interleaved turns (so
-that load from other processes on a shared machine hits all of them alike):
+For every (model, scenario, n) one run times, after ``--warmup`` rounds, in turns of ``--block``
+consecutive rounds per variant (so that load from other processes on a shared machine hits all
+of them alike, while each variant runs its rounds back to back as a training run does; with
+``--block 1`` the variants alternate round by round and each starts with caches the others have
+just filled, which slowed the vectorised MLP round by up to 1.8x on the 2-core test machine):
 
 - ``vectorised``: the ``local`` engine's default, one ``torch.func`` vmapped forward/backward
   for all honest workers;
@@ -62,6 +65,7 @@ SCENARIOS = ("average", "krum")
 BATCH = 32
 BYZANTINE = 5
 EPSILON = 10.0  # the attack: -EPSILON x the honest mean
+BLOCK = 10  # consecutive rounds per variant and turn
 PARTS = ("workers", "attack", "aggregation", "update", "metrics")
 
 
@@ -288,42 +292,52 @@ class ByzflRound:
 
 # ---------------------------------------------------------------------- one measurement
 def measure(
-    model: str, n: int, scenario: str, rounds: int, warmup: int, byzfl: Any = None
+    model: str,
+    n: int,
+    scenario: str,
+    rounds: int,
+    warmup: int,
+    byzfl: Any = None,
+    block: int = BLOCK,
 ) -> dict[str, Any]:
-    """Median seconds per round of every variant and of the vectorised round's parts, the
-    variants' rounds interleaved so that load from other processes hits them alike."""
+    """Median seconds per round of every variant and of the vectorised round's parts.
+
+    The variants take turns, ``block`` consecutive rounds each (a training run executes its
+    rounds back to back, with its own data in the caches), so that load from other processes
+    hits all of them alike; ``block = 1`` alternates round by round, where each variant starts
+    with caches the others have just filled."""
     vec = Trainer(_config(model, n, scenario, True))
     loop = Trainer(_config(model, n, scenario, False))
     clocks = {"vectorised": _instrument(vec), "loop": _instrument(loop)}
     module = vec.model.module
     x, y = _big_batch(vec, n)
-    peer = ByzflRound(byzfl, vec, scenario) if byzfl is not None else None
     last = channels_last(module, x)
-    samples: dict[str, list[dict[str, float]]] = {"vectorised": [], "loop": [], "byzfl": []}
-    big: list[float] = []
-    big_last: list[float] = []
-    for i in range(warmup + rounds):
-        turn = {
-            "vectorised": _round(vec, clocks["vectorised"]),
-            "loop": _round(loop, clocks["loop"]),
-        }
-        if peer is not None:
-            turn["byzfl"] = peer.step()
-        seconds = _big_batch_seconds(module, x, y)
-        seconds_last = _big_batch_seconds(*last, y) if last is not None else math.nan
-        if i >= warmup:
-            for key, value in turn.items():
-                samples[key].append(value)
-            big.append(seconds)
-            big_last.append(seconds_last)
+    variants: dict[str, Callable[[], Any]] = {
+        "vectorised": lambda: _round(vec, clocks["vectorised"]),
+        "loop": lambda: _round(loop, clocks["loop"]),
+        "big": lambda: _big_batch_seconds(module, x, y),
+    }
+    if last is not None:
+        variants["big_last"] = lambda: _big_batch_seconds(*last, y)
+    if byzfl is not None:
+        variants["byzfl"] = ByzflRound(byzfl, vec, scenario).step
+    samples: dict[str, list[Any]] = {key: [] for key in variants}
+    done, total = 0, warmup + rounds
+    while done < total:
+        count = min(block, total - done)
+        for key, run in variants.items():
+            for i in range(done, done + count):
+                value = run()
+                if i >= warmup:
+                    samples[key].append(value)
+        done += count
     out: dict[str, Any] = {
         "d": vec.model.dim,
-        "big": statistics.median(big),
-        "big_last": statistics.median(big_last),
+        "big": statistics.median(samples.pop("big")),
+        "big_last": statistics.median(samples.pop("big_last")) if last is not None else math.nan,
     }
     for key, rows in samples.items():
-        if rows:
-            out[key] = {part: statistics.median(r[part] for r in rows) for part in rows[0]}
+        out[key] = {part: statistics.median(r[part] for r in rows) for part in rows[0]}
     return out
 
 
@@ -347,6 +361,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=at_least(1), default=30)
     parser.add_argument("--warmup", type=at_least(0), default=5)
     parser.add_argument("--threads", type=at_least(1), default=1)
+    parser.add_argument(
+        "--block",
+        type=at_least(1),
+        default=BLOCK,
+        help="consecutive rounds per variant and turn (1: alternate round by round)",
+    )
     parser.add_argument("--no-byzfl", action="store_true", help="do not run ByzFL's loop")
     parser.add_argument("--quick", action="store_true", help="MLP, n = 25, 5 rounds")
     args = parser.parse_args(argv)
@@ -358,7 +378,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"- digits (8x8, 10 classes), batch {BATCH} per worker; `average`: f = 0, no attack; "
         f"`krum`: f = {BYZANTINE}, -{EPSILON:g} x honest mean (ipm); median of {args.rounds} "
-        f"rounds after {args.warmup} warm-up rounds, variants interleaved"
+        f"rounds after {args.warmup} warm-up rounds, variants in turns of {args.block} "
+        f"consecutive rounds"
     )
     print(f"- peers: {note}; krum 0.9.1 is not on PyPI: not run\n")
     rows = []
@@ -366,7 +387,7 @@ def main(argv: list[str] | None = None) -> None:
         for scenario in args.scenarios:
             for n in args.n:
                 try:
-                    m = measure(model, n, scenario, args.rounds, args.warmup, byzfl)
+                    m = measure(model, n, scenario, args.rounds, args.warmup, byzfl, args.block)
                 except ValueError as err:  # a config the library refuses (e.g. n too small)
                     parser.error(f"{model} {scenario} n={n}: {err}")
                 rows.append((model, scenario, n, m))

@@ -49,3 +49,32 @@ def test_bad_arguments_get_one_line(script, capsys, args: str, message: str) -> 
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert message in err[-1] and "Traceback" not in "\n".join(err)
+
+
+def test_variants_take_turns_of_block_rounds(script, monkeypatch) -> None:
+    calls: list[str] = []
+    parts = dict.fromkeys([*script.PARTS, "engine", "total"], 1e-3)
+
+    def fake_round(trainer, clock):
+        calls.append("vectorised" if trainer.config.engine.vectorise else "loop")
+        return dict(parts)
+
+    def fake_big(module, x, y):
+        calls.append("big")
+        return 1e-3
+
+    monkeypatch.setattr(script, "_round", fake_round)
+    monkeypatch.setattr(script, "_big_batch_seconds", fake_big)
+    m = script.measure("mlp", 5, "average", rounds=3, warmup=1, block=2)
+    turn = ["vectorised"] * 2 + ["loop"] * 2 + ["big"] * 2
+    assert calls == turn + turn  # 4 rounds each, in turns of 2 (the MLP has no CL floor)
+    assert m["vectorised"]["total"] == m["big"] == 1e-3
+    calls.clear()
+    script.measure("mlp", 5, "average", rounds=2, warmup=0, block=1)
+    assert calls == ["vectorised", "loop", "big"] * 2
+
+
+def test_block_must_be_positive(script, capsys) -> None:
+    with pytest.raises(SystemExit):
+        script.main(["--no-byzfl", "--rounds", "1", "--block", "0"])
+    assert "--block: must be >= 1, got 0" in capsys.readouterr().err.strip().splitlines()[-1]
