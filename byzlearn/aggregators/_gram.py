@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from byzlearn.aggregators import _gram_kernel
-from byzlearn.aggregators._device import cpu_kernels
+from byzlearn.aggregators._device import cpu_kernels, kernel_input
 
 # Coordinates per block: big enough to amortise the per-block Python overhead, small enough for
 # the block and its centred copy to stay in cache while the GEMM reads them.
@@ -258,7 +258,7 @@ def base_gram(
     rows missing more (NaN rows) stay bad and cost nothing extra.
     """
     n = X.shape[0]
-    on_kernel = cpu_kernels(X.device) and X.dtype in (torch.float32, torch.float64)
+    on_kernel = kernel_input(X)
     if on_kernel and _gram_kernel.available(X.detach().numpy()):
         acc, bad = _kernel_pass(X, centre, centre_row)
     else:
@@ -286,7 +286,7 @@ def _some_rows_within_budget(X: torch.Tensor, bad: torch.Tensor, max_missing: fl
     d = X.shape[1]
     budget = max_missing * d
     limit = measurable_limit(d)
-    on_kernel = cpu_kernels(X.device) and X.dtype in (torch.float32, torch.float64)
+    on_kernel = kernel_input(X)
     if on_kernel and _gram_kernel.available(Xn := X.detach().numpy()):
         # compiled: a NaN row costs a read of about the budget (the loop below: three tensor
         # operations and a boolean-mask copy per chunk of 2^20 values, 3-4 ms per NaN row at
@@ -841,7 +841,7 @@ class Inputs:
                     for j, a in row_terms[1:]:
                         o.add_(X[j, j0:j1], alpha=a)
 
-            if not cpu_kernels(X.device) or X.dtype not in (torch.float32, torch.float64):
+            if not kernel_input(X):
                 return sparse
             Xn = X.detach().numpy()
 
@@ -891,7 +891,7 @@ def weighted_rows(X: torch.Tensor, w: torch.Tensor, all_rows: bool = False) -> t
         i = int(rows[0])
         scale = float(w[i])
         return X[i].clone() if scale == 1.0 else X[i] * scale
-    numpy_ok = cpu_kernels(X.device) and X.dtype in (torch.float32, torch.float64)
+    numpy_ok = kernel_input(X)
     if numpy_ok and _gram_kernel.available(X.detach().numpy()):
         # one compiled read of the rows used, float64 sums (speed: see _gram_kernel)
         summed = _gram_kernel.weighted_sum(

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from byzlearn.aggregators import _gram_kernel
-from byzlearn.aggregators._device import cpu_kernels
+from byzlearn.aggregators._device import kernel_input
 from byzlearn.aggregators._gram import (
     _SAMPLE_MIN_ELEMENTS,
     BaseGram,
@@ -72,7 +72,7 @@ def applies(X: torch.Tensor) -> bool:
     """Whether the small path takes X: a CPU float32/float64 C-contiguous (n, d) matrix of
     fewer than ``SMALL_MAX_ELEMENTS`` values, with fewer rows than the BLAS path starts at, that
     the general kernel pass reads in one block."""
-    if njit is None or not cpu_kernels(X.device) or X.dtype not in (torch.float32, torch.float64):
+    if njit is None or not kernel_input(X):
         return False
     if X.dim() != 2 or not X.is_contiguous():
         return False

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from byzlearn.aggregators import _gram_kernel, _sortnet, _weighted_sort
-from byzlearn.aggregators._device import cpu_kernels
+from byzlearn.aggregators._device import cpu_kernels, kernel_input
 from byzlearn.aggregators._gram import Inputs, block_size, column_blocks
 from byzlearn.aggregators._threads import in_parallel
 
@@ -642,8 +642,7 @@ def _mixed_fast(inputs: Inputs, stat: int, drop: int, min_k: int, out: torch.Ten
     A = inputs.A
     if (
         not _HAVE_NUMBA
-        or not cpu_kernels(X.device)
-        or X.dtype not in (torch.float32, torch.float64)
+        or not kernel_input(X)
         or not X.is_contiguous()
         or inputs.gram is None
         or getattr(inputs, "missing", None) is not None  # imputed values: the general path

@@ -63,7 +63,7 @@ import numpy as np
 import torch
 
 from byzlearn.aggregators import _gram
-from byzlearn.aggregators._device import cpu_kernels
+from byzlearn.aggregators._device import kernel_input
 from byzlearn.aggregators._gram import BaseGram, Inputs, MissingEntries, weighted_rows
 from byzlearn.aggregators._inputs import InputKind, as_matrix, check_f
 from byzlearn.aggregators._registry import (
@@ -122,7 +122,7 @@ class Shard:
         """The shard's partial (n+1) x (n+1) centred Gram matrix and its rows holding a
         non-finite value (the fast pass of :func:`byzlearn.aggregators._gram.base_gram`)."""
         X = self.X
-        on_kernel = cpu_kernels(X.device) and X.dtype in (torch.float32, torch.float64)
+        on_kernel = kernel_input(X)
         if on_kernel and _gram._gram_kernel.available(X.numpy()):
             acc, bad = _gram._kernel_pass(X, centre, centre_row)
         else:

@@ -12,14 +12,8 @@ import torch
 import byzlearn.aggregators as agg
 from byzlearn.aggregators import _gram_kernel, _gram_small, _sortnet
 from byzlearn.aggregators._device import accelerator_path, cpu_kernels
+from tests.aggregators import seeded_options
 
-# Randomised rules get a fixed seed: both paths must draw the same samples.
-OPTIONS = {
-    "clipping": {"max_norm": 1.0},
-    "bucketing": {"seed": 0},
-    "dnc": {"seed": 0},
-    "signguard": {"seed": 0},
-}
 NAMES = [*agg.names(), "nnm+krum", "nnm+trimmed_mean", "bucketing+median", "clipping+krum"]
 KINDS = ["gaussian", "one_nan", "nan_rows", "mean10", "n50"]
 
@@ -38,7 +32,7 @@ def _inputs(kind: str, dtype: torch.dtype) -> tuple[torch.Tensor, int]:
 
 
 def _run(name: str, X: torch.Tensor, f: int) -> torch.Tensor | str:
-    options = {**OPTIONS.get(name.split("+")[0], {}), **OPTIONS.get(name.split("+")[-1], {})}
+    options = seeded_options(name)
     try:
         return agg.get(name)(X, f=f, **options)
     except ValueError as err:  # e.g. bucketing+median on NaN rows: both paths must refuse
@@ -77,7 +71,7 @@ def test_the_switch_bypasses_every_cpu_kernel(monkeypatch) -> None:
     with accelerator_path():
         assert not cpu_kernels(X.device)
         for name in ["median", "trimmed_mean", "krum", "geometric_median", "signguard"]:
-            agg.get(name)(X, f=5, **OPTIONS.get(name, {}))
+            agg.get(name)(X, f=5, **seeded_options(name))
         agg.krum(big, f=5)
     assert cpu_kernels(X.device)
     for name, data in [("median", X), ("krum", X), ("krum", big)]:

@@ -6,19 +6,12 @@ import pytest
 import torch
 
 import byzlearn.aggregators as agg
+from tests.aggregators import seeded_options
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
-
-# Randomised rules (fresh draws per call by default) get a fixed seed: CPU and GPU must agree.
-OPTIONS = {
-    "clipping": {"max_norm": 1.0},
-    "bucketing": {"seed": 0},
-    "dnc": {"seed": 0},
-    "signguard": {"seed": 0},
-}
 
 
 @pytest.mark.parametrize("name", [*agg.names(), "nnm+krum", "bucketing+median"])
@@ -26,7 +19,7 @@ def test_cuda_matches_cpu(name):
     g = torch.Generator().manual_seed(0)
     X = torch.randn(25, 4099, generator=g, dtype=torch.float64)
     X[3, 7] = float("nan")
-    options = {**OPTIONS.get(name.split("+")[0], {}), **OPTIONS.get(name.split("+")[-1], {})}
+    options = seeded_options(name)
     cpu = agg.get(name)(X, f=5, **options)
     gpu = agg.get(name)(X.cuda(), f=5, **options)
     assert gpu.device.type == "cuda" and gpu.dtype == X.dtype

@@ -42,15 +42,13 @@ import numpy as np
 import torch
 
 from byzlearn.aggregators import _gram_kernel
-from byzlearn.aggregators._device import cpu_kernels
+from byzlearn.aggregators._device import KERNEL_DTYPES, kernel_input
 from byzlearn.aggregators._gram import Inputs, column_blocks, measurable_limit, weighted_rows
 from byzlearn.aggregators._registry import Combination, register
 from byzlearn.aggregators._sample import sorted_sample
 
 # Elements per block of the validity / norm pass (float64 copies of one block stay small).
 _STATS_BLOCK_ELEMENTS = 1 << 20
-# Dtypes numpy reads directly (for sign counts).
-_NUMPY_DTYPES = (torch.float32, torch.float64)
 
 
 # --- shared helpers ---------------------------------------------------------------------------
@@ -92,7 +90,7 @@ def _row_stats(
     compiled read computed them in the same pass (else None)."""
     n, d = Y.shape
     limit = measurable_limit(d)
-    if cpu_kernels(Y.device) and Y.dtype in _NUMPY_DTYPES and _gram_kernel.available(
+    if kernel_input(Y) and _gram_kernel.available(
         Y.detach().numpy()
     ):
         # one compiled, sequential read of each row (torch: three reductions per block)
@@ -175,7 +173,7 @@ class _Rows:
         if self.Y is not None:
             r, cd = rows.to(self.Y.device), c.to(self.Y.device)
             values = self.Y.index_select(1, cd).index_select(0, r).cpu()
-            return values.double() if exact or values.dtype not in _NUMPY_DTYPES else values
+            return values.double() if exact or values.dtype not in KERNEL_DTYPES else values
         if self.inputs.A is None:  # base rows, missing values imputed as by the Gram pass
             return self.inputs.gather(rows, c).cpu()
         A = self.inputs.A[rows]
@@ -291,7 +289,7 @@ def _sign_features_of(rows: _Rows, good: torch.Tensor, cols: np.ndarray) -> np.n
     """:func:`sign_features` of the rows ``good`` at the coordinates ``cols``: counted by a
     compiled loop straight from the input rows when there is no pre-aggregator (no n x k
     gather), else from the gathered (mixed) values."""
-    if rows.Y is not None and cpu_kernels(rows.Y.device) and rows.Y.dtype in _NUMPY_DTYPES:
+    if rows.Y is not None and kernel_input(rows.Y):
         Yn = rows.Y.detach().numpy()
         if _gram_kernel.available(Yn):
             counts = _gram_kernel.sign_counts(Yn, good.numpy(), cols, torch.get_num_threads())
