@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from byzlearn.aggregators._inputs import as_matrix, check_f
+from byzlearn.aggregators._mean import mean_of_rows
 from byzlearn.finite import all_finite
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -162,12 +163,15 @@ class AttackContext:
         """Coordinate-wise mean of the honest vectors (non-finite entries ignored)."""
         if "mean" not in self._cache:
             X = self.honest
-            mean = None if self._cache.get("finite") is False else X.mean(0)
-            # a finite column mean means finite values in that column: a finite mean answers
-            # all_finite without its own pass over the rows
-            if mean is not None and "finite" not in self._cache and all_finite(mean):
+            # one pass answers both: the mean, or None when a value is not finite
+            mean = None if self._cache.get("finite") is False else mean_of_rows(X)
+            if mean is not None:
                 self._cache["finite"] = True
-            self._cache["mean"] = mean if self.all_finite else _nanmean(X)
+            elif self.all_finite:  # no rows, or finite values whose float64 sum overflows
+                mean = X.mean(0)
+            else:
+                mean = _nanmean(X)
+            self._cache["mean"] = mean
         return self._cache["mean"]
 
     def std(self) -> torch.Tensor:

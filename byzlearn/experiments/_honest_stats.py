@@ -21,6 +21,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+_COLUMNS = 512  # coordinates per block of the row pass: 2 x 4 KiB of float64 sums
+
 try:
     from numba import njit
 except ImportError:  # pragma: no cover
@@ -85,7 +87,10 @@ if njit is not None:
         ``S1 = sum_r (x_r - c)`` and ``S2 = sum_r (x_r - c)^2`` (``work``; independent lanes,
         vectorised), then ``mean = c + S1 / m`` and ``sum_r (x_r - mean)^2 = S2 - S1^2 / m``
         (the shifted-data formula: shifted by a data point, the subtraction loses nothing
-        that matters in float64). The sums over coordinates run in four running sums added in
+        that matters in float64). The rows pass in blocks of ``_COLUMNS`` coordinates, so that
+        the block's two float64 sums stay in L1 (over all d coordinates they streamed through
+        L2 once per row: 48 against 23 us for 25 x 4810 float32; same additions, same order,
+        same bits). The sums over coordinates run in four running sums added in
         a fixed order, so the rounding does not depend on where the arrays lie (records must
         not depend on the process that computed them)."""
         d = X.shape[1]
@@ -93,15 +98,32 @@ if njit is not None:
         s1 = work[0]
         s2 = work[1]
         c = X[rows[0]]
-        for j in range(d):
-            s1[j] = 0.0
-            s2[j] = 0.0
-        for r in range(1, m):
-            row = X[rows[r]]
-            for j in range(d):
-                t = np.float64(row[j]) - np.float64(c[j])
-                s1[j] += t
-                s2[j] += t * t
+        for j0 in range(0, d, _COLUMNS):  # a block's sums stay in L1 while every row passes
+            j1 = min(d, j0 + _COLUMNS)
+            w = j1 - j0
+            b1 = s1[j0:j1]
+            b2 = s2[j0:j1]
+            cb = c[j0:j1]
+            for j in range(w):
+                b1[j] = 0.0
+                b2[j] = 0.0
+            r = 1
+            while r + 1 < m:  # two rows per load and store of the sums, added in row order
+                ra = X[rows[r]][j0:j1]
+                rb = X[rows[r + 1]][j0:j1]
+                for j in range(w):
+                    cj = np.float64(cb[j])
+                    t = np.float64(ra[j]) - cj
+                    u = np.float64(rb[j]) - cj
+                    b1[j] = (b1[j] + t) + u
+                    b2[j] = (b2[j] + t * t) + u * u
+                r += 2
+            if r < m:
+                row = X[rows[r]][j0:j1]
+                for j in range(w):
+                    t = np.float64(row[j]) - np.float64(cb[j])
+                    b1[j] += t
+                    b2[j] += t * t
         for j in range(d):  # independent lanes: the mean in s1, the squared deviations in s2
             mean = np.float64(c[j]) + s1[j] / m
             dev = s2[j] - s1[j] * s1[j] / m

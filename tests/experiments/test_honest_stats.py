@@ -46,6 +46,19 @@ def test_honest_statistics_match_float64_loops(
         assert value == pytest.approx(ref, rel=1e-9, abs=1e-12 * scale)
 
 
+@pytest.mark.parametrize("d", [511, 512, 513, 1300])
+@pytest.mark.parametrize("honest", [[0], [1, 2], [0, 2, 3], [0, 1, 3, 4], [0, 1, 2, 3, 4]])
+def test_honest_statistics_across_column_blocks(d: int, honest: list[int]) -> None:
+    """Widths around and beyond the kernel's column block (512), odd and even row counts."""
+    gen = torch.Generator().manual_seed(d)
+    X = torch.randn(5, d, generator=gen) * 3 + 1
+    a = torch.randn(d, generator=gen)
+    got = honest_statistics(X, honest, a)
+    assert got is not None
+    for value, ref in zip(got, _loops(X, honest, a), strict=True):
+        assert value == pytest.approx(ref, rel=1e-9, abs=1e-12)
+
+
 def test_non_finite_honest_values_and_other_inputs_take_the_torch_path() -> None:
     X, a = torch.randn(4, 6), torch.randn(6)
     X[1, 2] = float("nan")

@@ -14,6 +14,7 @@ import torch
 
 from byzlearn.aggregators import _select as sel
 from byzlearn.aggregators._gram import Inputs
+from byzlearn.aggregators._mean import mean_of_rows
 from byzlearn.aggregators._registry import register
 
 
@@ -30,8 +31,8 @@ def average(inputs: Inputs, f: int) -> torch.Tensor:
     is averaged over its finite values. Requirement: n >= 1. Cost: O(n d).
     """
     Y = inputs.materialize()
-    out = Y.mean(dim=0)
-    if not bool(torch.isfinite(out.sum())):  # one number to check; any NaN/Inf shows in the sum
+    out = mean_of_rows(Y)  # one pass, None when a value is not finite
+    if out is None:
         out = sel.coordinatewise(Y, sel.MEAN, 0, 1, "average")
     return out
 

@@ -1,0 +1,73 @@
+"""The rows' mean kernel (``_mean.mean_of_rows``) against float64 loops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from byzlearn.aggregators._device import accelerator_path
+from byzlearn.aggregators._mean import mean_of_rows
+
+
+def _reference(X: torch.Tensor) -> torch.Tensor:
+    A = X.double().numpy()
+    sums = np.zeros(A.shape[1])
+    for row in A:  # row order, in float64
+        sums = sums + row
+    return torch.from_numpy(sums / A.shape[0]).to(X.dtype)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 9),
+    d=st.sampled_from([1, 7, 1023, 1024, 1025, 3000]),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    scale=st.sampled_from([1e-20, 1.0, 1e30]),
+    seed=st.integers(0, 10_000),
+)
+def test_mean_of_rows_is_the_float64_mean_rounded_once(
+    n: int, d: int, dtype: torch.dtype, scale: float, seed: int
+) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    X = (torch.randn(n, d, generator=gen, dtype=torch.float64) * scale).to(dtype)
+    got = mean_of_rows(X)
+    assert got is not None and got.dtype == dtype and got.shape == (d,)
+    assert torch.equal(got, _reference(X))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("where", [(0, 0), (2, 1024), (4, 2999), (3, 1500)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_non_finite_value_anywhere_gives_none(
+    bad: float, where: tuple[int, int], dtype: torch.dtype
+) -> None:
+    X = torch.randn(5, 3000, dtype=dtype)
+    X[where] = bad
+    assert mean_of_rows(X) is None
+    with accelerator_path():  # the torch path answers the same
+        assert mean_of_rows(X) is None
+
+
+def test_finite_float64_values_whose_sum_overflows_give_none() -> None:
+    X = torch.zeros(3, 4, dtype=torch.float64)
+    X[:2, 1] = 1e308
+    assert mean_of_rows(X) is None
+
+
+def test_other_paths_agree_with_the_kernel() -> None:
+    X = torch.randn(6, 2500)
+    kernel = mean_of_rows(X)
+    assert kernel is not None
+    with accelerator_path():
+        torch_path = mean_of_rows(X)
+    columns_first = torch.empty(2500, 6).T.copy_(X)  # not contiguous: torch's mean
+    strided = mean_of_rows(columns_first)
+    assert torch_path is not None and strided is not None
+    torch.testing.assert_close(torch_path, kernel, rtol=1e-6, atol=1e-7)
+    assert torch.equal(mean_of_rows(X.double()), _reference(X.double()))
+    assert mean_of_rows(torch.empty(0, 3)) is None
+    half = mean_of_rows(X.half())  # not a kernel dtype: torch's mean
+    assert half is not None and half.dtype == torch.float16
