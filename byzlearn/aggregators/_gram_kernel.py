@@ -10,16 +10,17 @@ chunk falls back to the mean. Any per-chunk centre gives valid statistics: the c
 matrix is then the vector made of the chunk centres.
 
 Small n (:func:`gram_blocks`): for each pass over ``tile_lanes(rows)`` coordinates (two chunks of
-``LANES``, one for 19 to 32 rows) the kernel
+``LANES``, one for 19 to 32 rows, four from 64 rows on) the kernel
 
 1. writes the centred active rows, chunk by chunk (each chunk centred on its own ``m``), into a
    small buffer ``C`` (padded with zero rows to a multiple of 3; 64-byte aligned; it stays in the
    L1/L2 cache), adding ``c_i . m`` and ``|m|^2`` on the way, and flags the rows holding a
    non-finite value in the block (their buffer rows are zeroed: they are missing, the caller
    marks them bad);
-2. adds the products of 3 x 3 tiles of rows of ``C`` to the Gram matrix: only tiles on or above
-   the diagonal, and of the diagonal tiles only their upper triangle (6 products of 9), so about
-   half the products of a general matrix product; meanwhile it prefetches
+2. adds the products of 3 x 3 tiles of rows of ``C`` (4 x 4 from ``BIG_TILE_ROWS`` buffer rows
+   on) to the Gram matrix: only tiles on or above the diagonal, and of the diagonal tiles only
+   their upper triangle (6 products of 9), so about half the products of a general matrix
+   product; meanwhile it prefetches
    the next pass's coordinates of every active row, so the memory read overlaps the products.
 
 A 3 x 3 tile keeps nine accumulators and six rows' values in registers and its inner loop
@@ -56,20 +57,36 @@ except ImportError:  # pragma: no cover
 
 LANES = 256
 TILE = 3
-# Coordinates per pass of the 3 x 3 tiles. Two chunks (512) where the buffer stays small enough
-# for the L1 cache at that width (up to 18 rows, 36 KB in float32) and beyond 32 rows (the
-# buffer is in L2 either way); one chunk (256) between, where two would push the buffer out of
-# L1. Longer passes amortise each tile's nine reductions (float32 sums of 256 or 512 products,
-# then added in float64). Each row is centred in one loop per pass (its chunks' centres side by
-# side). Measured in the Gram pass, A/B in one process, one AVX-512 core, d = 1e6, in floors
-# (one read of X), 256 -> 512: 5 rows 2.31 -> 1.95, 10 rows 1.99 -> 1.84, 16 rows 1.76 ->
-# 1.66, 20 rows 1.58 -> 1.58, 25 rows 1.61 -> 1.65, 34 rows 1.89 -> 1.95; earlier, against
-# one chunk of 256 and an unaligned buffer: 50 rows 2.2-2.6 -> 2.1-2.2, 100 rows 4.3-4.5 ->
-# 3.2-3.4, 200 rows 8.9-9.2 -> 6.6-7.2. Four chunks per pass were slower from 10 to 100 rows.
+# From this many buffer rows on, 4 x 4 tiles (16 accumulators, 8 loads per step) instead of 3 x 3
+# (9 and 6): the tiles then read a quarter less from the L2 cache, where the next chunk of the
+# rows streams in meanwhile. Gram pass, A/B in one process, one AVX-512 core with a 2 MB L2,
+# d = 1e6, 1024 coordinates per pass, 3 x 3 -> 4 x 4: 100 rows 104 -> 103 ms, 150 rows 215 ->
+# 208, 200 rows 376 -> 342, 300 rows 841 -> 770, 380 rows 1425 -> 1279 (512 per pass: 113 ->
+# 107, 234 -> 225, 399 -> 373, 884 -> 815, 1461 -> 1346).
+BIG_TILE = 4
+BIG_TILE_ROWS = 128
+# Coordinates per pass of the tiles. Two chunks (512) where the buffer stays small enough for the
+# L1 cache at that width (up to 18 rows, 36 KB in float32) and from 33 to 63 rows (the buffer is
+# in L2 either way), four (1024) from 64 rows on; one chunk (256) from 19 to 32 rows, where two
+# would push the buffer out of L1. Longer passes amortise each tile's reductions (float32 sums
+# of 256 to 1024 products, then added in float64). Each row is centred in one loop per pass (its
+# chunks' centres side by side). Measured in the Gram pass, A/B in one process, one AVX-512
+# core, d = 1e6, in floors (one read of X), 256 -> 512: 5 rows 2.31 -> 1.95, 10 rows 1.99 ->
+# 1.84, 16 rows 1.76 -> 1.66, 20 rows 1.58 -> 1.58, 25 rows 1.61 -> 1.65, 34 rows 1.89 -> 1.95;
+# earlier, against one chunk of 256 and an unaligned buffer: 50 rows 2.2-2.6 -> 2.1-2.2, 100
+# rows 4.3-4.5 -> 3.2-3.4, 200 rows 8.9-9.2 -> 6.6-7.2. Four chunks per pass (1024) halve the
+# reductions again and pay from 64 rows on, where the buffer is in L2 anyway (up to 1.5 MB at
+# 383 rows); on a 2 MB-L2 AVX-512 Xeon, medoid, f = n/5, d = 1e6, 512 -> 1024, A/B in one
+# process, min of 5: 34 rows 22.5 -> 24.3 ms, 50 rows 40.5 -> 42.2, 56 rows 49.9 -> 50.1, 64
+# rows 58.3 -> 57.0, 75 rows 74.7 -> 70.1, 100 rows 122 -> 111, 200 rows 419 -> 393, 340 rows
+# 1220 -> 1169; on a hot buffer of 102 rows the 3 x 3 tiles ran at 56 G useful multiply-adds/s
+# at 512, 64 G at 1024.
 _TILE_LANES_NARROW = LANES
 _TILE_LANES_WIDE = 2 * LANES
+_TILE_LANES_WIDEST = 4 * LANES
 _WIDE_IN_L1_ROWS = 18
 _FEW_ROWS = 32
+_MANY_ROWS = 64
 # Alignment of the tile buffer: a 512-bit load that straddles two cache lines costs two, and
 # numba's own allocations are only 32-byte aligned. With the buffer 64-byte aligned the tiles
 # run at 54 G multiply-adds/s instead of 38 G on a hot 99-row buffer (sgemm: about 83 G); in the
@@ -90,14 +107,17 @@ _FLAGS = {"reassoc", "contract"}
 
 
 def padded_rows(n: int) -> int:
-    """Rows of the tile buffer: n active rows, zero rows up to a multiple of 3."""
-    return max(TILE, -(-n // TILE) * TILE)
+    """Rows of the tile buffer: n active rows, zero rows up to a multiple of 3, or of 4 where
+    that reaches ``BIG_TILE_ROWS`` (the kernel then takes 4 x 4 tiles)."""
+    rows = max(TILE, -(-n // TILE) * TILE)
+    return rows if rows < BIG_TILE_ROWS else -(-n // BIG_TILE) * BIG_TILE
 
 
 def tile_lanes(rows: int) -> int:
     """Coordinates per pass of the tiles for this many buffer rows (a multiple of LANES)."""
-    narrow = _WIDE_IN_L1_ROWS < rows <= _FEW_ROWS
-    return _TILE_LANES_NARROW if narrow else _TILE_LANES_WIDE
+    if _WIDE_IN_L1_ROWS < rows <= _FEW_ROWS:
+        return _TILE_LANES_NARROW
+    return _TILE_LANES_WIDEST if rows >= _MANY_ROWS else _TILE_LANES_WIDE
 
 
 def aligned_zeros(shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
@@ -121,17 +141,17 @@ if njit is not None:
         """
         wide()
         R = C.shape[0]
-        na = rows.shape[0]
         zero = C.dtype.type(0)
-        total = na * lines
+        total = rows.shape[0] * lines
         tiles = (R // 3) * (R // 3 + 1) // 2
         per_tile = (total + tiles - 1) // tiles
-        issued = 0
-        t = 0  # the row and line of the next prefetch (counters, not a division per line)
-        c = 0
+        # prefetches issued; the row and line of the next one (written out here and in
+        # _add_tiles4: a numba call per tile, even inline="always", cost 4-12 ms of a 15 ms Gram
+        # pass at 25 rows)
+        issued = t = c = 0
         for I in range(0, R, 3):
             for J in range(I, R, 3):
-                for _ in range(per_tile):
+                for _ in range(per_tile):  # this tile's share of the prefetches
                     if issued < total:
                         prefetch(Xf, rows[t] * d + next0 + c * _LINE)
                         issued += 1
@@ -193,6 +213,109 @@ if njit is not None:
                 acc[I + 2, J] += a20
                 acc[I + 2, J + 1] += a21
                 acc[I + 2, J + 2] += a22
+
+    @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
+    def _add_tiles4(C, acc, Xf, rows, next0, d, lines):  # pragma: no cover (compiled)
+        """:func:`_add_tiles` with 4 x 4 tiles, for buffers of ``BIG_TILE_ROWS`` rows or more
+        (a multiple of 4): 16 products per 8 loads instead of 9 per 6, so that the tiles draw
+        less on the L2 cache while the next chunk streams in. Diagonal tiles: their upper
+        triangle only (10 products of 16)."""
+        wide()
+        R = C.shape[0]
+        zero = C.dtype.type(0)
+        total = rows.shape[0] * lines
+        tiles = (R // 4) * (R // 4 + 1) // 2
+        per_tile = (total + tiles - 1) // tiles
+        issued = t = c = 0
+        for I in range(0, R, 4):
+            x0 = C[I]
+            x1 = C[I + 1]
+            x2 = C[I + 2]
+            x3 = C[I + 3]
+            for J in range(I, R, 4):
+                for _ in range(per_tile):  # this tile's share of the prefetches
+                    if issued < total:
+                        prefetch(Xf, rows[t] * d + next0 + c * _LINE)
+                        issued += 1
+                        c += 1
+                        if c == lines:
+                            c = 0
+                            t += 1
+                if I == J:
+                    b00 = b01 = b02 = b03 = b11 = b12 = b13 = b22 = b23 = b33 = zero
+                    for k in range(C.shape[1]):
+                        u0 = x0[k]
+                        u1 = x1[k]
+                        u2 = x2[k]
+                        u3 = x3[k]
+                        b00 += u0 * u0
+                        b01 += u0 * u1
+                        b02 += u0 * u2
+                        b03 += u0 * u3
+                        b11 += u1 * u1
+                        b12 += u1 * u2
+                        b13 += u1 * u3
+                        b22 += u2 * u2
+                        b23 += u2 * u3
+                        b33 += u3 * u3
+                    acc[I, J] += b00
+                    acc[I, J + 1] += b01
+                    acc[I, J + 2] += b02
+                    acc[I, J + 3] += b03
+                    acc[I + 1, J + 1] += b11
+                    acc[I + 1, J + 2] += b12
+                    acc[I + 1, J + 3] += b13
+                    acc[I + 2, J + 2] += b22
+                    acc[I + 2, J + 3] += b23
+                    acc[I + 3, J + 3] += b33
+                    continue
+                a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = zero
+                a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = zero
+                y0 = C[J]
+                y1 = C[J + 1]
+                y2 = C[J + 2]
+                y3 = C[J + 3]
+                for k in range(C.shape[1]):
+                    u0 = x0[k]
+                    u1 = x1[k]
+                    u2 = x2[k]
+                    u3 = x3[k]
+                    v = y0[k]
+                    a00 += u0 * v
+                    a10 += u1 * v
+                    a20 += u2 * v
+                    a30 += u3 * v
+                    v = y1[k]
+                    a01 += u0 * v
+                    a11 += u1 * v
+                    a21 += u2 * v
+                    a31 += u3 * v
+                    v = y2[k]
+                    a02 += u0 * v
+                    a12 += u1 * v
+                    a22 += u2 * v
+                    a32 += u3 * v
+                    v = y3[k]
+                    a03 += u0 * v
+                    a13 += u1 * v
+                    a23 += u2 * v
+                    a33 += u3 * v
+                acc[I, J] += a00
+                acc[I, J + 1] += a01
+                acc[I, J + 2] += a02
+                acc[I, J + 3] += a03
+                acc[I + 1, J] += a10
+                acc[I + 1, J + 1] += a11
+                acc[I + 1, J + 2] += a12
+                acc[I + 1, J + 3] += a13
+                acc[I + 2, J] += a20
+                acc[I + 2, J + 1] += a21
+                acc[I + 2, J + 2] += a22
+                acc[I + 2, J + 3] += a23
+                acc[I + 3, J] += a30
+                acc[I + 3, J + 1] += a31
+                acc[I + 3, J + 2] += a32
+                acc[I + 3, J + 3] += a33
 
     @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
     def _chunk_centre(X, rows, centre, use_centre, k0, w, m):  # pragma: no cover (compiled)
@@ -282,9 +405,10 @@ if njit is not None:
     def _gram_block(X, rows, centre, use_centre, j0, j1, acc, dots, msq, flags, C):
         # pragma: no cover (compiled)
         """Add the block ``j0:j1``'s centred statistics of the active ``rows`` to acc (upper 3 x 3
-        tiles), dots (``c_t . m``) and msq[0] (``|m|^2``); flags[t] for active rows holding a
-        non-finite value, flags[-1] when the given centre is not finite somewhere. ``C`` is the
-        (padded rows x tile width) buffer, 64-byte aligned (see :func:`aligned_zeros`)."""
+        or 4 x 4 tiles), dots (``c_t . m``) and msq[0] (``|m|^2``); flags[t] for active rows
+        holding a non-finite value, flags[-1] when the given centre is not finite somewhere.
+        ``C`` is the (padded rows x tile width) buffer, 64-byte aligned (see
+        :func:`aligned_zeros`)."""
         wide()
         d = X.shape[1]
         Xf = X.reshape(-1)
@@ -302,7 +426,10 @@ if njit is not None:
             lines = 0
             if s1 < j1:
                 lines = (min(width, j1 - s1) + _LINE - 1) // _LINE
-            _add_tiles(C, acc, Xf, rows, s1, d, lines)
+            if C.shape[0] >= BIG_TILE_ROWS:  # a multiple of 4 (see padded_rows)
+                _add_tiles4(C, acc, Xf, rows, s1, d, lines)
+            else:
+                _add_tiles(C, acc, Xf, rows, s1, d, lines)
 
     @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
     def _centre_into(X, rows, centre, use_centre, j0, j1, C, dots, msq, flags):
@@ -311,7 +438,6 @@ if njit is not None:
         and flags as :func:`_gram_block`."""
         m = np.zeros(-(-(j1 - j0) // LANES) * LANES, dtype=X.dtype)  # the chunks' centres
         _centre_span(X, rows, centre, use_centre, j0, j1, m, C, dots, msq, flags)
-
 
     @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
     def _weighted_sum(X, rows, weights, out, b0, b1):  # pragma: no cover (compiled)
@@ -339,7 +465,6 @@ if njit is not None:
             o = out[k0 : k0 + w]
             for k in range(w):
                 o[k] = acc[k]
-
 
     @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
     def _row_stats(X, r0, r1, sq, largest, cols, starts, signs):  # pragma: no cover (compiled)
@@ -484,9 +609,7 @@ def row_stats(
     chunk_starts = np.arange(0, X.shape[1] + _SUM_LANES, _SUM_LANES, dtype=np.int64)
     starts = np.searchsorted(cols, chunk_starts).astype(np.int64)
     signs = np.zeros((n, 3), dtype=np.int64)
-    in_parallel(
-        lambda r0, r1: _row_stats(X, r0, r1, sq, largest, cols, starts, signs), n, threads
-    )
+    in_parallel(lambda r0, r1: _row_stats(X, r0, r1, sq, largest, cols, starts, signs), n, threads)
     return sq, largest, signs
 
 
@@ -516,9 +639,7 @@ def weighted_sum(
     rows = np.ascontiguousarray(rows, dtype=np.int64)
     weights = np.ascontiguousarray(weights, dtype=np.float64)
     chunks = -(-d // _SUM_LANES)
-    in_parallel(
-        lambda b0, b1: _weighted_sum(X, rows, weights, out, b0, b1), chunks, threads, 256
-    )
+    in_parallel(lambda b0, b1: _weighted_sum(X, rows, weights, out, b0, b1), chunks, threads, 256)
     return out
 
 

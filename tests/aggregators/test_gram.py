@@ -137,10 +137,11 @@ def torch_pass_gram(X, centre=None, centre_row=None):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("mode", ["mean", "centre", "row"])
-@pytest.mark.parametrize("n", [1, 2, 4, 25, 31, 40])
+@pytest.mark.parametrize("n", [1, 2, 4, 25, 31, 40, 70, 127, 130])
 def test_kernel_pass_matches_float64_products(dtype, mode, n, monkeypatch):
-    """The numba pass (3 x 3 tiles, chunks, threads) against centred float64 products; from 33
-    rows on a pass of the tiles spans two chunks, each centred on its own centre."""
+    """The numba pass (3 x 3 tiles, 4 x 4 from 128 buffer rows, chunks, threads) against centred
+    float64 products; from 33 rows on a pass of the tiles spans two chunks, from 64 rows on
+    four, each centred on its own centre."""
     monkeypatch.setattr(_gram, "_KERNEL_BLOCK_ELEMENTS", 1)  # blocks of one pass of the tiles
     g = torch.Generator().manual_seed(n)
     d = 3 * 4 * _gram_kernel.LANES + 77  # several blocks and a partial chunk
@@ -213,8 +214,9 @@ def test_inputs_the_kernel_does_not_take_use_the_torch_path():
     assert not _gram_kernel.available(X.T.contiguous().T.numpy())  # not C-contiguous
     assert not _gram_kernel.available(X.to(torch.float16).numpy())
     Xt = X.T.contiguous().T
-    np.testing.assert_allclose(Inputs.from_matrix(Xt).sqdist().numpy(), explicit_sqdist(X),
-                               rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(
+        Inputs.from_matrix(Xt).sqdist().numpy(), explicit_sqdist(X), rtol=1e-10, atol=1e-10
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
@@ -230,7 +232,7 @@ def test_sparse_mixing_in_every_dtype(dtype):
     M[2, [4, 5]] = 0.5
     Y = Inputs(X=X, gram=None).mix(M).materialize()
     assert Y.dtype == dtype
-    expected = (M.float() @ torch.nan_to_num(X.float(), nan=0.0))
+    expected = M.float() @ torch.nan_to_num(X.float(), nan=0.0)
     expected[0, 5] = math.nan
     tol = {torch.float16: 2e-3, torch.float32: 1e-6, torch.float64: 1e-12}[dtype]
     torch.testing.assert_close(Y.float(), expected, rtol=tol, atol=tol, equal_nan=True)
@@ -263,8 +265,13 @@ def test_blas_path_matches_float64_products(dtype, mode, n, monkeypatch):
     lanes = _gram_kernel.LANES
     for j0 in range(0, d, lanes):
         B = Xd[:, j0 : j0 + lanes]
-        m = (centre.double()[j0 : j0 + lanes] if mode == "centre" else B[1] if mode == "row"
-             else B.mean(dim=0).to(dtype).double())
+        m = (
+            centre.double()[j0 : j0 + lanes]
+            if mode == "centre"
+            else B[1]
+            if mode == "row"
+            else B.mean(dim=0).to(dtype).double()
+        )
         aug = torch.cat([B - m, m[None, :]]).numpy()
         expected += aug @ aug.T
     assert torch.equal(acc, acc.T)
@@ -456,8 +463,7 @@ def reference_central_row(G, bad):
     half = max(1, (len(good) + 1) // 2)
     best, best_score = None, math.inf
     for i in good:
-        dist = sorted(max(G[i, i] + G[j, j] - 2 * G[i, j], 0.0) if j != i else 0.0
-                      for j in good)
+        dist = sorted(max(G[i, i] + G[j, j] - 2 * G[i, j], 0.0) if j != i else 0.0 for j in good)
         score = sum(dist[:half])
         if score < best_score:
             best, best_score = i, score
@@ -488,8 +494,8 @@ def test_precision_check_uses_the_lower_medians(n):
         bad = torch.zeros(n, dtype=torch.bool)
         D = torch.cdist(X, X) ** 2
         off = D[~torch.eye(n, dtype=torch.bool)]
-        rel = torch.finfo(torch.float32).eps * 64 * float(G.diagonal().median()) / float(
-            off.median()
+        rel = (
+            torch.finfo(torch.float32).eps * 64 * float(G.diagonal().median()) / float(off.median())
         )
         assert (rel > _gram._REFINE_REL_ERROR) == expected
         assert _gram._needs_refinement(G, bad, torch.float32) == expected
