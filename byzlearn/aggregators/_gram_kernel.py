@@ -10,7 +10,7 @@ chunk falls back to the mean. Any per-chunk centre gives valid statistics: the c
 matrix is then the vector made of the chunk centres.
 
 Small n (:func:`gram_blocks`): for each pass over ``tile_lanes(rows)`` coordinates (two chunks of
-``LANES``, one for 19 to 32 rows, four from 64 rows on) the kernel
+``LANES``, four from 64 rows on) the kernel
 
 1. writes the centred active rows, chunk by chunk (each chunk centred on its own ``m``), into a
    small buffer ``C`` (padded with zero rows to a multiple of 3; 64-byte aligned; it stays in the
@@ -65,27 +65,23 @@ TILE = 3
 # 107, 234 -> 225, 399 -> 373, 884 -> 815, 1461 -> 1346).
 BIG_TILE = 4
 BIG_TILE_ROWS = 128
-# Coordinates per pass of the tiles. Two chunks (512) where the buffer stays small enough for the
-# L1 cache at that width (up to 18 rows, 36 KB in float32) and from 33 to 63 rows (the buffer is
-# in L2 either way), four (1024) from 64 rows on; one chunk (256) from 19 to 32 rows, where two
-# would push the buffer out of L1. Longer passes amortise each tile's reductions (float32 sums
-# of 256 to 1024 products, then added in float64). Each row is centred in one loop per pass (its
-# chunks' centres side by side). Measured in the Gram pass, A/B in one process, one AVX-512
-# core, d = 1e6, in floors (one read of X), 256 -> 512: 5 rows 2.31 -> 1.95, 10 rows 1.99 ->
-# 1.84, 16 rows 1.76 -> 1.66, 20 rows 1.58 -> 1.58, 25 rows 1.61 -> 1.65, 34 rows 1.89 -> 1.95;
-# earlier, against one chunk of 256 and an unaligned buffer: 50 rows 2.2-2.6 -> 2.1-2.2, 100
-# rows 4.3-4.5 -> 3.2-3.4, 200 rows 8.9-9.2 -> 6.6-7.2. Four chunks per pass (1024) halve the
-# reductions again and pay from 64 rows on, where the buffer is in L2 anyway (up to 1.5 MB at
-# 383 rows); on a 2 MB-L2 AVX-512 Xeon, medoid, f = n/5, d = 1e6, 512 -> 1024, A/B in one
-# process, min of 5: 34 rows 22.5 -> 24.3 ms, 50 rows 40.5 -> 42.2, 56 rows 49.9 -> 50.1, 64
-# rows 58.3 -> 57.0, 75 rows 74.7 -> 70.1, 100 rows 122 -> 111, 200 rows 419 -> 393, 340 rows
-# 1220 -> 1169; on a hot buffer of 102 rows the 3 x 3 tiles ran at 56 G useful multiply-adds/s
-# at 512, 64 G at 1024.
-_TILE_LANES_NARROW = LANES
+# Coordinates per pass of the tiles: two chunks (512) below 64 buffer rows, four (1024) from 64
+# rows on, where the buffer is in L2 anyway (up to 1.5 MB at 383 rows). Longer passes amortise
+# each tile's reductions (float32 sums of 512 or 1024 products, then added in float64). Each row
+# is centred in one loop per pass (its chunks' centres side by side). Measured in the Gram pass
+# (medoid, f = n/5, d = 1e6, one AVX-512 core, A/B in one process, min of 5-7): on a host with a
+# 48 KB L1 and a 2 MB L2, 512 -> 1024: 34 rows 22.5 -> 24.3 ms, 50 rows 40.5 -> 42.2, 64 rows
+# 58.3 -> 57.0, 75 rows 74.7 -> 70.1, 100 rows 122 -> 111, 200 rows 419 -> 393, 340 rows 1220
+# -> 1169 (on a hot buffer of 102 rows the 3 x 3 tiles ran at 56 G useful multiply-adds/s at
+# 512, 64 G at 1024); 256 -> 512 from 19 to 32 rows, which earlier took one chunk to keep the
+# buffer in a 32 KB L1: 20 rows 12.2 -> 11.3 ms, 25 rows 15.0 -> 13.8 (d = 1e7: 145 -> 139),
+# 30 rows 19.9 -> 18.2 (the earlier host measured 1.61 -> 1.65 reads of X at 25 rows; 4-12 %
+# against 2.5 %, so one rule for both). Earlier, on that host, 256 -> 512: 5 rows 2.31 -> 1.95
+# reads of X, 10 rows 1.99 -> 1.84, 16 rows 1.76 -> 1.66; against one chunk of 256 and an
+# unaligned buffer: 50 rows 2.2-2.6 -> 2.1-2.2, 100 rows 4.3-4.5 -> 3.2-3.4, 200 rows 8.9-9.2
+# -> 6.6-7.2.
 _TILE_LANES_WIDE = 2 * LANES
 _TILE_LANES_WIDEST = 4 * LANES
-_WIDE_IN_L1_ROWS = 18
-_FEW_ROWS = 32
 _MANY_ROWS = 64
 # Alignment of the tile buffer: a 512-bit load that straddles two cache lines costs two, and
 # numba's own allocations are only 32-byte aligned. With the buffer 64-byte aligned the tiles
@@ -115,8 +111,6 @@ def padded_rows(n: int) -> int:
 
 def tile_lanes(rows: int) -> int:
     """Coordinates per pass of the tiles for this many buffer rows (a multiple of LANES)."""
-    if _WIDE_IN_L1_ROWS < rows <= _FEW_ROWS:
-        return _TILE_LANES_NARROW
     return _TILE_LANES_WIDEST if rows >= _MANY_ROWS else _TILE_LANES_WIDE
 
 

@@ -140,8 +140,8 @@ def torch_pass_gram(X, centre=None, centre_row=None):
 @pytest.mark.parametrize("n", [1, 2, 4, 25, 31, 40, 70, 127, 130])
 def test_kernel_pass_matches_float64_products(dtype, mode, n, monkeypatch):
     """The numba pass (3 x 3 tiles, 4 x 4 from 128 buffer rows, chunks, threads) against centred
-    float64 products; from 33 rows on a pass of the tiles spans two chunks, from 64 rows on
-    four, each centred on its own centre."""
+    float64 products; a pass of the tiles spans two chunks, from 64 rows on four, each centred
+    on its own centre."""
     monkeypatch.setattr(_gram, "_KERNEL_BLOCK_ELEMENTS", 1)  # blocks of one pass of the tiles
     g = torch.Generator().manual_seed(n)
     d = 3 * 4 * _gram_kernel.LANES + 77  # several blocks and a partial chunk
