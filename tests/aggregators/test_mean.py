@@ -71,3 +71,15 @@ def test_other_paths_agree_with_the_kernel() -> None:
     assert mean_of_rows(torch.empty(0, 3)) is None
     half = mean_of_rows(X.half())  # not a kernel dtype: torch's mean
     assert half is not None and half.dtype == torch.float16
+
+
+def test_large_matrices_take_torch_path_with_the_same_answers() -> None:
+    """Above the kernel's size limit: torch's float32 mean (within rounding of the float64 one),
+    and ``None`` for a non-finite value as on the kernel's path."""
+    X = torch.randn(3, (1 << 18) // 3 + 1)
+    got = mean_of_rows(X)
+    assert got is not None
+    torch.testing.assert_close(got, _reference(X), rtol=1e-6, atol=1e-7)
+    X[1, -1] = float("nan")
+    assert mean_of_rows(X) is None
+    assert mean_of_rows(torch.empty(4, 0)).shape == (0,)
