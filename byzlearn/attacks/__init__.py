@@ -26,7 +26,7 @@ from byzlearn.attacks import gradient as _gradient  # noqa: F401  (registers the
 from byzlearn.attacks import minmax as _minmax  # noqa: F401
 from byzlearn.attacks import optimised as _optimised  # noqa: F401
 from byzlearn.attacks import strategic as _strategic  # noqa: F401
-from byzlearn.attacks._context import AttackContext
+from byzlearn.attacks._context import AttackContext, honest_mean
 from byzlearn.attacks._registry import (
     Attack,
     AttackSpec,
@@ -68,6 +68,7 @@ __all__ = [
     "alie_z",
     "flip_labels",
     "get",
+    "honest_mean",
     "is_rule_aware",
     "maximise_factor",
     "min_max_gamma",

@@ -160,18 +160,12 @@ class AttackContext:
         return self._cache["finite"]
 
     def mean(self) -> torch.Tensor:
-        """Coordinate-wise mean of the honest vectors (non-finite entries ignored)."""
+        """Coordinate-wise mean of the honest vectors (non-finite entries ignored):
+        :func:`honest_mean`."""
         if "mean" not in self._cache:
-            X = self.honest
-            # one pass answers both: the mean, or None when a value is not finite
-            mean = None if self._cache.get("finite") is False else mean_of_rows(X)
-            if mean is not None:
-                self._cache["finite"] = True
-            elif self.all_finite:  # no rows, or finite values whose float64 sum overflows
-                mean = X.mean(0)
-            else:
-                mean = _nanmean(X)
+            mean, finite = _mean_and_finiteness(self.honest, self._cache.get("finite"))
             self._cache["mean"] = mean
+            self._cache["finite"] = finite
         return self._cache["mean"]
 
     def std(self) -> torch.Tensor:
@@ -286,6 +280,25 @@ def _no_rule(name: str) -> ValueError:
     return ValueError(
         f"{name} is rule-aware: pass rule=<aggregator name or callable(vectors, f=...)>"
     )
+
+
+def honest_mean(X: torch.Tensor) -> torch.Tensor:
+    """The coordinate-wise mean of the rows of X, non-finite entries ignored, exactly as the
+    attacks compute it (:meth:`AttackContext.mean`). Code that combines an attack's output with
+    the honest mean (an equivocating adversary's reflection ``2 mu - a``) must use this same
+    vector: ``a = mu`` (ALIE with z = 0) then reflects onto itself, bit for bit."""
+    return _mean_and_finiteness(X, None)[0]
+
+
+def _mean_and_finiteness(X: torch.Tensor, finite: bool | None) -> tuple[torch.Tensor, bool]:
+    """(the honest mean of X, whether every value of X is finite); ``finite``: already known."""
+    mean = None if finite is False else mean_of_rows(X)  # one pass: None when not finite
+    if mean is not None:
+        return mean, True
+    if finite is None:
+        finite = all_finite(X)
+    # finite here: no rows, or finite values whose float64 sum overflows
+    return (X.mean(0) if finite else _nanmean(X)), finite
 
 
 def _nanmean(X: torch.Tensor) -> torch.Tensor:

@@ -114,7 +114,8 @@ class ByzantineNodes:
         self, seen: Sequence[torch.Tensor], t: int, stage: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """One vector per member, crafted from the honest vectors ``seen`` (the ``fallback``
-        when it saw none), and the mean of what it attacked; ``None``: silent this time."""
+        when it saw none), and the honest mean the attacks use (:func:`byzlearn.attacks.
+        honest_mean`); ``None``: silent this time."""
         if seen:
             honest = torch.stack(list(seen))
         elif self.fallback is not None:  # no honest node to watch (a single Byzantine server)
@@ -141,7 +142,10 @@ class ByzantineNodes:
         except ValueError:  # too little observed for this attack (e.g. ALIE with one vector)
             self.silent += 1
             return None
-        return byz.to(honest.dtype), honest.mean(dim=0)
+        # the attacks' own honest mean: the reflection 2 mu - a (equivocation) is then exact
+        from byzlearn.attacks import honest_mean
+
+        return byz.to(honest.dtype), honest_mean(honest)
 
     def send(
         self,
