@@ -282,12 +282,15 @@ def _no_rule(name: str) -> ValueError:
     )
 
 
-def honest_mean(X: torch.Tensor) -> torch.Tensor:
-    """The coordinate-wise mean of the rows of X, non-finite entries ignored, exactly as the
-    attacks compute it (:meth:`AttackContext.mean`). Code that combines an attack's output with
-    the honest mean (an equivocating adversary's reflection ``2 mu - a``) must use this same
-    vector: ``a = mu`` (ALIE with z = 0) then reflects onto itself, bit for bit."""
-    return _mean_and_finiteness(X, None)[0]
+def honest_mean(honest: torch.Tensor) -> torch.Tensor:
+    """The coordinate-wise mean of the honest vectors, non-finite entries ignored, exactly as
+    the attacks compute it (:meth:`AttackContext.mean`, on the same compute tensor: half
+    precision in float32) and in the caller's dtype, as the attacks' outputs are. Code that
+    combines an attack's output with the honest mean (an equivocating adversary's reflection
+    ``2 mu - a``) must use this same vector: ``a = mu`` (ALIE with z = 0) then reflects onto
+    itself, bit for bit."""
+    X, kind = as_honest_matrix(honest, "honest_mean")
+    return _mean_and_finiteness(X, None)[0].to(kind.dtype)
 
 
 def _mean_and_finiteness(X: torch.Tensor, finite: bool | None) -> tuple[torch.Tensor, bool]:
