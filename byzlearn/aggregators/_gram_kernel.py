@@ -13,15 +13,18 @@ Small n (:func:`gram_blocks`): for each pass over ``tile_lanes(rows)`` coordinat
 ``LANES``, four from 64 rows on) the kernel
 
 1. writes the centred active rows, chunk by chunk (each chunk centred on its own ``m``), into a
-   small buffer ``C`` (padded with zero rows to a multiple of 3; 64-byte aligned; it stays in the
+   small buffer ``C`` (padded with zero rows to a multiple of 3, of 4 from ``BIG_TILE_ROWS`` rows
+   on: :func:`padded_rows`; 64-byte aligned; it stays in the
    L1/L2 cache), adding ``c_i . m`` and ``|m|^2`` on the way, and flags the rows holding a
    non-finite value in the block (their buffer rows are zeroed: they are missing, the caller
    marks them bad);
 2. adds the products of 3 x 3 tiles of rows of ``C`` (4 x 4 from ``BIG_TILE_ROWS`` buffer rows
    on) to the Gram matrix: only tiles on or above the diagonal, and of the diagonal tiles only
-   their upper triangle (6 products of 9), so about half the products of a general matrix
-   product; meanwhile it prefetches
-   the next pass's coordinates of every active row, so the memory read overlaps the products.
+   their upper triangle (6 products of 9, 10 of 16), so about half the products of a general
+   matrix product; meanwhile it prefetches
+   the next pass's coordinates of every active row, so that the memory read overlaps the
+   products (it does at 25 rows; from about 50 rows on, where the tiles load from L2, hardly:
+   see docs/aggregators.md).
 
 A 3 x 3 tile keeps nine accumulators and six rows' values in registers and its inner loop
 vectorises across coordinates (512-bit vectors where the CPU has them, see :mod:`._simd`); the
