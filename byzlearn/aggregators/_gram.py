@@ -47,7 +47,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from byzlearn.aggregators import _gram_kernel
+from byzlearn.aggregators import _gram_kernel, _memory
 from byzlearn.aggregators._device import cpu_kernels, kernel_input
 
 # Coordinates per block: big enough to amortise the per-block Python overhead, small enough for
@@ -793,7 +793,7 @@ class Inputs:
         if self.A is None and self.missing is None:
             return self.X
         X = self.X
-        out = torch.empty(self.n, self.d, dtype=X.dtype, device=X.device)
+        out = _memory.empty((self.n, self.d), dtype=X.dtype, device=X.device)
         mix = self._column_mixer()
         for j0, j1 in column_blocks(self.d, block_size(X.shape[0], self.d, X.device)):
             mix(j0, j1, out[:, j0:j1])
@@ -890,7 +890,8 @@ def weighted_rows(X: torch.Tensor, w: torch.Tensor, all_rows: bool = False) -> t
     if rows.numel() == 1:
         i = int(rows[0])
         scale = float(w[i])
-        return X[i].clone() if scale == 1.0 else X[i] * scale
+        out = _memory.empty(X.shape[1], dtype=X.dtype, device=X.device)
+        return out.copy_(X[i]) if scale == 1.0 else torch.mul(X[i], scale, out=out)
     numpy_ok = kernel_input(X)
     if numpy_ok and _gram_kernel.available(X.detach().numpy()):
         # one compiled read of the rows used, float64 sums (speed: see _gram_kernel)
@@ -903,7 +904,7 @@ def weighted_rows(X: torch.Tensor, w: torch.Tensor, all_rows: bool = False) -> t
     weights = w[rows].to(device=X.device, dtype=X.dtype)
     rows = rows.to(X.device)
     n, d = X.shape
-    out = torch.empty(d, dtype=X.dtype, device=X.device)
+    out = _memory.empty(d, dtype=X.dtype, device=X.device)
     size = block_size(n, d, X.device)
     for j0, j1 in column_blocks(d, size):
         torch.mv(X[rows, j0:j1].T, weights, out=out[j0:j1])

@@ -25,13 +25,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from byzlearn.aggregators import _memory
 from byzlearn.aggregators._device import kernel_input
+from byzlearn.aggregators._threads import in_parallel
 
 _COLUMNS = 1024  # coordinates per block: 8 KiB of float64 sums
 _KERNEL_MAX_VALUES = 1 << 18  # larger matrices: torch's mean (see the module docstring)
 
 try:
     from numba import njit
+
+    from byzlearn.aggregators._simd import wide
 except ImportError:  # pragma: no cover
     njit = None  # type: ignore[assignment]
 
@@ -41,7 +45,7 @@ def mean_of_rows(X: torch.Tensor) -> torch.Tensor | None:
     not finite (or ``X`` has no rows)."""
     small = 0 < X.numel() <= _KERNEL_MAX_VALUES
     if njit is None or not small or not kernel_input(X) or not X.is_contiguous():
-        out = X.mean(dim=0)
+        out = torch.mean(X, dim=0, out=_memory.empty(X.shape[1], dtype=X.dtype, device=X.device))
         return out if bool(torch.isfinite(out.sum())) else None
     out = torch.empty(X.shape[1], dtype=X.dtype)
     if not _mean_kernel(X.numpy(), out.numpy(), np.empty(min(X.shape[1], _COLUMNS))):
@@ -81,3 +85,120 @@ if njit is not None:
                 bad |= not (abs(sums[j]) < np.inf)  # NaN or infinite (an integer OR vectorises)
             finite = finite and bad == 0
         return finite
+
+
+_STD_MIN_BLOCKS_PER_THREAD = 64  # 64 K coordinates: below that one thread
+
+
+def std_of_rows(X: torch.Tensor) -> torch.Tensor | None:
+    """The unbiased standard deviation of each column of the (n, d) matrix ``X`` over its
+    finite values, ``sqrt(sum_i (x_ij - m_j)^2 / (k_j - 1))`` with ``m_j`` the mean of the
+    ``k_j`` finite values (0 where ``k_j < 2``), in ``X``'s dtype; ``None`` where the kernel
+    does not apply (numba missing, another device or dtype, a non-contiguous matrix).
+
+    Two passes over each block of ``_COLUMNS`` coordinates, both in float64: the sums and counts
+    of the finite values, then the squared deviations from their mean (the block, at most
+    ``n x 4 KiB``, is still in cache for the second pass). torch's ``X.std(0)`` is slow along a
+    short first dimension (torch 2.13, one thread: 20 x 4810 float32 in 1.15 ms against 12 us for
+    ``X.mean(0)``; 20 x 1e6 in 242 ms against 5.6 ms), so every size takes the kernel.
+    """
+    if njit is None or not kernel_input(X) or not X.is_contiguous() or X.dim() != 2:
+        return None
+    d = X.shape[1]
+    out = _memory.empty(d, dtype=X.dtype)
+    if d == 0:
+        return out
+    Xn, o = X.detach().numpy(), out.numpy()
+    blocks = -(-d // _COLUMNS)
+    in_parallel(
+        lambda b0, b1: _std_kernel(Xn, o, b0, b1),
+        blocks,
+        torch.get_num_threads(),
+        _STD_MIN_BLOCKS_PER_THREAD,
+    )
+    return out
+
+
+if njit is not None:
+
+    @njit(boundscheck=False, cache=True, nogil=True)
+    def _std_kernel(X, out, b0, b1):  # pragma: no cover (compiled)
+        """``out`` over the column blocks ``b0:b1`` (see :func:`std_of_rows`): per block, the
+        float64 column sums (two rows per load and store of the sums), the means, the sums of
+        squared deviations; a block whose sums are not finite (it holds a NaN or an infinity)
+        is done again by :func:`_std_block_finite_values`."""
+        wide()
+        n, d = X.shape
+        sums = np.empty(_COLUMNS)
+        sq = np.empty(_COLUMNS)
+        for b in range(b0, b1):
+            j0 = b * _COLUMNS
+            j1 = min(d, j0 + _COLUMNS)
+            w = j1 - j0
+            first = X[0][j0:j1]
+            for j in range(w):
+                sums[j] = np.float64(first[j])
+                sq[j] = 0.0
+            r = 1
+            while r + 1 < n:
+                ra = X[r][j0:j1]
+                rb = X[r + 1][j0:j1]
+                for j in range(w):
+                    sums[j] = (sums[j] + np.float64(ra[j])) + np.float64(rb[j])
+                r += 2
+            if r < n:
+                ra = X[r][j0:j1]
+                for j in range(w):
+                    sums[j] += np.float64(ra[j])
+            bad = 0
+            for j in range(w):
+                sums[j] = sums[j] / n  # the mean
+                bad |= not (abs(sums[j]) < np.inf)  # an integer OR vectorises
+            if bad != 0:
+                _std_block_finite_values(X, out, j0, j1)
+                continue
+            r = 0
+            while r + 1 < n:
+                ra = X[r][j0:j1]
+                rb = X[r + 1][j0:j1]
+                for j in range(w):
+                    t = np.float64(ra[j]) - sums[j]
+                    u = np.float64(rb[j]) - sums[j]
+                    sq[j] = (sq[j] + t * t) + u * u
+                r += 2
+            if r < n:
+                ra = X[r][j0:j1]
+                for j in range(w):
+                    t = np.float64(ra[j]) - sums[j]
+                    sq[j] += t * t
+            block = out[j0:j1]
+            for j in range(w):
+                block[j] = np.sqrt(sq[j] / (n - 1)) if n > 1 else 0.0
+
+    @njit(boundscheck=False, cache=True, nogil=True)
+    def _std_block_finite_values(X, out, j0, j1):  # pragma: no cover (compiled)
+        """``out[j0:j1]`` over the finite values of each column only (see
+        :func:`std_of_rows`)."""
+        n = X.shape[0]
+        w = j1 - j0
+        sums = np.zeros(w)
+        counts = np.zeros(w)
+        sq = np.zeros(w)
+        for r in range(n):
+            row = X[r][j0:j1]
+            for j in range(w):
+                x = np.float64(row[j])
+                ok = abs(x) < np.inf  # False for NaN and +-inf
+                sums[j] += x if ok else 0.0
+                counts[j] += 1.0 if ok else 0.0
+        for j in range(w):
+            sums[j] = sums[j] / counts[j] if counts[j] > 0.0 else 0.0  # the mean
+        for r in range(n):
+            row = X[r][j0:j1]
+            for j in range(w):
+                x = np.float64(row[j])
+                t = x - sums[j]
+                sq[j] += t * t if abs(x) < np.inf else 0.0
+        block = out[j0:j1]
+        for j in range(w):
+            block[j] = np.sqrt(sq[j] / (counts[j] - 1.0)) if counts[j] > 1.0 else 0.0

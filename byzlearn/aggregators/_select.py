@@ -45,7 +45,7 @@ import functools
 import numpy as np
 import torch
 
-from byzlearn.aggregators import _gram_kernel, _sortnet, _weighted_sort
+from byzlearn.aggregators import _gram_kernel, _memory, _sortnet, _weighted_sort
 from byzlearn.aggregators._device import cpu_kernels, kernel_input
 from byzlearn.aggregators._gram import Inputs, block_size, column_blocks
 from byzlearn.aggregators._threads import in_parallel
@@ -478,7 +478,7 @@ def coordinatewise(
     Raises ``ValueError`` naming the rule when a coordinate has fewer than ``min_k`` finite values.
     """
     min_k = checked_min_k(stat, drop, min_k, name)
-    out = torch.empty(X.shape[1], dtype=X.dtype, device=X.device)
+    out = _memory.empty(X.shape[1], dtype=X.dtype, device=X.device)
     first = statistic_into(X, stat, drop, min_k, out, rows, force_torch)
     if first >= 0:
         raise missing_error(name, int(torch.isnan(out).sum()), min_k, first)
@@ -722,7 +722,7 @@ def coordinatewise_inputs(
     if inputs.A is None:
         return coordinatewise(X, stat, drop, min_k, name)
     min_k = checked_min_k(stat, drop, min_k, name)
-    out = torch.empty(inputs.d, dtype=X.dtype, device=X.device)
+    out = _memory.empty(inputs.d, dtype=X.dtype, device=X.device)
     first = _mixed_fast(inputs, stat, drop, min_k, out)
     if first is not None:
         if first >= 0:

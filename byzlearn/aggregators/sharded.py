@@ -62,7 +62,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from byzlearn.aggregators import _gram
+from byzlearn.aggregators import _gram, _memory
 from byzlearn.aggregators._device import kernel_input
 from byzlearn.aggregators._gram import BaseGram, Inputs, MissingEntries, weighted_rows
 from byzlearn.aggregators._inputs import InputKind, as_matrix, check_f
@@ -393,7 +393,12 @@ class ShardedResult:
     def vector(self) -> Any:
         """The whole output, gathered from the shards: (d,), or (n', d) for a pre-aggregator,
         in the kind, dtype and vector shape :func:`scatter` was given."""
-        out = torch.cat(self.vectors._all("part"), dim=1 if self.matrix else 0)
+        parts = self.vectors._all("part")
+        dim = 1 if self.matrix else 0
+        shape = list(parts[0].shape)
+        shape[dim] = sum(p.shape[dim] for p in parts)
+        out = _memory.empty(shape, dtype=parts[0].dtype, device=parts[0].device)
+        torch.cat(parts, dim=dim, out=out)  # a large output on huge pages (see _memory)
         kind = self.vectors.kind
         if kind is None:
             return out

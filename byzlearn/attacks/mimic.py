@@ -38,6 +38,7 @@ import torch
 from byzlearn.attacks._checks import choice, integer
 from byzlearn.attacks._context import AttackContext, as_honest_matrix
 from byzlearn.attacks._registry import RunningState, register
+from byzlearn.finite import all_finite
 
 STARTS = ("gaussian", "deviation")
 """How :class:`MimicState` starts its power iteration: the reference's seeded Gaussian
@@ -145,10 +146,13 @@ def most_heterogeneous(X: torch.Tensor) -> int:
     Computed from the small ``(h, h)`` Gram matrix: with ``A`` the centred rows and ``v`` the top
     eigenvector of ``A A^T``, the projections ``A z`` are proportional to ``v``.
     """
-    keep = torch.nonzero(torch.isfinite(X).all(1)).flatten()
-    if keep.numel() == 0:
-        raise ValueError("mimic: every honest vector holds a non-finite value")
-    A = X[keep].to(torch.float64)
+    if all_finite(X):  # one read (the elementwise test: 0.25 ms on 20 x 4810 values)
+        keep, A = torch.arange(X.shape[0], device=X.device), X.to(torch.float64)
+    else:
+        keep = torch.nonzero(torch.isfinite(X).all(1)).flatten()
+        if keep.numel() == 0:
+            raise ValueError("mimic: every honest vector holds a non-finite value")
+        A = X[keep].to(torch.float64)
     A = A - A.mean(0)
     _, vecs = torch.linalg.eigh(A @ A.T)
     return int(keep[int(torch.argmax(vecs[:, -1].abs()))])

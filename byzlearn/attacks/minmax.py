@@ -32,6 +32,7 @@ import math
 
 import torch
 
+from byzlearn.aggregators._mean import std_of_rows
 from byzlearn.attacks._checks import choice
 from byzlearn.attacks._context import AttackContext
 from byzlearn.attacks._registry import register
@@ -59,7 +60,8 @@ def _setup(
     else:
         if G.shape[0] < 2:
             raise ValueError(f"{ctx.name}: perturbation='std' needs at least 2 finite honest rows")
-        p = G.std(0, correction=1)
+        std = std_of_rows(G)  # one compiled call, or torch's where it does not apply
+        p = std if std is not None else G.std(0, correction=1)
     return G, mu, p
 
 
@@ -67,6 +69,21 @@ def _largest_root(a: float, b: float, c: float) -> float:
     """Largest real root of ``a x^2 + b x + c`` (``a > 0``, ``c <= 0`` so it is >= 0)."""
     disc = max(b * b - 4.0 * a * c, 0.0)
     return (-b + math.sqrt(disc)) / (2.0 * a)
+
+
+def _centred_distances(
+    G: torch.Tensor, mu: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``A = mu - G`` (the rows centred on their mean), ``||a_i||^2`` and the squared distances
+    ``||g_i - g_j||^2 = ||a_i||^2 + ||a_j||^2 - 2 <a_i, a_j>`` (clamped at 0), from one product
+    ``A A^T`` of the centred float64 rows (``torch.cdist`` took 1.3 ms on 20 x 4810 values, and
+    a second read of the rows; centred, the products lose nothing that matters in float64)."""
+    A = mu - G
+    K = A @ A.T
+    aa = K.diagonal().clone()
+    D = (aa[:, None] + aa[None, :] - 2.0 * K).clamp_min(0.0)
+    D.fill_diagonal_(0.0)
+    return A, aa, D
 
 
 def min_max_gamma(G: torch.Tensor, mu: torch.Tensor, p: torch.Tensor) -> float:
@@ -78,9 +95,8 @@ def min_max_gamma(G: torch.Tensor, mu: torch.Tensor, p: torch.Tensor) -> float:
     pp = float(p @ p)
     if pp == 0.0:
         return 0.0
-    R2 = float(torch.cdist(G, G).max()) ** 2
-    A = mu - G
-    aa = (A * A).sum(1)
+    A, aa, D = _centred_distances(G, mu)
+    R2 = float(D.max())
     ap = A @ p
     return min(
         _largest_root(pp, -2.0 * float(x), float(y) - R2) for x, y in zip(ap, aa, strict=True)
@@ -92,10 +108,10 @@ def min_sum_gamma(G: torch.Tensor, mu: torch.Tensor, p: torch.Tensor) -> float:
     pp = float(p @ p)
     if pp == 0.0:
         return 0.0
-    T = float((torch.cdist(G, G) ** 2).sum(1).min())
-    A = mu - G
-    S = float((A * A).sum())
-    return _largest_root(G.shape[0] * pp, -2.0 * float(A.sum(0) @ p), S - T)
+    A, aa, D = _centred_distances(G, mu)
+    T = float(D.sum(1).min())
+    S = float(aa.sum())
+    return _largest_root(G.shape[0] * pp, -2.0 * float((A @ p).sum()), S - T)
 
 
 @register("min_max", reference=_REFERENCE, aliases=("minmax",))

@@ -17,7 +17,7 @@ Byzantine inputs a rule kept, the honest training loss) is computed by *observer
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel
 
+from byzlearn.aggregators import _memory
 from byzlearn.registry import Registry
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ __all__ = [
     "World",
     "accumulate",
     "diameter",
+    "stack_rows",
 ]
 
 
@@ -271,6 +273,44 @@ class ServerProtocol(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.server.load_state_dict(state["server"])
         self.workers.load_state_dict(state["workers"])
+
+
+def stack_rows(rows: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack(rows)`` of one or more vectors, read-only for the caller.
+
+    Replies computed in one vectorised call of the workers are the consecutive rows of one
+    contiguous matrix: that matrix is returned as it is, without a copy (the check reads two
+    attributes per row, about 13 us for 25 rows, against 18-40 us to copy 25 x 4810 float32
+    values, and a whole extra n x d matrix for a large model). Otherwise the rows are copied
+    into memory from :func:`byzlearn.aggregators._memory.empty` (a large CPU matrix on huge
+    pages: a 25 x 1e7 float32 matrix is a 1 GB new mapping, whose 4 KiB page faults alone cost
+    about 0.4 s)."""
+    first = rows[0]
+    base = first._base
+    if (
+        base is not None
+        and first.dim() == 1
+        and base.dim() == 2
+        and base.shape[0] == len(rows)
+        and base.is_contiguous()
+    ):
+        shape, unit, dtype = (base.shape[1],), (1,), base.dtype
+        step = base.shape[1] * base.element_size()
+        at = base.data_ptr()
+        for row in rows:  # the same matrix, its rows in order, each a whole row
+            if (
+                row._base is not base
+                or row.data_ptr() != at
+                or row.shape != shape
+                or row.stride() != unit
+                or row.dtype != dtype
+            ):
+                break
+            at += step
+        else:
+            return base
+    out = _memory.empty((len(rows), *first.shape), dtype=first.dtype, device=first.device)
+    return torch.stack(list(rows), out=out)
 
 
 def diameter(models: torch.Tensor) -> float:

@@ -41,7 +41,15 @@ from pydantic import Field
 import byzlearn.aggregators as agg
 from byzlearn.engines.base import Engine, Message
 from byzlearn.protocols.adversary import ByzantineNodes
-from byzlearn.protocols.base import Events, Protocol, World, accumulate, diameter, register
+from byzlearn.protocols.base import (
+    Events,
+    Protocol,
+    World,
+    accumulate,
+    diameter,
+    register,
+    stack_rows,
+)
 from byzlearn.protocols.replicated import (
     ModelFilter,
     ReplicatedOptions,
@@ -337,7 +345,7 @@ class LiuBeiServers:
     def _aggregate(self, server: int, st: _ServerState, t: int, f: int) -> None:
         senders = sorted(st.grads)
         replies = [st.grads[s] for s in senders]
-        vectors = torch.stack([m.payload for m in replies])
+        vectors = stack_rows([m.payload for m in replies])
         opts = agg.call_options(
             self.rule, self.rule_options, centre=st.previous, key=(self.seed, "rule", t)
         )

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import byzlearn.aggregators as agg
 from byzlearn.engines.base import Engine, Message, Node
-from byzlearn.protocols.base import Events, Server, ServerProtocol, World, register
+from byzlearn.protocols.base import Events, Server, ServerProtocol, World, register, stack_rows
 from byzlearn.protocols.workers import WorkerSet, build_workers
 
 __all__ = ["ParameterServer", "ParameterServerOptions", "ParameterServerProtocol"]
@@ -146,7 +146,7 @@ class ParameterServer(Server):
         losses = {
             s: m.meta["loss"] for s, m in zip(senders, replies, strict=True) if "loss" in m.meta
         }
-        vectors = torch.stack([m.payload for m in replies]) if replies else None
+        vectors = stack_rows([m.payload for m in replies]) if replies else None
         result, seconds = None, 0.0
         if shortfall is None and vectors is not None:
             start = time.perf_counter()

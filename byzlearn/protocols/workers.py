@@ -31,7 +31,7 @@ import torch
 from byzlearn import keyed
 from byzlearn.engines.base import Engine, Handler, Message
 from byzlearn.engines.functional import FlatModel
-from byzlearn.protocols.base import accumulate
+from byzlearn.protocols.base import accumulate, stack_rows
 
 if TYPE_CHECKING:
     from byzlearn.protocols.base import World
@@ -306,7 +306,7 @@ class ByzantineWorkers:
             if not honest:
                 self.silent += 1
                 continue
-            H = torch.stack(honest)
+            H = stack_rows(honest)
             extra: dict[str, Any] = {}
             if self.state is not None:
                 self.state = self.state.observe(H)
