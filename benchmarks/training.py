@@ -8,11 +8,13 @@ Usage (from the repository root)::
     python benchmarks/training.py --n 10 25 50 --scenarios average --rounds 20 --threads 2
 
 One round of the synchronous parameter server on scikit-learn's digits (8x8, no download), batch
-32 per worker, ``--n`` workers, in two scenarios:
+32 per worker, ``--n`` workers, in two scenarios by default:
 
 - ``average``: f = 0, no attack, averaging (every worker computes);
 - ``krum``: f = 5 Byzantine workers sending -10 x the honest mean (``ipm``, epsilon = 10, the
-  demo's attack), Krum at the server (issue 12's training round).
+  demo's attack), Krum at the server (issue 12's training round);
+- ``alie`` (on request, ``--scenarios alie``): as ``krum`` with ALIE (``mu - z sigma``, z of
+  the paper for n and f; ByzFL's ``ALittleIsEnough`` with the same z).
 
 For every (model, scenario, n) one run times, after ``--warmup`` rounds, in turns of ``--block``
 consecutive rounds per variant (so that load from other processes on a shared machine hits all
@@ -57,11 +59,13 @@ from typing import Any
 import torch
 from _common import at_least, channels_last
 
+from byzlearn.attacks import alie_z
 from byzlearn.experiments import Trainer, parse_config
 from byzlearn.machine import cpu_name
 from byzlearn.models import names as model_names
 
-SCENARIOS = ("average", "krum")
+SCENARIOS = ("average", "krum", "alie")
+DEFAULT_SCENARIOS = ("average", "krum")
 BATCH = 32
 BYZANTINE = 5
 EPSILON = 10.0  # the attack: -EPSILON x the honest mean
@@ -70,14 +74,17 @@ PARTS = ("workers", "attack", "aggregation", "update", "metrics")
 
 
 def _config(model: str, n: int, scenario: str, vectorise: bool) -> Any:
-    robust = scenario == "krum"
+    robust = scenario != "average"
+    attack = {"name": "ipm", "options": {"epsilon": EPSILON}} if scenario == "krum" else {}
+    if scenario == "alie":
+        attack = {"name": "alie"}
     return parse_config(
         {
             "dataset": {"name": "digits"},
             "model": {"name": model},
             "n": n,
             "f": BYZANTINE if robust else 0,
-            "attack": {"name": "ipm", "options": {"epsilon": EPSILON}} if robust else {},
+            "attack": attack,
             "rule": {"name": "krum" if robust else "average"},
             "optimizer": {"lr": 0.1},
             "batch_size": BATCH,
@@ -202,7 +209,7 @@ class ByzflRound:
         from torch.utils.data import DataLoader, TensorDataset
 
         c, data = trainer.config, trainer.data
-        f = c.f if scenario == "krum" else 0
+        f = c.f if scenario != "average" else 0
         honest = [i for i in range(c.n) if i not in set(trainer.byzantine)]
         name = f"byzlearn_{c.model.name}"
         state = trainer.model.module.state_dict()
@@ -261,6 +268,8 @@ class ByzflRound:
             if f
             else {"name": "NoAttack", "f": 0, "parameters": {}}
         )
+        if scenario == "alie":  # ByzFL's mu + tau sigma: tau = -z gives byzlearn's mu - z sigma
+            attack = {"name": "ALittleIsEnough", "f": f, "parameters": {"tau": -alie_z(c.n, f)}}
         self.byzantine = byzfl.ByzantineClient(attack)
         self.broadcast()
 
@@ -357,7 +366,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--n", type=at_least(1), nargs="+", default=[25])
     parser.add_argument("--models", nargs="+", choices=model_names(), default=["mlp", "cnn"])
-    parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
+    parser.add_argument(
+        "--scenarios", nargs="+", choices=SCENARIOS, default=list(DEFAULT_SCENARIOS)
+    )
     parser.add_argument("--rounds", type=at_least(1), default=30)
     parser.add_argument("--warmup", type=at_least(0), default=5)
     parser.add_argument("--threads", type=at_least(1), default=1)

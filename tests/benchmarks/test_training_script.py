@@ -35,6 +35,16 @@ def test_both_models_print_rounds_parts_and_floors(script, capsys):
     assert len(parts) == 1 and float(parts[0][-1]) > 0
 
 
+@pytest.mark.slow
+def test_the_alie_scenario_runs_on_request(script, capsys):
+    args = "--models mlp --scenarios alie --rounds 2 --warmup 1 --no-byzfl"
+    script.main(args.split())
+    out = capsys.readouterr().out
+    rows = _rows(out, "mlp")
+    assert rows[0][2] == "alie" and float(rows[0][4]) > 0
+    assert any(r[3] == "vectorised" and float(r[5]) > 0 for r in rows)  # the attack's part
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
