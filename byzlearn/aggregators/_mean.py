@@ -55,6 +55,27 @@ def mean_of_rows(X: torch.Tensor) -> torch.Tensor | None:
 
 if njit is not None:
 
+    @njit(boundscheck=False, cache=True, nogil=True, inline="always")
+    def _column_sums(X, j0, j1, sums):  # pragma: no cover (compiled)
+        """sums[:j1 - j0] = the float64 sums of the columns j0:j1 of X, the rows added in
+        order, two per load and store of the sums."""
+        n = X.shape[0]
+        w = j1 - j0
+        first = X[0][j0:j1]
+        for j in range(w):
+            sums[j] = np.float64(first[j])
+        r = 1
+        while r + 1 < n:
+            ra = X[r][j0:j1]
+            rb = X[r + 1][j0:j1]
+            for j in range(w):
+                sums[j] = (sums[j] + np.float64(ra[j])) + np.float64(rb[j])
+            r += 2
+        if r < n:
+            row = X[r][j0:j1]
+            for j in range(w):
+                sums[j] += np.float64(row[j])
+
     @njit(boundscheck=False, cache=True, nogil=True)
     def _mean_kernel(X, out, sums):  # pragma: no cover (compiled)
         """out = the float64 column sums of X divided by n, rounded to out's dtype; False
@@ -64,20 +85,7 @@ if njit is not None:
         for j0 in range(0, d, _COLUMNS):
             j1 = min(d, j0 + _COLUMNS)
             w = j1 - j0
-            first = X[0][j0:j1]
-            for j in range(w):
-                sums[j] = np.float64(first[j])
-            r = 1
-            while r + 1 < n:
-                ra = X[r][j0:j1]
-                rb = X[r + 1][j0:j1]
-                for j in range(w):
-                    sums[j] = (sums[j] + np.float64(ra[j])) + np.float64(rb[j])
-                r += 2
-            if r < n:
-                row = X[r][j0:j1]
-                for j in range(w):
-                    sums[j] += np.float64(row[j])
+            _column_sums(X, j0, j1, sums)
             block = out[j0:j1]
             bad = 0
             for j in range(w):
@@ -135,21 +143,9 @@ if njit is not None:
             j0 = b * _COLUMNS
             j1 = min(d, j0 + _COLUMNS)
             w = j1 - j0
-            first = X[0][j0:j1]
+            _column_sums(X, j0, j1, sums)
             for j in range(w):
-                sums[j] = np.float64(first[j])
                 sq[j] = 0.0
-            r = 1
-            while r + 1 < n:
-                ra = X[r][j0:j1]
-                rb = X[r + 1][j0:j1]
-                for j in range(w):
-                    sums[j] = (sums[j] + np.float64(ra[j])) + np.float64(rb[j])
-                r += 2
-            if r < n:
-                ra = X[r][j0:j1]
-                for j in range(w):
-                    sums[j] += np.float64(ra[j])
             bad = 0
             for j in range(w):
                 sums[j] = sums[j] / n  # the mean
