@@ -202,8 +202,10 @@ def _masked_block(
         m = Xd[good].mean(dim=0)
     else:
         m = torch.zeros(Xd.shape[1], dtype=torch.float64, device=Xd.device)
-    aug = torch.zeros(n + 1, Xd.shape[1], dtype=torch.float64, device=Xd.device)
-    aug[:n][good] = Xd[good] - m
+    aug = torch.empty(n + 1, Xd.shape[1], dtype=torch.float64, device=Xd.device)
+    torch.sub(Xd, m, out=aug[:n])  # every row at once (a masked gather and scatter cost 8x)
+    if not bool(good.all()):
+        aug[:n][bad] = 0
     aug[n] = m
     G = aug @ aug.T
     overflow = ~torch.isfinite(G.diagonal()[:n])
@@ -212,6 +214,20 @@ def _masked_block(
         aug[:n][bad] = 0
         G = aug @ aug.T
     return G, bad
+
+
+def _column_medians(V: torch.Tensor) -> torch.Tensor:
+    """The median of each column's non-NaN values (the midpoint of the middle pair for even
+    counts; NaN for a column without any): the selection kernel on the CPU, where torch's
+    ``nanquantile(V, 0.5, dim=0)`` sorts along the short first dimension (112 ms for 25 x 1e5
+    float64 values on one thread, about 1 us per column), ``nanquantile`` elsewhere."""
+    if not (kernel_input(V) and V.dim() == 2 and V.is_contiguous()):
+        return torch.nanquantile(V, 0.5, dim=0)
+    from byzlearn.aggregators import _select  # imports this module
+
+    out = torch.empty(V.shape[1], dtype=V.dtype)
+    _select.statistic_into(V, _select.MEDIAN, 0, 1, out)  # no value: NaN, as nanquantile
+    return out
 
 
 def _impute_block(
@@ -228,8 +244,8 @@ def _impute_block(
         return
     V = Xd[:, cols].clone()
     V[~finite[:, cols] | bad[:, None]] = float("nan")
-    med = torch.nanquantile(V, 0.5, dim=0)  # midpoint of the middle pair for even counts
-    spread = 1.4826 * torch.nanquantile((V - med).abs(), 0.5, dim=0)
+    med = _column_medians(V)  # midpoint of the middle pair for even counts
+    spread = 1.4826 * _column_medians((V - med).abs())
     med = torch.nan_to_num(med, nan=0.0)  # a column nobody carries: no information
     s2 = torch.nan_to_num(spread, nan=0.0) ** 2
     r, c = torch.nonzero(missing[:, cols], as_tuple=True)

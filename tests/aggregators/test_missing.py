@@ -232,3 +232,27 @@ def test_the_compiled_lossy_row_test_matches_a_loop(missing, huge_row, kind, dty
     assert _gram._some_rows_within_budget(Xt, flags, 0.1) == want
     with mock.patch.object(_gram_kernel, "available", return_value=False):  # the torch loop
         assert _gram._some_rows_within_budget(Xt, flags, 0.1) == want
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 26])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_column_medians_are_numpys_over_the_values_present(n, dtype):
+    """The imputation's medians (the selection kernel on the CPU) against numpy's median of
+    each column's non-NaN values; a column without any stays NaN (imputed as 0 by the caller)."""
+    g = torch.Generator().manual_seed(n)
+    V = torch.randn(n, 300, generator=g, dtype=torch.float64).to(dtype)
+    V[torch.rand(n, 300, generator=g) < 0.3] = math.nan
+    V[:, 7] = math.nan
+    got = _gram._column_medians(V)
+    for k in range(300):
+        col = V[:, k].double().numpy()
+        col = col[~np.isnan(col)]
+        if col.size == 0:
+            assert math.isnan(float(got[k]))
+        else:
+            assert float(got[k]) == pytest.approx(float(np.median(col)), rel=1e-6, abs=0)
+    torch.testing.assert_close(got, torch.nanquantile(V.double(), 0.5, dim=0).to(dtype),
+                               equal_nan=True)
+    # other layouts take torch's nanquantile, with the same answers
+    torch.testing.assert_close(_gram._column_medians(V.t().contiguous().t()), got,
+                               equal_nan=True)
