@@ -63,9 +63,7 @@ def test_the_real_madvise_accepts_the_advice() -> None:
     assert float(t.sum()) == t.numel()
 
 
-@pytest.mark.parametrize(
-    "rule", ["average", "median", "trimmed_mean", "krum", "nnm+median", "nnm"]
-)
+@pytest.mark.parametrize("rule", ["average", "median", "trimmed_mean", "krum", "nnm+median", "nnm"])
 def test_rules_give_the_same_outputs_with_advised_outputs(
     rule: str, recorder: _Recorder, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -251,8 +251,8 @@ def test_column_medians_are_numpys_over_the_values_present(n, dtype):
             assert math.isnan(float(got[k]))
         else:
             assert float(got[k]) == pytest.approx(float(np.median(col)), rel=1e-6, abs=0)
-    torch.testing.assert_close(got, torch.nanquantile(V.double(), 0.5, dim=0).to(dtype),
-                               equal_nan=True)
+    torch.testing.assert_close(
+        got, torch.nanquantile(V.double(), 0.5, dim=0).to(dtype), equal_nan=True
+    )
     # other layouts take torch's nanquantile, with the same answers
-    torch.testing.assert_close(_gram._column_medians(V.t().contiguous().t()), got,
-                               equal_nan=True)
+    torch.testing.assert_close(_gram._column_medians(V.t().contiguous().t()), got, equal_nan=True)
