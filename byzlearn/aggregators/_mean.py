@@ -104,18 +104,20 @@ def std_of_rows(X: torch.Tensor) -> torch.Tensor | None:
     ``k_j`` finite values (0 where ``k_j < 2``), in ``X``'s dtype; ``None`` where the kernel
     does not apply (numba missing, another device or dtype, a non-contiguous matrix).
 
-    Two passes over each block of ``_COLUMNS`` coordinates, both in float64: the sums and counts
-    of the finite values, then the squared deviations from their mean (the block, at most
-    ``n x 4 KiB``, is still in cache for the second pass). torch's ``X.std(0)`` is slow along a
-    short first dimension (torch 2.13, one thread: 20 x 4810 float32 in 1.15 ms against 12 us for
-    ``X.mean(0)``; 20 x 1e6 in 242 ms against 5.6 ms), so every size takes the kernel.
+    Two passes over each block of ``_COLUMNS`` coordinates, both in float64: the column sums,
+    then the squared deviations from their mean (the block, ``n x 4 KiB`` in float32, is still
+    in cache for the second pass); a block holding a NaN or an infinity (its sums are not
+    finite) is redone over its finite values only, with their counts. torch's ``X.std(0)`` is
+    slow along a short first dimension (torch 2.13, one thread: 20 x 4810 float32 in 1.15 ms
+    against 12 us for ``X.mean(0)``; 20 x 1e6 in 242 ms against 5.6 ms), so every size takes
+    the kernel.
     """
     if njit is None or not kernel_input(X) or not X.is_contiguous() or X.dim() != 2:
         return None
-    d = X.shape[1]
+    n, d = X.shape
     out = _memory.empty(d, dtype=X.dtype)
-    if d == 0:
-        return out
+    if n == 0 or d == 0:  # no values: 0, as for fewer than two
+        return out.zero_()
     Xn, o = X.detach().numpy(), out.numpy()
     blocks = -(-d // _COLUMNS)
     in_parallel(

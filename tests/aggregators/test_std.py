@@ -52,6 +52,8 @@ def test_columns_with_fewer_than_two_finite_values_get_zero() -> None:
     X = torch.tensor([[1.0, float("nan"), 2.0], [float("inf"), float("nan"), 4.0]])
     assert std_of_rows(X).tolist() == [0.0, 0.0, pytest.approx(2**0.5)]
     assert std_of_rows(X[:1].contiguous()).tolist() == [0.0, 0.0, 0.0]  # one row
+    assert std_of_rows(torch.empty(0, 3)).tolist() == [0.0, 0.0, 0.0]  # no row
+    assert std_of_rows(torch.empty(4, 0)).shape == (0,)
 
 
 def test_threads_give_the_same_bits() -> None:
