@@ -510,7 +510,9 @@ def _torch_pass(
     return acc, bad
 
 
-def _sqdist_from_gram(G: torch.Tensor) -> torch.Tensor:
+def sqdist_from_gram(G: torch.Tensor) -> torch.Tensor:
+    """Squared distances ``D_ij = G_ii + G_jj - 2 G_ij`` from a Gram matrix (clamped at 0, a zero
+    diagonal; NaN stays NaN)."""
     diag = G.diagonal()
     D = diag[:, None] + diag[None, :] - 2.0 * G
     D.clamp_(min=0.0)
@@ -526,7 +528,7 @@ def _needs_refinement(G: torch.Tensor, bad: torch.Tensor, dtype: torch.dtype) ->
     if k < 2:
         return False
     Gg = G if k == G.shape[0] else G[good][:, good]
-    D = _sqdist_from_gram(Gg).numpy()
+    D = sqdist_from_gram(Gg).numpy()
     # the lower median of the off-diagonal entries: each pair appears twice there, and the
     # lower median of a doubled set is the lower median of the pairs (the upper triangle)
     scale_d = _lower_median(D[np.triu_indices(k, 1)])
@@ -597,7 +599,7 @@ def centre_row_from_sample(X: torch.Tensor) -> int | None:
 
 def _central_row(G: torch.Tensor, bad: torch.Tensor) -> int:
     """A row near the bulk: least sum of distances to its closest half (bad rows never chosen)."""
-    D = _sqdist_from_gram(G).numpy()
+    D = sqdist_from_gram(G).numpy()
     bad_np = bad.numpy()
     D[bad_np, :] = np.inf
     D[:, bad_np] = np.inf
@@ -697,7 +699,7 @@ class Inputs:
     def sqdist(self) -> torch.Tensor:
         """Pairwise squared distances (float64, n' x n'); +inf to and from bad rows."""
         if "sqdist" not in self._cache:
-            D = _sqdist_from_gram(self.centred_gram())
+            D = sqdist_from_gram(self.centred_gram())
             bad = self.bad
             D[bad, :] = float("inf")
             D[:, bad] = float("inf")

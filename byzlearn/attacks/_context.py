@@ -201,13 +201,14 @@ class AttackContext:
 
     def finite_index(self) -> torch.Tensor:
         """Indices of the fully finite honest rows (``ValueError`` when there is none)."""
-        if "finite_index" not in self._cache and self.all_finite:  # one read, no mask
-            self._cache["finite_index"] = torch.arange(self.h, device=self.device)
         if "finite_index" not in self._cache:
-            keep = torch.isfinite(self.honest).all(1)
-            if not bool(keep.any()):
-                raise ValueError(f"{self.name}: every honest vector holds a non-finite value")
-            self._cache["finite_index"] = torch.nonzero(keep).flatten()
+            if self.all_finite:  # one read, no mask
+                self._cache["finite_index"] = torch.arange(self.h, device=self.device)
+            else:
+                keep = torch.isfinite(self.honest).all(1)
+                if not bool(keep.any()):
+                    raise ValueError(f"{self.name}: every honest vector holds a non-finite value")
+                self._cache["finite_index"] = torch.nonzero(keep).flatten()
         return self._cache["finite_index"]
 
     def spread(self) -> float:

@@ -32,6 +32,7 @@ import math
 
 import torch
 
+from byzlearn.aggregators._gram import sqdist_from_gram
 from byzlearn.aggregators._mean import std_of_rows
 from byzlearn.attacks._checks import choice
 from byzlearn.attacks._context import AttackContext
@@ -80,10 +81,7 @@ def _centred_distances(
     a second read of the rows; centred, the products lose nothing that matters in float64)."""
     A = mu - G
     K = A @ A.T
-    aa = K.diagonal().clone()
-    D = (aa[:, None] + aa[None, :] - 2.0 * K).clamp_min(0.0)
-    D.fill_diagonal_(0.0)
-    return A, aa, D
+    return A, K.diagonal(), sqdist_from_gram(K)
 
 
 def min_max_gamma(G: torch.Tensor, mu: torch.Tensor, p: torch.Tensor) -> float:

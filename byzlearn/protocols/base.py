@@ -27,6 +27,7 @@ import torch
 from pydantic import BaseModel
 
 from byzlearn.aggregators import _memory
+from byzlearn.aggregators._gram import sqdist_from_gram
 from byzlearn.registry import Registry
 
 if TYPE_CHECKING:
@@ -325,10 +326,8 @@ def diameter(models: torch.Tensor) -> float:
     # 0.34-0.5 ms; a non-finite model makes the mean, so every entry, NaN
     X = models.double()
     A = X - X.mean(0)
-    K = A @ A.T
-    sq = K.diagonal()
-    worst = (sq[:, None] + sq[None, :] - 2.0 * K).max()
-    return math.sqrt(max(float(worst), 0.0)) if bool(torch.isfinite(worst)) else math.nan
+    worst = float(sqdist_from_gram(A @ A.T).max())
+    return math.sqrt(worst) if math.isfinite(worst) else math.nan
 
 
 #: Protocols by name (``name -> Protocol subclass``).
