@@ -837,10 +837,17 @@ class Inputs:
             self._repair(j0, j1, block)
             yield j0, j1, block
 
+    def sparse_mixing(self) -> bool:
+        """Whether the rows of ``A X`` are built as sums of their few terms (bucketing, per-row
+        scaling, or no Gram matrix), a missing value staying in its coordinate, rather than
+        by one dense product (NNM), which marks a whole row missing."""
+        A = self.coefficients()
+        return self.gram is None or int((A != 0).sum()) <= 2 * self.X.shape[0]
+
     def _column_mixer(self) -> Callable[[int, int, torch.Tensor], None]:
         """A function writing the columns j0:j1 of ``A X`` into a given (n', j1 - j0) tensor."""
         X, A = self.X, self.coefficients()
-        if self.gram is None or int((A != 0).sum()) <= 2 * X.shape[0]:
+        if self.sparse_mixing():
             terms = [
                 [(j, float(A[i, j])) for j in torch.nonzero(A[i]).flatten().tolist()]
                 for i in range(A.shape[0])

@@ -704,3 +704,96 @@ def test_covering_mixed_row_is_the_statistic(stat, convex, monkeypatch):
     expected = torch.empty(d)
     sel.statistic_into(Y, stat, drop, 2 * drop + 1, expected, force_torch=True)
     torch.testing.assert_close(out, expected, rtol=2e-6, atol=2e-6)
+
+
+def _buckets(n: int, s: int, seed: int) -> torch.Tensor:
+    """A bucketing matrix written here: a permutation cut into buckets of s (the last smaller),
+    each output row 1/|b| on its bucket's inputs."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    M = torch.zeros(-(-n // s), n, dtype=torch.float64)
+    for b in range(M.shape[0]):
+        members = perm[b * s : (b + 1) * s]
+        M[b, members] = 1.0 / len(members)
+    return M
+
+
+@pytest.mark.parametrize("stat", STATS, ids=NAMES.get)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("n", "s"), [(25, 2), (26, 3), (40, 5), (13, 1)])
+def test_sparse_mixing_pass_gives_the_bits_of_the_materialised_rows(stat, dtype, n, s, monkeypatch):
+    """Bucketing (and a zero row, a scaled row) through the compiled sparse pass: the same bits
+    as the statistic of ``Inputs.materialize()`` (numpy's loops), blocks of several widths,
+    missing values in their own coordinates only."""
+    if not sel._HAVE_NUMBA:
+        pytest.skip("numba not available")
+    monkeypatch.setattr(sel, "_MIX_BLOCK", 3 * sel.LANES)
+    g = torch.Generator().manual_seed(n + s + stat)
+    d = 4 * sel._MIX_BLOCK + 77
+    X = (torch.randn(n, d, generator=g, dtype=torch.float64) * 3 + 0.5).to(dtype)
+    X[2, 100:140] = math.nan
+    X[5, 3000] = math.inf
+    M = _buckets(n, s, seed=n * s)
+    M = torch.cat([M, torch.zeros(1, n, dtype=torch.float64)])  # a row without terms
+    M[-1, 0] = 0.3  # ... then one scaled input
+    mixed = _gram.Inputs(X=X, gram=None).mix(M)
+    assert mixed.sparse_mixing()
+    drop = 1 if stat != sel.MEDIAN else 0
+    min_k = needed(stat, drop)
+    out = torch.full((d,), 7.0, dtype=dtype)
+    first = sel._mixed_sparse(mixed, stat, drop, min_k, out)
+    expected = torch.empty_like(out)
+    first_expected = sel.statistic_into(mixed.materialize(), stat, drop, min_k, expected)
+    assert first == first_expected
+    assert torch.equal(out.isnan(), expected.isnan())
+    assert torch.equal(torch.nan_to_num(out), torch.nan_to_num(expected))
+
+
+def test_sparse_mixing_pass_reports_the_first_short_coordinate(monkeypatch):
+    """A coordinate left with too few finite values in a later block: the rule's error names
+    it, counted from 0 across blocks, on one and two threads alike."""
+    monkeypatch.setattr(sel, "_MIX_BLOCK", sel.LANES)
+    X = torch.randn(12, 10 * sel.LANES + 5, generator=torch.Generator().manual_seed(3))
+    X[:8, 7 * sel.LANES + 3] = math.nan  # 6 buckets of 2: at most 2 finite means there
+    mixed = _gram.Inputs(X=X, gram=None).mix(_buckets(12, 2, seed=1))
+    for threads in (1, 2):
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            with pytest.raises(ValueError, match=f"first: coordinate {7 * sel.LANES + 3}"):
+                sel.coordinatewise_inputs(mixed, sel.MEDIAN, 0, 3, "median")
+        finally:
+            torch.set_num_threads(before)
+
+
+def test_sparse_mixing_pass_is_not_taken_where_it_does_not_apply():
+    """Dense mixing (NNM's), imputed values and dtypes numpy lacks keep their own paths."""
+    X = torch.randn(10, 600, generator=torch.Generator().manual_seed(4))
+    out = torch.empty(600)
+    dense = _gram.Inputs.from_matrix(X).mix(torch.full((10, 10), 0.1, dtype=torch.float64))
+    assert not dense.sparse_mixing()
+    assert sel._mixed_sparse(dense, sel.MEDIAN, 0, 1, out) is None
+    half = _gram.Inputs(X=X.half(), gram=None).mix(_buckets(10, 2, seed=0))
+    assert sel._mixed_sparse(half, sel.MEDIAN, 0, 1, out.half()) is None
+    assert sel._mixed_sparse(_gram.Inputs(X=X, gram=None), sel.MEDIAN, 0, 1, out) is None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sparse_mix_block_is_numpys_loop_bit_for_bit(dtype):
+    """Each mixed row: the first term's product, then each further product added, rounded in
+    the input precision at every step (no fused multiply-add), as numpy's loops do."""
+    if not sel._HAVE_NUMBA:
+        pytest.skip("numba not available")
+    rng = np.random.default_rng(5)
+    X = (rng.normal(size=(9, 2000)) * 10.0 ** rng.integers(-3, 4, size=(9, 1))).astype(dtype)
+    starts = np.array([0, 3, 3, 4, 8], dtype=np.int64)
+    terms = np.array([4, 0, 7, 2, 1, 3, 5, 8], dtype=np.int64)
+    coefs = (1.0 / np.array([3, 3, 3, 1, 7, 7, 7, 7])).astype(dtype)
+    j0, w = 133, 1500
+    U = np.full((4, w), np.nan, dtype=dtype)
+    sel._sparse_mix_block(X, j0, w, starts, terms, coefs, U)
+    for u in range(4):
+        expected = np.zeros(w, dtype=dtype)
+        for e in range(starts[u], starts[u + 1]):
+            product = X[terms[e], j0 : j0 + w] * coefs[e]
+            expected = product if e == starts[u] else expected + product
+        np.testing.assert_array_equal(U[u], expected)
