@@ -420,6 +420,24 @@ def test_row_stats_kernel(dtype, threads):
     assert np.isnan(top[2]) and np.isnan(top[4])
 
 
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_row_stats_flags_a_non_finite_value_wherever_it_lies(value):
+    """The kernel reads four chunks per pass, then the chunks left one by one: one NaN or
+    infinity anywhere (either loop, either end of a stretch of 64 chunks) makes the row's
+    largest magnitude NaN; a finite value whose square overflows float32 does not."""
+    lanes = 256
+    d = lanes * 64 * 2 + 3 * lanes + 7  # two stretches, then 3 chunks and a partial one
+    positions = [0, 3 * lanes + 5, lanes * 64 - 1, lanes * 64, lanes * 128 + 2 * lanes, d - 1]
+    X = np.ones((len(positions) + 1, d), dtype=np.float32)
+    for i, j in enumerate(positions):
+        X[i, j] = value
+    X[-1, lanes * 64 + 9] = 1e20  # its square overflows float32: inf, not missing
+    sq, top, _ = _gram_kernel.row_stats(X, 1)
+    assert np.isnan(top[:-1]).all()
+    assert top[-1] == np.float32(1e20) and sq[-1] == np.inf
+
+
 def test_sign_counts_kernel():
     rng = np.random.default_rng(27)
     X = rng.normal(size=(6, 5000)).astype(np.float32)
