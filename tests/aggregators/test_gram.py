@@ -420,7 +420,6 @@ def test_row_stats_kernel(dtype, threads):
     assert np.isnan(top[2]) and np.isnan(top[4])
 
 
-
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
 def test_row_stats_flags_a_non_finite_value_wherever_it_lies(value):
     """The kernel reads four chunks per pass, then the chunks left one by one: one NaN or
