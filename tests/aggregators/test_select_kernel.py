@@ -785,13 +785,13 @@ def test_sparse_mix_block_is_numpys_loop_bit_for_bit(dtype):
         pytest.skip("numba not available")
     rng = np.random.default_rng(5)
     X = (rng.normal(size=(9, 2000)) * 10.0 ** rng.integers(-3, 4, size=(9, 1))).astype(dtype)
-    starts = np.array([0, 3, 3, 4, 8], dtype=np.int64)
-    terms = np.array([4, 0, 7, 2, 1, 3, 5, 8], dtype=np.int64)
-    coefs = (1.0 / np.array([3, 3, 3, 1, 7, 7, 7, 7])).astype(dtype)
+    starts = np.array([0, 3, 3, 4, 8, 10, 15], dtype=np.int64)  # 3, 0, 1, 4, 2 and 5 terms
+    terms = np.array([4, 0, 7, 2, 1, 3, 5, 8, 6, 0, 8, 7, 6, 5, 4], dtype=np.int64)
+    coefs = (1.0 / np.array([3, 3, 3, 1, 7, 7, 7, 7, 2, 2, 5, 5, 5, 5, 5])).astype(dtype)
     j0, w = 133, 1500
-    U = np.full((4, w), np.nan, dtype=dtype)
+    U = np.full((6, w), np.nan, dtype=dtype)
     sel._sparse_mix_block(X, j0, w, starts, terms, coefs, U)
-    for u in range(4):
+    for u in range(6):
         expected = np.zeros(w, dtype=dtype)
         for e in range(starts[u], starts[u + 1]):
             product = X[terms[e], j0 : j0 + w] * coefs[e]
