@@ -650,3 +650,41 @@ def test_output_within_honest_range_under_outliers(rule, kind, data):
     if rule != "caf":
         bad_rows = {int(np.nonzero(perm == i)[0][0]) for i in range(f)}
         assert not set(agg.selected_indices(rule, X, f=f).tolist()) & bad_rows
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_mean_shift_is_scikit_learns(seed):
+    """SignGuard's MeanShift: scikit-learn's estimator and the fit that sends the shifts'
+    radius queries straight to its KD-tree give the same labels and number of clusters, on
+    continuous features, on fractions with many ties (sign counts over b coordinates) and on
+    duplicated points; few points (scikit-learn then uses brute force) take the estimator."""
+    import warnings
+
+    from byzlearn.aggregators.rules.filters import _mean_shift
+
+    rng = np.random.default_rng(seed)
+    compared = 0
+    for trial in range(30):
+        n = int(rng.choice([12, 13, 20, 25, 40]))
+        if trial % 3 == 0:
+            F = rng.random((n, 3))
+        elif trial % 3 == 1:
+            b = int(rng.choice([10, 20, 50]))
+            F = rng.multinomial(b, [0.45, 0.1, 0.45], size=n) / b
+        else:
+            F = rng.random((n, 3)) * 0.05
+            F[: n // 3] += 0.5
+            F[n // 3 : n // 2] = F[0]
+        bandwidth = float(estimate_bandwidth(F, quantile=0.5))
+        if not bandwidth > 0:
+            continue
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Binning data failed")
+            ms = MeanShift(bandwidth=bandwidth, bin_seeding=True, cluster_all=False).fit(F)
+            got = _mean_shift(np.ascontiguousarray(F, dtype=np.float64), bandwidth)
+        assert got is not None
+        np.testing.assert_array_equal(got[0], ms.labels_)
+        assert got[1] == len(ms.cluster_centers_)
+        compared += 1
+    assert compared >= 20
+    assert _mean_shift(rng.random((11, 3)), 0.3) is None  # brute force: the estimator's fit

@@ -318,10 +318,75 @@ def largest_sign_cluster(features: np.ndarray) -> np.ndarray:
         return inverse.reshape(-1) == int(np.argmax(counts))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Binning data failed")
-        ms = MeanShift(bandwidth=bandwidth, bin_seeding=True, cluster_all=False).fit(features)
-    labels = ms.labels_
-    counts = np.bincount(labels[labels >= 0], minlength=len(ms.cluster_centers_))
+        found = _mean_shift(np.ascontiguousarray(features, dtype=np.float64), bandwidth)
+        if found is None:  # scikit-learn's internals changed: its own estimator
+            ms = MeanShift(bandwidth=bandwidth, bin_seeding=True, cluster_all=False)
+            ms.fit(features)
+            found = ms.labels_, len(ms.cluster_centers_)
+    labels, n_clusters = found
+    counts = np.bincount(labels[labels >= 0], minlength=n_clusters)
     return labels == int(np.argmax(counts))
+
+
+_MEAN_SHIFT_MAX_ITER = 300  # MeanShift's default
+
+
+def _mean_shift(X: np.ndarray, bandwidth: float) -> tuple[np.ndarray, int] | None:
+    """``(labels_, number of clusters)`` of ``MeanShift(bandwidth, bin_seeding=True,
+    cluster_all=False).fit(X)``: scikit-learn's own steps (its bin seeds, mean shift from each
+    seed, near-duplicate centres removed by intensity, labels), with the radius queries of the
+    shifts sent straight to the KD-tree its ``NearestNeighbors`` built (the same tree, the
+    same query, so the same neighbours in the same order). Through the estimator each query
+    re-validated its input: 11-12 ms a fit for 25 points, against about 1 ms.
+    ``None`` when that estimator did not build a KD-tree (few points: brute force) or its
+    internals are not where they were (scikit-learn 1.9); the caller then fits the estimator.
+    """
+    from sklearn.cluster import get_bin_seeds
+    from sklearn.neighbors import NearestNeighbors
+
+    nbrs = NearestNeighbors(radius=bandwidth, n_jobs=1).fit(X)
+    tree = getattr(nbrs, "_tree", None)
+    if getattr(nbrs, "_fit_method", None) != "kd_tree" or not hasattr(tree, "query_radius"):
+        return None
+    seeds = get_bin_seeds(X, bandwidth, 1)
+    stop_thresh = 1e-3 * bandwidth
+    intensity: dict[tuple[float, ...], int] = {}
+    for seed in seeds:  # scikit-learn's _mean_shift_single_seed, query by query
+        mean = seed
+        iterations = 0
+        within = 0
+        while True:
+            query = np.asarray([mean], dtype=np.float64)
+            points = X[tree.query_radius(query, bandwidth, return_distance=False)[0]]
+            within = len(points)
+            if within == 0:
+                break
+            old = mean
+            mean = np.mean(points, axis=0)
+            if np.linalg.norm(mean - old) <= stop_thresh or iterations == _MEAN_SHIFT_MAX_ITER:
+                break
+            iterations += 1
+        if within:
+            intensity[tuple(mean)] = within
+    if not intensity:
+        raise ValueError(
+            f"No point was within bandwidth={bandwidth:f} of any seed. Try a different "
+            "seeding strategy or increase the bandwidth."
+        )
+    ordered = sorted(intensity.items(), key=lambda item: (item[1], item[0]), reverse=True)
+    centres = np.array([item[0] for item in ordered])
+    unique = np.ones(len(centres), dtype=bool)
+    near = NearestNeighbors(radius=bandwidth, n_jobs=None).fit(centres)
+    for i, centre in enumerate(centres):
+        if unique[i]:
+            unique[near.radius_neighbors([centre], return_distance=False)[0]] = False
+            unique[i] = True
+    kept = centres[unique]
+    distances, idxs = NearestNeighbors(n_neighbors=1, n_jobs=None).fit(kept).kneighbors(X)
+    labels = np.full(X.shape[0], -1, dtype=int)
+    inside = distances.flatten() <= bandwidth
+    labels[inside] = idxs.flatten()[inside]
+    return labels, len(kept)
 
 
 @register(
