@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -345,7 +346,7 @@ def _mean_shift(X: np.ndarray, bandwidth: float) -> tuple[np.ndarray, int] | Non
     from sklearn.neighbors import NearestNeighbors
 
     nbrs = NearestNeighbors(radius=bandwidth, n_jobs=1).fit(X)
-    tree = getattr(nbrs, "_tree", None)
+    tree: Any = getattr(nbrs, "_tree", None)
     if getattr(nbrs, "_fit_method", None) != "kd_tree" or not hasattr(tree, "query_radius"):
         return None
     seeds = get_bin_seeds(X, bandwidth, 1)
