@@ -600,9 +600,6 @@ if _HAVE_NUMBA:
                 for k in range(m):
                     ur[k] = acc[k]
 
-
-if _HAVE_NUMBA:
-
     @njit(boundscheck=False, error_model="numpy", cache=True, nogil=True)
     def _sparse_mix_block(X, j0, w, starts, terms, coefs, U):  # pragma: no cover (compiled)
         """U[u, :w] = the sum over the terms e in starts[u]:starts[u+1] of
@@ -692,7 +689,7 @@ def _mixed_fast(inputs: Inputs, stat: int, drop: int, min_k: int, out: torch.Ten
         or inputs.gram is None
         or getattr(inputs, "missing", None) is not None  # imputed values: the general path
         or A is None
-        or int((A != 0).sum()) <= 2 * X.shape[0]
+        or inputs.sparse_mixing()  # bucketing, scaling: _mixed_sparse
     ):
         return None
     # Output rows that mix in a row holding non-finite values are missing (NaN) as a whole, as
