@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
+import sys
 from collections.abc import Callable
 
 import torch
@@ -23,6 +25,36 @@ def at_least(low: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def dimension(text: str) -> float:
+    """An argparse type: a whole number >= 1 that may be written like ``1e7``."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value >= 1 and value == int(value)):
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
+    return value
+
+
+def non_negative(text: str) -> float:
+    """An argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def refused(err: Exception) -> int:
+    """Report an input the library refused (its ``ValueError`` or ``KeyError`` for an unknown
+    name) as one ``error:`` line on stderr; returns the exit status 2."""
+    message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    print(f"error: {message}", file=sys.stderr)
+    return 2
 
 
 def channels_last(

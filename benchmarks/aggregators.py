@@ -48,6 +48,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from _common import at_least, dimension, non_negative, refused
 
 COORDINATEWISE = ("average", "median", "trimmed_mean", "meamed", "phocas")
 DISTANCE_BASED = (
@@ -788,15 +789,16 @@ def scale_n(args) -> list[list[str]]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--d", type=float, default=1e7, help="dimension")
-    p.add_argument("--n", type=int, default=25)
-    p.add_argument("--f", type=int, default=5)
-    p.add_argument("--threads", type=int, nargs="+", default=[1], help="torch thread counts")
+    p.add_argument("--d", type=dimension, default=1e7, help="dimension")
+    p.add_argument("--n", type=at_least(1), default=25)
+    p.add_argument("--f", type=at_least(0), default=5)
+    p.add_argument("--threads", type=at_least(1), nargs="+", default=[1],
+                   help="torch thread counts")
     p.add_argument("--inputs", nargs="+", default=list(INPUT_KINDS), choices=INPUT_KINDS)
     p.add_argument("--rules", nargs="+", default=None, choices=ALL_RULES, metavar="RULE",
                    help=f"subset of: {' '.join(ALL_RULES)}")
-    p.add_argument("--repeats", type=int, default=5, help="timed pairs per rule (at least)")
-    p.add_argument("--min-time", type=float, default=0.5,
+    p.add_argument("--repeats", type=at_least(1), default=5, help="timed pairs per rule (at least)")
+    p.add_argument("--min-time", type=non_negative, default=0.5,
                    help="more pairs (at most 100) until the rule's runs add up to this (s)")
     p.add_argument("--dtype", default="float32", choices=sorted(RTOL))
     p.add_argument("--seed", type=int, default=0)
@@ -806,9 +808,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                    help="where the inputs live; on cuda the floor is X.sum() on the GPU")
     p.add_argument("--scale-n", action="store_true", help="the sweep over n (see the docstring)")
-    p.add_argument("--scale-values", type=int, nargs="+", default=list(SCALE_N))
-    p.add_argument("--scale-d", type=float, default=1e6, help="d of the sweep for n < 500")
-    p.add_argument("--scale-d-large", type=float, default=1e5, help="d of the sweep for n >= 500")
+    p.add_argument("--scale-values", type=at_least(1), nargs="+", default=list(SCALE_N))
+    p.add_argument("--scale-d", type=dimension, default=1e6, help="d of the sweep for n < 500")
+    p.add_argument("--scale-d-large", type=dimension, default=1e5,
+                   help="d of the sweep for n >= 500")
     return p
 
 
@@ -844,8 +847,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     args.rules = args.rules or list(ALL_RULES)
     d, n, f = int(args.d), args.n, args.f
-    for rule in args.rules:
-        agg.check(rule, n, f, **OPTIONS.get(rule, {}))
+    try:  # the rules' requirements on n and f, before any input is made
+        for rule in args.rules:
+            agg.check(rule, n, f, **OPTIONS.get(rule, {}))
+    except ValueError as err:
+        return refused(err)
     rows: list[Row] = []
     itemsize = 4 if args.dtype == "float32" else 8
     for kind in args.inputs:

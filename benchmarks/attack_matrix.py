@@ -16,6 +16,7 @@ import sys
 import time
 
 import torch
+from _common import at_least, refused
 
 from byzlearn.attacks.matrix import attack_matrix, format_matrix
 from byzlearn.machine import cpu_name
@@ -37,17 +38,17 @@ def set_threads(threads: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=25)
-    p.add_argument("--f", type=int, default=5)
-    p.add_argument("--d", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=at_least(3), default=25)
+    p.add_argument("--f", type=at_least(0), default=5)
+    p.add_argument("--d", type=at_least(1), default=1000)
+    p.add_argument("--seed", type=at_least(0), default=0)
     p.add_argument("--signal", type=float, default=1.0, help="honest mean = signal * ones")
     p.add_argument("--attacks", default=None, help="comma-separated (default: all + 'none')")
     p.add_argument("--rules", default=None, help="comma-separated (default: the 12 of the table)")
     p.add_argument(
-        "--evaluations", type=int, default=None, help="search budget of rule-aware attacks"
+        "--evaluations", type=at_least(1), default=None, help="search budget of rule-aware attacks"
     )
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=at_least(1), default=1)
     p.add_argument("--markdown", action="store_true", help="print a Markdown table")
     a = p.parse_args(argv)
     set_threads(a.threads)
@@ -60,9 +61,19 @@ def main(argv: list[str] | None = None) -> int:
         options = {name: {"evaluations": a.evaluations} for name in atk.names("rule_aware")}
     where = machine()
     start = time.perf_counter()
-    r = attack_matrix(
-        attacks, rules, n=a.n, f=a.f, d=a.d, seed=a.seed, signal=a.signal, attack_options=options
-    )
+    try:  # its inputs are checked before any work; a cell's own failure is reported in it
+        r = attack_matrix(
+            attacks,
+            rules,
+            n=a.n,
+            f=a.f,
+            d=a.d,
+            seed=a.seed,
+            signal=a.signal,
+            attack_options=options,
+        )
+    except (ValueError, KeyError) as err:
+        return refused(err)
     total = time.perf_counter() - start
     print(
         f"# attack matrix: n={r['n']} f={r['f']} d={r['d']} seed={r['seed']} "

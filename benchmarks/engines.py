@@ -28,10 +28,12 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import time
 from typing import Any
 
 import torch
+from _common import at_least, refused
 
 from byzlearn.experiments import Trainer, parse_config
 
@@ -68,18 +70,26 @@ def _measure(trainer: Trainer, warmup: int, rounds: int) -> dict[str, float]:
     }
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, nargs="+", default=[8, 25])
+    parser.add_argument("--n", type=at_least(1), nargs="+", default=[8, 25])
     parser.add_argument("--models", nargs="+", default=["mlp", "cnn"])
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of this process")
-    parser.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="Ray CPUs")
+    parser.add_argument("--rounds", type=at_least(1), default=20)
+    parser.add_argument("--warmup", type=at_least(0), default=3)
+    parser.add_argument(
+        "--threads", type=at_least(1), default=1, help="torch threads of this process"
+    )
+    parser.add_argument("--cpus", type=at_least(1), default=os.cpu_count() or 1, help="Ray CPUs")
     parser.add_argument("--quick", action="store_true", help="n = 8, MLP, 5 rounds")
     args = parser.parse_args()
     if args.quick:
         args.n, args.models, args.rounds, args.warmup = [8], ["mlp"], 5, 2
+    try:  # every config is checked (model names among them) before Ray starts
+        for model in args.models:
+            for n in args.n:
+                _config(model, n, {"name": "local"})
+    except ValueError as err:
+        return refused(err)
 
     import ray
 
@@ -118,7 +128,8 @@ def main() -> None:
             )
     print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
     ray.shutdown()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -29,10 +29,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import time
 from typing import Any
 
 import torch
+from _common import at_least, non_negative, refused
 
 from byzlearn.experiments import parse_config
 from byzlearn.experiments.runner import run
@@ -69,8 +71,8 @@ def rows(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
     ]
 
 
-def measure(name: str, data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    config = parse_config(
+def _config(data: dict[str, Any], args: argparse.Namespace) -> Any:
+    return parse_config(
         {
             **data,
             "steps": args.steps,
@@ -80,6 +82,10 @@ def measure(name: str, data: dict[str, Any], args: argparse.Namespace) -> dict[s
             "network": {"compute_time": 1.0, "link_delay": args.link},
         }
     )
+
+
+def measure(name: str, data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    config = _config(data, args)
     start = time.perf_counter()
     result = run(config)
     wall = time.perf_counter() - start
@@ -97,22 +103,27 @@ def measure(name: str, data: dict[str, Any], args: argparse.Namespace) -> dict[s
     }
 
 
-def main() -> None:
+def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--eval-every", type=int, default=10)
-    p.add_argument("--target", type=float, default=0.9)
+    p.add_argument("--steps", type=at_least(1), default=300)
+    p.add_argument("--eval-every", type=at_least(1), default=10)
+    p.add_argument("--target", type=non_negative, default=0.9)
     p.add_argument("--attack", default="alie")
     p.add_argument("--server-attack", default="gaussian")
-    p.add_argument("--byzantine-servers", type=int, default=1)
-    p.add_argument("--gather-every", type=int, default=1)
-    p.add_argument("--link", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--byzantine-servers", type=at_least(0), default=1)
+    p.add_argument("--gather-every", type=at_least(1), default=1)
+    p.add_argument("--link", type=non_negative, default=0.1)
+    p.add_argument("--seed", type=at_least(0), default=0)
+    p.add_argument("--threads", type=at_least(1), default=1)
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
     if args.quick:
         args.steps, args.eval_every = 20, 10
+    try:  # every row's config (attack names, server counts) is checked before any run
+        for _, data in rows(args):
+            _config(data, args)
+    except ValueError as err:
+        return refused(err)
     torch.set_num_threads(args.threads)
     print(
         f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
@@ -139,7 +150,8 @@ def main() -> None:
             f"| {r['name']} | {r['messages']:.0f} | {r['mb']:.3f} | {r['sim']:.2f} "
             f"| {r['ms']:.1f} | {r['acc']:.3f} | {reached} | {over} |"
         )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

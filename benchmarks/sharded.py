@@ -26,10 +26,12 @@ import datetime as dt
 import os
 import platform
 import statistics
+import sys
 import time
 
 import numpy as np
 import torch
+from _common import at_least, dimension, refused
 
 CHUNK = 1 << 20
 RULES = ("average", "median", "trimmed_mean", "krum", "multi_krum", "geometric_median", "bulyan")
@@ -92,15 +94,20 @@ def timed(fn, repeats: int) -> tuple[float, object]:
     return statistics.median(times), result
 
 
-def main() -> None:
+def bulyan_f(args: argparse.Namespace) -> int:
+    """Bulyan's f: ``--f``, lowered to the most that n inputs allow (n >= 4f + 3)."""
+    return min(args.f, (args.n - 3) // 4)
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--d", type=float, default=1e8)
-    parser.add_argument("--n", type=int, default=10)
-    parser.add_argument("--f", type=int, default=2)
-    parser.add_argument("--k", type=int, nargs="+", default=[1, 2, 4])
-    parser.add_argument("--rules", nargs="+", default=list(RULES))
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--d", type=dimension, default=1e8)
+    parser.add_argument("--n", type=at_least(1), default=10)
+    parser.add_argument("--f", type=at_least(0), default=2)
+    parser.add_argument("--k", type=at_least(1), nargs="+", default=[1, 2, 4])
+    parser.add_argument("--rules", nargs="+", default=list(RULES), choices=RULES)
+    parser.add_argument("--threads", type=at_least(1), default=1)
+    parser.add_argument("--repeats", type=at_least(1), default=3)
     parser.add_argument("--local", action="store_true", help="also the unsharded rule, checked")
     parser.add_argument("--quick", action="store_true", help="d = 1e6, k = 1 2, 1 repeat")
     args = parser.parse_args()
@@ -113,6 +120,11 @@ def main() -> None:
     import byzlearn.aggregators as agg
     from byzlearn.aggregators import sharded
 
+    try:  # the rules' requirements on n and f, before Ray starts
+        for rule in args.rules:
+            agg.check(rule, args.n, bulyan_f(args) if rule == "bulyan" else args.f)
+    except ValueError as err:
+        return refused(err)
     torch.set_num_threads(args.threads)
     ray.init(
         address="local", num_cpus=max(args.k), include_dashboard=False, log_to_driver=False
@@ -126,7 +138,7 @@ def main() -> None:
     if args.local:
         X = make(0, args.d)
         for rule in args.rules:
-            f = min(args.f, (args.n - 3) // 4) if rule == "bulyan" else args.f
+            f = bulyan_f(args) if rule == "bulyan" else args.f
             seconds, out = timed(lambda r=rule, f=f: agg.get(r)(X, f=f), args.repeats)
             local[rule] = seconds
             outputs[rule] = out  # type: ignore[assignment]
@@ -141,7 +153,7 @@ def main() -> None:
             rows["one read (floor)", k] = (seconds, float("nan"))
             print(f"k = {k}, one read: {seconds:.2f} s", flush=True)
             for rule in args.rules:
-                f = min(args.f, (args.n - 3) // 4) if rule == "bulyan" else args.f
+                f = bulyan_f(args) if rule == "bulyan" else args.f
                 seconds, res = timed(
                     lambda r=rule, f=f: sharded.aggregate(r, V, f=f), args.repeats
                 )
@@ -185,7 +197,8 @@ def main() -> None:
     print("one read (floor): X.sum() on every actor at once, the memory floor of any rule.")
     print("Times: median of the repeats of sharded.aggregate (partial Gram passes, n x n work, "
           "outputs left on the actors); gather: ray.get of the output parts to the driver.")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

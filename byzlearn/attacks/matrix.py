@@ -87,6 +87,9 @@ def attack_matrix(
     opts = dict(attack_options or {})
     for r in cols:
         agg.check(r, n, f)
+    for a in rows:  # unknown names fail here, before any work
+        if a != BASELINE:
+            get(a)
     honest = honest_draw(n - f, d, signal=signal, seed=seed)
     extra = honest_draw(f, d, signal=signal, seed=seed + 10_000)
     mean = honest.mean(0)

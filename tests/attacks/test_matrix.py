@@ -38,6 +38,17 @@ def test_structure_and_formatting():
         attack_matrix(["ipm"], ["krum"], n=7, f=3)
 
 
+def test_an_unknown_attack_is_refused_before_any_work(monkeypatch):
+    import byzlearn.attacks.matrix as matrix
+
+    def no_draw(*args, **kwargs):  # the honest vectors are drawn only once the names are known
+        raise AssertionError("drew the honest vectors")
+
+    monkeypatch.setattr(matrix, "honest_draw", no_draw)
+    with pytest.raises(KeyError, match="unknown attack 'ipmm'"):
+        attack_matrix(["none", "ipm", "ipmm"], ["median"], n=7, f=2, d=20)
+
+
 def test_cell_definition():
     # reproduce one cell by hand
     import torch

@@ -14,6 +14,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def script():
+    folder = str(REPO / "benchmarks")
+    if folder not in sys.path:  # its shared helpers (_common), as when the script runs
+        sys.path.append(folder)
     path = REPO / "benchmarks" / "aggregators.py"
     spec = importlib.util.spec_from_file_location("bench_aggregators", path)
     assert spec is not None and spec.loader is not None
@@ -42,6 +45,30 @@ def test_cuda_without_a_device_is_one_line(script, capsys):
     assert script.main(["--quick", "--device", "cuda"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: --device cuda: no CUDA device is available to torch here"]
+
+
+def test_rule_requirements_are_one_line(script, capsys):
+    assert script.main(["--quick", "--n", "5", "--f", "2", "--rules", "median", "krum"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: krum needs n >= 2f + 3, got n=5, f=2"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--threads", "0"],
+        ["--d", "-5"],
+        ["--d", "1.5"],
+        ["--min-time", "nan"],
+        ["--scale-n", "--scale-values", "0"],
+        ["--repeats", "0"],
+    ],
+)
+def test_bad_arguments_are_refused_by_the_parser(script, argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        script.main(argv)
+    assert exit_.value.code == 2
+    assert ": error: argument --" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
 def test_script_runs_as_a_program_after_being_imported(script):
