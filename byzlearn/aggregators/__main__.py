@@ -20,20 +20,41 @@ def _error(out: torch.Tensor, honest_mean: torch.Tensor, spread: float) -> float
     return float((out.double() - honest_mean).norm()) / spread
 
 
+def _at_least(low: int):
+    """An argparse type: an integer >= ``low``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Print the demo table (Markdown)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=25)
-    parser.add_argument("--f", type=int, default=5)
-    parser.add_argument("--d", type=int, default=100_000)
-    parser.add_argument("--seed", type=int, default=0)
+    """Print the demo table (Markdown). A rule that refuses n and f (its requirement) says so in
+    its cells; bad arguments end with one ``error:`` line (exit status 2)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m byzlearn.aggregators", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--n", type=_at_least(2), default=25)
+    parser.add_argument("--f", type=_at_least(0), default=5)
+    parser.add_argument("--d", type=_at_least(1), default=100_000)
+    parser.add_argument("--seed", type=_at_least(0), default=0)
     args = parser.parse_args(argv)
     n, f, d = args.n, args.f, args.d
+    if n - f < 2:  # the honest spread (the error's unit) needs two honest vectors
+        parser.error(f"needs n - f >= 2 honest vectors, got n={n}, f={f}")
     g = torch.Generator().manual_seed(args.seed)
     direction = torch.randn(d, generator=g)
     honest = direction + torch.randn(n - f, d, generator=g)
     honest_mean = honest.double().mean(0)
     spread = float((honest.double() - honest_mean).norm(dim=1).mean())  # E||g_i - mean||
+    repeated = honest[torch.arange(f) % (n - f)]  # no attack: f more honest vectors
     omniscient = torch.cat([honest, (-10.0 * honest_mean).float().expand(f, d)])
     nan_rows = torch.cat([honest, torch.full((f, d), float("nan"))])
 
@@ -43,15 +64,17 @@ def main(argv: list[str] | None = None) -> None:
     for name in agg.names("rule"):
         rule = agg.get(name)
         cells = []
-        for X in (torch.cat([honest, honest[:f]]), omniscient, nan_rows):
+        for X in (torch.cat([honest, repeated]), omniscient, nan_rows):
             try:
                 cells.append(f"{_error(rule(X, f=f), honest_mean, spread):.3g}")
             except ValueError as err:
                 cells.append(f"refused ({str(err).split(':')[0]})")
-        start = time.perf_counter()
-        rule(omniscient, f=f)
-        ms = 1000 * (time.perf_counter() - start)
-        print(f"| {name} | {agg.spec(name).requirement} | {' | '.join(cells)} | {ms:.1f} |")
+        ms = "-"
+        if not cells[1].startswith("refused"):  # timed on the attacked input, once it is taken
+            start = time.perf_counter()
+            rule(omniscient, f=f)
+            ms = f"{1000 * (time.perf_counter() - start):.1f}"
+        print(f"| {name} | {agg.spec(name).requirement} | {' | '.join(cells)} | {ms} |")
 
 
 if __name__ == "__main__":
