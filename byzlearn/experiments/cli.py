@@ -47,6 +47,8 @@ def _user_errors(dataset: str | None = None) -> Iterator[None]:
         _fail(str(err))
     except (FileNotFoundError, ImportError) as err:  # dataset files or optional extras missing
         _fail(f"dataset.name={dataset}: {err}" if dataset else str(err))
+    except OSError as err:  # an output folder that cannot be written, a file in its path
+        _fail(str(err))
 
 
 class _LazyProgress:

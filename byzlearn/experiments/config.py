@@ -222,6 +222,14 @@ class NetworkConfig(_Strict):
             return {int(k) if isinstance(k, str) and k.isdigit() else k: r for k, r in v.items()}
         return v
 
+    @field_validator("crashes")
+    @classmethod
+    def _crash_rounds(cls, v: dict[int, int]) -> dict[int, int]:
+        bad = sorted((i, r) for i, r in v.items() if r < 0)
+        if bad:
+            raise ValueError(f"a crash round must be >= 0, got {bad[0][1]} for worker {bad[0][0]}")
+        return v
+
     @field_validator("compute_time")
     @classmethod
     def _positive_compute(cls, v: DelayConfig) -> DelayConfig:
@@ -304,11 +312,20 @@ class RuleConfig(_Strict):
     def _known(self) -> RuleConfig:
         import byzlearn.aggregators as agg
 
-        known = agg.names()
-        for part in self.full_name.split("+"):
-            if part not in known:
+        rules, pre = agg.names("rule"), agg.names("pre")
+        *first, last = self.full_name.split("+")  # rule.name may be composed: nnm+krum
+        for part in first:
+            if part not in pre:
                 where = "pre" if part in self.pre else "name"
-                raise ValueError(f"{where}: unknown rule {part!r} (known: {', '.join(known)})")
+                what = "a rule, not a pre-aggregator" if part in rules else "unknown"
+                raise ValueError(f"{where}: {part!r} is {what} (pre-aggregators: {', '.join(pre)})")
+        if last in pre:
+            raise ValueError(
+                f"name: {last!r} is a pre-aggregator, not a rule: put it in rule.pre "
+                f"(rules: {', '.join(rules)})"
+            )
+        if last not in rules:
+            raise ValueError(f"name: unknown rule {last!r} (known: {', '.join(rules)})")
         return self
 
 
@@ -335,8 +352,8 @@ ByzantineSpec = Literal["first", "last", "random"] | list[int]
 class Config(_Strict):
     """One training run. Every field has a default; see ``docs/training.md``."""
 
-    name: str = ""
-    seed: int = 0
+    name: str = Field("", description="the run's name (it names its folder under runs/)")
+    seed: int = Field(0, ge=0, lt=2**32, description="numpy and scikit-learn take 32-bit seeds")
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     partition: PartitionConfig = Field(default_factory=PartitionConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -355,10 +372,21 @@ class Config(_Strict):
     steps: int = Field(300, ge=1, description="protocol steps (rounds, or gradients for async)")
     eval_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(50, ge=0, description="0 = no checkpoints")
-    threads: int = Field(1, ge=1)
+    threads: int = Field(1, ge=1, le=1024)
     protocol: ProtocolConfig = Field(default_factory=ParameterServerOptions)
     engine: EngineConfig = Field(default_factory=LocalEngineConfig)
     network: NetworkConfig = Field(default_factory=NetworkConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, v: str) -> str:
+        # the name becomes a folder under runs/: no separator, no leading dot, so it stays there
+        if v and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+=,@-]{0,99}", v):
+            raise ValueError(
+                "a folder name: letters, digits and _ . + = , @ - (a letter, digit or _ first), "
+                f"at most 100, got {v!r}"
+            )
+        return v
 
     @property
     def declared_f(self) -> int:

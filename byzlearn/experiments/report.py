@@ -90,7 +90,11 @@ def collect(root: str | Path) -> list[RunRecord]:
         if summary is None:
             continue
         records = rd.metrics()
-        pts = [(r["round"], r["test_accuracy"]) for r in records if r.get("test_accuracy")]
+        pts = [
+            (r["round"], r["test_accuracy"])
+            for r in records
+            if r.get("test_accuracy") is not None  # an accuracy of 0 is a point too
+        ]
         curve = ([p[0] for p in pts], [float(p[1]) for p in pts])
         out.append(RunRecord(rd.path, rd.read_config(), summary, curve))
     return out
@@ -102,7 +106,16 @@ def _varying(descs: list[dict[str, Any]]) -> list[str]:
 
 
 def _mean(values: Iterable[float | None]) -> float:
-    vals = [v for v in values if v is not None and math.isfinite(v)]
+    """The mean of the finite numbers among ``values`` (NaN when there are none); a value that
+    is not a number (a damaged summary) is an error naming it."""
+    vals = []
+    for v in values:
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError(f"a run summary holds {v!r} where a number belongs")
+        if math.isfinite(v):
+            vals.append(v)
     return sum(vals) / len(vals) if vals else float("nan")
 
 

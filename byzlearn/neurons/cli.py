@@ -92,8 +92,8 @@ def _load_data(name: str, seed: int) -> tuple[torch.Tensor, ...]:
 
 
 def _parse_ints(text: str, option: str, example: str, sep: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(sep) if v.strip()]
+    try:  # every part a number: '-3' or '32--16' (empty parts) are refused, not read as 3
+        values = [int(v) for v in text.split(sep)]
     except ValueError:
         _fail(f"{option}: bad value {text!r}; use e.g. {example}")
     if not values or any(v < 1 for v in values):
@@ -152,6 +152,9 @@ def train(
     var_reg: Annotated[float, typer.Option(help="lambda of the b3-variance regulariser")] = 0.0,
     reg_p: Annotated[float, typer.Option(help="p used inside the regulariser")] = 0.01,
     seed: Annotated[int, typer.Option()] = 0,
+    overwrite: Annotated[
+        bool, typer.Option(help="replace OUT when it exists (refused otherwise)")
+    ] = False,
 ) -> None:
     """Train a small MLP classifier and save its weights (a state dict) to OUT."""
     torch.manual_seed(seed)
@@ -169,6 +172,8 @@ def train(
     layers = _parse_crash_layer(crash_layer, len(widths))
     if out.exists() and out.is_dir():
         _fail(f"OUT: {out} is a directory; give a file name such as model.pt")
+    if out.exists() and not overwrite:  # a model trained with other options, maybe
+        _fail(f"OUT: {out} exists; pass --overwrite to replace it, or give another name")
     Xtr, ytr, Xte, yte = _load_data(data, seed)
     try:
         model = train_mlp(

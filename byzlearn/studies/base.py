@@ -101,6 +101,36 @@ def _machine() -> str:
     )
 
 
+class StudyDirError(ValueError):
+    """A study directory that holds another study's, or another scale's, results."""
+
+
+def _claim(out: Path, name: str, scale: str) -> None:
+    """Make ``out`` the directory of study ``name`` at ``scale`` (``study.json``), or refuse
+    (nothing written) when it already belongs to another study or scale: its report and
+    results would be overwritten. Its runs could be shared (each lives under the hash of its
+    config), its report cannot."""
+    owner = out / "study.json"
+    for path in (owner, out / "results.json"):  # results.json: folders made before study.json
+        if not path.is_file():
+            continue
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError):
+            raise StudyDirError(f"{path}: unreadable; choose another --out") from None
+        if not isinstance(saved, dict):
+            raise StudyDirError(f"{path}: not a study's record; choose another --out")
+        theirs = (saved.get("study"), saved.get("scale"))
+        if theirs != (name, scale):
+            raise StudyDirError(
+                f"{out} holds the study {theirs[0]!r} at scale {theirs[1]!r}; choose another "
+                f"--out for {name!r} at scale {scale!r} (its report would overwrite that one)"
+            )
+    if not owner.is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        owner.write_text(json.dumps({"study": name, "scale": scale}))
+
+
 def _computed(study: Study, scale: str, out: Path) -> dict[str, Any]:
     path = out / "results.json"
     if path.is_file():
@@ -108,7 +138,11 @@ def _computed(study: Study, scale: str, out: Path) -> dict[str, Any]:
             saved = json.loads(path.read_text())
         except (OSError, ValueError):
             saved = None
-        if isinstance(saved, dict) and saved.get("scale") == scale and "results" in saved:
+        if (
+            isinstance(saved, dict)
+            and (saved.get("study"), saved.get("scale")) == (study.name, scale)
+            and "results" in saved
+        ):
             return dict(saved["results"])
     start = time.perf_counter()
     results = study.compute(scale)
@@ -135,7 +169,7 @@ def run_study(
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     study = STUDIES.get(name)
     out = Path(out) if out is not None else Path("studies") / name
-    out.mkdir(parents=True, exist_ok=True)
+    _claim(out, study.name, scale)
     planned = [StudyRun(label, parse_config(data)) for label, data in study.runs(scale)]
     if jobs > 1 and planned:  # train what is not finished, N at a time (the sweep's pool)
         from byzlearn.experiments.sweep import SweepPlan, run_sweep

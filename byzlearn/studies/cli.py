@@ -49,11 +49,12 @@ def study(
 
     from byzlearn.experiments.config import ConfigError
     from byzlearn.experiments.store import RunDirError
+    from byzlearn.studies.base import StudyDirError
 
     try:
         report, analysis = run_study(name, scale, target, jobs=jobs, on_run=on_run)
-    except (ConfigError, RunDirError, FileNotFoundError, ImportError) as err:
-        _fail(str(err))
+    except (ConfigError, RunDirError, StudyDirError, OSError, ImportError) as err:
+        _fail(str(err))  # OSError: a folder that cannot be written, a file in the path
     console.print(f"verdict: {analysis.verdict}. {analysis.reason}", highlight=False, markup=False)
     console.print(f"report written to {report}", highlight=False)
 

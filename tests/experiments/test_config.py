@@ -130,3 +130,45 @@ def test_shipped_examples_are_valid() -> None:
     assert configs, "examples/*.yaml missing"
     for path in configs:
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    "name", ["../../escaped", "/tmp/x", "a/b", "..", ".hidden", "a\\b", "x" * 101]
+)
+def test_a_name_never_leaves_the_runs_folder(name: str) -> None:
+    with pytest.raises(ConfigError, match="name: a folder name"):
+        parse_config({"name": name})
+
+
+def test_names_of_the_demo_and_the_examples_are_accepted() -> None:
+    for name in ("demo-nnm+krum", "digits-alie-multikrum", "a_b.c", "f=5,lr=0.1", ""):
+        assert parse_config({"name": name}).name == name
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_seeds_are_32_bit_and_non_negative(seed: int) -> None:
+    with pytest.raises(ConfigError, match="seed"):
+        parse_config({"seed": seed})
+
+
+@pytest.mark.parametrize(
+    "rule, message",
+    [
+        ({"name": "nnm"}, "rule.name: 'nnm' is a pre-aggregator, not a rule: put it in rule.pre"),
+        ({"name": "bucketing+nnm"}, "rule.name: 'nnm' is a pre-aggregator"),
+        ({"name": "krum", "pre": ["median"]}, "rule.pre: 'median' is a rule, not a pre-aggregator"),
+        ({"name": "median+krum"}, "rule.name: 'median' is a rule, not a pre-aggregator"),
+        ({"name": "krum", "pre": ["nnmm"]}, "rule.pre: 'nnmm' is unknown"),
+    ],
+)
+def test_rule_and_pre_aggregators_are_told_apart(rule: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({"n": 25, "f": 2, "rule": rule})
+    assert message in str(err.value)
+
+
+def test_negative_crash_rounds_and_absurd_thread_counts_are_refused() -> None:
+    with pytest.raises(ConfigError, match="a crash round must be >= 0, got -1 for worker 0"):
+        parse_config({"network": {"crashes": {0: -1}}})
+    with pytest.raises(ConfigError, match="threads"):
+        parse_config({"threads": 100_000})

@@ -112,3 +112,11 @@ def test_parts_dealt_to_all_to_the_honest_or_the_whole_set() -> None:
     assert all(np.array_equal(p, np.arange(100)) for p in full)
     label = parse_config({"partition": {"kind": "dirichlet", "alpha": 0.3, "among": "honest"}})
     assert label.partition.label() == "dirichlet(0.3)/honest"
+
+
+def test_report_means_refuse_a_damaged_summary_value() -> None:
+    from byzlearn.experiments.report import _mean
+
+    assert _mean([0.5, None, float("nan"), 1.0]) == 0.75
+    with pytest.raises(ValueError, match="holds 'abc' where a number belongs"):
+        _mean([0.5, "abc"])  # type: ignore[list-item]

@@ -356,7 +356,9 @@ def test_safetensors_without_the_optional_package(
     path = tmp_path / "m.safetensors"
     path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}" + b" " * 14)
     assert_one_line_error(_analyze(path, tmp=tmp_path), "optional 'safetensors' package")
-    res = runner.invoke(app, ["train", str(path), "--data", "synthetic", "--epochs", "1"])
+    res = runner.invoke(
+        app, ["train", str(path), "--data", "synthetic", "--epochs", "1", "--overwrite"]
+    )
     assert_one_line_error(res, "optional 'safetensors' package")
 
 
@@ -436,3 +438,22 @@ def test_installed_command_bad_inputs(
     assert proc.returncode == 2, out
     assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], out
     assert "Traceback" not in out
+
+
+@pytest.mark.parametrize("hidden", ["-3", "32--16", "32-"])
+def test_hidden_widths_with_empty_parts_are_refused(tmp_path: Path, hidden: str) -> None:
+    res = runner.invoke(app, ["train", str(tmp_path / "m.pt"), f"--hidden={hidden}"])
+    assert_one_line_error(res, "--hidden: bad value")
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_train_never_replaces_a_model_without_overwrite(tmp_path: Path) -> None:
+    path = tmp_path / "m.pt"
+    args = ["train", str(path), "--data", "synthetic", "--epochs", "1", "--hidden", "8"]
+    assert runner.invoke(app, args).exit_code == 0
+    before = path.read_bytes()
+    res = runner.invoke(app, [*args[:-1], "16"])
+    assert_one_line_error(res, "exists; pass --overwrite")
+    assert path.read_bytes() == before
+    assert runner.invoke(app, [*args[:-1], "16", "--overwrite"]).exit_code == 0
+    assert path.read_bytes() != before

@@ -69,3 +69,22 @@ def test_paper_scale_trains_on_mnist_when_its_files_are_there(tmp_path: Path, mo
     (tmp_path / "MNIST" / "raw").mkdir(parents=True)
     (tmp_path / "MNIST" / "raw" / "t10k-images-idx3-ubyte").write_bytes(b"")
     assert paper_dataset() == {"name": "mnist", "root": str(tmp_path)}
+
+
+def test_a_study_folder_is_never_taken_over_by_another_study_or_scale(tmp_path: Path) -> None:
+    from byzlearn.studies.base import StudyDirError, _claim
+
+    _claim(tmp_path, "krum-2017", "tiny")
+    _claim(tmp_path, "krum-2017", "tiny")  # the same study again: its own folder
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for name, scale in (("leeway-2018", "tiny"), ("krum-2017", "small")):
+        with pytest.raises(StudyDirError, match="holds the study 'krum-2017' at scale 'tiny'"):
+            _claim(tmp_path, name, scale)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    older = tmp_path / "older"  # a folder from before study.json: its results.json decides
+    older.mkdir()
+    (older / "results.json").write_text('{"study": "krum-2017", "scale": "tiny", "results": {}}')
+    with pytest.raises(StudyDirError):
+        _claim(older, "leeway-2018", "tiny")
+    res = CliRunner().invoke(app, ["study", "leeway-2018", "--scale", "tiny", "--out", str(older)])
+    assert res.exit_code == 2 and "holds the study 'krum-2017'" in res.output
