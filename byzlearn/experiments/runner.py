@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from byzlearn.data import ArrayDataset
-from byzlearn.experiments.config import Config, config_hash, parse_config
+from byzlearn.experiments.config import Config, ConfigError, config_hash, parse_config
 from byzlearn.experiments.store import CheckpointError, MetricsWriter, RunDir
 from byzlearn.experiments.trainer import Trainer
 from byzlearn.finite import all_finite
@@ -189,7 +189,10 @@ def _train(
     state: dict[str, Any] | None,
     callback: Callback | None,
 ) -> RunResult:
-    trainer = Trainer(config, model=model, dataset=dataset)
+    try:  # the data must suit the config (e.g. a sample per worker): one line, before any write
+        trainer = Trainer(config, model=model, dataset=dataset)
+    except ValueError as err:
+        raise ConfigError(f"invalid config: {err}") from None
     records: list[dict[str, Any]] = []
     writer: MetricsWriter | None = None
     status, resumed_from = "started", None

@@ -172,3 +172,15 @@ def test_negative_crash_rounds_and_absurd_thread_counts_are_refused() -> None:
         parse_config({"network": {"crashes": {0: -1}}})
     with pytest.raises(ConfigError, match="threads"):
         parse_config({"threads": 100_000})
+
+
+def test_data_too_small_for_the_workers_is_a_config_error(tmp_path: Path) -> None:
+    from byzlearn.experiments.runner import run
+
+    data = {"name": "synthetic", "options": {"num_samples": 3}}
+    config = parse_config(
+        {"dataset": data, "model": {"name": "logistic"}, "n": 5, "f": 1, "steps": 2}
+    )
+    with pytest.raises(ConfigError, match="cannot give each of n=5 workers a sample out of 2"):
+        run(config, tmp_path / "r")
+    assert not any((tmp_path / "r").iterdir())  # nothing written
