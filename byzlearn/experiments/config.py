@@ -615,7 +615,7 @@ def parse_config(data: Config | dict[str, Any] | None = None, **overrides: Any) 
 
 def _coerce(text: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError:
         return text
 
@@ -658,6 +658,13 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bo
 
 _UniqueKeyLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
+)
+# YAML 1.1 (PyYAML) reads ``1e-3`` as a string (its floats need a dot); YAML 1.2 and every
+# user read it as a number: so does this loader (``lr: 1e-3``, ``optimizer.lr=1e-3``).
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
 )
 
 

@@ -184,3 +184,11 @@ def test_data_too_small_for_the_workers_is_a_config_error(tmp_path: Path) -> Non
     with pytest.raises(ConfigError, match="cannot give each of n=5 workers a sample out of 2"):
         run(config, tmp_path / "r")
     assert not any((tmp_path / "r").iterdir())  # nothing written
+
+
+def test_exponent_floats_without_a_dot_are_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("optimizer:\n  lr: 1e-3\n  weight_decay: 5E-4\nname: run1\n")
+    config = load_config(path, ["optimizer.gamma=2e-1"])
+    assert (config.optimizer.lr, config.optimizer.weight_decay) == (0.001, 0.0005)
+    assert config.optimizer.gamma == 0.2 and config.name == "run1"
