@@ -508,6 +508,23 @@ class Config(_Strict):
 _PROBE_DIM = 4  # coordinates of the vectors the option values are tried on
 
 
+def _check_poisoning(p: PoisoningConfig, classes: int) -> None:
+    """The poisoning's classes exist in the dataset (``classes`` labels, 0 to classes - 1)."""
+    mapping = p.mapping if p.kind == "flip_labels" else None
+    if mapping is not None and (
+        len(mapping) != classes or any(not 0 <= c < classes for c in mapping)
+    ):
+        raise ValueError(
+            f"poisoning.mapping: {classes} labels in 0..{classes - 1} (one per class), "
+            f"got {mapping}"
+        )
+    if p.kind == "targeted_flip":
+        for key in ("source", "target"):
+            value = getattr(p, key)
+            if not 0 <= value < classes:
+                raise ValueError(f"poisoning.{key}: a class in 0..{classes - 1}, got {value}")
+
+
 def _try_options(config: Config, n_rule: int, f_rule: int) -> None:
     """Build the model and run the rule and the attack once on tiny random inputs, so that
     option *values* are checked by the objects themselves when the config is parsed (a bad
@@ -525,9 +542,18 @@ def _try_options(config: Config, n_rule: int, f_rule: int) -> None:
         except (ValueError, TypeError) as exc:
             raise ValueError(f"dataset.options: {_one_line(exc)}") from None
         try:
-            build_model(config.model.name, shape, classes, **config.model.options)
+            model = build_model(config.model.name, shape, classes, **config.model.options)
         except (ValueError, TypeError, RuntimeError) as exc:
             raise ValueError(f"model.options: {_one_line(exc)}") from None
+        try:  # one forward pass: a model that does not take the dataset's inputs fails here
+            with torch.no_grad():
+                model.eval()(torch.zeros(2, *shape))
+        except (ValueError, TypeError, RuntimeError) as exc:
+            raise ValueError(
+                f"model.name: {config.model.name} does not take {config.dataset.name}'s inputs "
+                f"of shape {tuple(shape)}: {_one_line(exc)}"
+            ) from None
+        _check_poisoning(config.poisoning, classes)
         X = torch.randn(n_rule, _PROBE_DIM)
         try:
             agg.get(config.rule.full_name)(X, f=f_rule, **config.rule.options)

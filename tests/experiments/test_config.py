@@ -192,3 +192,25 @@ def test_exponent_floats_without_a_dot_are_numbers(tmp_path: Path) -> None:
     config = load_config(path, ["optimizer.gamma=2e-1"])
     assert (config.optimizer.lr, config.optimizer.weight_decay) == (0.001, 0.0005)
     assert config.optimizer.gamma == 0.2 and config.name == "run1"
+
+
+@pytest.mark.parametrize(
+    "poisoning, message",
+    [
+        ({"kind": "flip_labels", "mapping": [99]}, "poisoning.mapping: 4 labels in 0..3"),
+        ({"kind": "flip_labels", "mapping": [-1, 0, 1, 2]}, "poisoning.mapping"),
+        ({"kind": "targeted_flip", "target": 99}, "poisoning.target: a class in 0..3, got 99"),
+        ({"kind": "targeted_flip", "source": -7}, "poisoning.source: a class in 0..3, got -7"),
+    ],
+)
+def test_poisoning_classes_must_exist(poisoning: dict, message: str) -> None:
+    data = {"name": "synthetic", "options": {"num_classes": 4}}
+    with pytest.raises(ConfigError, match=message):
+        parse_config({"dataset": data, "model": {"name": "logistic"}, "poisoning": poisoning})
+    ok = {"kind": "flip_labels", "mapping": [1, 0, 3, 2]}
+    assert parse_config({"dataset": data, "model": {"name": "logistic"}, "poisoning": ok})
+
+
+def test_a_model_that_does_not_take_the_inputs_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"model\.name: resnet does not take synthetic's inputs"):
+        parse_config({"dataset": {"name": "synthetic"}, "model": {"name": "resnet"}})
