@@ -8,6 +8,7 @@ without buffers that change in ``forward`` works the same way.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from math import prod
 from typing import ClassVar
@@ -23,6 +24,18 @@ def logistic(input_shape: Sequence[int], num_classes: int) -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(prod(input_shape), num_classes))
 
 
+def _widths(option: str, values: Sequence[int], count: int | None = None) -> list[int]:
+    """Layer widths: positive integers (``1.5`` or ``0`` are refused, never truncated)."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise ValueError(f"{option}: a list of positive integers, got {values!r}")
+    widths = list(values)
+    if count is not None and len(widths) != count:
+        raise ValueError(f"{option}: {count} positive integers, got {widths!r}")
+    if any(isinstance(w, bool) or not isinstance(w, numbers.Integral) or w < 1 for w in widths):
+        raise ValueError(f"{option}: positive integers, got {widths!r}")
+    return [int(w) for w in widths]
+
+
 class MLP(nn.Sequential):
     """Fully connected ReLU network: flatten, hidden layers, linear output."""
 
@@ -31,9 +44,9 @@ class MLP(nn.Sequential):
     ) -> None:
         layers: list[nn.Module] = [nn.Flatten()]
         width = prod(input_shape)
-        for h in hidden:
-            layers += [nn.Linear(width, int(h)), nn.ReLU()]
-            width = int(h)
+        for h in _widths("hidden", hidden):
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
         layers.append(nn.Linear(width, num_classes))
         super().__init__(*layers)
 
@@ -54,7 +67,7 @@ class CNN(nn.Module):
         super().__init__()
         if len(input_shape) != 3:
             raise ValueError(f"CNN needs (C, H, W) inputs, got shape {tuple(input_shape)}")
-        c1, c2 = (int(c) for c in channels)
+        c1, c2 = _widths("channels", channels, count=2)
         self.features = nn.Sequential(
             nn.Conv2d(input_shape[0], c1, 3, padding=1),
             nn.ReLU(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -38,3 +39,15 @@ def test_errors() -> None:
         build_model("resnet", (3, 8, 8), 2, depth=10)
     with pytest.raises(ValueError, match="C, H, W"):
         build_model("cnn", (64,), 2)
+
+
+@pytest.mark.parametrize("hidden", [[1.5], [0], [8, -1], "64", [True]])
+def test_mlp_widths_are_positive_integers_never_truncated(hidden) -> None:
+    with pytest.raises(ValueError, match=r"hidden: .*positive integers"):
+        build_model("mlp", (8,), 3, hidden=hidden)
+
+
+def test_cnn_takes_two_channel_counts() -> None:
+    with pytest.raises(ValueError, match="channels: 2 positive integers"):
+        build_model("cnn", (1, 8, 8), 3, channels=[4])
+    assert build_model("mlp", (8,), 3, hidden=(np.int64(4),))[1].out_features == 4
