@@ -176,6 +176,12 @@ def build_report(
     ``root/report``); return ``out``."""
     root = Path(root)
     out = Path(out) if out is not None else root / "report"
+    for summary in sorted(root.rglob("summary.json")):  # damaged runs are named, not left out
+        if not (summary.parent / "config.yaml").is_file():
+            raise ValueError(
+                f"{summary.parent}: a finished run without its config.yaml (what it ran is "
+                "unknown); restore the file or move the folder out of the way"
+            )
     runs = collect(root)
     if not runs:
         raise FileNotFoundError(f"no finished runs under {root}")

@@ -120,3 +120,17 @@ def test_report_means_refuse_a_damaged_summary_value() -> None:
     assert _mean([0.5, None, float("nan"), 1.0]) == 0.75
     with pytest.raises(ValueError, match="holds 'abc' where a number belongs"):
         _mean([0.5, "abc"])  # type: ignore[list-item]
+
+
+def test_report_names_a_finished_run_without_its_config(tmp_path: Path) -> None:
+    from byzlearn.experiments.report import build_report
+    from byzlearn.experiments.runner import run
+
+    data = {"name": "synthetic"}
+    config = parse_config({"dataset": data, "model": {"name": "logistic"}, "n": 5, "f": 1,
+                           "rule": {"name": "median"}, "steps": 2, "eval_every": 1})  # fmt: skip
+    run(config, tmp_path / "runs" / "a")
+    (tmp_path / "runs" / "a" / "config.yaml").unlink()
+    with pytest.raises(ValueError, match=r"a finished run without its config\.yaml"):
+        build_report(tmp_path / "runs")
+    assert not (tmp_path / "runs" / "report").exists()
