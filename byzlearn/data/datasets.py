@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import gzip
 import inspect
+import math
+import numbers
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -133,6 +135,14 @@ def load_synthetic(
     """Gaussian mixture: class centres ~ N(0, separation^2 I), samples = centre + N(0, I)."""
     if not 0 < float(test_fraction) < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    for option, value, low in (
+        ("num_samples", num_samples, 2), ("num_features", num_features, 1),
+        ("num_classes", num_classes, 2),
+    ):  # fmt: skip
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+            raise ValueError(f"{option} must be an integer >= {low}, got {value!r}")
+    if not (isinstance(separation, (int, float)) and math.isfinite(separation) and separation >= 0):
+        raise ValueError(f"separation must be a finite number >= 0, got {separation!r}")
     rng = np.random.default_rng(seed)
     centres = rng.normal(0.0, separation, size=(num_classes, num_features))
     y = rng.integers(0, num_classes, size=num_samples)

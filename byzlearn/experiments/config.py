@@ -357,7 +357,7 @@ class Config(_Strict):
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     partition: PartitionConfig = Field(default_factory=PartitionConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
-    n: int = Field(25, ge=1, description="number of workers")
+    n: int = Field(25, ge=1, le=1_000_000, description="number of workers")
     f: int = Field(5, ge=0, description="Byzantine workers tolerated (given to the rule/filter)")
     num_byzantine: int | None = Field(
         None, ge=0, description="workers that actually are Byzantine (default f)"
@@ -368,7 +368,7 @@ class Config(_Strict):
     rule: RuleConfig = Field(default_factory=RuleConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     local_steps: int = Field(1, ge=1)
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, le=1_000_000)
     steps: int = Field(300, ge=1, description="protocol steps (rounds, or gradients for async)")
     eval_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(50, ge=0, description="0 = no checkpoints")

@@ -191,6 +191,8 @@ def train(
         )
     except ValueError as e:
         _fail(str(e))
+    except (RuntimeError, MemoryError) as e:  # e.g. widths too large for this machine's memory
+        _fail(f"training failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         save_state_dict_file(model, out)

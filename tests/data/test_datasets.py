@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import re
 import struct
 from pathlib import Path
 
@@ -146,3 +147,21 @@ def test_standardise_per_channel_per_feature_or_none() -> None:
         load_dataset("digits", standardise="pixel")
     with pytest.raises(TypeError, match="unexpected keyword argument 'foo'"):
         load_dataset("digits", foo=1)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"num_features": 0}, "num_features must be an integer >= 1, got 0"),
+        ({"num_classes": 1}, "num_classes must be an integer >= 2, got 1"),
+        ({"num_classes": 2.5}, "num_classes must be an integer >= 2, got 2.5"),
+        ({"num_samples": 1}, "num_samples must be an integer >= 2, got 1"),
+        ({"separation": float("nan")}, "separation must be a finite number >= 0, got nan"),
+        ({"separation": -1.0}, "separation must be a finite number >= 0"),
+    ],
+)
+def test_synthetic_options_out_of_range_are_refused(options: dict, message: str) -> None:
+    from byzlearn.data.datasets import load_synthetic
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_synthetic(**options)

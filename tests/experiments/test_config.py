@@ -214,3 +214,10 @@ def test_poisoning_classes_must_exist(poisoning: dict, message: str) -> None:
 def test_a_model_that_does_not_take_the_inputs_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"model\.name: resnet does not take synthetic's inputs"):
         parse_config({"dataset": {"name": "synthetic"}, "model": {"name": "resnet"}})
+
+
+def test_worker_and_batch_counts_have_a_ceiling() -> None:
+    with pytest.raises(ConfigError, match="n: Input should be less than or equal to 1000000"):
+        parse_config({"n": 10**11})
+    with pytest.raises(ConfigError, match="batch_size"):
+        parse_config({"batch_size": 10**8})
