@@ -346,8 +346,8 @@ def analyze(
 
     if not 0 <= p <= 1:
         _fail(f"--p: must be in [0, 1], got {p}")
-    if not epsilon > 0:
-        _fail(f"--epsilon: must be > 0, got {epsilon}")
+    if not (epsilon > 0 and math.isfinite(epsilon)):
+        _fail(f"--epsilon: must be a finite number > 0, got {epsilon}")
     if not 0 < delta < 1:
         _fail(f"--delta: must be in (0, 1), got {delta}")
     if output not in ("probs", "logits"):
@@ -394,6 +394,11 @@ def analyze(
         )
     if output == "probs" and not _ends_with_softmax(model):
         model = nn.Sequential(model, nn.Softmax(dim=-1))
+    if n_samples > len(Xte):  # said, not silently capped
+        typer.echo(
+            f"note: --n-samples {n_samples}: the test set holds {len(Xte)}; using them all",
+            err=True,
+        )
     x = Xte[:n_samples]
     try:
         res = run_analysis(

@@ -457,3 +457,13 @@ def test_train_never_replaces_a_model_without_overwrite(tmp_path: Path) -> None:
     assert path.read_bytes() == before
     assert runner.invoke(app, [*args[:-1], "16", "--overwrite"]).exit_code == 0
     assert path.read_bytes() != before
+
+
+def test_an_infinite_epsilon_is_refused(model_file: Path, tmp_path: Path) -> None:
+    assert_one_line_error(_analyze(model_file, "--epsilon", "inf", tmp=tmp_path), "--epsilon")
+
+
+def test_more_samples_than_the_test_set_is_said(model_file: Path, tmp_path: Path) -> None:
+    res = _analyze(model_file, "--n-samples", "100000", tmp=tmp_path)
+    assert res.exit_code == 0, res.output
+    assert "note: --n-samples 100000: the test set holds" in res.output
