@@ -95,7 +95,10 @@ def collect(root: str | Path) -> list[RunRecord]:
             for r in records
             if r.get("test_accuracy") is not None  # an accuracy of 0 is a point too
         ]
-        curve = ([p[0] for p in pts], [float(p[1]) for p in pts])
+        try:
+            curve = ([p[0] for p in pts], [float(p[1]) for p in pts])
+        except (TypeError, ValueError):
+            raise ValueError(f"{rd.metrics_path}: a test_accuracy that is not a number") from None
         out.append(RunRecord(rd.path, rd.read_config(), summary, curve))
     return out
 
@@ -176,6 +179,8 @@ def build_report(
     ``root/report``); return ``out``."""
     root = Path(root)
     out = Path(out) if out is not None else root / "report"
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: is a file, not the report folder; move it out of the way")
     for summary in sorted(root.rglob("summary.json")):  # damaged runs are named, not left out
         if not (summary.parent / "config.yaml").is_file():
             raise ValueError(

@@ -260,7 +260,10 @@ class RunDir:
         data = read_yaml(self.config_path)
         if not isinstance(data, dict):
             raise ConfigError(f"{self.config_path}: not a config mapping")
-        return parse_config(data)
+        try:
+            return parse_config(data)
+        except ConfigError as err:  # name the file: a report reads many
+            raise ConfigError(f"{self.config_path}: {err}") from None
 
     # ------------------------------------------------------------------ metrics
     def metrics(self) -> list[dict[str, Any]]:

@@ -134,3 +134,32 @@ def test_report_names_a_finished_run_without_its_config(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"a finished run without its config\.yaml"):
         build_report(tmp_path / "runs")
     assert not (tmp_path / "runs" / "report").exists()
+
+
+def test_report_errors_name_the_damaged_file(tmp_path: Path) -> None:
+    import json
+
+    from byzlearn.experiments.report import build_report
+    from byzlearn.experiments.runner import run
+
+    data = {"name": "synthetic"}
+    config = parse_config({"dataset": data, "model": {"name": "logistic"}, "n": 5, "f": 1,
+                           "rule": {"name": "median"}, "steps": 2, "eval_every": 1})  # fmt: skip
+    runs = tmp_path / "runs"
+    run(config, runs / "a")
+    (runs / "report").write_text("")  # a file where the report folder goes
+    with pytest.raises(ValueError, match="is a file, not the report folder"):
+        build_report(runs)
+    (runs / "report").unlink()
+    with (runs / "a" / "config.yaml").open("a") as fh:
+        fh.write("bogus_key: 1\n")
+    with pytest.raises(ConfigError, match=r"a/config\.yaml: invalid config: bogus_key"):
+        build_report(runs)
+    (runs / "a" / "config.yaml").write_text(RunDir(runs / "a").config_path.read_text()[:-13])
+    metrics = runs / "a" / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    record = json.loads(lines[-1])
+    record["test_accuracy"] = "x"
+    metrics.write_text("\n".join([*lines[:-1], json.dumps(record)]) + "\n")
+    with pytest.raises(ValueError, match=r"metrics\.jsonl: a test_accuracy that is not a number"):
+        build_report(runs)
