@@ -317,7 +317,9 @@ def analyze(
             "activations (default: max observed on the data)",
         ),
     ] = None,
-    n_samples: Annotated[int, typer.Option(min=1, help="number of test inputs used")] = 200,
+    n_samples: Annotated[
+        int | None, typer.Option(min=1, help="number of test inputs used (default: up to 200)")
+    ] = None,
     reps: Annotated[int, typer.Option(min=2, help="Monte-Carlo repetitions")] = 500,
     max_f: Annotated[
         int, typer.Option(min=1, help="largest number of crashed neurons in the figure")
@@ -394,12 +396,12 @@ def analyze(
         )
     if output == "probs" and not _ends_with_softmax(model):
         model = nn.Sequential(model, nn.Softmax(dim=-1))
-    if n_samples > len(Xte):  # said, not silently capped
+    if n_samples is not None and n_samples > len(Xte):  # said, not silently capped
         typer.echo(
             f"note: --n-samples {n_samples}: the test set holds {len(Xte)}; using them all",
             err=True,
         )
-    x = Xte[:n_samples]
+    x = Xte[: 200 if n_samples is None else n_samples]
     try:
         res = run_analysis(
             model,

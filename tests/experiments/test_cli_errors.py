@@ -107,7 +107,7 @@ OVERRIDE_CASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
     ),
     "model option value": (
         ["model.name=mlp", "model.options.hidden=[-4]"],
-        ("model.options", "negative dimension"),
+        ("model.options", "hidden: positive integers, got [-4]"),
     ),
     "dataset option name": (["dataset.options.foo=1"], ("dataset.options", "no option 'foo'")),
     "digits takes no option": (
