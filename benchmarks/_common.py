@@ -3,50 +3,14 @@
 
 from __future__ import annotations
 
-import argparse
 import copy
-import math
 import sys
-from collections.abc import Callable
 
 import torch
 
+from byzlearn.argtypes import at_least, dimension, non_negative
 
-def at_least(low: int) -> Callable[[str], int]:
-    """An argparse type: an integer >= ``low`` (else one line naming the argument)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-        return value
-
-    return parse
-
-
-def dimension(text: str) -> float:
-    """An argparse type: a whole number >= 1 that may be written like ``1e7``."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (math.isfinite(value) and value >= 1 and value == int(value)):
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
-    return value
-
-
-def non_negative(text: str) -> float:
-    """An argparse type: a finite number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
+__all__ = ["at_least", "channels_last", "dimension", "non_negative", "refused"]
 
 
 def refused(err: Exception) -> int:

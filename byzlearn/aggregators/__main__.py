@@ -14,25 +14,11 @@ import time
 import torch
 
 import byzlearn.aggregators as agg
+from byzlearn.argtypes import at_least
 
 
 def _error(out: torch.Tensor, honest_mean: torch.Tensor, spread: float) -> float:
     return float((out.double() - honest_mean).norm()) / spread
-
-
-def _at_least(low: int):
-    """An argparse type: an integer >= ``low``."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-        return value
-
-    return parse
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,10 +27,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m byzlearn.aggregators", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--n", type=_at_least(2), default=25)
-    parser.add_argument("--f", type=_at_least(0), default=5)
-    parser.add_argument("--d", type=_at_least(1), default=100_000)
-    parser.add_argument("--seed", type=_at_least(0), default=0)
+    parser.add_argument("--n", type=at_least(2), default=25)
+    parser.add_argument("--f", type=at_least(0), default=5)
+    parser.add_argument("--d", type=at_least(1), default=100_000)
+    parser.add_argument("--seed", type=at_least(0), default=0)
     args = parser.parse_args(argv)
     n, f, d = args.n, args.f, args.d
     if n - f < 2:  # the honest spread (the error's unit) needs two honest vectors
