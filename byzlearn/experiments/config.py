@@ -509,16 +509,18 @@ _PROBE_DIM = 4  # coordinates of the vectors the option values are tried on
 
 
 def _check_poisoning(p: PoisoningConfig, classes: int) -> None:
-    """The poisoning's classes exist in the dataset (``classes`` labels, 0 to classes - 1)."""
-    mapping = p.mapping if p.kind == "flip_labels" else None
-    if mapping is not None and (
-        len(mapping) != classes or any(not 0 <= c < classes for c in mapping)
-    ):
-        raise ValueError(
-            f"poisoning.mapping: {classes} labels in 0..{classes - 1} (one per class), "
-            f"got {mapping}"
-        )
-    if p.kind == "targeted_flip":
+    """The poisoning's classes exist in the dataset (``classes`` labels, 0 to classes - 1): a
+    mapping is checked by ``flip_labels`` itself, on one label per class."""
+    if p.kind == "flip_labels" and p.mapping is not None:
+        import numpy as np
+
+        import byzlearn.attacks as atk
+
+        try:
+            atk.flip_labels(np.arange(classes), classes, p.mapping)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"poisoning.mapping: {_one_line(exc)}") from None
+    if p.kind == "targeted_flip":  # targeted_flip does not know the classes: checked here
         for key in ("source", "target"):
             value = getattr(p, key)
             if not 0 <= value < classes:
