@@ -91,6 +91,10 @@ def _load_data(name: str, seed: int) -> tuple[torch.Tensor, ...]:
     _fail(f"--data: unknown dataset {name!r}; choose from {', '.join(_DATASETS)}")
 
 
+# Test inputs analyze uses when --n-samples is not given (fewer when the test set is smaller).
+_SAMPLES = 200
+
+
 def _parse_ints(text: str, option: str, example: str, sep: str) -> list[int]:
     try:  # every part a number: '-3' or '32--16' (empty parts) are refused, not read as 3
         values = [int(v) for v in text.split(sep)]
@@ -318,7 +322,8 @@ def analyze(
         ),
     ] = None,
     n_samples: Annotated[
-        int | None, typer.Option(min=1, help="number of test inputs used (default: up to 200)")
+        int | None,
+        typer.Option(min=1, help=f"number of test inputs used (default: up to {_SAMPLES})"),
     ] = None,
     reps: Annotated[int, typer.Option(min=2, help="Monte-Carlo repetitions")] = 500,
     max_f: Annotated[
@@ -401,7 +406,7 @@ def analyze(
             f"note: --n-samples {n_samples}: the test set holds {len(Xte)}; using them all",
             err=True,
         )
-    x = Xte[: 200 if n_samples is None else n_samples]
+    x = Xte[: _SAMPLES if n_samples is None else n_samples]
     try:
         res = run_analysis(
             model,
