@@ -561,14 +561,33 @@ _SAMPLE_FRACTION = 64
 _SAMPLE_MAX_CHUNKS = 64
 
 
+def _sample_starts(d: int) -> np.ndarray | None:
+    """The first coordinates of the sample's chunks (see :func:`sample_columns`); None when the
+    chunks would cover every coordinate."""
+    chunks = int(min(_SAMPLE_MAX_CHUNKS, max(4, d // (_SAMPLE_FRACTION * _SAMPLE_CHUNK))))
+    if chunks * _SAMPLE_CHUNK >= d:
+        return None
+    return np.linspace(0, d - _SAMPLE_CHUNK, chunks).astype(np.int64)
+
+
 def sample_columns(d: int) -> np.ndarray:
     """The coordinates :func:`centre_row_from_sample` reads: evenly spread chunks of
     ``_SAMPLE_CHUNK`` consecutive coordinates, about ``d / 64`` of them (4 to 64 chunks)."""
-    chunks = int(min(_SAMPLE_MAX_CHUNKS, max(4, d // (_SAMPLE_FRACTION * _SAMPLE_CHUNK))))
-    if chunks * _SAMPLE_CHUNK >= d:
+    starts = _sample_starts(d)
+    if starts is None:
         return np.arange(d)
-    starts = np.linspace(0, d - _SAMPLE_CHUNK, chunks).astype(np.int64)
     return (starts[:, None] + np.arange(_SAMPLE_CHUNK)[None, :]).reshape(-1)
+
+
+def _sample(X: torch.Tensor) -> torch.Tensor:
+    """The columns :func:`sample_columns` of X (a new matrix): on the CPU kernels, one compiled
+    copy of the chunks (:func:`._gram_kernel.gather_chunks`); else ``index_select``."""
+    starts = _sample_starts(X.shape[1])
+    if starts is not None and kernel_input(X):
+        Xn = X.detach().numpy()
+        if _gram_kernel.available(Xn):
+            return torch.from_numpy(_gram_kernel.gather_chunks(Xn, starts, _SAMPLE_CHUNK))
+    return X.index_select(1, torch.as_tensor(sample_columns(X.shape[1]), device=X.device))
 
 
 def centre_row_from_sample(X: torch.Tensor) -> int | None:
@@ -589,9 +608,18 @@ def centre_row_from_sample(X: torch.Tensor) -> int | None:
     n, d = X.shape
     if n < 3 or n * d < _SAMPLE_MIN_ELEMENTS:
         return None
-    cols = torch.as_tensor(sample_columns(d), device=X.device)
-    S = X.index_select(1, cols)
-    gram = base_gram(S)
+    return central_row_of_sample(_sample(X))
+
+
+def central_row_of_sample(S: torch.Tensor) -> int | None:
+    """The central row (:func:`_central_row`) of the sampled columns S; None when every row
+    holds a non-finite value there. The sample's Gram pass centres on chunk means and is never
+    refined; where the small path applies (fewer than 2^21 values) it computes it in two
+    compiled calls, the same statistics to the bit as :func:`base_gram`."""
+    from byzlearn.aggregators._gram_small import small_gram
+
+    small = small_gram(S, DEFAULT_MAX_MISSING, refine=False)
+    gram = small[0] if small is not None else base_gram(S)
     if not bool((~gram.bad).any()):
         return None
     return _central_row(gram.aug[:-1, :-1], gram.bad)

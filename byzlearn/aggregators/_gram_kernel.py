@@ -388,8 +388,29 @@ if njit is not None:
         """C[t, :j1 - j0] = X[rows[t], j0:j1] - m: the centre of each chunk of ``LANES``
         coordinates written side by side into m (at least j1 - j0 values, rounded up to whole
         chunks), then each row centred in one loop over the span (one reduction per row, not
-        per chunk); statistics and flags as :func:`_gram_block`."""
+        per chunk); statistics and flags as :func:`_gram_block`.
+
+        With a given centre (a central input row, in the Gram pass of all but small inputs)
+        that is finite on the whole span, and whose chunks' squares sum to finite values, the
+        rows are centred on the centre's span itself: one loop over it for the squares, instead
+        of clearing m, testing the chunk, copying it into m and summing its squares, chunk by
+        chunk (four loops of ``LANES`` per chunk, whatever the number of rows). The same values
+        and sums, to the bit, as the chunk loop below, which every other span takes. Gram pass
+        of d = 1e6 float32 coordinates centred on a row, one AVX-512 core, A/B in one process:
+        5 rows 1.67-1.76 -> 1.30-1.41 ms, 10 rows 3.04-3.29 -> 2.66-3.01, 25 rows 10.8-11.6 ->
+        10.6-11.4, 50 rows equal."""
         wide()
+        if use_centre:
+            total = msq[0]
+            finite = True
+            for k0 in range(j0, j1, LANES):
+                s = _square_sum(centre[k0:], min(LANES, j1 - k0))
+                finite = finite and np.isfinite(s)
+                total += s
+            if finite:
+                msq[0] = total
+                _centre_rows(X, rows, j0, j1 - j0, centre[j0:j1], C, 0, dots, flags)
+                return
         for k0 in range(j0, j1, LANES):
             w = min(LANES, j1 - k0)
             mk = m[k0 - j0 : k0 - j0 + LANES]
@@ -435,6 +456,17 @@ if njit is not None:
         and flags as :func:`_gram_block`."""
         m = np.zeros(-(-(j1 - j0) // LANES) * LANES, dtype=X.dtype)  # the chunks' centres
         _centre_span(X, rows, centre, use_centre, j0, j1, m, C, dots, msq, flags)
+
+    @njit(boundscheck=False, error_model="numpy", cache=True, nogil=True)
+    def _gather_chunks(X, starts, width, out):  # pragma: no cover (compiled)
+        """out[i, q * width : (q + 1) * width] = X[i, starts[q] : starts[q] + width]."""
+        wide()
+        for i in range(X.shape[0]):
+            for q in range(starts.shape[0]):
+                src = X[i, starts[q] : starts[q] + width]
+                dst = out[i, q * width : (q + 1) * width]
+                for k in range(width):
+                    dst[k] = src[k]
 
     @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
     def _weighted_sum(X, rows, weights, out, b0, b1):  # pragma: no cover (compiled)
@@ -663,6 +695,18 @@ def weighted_sum(
     weights = np.ascontiguousarray(weights, dtype=np.float64)
     chunks = -(-d // _SUM_LANES)
     in_parallel(lambda b0, b1: _weighted_sum(X, rows, weights, out, b0, b1), chunks, threads, 256)
+    return out
+
+
+def gather_chunks(X: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
+    """The columns ``starts[q] .. starts[q] + width - 1`` of X, chunk after chunk, as a new
+    (n, len(starts) * width) array: the sample of the Gram pass's central row. One compiled copy
+    of each row's chunks in order: 0.11, 0.24 and 0.99 ms for 64 chunks of 256 of 10, 25 and
+    100 rows of 1e6 float32 values not in cache, against 0.30, 0.61 and 2.15 ms for torch's
+    ``index_select`` of the same columns (which gathers value by value)."""
+    starts = np.ascontiguousarray(starts, dtype=np.int64)
+    out = np.empty((X.shape[0], starts.shape[0] * width), dtype=X.dtype)
+    _gather_chunks(X, starts, width, out)
     return out
 
 

@@ -82,11 +82,15 @@ def applies(X: torch.Tensor) -> bool:
     return d <= kernel_block_size(n, n)  # one block of the general pass (always, below 2^21)
 
 
-def small_gram(X: torch.Tensor, max_missing: float) -> tuple[BaseGram, dict] | None:
+def small_gram(
+    X: torch.Tensor, max_missing: float, refine: bool = True
+) -> tuple[BaseGram, dict] | None:
     """The base Gram statistics of X (no given centre), as :meth:`._gram.Inputs.from_matrix`
     computes them, and the initial cache of its :class:`._gram.Inputs` (the squared distances,
     ``"sqdist"``, unless a refinement pass ran); None when X is not for this path
-    (:func:`applies`) or needs the general path (imputation, overflowing products)."""
+    (:func:`applies`) or needs the general path (imputation, overflowing products).
+    ``refine=False``: never the refinement pass, i.e. what ``base_gram(X, max_missing=...)``
+    computes (the sample of :func:`._gram.centre_row_from_sample`)."""
     if not applies(X):
         return None
     Xn = X.detach().numpy()
@@ -113,7 +117,7 @@ def small_gram(X: torch.Tensor, max_missing: float) -> tuple[BaseGram, dict] | N
     if not _finish(acc, dots, float(msq[0]), bad, aug, D, medians):
         return None  # products overflowed the input precision: the float64 slow path
     gram = BaseGram(aug=torch.from_numpy(aug), bad=torch.from_numpy(bad))
-    if cancellation_prone(float(medians[0]), float(medians[1]), X.dtype):
+    if refine and cancellation_prone(float(medians[0]), float(medians[1]), X.dtype):
         refined = _central_row(gram.aug[:-1, :-1], gram.bad)
         return base_gram(X, centre_row=refined, max_missing=max_missing), {}
     return gram, {"sqdist": torch.from_numpy(D)}

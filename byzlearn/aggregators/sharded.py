@@ -479,11 +479,7 @@ def _centre_row(V: ShardedVectors) -> int | None:
         (cols[(cols >= V.bounds[s]) & (cols < V.bounds[s + 1])] - V.bounds[s],)
         for s in range(V.k)
     ]
-    S = torch.cat(V._all("columns", each=each), dim=1)
-    gram = _gram.base_gram(S)
-    if not bool((~gram.bad).any()):
-        return None
-    return _gram._central_row(gram.aug[:-1, :-1], gram.bad)
+    return _gram.central_row_of_sample(torch.cat(V._all("columns", each=each), dim=1))
 
 
 def _base_gram(

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from byzlearn.aggregators import _gram, _gram_kernel
+from byzlearn.aggregators._device import accelerator_path
 from byzlearn.aggregators._gram import Inputs, block_size, column_blocks, weighted_rows
 
 
@@ -516,3 +517,77 @@ def test_precision_check_uses_the_lower_medians(n):
         )
         assert (rel > _gram._REFINE_REL_ERROR) == expected
         assert _gram._needs_refinement(G, bad, torch.float32) == expected
+
+
+@pytest.mark.parametrize("case", ["finite", "square_overflows", "nan_chunk"])
+def test_centre_span_centres_on_a_given_centre_or_falls_back_per_chunk(case):
+    """A given centre finite on the whole span centres every row on it (the span's fast path);
+    a chunk whose squares overflow still centres on the centre (the chunk loop, as before); a
+    chunk where the centre is not finite centres on the rows' mean and says so (flags[-1])."""
+    lanes = _gram_kernel.LANES
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((5, 2 * lanes + 40)).astype(np.float32) + 10
+    rows = np.arange(1, 5, dtype=np.int64)
+    centre = X[0].copy()
+    special = lanes + 7  # in the span's second chunk
+    if case == "square_overflows":
+        centre[special] = 3e19  # finite, its square is not (float32)
+    elif case == "nan_chunk":
+        centre[special] = np.nan
+    j0, j1 = 0, X.shape[1]
+    C = np.full((4, j1 - j0), -1.0, dtype=np.float32)
+    m = np.zeros(3 * lanes, dtype=np.float32)
+    dots, msq, flags = np.zeros(4), np.zeros(1), np.zeros(5, dtype=np.bool_)
+    _gram_kernel._centre_span(X, rows, centre, True, j0, j1, m, C, dots, msq, flags)
+    expected = X[1:] - centre[None, :]
+    if case == "nan_chunk":  # that chunk centred on the mean of the active rows
+        chunk = slice(lanes, 2 * lanes)
+        mean = (X[1:, chunk].astype(np.float64).sum(0) / 4).astype(np.float32)
+        expected[:, chunk] = X[1:, chunk] - mean
+        np.testing.assert_allclose(C, expected, rtol=0, atol=1e-5)
+    else:
+        np.testing.assert_array_equal(C, expected)  # the same float32 subtraction, exactly
+    assert flags.tolist() == [False] * 4 + [case == "nan_chunk"]
+    if case == "finite":
+        np.testing.assert_allclose(msq[0], float((centre.astype(np.float64) ** 2).sum()), rtol=1e-5)
+        np.testing.assert_allclose(
+            dots, (expected.astype(np.float64) * centre.astype(np.float64)).sum(1), rtol=1e-4
+        )
+    if case == "square_overflows":
+        assert msq[0] == np.inf  # as the chunk loop always summed it
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("d", [40_000, 100_003, 2_000_000])
+def test_sample_is_the_sampled_columns(dtype, d):
+    """The compiled gather of the sample's chunks equals ``index_select`` of sample_columns."""
+    g = torch.Generator().manual_seed(d)
+    X = torch.randn(4, d, generator=g, dtype=dtype)
+    expected = X.index_select(1, torch.as_tensor(_gram.sample_columns(d)))
+    S = _gram._sample(X)
+    assert S.dtype == dtype and torch.equal(S, expected)
+    with accelerator_path():
+        assert torch.equal(_gram._sample(X), expected)  # the index_select path
+
+
+@pytest.mark.parametrize("case", ["plain", "mean10", "nan_rows", "lossy", "nan_everywhere"])
+@pytest.mark.parametrize("n", [3, 10, 25, 130])
+def test_central_row_of_sample_matches_the_general_pass(case, n):
+    """The sample's central row from the small path equals the one from base_gram's general
+    pass (no refinement), on plain, attacked, NaN-row and lossy samples."""
+    g = torch.Generator().manual_seed(n)
+    S = torch.randn(n, 4096, generator=g) + 3.0
+    if case == "mean10":
+        S[-max(1, n // 5) :] = -10 * S[: n - max(1, n // 5)].mean(0)
+    elif case == "nan_rows":
+        S[0] = math.nan
+        S[n // 2, ::7] = math.inf
+    elif case == "lossy":
+        S[1, :20] = math.nan  # within the default budget: the general path imputes
+    elif case == "nan_everywhere":
+        S[:, 5] = math.nan
+    gram = _gram.base_gram(S)
+    expected = None
+    if bool((~gram.bad).any()):
+        expected = _gram._central_row(gram.aug[:-1, :-1], gram.bad)
+    assert _gram.central_row_of_sample(S) == expected
