@@ -797,3 +797,44 @@ def test_sparse_mix_block_is_numpys_loop_bit_for_bit(dtype):
             product = X[terms[e], j0 : j0 + w] * coefs[e]
             expected = product if e == starts[u] else expected + product
         np.testing.assert_array_equal(U[u], expected)
+
+
+def _closest_to_median_bits(values: list[float], drop: int) -> float:
+    """The kernel's arithmetic for one column of finite float64 values, written here: the
+    sorted values, the median, the window found by a sequential search from position 0, its
+    sum in order, divided by m and clamped to the window's ends."""
+    v = sorted(values)
+    k = len(v)
+    m = k - drop
+    h = k // 2
+    c = v[h] if k % 2 else 0.5 * (v[h - 1] + v[h])
+    s = 0
+    while s < k - m and (c - v[s]) > (v[s + m] - c):
+        s += 1
+    acc = 0.0
+    for t in range(s, s + m):
+        acc += v[t]
+    return min(max(acc / m, v[s]), v[s + m - 1])
+
+
+@given(
+    n=st.integers(3, 24),
+    d=st.integers(1, 40),
+    share=st.floats(0.5, 0.95),
+    values=st.data(),
+)
+def test_short_window_around_the_median_gives_the_sequential_search_bits(n, d, share, values):
+    """Bulyan's second phase (the values closest to the median, a window shorter than what is
+    dropped): the vectorised path counts the window's start only around the median and reads
+    the window's ends as it sums; the result is the sequential search's, bit for bit, with
+    ties (small integers) as well as spread values."""
+    drop = min(n - 1, max(n // 2 + 1, int(share * n)))  # m = n - drop < drop
+    elements = st.one_of(
+        st.integers(-2, 2).map(float), st.floats(-1e3, 1e3, allow_subnormal=False)
+    )
+    row = st.lists(elements, min_size=d, max_size=d)
+    rows = values.draw(st.lists(row, min_size=n, max_size=n))
+    X = torch.tensor(rows, dtype=torch.float64).reshape(n, d)
+    out = run(X, sel.CLOSEST_TO_MEDIAN, drop, drop + 1)
+    expected = [_closest_to_median_bits(X[:, j].tolist(), drop) for j in range(d)]
+    assert out.tolist() == expected
