@@ -109,7 +109,20 @@ def sorting_network(n: int) -> np.ndarray:
     return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
 
 
+def window_span(n: int, drop: int) -> tuple[int, int]:
+    """The n - drop sorted values of n closest to their median, when fewer than drop (Bulyan's
+    second phase): the first and the last position their window's start can take. With
+    p = (n - 1) // 2 (v[p] <= median <= v[p + 1], or v[p] the median) the test that moves the
+    start past i, ``median - v[i] > v[i + m] - median``, fails at p (odd n) or p + 1 (even n);
+    a start s before p - m + 1 would mean v[s] >= median >= v[s + m] with s + m <= p, i.e.
+    v[s..p] all equal to the median, so the window at p - m + 1 holds the same values (the
+    same sum, the same ends). So the statistic reads only positions first .. stop + m - 1."""
+    p = (n - 1) // 2
+    return max(0, p - (n - drop) + 1), min(drop, p + 1 - n % 2)
+
+
 if _HAVE_NUMBA:
+    _window_span = njit(cache=True, inline="always")(window_span)
 
     @njit(cache=True, inline="always")
     def _mean(total, m, inv, recip):
@@ -330,18 +343,11 @@ if _HAVE_NUMBA:
         else:  # a window shorter than the trimmed part: every row may be in it
             # The window starts at s = how many i < drop pass the test (a prefix). Around the
             # median (Bulyan's second phase) only the positions first .. stop - 1 can change
-            # it: with p = (n - 1) // 2 (v[p] <= median <= v[p + 1], or v[p] the median), the
-            # test fails at p (odd n) or p + 1 (even n), so s <= stop; and were s < first
-            # = p - m + 1, the test failing at s would give v[s] >= median >= v[s + m] with
-            # s + m <= p, i.e. v[s..p] all equal to the median, so the window at first holds
-            # the same m values (the same sum, the same ends) as the one at s. Counting from
-            # first reads only rows first .. stop + m - 1 (Bulyan at n = 25, f = 5: 4 tests
-            # and 9 rows instead of 10 and 15).
+            # it (see window_span): counting from first reads only rows first .. stop + m - 1
+            # (Bulyan at n = 25, f = 5: 4 tests and 9 rows instead of 10 and 15).
             first, stop = 0, drop
             if stat == 2:
-                p = (n - 1) // 2
-                first = max(0, p - m + 1)
-                stop = min(drop, p + 1 - n % 2)
+                first, stop = _window_span(n, drop)
             start = lo
             for j in range(w):
                 start[j] = np.float64(first)

@@ -206,6 +206,23 @@ def test_exact_passes_place_the_read_positions_and_the_sets_between(n, stat):
         assert not np.array_equal(out, want)
 
 
+@pytest.mark.parametrize("n", [26, 31, 60, 77, 120, 300])
+def test_bulyans_short_window_on_merged_groups_gives_the_sequential_search_bits(n):
+    """Bulyan's second phase on more rows than one sorting network takes (groups merged):
+    the window's start counted only around the median (window_span) gives the sequential
+    search's bits, with ties."""
+    drop = 2 * n // 3
+    first, stop = sel.window_span(n, drop)
+    assert 0 <= first <= (n - 1) // 2 <= stop + n - drop - 1 and stop <= drop
+    rng = np.random.default_rng(n)
+    inputs = rng.standard_normal((n, 300))
+    inputs[:, :120] = rng.integers(0, 3, (n, 120))  # ties
+    X = torch.tensor(inputs)
+    got = run(X, sel.CLOSEST_TO_MEDIAN, drop, drop + 1)
+    expected = [_closest_to_median_bits(X[:, j].tolist(), drop) for j in range(X.shape[1])]
+    assert got.tolist() == expected
+
+
 @pytest.mark.parametrize("n", [26, 50, 100, 200, 500, 1000])
 def test_grouped_kernel_on_finite_blocks_matches_reference(n):
     """Blocks of finite values take the exact passes: the median must equal the torch path
