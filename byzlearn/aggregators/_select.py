@@ -22,7 +22,10 @@ of ``LANES`` coordinates and sorts each coordinate's values with Batcher's odd-e
 network, unrolled on scalar locals so that the compiler vectorises it across coordinates
 (branch-free min/max); the sorted block then goes to :func:`block_statistic`, vectorised over the
 block's columns when they hold no missing value or the same number of missing values (whole
-missing rows), column by column otherwise. These kernels
+missing rows), column by column otherwise. For up to 25 rows of a large input (2^16
+coordinates or more) a kernel generated per statistic (:mod:`._fused`) takes the statistic in
+registers right after the network instead, with the same bits, and hands the blocks it cannot
+take (a missing value, an overflowing sum) back to that path. These kernels
 release the GIL and run on ``torch.get_num_threads()`` Python threads, each on its own range of
 blocks (numba's own parallel build of the unrolled code takes minutes to compile). Loads read
 contiguous rows from a non-negative offset: an index numba cannot prove non-negative gets a
@@ -46,7 +49,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from byzlearn.aggregators import _gram_kernel, _memory, _sortnet, _weighted_sort
+from byzlearn.aggregators import _fused, _gram_kernel, _memory, _sortnet, _weighted_sort
 from byzlearn.aggregators._device import cpu_kernels, kernel_input
 from byzlearn.aggregators._gram import Inputs, block_size, column_blocks
 from byzlearn.aggregators._threads import in_parallel
@@ -557,9 +560,15 @@ def statistic_into(
         n_blocks = plan.blocks(d)
         first_bad = np.empty(n_blocks, dtype=np.int64)
         args = (Xc.numpy(), row_index, big, stat, drop, min_k, o.numpy(), first_bad)
+        run = plan.run
+        # up to 25 rows of a large input: the statistic in registers after the sort (same bits)
+        if _fused.applies(row_index.size, stat, drop, min_k, d, Xc.dtype):
+            kept = _fused.rows_with_values(args[0], row_index)  # whole missing rows dropped
+            if _fused.applies(kept.size, stat, drop, min_k, d, Xc.dtype):
+                args = (args[0], kept, *args[2:])
+                run = _fused.run
         in_parallel(
-            lambda b0, b1: plan.run(*args, b0, b1), n_blocks, torch_threads,
-            _MIN_BLOCKS_PER_THREAD,
+            lambda b0, b1: run(*args, b0, b1), n_blocks, torch_threads, _MIN_BLOCKS_PER_THREAD
         )
         if o is not out:
             out.copy_(o)

@@ -104,12 +104,7 @@ def _source(size: int, pairs: np.ndarray) -> str:
             f"a{r} = X[i{r}, j0 + j]",
             f"a{r} = a{r} if (abs(a{r}) < inf) & live{r} else inf",
         ]
-    for a, b in pairs.tolist():
-        body += [
-            f"t = a{a} if a{a} < a{b} else a{b}",
-            f"a{b} = a{b} if a{a} < a{b} else a{a}",
-            f"a{a} = t",
-        ]
+    body += network_lines(pairs)
     body += [f"buf[s0 + np.uint64({r}), j] = a{r}" for r in range(size)]
     lines += ["                " + line for line in body]
     lines += [
@@ -138,6 +133,19 @@ def _source(size: int, pairs: np.ndarray) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def network_lines(pairs: np.ndarray) -> list[str]:
+    """The compare-exchanges of ``pairs`` on the locals a0, a1, ... (branch-free selects; the
+    order of equal values, e.g. zeros of opposite sign, is fixed by these exact expressions)."""
+    lines = []
+    for a, b in pairs.tolist():
+        lines += [
+            f"t = a{a} if a{a} < a{b} else a{b}",
+            f"a{b} = a{b} if a{a} < a{b} else a{a}",
+            f"a{a} = t",
+        ]
+    return lines
 
 
 def _cache_dir() -> Path:
@@ -326,11 +334,16 @@ def kernel(size: int) -> Callable:
     from byzlearn.aggregators._select import sorting_network
 
     source = _source(size, sorting_network(size))
-    # numba's disk cache checks only the kernel's own file, not the functions it calls: key the
-    # file on the source of those functions too, so a changed _select.py or _bitonic.py never
-    # runs stale code.
     select = sys.modules["byzlearn.aggregators._select"]
-    helpers = b"".join(Path(str(m.__file__)).read_bytes() for m in (select, _bitonic))
-    digest = hashlib.sha1(source.encode() + helpers).hexdigest()[:12]
-    name = f"sortnet_{size}_v{_GENERATOR_VERSION}_{digest}"
-    return _load_from_file(name, source) or _load_in_memory(source)
+    return compiled(f"sortnet_{size}_v{_GENERATOR_VERSION}", source, (select, _bitonic))
+
+
+def compiled(prefix: str, source: str, helpers: tuple) -> Callable:
+    """The function ``kernel`` of the generated ``source``, compiled through a file in the cache
+    folder (numba's disk cache then keeps its machine code between processes), or in memory
+    where that folder cannot be written. numba's disk cache checks only the kernel's own file,
+    not the functions it calls: the file name holds a digest of the source and of the modules
+    ``helpers`` it calls into, so a changed helper never runs stale code."""
+    code = b"".join(Path(str(m.__file__)).read_bytes() for m in helpers)
+    digest = hashlib.sha1(source.encode() + code).hexdigest()[:12]
+    return _load_from_file(f"{prefix}_{digest}", source) or _load_in_memory(source)
