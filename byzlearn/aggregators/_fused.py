@@ -38,7 +38,6 @@ import sys
 from collections.abc import Callable
 
 import numpy as np
-import torch
 
 from byzlearn.aggregators import _simd, _sortnet
 
@@ -58,9 +57,9 @@ _RETRY_BLOCKS = 16
 _GENERATOR_VERSION = 1
 
 
-def applies(n: int, stat: int, drop: int, min_k: int, d: int, dtype: torch.dtype) -> bool:
-    """Whether the fused kernel takes n rows of d float32 or float64 coordinates for this
-    statistic (else the plain kernel)."""
+def applies(n: int, stat: int, drop: int, min_k: int, d: int, dtype: np.dtype) -> bool:
+    """Whether the fused kernel takes n rows of d float32 or float64 coordinates (``dtype``: a
+    numpy dtype) for this statistic (else the plain kernel)."""
     from byzlearn.aggregators._select import (
         CLOSEST_TO_MEDIAN,
         CLOSEST_TO_TRIMMED,
@@ -69,7 +68,7 @@ def applies(n: int, stat: int, drop: int, min_k: int, d: int, dtype: torch.dtype
         TRIMMED,
     )
 
-    if d < max(1, MIN_COLUMNS) or dtype not in (torch.float32, torch.float64):
+    if d < max(1, MIN_COLUMNS) or dtype not in (np.float32, np.float64):
         return False
     if _sortnet.size_for(n) is None or not 1 <= min_k <= n:
         return False

@@ -54,7 +54,8 @@ def both_paths(X, stat, drop, rows=None, monkeypatch=None):
     results = []
     for threshold in (1 << 62, 0):
         monkeypatch.setattr(_fused, "MIN_COLUMNS", threshold)
-        assert _fused.applies(n, stat, drop, min_k, X.shape[1], X.dtype) == (threshold == 0)
+        dtype = X.numpy().dtype
+        assert _fused.applies(n, stat, drop, min_k, X.shape[1], dtype) == (threshold == 0)
         out = torch.empty(X.shape[1], dtype=X.dtype)
         first = sel.statistic_into(X, stat, drop, min_k, out, rows)
         results.append((out, first))
@@ -180,14 +181,14 @@ def test_too_few_rows_left_keeps_the_plain_kernel_and_its_report(monkeypatch):
 @pytest.mark.parametrize(
     "n,stat,drop,min_k,d,dtype,expected",
     [
-        (10, sel.MEDIAN, 2, 1, 1 << 16, torch.float32, True),
-        (10, sel.MEDIAN, 2, 1, (1 << 16) - 1, torch.float32, False),  # too small to compile
-        (10, sel.MEDIAN, 2, 1, 0, torch.float32, False),
-        (26, sel.MEDIAN, 5, 1, 1 << 20, torch.float32, False),  # merged groups
-        (10, sel.MEDIAN, 2, 1, 1 << 20, torch.float16, False),
-        (10, sel.MEDIAN, 2, 11, 1 << 20, torch.float64, False),  # every coordinate short
-        (10, sel.TRIMMED, 5, 11, 1 << 20, torch.float64, False),
-        (25, sel.CLOSEST_TO_MEDIAN, 10, 11, 1 << 20, torch.float64, True),
+        (10, sel.MEDIAN, 2, 1, 1 << 16, np.float32, True),
+        (10, sel.MEDIAN, 2, 1, (1 << 16) - 1, np.float32, False),  # too small to compile
+        (10, sel.MEDIAN, 2, 1, 0, np.float32, False),
+        (26, sel.MEDIAN, 5, 1, 1 << 20, np.float32, False),  # merged groups
+        (10, sel.MEDIAN, 2, 1, 1 << 20, np.float16, False),
+        (10, sel.MEDIAN, 2, 11, 1 << 20, np.float64, False),  # every coordinate short
+        (10, sel.TRIMMED, 5, 11, 1 << 20, np.float64, False),
+        (25, sel.CLOSEST_TO_MEDIAN, 10, 11, 1 << 20, np.float64, True),
     ],
 )
 def test_fused_kernel_applies_only_where_it_is_exact_and_worth_compiling(
@@ -204,3 +205,47 @@ def test_generated_statistic_follows_full_block_order():
     assert adds == [f"acc = acc + np.float64(a{r})" for r in range(2, 8)]
     assert f"r = acc * {1.0 / 6!r}" in lines
     assert "r = acc / 6" in _fused.statistic_lines(10, sel.TRIMMED, 2, recip=False)
+
+
+@pytest.mark.parametrize("kind", ["bucketing", "nnm"])
+def test_mixed_rows_take_the_fused_kernel_with_the_same_bits(kind, monkeypatch):
+    """Pre-aggregated rows (bucketing's sparse pass, NNM's shared terms) built per block and
+    sorted there: the fused kernel gives the bits of the plain one, NaN inputs included (they
+    spoil their mixes, whole missing rows left out per block)."""
+    from byzlearn.aggregators._gram import Inputs
+    from byzlearn.aggregators.rules.mixing import nnm
+
+    monkeypatch.setattr(sel, "_MIX_BLOCK", 5 * LANES)
+    gen = torch.Generator().manual_seed(11)
+    n = 13 if kind == "bucketing" else 9
+    X = torch.randn(n, D, generator=gen)
+    X[3] = float("nan")
+    if kind == "bucketing":
+        X[5, 700] = float("inf")  # a missing value of its own (NNM would impute it)
+        M = torch.zeros(7, n, dtype=torch.float64)
+        perm = torch.randperm(n, generator=gen)
+        for b in range(7):
+            members = perm[2 * b : 2 * b + 2]
+            M[b, members] = 1.0 / len(members)
+        mixed = Inputs(X=X, gram=None).mix(M)
+        stat, drop, path = sel.MEDIAN, 0, sel._mixed_sparse
+    else:
+        mixed = nnm(Inputs.from_matrix(X), 2)
+        # MeaMed: the median and the trimmed mean of few distinct mixes skip the sort
+        stat, drop, path = sel.CLOSEST_TO_MEDIAN, 2, sel._mixed_fast
+    min_k = sel.checked_min_k(stat, drop, 1, "rule")
+    taken = []
+    real = _fused.run
+    monkeypatch.setattr(_fused, "run", lambda *a: taken.append(a[1].size) or real(*a))
+    outs = []
+    for threshold in (1 << 62, 0):
+        monkeypatch.setattr(_fused, "MIN_COLUMNS", threshold)
+        out = torch.empty(D)
+        outs.append((path(mixed, stat, drop, min_k, out), out))
+    (first_plain, plain), (first_fused, fused) = outs
+    assert first_plain is not None  # the compiled mixing path was taken
+    assert taken  # the fused kernel ran, on the mixes that hold values
+    if kind == "bucketing":
+        assert set(taken) == {6}  # of 7 buckets, the one holding the NaN row left out
+    assert first_plain == first_fused
+    assert torch.equal(bits(fused), bits(plain))
