@@ -246,6 +246,17 @@ if _HAVE_NUMBA:
                 return True
         return False
 
+    @njit(cache=True, nogil=True)
+    def _rows_with_values(X, rows):  # pragma: no cover (compiled)
+        keep = np.empty(rows.shape[0], dtype=np.int64)
+        k = 0
+        for i in range(rows.shape[0]):
+            row = X[rows[i]]
+            if np.isfinite(row[0]) or _holds_a_value(row):
+                keep[k] = rows[i]
+                k += 1
+        return keep[:k]
+
 
 def rows_with_values(X: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """``rows`` without the rows of X that hold no finite value (a NaN attack's whole rows).
@@ -253,13 +264,24 @@ def rows_with_values(X: np.ndarray, rows: np.ndarray) -> np.ndarray:
     Every value of such a row is missing, so the statistic of each coordinate is the same
     without it, to the bit (the kernel works on the k finite values of each coordinate); the
     fused kernel then takes the other rows, where every block would otherwise fall back. Only
-    rows whose first value is not finite are read (each costs about 1/n of a read of X)."""
-    first = X[rows, 0]
-    candidates = np.flatnonzero(~np.isfinite(first))
-    if candidates.size == 0 or not _HAVE_NUMBA:
+    rows whose first value is not finite are read further (each costs about 1/n of a read of
+    X). One compiled call (the mixed rows ask once per block of 8192 coordinates)."""
+    if not _HAVE_NUMBA or X.shape[1] == 0:
         return rows
-    empty = [i for i in candidates.tolist() if not _holds_a_value(X[rows[i]])]
-    return np.delete(rows, empty) if empty else rows
+    return _rows_with_values(X, rows)
+
+
+def kernel_for(
+    X: np.ndarray, rows: np.ndarray, stat: int, drop: int, min_k: int, d: int, plain: Callable
+) -> tuple[np.ndarray, Callable]:
+    """The rows and the kernel that take the statistic of X's ``rows`` (d coordinates in all):
+    :func:`run` on the rows that hold a value where the fused kernel applies to them, else
+    ``plain`` on all of them."""
+    if applies(rows.size, stat, drop, min_k, d, X.dtype):
+        kept = rows_with_values(X, rows)
+        if applies(kept.size, stat, drop, min_k, d, X.dtype):
+            return kept, run
+    return rows, plain
 
 
 def run(

@@ -560,13 +560,9 @@ def statistic_into(
         n_blocks = plan.blocks(d)
         first_bad = np.empty(n_blocks, dtype=np.int64)
         args = (Xc.numpy(), row_index, big, stat, drop, min_k, o.numpy(), first_bad)
-        run = plan.run
         # up to 25 rows of a large input: the statistic in registers after the sort (same bits)
-        if _fused.applies(row_index.size, stat, drop, min_k, d, big.dtype):
-            kept = _fused.rows_with_values(args[0], row_index)  # whole missing rows dropped
-            if _fused.applies(kept.size, stat, drop, min_k, d, big.dtype):
-                args = (args[0], kept, *args[2:])
-                run = _fused.run
+        kept, run = _fused.kernel_for(args[0], row_index, stat, drop, min_k, d, plan.run)
+        args = (args[0], kept, *args[2:])
         in_parallel(
             lambda b0, b1: run(*args, b0, b1), n_blocks, torch_threads, _MIN_BLOCKS_PER_THREAD
         )
@@ -795,7 +791,6 @@ def _statistic_of_mixed_blocks(
     firsts = np.full(len(blocks), -1, dtype=np.int64)
     sort_plan = _sortnet.plan(inverse.size)
     big = np.array([np.inf], dtype=dtype)
-    fused = _fused.applies(inverse.size, stat, drop, min_k, d, big.dtype)
 
     def work(b0: int, b1: int) -> None:
         U = np.full((n_buffer, _MIX_BLOCK), np.nan, dtype=dtype)
@@ -806,11 +801,8 @@ def _statistic_of_mixed_blocks(
             if mix(j0, w, Ub):
                 continue
             bad = np.empty(sort_plan.blocks(w), dtype=np.int64)
-            rows, run = inverse, sort_plan.run
-            if fused:  # the statistic in registers (_fused), without the rows holding no value
-                kept = _fused.rows_with_values(Ub, inverse)
-                if _fused.applies(kept.size, stat, drop, min_k, d, big.dtype):
-                    rows, run = kept, _fused.run
+            # the statistic in registers (_fused) where it applies, as in statistic_into
+            rows, run = _fused.kernel_for(Ub, inverse, stat, drop, min_k, d, sort_plan.run)
             run(Ub, rows, big, stat, drop, min_k, o[j0:j1], bad, 0, bad.size)
             hit = np.flatnonzero(bad >= 0)
             if hit.size:
