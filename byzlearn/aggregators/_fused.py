@@ -6,11 +6,12 @@ the block's columns (the centre, the sums, the window, the clamp). For up to 25 
 sorted values of 16 coordinates are still in vector registers when the network ends: this
 module generates, per row count n, statistic, ``drop`` and dtype, a kernel whose loop over the
 coordinates goes on from the network straight into the statistic and writes only the output.
-One thread, float32, d = 1e6, against one read of the input (``X.sum()``), first measured from
-a prototype of this module in one process: at n = 10 the median 2.11 -> 1.05 floors, the
-trimmed mean 2.52 -> 1.30, MeaMed 3.15 -> 1.89, Phocas 3.01 -> 1.88; at n = 25 (f = 5) 1.38 ->
-1.04, 1.72 -> 1.10, 1.94 -> 1.31, 2.25 -> 1.47; Bulyan's second phase (15 rows, drop 10) 3.12
--> 2.11 (the numbers of ``benchmarks/aggregators.py`` are in the README).
+``python benchmarks/aggregators.py --scale-n --scale-values 10 25 --rules median trimmed_mean
+meamed phocas bulyan`` (one thread, float32, d = 1e6, f = n / 5), the code before and after
+alternated twice, time over one read of the input: at n = 10 the median 2.25-2.34 -> 1.23-1.24,
+the trimmed mean 2.62-2.67 -> 1.44-1.47, MeaMed 3.28-3.35 -> 1.97-1.98, Phocas 3.32-3.42 ->
+1.90-1.93; at n = 25 1.61-1.87 -> 1.21-1.22, 1.90-2.16 -> 1.26-1.31, 2.47-2.63 -> 1.54-1.68,
+2.46-2.67 -> 1.65-1.71, Bulyan (its 15-row second phase) 21.1-21.7 -> 18.3-18.6 ms.
 
 Same bits: the generated statistic is ``_select._full_block``'s arithmetic, operation for
 operation and in the same order (sums from 0.0 in row order, the centre, the window's steps,
