@@ -91,7 +91,7 @@ def _sum_lines(a: int, b: int) -> list[str]:
 
 def _mean_lines(m: int, recip: bool, low: str, high: str) -> list[str]:
     """o = acc / m clamped to [low, high] (``_mean`` and the clamps of ``_full_block``), and
-    ok &= the mean did not overflow."""
+    ``fine`` False where the mean overflowed."""
     mean = f"acc * {1.0 / m!r}" if recip else f"acc / {m}"
     return [
         f"r = {mean}",
@@ -299,8 +299,11 @@ def run(
 ) -> None:
     """The statistic of blocks blk0..blk1-1 (as :meth:`._sortnet.Plan.run`, same outputs): the
     fused kernel where it applies, the plain kernel from each block where it stops."""
+    from byzlearn.aggregators._select import MEAN, MEDIAN
+
     n = rows.shape[0]
-    fused = kernel(n, stat, drop, X.dtype == np.float32)
+    # one kernel for every drop where the statistic does not use it
+    fused = kernel(n, stat, 0 if stat in (MEDIAN, MEAN) else drop, X.dtype == np.float32)
     plan = _sortnet.plan(n)
     retry = _RETRY_BLOCKS
     blk = blk0

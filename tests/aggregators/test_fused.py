@@ -249,3 +249,14 @@ def test_mixed_rows_take_the_fused_kernel_with_the_same_bits(kind, monkeypatch):
         assert set(taken) == {6}  # of 7 buckets, the one holding the NaN row left out
     assert first_plain == first_fused
     assert torch.equal(bits(fused), bits(plain))
+
+
+def test_one_kernel_for_every_drop_of_the_median(monkeypatch):
+    built = []
+    real = _fused.kernel
+    monkeypatch.setattr(_fused, "kernel", lambda *key: built.append(key) or real(*key))
+    monkeypatch.setattr(_fused, "MIN_COLUMNS", 0)
+    X = make("gaussian", 10, torch.float32, 0)
+    for drop in (1, 2, 3):
+        sel.statistic_into(X, sel.MEDIAN, drop, 1, torch.empty(D))
+    assert built == [(10, sel.MEDIAN, 0, True)] * 3
