@@ -135,11 +135,16 @@ def _source(size: int, pairs: np.ndarray) -> str:
     return "\n".join(lines)
 
 
-def network_lines(pairs: np.ndarray) -> list[str]:
+def network_lines(pairs: np.ndarray, calls: bool = False) -> list[str]:
     """The compare-exchanges of ``pairs`` on the locals a0, a1, ... (branch-free selects; the
-    order of equal values, e.g. zeros of opposite sign, is fixed by these exact expressions)."""
+    order of equal values, e.g. zeros of opposite sign, is fixed by these exact expressions).
+    ``calls``: the same selects as calls of :mod:`._branchfree`'s ``lo`` and ``hi`` (a third of
+    the compile time; the fused kernels use them, see there)."""
     lines = []
     for a, b in pairs.tolist():
+        if calls:
+            lines += [f"t = lo(a{a}, a{b})", f"a{b} = hi(a{a}, a{b})", f"a{a} = t"]
+            continue
         lines += [
             f"t = a{a} if a{a} < a{b} else a{b}",
             f"a{b} = a{b} if a{a} < a{b} else a{a}",
