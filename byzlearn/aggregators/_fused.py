@@ -209,7 +209,7 @@ def _source(n: int, stat: int, drop: int, recip: bool) -> str:
     for r in range(n):
         body += [f"a{r} = X[i{r}, j0 + j]", f"a{r} = pick(abs(a{r}) < inf, a{r}, inf)"]
     body += [f"a{r} = inf" for r in range(n, size)]
-    body += _sortnet.network_lines(sorting_network(size), calls=True)
+    body += _sortnet.network_lines(sorting_network(size))
     body += statistic_lines(n, stat, drop, recip)
     body += ["out[j0 + j] = o", f"ok &= (a{n - 1} < inf) & fine"]
     tail = [

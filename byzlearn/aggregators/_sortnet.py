@@ -44,10 +44,10 @@ from pathlib import Path
 
 import numpy as np
 
-from byzlearn.aggregators import _bitonic
+from byzlearn.aggregators import _bitonic, _branchfree
 
 LANES = 256
-_GENERATOR_VERSION = 16
+_GENERATOR_VERSION = 17
 
 
 def _source(size: int, pairs: np.ndarray) -> str:
@@ -66,6 +66,7 @@ def _source(size: int, pairs: np.ndarray) -> str:
         "import numpy as np",
         "from numba import njit",
         "from byzlearn.aggregators._bitonic import run_passes",
+        "from byzlearn.aggregators._branchfree import hi, lo, pick",
         "from byzlearn.aggregators._select import block_statistic",
         "from byzlearn.aggregators._simd import wide",
         "",
@@ -102,7 +103,7 @@ def _source(size: int, pairs: np.ndarray) -> str:
     for r in range(size):
         body += [
             f"a{r} = X[i{r}, j0 + j]",
-            f"a{r} = a{r} if (abs(a{r}) < inf) & live{r} else inf",
+            f"a{r} = pick((abs(a{r}) < inf) & live{r}, a{r}, inf)",
         ]
     body += network_lines(pairs)
     body += [f"buf[s0 + np.uint64({r}), j] = a{r}" for r in range(size)]
@@ -135,21 +136,14 @@ def _source(size: int, pairs: np.ndarray) -> str:
     return "\n".join(lines)
 
 
-def network_lines(pairs: np.ndarray, calls: bool = False) -> list[str]:
-    """The compare-exchanges of ``pairs`` on the locals a0, a1, ... (branch-free selects; the
-    order of equal values, e.g. zeros of opposite sign, is fixed by these exact expressions).
-    ``calls``: the same selects as calls of :mod:`._branchfree`'s ``lo`` and ``hi`` (a third of
-    the compile time; the fused kernels use them, see there)."""
+def network_lines(pairs: np.ndarray) -> list[str]:
+    """The compare-exchanges of ``pairs`` on the locals a0, a1, ...: branch-free selects written
+    as calls of :mod:`._branchfree`'s ``lo`` and ``hi`` (a third of the compile time of
+    conditional expressions, the same code once LLVM inlines them); the order of equal values,
+    e.g. zeros of opposite sign, is fixed by their exact expressions."""
     lines = []
     for a, b in pairs.tolist():
-        if calls:
-            lines += [f"t = lo(a{a}, a{b})", f"a{b} = hi(a{a}, a{b})", f"a{a} = t"]
-            continue
-        lines += [
-            f"t = a{a} if a{a} < a{b} else a{b}",
-            f"a{b} = a{b} if a{a} < a{b} else a{a}",
-            f"a{a} = t",
-        ]
+        lines += [f"t = lo(a{a}, a{b})", f"a{b} = hi(a{a}, a{b})", f"a{a} = t"]
     return lines
 
 
@@ -340,7 +334,8 @@ def kernel(size: int) -> Callable:
 
     source = _source(size, sorting_network(size))
     select = sys.modules["byzlearn.aggregators._select"]
-    return compiled(f"sortnet_{size}_v{_GENERATOR_VERSION}", source, (select, _bitonic))
+    helpers = (select, _bitonic, _branchfree)
+    return compiled(f"sortnet_{size}_v{_GENERATOR_VERSION}", source, helpers)
 
 
 def compiled(prefix: str, source: str, helpers: tuple) -> Callable:
