@@ -61,24 +61,15 @@ _GENERATOR_VERSION = 2
 
 def applies(n: int, stat: int, drop: int, min_k: int, d: int, dtype: np.dtype) -> bool:
     """Whether the fused kernel takes n rows of d float32 or float64 coordinates (``dtype``: a
-    numpy dtype) for this statistic (else the plain kernel)."""
-    from byzlearn.aggregators._select import (
-        CLOSEST_TO_MEDIAN,
-        CLOSEST_TO_TRIMMED,
-        MEAN,
-        MEDIAN,
-        TRIMMED,
-    )
+    numpy dtype) for this statistic (else the plain kernel): n values must be enough for
+    ``min_k`` and for what the statistic needs (:func:`._select.checked_min_k`)."""
+    from byzlearn.aggregators._select import checked_min_k
 
     if d < max(1, MIN_COLUMNS) or dtype not in (np.float32, np.float64):
         return False
-    if _sortnet.size_for(n) is None or not 1 <= min_k <= n:
+    if _sortnet.size_for(n) is None or min_k < 1:
         return False
-    if stat in (TRIMMED, CLOSEST_TO_TRIMMED):
-        return n - 2 * drop >= 1
-    if stat == CLOSEST_TO_MEDIAN:
-        return n - drop >= 1
-    return stat in (MEDIAN, MEAN)
+    return checked_min_k(stat, drop, min_k, "fused") <= n
 
 
 def _value(r: int) -> str:
