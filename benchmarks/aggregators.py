@@ -90,22 +90,24 @@ MAX_REPEATS = 100
 # --------------------------------------------------------------------------------------------
 # Inputs
 # --------------------------------------------------------------------------------------------
-def make_inputs(kind: str, n: int, f: int, d: int, dtype: str, seed: int):
-    """The (n, d) input of one kind (see the module docstring), as a torch tensor."""
+def make_inputs(kind: str, n: int, f: int, d: int, dtype: str, seed: int, device: str = "cpu"):
+    """The (n, d) input of one kind (see the module docstring), as a torch tensor made on
+    ``device`` (on a GPU by its own generator: other values than on the CPU, same kind)."""
     import torch
 
     from byzlearn.attacks.gradient import alie_z
 
     tdtype = getattr(torch, dtype)
-    g = torch.Generator().manual_seed(seed)
-    X = torch.empty(n, d, dtype=tdtype)
+    g = torch.Generator(device=device).manual_seed(seed)
+    X = torch.empty(n, d, dtype=tdtype, device=device)
     h = n - f if kind != "honest" else n
     step = 1 << 22
     for j0 in range(0, d, step):  # in blocks: bounded float temporaries
         j1 = min(d, j0 + step)
-        block = torch.randn(n, j1 - j0, generator=g, dtype=tdtype)
-        mu = torch.randn(j1 - j0, generator=g, dtype=tdtype)
-        block[:h].mul_(torch.linspace(0.8, 1.2, h, dtype=tdtype)[:, None]).add_(mu)
+        block = torch.randn(n, j1 - j0, generator=g, dtype=tdtype, device=device)
+        mu = torch.randn(j1 - j0, generator=g, dtype=tdtype, device=device)
+        scales = torch.linspace(0.8, 1.2, h, dtype=tdtype, device=device)
+        block[:h].mul_(scales[:, None]).add_(mu)
         if kind == "mean10":
             block[h:] = -10.0 * block[:h].mean(0)
         elif kind == "gauss200":
@@ -740,7 +742,7 @@ def scale_n(args) -> list[list[str]]:
     for n in args.scale_values:
         f = n // 5
         d = int(args.scale_d) if n < 500 else int(args.scale_d_large)
-        X = make_inputs("honest", n, f, d, args.dtype, args.seed).to(DEVICE)
+        X = make_inputs("honest", n, f, d, args.dtype, args.seed, DEVICE)
         compiled_read(X)
         bound = n * n * d / 2 / rate
         sbound = n * n * d / 2 / srate
@@ -855,10 +857,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[Row] = []
     itemsize = 4 if args.dtype == "float32" else 8
     for kind in args.inputs:
-        X = make_inputs(kind, n, f, d, args.dtype, args.seed)
-        Xn = X.numpy()
-        X = X.to(DEVICE)
-        scale = 1.0 if args.no_reference else finite_scale(Xn)  # once per input
+        X = make_inputs(kind, n, f, d, args.dtype, args.seed, DEVICE)
+        # the references' input (on a GPU: a copy to the host, made only when it is checked)
+        Xn = None if args.no_reference else X.cpu().numpy()
+        scale = 1.0 if Xn is None else finite_scale(Xn)  # once per input
         for t in args.threads:
             torch.set_num_threads(t)
             compiled_read(X)

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from byzlearn.aggregators import _gram_kernel, _memory
+from byzlearn.aggregators import _gram_cuda, _gram_kernel, _memory
 from byzlearn.aggregators._device import cpu_kernels, kernel_input
 
 # Coordinates per block: big enough to amortise the per-block Python overhead, small enough for
@@ -483,9 +483,19 @@ def _torch_pass(
     centre_row: int | None,
     log: _MissingLog | None = None,
 ):
-    """Other devices (and inputs the kernel does not take): mean, sub and a GEMM per block."""
+    """Other devices (and inputs the kernel does not take): mean, sub and a GEMM per block;
+    float32 on a GPU: the Triton pass of :mod:`._gram_cuda` where it applies."""
     n, d = X.shape
     size = block_size(n, d, X.device)
+    if log is None:
+
+        def redo(j0: int, j1: int) -> tuple[torch.Tensor, torch.Tensor]:
+            m = None if centre is None else centre[j0:j1]
+            return _masked_block(X[:, j0:j1], m, centre_row, d, j0)
+
+        done = _gram_cuda.gram_pass(X, centre, centre_row, redo, size)
+        if done is not None:
+            return done
     acc = torch.zeros(n + 1, n + 1, dtype=torch.float64, device=X.device)
     bad = torch.zeros(n, dtype=torch.bool, device=X.device)
     buf = torch.empty(n + 1, min(size, d), dtype=X.dtype, device=X.device)

@@ -172,6 +172,14 @@ def _load_from_file(name: str, source: str) -> Callable | None:
     return module.kernel
 
 
+def compiled_from_file(prefix: str, source: str) -> Callable | None:
+    """The function ``kernel`` of the generated ``source`` loaded from a file of the cache folder
+    named by ``prefix`` and a digest of the source, or None where that folder cannot be written
+    (for compilers that read a function's source from its file, as Triton does)."""
+    digest = hashlib.sha1(source.encode()).hexdigest()[:12]
+    return _load_from_file(f"{prefix}_{digest}", source)
+
+
 def _load_in_memory(source: str) -> Callable:
     namespace: dict = {}
     exec(compile(source.replace("cache=True", "cache=False"), "<byzlearn sortnet>", "exec"),

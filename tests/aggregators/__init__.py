@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import torch
+
+import byzlearn.aggregators as agg
+
 # Options that make the randomised rules (fresh draws per call by default) and clipping
 # reproducible, so that two code paths or devices must agree on them.
 SEEDED = {
@@ -16,3 +20,33 @@ def seeded_options(name: str) -> dict:
     """:data:`SEEDED`'s options for a rule or a composition such as ``bucketing+median``."""
     parts = name.split("+")
     return {**SEEDED.get(parts[0], {}), **SEEDED.get(parts[-1], {})}
+
+
+# Every rule and the usual compositions, and the input kinds on which two code paths or devices
+# must agree (test_accelerator_path.py: the CPU kernels against the other devices' torch path
+# on the CPU; test_gpu.py: the CPU against a real CUDA device).
+PATH_NAMES = [*agg.names(), "nnm+krum", "nnm+trimmed_mean", "bucketing+median", "clipping+krum"]
+PATH_KINDS = ["gaussian", "one_nan", "nan_rows", "mean10", "n50"]
+
+
+def path_input(kind: str, dtype: torch.dtype) -> tuple[torch.Tensor, int]:
+    """The (n, 4099) CPU input of one of :data:`PATH_KINDS`, and its f."""
+    g = torch.Generator().manual_seed(0)
+    n, f = (50, 10) if kind == "n50" else (25, 5)
+    X = torch.randn(n, 4099, generator=g, dtype=torch.float64) + 3.0
+    if kind == "one_nan":
+        X[3, 7] = float("nan")
+    elif kind == "nan_rows":
+        X[:3] = float("nan")
+    elif kind == "mean10":  # the demo's attack: f rows at -10 x the honest mean
+        X[:f] = -10 * X[f:].mean(0)
+    return X.to(dtype), f
+
+
+def result_or_refusal(name: str, X: torch.Tensor, f: int) -> torch.Tensor | str:
+    """The rule's output with :func:`seeded_options`, or the text of the ValueError it raised
+    (e.g. bucketing+median on NaN rows: both paths must then refuse alike)."""
+    try:
+        return agg.get(name)(X, f=f, **seeded_options(name))
+    except ValueError as err:
+        return f"ValueError: {err}"

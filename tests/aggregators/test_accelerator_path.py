@@ -12,41 +12,17 @@ import torch
 import byzlearn.aggregators as agg
 from byzlearn.aggregators import _gram_kernel, _gram_small, _sortnet
 from byzlearn.aggregators._device import accelerator_path, cpu_kernels
-from tests.aggregators import seeded_options
-
-NAMES = [*agg.names(), "nnm+krum", "nnm+trimmed_mean", "bucketing+median", "clipping+krum"]
-KINDS = ["gaussian", "one_nan", "nan_rows", "mean10", "n50"]
-
-
-def _inputs(kind: str, dtype: torch.dtype) -> tuple[torch.Tensor, int]:
-    g = torch.Generator().manual_seed(0)
-    n, f = (50, 10) if kind == "n50" else (25, 5)
-    X = torch.randn(n, 4099, generator=g, dtype=torch.float64) + 3.0
-    if kind == "one_nan":
-        X[3, 7] = float("nan")
-    elif kind == "nan_rows":
-        X[:3] = float("nan")
-    elif kind == "mean10":  # the demo's attack: f rows at -10 x the honest mean
-        X[:f] = -10 * X[f:].mean(0)
-    return X.to(dtype), f
-
-
-def _run(name: str, X: torch.Tensor, f: int) -> torch.Tensor | str:
-    options = seeded_options(name)
-    try:
-        return agg.get(name)(X, f=f, **options)
-    except ValueError as err:  # e.g. bucketing+median on NaN rows: both paths must refuse
-        return f"ValueError: {err}"
+from tests.aggregators import PATH_KINDS, PATH_NAMES, path_input, result_or_refusal, seeded_options
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("kind", PATH_KINDS)
+@pytest.mark.parametrize("name", PATH_NAMES)
 def test_accelerator_path_equals_cpu_kernels(name: str, kind: str, dtype: torch.dtype) -> None:
-    X, f = _inputs(kind, dtype)
-    cpu = _run(name, X, f)
+    X, f = path_input(kind, dtype)
+    cpu = result_or_refusal(name, X, f)
     with accelerator_path():
-        other = _run(name, X, f)
+        other = result_or_refusal(name, X, f)
     if isinstance(cpu, str) or isinstance(other, str):
         assert cpu == other
         return

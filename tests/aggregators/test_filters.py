@@ -555,6 +555,7 @@ def test_output_kind_dtype_shape_and_no_input_change(rule):
     )
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("rule", [*RULES, "nnm+dnc", "nnm+signguard", "nnm+caf"])
 def test_cuda_matches_cpu(rule):

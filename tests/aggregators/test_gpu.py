@@ -1,4 +1,7 @@
-"""GPU path: every rule on a CUDA tensor equals the CPU result (skipped where no GPU exists)."""
+"""GPU path: every rule on a CUDA tensor equals the CPU kernels' result, on every input kind of
+test_accelerator_path.py (honest, one NaN, NaN rows, the -10 x mean attack, n = 50) in both
+dtypes, and at a large d where the blocked passes and the Gram's refinement run. Skipped where
+no CUDA device exists; ``benchmarks/cuda_check.sh`` runs these on a GPU machine."""
 
 from __future__ import annotations
 
@@ -6,7 +9,8 @@ import pytest
 import torch
 
 import byzlearn.aggregators as agg
-from tests.aggregators import seeded_options
+from byzlearn.aggregators import _fused_cuda, _gram_cuda, _select
+from tests.aggregators import PATH_KINDS, PATH_NAMES, path_input, result_or_refusal
 
 pytestmark = [
     pytest.mark.gpu,
@@ -14,18 +18,74 @@ pytestmark = [
 ]
 
 
-@pytest.mark.parametrize("name", [*agg.names(), "nnm+krum", "bucketing+median"])
-def test_cuda_matches_cpu(name):
-    g = torch.Generator().manual_seed(0)
-    X = torch.randn(25, 4099, generator=g, dtype=torch.float64)
-    X[3, 7] = float("nan")
-    options = seeded_options(name)
-    cpu = agg.get(name)(X, f=5, **options)
-    gpu = agg.get(name)(X.cuda(), f=5, **options)
-    assert gpu.device.type == "cuda" and gpu.dtype == X.dtype
-    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-9, atol=1e-9, equal_nan=True)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("kind", PATH_KINDS)
+@pytest.mark.parametrize("name", PATH_NAMES)
+def test_cuda_matches_cpu(name: str, kind: str, dtype: torch.dtype) -> None:
+    X, f = path_input(kind, dtype)
+    cpu = result_or_refusal(name, X, f)
+    gpu = result_or_refusal(name, X.cuda(), f)
+    if isinstance(cpu, str) or isinstance(gpu, str):
+        assert gpu == cpu
+        return
+    assert gpu.device.type == "cuda" and gpu.dtype == X.dtype and gpu.shape == cpu.shape
+    tol = 1e-9 if dtype == torch.float64 else 2e-5
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=tol, atol=tol, equal_nan=True)
 
 
 def test_coordinatewise_large_d_on_cuda():
     X = torch.randn(25, 3_000_001, device="cuda")
     torch.testing.assert_close(agg.median(X, f=5), X.median(dim=0).values, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["median", "trimmed_mean", "meamed", "krum", "multi_krum", "geometric_median",
+     "centered_clipping", "bucketing+median", "nnm+trimmed_mean"],
+)
+def test_attacked_large_d_on_cuda(name: str) -> None:
+    """25 x 3e6 float32 with 5 rows at -10 x the honest mean (the Gram pass's refinement) and a
+    NaN: several column blocks on the GPU, the same result as the CPU kernels."""
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(25, 3_000_001, generator=g) + 3.0
+    X[:5] = -10 * X[5:].mean(0)
+    X[7, 11] = float("nan")
+    cpu = result_or_refusal(name, X, 5)
+    gpu = result_or_refusal(name, X.cuda(), 5)
+    assert isinstance(cpu, torch.Tensor) and isinstance(gpu, torch.Tensor)
+    assert gpu.device.type == "cuda"
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("name", ["median", "trimmed_mean", "meamed", "phocas"])
+def test_coordinatewise_same_bits_as_the_cpu_kernels(name: str) -> None:
+    """The Triton selection kernel does the CPU kernels' arithmetic (_fused_cuda)."""
+    X = torch.randn(25, 1_000_003, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(agg.get(name)(X.cuda(), f=5).cpu(), agg.get(name)(X, f=5))
+
+
+def test_the_triton_kernels_run(monkeypatch) -> None:
+    """On a finite float32 input no coordinate falls back to torch's sort, and the Gram pass is
+    the Triton one (where Triton is installed, as with torch's CUDA builds)."""
+    if not _fused_cuda.triton_available():
+        pytest.skip("Triton is not installed")
+    X = torch.randn(25, 1_000_003, device="cuda")
+
+    def tripwire(*args, **kwargs):
+        raise AssertionError("the torch path ran")
+
+    monkeypatch.setattr(_select, "_torch_path", tripwire)
+    for name in ["median", "trimmed_mean", "meamed", "phocas", "bulyan"]:
+        agg.get(name)(X, f=5)
+    monkeypatch.undo()
+    passes = []
+    original = _gram_cuda.gram_pass
+
+    def spy(*args, **kwargs):
+        out = original(*args, **kwargs)
+        passes.append(out is not None)
+        return out
+
+    monkeypatch.setattr(_gram_cuda, "gram_pass", spy)
+    agg.krum(X, f=5)
+    assert passes and passes[-1]  # the pass over X (the one over the sampled columns may not)

@@ -1,0 +1,124 @@
+"""The Triton selection kernel (GPU). Its generated source is checked everywhere (every line
+translated, valid Python); its results on the CPU by Triton's interpreter where Triton is
+installed (Triton is not a dependency: CI skips those; test_gpu.py runs the compiled kernels on a
+real device): the CPU kernels' bits for every statistic, drop, row count and dtype, on finite
+inputs (no column redone by torch) and on inputs with missing values (the flagged columns
+redone)."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import re
+
+import pytest
+import torch
+
+from byzlearn.aggregators import _fused_cuda, _select
+from byzlearn.aggregators._device import accelerator_path
+
+needs_triton = pytest.mark.skipif(
+    importlib.util.find_spec("triton") is None or torch.cuda.is_available(),
+    reason="needs Triton, and no GPU (where one exists test_gpu.py runs the compiled kernels)",
+)
+
+STATS = [_select.MEAN, _select.MEDIAN, _select.TRIMMED, _select.CLOSEST_TO_MEDIAN,
+         _select.CLOSEST_TO_TRIMMED]
+
+
+@pytest.fixture(autouse=True)
+def _interpreted(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+def _both(X: torch.Tensor, stat: int, drop: int, min_k: int = 1) -> tuple:
+    cpu = _select.coordinatewise(X, stat, drop, min_k, "cpu")
+    with accelerator_path():
+        other = _select.coordinatewise(X, stat, drop, min_k, "triton")
+    return cpu, other
+
+
+def _no_torch_path(monkeypatch) -> None:
+    def tripwire(*args, **kwargs):
+        raise AssertionError("the torch path ran")
+
+    monkeypatch.setattr(_select, "_torch_path", tripwire)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("n", [3, 7, 10, 16, 25])
+@pytest.mark.parametrize("stat", STATS)
+def test_same_bits_as_the_cpu_kernels(monkeypatch, stat: int, n: int, dtype) -> None:
+    g = torch.Generator().manual_seed(n * 10 + stat)
+    X = (torch.randn(n, 701, generator=g, dtype=torch.float64) * 3 + 1).to(dtype)
+    X[:, :40] = X[:, :40].round()  # ties
+    X[:, 40:50] = -0.0
+    X[0, 50:60] = 1e30 if dtype == torch.float32 else 1e300  # huge values, finite
+    for drop in sorted({0, 1, (n - 1) // 3, (n - 1) // 2}):
+        if _select.checked_min_k(stat, drop, 1, "t") > n:
+            continue
+        _no_torch_path(monkeypatch)
+        cpu, other = _both(X, stat, drop)
+        assert torch.equal(other, cpu), (stat, n, drop, (other - cpu).abs().max())
+        monkeypatch.undo()
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+@needs_triton
+@pytest.mark.parametrize("stat", STATS)
+def test_missing_values_and_nan_rows(stat: int) -> None:
+    g = torch.Generator().manual_seed(stat)
+    X = torch.randn(25, 900, generator=g)
+    X[2, 7] = float("nan")
+    X[3, 100:300] = float("inf")
+    X[:5, 500:510] = float("nan")
+    X[24] = float("nan")  # a row with no finite value: left out before the kernel
+    cpu, other = _both(X, stat, 5, min_k=11)
+    torch.testing.assert_close(other, cpu, rtol=0, atol=0, equal_nan=True)
+
+
+@needs_triton
+def test_too_few_values_raise_the_same_error() -> None:
+    X = torch.randn(10, 300)
+    X[:8, 17] = float("nan")
+    with pytest.raises(ValueError) as cpu:
+        _select.coordinatewise(X, _select.MEDIAN, 2, 5, "median")
+    with accelerator_path(), pytest.raises(ValueError) as other:
+        _select.coordinatewise(X, _select.MEDIAN, 2, 5, "median")
+    assert str(other.value) == str(cpu.value)
+
+
+@needs_triton
+def test_more_than_25_rows_keep_the_torch_path() -> None:
+    X = torch.randn(26, 100)
+    assert not _fused_cuda.applies(X, 26, _select.MEDIAN, 0, 1)
+    assert _fused_cuda.applies(X, 25, _select.MEDIAN, 0, 1)
+
+
+def test_cpu_tensors_keep_the_torch_path_without_the_interpreter(monkeypatch) -> None:
+    monkeypatch.delenv("TRITON_INTERPRET")
+    assert not _fused_cuda.applies(torch.randn(5, 100), 5, _select.MEDIAN, 0, 1)
+
+
+@pytest.mark.parametrize("stat", STATS)
+@pytest.mark.parametrize("n", [1, 2, 3, 8, 13, 15, 24, 25])
+def test_every_generated_line_is_translated(stat: int, n: int) -> None:
+    for drop in range(0, n):
+        if _select.checked_min_k(stat, drop, 1, "t") > n:
+            continue
+        source, constants = _fused_cuda._source(n, stat, drop, n % 2 == 0)
+        tree = ast.parse(source)  # valid Python
+        assert [f.name for f in tree.body if isinstance(f, ast.FunctionDef)] == ["kernel"]
+        # no call of the numba kernels' helpers is left (tl.where, tl.minimum, ... instead)
+        leftover = re.findall(r"(?<![\w.])(?:pick|lo|hi|abs|np\.\w+)\(|= True", source)
+        assert not leftover, (leftover, n, stat, drop)
+        for k, value in enumerate(constants):
+            assert f"c{k} = tl.load(consts + {k})" in source
+            assert float(torch.tensor(value, dtype=torch.float32)) != value
+
+
+def test_the_kernel_names_its_inexact_constants() -> None:
+    source, constants = _fused_cuda._source(15, _select.TRIMMED, 5, True)
+    assert constants == [0.2]  # 1/5, which float32 cannot hold; 0.5 and 2.0 stay literals
+    assert "acc * c0" in source and "tl.load(consts + 0)" in source
