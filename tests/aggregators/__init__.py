@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 import torch
 
 import byzlearn.aggregators as agg
@@ -50,3 +53,27 @@ def result_or_refusal(name: str, X: torch.Tensor, f: int) -> torch.Tensor | str:
         return agg.get(name)(X, f=f, **seeded_options(name))
     except ValueError as err:
         return f"ValueError: {err}"
+
+
+def over_path_cases(test: Any) -> Any:
+    """Parametrize ``test(name, kind, dtype)`` over :data:`PATH_NAMES`, :data:`PATH_KINDS` and
+    float64 / float32."""
+    test = pytest.mark.parametrize("name", PATH_NAMES)(test)
+    test = pytest.mark.parametrize("kind", PATH_KINDS)(test)
+    dtypes = pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+    return dtypes(test)
+
+
+def record_results(monkeypatch: Any, module: Any, attr: str) -> list[bool]:
+    """Wrap ``module.attr`` (for the test) so that each call appends whether it returned
+    something other than None (e.g. whether a fast path took the input); returns that list."""
+    taken: list[bool] = []
+    original = getattr(module, attr)
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        out = original(*args, **kwargs)
+        taken.append(out is not None)
+        return out
+
+    monkeypatch.setattr(module, attr, wrapper)
+    return taken

@@ -12,12 +12,10 @@ import torch
 import byzlearn.aggregators as agg
 from byzlearn.aggregators import _gram_kernel, _gram_small, _sortnet
 from byzlearn.aggregators._device import accelerator_path, cpu_kernels
-from tests.aggregators import PATH_KINDS, PATH_NAMES, path_input, result_or_refusal, seeded_options
+from tests.aggregators import over_path_cases, path_input, result_or_refusal, seeded_options
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("kind", PATH_KINDS)
-@pytest.mark.parametrize("name", PATH_NAMES)
+@over_path_cases
 def test_accelerator_path_equals_cpu_kernels(name: str, kind: str, dtype: torch.dtype) -> None:
     X, f = path_input(kind, dtype)
     cpu = result_or_refusal(name, X, f)

@@ -10,7 +10,7 @@ import torch
 
 import byzlearn.aggregators as agg
 from byzlearn.aggregators import _fused_cuda, _gram_cuda, _select
-from tests.aggregators import PATH_KINDS, PATH_NAMES, path_input, result_or_refusal
+from tests.aggregators import over_path_cases, path_input, record_results, result_or_refusal
 
 pytestmark = [
     pytest.mark.gpu,
@@ -18,9 +18,7 @@ pytestmark = [
 ]
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("kind", PATH_KINDS)
-@pytest.mark.parametrize("name", PATH_NAMES)
+@over_path_cases
 def test_cuda_matches_cpu(name: str, kind: str, dtype: torch.dtype) -> None:
     X, f = path_input(kind, dtype)
     cpu = result_or_refusal(name, X, f)
@@ -78,14 +76,6 @@ def test_the_triton_kernels_run(monkeypatch) -> None:
     for name in ["median", "trimmed_mean", "meamed", "phocas", "bulyan"]:
         agg.get(name)(X, f=5)
     monkeypatch.undo()
-    passes = []
-    original = _gram_cuda.gram_pass
-
-    def spy(*args, **kwargs):
-        out = original(*args, **kwargs)
-        passes.append(out is not None)
-        return out
-
-    monkeypatch.setattr(_gram_cuda, "gram_pass", spy)
+    passes = record_results(monkeypatch, _gram_cuda, "gram_pass")
     agg.krum(X, f=5)
     assert passes and passes[-1]  # the pass over X (the one over the sampled columns may not)

@@ -16,6 +16,7 @@ import torch
 import byzlearn.aggregators as agg
 from byzlearn.aggregators import _gram, _gram_cuda
 from byzlearn.aggregators._device import accelerator_path
+from tests.aggregators import record_results
 
 needs_triton = pytest.mark.skipif(
     importlib.util.find_spec("triton") is None or torch.cuda.is_available(),
@@ -123,15 +124,7 @@ def test_rules_on_the_triton_pass_equal_the_cpu_kernels(monkeypatch, rule: str, 
     elif kind == "nan_rows":
         X[:3] = float("nan")
     cpu = agg.get(rule)(X, f=5)
-    calls = []
-    original = _gram_cuda.gram_pass
-
-    def spy(*args, **kwargs):
-        out = original(*args, **kwargs)
-        calls.append(out is not None)
-        return out
-
-    monkeypatch.setattr(_gram_cuda, "gram_pass", spy)
+    calls = record_results(monkeypatch, _gram_cuda, "gram_pass")
     with accelerator_path():
         other = agg.get(rule)(X, f=5)
     assert any(calls)  # the Triton pass ran
