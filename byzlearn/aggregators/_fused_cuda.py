@@ -82,15 +82,19 @@ def interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def runs_on(X: torch.Tensor) -> bool:
+    """Whether Triton kernels take X: a CUDA tensor (or any tensor under ``TRITON_INTERPRET=1``)
+    where Triton is installed. The one device test of this module and :mod:`._gram_cuda`."""
+    return (X.is_cuda or interpreted()) and triton_available()
+
+
 def applies(X: torch.Tensor, n_rows: int, stat: int, drop: int, min_k: int) -> bool:
     """Whether the Triton kernel takes these rows of X: a CUDA tensor (or any tensor under
     ``TRITON_INTERPRET=1``) of float32 or float64, at most 25 rows, enough of them for ``min_k``
     and for what the statistic needs."""
     from byzlearn.aggregators._select import checked_min_k
 
-    if X.dtype not in (torch.float32, torch.float64) or X.shape[1] == 0:
-        return False
-    if not (X.is_cuda or interpreted()) or not triton_available():
+    if X.dtype not in (torch.float32, torch.float64) or X.shape[1] == 0 or not runs_on(X):
         return False
     if _sortnet.size_for(n_rows) is None or min_k < 1:
         return False

@@ -477,6 +477,19 @@ def _blas_threads(threads: int) -> Iterator[None]:
             limit.restore_original_limits()
 
 
+def slow_columns(
+    X: torch.Tensor, centre: torch.Tensor | None, centre_row: int | None
+) -> Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]:
+    """``(j0, j1) ->`` the slow path's (:func:`_masked_block`, no imputation) Gram matrix and bad
+    rows of X's columns j0:j1, centred as the pass is (for the chunks the Triton pass redoes)."""
+
+    def redo(j0: int, j1: int) -> tuple[torch.Tensor, torch.Tensor]:
+        m = None if centre is None else centre[j0:j1]
+        return _masked_block(X[:, j0:j1], m, centre_row, X.shape[1], j0)
+
+    return redo
+
+
 def _torch_pass(
     X: torch.Tensor,
     centre: torch.Tensor | None,
@@ -488,11 +501,7 @@ def _torch_pass(
     n, d = X.shape
     size = block_size(n, d, X.device)
     if log is None:
-
-        def redo(j0: int, j1: int) -> tuple[torch.Tensor, torch.Tensor]:
-            m = None if centre is None else centre[j0:j1]
-            return _masked_block(X[:, j0:j1], m, centre_row, d, j0)
-
+        redo = slow_columns(X, centre, centre_row)
         done = _gram_cuda.gram_pass(X, centre, centre_row, redo, size)
         if done is not None:
             return done

@@ -85,7 +85,7 @@ def applies(X: torch.Tensor, n_rows: int) -> bool:
     under ``TRITON_INTERPRET=1``), at most :data:`MAX_ROWS` rows, a non-empty row."""
     if X.dtype != torch.float32 or X.shape[1] == 0 or not 1 <= n_rows <= MAX_ROWS:
         return False
-    return (X.is_cuda or _fused_cuda.interpreted()) and _fused_cuda.triton_available()
+    return _fused_cuda.runs_on(X)
 
 
 def _slots(count: int) -> int:
@@ -120,10 +120,11 @@ def gram_pass(
     else:
         M = Xc[centre_row]
     k = kept.numel()
+    kept_here = kept.to(X.device)
     slots = _slots(k + 1)
     programs = (d + CHUNK - 1) // CHUNK
     partial = torch.empty(programs, slots, slots, dtype=torch.float32, device=X.device)
-    if not _fused_cuda.launch(run, (programs,), Xc, kept.to(X.device), k, Xc.stride(0), M, d,
+    if not _fused_cuda.launch(run, (programs,), Xc, kept_here, k, Xc.stride(0), M, d,
                               partial, CHUNK=CHUNK, BLOCK_K=BLOCK_K, SLOTS=slots,
                               PRECISION=PRECISION, num_warps=4):
         return None
@@ -133,7 +134,7 @@ def gram_pass(
     acc = torch.zeros(n + 1, n + 1, dtype=torch.float64, device=X.device)
     acc[index[:, None], index[None, :]] = G
     bad = torch.ones(n, dtype=torch.bool, device=X.device)
-    bad[kept.to(X.device)] = False
+    bad[kept_here] = False
     for j0, j1 in column_runs(torch.nonzero(~finite).flatten().tolist(), d, max_columns):
         Gb, bad_b = redo(j0, j1)
         acc += Gb

@@ -172,11 +172,11 @@ def _load_from_file(name: str, source: str) -> Callable | None:
     return module.kernel
 
 
-def compiled_from_file(prefix: str, source: str) -> Callable | None:
+def compiled_from_file(prefix: str, source: str, salt: bytes = b"") -> Callable | None:
     """The function ``kernel`` of the generated ``source`` loaded from a file of the cache folder
-    named by ``prefix`` and a digest of the source, or None where that folder cannot be written
-    (for compilers that read a function's source from its file, as Triton does)."""
-    digest = hashlib.sha1(source.encode()).hexdigest()[:12]
+    named by ``prefix`` and a digest of the source and ``salt``, or None where that folder cannot
+    be written (Triton, which reads a function's source from its file, needs the file)."""
+    digest = hashlib.sha1(source.encode() + salt).hexdigest()[:12]
     return _load_from_file(f"{prefix}_{digest}", source)
 
 
@@ -353,5 +353,4 @@ def compiled(prefix: str, source: str, helpers: tuple) -> Callable:
     not the functions it calls: the file name holds a digest of the source and of the modules
     ``helpers`` it calls into, so a changed helper never runs stale code."""
     code = b"".join(Path(str(m.__file__)).read_bytes() for m in helpers)
-    digest = hashlib.sha1(source.encode() + code).hexdigest()[:12]
-    return _load_from_file(f"{prefix}_{digest}", source) or _load_in_memory(source)
+    return compiled_from_file(prefix, source, code) or _load_in_memory(source)

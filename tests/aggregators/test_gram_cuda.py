@@ -36,23 +36,13 @@ def _reference(X: torch.Tensor, m: torch.Tensor, bad: np.ndarray) -> np.ndarray:
     return aug @ aug.T
 
 
-def _redo(X, centre, centre_row):
-    d = X.shape[1]
-
-    def redo(j0, j1):
-        m = None if centre is None else centre[j0:j1]
-        return _gram._masked_block(X[:, j0:j1], m, centre_row, d, j0)
-
-    return redo
-
-
 @needs_triton
 @pytest.mark.parametrize("n", [3, 25, 40])
 def test_gram_of_the_centred_rows(n: int) -> None:
     g = torch.Generator().manual_seed(n)
     X = torch.randn(n, 40_000, generator=g) * 2 + 100.0  # far from 0: centring matters
     X[0, :17] = 0.0
-    out = _gram_cuda.gram_pass(X, None, 1, _redo(X, None, 1), 1 << 20)
+    out = _gram_cuda.gram_pass(X, None, 1, _gram.slow_columns(X, None, 1), 1 << 20)
     assert out is not None
     G, bad = out
     assert not bad.any()
@@ -70,7 +60,7 @@ def test_a_given_centre_nan_rows_and_scattered_missing_values() -> None:
     centre = torch.randn(d, generator=g)
     X[4] = float("nan")  # no finite value: left out before the kernel
     X[7, _gram_cuda.CHUNK + 3] = float("inf")  # one chunk redone by the slow path: row 7 bad
-    G, bad = _gram_cuda.gram_pass(X, centre, None, _redo(X, centre, None), 1 << 20)
+    G, bad = _gram_cuda.gram_pass(X, centre, None, _gram.slow_columns(X, centre, None), 1 << 20)
     assert torch.nonzero(bad).flatten().tolist() == [4, 7]
     good = ~bad
     keep = torch.cat([good, torch.tensor([True])])
@@ -83,7 +73,7 @@ def test_a_given_centre_nan_rows_and_scattered_missing_values() -> None:
 @needs_triton
 def test_inputs_it_does_not_take() -> None:
     X = torch.randn(5, 1000)
-    redo = _redo(X, None, 0)
+    redo = _gram.slow_columns(X, None, 0)
     assert _gram_cuda.gram_pass(X.double(), None, 0, redo, 1 << 20) is None  # float64
     assert _gram_cuda.gram_pass(X, None, None, redo, 1 << 20) is None  # no centre chosen
     assert _gram_cuda.gram_pass(torch.randn(128, 100), None, 0, redo, 1 << 20) is None
@@ -100,7 +90,7 @@ def test_the_kernel_source_parses() -> None:
 def test_cpu_tensors_keep_the_torch_pass_without_the_interpreter(monkeypatch) -> None:
     monkeypatch.delenv("TRITON_INTERPRET")
     X = torch.randn(5, 1000)
-    assert _gram_cuda.gram_pass(X, None, 0, _redo(X, None, 0), 1 << 20) is None
+    assert _gram_cuda.gram_pass(X, None, 0, _gram.slow_columns(X, None, 0), 1 << 20) is None
 
 
 def test_column_runs() -> None:

@@ -174,14 +174,18 @@ class _Rows:
             )
         return good, f - k
 
-    def columns(self, rows: torch.Tensor, cols: np.ndarray, exact: bool = True) -> torch.Tensor:
-        """The values of ``rows`` at coordinates ``cols`` (CPU; float64 when ``exact``, else
-        the input dtype where no mixing is needed, e.g. for their signs)."""
+    def columns(
+        self, rows: torch.Tensor, cols: np.ndarray, exact: bool = True, on_host: bool = True
+    ) -> torch.Tensor:
+        """The values of ``rows`` at coordinates ``cols`` (CPU, or the rows' device where
+        ``on_host`` is False and they need no mixing; float64 when ``exact``, else the input
+        dtype where no mixing is needed, e.g. for their signs)."""
         c = torch.as_tensor(cols, dtype=torch.long)
         # Columns first: gathering rows first would copy whole rows of d values.
         if self.Y is not None:
             r, cd = rows.to(self.Y.device), c.to(self.Y.device)
-            values = self.Y.index_select(1, cd).index_select(0, r).cpu()
+            values = self.Y.index_select(1, cd).index_select(0, r)
+            values = values.cpu() if on_host else values
             return values.double() if exact or values.dtype not in KERNEL_DTYPES else values
         if self.inputs.A is None:  # base rows, missing values imputed as by the Gram pass
             return self.inputs.gather(rows, c).cpu()
@@ -286,7 +290,13 @@ def dnc(
 def sign_features(V: torch.Tensor) -> np.ndarray:
     """Per row of V (n x k): the fractions of positive, zero and negative values."""
     k = V.shape[1]
-    rows = V.cpu().numpy()
+    if V.device.type != "cpu":
+        # counted on the device: only the (n, 3) counts cross to the host, not n x k values
+        # (on an H200 at 25 x 1e8, with the norm pass in the device's blocks, SignGuard went
+        # from 1.8-2.2 s to 0.33-0.35 s a call)
+        counts = torch.stack([(V > 0).sum(dim=1), (V == 0).sum(dim=1), (V < 0).sum(dim=1)], 1)
+        return counts.cpu().numpy().astype(np.float64) / k
+    rows = V.numpy()
     # numpy's count_nonzero on one row at a time: about 25x faster than torch's bool sums
     positive = np.array([np.count_nonzero(r > 0) for r in rows], dtype=np.float64)
     zero = np.array([np.count_nonzero(r == 0) for r in rows], dtype=np.float64)
@@ -304,16 +314,7 @@ def _sign_features_of(rows: _Rows, good: torch.Tensor, cols: np.ndarray) -> np.n
             counts = _gram_kernel.sign_counts(Yn, good.numpy(), cols, torch.get_num_threads())
             if not counts[:, 3].any():  # finite sampled values only (else: the general path)
                 return counts[:, :3].astype(np.float64) / max(1, len(cols))
-    if rows.Y is not None and rows.Y.device.type != "cpu":
-        # counted on the device: only the (n, 3) counts cross to the host, not n x k values
-        # (on an H200 at 25 x 1e8, with the norm pass above in the device's blocks, SignGuard
-        # went from 1.8-2.2 s to 0.33-0.35 s a call)
-        device = rows.Y.device
-        c = torch.as_tensor(cols, dtype=torch.long, device=device)
-        V = rows.Y.index_select(1, c).index_select(0, good.to(device))
-        on_device = torch.stack([(V > 0).sum(dim=1), (V == 0).sum(dim=1), (V < 0).sum(dim=1)], 1)
-        return on_device.cpu().numpy().astype(np.float64) / max(1, len(cols))
-    return sign_features(rows.columns(good, cols, exact=False))
+    return sign_features(rows.columns(good, cols, exact=False, on_host=False))
 
 
 def largest_sign_cluster(features: np.ndarray) -> np.ndarray:
