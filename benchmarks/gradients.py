@@ -13,8 +13,9 @@ each are computed by:
 - ``road``: ``FlatModel.batched_grads``, the written-out road (``byzlearn/engines/_sequential.py``,
   ``_convolutional.py``);
 - ``vmap``: ``torch.func.vmap(grad_and_value(loss))`` through the module (the road switched off);
-- for the CNN, ``road, unpool``: the road with the max-pool backward by torch's
-  ``max_unpool2d`` (with indices) instead of the compiled pass of ``_pool_kernel.py``;
+- for the CNN, ``road, unpool``: the road with the max-pools by torch (``max_pool2d`` with
+  indices, then ``relu``; backward by ``max_unpool2d``) instead of the compiled passes of
+  ``_pool_kernel.py``;
 - ``big batch``: one forward/backward of the module on all h x 32 samples (no per-worker
   gradients: the floor), in the default layout and, for the CNN, in channels-last memory.
 

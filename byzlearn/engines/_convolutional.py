@@ -75,6 +75,17 @@ def to_grouped(x: torch.Tensor) -> torch.Tensor:
     return nhwc.view(b, height, width, h * c).permute(0, 3, 1, 2)
 
 
+def _grouped_weight(weight: torch.Tensor, h: int) -> torch.Tensor:
+    """The grouped convolution's weight ``(h Cout, Cin, kh, kw)``, channels-last, in one copy:
+    ``weight`` ``(Cout, Cin, kh, kw)`` repeated ``h`` times, or the workers' own weights
+    ``(h, Cout, Cin, kh, kw)`` stacked."""
+    source = weight if weight.dim() == 5 else weight.expand(h, *weight.shape)
+    _, cout, cin, kh, kw = source.shape
+    out = torch.empty((h * cout, cin, kh, kw), dtype=weight.dtype, memory_format=_LAST)
+    out.permute(0, 2, 3, 1).view(h, cout, kh, kw, cin).copy_(source.permute(0, 1, 3, 4, 2))
+    return out
+
+
 def _from_grouped(a: torch.Tensor, h: int) -> torch.Tensor:
     """The grouped batch ``(b, h C, H, W)`` back as ``(h, b, C H W)`` per-sample features in
     ``Flatten``'s order (one copy)."""
@@ -124,11 +135,10 @@ class ConvForward:
                 else:
                     assert isinstance(layer, nn.MaxPool2d)
                     a = self._pool(name, layer, a, held_relu)
-                    if held_relu:
+                    if held_relu and not self.saved[-1].relu:  # not folded into the pool
                         a = torch.relu(a)
-                        if not self.saved[-1].relu:  # not folded into the pool's backward
-                            self.saved.append(_Saved(_RELU, name, a))
-                        held_relu = False
+                        self.saved.append(_Saved(_RELU, name, a))
+                    held_relu = False
             self.features = _from_grouped(a, self.h)
             self.shape = a.shape
 
@@ -136,13 +146,10 @@ class ConvForward:
         self, name: str, layer: nn.Conv2d, params: dict[str, torch.Tensor], a: torch.Tensor
     ) -> torch.Tensor:
         weight = params[f"{name}.weight"]  # (Cout, Cin, kh, kw), or one per worker
-        if weight.dim() == 5:  # the workers' own weights, stacked: the groups' weights
-            grouped = weight.reshape(-1, *weight.shape[2:]).contiguous(memory_format=_LAST)
-        else:
-            grouped = weight.repeat(self.h, 1, 1, 1).contiguous(memory_format=_LAST)
+        grouped = _grouped_weight(weight, self.h)
         bias = params.get(f"{name}.bias")
         if bias is not None:
-            bias = bias.reshape(-1) if bias.dim() == 2 else bias.repeat(self.h)
+            bias = (bias if bias.dim() == 2 else bias.expand(self.h, -1)).reshape(-1)
         self.saved.append(_Saved(layer, name, a, grouped))
         return F.conv2d(
             a,
@@ -155,10 +162,12 @@ class ConvForward:
         )
 
     def _pool(self, name: str, layer: nn.MaxPool2d, a: torch.Tensor, relu: bool) -> torch.Tensor:
+        """The pool's output; through the ReLU that follows it when ``relu`` and the compiled
+        passes take it (then ``saved[-1].relu``)."""
         kernel = _tiling(layer)
-        if kernel is not None and _pool_kernel.applies(a, a):  # the compiled backward
+        if kernel is not None and _pool_kernel.applies(a, a):  # the compiled passes
             self.saved.append(_Saved(layer, name, a, None, relu))
-            return F.max_pool2d(a, kernel, kernel)
+            return _pool_kernel.pool_forward(a, kernel, relu)
         out, indices = F.max_pool2d(
             a,
             layer.kernel_size,
@@ -199,24 +208,31 @@ class ConvForward:
     ) -> torch.Tensor:
         layer = s.layer
         assert isinstance(layer, nn.Conv2d) and s.extra is not None
-        has_bias = layer.bias is not None
-        grad_in, grad_w, grad_b = torch.ops.aten.convolution_backward(
+        grad_in, grad_w, _ = torch.ops.aten.convolution_backward(
             g,
             s.tensor,
             s.extra,
-            [s.extra.shape[0]] if has_bias else None,
+            None,
             _pair(layer.stride),
             _pair(layer.padding),  # type: ignore[arg-type]
             _pair(layer.dilation),
             False,
             [0, 0],
             self.h,
-            [need_input, True, has_bias],
+            [need_input, True, False],
         )
         grads[f"{s.name}.weight"] = grad_w.reshape(self.h, -1)
-        if has_bias:
-            grads[f"{s.name}.bias"] = grad_b.view(self.h, -1)
+        if layer.bias is not None:  # summed here: oneDNN's bias pass costs more than its sum
+            grads[f"{s.name}.bias"] = _channel_sums(g).view(self.h, -1)
         return grad_in
+
+
+def _channel_sums(g: torch.Tensor) -> torch.Tensor:
+    """``g`` ``(N, C, H, W)`` summed over all but the channels: a convolution's bias gradient.
+    Channels-last memory is a ``(N H W, C)`` matrix: its columns' sums in one pass."""
+    if g.is_contiguous(memory_format=_LAST):
+        return g.permute(0, 2, 3, 1).reshape(-1, g.shape[1]).sum(0)
+    return g.sum((0, 2, 3))
 
 
 def _tiling(layer: nn.MaxPool2d) -> tuple[int, int] | None:

@@ -1,6 +1,7 @@
-"""The compiled backward of a non-overlapping max-pool (and the ReLU after it), against torch's
-``max_pool2d_with_indices`` + ``threshold_backward`` + ``max_unpool2d``: the same values, bit for
-bit, including ties, NaN and -inf in a window and sizes the kernel does not divide."""
+"""The compiled forward and backward of a non-overlapping max-pool (and the ReLU after it),
+against torch's ``max_pool2d`` + ``relu`` and ``max_pool2d_with_indices`` +
+``threshold_backward`` + ``max_unpool2d``: the same values, bit for bit, including ties, signed
+zeros, NaN and -inf in a window and sizes the kernel does not divide."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.nn import functional as F  # noqa: N812
 
-from byzlearn.engines._pool_kernel import applies, pool_backward
+from byzlearn.engines._pool_kernel import applies, pool_backward, pool_forward
 
 LAST = torch.channels_last
 
@@ -22,6 +23,28 @@ def _torch(g: torch.Tensor, z: torch.Tensor, kernel: tuple[int, int], relu: bool
     return F.max_unpool2d(g, idx, kernel, kernel, [0, 0], z.shape[-2:])
 
 
+def _input(n, c, h, w, special, dtype, gen) -> torch.Tensor:
+    z = torch.randn(n, c, h, w, generator=gen, dtype=dtype)
+    if special == "ties":
+        z = (z * 1.5).round()  # many equal values, zeros and negatives
+    elif special == "signed zeros":
+        z = torch.where(z < 0, -0.0, 0.0).to(dtype) + (z > 1.5) * z  # -0.0, 0.0 and a few > 0
+    elif special != "none":
+        mask = torch.rand(n, c, h, w, generator=gen) < 0.3
+        z[mask] = float("nan") if special == "nan" else -float("inf")
+    return z.contiguous(memory_format=LAST)
+
+
+def _same_bits(got: torch.Tensor, ref: torch.Tensor) -> None:
+    assert torch.equal(got.isnan(), ref.isnan())
+    values = got.nan_to_num(), ref.nan_to_num()
+    assert torch.equal(*values)
+    assert torch.equal(torch.signbit(values[0]), torch.signbit(values[1]))  # -0.0 is not 0.0
+
+
+SPECIAL = st.sampled_from(["none", "ties", "signed zeros", "nan", "-inf"])
+
+
 @settings(max_examples=80, deadline=None)
 @given(
     n=st.integers(1, 3),
@@ -31,29 +54,45 @@ def _torch(g: torch.Tensor, z: torch.Tensor, kernel: tuple[int, int], relu: bool
     kh=st.integers(1, 3),
     kw=st.integers(1, 3),
     relu=st.booleans(),
-    special=st.sampled_from(["none", "ties", "nan", "-inf"]),
+    special=SPECIAL,
     dtype=st.sampled_from([torch.float32, torch.float64]),
     seed=st.integers(0, 10_000),
 )
-def test_matches_torch_bit_for_bit(n, c, h, w, kh, kw, relu, special, dtype, seed) -> None:
+def test_forward_matches_torch_bit_for_bit(n, c, h, w, kh, kw, relu, special, dtype, seed) -> None:
+    if h < kh or w < kw:
+        return
+    z = _input(n, c, h, w, special, dtype, torch.Generator().manual_seed(seed))
+    assert applies(z, z)
+    got = pool_forward(z, (kh, kw), relu)
+    assert got.is_contiguous(memory_format=LAST) and got.dtype == dtype
+    ref = F.max_pool2d(z, (kh, kw), (kh, kw))
+    _same_bits(got, torch.relu(ref) if relu else ref)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    n=st.integers(1, 3),
+    c=st.integers(1, 20),
+    h=st.integers(1, 9),
+    w=st.integers(1, 9),
+    kh=st.integers(1, 3),
+    kw=st.integers(1, 3),
+    relu=st.booleans(),
+    special=SPECIAL,
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    seed=st.integers(0, 10_000),
+)
+def test_backward_matches_torch_bit_for_bit(n, c, h, w, kh, kw, relu, special, dtype, seed) -> None:
     if h < kh or w < kw:
         return
     gen = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, c, h, w, generator=gen, dtype=dtype)
-    if special == "ties":
-        z = (z * 1.5).round()  # many equal values, zeros and negatives
-    elif special != "none":
-        mask = torch.rand(n, c, h, w, generator=gen) < 0.3
-        z[mask] = float("nan") if special == "nan" else -float("inf")
-    z = z.contiguous(memory_format=LAST)
+    z = _input(n, c, h, w, special, dtype, gen)
     g = torch.randn(n, c, h // kh, w // kw, generator=gen, dtype=dtype)
     g = g.contiguous(memory_format=LAST)
     assert applies(z, g)
     got = pool_backward(g, z, (kh, kw), relu)
     assert got.is_contiguous(memory_format=LAST)
-    ref = _torch(g, z, (kh, kw), relu)
-    assert torch.equal(got.isnan(), ref.isnan())
-    assert torch.equal(got.nan_to_num(), ref.nan_to_num())
+    _same_bits(got, _torch(g, z, (kh, kw), relu))
 
 
 def test_what_it_does_not_take() -> None:
@@ -71,3 +110,5 @@ def test_the_cnn_model_shape(relu: bool) -> None:
     z = (torch.randn(32, 400, 8, 8, generator=gen) * 4).round().contiguous(memory_format=LAST)
     g = torch.randn(32, 400, 4, 4, generator=gen).contiguous(memory_format=LAST)
     assert torch.equal(pool_backward(g, z, (2, 2), relu), _torch(g, z, (2, 2), relu))
+    q = F.max_pool2d(z, 2, 2)
+    assert torch.equal(pool_forward(z, (2, 2), relu), torch.relu(q) if relu else q)
