@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from byzlearn.allocator import keep_freed_memory
 from byzlearn.experiments.cli import register as _register_experiment_commands
 from byzlearn.neurons.cli import app as _neurons_app
 from byzlearn.studies.cli import study as _study
@@ -20,7 +21,9 @@ app.command("study")(_study)
 
 
 def main() -> None:
-    """Entry point of the ``byzlearn`` console script."""
+    """Entry point of the ``byzlearn`` console script: the process keeps the memory it frees
+    for reuse (:mod:`byzlearn.allocator`; ``BYZLEARN_MALLOC=system`` opts out)."""
+    keep_freed_memory()
     app()
 
 

@@ -13,6 +13,15 @@ def script():
     return load_script("training")
 
 
+@pytest.fixture(autouse=True)
+def allocator_calls(script, monkeypatch) -> list[bool]:
+    """The script's ``keep_freed_memory``, recorded instead of run (it would fix the malloc
+    thresholds of the test process)."""
+    calls: list[bool] = []
+    monkeypatch.setattr(script, "keep_freed_memory", lambda: calls.append(True) or True)
+    return calls
+
+
 def _rows(out: str, first: str) -> list[list[str]]:
     return [
         [c.strip() for c in line.strip("|").split("|")]
@@ -43,6 +52,17 @@ def test_the_alie_scenario_runs_on_request(script, capsys):
     rows = _rows(out, "mlp")
     assert rows[0][2] == "alie" and float(rows[0][4]) > 0
     assert any(r[3] == "vectorised" and float(r[5]) > 0 for r in rows)  # the attack's part
+
+
+def test_the_allocator_runs_as_the_command_line_unless_asked(script, capsys, allocator_calls):
+    args = "--models mlp --scenarios average --rounds 1 --warmup 0 --no-byzfl --n 3"
+    fast = args.split()
+    script.main(fast)
+    assert allocator_calls == [True]
+    assert "- allocator: freed memory kept for reuse" in capsys.readouterr().out
+    script.main([*fast, "--system-malloc"])
+    assert allocator_calls == [True]  # not called again
+    assert "- allocator: the C library's defaults" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

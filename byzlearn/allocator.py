@@ -1,0 +1,52 @@
+"""How the ``byzlearn`` command keeps the memory it frees: glibc's malloc thresholds.
+
+glibc's malloc gives freed memory back to the kernel eagerly. A block from 128 KiB on is a
+mapping of its own, unmapped when freed (glibc raises that threshold, up to 32 MiB, when it
+sees larger blocks freed), and the top of the heap is trimmed once more than twice the
+threshold lies free there. A training round allocates and frees the same few megabytes of
+activations and gradients every round (the ``cnn`` model's layers at 20-25 workers: about
+10 MB), so the kernel maps and zeroes fresh 4 KiB pages for them round after round: 300-1300
+page faults a round, 1-2 ms of a 9-11 ms round on a 2-core VM (``docs/performance.md``).
+:func:`keep_freed_memory` fixes both thresholds for the process, as ``MALLOC_MMAP_THRESHOLD_``
+and ``MALLOC_TRIM_THRESHOLD_`` would: blocks under 32 MiB come from the heap and up to 256 MiB
+of freed heap stays with the process for the next round, as PyTorch's CUDA allocator keeps its
+blocks. Blocks of 32 MiB and more are still mappings of their own (the aggregation rules' large
+outputs ask for huge pages on theirs: :mod:`byzlearn.aggregators._memory`).
+
+The command line calls it once at start; ``BYZLEARN_MALLOC=system`` keeps glibc's defaults. The
+library's functions never call it: a program that imports byzlearn keeps its own allocator
+settings (it may call this function itself).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+
+__all__ = ["ENVIRONMENT", "MMAP_THRESHOLD", "TRIM_THRESHOLD", "keep_freed_memory"]
+
+ENVIRONMENT = "BYZLEARN_MALLOC"  # "system": leave glibc's thresholds as they are
+MMAP_THRESHOLD = 32 * 2**20  # glibc's own ceiling for its dynamic threshold
+TRIM_THRESHOLD = 256 * 2**20
+_M_TRIM_THRESHOLD = -1  # mallopt's parameter numbers (malloc.h)
+_M_MMAP_THRESHOLD = -3
+
+
+def keep_freed_memory() -> bool:
+    """Fix glibc's mmap threshold at :data:`MMAP_THRESHOLD` and its trim threshold at
+    :data:`TRIM_THRESHOLD` for this process; ``True`` when both were set, ``False`` where the
+    C library is not glibc, ``mallopt`` refused, or ``BYZLEARN_MALLOC=system``."""
+    if os.environ.get(ENVIRONMENT, "").strip().lower() == "system":
+        return False
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    mmap = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+    trim = mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+    return mmap and trim

@@ -1,0 +1,72 @@
+"""``keep_freed_memory``: glibc's thresholds fixed for the process, so that a block freed and
+allocated again costs no page faults; ``BYZLEARN_MALLOC=system`` and other C libraries leave
+the defaults. Each case runs in a fresh interpreter (the setting is process-wide)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+from byzlearn import allocator
+
+GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+# Four times: malloc 16 MiB, write it all, free it; the page faults each write took.
+_PROBE = """
+import ctypes, json, resource, sys
+from byzlearn.allocator import keep_freed_memory
+applied = keep_freed_memory() if sys.argv[1] == "keep" else None
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+size, faults = 16 * 2**20, []
+for _ in range(4):
+    block = libc.malloc(size)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    libc.memset(block, 1, size)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    libc.free(block)
+print(json.dumps({"applied": applied, "faults": faults}))
+"""
+
+
+def _probe(mode: str, **env: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE, mode],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **env},
+    )
+    return json.loads(out.stdout)
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
+def test_a_freed_block_is_reused_without_page_faults() -> None:
+    pages = 16 * 2**20 // 4096
+    default = _probe("default")
+    kept = _probe("keep")
+    assert kept["applied"] is True
+    assert default["faults"][1] > pages // 2  # glibc's default: a fresh mapping again
+    assert kept["faults"][0] > pages // 2  # the first write faults in either case
+    assert max(kept["faults"][1:]) < pages // 20  # then the freed block is reused
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
+def test_the_environment_opts_out() -> None:
+    kept = _probe("keep", BYZLEARN_MALLOC="system")
+    assert kept["applied"] is False
+    assert kept["faults"][1] > 16 * 2**20 // 4096 // 2
+
+
+def test_other_c_libraries_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(allocator.platform, "libc_ver", lambda: ("musl", "1.2"))
+    assert allocator.keep_freed_memory() is False
+    monkeypatch.setattr(allocator.platform, "system", lambda: "Darwin")
+    assert allocator.keep_freed_memory() is False
