@@ -17,12 +17,15 @@ of one batch of ``b`` samples, ``(b, h C, H, W)``, stored channels-last (memory
   input and, for each group, the weight and bias gradients summed over that worker's samples
   only: the per-worker gradients, with no reshuffling of the activations;
 - max-pooling and ReLU act on each channel alone, whatever the grouping. A pool whose windows
-  tile its input (stride = kernel, no padding or dilation) runs without indices and its backward
-  is one compiled pass (:mod:`byzlearn.engines._pool_kernel`: each window rescanned as torch's
-  forward scans it, the gradient written at the kept index and zeros around it, no separate zero
-  fill). A ``ReLU`` right before a max-pool runs after it (the maximum of the rectified values
-  is the rectified maximum, and where it is 0 the gradient is 0 either way: the same gradients,
-  on a quarter of the values); before a tiling pool its threshold is folded into that pass.
+  tile its input (stride = kernel, no padding or dilation) is one compiled pass each way
+  (:mod:`byzlearn.engines._pool_kernel`: forward without indices; backward with each window
+  rescanned as torch's forward scans it, the gradient written at the kept index and zeros around
+  it, no separate zero fill). A ``ReLU`` right before a max-pool runs after it (the maximum of
+  the rectified values is the rectified maximum, and where it is 0 the gradient is 0 either
+  way: the same gradients, on a quarter of the values); before a tiling pool it is folded into
+  both passes.
+- a convolution's bias gradient is the column sums of its channels-last output gradient (one
+  torch ``sum``: oneDNN's bias pass inside the backward costs as much again as the weights').
   Other pools keep their
   indices: ``max_unpool2d`` undoes a non-overlapping one, ``max_pool2d_with_indices_backward``
   an overlapping one.
