@@ -33,13 +33,21 @@ _M_TRIM_THRESHOLD = -1  # mallopt's parameter numbers (malloc.h)
 _M_MMAP_THRESHOLD = -3
 
 
+def _glibc() -> bool:
+    """Whether the process runs on glibc (what ``confstr`` reports, without reading files)."""
+    try:
+        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (ValueError, OSError, AttributeError):  # no such name, or no confstr at all
+        return False
+
+
 def keep_freed_memory() -> bool:
     """Fix glibc's mmap threshold at :data:`MMAP_THRESHOLD` and its trim threshold at
     :data:`TRIM_THRESHOLD` for this process; ``True`` when both were set, ``False`` where the
     C library is not glibc, ``mallopt`` refused, or ``BYZLEARN_MALLOC=system``."""
     if os.environ.get(ENVIRONMENT, "").strip().lower() == "system":
         return False
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if platform.system() != "Linux" or not _glibc():
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
