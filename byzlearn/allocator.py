@@ -13,9 +13,11 @@ of freed heap stays with the process for the next round, as PyTorch's CUDA alloc
 blocks. Blocks of 32 MiB and more are still mappings of their own (the aggregation rules' large
 outputs ask for huge pages on theirs: :mod:`byzlearn.aggregators._memory`).
 
-The command line calls it once at start; ``BYZLEARN_MALLOC=system`` keeps glibc's defaults. The
-library's functions never call it: a program that imports byzlearn keeps its own allocator
-settings (it may call this function itself).
+The command line calls it once at start, and the processes it starts for the runs (a sweep's
+local workers, Ray tasks and actors) call it when it took effect in their parent
+(:func:`kept`); ``BYZLEARN_MALLOC=system`` keeps glibc's defaults. Otherwise the library never
+calls it: a program that imports byzlearn keeps its own allocator settings (it may call this
+function itself).
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ import ctypes
 import os
 import platform
 
-__all__ = ["ENVIRONMENT", "MMAP_THRESHOLD", "TRIM_THRESHOLD", "keep_freed_memory"]
+__all__ = ["ENVIRONMENT", "MMAP_THRESHOLD", "TRIM_THRESHOLD", "keep_freed_memory", "kept"]
 
 ENVIRONMENT = "BYZLEARN_MALLOC"  # "system": leave glibc's thresholds as they are
 MMAP_THRESHOLD = 32 * 2**20  # glibc's own ceiling for its dynamic threshold
 TRIM_THRESHOLD = 256 * 2**20
 _M_TRIM_THRESHOLD = -1  # mallopt's parameter numbers (malloc.h)
 _M_MMAP_THRESHOLD = -3
+_KEPT = False  # whether keep_freed_memory took effect in this process
 
 
 def _glibc() -> bool:
@@ -55,6 +58,14 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
+    global _KEPT
     mmap = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
     trim = mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+    _KEPT = _KEPT or (mmap and trim)
     return mmap and trim
+
+
+def kept() -> bool:
+    """Whether :func:`keep_freed_memory` took effect in this process (the processes a command
+    starts for its runs do the same when it did)."""
+    return _KEPT

@@ -67,6 +67,7 @@ from typing import Any
 import ray
 import torch
 
+from byzlearn.allocator import keep_freed_memory, kept
 from byzlearn.engines.base import (
     STATS,
     Handler,
@@ -115,8 +116,12 @@ class _Slot:
 class _GroupActor:
     """The actor holding a copy of a group's handler; answers the messages of its members."""
 
-    def __init__(self, handler: Handler, threads: int, state: Any = None) -> None:
+    def __init__(
+        self, handler: Handler, threads: int, state: Any = None, keep_memory: bool = False
+    ) -> None:
         torch.set_num_threads(max(1, int(threads)))
+        if keep_memory:  # the driver's malloc thresholds (byzlearn.allocator)
+            keep_freed_memory()
         self.handler = handler
         if state is not None:
             self.load(state)
@@ -396,7 +401,7 @@ class RayEngine(NodeTable):
                 state = saved[gi][a] if saved is not None else None
                 actor = _RemoteGroupActor.options(
                     num_cpus=res.cpus, num_gpus=res.gpus
-                ).remote(handler_ref, max(1, math.ceil(res.cpus)), state)
+                ).remote(handler_ref, max(1, math.ceil(res.cpus)), state, kept())
                 group.actors.append(actor)
                 group.members.append(members)
         try:

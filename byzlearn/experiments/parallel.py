@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from byzlearn.allocator import keep_freed_memory, kept
 from byzlearn.experiments.config import Config, parse_config
 
 __all__ = ["JobError", "RoundCallback", "run_parallel", "threads_per_job"]
@@ -58,11 +59,14 @@ def _capped(config: Config, threads: int) -> Config:
 _PROGRESS: Any = None  # the worker's queue of (i, record) progress messages
 
 
-def _init_worker(threads: int, progress: Any) -> None:
-    """Process-pool initializer: torch threads for this job, and the progress queue."""
+def _init_worker(threads: int, progress: Any, keep_memory: bool = False) -> None:
+    """Process-pool initializer: torch threads for this job, the progress queue, and the
+    parent's malloc thresholds (:mod:`byzlearn.allocator`) when it had set them."""
     global _PROGRESS
     torch.set_num_threads(threads)
     _PROGRESS = progress
+    if keep_memory:
+        keep_freed_memory()
 
 
 def _report(i: int) -> Callable[[dict[str, Any]], None] | None:
@@ -76,11 +80,16 @@ def _report(i: int) -> Callable[[dict[str, Any]], None] | None:
     return callback
 
 
-def run_job(i: int, config: dict[str, Any], directory: str) -> dict[str, Any]:
+def run_job(
+    i: int, config: dict[str, Any], directory: str, keep_memory: bool = False
+) -> dict[str, Any]:
     """Run (or resume) one run of a sweep; return its summary. Executed in a worker process
-    or a Ray task (configs travel as plain mappings)."""
+    or a Ray task (configs travel as plain mappings); ``keep_memory``: the driver's malloc
+    thresholds (:mod:`byzlearn.allocator`), for a Ray task."""
     from byzlearn.experiments.runner import run
 
+    if keep_memory:
+        keep_freed_memory()
     return run(parse_config(config), directory, callback=_report(i)).summary
 
 
@@ -142,7 +151,7 @@ def _run_processes(
     try:
         with ProcessPoolExecutor(
             max_workers=jobs, mp_context=context, initializer=_init_worker,
-            initargs=(threads, progress),
+            initargs=(threads, progress, kept()),
         ) as pool:
             pending: dict[Future, int] = {pool.submit(run_job, *w): w[0] for w in work}
             while pending:
@@ -221,7 +230,7 @@ def _run_ray(
     while queued or running:
         while queued and len(running) < jobs and error is None:
             i, config, directory = queued.pop(0)
-            running[task.remote(i, config, directory)] = i
+            running[task.remote(i, config, directory, kept())] = i
         if not running:
             break
         ready, _ = ray.wait(list(running), num_returns=1)

@@ -423,3 +423,15 @@ def test_a_byzantine_driven_node_observes_the_honest_messages_sent_so_far(engine
         engine.driven(spy.id)
     before = time.time()
     assert engine.compute(server.id, 1) >= before - engine._t0  # real time: the clock is now
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_actors_take_the_drivers_malloc_thresholds(keep: bool, monkeypatch) -> None:
+    """An actor sets byzlearn.allocator's thresholds when the driver had (``kept()``, passed
+    at its start by the engine); built here in-process, with the call recorded."""
+    from byzlearn.engines import ray_engine
+
+    calls: list[bool] = []
+    monkeypatch.setattr(ray_engine, "keep_freed_memory", lambda: calls.append(True) or True)
+    ray_engine._GroupActor(Echo(), torch.get_num_threads(), None, keep)  # threads unchanged
+    assert calls == ([True] if keep else [])

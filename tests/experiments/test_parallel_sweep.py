@@ -15,6 +15,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from byzlearn import allocator
 from byzlearn.cli import app
 from byzlearn.experiments.store import RunDir
 from byzlearn.experiments.sweep import load_sweep, plan_sweep, run_sweep
@@ -183,3 +184,21 @@ def test_ray_sweep_equals_sequential(
     )
     assert result.exit_code == 0, result.output
     assert _runs(tmp_path / "ray", spec) == _runs(tmp_path / "seq", spec)
+
+
+@pytest.mark.skipif(not allocator._glibc(), reason="glibc's malloc only")
+@pytest.mark.parametrize("keep", [False, True])
+def test_worker_processes_keep_freed_memory_as_their_parent(keep: bool) -> None:
+    """A sweep's local workers take the driver's malloc thresholds when it set them
+    (``byzlearn.allocator``; the command line does at start)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from byzlearn.experiments import parallel
+
+    with ProcessPoolExecutor(
+        max_workers=1,
+        mp_context=parallel._context(),
+        initializer=parallel._init_worker,
+        initargs=(1, None, keep),
+    ) as pool:
+        assert pool.submit(allocator.kept).result() is keep
