@@ -55,13 +55,7 @@ def pool_forward(z: torch.Tensor, kernel: tuple[int, int], relu: bool) -> torch.
     out = torch.empty(
         (n, c, h // kernel[0], w // kernel[1]), dtype=z.dtype, memory_format=torch.channels_last
     )
-    _forward(
-        z.detach().permute(0, 2, 3, 1).numpy(),
-        out.permute(0, 2, 3, 1).numpy(),
-        kernel[0],
-        kernel[1],
-        relu,
-    )
+    _forward(_nhwc(z), _nhwc(out), kernel[0], kernel[1], relu)
     return out
 
 
@@ -72,15 +66,13 @@ def pool_backward(
     output ``(N, C, H // kh, W // kw)`` (both channels-last; see :func:`applies`), through a
     ReLU after the pool when ``relu``; channels-last like ``z``."""
     out = torch.empty_like(z, memory_format=torch.channels_last)
-    _backward(
-        g.detach().permute(0, 2, 3, 1).numpy(),
-        z.detach().permute(0, 2, 3, 1).numpy(),
-        out.permute(0, 2, 3, 1).numpy(),
-        kernel[0],
-        kernel[1],
-        relu,
-    )
+    _backward(_nhwc(g), _nhwc(z), _nhwc(out), kernel[0], kernel[1], relu)
     return out
+
+
+def _nhwc(t: torch.Tensor) -> np.ndarray:
+    """A channels-last ``(N, C, H, W)`` tensor's memory as an ``(N, H, W, C)`` array (no copy)."""
+    return t.detach().permute(0, 2, 3, 1).numpy()
 
 
 if njit is not None:

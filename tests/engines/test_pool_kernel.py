@@ -43,10 +43,8 @@ def _same_bits(got: torch.Tensor, ref: torch.Tensor) -> None:
 
 
 SPECIAL = st.sampled_from(["none", "ties", "signed zeros", "nan", "-inf"])
-
-
-@settings(max_examples=80, deadline=None)
-@given(
+# Shapes, kernels (sizes they need not divide), the ReLU, special values, dtypes and seeds.
+POOL_CASES = given(
     n=st.integers(1, 3),
     c=st.integers(1, 20),
     h=st.integers(1, 9),
@@ -58,6 +56,10 @@ SPECIAL = st.sampled_from(["none", "ties", "signed zeros", "nan", "-inf"])
     dtype=st.sampled_from([torch.float32, torch.float64]),
     seed=st.integers(0, 10_000),
 )
+
+
+@settings(max_examples=80, deadline=None)
+@POOL_CASES
 def test_forward_matches_torch_bit_for_bit(n, c, h, w, kh, kw, relu, special, dtype, seed) -> None:
     if h < kh or w < kw:
         return
@@ -70,18 +72,7 @@ def test_forward_matches_torch_bit_for_bit(n, c, h, w, kh, kw, relu, special, dt
 
 
 @settings(max_examples=80, deadline=None)
-@given(
-    n=st.integers(1, 3),
-    c=st.integers(1, 20),
-    h=st.integers(1, 9),
-    w=st.integers(1, 9),
-    kh=st.integers(1, 3),
-    kw=st.integers(1, 3),
-    relu=st.booleans(),
-    special=SPECIAL,
-    dtype=st.sampled_from([torch.float32, torch.float64]),
-    seed=st.integers(0, 10_000),
-)
+@POOL_CASES
 def test_backward_matches_torch_bit_for_bit(n, c, h, w, kh, kw, relu, special, dtype, seed) -> None:
     if h < kh or w < kw:
         return
