@@ -393,7 +393,8 @@ def _kept(result) -> torch.Tensor | None:
     if not isinstance(result, Combination) or result.kept is None:
         return None
     if result.inputs.A is None:  # the base rows themselves (no n x n identity to build)
-        return torch.unique(torch.as_tensor(result.kept, dtype=torch.long))
+        kept = torch.as_tensor(result.kept, dtype=torch.long)
+        return kept if kept.numel() < 2 else torch.unique(kept)  # one index: as it is
     A = result.inputs.coefficients()[result.kept]
     return torch.nonzero((A != 0).any(dim=0)).flatten()
 
