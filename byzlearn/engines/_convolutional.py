@@ -14,8 +14,8 @@ of one batch of ``b`` samples, ``(b, h C, H, W)``, stored channels-last (memory
   each group sees only its worker's channels, i.e. the layer applied to each worker's samples
   (the same products as ``h`` separate convolutions);
 - its backward, one ``convolution_backward`` with ``groups = h``, gives the gradient of the
-  input and, for each group, the weight and bias gradients summed over that worker's samples
-  only: the per-worker gradients, with no reshuffling of the activations;
+  input and, for each group, the weight gradient summed over that worker's samples only: the
+  per-worker gradients, with no reshuffling of the activations;
 - max-pooling and ReLU act on each channel alone, whatever the grouping. A pool whose windows
   tile its input (stride = kernel, no padding or dilation) is one compiled pass each way
   (:mod:`byzlearn.engines._pool_kernel`: forward without indices; backward with each window
@@ -23,12 +23,10 @@ of one batch of ``b`` samples, ``(b, h C, H, W)``, stored channels-last (memory
   it, no separate zero fill). A ``ReLU`` right before a max-pool runs after it (the maximum of
   the rectified values is the rectified maximum, and where it is 0 the gradient is 0 either
   way: the same gradients, on a quarter of the values); before a tiling pool it is folded into
-  both passes.
+  both passes. Other pools keep their indices: ``max_unpool2d`` undoes a non-overlapping one,
+  ``max_pool2d_with_indices_backward`` an overlapping one;
 - a convolution's bias gradient is the column sums of its channels-last output gradient (one
   torch ``sum``: oneDNN's bias pass inside the backward costs as much again as the weights').
-  Other pools keep their
-  indices: ``max_unpool2d`` undoes a non-overlapping one, ``max_pool2d_with_indices_backward``
-  an overlapping one.
 
 Channels-last storage matters on the CPU: PyTorch's max-pool over small planes in the default
 layout costs 10x more (4.2 against 0.42 ms for 800 x 16 x 8 x 8 values, one thread), and oneDNN's
