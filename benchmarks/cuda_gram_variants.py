@@ -1,7 +1,8 @@
 """The Gram pass on a GPU, variant by variant, in one process: Krum (one Gram pass over the
 input and a row copy) and the geometric median (the pass, then a weighted sum of the rows) with
 the torch pass (subtract, then cuBLAS per block of 2^28 values) and the Triton pass of
-``byzlearn/aggregators/_gram_cuda.py`` in its tl.dot precisions and tile widths.
+``byzlearn/aggregators/_gram_cuda.py`` (its tile shapes and schedules, kernel alone:
+``benchmarks/cuda_gram_tuning.py``).
 
 Usage (a machine with a CUDA device and Triton):  python benchmarks/cuda_gram_variants.py
 Prints, per shape and variant, the median time of 7 calls after a warm-up, over the median of
@@ -20,12 +21,7 @@ import byzlearn.aggregators as agg
 from byzlearn.aggregators import _fused_cuda, _gram_cuda
 
 SHAPES = [(25, 100_000_000), (50, 20_000_000), (100, 10_000_000)]
-VARIANTS = [  # name, Triton pass on, precision, BLOCK_K
-    ("torch pass", False, "", 0),
-    ("triton ieee, K 64", True, "ieee", 64),
-    ("triton tf32x3, K 64", True, "tf32x3", 64),
-    ("triton tf32x3, K 128", True, "tf32x3", 128),
-]
+VARIANTS = [("torch pass", False), ("triton pass", True)]  # name, Triton pass on
 
 
 def timed(fn, repeats: int = 7) -> float:
@@ -55,9 +51,8 @@ def main() -> int:
         f = n // 5
         for rule in ["krum", "geometric_median"]:
             base = None
-            for name, on, precision, block_k in VARIANTS:
+            for name, on in VARIANTS:
                 _gram_cuda.gram_pass = original if on else (lambda *a, **k: None)
-                _gram_cuda.PRECISION, _gram_cuda.BLOCK_K = precision or "ieee", block_k or 64
                 out = agg.get(rule)(X, f=f)
                 t = timed(lambda rule=rule, X=X, f=f: agg.get(rule)(X, f=f))
                 if _fused_cuda._FAILED:  # the launch failed and the torch pass ran: say so

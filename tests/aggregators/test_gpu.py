@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import byzlearn.aggregators as agg
-from byzlearn.aggregators import _fused_cuda, _gram_cuda, _select
+from byzlearn.aggregators import _fused_cuda, _gram, _gram_cuda, _select
 from tests.aggregators import over_path_cases, path_input, record_results, result_or_refusal
 
 pytestmark = [
@@ -79,3 +79,27 @@ def test_the_triton_kernels_run(monkeypatch) -> None:
     passes = record_results(monkeypatch, _gram_cuda, "gram_pass")
     agg.krum(X, f=5)
     assert passes and passes[-1]  # the pass over X (the one over the sampled columns may not)
+
+
+@pytest.mark.parametrize("n", [10, 25, 50, 100])
+def test_the_triton_gram_pass_is_as_accurate_as_float32(n: int) -> None:
+    """The Triton pass's Gram matrix of the centred rows against float64 on the device, each
+    entry within 2e-6 of the norms' product (float32's products summed in float32 over a chunk:
+    a few 1e-7: benchmarks/cuda_gram_tuning.py measured 3.2-3.4e-7 at n = 10 to 100 on an H200,
+    and 1.0-1.2e-4 for a variant whose tails were lost, which the rules' tests above passed)."""
+    if not _fused_cuda.triton_available():
+        pytest.skip("Triton is not installed")
+    g = torch.Generator(device="cuda").manual_seed(n)
+    X = torch.randn(n, 200_003, device="cuda", generator=g) * 3 + 50  # centring matters
+    X[: n // 5] = -10 * X[n // 5 :].mean(0)
+    centre = n - 1
+    out = _gram_cuda.gram_pass(X, None, centre, _gram.slow_columns(X, None, centre), 1 << 28)
+    assert out is not None
+    G, bad = out
+    assert not bad.any()
+    m = X[centre].double()
+    A = torch.cat([X.double() - m, m[None]])
+    exact = A @ A.T
+    norms = exact.diagonal().clamp_min(exact.diagonal().max() * 1e-12).sqrt()
+    error = float(((G - exact).abs() / (norms[:, None] * norms[None, :])).max())
+    assert error < 2e-6, f"n = {n}: error {error:.2e}"
