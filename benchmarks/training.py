@@ -394,7 +394,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.models, args.n, args.rounds, args.warmup = ["mlp"], [25], 5, 1
     torch.set_num_threads(args.threads)
-    kept = False if args.system_malloc else keep_freed_memory()
+    try:
+        kept = False if args.system_malloc else keep_freed_memory()
+    except ValueError as err:  # a misspelt BYZLEARN_MALLOC
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     byzfl, note = (None, "byzfl not run (--no-byzfl)") if args.no_byzfl else _import_byzfl()
     print(_machine(args.threads))
     print(

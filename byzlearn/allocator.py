@@ -15,9 +15,10 @@ outputs ask for huge pages on theirs: :mod:`byzlearn.aggregators._memory`).
 
 The command line calls it once at start, and the processes it starts for the runs (a sweep's
 local workers, Ray tasks and actors) call it when it took effect in their parent
-(:func:`kept`); ``BYZLEARN_MALLOC=system`` keeps glibc's defaults. Otherwise the library never
-calls it: a program that imports byzlearn keeps its own allocator settings (it may call this
-function itself).
+(:func:`kept`); ``BYZLEARN_MALLOC=system`` keeps glibc's defaults (``keep``, or the variable
+unset or empty, is the default; any other value is refused with :class:`ValueError`, which the
+command prints as one error line). Otherwise the library never calls it: a program that imports
+byzlearn keeps its own allocator settings (it may call this function itself).
 """
 
 from __future__ import annotations
@@ -26,9 +27,13 @@ import ctypes
 import os
 import platform
 
-__all__ = ["ENVIRONMENT", "MMAP_THRESHOLD", "TRIM_THRESHOLD", "keep_freed_memory", "kept"]
+__all__ = [
+    "ENVIRONMENT", "MMAP_THRESHOLD", "SETTINGS", "TRIM_THRESHOLD", "keep_freed_memory", "kept",
+    "setting",
+]
 
-ENVIRONMENT = "BYZLEARN_MALLOC"  # "system": leave glibc's thresholds as they are
+ENVIRONMENT = "BYZLEARN_MALLOC"
+SETTINGS = ("keep", "system")  # keep freed memory (the default); leave glibc's thresholds
 MMAP_THRESHOLD = 32 * 2**20  # glibc's own ceiling for its dynamic threshold
 TRIM_THRESHOLD = 256 * 2**20
 _M_TRIM_THRESHOLD = -1  # mallopt's parameter numbers (malloc.h)
@@ -44,11 +49,25 @@ def _glibc() -> bool:
         return False
 
 
-def keep_freed_memory() -> bool:
+def setting() -> str:
+    """``BYZLEARN_MALLOC``, one of :data:`SETTINGS` (unset or empty: ``keep``); ValueError for
+    any other value, so that a misspelt opt-out is not silently taken for the default."""
+    value = os.environ.get(ENVIRONMENT, "").strip().lower() or "keep"
+    if value not in SETTINGS:
+        raise ValueError(
+            f"{ENVIRONMENT}={os.environ[ENVIRONMENT]!r} is not a setting; use "
+            f"{ENVIRONMENT}=system to keep the C library's malloc thresholds, or leave it unset"
+        )
+    return value
+
+
+def keep_freed_memory(environment: bool = True) -> bool:
     """Fix glibc's mmap threshold at :data:`MMAP_THRESHOLD` and its trim threshold at
     :data:`TRIM_THRESHOLD` for this process; ``True`` when both were set, ``False`` where the
-    C library is not glibc, ``mallopt`` refused, or ``BYZLEARN_MALLOC=system``."""
-    if os.environ.get(ENVIRONMENT, "").strip().lower() == "system":
+    C library is not glibc, ``mallopt`` refused, or ``BYZLEARN_MALLOC=system``; ValueError
+    where ``BYZLEARN_MALLOC`` holds another value (:func:`setting`). ``environment=False``
+    leaves the variable out: the processes a command starts follow their parent's decision."""
+    if environment and setting() == "system":
         return False
     if platform.system() != "Linux" or not _glibc():
         return False

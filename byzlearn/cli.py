@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from byzlearn.allocator import keep_freed_memory
@@ -22,8 +24,13 @@ app.command("study")(_study)
 
 def main() -> None:
     """Entry point of the ``byzlearn`` console script: the process keeps the memory it frees
-    for reuse (:mod:`byzlearn.allocator`; ``BYZLEARN_MALLOC=system`` opts out)."""
-    keep_freed_memory()
+    for reuse (:mod:`byzlearn.allocator`; ``BYZLEARN_MALLOC=system`` opts out, another value is
+    one error line and exit status 2)."""
+    try:
+        keep_freed_memory()
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     app()
 
 

@@ -72,3 +72,34 @@ def test_other_c_libraries_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> No
     assert allocator.keep_freed_memory() is False
     monkeypatch.setattr(allocator.platform, "system", lambda: "Darwin")
     assert allocator.keep_freed_memory() is False
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("", "keep"), ("keep", "keep"), (" System ", "system"), ("system", "system")],
+)
+def test_the_settings(monkeypatch: pytest.MonkeyPatch, value: str, expected: str) -> None:
+    monkeypatch.setenv(allocator.ENVIRONMENT, value)
+    assert allocator.setting() == expected
+
+
+@pytest.mark.parametrize("value", ["sytem", "off", "0", "glibc"])
+def test_a_misspelt_setting_is_refused(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    """Not silently taken for the default (the opt-out the user meant would be lost)."""
+    monkeypatch.setenv(allocator.ENVIRONMENT, value)
+    with pytest.raises(ValueError, match=f"BYZLEARN_MALLOC='{value}' is not a setting.*=system"):
+        allocator.keep_freed_memory()
+    assert allocator.keep_freed_memory(environment=False) is GLIBC  # a child follows its parent
+
+
+def test_the_command_refuses_a_misspelt_setting_in_one_line() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", "from byzlearn.cli import main; main()", "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, allocator.ENVIRONMENT: "sytem"},
+    )
+    assert out.returncode == 2
+    assert out.stdout == ""
+    assert out.stderr.startswith("error: BYZLEARN_MALLOC='sytem' is not a setting")
+    assert out.stderr.count("\n") == 1

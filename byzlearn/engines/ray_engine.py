@@ -121,7 +121,7 @@ class _GroupActor:
     ) -> None:
         torch.set_num_threads(max(1, int(threads)))
         if keep_memory:  # the driver's malloc thresholds (byzlearn.allocator)
-            keep_freed_memory()
+            keep_freed_memory(environment=False)
         self.handler = handler
         if state is not None:
             self.load(state)

@@ -66,7 +66,7 @@ def _init_worker(threads: int, progress: Any, keep_memory: bool = False) -> None
     torch.set_num_threads(threads)
     _PROGRESS = progress
     if keep_memory:
-        keep_freed_memory()
+        keep_freed_memory(environment=False)
 
 
 def _report(i: int) -> Callable[[dict[str, Any]], None] | None:
@@ -89,7 +89,7 @@ def run_job(
     from byzlearn.experiments.runner import run
 
     if keep_memory:
-        keep_freed_memory()
+        keep_freed_memory(environment=False)
     return run(parse_config(config), directory, callback=_report(i)).summary
 
 

@@ -431,7 +431,7 @@ def test_actors_take_the_drivers_malloc_thresholds(keep: bool, monkeypatch) -> N
     at its start by the engine); built here in-process, with the call recorded."""
     from byzlearn.engines import ray_engine
 
-    calls: list[bool] = []
-    monkeypatch.setattr(ray_engine, "keep_freed_memory", lambda: calls.append(True) or True)
+    calls: list[dict] = []
+    monkeypatch.setattr(ray_engine, "keep_freed_memory", lambda **kw: calls.append(kw) or True)
     ray_engine._GroupActor(Echo(), torch.get_num_threads(), None, keep)  # threads unchanged
-    assert calls == ([True] if keep else [])
+    assert calls == ([{"environment": False}] if keep else [])  # the driver decided

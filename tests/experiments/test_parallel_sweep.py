@@ -188,13 +188,15 @@ def test_ray_sweep_equals_sequential(
 
 @pytest.mark.skipif(not allocator._glibc(), reason="glibc's malloc only")
 @pytest.mark.parametrize("keep", [False, True])
-def test_worker_processes_keep_freed_memory_as_their_parent(keep: bool) -> None:
+def test_worker_processes_keep_freed_memory_as_their_parent(keep: bool, monkeypatch) -> None:
     """A sweep's local workers take the driver's malloc thresholds when it set them
-    (``byzlearn.allocator``; the command line does at start)."""
+    (``byzlearn.allocator``; the command line does at start), whatever their environment says
+    (the driver read it)."""
     from concurrent.futures import ProcessPoolExecutor
 
     from byzlearn.experiments import parallel
 
+    monkeypatch.setenv(allocator.ENVIRONMENT, "not read by the workers")
     with ProcessPoolExecutor(
         max_workers=1,
         mp_context=parallel._context(),
