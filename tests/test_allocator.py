@@ -21,7 +21,9 @@ _PROBE = """
 import ctypes, json, resource, sys
 from byzlearn.allocator import keep_freed_memory
 from byzlearn.allocator import kept
-applied = keep_freed_memory() if sys.argv[1] == "keep" else None
+mode = sys.argv[1]
+applied = {"keep": keep_freed_memory, "follow": lambda: keep_freed_memory(environment=False)}
+applied = applied[mode]() if mode in applied else None
 applied = None if applied is None else [applied, kept()]
 libc = ctypes.CDLL(None)
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
@@ -89,7 +91,14 @@ def test_a_misspelt_setting_is_refused(monkeypatch: pytest.MonkeyPatch, value: s
     monkeypatch.setenv(allocator.ENVIRONMENT, value)
     with pytest.raises(ValueError, match=f"BYZLEARN_MALLOC='{value}' is not a setting.*=system"):
         allocator.keep_freed_memory()
-    assert allocator.keep_freed_memory(environment=False) is GLIBC  # a child follows its parent
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
+def test_a_child_process_follows_its_parent_whatever_its_environment() -> None:
+    """``environment=False`` (a sweep's workers, Ray tasks and actors: their parent decided)."""
+    follow = _probe("follow", BYZLEARN_MALLOC="sytem")
+    assert follow["applied"] == [True, True]
+    assert max(follow["faults"][1:]) < 16 * 2**20 // 4096 // 20
 
 
 def test_the_command_refuses_a_misspelt_setting_in_one_line() -> None:
