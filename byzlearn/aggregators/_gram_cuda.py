@@ -130,7 +130,8 @@ def gram_pass(
     else:
         M = Xc[centre_row]
     k = kept.numel()
-    kept_here = kept.to(X.device)
+    index = torch.cat([kept, torch.tensor([n])]).to(X.device)  # the kept rows, then the centre
+    kept_here = index[:k]
     slots = _slots(k + 1)
     programs = (d + CHUNK - 1) // CHUNK
     partial = torch.empty(programs, slots, slots, dtype=torch.float32, device=X.device)
@@ -141,7 +142,6 @@ def gram_pass(
         return None
     finite = torch.isfinite(partial).flatten(1).all(dim=1)
     G = partial[finite].double().sum(dim=0)[: k + 1, : k + 1]
-    index = torch.cat([kept, torch.tensor([n])]).to(X.device)
     acc = torch.zeros(n + 1, n + 1, dtype=torch.float64, device=X.device)
     acc[index[:, None], index[None, :]] = G
     bad = torch.ones(n, dtype=torch.bool, device=X.device)
