@@ -37,7 +37,7 @@ import argparse
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -130,12 +130,18 @@ def cuda_time(fn: Callable[[], object], repeats: int = 9) -> float:
     return statistics.median(times)
 
 
+def centred_blocks(X: torch.Tensor, rows: torch.Tensor, centre: torch.Tensor,
+                   dtype: torch.dtype) -> Iterator[torch.Tensor]:
+    """[X[rows] - centre; centre] in ``dtype``, block of columns by block of columns."""
+    for j0 in range(0, X.shape[1], 1 << 24):
+        m = centre[j0:j0 + (1 << 24)].to(dtype)
+        yield torch.cat([X[rows, j0:j0 + (1 << 24)].to(dtype) - m, m[None]])
+
+
 def exact_gram(X: torch.Tensor, rows: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
     """The float64 Gram matrix of [X[rows] - centre; centre], in blocks of columns."""
     G = torch.zeros(rows.numel() + 1, rows.numel() + 1, dtype=torch.float64, device=X.device)
-    for j0 in range(0, X.shape[1], 1 << 24):
-        m = centre[j0:j0 + (1 << 24)].double()
-        A = torch.cat([X[rows, j0:j0 + (1 << 24)].double() - m, m[None]])
+    for A in centred_blocks(X, rows, centre, torch.float64):
         G += A @ A.T
     return G
 
@@ -150,8 +156,7 @@ class Shape:
         self.rows = torch.arange(n - 1, device=device)  # centred on the last row
         self.k = n - 1
         self.slots = max(16, 1 << self.k.bit_length())
-        exact = exact_gram(self.X, self.rows, self.X[n - 1])
-        self.exact = exact
+        self.exact = exact = exact_gram(self.X, self.rows, self.X[n - 1])
         norms = exact.diagonal().clamp_min(exact.diagonal().max() * 1e-12).sqrt()
         self.scale = norms[:, None] * norms[None, :]
         self.floor = timer(lambda: self.X.sum())
@@ -160,9 +165,7 @@ class Shape:
         """The sum of |a - hi| over the centred rows and the centre, hi being a rounded to TF32
         by the kernel's bit arithmetic, computed by torch in blocks of columns."""
         total = 0.0
-        for j0 in range(0, self.d, 1 << 24):
-            m = self.X[self.n - 1, j0:j0 + (1 << 24)]
-            A = torch.cat([self.X[self.rows, j0:j0 + (1 << 24)] - m, m[None]])
+        for A in centred_blocks(self.X, self.rows, self.X[self.n - 1], torch.float32):
             hi = ((A.view(torch.int32) + 0x1000) & -0x2000).view(torch.float32)
             total += float((A - hi).abs().double().sum())
         return total
