@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -77,3 +78,14 @@ def record_results(monkeypatch: Any, module: Any, attr: str) -> list[bool]:
 
     monkeypatch.setattr(module, attr, wrapper)
     return taken
+
+
+def centred_gram(X: torch.Tensor, m: torch.Tensor, bad: np.ndarray | None = None) -> np.ndarray:
+    """The float64 Gram matrix of ``[X - m; m]`` (numpy, on the host), the ``bad`` rows zeroed:
+    the reference for the Gram passes."""
+    A = X.detach().cpu().double().numpy()
+    centre = m.detach().cpu().double().numpy()
+    aug = np.vstack([A - centre, centre])
+    if bad is not None:
+        aug[:-1][bad] = 0.0
+    return aug @ aug.T

@@ -17,7 +17,7 @@ import torch
 import byzlearn.aggregators as agg
 from byzlearn.aggregators import _gram, _gram_cuda
 from byzlearn.aggregators._device import accelerator_path
-from tests.aggregators import record_results
+from tests.aggregators import centred_gram, record_results
 
 needs_triton = pytest.mark.skipif(
     importlib.util.find_spec("triton") is None or torch.cuda.is_available(),
@@ -30,13 +30,6 @@ def _interpreted(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
 
 
-def _reference(X: torch.Tensor, m: torch.Tensor, bad: np.ndarray) -> np.ndarray:
-    A = X.double().numpy().copy()
-    aug = np.vstack([A - m.double().numpy(), m.double().numpy()])
-    aug[:-1][bad] = 0.0
-    return aug @ aug.T
-
-
 @needs_triton
 @pytest.mark.parametrize("n", [3, 25, 40])
 def test_gram_of_the_centred_rows(n: int) -> None:
@@ -47,7 +40,7 @@ def test_gram_of_the_centred_rows(n: int) -> None:
     assert out is not None
     G, bad = out
     assert not bad.any()
-    expected = _reference(X, X[1], np.zeros(n, dtype=bool))
+    expected = centred_gram(X, X[1], np.zeros(n, dtype=bool))
     scale = np.abs(expected).max()
     np.testing.assert_allclose(G.numpy(), expected, rtol=0, atol=2e-6 * scale)
 
@@ -66,7 +59,7 @@ def test_a_given_centre_nan_rows_and_scattered_missing_values() -> None:
     assert torch.nonzero(bad).flatten().tolist() == [4, 7]
     good = ~bad
     keep = torch.cat([good, torch.tensor([True])])
-    expected = _reference(X, centre, bad.numpy())
+    expected = centred_gram(X, centre, bad.numpy())
     np.testing.assert_allclose(
         G[keep][:, keep].numpy(), expected[keep.numpy()][:, keep.numpy()], rtol=1e-5, atol=1e-3
     )
