@@ -1,0 +1,73 @@
+"""benchmarks/gram_parts.py times the Gram pass's parts and refuses what it cannot split."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.benchmarks import load_script
+
+
+@pytest.fixture(scope="module")
+def script():
+    return load_script("gram_parts")
+
+
+def _cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def test_one_row_per_rows_and_width_with_every_part(script, capsys):
+    script.main(
+        [
+            "--n",
+            "7",
+            "12",
+            "--d",
+            "5000",
+            "--widths",
+            "512",
+            "1024",
+            "--repeats",
+            "1",
+            "--hot-kib",
+            "64",
+        ]
+    )
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("| n |"))
+    rows = [_cells(line) for line in out.splitlines() if line.startswith(("| 7 |", "| 12 |"))]
+    assert [(row[0], row[1]) for row in rows] == [
+        ("7", "512"),
+        ("7", "1024"),
+        ("12", "512"),
+        ("12", "1024"),
+    ]
+    assert len(_cells(header)) == len(rows[0]) == 10
+    for row in rows:
+        assert float(row[2]) > 0  # the floor
+        for cell in row[3:]:
+            ms, ratio = cell.split(" (")
+            assert float(ms) >= 0 and float(ratio.rstrip(")")) >= 0
+
+
+def test_the_library_width_by_default(script, capsys):
+    from byzlearn.aggregators import _gram_kernel
+
+    script.main(["--n", "5", "--d", "3000", "--repeats", "1", "--hot-kib", "64"])
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| 5 |"))
+    assert _cells(row)[1] == str(_gram_kernel.tile_lanes(_gram_kernel.padded_rows(4)))
+    assert _gram_kernel.tile_lanes(3) == 2 * _gram_kernel.LANES  # the widths are restored
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--widths", "300"], "error: --widths must be multiples of 256"),
+        (["--n", "200"], "error: --n must be at most 127"),
+    ],
+)
+def test_what_it_cannot_split_is_one_line(script, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(argv)
+    assert str(exit_info.value).startswith(message)
+    assert "\n" not in str(exit_info.value)
