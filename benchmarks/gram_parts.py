@@ -13,8 +13,9 @@ matters), the pass centred on row 0 as after the library's choice of a central r
 - ``floor``: ``X.sum()``, one streaming read of the input;
 - ``pass``: ``_gram_kernel.gram_blocks`` over the whole input (the data comes from memory);
 - ``pass, hot``: the same number of coordinates, but passes over a slice of the input that
-  stays in the L2 cache (``--hot-kib`` of it), so no memory stall can show: if it is as slow as
-  ``pass``, the pass is bound by its own work, not by the read;
+  stays in the L2 cache (``--hot-kib`` of it; the kernel of one block, ``_gram_block``, called
+  from a compiled loop), so no memory stall can show: if it is as slow as ``pass``, the pass is
+  bound by its own work, not by the read;
 - ``centring, hot`` and ``tiles, hot``: the two steps of every pass alone on that slice
   (:func:`_centre_span` writing the centred rows into the tile buffer; :func:`_add_tiles`, the
   3 x 3 tiles of products, without prefetches), each called from a compiled loop; ``tiles and
@@ -56,12 +57,17 @@ def _compiled_loops():
             gk._centre_span(X, rows, centre, True, s0, s0 + C.shape[1], m, C, dots, msq, flags)
 
     @njit(nogil=True)
+    def passes(X, rows, centre, laps, acc, dots, msq, flags, C):  # pragma: no cover
+        for _ in range(laps):
+            gk._gram_block(X, rows, centre, True, 0, X.shape[1], acc, dots, msq, flags, C)
+
+    @njit(nogil=True)
     def tiles(C, acc, X, rows, passes, lines):  # pragma: no cover
         Xf = X.reshape(-1)
         for _ in range(passes):
             gk._add_tiles(C, acc, Xf, rows, 0, X.shape[1], lines)
 
-    return centring, tiles
+    return passes, centring, tiles
 
 
 def _best(parts: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -105,19 +111,18 @@ def _measure(n: int, d: int, hot_kib: int, repeats: int) -> dict[str, float]:
     T = torch.from_numpy(X)
     hot_cols = max(W, (hot_kib * 1024 // (4 * n)) // W * W)
     H = np.ascontiguousarray(X[:, :hot_cols])
-    hot_blocks = _gram.column_blocks(hot_cols, hot_cols)
     laps = max(1, d // hot_cols)
     spans = np.tile(np.arange(0, hot_cols, W, dtype=np.int64), laps)
     C = gk.aligned_zeros((R, W), np.float32)
     C[: rows.size] = np.random.default_rng(1).standard_normal((rows.size, W))
-    centring, tiles = _compiled_loops()
+    passes, centring, tiles = _compiled_loops()
     stats = (np.zeros(W, np.float32), C.copy(), np.zeros(rows.size), np.zeros(1))
     flags = np.zeros(rows.size + 1, dtype=np.bool_)
     keep = np.arange(n - n // 5)
     parts = {
         "floor": lambda: T.sum(),
         "pass": lambda: gk.gram_blocks(X, blocks, X[0], 1, rows),
-        "pass, hot": lambda: [gk.gram_blocks(H, hot_blocks, H[0], 1, rows) for _ in range(laps)],
+        "pass, hot": lambda: passes(H, rows, H[0], laps, np.zeros((R, R)), *stats[2:], flags, C),
         "centring, hot": lambda: centring(H, rows, H[0], spans, *stats, flags),
         "tiles, hot": lambda: tiles(C, np.zeros((R, R)), H, rows, spans.size, 0),
         "tiles and prefetches, hot": lambda: tiles(

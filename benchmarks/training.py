@@ -63,7 +63,7 @@ from typing import Any
 import torch
 from _common import at_least, channels_last
 
-from byzlearn.allocator import keep_freed_memory
+from byzlearn.allocator import keep_freed_memory, setting
 from byzlearn.attacks import alie_z
 from byzlearn.experiments import Trainer, parse_config
 from byzlearn.machine import cpu_name
@@ -395,6 +395,7 @@ def main(argv: list[str] | None = None) -> None:
         args.models, args.n, args.rounds, args.warmup = ["mlp"], [25], 5, 1
     torch.set_num_threads(args.threads)
     try:
+        setting()  # a misspelt BYZLEARN_MALLOC is refused with --system-malloc too
         kept = False if args.system_malloc else keep_freed_memory()
     except ValueError as err:  # a misspelt BYZLEARN_MALLOC
         print(f"error: {err}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 import numpy as np
@@ -9,6 +10,14 @@ import pytest
 import torch
 
 import byzlearn.aggregators as agg
+
+# The Triton kernels' tests on the CPU: Triton's interpreter runs them where Triton is installed
+# (it is not a dependency: CI skips them) and no GPU is (there test_gpu.py runs them compiled).
+# Their modules take the ``triton_interpreter`` fixture of this folder's conftest.py.
+needs_triton = pytest.mark.skipif(
+    importlib.util.find_spec("triton") is None or torch.cuda.is_available(),
+    reason="needs Triton, and no GPU (where one exists test_gpu.py runs the compiled kernels)",
+)
 
 # Options that make the randomised rules (fresh draws per call by default) and clipping
 # reproducible, so that two code paths or devices must agree on them.

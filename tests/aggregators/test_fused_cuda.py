@@ -8,7 +8,6 @@ redone)."""
 from __future__ import annotations
 
 import ast
-import importlib.util
 import re
 
 import pytest
@@ -16,19 +15,12 @@ import torch
 
 from byzlearn.aggregators import _fused_cuda, _select
 from byzlearn.aggregators._device import accelerator_path
+from tests.aggregators import needs_triton
 
-needs_triton = pytest.mark.skipif(
-    importlib.util.find_spec("triton") is None or torch.cuda.is_available(),
-    reason="needs Triton, and no GPU (where one exists test_gpu.py runs the compiled kernels)",
-)
+pytestmark = pytest.mark.usefixtures("triton_interpreter")
 
 STATS = [_select.MEAN, _select.MEDIAN, _select.TRIMMED, _select.CLOSEST_TO_MEDIAN,
          _select.CLOSEST_TO_TRIMMED]
-
-
-@pytest.fixture(autouse=True)
-def _interpreted(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
 
 
 def _both(X: torch.Tensor, stat: int, drop: int, min_k: int = 1) -> tuple:

@@ -8,7 +8,6 @@ against float64, by test_gpu.py.)"""
 from __future__ import annotations
 
 import ast
-import importlib.util
 
 import numpy as np
 import pytest
@@ -17,17 +16,9 @@ import torch
 import byzlearn.aggregators as agg
 from byzlearn.aggregators import _gram, _gram_cuda
 from byzlearn.aggregators._device import accelerator_path
-from tests.aggregators import centred_gram, record_results
+from tests.aggregators import centred_gram, needs_triton, record_results
 
-needs_triton = pytest.mark.skipif(
-    importlib.util.find_spec("triton") is None or torch.cuda.is_available(),
-    reason="needs Triton, and no GPU (where one exists test_gpu.py runs the compiled kernel)",
-)
-
-
-@pytest.fixture(autouse=True)
-def _interpreted(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+pytestmark = pytest.mark.usefixtures("triton_interpreter")
 
 
 @needs_triton

@@ -65,13 +65,14 @@ def test_the_allocator_runs_as_the_command_line_unless_asked(script, capsys, all
     assert "- allocator: the C library's defaults" in capsys.readouterr().out
 
 
-def test_a_misspelt_malloc_setting_gets_one_line(script, capsys, monkeypatch) -> None:
+@pytest.mark.parametrize("flags", [[], ["--system-malloc"]])
+def test_a_misspelt_malloc_setting_gets_one_line(script, capsys, monkeypatch, flags) -> None:
     from byzlearn import allocator
 
     monkeypatch.setattr(script, "keep_freed_memory", lambda: allocator.setting() == "keep")
     monkeypatch.setenv(allocator.ENVIRONMENT, "sytem")
     with pytest.raises(SystemExit) as exit_info:
-        script.main(["--quick", "--no-byzfl"])
+        script.main(["--quick", "--no-byzfl", *flags])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.startswith("error: BYZLEARN_MALLOC='sytem' is not a setting")
 
