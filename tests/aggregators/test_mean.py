@@ -73,13 +73,21 @@ def test_other_paths_agree_with_the_kernel() -> None:
     assert half is not None and half.dtype == torch.float16
 
 
-def test_large_matrices_take_torch_path_with_the_same_answers() -> None:
-    """Above the kernel's size limit: torch's float32 mean (within rounding of the float64 one),
-    and ``None`` for a non-finite value as on the kernel's path."""
-    X = torch.randn(3, (1 << 18) // 3 + 1)
-    got = mean_of_rows(X)
-    assert got is not None
-    torch.testing.assert_close(got, _reference(X), rtol=1e-6, atol=1e-7)
-    X[1, -1] = float("nan")
-    assert mean_of_rows(X) is None
+@pytest.mark.parametrize("threads", [1, 2])
+def test_large_matrices_on_threads_give_the_same_bits(threads: int) -> None:
+    """Large matrices are split into ranges of blocks, one per thread: the same float64 mean
+    rounded once, and ``None`` for a non-finite value in any range."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        X = torch.randn(7, 300_001)
+        got = mean_of_rows(X)
+        assert got is not None
+        assert torch.equal(got, _reference(X))
+        for where in [(0, 0), (6, 300_000), (3, 150_000)]:
+            Y = X.clone()
+            Y[where] = float("nan")
+            assert mean_of_rows(Y) is None
+    finally:
+        torch.set_num_threads(before)
     assert mean_of_rows(torch.empty(4, 0)).shape == (0,)
