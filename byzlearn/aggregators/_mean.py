@@ -93,8 +93,9 @@ if njit is not None:
     @njit(boundscheck=False, cache=True, nogil=True)
     def _mean_kernel(X, out, b0, b1):  # pragma: no cover (compiled)
         """out = the float64 column sums of X divided by n, rounded to out's dtype, over the
-        blocks b0..b1-1 of ``_MEAN_COLUMNS`` coordinates; False when a sum is not finite.
-        Rows are added in order, four per pass over a block."""
+        blocks b0..b1-1 of ``_MEAN_COLUMNS`` coordinates; False (at once, out then partly
+        written) when a sum is not finite. Rows are added in order, four per pass over a
+        block."""
         wide()
         n, d = X.shape
         sums = np.empty(min(d, _MEAN_COLUMNS))
@@ -108,7 +109,9 @@ if njit is not None:
             for j in range(w):
                 block[j] = sums[j] / n
                 bad |= not (abs(sums[j]) < np.inf)  # NaN or infinite (an integer OR vectorises)
-        return bad == 0
+            if bad != 0:
+                return False  # the caller takes its NaN-aware path: no need to read on
+        return True
 
 
 _STD_MIN_BLOCKS_PER_THREAD = 64  # 64 K coordinates: below that one thread
