@@ -1,0 +1,69 @@
+"""The compiled weighted sum of rows (``_gram_kernel.weighted_sum``) against a float64 loop."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from byzlearn.aggregators import _gram_kernel
+
+pytestmark = pytest.mark.skipif(
+    not _gram_kernel.available(np.zeros((1, 1), dtype=np.float32)), reason="needs numba"
+)
+
+
+def _reference(X: np.ndarray, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    acc = np.zeros(X.shape[1])
+    for t, w in zip(rows, weights, strict=True):  # row order, float64
+        acc = acc + w * X[t].astype(np.float64)
+    return acc.astype(X.dtype)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 11),
+    d=st.sampled_from([1, 7, 4095, 4096, 4097, 9000]),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    seed=st.integers(0, 10_000),
+)
+def test_weighted_sum_is_the_float64_sum_in_row_order(
+    n: int, d: int, dtype: type, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    X = (rng.standard_normal((n + 3, d)) * rng.choice([1e-3, 1.0, 1e6])).astype(dtype)
+    rows = np.sort(rng.choice(n + 3, size=n, replace=False))
+    weights = rng.random(n)
+    got = _gram_kernel.weighted_sum(X, rows, weights, 1)
+    assert got.dtype == X.dtype and got.shape == (d,)
+    want = _reference(X, rows, weights)
+    # FMA rounds each product once less than the loop: the float64 sums differ by a few
+    # roundings of the terms' size, then the outputs by at most one rounding to their dtype
+    size = np.abs(weights[:, None] * X[rows].astype(np.float64)).sum(axis=0)
+    bound = np.finfo(dtype).eps * np.abs(want.astype(np.float64)) + 16 * 2.0**-52 * size
+    assert (np.abs(got.astype(np.float64) - want) <= bound).all()
+
+
+@pytest.mark.parametrize("n", [4, 5, 20, 25])
+def test_threads_and_out_give_the_same_bits(n: int) -> None:
+    rng = np.random.default_rng(n)
+    X = rng.standard_normal((n, 300_001)).astype(np.float32)
+    rows = np.arange(n)
+    weights = rng.random(n)
+    one = _gram_kernel.weighted_sum(X, rows, weights, 1)
+    two = _gram_kernel.weighted_sum(X, rows, weights, 2)
+    out = np.empty(300_001, dtype=np.float32)
+    into = _gram_kernel.weighted_sum(X, rows, weights, 2, out=out)
+    assert into is out
+    assert np.array_equal(one, two) and np.array_equal(one, out)
+    np.testing.assert_allclose(one, _reference(X, rows, weights), rtol=4e-7, atol=0)
+
+
+def test_a_nan_row_with_weight_spoils_only_the_output_it_enters() -> None:
+    X = np.ones((5, 5000), dtype=np.float32)
+    X[2, 4100] = np.nan
+    with_nan = _gram_kernel.weighted_sum(X, np.arange(5), np.full(5, 0.2), 1)
+    assert np.isnan(with_nan[4100]) and np.isfinite(np.delete(with_nan, 4100)).all()
+    without = _gram_kernel.weighted_sum(X, np.array([0, 1, 3, 4]), np.full(4, 0.25), 1)
+    assert np.array_equal(without, np.ones(5000, dtype=np.float32))
