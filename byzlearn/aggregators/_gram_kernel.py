@@ -136,6 +136,24 @@ def aligned_zeros(shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
 
 if njit is not None:
 
+    @njit(boundscheck=False, error_model="numpy", cache=True, nogil=True, inline="always")
+    def _prefetch_share(Xf, rows, d, next0, lines, share, t, c):  # pragma: no cover (compiled)
+        """Prefetch ``share`` cache lines of the next pass (``lines`` per active row, from
+        coordinate ``next0`` on), from line c of active row t on, as runs of consecutive lines
+        of one row, one prefetch per step of a counted loop; returns the next (t, c). The tile
+        kernels call it once per tile, so that the next pass streams in while they multiply."""
+        while share > 0 and t < rows.shape[0]:
+            take = min(share, lines - c)
+            base = rows[t] * d + next0 + c * _LINE
+            for q in range(take):
+                prefetch(Xf, base + q * _LINE)
+            share -= take
+            c += take
+            if c == lines:
+                c = 0
+                t += 1
+        return t, c
+
     @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
     def _add_tiles(C, acc, Xf, rows, next0, d, lines):  # pragma: no cover (compiled)
         """acc[I:I+3, J:J+3] += C[I:I+3] C[J:J+3]^T for the 3 x 3 tiles with J >= I (on the
@@ -150,27 +168,19 @@ if njit is not None:
         total = rows.shape[0] * lines
         tiles = (R // 3) * (R // 3 + 1) // 2
         per_tile = (total + tiles - 1) // tiles
-        # the row and line of the next prefetch (written out here and in _add_tiles4: a numba
-        # call per tile, even inline="always", cost 4-12 ms of a 15 ms Gram pass at 25 rows).
-        # Each tile issues its share as runs of consecutive lines of one row, one prefetch per
-        # step of a counted loop: against one prefetch per step of a loop that tested the count
-        # and the row's end at each line (the same prefetches in the same order), the Gram pass
-        # at 25 x 1e7 float32, one thread, took 100-104 instead of 111-115 ms (89-91 instead
-        # of 105-106 on data in the L2 cache; benchmarks/gram_parts.py times the parts).
+        # the row and line of the next prefetch. Each tile issues its share as runs of
+        # consecutive lines of one row (_prefetch_share): against one prefetch per step of a
+        # loop that tested the count and the row's end at each line (the same prefetches in
+        # the same order), the Gram pass at 25 x 1e7 float32, one thread, took 100-104 instead
+        # of 111-115 ms (89-91 instead of 105-106 on data in the L2 cache; gram_parts.py times
+        # the parts). That per-line loop had to be written out in each tile kernel (as a numba
+        # call, even inline="always", it cost 4-12 ms of a 15 ms pass at 25 rows); the counted
+        # loop as a helper gives the same bits and time as written out (A/B in one process on
+        # a Zen 3 core, 10 to 128 rows of 1e6 and 25 of 1e7, within 1 %).
         t = c = 0
         for I in range(0, R, 3):
             for J in range(I, R, 3):
-                left = per_tile  # this tile's share of the prefetches, row by row
-                while left > 0 and t < rows.shape[0]:
-                    take = min(left, lines - c)
-                    base = rows[t] * d + next0 + c * _LINE
-                    for q in range(take):
-                        prefetch(Xf, base + q * _LINE)
-                    left -= take
-                    c += take
-                    if c == lines:
-                        c = 0
-                        t += 1
+                t, c = _prefetch_share(Xf, rows, d, next0, lines, per_tile, t, c)
                 if I == J:  # a diagonal tile: its upper triangle only (6 products, not 9)
                     b00 = b01 = b02 = b11 = b12 = b22 = zero
                     x0 = C[I]
@@ -238,24 +248,14 @@ if njit is not None:
         total = rows.shape[0] * lines
         tiles = (R // 4) * (R // 4 + 1) // 2
         per_tile = (total + tiles - 1) // tiles
-        t = c = 0  # the next prefetch, as in _add_tiles
+        t = c = 0  # the row and line of the next prefetch, as in _add_tiles
         for I in range(0, R, 4):
             x0 = C[I]
             x1 = C[I + 1]
             x2 = C[I + 2]
             x3 = C[I + 3]
             for J in range(I, R, 4):
-                left = per_tile  # this tile's share of the prefetches, row by row
-                while left > 0 and t < rows.shape[0]:
-                    take = min(left, lines - c)
-                    base = rows[t] * d + next0 + c * _LINE
-                    for q in range(take):
-                        prefetch(Xf, base + q * _LINE)
-                    left -= take
-                    c += take
-                    if c == lines:
-                        c = 0
-                        t += 1
+                t, c = _prefetch_share(Xf, rows, d, next0, lines, per_tile, t, c)
                 if I == J:
                     b00 = b01 = b02 = b03 = b11 = b12 = b13 = b22 = b23 = b33 = zero
                     for k in range(C.shape[1]):

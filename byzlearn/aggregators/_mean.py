@@ -34,7 +34,6 @@ from byzlearn.aggregators._threads import in_parallel
 _COLUMNS = 1024  # coordinates per block of the standard deviation: 8 KiB of float64 sums
 _MEAN_COLUMNS = 4096  # of the mean: 32 KiB of sums, each row read in runs of 16 KiB (float32)
 _MEAN_MIN_BLOCKS_PER_THREAD = 16  # 64 K coordinates: below that one thread
-_SMALL = 1 << 18  # values up to which the output is a plain tensor (no huge-page advice)
 
 try:
     from numba import njit
@@ -51,9 +50,7 @@ def mean_of_rows(X: torch.Tensor) -> torch.Tensor | None:
         out = torch.mean(X, dim=0, out=_memory.empty(X.shape[1], dtype=X.dtype, device=X.device))
         return out if bool(torch.isfinite(out.sum())) else None
     Xn = X.detach().numpy()
-    out = torch.empty(X.shape[1], dtype=X.dtype) if X.numel() <= _SMALL else _memory.empty(
-        X.shape[1], dtype=X.dtype
-    )
+    out = _memory.empty(X.shape[1], dtype=X.dtype)
     o = out.numpy()
     blocks = -(-X.shape[1] // _MEAN_COLUMNS)
     finite: list[bool] = []  # one answer per range of blocks
