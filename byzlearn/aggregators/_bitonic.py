@@ -12,9 +12,9 @@ Consecutive stages of one level close over small sets of wires: stages with stri
 s act within the 16 wires ``base + s k`` (k = 0..15), and the flip of a block of 2p wires with
 the next three strides within 8 wires of one residue mod p/8 in the lower half and 8 of the
 mirrored residue in the upper half. A *pass* loads such a set of at most 16 wires once (one
-512-bit vector per wire and column group), applies up to four stages in registers and stores it
-back once: a level of log2(2p) stages costs ceil(log2(2p) / 4) loads and stores per wire instead
-of one per comparator, as a loop over the merge network's pairs does.
+vector of the host's widest registers per wire and column group), applies up to four stages in
+registers and stores it back once: a level of log2(2p) stages costs ceil(log2(2p) / 4) loads and
+stores per wire instead of one per comparator, as a loop over the merge network's pairs does.
 
 Each pass is written directly in LLVM IR (:func:`cx_pass`): numba's loop vectoriser would need a
 run-time overlap check between every pair of the 16 rows loaded and stored, which cost more than
@@ -22,23 +22,30 @@ the pass itself (the same pass in numba took 1.7 times as long at 1024 rows, and
 chunks of 16 coordinates). The rows of a pass are distinct by construction, so the explicit
 vectors are exact; their addresses are computed once per pass, before the loop over columns.
 
-Comparators are ``lo = a if a <= b else b``, ``hi = b if a <= b else a``; the kernel maps
-non-finite values to +inf first, so no NaN reaches them. (LLVM emits a compare and two blends for
-them; the exact min/max pattern, ``b < a ? b : a`` and ``a > b ? a : b``, gives vminps/vmaxps and
-the same bits but was no faster: the passes are bound by the buffer's L2 traffic, about 14 loads
-and stores of each row at 1024 rows.) Any sorting network leaves the same
-sorted values, so the statistics equal those of the odd-even merge loop this replaced, except
-that zeros of opposite sign (equal under ``<=``) may come out in another order: a result may be
--0.0 where it was 0.0 (equal under ``==``; measured on inputs with many signed zeros).
+Comparators are ``lo = b if b < a else a``, ``hi = a if a > b else b``: the exact patterns of
+vminps/vmaxps, two instructions, where ``a <= b`` with two selects took a compare and two blends
+(the same values: both keep ``a`` low and ``b`` high when a == b). The kernel maps non-finite
+values to +inf first, so no NaN reaches them. On an AVX-512 Xeon both forms took the same time
+(the passes are bound by the buffer's L2 traffic, about 14 loads and stores of each row at 1024
+rows); on a 16-register AVX2 core (AMD EPYC, Zen 3), the merge of one block of 100 rows (4 x 25
+sorted rows, 256 columns, from L2), A/B in one process: 23.7 us with 512-bit vectors and
+compare-and-blend, 16.8 with min/max, 19.4 with 256-bit vectors, 12.5 with both (8-wire passes
+of three stages, which fit the 16 registers without spilling: 21.2). Any sorting network leaves
+the same sorted values, so the statistics equal those of the odd-even merge loop this replaced,
+except that zeros of opposite sign (equal under ``<=``) may come out in another order: a result
+may be -0.0 where it was 0.0 (equal under ``==``; measured on inputs with many signed zeros).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-# Bytes of one explicit vector: a 512-bit register (on CPUs without AVX-512 LLVM splits it into
-# two or four narrower registers: slower, still exact).
-VECTOR_BYTES = 64
+from byzlearn.aggregators._simd import vector_bytes
+
+# Bytes of one explicit vector: the host's widest register (64 with AVX-512, else 32). A pass
+# holds 16 wires; on a 16-register AVX2 core 512-bit vectors (two registers each) spill: the
+# merge of 100 rows took 1.2-1.3 times as long as with 256-bit ones (see the module docstring).
+VECTOR_BYTES = vector_bytes()
 # Most wires one pass holds in registers: 16 wires, four stages (32 wires, five stages, spill
 # out of the 32 vector registers of AVX-512 and were slower at 256 and 1024 wires).
 MAX_STAGES = 4
@@ -205,9 +212,11 @@ if _HAVE_NUMBA:
                         pointers.append(pointer)
                         values.append(builder.load(pointer, align=size))
                     for a, b in pairs:
-                        le = builder.fcmp_ordered("<=", values[a], values[b])
-                        low = builder.select(le, values[a], values[b])
-                        high = builder.select(le, values[b], values[a])
+                        # vminps / vmaxps: b < a ? b : a and a > b ? a : b
+                        lt = builder.fcmp_ordered("<", values[b], values[a])
+                        low = builder.select(lt, values[b], values[a])
+                        gt = builder.fcmp_ordered(">", values[a], values[b])
+                        high = builder.select(gt, values[a], values[b])
                         values[a], values[b] = low, high
                     for pointer, value in zip(pointers, values, strict=True):
                         builder.store(value, pointer, align=size)
@@ -225,7 +234,7 @@ if _HAVE_NUMBA:
     def run_passes(buf, kinds, table, w, chunk):  # pragma: no cover (compiled)
         """Run the passes (``kinds``, ``table``) on columns 0 .. w - 1 of ``buf`` (rounded up to
         whole vectors: ``buf`` must have that many columns), ``chunk`` columns at a time."""
-        wide()  # 512-bit registers for the explicit vectors (else split in two 256-bit halves)
+        wide()  # full-width registers for the loops numba vectorises itself
         step = VECTOR_BYTES // buf.itemsize
         for c0 in range(0, w, chunk):
             c1 = c0 + ((min(w, c0 + chunk) - c0 + step - 1) // step) * step

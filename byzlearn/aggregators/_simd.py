@@ -1,4 +1,5 @@
-"""Two compiler hints for the numba kernels: full-width vectors and software prefetch.
+"""Two compiler hints for the numba kernels, full-width vectors and software prefetch, and the
+host's vector width (:func:`vector_bytes`, for kernels that write explicit vectors).
 
 ``wide()`` marks the numba function it is called from with the LLVM attribute
 ``"prefer-vector-width"="512"``. On CPUs with AVX-512, LLVM's default tuning for most Intel cores
@@ -31,6 +32,19 @@ except ImportError:  # pragma: no cover
     _HAVE = False
 
 _WIDE_ATTRIBUTE = '"prefer-vector-width"="512"'
+
+
+
+def vector_bytes() -> int:
+    """Bytes of the host's widest vector register: 64 with AVX-512, else 32 (also when the host
+    cannot be asked)."""
+    try:
+        from llvmlite import binding
+
+        return 64 if binding.get_host_cpu_features().get("avx512f", False) else 32
+    except Exception:  # pragma: no cover (a hint only)
+        return 32
+
 
 if _HAVE:
 

@@ -276,6 +276,54 @@ def test_bitonic_passes_merge_every_zero_one_input(wires, run):
     np.testing.assert_array_equal(merged, np.sort(inputs, axis=1))
 
 
+def _bitonic_with_vector_bytes(vector_bytes: int):
+    """The module ``_bitonic`` compiled anew with explicit vectors of ``vector_bytes`` bytes (the
+    width a host of the other kind takes: 64 with AVX-512, 32 without)."""
+    import sys
+    import types
+    from pathlib import Path
+
+    from byzlearn.aggregators import _bitonic
+
+    source = Path(_bitonic.__file__).read_text().replace("cache=True", "cache=False")
+    source = source.replace("VECTOR_BYTES = vector_bytes()", f"VECTOR_BYTES = {vector_bytes}")
+    module = types.ModuleType(f"bitonic_{vector_bytes}")
+    module.__file__ = f"<_bitonic with {vector_bytes}-byte vectors>"
+    sys.modules[module.__name__] = module
+    exec(compile(source, module.__file__, "exec"), module.__dict__)
+    assert vector_bytes == module.VECTOR_BYTES
+    return module
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=str)
+def test_bitonic_passes_at_both_vector_widths_sort_ties_and_signed_zeros(dtype):
+    """The merge passes with 256-bit and with 512-bit explicit vectors (whichever this host does
+    not take is compiled here) leave every column sorted, bit for bit the same, including the
+    order of zeros of opposite sign."""
+    from byzlearn.aggregators import _simd, _sortnet
+
+    assert _simd.vector_bytes() in (32, 64)
+    n = 100
+    full = _sortnet.plan(n)
+    slot, wires, _, surely_inf, _ = _sortnet._layout(n, full.size)
+    rng = np.random.default_rng(7)
+    values = rng.integers(-3, 4, (wires, 64)).astype(dtype)
+    values[values == 0] = rng.choice(np.array([0.0, -0.0], dtype=dtype), (values == 0).sum())
+    values[:, ::5] = rng.standard_normal((wires, 13))
+    runs = np.sort(values.reshape(wires // slot, slot, 64), axis=1, kind="stable")
+    base = np.ascontiguousarray(runs.reshape(wires, 64))
+    base[surely_inf] = np.inf
+    merged = []
+    for width in (32, 64):
+        module = _bitonic_with_vector_bytes(width)
+        kinds, table, _ = module.pruned_passes(wires, slot, surely_inf)
+        buf = base.copy()
+        module.run_passes(buf, kinds, table, 64, 64)
+        merged.append(buf)
+    np.testing.assert_array_equal(merged[0], np.sort(base, axis=0))
+    assert merged[0].tobytes() == merged[1].tobytes()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("n", [26, 33, 64, 65, 127, 200, 333, 500, 1000])
 def test_grouped_kernel_with_specials_matches_reference(n, dtype):
