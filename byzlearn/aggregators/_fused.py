@@ -56,7 +56,7 @@ except ImportError:  # pragma: no cover
 MIN_COLUMNS = 1 << 16
 # Blocks the plain kernel takes after a block the fused kernel could not take.
 _RETRY_BLOCKS = 16
-_GENERATOR_VERSION = 2
+_GENERATOR_VERSION = 3
 
 
 def applies(n: int, stat: int, drop: int, min_k: int, d: int, dtype: np.dtype) -> bool:
@@ -169,8 +169,6 @@ def _source(n: int, stat: int, drop: int, recip: bool) -> str:
     sort by the unrolled network of ``size_for(n)`` rows (+inf padding), take the statistic,
     write it; return the first block where a coordinate is missing a value or overflows (its
     outputs are then incomplete), or blk1."""
-    from byzlearn.aggregators._select import sorting_network
-
     size = _sortnet.size_for(n)
     assert size is not None
     lanes = _sortnet.LANES
@@ -196,11 +194,12 @@ def _source(n: int, stat: int, drop: int, recip: bool) -> str:
         "        ok = True",
         "        for j in range(np.uint64(w)):",
     ]
-    body = []
-    for r in range(n):
-        body += [f"a{r} = X[i{r}, j0 + j]", f"a{r} = pick(abs(a{r}) < inf, a{r}, inf)"]
-    body += [f"a{r} = inf" for r in range(n, size)]
-    body += _sortnet.network_lines(sorting_network(size))
+    def load(r: int) -> list[str]:  # rows beyond n: +inf padding
+        if r >= n:
+            return [f"a{r} = inf"]
+        return [f"a{r} = X[i{r}, j0 + j]", f"a{r} = pick(abs(a{r}) < inf, a{r}, inf)"]
+
+    body = _sortnet.network_body(_sortnet.unrolled_pairs(size), size, load)
     body += statistic_lines(n, stat, drop, recip)
     body += ["out[j0 + j] = o", f"ok &= (a{n - 1} < inf) & fine"]
     tail = [

@@ -83,9 +83,10 @@ except ImportError:  # pragma: no cover
     _HAVE_NUMBA = False
 
 
-def _batcher_pairs(size: int) -> list[tuple[int, int]]:
+def _batcher_pairs(size: int) -> list[tuple[int, int, int]]:
     """Compare-exchange pairs of Batcher's odd-even merge sort on ``size`` (a power of two)
-    wires."""
+    wires, stage by stage, each as (a, b, span): the merge that holds it sorts the block of
+    ``span`` wires starting at a multiple of ``span`` (2p, p the sorted runs it merges)."""
     pairs = []
     p = 1
     while p < size:
@@ -94,7 +95,7 @@ def _batcher_pairs(size: int) -> list[tuple[int, int]]:
             for j in range(k % p, size - k, 2 * k):
                 for i in range(min(k, size - j - k)):
                     if (i + j) // (2 * p) == (i + j + k) // (2 * p):
-                        pairs.append((i + j, i + j + k))
+                        pairs.append((i + j, i + j + k, 2 * p))
             k //= 2
         p *= 2
     return pairs
@@ -115,7 +116,26 @@ def sorting_network(n: int) -> np.ndarray:
     Built for the next power of two; pairs touching padding positions are dropped, which is valid
     because padding holds +inf and never moves below position n.
     """
-    pairs = [(a, b) for a, b in _batcher_pairs(next_power_of_two(n)) if b < n]
+    pairs = [(a, b) for a, b, _ in _batcher_pairs(next_power_of_two(n)) if b < n]
+    return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+
+
+@functools.cache
+def sorting_network_depth_first(n: int) -> np.ndarray:
+    """The pairs of :func:`sorting_network` in the order of Batcher's recursion: each merge
+    right after the sorts of its two halves (the blocks of the merge tree in post-order, the
+    pairs of one block in their stage order). It is a topological order of the same network:
+    on every wire the pairs that touch it come in the same order, so each compare-exchange gets
+    the same two values and the outputs are the same, bit for bit. Fewer values are live at
+    once in the early merges, which the unrolled kernels for more rows than vector registers
+    need (see :mod:`._sortnet`)."""
+    keyed = [
+        ((a // span + 1) * span, span, index, (a, b))
+        for index, (a, b, span) in enumerate(
+            pair for pair in _batcher_pairs(next_power_of_two(n)) if pair[1] < n
+        )
+    ]
+    pairs = [pair for *_, pair in sorted(keyed)]
     return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
 
 

@@ -122,6 +122,56 @@ def test_sorting_network_sorts_random_inputs(n):
     assert len(sel.sorting_network(n)) <= n * math.ceil(math.log2(n)) ** 2  # O(n log^2 n)
 
 
+@pytest.mark.parametrize("n", [2, 5, 16, 17, 25, 33, 64, 100])
+def test_depth_first_network_is_the_same_network_reordered(n):
+    """The depth-first order (the unrolled kernels' from 17 rows on) holds the same pairs and,
+    on every wire, the pairs touching it in the same order: each compare-exchange gets the same
+    two values, so the outputs are the same bits (checked on signed zeros too)."""
+    stage_order = [tuple(p) for p in sel.sorting_network(n).tolist()]
+    depth_first = [tuple(p) for p in sel.sorting_network_depth_first(n).tolist()]
+    assert sorted(depth_first) == sorted(stage_order)
+    for wire in range(n):
+        assert [p for p in depth_first if wire in p] == [p for p in stage_order if wire in p]
+    rng = np.random.default_rng(n)
+    inputs = rng.choice(np.array([-1.0, -0.0, 0.0, 2.0]), (300, n))
+
+    def run(pairs):  # a compare-exchange as the kernels write it (_branchfree.lo / hi)
+        v = inputs.copy()
+        for a, b in pairs:
+            x, y = v[:, a].copy(), v[:, b].copy()
+            v[:, a], v[:, b] = np.where(x < y, x, y), np.where(x < y, y, x)
+        return v
+
+    assert run(depth_first).tobytes() == run(stage_order).tobytes()
+    if n == 25:  # the first 16 rows are sorted completely before row 16 is touched
+        first_late = next(i for i, p in enumerate(depth_first) if p[1] >= 16)
+        assert first_late == len(sel.sorting_network(16))
+
+
+def test_network_body_loads_late_and_stores_early_from_17_rows():
+    from byzlearn.aggregators import _sortnet
+
+    def body(size):
+        pairs = _sortnet.unrolled_pairs(size)
+        return _sortnet.network_body(pairs, size, lambda r: [f"L{r}"], lambda r: [f"S{r}"])
+
+    small = body(16)  # all loads, the network, all stores
+    assert small[:16] == [f"L{r}" for r in range(16)]
+    assert small[-16:] == [f"S{r}" for r in range(16)]
+    large = body(25)
+    assert sorted(x for x in large if x[0] in "LS") == sorted(
+        [f"L{r}" for r in range(25)] + [f"S{r}" for r in range(25)]
+    )
+    comparators = [i for i, x in enumerate(large) if x.startswith("t = lo(")]
+    # row 16 is loaded only after the 63 compare-exchanges sorting rows 0-15; some rows are
+    # stored before the network ends
+    assert sum(1 for i in comparators if i < large.index("L16")) == len(sel.sorting_network(16))
+    assert min(i for i, x in enumerate(large) if x[0] == "S") < comparators[-1]
+    for r in range(25):  # a row's store comes after its last compare-exchange
+        touching = [i for i, x in enumerate(large) if f"a{r})" in x or f"a{r} =" in x]
+        assert large.index(f"L{r}") < touching[0] and large.index(f"S{r}") > touching[-1]
+
+
 def apply_plan(inputs: np.ndarray, plan) -> np.ndarray:
     """What the kernel does with a plan, in numpy: sort each group into its slot (+inf after),
     set the pad rows to +inf, run the bitonic passes (each on its distinct wires, every one
