@@ -181,8 +181,8 @@ def network_body(
     reordering took 1.3-1.4 times as long (16 values fit the registers with Batcher's order),
     at 10 rows the same time."""
     if size < DEPTH_FIRST_FROM:
-        lines = [line for r in range(size) for line in load(r)] + network_lines(pairs)
-        return lines + ([line for r in range(size) for line in store(r)] if store else [])
+        stores = [line for r in range(size) for line in store(r)] if store else []
+        return [line for r in range(size) for line in load(r)] + network_lines(pairs) + stores
     last_use = {}
     for index, (a, b) in enumerate(pairs.tolist()):
         last_use[a] = last_use[b] = index
