@@ -36,9 +36,16 @@ _WIDE_ATTRIBUTE = '"prefer-vector-width"="512"'
 
 
 def vector_bytes() -> int:
-    """Bytes of the host's widest vector register: 64 with AVX-512, else 32 (also when the host
-    cannot be asked)."""
+    """Bytes of the widest vector register numba compiles for: 64 with AVX-512, else 32 (also
+    when that cannot be found out). numba targets the host unless ``NUMBA_CPU_NAME`` names
+    another CPU (e.g. ``generic``, for caches shared between machines); then AVX-512 counts only
+    where ``NUMBA_CPU_FEATURES`` lists ``+avx512f``."""
     try:
+        from numba import config
+
+        name = getattr(config, "CPU_NAME", None)
+        if name is not None and name != "host":
+            return 64 if "+avx512f" in (getattr(config, "CPU_FEATURES", None) or "") else 32
         from llvmlite import binding
 
         return 64 if binding.get_host_cpu_features().get("avx512f", False) else 32

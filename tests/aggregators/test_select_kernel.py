@@ -953,3 +953,20 @@ def test_short_window_around_the_median_gives_the_sequential_search_bits(n, d, s
     out = run(X, sel.CLOSEST_TO_MEDIAN, drop, drop + 1)
     expected = [_closest_to_median_bits(X[:, j].tolist(), drop) for j in range(d)]
     assert out.tolist() == expected
+
+
+def test_vector_bytes_follows_the_cpu_numba_compiles_for(monkeypatch):
+    from llvmlite import binding
+    from numba import config
+
+    from byzlearn.aggregators import _simd
+
+    host = 64 if binding.get_host_cpu_features().get("avx512f", False) else 32
+    monkeypatch.setattr(config, "CPU_NAME", None)
+    assert _simd.vector_bytes() == host
+    monkeypatch.setattr(config, "CPU_NAME", "generic")
+    monkeypatch.setattr(config, "CPU_FEATURES", "")
+    assert _simd.vector_bytes() == 32
+    monkeypatch.setattr(config, "CPU_NAME", "skylake-avx512")
+    monkeypatch.setattr(config, "CPU_FEATURES", "+avx2,+avx512f")
+    assert _simd.vector_bytes() == 64
