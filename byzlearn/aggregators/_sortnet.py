@@ -7,8 +7,10 @@ values with branch-free min/max), which a loop over a runtime list of row pairs 
 well: each compare-exchange then loads and stores two buffer rows.
 
 :func:`kernel` writes that code for 8, 10, 12, 16 or 25 rows (fewer rows are padded with +inf, which
-sorts last; the pairs come from :func:`byzlearn.aggregators._select.sorting_network`), compiles
-it with numba and keeps it. The
+sorts last; the pairs come from :func:`byzlearn.aggregators._select.sorting_network`, in the
+order of Batcher's recursion from 17 rows on, with each row loaded right before its first
+compare-exchange and stored right after its last: :func:`network_body`), compiles it with numba
+and keeps it. The
 source goes to a cache folder (``$BYZLEARN_CACHE`` or ``~/.cache/byzlearn``) so numba's on-disk
 cache keeps the machine code between processes; where that folder cannot be written, the kernel is
 compiled in memory for this process only.
