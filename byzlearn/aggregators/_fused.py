@@ -56,7 +56,7 @@ except ImportError:  # pragma: no cover
 MIN_COLUMNS = 1 << 16
 # Blocks the plain kernel takes after a block the fused kernel could not take.
 _RETRY_BLOCKS = 16
-_GENERATOR_VERSION = 4
+_GENERATOR_VERSION = 5
 
 
 def applies(n: int, stat: int, drop: int, min_k: int, d: int, dtype: np.dtype) -> bool:
@@ -142,26 +142,21 @@ def statistic_lines(n: int, stat: int, drop: int, recip: bool) -> list[str]:
                 "high = pick(closer, v, high)",
             ]
         return lines + _mean_lines(m, recip, "low", "high")
-    # a window shorter than the trimmed part (Bulyan's second phase): count its start over the
-    # span that can move it, then sum it, picking its ends up on the way
+    # A window shorter than the trimmed part (Bulyan's second phase): its start s moves past
+    # each position i of the span that can move it (first .. stop - 1) where the test holds,
+    # and those positions are a prefix of the span (both sides of the test are monotone in i,
+    # and so is their float64 rounding). So its values w_k = a_{s + k} are picked along the
+    # span in the input's precision, one select per value and position, and summed from 0.0 in
+    # order (as _window_mean sums col[s:s + m]); its ends are w_0 and w_{m - 1}. (The earlier
+    # form counted s in float64 and tested every position of the span against it: at 15 rows,
+    # drop 10, the 25-row x 1e7 Bulyan's second phase took 1.5 floors, most of it there.)
     first, stop = window_span(n, drop) if stat == CLOSEST_TO_MEDIAN else (0, drop)
-    lines.append(f"s = {float(first)!r}")
+    lines += [f"w{k} = a{first + k}" for k in range(m)]
     for i in range(first, stop):
-        lines += [
-            f"closer = (c - {_value(i)}) > ({_value(i + m)} - c)",
-            "s = s + pick(closer, 1.0, 0.0)",
-        ]
-    lines += ["acc = 0.0", "low = c", "high = c"]
-    for i in range(first, stop + m):
-        at = float(i)
-        lines += [
-            f"v = {_value(i)}",
-            f"inside = ({at!r} >= s) & ({at!r} < s + {float(m)!r})",
-            "acc = acc + pick(inside, v, 0.0)",
-            f"low = pick({at!r} == s, v, low)",
-            f"high = pick({at!r} == s + {float(m - 1)!r}, v, high)",
-        ]
-    return lines + _mean_lines(m, recip, "low", "high")
+        lines.append(f"closer = (c - {_value(i)}) > ({_value(i + m)} - c)")
+        lines += [f"w{k} = pick(closer, a{i + 1 + k}, w{k})" for k in range(m)]
+    lines += ["acc = 0.0"] + [f"acc = acc + np.float64(w{k})" for k in range(m)]
+    return lines + _mean_lines(m, recip, "np.float64(w0)", f"np.float64(w{m - 1})")
 
 
 def _source(n: int, stat: int, drop: int, recip: bool) -> str:

@@ -30,6 +30,7 @@ CASES = [
     (9, sel.CLOSEST_TO_MEDIAN, 3),
     (7, sel.CLOSEST_TO_MEDIAN, 4),
     (5, sel.CLOSEST_TO_TRIMMED, 2),
+    (8, sel.CLOSEST_TO_MEDIAN, 5),  # a short window of an even count (the median a mean)
 ]
 BOTH = [torch.float32, torch.float64]
 CASES = [(*case, dtype) for case in CASES for dtype in BOTH]
