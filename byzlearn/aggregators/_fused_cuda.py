@@ -41,7 +41,7 @@ from byzlearn.aggregators import _fused, _sortnet
 # Coordinates per Triton program (one per thread at 4 warps).
 BLOCK = 128
 NUM_WARPS = 4
-_GENERATOR_VERSION = 3
+_GENERATOR_VERSION = 4
 
 
 @functools.cache
@@ -106,7 +106,7 @@ def _translated(line: str) -> str:
     ``lo``/``hi`` as ``tl.minimum``/``tl.maximum`` (no NaN reaches them), float64 casts as
     ``.to``, finiteness as a comparison with the kernel's ``inf``, scalar starts as float64
     tensors, and comparisons written tensor first."""
-    line = re.sub(r"np\.float64\((a\d+)\)", r"\1.to(tl.float64)", line)
+    line = re.sub(r"np\.float64\(([aw]\d+)\)", r"\1.to(tl.float64)", line)
     line = re.sub(r"np\.isfinite\(([^()]*)\)", r"(tl.abs(\1) < inf)", line)
     line = re.sub(r"\bpick\(", "tl.where(", line)
     line = re.sub(r"\blo\(", "tl.minimum(", line)

@@ -56,6 +56,19 @@ def test_same_bits_as_the_cpu_kernels(monkeypatch, stat: int, n: int, dtype) -> 
 
 
 @needs_triton
+@pytest.mark.parametrize(("n", "drop"), [(15, 10), (8, 5), (7, 4)])
+def test_windows_shorter_than_the_trimmed_part_as_bulyan_takes_them(monkeypatch, n, drop):
+    # MeaMed with drop > n - drop: Bulyan's second phase (15 rows, drop 10 at n = 25, f = 5)
+    g = torch.Generator().manual_seed(n)
+    X = torch.randn(n, 701, generator=g) * 3 + 1
+    X[:, :300] = X[:, :300].round()  # ties
+    X[:, 300:310] = -0.0
+    _no_torch_path(monkeypatch)
+    cpu, other = _both(X, _select.CLOSEST_TO_MEDIAN, drop)
+    assert torch.equal(other, cpu), (n, drop, (other - cpu).abs().max())
+
+
+@needs_triton
 @pytest.mark.parametrize("stat", STATS)
 def test_missing_values_and_nan_rows(stat: int) -> None:
     g = torch.Generator().manual_seed(stat)
