@@ -190,6 +190,7 @@ def _source(n: int, stat: int, drop: int, recip: bool) -> str:
         "        ok = True",
         "        for j in range(np.uint64(w)):",
     ]
+
     def load(r: int) -> list[str]:  # rows beyond n: +inf padding
         if r >= n:
             return [f"a{r} = inf"]

@@ -34,7 +34,6 @@ except ImportError:  # pragma: no cover
 _WIDE_ATTRIBUTE = '"prefer-vector-width"="512"'
 
 
-
 def vector_bytes() -> int:
     """Bytes of the widest vector register numba compiles for: 64 with AVX-512, else 32 (also
     when that cannot be found out). numba targets the host unless ``NUMBA_CPU_NAME`` names

@@ -101,6 +101,7 @@ def _source(size: int, pairs: np.ndarray) -> str:
             f"            i{r} = rows[g0 + {r}] if live{r} else rows[g0]",
         ]
     lines += ["            for j in range(np.uint64(w)):"]
+
     def load(r: int) -> list[str]:
         return [f"a{r} = X[i{r}, j0 + j]", f"a{r} = pick((abs(a{r}) < inf) & live{r}, a{r}, inf)"]
 
@@ -198,7 +199,7 @@ def network_body(
         lines += network_lines(np.array([[a, b]]))
         if store:
             lines += [line for r in (a, b) if last_use[r] == index for line in store(r)]
-    for r in range(size):  # rows no compare-exchange touches (none in a sorting network)
+    for r in range(size):  # rows no compare-exchange touches (padding left out of ``pairs``)
         if r not in loaded:
             lines += load(r) + (store(r) if store else [])
     return lines
