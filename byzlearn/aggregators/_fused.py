@@ -1,5 +1,5 @@
 """The statistic taken in registers, right after the sorting network (up to 25 rows, large d;
-the median up to 50).
+the median and the trimmed mean up to 50).
 
 The plain kernel of :mod:`._sortnet` stores each sorted block of 256 coordinates and hands it to
 :func:`._select.block_statistic`, which reads it back, row by row, in several float64 passes over
@@ -27,11 +27,10 @@ the statistic of each coordinate is the same without them); where missing values
 twice as many after each failure that comes at once, so such inputs pay for one fused block in
 many.
 
-The median of 26 to 50 rows (:func:`two_groups`) takes a kernel of the same kind: the two
-halves of the rows sorted by two networks into locals of their own, and the middle values taken
-from the two sorted lists without a merge (:func:`order_statistic_lines`); at d = 1e6, one
-thread, 1.5-2.2 reads of the input instead of the plain kernel's sort and merge, 3.5-5.1
-(docs/aggregators.md).
+The median and the trimmed mean of 26 to 50 rows take a kernel of the same kind: the plain
+kernel's two groups of rows sorted by its network into locals of their own, and the statistic
+taken from the two sorted lists without a merge (:mod:`._two_lists`, whose vectorised twin the
+plain kernel runs on its finite blocks: the same bits).
 
 Each (n, statistic, drop, dtype) is a kernel of its own (0.6 to 1.9 s to compile from 10 to 25
 rows, its selects written as :mod:`._branchfree` calls; numba's disk cache keeps it between
@@ -49,7 +48,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from byzlearn.aggregators import _branchfree, _simd, _sortnet
+from byzlearn.aggregators import _branchfree, _simd, _sortnet, _two_lists
 
 try:  # numba is a dependency, but keep a working fallback if it cannot load
     from numba import njit
@@ -75,18 +74,9 @@ def applies(n: int, stat: int, drop: int, min_k: int, d: int, dtype: np.dtype) -
 
     if d < max(1, MIN_COLUMNS) or dtype not in (np.float32, np.float64):
         return False
-    if min_k < 1 or (_sortnet.size_for(n) is None and not two_groups(n, stat)):
+    if min_k < 1 or (_sortnet.size_for(n) is None and not _two_lists.applies(n, stat, drop)):
         return False
     return checked_min_k(stat, drop, min_k, "fused") <= n
-
-
-def two_groups(n: int, stat: int) -> bool:
-    """Whether n rows take the two-group kernel (:func:`_two_group_source`): the median of more
-    rows than one network sorts, up to two networks' worth."""
-    from byzlearn.aggregators._select import MEDIAN
-
-    largest = _sortnet.SIZES[-1]
-    return stat == MEDIAN and largest < n <= 2 * largest
 
 
 def _value(r: int) -> str:
@@ -196,6 +186,8 @@ def _source(n: int, stat: int, drop: int, recip: bool) -> str:
         "    wide()",
         "    d = X.shape[1]",
         "    inf = big[0]",
+        "    zero = X.dtype.type(0)",
+        "    one = X.dtype.type(1)",
     ]
     head += [f"    i{r} = rows[{r}]" for r in range(n)]
     head += [
@@ -207,7 +199,7 @@ def _source(n: int, stat: int, drop: int, recip: bool) -> str:
     ]
 
     if _sortnet.size_for(n) is None:
-        body = _two_group_body(n)
+        body = _two_group_body(n, stat, drop, recip)
     else:
         body = _sorted_lines(0, n)
         body += statistic_lines(n, stat, drop, recip)
@@ -222,18 +214,18 @@ def _source(n: int, stat: int, drop: int, recip: bool) -> str:
     return "\n".join(head + ["            " + line for line in body] + tail)
 
 
-def _sorted_lines(first: int, count: int, name: str = "a") -> list[str]:
+def _sorted_lines(first: int, count: int, name: str = "a", size: int | None = None) -> list[str]:
     """The lines that load rows first .. first + count - 1 (the locals ``i{r}``; non-finite
     values -> +inf) into the locals {name}0 .. {name}{count - 1} and sort them with the unrolled
-    network of ``size_for(count)`` rows (:func:`._sortnet.unrolled_pairs`).
+    network of ``size`` rows (default ``size_for(count)``; :func:`._sortnet.unrolled_pairs`).
 
     The plain kernel sorts count rows with that network, rows count.. holding +inf: a
     compare-exchange touching such a row leaves both values as they are (the +inf rows stay
     +inf: a larger row only ever meets another +inf), so the network without those pairs, in
     the same order, leaves the same bits in rows 0..count-1 (at 20 of 25 rows: 103
     compare-exchanges instead of 140)."""
-    size = _sortnet.size_for(count)
-    assert size is not None
+    size = size or _sortnet.size_for(count)
+    assert size is not None and count <= size
 
     def load(r: int) -> list[str]:  # rows beyond count: +inf padding
         if r >= count:
@@ -247,62 +239,18 @@ def _sorted_lines(first: int, count: int, name: str = "a") -> list[str]:
     return [re.sub(r"\ba(\d+)\b", name + r"\1", line) for line in lines]
 
 
-def order_statistic_lines(target: str, p: int, na: int, nb: int) -> list[str]:
-    """``target`` = the value of rank p (from 0) among the sorted locals a0 .. a{na - 1} and
-    b0 .. b{nb - 1}: the minimum over i of max(a_{i-1}, b_{p-i}), i the count taken from a.
-
-    Any i values a_0 .. a_{i-1}, b_0 .. b_{p-i} are p + 1 values, so their largest is at least
-    the value of rank p; for the i of a sorted merge it is that value. So the minimum is that
-    value; as a value, it is the same as the merged sort's whatever the order of equal values,
-    except for the sign of a zero (the caller hands zeros back to the plain kernel)."""
-    terms = []
-    for i in range(max(0, p + 1 - nb), min(na, p + 1) + 1):
-        if i == 0:
-            terms.append(f"b{p}")
-        elif i == p + 1:
-            terms.append(f"a{p}")
-        else:
-            terms.append(f"hi(a{i - 1}, b{p - i})")
-    # a balanced tree of minima: a chain of 25 dependent selects waited on each (0.6 of a read
-    # of the input at 50 rows, against about 0.1 for the tree)
-    lines = []
-    level = 0
-    while len(terms) > 1:
-        pairs = [terms[k : k + 2] for k in range(0, len(terms), 2)]
-        names = [f"{target}_{level}_{k}" for k in range(len(pairs))]
-        lines += [
-            f"{name} = lo({pair[0]}, {pair[1]})" if len(pair) == 2 else f"{name} = {pair[0]}"
-            for name, pair in zip(names, pairs, strict=True)
-        ]
-        terms = names
-        level += 1
-    return [*lines, f"{target} = {terms[0]}"]
-
-
-def _two_group_body(n: int) -> list[str]:
-    """The median of n rows, more than one network sorts (:func:`two_groups`): the first
-    ceil(n / 2) rows sorted into a0 .., the others into b0 .., and the middle value(s) taken
-    from the two sorted lists (:func:`order_statistic_lines`: about 2 x n / 2 min/max per
-    value instead of a merge). The plain kernel's arithmetic on the same values
-    (``_select._full_block``'s median: ``0.5 * (x + y)``, halves first where that overflows),
-    so the same bits; a block where a value is not finite or a median is zero (its sign may
-    differ) goes to the plain kernel."""
-    na = (n + 1) // 2
-    nb = n - na
-    lines = _sorted_lines(0, na) + _sorted_lines(na, nb, "b")
-    if n % 2 == 1:
-        lines += [*order_statistic_lines("x", n // 2, na, nb), "o = np.float64(x)"]
-    else:
-        lines += order_statistic_lines("x", n // 2 - 1, na, nb)
-        lines += order_statistic_lines("y", n // 2, na, nb)
-        lines += [
-            "xl = np.float64(x)",
-            "yl = np.float64(y)",
-            "med = 0.5 * (xl + yl)",
-            "o = pick(np.isfinite(med), med, 0.5 * xl + 0.5 * yl)",
-        ]
-    check = f"ok &= (a{na - 1} < inf) & (b{nb - 1} < inf) & (o != 0.0)"
-    return [*lines, "out[j0 + j] = o", check]
+def _two_group_body(n: int, stat: int, drop: int, recip: bool) -> list[str]:
+    """The median or trimmed mean of n rows, more than one network sorts (26 to 50:
+    :mod:`._two_lists`): the plain kernel's two groups (the first ceil(n / 2) rows, the others)
+    sorted by its network into the locals a0 .. and b0 .., and the statistic taken from the
+    two sorted lists without a merge (:func:`._two_lists.statistic_lines`, the twin of the
+    plain kernel's :func:`._two_lists.two_list_block`: the same bits). A block where a value is
+    not finite or a mean overflows goes to the plain kernel."""
+    na, nb = _two_lists.split(n)
+    size = _sortnet.plan(n).size
+    lines = _sorted_lines(0, na, size=size) + _sorted_lines(na, nb, "b", size=size)
+    lines += _two_lists.statistic_lines(n, stat, drop, recip)
+    return [*lines, "out[j0 + j] = o", f"ok &= (a{na - 1} < inf) & (b{nb - 1} < inf) & fine"]
 
 
 @functools.cache
@@ -310,7 +258,8 @@ def kernel(n: int, stat: int, drop: int, recip: bool) -> Callable:
     """The compiled fused kernel (single-threaded) for n rows; ``recip``: float32 inputs."""
     source = _source(n, stat, drop, recip)
     name = f"fused_{n}_{stat}_{drop}_{int(recip)}_v{_GENERATOR_VERSION}"
-    return _sortnet.compiled(name, source, (sys.modules[__name__], _simd, _branchfree))
+    helpers = (sys.modules[__name__], _simd, _branchfree, _two_lists)
+    return _sortnet.compiled(name, source, helpers)
 
 
 if _HAVE_NUMBA:

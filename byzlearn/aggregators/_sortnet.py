@@ -46,10 +46,10 @@ from pathlib import Path
 
 import numpy as np
 
-from byzlearn.aggregators import _bitonic, _branchfree
+from byzlearn.aggregators import _bitonic, _branchfree, _two_lists
 
 LANES = 256
-_GENERATOR_VERSION = 18
+_GENERATOR_VERSION = 19
 
 
 def _source(size: int, pairs: np.ndarray) -> str:
@@ -71,11 +71,13 @@ def _source(size: int, pairs: np.ndarray) -> str:
         "from byzlearn.aggregators._branchfree import hi, lo, pick",
         "from byzlearn.aggregators._select import block_statistic",
         "from byzlearn.aggregators._simd import wide",
+        "from byzlearn.aggregators._two_lists import two_list_block",
         "",
         "",
         "@njit(cache=True, error_model='numpy', boundscheck=False, nogil=True)",
         "def kernel(X, rows, big, stat, drop, min_k, out, first_bad, blk0, blk1,",
-        "           starts, slot, wires, pad, kinds, passes, exact_kinds, exact_passes):",
+        "           starts, slot, wires, pad, kinds, passes, exact_kinds, exact_passes,",
+        "           two_lists):",
         "    wide()",
         "    d = X.shape[1]",
         "    n = rows.shape[0]",
@@ -84,6 +86,8 @@ def _source(size: int, pairs: np.ndarray) -> str:
         f"    buf = np.empty((wires, {LANES}), dtype=X.dtype)",
         f"    work = np.empty((4, {LANES}), dtype=np.float64)",
         "    col = np.empty(wires, dtype=np.float64)",
+        f"    ranks = np.empty((5, {LANES}), dtype=X.dtype)",
+        f"    sums = np.empty((2, {LANES}), dtype=np.float64)",
         "    for blk in range(blk0, blk1):",
         f"        j0 = np.uint64(blk * {LANES})",
         f"        w = min({LANES}, d - blk * {LANES})",
@@ -123,6 +127,12 @@ def _source(size: int, pairs: np.ndarray) -> str:
         "            top = buf[g * slot + starts[g + 1] - starts[g] - 1]",
         "            for j in range(w):",
         "                finite &= top[j] < inf",
+        "        if finite and two_lists:",  # the median or trimmed mean of the two groups
+        "            na = starts[1]",
+        f"            if two_list_block(buf, slot, na, n - na, stat, drop, w, out, blk * {LANES},",
+        "                              ranks, sums):",
+        "                first_bad[blk] = -1",
+        "                continue",
         "        if finite:",
         f"            run_passes(buf, exact_kinds, exact_passes, w, {MERGE_LANES})",
         "        else:",
@@ -300,8 +310,15 @@ class Plan:
         kernel(self.size)(
             X, rows, big, stat, drop, min_k, out, first_bad, blk0, blk1,
             self.starts, self.slot, self.wires, self.pad, self.kinds, self.passes,
-            exact_kinds, exact_table,
+            exact_kinds, exact_table, self.two_lists(stat, drop, min_k),
         )
+
+    def two_lists(self, stat: int, drop: int, min_k: int) -> bool:
+        """Whether the kernel takes the statistic of its finite blocks from the two sorted
+        groups without merging them (:mod:`._two_lists`)."""
+        n = int(self.starts[-1])
+        two = self.starts.size == 3 and int(self.starts[1]) == _two_lists.split(n)[0]
+        return two and min_k <= n and _two_lists.applies(n, stat, drop)
 
 
 def read_positions(n: int, stat: int, drop: int) -> tuple[int, ...] | None:
@@ -398,7 +415,7 @@ def kernel(size: int) -> Callable:
     """The compiled (single-threaded) kernel for groups of up to ``size`` rows."""
     source = _source(size, unrolled_pairs(size))
     select = sys.modules["byzlearn.aggregators._select"]
-    helpers = (select, _bitonic, _branchfree)
+    helpers = (select, _bitonic, _branchfree, _two_lists)
     return compiled(f"sortnet_{size}_v{_GENERATOR_VERSION}", source, helpers)
 
 

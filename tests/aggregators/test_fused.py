@@ -37,9 +37,10 @@ CASES = [(*case, dtype) for case in CASES for dtype in BOTH]
 CASES.append((15, sel.CLOSEST_TO_MEDIAN, 10, torch.float32))  # 8 s to compile per dtype
 # the 25-row network (depth first) without its pairs on the five padding rows
 CASES.append((20, sel.CLOSEST_TO_TRIMMED, 4, torch.float32))
-# the median of two sorted groups: 25 + 25 rows in both dtypes, 17 + 16 (two network sizes)
-CASES += [(50, sel.MEDIAN, 10, dtype) for dtype in BOTH]
-CASES.append((33, sel.MEDIAN, 6, torch.float32))
+# the median and trimmed mean of two sorted groups (_two_lists): 25 + 25 rows in both dtypes,
+# 17 + 16 rows, 14 + 13 rows (the 16-row network)
+CASES += [(50, stat, 10, dtype) for stat in (sel.MEDIAN, sel.TRIMMED) for dtype in BOTH]
+CASES += [(33, sel.TRIMMED, 6, torch.float32), (27, sel.MEDIAN, 5, torch.float32)]
 KINDS = (
     "gaussian",
     "ties",
@@ -190,10 +191,11 @@ def test_too_few_rows_left_keeps_the_plain_kernel_and_its_report(monkeypatch):
         (10, sel.MEDIAN, 2, 1, 1 << 16, np.float32, True),
         (10, sel.MEDIAN, 2, 1, (1 << 16) - 1, np.float32, False),  # too small to compile
         (10, sel.MEDIAN, 2, 1, 0, np.float32, False),
-        (26, sel.MEDIAN, 5, 1, 1 << 20, np.float32, True),  # two groups (the median only)
+        (26, sel.MEDIAN, 5, 1, 1 << 20, np.float32, True),  # two groups (_two_lists)
         (50, sel.MEDIAN, 10, 1, 1 << 20, np.float64, True),
         (51, sel.MEDIAN, 10, 1, 1 << 20, np.float32, False),  # merged groups
-        (26, sel.TRIMMED, 5, 1, 1 << 20, np.float32, False),
+        (26, sel.TRIMMED, 5, 1, 1 << 20, np.float32, True),
+        (26, sel.TRIMMED, 13, 1, 1 << 20, np.float32, False),  # nothing left to average
         (40, sel.CLOSEST_TO_MEDIAN, 8, 1, 1 << 20, np.float32, False),
         (10, sel.MEDIAN, 2, 1, 1 << 20, np.float16, False),
         (10, sel.MEDIAN, 2, 11, 1 << 20, np.float64, False),  # every coordinate short
@@ -272,32 +274,9 @@ def test_one_kernel_for_every_drop_of_the_median(monkeypatch):
     assert built == [(10, sel.MEDIAN, 0, True)] * 3
 
 
-def _run_lines(lines: list[str], values: dict[str, float]) -> dict[str, float]:
-    """Execute generated lines in Python, with the selects of ``_branchfree``."""
-    scope = dict(values)
-    scope.update(lo=lambda a, b: a if a < b else b, hi=lambda a, b: b if a < b else a)
-    for line in lines:
-        exec(line, scope)
-    return scope
-
-
-@pytest.mark.parametrize("na,nb", [(1, 1), (2, 1), (5, 5), (13, 12), (25, 25), (25, 24)])
-def test_order_statistic_of_two_sorted_lists_is_the_merged_sorts(na, nb):
-    rng = np.random.default_rng(na * 100 + nb)
-    for trial in range(20):
-        # ties on some trials: values drawn from a few integers
-        draw = rng.integers(-3, 4, na + nb) if trial % 2 else rng.standard_normal(na + nb)
-        a, b = sorted(draw[:na].tolist()), sorted(draw[na:].tolist())
-        merged = sorted(a + b)
-        values = {f"a{i}": v for i, v in enumerate(a)} | {f"b{i}": v for i, v in enumerate(b)}
-        for p in range(na + nb):
-            scope = _run_lines(_fused.order_statistic_lines("x", p, na, nb), values)
-            assert scope["x"] == merged[p], (p, a, b)
-
-
-def test_two_group_median_is_the_median_and_hands_back_zeros(monkeypatch):
+def test_two_group_median_with_zeros_of_both_signs(monkeypatch):
     X = make("gaussian", 50, torch.float32, 7)
-    X[:, :LANES] = 0.0  # a block of zero medians: the plain kernel's (signs of zero)
+    X[:, :LANES] = 0.0  # blocks of zero medians: the same signs of zero as the plain kernel
     X[:30, LANES : 2 * LANES] = -0.0
     (plain, _), (fused, _) = both_paths(X, sel.MEDIAN, 10, None, monkeypatch)
     assert torch.equal(bits(fused), bits(plain))
