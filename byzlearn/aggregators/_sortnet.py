@@ -323,8 +323,9 @@ class Plan:
         """Whether the kernel takes the statistic of its finite blocks from the two sorted
         groups without merging them (:mod:`._two_lists`)."""
         n = int(self.starts[-1])
-        two = self.starts.size == 3 and int(self.starts[1]) == _two_lists.split(n)[0]
-        return two and min_k <= n and _two_lists.applies(n, stat, drop)
+        if not _two_lists.applies(n, stat, drop) or min_k > n:
+            return False
+        return self.starts.size == 3 and int(self.starts[1]) == _two_lists.split(n)[0]
 
 
 def read_positions(n: int, stat: int, drop: int) -> tuple[int, ...] | None:
