@@ -12,11 +12,14 @@ matters), the pass centred on row 0 as after the library's choice of a central r
 
 - ``floor``: ``X.sum()``, one streaming read of the input;
 - ``pass``: ``_gram_kernel.gram_blocks`` over the whole input (the data comes from memory);
+- ``pass, buffer``: the same with every span centred into the buffer and read back, where the
+  library centres the rows in the tiles' registers (up to ``FUSED_MAX_ROWS`` buffer rows on
+  cores with separate addition pipes, ``FUSED_CENTRING``): the two are the same elsewhere;
 - ``pass, hot``: the same number of coordinates, but passes over a slice of the input that
   stays in the L2 cache (``--hot-kib`` of it; the kernel of one block, ``_gram_block``, called
   from a compiled loop), so no memory stall can show: if it is as slow as ``pass``, the pass is
   bound by its own work, not by the read;
-- ``centring, hot`` and ``tiles, hot``: the two steps of every pass alone on that slice
+- ``centring, hot`` and ``tiles, hot``: the buffer path's two steps alone on that slice
   (:func:`_centre_span` writing the centred rows into the tile buffer; :func:`_add_tiles`, the
   3 x 3 tiles of products, without prefetches), each called from a compiled loop; ``tiles and
   prefetches, hot``: the tiles with the pass's prefetches of the next coordinates of every row
@@ -57,9 +60,9 @@ def _compiled_loops():
             gk._centre_span(X, rows, centre, True, s0, s0 + C.shape[1], m, C, dots, msq, flags)
 
     @njit(nogil=True)
-    def passes(X, rows, centre, laps, acc, dots, msq, flags, C):  # pragma: no cover
+    def passes(X, rows, centre, laps, acc, dots, msq, flags, C, fuse):  # pragma: no cover
         for _ in range(laps):
-            gk._gram_block(X, rows, centre, True, 0, X.shape[1], acc, dots, msq, flags, C)
+            gk._gram_block(X, rows, centre, True, 0, X.shape[1], acc, dots, msq, flags, C, fuse)
 
     @njit(nogil=True)
     def tiles(C, acc, X, rows, passes, lines):  # pragma: no cover
@@ -122,7 +125,10 @@ def _measure(n: int, d: int, hot_kib: int, repeats: int) -> dict[str, float]:
     parts = {
         "floor": lambda: T.sum(),
         "pass": lambda: gk.gram_blocks(X, blocks, X[0], 1, rows),
-        "pass, hot": lambda: passes(H, rows, H[0], laps, np.zeros((R, R)), *stats[2:], flags, C),
+        "pass, buffer": lambda: _through_buffer(gk, X, blocks, rows),
+        "pass, hot": lambda: passes(
+            H, rows, H[0], laps, np.zeros((R, R)), *stats[2:], flags, C, gk.FUSED_CENTRING
+        ),
         "centring, hot": lambda: centring(H, rows, H[0], spans, *stats, flags),
         "tiles, hot": lambda: tiles(C, np.zeros((R, R)), H, rows, spans.size, 0),
         "tiles and prefetches, hot": lambda: tiles(
@@ -143,6 +149,17 @@ def _measure(n: int, d: int, hot_kib: int, repeats: int) -> dict[str, float]:
         times[name] *= scale
     times["width"] = W
     return times
+
+
+def _through_buffer(gk, X, blocks, rows) -> None:
+    """The pass with every span centred into the buffer, wherever the library would centre
+    in the tiles' registers."""
+    saved = gk.FUSED_CENTRING
+    gk.FUSED_CENTRING = False
+    try:
+        gk.gram_blocks(X, blocks, X[0], 1, rows)
+    finally:
+        gk.FUSED_CENTRING = saved
 
 
 def _ms(value: float) -> str:
@@ -178,6 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     print()
     names = [
         "pass",
+        "pass, buffer",
         "pass, hot",
         "centring, hot",
         "tiles, hot",

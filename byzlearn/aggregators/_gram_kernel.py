@@ -26,6 +26,11 @@ Small n (:func:`gram_blocks`): for each pass over ``tile_lanes(rows)`` coordinat
    products (it does at 25 rows; from about 50 rows on, where the tiles load from L2, hardly:
    see docs/aggregators.md).
 
+On cores whose vector additions issue on pipes of their own (AMD Zen), up to ``FUSED_MAX_ROWS``
+buffer rows and on a given centre, steps 1 and 2 are one: the tiles load the rows themselves and
+subtract the centre in registers (:func:`_add_centred_tiles`), a span with a non-finite value or
+an overflowing product going through the buffer as above.
+
 A 3 x 3 tile keeps nine accumulators and six rows' values in registers and its inner loop
 vectorises across coordinates (512-bit vectors where the CPU has them, see :mod:`._simd`); the
 sums of a pass are in the input precision (256 or 512 terms), then added in float64.
@@ -57,6 +62,8 @@ try:  # numba is a dependency, but keep a working fallback if it cannot load
     from byzlearn.aggregators._simd import prefetch, wide
 except ImportError:  # pragma: no cover
     njit = None  # type: ignore[assignment]
+
+from byzlearn.aggregators._simd import separate_add_pipes
 
 LANES = 256
 TILE = 3
@@ -95,6 +102,20 @@ _ALIGN = 64
 # (measured, one core, in reads of X: tiles 9.0 against syrk 10.9 at 256 rows, 11.5 against
 # 11.8 at 350, 17.0 against 15.4 at 500).
 BLAS_MIN_ROWS = 384
+# Up to this many buffer rows, the Gram pass centres the rows in the tiles' registers
+# (:func:`_add_centred_tiles`) instead of writing them centred into the buffer and reading them
+# back: 7 loads, 6 subtractions and 9 multiply-adds per step of a 3 x 3 tile instead of 6 loads
+# and 9, but no centring loop (a load, a subtraction, a store and two multiply-adds per value).
+# Gram pass on a central row, one thread, float32, A/B in one process against X.sum() in
+# turns on a 2-core AMD EPYC (Zen 3, AVX2; its subtractions issue beside the multiply-adds):
+# d = 1e6, 5 rows 1.86 -> 1.43 floors, 16 rows 2.69 -> 2.18, 20 rows 2.68 -> 2.59, 25 rows
+# 2.78 -> 2.70, but 30 rows 2.98 -> 3.12 and 40 rows 3.30 -> 3.78 (each tile then reads rows
+# 4 MB apart, one page each, where the buffer is a few pages); d = 1e7: 10 rows 2.12 -> 1.68,
+# 25 rows 2.77 -> 2.65. Only on cores with separate addition pipes (:func:`._simd.
+# separate_add_pipes`): where the subtractions take the multiply-adds' ports (Intel), the tiles
+# would issue 15 instead of 9 operations per step, which costs more than the centring saves.
+FUSED_MAX_ROWS = 27
+FUSED_CENTRING = separate_add_pipes()
 # Coordinates per chunk of the row statistics' accumulators.
 _SUM_LANES = 256
 # Coordinates per chunk of the weighted sum: its float64 accumulator (32 KB) stays in L1, four
@@ -235,6 +256,99 @@ if njit is not None:
                 acc[I + 2, J] += a20
                 acc[I + 2, J + 1] += a21
                 acc[I + 2, J + 2] += a22
+
+    @njit(boundscheck=False, cache=True, nogil=True, inline="always")
+    def _row_or_first(rows, t):  # pragma: no cover (compiled)
+        """The input row of buffer row t: rows[t], or rows[0] for the padding rows."""
+        return rows[t] if t < rows.shape[0] else rows[0]
+
+    @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
+    def _add_centred_tiles(X, rows, m, s0, w, R, part, dpart, Xf, next0, d, lines):
+        # pragma: no cover (compiled)
+        """:func:`_add_tiles` on the rows centred in registers: part[I, J] = the sum, in the
+        input precision, over the span ``s0:s0 + w`` of (x_I - m)(x_J - m) for the 3 x 3 tiles
+        with J >= I (the upper triangle of the diagonal tiles), and dpart[t] = the sum of
+        (x_t - m) m, where x_t = X[rows[t]] (buffer rows t >= len(rows), the padding, read row
+        rows[0]; their entries are not used). The same products as centring into the buffer
+        first (the same float subtraction), without writing and reading that buffer; the next
+        pass's lines are prefetched as there. The sums' order may differ from the buffer
+        path's (the last, partial span; the dots), within rounding."""
+        wide()
+        na = rows.shape[0]
+        zero = X.dtype.type(0)
+        total = na * lines
+        tiles = (R // 3) * (R // 3 + 1) // 2
+        per_tile = (total + tiles - 1) // tiles
+        t = c = 0
+        mm = m[s0 : s0 + w]
+        for I in range(0, R, 3):
+            r0 = rows[I]
+            r1 = _row_or_first(rows, I + 1)
+            r2 = _row_or_first(rows, I + 2)
+            x0 = X[r0, s0 : s0 + w]
+            x1 = X[r1, s0 : s0 + w]
+            x2 = X[r2, s0 : s0 + w]
+            for J in range(I, R, 3):
+                t, c = _prefetch_share(Xf, rows, d, next0, lines, per_tile, t, c)
+                if I == J:
+                    b00 = b01 = b02 = b11 = b12 = b22 = e0 = e1 = e2 = zero
+                    for k in range(w):
+                        mk = mm[k]
+                        u0 = x0[k] - mk
+                        u1 = x1[k] - mk
+                        u2 = x2[k] - mk
+                        b00 += u0 * u0
+                        b01 += u0 * u1
+                        b02 += u0 * u2
+                        b11 += u1 * u1
+                        b12 += u1 * u2
+                        b22 += u2 * u2
+                        e0 += u0 * mk
+                        e1 += u1 * mk
+                        e2 += u2 * mk
+                    part[I, J] = b00
+                    part[I, J + 1] = b01
+                    part[I, J + 2] = b02
+                    part[I + 1, J + 1] = b11
+                    part[I + 1, J + 2] = b12
+                    part[I + 2, J + 2] = b22
+                    dpart[I] = e0
+                    dpart[I + 1] = e1
+                    dpart[I + 2] = e2
+                    continue
+                q0 = rows[J]
+                q1 = _row_or_first(rows, J + 1)
+                q2 = _row_or_first(rows, J + 2)
+                y0 = X[q0, s0 : s0 + w]
+                y1 = X[q1, s0 : s0 + w]
+                y2 = X[q2, s0 : s0 + w]
+                a00 = a01 = a02 = a10 = a11 = a12 = a20 = a21 = a22 = zero
+                for k in range(w):
+                    mk = mm[k]
+                    u0 = x0[k] - mk
+                    u1 = x1[k] - mk
+                    u2 = x2[k] - mk
+                    v0 = y0[k] - mk
+                    v1 = y1[k] - mk
+                    v2 = y2[k] - mk
+                    a00 += u0 * v0
+                    a01 += u0 * v1
+                    a02 += u0 * v2
+                    a10 += u1 * v0
+                    a11 += u1 * v1
+                    a12 += u1 * v2
+                    a20 += u2 * v0
+                    a21 += u2 * v1
+                    a22 += u2 * v2
+                part[I, J] = a00
+                part[I, J + 1] = a01
+                part[I, J + 2] = a02
+                part[I + 1, J] = a10
+                part[I + 1, J + 1] = a11
+                part[I + 1, J + 2] = a12
+                part[I + 2, J] = a20
+                part[I + 2, J + 1] = a21
+                part[I + 2, J + 2] = a22
 
     @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
     def _add_tiles4(C, acc, Xf, rows, next0, d, lines):  # pragma: no cover (compiled)
@@ -438,30 +552,70 @@ if njit is not None:
         _centre_rows(X, rows, j0, j1 - j0, m, C, 0, dots, flags)
 
     @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
-    def _gram_block(X, rows, centre, use_centre, j0, j1, acc, dots, msq, flags, C):
+    def _fused_span(X, rows, centre, s0, s1, acc, dots, msq, part, dpart, Xf, d, lines):
+        # pragma: no cover (compiled)
+        """The span ``s0:s1`` of :func:`_gram_block` centred on the given centre in the tiles'
+        registers (:func:`_add_centred_tiles`), when the centre's chunks are finite (their
+        squares summed as :func:`_centre_span` does) and every active row's sums over the span
+        are finite; returns False, having changed nothing, otherwise (a row holding a
+        non-finite value, a product that overflowed: the caller takes the span through the
+        buffer, which flags and zeroes such rows)."""
+        total = msq[0]
+        for k0 in range(s0, s1, LANES):
+            sq = _square_sum(centre[k0:], min(LANES, s1 - k0))
+            if not np.isfinite(sq):
+                return False
+            total += sq
+        R = part.shape[0]
+        _add_centred_tiles(X, rows, centre, s0, s1 - s0, R, part, dpart, Xf, s1, d, lines)
+        na = rows.shape[0]
+        for t in range(na):
+            if not (np.isfinite(part[t, t]) and np.isfinite(dpart[t])):
+                return False
+        msq[0] = total
+        for i in range(R):
+            ai = acc[i]
+            pi = part[i]
+            for j in range(R):
+                ai[j] += pi[j]
+        for t in range(na):
+            dots[t] += dpart[t]
+        return True
+
+    @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
+    def _gram_block(X, rows, centre, use_centre, j0, j1, acc, dots, msq, flags, C, fuse=False):
         # pragma: no cover (compiled)
         """Add the block ``j0:j1``'s centred statistics of the active ``rows`` to acc (upper 3 x 3
         or 4 x 4 tiles), dots (``c_t . m``) and msq[0] (``|m|^2``); flags[t] for active rows
         holding a non-finite value, flags[-1] when the given centre is not finite somewhere.
         ``C`` is the (padded rows x tile width) buffer, 64-byte aligned (see
-        :func:`aligned_zeros`)."""
+        :func:`aligned_zeros`). ``fuse``: on a given centre, up to ``FUSED_MAX_ROWS`` buffer rows,
+        centre the rows in the tiles' registers (:func:`_fused_span`) wherever a span allows it
+        (the caller passes ``FUSED_CENTRING``)."""
         wide()
         d = X.shape[1]
         Xf = X.reshape(-1)
         width = C.shape[1]
         m = np.zeros(width, dtype=X.dtype)  # the centres of the pass's chunks, side by side
         zero = X.dtype.type(0)
+        R = C.shape[0]
+        fuse = fuse and use_centre and R <= FUSED_MAX_ROWS and rows.shape[0] > 0
+        part = np.zeros((R, R), dtype=X.dtype)
+        dpart = np.zeros(R, dtype=X.dtype)
         for s0 in range(j0, j1, width):
             s1 = min(j1, s0 + width)
+            lines = 0
+            if s1 < j1:
+                lines = (min(width, j1 - s1) + _LINE - 1) // _LINE
+            if fuse and _fused_span(X, rows, centre, s0, s1, acc, dots, msq, part, dpart, Xf,
+                                    d, lines):
+                continue
             _centre_span(X, rows, centre, use_centre, s0, s1, m, C, dots, msq, flags)
             if s1 - s0 < width:
                 for t in range(rows.shape[0]):
                     cr = C[t]
                     for k in range(s1 - s0, width):
                         cr[k] = zero
-            lines = 0
-            if s1 < j1:
-                lines = (min(width, j1 - s1) + _LINE - 1) // _LINE
             if C.shape[0] >= BIG_TILE_ROWS:  # a multiple of 4 (see padded_rows)
                 _add_tiles4(C, acc, Xf, rows, s1, d, lines)
             else:
@@ -835,7 +989,9 @@ def gram_blocks(
         msq = np.zeros(1)
         flags = np.zeros(rows.shape[0] + 1, dtype=np.bool_)
         C = aligned_zeros((R, width), X.dtype)
-        _gram_block(X, rows, c, use_centre, block[0], block[1], acc, dots, msq, flags, C)
+        _gram_block(
+            X, rows, c, use_centre, block[0], block[1], acc, dots, msq, flags, C, FUSED_CENTRING
+        )
         return BlockStats(acc, dots, float(msq[0]), rows[flags[:-1]], bool(flags[-1]))
 
     parts: list = [None] * len(blocks)

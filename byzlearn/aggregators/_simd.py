@@ -52,6 +52,24 @@ def vector_bytes() -> int:
         return 32
 
 
+def separate_add_pipes() -> bool:
+    """Whether numba compiles for a CPU that issues vector additions and subtractions on pipes
+    of their own, beside the multiply-adds: AMD's Zen cores (LLVM's ``znver*``; Intel's cores
+    issue both on the same ports). False when that cannot be found out, or where
+    ``NUMBA_CPU_NAME`` names another CPU than a Zen core."""
+    try:
+        from numba import config
+
+        name = getattr(config, "CPU_NAME", None)
+        if name is None or name == "host":
+            from llvmlite import binding
+
+            name = binding.get_host_cpu_name()
+        return str(name).startswith("znver")
+    except Exception:  # pragma: no cover (a hint only)
+        return False
+
+
 if _HAVE:
 
     @intrinsic

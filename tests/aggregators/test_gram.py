@@ -591,3 +591,121 @@ def test_central_row_of_sample_matches_the_general_pass(case, n):
     if bool((~gram.bad).any()):
         expected = _gram._central_row(gram.aug[:-1, :-1], gram.bad)
     assert _gram.central_row_of_sample(S) == expected
+
+
+def _block_stats(X, rows, centre, fuse):
+    """``_gram_block`` over all of X's columns: (acc, dots, msq, flags)."""
+    R = _gram_kernel.padded_rows(rows.size)
+    acc, dots, msq = np.zeros((R, R)), np.zeros(rows.size), np.zeros(1)
+    flags = np.zeros(rows.size + 1, dtype=np.bool_)
+    C = _gram_kernel.aligned_zeros((R, _gram_kernel.tile_lanes(R)), X.dtype)
+    _gram_kernel._gram_block(X, rows, centre, True, 0, X.shape[1], acc, dots, msq, flags, C, fuse)
+    return acc, dots, msq[0], flags
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("active", [1, 2, 4, 10, 24, 27, 28])
+@pytest.mark.parametrize("case", ["finite", "nan_row", "padding_row_nan", "overflow", "inf_centre"])
+def test_rows_centred_in_the_tiles_match_the_buffer(dtype, active, case):
+    """Up to ``FUSED_MAX_ROWS`` buffer rows the Gram pass on a given centre subtracts it in the
+    tiles' registers (28 active rows: 30 buffer rows, the buffer path on both sides). Its
+    products are those of the rows centred into the buffer and read back, in float64 within a
+    few units of the input precision (the sums' order may differ); a span where a row holds a
+    non-finite value, a product overflows or the centre is not finite goes through the buffer
+    (flags, zeroed rows, the mean as centre), so flags and non-finite entries are the same. The
+    padding rows read the first active row: a NaN there must not reach the active entries."""
+    rng = np.random.default_rng(active)
+    lanes = _gram_kernel.LANES
+    d = 5 * lanes + 77  # spans of 512 coordinates and a partial one
+    X = (rng.standard_normal((active + 1, d)) + 20).astype(dtype)
+    rows = np.arange(1, active + 1, dtype=np.int64)
+    centre = X[0].copy()
+    if case == "nan_row":
+        X[active, 600] = np.nan  # the second span of the last active row
+    elif case == "padding_row_nan":
+        X[1, 1300:1310] = np.nan  # the first active row, which the padding rows read
+    elif case == "overflow":
+        X[1, 700] = 3e19 if dtype == np.float32 else 1e160  # finite, its square is not
+    elif case == "inf_centre":
+        centre[900] = np.inf
+    fused = _block_stats(X, rows, centre, True)
+    plain = _block_stats(X, rows, centre, False)
+    upper = np.triu(np.ones((active, active), dtype=bool))
+    a, b = fused[0][:active, :active][upper], plain[0][:active, :active][upper]
+    np.testing.assert_array_equal(np.isfinite(a), np.isfinite(b))
+    np.testing.assert_array_equal(fused[3], plain[3])  # the same rows flagged
+    finite = np.isfinite(b)
+    diagonal = np.diag(plain[0])[:active]
+    scale = float(np.abs(diagonal[np.isfinite(diagonal)]).max(initial=1.0))
+    tol = 8 * float(np.finfo(dtype).eps) * scale
+    np.testing.assert_allclose(a[finite], b[finite], rtol=0, atol=tol)
+    if case != "overflow":
+        assert finite.all()
+        np.testing.assert_allclose(fused[1], plain[1], rtol=0, atol=tol)
+        assert fused[2] == plain[2]
+    assert fused[3][-1] == (case == "inf_centre")
+    nan_rows = {"nan_row": active - 1, "padding_row_nan": 0}.get(case, -1)
+    assert fused[3][:-1].tolist() == [t == nan_rows for t in range(active)]
+
+
+@pytest.mark.parametrize("active", [1, 5, 25])
+@pytest.mark.parametrize("case", ["finite", "nan_row", "inf_centre"])
+def test_fused_span_adds_centred_products_or_changes_nothing(active, case):
+    """One span centred in the tiles' registers: on finite data it adds (x_i - m).(x_j - m)
+    to the upper triangle, (x_i - m).m to dots and |m|^2 to msq (against float64 loops);
+    where a row or the centre is not finite it returns False and leaves them as they were."""
+    rng = np.random.default_rng(active)
+    w = 2 * _gram_kernel.LANES
+    X = (rng.standard_normal((active + 1, w + 100)) + 5).astype(np.float32)
+    rows = np.arange(1, active + 1, dtype=np.int64)
+    centre = X[0].copy()
+    if case == "nan_row":
+        X[active, 17] = np.nan
+    elif case == "inf_centre":
+        centre[300] = -np.inf
+    R = _gram_kernel.padded_rows(active)
+    acc, dots, msq = np.full((R, R), 0.5), np.full(active, 0.25), np.full(1, 2.0)
+    part, dpart = np.zeros((R, R), np.float32), np.zeros(R, np.float32)
+    before = acc.copy(), dots.copy(), msq.copy()
+    taken = _gram_kernel._fused_span(
+        X, rows, centre, 0, w, acc, dots, msq, part, dpart, X.reshape(-1), X.shape[1], 0
+    )
+    assert taken == (case == "finite")
+    if not taken:
+        for now, then in zip((acc, dots, msq), before, strict=True):
+            np.testing.assert_array_equal(now, then)
+        return
+    U = X[1:, :w].astype(np.float64) - centre[:w].astype(np.float64)
+    m = centre[:w].astype(np.float64)
+    upper = np.triu(np.ones((active, active), dtype=bool))
+    scale = float((U**2).sum(1).max())
+    np.testing.assert_allclose((acc[:active, :active] - 0.5)[upper], (U @ U.T)[upper],
+                               rtol=0, atol=1e-5 * scale)
+    np.testing.assert_allclose(dots - 0.25, U @ m, rtol=1e-4, atol=1e-5 * scale)
+    np.testing.assert_allclose(msq[0] - 2.0, m @ m, rtol=1e-6)
+
+
+def test_no_active_row_takes_the_buffer():
+    """No active row (the centre row alone): nothing to centre in the tiles (the padding rows
+    would read a row that is not there); only |m|^2 is summed."""
+    X = np.arange(3 * 600, dtype=np.float32).reshape(3, 600)
+    empty = np.empty(0, dtype=np.int64)
+    for fuse in (True, False):
+        acc, dots, msq, flags = _block_stats(X, empty, X[1].copy(), fuse)
+        assert not acc.any() and dots.size == 0 and not flags.any()
+        np.testing.assert_allclose(msq, float((X[1].astype(np.float64) ** 2).sum()), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("cpu", "expected"),
+    [("znver3", True), ("znver4", True), ("skylake-avx512", False), ("generic", False)],
+)
+def test_separate_add_pipes_names_the_zen_cores(cpu, expected, monkeypatch):
+    """Centring in the tiles' registers pays where subtractions issue beside the multiply-adds:
+    AMD's Zen cores, by LLVM's name of the CPU numba compiles for (``NUMBA_CPU_NAME``)."""
+    from numba import config
+
+    from byzlearn.aggregators import _simd
+
+    monkeypatch.setattr(config, "CPU_NAME", cpu, raising=False)
+    assert _simd.separate_add_pipes() is expected
