@@ -29,7 +29,8 @@ Small n (:func:`gram_blocks`): for each pass over ``tile_lanes(rows)`` coordinat
 On cores whose vector additions issue on pipes of their own (AMD Zen), up to ``FUSED_MAX_ROWS``
 buffer rows and on a given centre, steps 1 and 2 are one: the tiles load the rows themselves and
 subtract the centre in registers (:func:`_add_centred_tiles`), a span with a non-finite value or
-an overflowing product going through the buffer as above.
+an overflowing product going through the buffer as above (the later spans of the block then leave
+out the rows it flagged, whose entries the caller does not read).
 
 A 3 x 3 tile keeps nine accumulators and six rows' values in registers and its inner loop
 vectorises across coordinates (512-bit vectors where the CPU has them, see :mod:`._simd`); the
@@ -552,34 +553,34 @@ if njit is not None:
         _centre_rows(X, rows, j0, j1 - j0, m, C, 0, dots, flags)
 
     @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
-    def _fused_span(X, rows, centre, s0, s1, acc, dots, msq, part, dpart, Xf, d, lines):
+    def _fused_span(X, sub, place, centre, s0, s1, acc, dots, msq, part, dpart, Xf, d, lines):
         # pragma: no cover (compiled)
-        """The span ``s0:s1`` of :func:`_gram_block` centred on the given centre in the tiles'
-        registers (:func:`_add_centred_tiles`), when the centre's chunks are finite (their
-        squares summed as :func:`_centre_span` does) and every active row's sums over the span
-        are finite; returns False, having changed nothing, otherwise (a row holding a
-        non-finite value, a product that overflowed: the caller takes the span through the
-        buffer, which flags and zeroes such rows)."""
+        """The span ``s0:s1`` of :func:`_gram_block` for the active rows ``sub`` (at positions
+        ``place`` among them, increasing), centred on the given centre in the tiles' registers
+        (:func:`_add_centred_tiles`), when the centre's chunks are finite (their squares summed
+        as :func:`_centre_span` does) and every row's sums over the span are finite; returns
+        False, having changed nothing, otherwise (a row holding a non-finite value, a product
+        that overflowed: the caller takes the span through the buffer, which flags and zeroes
+        such rows)."""
         total = msq[0]
         for k0 in range(s0, s1, LANES):
             sq = _square_sum(centre[k0:], min(LANES, s1 - k0))
             if not np.isfinite(sq):
                 return False
             total += sq
-        R = part.shape[0]
-        _add_centred_tiles(X, rows, centre, s0, s1 - s0, R, part, dpart, Xf, s1, d, lines)
-        na = rows.shape[0]
-        for t in range(na):
+        ns = sub.shape[0]
+        R = max(TILE, -(-ns // TILE) * TILE)
+        _add_centred_tiles(X, sub, centre, s0, s1 - s0, R, part, dpart, Xf, s1, d, lines)
+        for t in range(ns):
             if not (np.isfinite(part[t, t]) and np.isfinite(dpart[t])):
                 return False
         msq[0] = total
-        for i in range(R):
-            ai = acc[i]
+        for i in range(ns):  # the tiles wrote the upper triangle, which place keeps upper
+            ai = acc[place[i]]
             pi = part[i]
-            for j in range(R):
-                ai[j] += pi[j]
-        for t in range(na):
-            dots[t] += dpart[t]
+            for j in range(i, ns):
+                ai[place[j]] += pi[j]
+            dots[place[i]] += dpart[i]
         return True
 
     @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
@@ -591,7 +592,9 @@ if njit is not None:
         ``C`` is the (padded rows x tile width) buffer, 64-byte aligned (see
         :func:`aligned_zeros`). ``fuse``: on a given centre, up to ``FUSED_MAX_ROWS`` buffer rows,
         centre the rows in the tiles' registers (:func:`_fused_span`) wherever a span allows it
-        (the caller passes ``FUSED_CENTRING``)."""
+        (the caller passes ``FUSED_CENTRING``); after a span that does not, on without the rows
+        flagged so far (the entries of a flagged row are not read), or through the buffer for
+        the rest of the block where none was flagged."""
         wide()
         d = X.shape[1]
         Xf = X.reshape(-1)
@@ -602,13 +605,18 @@ if njit is not None:
         fuse = fuse and use_centre and R <= FUSED_MAX_ROWS and rows.shape[0] > 0
         part = np.zeros((R, R), dtype=X.dtype)
         dpart = np.zeros(R, dtype=X.dtype)
+        na = rows.shape[0]
+        sub = rows  # the rows the fused spans take, at positions place among the active rows
+        place = np.arange(na)
+        flagged = 0
         for s0 in range(j0, j1, width):
             s1 = min(j1, s0 + width)
             lines = 0
             if s1 < j1:
                 lines = (min(width, j1 - s1) + _LINE - 1) // _LINE
-            if fuse and _fused_span(X, rows, centre, s0, s1, acc, dots, msq, part, dpart, Xf,
-                                    d, lines):
+            if fuse and _fused_span(
+                X, sub, place, centre, s0, s1, acc, dots, msq, part, dpart, Xf, d, lines
+            ):
                 continue
             _centre_span(X, rows, centre, use_centre, s0, s1, m, C, dots, msq, flags)
             if s1 - s0 < width:
@@ -620,6 +628,20 @@ if njit is not None:
                 _add_tiles4(C, acc, Xf, rows, s1, d, lines)
             else:
                 _add_tiles(C, acc, Xf, rows, s1, d, lines)
+            if fuse:
+                # The fused tiles could not take this span. A row holding a non-finite value
+                # is bad for the whole matrix (the caller reads none of its entries), so they
+                # go on without the rows flagged so far (a NaN row would fail every span:
+                # each one twice); where no row was flagged (an overflow, a centre that is not
+                # finite), the rest of the block goes through the buffer.
+                count = 0
+                for t in range(na):
+                    count += flags[t]
+                fuse = count > flagged and count < na
+                flagged = count
+                if fuse:
+                    place = np.flatnonzero(~flags[:na])
+                    sub = rows[place]
 
     @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
     def _centre_into(X, rows, centre, use_centre, j0, j1, C, dots, msq, flags):
