@@ -29,8 +29,10 @@ Small n (:func:`gram_blocks`): for each pass over ``tile_lanes(rows)`` coordinat
 On cores whose vector additions issue on pipes of their own (AMD Zen), up to ``FUSED_MAX_ROWS``
 buffer rows and on a given centre, steps 1 and 2 are one: the tiles load the rows themselves and
 subtract the centre in registers (:func:`_add_centred_tiles`), a span with a non-finite value or
-an overflowing product going through the buffer as above (the later spans of the block then leave
-out the rows it flagged, whose entries the caller does not read).
+an overflowing product going through the buffer as above. On a given centre, either way, the
+later spans of a block leave out the rows flagged so far (the caller reads none of their
+entries): NaN rows, an attack, cost no products after the span that finds them
+(:func:`_buffer_span_of`).
 
 A 3 x 3 tile keeps nine accumulators and six rows' values in registers and its inner loop
 vectorises across coordinates (512-bit vectors where the CPU has them, see :mod:`._simd`); the
@@ -584,6 +586,44 @@ if njit is not None:
         return True
 
     @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
+    def _buffer_span_of(X, sub, place, centre, s0, s1, m, C, acc, dots, msq, flags, Xf, d,
+                        lines):  # pragma: no cover (compiled)
+        """The span ``s0:s1`` of :func:`_gram_block` through the buffer for the active rows
+        ``sub`` only (at positions ``place`` among them, increasing; a given centre): centred
+        into the first buffer rows (the rows after them up to the tiles' multiple keep what they
+        held: their products go to entries that are not added), the tiles' sums into a zeroed
+        matrix that is then added at those positions (the same additions into acc as tiles
+        over all the rows), dots and flags likewise."""
+        ns = sub.shape[0]
+        zero = X.dtype.type(0)
+        width = C.shape[1]
+        R = max(TILE, -(-ns // TILE) * TILE)
+        if R >= BIG_TILE_ROWS:
+            R = -(-ns // BIG_TILE) * BIG_TILE
+        dsub = np.zeros(ns)
+        fsub = np.zeros(ns + 1, dtype=np.bool_)
+        _centre_span(X, sub, centre, True, s0, s1, m, C, dsub, msq, fsub)
+        if s1 - s0 < width:
+            for t in range(ns):
+                cr = C[t]
+                for k in range(s1 - s0, width):
+                    cr[k] = zero
+        Cs = C[:R]
+        sums = np.zeros((R, R))
+        if R >= BIG_TILE_ROWS:
+            _add_tiles4(Cs, sums, Xf, sub, s1, d, lines)
+        else:
+            _add_tiles(Cs, sums, Xf, sub, s1, d, lines)
+        for i in range(ns):
+            ai = acc[place[i]]
+            si = sums[i]
+            for j in range(i, ns):
+                ai[place[j]] += si[j]
+            dots[place[i]] += dsub[i]
+            flags[place[i]] |= fsub[i]
+        flags[-1] |= fsub[-1]
+
+    @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
     def _gram_block(X, rows, centre, use_centre, j0, j1, acc, dots, msq, flags, C, fuse=False):
         # pragma: no cover (compiled)
         """Add the block ``j0:j1``'s centred statistics of the active ``rows`` to acc (upper 3 x 3
@@ -603,6 +643,8 @@ if njit is not None:
         zero = X.dtype.type(0)
         R = C.shape[0]
         fuse = fuse and use_centre and R <= FUSED_MAX_ROWS and rows.shape[0] > 0
+        # (the fused tiles' flag: after a span they could not take, only where that span
+        # flagged new rows)
         part = np.zeros((R, R), dtype=X.dtype)
         dpart = np.zeros(R, dtype=X.dtype)
         na = rows.shape[0]
@@ -618,30 +660,35 @@ if njit is not None:
                 X, sub, place, centre, s0, s1, acc, dots, msq, part, dpart, Xf, d, lines
             ):
                 continue
-            _centre_span(X, rows, centre, use_centre, s0, s1, m, C, dots, msq, flags)
-            if s1 - s0 < width:
-                for t in range(rows.shape[0]):
-                    cr = C[t]
-                    for k in range(s1 - s0, width):
-                        cr[k] = zero
-            if C.shape[0] >= BIG_TILE_ROWS:  # a multiple of 4 (see padded_rows)
-                _add_tiles4(C, acc, Xf, rows, s1, d, lines)
+            if sub.shape[0] < na:
+                _buffer_span_of(X, sub, place, centre, s0, s1, m, C, acc, dots, msq, flags,
+                                Xf, d, lines)
             else:
-                _add_tiles(C, acc, Xf, rows, s1, d, lines)
-            if fuse:
-                # The fused tiles could not take this span. A row holding a non-finite value
-                # is bad for the whole matrix (the caller reads none of its entries), so they
-                # go on without the rows flagged so far (a NaN row would fail every span:
-                # each one twice); where no row was flagged (an overflow, a centre that is not
-                # finite), the rest of the block goes through the buffer.
+                _centre_span(X, rows, centre, use_centre, s0, s1, m, C, dots, msq, flags)
+                if s1 - s0 < width:
+                    for t in range(rows.shape[0]):
+                        cr = C[t]
+                        for k in range(s1 - s0, width):
+                            cr[k] = zero
+                if C.shape[0] >= BIG_TILE_ROWS:  # a multiple of 4 (see padded_rows)
+                    _add_tiles4(C, acc, Xf, rows, s1, d, lines)
+                else:
+                    _add_tiles(C, acc, Xf, rows, s1, d, lines)
+            if use_centre:
+                # A row holding a non-finite value is bad for the whole matrix (the caller
+                # reads none of its entries): the later spans leave out the rows flagged so
+                # far (NaN rows, an attack: fewer products; centred in the tiles, a NaN row
+                # would fail every span, each one then taken twice). Where the fused tiles
+                # failed and no row was flagged (an overflow, a centre that is not finite),
+                # the rest of the block goes through the buffer.
                 count = 0
                 for t in range(na):
                     count += flags[t]
-                fuse = count > flagged and count < na
-                flagged = count
-                if fuse:
+                fuse = fuse and count > flagged and count < na
+                if count > flagged and count < na:
                     place = np.flatnonzero(~flags[:na])
                     sub = rows[place]
+                flagged = count
 
     @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
     def _centre_into(X, rows, centre, use_centre, j0, j1, C, dots, msq, flags):

@@ -715,3 +715,33 @@ def test_separate_add_pipes_names_the_zen_cores(cpu, expected, monkeypatch):
 
     monkeypatch.setattr(config, "CPU_NAME", cpu, raising=False)
     assert _simd.separate_add_pipes() is expected
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+@pytest.mark.parametrize("active", [5, 24, 40, 130])
+def test_flagged_rows_leave_the_later_spans(active, fuse):
+    """Rows found holding a non-finite value (here in the first span) are bad for the whole
+    matrix; the block's later spans leave them out (fewer products, through the buffer or
+    centred in the tiles, 3 x 3 or 4 x 4 tiles). The other rows' products and dots are the
+    float64 ones of the rows centred on the given centre; the bad rows are flagged."""
+    rng = np.random.default_rng(active)
+    R = _gram_kernel.padded_rows(active)
+    d = 6 * _gram_kernel.tile_lanes(R) + 33
+    X = (rng.standard_normal((active + 1, d)) + 20).astype(np.float32)
+    rows = np.arange(1, active + 1, dtype=np.int64)
+    centre = X[0].copy()
+    bad = [0, active // 2, active - 1]  # positions among the active rows
+    X[rows[bad[0]], 5] = np.nan
+    X[rows[bad[1]], 7:9] = np.inf
+    X[rows[bad[2]], :] = np.nan  # a whole NaN row
+    acc, dots, _, flags = _block_stats(X, rows, centre, fuse)
+    assert flags[:-1].tolist() == [t in bad for t in range(active)] and not flags[-1]
+    good = np.array([t for t in range(active) if t not in bad])
+    U = X[rows[good]].astype(np.float64) - centre.astype(np.float64)
+    expected = U @ U.T
+    got = acc[np.ix_(good, good)]
+    upper = np.triu(np.ones_like(expected, dtype=bool))
+    scale = float(np.diag(expected).max())
+    np.testing.assert_allclose(got[upper], expected[upper], rtol=0, atol=1e-5 * scale)
+    np.testing.assert_allclose(dots[good], U @ centre.astype(np.float64), rtol=1e-4,
+                               atol=1e-5 * scale)

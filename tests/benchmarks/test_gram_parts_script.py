@@ -42,7 +42,8 @@ def test_one_row_per_rows_and_width_with_every_part(script, capsys):
         ("12", "512"),
         ("12", "1024"),
     ]
-    assert len(_cells(header)) == len(rows[0]) == 10
+    assert len(_cells(header)) == len(rows[0]) == 11
+    assert _cells(header)[4] == "pass, buffer (ms, / floor)"  # beside the library's pass
     for row in rows:
         assert float(row[2]) > 0  # the floor
         for cell in row[3:]:
@@ -57,6 +58,7 @@ def test_the_library_width_by_default(script, capsys):
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| 5 |"))
     assert _cells(row)[1] == str(_gram_kernel.tile_lanes(_gram_kernel.padded_rows(4)))
     assert _gram_kernel.tile_lanes(3) == 2 * _gram_kernel.LANES  # the widths are restored
+    assert _gram_kernel.separate_add_pipes() == _gram_kernel.FUSED_CENTRING  # and the choice
 
 
 @pytest.mark.parametrize(
