@@ -144,6 +144,10 @@ def padded_rows(n: int) -> int:
     return rows if rows < BIG_TILE_ROWS else -(-n // BIG_TILE) * BIG_TILE
 
 
+if njit is not None:
+    _padded_rows = njit(cache=True, inline="always")(padded_rows)
+
+
 def tile_lanes(rows: int) -> int:
     """Coordinates per pass of the tiles for this many buffer rows (a multiple of LANES)."""
     return _TILE_LANES_WIDEST if rows >= _MANY_ROWS else _TILE_LANES_WIDE
@@ -518,6 +522,17 @@ if njit is not None:
         return s
 
     @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
+    def _centre_squares(centre, j0, j1, total):  # pragma: no cover (compiled)
+        """``total`` plus the squares of the given centre over ``j0:j1``, chunk by chunk, and
+        whether every chunk's sum is finite (where one is not, the chunk centres on the mean)."""
+        finite = True
+        for k0 in range(j0, j1, LANES):
+            s = _square_sum(centre[k0:], min(LANES, j1 - k0))
+            finite = finite and np.isfinite(s)
+            total += s
+        return total, finite
+
+    @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
     def _centre_span(X, rows, centre, use_centre, j0, j1, m, C, dots, msq, flags):
         # pragma: no cover (compiled)
         """C[t, :j1 - j0] = X[rows[t], j0:j1] - m: the centre of each chunk of ``LANES``
@@ -536,12 +551,7 @@ if njit is not None:
         10.6-11.4, 50 rows equal."""
         wide()
         if use_centre:
-            total = msq[0]
-            finite = True
-            for k0 in range(j0, j1, LANES):
-                s = _square_sum(centre[k0:], min(LANES, j1 - k0))
-                finite = finite and np.isfinite(s)
-                total += s
+            total, finite = _centre_squares(centre, j0, j1, msq[0])
             if finite:
                 msq[0] = total
                 _centre_rows(X, rows, j0, j1 - j0, centre[j0:j1], C, 0, dots, flags)
@@ -564,26 +574,48 @@ if njit is not None:
         False, having changed nothing, otherwise (a row holding a non-finite value, a product
         that overflowed: the caller takes the span through the buffer, which flags and zeroes
         such rows)."""
-        total = msq[0]
-        for k0 in range(s0, s1, LANES):
-            sq = _square_sum(centre[k0:], min(LANES, s1 - k0))
-            if not np.isfinite(sq):
-                return False
-            total += sq
+        total, finite = _centre_squares(centre, s0, s1, msq[0])
+        if not finite:
+            return False
         ns = sub.shape[0]
-        R = max(TILE, -(-ns // TILE) * TILE)
+        R = _padded_rows(ns)
         _add_centred_tiles(X, sub, centre, s0, s1 - s0, R, part, dpart, Xf, s1, d, lines)
         for t in range(ns):
             if not (np.isfinite(part[t, t]) and np.isfinite(dpart[t])):
                 return False
         msq[0] = total
-        for i in range(ns):  # the tiles wrote the upper triangle, which place keeps upper
+        _add_at(acc, dots, part, dpart, place)
+        return True
+
+    @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
+    def _buffer_tiles(C, filled, w, acc, Xf, rows, next0, d, lines):
+        # pragma: no cover (compiled)
+        """The tiles' products of the buffer C added to acc, its first ``filled`` rows holding a
+        span of w coordinates (the rest of those rows is zeroed first; the rows after them are
+        padding): 4 x 4 tiles from ``BIG_TILE_ROWS`` buffer rows (a multiple of 4, see
+        padded_rows), else 3 x 3."""
+        zero = C.dtype.type(0)
+        if w < C.shape[1]:
+            for t in range(filled):
+                cr = C[t]
+                for k in range(w, C.shape[1]):
+                    cr[k] = zero
+        if C.shape[0] >= BIG_TILE_ROWS:
+            _add_tiles4(C, acc, Xf, rows, next0, d, lines)
+        else:
+            _add_tiles(C, acc, Xf, rows, next0, d, lines)
+
+    @njit(boundscheck=False, cache=True, nogil=True)
+    def _add_at(acc, dots, part, dpart, place):  # pragma: no cover (compiled)
+        """Add a span's sums over some of the active rows (positions ``place``, increasing) to
+        the block's: part's upper triangle (where the tiles wrote; place keeps it upper) and
+        dpart."""
+        for i in range(place.shape[0]):
             ai = acc[place[i]]
             pi = part[i]
-            for j in range(i, ns):
+            for j in range(i, place.shape[0]):
                 ai[place[j]] += pi[j]
             dots[place[i]] += dpart[i]
-        return True
 
     @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
     def _buffer_span_of(X, sub, place, centre, s0, s1, m, C, acc, dots, msq, flags, Xf, d,
@@ -595,31 +627,14 @@ if njit is not None:
         matrix that is then added at those positions (the same additions into acc as tiles
         over all the rows), dots and flags likewise."""
         ns = sub.shape[0]
-        zero = X.dtype.type(0)
-        width = C.shape[1]
-        R = max(TILE, -(-ns // TILE) * TILE)
-        if R >= BIG_TILE_ROWS:
-            R = -(-ns // BIG_TILE) * BIG_TILE
+        R = _padded_rows(ns)
         dsub = np.zeros(ns)
         fsub = np.zeros(ns + 1, dtype=np.bool_)
         _centre_span(X, sub, centre, True, s0, s1, m, C, dsub, msq, fsub)
-        if s1 - s0 < width:
-            for t in range(ns):
-                cr = C[t]
-                for k in range(s1 - s0, width):
-                    cr[k] = zero
-        Cs = C[:R]
         sums = np.zeros((R, R))
-        if R >= BIG_TILE_ROWS:
-            _add_tiles4(Cs, sums, Xf, sub, s1, d, lines)
-        else:
-            _add_tiles(Cs, sums, Xf, sub, s1, d, lines)
+        _buffer_tiles(C[:R], ns, s1 - s0, sums, Xf, sub, s1, d, lines)
+        _add_at(acc, dots, sums, dsub, place)
         for i in range(ns):
-            ai = acc[place[i]]
-            si = sums[i]
-            for j in range(i, ns):
-                ai[place[j]] += si[j]
-            dots[place[i]] += dsub[i]
             flags[place[i]] |= fsub[i]
         flags[-1] |= fsub[-1]
 
@@ -640,7 +655,6 @@ if njit is not None:
         Xf = X.reshape(-1)
         width = C.shape[1]
         m = np.zeros(width, dtype=X.dtype)  # the centres of the pass's chunks, side by side
-        zero = X.dtype.type(0)
         R = C.shape[0]
         fuse = fuse and use_centre and R <= FUSED_MAX_ROWS and rows.shape[0] > 0
         # (the fused tiles' flag: after a span they could not take, only where that span
@@ -665,15 +679,7 @@ if njit is not None:
                                 Xf, d, lines)
             else:
                 _centre_span(X, rows, centre, use_centre, s0, s1, m, C, dots, msq, flags)
-                if s1 - s0 < width:
-                    for t in range(rows.shape[0]):
-                        cr = C[t]
-                        for k in range(s1 - s0, width):
-                            cr[k] = zero
-                if C.shape[0] >= BIG_TILE_ROWS:  # a multiple of 4 (see padded_rows)
-                    _add_tiles4(C, acc, Xf, rows, s1, d, lines)
-                else:
-                    _add_tiles(C, acc, Xf, rows, s1, d, lines)
+                _buffer_tiles(C, na, s1 - s0, acc, Xf, rows, s1, d, lines)
             if use_centre:
                 # A row holding a non-finite value is bad for the whole matrix (the caller
                 # reads none of its entries): the later spans leave out the rows flagged so

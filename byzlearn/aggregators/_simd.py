@@ -34,16 +34,23 @@ except ImportError:  # pragma: no cover
 _WIDE_ATTRIBUTE = '"prefer-vector-width"="512"'
 
 
+def _named_cpu() -> str | None:
+    """The CPU numba compiles for where ``NUMBA_CPU_NAME`` names one, None for the host."""
+    from numba import config
+
+    name = getattr(config, "CPU_NAME", None)
+    return None if name is None or name == "host" else str(name)
+
+
 def vector_bytes() -> int:
     """Bytes of the widest vector register numba compiles for: 64 with AVX-512, else 32 (also
     when that cannot be found out). numba targets the host unless ``NUMBA_CPU_NAME`` names
     another CPU (e.g. ``generic``, for caches shared between machines); then AVX-512 counts only
     where ``NUMBA_CPU_FEATURES`` lists ``+avx512f``."""
     try:
-        from numba import config
+        if _named_cpu() is not None:
+            from numba import config
 
-        name = getattr(config, "CPU_NAME", None)
-        if name is not None and name != "host":
             return 64 if "+avx512f" in (getattr(config, "CPU_FEATURES", None) or "") else 32
         from llvmlite import binding
 
@@ -58,10 +65,8 @@ def separate_add_pipes() -> bool:
     issue both on the same ports). False when that cannot be found out, or where
     ``NUMBA_CPU_NAME`` names another CPU than a Zen core."""
     try:
-        from numba import config
-
-        name = getattr(config, "CPU_NAME", None)
-        if name is None or name == "host":
+        name = _named_cpu()
+        if name is None:
             from llvmlite import binding
 
             name = binding.get_host_cpu_name()
