@@ -41,13 +41,14 @@ weighted sum. ``max_missing=0`` makes every row with a non-finite value bad.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
-from byzlearn.aggregators import _gram_cuda, _gram_kernel, _memory
+from byzlearn.aggregators import _gram_cuda, _gram_kernel, _memory, _speculate
 from byzlearn.aggregators._device import cpu_kernels, kernel_input
 
 # Coordinates per block: big enough to amortise the per-block Python overhead, small enough for
@@ -90,6 +91,7 @@ class BaseGram:
     aug: torch.Tensor  # float64, CPU
     bad: torch.Tensor  # bool, CPU, (n,)
     missing: MissingEntries | None = None  # imputed missing values of the rows kept
+    speculation: _speculate.Speculation | None = None  # an output written during the pass
 
 
 # Fraction of missing coordinates beyond which a row is excluded (bad), by default.
@@ -265,30 +267,45 @@ def base_gram(
     centre: torch.Tensor | None = None,
     centre_row: int | None = None,
     max_missing: float = DEFAULT_MAX_MISSING,
+    guess: _speculate.Guess | None = None,
 ) -> BaseGram:
     """Centred Gram matrix of the rows of X in one blocked pass (see the module docstring).
 
     The fast pass flags every row holding a non-finite value. When some of those rows miss at
     most ``max_missing`` of their coordinates (a lossy link, not a NaN row), the pass is made
     again on the float64 path, which imputes their missing values (:func:`_imputed_pass`);
-    rows missing more (NaN rows) stay bad and cost nothing extra.
+    rows missing more (NaN rows) stay bad and cost nothing extra. ``guess``: the rule's weights
+    on a Gram matrix, for an output written during the pass (:mod:`._speculate`).
     """
-    n = X.shape[0]
     on_kernel = kernel_input(X)
+    speculation = None
     if on_kernel and _gram_kernel.available(X.detach().numpy()):
-        acc, bad = _kernel_pass(X, centre, centre_row)
+        acc, bad, speculation = _kernel_pass(X, centre, centre_row, guess)
     else:
         acc, bad = _torch_pass(X, centre, centre_row)
     missing = None
     if max_missing > 0 and bool(bad.any()) and _some_rows_within_budget(X, bad, max_missing):
         acc, bad, missing = _imputed_pass(X, centre, centre_row, max_missing)
+        speculation = None  # the output then holds imputed values
+    return _masked_base(acc, bad, missing, speculation)
+
+
+def _masked_base(
+    acc: torch.Tensor,
+    bad: torch.Tensor,
+    missing: MissingEntries | None = None,
+    speculation: _speculate.Speculation | None = None,
+) -> BaseGram:
+    """The base statistics of a pass's (n + 1) x (n + 1) sums: rows whose squared norm
+    overflowed across blocks made bad too, and the entries of every bad row zeroed."""
+    n = acc.shape[0] - 1
     acc = acc.cpu()
     bad = bad.cpu() | ~torch.isfinite(acc.diagonal()[:n])  # sums that overflowed across blocks
     keep = torch.cat([~bad, torch.tensor([True])])
     acc = torch.where(keep[:, None] & keep[None, :], acc, torch.zeros((), dtype=acc.dtype))
     if missing is not None:
         missing = missing.restricted(~bad)
-    return BaseGram(aug=acc, bad=bad, missing=missing)
+    return BaseGram(aug=acc, bad=bad, missing=missing, speculation=speculation)
 
 
 # Coordinates per read when counting a flagged row's missing values.
@@ -338,9 +355,15 @@ def _imputed_pass(
     return acc, bad, log.entries(~bad)
 
 
-def _kernel_pass(X: torch.Tensor, centre: torch.Tensor | None, centre_row: int | None):
+def _kernel_pass(
+    X: torch.Tensor,
+    centre: torch.Tensor | None,
+    centre_row: int | None,
+    guess: _speculate.Guess | None = None,
+):
     """CPU: the numba kernels of :mod:`._gram_kernel` (3 x 3 tiles for few rows, BLAS syrk for
-    many), the slow path for blocks whose products overflow.
+    many), the slow path for blocks whose products overflow; returns the sums, the bad rows and
+    the speculative output (:mod:`._speculate`, tiles only) or None.
 
     Rows holding a non-finite value are flagged by the kernel (their products are skipped, the
     others' stay exact); a block holding products that overflowed the input precision is redone
@@ -358,9 +381,29 @@ def _kernel_pass(X: torch.Tensor, centre: torch.Tensor | None, centre_row: int |
     else:
         centre_np = None
     if rows.size >= _gram_kernel.BLAS_MIN_ROWS:
-        return _blas_pass(X, Xn, centre, centre_np, centre_row, rows)
+        return (*_blas_pass(X, Xn, centre, centre_np, centre_row, rows), None)
     blocks = column_blocks(d, kernel_block_size(n, rows.size))
-    parts = _gram_kernel.gram_blocks(Xn, blocks, centre_np, torch.get_num_threads(), rows)
+    threads = torch.get_num_threads()
+    speculation = None
+    if guess is None or len(blocks) < _speculate.MIN_BLOCKS:
+        parts = _gram_kernel.gram_blocks(Xn, blocks, centre_np, threads, rows)
+    else:
+        head = _speculate.HEAD_BLOCKS
+        start = time.perf_counter()
+        parts = _gram_kernel.gram_blocks(Xn, blocks[:head], centre_np, threads, rows)
+        pass_time = (time.perf_counter() - start) * len(blocks) / head  # an estimate
+        budget = _speculate.GUESS_BUDGET * pass_time
+        partial = [[p] for p in parts] + [parts]  # each block, then all of them
+        grams = [_partial_base(n, rows, ps, centre_row) for ps in partial]
+        weights = None
+        if all(g is not None for g in grams):
+            weights = _speculate.agreed_weights(guess, grams, budget)  # type: ignore[arg-type]
+        sums = None
+        if weights is not None:
+            out = _memory.empty(d, dtype=X.dtype)
+            speculation = _speculate.Speculation(weights, out, start=blocks[head][0])
+            sums = speculation.sums()
+        parts += _gram_kernel.gram_blocks(Xn, blocks[head:], centre_np, threads, rows, sums)
     acc = torch.zeros(n + 1, n + 1, dtype=torch.float64)
     bad = torch.zeros(n, dtype=torch.bool)
     # the blocks' statistics summed in block order, laid out once (the layout is linear)
@@ -377,7 +420,25 @@ def _kernel_pass(X: torch.Tensor, centre: torch.Tensor | None, centre_row: int |
         sum_dots += part.dots
         sum_msq += part.msq
     acc += torch.from_numpy(_gram_kernel.layout(n, rows, sum_acc, sum_dots, sum_msq))
-    return acc, bad
+    return acc, bad, speculation
+
+
+def _partial_base(
+    n: int, rows: np.ndarray, parts: list[_gram_kernel.BlockStats], centre_row: int | None
+) -> BaseGram | None:
+    """The base statistics of some blocks of the kernel pass alone (a guess's input), or None
+    where a block's products overflowed."""
+    if not all(p.finite() for p in parts):
+        return None
+    bad = torch.zeros(n, dtype=torch.bool)
+    for p in parts:
+        _flag_rows(bad, p.nonfinite, p.centre_missing, centre_row)
+    acc, dots = parts[0].acc.copy(), parts[0].dots.copy()
+    for p in parts[1:]:
+        acc += p.acc
+        dots += p.dots
+    msq = sum(p.msq for p in parts)
+    return _masked_base(torch.from_numpy(_gram_kernel.layout(n, rows, acc, dots, msq)), bad)
 
 
 def kernel_block_size(n: int, active: int) -> int:
@@ -681,21 +742,25 @@ class Inputs:
         X: torch.Tensor,
         centre: torch.Tensor | None = None,
         max_missing: float = DEFAULT_MAX_MISSING,
+        guess: _speculate.Guess | None = None,
     ) -> Inputs:
         """Build from an (n, d) matrix with one pass over the data (two only when the first
         still looks cancellation-prone, see :func:`centre_row_from_sample`; the imputation of
-        missing values may add one on the float64 path, see :func:`base_gram`)."""
+        missing values may add one on the float64 path, see :func:`base_gram`). ``guess``: the
+        rule's weights on a Gram matrix, to write its output during the pass where the first
+        blocks agree on them (:mod:`._speculate`)."""
         if centre is None:  # small inputs: the same pass in two compiled calls (_gram_small)
             from byzlearn.aggregators._gram_small import small_gram
 
             if (small := small_gram(X, max_missing)) is not None:
                 return cls(X=X, gram=small[0], _cache=small[1])
         row = None if centre is not None else centre_row_from_sample(X)
-        gram = base_gram(X, centre=centre, centre_row=row, max_missing=max_missing)
+        gram = base_gram(X, centre=centre, centre_row=row, max_missing=max_missing, guess=guess)
         if centre is None and _needs_refinement(gram.aug[:-1, :-1], gram.bad, X.dtype):
             refined = _central_row(gram.aug[:-1, :-1], gram.bad)
-            if refined != row:
-                gram = base_gram(X, centre_row=refined, max_missing=max_missing)
+            if refined != row:  # (an output written in the first pass does not depend on it)
+                again = base_gram(X, centre_row=refined, max_missing=max_missing)
+                gram = replace(again, speculation=gram.speculation)
         return cls(X=X, gram=gram, centre=centre)
 
     # --- shape and validity -------------------------------------------------------------
@@ -795,6 +860,13 @@ class Inputs:
         some_bad = bool(self.base.bad.any())
         if some_bad and bool((w[self.base.bad] != 0).any()):
             raise AssertionError("internal error: a bad row was given a non-zero weight")
+        speculation = self.base.speculation
+        if (
+            speculation is not None
+            and self.missing is None
+            and (out := speculation.output(self.X, w)) is not None
+        ):
+            return out  # written during the Gram pass (the same bits)
         out = weighted_rows(self.X, w, all_rows=not some_bad)
         if self.missing is not None:
             rows = torch.nonzero(w).flatten()

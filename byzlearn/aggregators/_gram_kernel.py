@@ -639,8 +639,8 @@ if njit is not None:
         flags[-1] |= fsub[-1]
 
     @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
-    def _gram_block(X, rows, centre, use_centre, j0, j1, acc, dots, msq, flags, C, fuse=False):
-        # pragma: no cover (compiled)
+    def _gram_block(X, rows, centre, use_centre, j0, j1, acc, dots, msq, flags, C, fuse=False,
+                    srows=None, sweights=None, sout=None):  # pragma: no cover (compiled)
         """Add the block ``j0:j1``'s centred statistics of the active ``rows`` to acc (upper 3 x 3
         or 4 x 4 tiles), dots (``c_t . m``) and msq[0] (``|m|^2``); flags[t] for active rows
         holding a non-finite value, flags[-1] when the given centre is not finite somewhere.
@@ -649,7 +649,9 @@ if njit is not None:
         centre the rows in the tiles' registers (:func:`_fused_span`) wherever a span allows it
         (the caller passes ``FUSED_CENTRING``); after a span that does not, on without the rows
         flagged so far (the entries of a flagged row are not read), or through the buffer for
-        the rest of the block where none was flagged."""
+        the rest of the block where none was flagged. ``srows`` (with ``sweights``, ``sout``):
+        also write ``sum_t sweights[t] X[srows[t]]`` into ``sout[j0:j1]``, span by span while
+        the span is in the cache (:func:`_rows_sum`: the bits of :func:`weighted_sum`)."""
         wide()
         d = X.shape[1]
         Xf = X.reshape(-1)
@@ -665,11 +667,14 @@ if njit is not None:
         sub = rows  # the rows the fused spans take, at positions place among the active rows
         place = np.arange(na)
         flagged = 0
+        sums = np.zeros(width)  # the span's float64 sums of the rows srows
         for s0 in range(j0, j1, width):
             s1 = min(j1, s0 + width)
             lines = 0
             if s1 < j1:
                 lines = (min(width, j1 - s1) + _LINE - 1) // _LINE
+            if srows is not None:
+                _rows_sum(X, srows, sweights, sout, s0, s1 - s0, sums)
             if fuse and _fused_span(
                 X, sub, place, centre, s0, s1, acc, dots, msq, part, dpart, Xf, d, lines
             ):
@@ -715,40 +720,45 @@ if njit is not None:
                 for k in range(width):
                     dst[k] = src[k]
 
-    @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
-    def _weighted_sum(X, rows, weights, out, b0, b1):  # pragma: no cover (compiled)
-        """out[j] = sum_t weights[t] X[rows[t], j] for the chunks b0..b1-1 of
-        ``_WSUM_COLUMNS`` coordinates: float64 sums, the rows added in order (four per load
-        and store of the sums: the same operations as one at a time, so the same bits)."""
-        wide()
-        d = X.shape[1]
+    @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True,
+          inline="always")
+    def _rows_sum(X, rows, weights, out, k0, w, acc):  # pragma: no cover (compiled)
+        """out[k0:k0 + w] = sum_t weights[t] X[rows[t], k0:k0 + w], summed in acc (float64, at
+        least w values), the rows added in order, four per load and store of the sums (the
+        same operations as one at a time, so the same bits whatever the chunks)."""
         m = rows.shape[0]
+        for k in range(w):
+            acc[k] = 0.0
+        t = 0
+        while t + 4 <= m:
+            a0, a1, a2, a3 = weights[t], weights[t + 1], weights[t + 2], weights[t + 3]
+            x0 = X[rows[t], k0 : k0 + w]
+            x1 = X[rows[t + 1], k0 : k0 + w]
+            x2 = X[rows[t + 2], k0 : k0 + w]
+            x3 = X[rows[t + 3], k0 : k0 + w]
+            for k in range(w):
+                s01 = (acc[k] + a0 * np.float64(x0[k])) + a1 * np.float64(x1[k])
+                acc[k] = (s01 + a2 * np.float64(x2[k])) + a3 * np.float64(x3[k])
+            t += 4
+        while t < m:
+            a = weights[t]
+            xr = X[rows[t], k0 : k0 + w]
+            for k in range(w):
+                acc[k] += a * np.float64(xr[k])
+            t += 1
+        o = out[k0 : k0 + w]
+        for k in range(w):
+            o[k] = acc[k]
+
+    @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
+    def _weighted_sum(X, rows, weights, out, b0, b1, end):  # pragma: no cover (compiled)
+        """out[j] = sum_t weights[t] X[rows[t], j] for the chunks b0..b1-1 of
+        ``_WSUM_COLUMNS`` coordinates below ``end`` (:func:`_rows_sum`)."""
+        wide()
         acc = np.zeros(_WSUM_COLUMNS)
         for b in range(b0, b1):
             k0 = b * _WSUM_COLUMNS
-            w = min(_WSUM_COLUMNS, d - k0)
-            for k in range(w):
-                acc[k] = 0.0
-            t = 0
-            while t + 4 <= m:
-                a0, a1, a2, a3 = weights[t], weights[t + 1], weights[t + 2], weights[t + 3]
-                x0 = X[rows[t], k0 : k0 + w]
-                x1 = X[rows[t + 1], k0 : k0 + w]
-                x2 = X[rows[t + 2], k0 : k0 + w]
-                x3 = X[rows[t + 3], k0 : k0 + w]
-                for k in range(w):
-                    s01 = (acc[k] + a0 * np.float64(x0[k])) + a1 * np.float64(x1[k])
-                    acc[k] = (s01 + a2 * np.float64(x2[k])) + a3 * np.float64(x3[k])
-                t += 4
-            while t < m:
-                a = weights[t]
-                xr = X[rows[t], k0 : k0 + w]
-                for k in range(w):
-                    acc[k] += a * np.float64(xr[k])
-                t += 1
-            o = out[k0 : k0 + w]
-            for k in range(w):
-                o[k] = acc[k]
+            _rows_sum(X, rows, weights, out, k0, min(_WSUM_COLUMNS, end - k0), acc)
 
     @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
     def _row_stats(X, r0, r1, sq, largest, cols, starts, signs):  # pragma: no cover (compiled)
@@ -939,17 +949,20 @@ def weighted_sum(
     weights: np.ndarray,
     threads: int,
     out: np.ndarray | None = None,
+    end: int | None = None,
 ) -> np.ndarray:
     """``sum_t weights[t] X[rows[t]]`` (d,) in X's dtype, one read of the rows used: chunks of
     coordinates summed in float64 (in row order), on ``threads`` threads; into ``out`` when
-    given (C-contiguous, X's dtype)."""
-    d = X.shape[1]
+    given (C-contiguous, X's dtype); only its first ``end`` coordinates when given."""
+    d = X.shape[1] if end is None else end
     if out is None:
-        out = np.empty(d, dtype=X.dtype)
+        out = np.empty(X.shape[1], dtype=X.dtype)
     rows = np.ascontiguousarray(rows, dtype=np.int64)
     weights = np.ascontiguousarray(weights, dtype=np.float64)
     chunks = -(-d // _WSUM_COLUMNS)
-    in_parallel(lambda b0, b1: _weighted_sum(X, rows, weights, out, b0, b1), chunks, threads, 16)
+    in_parallel(
+        lambda b0, b1: _weighted_sum(X, rows, weights, out, b0, b1, d), chunks, threads, 16
+    )
     return out
 
 
@@ -1041,6 +1054,7 @@ def gram_blocks(
     centre: np.ndarray | None,
     threads: int,
     rows: np.ndarray | None = None,
+    sums: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> list[BlockStats]:
     """Per block, the statistics (:class:`BlockStats`) of the Gram matrix of
     ``[X[:, j0:j1] - m; m]`` over the active ``rows`` (default: all; the others get zero
@@ -1050,6 +1064,10 @@ def gram_blocks(
     the mean of the active rows over each chunk of ``LANES`` coordinates. Blocks run on
     ``threads`` threads. The caller sums the blocks' statistics and lays them out once
     (:func:`layout`), instead of building an (n + 1) x (n + 1) matrix per block.
+
+    ``sums = (srows, weights, out)``: the blocks also write ``sum_t weights[t] X[srows[t]]``
+    into their coordinates of ``out`` (X's dtype), the bits of :func:`weighted_sum`, while
+    each span of the rows is in the cache (a speculative output: :mod:`._speculate`).
     """
     n = X.shape[0]
     rows = np.arange(n, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
@@ -1064,9 +1082,11 @@ def gram_blocks(
         msq = np.zeros(1)
         flags = np.zeros(rows.shape[0] + 1, dtype=np.bool_)
         C = aligned_zeros((R, width), X.dtype)
-        _gram_block(
-            X, rows, c, use_centre, block[0], block[1], acc, dots, msq, flags, C, FUSED_CENTRING
-        )
+        args = (X, rows, c, use_centre, block[0], block[1], acc, dots, msq, flags, C)
+        if sums is None:
+            _gram_block(*args, FUSED_CENTRING)
+        else:
+            _gram_block(*args, FUSED_CENTRING, *sums)
         return BlockStats(acc, dots, float(msq[0]), rows[flags[:-1]], bool(flags[-1]))
 
     parts: list = [None] * len(blocks)

@@ -11,13 +11,14 @@ in the caller's kind.
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from byzlearn.aggregators._gram import DEFAULT_MAX_MISSING, Inputs
+from byzlearn.aggregators._gram import DEFAULT_MAX_MISSING, BaseGram, Inputs
 from byzlearn.aggregators._inputs import (
     InputKind,
     Vectors,
@@ -26,6 +27,7 @@ from byzlearn.aggregators._inputs import (
     check_requirement,
 )
 from byzlearn.aggregators._inputs import check_options as _check_options
+from byzlearn.aggregators._speculate import Guess
 from byzlearn.registry import Registry
 
 
@@ -74,6 +76,11 @@ class RuleSpec:
     needs_gram: bool = True  # distance-based (needs the Gram pass) or not
     accepts_centre: bool = False
     max_missing: float = DEFAULT_MAX_MISSING  # default missing-coordinate budget of its rows
+    # weights over the inputs decided by the distances and deterministic (a subset's mean):
+    # guessed from the Gram pass's first blocks, the output written during the pass (._speculate)
+    guessable: bool = False
+    # options of those guesses (over the caller's): a bound on a dear search
+    guess_options: tuple[tuple[str, Any], ...] = ()
 
 
 _RULES: Registry[RuleSpec] = Registry("aggregator")
@@ -96,6 +103,8 @@ def register(
     needs_gram: bool = True,
     accepts_centre: bool = False,
     max_missing: float = DEFAULT_MAX_MISSING,
+    guessable: bool = False,
+    guess_options: tuple[tuple[str, Any], ...] = (),
 ) -> Callable[[Callable[..., Output]], Callable]:
     """Register ``impl(inputs, f, *, option=default, ...)`` under ``name``.
 
@@ -116,6 +125,8 @@ def register(
             needs_gram=needs_gram,
             accepts_centre=accepts_centre,
             max_missing=max_missing,
+            guessable=guessable,
+            guess_options=guess_options,
         )
         _RULES.add(name, spec)
         _PUBLIC[name] = _make_public(spec)
@@ -330,10 +341,15 @@ class Prepared:
     def n(self) -> int:
         return self.X.shape[0]
 
-    def inputs(self, max_missing: float = DEFAULT_MAX_MISSING) -> Inputs:
-        """The inputs with their (uncentred) Gram pass, computed once per ``max_missing``."""
+    def inputs(
+        self, max_missing: float = DEFAULT_MAX_MISSING, guess: Guess | None = None
+    ) -> Inputs:
+        """The inputs with their (uncentred) Gram pass, computed once per ``max_missing``
+        (``guess``: see :meth:`Inputs.from_matrix`)."""
         if max_missing not in self._inputs:
-            self._inputs[max_missing] = Inputs.from_matrix(self.X, max_missing=max_missing)
+            self._inputs[max_missing] = Inputs.from_matrix(
+                self.X, max_missing=max_missing, guess=guess
+            )
         return self._inputs[max_missing]
 
 
@@ -363,8 +379,16 @@ def _prepare(name: str, vectors: Vectors | Prepared, f: int, options: dict):
 
 
 def _run(
-    parts: list[RuleSpec], routed: list[dict], prepared: Prepared, f: int, max_missing: float
+    parts: list[RuleSpec],
+    routed: list[dict],
+    prepared: Prepared,
+    f: int,
+    max_missing: float,
+    output: bool = False,
 ) -> Result | Combination | torch.Tensor | Inputs:
+    """The parts applied in turn to the prepared inputs. ``output``: the caller forms the
+    output and is the only user of ``prepared`` (which it made), so a guessable rule may have
+    its output written during the Gram pass (:mod:`._speculate`)."""
     X = prepared.X
     centre = routed[-1].get("center") if parts[-1].accepts_centre else None
     if centre is not None:
@@ -381,11 +405,34 @@ def _run(
     elif centre is not None:  # a Gram matrix centred on the given centre (not shared)
         inputs = Inputs.from_matrix(X, centre=centre, max_missing=max_missing)
     else:
-        inputs = prepared.inputs(max_missing)
+        guessable = output and all(p.guessable for p in parts)
+        inputs = prepared.inputs(max_missing, _guess(parts, routed, f, X) if guessable else None)
     result: Combination | torch.Tensor | Inputs = inputs
     for part, opts in zip(parts, routed, strict=True):
         result = part.impl(result, f, **opts)
     return result
+
+
+def _guess(parts: list[RuleSpec], routed: list[dict], f: int, X: torch.Tensor) -> Guess:
+    """The weights over the base rows that the parts give on a Gram matrix (of the first
+    blocks of the pass), or None where they raise or give no weights."""
+
+    def weights(gram: BaseGram) -> torch.Tensor | None:
+        result: Combination | torch.Tensor | Inputs = Inputs(X=X, gram=gram)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                for part, opts in zip(parts, routed, strict=True):
+                    result = part.impl(result, f, **{**opts, **dict(part.guess_options)})
+        except (ValueError, ArithmeticError):
+            return None  # the full matrix decides (and the real call raises, if it must)
+        if not isinstance(result, Combination) or result.alpha is None:
+            return None
+        if result.value is not None or result.centre_weight != 0.0:
+            return None
+        return result.inputs.base_weights(result.alpha)
+
+    return weights
 
 
 def _kept(result) -> torch.Tensor | None:
@@ -410,8 +457,9 @@ def _output(result, kind: InputKind):
 def apply(name: str, vectors: Vectors | Prepared, f: int, options: dict):
     """Run the (possibly composed) rule ``name``; the body of every public rule."""
     parts, routed, prepared, f, max_missing = _prepare(name, vectors, f, options)
+    fresh = not isinstance(vectors, Prepared)
     with torch.no_grad():
-        return _output(_run(parts, routed, prepared, f, max_missing), prepared.kind)
+        return _output(_run(parts, routed, prepared, f, max_missing, fresh), prepared.kind)
 
 
 def aggregate(name: str, vectors: Vectors | Prepared, f: int = 0, **options) -> Result:
@@ -423,8 +471,9 @@ def aggregate(name: str, vectors: Vectors | Prepared, f: int = 0, **options) -> 
     pre-aggregator alone (``"nnm"``) returns its vectors as ``Result.vector`` (a matrix).
     """
     parts, routed, prepared, f, max_missing = _prepare(name, vectors, f, options)
+    fresh = not isinstance(vectors, Prepared)
     with torch.no_grad():
-        result = _run(parts, routed, prepared, f, max_missing)
+        result = _run(parts, routed, prepared, f, max_missing, fresh)
         return Result(vector=_output(result, prepared.kind), kept=_kept(result))
 
 

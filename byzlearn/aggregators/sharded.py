@@ -124,7 +124,7 @@ class Shard:
         X = self.X
         on_kernel = kernel_input(X)
         if on_kernel and _gram._gram_kernel.available(X.numpy()):
-            acc, bad = _gram._kernel_pass(X, centre, centre_row)
+            acc, bad, _ = _gram._kernel_pass(X, centre, centre_row)
         else:
             acc, bad = _gram._torch_pass(X, centre, centre_row)
         return acc.cpu(), bad.cpu()

@@ -151,7 +151,7 @@ def test_kernel_pass_matches_float64_products(dtype, mode, n, monkeypatch):
     kwargs = {"centre": centre} if mode == "centre" else {"centre_row": 0} if mode == "row" else {}
     try:
         torch.set_num_threads(2)
-        acc, bad = _gram._kernel_pass(X, kwargs.get("centre"), kwargs.get("centre_row"))
+        acc, bad, _ = _gram._kernel_pass(X, kwargs.get("centre"), kwargs.get("centre_row"))
     finally:
         torch.set_num_threads(1)
     assert not bad.any()
@@ -259,7 +259,7 @@ def test_blas_path_matches_float64_products(dtype, mode, n, monkeypatch):
     X = (torch.randn(n, d, generator=g, dtype=torch.float64) + 50.0).to(dtype)
     centre = torch.randn(d, generator=g, dtype=torch.float64).to(dtype) + 50.0
     kwargs = {"centre": centre} if mode == "centre" else {"centre_row": 1} if mode == "row" else {}
-    acc, bad = _gram._kernel_pass(X, kwargs.get("centre"), kwargs.get("centre_row"))
+    acc, bad, _ = _gram._kernel_pass(X, kwargs.get("centre"), kwargs.get("centre_row"))
     assert not bad.any()
     Xd = X.double()
     expected = np.zeros((n + 1, n + 1))
@@ -328,7 +328,7 @@ def test_centre_row_missing_in_a_block_falls_back_to_the_mean(blas, monkeypatch)
     d = 5 * 4 * _gram_kernel.LANES
     X = torch.randn(7, d, generator=g, dtype=torch.float64) + 1e3
     X[0, 4 * _gram_kernel.LANES + 3] = math.nan
-    _, bad = _gram._kernel_pass(X, None, 0)
+    _, bad, _ = _gram._kernel_pass(X, None, 0)
     assert bad.tolist() == [True] + [False] * 6
     gram = _gram.base_gram(X, centre_row=0)
     inputs = Inputs(X=X, gram=gram)

@@ -71,7 +71,9 @@ def centered_clipping(
     return Combination(inputs=inputs, alpha=alpha, centre_weight=centre_mass, centre=center)
 
 
-@register("cge", min_n=lambda f: 2 * f + 1, requirement="n >= 2f + 1", selects=True)
+@register(
+    "cge", min_n=lambda f: 2 * f + 1, requirement="n >= 2f + 1", selects=True, guessable=True
+)
 def cge(inputs: Inputs, f: int) -> Combination:
     r"""Comparative gradient elimination: the average of the ``n - f`` inputs of smallest norm.
 

@@ -41,7 +41,9 @@ def _rank(scores: np.ndarray, m: int, name: str) -> np.ndarray:
     return order
 
 
-@register("krum", min_n=lambda f: 2 * f + 3, requirement="n >= 2f + 3", selects=True)
+@register(
+    "krum", min_n=lambda f: 2 * f + 3, requirement="n >= 2f + 3", selects=True, guessable=True
+)
 def krum(inputs: Inputs, f: int) -> Combination:
     r"""Krum: the input with the smallest score ``s(i) = sum_{i -> j} ||x_i - x_j||^2``, where
     ``i -> j`` ranges over the ``n - f - 2`` inputs closest to ``x_i`` (squared distances, as in
@@ -57,7 +59,13 @@ def krum(inputs: Inputs, f: int) -> Combination:
     return Combination(inputs=inputs, alpha=alpha, kept=torch.as_tensor(order))
 
 
-@register("multi_krum", min_n=lambda f: 2 * f + 3, requirement="n >= 2f + 3", selects=True)
+@register(
+    "multi_krum",
+    min_n=lambda f: 2 * f + 3,
+    requirement="n >= 2f + 3",
+    selects=True,
+    guessable=True,
+)
 def multi_krum(inputs: Inputs, f: int, *, m: int | None = None) -> Combination:
     r"""Multi-Krum: the average of the ``m`` inputs with the smallest Krum scores
     (default ``m = n - f``; ``m = 1`` is Krum, ``m = n`` the average).
@@ -74,7 +82,9 @@ def multi_krum(inputs: Inputs, f: int, *, m: int | None = None) -> Combination:
     return Combination(inputs=inputs, alpha=alpha, kept=torch.as_tensor(np.sort(order)))
 
 
-@register("medoid", min_n=lambda f: 2 * f + 1, requirement="n >= 2f + 1", selects=True)
+@register(
+    "medoid", min_n=lambda f: 2 * f + 1, requirement="n >= 2f + 1", selects=True, guessable=True
+)
 def medoid(inputs: Inputs, f: int) -> Combination:
     r"""Medoid: the input minimising the sum of Euclidean distances to the other finite inputs,
     ``argmin_i sum_j ||x_i - x_j||``.

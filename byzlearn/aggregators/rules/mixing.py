@@ -11,7 +11,12 @@ from byzlearn.aggregators._registry import register
 
 
 @register(
-    "nnm", kind="pre", min_n=lambda f: 2 * f + 1, requirement="n >= 2f + 1", out_n=lambda n, o: n
+    "nnm",
+    kind="pre",
+    min_n=lambda f: 2 * f + 1,
+    requirement="n >= 2f + 1",
+    out_n=lambda n, o: n,
+    guessable=True,
 )
 def nnm(inputs: Inputs, f: int) -> Inputs:
     r"""Nearest-neighbour mixing: ``y_i = (1/(n - f)) sum_{j in N_i} x_j`` where ``N_i`` holds the
