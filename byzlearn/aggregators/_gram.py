@@ -388,22 +388,7 @@ def _kernel_pass(
     if guess is None or len(blocks) < _speculate.MIN_BLOCKS:
         parts = _gram_kernel.gram_blocks(Xn, blocks, centre_np, threads, rows)
     else:
-        head = _speculate.HEAD_BLOCKS
-        start = time.perf_counter()
-        parts = _gram_kernel.gram_blocks(Xn, blocks[:head], centre_np, threads, rows)
-        pass_time = (time.perf_counter() - start) * len(blocks) / head  # an estimate
-        budget = _speculate.GUESS_BUDGET * pass_time
-        partial = [[p] for p in parts] + [parts]  # each block, then all of them
-        grams = [_partial_base(n, rows, ps, centre_row) for ps in partial]
-        weights = None
-        if all(g is not None for g in grams):
-            weights = _speculate.agreed_weights(guess, grams, budget)  # type: ignore[arg-type]
-        sums = None
-        if weights is not None:
-            out = _memory.empty(d, dtype=X.dtype)
-            speculation = _speculate.Speculation(weights, out, start=blocks[head][0])
-            sums = speculation.sums()
-        parts += _gram_kernel.gram_blocks(Xn, blocks[head:], centre_np, threads, rows, sums)
+        parts, speculation = _guessed_blocks(X, blocks, centre_np, rows, centre_row, guess)
     acc = torch.zeros(n + 1, n + 1, dtype=torch.float64)
     bad = torch.zeros(n, dtype=torch.bool)
     # the blocks' statistics summed in block order, laid out once (the layout is linear)
@@ -421,6 +406,38 @@ def _kernel_pass(
         sum_msq += part.msq
     acc += torch.from_numpy(_gram_kernel.layout(n, rows, sum_acc, sum_dots, sum_msq))
     return acc, bad, speculation
+
+
+def _guessed_blocks(
+    X: torch.Tensor,
+    blocks: list[tuple[int, int]],
+    centre_np: np.ndarray | None,
+    rows: np.ndarray,
+    centre_row: int | None,
+    guess: _speculate.Guess,
+) -> tuple[list[_gram_kernel.BlockStats], _speculate.Speculation | None]:
+    """The kernel pass's blocks, the rule's output written during the later ones when the
+    first ``HEAD_BLOCKS`` agree on its weights (:mod:`._speculate`)."""
+    n, d = X.shape
+    Xn = X.detach().numpy()
+    threads = torch.get_num_threads()
+    head = _speculate.HEAD_BLOCKS
+    start = time.perf_counter()
+    parts = _gram_kernel.gram_blocks(Xn, blocks[:head], centre_np, threads, rows)
+    pass_time = (time.perf_counter() - start) * len(blocks) / head  # an estimate
+    partial = [[p] for p in parts] + [parts]  # each block, then all of them
+    grams = [_partial_base(n, rows, ps, centre_row) for ps in partial]
+    weights = None
+    if all(g is not None for g in grams):
+        budget = _speculate.GUESS_BUDGET * pass_time
+        weights = _speculate.agreed_weights(guess, grams, budget)  # type: ignore[arg-type]
+    speculation = sums = None
+    if weights is not None:
+        out = _memory.empty(d, dtype=X.dtype)
+        speculation = _speculate.Speculation(weights, out, start=blocks[head][0])
+        sums = speculation.sums()
+    parts += _gram_kernel.gram_blocks(Xn, blocks[head:], centre_np, threads, rows, sums)
+    return parts, speculation
 
 
 def _partial_base(

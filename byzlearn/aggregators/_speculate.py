@@ -47,10 +47,11 @@ HEAD_BLOCKS = 4
 # the guess holds, is then at most a quarter.
 MIN_BLOCKS = 16
 # The calls of the rule on the first blocks' Gram matrices may take about this share of the
-# pass's time (estimated from the first blocks'), against the fifth or so of it that a right
-# guess saves: Multi-Krum, CGE, Krum about 0.2 ms a call at 25 to 100 rows, MDA 0.9 ms at 25
-# rows, 5 ms at 100 (the pass of 25 x 1e7 float32 values about 140 ms on one core).
-GUESS_BUDGET = 0.05
+# pass's time (estimated from the first blocks'), against the sixth or so of it that a right
+# guess saves (calls that disagree stop at the first that does): Multi-Krum, CGE, Krum about
+# 0.2 ms a call at 25 to 100 rows, MDA 0.9 ms at 25 rows, 5 ms at 100 (its search bounded,
+# mda.GUESS_BRANCHES); the pass of 25 x 1e7 float32 values takes about 140 ms on one core.
+GUESS_BUDGET = 0.1
 
 # The rule's weights over the base rows (float64, (n,)) on a Gram matrix, or None (no guess).
 Guess = Callable[["BaseGram"], "torch.Tensor | None"]
