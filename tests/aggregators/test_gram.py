@@ -396,9 +396,16 @@ def test_weighted_rows_kernel_on_threads(dtype):
     torch.testing.assert_close(got.double(), expected, rtol=tol, atol=tol)
 
 
+@pytest.fixture(params=[False, True], ids=["four_chunks", "by_chunk"])
+def row_stats_kernel(request, monkeypatch):
+    """Either row-statistics kernel (the CPU decides which one runs)."""
+    monkeypatch.setattr(_gram_kernel, "ROW_STATS_BY_CHUNK", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_row_stats_kernel(dtype, threads):
+def test_row_stats_kernel(dtype, threads, row_stats_kernel):
     """One sequential read per row: float64 sums of squares and the largest magnitude, NaN when
     the row holds NaN or an infinity (the filters' validity check)."""
     rng = np.random.default_rng(26)
@@ -421,8 +428,8 @@ def test_row_stats_kernel(dtype, threads):
     assert np.isnan(top[2]) and np.isnan(top[4])
 
 
-@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
-def test_row_stats_flags_a_non_finite_value_wherever_it_lies(value):
+@pytest.mark.parametrize("value", [np.nan, -np.nan, np.inf, -np.inf])
+def test_row_stats_flags_a_non_finite_value_wherever_it_lies(value, row_stats_kernel):
     """The kernel reads four chunks per pass, then the chunks left one by one: one NaN or
     infinity anywhere (either loop, either end of a stretch of 64 chunks) makes the row's
     largest magnitude NaN; a finite value whose square overflows float32 does not."""
@@ -436,6 +443,28 @@ def test_row_stats_flags_a_non_finite_value_wherever_it_lies(value):
     sq, top, _ = _gram_kernel.row_stats(X, 1)
     assert np.isnan(top[:-1]).all()
     assert top[-1] == np.float32(1e20) and sq[-1] == np.inf
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_stats_kernels_give_the_same_bits(dtype, monkeypatch):
+    """The kernel of one chunk per pass (integer maximum of the bit patterns) and that of four
+    (float maximum) add the same values in the same order."""
+    rng = np.random.default_rng(28)
+    X = (rng.normal(size=(9, 256 * 64 * 2 + 777)) * rng.uniform(1e-3, 1e3, (9, 1))).astype(dtype)
+    X[1, ::3] = 0.0
+    X[2, 100] = -0.0
+    X[3, 5000] = np.nan
+    X[4, 9] = np.inf
+    X[5, -1] = -np.inf
+    X[6, 30000] = np.finfo(dtype).max
+    X[7, 17] = np.finfo(dtype).tiny / 4  # subnormal
+    cols = np.sort(rng.choice(X.shape[1], 4000, replace=False))
+    got = {}
+    for flag in (False, True):
+        monkeypatch.setattr(_gram_kernel, "ROW_STATS_BY_CHUNK", flag)
+        got[flag] = _gram_kernel.row_stats(X, 2, cols)
+    for a, b in zip(got[False], got[True], strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_sign_counts_kernel():
