@@ -788,13 +788,12 @@ if njit is not None:
         d = X.shape[1]
         zero = X.dtype.type(0)
         s = np.zeros(_SUM_LANES, dtype=X.dtype)
+        tally = np.zeros(3, dtype=np.int64)  # the row's positive, zero, negative sampled values
         top = np.zeros(_SUM_LANES, dtype=X.dtype)
         for i in range(r0, r1):
             row = X[i]
             total = 0.0
-            pos = 0
-            zer = 0
-            neg = 0
+            tally[:] = 0
             for k in range(_SUM_LANES):
                 top[k] = zero
             for k0 in range(0, d, _SUM_LANES * 64):
@@ -836,22 +835,11 @@ if njit is not None:
                         top[k] = a if a > top[k] else top[k]
                     c0 += w
                 # the signs at the sampled coordinates of this stretch (still in the L2 cache)
-                last = (stop + _SUM_LANES - 1) // _SUM_LANES
-                p32, z32, n32 = _sampled_signs(row, cols, starts[k0 // _SUM_LANES], starts[last])
-                pos += p32
-                zer += z32
-                neg += n32
-                for k in range(_SUM_LANES):
-                    total += s[k]
+                total = _close_stretch(row, cols, starts, k0, stop, s, tally, total)
             t = zero
             for k in range(_SUM_LANES):
                 t = top[k] if top[k] > t else t
-            sq[i] = total
-            # an infinity is the largest magnitude; a NaN makes the sum of squares NaN
-            largest[i] = t if t < np.inf and total == total else np.nan
-            signs[i, 0] = pos
-            signs[i, 1] = zer
-            signs[i, 2] = neg
+            _store_row(i, total, t, tally, sq, largest, signs)
 
     @njit(boundscheck=False, error_model="numpy", cache=True, nogil=True, inline="always")
     def _sampled_signs(row, cols, qa, qb):  # pragma: no cover (compiled)
@@ -868,6 +856,30 @@ if njit is not None:
             n32 += np.int32(v < zero)
         return p32, z32, n32
 
+    @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True,
+          inline="always")
+    def _close_stretch(row, cols, starts, k0, stop, s, tally, total):
+        # pragma: no cover (compiled)
+        """End of the stretch k0:stop of the row statistics: the signs at its sampled
+        coordinates added to tally, and total plus its accumulators s (returned)."""
+        last = (stop + _SUM_LANES - 1) // _SUM_LANES
+        p32, z32, n32 = _sampled_signs(row, cols, starts[k0 // _SUM_LANES], starts[last])
+        tally[0] += p32
+        tally[1] += z32
+        tally[2] += n32
+        for k in range(_SUM_LANES):
+            total += s[k]
+        return total
+
+    @njit(boundscheck=False, error_model="numpy", cache=True, nogil=True, inline="always")
+    def _store_row(i, total, t, tally, sq, largest, signs):  # pragma: no cover (compiled)
+        """Row i's statistics: an infinity is the largest magnitude; a NaN makes the sum of
+        squares NaN (so the largest magnitude is NaN for both)."""
+        sq[i] = total
+        largest[i] = t if t < np.inf and total == total else np.nan
+        for c in range(3):
+            signs[i, c] = tally[c]
+
     @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
     def _row_stats_by_chunk(X, Xbits, magnitude, r0, r1, sq, largest, cols, starts, signs):
         # pragma: no cover (compiled)
@@ -881,6 +893,7 @@ if njit is not None:
         d = X.shape[1]
         zero = X.dtype.type(0)
         s = np.zeros(_SUM_LANES, dtype=X.dtype)
+        tally = np.zeros(3, dtype=np.int64)  # the row's positive, zero, negative sampled values
         top = np.zeros(_SUM_LANES, dtype=Xbits.dtype)
         keep = magnitude[0]
         as_float = np.zeros(1, dtype=X.dtype)
@@ -888,9 +901,7 @@ if njit is not None:
             row = X[i]
             bits = Xbits[i]
             total = 0.0
-            pos = 0
-            zer = 0
-            neg = 0
+            tally[:] = 0
             for k in range(_SUM_LANES):
                 top[k] = 0
             for k0 in range(0, d, _SUM_LANES * 64):
@@ -905,23 +916,13 @@ if njit is not None:
                         v = part[k]
                         s[k] += v * v
                         top[k] = max(top[k], pattern[k] & keep)
-                last = (stop + _SUM_LANES - 1) // _SUM_LANES
-                p32, z32, n32 = _sampled_signs(row, cols, starts[k0 // _SUM_LANES], starts[last])
-                pos += p32
-                zer += z32
-                neg += n32
-                for k in range(_SUM_LANES):
-                    total += s[k]
+                total = _close_stretch(row, cols, starts, k0, stop, s, tally, total)
             most = top[0]
             for k in range(_SUM_LANES):
                 most = max(most, top[k])
             as_float.view(Xbits.dtype)[0] = most
             t = as_float[0]  # NaN when a NaN's pattern was the largest
-            sq[i] = total
-            largest[i] = t if t < np.inf and total == total else np.nan
-            signs[i, 0] = pos
-            signs[i, 1] = zer
-            signs[i, 2] = neg
+            _store_row(i, total, t, tally, sq, largest, signs)
 
     @njit(boundscheck=False, error_model="numpy", cache=True, nogil=True)
     def _sign_counts(X, rows, cols, t0, t1, counts):  # pragma: no cover (compiled)
