@@ -1,9 +1,11 @@
 """A subset rule's output written during its Gram pass, when the first blocks already decide it.
 
-Multi-Krum, MDA and CGE (NNM before them too) output a mean of inputs chosen from the distances:
-their weights over the inputs take a few discrete values. Under an attack that stands apart (the
--10 x mean attack, large noise, NaN rows), the Gram matrix of a few blocks of coordinates already
-gives the weights the full matrix gives. The Gram pass then (CPU kernel, inputs of
+Multi-Krum, MDA and CGE (and Krum or the medoid after NNM) output a mean of inputs chosen from
+the distances: their weights over the inputs take a few discrete values. Under an attack that
+stands apart (the -10 x mean attack, large noise, NaN rows), or when honest inputs differ in
+spread, the Gram matrix of a few blocks of coordinates already gives the weights the full matrix
+gives. For a rule whose parts are all ``guessable`` (:func:`._registry.register`), the Gram pass
+then (CPU kernel, inputs of
 ``MIN_BLOCKS`` blocks or more, the rule called on fresh vectors, not on a shared
 :func:`~byzlearn.aggregators.prepare`):
 
@@ -21,8 +23,10 @@ The output has the bits of the weighted sum without the guess (the same float64 
 same order, :func:`._gram_kernel._rows_sum`), whatever the guess; a wrong guess costs the sums
 written in the pass (about 0.4 of a read of the input at 25 rows), a right one saves all but
 the first blocks' part of a second read of the kept rows. On inputs whose blocks disagree
-(honest rows, ALIE: the kept rows then differ from block to block) nothing is guessed and
-nothing is paid beyond the rule's n x n calls.
+(identically distributed honest rows, any n - f of which are as good: the kept rows then differ
+from block to block) nothing is guessed and nothing is paid beyond the rule's n x n calls,
+which stop at the first disagreement and within ``GUESS_BUDGET`` of the pass's time (MDA's
+search also within ``mda.GUESS_BRANCHES`` branches).
 """
 
 from __future__ import annotations
