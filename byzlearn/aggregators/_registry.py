@@ -11,7 +11,6 @@ in the caller's kind.
 from __future__ import annotations
 
 import inspect
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -420,10 +419,8 @@ def _guess(parts: list[RuleSpec], routed: list[dict], f: int, X: torch.Tensor) -
     def weights(gram: BaseGram) -> torch.Tensor | None:
         result: Combination | torch.Tensor | Inputs = Inputs(X=X, gram=gram)
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                for part, opts in zip(parts, routed, strict=True):
-                    result = part.impl(result, f, **{**opts, **dict(part.guess_options)})
+            for part, opts in zip(parts, routed, strict=True):
+                result = part.impl(result, f, **{**opts, **dict(part.guess_options)})
         except (ValueError, ArithmeticError):
             return None  # the full matrix decides (and the real call raises, if it must)
         if not isinstance(result, Combination) or result.alpha is None:
