@@ -391,21 +391,29 @@ def _kernel_pass(
         parts, speculation = _guessed_blocks(X, blocks, centre_np, rows, centre_row, guess)
     acc = torch.zeros(n + 1, n + 1, dtype=torch.float64)
     bad = torch.zeros(n, dtype=torch.bool)
-    # the blocks' statistics summed in block order, laid out once (the layout is linear)
-    sum_acc = np.zeros_like(parts[0].acc) if parts else np.zeros((1, 1))
-    sum_dots = np.zeros(rows.size)
-    sum_msq = 0.0
+    finite = []
     for (j0, j1), part in zip(blocks, parts, strict=True):
         if part.nonfinite.size or part.centre_missing:
             _flag_rows(bad, part.nonfinite, part.centre_missing, centre_row)
         if not part.finite():
             acc += _redo_block(X, j0, j1, centre, centre_row, part.centre_missing, bad)
             continue
+        finite.append(part)
+    acc += torch.from_numpy(_laid_out(n, rows, finite))
+    return acc, bad, speculation
+
+
+def _laid_out(n: int, rows: np.ndarray, parts: list[_gram_kernel.BlockStats]) -> np.ndarray:
+    """The blocks' statistics summed in block order, laid out once as the (n + 1) x (n + 1)
+    matrix (the layout is linear)."""
+    sum_acc = np.zeros_like(parts[0].acc) if parts else np.zeros((1, 1))
+    sum_dots = np.zeros(rows.size)
+    sum_msq = 0.0
+    for part in parts:
         sum_acc += part.acc
         sum_dots += part.dots
         sum_msq += part.msq
-    acc += torch.from_numpy(_gram_kernel.layout(n, rows, sum_acc, sum_dots, sum_msq))
-    return acc, bad, speculation
+    return _gram_kernel.layout(n, rows, sum_acc, sum_dots, sum_msq)
 
 
 def _guessed_blocks(
@@ -450,12 +458,7 @@ def _partial_base(
     bad = torch.zeros(n, dtype=torch.bool)
     for p in parts:
         _flag_rows(bad, p.nonfinite, p.centre_missing, centre_row)
-    acc, dots = parts[0].acc.copy(), parts[0].dots.copy()
-    for p in parts[1:]:
-        acc += p.acc
-        dots += p.dots
-    msq = sum(p.msq for p in parts)
-    return _masked_base(torch.from_numpy(_gram_kernel.layout(n, rows, acc, dots, msq)), bad)
+    return _masked_base(torch.from_numpy(_laid_out(n, rows, parts)), bad)
 
 
 def kernel_block_size(n: int, active: int) -> int:

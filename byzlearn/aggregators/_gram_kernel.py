@@ -676,7 +676,7 @@ if njit is not None:
         sub = rows  # the rows the fused spans take, at positions place among the active rows
         place = np.arange(na)
         flagged = 0
-        sums = np.zeros(width)  # the span's float64 sums of the rows srows
+        sums = np.zeros(width if srows is not None else 0)  # the span's sums of the rows srows
         for s0 in range(j0, j1, width):
             s1 = min(j1, s0 + width)
             lines = 0
