@@ -405,8 +405,9 @@ def _kernel_pass(
 
 def _laid_out(n: int, rows: np.ndarray, parts: list[_gram_kernel.BlockStats]) -> np.ndarray:
     """The blocks' statistics summed in block order, laid out once as the (n + 1) x (n + 1)
-    matrix (the layout is linear)."""
-    sum_acc = np.zeros_like(parts[0].acc) if parts else np.zeros((1, 1))
+    matrix (the layout is linear); zeros for no block (every block redone, or none)."""
+    size = _gram_kernel.padded_rows(rows.size)  # the blocks' (buffer rows)^2 products
+    sum_acc = np.zeros((size, size))
     sum_dots = np.zeros(rows.size)
     sum_msq = 0.0
     for part in parts:
