@@ -92,6 +92,14 @@ class BaseGram:
     bad: torch.Tensor  # bool, CPU, (n,)
     missing: MissingEntries | None = None  # imputed missing values of the rows kept
     speculation: _speculate.Speculation | None = None  # an output written during the pass
+    # whether a row is bad, once asked (not an init field: ``replace`` does not carry it over)
+    _any_bad: bool | None = field(default=None, init=False, repr=False, compare=False)
+
+    def any_bad(self) -> bool:
+        """Whether some row is bad (``bad.any()``, computed once)."""
+        if self._any_bad is None:
+            self._any_bad = bool(self.bad.any())
+        return self._any_bad
 
 
 # Fraction of missing coordinates beyond which a row is excluded (bad), by default.
@@ -878,7 +886,7 @@ class Inputs:
         docstring), so the output has no missing coordinate.
         """
         w = self.base_weights(alpha)
-        some_bad = bool(self.base.bad.any())
+        some_bad = self.base.any_bad()
         if some_bad and bool((w[self.base.bad] != 0).any()):
             raise AssertionError("internal error: a bad row was given a non-zero weight")
         speculation = self.base.speculation
@@ -1026,7 +1034,7 @@ class Inputs:
                         np.add(O[i], term, out=O[i])
 
             return sparse_numpy
-        all_good = not bool(self.base.bad.any())
+        all_good = not self.base.any_bad()
         good = torch.nonzero(~self.base.bad).flatten().to(X.device)
         A_good = A[:, ~self.base.bad].to(device=X.device, dtype=X.dtype)
         bad_rows = self.bad.to(X.device)
@@ -1049,21 +1057,23 @@ def weighted_rows(X: torch.Tensor, w: torch.Tensor, all_rows: bool = False) -> t
     ``all_rows=True`` (every row finite) allows one dense product over all rows, zero weights
     included, which is faster than gathering the rows with non-zero weight block by block.
     """
-    rows = torch.nonzero(w).flatten()
-    if rows.numel() == 0:
+    # the weights are a small CPU vector: numpy finds the rows (a few us less than torch)
+    w_np = w.detach().numpy() if w.device.type == "cpu" else w.cpu().numpy()
+    used = np.flatnonzero(w_np)
+    if used.size == 0:
         return torch.zeros(X.shape[1], dtype=X.dtype, device=X.device)
-    if rows.numel() == 1:
-        i = int(rows[0])
-        scale = float(w[i])
+    if used.size == 1:
+        i = int(used[0])
+        scale = float(w_np[i])
         out = _memory.empty(X.shape[1], dtype=X.dtype, device=X.device)
         return out.copy_(X[i]) if scale == 1.0 else torch.mul(X[i], scale, out=out)
-    numpy_ok = kernel_input(X)
-    if numpy_ok and _gram_kernel.available(X.detach().numpy()):
+    if kernel_input(X) and _gram_kernel.available(X.detach().numpy()):
         # one compiled read of the rows used, float64 sums (speed: see _gram_kernel)
         summed = _gram_kernel.weighted_sum(
-            X.detach().numpy(), rows.numpy(), w[rows].numpy(), torch.get_num_threads()
+            X.detach().numpy(), used, w_np[used], torch.get_num_threads()
         )
         return torch.from_numpy(summed)
+    rows = torch.from_numpy(used)
     if all_rows or rows.numel() == X.shape[0]:
         return w.to(device=X.device, dtype=X.dtype) @ X
     weights = w[rows].to(device=X.device, dtype=X.dtype)

@@ -38,6 +38,8 @@ rows, infinite values, attacked and near-duplicate rows).
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 
@@ -66,6 +68,25 @@ SMALL_MAX_ELEMENTS = _SAMPLE_MIN_ELEMENTS
 # Read-only arguments of the kernel, made once: the active rows (all) per n, the unused centre.
 _ALL_ROWS: dict[int, np.ndarray] = {}
 _NO_CENTRE = {np.float32: np.zeros(1, np.float32), np.float64: np.zeros(1, np.float64)}
+# The kernel's aligned buffer per (n, dtype), one set per thread (rules may run in several
+# threads at once). The pass writes the rows it centres before it reads them and never writes
+# the padding rows after the n rows, which stay zero, so a buffer serves every call of its n.
+_BUFFERS = threading.local()
+# What :func:`_small_pass` found: the statistics, a lossy row (the general path imputes its
+# missing values), products that overflowed (the general path's float64 slow path).
+_DONE, _LOSSY, _OVERFLOW = 0, 1, 2
+
+
+def _buffer(n: int, dtype: np.dtype) -> np.ndarray:
+    """The kernel's buffer for n rows of ``dtype`` in this thread (made on first use)."""
+    buffers = getattr(_BUFFERS, "by_rows", None)
+    if buffers is None:
+        buffers = _BUFFERS.by_rows = {}
+    key = (n, dtype.str)
+    if key not in buffers:
+        R = _gram_kernel.padded_rows(n)
+        buffers[key] = _gram_kernel.aligned_zeros((R, _gram_kernel.tile_lanes(R)), dtype)
+    return buffers[key]
 
 
 def applies(X: torch.Tensor) -> bool:
@@ -97,26 +118,15 @@ def small_gram(
     n, d = Xn.shape
     if n not in _ALL_ROWS:
         _ALL_ROWS[n] = np.arange(n, dtype=np.int64)
-    R = _gram_kernel.padded_rows(n)
-    acc = np.zeros((R, R))
-    dots = np.zeros(n)
-    msq = np.zeros(1)
-    flags = np.zeros(n + 1, dtype=np.bool_)
     no_centre = _NO_CENTRE[Xn.dtype.type]  # read by the kernel only with a given centre
-    C = _gram_kernel.aligned_zeros((R, _gram_kernel.tile_lanes(R)), Xn.dtype)
-    _gram_kernel._gram_block(
-        Xn, _ALL_ROWS[n], no_centre, False, 0, d, acc, dots, msq, flags, C
+    status, aug, D, bad, medians = _small_pass(
+        Xn, _ALL_ROWS[n], no_centre, _buffer(n, Xn.dtype), float(max_missing * d),
+        measurable_limit(d), max_missing > 0,
     )
-    bad = flags[:n]  # rows holding a non-finite value; _finish adds none (it only reads)
-    lossy = max_missing > 0 and bad.any()
-    if lossy and _gram_kernel.rows_within_budget(Xn, bad, max_missing * d, measurable_limit(d)):
-        return None  # a lossy row: its missing values are imputed by the general path
-    aug = np.empty((n + 1, n + 1))
-    D = np.empty((n, n))
-    medians = np.zeros(2)
-    if not _finish(acc, dots, float(msq[0]), bad, aug, D, medians):
-        return None  # products overflowed the input precision: the float64 slow path
+    if status != _DONE:
+        return None  # a lossy row (imputed by the general path), or an overflow (float64 path)
     gram = BaseGram(aug=torch.from_numpy(aug), bad=torch.from_numpy(bad))
+    gram._any_bad = bool(bad.any())
     if refine and cancellation_prone(float(medians[0]), float(medians[1]), X.dtype):
         refined = _central_row(gram.aug[:-1, :-1], gram.bad)
         return base_gram(X, centre_row=refined, max_missing=max_missing), {}
@@ -124,6 +134,32 @@ def small_gram(
 
 
 if njit is not None:
+
+    @njit(boundscheck=False, error_model="numpy", cache=True, nogil=True)
+    def _small_pass(X, rows, no_centre, C, budget, limit, lossy_allowed):
+        # pragma: no cover (compiled)
+        """The kernel pass on the whole of X, then :func:`_finish`, in one call: (status,
+        ``aug``, the squared distances, the bad rows, the two medians). ``status`` is
+        ``_LOSSY`` when ``lossy_allowed`` and a flagged row is within the budget of missing
+        values (:func:`._gram_kernel.rows_within_budget`), ``_OVERFLOW`` when a statistic is
+        not finite; the other outputs are then unset."""
+        n = X.shape[0]
+        R = C.shape[0]
+        acc = np.zeros((R, R))
+        dots = np.zeros(n)
+        msq = np.zeros(1)
+        flags = np.zeros(n + 1, dtype=np.bool_)
+        _gram_kernel._gram_block(X, rows, no_centre, False, 0, X.shape[1], acc, dots, msq,
+                                 flags, C)
+        bad = flags[:n]  # rows holding a non-finite value; _finish adds none (it only reads)
+        aug = np.empty((n + 1, n + 1))
+        D = np.empty((n, n))
+        medians = np.zeros(2)
+        if lossy_allowed and bad.any() and _gram_kernel.rows_within_budget(X, bad, budget, limit):
+            return _LOSSY, aug, D, bad, medians
+        if not _finish(acc, dots, msq[0], bad, aug, D, medians):
+            return _OVERFLOW, aug, D, bad, medians
+        return _DONE, aug, D, bad, medians
 
     @njit(boundscheck=False, error_model="numpy", cache=True, nogil=True)
     def _finish(acc, dots, msq, bad, aug, D, medians):  # pragma: no cover (compiled)

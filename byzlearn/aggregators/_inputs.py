@@ -67,12 +67,13 @@ def as_matrix(vectors: Vectors, name: str) -> tuple[torch.Tensor, InputKind]:
             f"{name}: vectors must be a tensor, a numpy array or a sequence of them, "
             f"got {type(vectors).__name__}"
         )
-    X = X.detach()
+    if X.requires_grad:
+        X = X.detach()
     if X.dim() < 2:
         raise ValueError(
             f"{name}: expected n stacked vectors of shape (n, d), got shape {tuple(X.shape)}"
         )
-    if X.shape[0] == 0 or X[0].numel() == 0:
+    if X.numel() == 0:
         raise ValueError(f"{name}: got no vectors or empty vectors, shape {tuple(X.shape)}")
     if X.is_complex():
         raise TypeError(f"{name}: complex vectors are not supported")
@@ -82,7 +83,7 @@ def as_matrix(vectors: Vectors, name: str) -> tuple[torch.Tensor, InputKind]:
     if X.dtype in (torch.float16, torch.bfloat16):
         X = X.float()  # aggregate low precision in float32, give the result back in its dtype
     kind = InputKind(as_numpy=as_numpy, shape=tuple(X.shape[1:]), dtype=out_dtype)
-    return X.reshape(X.shape[0], -1), kind
+    return (X if X.dim() == 2 else X.reshape(X.shape[0], -1)), kind
 
 
 def check_f(f: object, name: str) -> int:

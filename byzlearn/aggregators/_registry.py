@@ -10,11 +10,13 @@ in the caller's kind.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from byzlearn.aggregators._gram import DEFAULT_MAX_MISSING, BaseGram, Inputs
@@ -58,6 +60,16 @@ class Combination:
 
 
 Output = Combination | torch.Tensor | Inputs
+
+
+def equal_weights(n: int, rows) -> torch.Tensor:
+    """The float64 weights ``1 / len(rows)`` on ``rows`` (distinct indices) and 0 on the other
+    of n inputs: the mean of a selection. Built in numpy (a torch zeros and an indexed write
+    took about 20 us on one core, a sizeable part of a small model's aggregation)."""
+    index = np.asarray(rows, dtype=np.int64).reshape(-1)
+    alpha = np.zeros(n)
+    alpha[index] = 1.0 / index.size
+    return torch.from_numpy(alpha)
 
 
 @dataclass(frozen=True)
@@ -451,11 +463,17 @@ def _output(result, kind: InputKind):
     return kind.vector(result)
 
 
+def _without_grad() -> contextlib.AbstractContextManager:
+    """``torch.no_grad()``, or nothing where gradients are off already (a training server
+    aggregates inside ``no_grad``; entering it again costs a few us per call)."""
+    return torch.no_grad() if torch.is_grad_enabled() else contextlib.nullcontext()
+
+
 def apply(name: str, vectors: Vectors | Prepared, f: int, options: dict):
     """Run the (possibly composed) rule ``name``; the body of every public rule."""
     parts, routed, prepared, f, max_missing = _prepare(name, vectors, f, options)
     fresh = not isinstance(vectors, Prepared)
-    with torch.no_grad():
+    with _without_grad():
         return _output(_run(parts, routed, prepared, f, max_missing, fresh), prepared.kind)
 
 
@@ -469,7 +487,7 @@ def aggregate(name: str, vectors: Vectors | Prepared, f: int = 0, **options) -> 
     """
     parts, routed, prepared, f, max_missing = _prepare(name, vectors, f, options)
     fresh = not isinstance(vectors, Prepared)
-    with torch.no_grad():
+    with _without_grad():
         result = _run(parts, routed, prepared, f, max_missing, fresh)
         return Result(vector=_output(result, prepared.kind), kept=_kept(result))
 
@@ -485,7 +503,7 @@ def selected_indices(name: str, vectors: Vectors | Prepared, f: int = 0, **optio
         selecting = ", ".join(n for n, s in _RULES.items() if s.selects)
         raise TypeError(f"{name} does not select inputs; selection rules: {selecting}")
     parts, routed, prepared, f, max_missing = _prepare(name, vectors, f, options)
-    with torch.no_grad():
+    with _without_grad():
         kept = _kept(_run(parts, routed, prepared, f, max_missing))  # no output vector built
     assert kept is not None
     return kept

@@ -280,6 +280,9 @@ class ByzantineWorkers:
         self.same_round = same_round
         # running attack state (mimic's warm-up estimate), declared on the attack's spec
         spec = getattr(attack, "spec", None)
+        # a seeded generator per round for the attacks that draw (a registered attack says
+        # whether it does; a plain callable gets one); seeding one costs about 20 us
+        self.randomized = bool(getattr(spec, "randomized", True))
         given: dict[str, Any] = dict(options or {})
         self.state: Any = None
         self.options: dict[str, Any] = given
@@ -318,7 +321,9 @@ class ByzantineWorkers:
                     f=len(members),
                     rule=self.rule,
                     rule_options=self.rule_options,
-                    generator=keyed.generator((self.seed, "attack", rnd)),
+                    generator=(
+                        keyed.generator((self.seed, "attack", rnd)) if self.randomized else None
+                    ),
                     identical=self.identical,
                     **self.options,
                     **extra,

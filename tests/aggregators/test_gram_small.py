@@ -279,3 +279,34 @@ def test_same_statistics_as_the_general_pass(
             X[i] *= 1e4
     T = torch.from_numpy(X).to(torch.float64 if double else torch.float32)
     assert_same_as_general(T, max_missing)
+
+
+def test_the_reused_buffer_gives_each_input_its_own_statistics():
+    # the kernel's buffer is kept per (n, dtype) and thread: a call right after another on
+    # different values (NaN rows, wider rows, other dtype) must not see what the first left
+    first = attacked(25, 600, seed=1)
+    first[3] = float("nan")
+    later = attacked(25, 480, seed=2)
+    for X in (first, later, first.double(), later, first):
+        assert_same_as_general(X, 0.1)
+
+
+def test_threads_each_use_their_own_buffer():
+    import threading
+
+    inputs = [attacked(25, 4000 + 64 * k, seed=k) for k in range(4)]
+    expected = [general_inputs(X, 0.1).gram.aug for X in inputs]
+    failures: list[int] = []
+
+    def work(k: int) -> None:
+        for _ in range(20):
+            got = Inputs.from_matrix(inputs[k], max_missing=0.1).gram.aug
+            if not torch.equal(got, expected[k]):
+                failures.append(k)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []

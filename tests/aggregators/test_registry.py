@@ -250,3 +250,12 @@ def test_call_options_add_a_centre_and_a_keyed_generator_only_where_they_belong(
     assert torch.equal(torch.rand(4, generator=b["generator"]), torch.rand(4, generator=again))
     assert "generator" not in agg.call_options("bucketing+median", {"seed": 3}, key=(0,))
     assert agg.call_options("krum", {}, centre=c, key=(0,)) == {}
+
+
+def test_equal_weights_put_one_over_the_count_on_the_rows_given():
+    from byzlearn.aggregators._registry import equal_weights
+
+    w = equal_weights(7, np.array([5, 1, 2]))
+    assert w.dtype == torch.float64 and w.shape == (7,)
+    assert w.tolist() == [0.0, 1 / 3, 1 / 3, 0.0, 0.0, 1 / 3, 0.0]
+    assert equal_weights(3, 2).tolist() == [0.0, 0.0, 1.0]

@@ -7,7 +7,7 @@ import math
 import torch
 
 from byzlearn.aggregators._gram import Inputs
-from byzlearn.aggregators._registry import Combination, register
+from byzlearn.aggregators._registry import Combination, equal_weights, register
 from byzlearn.aggregators.rules.krum import _rank, medoid
 
 
@@ -85,8 +85,7 @@ def cge(inputs: Inputs, f: int) -> Combination:
     """
     m = inputs.n - f
     order = _rank(inputs.sqnorms().numpy(), m, "cge")
-    alpha = torch.zeros(inputs.n, dtype=torch.float64)
-    alpha[torch.as_tensor(order)] = 1.0 / m
+    alpha = equal_weights(inputs.n, order)
     return Combination(inputs=inputs, alpha=alpha, kept=torch.as_tensor(sorted(order)))
 
 

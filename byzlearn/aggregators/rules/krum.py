@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from byzlearn.aggregators._gram import Inputs
-from byzlearn.aggregators._registry import Combination, register
+from byzlearn.aggregators._registry import Combination, equal_weights, register
 
 
 def krum_scores(D: torch.Tensor, f: int) -> np.ndarray:
@@ -54,9 +54,9 @@ def krum(inputs: Inputs, f: int) -> Combination:
     Cost: one Gram pass O(n^2 d) + O(n^2 log n); output is a copy of one input.
     """
     order = _rank(krum_scores(inputs.sqdist(), f), 1, "krum")
-    alpha = torch.zeros(inputs.n, dtype=torch.float64)
-    alpha[int(order[0])] = 1.0
-    return Combination(inputs=inputs, alpha=alpha, kept=torch.as_tensor(order))
+    return Combination(
+        inputs=inputs, alpha=equal_weights(inputs.n, order), kept=torch.from_numpy(order)
+    )
 
 
 @register(
@@ -77,9 +77,8 @@ def multi_krum(inputs: Inputs, f: int, *, m: int | None = None) -> Combination:
     if not 1 <= m <= inputs.n:
         raise ValueError(f"multi_krum: m must be in [1, n={inputs.n}], got m={m}")
     order = _rank(krum_scores(inputs.sqdist(), f), m, "multi_krum")
-    alpha = torch.zeros(inputs.n, dtype=torch.float64)
-    alpha[torch.as_tensor(order)] = 1.0 / m
-    return Combination(inputs=inputs, alpha=alpha, kept=torch.as_tensor(np.sort(order)))
+    alpha = equal_weights(inputs.n, order)
+    return Combination(inputs=inputs, alpha=alpha, kept=torch.from_numpy(np.sort(order)))
 
 
 @register(
@@ -99,6 +98,5 @@ def medoid(inputs: Inputs, f: int) -> Combination:
     sums = np.sqrt(D[:, good]).sum(axis=1)
     sums[~good] = np.inf
     best = int(np.argmin(sums))
-    alpha = torch.zeros(inputs.n, dtype=torch.float64)
-    alpha[best] = 1.0
+    alpha = equal_weights(inputs.n, best)
     return Combination(inputs=inputs, alpha=alpha, kept=torch.tensor([best]))

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from byzlearn.aggregators._gram import Inputs
-from byzlearn.aggregators._registry import Combination, register
+from byzlearn.aggregators._registry import Combination, equal_weights, register
 
 # Branches the exact search may explore before it gives up (see the module docstring).
 MAX_BRANCHES = 200_000
@@ -215,6 +215,5 @@ def mda(
         keep, _ = min_diameter_subset(D, f, max_branches)
     if bool(inputs.bad[torch.as_tensor(keep)].any()):  # n = 1: a lone row has no distances
         raise ValueError("mda: every input it would keep holds non-finite values")
-    alpha = torch.zeros(inputs.n, dtype=torch.float64)
-    alpha[torch.as_tensor(keep)] = 1.0 / len(keep)
+    alpha = equal_weights(inputs.n, keep)
     return Combination(inputs=inputs, alpha=alpha, kept=torch.as_tensor(keep))
