@@ -7,6 +7,7 @@ input already is one) and the result is given back in the caller's kind, dtype, 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -109,3 +110,10 @@ def check_options(name: str, allowed: tuple[str, ...], options: dict) -> None:
         raise TypeError(
             f"{name}() got an unexpected option {unknown[0]!r} (valid options: {valid})"
         )
+
+
+def without_grad() -> contextlib.AbstractContextManager:
+    """``torch.no_grad()``, or nothing where gradients are off already (a training server
+    aggregates inside ``no_grad``; entering it again costs a few us per call, which counts for
+    the small models of a training round)."""
+    return torch.no_grad() if torch.is_grad_enabled() else contextlib.nullcontext()

@@ -10,7 +10,6 @@ in the caller's kind.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from byzlearn.aggregators._inputs import (
     check_requirement,
 )
 from byzlearn.aggregators._inputs import check_options as _check_options
+from byzlearn.aggregators._inputs import without_grad as _without_grad
 from byzlearn.aggregators._speculate import Guess
 from byzlearn.registry import Registry
 
@@ -461,12 +461,6 @@ def _output(result, kind: InputKind):
     if isinstance(result, Combination):
         return kind.vector(result.vector())
     return kind.vector(result)
-
-
-def _without_grad() -> contextlib.AbstractContextManager:
-    """``torch.no_grad()``, or nothing where gradients are off already (a training server
-    aggregates inside ``no_grad``; entering it again costs a few us per call)."""
-    return torch.no_grad() if torch.is_grad_enabled() else contextlib.nullcontext()
 
 
 def apply(name: str, vectors: Vectors | Prepared, f: int, options: dict):

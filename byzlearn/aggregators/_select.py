@@ -565,6 +565,15 @@ def missing_error(name: str, count: int, min_k: int, first: int) -> ValueError:
     )
 
 
+# Read-only arguments of the kernels, made once: +inf in each dtype, all the rows of n.
+_INFINITY = {np.float32: np.array([np.inf], np.float32), np.float64: np.array([np.inf])}
+
+
+@functools.lru_cache(maxsize=64)
+def _all_rows(n: int) -> np.ndarray:
+    return np.arange(n, dtype=np.int64)  # (writeable: numba compiles read-only arrays apart)
+
+
 def statistic_into(
     X: torch.Tensor,
     stat: int,
@@ -579,16 +588,14 @@ def statistic_into(
     Returns the first coordinate with fewer than ``min_k`` finite values (NaN in ``out``), or -1.
     """
     n, d = X.shape
-    if rows is None:
-        rows = torch.arange(n)
     if cpu_kernels(X.device) and _HAVE_NUMBA and not force_torch:
         Xc = X if X.is_contiguous() else X.contiguous()
         o = out if out.is_contiguous() else torch.empty_like(out)
         torch_threads = torch.get_num_threads()
         Xn = Xc.numpy()
-        big = np.array([np.inf], dtype=Xn.dtype)
-        row_index = rows.cpu().numpy().astype(np.int64)
-        plan = _sortnet.plan(rows.numel())
+        big = _INFINITY[Xn.dtype.type]
+        row_index = _all_rows(n) if rows is None else rows.cpu().numpy().astype(np.int64)
+        plan = _sortnet.plan(row_index.size)
         n_blocks = plan.blocks(d)
         first_bad = np.empty(n_blocks, dtype=np.int64)
         # up to 25 rows of a large input: the statistic in registers after the sort (same bits)
@@ -601,6 +608,8 @@ def statistic_into(
             out.copy_(o)
         bad_blocks = first_bad[first_bad >= 0]
         return int(bad_blocks[0]) if bad_blocks.size else -1
+    if rows is None:
+        rows = torch.arange(n)
     on_device = rows.to(X.device)
 
     def redo(columns: torch.Tensor, values: torch.Tensor) -> None:

@@ -52,6 +52,8 @@ class OutputKind:
 
 def _source_dtype(honest) -> torch.dtype | None:
     """The floating dtype the caller used when it is one ``as_matrix`` computes in float32."""
+    if isinstance(honest, torch.Tensor):  # the common case, without the ABC check below
+        return honest.dtype if honest.dtype in _LOW_PRECISION else None
     first = honest
     if isinstance(honest, Sequence) and not isinstance(honest, (str, bytes)) and len(honest):
         first = honest[0]

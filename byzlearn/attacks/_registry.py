@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from byzlearn.aggregators._inputs import check_options as _check_options
+from byzlearn.aggregators._inputs import without_grad
 from byzlearn.attacks._context import AttackContext, make_context
 from byzlearn.registry import Registry
 
@@ -288,7 +289,7 @@ def apply(
     )
     if ctx.f == 0:
         return kind.restore(ctx.honest.new_zeros((0, ctx.d)))
-    with torch.no_grad():
+    with without_grad():
         out = s.impl(ctx, **options)
         out = ctx.finish(out)
     return kind.restore(out)

@@ -36,7 +36,7 @@ def test_the_switch_bypasses_every_cpu_kernel(monkeypatch) -> None:
     for module, attr in [
         (_gram_kernel, "gram_blocks"),
         (_gram_kernel, "centre_block"),
-        (_gram_small, "_finish"),
+        (_gram_small, "_small_pass"),
         (_sortnet, "plan"),
     ]:
         monkeypatch.setattr(module, attr, tripwire)
