@@ -1,11 +1,13 @@
-"""The Gram pass of small inputs (fewer than 2^21 values) in two compiled calls.
+"""The Gram pass of small inputs (fewer than 2^21 values) in one compiled call.
 
 At the sizes of a training round (n = 25 gradients of an MLP, d = 4810: 0.1 M values) the
 arithmetic of :func:`._gram.base_gram` takes about 0.08 ms, and the Python and torch work around
 it (the block plan, the layout of the (n + 1) x (n + 1) matrix, the bad rows, the precision
 check, the squared distances: some hundred small tensor operations) took twice that again
 (measured on one core: ``Inputs.from_matrix`` 0.25 ms, then ``sqdist`` 0.02 ms; with this path
-0.09 ms for both). This path does the same computation in two calls:
+0.09 ms for both). This path does the same computation in one call (:func:`_small_pass`; two
+calls, with the buffers made in Python, took 10-20 us more per call on the EPYC host of the
+README's table 1b), in two steps:
 
 1. the CPU kernel of the general path (:func:`._gram_kernel._gram_block` on the whole of X: one
    block, each chunk of ``LANES`` coordinates centred on the mean of the rows finite there,
