@@ -18,7 +18,7 @@ Smaller inputs centre each chunk on its mean. If the distances still look cancel
 central row of the full Gram matrix. On the CPU the pass is numba (:mod:`._gram_kernel`: one read
 of the data, 3 x 3 tiles computing half the products of a GEMM for few rows, BLAS syrk for many,
 threads); elsewhere a torch subtraction and GEMM per block. Inputs under 2^21 values take the
-same kernel pass in two compiled calls (:mod:`._gram_small`, bit-identical results).
+same kernel pass in one compiled call (:mod:`._gram_small`, bit-identical results).
 
 Missing coordinates (NaN/Inf: a lossy link, or a Byzantine input). A row missing at most a
 fraction ``max_missing`` of its coordinates stays in: each missing value is replaced by the
@@ -723,8 +723,8 @@ def centre_row_from_sample(X: torch.Tensor) -> int | None:
 def central_row_of_sample(S: torch.Tensor) -> int | None:
     """The central row (:func:`_central_row`) of the sampled columns S; None when every row
     holds a non-finite value there. The sample's Gram pass centres on chunk means and is never
-    refined; where the small path applies (fewer than 2^21 values) it computes it in two
-    compiled calls, the same statistics to the bit as :func:`base_gram`."""
+    refined; where the small path applies (fewer than 2^21 values) it computes it in one
+    compiled call, the same statistics to the bit as :func:`base_gram`."""
     from byzlearn.aggregators._gram_small import small_gram
 
     small = small_gram(S, DEFAULT_MAX_MISSING, refine=False)
@@ -778,7 +778,7 @@ class Inputs:
         missing values may add one on the float64 path, see :func:`base_gram`). ``guess``: the
         rule's weights on a Gram matrix, to write its output during the pass where the first
         blocks agree on them (:mod:`._speculate`)."""
-        if centre is None:  # small inputs: the same pass in two compiled calls (_gram_small)
+        if centre is None:  # small inputs: the same pass in one compiled call (_gram_small)
             from byzlearn.aggregators._gram_small import small_gram
 
             if (small := small_gram(X, max_missing)) is not None:
