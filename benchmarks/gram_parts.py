@@ -26,7 +26,11 @@ matters), the pass centred on row 0 as after the library's choice of a central r
   (lines already in cache: the cost of the instructions);
 - ``weighted sum, n - f rows`` and ``f rows``: the compiled weighted sum that forms the output
   of the rules that average rows (Multi-Krum, MDA, CGE: n - f rows; the geometric median and
-  centred clipping: all n).
+  centred clipping: all n);
+- ``row stats`` and ``row stats, signs``: the filters' one read of every row
+  (:func:`_gram_kernel.row_stats`: sums of squares, largest magnitudes, on AMD's Zen cores one
+  chunk per pass, ``ROW_STATS_BY_CHUNK``), the second with the signs of a sorted random tenth of
+  the coordinates counted (SignGuard's default ``coordinate_fraction``).
 
 Times are the minimum of ``--repeats`` runs, each part timed in turns with the others; the table
 gives milliseconds and the ratio to the floor. The tile steps apply below ``BIG_TILE_ROWS``
@@ -122,6 +126,7 @@ def _measure(n: int, d: int, hot_kib: int, repeats: int) -> dict[str, float]:
     stats = (np.zeros(W, np.float32), C.copy(), np.zeros(rows.size), np.zeros(1))
     flags = np.zeros(rows.size + 1, dtype=np.bool_)
     keep = np.arange(n - n // 5)
+    sampled = np.sort(np.random.default_rng(2).choice(d, size=max(1, d // 10), replace=False))
     parts = {
         "floor": lambda: T.sum(),
         "pass": lambda: gk.gram_blocks(X, blocks, X[0], 1, rows),
@@ -142,6 +147,8 @@ def _measure(n: int, d: int, hot_kib: int, repeats: int) -> dict[str, float]:
             if n // 5
             else None
         ),
+        "row stats": lambda: gk.row_stats(X, 1),
+        "row stats, signs": lambda: gk.row_stats(X, 1, sampled),
     }
     times = _best(parts, repeats)
     scale = d / (laps * hot_cols)  # the hot parts covered laps * hot_cols coordinates
@@ -202,6 +209,8 @@ def main(argv: list[str] | None = None) -> None:
         "tiles and prefetches, hot",
         "weighted sum, n - f rows",
         "weighted sum, f rows",
+        "row stats",
+        "row stats, signs",
     ]
     print(
         "| n | width | floor (ms) | " + " | ".join(f"{name} (ms, / floor)" for name in names) + " |"

@@ -42,7 +42,8 @@ def test_one_row_per_rows_and_width_with_every_part(script, capsys):
         ("12", "512"),
         ("12", "1024"),
     ]
-    assert len(_cells(header)) == len(rows[0]) == 11
+    assert len(_cells(header)) == len(rows[0]) == 13
+    assert _cells(header)[-2:] == ["row stats (ms, / floor)", "row stats, signs (ms, / floor)"]
     assert _cells(header)[4] == "pass, buffer (ms, / floor)"  # beside the library's pass
     for row in rows:
         assert float(row[2]) > 0  # the floor
