@@ -310,3 +310,9 @@ def test_threads_each_use_their_own_buffer():
     for t in threads:
         t.join()
     assert failures == []
+
+
+def test_the_buffers_kept_per_thread_stay_few():
+    for n in range(3, 3 + 3 * _gram_small._MAX_BUFFERS):
+        assert_same_as_general(attacked(n, 300, seed=n), 0.1)
+    assert len(_gram_small._BUFFERS.by_rows) <= _gram_small._MAX_BUFFERS
