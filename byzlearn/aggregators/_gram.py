@@ -1059,18 +1059,18 @@ def weighted_rows(X: torch.Tensor, w: torch.Tensor, all_rows: bool = False) -> t
     """
     # the weights are a small CPU vector: numpy finds the rows (a few us less than torch)
     w_np = w.detach().numpy() if w.device.type == "cpu" else w.cpu().numpy()
-    used = np.flatnonzero(w_np)
+    used, used_w = _gram_kernel.used_rows(w_np)
     if used.size == 0:
         return torch.zeros(X.shape[1], dtype=X.dtype, device=X.device)
     if used.size == 1:
         i = int(used[0])
-        scale = float(w_np[i])
+        scale = float(used_w[0])
         out = _memory.empty(X.shape[1], dtype=X.dtype, device=X.device)
         return out.copy_(X[i]) if scale == 1.0 else torch.mul(X[i], scale, out=out)
     if kernel_input(X) and _gram_kernel.available(X.detach().numpy()):
         # one compiled read of the rows used, float64 sums (speed: see _gram_kernel)
         summed = _gram_kernel.weighted_sum(
-            X.detach().numpy(), used, w_np[used], torch.get_num_threads()
+            X.detach().numpy(), used, used_w, torch.get_num_threads()
         )
         return torch.from_numpy(summed)
     rows = torch.from_numpy(used)

@@ -53,6 +53,7 @@ the vectoriser emits gathers. The loops below therefore index 1-D row views from
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -1027,6 +1028,21 @@ def sign_counts(X: np.ndarray, rows: np.ndarray, cols: np.ndarray, threads: int)
     counts = np.zeros((rows.size, 4), dtype=np.int64)
     in_parallel(lambda t0, t1: _sign_counts(X, rows, cols, t0, t1, counts), rows.size, threads)
     return counts
+
+
+@functools.lru_cache(maxsize=64)
+def all_rows(n: int) -> np.ndarray:
+    """``arange(n)`` as int64, made once per n: the kernels' row index when they take every
+    row (read only by them; writeable, as numba compiles read-only arrays apart)."""
+    return np.arange(n, dtype=np.int64)
+
+
+def used_rows(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows with a non-zero weight (increasing) and their weights: the terms that
+    :func:`weighted_sum` adds, in its order (the output written during a Gram pass and the one
+    summed afterwards take the same ones, so the same bits)."""
+    rows = np.flatnonzero(weights)
+    return rows, weights[rows]
 
 
 def weighted_sum(

@@ -67,8 +67,7 @@ except ImportError:  # pragma: no cover
 SMALL_MAX_ELEMENTS = _SAMPLE_MIN_ELEMENTS
 
 
-# Read-only arguments of the kernel, made once: the active rows (all) per n, the unused centre.
-_ALL_ROWS: dict[int, np.ndarray] = {}
+# A read-only argument of the kernel, made once: the unused centre.
 _NO_CENTRE = {np.float32: np.zeros(1, np.float32), np.float64: np.zeros(1, np.float64)}
 # The kernel's aligned buffer per (n, dtype), one set per thread (rules may run in several
 # threads at once). The pass writes the rows it centres before it reads them and never writes
@@ -121,11 +120,9 @@ def small_gram(
         return None
     Xn = X.detach().numpy()
     n, d = Xn.shape
-    if n not in _ALL_ROWS:
-        _ALL_ROWS[n] = np.arange(n, dtype=np.int64)
     no_centre = _NO_CENTRE[Xn.dtype.type]  # read by the kernel only with a given centre
     status, aug, D, bad, medians = _small_pass(
-        Xn, _ALL_ROWS[n], no_centre, _buffer(n, Xn.dtype), float(max_missing * d),
+        Xn, _gram_kernel.all_rows(n), no_centre, _buffer(n, Xn.dtype), float(max_missing * d),
         measurable_limit(d), max_missing > 0,
     )
     if status != _DONE:

@@ -53,8 +53,6 @@ def mean_of_rows(X: torch.Tensor) -> torch.Tensor | None:
     out = _memory.empty(X.shape[1], dtype=X.dtype)
     o = out.numpy()
     blocks = -(-X.shape[1] // _MEAN_COLUMNS)
-    if blocks < 2 * _MEAN_MIN_BLOCKS_PER_THREAD:  # one thread in any case: no closure
-        return out if _mean_kernel(Xn, o, 0, blocks) else None
     finite: list[bool] = []  # one answer per range of blocks
     in_parallel(
         lambda b0, b1: finite.append(_mean_kernel(Xn, o, b0, b1)),

@@ -69,8 +69,7 @@ def empty(
 ) -> torch.Tensor:
     """``torch.empty(shape, dtype=dtype, device=device)``; a large CPU tensor's memory on
     transparent huge pages (:func:`advise_huge_pages`)."""
-    t = torch.empty(shape, dtype=dtype, device=device)
-    return t if t.numel() * t.element_size() < HUGE_MIN_BYTES else advise_huge_pages(t)
+    return advise_huge_pages(torch.empty(shape, dtype=dtype, device=device))
 
 
 def empty_like(t: torch.Tensor) -> torch.Tensor:

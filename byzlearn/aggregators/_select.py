@@ -565,13 +565,8 @@ def missing_error(name: str, count: int, min_k: int, first: int) -> ValueError:
     )
 
 
-# Read-only arguments of the kernels, made once: +inf in each dtype, all the rows of n.
+# A read-only argument of the kernels, made once: +inf in each dtype.
 _INFINITY = {np.float32: np.array([np.inf], np.float32), np.float64: np.array([np.inf])}
-
-
-@functools.lru_cache(maxsize=64)
-def _all_rows(n: int) -> np.ndarray:
-    return np.arange(n, dtype=np.int64)  # (writeable: numba compiles read-only arrays apart)
 
 
 def statistic_into(
@@ -594,7 +589,10 @@ def statistic_into(
         torch_threads = torch.get_num_threads()
         Xn = Xc.numpy()
         big = _INFINITY[Xn.dtype.type]
-        row_index = _all_rows(n) if rows is None else rows.cpu().numpy().astype(np.int64)
+        if rows is None:
+            row_index = _gram_kernel.all_rows(n)
+        else:
+            row_index = rows.cpu().numpy().astype(np.int64)
         plan = _sortnet.plan(row_index.size)
         n_blocks = plan.blocks(d)
         first_bad = np.empty(n_blocks, dtype=np.int64)

@@ -76,9 +76,10 @@ class Speculation:
         return self._terms(self.out)
 
     def _terms(self, out: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The rows with a non-zero weight, their weights, and ``out`` as numpy arrays."""
-        rows = torch.nonzero(self.weights).flatten()
-        return rows.numpy(), self.weights[rows].numpy(), out.numpy()
+        """The rows with a non-zero weight, their weights (:func:`._gram_kernel.used_rows`, the
+        terms of the sum without a guess), and ``out`` as numpy arrays."""
+        rows, weights = _gram_kernel.used_rows(self.weights.numpy())
+        return rows, weights, out.numpy()
 
     def output(self, X: torch.Tensor, weights: torch.Tensor) -> torch.Tensor | None:
         """The output for the rule's final ``weights`` when they are the guess (the first
