@@ -48,7 +48,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from byzlearn.aggregators import _gram_cuda, _gram_kernel, _memory, _speculate
+from byzlearn.aggregators import _gram_cuda, _gram_finish, _gram_kernel, _memory, _speculate
 from byzlearn.aggregators._device import cpu_kernels, kernel_input
 
 # Coordinates per block: big enough to amortise the per-block Python overhead, small enough for
@@ -306,11 +306,12 @@ def _masked_base(
 ) -> BaseGram:
     """The base statistics of a pass's (n + 1) x (n + 1) sums: rows whose squared norm
     overflowed across blocks made bad too, and the entries of every bad row zeroed."""
-    n = acc.shape[0] - 1
-    acc = acc.cpu()
-    bad = bad.cpu() | ~torch.isfinite(acc.diagonal()[:n])  # sums that overflowed across blocks
-    keep = torch.cat([~bad, torch.tensor([True])])
-    acc = torch.where(keep[:, None] & keep[None, :], acc, torch.zeros((), dtype=acc.dtype))
+    # (in place on the pass's own sums; compiled: the torch version of these few lines took
+    # about 0.1 ms a call)
+    aug = acc.cpu().contiguous().numpy()
+    bad_np = bad.cpu().numpy().copy()
+    _gram_finish.mask_bad(aug, bad_np)  # adds the rows whose sums overflowed across blocks
+    acc, bad = torch.from_numpy(aug), torch.from_numpy(bad_np)
     if missing is not None:
         missing = missing.restricted(~bad)
     return BaseGram(aug=acc, bad=bad, missing=missing, speculation=speculation)
@@ -632,22 +633,13 @@ def sqdist_from_gram(G: torch.Tensor) -> torch.Tensor:
 def _needs_refinement(G: torch.Tensor, bad: torch.Tensor, dtype: torch.dtype) -> bool:
     """Whether the distances of the good rows look cancellation-prone (:func:`cancellation_prone`
     on the lower medians of their squared norms and of their distances)."""
-    good = ~bad
-    k = int(good.sum())
-    if k < 2:
-        return False
-    Gg = G if k == G.shape[0] else G[good][:, good]
-    D = sqdist_from_gram(Gg).numpy()
-    # the lower median of the off-diagonal entries: each pair appears twice there, and the
-    # lower median of a doubled set is the lower median of the pairs (the upper triangle)
-    scale_d = _lower_median(D[np.triu_indices(k, 1)])
-    return cancellation_prone(_lower_median(Gg.diagonal().numpy()), scale_d, dtype)
+    _, scale_g, scale_d = _gram_finish.distances(_float64_numpy(G), bad.cpu().numpy())
+    return cancellation_prone(scale_g, scale_d, dtype)
 
 
-def _lower_median(values: np.ndarray) -> float:
-    """The lower median (torch's ``median``) of a non-empty 1-D array."""
-    mid = (values.size - 1) // 2
-    return float(np.partition(values, mid)[mid])
+def _float64_numpy(G: torch.Tensor) -> np.ndarray:
+    """A CPU float64 matrix as a C-contiguous numpy array (no copy where it is one already)."""
+    return np.ascontiguousarray(G.detach().to(device="cpu", dtype=torch.float64).numpy())
 
 
 def cancellation_prone(scale_g: float, scale_d: float, dtype: torch.dtype) -> bool:
@@ -729,25 +721,24 @@ def central_row_of_sample(S: torch.Tensor) -> int | None:
 
     small = small_gram(S, DEFAULT_MAX_MISSING, refine=False)
     gram = small[0] if small is not None else base_gram(S)
-    if not bool((~gram.bad).any()):
+    bad = gram.bad.numpy()
+    if bad.all():
         return None
-    return _central_row(gram.aug[:-1, :-1], gram.bad)
+    D = small[1]["sqdist"].numpy() if small is not None else _distances(gram)[0]
+    return _gram_finish.central_row(D, bad)
 
 
 def _central_row(G: torch.Tensor, bad: torch.Tensor) -> int:
-    """A row near the bulk: least sum of distances to its closest half (bad rows never chosen)."""
-    D = sqdist_from_gram(G).numpy()
-    bad_np = bad.numpy()
-    D[bad_np, :] = np.inf
-    D[:, bad_np] = np.inf
-    np.fill_diagonal(D, 0.0)
-    half = max(1, (int((~bad_np).sum()) + 1) // 2)
-    # the half smallest of each row, summed in increasing order (a partition, then a sort of
-    # that half only: the same sums as sorting whole rows, at a fraction of the cost)
-    closest = np.sort(np.partition(D, half - 1, axis=1)[:, :half], axis=1)
-    scores = closest.sum(axis=1)
-    scores[bad_np] = np.inf
-    return int(np.argmin(scores))
+    """A row near the bulk: least sum of squared distances to its closest half (bad rows never
+    chosen; :func:`._gram_finish.central_row`), from the centred Gram matrix G."""
+    bad_np = bad.cpu().numpy()
+    return _gram_finish.central_row(_gram_finish.distances(_float64_numpy(G), bad_np)[0], bad_np)
+
+
+def _distances(gram: BaseGram) -> tuple[np.ndarray, float, float]:
+    """The squared distances of a pass's base rows (as :meth:`Inputs.sqdist`) and the two
+    medians of its precision check (:func:`._gram_finish.distances`)."""
+    return _gram_finish.distances(_float64_numpy(gram.aug), gram.bad.cpu().numpy())
 
 
 @dataclass
@@ -785,12 +776,16 @@ class Inputs:
                 return cls(X=X, gram=small[0], _cache=small[1])
         row = None if centre is not None else centre_row_from_sample(X)
         gram = base_gram(X, centre=centre, centre_row=row, max_missing=max_missing, guess=guess)
-        if centre is None and _needs_refinement(gram.aug[:-1, :-1], gram.bad, X.dtype):
-            refined = _central_row(gram.aug[:-1, :-1], gram.bad)
+        # the distances and the precision check's medians in one compiled call; the distances
+        # are those Inputs.sqdist computes, cached
+        D, scale_g, scale_d = _distances(gram)
+        if centre is None and cancellation_prone(scale_g, scale_d, X.dtype):
+            refined = _gram_finish.central_row(D, gram.bad.cpu().numpy())
             if refined != row:  # (an output written in the first pass does not depend on it)
                 again = base_gram(X, centre_row=refined, max_missing=max_missing)
                 gram = replace(again, speculation=gram.speculation)
-        return cls(X=X, gram=gram, centre=centre)
+                D = _distances(gram)[0]
+        return cls(X=X, gram=gram, centre=centre, _cache={"sqdist": torch.from_numpy(D)})
 
     # --- shape and validity -------------------------------------------------------------
     @property

@@ -192,6 +192,67 @@ if njit is not None:
                 t += 1
         return t, c
 
+    @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True,
+          inline="always")
+    def _add_short_tile(C, I, J, q, acc):  # pragma: no cover (compiled)
+        """:func:`_add_tiles`' tile of rows I:I+3 of C against a last group J holding ``q`` (1
+        or 2) rows: 3 x q products (on the diagonal, I == J, the q rows' upper triangle), none
+        with the padding rows."""
+        zero = C.dtype.type(0)
+        x0 = C[I]
+        y0 = C[J]
+        y1 = C[J + 1]
+        if I == J and q == 1:
+            b00 = zero
+            for k in range(C.shape[1]):
+                b00 += x0[k] * x0[k]
+            acc[I, I] += b00
+        elif I == J:
+            b00 = b01 = b11 = zero
+            for k in range(C.shape[1]):
+                u0 = x0[k]
+                u1 = y1[k]
+                b00 += u0 * u0
+                b01 += u0 * u1
+                b11 += u1 * u1
+            acc[I, I] += b00
+            acc[I, I + 1] += b01
+            acc[I + 1, I + 1] += b11
+        elif q == 1:
+            x1 = C[I + 1]
+            x2 = C[I + 2]
+            a00 = a10 = a20 = zero
+            for k in range(C.shape[1]):
+                v0 = y0[k]
+                a00 += x0[k] * v0
+                a10 += x1[k] * v0
+                a20 += x2[k] * v0
+            acc[I, J] += a00
+            acc[I + 1, J] += a10
+            acc[I + 2, J] += a20
+        else:
+            x1 = C[I + 1]
+            x2 = C[I + 2]
+            a00 = a01 = a10 = a11 = a20 = a21 = zero
+            for k in range(C.shape[1]):
+                u0 = x0[k]
+                u1 = x1[k]
+                u2 = x2[k]
+                v0 = y0[k]
+                v1 = y1[k]
+                a00 += u0 * v0
+                a01 += u0 * v1
+                a10 += u1 * v0
+                a11 += u1 * v1
+                a20 += u2 * v0
+                a21 += u2 * v1
+            acc[I, J] += a00
+            acc[I, J + 1] += a01
+            acc[I + 1, J] += a10
+            acc[I + 1, J + 1] += a11
+            acc[I + 2, J] += a20
+            acc[I + 2, J + 1] += a21
+
     @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
     def _add_tiles(C, acc, Xf, rows, next0, d, lines):  # pragma: no cover (compiled)
         """acc[I:I+3, J:J+3] += C[I:I+3] C[J:J+3]^T for the 3 x 3 tiles with J >= I (on the
@@ -216,9 +277,13 @@ if njit is not None:
         # loop as a helper gives the same bits and time as written out (A/B in one process on
         # a Zen 3 core, 10 to 128 rows of 1e6 and 25 of 1e7, within 1 %).
         t = c = 0
+        na = rows.shape[0]  # the rows from na on are padding: their products are not read
         for I in range(0, R, 3):
             for J in range(I, R, 3):
                 t, c = _prefetch_share(Xf, rows, d, next0, lines, per_tile, t, c)
+                if na < J + 3:  # the last group holds one or two rows: none with the padding
+                    _add_short_tile(C, I, J, na - J, acc)
+                    continue
                 if I == J:  # a diagonal tile: its upper triangle only (6 products, not 9)
                     b00 = b01 = b02 = b11 = b12 = b22 = zero
                     x0 = C[I]
@@ -279,6 +344,79 @@ if njit is not None:
         """The input row of buffer row t: rows[t], or rows[0] for the padding rows."""
         return rows[t] if t < rows.shape[0] else rows[0]
 
+    @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True,
+          inline="always")
+    def _add_centred_short_diagonal(x0, x1, mm, w, p, I, part, dpart):
+        # pragma: no cover (compiled)
+        """:func:`_add_centred_tiles`' diagonal tile of a last group holding ``p`` (1 or 2)
+        rows x0 (x1): their products and dots only, none with the padding rows."""
+        zero = x0.dtype.type(0)
+        if p == 1:
+            b00 = e0 = zero
+            for k in range(w):
+                mk = mm[k]
+                u0 = x0[k] - mk
+                b00 += u0 * u0
+                e0 += u0 * mk
+            part[I, I] = b00
+            dpart[I] = e0
+            return
+        b00 = b01 = b11 = e0 = e1 = zero
+        for k in range(w):
+            mk = mm[k]
+            u0 = x0[k] - mk
+            u1 = x1[k] - mk
+            b00 += u0 * u0
+            b01 += u0 * u1
+            b11 += u1 * u1
+            e0 += u0 * mk
+            e1 += u1 * mk
+        part[I, I] = b00
+        part[I, I + 1] = b01
+        part[I + 1, I + 1] = b11
+        dpart[I] = e0
+        dpart[I + 1] = e1
+
+    @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True,
+          inline="always")
+    def _add_centred_short_tile(x0, x1, x2, y0, y1, mm, w, q, I, J, part):
+        # pragma: no cover (compiled)
+        """:func:`_add_centred_tiles`' tile of the three rows x0, x1, x2 against a last group
+        holding ``q`` (1 or 2) rows y0 (y1): 3 x q products, none with the padding rows."""
+        zero = x0.dtype.type(0)
+        if q == 1:
+            a00 = a10 = a20 = zero
+            for k in range(w):
+                mk = mm[k]
+                v0 = y0[k] - mk
+                a00 += (x0[k] - mk) * v0
+                a10 += (x1[k] - mk) * v0
+                a20 += (x2[k] - mk) * v0
+            part[I, J] = a00
+            part[I + 1, J] = a10
+            part[I + 2, J] = a20
+            return
+        a00 = a01 = a10 = a11 = a20 = a21 = zero
+        for k in range(w):
+            mk = mm[k]
+            u0 = x0[k] - mk
+            u1 = x1[k] - mk
+            u2 = x2[k] - mk
+            v0 = y0[k] - mk
+            v1 = y1[k] - mk
+            a00 += u0 * v0
+            a01 += u0 * v1
+            a10 += u1 * v0
+            a11 += u1 * v1
+            a20 += u2 * v0
+            a21 += u2 * v1
+        part[I, J] = a00
+        part[I, J + 1] = a01
+        part[I + 1, J] = a10
+        part[I + 1, J + 1] = a11
+        part[I + 2, J] = a20
+        part[I + 2, J + 1] = a21
+
     @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
     def _add_centred_tiles(X, rows, m, s0, w, R, part, dpart, Xf, next0, d, lines):
         # pragma: no cover (compiled)
@@ -307,6 +445,9 @@ if njit is not None:
             x2 = X[r2, s0 : s0 + w]
             for J in range(I, R, 3):
                 t, c = _prefetch_share(Xf, rows, d, next0, lines, per_tile, t, c)
+                if I == J and na < I + 3:  # the last group, one or two rows: no padding
+                    _add_centred_short_diagonal(x0, x1, mm, w, na - I, I, part, dpart)
+                    continue
                 if I == J:
                     b00 = b01 = b02 = b11 = b12 = b22 = e0 = e1 = e2 = zero
                     for k in range(w):
@@ -339,6 +480,9 @@ if njit is not None:
                 y0 = X[q0, s0 : s0 + w]
                 y1 = X[q1, s0 : s0 + w]
                 y2 = X[q2, s0 : s0 + w]
+                if na < J + 3:  # against the last group's one or two rows: no padding
+                    _add_centred_short_tile(x0, x1, x2, y0, y1, mm, w, na - J, I, J, part)
+                    continue
                 a00 = a01 = a02 = a10 = a11 = a12 = a20 = a21 = a22 = zero
                 for k in range(w):
                     mk = mm[k]

@@ -45,12 +45,11 @@ import threading
 import numpy as np
 import torch
 
-from byzlearn.aggregators import _gram_kernel
+from byzlearn.aggregators import _gram_finish, _gram_kernel
 from byzlearn.aggregators._device import kernel_input
 from byzlearn.aggregators._gram import (
     _SAMPLE_MIN_ELEMENTS,
     BaseGram,
-    _central_row,
     base_gram,
     cancellation_prone,
     kernel_block_size,
@@ -130,7 +129,7 @@ def small_gram(
     gram = BaseGram(aug=torch.from_numpy(aug), bad=torch.from_numpy(bad))
     gram._any_bad = bool(bad.any())
     if refine and cancellation_prone(float(medians[0]), float(medians[1]), X.dtype):
-        refined = _central_row(gram.aug[:-1, :-1], gram.bad)
+        refined = _gram_finish.central_row(D, bad)
         return base_gram(X, centre_row=refined, max_missing=max_missing), {}
     return gram, {"sqdist": torch.from_numpy(D)}
 
@@ -152,7 +151,7 @@ if njit is not None:
         msq = np.zeros(1)
         flags = np.zeros(n + 1, dtype=np.bool_)
         _gram_kernel._gram_block(X, rows, no_centre, False, 0, X.shape[1], acc, dots, msq,
-                                 flags, C)
+                                 flags, C, False)
         bad = flags[:n]  # rows holding a non-finite value; _finish adds none (it only reads)
         aug = np.empty((n + 1, n + 1))
         D = np.empty((n, n))
@@ -191,40 +190,5 @@ if njit is not None:
             aug[i, n] = v
             aug[n, i] = v
         aug[n, n] = msq
-        good = 0
-        for i in range(n):
-            if not bad[i]:
-                good += 1
-        for i in range(n):
-            for j in range(n):
-                if i == j:
-                    D[i, j] = 0.0
-                elif bad[i] or bad[j]:
-                    D[i, j] = np.inf
-                else:
-                    v = (aug[i, i] + aug[j, j]) - 2.0 * aug[i, j]
-                    D[i, j] = v if v > 0.0 else 0.0
-        medians[0] = 0.0
-        medians[1] = 0.0
-        if good < 2:
-            return True
-        # D is exactly symmetric, so the lower median of its m = k(k-1) off-diagonal entries
-        # (each distance twice) is the lower median of the m / 2 distances i < j
-        norms = np.empty(good)
-        dist = np.empty(good * (good - 1) // 2)
-        a = 0
-        b = 0
-        for i in range(n):
-            if bad[i]:
-                continue
-            norms[a] = aug[i, i]
-            a += 1
-            for j in range(i + 1, n):
-                if not bad[j]:
-                    dist[b] = D[i, j]
-                    b += 1
-        norms.sort()
-        dist.sort()
-        medians[0] = norms[(good - 1) // 2]
-        medians[1] = dist[(dist.shape[0] - 1) // 2]
+        _gram_finish.fill_distances(aug, bad, D, medians)
         return True

@@ -633,7 +633,7 @@ def _block_stats(X, rows, centre, fuse):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("active", [1, 2, 4, 10, 24, 27, 28])
+@pytest.mark.parametrize("active", [1, 2, 4, 5, 10, 11, 24, 27, 28])
 @pytest.mark.parametrize("case", ["finite", "nan_row", "padding_row_nan", "overflow", "inf_centre"])
 def test_rows_centred_in_the_tiles_match_the_buffer(dtype, active, case):
     """Up to ``FUSED_MAX_ROWS`` buffer rows the Gram pass on a given centre subtracts it in the

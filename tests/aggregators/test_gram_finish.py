@@ -1,0 +1,100 @@
+"""The compiled n x n statistics after a Gram pass (``_gram_finish``) against plain numpy, and
+the tiles' last group of one or two rows (no products with the padding rows)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from byzlearn.aggregators import _gram_finish, _gram_kernel
+
+
+def gram_with_bad_rows(n: int, seed: int, bad_count: int) -> tuple[np.ndarray, np.ndarray]:
+    """An (n + 1) x (n + 1) centred Gram layout of random rows (some far) and a bad mask."""
+    rng = np.random.default_rng(seed)
+    Y = rng.standard_normal((n + 1, 12))
+    Y[: n // 3] *= 30.0
+    aug = Y @ Y.T
+    bad = np.zeros(n, dtype=bool)
+    bad[rng.permutation(n)[:bad_count]] = True
+    return aug, bad
+
+
+def reference_distances(aug, bad):
+    n = bad.size
+    D = np.empty((n, n))
+    for i in range(n):
+        for j in range(n):
+            if i == j:
+                D[i, j] = 0.0
+            elif bad[i] or bad[j]:
+                D[i, j] = math.inf
+            else:
+                D[i, j] = max((aug[i, i] + aug[j, j]) - 2.0 * aug[i, j], 0.0)
+    good = [i for i in range(n) if not bad[i]]
+    if len(good) < 2:
+        return D, 0.0, 0.0
+    norms = sorted(aug[i, i] for i in good)
+    pairs = sorted(D[i, j] for a, i in enumerate(good) for j in good[a + 1 :])
+    return D, norms[(len(norms) - 1) // 2], pairs[(len(pairs) - 1) // 2]
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 40), seed=st.integers(0, 1000), bad_count=st.integers(0, 6))
+def test_distances_and_medians_match_loops(n, seed, bad_count):
+    aug, bad = gram_with_bad_rows(n, seed, min(bad_count, n))
+    D, norm_median, pair_median = _gram_finish.distances(aug, bad)
+    ref_D, ref_norm, ref_pair = reference_distances(aug, bad)
+    np.testing.assert_array_equal(D, ref_D)  # the same operations: the same bits
+    assert (norm_median, pair_median) == (ref_norm, ref_pair)
+
+
+def test_distances_clamp_negative_values_at_zero():
+    aug = np.array([[1.0, 1.0 + 1e-9, 0.0], [1.0 + 1e-9, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    D, _, pair_median = _gram_finish.distances(aug, np.zeros(2, dtype=bool))
+    assert D[0, 1] == D[1, 0] == 0.0 and pair_median == 0.0
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_central_row_is_the_least_sum_over_the_closest_half(seed):
+    n = 3 + 5 * seed
+    aug, bad = gram_with_bad_rows(n, seed, seed % 3)
+    D, _, _ = _gram_finish.distances(aug, bad)
+    good = [i for i in range(n) if not bad[i]]
+    half = max(1, (len(good) + 1) // 2)
+    scores = {i: sum(sorted(D[i, j] for j in good)[:half]) for i in good}  # increasing order
+    best = min(scores.values())
+    assert _gram_finish.central_row(D, bad) == min(i for i in good if scores[i] == best)
+
+
+def test_mask_bad_flags_overflowed_norms_and_zeroes_bad_rows():
+    aug, bad = gram_with_bad_rows(6, 0, 1)
+    aug[4, 4] = np.inf  # a squared norm that overflowed across blocks
+    first_bad = int(np.flatnonzero(bad)[0])
+    _gram_finish.mask_bad(aug, bad)
+    assert bad[4] and bad[first_bad] and bad.sum() == 1 + (first_bad != 4)
+    for i in np.flatnonzero(bad):
+        assert not aug[i].any() and not aug[:, i].any()
+    assert np.isfinite(aug).all() and aug[6, 6] > 0  # the centre's entry is kept
+
+
+@pytest.mark.parametrize("active", range(1, 10))
+def test_tiles_leave_the_padding_rows_out(active):
+    """The 3 x 3 tiles on a buffer whose rows after the active ones hold junk (as in a span
+    that leaves flagged rows out): the active entries are the products of the active rows,
+    whether the last group holds one, two or three of them (its own shorter tiles)."""
+    rng = np.random.default_rng(active)
+    R = _gram_kernel.padded_rows(active)
+    C = _gram_kernel.aligned_zeros((R, _gram_kernel.tile_lanes(R)), np.float64)
+    C[:] = rng.standard_normal(C.shape)
+    C[active:] = np.nan  # junk that would spoil any entry it entered
+    acc = np.zeros((R, R))
+    rows = np.arange(active, dtype=np.int64)
+    _gram_kernel._add_tiles(C, acc, C.reshape(-1), rows, 0, C.shape[1], 0)
+    A = C[:active]
+    upper = np.triu(np.ones((active, active), dtype=bool))
+    np.testing.assert_allclose(acc[:active, :active][upper], (A @ A.T)[upper], rtol=1e-12)
