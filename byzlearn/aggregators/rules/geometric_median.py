@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from byzlearn.aggregators._gram import Inputs
 from byzlearn.aggregators._registry import Combination, register
+
+try:
+    from numba import njit
+except ImportError:  # pragma: no cover
+    njit = None  # type: ignore[assignment]
 
 
 def affine_distances(G: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
@@ -61,7 +67,12 @@ def geometric_median(
     if smoothing <= 0:
         raise ValueError("geometric_median: nu must be > 0")
     alpha = a / a.sum()
-    for _ in range(max_iter):
+    if njit is not None:  # the iterations compiled: about 1 us each instead of about 40
+        alpha = torch.from_numpy(
+            _weiszfeld(G.numpy(), a.numpy(), alpha.numpy(), smoothing, tol * scale, max_iter)
+        )
+        return Combination(inputs=inputs, alpha=alpha)
+    for _ in range(max_iter):  # pragma: no cover (numba missing)
         dist = affine_distances(G, alpha)
         beta = a / dist.clamp(min=smoothing)
         new = beta / beta.sum()
@@ -70,6 +81,48 @@ def geometric_median(
         if float((step @ G @ step).clamp(min=0).sqrt()) <= tol * scale:
             break
     return Combination(inputs=inputs, alpha=alpha)
+
+
+if njit is not None:
+
+    @njit(cache=True, nogil=True)
+    def _weiszfeld(G, a, alpha, smoothing, stop, max_iter):  # pragma: no cover (compiled)
+        """The loop of :func:`geometric_median` on the centred Gram matrix G (bad rows zeroed,
+        their ``a`` zero): ``||x_i - z||^2 = G_ii - 2 (G alpha)_i + alpha^T G alpha``, ``beta_i
+        = a_i / max(smoothing, ||x_i - z||)``, ``alpha <- beta / sum(beta)``, until
+        ``sqrt(step^T G step) <= stop`` or ``max_iter`` iterations; returns the last alpha."""
+        n = G.shape[0]
+        alpha = alpha.copy()
+        Ga = np.empty(n)
+        beta = np.empty(n)
+        step = np.empty(n)
+        for _ in range(max_iter):
+            quad = 0.0
+            for i in range(n):
+                s = 0.0
+                for j in range(n):
+                    s += G[i, j] * alpha[j]
+                Ga[i] = s
+                quad += alpha[i] * s
+            total = 0.0
+            for i in range(n):
+                sq = G[i, i] - 2.0 * Ga[i] + quad
+                dist = np.sqrt(sq) if sq > 0.0 else 0.0
+                beta[i] = a[i] / (dist if dist > smoothing else smoothing)
+                total += beta[i]
+            for i in range(n):
+                new = beta[i] / total
+                step[i] = new - alpha[i]
+                alpha[i] = new
+            moved = 0.0
+            for i in range(n):
+                s = 0.0
+                for j in range(n):
+                    s += G[i, j] * step[j]
+                moved += step[i] * s
+            if np.sqrt(moved if moved > 0.0 else 0.0) <= stop:
+                break
+        return alpha
 
 
 @register("skewed_geometric_median", min_n=lambda f: 2 * f + 1, requirement="n >= 2f + 1")
