@@ -21,7 +21,8 @@ Small n (:func:`gram_blocks`): for each pass over ``tile_lanes(rows)`` coordinat
 2. adds the products of 3 x 3 tiles of rows of ``C`` (4 x 4 from ``BIG_TILE_ROWS`` buffer rows
    on) to the Gram matrix: only tiles on or above the diagonal, and of the diagonal tiles only
    their upper triangle (6 products of 9, 10 of 16), so about half the products of a general
-   matrix product; meanwhile it prefetches
+   matrix product; a last group of one or two rows (3 x 3 tiles) is multiplied by 3 x 1 or
+   3 x 2 tiles, never with the padding rows; meanwhile it prefetches
    the next pass's coordinates of every active row, so that the memory read overlaps the
    products (it does at 25 rows; from about 50 rows on, where the tiles load from L2, hardly:
    see docs/aggregators.md).
@@ -424,10 +425,12 @@ if njit is not None:
         input precision, over the span ``s0:s0 + w`` of (x_I - m)(x_J - m) for the 3 x 3 tiles
         with J >= I (the upper triangle of the diagonal tiles), and dpart[t] = the sum of
         (x_t - m) m, where x_t = X[rows[t]] (buffer rows t >= len(rows), the padding, read row
-        rows[0]; their entries are not used). The same products as centring into the buffer
-        first (the same float subtraction), without writing and reading that buffer; the next
-        pass's lines are prefetched as there. The sums' order may differ from the buffer
-        path's (the last, partial span; the dots), within rounding."""
+        rows[0] in a group's loads; a last group of one or two rows takes shorter tiles, which
+        multiply no padding row; the padding's entries are not used). The same products as
+        centring into the buffer first (the same float subtraction), without writing and
+        reading that buffer; the next pass's lines are prefetched as there. The sums' order
+        may differ from the buffer path's (the last, partial span; the dots), within
+        rounding."""
         wide()
         na = rows.shape[0]
         zero = X.dtype.type(0)

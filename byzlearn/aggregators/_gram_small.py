@@ -150,6 +150,8 @@ if njit is not None:
         dots = np.zeros(n)
         msq = np.zeros(1)
         flags = np.zeros(n + 1, dtype=np.bool_)
+        # (``fuse`` passed, as gram_blocks does: the same compiled specialisation of the
+        # kernel, so the same vectorised loops and the same bits as the general pass)
         _gram_kernel._gram_block(X, rows, no_centre, False, 0, X.shape[1], acc, dots, msq,
                                  flags, C, False)
         bad = flags[:n]  # rows holding a non-finite value; _finish adds none (it only reads)
