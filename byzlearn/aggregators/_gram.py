@@ -776,16 +776,18 @@ class Inputs:
                 return cls(X=X, gram=small[0], _cache=small[1])
         row = None if centre is not None else centre_row_from_sample(X)
         gram = base_gram(X, centre=centre, centre_row=row, max_missing=max_missing, guess=guess)
+        if centre is not None:  # no precision check (the rule's own centre); distances on demand
+            return cls(X=X, gram=gram, centre=centre)
         # the distances and the precision check's medians in one compiled call; the distances
         # are those Inputs.sqdist computes, cached
         D, scale_g, scale_d = _distances(gram)
-        if centre is None and cancellation_prone(scale_g, scale_d, X.dtype):
+        if cancellation_prone(scale_g, scale_d, X.dtype):
             refined = _gram_finish.central_row(D, gram.bad.cpu().numpy())
             if refined != row:  # (an output written in the first pass does not depend on it)
                 again = base_gram(X, centre_row=refined, max_missing=max_missing)
                 gram = replace(again, speculation=gram.speculation)
                 D = _distances(gram)[0]
-        return cls(X=X, gram=gram, centre=centre, _cache={"sqdist": torch.from_numpy(D)})
+        return cls(X=X, gram=gram, _cache={"sqdist": torch.from_numpy(D)})
 
     # --- shape and validity -------------------------------------------------------------
     @property

@@ -73,7 +73,8 @@ def central_row(D: np.ndarray, bad: np.ndarray) -> int:
 def _fill_distances_numpy(aug, bad, D, medians):  # pragma: no cover (numba missing)
     n = bad.shape[0]
     diag = np.diagonal(aug)[:n]
-    D[:] = np.maximum((diag[:, None] + diag[None, :]) - 2.0 * aug[:n, :n], 0.0)
+    D[:] = (diag[:, None] + diag[None, :]) - 2.0 * aug[:n, :n]
+    D[D < 0.0] = 0.0
     D[bad, :] = np.inf
     D[:, bad] = np.inf
     np.fill_diagonal(D, 0.0)
@@ -115,7 +116,7 @@ if njit is not None:
                     D[i, j] = np.inf
                 else:
                     v = (aug[i, i] + aug[j, j]) - 2.0 * aug[i, j]
-                    D[i, j] = v if v > 0.0 else 0.0
+                    D[i, j] = 0.0 if v < 0.0 else v  # (torch's clamp: NaN stays NaN)
         medians[0] = 0.0
         medians[1] = 0.0
         if good < 2:

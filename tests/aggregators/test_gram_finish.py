@@ -59,6 +59,14 @@ def test_distances_clamp_negative_values_at_zero():
     assert D[0, 1] == D[1, 0] == 0.0 and pair_median == 0.0
 
 
+def test_distances_keep_a_nan_entry_as_torch_clamp_does():
+    aug, bad = gram_with_bad_rows(4, 1, 0)
+    aug[0, 2] = aug[2, 0] = np.nan
+    D, _, _ = _gram_finish.distances(aug, bad)
+    assert np.isnan(D[0, 2]) and np.isnan(D[2, 0])
+    assert np.isfinite(np.delete(D.reshape(-1), [2, 8])).all()
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_central_row_is_the_least_sum_over_the_closest_half(seed):
     n = 3 + 5 * seed
