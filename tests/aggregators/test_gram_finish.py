@@ -106,3 +106,42 @@ def test_tiles_leave_the_padding_rows_out(active):
     A = C[:active]
     upper = np.triu(np.ones((active, active), dtype=bool))
     np.testing.assert_allclose(acc[:active, :active][upper], (A @ A.T)[upper], rtol=1e-12)
+
+
+@pytest.mark.parametrize("max_missing", [0.0, 0.1])
+@pytest.mark.parametrize(
+    "kind", ["honest", "nan_row", "lossy_row", "overflow", "mean10", "inf_value"]
+)
+def test_general_pass_caches_the_distances_torch_computes(kind, max_missing):
+    """Past 2^21 values the general pass caches the compiled distances for the rule: they
+    equal the torch formula on its centred Gram matrix (+inf to and from bad rows), whatever
+    the input did to the pass (NaN rows, imputed rows, products redone in float64, a dragged
+    mean, an infinite value)."""
+    import torch
+
+    from byzlearn.aggregators._gram import Inputs, sqdist_from_gram
+
+    rng = np.random.default_rng(len(kind))
+    n = 7 + len(kind)
+    X = torch.from_numpy(rng.standard_normal((n, (1 << 21) // n + 999)).astype(np.float32) + 5)
+    if kind == "nan_row":
+        X[0] = float("nan")
+    elif kind == "lossy_row":
+        X[1, :50] = float("nan")
+    elif kind == "overflow":
+        X[2, 7] = 3e30
+    elif kind == "mean10":
+        X[: n // 5] = -10 * X[n // 5 :].mean(0)
+    elif kind == "inf_value":
+        X[-1, 3] = float("inf")
+    inputs = Inputs.from_matrix(X, max_missing=max_missing)
+    cached = inputs.sqdist()
+    expected = sqdist_from_gram(inputs.centred_gram().clone())
+    expected[inputs.bad, :] = float("inf")
+    expected[:, inputs.bad] = float("inf")
+    expected.fill_diagonal_(0.0)
+    assert torch.equal(cached, expected)
+    # a NaN row is bad; a row missing a few values is bad only with max_missing = 0 (else its
+    # values are imputed)
+    lossy = kind in {"lossy_row", "inf_value"}
+    assert bool(inputs.bad.any()) == (kind == "nan_row" or (lossy and max_missing == 0.0))
