@@ -689,3 +689,19 @@ def test_mean_shift_is_scikit_learns(seed):
         compared += 1
     assert compared >= 20
     assert _mean_shift(rng.random((11, 3)), 0.3) is None  # brute force: the estimator's fit
+
+
+@pytest.mark.parametrize("shape", [(25, 400), (7, 3), (30, 40), (2, 5)])
+def test_dnc_scores_from_the_gram_matrix_equal_the_svd_scores(shape):
+    """The scores <c_i, v>^2 (v the top right singular vector of the centred rows) computed
+    from the top eigenpair of C C^T equal those of numpy's SVD of C, also with more rows than
+    columns."""
+    from byzlearn.aggregators.rules.filters import dnc_scores
+
+    rng = np.random.default_rng(shape[0])
+    S = rng.standard_normal(shape)
+    S[0] += 4.0  # one outlier: a clear top singular value
+    C = S - S.mean(axis=0)
+    v = np.linalg.svd(C, full_matrices=False)[2][0]
+    np.testing.assert_allclose(dnc_scores(torch.from_numpy(S)).numpy(), (C @ v) ** 2,
+                               rtol=1e-9, atol=1e-12 * float((C**2).sum()))

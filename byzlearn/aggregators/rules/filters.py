@@ -203,10 +203,15 @@ class _Rows:
 # --- DnC ----------------------------------------------------------------------------------------
 def dnc_scores(S: torch.Tensor) -> torch.Tensor:
     """DnC outlier scores of the rows of S: ``<s_i - mu, v>^2`` with v the top right singular
-    vector of the centred matrix ``S - 1 mu^T`` (float64)."""
+    vector of the centred matrix ``C = S - 1 mu^T`` (float64).
+
+    With ``C = U Sigma V^T``, ``C v = sigma_1 u_1``: the scores are ``lambda_1 u_1^2`` for the top
+    eigenpair of the n x n matrix ``C C^T``, which costs one product and an n x n eigensolver
+    where an SVD of C also forms the n x b factor V^T (n = 25, b = 10^4: about 10 ms a call for
+    the SVD, 0.3 ms this way; ``docs/performance.md``)."""
     C = S - S.mean(dim=0)
-    v = torch.linalg.svd(C, full_matrices=False).Vh[0]
-    return (C @ v) ** 2
+    values, vectors = torch.linalg.eigh(C @ C.T)
+    return values[-1].clamp(min=0.0) * vectors[:, -1] ** 2
 
 
 @register(
@@ -245,8 +250,8 @@ def dnc(
     ``fraction`` must leave at least one input.
     Non-finite rows are removed first and count among the f (the rule filters the n - k complete
     rows with f - k; ``ValueError`` when k > f). Cost: one O(n d) validity pass (none after a
-    pre-aggregator that built the Gram matrix), per round an n x b gather and an O(n^2 b) SVD,
-    then one weighted sum of the kept rows.
+    pre-aggregator that built the Gram matrix), per round an n x b gather, an O(n^2 b) product and
+    an n x n eigensolver (:func:`dnc_scores`), then one weighted sum of the kept rows.
     """
     rounds = _positive_int(iterations, "iterations", "dnc")
     b = _positive_int(subsample, "subsample", "dnc")
