@@ -630,11 +630,19 @@ def sqdist_from_gram(G: torch.Tensor) -> torch.Tensor:
     return D
 
 
-def _needs_refinement(G: torch.Tensor, bad: torch.Tensor, dtype: torch.dtype) -> bool:
-    """Whether the distances of the good rows look cancellation-prone (:func:`cancellation_prone`
-    on the lower medians of their squared norms and of their distances)."""
-    _, scale_g, scale_d = _gram_finish.distances(_float64_numpy(G), bad.cpu().numpy())
-    return cancellation_prone(scale_g, scale_d, dtype)
+def _refinement(
+    G: torch.Tensor, bad: torch.Tensor, dtype: torch.dtype
+) -> tuple[np.ndarray, int | None]:
+    """The squared distances of the rows whose centred Gram matrix is G (its first ``len(bad)``
+    rows and columns: :func:`._gram_finish.distances`) and, where they look cancellation-prone
+    (:func:`cancellation_prone` on the lower medians of the good rows' squared norms and
+    distances), the central row to centre a second pass on (:func:`._gram_finish.central_row`);
+    else None. One compiled call for the distances, which the caller may keep."""
+    bad_np = bad.cpu().numpy()
+    D, scale_g, scale_d = _gram_finish.distances(_float64_numpy(G), bad_np)
+    if not cancellation_prone(scale_g, scale_d, dtype):
+        return D, None
+    return D, _gram_finish.central_row(D, bad_np)
 
 
 def _float64_numpy(G: torch.Tensor) -> np.ndarray:
@@ -713,9 +721,9 @@ def centre_row_from_sample(X: torch.Tensor) -> int | None:
 
 
 def central_row_of_sample(S: torch.Tensor) -> int | None:
-    """The central row (:func:`_central_row`) of the sampled columns S; None when every row
-    holds a non-finite value there. The sample's Gram pass centres on chunk means and is never
-    refined; where the small path applies (fewer than 2^21 values) it computes it in one
+    """The central row (:func:`._gram_finish.central_row`) of the sampled columns S; None when
+    every row holds a non-finite value there. The sample's Gram pass centres on chunk means and
+    is never refined; where the small path applies (fewer than 2^21 values) it computes it in one
     compiled call, the same statistics to the bit as :func:`base_gram`."""
     from byzlearn.aggregators._gram_small import small_gram
 
@@ -726,13 +734,6 @@ def central_row_of_sample(S: torch.Tensor) -> int | None:
         return None
     D = small[1]["sqdist"].numpy() if small is not None else _distances(gram)[0]
     return _gram_finish.central_row(D, bad)
-
-
-def _central_row(G: torch.Tensor, bad: torch.Tensor) -> int:
-    """A row near the bulk: least sum of squared distances to its closest half (bad rows never
-    chosen; :func:`._gram_finish.central_row`), from the centred Gram matrix G."""
-    bad_np = bad.cpu().numpy()
-    return _gram_finish.central_row(_gram_finish.distances(_float64_numpy(G), bad_np)[0], bad_np)
 
 
 def _distances(gram: BaseGram) -> tuple[np.ndarray, float, float]:
@@ -778,15 +779,13 @@ class Inputs:
         gram = base_gram(X, centre=centre, centre_row=row, max_missing=max_missing, guess=guess)
         if centre is not None:  # no precision check (the rule's own centre); distances on demand
             return cls(X=X, gram=gram, centre=centre)
-        # the distances and the precision check's medians in one compiled call; the distances
-        # are those Inputs.sqdist computes, cached
-        D, scale_g, scale_d = _distances(gram)
-        if cancellation_prone(scale_g, scale_d, X.dtype):
-            refined = _gram_finish.central_row(D, gram.bad.cpu().numpy())
-            if refined != row:  # (an output written in the first pass does not depend on it)
-                again = base_gram(X, centre_row=refined, max_missing=max_missing)
-                gram = replace(again, speculation=gram.speculation)
-                D = _distances(gram)[0]
+        # the distances (those Inputs.sqdist computes: cached) and the precision check
+        D, refined = _refinement(gram.aug, gram.bad, X.dtype)
+        if refined is not None and refined != row:
+            # (an output written in the first pass does not depend on the centre)
+            again = base_gram(X, centre_row=refined, max_missing=max_missing)
+            gram = replace(again, speculation=gram.speculation)
+            D = _distances(gram)[0]
         return cls(X=X, gram=gram, _cache={"sqdist": torch.from_numpy(D)})
 
     # --- shape and validity -------------------------------------------------------------

@@ -17,7 +17,7 @@ README's table 1b), in two steps:
 2. :func:`_finish`: the (n + 1) x (n + 1) matrix ``aug`` laid out as :func:`._gram_kernel.layout`
    does, the rows of bad inputs zeroed, the squared distances ``D_ij = G_ii + G_jj - 2 G_ij``
    (clamped at 0, +inf to and from bad rows, as :meth:`._gram.Inputs.sqdist`) and the two
-   medians of the precision check (:func:`._gram._needs_refinement`: the lower median of the
+   medians of the precision check (:func:`._gram._refinement`: the lower median of the
    distances between good rows and of their centred squared norms).
 
 The numerics contract is the general path's (see :mod:`._gram`), case by case:

@@ -512,10 +512,7 @@ def _base_gram(
                 penalty += p
             bad |= carried > max_missing * V.d
             acc.diagonal()[:n] += torch.where(bad, 0.0, penalty)
-    bad = bad | ~torch.isfinite(acc.diagonal()[:n])
-    keep = torch.cat([~bad, torch.tensor([True])])
-    acc = torch.where(keep[:, None] & keep[None, :], acc, torch.zeros((), dtype=acc.dtype))
-    return BaseGram(aug=acc, bad=bad), imputed
+    return _gram._masked_base(acc, bad), imputed
 
 
 def _gram_of(
@@ -524,9 +521,9 @@ def _gram_of(
     """:meth:`byzlearn.aggregators._gram.Inputs.from_matrix` on the shards."""
     row = None if centre is not None else _centre_row(V)
     gram, imputed = _base_gram(V, centre, row, max_missing)
-    if centre is None and _gram._needs_refinement(gram.aug[:-1, :-1], gram.bad, V.dtype):
-        refined = _gram._central_row(gram.aug[:-1, :-1], gram.bad)
-        if refined != row:
+    if centre is None:
+        refined = _gram._refinement(gram.aug, gram.bad, V.dtype)[1]
+        if refined is not None and refined != row:
             gram, imputed = _base_gram(V, None, refined, max_missing)
     return gram, imputed
 

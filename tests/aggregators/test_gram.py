@@ -10,7 +10,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from byzlearn.aggregators import _gram, _gram_kernel
+from byzlearn.aggregators import _gram, _gram_finish, _gram_kernel
 from byzlearn.aggregators._device import accelerator_path
 from byzlearn.aggregators._gram import Inputs, block_size, column_blocks, weighted_rows
 
@@ -526,8 +526,10 @@ def test_central_row_matches_a_loop_reference(seed):
     G = X @ X.T
     bad = torch.zeros(n, dtype=torch.bool)
     bad[torch.randperm(n, generator=g)[: seed % 3]] = True
-    assert _gram._central_row(G, bad) == reference_central_row(G.numpy(), bad.numpy())
-    assert not bad[_gram._central_row(G, bad)]
+    D = _gram_finish.distances(G.numpy(), bad.numpy())[0]
+    central = _gram_finish.central_row(D, bad.numpy())
+    assert central == reference_central_row(G.numpy(), bad.numpy())
+    assert not bad[central]
 
 
 @pytest.mark.parametrize("n", [3, 4, 9, 10])
@@ -545,7 +547,7 @@ def test_precision_check_uses_the_lower_medians(n):
             torch.finfo(torch.float32).eps * 64 * float(G.diagonal().median()) / float(off.median())
         )
         assert (rel > _gram._REFINE_REL_ERROR) == expected
-        assert _gram._needs_refinement(G, bad, torch.float32) == expected
+        assert (_gram._refinement(G, bad, torch.float32)[1] is not None) == expected
 
 
 @pytest.mark.parametrize("case", ["finite", "square_overflows", "nan_chunk"])
@@ -618,7 +620,8 @@ def test_central_row_of_sample_matches_the_general_pass(case, n):
     gram = _gram.base_gram(S)
     expected = None
     if bool((~gram.bad).any()):
-        expected = _gram._central_row(gram.aug[:-1, :-1], gram.bad)
+        D = _gram_finish.distances(gram.aug.numpy(), gram.bad.numpy())[0]
+        expected = _gram_finish.central_row(D, gram.bad.numpy())
     assert _gram.central_row_of_sample(S) == expected
 
 
