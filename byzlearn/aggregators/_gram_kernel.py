@@ -29,15 +29,19 @@ Small n (:func:`gram_blocks`): for each pass over ``tile_lanes(rows)`` coordinat
 
 On cores whose vector additions issue on pipes of their own (AMD Zen), up to ``FUSED_MAX_ROWS``
 buffer rows and on a given centre, steps 1 and 2 are one: the tiles load the rows themselves and
-subtract the centre in registers (:func:`_add_centred_tiles`), a span with a non-finite value or
-an overflowing product going through the buffer as above. On a given centre, either way, the
+subtract the centre in registers (:func:`_add_centred_tiles`; up to ``LONG_SPAN_MAX_ROWS``
+active rows each tile runs over a span of ``FUSED_SPAN`` coordinates and no software prefetch is
+issued, :func:`_add_centred_long_tiles`), a span with a non-finite value or an overflowing
+product going through the buffer as above (a long span in spans of the buffer's width, up to its
+end). On a given centre, either way, the
 later spans of a block leave out the rows flagged so far (the caller reads none of their
 entries): NaN rows, an attack, cost no products after the span that finds them
 (:func:`_buffer_span_of`).
 
 A 3 x 3 tile keeps nine accumulators and six rows' values in registers and its inner loop
 vectorises across coordinates (512-bit vectors where the CPU has them, see :mod:`._simd`); the
-sums of a pass are in the input precision (256 or 512 terms), then added in float64.
+sums of a pass are in the input precision (256 to 1024 coordinates; a long span's tiles sum 512
+at a time), then added in float64.
 
 Large n (:func:`centre_block`): the centred block is written to a buffer and its Gram matrix is a
 BLAS ``syrk`` (numpy's ``C @ C.T``), which runs at close to the machine's GEMM rate once rows are
@@ -121,6 +125,23 @@ BLAS_MIN_ROWS = 384
 # would issue 15 instead of 9 operations per step, which costs more than the centring saves.
 FUSED_MAX_ROWS = 27
 FUSED_CENTRING = separate_add_pipes()
+# Up to LONG_SPAN_MAX_ROWS active rows, the tiles that centre in registers take spans of
+# FUSED_SPAN coordinates without software prefetch (:func:`_add_centred_long_tiles`): each tile
+# reads its rows in runs of 16 KB, which the hardware prefetchers follow, and sums FUSED_TERMS
+# coordinates at a time in the input precision (the buffer path's float32 sums: 512
+# coordinates), adding those sums in float64. More rows keep spans of 512 with the next span
+# prefetched by software during the tiles (:func:`_add_centred_tiles`). Krum on the honest
+# input, float32, d = 1e7, one thread, the commit before and this one alternated twice on a
+# 2-core AMD EPYC (Zen 3): 10 rows 43.0-43.5 -> 39.0-39.7 ms, 13 rows 57.9-60.0 -> 53.4-58.2,
+# 25 rows unchanged (139.4-139.8 -> 138.4-139.7, the spans of 512). Long spans for every row
+# count took 10 rows 45.0 -> 39.2-40.6, but 17 rows 78.1-84.3 -> 85.7-89.2, 21 rows
+# 106.8-107.3 -> 115.1-117.3, 25 rows 137.3-140.2 -> 154.5-155.2 (spans of 1024 or 2048
+# there: 151-156); long spans whose float32 sums ran over the whole span (512 terms a lane,
+# eight times the buffer path's) took 25 rows 13.7 -> 12.4 ms per 1e6 coordinates in the pass
+# alone, not taken.
+FUSED_SPAN = 4096
+LONG_SPAN_MAX_ROWS = 12
+FUSED_TERMS = 512
 # Coordinates per chunk of the row statistics' accumulators.
 _SUM_LANES = 256
 # On AMD's Zen cores the row statistics take one chunk per pass and the largest magnitude as an
@@ -350,7 +371,8 @@ if njit is not None:
     def _add_centred_short_diagonal(x0, x1, mm, w, p, I, part, dpart):
         # pragma: no cover (compiled)
         """:func:`_add_centred_tiles`' diagonal tile of a last group holding ``p`` (1 or 2)
-        rows x0 (x1): their products and dots only, none with the padding rows."""
+        rows x0 (x1): their products and dots only, none with the padding rows, added to part
+        and dpart."""
         zero = x0.dtype.type(0)
         if p == 1:
             b00 = e0 = zero
@@ -359,8 +381,8 @@ if njit is not None:
                 u0 = x0[k] - mk
                 b00 += u0 * u0
                 e0 += u0 * mk
-            part[I, I] = b00
-            dpart[I] = e0
+            part[I, I] += b00
+            dpart[I] += e0
             return
         b00 = b01 = b11 = e0 = e1 = zero
         for k in range(w):
@@ -372,18 +394,19 @@ if njit is not None:
             b11 += u1 * u1
             e0 += u0 * mk
             e1 += u1 * mk
-        part[I, I] = b00
-        part[I, I + 1] = b01
-        part[I + 1, I + 1] = b11
-        dpart[I] = e0
-        dpart[I + 1] = e1
+        part[I, I] += b00
+        part[I, I + 1] += b01
+        part[I + 1, I + 1] += b11
+        dpart[I] += e0
+        dpart[I + 1] += e1
 
     @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True,
           inline="always")
     def _add_centred_short_tile(x0, x1, x2, y0, y1, mm, w, q, I, J, part):
         # pragma: no cover (compiled)
         """:func:`_add_centred_tiles`' tile of the three rows x0, x1, x2 against a last group
-        holding ``q`` (1 or 2) rows y0 (y1): 3 x q products, none with the padding rows."""
+        holding ``q`` (1 or 2) rows y0 (y1): 3 x q products, none with the padding rows, added
+        to part."""
         zero = x0.dtype.type(0)
         if q == 1:
             a00 = a10 = a20 = zero
@@ -393,9 +416,9 @@ if njit is not None:
                 a00 += (x0[k] - mk) * v0
                 a10 += (x1[k] - mk) * v0
                 a20 += (x2[k] - mk) * v0
-            part[I, J] = a00
-            part[I + 1, J] = a10
-            part[I + 2, J] = a20
+            part[I, J] += a00
+            part[I + 1, J] += a10
+            part[I + 2, J] += a20
             return
         a00 = a01 = a10 = a11 = a20 = a21 = zero
         for k in range(w):
@@ -411,22 +434,23 @@ if njit is not None:
             a11 += u1 * v1
             a20 += u2 * v0
             a21 += u2 * v1
-        part[I, J] = a00
-        part[I, J + 1] = a01
-        part[I + 1, J] = a10
-        part[I + 1, J + 1] = a11
-        part[I + 2, J] = a20
-        part[I + 2, J + 1] = a21
+        part[I, J] += a00
+        part[I, J + 1] += a01
+        part[I + 1, J] += a10
+        part[I + 1, J + 1] += a11
+        part[I + 2, J] += a20
+        part[I + 2, J + 1] += a21
 
     @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
     def _add_centred_tiles(X, rows, m, s0, w, R, part, dpart, Xf, next0, d, lines):
         # pragma: no cover (compiled)
-        """:func:`_add_tiles` on the rows centred in registers: part[I, J] = the sum, in the
-        input precision, over the span ``s0:s0 + w`` of (x_I - m)(x_J - m) for the 3 x 3 tiles
-        with J >= I (the upper triangle of the diagonal tiles), and dpart[t] = the sum of
-        (x_t - m) m, where x_t = X[rows[t]] (buffer rows t >= len(rows), the padding, read row
-        rows[0] in a group's loads; a last group of one or two rows takes shorter tiles, which
-        multiply no padding row; the padding's entries are not used). The same products as
+        """:func:`_add_tiles` on the rows centred in registers: part[I, J] (float64) = the
+        sum, in the input precision, over the span ``s0:s0 + w`` of (x_I - m)(x_J - m) for the
+        3 x 3 tiles with J >= I (the upper triangle of the diagonal tiles), and dpart[t] = the
+        sum of (x_t - m) m, where x_t = X[rows[t]] (buffer rows t >= len(rows), the padding,
+        read row rows[0] in a group's loads; a last group of one or two rows takes shorter
+        tiles, which multiply no padding row and add to zeroed entries; the padding's entries
+        are not used). The same products as
         centring into the buffer first (the same float subtraction), without writing and
         reading that buffer; the next pass's lines are prefetched as there. The sums' order
         may differ from the buffer path's (the last, partial span; the dots), within
@@ -439,6 +463,10 @@ if njit is not None:
         per_tile = (total + tiles - 1) // tiles
         t = c = 0
         mm = m[s0 : s0 + w]
+        last = na - na % 3  # a last group of one or two rows: its short tiles add to zeros
+        if last < na:
+            part[:, last:] = 0.0
+            dpart[last:] = 0.0
         for I in range(0, R, 3):
             r0 = rows[I]
             r1 = _row_or_first(rows, I + 1)
@@ -513,6 +541,116 @@ if njit is not None:
                 part[I + 2, J] = a20
                 part[I + 2, J + 1] = a21
                 part[I + 2, J + 2] = a22
+
+    @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
+    def _add_centred_long_tiles(X, rows, m, s0, w, R, part, dpart):
+        # pragma: no cover (compiled)
+        """:func:`_add_tiles` on the rows centred in registers: part[I, J] (float64, zeroed
+        first) = the sum over the span ``s0:s0 + w`` of (x_I - m)(x_J - m) for the 3 x 3 tiles
+        with J >= I (the upper triangle of the diagonal tiles), and dpart[t] = the sum of
+        (x_t - m) m, where x_t = X[rows[t]] (buffer rows t >= len(rows), the padding, read row
+        rows[0] in a group's loads; a last group of one or two rows takes shorter tiles, which
+        multiply no padding row; the padding's entries are not used). Each tile runs over the
+        whole span, ``FUSED_TERMS`` coordinates at a time: those sums in the input precision
+        (as the buffer path's), added in float64. The same products as centring into the
+        buffer first (the same float subtraction), without writing and reading that buffer,
+        and without software prefetch (see ``FUSED_SPAN``). The sums' order may differ from
+        the buffer path's (the float64 additions; the dots), within rounding."""
+        wide()
+        na = rows.shape[0]
+        zero = X.dtype.type(0)
+        part[:] = 0.0
+        dpart[:] = 0.0
+        mm = m[s0 : s0 + w]
+        for I in range(0, R, 3):
+            x0 = X[rows[I], s0 : s0 + w]
+            x1 = X[_row_or_first(rows, I + 1), s0 : s0 + w]
+            x2 = X[_row_or_first(rows, I + 2), s0 : s0 + w]
+            for J in range(I, R, 3):
+                if I == J and na < I + 3:  # the last group, one or two rows: no padding
+                    for c0 in range(0, w, FUSED_TERMS):
+                        c1 = min(w, c0 + FUSED_TERMS)
+                        _add_centred_short_diagonal(x0[c0:c1], x1[c0:c1], mm[c0:c1], c1 - c0,
+                                                    na - I, I, part, dpart)
+                    continue
+                if I == J:  # a diagonal tile: its upper triangle only (6 products, not 9)
+                    for c0 in range(0, w, FUSED_TERMS):
+                        c1 = min(w, c0 + FUSED_TERMS)
+                        u0s = x0[c0:c1]
+                        u1s = x1[c0:c1]
+                        u2s = x2[c0:c1]
+                        ms = mm[c0:c1]
+                        b00 = b01 = b02 = b11 = b12 = b22 = e0 = e1 = e2 = zero
+                        for k in range(c1 - c0):
+                            mk = ms[k]
+                            u0 = u0s[k] - mk
+                            u1 = u1s[k] - mk
+                            u2 = u2s[k] - mk
+                            b00 += u0 * u0
+                            b01 += u0 * u1
+                            b02 += u0 * u2
+                            b11 += u1 * u1
+                            b12 += u1 * u2
+                            b22 += u2 * u2
+                            e0 += u0 * mk
+                            e1 += u1 * mk
+                            e2 += u2 * mk
+                        part[I, J] += b00
+                        part[I, J + 1] += b01
+                        part[I, J + 2] += b02
+                        part[I + 1, J + 1] += b11
+                        part[I + 1, J + 2] += b12
+                        part[I + 2, J + 2] += b22
+                        dpart[I] += e0
+                        dpart[I + 1] += e1
+                        dpart[I + 2] += e2
+                    continue
+                y0 = X[rows[J], s0 : s0 + w]
+                y1 = X[_row_or_first(rows, J + 1), s0 : s0 + w]
+                y2 = X[_row_or_first(rows, J + 2), s0 : s0 + w]
+                if na < J + 3:  # against the last group's one or two rows: no padding
+                    for c0 in range(0, w, FUSED_TERMS):
+                        c1 = min(w, c0 + FUSED_TERMS)
+                        _add_centred_short_tile(x0[c0:c1], x1[c0:c1], x2[c0:c1], y0[c0:c1],
+                                                y1[c0:c1], mm[c0:c1], c1 - c0, na - J, I, J,
+                                                part)
+                    continue
+                for c0 in range(0, w, FUSED_TERMS):
+                    c1 = min(w, c0 + FUSED_TERMS)
+                    u0s = x0[c0:c1]
+                    u1s = x1[c0:c1]
+                    u2s = x2[c0:c1]
+                    v0s = y0[c0:c1]
+                    v1s = y1[c0:c1]
+                    v2s = y2[c0:c1]
+                    ms = mm[c0:c1]
+                    a00 = a01 = a02 = a10 = a11 = a12 = a20 = a21 = a22 = zero
+                    for k in range(c1 - c0):
+                        mk = ms[k]
+                        u0 = u0s[k] - mk
+                        u1 = u1s[k] - mk
+                        u2 = u2s[k] - mk
+                        v0 = v0s[k] - mk
+                        v1 = v1s[k] - mk
+                        v2 = v2s[k] - mk
+                        a00 += u0 * v0
+                        a01 += u0 * v1
+                        a02 += u0 * v2
+                        a10 += u1 * v0
+                        a11 += u1 * v1
+                        a12 += u1 * v2
+                        a20 += u2 * v0
+                        a21 += u2 * v1
+                        a22 += u2 * v2
+                    part[I, J] += a00
+                    part[I, J + 1] += a01
+                    part[I, J + 2] += a02
+                    part[I + 1, J] += a10
+                    part[I + 1, J + 1] += a11
+                    part[I + 1, J + 2] += a12
+                    part[I + 2, J] += a20
+                    part[I + 2, J + 1] += a21
+                    part[I + 2, J + 2] += a22
 
     @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
     def _add_tiles4(C, acc, Xf, rows, next0, d, lines):  # pragma: no cover (compiled)
@@ -722,11 +860,12 @@ if njit is not None:
         _centre_rows(X, rows, j0, j1 - j0, m, C, 0, dots, flags)
 
     @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
-    def _fused_span(X, sub, place, centre, s0, s1, acc, dots, msq, part, dpart, Xf, d, lines):
-        # pragma: no cover (compiled)
+    def _fused_span(X, sub, place, centre, s0, s1, acc, dots, msq, part, dpart, Xf, d, lines,
+                    long):  # pragma: no cover (compiled)
         """The span ``s0:s1`` of :func:`_gram_block` for the active rows ``sub`` (at positions
         ``place`` among them, increasing), centred on the given centre in the tiles' registers
-        (:func:`_add_centred_tiles`), when the centre's chunks are finite (their squares summed
+        (:func:`_add_centred_tiles` prefetching ``lines`` of the next span, or ``long``:
+        :func:`_add_centred_long_tiles`), when the centre's chunks are finite (their squares summed
         as :func:`_centre_span` does) and every row's sums over the span are finite; returns
         False, having changed nothing, otherwise (a row holding a non-finite value, a product
         that overflowed: the caller takes the span through the buffer, which flags and zeroes
@@ -736,7 +875,10 @@ if njit is not None:
             return False
         ns = sub.shape[0]
         R = _padded_rows(ns)
-        _add_centred_tiles(X, sub, centre, s0, s1 - s0, R, part, dpart, Xf, s1, d, lines)
+        if long:
+            _add_centred_long_tiles(X, sub, centre, s0, s1 - s0, R, part, dpart)
+        else:
+            _add_centred_tiles(X, sub, centre, s0, s1 - s0, R, part, dpart, Xf, s1, d, lines)
         for t in range(ns):
             if not (np.isfinite(part[t, t]) and np.isfinite(dpart[t])):
                 return False
@@ -818,45 +960,67 @@ if njit is not None:
         fuse = fuse and use_centre and R <= FUSED_MAX_ROWS and rows.shape[0] > 0
         # (the fused tiles' flag: after a span they could not take, only where that span
         # flagged new rows)
-        part = np.zeros((R, R), dtype=X.dtype)
-        dpart = np.zeros(R, dtype=X.dtype)
+        part = np.zeros((R, R))  # a fused span's sums (float64)
+        dpart = np.zeros(R)
         na = rows.shape[0]
         sub = rows  # the rows the fused spans take, at positions place among the active rows
         place = np.arange(na)
         flagged = 0
-        sums = np.zeros(width if srows is not None else 0)  # the span's sums of the rows srows
-        for s0 in range(j0, j1, width):
-            s1 = min(j1, s0 + width)
+        # the spans' sums of the rows srows, written up to coordinate ``summed``
+        sums = np.zeros(max(width, FUSED_SPAN) if srows is not None else 0)
+        summed = j0
+        # a fused span that failed is taken again through the buffer, up to ``buffered``;
+        # ``found``: whether those buffer spans flagged a row
+        buffered = j0
+        found = False
+        s0 = j0
+        # few rows: long fused spans, without software prefetch (see FUSED_SPAN)
+        long = na <= LONG_SPAN_MAX_ROWS
+        span = FUSED_SPAN if long else width
+        while s0 < j1:
+            fused = fuse and s0 >= buffered
+            s1 = min(j1, s0 + (span if fused else width))
+            if srows is not None and s1 > summed:
+                _rows_sum(X, srows, sweights, sout, summed, s1 - summed, sums)
+                summed = s1
+            if fused:
+                lines = 0  # the next span's lines, prefetched during the tiles
+                if s1 < j1 and not long:
+                    lines = (min(width, j1 - s1) + _LINE - 1) // _LINE
+                if _fused_span(X, sub, place, centre, s0, s1, acc, dots, msq, part, dpart,
+                               Xf, d, lines, long):
+                    s0 = s1
+                    continue
+                buffered = s1
+                found = False
+            s1 = min(j1, s0 + width)  # a span of the buffer
             lines = 0
             if s1 < j1:
                 lines = (min(width, j1 - s1) + _LINE - 1) // _LINE
-            if srows is not None:
-                _rows_sum(X, srows, sweights, sout, s0, s1 - s0, sums)
-            if fuse and _fused_span(
-                X, sub, place, centre, s0, s1, acc, dots, msq, part, dpart, Xf, d, lines
-            ):
-                continue
             if sub.shape[0] < na:
                 _buffer_span_of(X, sub, place, centre, s0, s1, m, C, acc, dots, msq, flags,
                                 Xf, d, lines)
             else:
                 _centre_span(X, rows, centre, use_centre, s0, s1, m, C, dots, msq, flags)
                 _buffer_tiles(C, na, s1 - s0, acc, Xf, rows, s1, d, lines)
+            s0 = s1
             if use_centre:
                 # A row holding a non-finite value is bad for the whole matrix (the caller
                 # reads none of its entries): the later spans leave out the rows flagged so
                 # far (NaN rows, an attack: fewer products; centred in the tiles, a NaN row
-                # would fail every span, each one then taken twice). Where the fused tiles
-                # failed and no row was flagged (an overflow, a centre that is not finite),
-                # the rest of the block goes through the buffer.
+                # would fail every fused span, each one then taken twice). Once the buffer
+                # has taken a failed fused span again: where it flagged no row (an overflow,
+                # a centre that is not finite), the rest of the block goes through the buffer.
                 count = 0
                 for t in range(na):
                     count += flags[t]
-                fuse = fuse and count > flagged and count < na
                 if count > flagged and count < na:
                     place = np.flatnonzero(~flags[:na])
                     sub = rows[place]
+                found = found or count > flagged
                 flagged = count
+                if fuse and s0 >= buffered:
+                    fuse = found and count < na
 
     @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
     def _centre_into(X, rows, centre, use_centre, j0, j1, C, dots, msq, flags):

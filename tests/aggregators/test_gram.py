@@ -637,7 +637,9 @@ def _block_stats(X, rows, centre, fuse):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("active", [1, 2, 4, 5, 10, 11, 24, 27, 28])
-@pytest.mark.parametrize("case", ["finite", "nan_row", "padding_row_nan", "overflow", "inf_centre"])
+@pytest.mark.parametrize(
+    "case", ["finite", "nan_row", "late_nan_row", "padding_row_nan", "overflow", "inf_centre"]
+)
 def test_rows_centred_in_the_tiles_match_the_buffer(dtype, active, case):
     """Up to ``FUSED_MAX_ROWS`` buffer rows the Gram pass on a given centre subtracts it in the
     tiles' registers (28 active rows: 30 buffer rows, the buffer path on both sides). Its
@@ -645,19 +647,26 @@ def test_rows_centred_in_the_tiles_match_the_buffer(dtype, active, case):
     few units of the input precision (the sums' order may differ); a span where a row holds a
     non-finite value, a product overflows or the centre is not finite goes through the buffer
     (flags, zeroed rows, the mean as centre), so flags and non-finite entries are the same. The
-    padding rows read the first active row: a NaN there must not reach the active entries."""
+    padding rows read the first active row: a NaN there must not reach the active entries. A
+    long fused span (``FUSED_SPAN``, up to ``LONG_SPAN_MAX_ROWS`` active rows) that fails is
+    taken again by the buffer's spans of 512; the fused spans go on after it without the rows
+    it flagged (a NaN in its first or a later buffer span), or the buffer takes the rest where
+    it flagged none (an overflow)."""
     rng = np.random.default_rng(active)
     lanes = _gram_kernel.LANES
-    d = 5 * lanes + 77  # spans of 512 coordinates and a partial one
+    span = _gram_kernel.FUSED_SPAN
+    d = 2 * span + 5 * lanes + 77  # two fused spans and a partial one
     X = (rng.standard_normal((active + 1, d)) + 20).astype(dtype)
     rows = np.arange(1, active + 1, dtype=np.int64)
     centre = X[0].copy()
-    if case == "nan_row":  # a middle row, in the first of three spans: two spans without it
+    if case == "nan_row":  # a middle row, in the first span: two fused spans without it
         X[(active + 1) // 2, 100] = np.nan
+    elif case == "late_nan_row":  # in the second fused span's third span of the buffer
+        X[(active + 1) // 2, span + 1100] = np.nan
     elif case == "padding_row_nan":  # the first active row, which the padding rows read
         X[1, 300:310] = np.nan
     elif case == "overflow":
-        X[1, 700] = 3e19 if dtype == np.float32 else 1e160  # finite, its square is not
+        X[1, span + 700] = 3e19 if dtype == np.float32 else 1e160  # finite, its square is not
     elif case == "inf_centre":
         centre[900] = np.inf
     fused = _block_stats(X, rows, centre, True)
@@ -681,18 +690,22 @@ def test_rows_centred_in_the_tiles_match_the_buffer(dtype, active, case):
         np.testing.assert_allclose(fused[1][good], plain[1][good], rtol=0, atol=tol)
         assert fused[2] == plain[2]
     assert fused[3][-1] == (case == "inf_centre")
-    nan_rows = {"nan_row": (active + 1) // 2 - 1, "padding_row_nan": 0}.get(case, -1)
+    middle = (active + 1) // 2 - 1
+    nan_rows = {"nan_row": middle, "late_nan_row": middle, "padding_row_nan": 0}.get(case, -1)
     assert fused[3][:-1].tolist() == [t == nan_rows for t in range(active)]
 
 
+@pytest.mark.parametrize("long", [False, True])
 @pytest.mark.parametrize("active", [1, 5, 25])
 @pytest.mark.parametrize("case", ["finite", "nan_row", "inf_centre"])
-def test_fused_span_adds_centred_products_or_changes_nothing(active, case):
-    """One span centred in the tiles' registers: on finite data it adds (x_i - m).(x_j - m)
-    to the upper triangle, (x_i - m).m to dots and |m|^2 to msq (against float64 loops);
-    where a row or the centre is not finite it returns False and leaves them as they were."""
+def test_fused_span_adds_centred_products_or_changes_nothing(active, case, long):
+    """One span centred in the tiles' registers (either kernel: the span in one run of each
+    tile, or ``long``, in sums of ``FUSED_TERMS`` coordinates): on finite data it adds
+    (x_i - m).(x_j - m) to the upper triangle, (x_i - m).m to dots and |m|^2 to msq (against
+    float64 loops); where a row or the centre is not finite it returns False and leaves them
+    as they were."""
     rng = np.random.default_rng(active)
-    w = 2 * _gram_kernel.LANES
+    w = _gram_kernel.FUSED_SPAN + 300  # sums of FUSED_TERMS coordinates and a partial one
     X = (rng.standard_normal((active + 1, w + 100)) + 5).astype(np.float32)
     rows = np.arange(1, active + 1, dtype=np.int64)
     centre = X[0].copy()
@@ -702,11 +715,12 @@ def test_fused_span_adds_centred_products_or_changes_nothing(active, case):
         centre[300] = -np.inf
     R = _gram_kernel.padded_rows(active)
     acc, dots, msq = np.full((R, R), 0.5), np.full(active, 0.25), np.full(1, 2.0)
-    part, dpart = np.zeros((R, R), np.float32), np.zeros(R, np.float32)
+    part, dpart = np.full((R, R), 7.0), np.full(R, 7.0)  # zeroed by the span
     before = acc.copy(), dots.copy(), msq.copy()
     place = np.arange(active)
     taken = _gram_kernel._fused_span(
-        X, rows, place, centre, 0, w, acc, dots, msq, part, dpart, X.reshape(-1), X.shape[1], 0
+        X, rows, place, centre, 0, w, acc, dots, msq, part, dpart, X.reshape(-1), X.shape[1], 0,
+        long,
     )
     assert taken == (case == "finite")
     if not taken:
