@@ -29,14 +29,13 @@ Small n (:func:`gram_blocks`): for each pass over ``tile_lanes(rows)`` coordinat
 
 On cores whose vector additions issue on pipes of their own (AMD Zen), up to ``FUSED_MAX_ROWS``
 buffer rows and on a given centre, steps 1 and 2 are one: the tiles load the rows themselves and
-subtract the centre in registers (:func:`_add_centred_tiles`; up to ``LONG_SPAN_MAX_ROWS``
-active rows each tile runs over a span of ``FUSED_SPAN`` coordinates and no software prefetch is
-issued, :func:`_add_centred_long_tiles`), a span with a non-finite value or an overflowing
-product going through the buffer as above (a long span in spans of the buffer's width, up to its
-end). On a given centre, either way, the
-later spans of a block leave out the rows flagged so far (the caller reads none of their
-entries): NaN rows, an attack, cost no products after the span that finds them
-(:func:`_buffer_span_of`).
+subtract the centre in registers (:func:`_add_centred_tiles`; up to ``LONG_SPAN_MAX_ROWS`` active
+rows in whole groups of 3 each tile runs over a span of ``FUSED_SPAN`` coordinates and no software
+prefetch is issued, :func:`_add_centred_long_tiles`), a span with a non-finite value or an
+overflowing product going through the buffer as above (a long span in spans of the buffer's width,
+up to its end). On a given centre, either way, the later spans of a block leave out the rows
+flagged so far (the caller reads none of their entries): NaN rows, an attack, cost no products
+after the span that finds them (:func:`_buffer_span_of`).
 
 A 3 x 3 tile keeps nine accumulators and six rows' values in registers and its inner loop
 vectorises across coordinates (512-bit vectors where the CPU has them, see :mod:`._simd`); the
@@ -125,22 +124,23 @@ BLAS_MIN_ROWS = 384
 # would issue 15 instead of 9 operations per step, which costs more than the centring saves.
 FUSED_MAX_ROWS = 27
 FUSED_CENTRING = separate_add_pipes()
-# Up to LONG_SPAN_MAX_ROWS active rows, the tiles that centre in registers take spans of
-# FUSED_SPAN coordinates without software prefetch (:func:`_add_centred_long_tiles`): each tile
-# reads its rows in runs of 16 KB, which the hardware prefetchers follow, and sums FUSED_TERMS
-# coordinates at a time in the input precision (the buffer path's float32 sums: 512
-# coordinates), adding those sums in float64. More rows keep spans of 512 with the next span
-# prefetched by software during the tiles (:func:`_add_centred_tiles`). Krum on the honest
-# input, float32, d = 1e7, one thread, the commit before and this one alternated twice on a
-# 2-core AMD EPYC (Zen 3): 10 rows 43.0-43.5 -> 39.0-39.7 ms, 13 rows 57.9-60.0 -> 53.4-58.2,
-# 25 rows unchanged (139.4-139.8 -> 138.4-139.7, the spans of 512). Long spans for every row
-# count took 10 rows 45.0 -> 39.2-40.6, but 17 rows 78.1-84.3 -> 85.7-89.2, 21 rows
-# 106.8-107.3 -> 115.1-117.3, 25 rows 137.3-140.2 -> 154.5-155.2 (spans of 1024 or 2048
-# there: 151-156); long spans whose float32 sums ran over the whole span (512 terms a lane,
-# eight times the buffer path's) took 25 rows 13.7 -> 12.4 ms per 1e6 coordinates in the pass
-# alone, not taken.
+# Up to LONG_SPAN_MAX_ROWS active rows, in whole groups of 3, the tiles that centre in
+# registers take spans of FUSED_SPAN coordinates without software prefetch
+# (:func:`_add_centred_long_tiles`): each tile reads its rows in runs of 16 KB, which the
+# hardware prefetchers follow, and sums FUSED_TERMS coordinates at a time in the input precision
+# (the buffer path's float32 sums: 512 coordinates), adding those sums in float64. Other row
+# counts keep spans of 512 with the next span prefetched by software during the tiles
+# (:func:`_add_centred_tiles`). `_gram_block` on a central row, float32, d = 1e6 from memory,
+# one thread, the commit before and this one alternated twice in one process on a 2-core AMD
+# EPYC (Zen 3), ms per 1e6 coordinates: 9 active rows 3.26 -> 2.80-2.83, 12 rows 4.32-4.33 ->
+# 3.99-4.06, 15 rows 6.52 -> 5.71-5.73; Krum on 10 x 1e7, end to end: 43.0-43.5 -> 39.0-39.7
+# ms. Long spans were slower from 16 rows (Krum at 17 x 1e7 78-84 -> 86-89 ms, 25 x 1e7
+# 137-140 -> 143-155; spans of 1024 or 2048 at 25 rows 151-156) and, with their one- or
+# two-row tiles, at 13 and 14 rows (Krum at 14 x 1e7 62.8-63.6 -> 67.0-69.6 ms); long spans
+# whose float32 sums ran over the whole span (512 terms a lane, eight times the buffer
+# path's) took 25 rows 13.7 -> 12.4 ms per 1e6 coordinates in the pass alone, not taken.
 FUSED_SPAN = 4096
-LONG_SPAN_MAX_ROWS = 12
+LONG_SPAN_MAX_ROWS = 15
 FUSED_TERMS = 512
 # Coordinates per chunk of the row statistics' accumulators.
 _SUM_LANES = 256
@@ -974,8 +974,8 @@ if njit is not None:
         buffered = j0
         found = False
         s0 = j0
-        # few rows: long fused spans, without software prefetch (see FUSED_SPAN)
-        long = na <= LONG_SPAN_MAX_ROWS
+        # few rows in whole groups of 3: long fused spans, no software prefetch (FUSED_SPAN)
+        long = na <= LONG_SPAN_MAX_ROWS and na % 3 == 0
         span = FUSED_SPAN if long else width
         while s0 < j1:
             fused = fuse and s0 >= buffered

@@ -636,7 +636,7 @@ def _block_stats(X, rows, centre, fuse):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("active", [1, 2, 4, 5, 10, 11, 24, 27, 28])
+@pytest.mark.parametrize("active", [1, 2, 3, 4, 5, 9, 10, 11, 12, 15, 24, 27, 28])
 @pytest.mark.parametrize(
     "case", ["finite", "nan_row", "late_nan_row", "padding_row_nan", "overflow", "inf_centre"]
 )
@@ -648,10 +648,10 @@ def test_rows_centred_in_the_tiles_match_the_buffer(dtype, active, case):
     non-finite value, a product overflows or the centre is not finite goes through the buffer
     (flags, zeroed rows, the mean as centre), so flags and non-finite entries are the same. The
     padding rows read the first active row: a NaN there must not reach the active entries. A
-    long fused span (``FUSED_SPAN``, up to ``LONG_SPAN_MAX_ROWS`` active rows) that fails is
-    taken again by the buffer's spans of 512; the fused spans go on after it without the rows
-    it flagged (a NaN in its first or a later buffer span), or the buffer takes the rest where
-    it flagged none (an overflow)."""
+    long fused span (``FUSED_SPAN``: 3, 9, 12, 15 active rows) that fails is taken again by the
+    buffer's spans of 512; the fused spans go on after it without the rows it flagged (a NaN in
+    its first or a later buffer span), or the buffer takes the rest where it flagged none (an
+    overflow)."""
     rng = np.random.default_rng(active)
     lanes = _gram_kernel.LANES
     span = _gram_kernel.FUSED_SPAN

@@ -108,14 +108,14 @@ def test_guess_on_threads_and_dtypes(dtype, threads, small_blocks, counts):
 @pytest.mark.parametrize("kind", ["gauss200", "nan"])
 def test_guess_written_over_long_fused_spans(kind, monkeypatch, counts):
     """Blocks of several long fused spans (``FUSED_SPAN``, up to ``LONG_SPAN_MAX_ROWS`` active
-    rows) and a partial one: the output written span by span has the unguessed bits, also
-    where NaN rows make the first span of a block fail and go through the buffer."""
+    rows in groups of 3) and a partial one: the output written span by span has the unguessed
+    bits, also where NaN rows make the first span of a block fail and go through the buffer."""
     span = _gram_kernel.FUSED_SPAN
     width = 2 * span + 1024  # the columns of a block
     monkeypatch.setattr(_gram, "_KERNEL_BLOCK_ELEMENTS", N * width)
     monkeypatch.setattr(_gram, "_SAMPLE_MIN_ELEMENTS", 1)
     monkeypatch.setattr(_speculate, "GUESS_BUDGET", 1e6)
-    assert N - 1 <= _gram_kernel.LONG_SPAN_MAX_ROWS
+    assert N - 1 <= _gram_kernel.LONG_SPAN_MAX_ROWS and (N - 1) % 3 == 0
     g = torch.Generator().manual_seed(11)
     d = (_speculate.MIN_BLOCKS + 1) * width + 300
     X = 1.0 + torch.linspace(0.5, 2.0, N)[:, None] * torch.randn(N, d, generator=g)
