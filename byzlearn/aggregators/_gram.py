@@ -638,11 +638,10 @@ def _refinement(
     (:func:`cancellation_prone` on the lower medians of the good rows' squared norms and
     distances), the central row to centre a second pass on (:func:`._gram_finish.central_row`);
     else None. One compiled call for the distances, which the caller may keep."""
-    bad_np = bad.cpu().numpy()
-    D, scale_g, scale_d = _gram_finish.distances(_float64_numpy(G), bad_np)
+    D, scale_g, scale_d = _distances(G, bad)
     if not cancellation_prone(scale_g, scale_d, dtype):
         return D, None
-    return D, _gram_finish.central_row(D, bad_np)
+    return D, _gram_finish.central_row(D, bad.cpu().numpy())
 
 
 def _float64_numpy(G: torch.Tensor) -> np.ndarray:
@@ -732,14 +731,15 @@ def central_row_of_sample(S: torch.Tensor) -> int | None:
     bad = gram.bad.numpy()
     if bad.all():
         return None
-    D = small[1]["sqdist"].numpy() if small is not None else _distances(gram)[0]
+    D = small[1]["sqdist"].numpy() if small is not None else _distances(gram.aug, gram.bad)[0]
     return _gram_finish.central_row(D, bad)
 
 
-def _distances(gram: BaseGram) -> tuple[np.ndarray, float, float]:
-    """The squared distances of a pass's base rows (as :meth:`Inputs.sqdist`) and the two
-    medians of its precision check (:func:`._gram_finish.distances`)."""
-    return _gram_finish.distances(_float64_numpy(gram.aug), gram.bad.cpu().numpy())
+def _distances(G: torch.Tensor, bad: torch.Tensor) -> tuple[np.ndarray, float, float]:
+    """The squared distances of the rows whose centred Gram matrix is G (its first ``len(bad)``
+    rows and columns; as :meth:`Inputs.sqdist`) and the two medians of the precision check
+    (:func:`._gram_finish.distances`)."""
+    return _gram_finish.distances(_float64_numpy(G), bad.cpu().numpy())
 
 
 @dataclass
@@ -785,7 +785,7 @@ class Inputs:
             # (an output written in the first pass does not depend on the centre)
             again = base_gram(X, centre_row=refined, max_missing=max_missing)
             gram = replace(again, speculation=gram.speculation)
-            D = _distances(gram)[0]
+            D = _distances(gram.aug, gram.bad)[0]
         return cls(X=X, gram=gram, _cache={"sqdist": torch.from_numpy(D)})
 
     # --- shape and validity -------------------------------------------------------------

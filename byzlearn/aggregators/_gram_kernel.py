@@ -979,24 +979,21 @@ if njit is not None:
         span = FUSED_SPAN if long else width
         while s0 < j1:
             fused = fuse and s0 >= buffered
-            s1 = min(j1, s0 + (span if fused else width))
-            if srows is not None and s1 > summed:
-                _rows_sum(X, srows, sweights, sout, summed, s1 - summed, sums)
-                summed = s1
-            if fused:
-                lines = 0  # the next span's lines, prefetched during the tiles
-                if s1 < j1 and not long:
-                    lines = (min(width, j1 - s1) + _LINE - 1) // _LINE
-                if _fused_span(X, sub, place, centre, s0, s1, acc, dots, msq, part, dpart,
-                               Xf, d, lines, long):
-                    s0 = s1
-                    continue
-                buffered = s1
-                found = False
-            s1 = min(j1, s0 + width)  # a span of the buffer
-            lines = 0
+            s1 = min(j1, s0 + width)  # a span of the buffer (and of the fused tiles, but long)
+            end = min(j1, s0 + span) if fused else s1
+            if srows is not None and end > summed:
+                _rows_sum(X, srows, sweights, sout, summed, end - summed, sums)
+                summed = end
+            lines = 0  # the next span's lines, prefetched during the tiles (but long ones)
             if s1 < j1:
                 lines = (min(width, j1 - s1) + _LINE - 1) // _LINE
+            if fused:
+                if _fused_span(X, sub, place, centre, s0, end, acc, dots, msq, part, dpart,
+                               Xf, d, 0 if long else lines, long):
+                    s0 = end
+                    continue
+                buffered = end
+                found = False
             if sub.shape[0] < na:
                 _buffer_span_of(X, sub, place, centre, s0, s1, m, C, acc, dots, msq, flags,
                                 Xf, d, lines)
