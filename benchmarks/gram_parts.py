@@ -13,8 +13,8 @@ matters), the pass centred on row 0 as after the library's choice of a central r
 - ``floor``: ``X.sum()``, one streaming read of the input;
 - ``pass``: ``_gram_kernel.gram_blocks`` over the whole input (the data comes from memory);
 - ``pass, buffer``: the same with every span centred into the buffer and read back, where the
-  library centres the rows in the tiles' registers (up to ``FUSED_MAX_ROWS`` buffer rows on
-  cores with separate addition pipes, ``FUSED_CENTRING``): the two are the same elsewhere;
+  library centres the rows in the tiles' registers (up to ``FUSED_MAX_ROWS`` buffer rows,
+  ``FUSED_CENTRING``): the two are the same beyond;
 - ``pass, hot``: the same number of coordinates, but passes over a slice of the input that
   stays in the L2 cache (``--hot-kib`` of it; the kernel of one block, ``_gram_block``, called
   from a compiled loop), so no memory stall can show: if it is as slow as ``pass``, the pass is
@@ -162,7 +162,7 @@ def _through_buffer(gk, X, blocks, rows) -> None:
     """The pass with every span centred into the buffer, wherever the library would centre
     in the tiles' registers."""
     saved = gk.FUSED_CENTRING
-    gk.FUSED_CENTRING = False
+    gk.FUSED_CENTRING = gk.BUFFER
     try:
         gk.gram_blocks(X, blocks, X[0], 1, rows)
     finally:

@@ -27,11 +27,12 @@ Small n (:func:`gram_blocks`): for each pass over ``tile_lanes(rows)`` coordinat
    products (it does at 25 rows; from about 50 rows on, where the tiles load from L2, hardly:
    see docs/aggregators.md).
 
-On cores whose vector additions issue on pipes of their own (AMD Zen), up to ``FUSED_MAX_ROWS``
-buffer rows and on a given centre, steps 1 and 2 are one: the tiles load the rows themselves and
-subtract the centre in registers (:func:`_add_centred_tiles`; up to ``LONG_SPAN_MAX_ROWS`` active
-rows in whole groups of 3 each tile runs over a span of ``FUSED_SPAN`` coordinates and no software
-prefetch is issued, :func:`_add_centred_long_tiles`), a span with a non-finite value or an
+Up to ``FUSED_MAX_ROWS`` buffer rows and on a given centre, steps 1 and 2 are one: the tiles
+load the rows themselves and subtract the centre in registers (:func:`_add_centred_tiles`; on
+cores whose vector additions issue on pipes of their own (AMD Zen), up to
+``LONG_SPAN_MAX_ROWS`` active rows in whole groups of 3, each tile runs over a span of
+``FUSED_SPAN`` coordinates and no software prefetch is issued, :func:`_add_centred_long_tiles`),
+a span with a non-finite value or an
 overflowing product going through the buffer as above (a long span in spans of the buffer's width,
 up to its end). On a given centre, either way, the later spans of a block leave out the rows
 flagged so far (the caller reads none of their entries): NaN rows, an attack, cost no products
@@ -71,7 +72,7 @@ try:  # numba is a dependency, but keep a working fallback if it cannot load
 except ImportError:  # pragma: no cover
     njit = None  # type: ignore[assignment]
 
-from byzlearn.aggregators._simd import separate_add_pipes
+from byzlearn.aggregators._simd import separate_add_pipes, sum_columns
 
 LANES = 256
 TILE = 3
@@ -119,11 +120,21 @@ BLAS_MIN_ROWS = 384
 # d = 1e6, 5 rows 1.86 -> 1.43 floors, 16 rows 2.69 -> 2.18, 20 rows 2.68 -> 2.59, 25 rows
 # 2.78 -> 2.70, but 30 rows 2.98 -> 3.12 and 40 rows 3.30 -> 3.78 (each tile then reads rows
 # 4 MB apart, one page each, where the buffer is a few pages); d = 1e7: 10 rows 2.12 -> 1.68,
-# 25 rows 2.77 -> 2.65. Only on cores with separate addition pipes (:func:`._simd.
-# separate_add_pipes`): where the subtractions take the multiply-adds' ports (Intel), the tiles
-# would issue 15 instead of 9 operations per step, which costs more than the centring saves.
+# 25 rows 2.77 -> 2.65. On an AVX-512 Xeon, where the subtractions take the multiply-adds'
+# ports (15 instead of 9 operations per step of a tile), it is faster too (the same A/B,
+# spans of 512, the centre row not among the active rows; the same bits): d = 1e6, 10 rows
+# 1.82-1.94 -> 1.56-1.77 floors, 13 rows 2.00-2.40 -> 1.69-1.87, 16 rows 2.32-2.47 ->
+# 2.01-2.14, 20 rows 3.21-3.39 -> 2.48-2.73, 25 rows 2.06-2.15 -> 1.92-2.05, 28 rows 2.10-2.19
+# -> 1.98-2.00; d = 1e7, 25 rows 1.64-1.71 -> 1.49-1.60, 13 and 16 rows the same (1.31-1.46
+# against 1.29-1.41), 10 rows 1.24-1.30 -> 1.32-1.38. So every host centres in registers
+# (``FUSED``); the long spans below only on cores with separate addition pipes
+# (:func:`._simd.separate_add_pipes`, ``FUSED_LONG``): on the Xeon they were slower from
+# memory (d = 1e7: 10 rows 1.32-1.36 -> 1.35-1.41, 13 rows 1.29-1.33 -> 1.49-1.77, 16 rows
+# 1.30-1.41 -> 1.72-1.79 floors).
 FUSED_MAX_ROWS = 27
-FUSED_CENTRING = separate_add_pipes()
+# ``_gram_block``'s ``fuse``: the buffer, fused spans of the buffer's width, or long ones too.
+BUFFER, FUSED, FUSED_LONG = 0, 1, 2
+FUSED_CENTRING = FUSED_LONG if separate_add_pipes() else FUSED
 # Up to LONG_SPAN_MAX_ROWS active rows, in whole groups of 3, the tiles that centre in
 # registers take spans of FUSED_SPAN coordinates without software prefetch
 # (:func:`_add_centred_long_tiles`): each tile reads its rows in runs of 16 KB, which the
@@ -144,6 +155,8 @@ LONG_SPAN_MAX_ROWS = 15
 FUSED_TERMS = 512
 # Coordinates per chunk of the row statistics' accumulators.
 _SUM_LANES = 256
+# Fewest coordinates per thread of the weighted sum (16 chunks of 4096).
+_SUM_MIN_COLUMNS_PER_THREAD = 1 << 16
 # On AMD's Zen cores the row statistics take one chunk per pass and the largest magnitude as an
 # unsigned integer maximum of the bit patterns (:func:`_row_stats_by_chunk`; the same bits):
 # one read of 25 x 1e7 float32 values, one thread, in one process against X.sum() in turns on a
@@ -153,14 +166,6 @@ _SUM_LANES = 256
 # select; one chunk per pass with that select took 2.8 floors, four with the integer maximum
 # 2.1-2.2. Elsewhere (not measured on this change) the four-chunk pass stays.
 ROW_STATS_BY_CHUNK = separate_add_pipes()
-# Coordinates per chunk of the weighted sum: its float64 accumulator (32 KB) stays in L1, four
-# rows are added per load and store of it, and each row is read in runs of 16 KB that the
-# hardware prefetchers follow. Measured on a 2-core AMD EPYC (Zen 3, AVX2), one thread, 25 rows
-# of 1e7 float32, A/B in one process against X.sum() in turns: the earlier kernel (chunks of
-# 256, one row per pass, the next chunk prefetched by software) 2.1-2.3 floors; four rows per
-# pass in chunks of 1024, 2048, 4096, 8192: 1.25, 1.10, 1.01, 1.08 floors; software prefetch
-# of the next chunk added 0.15-0.2 floors at every size; torch's w @ X 1.6-1.7.
-_WSUM_COLUMNS = 4096
 # Float32 values per cache line: the prefetch stride (float64 rows prefetch every other line
 # twice, harmlessly).
 _LINE = 16
@@ -938,26 +943,28 @@ if njit is not None:
         flags[-1] |= fsub[-1]
 
     @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
-    def _gram_block(X, rows, centre, use_centre, j0, j1, acc, dots, msq, flags, C, fuse=False,
+    def _gram_block(X, rows, centre, use_centre, j0, j1, acc, dots, msq, flags, C, mode=BUFFER,
                     srows=None, sweights=None, sout=None):  # pragma: no cover (compiled)
         """Add the block ``j0:j1``'s centred statistics of the active ``rows`` to acc (upper 3 x 3
         or 4 x 4 tiles), dots (``c_t . m``) and msq[0] (``|m|^2``); flags[t] for active rows
         holding a non-finite value, flags[-1] when the given centre is not finite somewhere.
         ``C`` is the (padded rows x tile width) buffer, 64-byte aligned (see
-        :func:`aligned_zeros`). ``fuse``: on a given centre, up to ``FUSED_MAX_ROWS`` buffer rows,
-        centre the rows in the tiles' registers (:func:`_fused_span`) wherever a span allows it
-        (the caller passes ``FUSED_CENTRING``); after a span that does not, on without the rows
-        flagged so far (the entries of a flagged row are not read), or through the buffer for
-        the rest of the block where none was flagged. ``srows`` (with ``sweights``, ``sout``):
-        also write ``sum_t sweights[t] X[srows[t]]`` into ``sout[j0:j1]``, span by span while
-        the span is in the cache (:func:`_rows_sum`: the bits of :func:`weighted_sum`)."""
+        :func:`aligned_zeros`). ``mode`` ``FUSED`` or ``FUSED_LONG`` (the caller passes
+        ``FUSED_CENTRING``): on a given centre, up to ``FUSED_MAX_ROWS`` buffer rows, centre the
+        rows in the tiles' registers (:func:`_fused_span`; with ``FUSED_LONG`` in long spans
+        where the active rows allow) wherever a span allows it; after a span that does not, on
+        without the rows flagged so far (the entries of a flagged row are not read), or
+        through the buffer for the rest of the block where none was flagged. ``srows`` (with
+        ``sweights``, ``sout``): also write ``sum_t sweights[t] X[srows[t]]`` into
+        ``sout[j0:j1]``, span by span while the span is in the cache (:func:`_rows_sum`: the
+        bits of :func:`weighted_sum`)."""
         wide()
         d = X.shape[1]
         Xf = X.reshape(-1)
         width = C.shape[1]
         m = np.zeros(width, dtype=X.dtype)  # the centres of the pass's chunks, side by side
         R = C.shape[0]
-        fuse = fuse and use_centre and R <= FUSED_MAX_ROWS and rows.shape[0] > 0
+        fuse = mode != BUFFER and use_centre and R <= FUSED_MAX_ROWS and rows.shape[0] > 0
         # (the fused tiles' flag: after a span they could not take, only where that span
         # flagged new rows)
         part = np.zeros((R, R))  # a fused span's sums (float64)
@@ -975,7 +982,7 @@ if njit is not None:
         found = False
         s0 = j0
         # few rows in whole groups of 3: long fused spans, no software prefetch (FUSED_SPAN)
-        long = na <= LONG_SPAN_MAX_ROWS and na % 3 == 0
+        long = mode == FUSED_LONG and na <= LONG_SPAN_MAX_ROWS and na % 3 == 0
         span = FUSED_SPAN if long else width
         while s0 < j1:
             fused = fuse and s0 >= buffered
@@ -1069,14 +1076,14 @@ if njit is not None:
             o[k] = acc[k]
 
     @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
-    def _weighted_sum(X, rows, weights, out, b0, b1, end):  # pragma: no cover (compiled)
-        """out[j] = sum_t weights[t] X[rows[t], j] for the chunks b0..b1-1 of
-        ``_WSUM_COLUMNS`` coordinates below ``end`` (:func:`_rows_sum`)."""
+    def _weighted_sum(X, rows, weights, out, b0, b1, end, cols):  # pragma: no cover (compiled)
+        """out[j] = sum_t weights[t] X[rows[t], j] for the chunks b0..b1-1 of ``cols``
+        coordinates below ``end`` (:func:`_rows_sum`)."""
         wide()
-        acc = np.zeros(_WSUM_COLUMNS)
+        acc = np.zeros(cols)
         for b in range(b0, b1):
-            k0 = b * _WSUM_COLUMNS
-            _rows_sum(X, rows, weights, out, k0, min(_WSUM_COLUMNS, end - k0), acc)
+            k0 = b * cols
+            _rows_sum(X, rows, weights, out, k0, min(cols, end - k0), acc)
 
     @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
     def _row_stats(X, r0, r1, sq, largest, cols, starts, signs):  # pragma: no cover (compiled)
@@ -1369,9 +1376,13 @@ def weighted_sum(
         out = np.empty(X.shape[1], dtype=X.dtype)
     rows = np.ascontiguousarray(rows, dtype=np.int64)
     weights = np.ascontiguousarray(weights, dtype=np.float64)
-    chunks = -(-d // _WSUM_COLUMNS)
+    cols = sum_columns(rows.shape[0])  # the chunks' width, for this host (same bits)
+    chunks = -(-d // cols)
     in_parallel(
-        lambda b0, b1: _weighted_sum(X, rows, weights, out, b0, b1, d), chunks, threads, 16
+        lambda b0, b1: _weighted_sum(X, rows, weights, out, b0, b1, d, cols),
+        chunks,
+        threads,
+        _SUM_MIN_COLUMNS_PER_THREAD // cols,
     )
     return out
 

@@ -150,10 +150,10 @@ if njit is not None:
         dots = np.zeros(n)
         msq = np.zeros(1)
         flags = np.zeros(n + 1, dtype=np.bool_)
-        # (``fuse`` passed, as gram_blocks does: the same compiled specialisation of the
+        # (``mode`` passed, as gram_blocks does: the same compiled specialisation of the
         # kernel, so the same vectorised loops and the same bits as the general pass)
         _gram_kernel._gram_block(X, rows, no_centre, False, 0, X.shape[1], acc, dots, msq,
-                                 flags, C, False)
+                                 flags, C, _gram_kernel.BUFFER)
         bad = flags[:n]  # rows holding a non-finite value; _finish adds none (it only reads)
         aug = np.empty((n + 1, n + 1))
         D = np.empty((n, n))

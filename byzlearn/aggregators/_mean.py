@@ -4,7 +4,7 @@
 (the caller then takes its NaN-aware path: the selection kernel's ``MEAN`` for ``average``, a
 ``nanmean`` for the attacks' honest mean). On the CPU, for float32 and float64, one numba pass
 accumulates the column sums in float64, the rows in order, four per load and store of the sums,
-in blocks of ``_MEAN_COLUMNS`` coordinates so that the sums stay in L1 (large matrices on
+in blocks of coordinates whose sums stay in L1 (:func:`._simd.sum_columns`; large matrices on
 ``torch.get_num_threads()`` threads, ranges of blocks each: the same bits); the finiteness test
 reads the sums, not the matrix again (a non-finite value makes its column's float64 sum
 non-finite: float32 values cannot overflow a float64 sum of fewer than 10^200 rows, and a float64
@@ -29,11 +29,11 @@ import torch
 
 from byzlearn.aggregators import _memory
 from byzlearn.aggregators._device import kernel_input
+from byzlearn.aggregators._simd import sum_columns
 from byzlearn.aggregators._threads import in_parallel
 
 _COLUMNS = 1024  # coordinates per block of the standard deviation: 8 KiB of float64 sums
-_MEAN_COLUMNS = 4096  # of the mean: 32 KiB of sums, each row read in runs of 16 KiB (float32)
-_MEAN_MIN_BLOCKS_PER_THREAD = 16  # 64 K coordinates: below that one thread
+_MEAN_MIN_COLUMNS_PER_THREAD = 1 << 16  # below that one thread
 
 try:
     from numba import njit
@@ -52,13 +52,14 @@ def mean_of_rows(X: torch.Tensor) -> torch.Tensor | None:
     Xn = X.detach().numpy()
     out = _memory.empty(X.shape[1], dtype=X.dtype)
     o = out.numpy()
-    blocks = -(-X.shape[1] // _MEAN_COLUMNS)
+    cols = sum_columns(X.shape[0])  # coordinates per block, for this host (the same bits)
+    blocks = -(-X.shape[1] // cols)
     finite: list[bool] = []  # one answer per range of blocks
     in_parallel(
-        lambda b0, b1: finite.append(_mean_kernel(Xn, o, b0, b1)),
+        lambda b0, b1: finite.append(_mean_kernel(Xn, o, b0, b1, cols)),
         blocks,
         torch.get_num_threads(),
-        _MEAN_MIN_BLOCKS_PER_THREAD,
+        _MEAN_MIN_COLUMNS_PER_THREAD // cols,
     )
     return out if all(finite) else None
 
@@ -88,18 +89,17 @@ if njit is not None:
             r += 1
 
     @njit(boundscheck=False, cache=True, nogil=True)
-    def _mean_kernel(X, out, b0, b1):  # pragma: no cover (compiled)
+    def _mean_kernel(X, out, b0, b1, cols):  # pragma: no cover (compiled)
         """out = the float64 column sums of X divided by n, rounded to out's dtype, over the
-        blocks b0..b1-1 of ``_MEAN_COLUMNS`` coordinates; False (at once, out then partly
-        written) when a sum is not finite. Rows are added in order, four per pass over a
-        block."""
+        blocks b0..b1-1 of ``cols`` coordinates; False (at once, out then partly written) when
+        a sum is not finite. Rows are added in order, four per pass over a block."""
         wide()
         n, d = X.shape
-        sums = np.empty(min(d, _MEAN_COLUMNS))
+        sums = np.empty(min(d, cols))
         bad = 0
         for b in range(b0, b1):
-            j0 = b * _MEAN_COLUMNS
-            j1 = min(d, j0 + _MEAN_COLUMNS)
+            j0 = b * cols
+            j1 = min(d, j0 + cols)
             w = j1 - j0
             _column_sums(X, j0, j1, sums)
             block = out[j0:j1]

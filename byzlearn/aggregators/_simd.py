@@ -20,6 +20,7 @@ missing, so a numba/llvmlite upgrade can only cost speed, never correctness.
 from __future__ import annotations
 
 import contextlib
+import functools
 
 try:
     from llvmlite import ir
@@ -40,6 +41,32 @@ def _named_cpu() -> str | None:
 
     name = getattr(config, "CPU_NAME", None)
     return None if name is None or name == "host" else str(name)
+
+
+# Fewest rows for which the row sums take long chunks on every host (see :func:`sum_columns`).
+_LONG_CHUNK_ROWS = 33
+
+
+def sum_columns(rows: int) -> int:
+    """Coordinates per chunk of the compiled sums of rows (the mean, the weighted sum): 4096
+    (32 KB of float64 sums, each row read in runs of 16 KB of float32 that the hardware
+    prefetchers follow) on AMD's Zen cores (:func:`separate_add_pipes`) and from 33 rows on; 512
+    for fewer rows elsewhere. One thread, the same bits whatever the chunk, in one process
+    against ``X.sum()`` in turns, floors: on a 2-core AMD EPYC (Zen 3), the weighted sum of 25
+    rows of 1e7 float32 values 1.25, 1.10, 1.01, 1.08 with chunks of 1024, 2048, 4096, 8192; on
+    an AVX-512 Xeon (48 KB L1, 2 MB L2), chunks of 512 against 4096: the weighted sum of 10 rows
+    of 1e6 (L3) 1.08 against 1.35, of 20 of 25 rows of 1e6 1.05 against 1.23, of 20 of 25 rows
+    of 1e7 1.14 against 1.21, of 80 of 100 rows of 1e6 1.17 against 1.11 (2048: 1.11); the mean
+    of 10 rows of 1e6 1.42 against 1.60, of 25 rows 1.19 against 1.33 (1e6) and 1.21 (1e7), of
+    100 rows 1.25 against 1.15."""
+    if rows >= _LONG_CHUNK_ROWS or _zen():
+        return 4096
+    return 512
+
+
+@functools.cache
+def _zen() -> bool:
+    return separate_add_pipes()
 
 
 def vector_bytes() -> int:

@@ -625,13 +625,14 @@ def test_central_row_of_sample_matches_the_general_pass(case, n):
     assert _gram.central_row_of_sample(S) == expected
 
 
-def _block_stats(X, rows, centre, fuse):
-    """``_gram_block`` over all of X's columns: (acc, dots, msq, flags)."""
+def _block_stats(X, rows, centre, mode):
+    """``_gram_block`` over all of X's columns in ``mode`` (BUFFER, FUSED, FUSED_LONG): (acc,
+    dots, msq, flags)."""
     R = _gram_kernel.padded_rows(rows.size)
     acc, dots, msq = np.zeros((R, R)), np.zeros(rows.size), np.zeros(1)
     flags = np.zeros(rows.size + 1, dtype=np.bool_)
     C = _gram_kernel.aligned_zeros((R, _gram_kernel.tile_lanes(R)), X.dtype)
-    _gram_kernel._gram_block(X, rows, centre, True, 0, X.shape[1], acc, dots, msq, flags, C, fuse)
+    _gram_kernel._gram_block(X, rows, centre, True, 0, X.shape[1], acc, dots, msq, flags, C, mode)
     return acc, dots, msq[0], flags
 
 
@@ -640,7 +641,8 @@ def _block_stats(X, rows, centre, fuse):
 @pytest.mark.parametrize(
     "case", ["finite", "nan_row", "late_nan_row", "padding_row_nan", "overflow", "inf_centre"]
 )
-def test_rows_centred_in_the_tiles_match_the_buffer(dtype, active, case):
+@pytest.mark.parametrize("mode", ["FUSED", "FUSED_LONG"])
+def test_rows_centred_in_the_tiles_match_the_buffer(dtype, active, case, mode):
     """Up to ``FUSED_MAX_ROWS`` buffer rows the Gram pass on a given centre subtracts it in the
     tiles' registers (28 active rows: 30 buffer rows, the buffer path on both sides). Its
     products are those of the rows centred into the buffer and read back, in float64 within a
@@ -651,7 +653,7 @@ def test_rows_centred_in_the_tiles_match_the_buffer(dtype, active, case):
     long fused span (``FUSED_SPAN``: 3, 9, 12, 15 active rows) that fails is taken again by the
     buffer's spans of 512; the fused spans go on after it without the rows it flagged (a NaN in
     its first or a later buffer span), or the buffer takes the rest where it flagged none (an
-    overflow)."""
+    overflow). Both fused modes, whichever the host takes (``FUSED_CENTRING``)."""
     rng = np.random.default_rng(active)
     lanes = _gram_kernel.LANES
     span = _gram_kernel.FUSED_SPAN
@@ -669,8 +671,8 @@ def test_rows_centred_in_the_tiles_match_the_buffer(dtype, active, case):
         X[1, span + 700] = 3e19 if dtype == np.float32 else 1e160  # finite, its square is not
     elif case == "inf_centre":
         centre[900] = np.inf
-    fused = _block_stats(X, rows, centre, True)
-    plain = _block_stats(X, rows, centre, False)
+    fused = _block_stats(X, rows, centre, getattr(_gram_kernel, mode))
+    plain = _block_stats(X, rows, centre, _gram_kernel.BUFFER)
     np.testing.assert_array_equal(fused[3], plain[3])  # the same rows flagged
     # a flagged row is bad for the whole matrix: after the span that flags it the fused spans
     # go on without it, so only the other rows' entries are read (and compared)
@@ -742,8 +744,8 @@ def test_no_active_row_takes_the_buffer():
     would read a row that is not there); only |m|^2 is summed."""
     X = np.arange(3 * 600, dtype=np.float32).reshape(3, 600)
     empty = np.empty(0, dtype=np.int64)
-    for fuse in (True, False):
-        acc, dots, msq, flags = _block_stats(X, empty, X[1].copy(), fuse)
+    for mode in (_gram_kernel.FUSED_LONG, _gram_kernel.FUSED, _gram_kernel.BUFFER):
+        acc, dots, msq, flags = _block_stats(X, empty, X[1].copy(), mode)
         assert not acc.any() and dots.size == 0 and not flags.any()
         np.testing.assert_allclose(msq, float((X[1].astype(np.float64) ** 2).sum()), rtol=1e-6)
 
@@ -753,8 +755,8 @@ def test_no_active_row_takes_the_buffer():
     [("znver3", True), ("znver4", True), ("skylake-avx512", False), ("generic", False)],
 )
 def test_separate_add_pipes_names_the_zen_cores(cpu, expected, monkeypatch):
-    """Centring in the tiles' registers pays where subtractions issue beside the multiply-adds:
-    AMD's Zen cores, by LLVM's name of the CPU numba compiles for (``NUMBA_CPU_NAME``)."""
+    """The long fused spans pay where subtractions issue beside the multiply-adds: AMD's Zen
+    cores, by LLVM's name of the CPU numba compiles for (``NUMBA_CPU_NAME``)."""
     from numba import config
 
     from byzlearn.aggregators import _simd
@@ -763,7 +765,7 @@ def test_separate_add_pipes_names_the_zen_cores(cpu, expected, monkeypatch):
     assert _simd.separate_add_pipes() is expected
 
 
-@pytest.mark.parametrize("fuse", [False, True])
+@pytest.mark.parametrize("fuse", ["BUFFER", "FUSED", "FUSED_LONG"])
 @pytest.mark.parametrize("active", [5, 24, 40, 130])
 def test_flagged_rows_leave_the_later_spans(active, fuse):
     """Rows found holding a non-finite value (here in the first span) are bad for the whole
@@ -780,7 +782,7 @@ def test_flagged_rows_leave_the_later_spans(active, fuse):
     X[rows[bad[0]], 5] = np.nan
     X[rows[bad[1]], 7:9] = np.inf
     X[rows[bad[2]], :] = np.nan  # a whole NaN row
-    acc, dots, _, flags = _block_stats(X, rows, centre, fuse)
+    acc, dots, _, flags = _block_stats(X, rows, centre, getattr(_gram_kernel, fuse))
     assert flags[:-1].tolist() == [t in bad for t in range(active)] and not flags[-1]
     good = np.array([t for t in range(active) if t not in bad])
     U = X[rows[good]].astype(np.float64) - centre.astype(np.float64)

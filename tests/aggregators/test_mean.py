@@ -73,10 +73,15 @@ def test_other_paths_agree_with_the_kernel() -> None:
     assert half is not None and half.dtype == torch.float16
 
 
+@pytest.mark.parametrize("cols", [512, 4096])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_large_matrices_on_threads_give_the_same_bits(threads: int) -> None:
-    """Large matrices are split into ranges of blocks, one per thread: the same float64 mean
-    rounded once, and ``None`` for a non-finite value in any range."""
+def test_large_matrices_on_threads_give_the_same_bits(threads: int, cols: int, monkeypatch) -> None:
+    """Large matrices are split into ranges of blocks, one per thread, at either block width
+    (``_simd.sum_columns``: it depends on the host and the rows): the same float64 mean rounded
+    once, and ``None`` for a non-finite value in any range."""
+    from byzlearn.aggregators import _mean
+
+    monkeypatch.setattr(_mean, "sum_columns", lambda rows: cols)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

@@ -970,3 +970,53 @@ def test_vector_bytes_follows_the_cpu_numba_compiles_for(monkeypatch):
     monkeypatch.setattr(config, "CPU_NAME", "skylake-avx512")
     monkeypatch.setattr(config, "CPU_FEATURES", "+avx2,+avx512f")
     assert _simd.vector_bytes() == 64
+
+
+def test_prefetch_rule_of_the_plans():
+    """The grouped kernel prefetches the next group from 3 groups up to 256 rows (the range
+    where it was measured faster), not for one network or two groups, nor beyond."""
+    from byzlearn.aggregators import _sortnet
+
+    assert not _sortnet.plan(25).ahead  # one network
+    assert not _sortnet.plan(50).ahead  # two groups
+    assert _sortnet.plan(75).ahead and _sortnet.plan(100).ahead and _sortnet.plan(256).ahead
+    assert not _sortnet.plan(257).ahead and not _sortnet.plan(1000).ahead
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("n", [64, 100, 160])
+def test_prefetching_the_next_group_leaves_every_output_bit(n, dtype):
+    """The kernel with and without the prefetch of the next group (``ahead``), on a subset of
+    the rows, blocks split between calls as threads split them (the last block of each call
+    prefetches nothing), NaN, infinities and ties: the same outputs and short coordinates."""
+    from byzlearn.aggregators import _sortnet
+
+    gen = torch.Generator().manual_seed(77 + n)
+    d = 5 * sel.LANES + 19
+    X = torch.randn(n + 7, d, generator=gen, dtype=torch.float64)
+    X[:, ::5] = torch.randint(-2, 3, (n + 7, len(range(0, d, 5))), generator=gen).double()
+    special = torch.rand(n + 7, d, generator=gen)
+    X[special < 0.03] = math.nan
+    X[(special >= 0.03) & (special < 0.05)] = math.inf
+    X[3:, 11] = math.nan  # a coordinate too short for the statistics that drop values
+    Xn = X.to(dtype).numpy()
+    rows = np.sort(np.random.default_rng(n).choice(n + 7, size=n, replace=False)).astype(np.int64)
+    plan = _sortnet.plan(n)
+    big = np.array([np.inf], Xn.dtype)
+    kernel = _sortnet.kernel(plan.size)
+    blocks = plan.blocks(d)
+    for stat in STATS:
+        drop = 0 if stat in (sel.MEDIAN, sel.MEAN) else n // 5
+        min_k = needed(stat, drop)
+        exact_kinds, exact_table = _sortnet.exact_passes(n, _sortnet.read_positions(n, stat, drop))
+        results = []
+        for ahead in (False, True):
+            out = np.full(d, -7.0, dtype=Xn.dtype)
+            first_bad = np.full(blocks, -2, dtype=np.int64)
+            for b0, b1 in ((0, 2), (2, 3), (3, blocks)):
+                kernel(Xn, rows, big, stat, drop, min_k, out, first_bad, b0, b1, plan.starts,
+                       plan.slot, plan.wires, plan.pad, plan.kinds, plan.passes, exact_kinds,
+                       exact_table, plan.two_lists(stat, drop, min_k), ahead)
+            results.append((out.tobytes(), first_bad.tolist()))
+        assert results[0] == results[1], NAMES[stat]
+        assert results[1][1][0] == 11 or stat in (sel.MEDIAN, sel.MEAN)  # the short coordinate

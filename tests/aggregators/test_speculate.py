@@ -115,6 +115,7 @@ def test_guess_written_over_long_fused_spans(kind, monkeypatch, counts):
     monkeypatch.setattr(_gram, "_KERNEL_BLOCK_ELEMENTS", N * width)
     monkeypatch.setattr(_gram, "_SAMPLE_MIN_ELEMENTS", 1)
     monkeypatch.setattr(_speculate, "GUESS_BUDGET", 1e6)
+    monkeypatch.setattr(_gram_kernel, "FUSED_CENTRING", _gram_kernel.FUSED_LONG)  # any host
     assert N - 1 <= _gram_kernel.LONG_SPAN_MAX_ROWS and (N - 1) % 3 == 0
     g = torch.Generator().manual_seed(11)
     d = (_speculate.MIN_BLOCKS + 1) * width + 300

@@ -67,3 +67,29 @@ def test_a_nan_row_with_weight_spoils_only_the_output_it_enters() -> None:
     assert np.isnan(with_nan[4100]) and np.isfinite(np.delete(with_nan, 4100)).all()
     without = _gram_kernel.weighted_sum(X, np.array([0, 1, 3, 4]), np.full(4, 0.25), 1)
     assert np.array_equal(without, np.ones(5000, dtype=np.float32))
+
+
+@pytest.mark.parametrize("cols", [512, 4096])
+def test_every_chunk_width_gives_the_bits_of_the_row_order_sum(cols: int, monkeypatch) -> None:
+    """The chunk width depends on the host and the rows (``_simd.sum_columns``): at either
+    width, on threads and not, the float64 sum in row order, to the bit (a NaN row included)."""
+    monkeypatch.setattr(_gram_kernel, "sum_columns", lambda rows: cols)
+    rng = np.random.default_rng(cols)
+    X = rng.standard_normal((13, 3 * 4096 + 517)).astype(np.float32)
+    X[4, 100] = np.nan
+    rows = np.array([0, 2, 3, 4, 7, 8, 11], dtype=np.int64)
+    weights = rng.random(rows.size)
+    want = _reference(X, rows, weights)
+    for threads in (1, 2):
+        got = _gram_kernel.weighted_sum(X, rows, weights, threads)
+        assert got.tobytes() == want.tobytes()
+
+
+def test_chunk_width_rule(monkeypatch) -> None:
+    """512 coordinates for fewer than 33 rows off AMD's Zen cores, else 4096."""
+    from byzlearn.aggregators import _simd
+
+    monkeypatch.setattr(_simd, "_zen", lambda: False)
+    assert [_simd.sum_columns(r) for r in (1, 25, 32, 33, 100)] == [512, 512, 512, 4096, 4096]
+    monkeypatch.setattr(_simd, "_zen", lambda: True)
+    assert {_simd.sum_columns(r) for r in (1, 25, 100)} == {4096}
