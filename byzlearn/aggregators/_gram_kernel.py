@@ -132,7 +132,7 @@ BLAS_MIN_ROWS = 384
 # memory (d = 1e7: 10 rows 1.32-1.36 -> 1.35-1.41, 13 rows 1.29-1.33 -> 1.49-1.77, 16 rows
 # 1.30-1.41 -> 1.72-1.79 floors).
 FUSED_MAX_ROWS = 27
-# ``_gram_block``'s ``fuse``: the buffer, fused spans of the buffer's width, or long ones too.
+# ``_gram_block``'s ``mode``: the buffer, fused spans of the buffer's width, or long ones too.
 BUFFER, FUSED, FUSED_LONG = 0, 1, 2
 FUSED_CENTRING = FUSED_LONG if separate_add_pipes() else FUSED
 # Up to LONG_SPAN_MAX_ROWS active rows, in whole groups of 3, the tiles that centre in
