@@ -32,11 +32,11 @@ load the rows themselves and subtract the centre in registers (:func:`_add_centr
 cores whose vector additions issue on pipes of their own (AMD Zen), up to
 ``LONG_SPAN_MAX_ROWS`` active rows in whole groups of 3, each tile runs over a span of
 ``FUSED_SPAN`` coordinates and no software prefetch is issued, :func:`_add_centred_long_tiles`),
-a span with a non-finite value or an
-overflowing product going through the buffer as above (a long span in spans of the buffer's width,
-up to its end). On a given centre, either way, the later spans of a block leave out the rows
-flagged so far (the caller reads none of their entries): NaN rows, an attack, cost no products
-after the span that finds them (:func:`_buffer_span_of`).
+a span with a non-finite value or an overflowing product going through the buffer as above (a
+long span in spans of the buffer's width, up to its end). On a given centre, either way, the
+later spans of a block leave out the rows flagged so far (the caller reads none of their
+entries): NaN rows, an attack, cost no products after the span that finds them
+(:func:`_buffer_span_of`).
 
 A 3 x 3 tile keeps nine accumulators and six rows' values in registers and its inner loop
 vectorises across coordinates (512-bit vectors where the CPU has them, see :mod:`._simd`); the
