@@ -28,8 +28,9 @@ z from n and f as in the paper), ``nan`` (f rows of NaN).
 
 ``--scale-n``: n in {10, 25, 50, 100, 200, 500, 1000}, f = n / 5, d = 1e6 (1e5 from n = 500),
 honest input, one thread; coordinate-wise rules against the floor (target 3x), distance-based
-ones against the Gram's compute bound (n^2 d / 2 multiply-adds at the measured sgemm rate,
-printed) plus the floor (target 1.5x). See ``benchmarks/README.md``.
+ones against the Gram's compute bound (n^2 d / 2 multiply-adds at the sgemm rate, measured
+before each n, the best of the run; printed) plus the floor (target 1.5x). See
+``benchmarks/README.md``.
 """
 
 from __future__ import annotations
@@ -728,24 +729,28 @@ def syrk_rate(threads: int) -> float:
 
 
 def scale_n(args) -> list[list[str]]:
+    """The sweep's table rows. The sgemm and syrk rates are measured before each n and the
+    bounds use the best of the run (the machine's rate: one measurement at the start gave 85 G
+    in one run and 107 G in another of the same VM minutes apart, moving every distance-based
+    ratio by a quarter)."""
     import torch
 
     import byzlearn.aggregators as agg
 
-    torch.set_num_threads(args.threads[0])
-    rate = sgemm_rate(args.threads[0])
-    srate = syrk_rate(args.threads[0]) if DEVICE == "cpu" else math.nan
-    print(f"measured sgemm rate (torch): {rate / 1e9:.1f} G multiply-adds/s "
-          f"({2 * rate / 1e9:.0f} GFLOP/s); syrk (numpy's C @ C.T, useful multiply-adds): "
-          f"{srate / 1e9:.1f} G/s; {args.threads[0]} thread(s)", flush=True)
-    lines = []
+    threads = args.threads[0]
+    torch.set_num_threads(threads)
+    rates: list[float] = []  # sgemm, then syrk, measured before each n
+    srates: list[float] = []
+    timed_rows: list[tuple] = []
     for n in args.scale_values:
+        rates.append(sgemm_rate(threads))
+        srates.append(syrk_rate(threads) if DEVICE == "cpu" else math.nan)
+        print(f"  n={n}: sgemm {rates[-1] / 1e9:.1f} G multiply-adds/s, syrk "
+              f"{srates[-1] / 1e9:.1f} G/s", file=sys.stderr, flush=True)
         f = n // 5
         d = int(args.scale_d) if n < 500 else int(args.scale_d_large)
         X = make_inputs("honest", n, f, d, args.dtype, args.seed, DEVICE)
         compiled_read(X)
-        bound = n * n * d / 2 / rate
-        sbound = n * n * d / 2 / srate
         for rule in args.rules:
             if rule not in SCALE_RULES:
                 continue
@@ -758,8 +763,7 @@ def scale_n(args) -> list[list[str]]:
             try:
                 impl(X, f, **opts)
             except ValueError as exc:
-                lines.append([str(n), str(f), f"{d:.0e}".replace("+0", ""), rule, "-", "-", "-",
-                              "-", "-", "-", "-", f"ValueError: {exc}"[:60]])
+                timed_rows.append((n, f, d, rule, None, None, None, f"ValueError: {exc}"[:60]))
                 continue
             ours_s, floor_s, _, ratio, _, _ = paired(
                 lambda impl=impl, opts=opts, X=X, f=f: impl(X, f, **opts),
@@ -767,22 +771,39 @@ def scale_n(args) -> list[list[str]]:
                 args.repeats,
                 args.min_time,
             )
-            kind = kind_of(rule)
-            if kind == "coordinate-wise":
-                vs, target = ratio, SCALE_TARGET[kind]
-                bound_txt, syrk_txt = "-", "-"
-            else:
-                vs, target = ours_s / (bound + floor_s), SCALE_TARGET[kind]
-                bound_txt = f"{bound * 1e3:.1f}"
-                syrk_txt = "-" if DEVICE != "cpu" else f"{ours_s / (sbound + floor_s):.2f}"
-            mark = "yes" if vs <= target else "NO"
-            lines.append([str(n), str(f), f"{d:.0e}".replace("+0", ""), rule, _ms(ours_s),
-                          _ms(floor_s), f"{ratio:.2f}", bound_txt, f"{vs:.2f}",
-                          f"<= {target:g}: {mark}", syrk_txt, note])
+            timed_rows.append((n, f, d, rule, ours_s, floor_s, ratio, note))
             print(f"  n={n} {rule}: {ours_s * 1e3:.1f} ms ({ratio:.2f} floors)", file=sys.stderr,
                   flush=True)
         del X
-    return lines
+    rate = max(rates, default=math.nan)
+    srate = max(srates, default=math.nan)
+    print(f"measured sgemm rate (torch), best of the run: {rate / 1e9:.1f} G multiply-adds/s "
+          f"({2 * rate / 1e9:.0f} GFLOP/s; before each n: "
+          f"{', '.join(f'{r / 1e9:.1f}' for r in rates)}); syrk (numpy's C @ C.T, useful "
+          f"multiply-adds): {srate / 1e9:.1f} G/s (before each n: "
+          f"{', '.join(f'{r / 1e9:.1f}' for r in srates)}); {threads} thread(s)", flush=True)
+    return [_scale_line(row, rate, srate) for row in timed_rows]
+
+
+def _scale_line(row: tuple, rate: float, srate: float) -> list[str]:
+    """One row of the sweep's table from its timings and the run's sgemm and syrk rates."""
+    n, f, d, rule, ours_s, floor_s, ratio, note = row
+    d_txt = f"{d:.0e}".replace("+0", "")
+    if ours_s is None:  # the rule refused these n and f
+        return [str(n), str(f), d_txt, rule, "-", "-", "-", "-", "-", "-", "-", note]
+    kind = kind_of(rule)
+    if kind == "coordinate-wise":
+        vs, bound_txt, syrk_txt = ratio, "-", "-"
+    else:
+        bound = n * n * d / 2 / rate
+        vs = ours_s / (bound + floor_s)
+        bound_txt = f"{bound * 1e3:.1f}"
+        sbound = n * n * d / 2 / srate
+        syrk_txt = "-" if DEVICE != "cpu" else f"{ours_s / (sbound + floor_s):.2f}"
+    target = SCALE_TARGET[kind]
+    mark = "yes" if vs <= target else "NO"
+    return [str(n), str(f), d_txt, rule, _ms(ours_s), _ms(floor_s), f"{ratio:.2f}", bound_txt,
+            f"{vs:.2f}", f"<= {target:g}: {mark}", syrk_txt, note]
 
 
 # --------------------------------------------------------------------------------------------
@@ -842,7 +863,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(render(header, lines, args.markdown, right={0, 1, 4, 5, 6, 7, 8, 10}))
         print(sep + "vs target: ours/floor for coordinate-wise rules; ours / (Gram bound + floor)"
               " for distance-based ones, the Gram bound being n^2 d / 2 multiply-adds at the "
-              "measured sgemm rate (torch's BLAS); vs syrk bound: the same with the measured rate "
+              "sgemm rate (torch's BLAS; measured before each n, the best of the run); vs syrk "
+              "bound: the same with the measured rate (the best of the run) "
               "of the syrk the library calls (numpy's BLAS), i.e. the overhead beyond that "
               "product.")
         print(f"load average (1/5/15 min) at the end: {load_average()}")

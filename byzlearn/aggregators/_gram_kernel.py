@@ -72,7 +72,12 @@ try:  # numba is a dependency, but keep a working fallback if it cannot load
 except ImportError:  # pragma: no cover
     njit = None  # type: ignore[assignment]
 
-from byzlearn.aggregators._simd import separate_add_pipes, sum_columns
+from byzlearn.aggregators._simd import (
+    PREFETCH_SUM_COLUMNS,
+    prefetched_sums,
+    separate_add_pipes,
+    sum_columns,
+)
 
 LANES = 256
 TILE = 3
@@ -1047,15 +1052,23 @@ if njit is not None:
 
     @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True,
           inline="always")
-    def _rows_sum(X, rows, weights, out, k0, w, acc):  # pragma: no cover (compiled)
+    def _rows_sum(X, rows, weights, out, k0, w, acc, ahead=0):  # pragma: no cover (compiled)
         """out[k0:k0 + w] = sum_t weights[t] X[rows[t], k0:k0 + w], summed in acc (float64, at
         least w values), the rows added in order, four per load and store of the sums (the
-        same operations as one at a time, so the same bits whatever the chunks)."""
+        same operations as one at a time, so the same bits whatever the chunks). ``ahead``:
+        prefetch that many coordinates of each row after the chunk (the next chunk) just
+        before the row's values are added (see :func:`._simd.prefetched_sums`)."""
         m = rows.shape[0]
+        d = X.shape[1]
+        line = 64 // X.itemsize
         for k in range(w):
             acc[k] = 0.0
         t = 0
         while t + 4 <= m:
+            for u in range(4 if ahead > 0 else 0):
+                base = rows[t + u] * d + k0 + w
+                for q in range(0, ahead, line):
+                    prefetch(X, base + q)
             a0, a1, a2, a3 = weights[t], weights[t + 1], weights[t + 2], weights[t + 3]
             x0 = X[rows[t], k0 : k0 + w]
             x1 = X[rows[t + 1], k0 : k0 + w]
@@ -1066,6 +1079,9 @@ if njit is not None:
                 acc[k] = (s01 + a2 * np.float64(x2[k])) + a3 * np.float64(x3[k])
             t += 4
         while t < m:
+            base = rows[t] * d + k0 + w
+            for q in range(0, ahead, line):
+                prefetch(X, base + q)
             a = weights[t]
             xr = X[rows[t], k0 : k0 + w]
             for k in range(w):
@@ -1076,14 +1092,18 @@ if njit is not None:
             o[k] = acc[k]
 
     @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
-    def _weighted_sum(X, rows, weights, out, b0, b1, end, cols):  # pragma: no cover (compiled)
+    def _weighted_sum(X, rows, weights, out, b0, b1, end, cols, prefetched=False):
+        # pragma: no cover (compiled)
         """out[j] = sum_t weights[t] X[rows[t], j] for the chunks b0..b1-1 of ``cols``
-        coordinates below ``end`` (:func:`_rows_sum`)."""
+        coordinates below ``end`` (:func:`_rows_sum`; ``prefetched``: each row's next chunk
+        prefetched as its current one is added)."""
         wide()
         acc = np.zeros(cols)
         for b in range(b0, b1):
             k0 = b * cols
-            _rows_sum(X, rows, weights, out, k0, min(cols, end - k0), acc)
+            w = min(cols, end - k0)
+            ahead = max(0, min(cols, end - k0 - w)) if prefetched else 0
+            _rows_sum(X, rows, weights, out, k0, w, acc, ahead)
 
     @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
     def _row_stats(X, r0, r1, sq, largest, cols, starts, signs):  # pragma: no cover (compiled)
@@ -1376,10 +1396,13 @@ def weighted_sum(
         out = np.empty(X.shape[1], dtype=X.dtype)
     rows = np.ascontiguousarray(rows, dtype=np.int64)
     weights = np.ascontiguousarray(weights, dtype=np.float64)
-    cols = sum_columns(rows.shape[0])  # the chunks' width, for this host (same bits)
+    # the chunks' width, and whether the next chunk is prefetched, for this host and input
+    # (the same bits either way)
+    prefetched = prefetched_sums(rows.shape[0], X.nbytes)
+    cols = PREFETCH_SUM_COLUMNS if prefetched else sum_columns(rows.shape[0])
     chunks = -(-d // cols)
     in_parallel(
-        lambda b0, b1: _weighted_sum(X, rows, weights, out, b0, b1, d, cols),
+        lambda b0, b1: _weighted_sum(X, rows, weights, out, b0, b1, d, cols, prefetched),
         chunks,
         threads,
         _SUM_MIN_COLUMNS_PER_THREAD // cols,

@@ -69,20 +69,79 @@ def test_a_nan_row_with_weight_spoils_only_the_output_it_enters() -> None:
     assert np.array_equal(without, np.ones(5000, dtype=np.float32))
 
 
-@pytest.mark.parametrize("cols", [512, 4096])
-def test_every_chunk_width_gives_the_bits_of_the_row_order_sum(cols: int, monkeypatch) -> None:
-    """The chunk width depends on the host and the rows (``_simd.sum_columns``): at either
-    width, on threads and not, the float64 sum in row order, to the bit (a NaN row included)."""
-    monkeypatch.setattr(_gram_kernel, "sum_columns", lambda rows: cols)
+@pytest.mark.parametrize(
+    ("cols", "prefetched"), [(512, False), (4096, False), (256, True), (512, True)]
+)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_chunk_width_gives_the_bits_of_the_row_order_sum(
+    cols: int, prefetched: bool, dtype: type, monkeypatch
+) -> None:
+    """The chunk width and the prefetch of the next chunk depend on the host, the rows and the
+    input's size (``_simd.sum_columns``, ``_simd.prefetched_sums``): at every width, with and
+    without the prefetch, on threads and not, for every row count (whole groups of four rows
+    and the rows after them), the float64 sum in row order, to the bit (a NaN row included; a
+    last chunk shorter than the others, the output's first ``end`` coordinates only). In
+    float64 the compiled sum may fuse each product with its addition (one rounding less than
+    numpy's), so there the reference is the plain chunks of 512 of the same kernel."""
     rng = np.random.default_rng(cols)
-    X = rng.standard_normal((13, 3 * 4096 + 517)).astype(np.float32)
+    X = rng.standard_normal((13, 3 * 4096 + 517)).astype(dtype)
     X[4, 100] = np.nan
-    rows = np.array([0, 2, 3, 4, 7, 8, 11], dtype=np.int64)
-    weights = rng.random(rows.size)
-    want = _reference(X, rows, weights)
-    for threads in (1, 2):
-        got = _gram_kernel.weighted_sum(X, rows, weights, threads)
-        assert got.tobytes() == want.tobytes()
+    X[7, -1] = np.inf
+    row_sets = [[0, 2, 3, 4, 7, 8, 11], [5], [1, 2, 3, 6], [0, 1, 2, 3, 5, 6, 8, 9, 10, 12]]
+    weights = [rng.random(len(rows)) for rows in row_sets]
+    references = []
+    for rows, w in zip(row_sets, weights, strict=True):
+        rows = np.array(rows, dtype=np.int64)
+        if dtype == np.float32:
+            references.append(_reference(X, rows, w))
+        else:
+            plain = np.empty(X.shape[1], dtype=dtype)
+            _gram_kernel._weighted_sum(X, rows, w, plain, 0, -(-X.shape[1] // 512), X.shape[1],
+                                       512, False)
+            np.testing.assert_allclose(plain, _reference(X, rows, w), rtol=1e-14, atol=1e-14)
+            references.append(plain)
+    monkeypatch.setattr(_gram_kernel, "sum_columns", lambda rows: cols)
+    monkeypatch.setattr(_gram_kernel, "PREFETCH_SUM_COLUMNS", cols)
+    monkeypatch.setattr(_gram_kernel, "prefetched_sums", lambda rows, nbytes: prefetched)
+    for rows, w, want in zip(row_sets, weights, references, strict=True):
+        rows = np.array(rows, dtype=np.int64)
+        for threads in (1, 2):
+            got = _gram_kernel.weighted_sum(X, rows, w, threads)
+            assert got.tobytes() == want.tobytes()
+        out = np.full(X.shape[1], 7.0, dtype=dtype)
+        _gram_kernel.weighted_sum(X, rows, w, 1, out=out, end=5000)
+        assert out[:5000].tobytes() == want[:5000].tobytes() and (out[5000:] == 7.0).all()
+
+
+def test_prefetch_rule(monkeypatch) -> None:
+    """The weighted sum prefetches for fewer than 33 rows off AMD's Zen cores, when the input
+    is larger than the last-level cache, and never where that size is unknown."""
+    from byzlearn.aggregators import _simd
+
+    monkeypatch.setattr(_simd, "_zen", lambda: False)
+    monkeypatch.setattr(_simd, "last_level_cache_bytes", lambda: 300 << 20)
+    assert [_simd.prefetched_sums(r, 1 << 30) for r in (1, 25, 32, 33, 100)] == [
+        True, True, True, False, False
+    ]
+    assert not _simd.prefetched_sums(25, 300 << 20) and _simd.prefetched_sums(25, (300 << 20) + 1)
+    monkeypatch.setattr(_simd, "last_level_cache_bytes", lambda: None)
+    assert not _simd.prefetched_sums(25, 1 << 40)
+    monkeypatch.setattr(_simd, "last_level_cache_bytes", lambda: 32 << 20)
+    monkeypatch.setattr(_simd, "_zen", lambda: True)
+    assert not _simd.prefetched_sums(25, 1 << 30)
+
+
+def test_cache_sizes_are_read_from_sysfs_text() -> None:
+    from byzlearn.aggregators import _simd
+
+    assert _simd.cache_size_bytes("307200K\n") == 300 << 20
+    assert _simd.cache_size_bytes("32M") == 32 << 20
+    assert _simd.cache_size_bytes("1G") == 1 << 30
+    assert _simd.cache_size_bytes("512") == 512
+    for text in ("", "K", "12.5M", "abc", "-3K"):
+        assert _simd.cache_size_bytes(text) is None
+    size = _simd.last_level_cache_bytes()  # this host's, where sysfs tells it
+    assert size is None or size > 0
 
 
 def test_chunk_width_rule(monkeypatch) -> None:

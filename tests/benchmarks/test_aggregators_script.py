@@ -40,6 +40,40 @@ def test_small_run_checks_the_references_and_prints_the_floor(script, capsys):
     assert "- device: cpu" in out and "MISMATCH" not in out
 
 
+def test_sweep_bounds_use_the_best_rate_measured_before_each_n(script, capsys, monkeypatch):
+    """--scale-n measures the sgemm and syrk rates before each n and divides by the best of the
+    run (a later, faster measurement tightens the earlier n's bounds too)."""
+    sgemm = iter([1e9, 4e9])  # multiply-adds per second, before n = 10 and before n = 25
+    syrk = iter([2e9, 1e9])
+    monkeypatch.setattr(script, "sgemm_rate", lambda threads: next(sgemm))
+    monkeypatch.setattr(script, "syrk_rate", lambda threads: next(syrk))
+    # fixed timings (ours 10 ms, floor 2 ms), so that the ratios are exact
+    monkeypatch.setattr(script, "paired", lambda *args: (0.010, 0.002, None, 5.0, None, None))
+    threads = torch.get_num_threads()
+    try:
+        code = script.main(["--scale-n", "--scale-values", "10", "25", "--scale-d", "2e4",
+                            "--rules", "median", "krum", "--repeats", "1", "--min-time", "0",
+                            "--markdown"])
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "best of the run: 4.0 G multiply-adds/s" in out and "before each n: 1.0, 4.0" in out
+    rows = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 12 and cells[0].isdigit():
+            rows[int(cells[0]), cells[3]] = cells
+    for n in (10, 25):
+        krum = rows[n, "krum"]
+        bound = n * n * 2e4 / 2 / 4e9  # seconds, at the best sgemm rate of the run
+        assert krum[7] == f"{bound * 1e3:.1f}"
+        assert krum[8] == f"{0.010 / (bound + 0.002):.2f}"
+        sbound = n * n * 2e4 / 2 / 2e9  # at the best syrk rate
+        assert krum[10] == f"{0.010 / (sbound + 0.002):.2f}"
+        assert rows[n, "median"][7] == "-" and rows[n, "median"][8] == "5.00"
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
 def test_cuda_without_a_device_is_one_line(script, capsys):
     assert script.main(["--quick", "--device", "cuda"]) == 2
