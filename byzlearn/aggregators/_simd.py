@@ -1,5 +1,7 @@
 """Two compiler hints for the numba kernels, full-width vectors and software prefetch, and the
-host's vector width (:func:`vector_bytes`, for kernels that write explicit vectors).
+host's vector width (:func:`vector_bytes`, for kernels that write explicit vectors) and the host
+facts the compiled row sums are laid out by (:func:`sum_columns`, :func:`prefetched_sums`: the
+CPU's vendor, its last-level cache).
 
 ``wide()`` marks the numba function it is called from with the LLVM attribute
 ``"prefer-vector-width"="512"``. On CPUs with AVX-512, LLVM's default tuning for most Intel cores
