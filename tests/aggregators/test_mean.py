@@ -73,26 +73,36 @@ def test_other_paths_agree_with_the_kernel() -> None:
     assert half is not None and half.dtype == torch.float16
 
 
-@pytest.mark.parametrize("cols", [512, 4096])
+@pytest.mark.parametrize(
+    ("cols", "prefetched"), [(512, False), (4096, False), (256, True), (512, True)]
+)
 @pytest.mark.parametrize("threads", [1, 2])
-def test_large_matrices_on_threads_give_the_same_bits(threads: int, cols: int, monkeypatch) -> None:
-    """Large matrices are split into ranges of blocks, one per thread, at either block width
-    (``_simd.sum_columns``: it depends on the host and the rows): the same float64 mean rounded
-    once, and ``None`` for a non-finite value in any range."""
+def test_large_matrices_on_threads_give_the_same_bits(
+    threads: int, cols: int, prefetched: bool, monkeypatch
+) -> None:
+    """Large matrices are split into ranges of blocks, one per thread, at every block width,
+    with and without the prefetch of each row's next block (``_simd.sum_columns``,
+    ``_simd.prefetched_sums``: they depend on the host, the rows and the matrix's size), for
+    row counts in and off whole groups of four after the first row: the same float64 mean
+    rounded once, and ``None`` for a non-finite value in any range."""
     from byzlearn.aggregators import _mean
 
     monkeypatch.setattr(_mean, "sum_columns", lambda rows: cols)
+    monkeypatch.setattr(_mean, "PREFETCH_SUM_COLUMNS", cols)
+    monkeypatch.setattr(_mean, "prefetched_sums", lambda rows, nbytes: prefetched)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        X = torch.randn(7, 300_001)
-        got = mean_of_rows(X)
-        assert got is not None
-        assert torch.equal(got, _reference(X))
-        for where in [(0, 0), (6, 300_000), (3, 150_000)]:
-            Y = X.clone()
-            Y[where] = float("nan")
-            assert mean_of_rows(Y) is None
+        for n in (1, 5, 7):
+            X = torch.randn(n, 300_001)
+            got = mean_of_rows(X)
+            assert got is not None
+            assert torch.equal(got, _reference(X))
+            assert torch.equal(mean_of_rows(X.double()), _reference(X.double()))
+            for where in [(0, 0), (n - 1, 300_000), (n // 2, 150_000)]:
+                Y = X.clone()
+                Y[where] = float("nan")
+                assert mean_of_rows(Y) is None
     finally:
         torch.set_num_threads(before)
     assert mean_of_rows(torch.empty(4, 0)).shape == (0,)
