@@ -73,14 +73,15 @@ def _zen() -> bool:
     return separate_add_pipes()
 
 
-# Coordinates per chunk of the weighted sum where it prefetches (see :func:`prefetched_sums`).
+# Coordinates per chunk of the row sums where they prefetch (see :func:`prefetched_sums`).
 PREFETCH_SUM_COLUMNS = 256
 
 
 def prefetched_sums(rows: int, nbytes: int) -> bool:
-    """Whether the weighted sum of ``rows`` rows of an input of ``nbytes`` bytes takes chunks of
-    ``PREFETCH_SUM_COLUMNS`` coordinates and prefetches each row's next chunk (into L2) just
-    before it adds the row's current one: off AMD's Zen cores, for fewer than 33 rows, when the
+    """Whether the compiled sum of ``rows`` rows (the weighted sum; the mean, likewise) of an
+    input of ``nbytes`` bytes takes chunks of ``PREFETCH_SUM_COLUMNS`` coordinates and
+    prefetches each row's next chunk (into L2) just before it adds the row's current one: off
+    AMD's Zen cores, for fewer than 33 rows, when the
     input is larger than the last-level cache (its rows then come from memory; never where that
     size is unknown). One thread, the same bits, in one process against ``X.sum()`` in turns, on
     an AVX-512 Xeon (300 MB L3), floors, prefetched against chunks of 512 without: all 25 rows of
