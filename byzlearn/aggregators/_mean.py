@@ -7,7 +7,7 @@ accumulates the column sums in float64, the rows in order, four per load and sto
 in blocks of coordinates whose sums stay in L1 (:func:`._simd.sum_columns`; off AMD, fewer than
 33 rows of a matrix larger than the last-level cache take blocks of 256 and prefetch each row's
 next block just before they add its current one, :func:`._simd.prefetched_sums`: on an AVX-512
-Xeon, 25 x 1e7 float32 values 0.93-0.98 floors against 1.12-1.14 with plain blocks of 512, 10 x
+Xeon, 25 x 1e7 float32 values 0.92-1.09 floors against 1.11-1.24 with plain blocks of 512, 10 x
 1e7 1.10 against 1.40; large matrices on ``torch.get_num_threads()`` threads, ranges of blocks
 each: the same bits); the finiteness test
 reads the sums, not the matrix again (a non-finite value makes its column's float64 sum
