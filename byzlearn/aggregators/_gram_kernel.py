@@ -68,16 +68,11 @@ from byzlearn.aggregators._threads import in_parallel
 try:  # numba is a dependency, but keep a working fallback if it cannot load
     from numba import njit
 
-    from byzlearn.aggregators._simd import prefetch, wide
+    from byzlearn.aggregators._simd import prefetch, prefetch_run, wide
 except ImportError:  # pragma: no cover
     njit = None  # type: ignore[assignment]
 
-from byzlearn.aggregators._simd import (
-    PREFETCH_SUM_COLUMNS,
-    prefetched_sums,
-    separate_add_pipes,
-    sum_columns,
-)
+from byzlearn.aggregators._simd import SUM_MIN_COLUMNS_PER_THREAD, separate_add_pipes, sum_plan
 
 LANES = 256
 TILE = 3
@@ -160,8 +155,6 @@ LONG_SPAN_MAX_ROWS = 15
 FUSED_TERMS = 512
 # Coordinates per chunk of the row statistics' accumulators.
 _SUM_LANES = 256
-# Fewest coordinates per thread of the weighted sum (16 chunks of 4096).
-_SUM_MIN_COLUMNS_PER_THREAD = 1 << 16
 # On AMD's Zen cores the row statistics take one chunk per pass and the largest magnitude as an
 # unsigned integer maximum of the bit patterns (:func:`_row_stats_by_chunk`; the same bits):
 # one read of 25 x 1e7 float32 values, one thread, in one process against X.sum() in turns on a
@@ -1060,15 +1053,12 @@ if njit is not None:
         before the row's values are added (see :func:`._simd.prefetched_sums`)."""
         m = rows.shape[0]
         d = X.shape[1]
-        line = 64 // X.itemsize
         for k in range(w):
             acc[k] = 0.0
         t = 0
         while t + 4 <= m:
-            for u in range(4 if ahead > 0 else 0):
-                base = rows[t + u] * d + k0 + w
-                for q in range(0, ahead, line):
-                    prefetch(X, base + q)
+            for u in range(4):
+                prefetch_run(X, rows[t + u] * d + k0 + w, ahead)
             a0, a1, a2, a3 = weights[t], weights[t + 1], weights[t + 2], weights[t + 3]
             x0 = X[rows[t], k0 : k0 + w]
             x1 = X[rows[t + 1], k0 : k0 + w]
@@ -1079,9 +1069,7 @@ if njit is not None:
                 acc[k] = (s01 + a2 * np.float64(x2[k])) + a3 * np.float64(x3[k])
             t += 4
         while t < m:
-            base = rows[t] * d + k0 + w
-            for q in range(0, ahead, line):
-                prefetch(X, base + q)
+            prefetch_run(X, rows[t] * d + k0 + w, ahead)
             a = weights[t]
             xr = X[rows[t], k0 : k0 + w]
             for k in range(w):
@@ -1102,7 +1090,7 @@ if njit is not None:
         for b in range(b0, b1):
             k0 = b * cols
             w = min(cols, end - k0)
-            ahead = max(0, min(cols, end - k0 - w)) if prefetched else 0
+            ahead = min(cols, end - k0 - w) if prefetched else 0  # the next chunk
             _rows_sum(X, rows, weights, out, k0, w, acc, ahead)
 
     @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
@@ -1398,14 +1386,13 @@ def weighted_sum(
     weights = np.ascontiguousarray(weights, dtype=np.float64)
     # the chunks' width, and whether the next chunk is prefetched, for this host and input
     # (the same bits either way)
-    prefetched = prefetched_sums(rows.shape[0], X.nbytes)
-    cols = PREFETCH_SUM_COLUMNS if prefetched else sum_columns(rows.shape[0])
+    cols, prefetched = sum_plan(rows.shape[0], X.nbytes)
     chunks = -(-d // cols)
     in_parallel(
         lambda b0, b1: _weighted_sum(X, rows, weights, out, b0, b1, d, cols, prefetched),
         chunks,
         threads,
-        _SUM_MIN_COLUMNS_PER_THREAD // cols,
+        SUM_MIN_COLUMNS_PER_THREAD // cols,
     )
     return out
 

@@ -33,16 +33,15 @@ import torch
 
 from byzlearn.aggregators import _memory
 from byzlearn.aggregators._device import kernel_input
-from byzlearn.aggregators._simd import PREFETCH_SUM_COLUMNS, prefetched_sums, sum_columns
+from byzlearn.aggregators._simd import SUM_MIN_COLUMNS_PER_THREAD, sum_plan
 from byzlearn.aggregators._threads import in_parallel
 
 _COLUMNS = 1024  # coordinates per block of the standard deviation: 8 KiB of float64 sums
-_MEAN_MIN_COLUMNS_PER_THREAD = 1 << 16  # below that one thread
 
 try:
     from numba import njit
 
-    from byzlearn.aggregators._simd import prefetch, wide
+    from byzlearn.aggregators._simd import prefetch_run, wide
 except ImportError:  # pragma: no cover
     njit = None  # type: ignore[assignment]
 
@@ -58,15 +57,14 @@ def mean_of_rows(X: torch.Tensor) -> torch.Tensor | None:
     o = out.numpy()
     # coordinates per block, and whether the next block is prefetched, for this host and input
     # (the same bits)
-    prefetched = prefetched_sums(X.shape[0], Xn.nbytes)
-    cols = PREFETCH_SUM_COLUMNS if prefetched else sum_columns(X.shape[0])
+    cols, prefetched = sum_plan(X.shape[0], Xn.nbytes)
     blocks = -(-X.shape[1] // cols)
     finite: list[bool] = []  # one answer per range of blocks
     in_parallel(
         lambda b0, b1: finite.append(_mean_kernel(Xn, o, b0, b1, cols, prefetched)),
         blocks,
         torch.get_num_threads(),
-        _MEAN_MIN_COLUMNS_PER_THREAD // cols,
+        SUM_MIN_COLUMNS_PER_THREAD // cols,
     )
     return out if all(finite) else None
 
@@ -80,25 +78,21 @@ if njit is not None:
         of each row from j1 on (the next block) just before the row's values are added."""
         n, d = X.shape
         w = j1 - j0
-        line = 64 // X.itemsize
-        for q in range(0, ahead, line):
-            prefetch(X, j1 + q)
+        prefetch_run(X, j1, ahead)
         first = X[0][j0:j1]
         for j in range(w):
             sums[j] = np.float64(first[j])
         r = 1
         while r + 3 < n:
-            for u in range(4 if ahead > 0 else 0):
-                for q in range(0, ahead, line):
-                    prefetch(X, (r + u) * d + j1 + q)
+            for u in range(4):
+                prefetch_run(X, (r + u) * d + j1, ahead)
             r0, r1, r2, r3 = X[r][j0:j1], X[r + 1][j0:j1], X[r + 2][j0:j1], X[r + 3][j0:j1]
             for j in range(w):
                 s01 = (sums[j] + np.float64(r0[j])) + np.float64(r1[j])
                 sums[j] = (s01 + np.float64(r2[j])) + np.float64(r3[j])
             r += 4
         while r < n:
-            for q in range(0, ahead, line):
-                prefetch(X, r * d + j1 + q)
+            prefetch_run(X, r * d + j1, ahead)
             row = X[r][j0:j1]
             for j in range(w):
                 sums[j] += np.float64(row[j])
@@ -118,7 +112,7 @@ if njit is not None:
             j0 = b * cols
             j1 = min(d, j0 + cols)
             w = j1 - j0
-            _column_sums(X, j0, j1, sums, max(0, min(cols, d - j1)) if prefetched else 0)
+            _column_sums(X, j0, j1, sums, min(cols, d - j1) if prefetched else 0)
             block = out[j0:j1]
             for j in range(w):
                 block[j] = sums[j] / n

@@ -26,7 +26,7 @@ import functools
 
 try:
     from llvmlite import ir
-    from numba import types
+    from numba import njit, types
     from numba.core import cgutils
     from numba.extending import intrinsic
 
@@ -75,6 +75,18 @@ def _zen() -> bool:
 
 # Coordinates per chunk of the row sums where they prefetch (see :func:`prefetched_sums`).
 PREFETCH_SUM_COLUMNS = 256
+# Fewest coordinates per thread of the compiled row sums (16 chunks of 4096): below, one thread.
+SUM_MIN_COLUMNS_PER_THREAD = 1 << 16
+
+
+def sum_plan(rows: int, nbytes: int) -> tuple[int, bool]:
+    """``(coordinates per chunk, whether each row's next chunk is prefetched)`` of the
+    compiled sums of ``rows`` rows of an input of ``nbytes`` bytes (the mean, the weighted sum):
+    ``PREFETCH_SUM_COLUMNS`` with the prefetch where :func:`prefetched_sums`, else
+    :func:`sum_columns` without; the same bits either way."""
+    if prefetched_sums(rows, nbytes):
+        return PREFETCH_SUM_COLUMNS, True
+    return sum_columns(rows), False
 
 
 def prefetched_sums(rows: int, nbytes: int) -> bool:
@@ -190,3 +202,11 @@ if _HAVE:
             return context.get_dummy_value()
 
         return sig, codegen
+
+    @njit(cache=True, nogil=True, inline="always")
+    def prefetch_run(array, start, count):  # pragma: no cover (compiled)
+        """Prefetch (read, L2) every cache line of ``array.flat[start:start + count]`` (a
+        C-contiguous array; nothing when ``count`` <= 0)."""
+        line = max(1, 64 // array.itemsize)
+        for q in range(0, count, line):
+            prefetch(array, start + q)

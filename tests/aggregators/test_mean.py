@@ -81,15 +81,13 @@ def test_large_matrices_on_threads_give_the_same_bits(
     threads: int, cols: int, prefetched: bool, monkeypatch
 ) -> None:
     """Large matrices are split into ranges of blocks, one per thread, at every block width,
-    with and without the prefetch of each row's next block (``_simd.sum_columns``,
-    ``_simd.prefetched_sums``: they depend on the host, the rows and the matrix's size), for
-    row counts in and off whole groups of four after the first row: the same float64 mean
-    rounded once, and ``None`` for a non-finite value in any range."""
+    with and without the prefetch of each row's next block (``_simd.sum_plan``: it depends on
+    the host, the rows and the matrix's size), for row counts in and off whole groups of four
+    after the first row: the same float64 mean rounded once, and ``None`` for a non-finite
+    value in any range."""
     from byzlearn.aggregators import _mean
 
-    monkeypatch.setattr(_mean, "sum_columns", lambda rows: cols)
-    monkeypatch.setattr(_mean, "PREFETCH_SUM_COLUMNS", cols)
-    monkeypatch.setattr(_mean, "prefetched_sums", lambda rows, nbytes: prefetched)
+    monkeypatch.setattr(_mean, "sum_plan", lambda rows, nbytes: (cols, prefetched))
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

@@ -77,7 +77,7 @@ def test_every_chunk_width_gives_the_bits_of_the_row_order_sum(
     cols: int, prefetched: bool, dtype: type, monkeypatch
 ) -> None:
     """The chunk width and the prefetch of the next chunk depend on the host, the rows and the
-    input's size (``_simd.sum_columns``, ``_simd.prefetched_sums``): at every width, with and
+    input's size (``_simd.sum_plan``): at every width, with and
     without the prefetch, on threads and not, for every row count (whole groups of four rows
     and the rows after them), the float64 sum in row order, to the bit (a NaN row included; a
     last chunk shorter than the others, the output's first ``end`` coordinates only). In
@@ -100,9 +100,7 @@ def test_every_chunk_width_gives_the_bits_of_the_row_order_sum(
                                        512, False)
             np.testing.assert_allclose(plain, _reference(X, rows, w), rtol=1e-14, atol=1e-14)
             references.append(plain)
-    monkeypatch.setattr(_gram_kernel, "sum_columns", lambda rows: cols)
-    monkeypatch.setattr(_gram_kernel, "PREFETCH_SUM_COLUMNS", cols)
-    monkeypatch.setattr(_gram_kernel, "prefetched_sums", lambda rows, nbytes: prefetched)
+    monkeypatch.setattr(_gram_kernel, "sum_plan", lambda rows, nbytes: (cols, prefetched))
     for rows, w, want in zip(row_sets, weights, references, strict=True):
         rows = np.array(rows, dtype=np.int64)
         for threads in (1, 2):
@@ -124,6 +122,9 @@ def test_prefetch_rule(monkeypatch) -> None:
         True, True, True, False, False
     ]
     assert not _simd.prefetched_sums(25, 300 << 20) and _simd.prefetched_sums(25, (300 << 20) + 1)
+    assert _simd.sum_plan(25, 1 << 30) == (_simd.PREFETCH_SUM_COLUMNS, True)
+    assert _simd.sum_plan(25, 1 << 20) == (512, False)
+    assert _simd.sum_plan(40, 1 << 30) == (4096, False)
     monkeypatch.setattr(_simd, "last_level_cache_bytes", lambda: None)
     assert not _simd.prefetched_sums(25, 1 << 40)
     monkeypatch.setattr(_simd, "last_level_cache_bytes", lambda: 32 << 20)
