@@ -705,7 +705,7 @@ def centre_row_from_sample(X: torch.Tensor) -> int | None:
     Centring each chunk on its mean lets a few far inputs (e.g. the -10 x mean attack, Gaussian
     noise of sigma 200) drag the centre away from the honest inputs, so that their distances come
     from differences of large products and lose precision. An input row that is central (least
-    sum of squared distances to its closest half, :func:`_central_row`) on about d / 64
+    sum of squared distances to its closest half, :func:`._gram_finish.central_row`) on about d / 64
     evenly spread coordinates is, with an honest majority, an honest row near the bulk of the
     others on all coordinates, and centring on it keeps their distances exact to working
     precision in one pass. Rows holding a non-finite value in the sample are never chosen. The

@@ -9,7 +9,8 @@ median of the good rows' centred squared norms and of their distances:
 central row (least sum of squared distances to its closest half). As torch and numpy calls on
 matrices of 10-50 rows these took 0.4-0.6 ms per rule call, a sizeable part of a rule on
 inputs of a few million values (Krum on 25 x 1e5 float32: 2.5 ms against a 0.19 ms read of
-the input; ``docs/performance.md``). Compiled, they take microseconds.
+the input; ``docs/performance.md``). Compiled, they take microseconds; the central row
+sorts every row's closest half at once in numpy (:func:`central_row`).
 
 No fast-math: every operation and its rounding is that of the torch code it replaces
 (``(G_ii + G_jj) - 2 G_ij`` in float64), so the distances and the choices made on them are
@@ -59,15 +60,27 @@ def central_row(D: np.ndarray, bad: np.ndarray) -> int:
     """A row near the bulk: the least sum of squared distances to its closest half (the
     ``max(1, (good + 1) // 2)`` smallest entries of its row of D, its own zero included, summed
     in increasing order); bad rows are never chosen, ties go to the lowest index. D as
-    :func:`distances` returns it (+inf to and from bad rows)."""
-    if njit is None:  # pragma: no cover
-        good = int((~bad).sum())
-        half = max(1, (good + 1) // 2)
-        closest = np.sort(np.partition(D, half - 1, axis=1)[:, :half], axis=1)
-        scores = np.array([sum(row.tolist()) for row in closest])
-        scores[bad] = np.inf
-        return int(np.argmin(scores))
-    return int(_central_row(D, bad))
+    :func:`distances` returns it (+inf to and from bad rows).
+
+    numpy's vectorised partition and sort of all rows at once, then each row's sorted half summed
+    from left to right (``cumsum``, strictly sequential): the same scores, to the bit, as a loop
+    that sorts each row's half and adds it up, and 3 to 6 times faster than that loop compiled
+    (10 rows 11 -> 7 us, 100 rows 0.37 -> 0.06 ms, 1000 rows 41 -> 8 ms; at 1000 rows it was 5 %
+    of Krum's time, run on the sample of every large input)."""
+    good = np.flatnonzero(~bad)
+    if good.size == 0:
+        return 0
+    half = max(1, (good.size + 1) // 2)
+    closest = np.partition(D[good], half - 1, axis=1)[:, :half]
+    closest.sort(axis=1)
+    scores = np.cumsum(closest, axis=1)[:, -1]
+    if not np.isnan(scores).any():
+        return int(good[np.argmin(scores)])  # the first of equal least scores
+    best = 0  # a NaN score (a NaN distance): the first good row unless a later one is less
+    for i in range(1, good.size):
+        if scores[i] < scores[best]:
+            best = i
+    return int(good[best])
 
 
 def _fill_distances_numpy(aug, bad, D, medians):  # pragma: no cover (numba missing)
@@ -138,25 +151,3 @@ if njit is not None:
                     b += 1
         medians[0] = np.partition(norms, (good - 1) // 2)[(good - 1) // 2]
         medians[1] = np.partition(pairs, (b - 1) // 2)[(b - 1) // 2]
-
-    @njit(boundscheck=False, error_model="numpy", cache=True, nogil=True)
-    def _central_row(D, bad):  # pragma: no cover (compiled)
-        n = bad.shape[0]
-        good = 0
-        for i in range(n):
-            if not bad[i]:
-                good += 1
-        half = max(1, (good + 1) // 2)
-        best = -1
-        best_score = np.inf
-        for i in range(n):
-            if bad[i]:
-                continue
-            closest = np.sort(np.partition(D[i], half - 1)[:half])
-            score = 0.0
-            for v in closest:
-                score += v
-            if best < 0 or score < best_score:
-                best = i
-                best_score = score
-        return best if best >= 0 else 0

@@ -145,3 +145,43 @@ def test_general_pass_caches_the_distances_torch_computes(kind, max_missing):
     # values are imputed)
     lossy = kind in {"lossy_row", "inf_value"}
     assert bool(inputs.bad.any()) == (kind == "nan_row" or (lossy and max_missing == 0.0))
+
+
+def loop_central_row(D, bad):
+    """The central row as a loop: each good row's closest half sorted and summed from the left,
+    the first good row kept unless a later one scores strictly less (a NaN score never does)."""
+    good = [i for i in range(len(bad)) if not bad[i]]
+    if not good:
+        return 0
+    half = max(1, (len(good) + 1) // 2)
+    best, best_score = None, None
+    for i in good:
+        score = 0.0
+        for v in np.sort(D[i])[:half]:
+            score += v
+        if best is None or score < best_score:
+            best, best_score = i, score
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("nan_row", [None, 0, 2])
+def test_central_row_with_nan_distances_and_ties_matches_a_loop(seed, nan_row):
+    rng = np.random.default_rng(seed)
+    n = 4 + 3 * seed
+    X = np.round(rng.standard_normal((n, 3)) * 2) / 2  # ties between scores
+    aug = np.zeros((n + 1, n + 1))
+    aug[:n, :n] = X @ X.T
+    bad = np.zeros(n, dtype=bool)
+    bad[rng.permutation(n)[: seed % 3]] = True
+    _gram_finish.mask_bad(aug, bad)
+    D, _, _ = _gram_finish.distances(aug, bad)
+    if nan_row is not None:
+        D[nan_row, (nan_row + 1) % n] = np.nan  # a NaN distance: that row's score is NaN
+    assert _gram_finish.central_row(D, bad) == loop_central_row(D, bad)
+
+
+def test_central_row_of_all_bad_rows_is_row_zero():
+    D = np.full((3, 3), np.inf)
+    np.fill_diagonal(D, 0.0)
+    assert _gram_finish.central_row(D, np.ones(3, dtype=bool)) == 0
