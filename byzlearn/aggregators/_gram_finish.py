@@ -71,7 +71,8 @@ def central_row(D: np.ndarray, bad: np.ndarray) -> int:
     if good.size == 0:
         return 0
     half = max(1, (good.size + 1) // 2)
-    closest = np.partition(D[good], half - 1, axis=1)[:, :half]
+    rows = D if good.size == bad.shape[0] else D[good]
+    closest = np.partition(rows, half - 1, axis=1)[:, :half]
     closest.sort(axis=1)
     scores = np.cumsum(closest, axis=1)[:, -1]
     if not np.isnan(scores).any():
