@@ -64,9 +64,9 @@ def central_row(D: np.ndarray, bad: np.ndarray) -> int:
 
     numpy's vectorised partition and sort of all rows at once, then each row's sorted half summed
     from left to right (``cumsum``, strictly sequential): the same scores, to the bit, as a loop
-    that sorts each row's half and adds it up, and 3 to 6 times faster than that loop compiled
-    (10 rows 11 -> 7 us, 100 rows 0.37 -> 0.06 ms, 1000 rows 41 -> 8 ms; at 1000 rows it was 5 %
-    of Krum's time, run on the sample of every large input)."""
+    that sorts each row's half and adds it up, and faster than that loop compiled (10 rows 10 ->
+    9 us, 25 rows 29 -> 12, 100 rows 0.30 -> 0.05 ms, 1000 rows 32 -> 4.3 ms; at 1000 rows it
+    was 3-5 % of Krum's time, run on the sample of every large input)."""
     good = np.flatnonzero(~bad)
     if good.size == 0:
         return 0
