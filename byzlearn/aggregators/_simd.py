@@ -132,7 +132,7 @@ def cache_size_bytes(text: str) -> int | None:
     """A sysfs cache size (``"307200K"``, ``"32M"``, ``"512"``) in bytes, or None."""
     text = text.strip().upper()
     scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
-    digits = text[:-1] if text[-1:] in "KMG" and text else text
+    digits = text[:-1] if scale > 1 else text
     return int(digits) * scale if digits.isdigit() else None
 
 
