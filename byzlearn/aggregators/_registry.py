@@ -10,6 +10,7 @@ in the caller's kind.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -208,15 +209,19 @@ def call_options(
     from byzlearn import keyed
 
     opts = dict(options or {})
-    if (
-        centre is not None
-        and "center" not in opts
-        and spec(name.split("+")[-1].strip()).accepts_centre
-    ):
+    takes_centre, takes_generator = _call_needs(name)
+    if centre is not None and takes_centre and "center" not in opts:
         opts["center"] = centre
-    if key is not None and accepts(name, "generator") and not {"generator", "seed"} & set(opts):
+    if key is not None and takes_generator and not {"generator", "seed"} & set(opts):
         opts["generator"] = keyed.generator(key)
     return opts
+
+
+@functools.lru_cache(maxsize=256)
+def _call_needs(name: str) -> tuple[bool, bool]:
+    """Whether the (possibly composed) rule ``name`` starts from a centre, and takes a
+    generator: :func:`call_options` asks every step, and the registry is fixed by then."""
+    return spec(name.split("+")[-1].strip()).accepts_centre, accepts(name, "generator")
 
 
 def _parts(name: str) -> list[RuleSpec]:

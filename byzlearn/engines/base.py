@@ -214,6 +214,13 @@ class Engine(ABC):
     def send(self, sender: int, msg: Message) -> None:
         """Send ``msg`` from the driven node ``sender`` (use :meth:`Node.send`)."""
 
+    def multicast(self, sender: int, msg: Message, dests: Iterable[int]) -> None:
+        """Send a copy of ``msg`` (:meth:`Message.to`, one payload, shared) from ``sender`` to
+        each of ``dests``, in order: what as many :meth:`send` calls do (use
+        :meth:`Node.multicast`). Engines may do the shared bookkeeping once."""
+        for dest in dests:
+            self.send(sender, msg.to(dest))
+
     @abstractmethod
     def recv(
         self,
@@ -283,6 +290,11 @@ class Engine(ABC):
 def match_all(*conditions: Match | None) -> Match:
     """A predicate true when every given condition is (``None`` conditions are ignored)."""
     active = [c for c in conditions if c is not None]
+    if len(active) == 1:
+        return active[0]
+    if len(active) == 2:  # (a gather's round and kind) two calls, without a generator
+        first, second = active
+        return lambda m: first(m) and second(m)
     return lambda m: all(c(m) for c in active)
 
 
@@ -308,8 +320,7 @@ class Node:
 
     def multicast(self, msg: Message, dests: Iterable[int]) -> None:
         """Send a copy of ``msg`` to each of ``dests`` (one payload, shared)."""
-        for dest in dests:
-            self.engine.send(self.id, msg.to(dest))
+        self.engine.multicast(self.id, msg, dests)
 
     def recv(
         self, q: int = 1, match: Match | None = None, deadline: float | None = None
@@ -327,6 +338,8 @@ class Node:
         match: Match | None = None,
     ) -> list[Message]:
         """The first ``q`` messages of ``round`` (and ``kind``) for this node; see ``recv``."""
+        if kind is not None and match is None:  # the common case: one test per message
+            return self.recv(q, lambda m: m.round == round and m.kind == kind, deadline)
         cond = match_all(
             lambda m: m.round == round,
             None if kind is None else (lambda m: m.kind == kind),

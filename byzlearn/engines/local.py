@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,18 +106,40 @@ class LocalEngine(NodeTable):
 
     # ------------------------------------------------------------------ transport
     def send(self, sender: int, msg: Message) -> None:
+        sender = self._sender(sender)
+        self._stamp(msg, sender)
+        msg.sent_at = self._clock[sender]
+        if self._dispatch(msg):
+            self._remember(msg)
+
+    def multicast(self, sender: int, msg: Message, dests: Iterable[int]) -> None:
+        """As many :meth:`send` calls, except that the adversary's memory copies only the
+        messages it keeps (:meth:`._remember_last`): messages in flight wait for a delivery,
+        so none is lost or changed before it copies them."""
+        sender = self._sender(sender)
+        now = self._clock[sender]
+        sent = []
+        for dest in dests:
+            copy = msg.to(dest)
+            self._stamp(copy, sender)
+            copy.sent_at = now
+            if self._dispatch(copy):
+                sent.append(copy)
+        self._remember_last(sent)
+
+    def _sender(self, sender: int) -> int:
         sender = int(sender)
         if sender not in self._driven:
             raise ValueError(f"node {sender} is not a driven node; reactive nodes answer")
-        self._stamp(msg, sender)
-        msg.sent_at = self._clock[sender]
-        self._dispatch(msg)
+        return sender
 
-    def _dispatch(self, msg: Message) -> None:
-        """Put a stamped message (``sent_at`` set) in flight, applying topology and faults."""
+    def _dispatch(self, msg: Message) -> bool:
+        """Put a stamped message (``sent_at`` set) in flight, applying topology and faults;
+        False when it was blocked or dropped. The caller remembers the message for the
+        adversary (:meth:`._remember`) when it left."""
         extra = self._admit(msg)
         if extra is None:
-            return
+            return False
         assert msg.sender is not None and msg.dest is not None
         dest = int(msg.dest)
         link = self.network.link
@@ -127,15 +149,15 @@ class LocalEngine(NodeTable):
             else self.network.link_delay(msg.sender, dest, msg.round)
         )
         msg.arrival = msg.sent_at + delay + extra
-        self._remember(msg)
         (self._mail[dest] if dest in self._driven else self._pending).append(msg)
+        return True
 
     def observe(self, node: int, match: Match | None = None) -> list[Message]:
         return self._observed(int(node), match)
 
     def _lose(self, msg: Message) -> None:
-        if self.network.coordinate_drop <= 0:  # the common case, without a call
-            return
+        """Lose coordinates of ``msg``'s payload on delivery (callers test
+        ``network.coordinate_drop > 0`` first: the common case makes no call per message)."""
         assert msg.sender is not None and msg.dest is not None
         msg.payload = self.network.lose_coordinates(
             msg.payload, msg.sender, msg.dest, msg.round, msg.kind
@@ -163,11 +185,14 @@ class LocalEngine(NodeTable):
         member: a message whose seq is in ``charged`` takes the member's compute time; the
         others (messages it only stores, e.g. models it waits to have a quorum of) take none."""
         finish: dict[int, float] = {}
+        network = self.network
+        fixed = not network.compute.random and not network.slowdown  # one time for all
         for m in inbox:
             assert m.dest is not None
             start = max(m.arrival, self._busy[m.dest])
             if m.seq in charged:
-                finish[m.seq] = start + self.network.compute_time(m.dest, m.round)
+                cost = network.compute.mean if fixed else network.compute_time(m.dest, m.round)
+                finish[m.seq] = start + cost
                 self._busy[m.dest] = finish[m.seq]
             else:  # taken as it comes; the node is not kept busy
                 finish[m.seq] = start
@@ -180,8 +205,9 @@ class LocalEngine(NodeTable):
         it holds or crafts)."""
         inbox.sort(key=lambda m: (m.dest, m.arrival, m.seq))
         instant = bool(getattr(group.handler, "instant", False))
-        for m in inbox:
-            self._lose(m)
+        if self.network.coordinate_drop > 0:
+            for m in inbox:
+                self._lose(m)
         self._stats["delivered"] += len(inbox)
         if group.adversary:
             first: dict[tuple[int | None, int], int] = {}
@@ -247,7 +273,8 @@ class LocalEngine(NodeTable):
             reply.sent_at = finish.get(
                 reply.reply_to if reply.reply_to is not None else -1, self._busy[sender]
             )
-            self._dispatch(reply)
+            if self._dispatch(reply):
+                self._remember(reply)
 
     # ------------------------------------------------------------------ driven nodes
     def recv(
@@ -274,8 +301,9 @@ class LocalEngine(NodeTable):
                     self._stats["late"] += 1
         elif taken:  # the q-th arrival (without a deadline, nothing more can arrive)
             self._clock[dest] = max(now, taken[-1].arrival)
-        for m in taken:
-            self._lose(m)
+        if self.network.coordinate_drop > 0:
+            for m in taken:
+                self._lose(m)
         return self._take(dest, taken)
 
     def discard(self, dest: int, match: Match) -> int:

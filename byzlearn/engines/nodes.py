@@ -187,17 +187,25 @@ class NodeTable(Engine):
         if len(kept) > self._history:
             del kept[: -self._history]
 
+    def _remember_last(self, msgs: list[Message]) -> None:
+        """:meth:`_remember` each of ``msgs`` (sent in this order by one sender) that the memory
+        keeps: the last ``history`` of them, since each later one pushes an earlier one out.
+        A multicast to n nodes then makes ``history`` copies instead of n."""
+        for msg in msgs[-self._history :]:
+            self._remember(msg)
+
     def _view(self, match: Match | None = None, time: float = math.inf) -> list[Message]:
         """For each honest sender, its latest message (satisfying ``match``) sent by ``time``."""
         view = []
         for sender in sorted(self._seen):
-            sent = [
-                m
-                for m in self._seen[sender]
-                if m.sent_at <= time and (match is None or match(m))
-            ]
-            if sent:
-                view.append(max(sent, key=lambda m: (m.sent_at, m.seq)))
+            latest = None  # the latest by (sent_at, seq); a loop, not a list and a keyed max
+            for m in self._seen[sender]:
+                if m.sent_at > time or (match is not None and not match(m)):
+                    continue
+                if latest is None or (m.sent_at, m.seq) > (latest.sent_at, latest.seq):
+                    latest = m
+            if latest is not None:
+                view.append(latest)
         return view
 
     def _observed(self, node: int, match: Match | None) -> list[Message]:

@@ -360,3 +360,16 @@ def test_every_message_sent_is_delivered_discarded_dropped_blocked_or_in_flight(
         "in_flight"
     ]
     assert s["dropped"] > 0 and s["blocked"] > 0 and s["impostor"] > 0 and s["late"] > 0
+
+
+def test_match_all_is_true_when_every_given_condition_is() -> None:
+    from byzlearn.engines.base import match_all
+
+    msgs = [Message(kind=k, round=r, dest=d) for k in ("a", "b") for r in (1, 2) for d in (0, 1)]
+    conditions = [lambda m: m.kind == "a", lambda m: m.round == 2, lambda m: m.dest == 1]
+    for count in range(1, 4):
+        for with_none in (False, True):
+            given = conditions[:count] + ([None] if with_none else [])
+            match = match_all(*given)
+            expected = [all(c(m) for c in conditions[:count]) for m in msgs]
+            assert [bool(match(m)) for m in msgs] == expected

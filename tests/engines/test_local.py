@@ -142,3 +142,48 @@ def test_clock_of_a_fresh_engine_and_unknown_nodes() -> None:
     with pytest.raises(ValueError, match="unknown node"):
         engine.now(99)
     assert not math.isnan(engine.now(ids[0]))
+
+
+@pytest.mark.parametrize("history", [1, 2, 3])
+@pytest.mark.parametrize("blocked_last", [False, True])
+def test_a_multicast_leaves_what_sends_one_by_one_leave(history: int, blocked_last: bool) -> None:
+    """The engine's multicast copies only the messages the adversary's memory keeps (the last
+    ``history``); its memory, counters and messages in flight equal those of one ``send`` per
+    destination, also when the topology blocks the last destination."""
+    from byzlearn.engines.topology import Explicit
+
+    def run(multicast: bool) -> LocalEngine:
+        engine = LocalEngine(network=NetworkModel(), history=history)
+        ids = engine.add_group("worker", 5, Echo())
+        engine.add_group("byzantine", 2, Echo(), adversary=True)
+        server = engine.add_node("server")
+        everyone = [*ids, 5, 6]
+        if blocked_last:  # no edge from the server to the last destination
+            edges = [(d, server.id) for d in ids[:-1]]
+            engine.set_topology(Explicit([*everyone, server.id], edges))
+        msg = Message(kind="model", payload=torch.ones(3), round=1)
+        if multicast:
+            server.multicast(msg, ids)
+        else:
+            for dest in ids:
+                server.send(msg.to(dest))
+        return engine
+
+    def memory(engine: LocalEngine) -> dict:
+        return {s: [(m.dest, m.seq, m.sent_at) for m in kept] for s, kept in engine._seen.items()}
+
+    a, b = run(True), run(False)
+    assert memory(a) == memory(b)
+    assert a.stats == b.stats
+    assert [(m.dest, m.seq, m.arrival) for m in a._pending] == [
+        (m.dest, m.seq, m.arrival) for m in b._pending
+    ]
+    kept = a._seen[7]
+    assert len(kept) == min(history, 4 if blocked_last else 5)
+    assert kept[-1].dest == (ids_of(a)[-2] if blocked_last else ids_of(a)[-1])
+    assert not any(m is p for m in kept for p in a._pending)  # copies, not those in flight
+    assert a.stats["blocked"] == (1 if blocked_last else 0)
+
+
+def ids_of(engine: LocalEngine) -> list[int]:
+    return engine.nodes("worker")
