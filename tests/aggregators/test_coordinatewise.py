@@ -628,3 +628,19 @@ def test_property_input_not_modified(problem, rule, as_tensor):
     _result_or_error(rule, inp, f)
     _result_or_error(rule, list(inp), f)
     np.testing.assert_array_equal(X, before)  # NaNs compare equal here
+
+
+def test_average_beyond_the_register_sort_takes_the_finite_values_pass():
+    """Above 25 rows, ``average`` of an input with missing values is the mean of each
+    coordinate's finite values (one pass, no sort), and a coordinate without one still raises."""
+    gen = torch.Generator().manual_seed(5)
+    X = torch.randn(40, 3000, generator=gen, dtype=torch.float64)
+    X[3, ::7] = float("nan")
+    X[9, ::11] = float("inf")
+    A = X.numpy()
+    finite = np.isfinite(A)
+    expected = np.where(finite, A, 0.0).sum(0) / finite.sum(0)
+    np.testing.assert_allclose(agg.average(X).numpy(), expected, rtol=1e-14, atol=0)
+    X[:, 17] = float("nan")
+    with pytest.raises(ValueError, match=r"^average: 1 coordinate\(s\).*coordinate 17"):
+        agg.average(X)

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from byzlearn.aggregators._device import accelerator_path
-from byzlearn.aggregators._mean import mean_of_rows
+from byzlearn.aggregators._mean import mean_of_finite, mean_of_rows
 
 
 def _reference(X: torch.Tensor) -> torch.Tensor:
@@ -104,3 +104,51 @@ def test_large_matrices_on_threads_give_the_same_bits(
     finally:
         torch.set_num_threads(before)
     assert mean_of_rows(torch.empty(4, 0)).shape == (0,)
+
+
+def _finite_reference(X: torch.Tensor) -> torch.Tensor:
+    """The mean of each column's finite values: float64 sums in row order, over their count,
+    clamped to their range (loops)."""
+    A = X.double().numpy()
+    out = np.empty(A.shape[1])
+    for j in range(A.shape[1]):
+        total, count, low, high = 0.0, 0, np.inf, -np.inf
+        for v in A[:, j]:
+            if np.isfinite(v):
+                total, count, low, high = total + v, count + 1, min(low, v), max(high, v)
+        out[j] = min(max(total / count, low), high)
+    return torch.from_numpy(out).to(X.dtype)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 40),
+    d=st.sampled_from([1, 7, 1025, 3000]),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    missing=st.sampled_from([0.0, 0.01, 0.3]),
+    seed=st.integers(0, 10_000),
+)
+def test_mean_of_finite_is_the_mean_of_each_columns_finite_values(
+    n: int, d: int, dtype: torch.dtype, missing: float, seed: int
+) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, d, generator=gen, dtype=dtype) * 100
+    specials = torch.tensor([float("nan"), float("inf"), -float("inf")], dtype=dtype)
+    lost = torch.rand(n, d, generator=gen) < missing
+    lost[0] = False  # every column keeps a finite value
+    Y = torch.where(lost, specials[torch.randint(0, 3, (n, d), generator=gen)], X)
+    out = mean_of_finite(Y)
+    assert out is not None and out.dtype == dtype
+    assert torch.equal(out, _finite_reference(Y))
+    clean = ~lost.any(0)  # a column without a missing value: mean_of_rows' bits
+    if bool(clean.any()):
+        assert torch.equal(out[clean], mean_of_rows(X[:, clean].contiguous()))
+
+
+def test_mean_of_finite_gives_none_without_a_finite_value_or_on_overflow() -> None:
+    X = torch.randn(6, 2000)
+    X[:, 1500] = float("nan")  # one column with no finite value
+    assert mean_of_finite(X) is None
+    big = torch.full((3, 5), 1e308, dtype=torch.float64)
+    big[0, 0] = float("nan")
+    assert mean_of_finite(big) is None  # 2e308 overflows the sum of a column

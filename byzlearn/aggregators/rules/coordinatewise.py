@@ -14,8 +14,15 @@ import torch
 
 from byzlearn.aggregators import _select as sel
 from byzlearn.aggregators._gram import Inputs
-from byzlearn.aggregators._mean import mean_of_rows
+from byzlearn.aggregators._mean import mean_of_finite, mean_of_rows
 from byzlearn.aggregators._registry import register
+
+# Up to this many rows the selection kernel sorts each coordinate's values in registers (one
+# network, no merge), which is also the faster NaN-aware mean there: ``average`` with NaN rows at
+# 25 x 1e6, one thread, 2.25 floors against 4.9 for :func:`mean_of_finite`; beyond, the sort
+# merges through a buffer and the finite-values pass is faster (200 x 1e6: 4.85 -> 2.72 floors
+# with sparse NaN values, 3.58 -> 2.74 with a NaN row; 100 rows 3.41 -> 2.63, 2.36 -> 2.53).
+_SORTED_IN_REGISTERS = 25
 
 
 def _twice_f_plus_one(f: int) -> int:
@@ -32,7 +39,9 @@ def average(inputs: Inputs, f: int) -> torch.Tensor:
     """
     Y = inputs.materialize()
     out = mean_of_rows(Y)  # one pass, None when a value is not finite
-    if out is None:
+    if out is None and Y.shape[0] > _SORTED_IN_REGISTERS:  # missing values, many rows: the
+        out = mean_of_finite(Y)  # finite ones of each block that has some (no sort)
+    if out is None:  # a coordinate without a finite value (raises), other devices, overflow
         out = sel.coordinatewise(Y, sel.MEAN, 0, 1, "average")
     return out
 
