@@ -164,17 +164,12 @@ if njit is not None:
         low = np.empty(w_max)
         high = np.empty(w_max)
         for b in range(b0, b1):
+            if _mean_kernel(X, out, b, b + 1, cols, prefetched):
+                continue  # every value of the block is finite
             j0 = b * cols
             j1 = min(d, j0 + cols)
             w = j1 - j0
-            _column_sums(X, j0, j1, sums, min(cols, d - j1) if prefetched else 0)
             block = out[j0:j1]
-            bad = 0
-            for j in range(w):
-                block[j] = sums[j] / n
-                bad |= not (abs(sums[j]) < np.inf)
-            if bad == 0:
-                continue
             for j in range(w):
                 sums[j] = 0.0
                 counts[j] = 0.0

@@ -20,8 +20,9 @@ from byzlearn.aggregators._registry import register
 # Up to this many rows the selection kernel sorts each coordinate's values in registers (one
 # network, no merge), which is also the faster NaN-aware mean there: ``average`` with NaN rows at
 # 25 x 1e6, one thread, 2.25 floors against 4.9 for :func:`mean_of_finite`; beyond, the sort
-# merges through a buffer and the finite-values pass is faster (200 x 1e6: 4.85 -> 2.72 floors
-# with sparse NaN values, 3.58 -> 2.74 with a NaN row; 100 rows 3.41 -> 2.63, 2.36 -> 2.53).
+# merges through a buffer and the finite-values pass is faster (200 x 1e6: 4.85 -> 2.4-3.1
+# floors with sparse NaN values, 3.58 -> 2.4-3.0 with a NaN row; 100 rows 3.41 -> 2.5-2.8, but
+# 2.36 -> 2.4-3.2 with a NaN row).
 _SORTED_IN_REGISTERS = 25
 
 
