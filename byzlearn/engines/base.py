@@ -338,14 +338,10 @@ class Node:
         match: Match | None = None,
     ) -> list[Message]:
         """The first ``q`` messages of ``round`` (and ``kind``) for this node; see ``recv``."""
-        if kind is not None and match is None:  # the common case: one test per message
-            return self.recv(q, lambda m: m.round == round and m.kind == kind, deadline)
-        cond = match_all(
-            lambda m: m.round == round,
-            None if kind is None else (lambda m: m.kind == kind),
-            match,
-        )
-        return self.recv(q, cond, deadline)
+        def of_round(m: Message) -> bool:  # round and kind in one test per message
+            return m.round == round and (kind is None or m.kind == kind)
+
+        return self.recv(q, of_round if match is None else match_all(of_round, match), deadline)
 
     def discard(self, match: Match) -> int:
         """Discard in-flight messages for this node satisfying ``match`` (counted)."""

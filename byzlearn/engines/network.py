@@ -106,6 +106,11 @@ class NetworkModel:
         base = c.sample((self.seed, "compute", node, round)) if c.random else c.mean
         return base * self.slowdown[node] if node in self.slowdown else base
 
+    def constant_compute_time(self) -> float | None:
+        """The compute time of every node and round when it is one constant (a constant
+        distribution, no straggler), else None: callers then take it once, not per message."""
+        return None if self.compute.random or self.slowdown else self.compute.mean
+
     def link_delay(self, sender: int, dest: int, round: int) -> float:
         """Seconds a message of ``round`` takes from ``sender`` to ``dest``."""
         link = self.link

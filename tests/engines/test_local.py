@@ -187,3 +187,10 @@ def test_a_multicast_leaves_what_sends_one_by_one_leave(history: int, blocked_la
 
 def ids_of(engine: LocalEngine) -> list[int]:
     return engine.nodes("worker")
+
+
+def test_constant_compute_time_only_when_every_node_and_round_take_the_same() -> None:
+    assert NetworkModel(compute=Time("constant", 0.5)).constant_compute_time() == 0.5
+    assert NetworkModel(compute=Time("exponential", 0.5)).constant_compute_time() is None
+    straggler = NetworkModel(compute=Time("constant", 0.5), slowdown={3: 2.0})
+    assert straggler.constant_compute_time() is None
