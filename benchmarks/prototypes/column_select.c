@@ -102,16 +102,23 @@ static inline void classify16(__m512 x, __mmask16 t, __m512 vlo, __m512 vhi, flo
     c->mid += _mm_popcnt_u32(inside);
 }
 
+/* prefetch the block's rows two tiles after row r (the next block's first rows at the end);
+   forced inline: gcc -O2 left it a call, and the transposition took 1.3 instead of 0.8 ticks
+   a value at 200 rows */
+static inline __attribute__((always_inline)) void prefetch_ahead(const float *X, long n, long d, long j0, long r) {
+    long rp = r + 32, jp = j0;
+    if (rp >= n) { rp -= n; jp = j0 + BL; }
+    if (jp >= d) return;
+    for (int rr = 0; rr < 16 && rp + rr < n; rr++) {
+        const char *p = (const char *)(X + (rp + rr) * d + jp);
+        for (int l = 0; l < 16; l++) _mm_prefetch(p + 64 * l, _MM_HINT_T0);
+    }
+}
+
 static void transpose_block(const float *X, long n, long d, long j0, long w, float *colbuf, long np) {
     for (long r = 0; r < n; r += 16) {
         int rows = n - r < 16 ? (int)(n - r) : 16;
-        long rp = r + 32, jp = j0;
-        if (rp >= n) { rp -= n; jp = j0 + BL; }
-        if (jp < d)
-            for (int rr = 0; rr < 16 && rp + rr < n; rr++) {
-                const char *p = (const char *)(X + (rp + rr) * d + jp);
-                for (int l = 0; l < 16; l++) _mm_prefetch(p + 64 * l, _MM_HINT_T0);
-            }
+        prefetch_ahead(X, n, d, j0, r);
         for (long c = 0; c < w; c += 16) {
             if (rows == 16 && c + 16 <= w) {
                 __m512 v[16];
@@ -135,13 +142,7 @@ static void transpose_classify(const float *X, long n, long d, long j0, long w, 
                                Counts *counts) {
     for (long r = 0; r < n; r += 16) {
         int rows = n - r < 16 ? (int)(n - r) : 16;
-        long rp = r + 32, jp = j0;
-        if (rp >= n) { rp -= n; jp = j0 + BL; }
-        if (jp < d)
-            for (int rr = 0; rr < 16 && rp + rr < n; rr++) {
-                const char *p = (const char *)(X + (rp + rr) * d + jp);
-                for (int l = 0; l < 16; l++) _mm_prefetch(p + 64 * l, _MM_HINT_T0);
-            }
+        prefetch_ahead(X, n, d, j0, r);
         __mmask16 trow = head(rows);
         for (long c = 0; c < w; c += 16) {
             int cols = w - c < 16 ? (int)(w - c) : 16;
