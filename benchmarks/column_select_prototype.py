@@ -154,13 +154,16 @@ def make_input(kind: str, n: int, d: int, seed: int = 1) -> torch.Tensor:
     return X
 
 
-def _median_time(fn, repeats: int) -> float:
-    times = []
+def median_times(fns: list, repeats: int) -> list[float]:
+    """Median seconds of each of ``fns``, called in turns (one call of each per repeat), so that
+    load from elsewhere hits them alike."""
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+        for fn, kept in zip(fns, times, strict=True):
+            start = time.perf_counter()
+            fn()
+            kept.append(time.perf_counter() - start)
+    return [float(np.median(kept)) for kept in times]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -189,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
             f"- machine: {platform.machine()}, {cpu_name()}; Python "
             f"{platform.python_version()}, torch {torch.__version__}; threads: 1"
         )
-        print(f"- f = n // 5; median of {args.repeats} timed calls each, in turns with the floor")
+        print(f"- f = n // 5; median of {args.repeats} calls each, the four timed in turns")
         print()
         print(
             "| n | d | input | library / floor | prototype / floor | first round fused / floor "
@@ -209,10 +212,15 @@ def main(argv: list[str] | None = None) -> None:
                 counts, ticks = proto.stats()
                 same = same and np.array_equal(proto.median(Xn, fused=True), library)
                 _, fused_ticks = proto.stats()
-                floor = _median_time(X.sum, args.repeats)
-                ours = _median_time(functools.partial(agg.median, X, f=f), args.repeats)
-                theirs = _median_time(functools.partial(proto.median, Xn), args.repeats)
-                fused = _median_time(functools.partial(proto.median, Xn, True), args.repeats)
+                floor, ours, theirs, fused = median_times(
+                    [
+                        X.sum,
+                        functools.partial(agg.median, X, f=f),
+                        functools.partial(proto.median, Xn),
+                        functools.partial(proto.median, Xn, True),
+                    ],
+                    args.repeats,
+                )
                 phases = ", ".join(f"{t:.2f}" for t in ticks.astype(float) / (n * d))
                 fused_phases = ", ".join(f"{t:.2f}" for t in fused_ticks.astype(float) / (n * d))
                 print(
