@@ -24,7 +24,6 @@
  */
 #include <immintrin.h>
 #include <math.h>
-#include <stdint.h>
 #include <string.h>
 
 #include "nets.h" /* vsort32, vsort64: lane-wise bitonic networks on arrays of __m512 */
@@ -34,12 +33,12 @@
 #define FIN 64
 #define MAX_ROUNDS 12
 
-static int spread = 6, fused = 0;
+#define SPREAD 6 /* the bracket: the sample's values this many ranks either side */
+
+static int fused = 0;
 void set_fused(int v) { fused = v; }
 static long n_second = 0, n_rounds = 0, n_visits = 0, n_fallback = 0;
 static unsigned long long cycles[3]; /* transpose, rounds, final (TSC ticks) */
-
-void set_spread(int v) { spread = v; }
 
 /* counters since the last call: second passes, rounds (per 16 columns), values visited,
    columns finished by the scalar fallback, and the TSC ticks of the three phases */
@@ -82,6 +81,15 @@ static void insertion_sort(float *a, long m) {
         while (j >= 0 && a[j] > v) { a[j + 1] = a[j]; j--; }
         a[j + 1] = v;
     }
+}
+
+/* the sorted sample's ranks il <= ih bracketing rank k of m candidates: its expected place in
+   the sample (clamped to the sample), reach ranks either side */
+static inline void bracket(long k, long m, int reach, int *il, int *ih) {
+    int at = (int)((k * SAMP + m / 2) / m);
+    at = at > SAMP - 1 ? SAMP - 1 : at;
+    *il = at - reach < 0 ? 0 : at - reach;
+    *ih = at + reach > SAMP - 1 ? SAMP - 1 : at + reach;
 }
 
 static inline __mmask16 head(int left) {
@@ -238,12 +246,12 @@ static int decide(const float *col, int m, int *k, int two, float plo, float phi
     if (banded) { *a = value[0]; *b = value[1]; return 1; }
     /* two middle ranks astride a tie band's end (e.g. the last copy of an attack value and the
        next value up): the band gives one, one pass for the nearest value beyond gives the other */
-    int band_lo = plo == phi ? lt : top, band_hi = plo == phi ? below : top + eqh;
-    float band_value = plo == phi ? plo : phi;
+    /* the upper tie band: phi's copies, or plo's when plo == phi */
+    int upper_start = plo == phi ? lt : top, upper_ties = plo == phi ? eql : eqh;
     int up_edge = two && k1 >= lt && k1 == below - 1 && k2 == below;          /* plo band, above */
-    int down_edge = two && k2 == band_lo && k1 == band_lo - 1 && band_hi > band_lo;
+    int down_edge = two && k2 == upper_start && k1 == upper_start - 1 && upper_ties > 0;
     if (up_edge || down_edge) {
-        float edge = up_edge ? plo : band_value;
+        float edge = up_edge ? plo : phi;
         __m512 ve = _mm512_set1_ps(edge);
         __m512 best = _mm512_set1_ps(up_edge ? INFINITY : -INFINITY);
         for (int j = 0; j < m; j += 16) {
@@ -261,7 +269,6 @@ static int decide(const float *col, int m, int *k, int two, float plo, float phi
     }
     /* a second pass: the closed or open interval that holds both ranks */
     n_second++;
-    int upper_start = plo == phi ? lt : top, upper_ties = plo == phi ? eql : eqh;
     int low = k1 < lt ? 0 : (k1 < below ? 1 : 2);                                    /* none, >=, > plo */
     int up = k2 >= upper_start + upper_ties ? 0 : (k2 >= upper_start ? 1 : 2);       /* none, <=, < phi */
     int q = 0;
@@ -298,11 +305,8 @@ void median_columns(const float *X, long n, long d, float *out, float *colbuf, f
         float plo[BL], phi[BL];
         Counts counts[BL];
         if (fused) {
-            int k1 = (int)((n - 1) / 2);
-            int at = (int)(((long)k1 * SAMP + n / 2) / n);
-            at = at > SAMP - 1 ? SAMP - 1 : at;
-            int il = at - spread < 0 ? 0 : at - spread;
-            int ih = at + spread > SAMP - 1 ? SAMP - 1 : at + spread;
+            int il, ih;
+            bracket((n - 1) / 2, n, SPREAD, &il, &ih);
             for (long c0 = 0; c0 < w; c0 += 16) {
                 float sm[SAMP][16];
                 int lanes = w - c0 < 16 ? (int)(w - c0) : 16;
@@ -352,11 +356,8 @@ void median_columns(const float *X, long n, long d, float *out, float *colbuf, f
                     /* a round that did not shrink the candidates (a tie band inside the
                        bracket) is followed by one pivot, a candidate value: < p, == p, > p
                        then always drops that value's copies or resolves the ranks */
-                    int reach = stalled >> l & 1 ? 0 : spread;
-                    int at = (int)(((long)k[l] * SAMP + m / 2) / m);
-                    at = at > SAMP - 1 ? SAMP - 1 : at;
-                    int il = at - reach < 0 ? 0 : at - reach;
-                    int ih = at + reach > SAMP - 1 ? SAMP - 1 : at + reach;
+                    int il, ih;
+                    bracket(k[l], m, stalled >> l & 1 ? 0 : SPREAD, &il, &ih);
                     if (narrow(src[l], m, &k[l], two, sm[il][l], sm[ih][l], buffers[cur] + l * np,
                                &cnt[l], &src[l], &lo[l], &hi[l]))
                         done |= 1 << l;
