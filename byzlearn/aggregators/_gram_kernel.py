@@ -10,7 +10,7 @@ chunk falls back to the mean. Any per-chunk centre gives valid statistics: the c
 matrix is then the vector made of the chunk centres.
 
 Small n (:func:`gram_blocks`): for each pass over ``tile_lanes(rows)`` coordinates (two chunks of
-``LANES``, four from 64 rows on) the kernel
+``LANES``, four from 28 rows on) the kernel
 
 1. writes the centred active rows, chunk by chunk (each chunk centred on its own ``m``), into a
    small buffer ``C`` (padded with zero rows to a multiple of 3, of 4 from ``BIG_TILE_ROWS`` rows
@@ -84,7 +84,7 @@ TILE = 3
 # 107, 234 -> 225, 399 -> 373, 884 -> 815, 1461 -> 1346).
 BIG_TILE = 4
 BIG_TILE_ROWS = 128
-# Coordinates per pass of the tiles: two chunks (512) below 64 buffer rows, four (1024) from 64
+# Coordinates per pass of the tiles: two chunks (512) below 28 buffer rows, four (1024) from 28
 # rows on, where the buffer is in L2 anyway (up to 1.5 MB at 383 rows). Longer passes amortise
 # each tile's reductions (float32 sums of 512 or 1024 products, then added in float64). Each row
 # is centred in one loop per pass (its chunks' centres side by side). Measured in the Gram pass
@@ -98,10 +98,18 @@ BIG_TILE_ROWS = 128
 # against 2.5 %, so one rule for both). Earlier, on that host, 256 -> 512: 5 rows 2.31 -> 1.95
 # reads of X, 10 rows 1.99 -> 1.84, 16 rows 1.76 -> 1.66; against one chunk of 256 and an
 # unaligned buffer: 50 rows 2.2-2.6 -> 2.1-2.2, 100 rows 4.3-4.5 -> 3.2-3.4, 200 rows 8.9-9.2
-# -> 6.6-7.2.
+# -> 6.6-7.2. Later (2026-12-06, the same kind of Xeon, after the tiles began to prefetch the
+# next pass), 512 -> 1024 from 28 buffer rows, where the tiles read the rows centred into the
+# buffer (the fused tiles below take up to ``FUSED_MAX_ROWS``): end to end, time / X.sum() in
+# turns, one thread, d = 1e6, medians of 3-4 turns: Krum 28 rows 3.21 -> 3.01, 34 rows 3.63 ->
+# 3.37, 40 rows 3.32 -> 3.17, 50 rows 3.94 -> 3.42, 60 rows 3.74 -> 3.20; the medoid 30 rows
+# 3.69 -> 3.30, 45 rows 4.27 -> 3.67, 63 rows 4.01 -> 3.54; Bulyan 30 rows 4.81 -> 4.34, 63 rows
+# 6.56 -> 5.38; d = 1e7, 50 rows Krum 2.61 -> 2.40, Multi-Krum 3.41 -> 3.32 (the same outputs;
+# the geometric median within 2.4e-7). Up to 27 rows the fused tiles stay at 512 (25 x 1e7:
+# Krum 1.55 -> 1.71 at 1024), and 2048 lost from 100 rows on (200 rows: Krum 5.73 -> 7.28).
 _TILE_LANES_WIDE = 2 * LANES
 _TILE_LANES_WIDEST = 4 * LANES
-_MANY_ROWS = 64
+_MANY_ROWS = 28
 # Alignment of the tile buffer: a 512-bit load that straddles two cache lines costs two, and
 # numba's own allocations are only 32-byte aligned. With the buffer 64-byte aligned the tiles
 # run at 54 G multiply-adds/s instead of 38 G on a hot 99-row buffer (sgemm: about 83 G); in the
