@@ -101,12 +101,15 @@ BIG_TILE_ROWS = 128
 # -> 6.6-7.2. Later (2026-12-06, the same kind of Xeon, after the tiles began to prefetch the
 # next pass), 512 -> 1024 from 28 buffer rows, where the tiles read the rows centred into the
 # buffer (the fused tiles below take up to ``FUSED_MAX_ROWS``): end to end, time / X.sum() in
-# turns, one thread, d = 1e6, medians of 3-4 turns: Krum 28 rows 3.21 -> 3.01, 34 rows 3.63 ->
-# 3.37, 40 rows 3.32 -> 3.17, 50 rows 3.94 -> 3.42, 60 rows 3.74 -> 3.20; the medoid 30 rows
-# 3.69 -> 3.30, 45 rows 4.27 -> 3.67, 63 rows 4.01 -> 3.54; Bulyan 30 rows 4.81 -> 4.34, 63 rows
-# 6.56 -> 5.38; d = 1e7, 50 rows Krum 2.61 -> 2.40, Multi-Krum 3.41 -> 3.32 (the same outputs;
-# the geometric median within 2.4e-7). Up to 27 rows the fused tiles stay at 512 (25 x 1e7:
-# Krum 1.55 -> 1.71 at 1024), and 2048 lost from 100 rows on (200 rows: Krum 5.73 -> 7.28).
+# turns, one thread, d = 1e6, the two settings in separate processes alternated three times
+# (medians of three turns each): Krum 30 rows 3.63-3.89 -> 3.40-3.44, 40 rows 3.73-3.87 ->
+# 3.38-3.61, 50 rows 3.67-3.86 -> 3.22-3.75, 60 rows 3.39-3.95 -> 3.12-3.56; the geometric
+# median 30 rows 4.79-4.90 -> 4.38-4.40, 60 rows 4.78-4.86 -> 4.34-4.58; Multi-Krum 3 % (its
+# weighted sum unchanged); d = 4e6, 50 rows, Krum 2.56-2.64 -> 2.36-2.45 (the same outputs; the
+# geometric median within 2.4e-7). Up to 27 rows the fused tiles stay at 512 (25 x 1e7: Krum
+# 1.55 -> 1.71 at 1024, in one process); 2048 lost from 100 rows on (200 rows: Krum 5.73 ->
+# 7.28); the fused tiles up to 51 rows instead of 27 were no faster here (28-52 rows, three
+# alternations: Krum 3.12-3.81 against 3.15-4.12).
 _TILE_LANES_WIDE = 2 * LANES
 _TILE_LANES_WIDEST = 4 * LANES
 _MANY_ROWS = 28
