@@ -597,7 +597,7 @@ def statistic_into(
         n_blocks = plan.blocks(d)
         first_bad = np.empty(n_blocks, dtype=np.int64)
         # up to 25 rows of a large input: the statistic in registers after the sort (same bits)
-        kept, run = _fused.kernel_for(Xn, row_index, stat, drop, min_k, d, plan.run)
+        kept, run = _fused.kernel_for(Xn, row_index, stat, drop, min_k, d, plan.run, torch_threads)
         args = (Xn, kept, big, stat, drop, min_k, o.numpy(), first_bad)
         in_parallel(
             lambda b0, b1: run(*args, b0, b1), n_blocks, torch_threads, _MIN_BLOCKS_PER_THREAD

@@ -174,6 +174,28 @@ def test_rows_holding_no_value_are_dropped_and_only_those():
     assert _fused.rows_with_values(X, np.array([0, 3])).tolist() == [0, 3]
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+def test_rows_holding_no_value_checked_by_several_threads(monkeypatch, threads):
+    """The split check (every thread over its share of the coordinates) keeps the same rows as
+    the one-call check, wherever a suspect row's only finite value lies."""
+    monkeypatch.setattr(_fused, "SPLIT_CHECK_COLUMNS", 1)
+    rng = np.random.default_rng(1)
+    d = 1001
+    for place in (1, d // 3, d // 2, d - 1):  # the one finite value, in each thread's share
+        X = rng.standard_normal((7, d)).astype(np.float32)
+        X[1] = np.nan
+        X[2] = np.nan
+        X[2, place] = 1.5
+        X[4] = np.inf
+        X[6, 0] = np.nan  # only its first value missing
+        rows = np.array([6, 5, 4, 2, 1, 0], dtype=np.int64)
+        expected = _fused.rows_with_values(X, rows, 1).tolist()
+        assert expected == [6, 5, 2, 0]
+        assert _fused.rows_with_values(X, rows, threads).tolist() == expected
+    finite = rng.standard_normal((3, d)).astype(np.float32)
+    assert _fused.rows_with_values(finite, np.arange(3), threads).tolist() == [0, 1, 2]
+
+
 def test_too_few_rows_left_keeps_the_plain_kernel_and_its_report(monkeypatch):
     # MeaMed with drop 4 needs 5 values: with 6 of 10 rows missing, every coordinate is short
     X = make("gaussian", 10, torch.float32, 2)
