@@ -41,6 +41,15 @@ CASES.append((20, sel.CLOSEST_TO_TRIMMED, 4, torch.float32))
 # 17 + 16 rows, 14 + 13 rows (the 16-row network)
 CASES += [(50, stat, 10, dtype) for stat in (sel.MEDIAN, sel.TRIMMED) for dtype in BOTH]
 CASES += [(33, sel.TRIMMED, 6, torch.float32), (27, sel.MEDIAN, 5, torch.float32)]
+# MeaMed and Phocas beyond one network: the groups merged in registers (4-7 s to compile each),
+# the median a mean of two (50 rows) or one value (33), Bulyan's short window on 30 rows
+CASES += [
+    (50, sel.CLOSEST_TO_MEDIAN, 10, torch.float32),
+    (50, sel.CLOSEST_TO_TRIMMED, 12, torch.float64),
+    (33, sel.CLOSEST_TO_MEDIAN, 6, torch.float64),
+    (27, sel.CLOSEST_TO_TRIMMED, 5, torch.float32),
+    (30, sel.CLOSEST_TO_MEDIAN, 20, torch.float32),
+]
 KINDS = (
     "gaussian",
     "ties",
@@ -101,6 +110,18 @@ def test_fused_kernel_gives_the_plain_kernels_bits(n, stat, drop, dtype, monkeyp
         (plain, first_plain), (fused, first_fused) = both_paths(X, stat, drop, None, monkeypatch)
         assert first_fused == first_plain, kind
         assert torch.equal(bits(fused), bits(plain)), kind
+
+
+def test_groups_merge_in_registers_for_the_window_rules_only():
+    for n in (26, 40, _fused.MERGED_MAX_ROWS):
+        assert _fused.merges_in_registers(n, sel.CLOSEST_TO_MEDIAN)
+        assert _fused.merges_in_registers(n, sel.CLOSEST_TO_TRIMMED)
+        assert not _fused.merges_in_registers(n, sel.MEDIAN)  # two lists, no merge
+        assert not _fused.merges_in_registers(n, sel.TRIMMED)
+    assert not _fused.merges_in_registers(25, sel.CLOSEST_TO_MEDIAN)  # one network
+    assert not _fused.merges_in_registers(_fused.MERGED_MAX_ROWS + 1, sel.CLOSEST_TO_MEDIAN)
+    assert not _fused.applies(_fused.MERGED_MAX_ROWS + 1, sel.CLOSEST_TO_MEDIAN, 10, 1, 1 << 20,
+                              np.float32)
 
 
 def test_fused_kernel_on_a_subset_of_rows_as_bulyan_calls_it(monkeypatch):
@@ -215,10 +236,12 @@ def test_too_few_rows_left_keeps_the_plain_kernel_and_its_report(monkeypatch):
         (10, sel.MEDIAN, 2, 1, 0, np.float32, False),
         (26, sel.MEDIAN, 5, 1, 1 << 20, np.float32, True),  # two groups (_two_lists)
         (50, sel.MEDIAN, 10, 1, 1 << 20, np.float64, True),
-        (51, sel.MEDIAN, 10, 1, 1 << 20, np.float32, False),  # merged groups
+        (51, sel.MEDIAN, 10, 1, 1 << 20, np.float32, False),  # more groups, merged in the buffer
         (26, sel.TRIMMED, 5, 1, 1 << 20, np.float32, True),
         (26, sel.TRIMMED, 13, 1, 1 << 20, np.float32, False),  # nothing left to average
-        (40, sel.CLOSEST_TO_MEDIAN, 8, 1, 1 << 20, np.float32, False),
+        (40, sel.CLOSEST_TO_MEDIAN, 8, 1, 1 << 20, np.float32, True),  # merged in registers
+        (51, sel.CLOSEST_TO_MEDIAN, 10, 1, 1 << 20, np.float32, False),
+        (50, sel.CLOSEST_TO_TRIMMED, 25, 1, 1 << 20, np.float32, False),  # nothing to trim to
         (10, sel.MEDIAN, 2, 1, 1 << 20, np.float16, False),
         (10, sel.MEDIAN, 2, 11, 1 << 20, np.float64, False),  # every coordinate short
         (10, sel.TRIMMED, 5, 11, 1 << 20, np.float64, False),
