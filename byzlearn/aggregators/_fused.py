@@ -30,7 +30,7 @@ many.
 The median and the trimmed mean of 26 to 50 rows take a kernel of the same kind: the plain
 kernel's two groups of rows sorted by its network into locals of their own, and the statistic
 taken from the two sorted lists without a merge (:mod:`._two_lists`, whose vectorised twin the
-plain kernel runs on its finite blocks: the same bits). MeaMed and Phocas of 26 to 50 rows (and
+plain kernel runs on its finite blocks: the same bits). MeaMed and Phocas of 26 to 64 rows (and
 Bulyan's second phase on as many selected rows), whose windows read most positions, merge the
 sorted groups in registers instead (:func:`_merged_body`): the plain kernel's own merge passes,
 comparator for comparator, so the same values at every position and the same bits. One thread,
@@ -39,8 +39,9 @@ float32, d = 1e6, f = n / 5, time over one read, against the plain kernel in one
 2.66 at 40, 3.70 -> 2.51 at 45, 3.26 -> 2.49 at 49, 2.74-3.28 -> 2.58-3.07 at 50; Phocas 3.62
 -> 1.96, 4.63 -> 2.14, 3.87 -> 2.19, 3.56 -> 2.21, 3.09 -> 2.25, 3.36-3.41 -> 2.20-2.29;
 Bulyan (its second phase on 30, 39, 48 selected rows) 5.23 -> 3.88 floors at n = 50, 5.79 ->
-4.15 at 63, 5.33 -> 4.66 at 70. These kernels take 2 s (26 rows) to 7 s (50 rows) to compile,
-once per row count, statistic, drop and dtype (then numba's disk cache keeps them).
+4.15 at 63, 5.33 -> 4.66 at 70. These kernels take 2 s (26 rows) to 7 s (50 rows) and 15 s
+(64 rows) to compile, once per row count, statistic, drop and dtype (then numba's disk cache
+keeps them).
 
 Each (n, statistic, drop, dtype) is a kernel of its own (0.6 to 1.9 s to compile from 10 to 25
 rows, its selects written as :mod:`._branchfree` calls; numba's disk cache keeps it between
@@ -75,9 +76,11 @@ MIN_COLUMNS = 1 << 16
 # Blocks the plain kernel takes after a block the fused kernel could not take.
 _RETRY_BLOCKS = 16
 _GENERATOR_VERSION = 6
-# Most rows whose sorted groups MeaMed's and Phocas' fused kernels merge in registers (two
-# networks' worth: at most 64 wires).
-MERGED_MAX_ROWS = 50
+# Most rows whose sorted groups MeaMed's and Phocas' fused kernels merge in registers (64 wires:
+# from 51 rows four groups of 16; the plain kernel against the fused one at 56 rows, MeaMed
+# 3.11 -> 1.95 floors, Phocas 3.52 -> 2.08; at 64 rows 2.71 -> 2.50 and 2.71 -> 1.93; each
+# kernel there about 10-15 s to compile).
+MERGED_MAX_ROWS = 64
 
 
 def applies(n: int, stat: int, drop: int, min_k: int, d: int, dtype: np.dtype) -> bool:

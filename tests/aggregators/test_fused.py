@@ -49,6 +49,7 @@ CASES += [
     (33, sel.CLOSEST_TO_MEDIAN, 6, torch.float64),
     (27, sel.CLOSEST_TO_TRIMMED, 5, torch.float32),
     (30, sel.CLOSEST_TO_MEDIAN, 20, torch.float32),
+    (58, sel.CLOSEST_TO_TRIMMED, 11, torch.float32),  # four groups of 16 (12 s to compile)
 ]
 KINDS = (
     "gaussian",
@@ -240,7 +241,7 @@ def test_too_few_rows_left_keeps_the_plain_kernel_and_its_report(monkeypatch):
         (26, sel.TRIMMED, 5, 1, 1 << 20, np.float32, True),
         (26, sel.TRIMMED, 13, 1, 1 << 20, np.float32, False),  # nothing left to average
         (40, sel.CLOSEST_TO_MEDIAN, 8, 1, 1 << 20, np.float32, True),  # merged in registers
-        (51, sel.CLOSEST_TO_MEDIAN, 10, 1, 1 << 20, np.float32, False),
+        (65, sel.CLOSEST_TO_MEDIAN, 13, 1, 1 << 20, np.float32, False),  # 128 wires
         (50, sel.CLOSEST_TO_TRIMMED, 25, 1, 1 << 20, np.float32, False),  # nothing to trim to
         (10, sel.MEDIAN, 2, 1, 1 << 20, np.float16, False),
         (10, sel.MEDIAN, 2, 11, 1 << 20, np.float64, False),  # every coordinate short
