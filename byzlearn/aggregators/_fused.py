@@ -31,17 +31,19 @@ The median and the trimmed mean of 26 to 50 rows take a kernel of the same kind:
 kernel's two groups of rows sorted by its network into locals of their own, and the statistic
 taken from the two sorted lists without a merge (:mod:`._two_lists`, whose vectorised twin the
 plain kernel runs on its finite blocks: the same bits). MeaMed and Phocas of 26 to 64 rows (and
-Bulyan's second phase on as many selected rows), whose windows read most positions, merge the
-sorted groups in registers instead (:func:`_merged_body`): the plain kernel's own merge passes,
-comparator for comparator, so the same values at every position and the same bits. One thread,
-float32, d = 1e6, f = n / 5, time over one read, against the plain kernel in one process
-(medians of three turns): MeaMed 3.59 -> 1.92 floors at 26 rows, 4.71 -> 2.24 at 33, 3.79 ->
-2.66 at 40, 3.70 -> 2.51 at 45, 3.26 -> 2.49 at 49, 2.74-3.28 -> 2.58-3.07 at 50; Phocas 3.62
--> 1.96, 4.63 -> 2.14, 3.87 -> 2.19, 3.56 -> 2.21, 3.09 -> 2.25, 3.36-3.41 -> 2.20-2.29;
-Bulyan (its second phase on 30, 39, 48 selected rows) 5.23 -> 3.88 floors at n = 50, 5.79 ->
-4.15 at 63, 5.33 -> 4.66 at 70. These kernels take 2 s (26 rows) to 7 s (50 rows) and 15 s
-(64 rows) to compile, once per row count, statistic, drop and dtype (then numba's disk cache
-keeps them).
+Bulyan's second phase on as many selected rows), whose windows read most positions, and every
+statistic from 51 to 64 rows merge the sorted groups in registers instead
+(:func:`_merged_body`): the plain kernel's own merge passes, comparator for comparator, so the
+same values at every position and the same bits. One thread, float32, d = 1e6, f = n / 5,
+time over one read, against the plain kernel in one process (medians of three turns): MeaMed
+3.59 -> 1.92 floors at 26 rows, 4.71 -> 2.24 at 33, 3.79 -> 2.66 at 40, 3.70 -> 2.51 at 45,
+3.26 -> 2.49 at 49, 2.74-3.28 -> 2.58-3.07 at 50, 3.11 -> 1.95 at 56; Phocas 3.62 -> 1.96,
+4.63 -> 2.14, 3.87 -> 2.19, 3.56 -> 2.21, 3.09 -> 2.25, 3.36-3.41 -> 2.20-2.29, 3.52 -> 2.08;
+the median at 56 and 64 rows 2.80 -> 1.38 and 2.25 -> 1.35, the trimmed mean 3.03 -> 1.53 and
+2.81 -> 1.63; Bulyan (its second phase on 30, 39, 48, 60 selected rows) 5.23 -> 3.88 floors at
+n = 50, 5.79 -> 4.15 at 63, 5.33 -> 4.66 at 70, 5.44 -> 4.91 at 100. These kernels take 2 s
+(26 rows) to 7 s (50 rows) and 15 s (64 rows) to compile, once per row count, statistic, drop
+and dtype (then numba's disk cache keeps them).
 
 Each (n, statistic, drop, dtype) is a kernel of its own (0.6 to 1.9 s to compile from 10 to 25
 rows, its selects written as :mod:`._branchfree` calls; numba's disk cache keeps it between
@@ -76,10 +78,10 @@ MIN_COLUMNS = 1 << 16
 # Blocks the plain kernel takes after a block the fused kernel could not take.
 _RETRY_BLOCKS = 16
 _GENERATOR_VERSION = 6
-# Most rows whose sorted groups MeaMed's and Phocas' fused kernels merge in registers (64 wires:
-# from 51 rows four groups of 16; the plain kernel against the fused one at 56 rows, MeaMed
-# 3.11 -> 1.95 floors, Phocas 3.52 -> 2.08; at 64 rows 2.71 -> 2.50 and 2.71 -> 1.93; each
-# kernel there about 10-15 s to compile).
+# Most rows whose sorted groups the fused kernels merge in registers (64 wires: from 51 rows
+# four groups of 16; the plain kernel against the fused one at 56 rows, the median 2.80 -> 1.38
+# floors, the trimmed mean 3.03 -> 1.53, MeaMed 3.11 -> 1.95, Phocas 3.52 -> 2.08; at 64 rows
+# 2.25 -> 1.35, 2.81 -> 1.63, 2.71 -> 2.50, 2.71 -> 1.93; each kernel there 10-15 s to compile).
 MERGED_MAX_ROWS = 64
 
 
@@ -94,21 +96,21 @@ def applies(n: int, stat: int, drop: int, min_k: int, d: int, dtype: np.dtype) -
     if min_k < 1:
         return False
     # beyond one network: where the plain kernel takes the same two lists (the same bits), or
-    # MeaMed and Phocas (their window reads most positions) merged in registers
+    # the groups merged in registers
     if _sortnet.size_for(n) is None and not (
-        _sortnet.plan(n).two_lists(stat, drop, min_k) or merges_in_registers(n, stat)
+        _sortnet.plan(n).two_lists(stat, drop, min_k) or merges_in_registers(n, stat, drop)
     ):
         return False
     return checked_min_k(stat, drop, min_k, "fused") <= n
 
 
-def merges_in_registers(n: int, stat: int) -> bool:
+def merges_in_registers(n: int, stat: int, drop: int) -> bool:
     """Whether the fused kernel of n rows (more than one network sorts) merges the sorted groups
-    in registers (:func:`_merged_body`): MeaMed and Phocas up to :data:`MERGED_MAX_ROWS`."""
-    from byzlearn.aggregators._select import CLOSEST_TO_MEDIAN, CLOSEST_TO_TRIMMED
-
-    fits = _sortnet.size_for(n) is None and n <= MERGED_MAX_ROWS
-    return fits and stat in (CLOSEST_TO_MEDIAN, CLOSEST_TO_TRIMMED)
+    in registers (:func:`_merged_body`): up to :data:`MERGED_MAX_ROWS`, every statistic the two
+    sorted lists of :mod:`._two_lists` do not take (MeaMed and Phocas; from 51 rows all)."""
+    if _sortnet.size_for(n) is not None or n > MERGED_MAX_ROWS:
+        return False
+    return not _sortnet.plan(n).two_lists(stat, drop, 1)
 
 
 def _value(r: int) -> str:
@@ -231,7 +233,7 @@ def _source(n: int, stat: int, drop: int, recip: bool) -> str:
     ]
 
     if _sortnet.size_for(n) is None:
-        merged = merges_in_registers(n, stat)
+        merged = merges_in_registers(n, stat, drop)
         body = (_merged_body if merged else _two_group_body)(n, stat, drop, recip)
     else:
         body = _sorted_lines(0, n)
@@ -287,7 +289,8 @@ def _two_group_body(n: int, stat: int, drop: int, recip: bool) -> list[str]:
 
 
 def _merged_body(n: int, stat: int, drop: int, recip: bool) -> list[str]:
-    """MeaMed or Phocas of n rows, more than one network sorts (26 to :data:`MERGED_MAX_ROWS`):
+    """The statistic of n rows, more than one network sorts (26 to :data:`MERGED_MAX_ROWS`; where
+    :func:`merges_in_registers`):
     the plain kernel's groups (:func:`._sortnet.plan`) sorted by its network into locals, then
     its merge, comparator for comparator, on those locals instead of its buffer: the passes
     that give the positions the statistic reads their exact ranks

@@ -50,6 +50,8 @@ CASES += [
     (27, sel.CLOSEST_TO_TRIMMED, 5, torch.float32),
     (30, sel.CLOSEST_TO_MEDIAN, 20, torch.float32),
     (58, sel.CLOSEST_TO_TRIMMED, 11, torch.float32),  # four groups of 16 (12 s to compile)
+    (55, sel.MEDIAN, 0, torch.float64),  # beyond the two lists: the median merged too
+    (64, sel.TRIMMED, 12, torch.float32),
 ]
 KINDS = (
     "gaussian",
@@ -113,14 +115,17 @@ def test_fused_kernel_gives_the_plain_kernels_bits(n, stat, drop, dtype, monkeyp
         assert torch.equal(bits(fused), bits(plain)), kind
 
 
-def test_groups_merge_in_registers_for_the_window_rules_only():
-    for n in (26, 40, _fused.MERGED_MAX_ROWS):
-        assert _fused.merges_in_registers(n, sel.CLOSEST_TO_MEDIAN)
-        assert _fused.merges_in_registers(n, sel.CLOSEST_TO_TRIMMED)
-        assert not _fused.merges_in_registers(n, sel.MEDIAN)  # two lists, no merge
-        assert not _fused.merges_in_registers(n, sel.TRIMMED)
-    assert not _fused.merges_in_registers(25, sel.CLOSEST_TO_MEDIAN)  # one network
-    assert not _fused.merges_in_registers(_fused.MERGED_MAX_ROWS + 1, sel.CLOSEST_TO_MEDIAN)
+def test_groups_merge_in_registers_where_two_lists_do_not_serve():
+    for n in (26, 40, 50):
+        assert _fused.merges_in_registers(n, sel.CLOSEST_TO_MEDIAN, n // 5)
+        assert _fused.merges_in_registers(n, sel.CLOSEST_TO_TRIMMED, n // 5)
+        assert not _fused.merges_in_registers(n, sel.MEDIAN, 0)  # two lists, no merge
+        assert not _fused.merges_in_registers(n, sel.TRIMMED, n // 5)
+    for n in (51, _fused.MERGED_MAX_ROWS):  # beyond the two lists: every statistic
+        for stat in (sel.MEDIAN, sel.TRIMMED, sel.CLOSEST_TO_MEDIAN, sel.CLOSEST_TO_TRIMMED):
+            assert _fused.merges_in_registers(n, stat, n // 5)
+    assert not _fused.merges_in_registers(25, sel.CLOSEST_TO_MEDIAN, 5)  # one network
+    assert not _fused.merges_in_registers(_fused.MERGED_MAX_ROWS + 1, sel.MEDIAN, 0)
     assert not _fused.applies(_fused.MERGED_MAX_ROWS + 1, sel.CLOSEST_TO_MEDIAN, 10, 1, 1 << 20,
                               np.float32)
 
@@ -237,7 +242,8 @@ def test_too_few_rows_left_keeps_the_plain_kernel_and_its_report(monkeypatch):
         (10, sel.MEDIAN, 2, 1, 0, np.float32, False),
         (26, sel.MEDIAN, 5, 1, 1 << 20, np.float32, True),  # two groups (_two_lists)
         (50, sel.MEDIAN, 10, 1, 1 << 20, np.float64, True),
-        (51, sel.MEDIAN, 10, 1, 1 << 20, np.float32, False),  # more groups, merged in the buffer
+        (51, sel.MEDIAN, 10, 1, 1 << 20, np.float32, True),  # four groups merged in registers
+        (65, sel.MEDIAN, 13, 1, 1 << 20, np.float32, False),  # 128 wires: merged in the buffer
         (26, sel.TRIMMED, 5, 1, 1 << 20, np.float32, True),
         (26, sel.TRIMMED, 13, 1, 1 << 20, np.float32, False),  # nothing left to average
         (40, sel.CLOSEST_TO_MEDIAN, 8, 1, 1 << 20, np.float32, True),  # merged in registers
