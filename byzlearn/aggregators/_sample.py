@@ -30,8 +30,16 @@ def _floyd_python(draws: np.ndarray, d: int, bits: np.ndarray) -> None:  # pragm
         bits[t >> 3] |= 1 << (t & 7)
 
 
-def _members_python(bits: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
-    out[:-1] = np.flatnonzero(np.unpackbits(bits, bitorder="little"))
+def _members_python(bits: np.ndarray, out: np.ndarray, places, counts) -> None:  # pragma: no cover
+    out[:-8] = np.flatnonzero(np.unpackbits(bits, bitorder="little"))
+
+
+# Per byte value: the places of its set bits, lowest first (then zeros), and how many there are.
+_PLACES = np.array(
+    [[k for k in range(8) if v >> k & 1] + [0] * (8 - bin(v).count("1")) for v in range(256)],
+    dtype=np.int64,
+)
+_COUNTS = np.array([bin(v).count("1") for v in range(256)], dtype=np.int64)
 
 
 if njit is not None:
@@ -48,16 +56,19 @@ if njit is not None:
             bits[t >> 3] |= np.uint8(1 << (t & 7))
 
     @njit(boundscheck=False, cache=True, nogil=True)
-    def _members(bits, out):  # pragma: no cover (compiled)
-        """The set bits' positions in increasing order into out[:-1] (out[-1]: scratch)."""
+    def _members(bits, out, places, counts):  # pragma: no cover (compiled)
+        """The set bits' positions in increasing order into out[:-8] (the last 8: scratch):
+        per byte, the 8 entries of its row of ``places`` (the set bits' places first) written
+        at once, then the count of its set bits kept. (A write and an advance per bit, with a
+        branch past zero bytes, took 6.8 ms for 1e6 members of 1e7: SignGuard's sample.)"""
         q = 0
-        last = out.shape[0] - 1
         for b in range(bits.shape[0]):
-            byte = np.int64(bits[b])
-            if byte:
-                for s in range(8):  # branch-free: write, then advance when the bit is set
-                    out[min(q, last)] = 8 * b + s
-                    q += (byte >> s) & 1
+            byte = bits[b]
+            base = 8 * b
+            row = places[byte]
+            for s in range(8):
+                out[q + s] = base + row[s]
+            q += counts[byte]
 
 else:  # pragma: no cover
     _floyd = _floyd_python
@@ -74,6 +85,6 @@ def sorted_sample(rng: np.random.Generator, d: int, k: int) -> np.ndarray:
     draws = rng.integers(0, np.arange(d - k, d, dtype=np.int64), endpoint=True, dtype=np.int64)
     bits = np.zeros((d + 7) // 8, dtype=np.uint8)
     _floyd(draws, d, bits)
-    out = np.empty(k + 1, dtype=np.int64)  # one scratch entry for the branch-free writes
-    _members(bits, out)
+    out = np.empty(k + 8, dtype=np.int64)  # 8 scratch entries for the last byte's writes
+    _members(bits, out, _PLACES, _COUNTS)
     return out[:k]
