@@ -27,14 +27,14 @@ the statistic of each coordinate is the same without them); where missing values
 twice as many after each failure that comes at once, so such inputs pay for one fused block in
 many.
 
-The median and the trimmed mean of 26 to 50 rows take a kernel of the same kind: the plain
-kernel's two groups of rows sorted by its network into locals of their own, and the statistic
-taken from the two sorted lists without a merge (:mod:`._two_lists`, whose vectorised twin the
-plain kernel runs on its finite blocks: the same bits). MeaMed and Phocas of 26 to 64 rows (and
-Bulyan's second phase on as many selected rows), whose windows read most positions, and every
-statistic from 51 to 64 rows merge the sorted groups in registers instead
+From 26 to 64 rows (and Bulyan's second phase on as many selected rows) the kernel sorts the
+plain kernel's groups by its network into locals and merges them in registers
 (:func:`_merged_body`): the plain kernel's own merge passes, comparator for comparator, so the
-same values at every position and the same bits. One thread, float32, d = 1e6, f = n / 5,
+same values at every position and the same bits. That is on hosts with AVX-512
+(:data:`._sortnet.REGISTER_MERGE`); elsewhere the median and the trimmed mean of 26 to 50 rows
+take the statistic from the two sorted lists without a merge (:mod:`._two_lists`, whose
+vectorised twin the plain kernel then runs on its finite blocks: the same bits) and the other
+statistics the plain kernel. One thread, float32, d = 1e6, f = n / 5,
 time over one read, against the plain kernel in one process (medians of three turns): MeaMed
 3.59 -> 1.92 floors at 26 rows, 4.71 -> 2.24 at 33, 3.79 -> 2.66 at 40, 3.70 -> 2.51 at 45,
 3.26 -> 2.49 at 49, 2.74-3.28 -> 2.58-3.07 at 50, 3.11 -> 1.95 at 56; Phocas 3.62 -> 1.96,
@@ -106,11 +106,12 @@ def applies(n: int, stat: int, drop: int, min_k: int, d: int, dtype: np.dtype) -
 
 def merges_in_registers(n: int, stat: int, drop: int) -> bool:
     """Whether the fused kernel of n rows (more than one network sorts) merges the sorted groups
-    in registers (:func:`_merged_body`): up to :data:`MERGED_MAX_ROWS`, every statistic the two
-    sorted lists of :mod:`._two_lists` do not take (MeaMed and Phocas; from 51 rows all)."""
-    if _sortnet.size_for(n) is not None or n > MERGED_MAX_ROWS:
+    in registers (:func:`_merged_body`): up to :data:`MERGED_MAX_ROWS`, on hosts that do
+    (:data:`._sortnet.REGISTER_MERGE`), every statistic the two sorted lists of
+    :mod:`._two_lists` do not take (there, all of them)."""
+    if not _sortnet.REGISTER_MERGE or _sortnet.size_for(n) is not None:
         return False
-    return not _sortnet.plan(n).two_lists(stat, drop, 1)
+    return n <= MERGED_MAX_ROWS and not _sortnet.plan(n).two_lists(stat, drop, 1)
 
 
 def _value(r: int) -> str:
@@ -200,7 +201,7 @@ def statistic_lines(n: int, stat: int, drop: int, recip: bool) -> list[str]:
     return lines + _mean_lines(m, recip, "np.float64(w0)", f"np.float64(w{m - 1})")
 
 
-def _source(n: int, stat: int, drop: int, recip: bool) -> str:
+def _source(n: int, stat: int, drop: int, recip: bool, merged: bool = False) -> str:
     """Kernel source: for blocks blk0..blk1-1, load the n rows ``rows`` (non-finite -> +inf),
     sort by the unrolled network of ``size_for(n)`` rows (without its pairs on the +inf padding
     rows, which move nothing; beyond one network, two groups: :func:`_two_group_body`), take
@@ -233,7 +234,6 @@ def _source(n: int, stat: int, drop: int, recip: bool) -> str:
     ]
 
     if _sortnet.size_for(n) is None:
-        merged = merges_in_registers(n, stat, drop)
         body = (_merged_body if merged else _two_group_body)(n, stat, drop, recip)
     else:
         body = _sorted_lines(0, n)
@@ -327,10 +327,12 @@ def _merged_body(n: int, stat: int, drop: int, recip: bool) -> list[str]:
 
 
 @functools.cache
-def kernel(n: int, stat: int, drop: int, recip: bool) -> Callable:
-    """The compiled fused kernel (single-threaded) for n rows; ``recip``: float32 inputs."""
-    source = _source(n, stat, drop, recip)
-    name = f"fused_{n}_{stat}_{drop}_{int(recip)}_v{_GENERATOR_VERSION}"
+def kernel(n: int, stat: int, drop: int, recip: bool, merged: bool = False) -> Callable:
+    """The compiled fused kernel (single-threaded) for n rows; ``recip``: float32 inputs;
+    ``merged``: beyond one network, the groups merged in registers (else the two lists)."""
+    source = _source(n, stat, drop, recip, merged)
+    kind = "_merged" if merged else ""
+    name = f"fused_{n}_{stat}_{drop}_{int(recip)}{kind}_v{_GENERATOR_VERSION}"
     helpers = (sys.modules[__name__], _simd, _branchfree, _two_lists)
     return _sortnet.compiled(name, source, helpers)
 
@@ -446,7 +448,8 @@ def run(
 
     n = rows.shape[0]
     # one kernel for every drop where the statistic does not use it
-    fused = kernel(n, stat, 0 if stat in (MEDIAN, MEAN) else drop, X.dtype == np.float32)
+    used = 0 if stat in (MEDIAN, MEAN) else drop
+    fused = kernel(n, stat, used, X.dtype == np.float32, merges_in_registers(n, stat, used))
     plan = _sortnet.plan(n)
     retry = _RETRY_BLOCKS
     blk = blk0

@@ -108,26 +108,42 @@ def make(kind: str, n: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("n,stat,drop,dtype", CASES)
 def test_fused_kernel_gives_the_plain_kernels_bits(n, stat, drop, dtype, monkeypatch):
-    for seed, kind in enumerate(KINDS):
-        X = make(kind, n, dtype, seed)
-        (plain, first_plain), (fused, first_fused) = both_paths(X, stat, drop, None, monkeypatch)
-        assert first_fused == first_plain, kind
-        assert torch.equal(bits(fused), bits(plain)), kind
+    # 26 to 50 rows: the median and the trimmed mean merged in registers (AVX-512 hosts) or
+    # taken from the two sorted lists (the others), both checked on any host
+    two_lists = 26 <= n <= 50 and stat in (sel.MEDIAN, sel.TRIMMED)
+    for merge in (True, False) if two_lists else (True,):
+        monkeypatch.setattr(_sortnet, "REGISTER_MERGE", merge)
+        for seed, kind in enumerate(KINDS):
+            X = make(kind, n, dtype, seed)
+            (plain, first_plain), (fused, first_fused) = both_paths(
+                X, stat, drop, None, monkeypatch
+            )
+            assert first_fused == first_plain, (kind, merge)
+            assert torch.equal(bits(fused), bits(plain)), (kind, merge)
 
 
-def test_groups_merge_in_registers_where_two_lists_do_not_serve():
-    for n in (26, 40, 50):
-        assert _fused.merges_in_registers(n, sel.CLOSEST_TO_MEDIAN, n // 5)
-        assert _fused.merges_in_registers(n, sel.CLOSEST_TO_TRIMMED, n // 5)
-        assert not _fused.merges_in_registers(n, sel.MEDIAN, 0)  # two lists, no merge
-        assert not _fused.merges_in_registers(n, sel.TRIMMED, n // 5)
-    for n in (51, _fused.MERGED_MAX_ROWS):  # beyond the two lists: every statistic
-        for stat in (sel.MEDIAN, sel.TRIMMED, sel.CLOSEST_TO_MEDIAN, sel.CLOSEST_TO_TRIMMED):
+WINDOW_AND_CENTRE = (sel.MEDIAN, sel.TRIMMED, sel.CLOSEST_TO_MEDIAN, sel.CLOSEST_TO_TRIMMED)
+
+
+def test_groups_merge_in_registers_on_hosts_that_do(monkeypatch):
+    monkeypatch.setattr(_sortnet, "REGISTER_MERGE", True)
+    for n in (26, 40, 50, 51, _fused.MERGED_MAX_ROWS):  # every statistic, no two lists
+        for stat in WINDOW_AND_CENTRE:
             assert _fused.merges_in_registers(n, stat, n // 5)
+            assert not _sortnet.plan(n).two_lists(stat, n // 5, 1)
     assert not _fused.merges_in_registers(25, sel.CLOSEST_TO_MEDIAN, 5)  # one network
     assert not _fused.merges_in_registers(_fused.MERGED_MAX_ROWS + 1, sel.MEDIAN, 0)
     assert not _fused.applies(_fused.MERGED_MAX_ROWS + 1, sel.CLOSEST_TO_MEDIAN, 10, 1, 1 << 20,
                               np.float32)
+    # elsewhere (AVX2: 16 registers) the two lists and the buffer's merge, as measured there
+    monkeypatch.setattr(_sortnet, "REGISTER_MERGE", False)
+    for n in (26, 50, 64):
+        for stat in WINDOW_AND_CENTRE:
+            assert not _fused.merges_in_registers(n, stat, n // 5)
+    assert _sortnet.plan(50).two_lists(sel.MEDIAN, 10, 1)
+    assert not _fused.applies(40, sel.CLOSEST_TO_MEDIAN, 8, 1, 1 << 20, np.float32)
+    assert not _fused.applies(51, sel.MEDIAN, 10, 1, 1 << 20, np.float32)
+    assert _fused.applies(50, sel.TRIMMED, 10, 1, 1 << 20, np.float32)
 
 
 def test_fused_kernel_on_a_subset_of_rows_as_bulyan_calls_it(monkeypatch):
@@ -256,8 +272,9 @@ def test_too_few_rows_left_keeps_the_plain_kernel_and_its_report(monkeypatch):
     ],
 )
 def test_fused_kernel_applies_only_where_it_is_exact_and_worth_compiling(
-    n, stat, drop, min_k, d, dtype, expected
+    n, stat, drop, min_k, d, dtype, expected, monkeypatch
 ):
+    monkeypatch.setattr(_sortnet, "REGISTER_MERGE", True)  # else: the test above
     assert _fused.applies(n, stat, drop, min_k, d, dtype) == expected
 
 
@@ -323,10 +340,12 @@ def test_one_kernel_for_every_drop_of_the_median(monkeypatch):
     X = make("gaussian", 10, torch.float32, 0)
     for drop in (1, 2, 3):
         sel.statistic_into(X, sel.MEDIAN, drop, 1, torch.empty(D))
-    assert built == [(10, sel.MEDIAN, 0, True)] * 3
+    assert built == [(10, sel.MEDIAN, 0, True, False)] * 3
 
 
-def test_two_group_median_with_zeros_of_both_signs(monkeypatch):
+@pytest.mark.parametrize("merge", [False, True])
+def test_two_group_median_with_zeros_of_both_signs(merge, monkeypatch):
+    monkeypatch.setattr(_sortnet, "REGISTER_MERGE", merge)  # two lists, or merged
     X = make("gaussian", 50, torch.float32, 7)
     X[:, :LANES] = 0.0  # blocks of zero medians: the same signs of zero as the plain kernel
     X[:30, LANES : 2 * LANES] = -0.0

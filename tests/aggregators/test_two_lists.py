@@ -131,7 +131,8 @@ def test_a_mean_that_overflows_is_reported_by_both_twins():
         (40, sel.MEAN, 0, False),
     ],
 )
-def test_applies_where_the_two_lists_give_the_statistic(n, stat, drop, expected):
+def test_applies_where_the_two_lists_give_the_statistic(n, stat, drop, expected, monkeypatch):
+    monkeypatch.setattr(_sortnet, "REGISTER_MERGE", False)  # the hosts that take them
     assert _two_lists.applies(n, stat, drop) == expected
     plan = _sortnet.plan(n)
     if expected:  # the plan sorts the same two groups
@@ -139,7 +140,9 @@ def test_applies_where_the_two_lists_give_the_statistic(n, stat, drop, expected)
         assert plan.two_lists(stat, drop, 1) and not plan.two_lists(stat, drop, n + 1)
 
 
-def test_plain_kernel_gives_the_reference_on_attacked_and_tied_inputs():
+@pytest.mark.parametrize("merge", [False, True])
+def test_plain_kernel_gives_the_reference_on_attacked_and_tied_inputs(merge, monkeypatch):
+    monkeypatch.setattr(_sortnet, "REGISTER_MERGE", merge)  # two lists, or the buffer's merge
     gen = torch.Generator().manual_seed(3)
     n, d = 50, 3 * _sortnet.LANES + 11
     X = torch.randn(n, d, generator=gen)
