@@ -34,16 +34,17 @@ same values at every position and the same bits. That is on hosts with AVX-512
 (:data:`._sortnet.REGISTER_MERGE`); elsewhere the median and the trimmed mean of 26 to 50 rows
 take the statistic from the two sorted lists without a merge (:mod:`._two_lists`, whose
 vectorised twin the plain kernel then runs on its finite blocks: the same bits) and the other
-statistics the plain kernel. One thread, float32, d = 1e6, f = n / 5,
-time over one read, against the plain kernel in one process (medians of three turns): MeaMed
-3.59 -> 1.92 floors at 26 rows, 4.71 -> 2.24 at 33, 3.79 -> 2.66 at 40, 3.70 -> 2.51 at 45,
-3.26 -> 2.49 at 49, 2.74-3.28 -> 2.58-3.07 at 50, 3.11 -> 1.95 at 56; Phocas 3.62 -> 1.96,
-4.63 -> 2.14, 3.87 -> 2.19, 3.56 -> 2.21, 3.09 -> 2.25, 3.36-3.41 -> 2.20-2.29, 3.52 -> 2.08;
-the median at 56 and 64 rows 2.80 -> 1.38 and 2.25 -> 1.35, the trimmed mean 3.03 -> 1.53 and
-2.81 -> 1.63; Bulyan (its second phase on 30, 39, 48, 60 selected rows) 5.23 -> 3.88 floors at
-n = 50, 5.79 -> 4.15 at 63, 5.33 -> 4.66 at 70, 5.44 -> 4.91 at 100. These kernels take 2 s
-(26 rows) to 7 s (50 rows) and 15 s (64 rows) to compile, once per row count, statistic, drop
-and dtype (then numba's disk cache keeps them).
+statistics the plain kernel. One thread, float32, d = 1e6, f = n / 5, time over one read,
+against the plain kernel in one process (medians of three turns): MeaMed 3.59 -> 1.92 floors
+at 26 rows, 4.71 -> 2.24 at 33, 3.79 -> 2.66 at 40, 3.70 -> 2.51 at 45, 3.26 -> 2.49 at 49,
+2.74-3.28 -> 2.58-3.07 at 50, 3.11 -> 1.95 at 56; Phocas 3.62 -> 1.96, 4.63 -> 2.14, 3.87 ->
+2.19, 3.56 -> 2.21, 3.09 -> 2.25, 3.36-3.41 -> 2.20-2.29, 3.52 -> 2.08; the median at 56 and
+64 rows 2.80 -> 1.38 and 2.25 -> 1.35, the trimmed mean 3.03 -> 1.53 and 2.81 -> 1.63 (at 30
+and 50 rows, against the two lists: the median 1.47 -> 1.08 and 1.71 -> 1.40, the trimmed mean
+2.70 -> 1.79 and 2.46 -> 1.74); Bulyan (its second phase on 30, 39, 48, 60 selected rows)
+5.23 -> 3.88 floors at n = 50, 5.79 -> 4.15 at 63, 5.33 -> 4.66 at 70, 5.44 -> 4.91 at 100.
+These kernels take 2 s (26 rows) to 7 s (50 rows) and 15 s (64 rows) to compile, once per row
+count, statistic, drop and dtype (then numba's disk cache keeps them).
 
 Each (n, statistic, drop, dtype) is a kernel of its own (0.6 to 1.9 s to compile from 10 to 25
 rows, its selects written as :mod:`._branchfree` calls; numba's disk cache keeps it between
@@ -204,7 +205,8 @@ def statistic_lines(n: int, stat: int, drop: int, recip: bool) -> list[str]:
 def _source(n: int, stat: int, drop: int, recip: bool, merged: bool = False) -> str:
     """Kernel source: for blocks blk0..blk1-1, load the n rows ``rows`` (non-finite -> +inf),
     sort by the unrolled network of ``size_for(n)`` rows (without its pairs on the +inf padding
-    rows, which move nothing; beyond one network, two groups: :func:`_two_group_body`), take
+    rows, which move nothing; beyond one network, the groups merged in registers with
+    ``merged``, :func:`_merged_body`, else two groups, :func:`_two_group_body`), take
     the statistic, write it; return the first block where a coordinate is missing a value or
     overflows (its outputs are then incomplete), or blk1."""
     lanes = _sortnet.LANES
@@ -289,8 +291,7 @@ def _two_group_body(n: int, stat: int, drop: int, recip: bool) -> list[str]:
 
 
 def _merged_body(n: int, stat: int, drop: int, recip: bool) -> list[str]:
-    """The statistic of n rows, more than one network sorts (26 to :data:`MERGED_MAX_ROWS`; where
-    :func:`merges_in_registers`):
+    """The statistic of n rows, more than one network sorts (where :func:`merges_in_registers`):
     the plain kernel's groups (:func:`._sortnet.plan`) sorted by its network into locals, then
     its merge, comparator for comparator, on those locals instead of its buffer: the passes
     that give the positions the statistic reads their exact ranks
