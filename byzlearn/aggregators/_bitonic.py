@@ -72,6 +72,16 @@ def kind_of(stages: int, flip: bool) -> int:
     return 2 * (stages - 1) + int(flip)
 
 
+def comparators(kinds: np.ndarray, table: np.ndarray) -> list[tuple[int, int]]:
+    """The compare-exchanges of the passes (``kinds``, ``table``: :func:`pruned_passes`) as
+    (lower wire, upper wire), in the order the passes run them."""
+    pairs = []
+    for kind, row in zip(kinds.tolist(), table.tolist(), strict=True):
+        stages, flip = kind // 2 + 1, bool(kind % 2)  # the inverse of kind_of
+        pairs += [(row[a], row[b]) for a, b in pass_pairs(stages, flip)]
+    return pairs
+
+
 def merge_passes(
     wires: int, run: int, needed: tuple[int, ...] | None = None
 ) -> list[tuple[int, bool, list[int]]]:

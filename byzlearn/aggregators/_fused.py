@@ -99,20 +99,19 @@ def applies(n: int, stat: int, drop: int, min_k: int, d: int, dtype: np.dtype) -
     # beyond one network: where the plain kernel takes the same two lists (the same bits), or
     # the groups merged in registers
     if _sortnet.size_for(n) is None and not (
-        _sortnet.plan(n).two_lists(stat, drop, min_k) or merges_in_registers(n, stat, drop)
+        _sortnet.plan(n).two_lists(stat, drop, min_k) or merges_in_registers(n)
     ):
         return False
     return checked_min_k(stat, drop, min_k, "fused") <= n
 
 
-def merges_in_registers(n: int, stat: int, drop: int) -> bool:
-    """Whether the fused kernel of n rows (more than one network sorts) merges the sorted groups
-    in registers (:func:`_merged_body`): up to :data:`MERGED_MAX_ROWS`, on hosts that do
-    (:data:`._sortnet.REGISTER_MERGE`), every statistic the two sorted lists of
-    :mod:`._two_lists` do not take (there, all of them)."""
-    if not _sortnet.REGISTER_MERGE or _sortnet.size_for(n) is not None:
-        return False
-    return n <= MERGED_MAX_ROWS and not _sortnet.plan(n).two_lists(stat, drop, 1)
+def merges_in_registers(n: int) -> bool:
+    """Whether the fused kernel of n rows merges the sorted groups in registers
+    (:func:`_merged_body`), for every statistic: on hosts that do
+    (:data:`._sortnet.REGISTER_MERGE`, where the plain kernel takes no two lists either), from
+    more rows than one network sorts up to :data:`MERGED_MAX_ROWS`."""
+    fits = _sortnet.size_for(n) is None and n <= MERGED_MAX_ROWS
+    return _sortnet.REGISTER_MERGE and fits
 
 
 def _value(r: int) -> str:
@@ -309,18 +308,15 @@ def _merged_body(n: int, stat: int, drop: int, recip: bool) -> list[str]:
         first, count = int(plan.starts[g]), int(plan.starts[g + 1] - plan.starts[g])
         lines += _sorted_lines(first, count, f"g{g}w", size=plan.size)
         wire[g * plan.slot : g * plan.slot + count] = [f"g{g}w{r}" for r in range(count)]
-    for kind, row in zip(kinds.tolist(), table.tolist(), strict=True):
-        stages, flip = kind // 2 + 1, bool(kind % 2)
-        local = row[: 1 << stages]
-        for a, b in _bitonic.pass_pairs(stages, flip):
-            x, y = wire[local[a]], wire[local[b]]
-            if y == "inf":
-                continue
-            if x == "inf":
-                wire[local[a]], wire[local[b]] = y, x
-                continue
-            low, high = f"pick({y} < {x}, {y}, {x})", f"pick({x} > {y}, {x}, {y})"
-            lines += [f"t = {low}", f"{y} = {high}", f"{x} = t"]
+    for a, b in _bitonic.comparators(kinds, table):
+        x, y = wire[a], wire[b]
+        if y == "inf":
+            continue
+        if x == "inf":
+            wire[a], wire[b] = y, x
+            continue
+        low, high = f"pick({y} < {x}, {y}, {x})", f"pick({x} > {y}, {x}, {y})"
+        lines += [f"t = {low}", f"{y} = {high}", f"{x} = t"]
     assert "inf" not in wire[:n]
     lines += [f"a{r} = {wire[r]}" for r in range(n)]
     lines += statistic_lines(n, stat, drop, recip)
@@ -450,7 +446,7 @@ def run(
     n = rows.shape[0]
     # one kernel for every drop where the statistic does not use it
     used = 0 if stat in (MEDIAN, MEAN) else drop
-    fused = kernel(n, stat, used, X.dtype == np.float32, merges_in_registers(n, stat, used))
+    fused = kernel(n, stat, used, X.dtype == np.float32, merges_in_registers(n))
     plan = _sortnet.plan(n)
     retry = _RETRY_BLOCKS
     blk = blk0

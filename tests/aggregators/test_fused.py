@@ -127,18 +127,17 @@ WINDOW_AND_CENTRE = (sel.MEDIAN, sel.TRIMMED, sel.CLOSEST_TO_MEDIAN, sel.CLOSEST
 def test_groups_merge_in_registers_on_hosts_that_do(monkeypatch):
     monkeypatch.setattr(_sortnet, "REGISTER_MERGE", True)
     for n in (26, 40, 50, 51, _fused.MERGED_MAX_ROWS):  # every statistic, no two lists
+        assert _fused.merges_in_registers(n)
         for stat in WINDOW_AND_CENTRE:
-            assert _fused.merges_in_registers(n, stat, n // 5)
             assert not _sortnet.plan(n).two_lists(stat, n // 5, 1)
-    assert not _fused.merges_in_registers(25, sel.CLOSEST_TO_MEDIAN, 5)  # one network
-    assert not _fused.merges_in_registers(_fused.MERGED_MAX_ROWS + 1, sel.MEDIAN, 0)
+    assert not _fused.merges_in_registers(25)  # one network
+    assert not _fused.merges_in_registers(_fused.MERGED_MAX_ROWS + 1)
     assert not _fused.applies(_fused.MERGED_MAX_ROWS + 1, sel.CLOSEST_TO_MEDIAN, 10, 1, 1 << 20,
                               np.float32)
     # elsewhere (AVX2: 16 registers) the two lists and the buffer's merge, as measured there
     monkeypatch.setattr(_sortnet, "REGISTER_MERGE", False)
     for n in (26, 50, 64):
-        for stat in WINDOW_AND_CENTRE:
-            assert not _fused.merges_in_registers(n, stat, n // 5)
+        assert not _fused.merges_in_registers(n)
     assert _sortnet.plan(50).two_lists(sel.MEDIAN, 10, 1)
     assert not _fused.applies(40, sel.CLOSEST_TO_MEDIAN, 8, 1, 1 << 20, np.float32)
     assert not _fused.applies(51, sel.MEDIAN, 10, 1, 1 << 20, np.float32)
