@@ -5,13 +5,22 @@ along the rows and takes the statistic with masked float64 sums: on an H200 at n
 d = 1e8, float32, the median took 221 ms where one read of the input (``X.sum()``) takes 2.4,
 Phocas 332 ms (``benchmarks/cuda_check.sh``, 2026-12-04); with this kernel 4.2-4.6 and 4.6-5.0
 ms (1.8-1.9 and 2.0-2.1 reads), the same bits as the CPU kernels. This module generates, per
-row count n <= 25,
-statistic, ``drop`` and dtype, a Triton kernel in which each GPU thread holds the n values of
-one coordinate in registers, sorts them by the same unrolled network as the CPU kernels
-(:func:`._sortnet.network_lines`), and takes the statistic right there with the CPU kernels'
-arithmetic (:func:`._fused.statistic_lines`, translated line by line: float64 sums from 0.0 in
-row order, the reciprocal for float32, the window steps, the clamps): one read of the input and
-one write of the output.
+row count n <= 64 (:data:`MAX_ROWS`), statistic, ``drop`` and dtype, a Triton kernel in which
+each GPU thread holds the n values of one coordinate in registers, sorts them by the same
+unrolled network as the CPU kernels (:func:`._sortnet.network_lines`; from 26 rows, the CPU's
+groups sorted by its network and merged by its merge's comparators, :func:`_merged_lines`),
+and takes the statistic right there with the CPU kernels' arithmetic
+(:func:`._fused.statistic_lines`, translated line by line: float64 sums from 0.0 in row order,
+the reciprocal for float32, the window steps, the clamps): one read of the input and one write
+of the output.
+
+The kernels from 26 rows have not run on a GPU yet (no device was lent since they were
+written; their bits are tested by Triton's interpreter). Compiled here for sm_90 with Triton
+3.9 (no device needed for that): the 64-row Phocas kernel (drop 12) takes 96 registers per
+thread and no local memory (no spill), 2576 machine instructions, and 35 s to compile; the
+50-row median 72 registers, 1376 instructions, 2.5 s; the 25-row MeaMed, timed on an H200 at
+2.1-2.2 reads, 44 registers and 760 instructions. Each (n, statistic, drop, dtype) compiles
+once; Triton keeps the result on disk.
 
 As on the CPU, that arithmetic is only valid where all n values of a coordinate are finite and
 no mean overflowed: the kernel flags every other coordinate (one byte each), and the torch path
@@ -19,7 +28,7 @@ redoes the flagged ones (NaN where too few values are finite, exactly as before)
 no finite value at all (a NaN attack) are left out first, their first value telling which rows
 to check: the statistic of each coordinate is the same without them.
 
-Triton is optional (it comes with the CUDA builds of torch); without it, or for more than 25 rows,
+Triton is optional (it comes with the CUDA builds of torch); without it, or for more than 64 rows,
 the torch path runs as before. ``TRITON_INTERPRET=1`` runs the kernels on the CPU (the tests do,
 where Triton is installed). The kernels' source goes to the cache folder of :mod:`._sortnet`
 (Triton compiles from a file).
@@ -41,7 +50,10 @@ from byzlearn.aggregators import _fused, _sortnet
 # Coordinates per Triton program (one per thread at 4 warps).
 BLOCK = 128
 NUM_WARPS = 4
-_GENERATOR_VERSION = 4
+# The most rows a kernel takes: beyond one network (25 rows), the CPU's groups merged in
+# registers (:func:`._fused._merged_body`), as far as the CPU kernels merge them.
+MAX_ROWS = _fused.MERGED_MAX_ROWS
+_GENERATOR_VERSION = 5
 
 
 @functools.cache
@@ -90,13 +102,13 @@ def runs_on(X: torch.Tensor) -> bool:
 
 def applies(X: torch.Tensor, n_rows: int, stat: int, drop: int, min_k: int) -> bool:
     """Whether the Triton kernel takes these rows of X: a CUDA tensor (or any tensor under
-    ``TRITON_INTERPRET=1``) of float32 or float64, at most 25 rows, enough of them for ``min_k``
-    and for what the statistic needs."""
+    ``TRITON_INTERPRET=1``) of float32 or float64, at most :data:`MAX_ROWS` rows, enough of
+    them for ``min_k`` and for what the statistic needs."""
     from byzlearn.aggregators._select import checked_min_k
 
     if X.dtype not in (torch.float32, torch.float64) or X.shape[1] == 0 or not runs_on(X):
         return False
-    if _sortnet.size_for(n_rows) is None or min_k < 1:
+    if n_rows > MAX_ROWS or min_k < 1:
         return False
     return checked_min_k(stat, drop, min_k, "fused") <= n_rows
 
@@ -141,15 +153,56 @@ def _exact_constants(lines: list[str]) -> tuple[list[str], list[float]]:
     return [_FLOAT.sub(swap, line) for line in lines], values
 
 
+def _load_line(name: str, r: int) -> str:
+    """``name`` = the values of the r-th of the kernel's rows in this program's coordinates."""
+    return f"{name} = tl.load(X + tl.load(rows + {r}) * stride + j, mask=inside_d, other=0.0)"
+
+
+def _missing_line(name: str) -> str:
+    """``name``'s non-finite values as +inf (missing values sort last)."""
+    return f"{name} = tl.where(tl.abs({name}) < inf, {name}, inf)"
+
+
+_CPU_LOAD = re.compile(r"^(\w+) = X\[i(\d+), j0 \+ j\]$")
+_CPU_MISSING = re.compile(r"^(\w+) = pick\(abs\(\1\) < inf, \1, inf\)$")
+_CPU_PADDING = re.compile(r"^(\w+) = inf$")
+
+
+def _merged_lines(n: int, stat: int, drop: int, recip: bool) -> list[str]:
+    """The CPU's fused kernel of n rows, more than one network sorts, for Triton: its groups
+    sorted by the plain kernel's network, merged comparator for comparator in registers and
+    the statistic taken (:func:`._fused._merged_body`: the positions the statistic reads hold
+    the CPU kernels' values, hence the same bits), with its loads as Triton loads. Its padding
+    locals (a group's rows beyond its count, +inf) are never read: no comparator touches
+    them, so they are left out."""
+    body = _fused._merged_body(n, stat, drop, recip)
+    tail = ["out[j0 + j] = o", f"ok &= (a{n - 1} < inf) & fine"]
+    assert body[-2:] == tail, body[-2:]
+    lines, padding = [], set()
+    for line in body[:-2]:
+        if load := _CPU_LOAD.match(line):
+            lines.append(_load_line(load.group(1), int(load.group(2))))
+        elif missing := _CPU_MISSING.match(line):
+            lines.append(_missing_line(missing.group(1)))
+        elif pad := _CPU_PADDING.match(line):
+            padding.add(pad.group(1))
+        else:
+            lines.append(line)
+    read = set(re.findall(r"\b\w+\b", "\n".join(lines)))
+    assert not padding & read, sorted(padding & read)
+    return lines
+
+
 def _source(n: int, stat: int, drop: int, recip: bool) -> tuple[str, list[float]]:
     """Kernel source: the n rows ``rows`` of X (non-finite values as +inf) of BLOCK coordinates
-    per program, sorted by the network of ``size_for(n)`` rows (+inf padding), the statistic
-    into ``out``, and ``flags`` 1 where a value was missing or a mean overflowed; and the
-    float64 constants the kernel loads from ``consts``."""
+    per program, sorted by the network of ``size_for(n)`` rows (+inf padding; beyond, the
+    groups merged in registers: :func:`_merged_lines`), the statistic into ``out``, and
+    ``flags`` 1 where a value was missing or a mean overflowed; and the float64 constants the
+    kernel loads from ``consts``."""
     from byzlearn.aggregators._select import sorting_network
 
     size = _sortnet.size_for(n)
-    assert size is not None
+    assert size is not None or n <= MAX_ROWS
     lines = [
         '"""Generated by byzlearn.aggregators._fused_cuda; do not edit."""',
         "import triton",
@@ -162,15 +215,16 @@ def _source(n: int, stat: int, drop: int, recip: bool) -> tuple[str, list[float]
         "    inside_d = j < d",
         "    zero = (j * 0).to(tl.float64)",  # no tl.zeros: a jit function in some Triton versions
     ]
-    for r in range(n):
-        lines += [
-            f"    a{r} = tl.load(X + tl.load(rows + {r}) * stride + j, mask=inside_d, other=0.0)",
-            f"    a{r} = tl.where(tl.abs(a{r}) < inf, a{r}, inf)",
-        ]
-    lines += [f"    a{r} = (j * 0).to(a0.dtype) + inf" for r in range(n, size)]
-    body, constants = _exact_constants(_fused.statistic_lines(n, stat, drop, recip))
-    lines += [f"    c{k} = tl.load(consts + {k})" for k in range(len(constants))]
-    body = _sortnet.network_lines(sorting_network(size)) + body
+    if size is None:  # more rows than one network sorts: the groups merged in registers
+        body, constants = _exact_constants(_merged_lines(n, stat, drop, recip))
+        lines += [f"    c{k} = tl.load(consts + {k})" for k in range(len(constants))]
+    else:
+        for r in range(n):
+            lines += ["    " + _load_line(f"a{r}", r), "    " + _missing_line(f"a{r}")]
+        lines += [f"    a{r} = (j * 0).to(a0.dtype) + inf" for r in range(n, size)]
+        body, constants = _exact_constants(_fused.statistic_lines(n, stat, drop, recip))
+        lines += [f"    c{k} = tl.load(consts + {k})" for k in range(len(constants))]
+        body = _sortnet.network_lines(sorting_network(size)) + body
     lines += ["    " + _translated(line) for line in body]
     lines += [
         f"    ok = (a{n - 1} < inf) & fine",

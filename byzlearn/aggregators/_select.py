@@ -23,8 +23,9 @@ network, unrolled on scalar locals so that the compiler vectorises it across coo
 (branch-free min/max); the sorted block then goes to :func:`block_statistic`, vectorised over the
 block's columns when they hold no missing value or the same number of missing values (whole
 missing rows), column by column otherwise. For up to 25 rows of a large input (2^16
-coordinates or more) a kernel generated per statistic (:mod:`._fused`) takes the statistic in
-registers right after the network instead, with the same bits, and hands the blocks it cannot
+coordinates or more; up to 64 where :func:`._fused.merges_in_registers`) a kernel generated per
+statistic (:mod:`._fused`) takes the statistic in registers right after the network instead,
+with the same bits, and hands the blocks it cannot
 take (a missing value, an overflowing sum) back to that path. These kernels
 release the GIL and run on ``torch.get_num_threads()`` Python threads, each on its own range of
 blocks (numba's own parallel build of the unrolled code takes minutes to compile). Loads read
@@ -596,7 +597,7 @@ def statistic_into(
         plan = _sortnet.plan(row_index.size)
         n_blocks = plan.blocks(d)
         first_bad = np.empty(n_blocks, dtype=np.int64)
-        # up to 25 rows of a large input: the statistic in registers after the sort (same bits)
+        # up to 25 (or 64) rows of a large input: the statistic in registers after the sort
         kept, run = _fused.kernel_for(Xn, row_index, stat, drop, min_k, d, plan.run, torch_threads)
         args = (Xn, kept, big, stat, drop, min_k, o.numpy(), first_bad)
         in_parallel(
@@ -613,7 +614,7 @@ def statistic_into(
     def redo(columns: torch.Tensor, values: torch.Tensor) -> None:
         _torch_path(X[:, columns], on_device, stat, drop, min_k, values)
 
-    # up to 25 rows on a GPU: the statistic in registers after the sort (Triton), else torch
+    # up to 64 rows on a GPU: the statistic in registers after the sort (Triton), else torch
     if force_torch or not _fused_cuda.statistic_into(X, rows, stat, drop, min_k, out, redo):
         _torch_path(X, on_device, stat, drop, min_k, out)
     bad = torch.nonzero(torch.isnan(out)).flatten()

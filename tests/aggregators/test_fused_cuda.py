@@ -39,13 +39,14 @@ def _no_torch_path(monkeypatch) -> None:
 
 @needs_triton
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("n", [3, 7, 10, 16, 25])
+@pytest.mark.parametrize("n", [3, 7, 10, 16, 25, 26, 33, 50, 64])  # from 26: merged groups
 @pytest.mark.parametrize("stat", STATS)
 def test_same_bits_as_the_cpu_kernels(monkeypatch, stat: int, n: int, dtype) -> None:
     g = torch.Generator().manual_seed(n * 10 + stat)
     X = (torch.randn(n, 701, generator=g, dtype=torch.float64) * 3 + 1).to(dtype)
     X[:, :40] = X[:, :40].round()  # ties
     X[:, 40:50] = -0.0
+    X[n // 2 :, 45:50] = 0.0  # zeros of both signs in one column
     X[0, 50:60] = 1e30 if dtype == torch.float32 else 1e300  # huge values, finite
     _no_torch_path(monkeypatch)  # finite values: no coordinate is redone (the CPU never uses it)
     for drop in sorted({0, 1, (n - 1) // 3, (n - 1) // 2}):
@@ -56,7 +57,7 @@ def test_same_bits_as_the_cpu_kernels(monkeypatch, stat: int, n: int, dtype) -> 
 
 
 @needs_triton
-@pytest.mark.parametrize(("n", "drop"), [(15, 10), (8, 5), (7, 4)])
+@pytest.mark.parametrize(("n", "drop"), [(15, 10), (8, 5), (7, 4), (30, 20), (60, 40)])
 def test_windows_shorter_than_the_trimmed_part_as_bulyan_takes_them(monkeypatch, n, drop):
     # MeaMed with drop > n - drop: Bulyan's second phase (15 rows, drop 10 at n = 25, f = 5)
     g = torch.Generator().manual_seed(n)
@@ -69,15 +70,16 @@ def test_windows_shorter_than_the_trimmed_part_as_bulyan_takes_them(monkeypatch,
 
 
 @needs_triton
+@pytest.mark.parametrize("n", [25, 50])
 @pytest.mark.parametrize("stat", STATS)
-def test_missing_values_and_nan_rows(stat: int) -> None:
+def test_missing_values_and_nan_rows(stat: int, n: int) -> None:
     g = torch.Generator().manual_seed(stat)
-    X = torch.randn(25, 900, generator=g)
+    X = torch.randn(n, 900, generator=g)
     X[2, 7] = float("nan")
     X[3, 100:300] = float("inf")
     X[:5, 500:510] = float("nan")
-    X[24] = float("nan")  # a row with no finite value: left out before the kernel
-    cpu, other = _both(X, stat, 5, min_k=11)
+    X[n - 1] = float("nan")  # a row with no finite value: left out before the kernel
+    cpu, other = _both(X, stat, n // 5, min_k=n // 2 - 1)
     torch.testing.assert_close(other, cpu, rtol=0, atol=0, equal_nan=True)
 
 
@@ -93,10 +95,11 @@ def test_too_few_values_raise_the_same_error() -> None:
 
 
 @needs_triton
-def test_more_than_25_rows_keep_the_torch_path() -> None:
-    X = torch.randn(26, 100)
-    assert not _fused_cuda.applies(X, 26, _select.MEDIAN, 0, 1)
-    assert _fused_cuda.applies(X, 25, _select.MEDIAN, 0, 1)
+def test_more_than_64_rows_keep_the_torch_path() -> None:
+    X = torch.randn(65, 100)
+    assert not _fused_cuda.applies(X, 65, _select.MEDIAN, 0, 1)
+    assert _fused_cuda.applies(X, 64, _select.MEDIAN, 0, 1)
+    assert _fused_cuda.MAX_ROWS == 64
 
 
 def test_cpu_tensors_keep_the_torch_path_without_the_interpreter(monkeypatch) -> None:
@@ -105,9 +108,11 @@ def test_cpu_tensors_keep_the_torch_path_without_the_interpreter(monkeypatch) ->
 
 
 @pytest.mark.parametrize("stat", STATS)
-@pytest.mark.parametrize("n", [1, 2, 3, 8, 13, 15, 24, 25])
+@pytest.mark.parametrize("n", [1, 2, 3, 8, 13, 15, 24, 25, 26, 51, 64])
 def test_every_generated_line_is_translated(stat: int, n: int) -> None:
-    for drop in range(0, n):
+    # every drop up to 25 rows; beyond (the merged groups), the drops of each kind of window
+    drops = range(n) if n <= 25 else sorted({0, 1, n // 5, n // 3, (n - 1) // 2, n - 2})
+    for drop in drops:
         if _select.checked_min_k(stat, drop, 1, "t") > n:
             continue
         source, constants = _fused_cuda._source(n, stat, drop, n % 2 == 0)

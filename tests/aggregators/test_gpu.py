@@ -61,11 +61,13 @@ def test_attacked_large_d_on_cuda(name: str) -> None:
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=2e-5, atol=2e-5)
 
 
+@pytest.mark.parametrize("n", [25, 50, 64])  # from 26 rows: the groups merged in registers
 @pytest.mark.parametrize("name", ["median", "trimmed_mean", "meamed", "phocas"])
-def test_coordinatewise_same_bits_as_the_cpu_kernels(name: str) -> None:
+def test_coordinatewise_same_bits_as_the_cpu_kernels(name: str, n: int) -> None:
     """The Triton selection kernel does the CPU kernels' arithmetic (_fused_cuda)."""
-    X = torch.randn(25, 1_000_003, generator=torch.Generator().manual_seed(2))
-    assert torch.equal(agg.get(name)(X.cuda(), f=5).cpu(), agg.get(name)(X, f=5))
+    X = torch.randn(n, 1_000_003, generator=torch.Generator().manual_seed(2))
+    f = n // 5
+    assert torch.equal(agg.get(name)(X.cuda(), f=f).cpu(), agg.get(name)(X, f=f))
 
 
 def test_the_triton_kernels_run(monkeypatch) -> None:
@@ -81,6 +83,8 @@ def test_the_triton_kernels_run(monkeypatch) -> None:
     monkeypatch.setattr(_select, "_torch_path", tripwire)
     for name in ["median", "trimmed_mean", "meamed", "phocas", "bulyan"]:
         agg.get(name)(X, f=5)
+    for name in ["median", "meamed"]:  # the merged groups: 26 to 64 rows
+        agg.get(name)(torch.randn(50, 100_003, device="cuda"), f=10)
     monkeypatch.undo()
     passes = record_results(monkeypatch, _gram_cuda, "gram_pass")
     agg.krum(X, f=5)
