@@ -18,8 +18,8 @@ The kernels from 26 rows have not run on a GPU yet (no device was lent since the
 written; their bits are tested by Triton's interpreter). Compiled here for sm_90 with Triton
 3.9 (no device needed for that): the 64-row Phocas kernel (drop 12) takes 96 registers per
 thread and no local memory (no spill), 2576 machine instructions, and 35 s to compile; the
-50-row median 72 registers, 1376 instructions, 2.5 s; the 25-row MeaMed, timed on an H200 at
-2.1-2.2 reads, 44 registers and 760 instructions. Each (n, statistic, drop, dtype) compiles
+50-row median 72 registers, 1376 instructions, 2.5 s; the 25-row Phocas, timed on an H200 at
+2.0-2.1 reads, 44 registers and 760 instructions. Each (n, statistic, drop, dtype) compiles
 once; Triton keeps the result on disk.
 
 As on the CPU, that arithmetic is only valid where all n values of a coordinate are finite and
