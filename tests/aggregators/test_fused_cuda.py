@@ -118,8 +118,11 @@ def test_every_generated_line_is_translated(stat: int, n: int) -> None:
         source, constants = _fused_cuda._source(n, stat, drop, n % 2 == 0)
         tree = ast.parse(source)  # valid Python
         assert [f.name for f in tree.body if isinstance(f, ast.FunctionDef)] == ["kernel"]
-        # no call of the numba kernels' helpers is left (tl.where, tl.minimum, ... instead)
-        leftover = re.findall(r"(?<![\w.])(?:pick|lo|hi|abs|np\.\w+)\(|= True", source)
+        # no call of the numba kernels' helpers is left (tl.where, tl.minimum, ... instead), and
+        # no numba indexing of X or out (tl.load, tl.store)
+        leftover = re.findall(
+            r"(?<![\w.])(?:pick|lo|hi|abs|np\.\w+)\(|= True|\b(?:X|out)\[|\bi\d+\b", source
+        )
         assert not leftover, (leftover, n, stat, drop)
         for k, value in enumerate(constants):
             assert f"c{k} = tl.load(consts + {k})" in source
