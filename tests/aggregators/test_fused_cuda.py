@@ -84,9 +84,10 @@ def test_missing_values_and_nan_rows(stat: int, n: int) -> None:
 
 
 @needs_triton
-def test_too_few_values_raise_the_same_error() -> None:
-    X = torch.randn(10, 300)
-    X[:8, 17] = float("nan")
+@pytest.mark.parametrize("n", [10, 40])
+def test_too_few_values_raise_the_same_error(n: int) -> None:
+    X = torch.randn(n, 300)
+    X[: n - 2, 17] = float("nan")
     with pytest.raises(ValueError) as cpu:
         _select.coordinatewise(X, _select.MEDIAN, 2, 5, "median")
     with accelerator_path(), pytest.raises(ValueError) as other:
