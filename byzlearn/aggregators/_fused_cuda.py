@@ -217,14 +217,13 @@ def _source(n: int, stat: int, drop: int, recip: bool) -> tuple[str, list[float]
     ]
     if size is None:  # more rows than one network sorts: the groups merged in registers
         body, constants = _exact_constants(_merged_lines(n, stat, drop, recip))
-        lines += [f"    c{k} = tl.load(consts + {k})" for k in range(len(constants))]
     else:
         for r in range(n):
             lines += ["    " + _load_line(f"a{r}", r), "    " + _missing_line(f"a{r}")]
         lines += [f"    a{r} = (j * 0).to(a0.dtype) + inf" for r in range(n, size)]
         body, constants = _exact_constants(_fused.statistic_lines(n, stat, drop, recip))
-        lines += [f"    c{k} = tl.load(consts + {k})" for k in range(len(constants))]
         body = _sortnet.network_lines(sorting_network(size)) + body
+    lines += [f"    c{k} = tl.load(consts + {k})" for k in range(len(constants))]
     lines += ["    " + _translated(line) for line in body]
     lines += [
         f"    ok = (a{n - 1} < inf) & fine",
