@@ -7,7 +7,9 @@
 #      (no references at that size: the tests check the values);
 #   3. the sweep over n on the device (d = 1e7, 1e6 from n = 500: at the CPU sweep's 1e6 a GPU
 #      pass takes microseconds and launches, not bytes, would be measured); at n = 50 its first
-#      calls compile the Triton selection kernels of merged groups (about 25 s, once).
+#      calls compile the Triton selection kernels of merged groups (about 25 s, once), from
+#      n = 100 those of sorted blocks (about 3-6 s each per rule and n, compiled offline for
+#      sm_90 with Triton 3.9).
 # Usage, from the repository root:  bash benchmarks/cuda_check.sh [OUT_DIR]
 # Each step's output goes to OUT_DIR (default: cuda_check_out); a step that fails or runs past
 # its time limit does not stop the next one. Exit status: 0 when every step passed.
@@ -44,8 +46,8 @@ step tests 180 python3 -m pytest -q -p no:cacheprovider "${parallel[@]}" -m gpu 
     tests/aggregators/test_gpu.py tests/aggregators/test_distance_rules.py \
     tests/aggregators/test_filters.py
 tail -n 3 "$out/tests.log"
-step table_d1e8 200 python3 benchmarks/aggregators.py --device cuda --d 1e8 --no-reference \
+step table_d1e8 160 python3 benchmarks/aggregators.py --device cuda --d 1e8 --no-reference \
     --min-time 0.2 --markdown
-step sweep 170 python3 benchmarks/aggregators.py --device cuda --scale-n --scale-d 1e7 \
+step sweep 240 python3 benchmarks/aggregators.py --device cuda --scale-n --scale-d 1e7 \
     --scale-d-large 1e6 --min-time 0.2 --markdown
 exit "$status"

@@ -28,10 +28,12 @@ redoes the flagged ones (NaN where too few values are finite, exactly as before)
 no finite value at all (a NaN attack) are left out first, their first value telling which rows
 to check: the statistic of each coordinate is the same without them.
 
-Triton is optional (it comes with the CUDA builds of torch); without it, or for more than 64 rows,
-the torch path runs as before. ``TRITON_INTERPRET=1`` runs the kernels on the CPU (the tests do,
-where Triton is installed). The kernels' source goes to the cache folder of :mod:`._sortnet`
-(Triton compiles from a file).
+From 65 to 1024 rows :mod:`._sorted_cuda`'s kernel takes the statistic instead (sorted blocks
+of coordinates, the same flags and redo). Triton is optional (it comes with the CUDA builds of
+torch); without it, or for more than 1024 rows, the torch path runs as before.
+``TRITON_INTERPRET=1`` runs the kernels on the CPU (the tests do, where Triton is installed).
+The kernels' source goes to the cache folder of :mod:`._sortnet` (Triton compiles from a
+file).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from typing import Any
 
 import torch
 
-from byzlearn.aggregators import _fused, _sortnet
+from byzlearn.aggregators import _fused, _sorted_cuda, _sortnet
 
 # Coordinates per Triton program (one per thread at 4 warps).
 BLOCK = 128
@@ -101,14 +103,15 @@ def runs_on(X: torch.Tensor) -> bool:
 
 
 def applies(X: torch.Tensor, n_rows: int, stat: int, drop: int, min_k: int) -> bool:
-    """Whether the Triton kernel takes these rows of X: a CUDA tensor (or any tensor under
-    ``TRITON_INTERPRET=1``) of float32 or float64, at most :data:`MAX_ROWS` rows, enough of
+    """Whether a Triton kernel takes these rows of X: a CUDA tensor (or any tensor under
+    ``TRITON_INTERPRET=1``) of float32 or float64, at most :data:`._sorted_cuda.MAX_ROWS` rows
+    (this module's kernels up to :data:`MAX_ROWS`, :mod:`._sorted_cuda`'s beyond), enough of
     them for ``min_k`` and for what the statistic needs."""
     from byzlearn.aggregators._select import checked_min_k
 
     if X.dtype not in (torch.float32, torch.float64) or X.shape[1] == 0 or not runs_on(X):
         return False
-    if n_rows > MAX_ROWS or min_k < 1:
+    if n_rows > _sorted_cuda.MAX_ROWS or min_k < 1:
         return False
     return checked_min_k(stat, drop, min_k, "fused") <= n_rows
 
@@ -276,19 +279,24 @@ def statistic_into(
     kept = rows_with_values(X, rows)
     if not applies(X, kept.numel(), stat, drop, min_k):
         return False
-    made = kernel(kept.numel(), stat, drop, X.dtype == torch.float32, interpreted())
-    if made is None:
-        return False
-    run, constants = made
-    consts = torch.tensor([*constants, 0.0], dtype=torch.float64, device=X.device)
     Xc = X if X.stride(1) == 1 else X.contiguous()
     o = out if out.is_contiguous() else torch.empty_like(out)
     d = X.shape[1]
     flags = torch.empty(d, dtype=torch.int8, device=X.device)
-    grid = ((d + BLOCK - 1) // BLOCK,)
-    if not launch(run, grid, Xc, kept.to(X.device), Xc.stride(0), o, flags, d, float("inf"),
-                  consts, BLOCK=BLOCK, num_warps=NUM_WARPS):
-        return False
+    if kept.numel() > MAX_ROWS:  # too many rows for one thread's registers: sorted blocks
+        if not _sorted_cuda.launch_statistic(Xc, kept, stat, drop, o, flags, launch,
+                                             interpreted()):
+            return False
+    else:
+        made = kernel(kept.numel(), stat, drop, X.dtype == torch.float32, interpreted())
+        if made is None:
+            return False
+        run, constants = made
+        consts = torch.tensor([*constants, 0.0], dtype=torch.float64, device=X.device)
+        grid = ((d + BLOCK - 1) // BLOCK,)
+        if not launch(run, grid, Xc, kept.to(X.device), Xc.stride(0), o, flags, d,
+                      float("inf"), consts, BLOCK=BLOCK, num_warps=NUM_WARPS):
+            return False
     columns = torch.nonzero(flags).flatten()
     if columns.numel():
         values = torch.empty(columns.numel(), dtype=o.dtype, device=o.device)

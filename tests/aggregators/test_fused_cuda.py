@@ -96,11 +96,11 @@ def test_too_few_values_raise_the_same_error(n: int) -> None:
 
 
 @needs_triton
-def test_more_than_64_rows_keep_the_torch_path() -> None:
+def test_more_than_64_rows_take_the_sorted_blocks() -> None:
+    # from 65 rows the generated kernels give way to _sorted_cuda's (test_sorted_cuda.py)
     X = torch.randn(65, 100)
-    assert not _fused_cuda.applies(X, 65, _select.MEDIAN, 0, 1)
-    assert _fused_cuda.applies(X, 64, _select.MEDIAN, 0, 1)
     assert _fused_cuda.MAX_ROWS == 64
+    assert _fused_cuda.applies(X, 65, _select.MEDIAN, 0, 1)
 
 
 def test_cpu_tensors_keep_the_torch_path_without_the_interpreter(monkeypatch) -> None:

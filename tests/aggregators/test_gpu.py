@@ -72,6 +72,20 @@ def test_coordinatewise_same_bits_as_the_cpu_kernels(name: str, n: int) -> None:
     assert torch.equal(agg.get(name)(X.cuda(), f=f).cpu(), agg.get(name)(X, f=f))
 
 
+# from 65 rows the sorted blocks (_sorted_cuda): float64 sums in another order, so within a unit
+# of float32 rounding (equal in almost every coordinate)
+@pytest.mark.parametrize("n", [100, 200])
+@pytest.mark.parametrize("name", ["median", "trimmed_mean", "meamed", "phocas"])
+def test_coordinatewise_many_rows_as_the_cpu_kernels(name: str, n: int) -> None:
+    X = torch.randn(n, 300_007, generator=torch.Generator().manual_seed(3))
+    f = n // 5
+    gpu = agg.get(name)(X.cuda(), f=f).cpu()
+    cpu = agg.get(name)(X, f=f)
+    if name == "median":
+        assert torch.equal(gpu, cpu)
+    torch.testing.assert_close(gpu, cpu, rtol=1.2e-7, atol=1e-7)
+
+
 def test_the_triton_kernels_run(monkeypatch) -> None:
     """On a finite float32 input no coordinate falls back to torch's sort, and the Gram pass is
     the Triton one (where Triton is installed, as with torch's CUDA builds)."""
@@ -87,6 +101,8 @@ def test_the_triton_kernels_run(monkeypatch) -> None:
         agg.get(name)(X, f=5)
     for name in ["median", "meamed"]:  # the merged groups: 26 to 64 rows
         agg.get(name)(torch.randn(50, 100_003, device="cuda"), f=10)
+    for name in ["median", "phocas", "bulyan"]:  # sorted blocks: 65 to 1024 (selected) rows
+        agg.get(name)(torch.randn(200, 100_003, device="cuda"), f=40)
     monkeypatch.undo()
     passes = record_results(monkeypatch, _gram_cuda, "gram_pass")
     agg.krum(X, f=5)
