@@ -71,18 +71,23 @@ def triton_available() -> bool:
 _FAILED: list[str] = []  # the first error of a kernel launch; the torch paths run after it
 
 
-def launch(run: Any, grid: tuple[int, ...], *args: Any, **kwargs: Any) -> bool:
-    """Launch a Triton kernel; False (and one warning, after which every Triton path of this
-    package stands down for the process) where it fails, e.g. a Triton version that cannot
-    compile it: the callers then take their torch path, which gives the same values."""
-    if _FAILED:
+def launch(
+    run: Any, grid: tuple[int, ...], *args: Any, failed: list[str] | None = None, **kwargs: Any
+) -> bool:
+    """Launch a Triton kernel; False (and one warning, after which every Triton path that
+    shares its ``failed`` list stands down for the process) where it fails, e.g. a Triton
+    version that cannot compile it: the callers then take their torch path, which gives the
+    same values. ``failed``: by default the list of this module's and :mod:`._gram_cuda`'s
+    kernels; :mod:`._sorted_cuda` keeps its own, so that its failure leaves them running."""
+    latch = _FAILED if failed is None else failed
+    if latch:
         return False
     try:
         run[grid](*args, **kwargs)
     except Exception as err:  # any compiler or driver error: fall back, and say so
-        _FAILED.append(f"{type(err).__name__}: {err}")
+        latch.append(f"{type(err).__name__}: {err}")
         warnings.warn(
-            f"byzlearn: a Triton kernel failed ({_FAILED[0][:200]}); the torch path runs "
+            f"byzlearn: a Triton kernel failed ({latch[0][:200]}); the torch path runs "
             "instead (slower, same values)",
             RuntimeWarning,
             stacklevel=3,

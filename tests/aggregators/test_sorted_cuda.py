@@ -128,3 +128,24 @@ def test_the_launch_geometry() -> None:
     # the binary search narrows drop + 1 possible starts down to one
     for drop in range(0, 600):
         assert 2 ** _sorted_cuda.search_steps(drop) >= drop + 1
+
+
+@needs_triton
+def test_a_failing_launch_leaves_the_other_kernels_running(monkeypatch) -> None:
+    class Broken:
+        def __getitem__(self, grid):
+            def run(*args, **kwargs):
+                raise RuntimeError("no such instruction")
+
+            return run
+
+    monkeypatch.setattr(_sorted_cuda, "FAILED", [])
+    monkeypatch.setattr(_sorted_cuda, "kernel", lambda interpret: Broken())
+    X = torch.randn(70, 40)
+    with pytest.warns(RuntimeWarning, match="no such instruction"):
+        cpu, other = _both(X, _select.MEDIAN, 0)
+    assert torch.equal(other, cpu)  # the torch path took it
+    assert _sorted_cuda.FAILED and not _fused_cuda._FAILED
+    _no_torch_path(monkeypatch)  # up to 64 rows the generated kernels still run
+    cpu, other = _both(X[:10], _select.MEDIAN, 0)
+    assert torch.equal(other, cpu)
