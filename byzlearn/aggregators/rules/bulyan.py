@@ -31,12 +31,20 @@ if njit is not None:
 
         ``order[i]`` lists the other rows by increasing distance to row i (stable); only the
         ``good`` rows (finite distances) are scored, bad rows stay in R and count in |R|. Each
-        row keeps its running score and the position of its k-th neighbour still in R, so a
-        step costs O(n) plus the pointer moves (O(n^2) in all), not a sort. Scores within a
+        row keeps its running score and the position of its k-th neighbour still in R, and
+        ``where[i, j]`` (the position of j in ``order[i]``, built once) tells at once whether
+        the row just chosen was among them, so a step costs O(n) plus the pointer moves
+        (O(n^2) in all), not a sort nor a scan of each row's neighbours (which took 71 of
+        109 ms at n = 1000, f = 200, one thread; now about 6, the rest numpy's argsort of
+        ``order``). Scores within a
         relative ``recheck`` of the least are summed again in sorted order before the choice,
         so ties and near-ties resolve as a fresh computation does (lowest index first).
         """
         n = D.shape[0]
+        where = np.empty((n, n), dtype=np.int32)  # where[i, j]: the position of j in order[i]
+        for i in range(n):
+            for q in range(n):
+                where[i, order[i, q]] = q
         alive = np.ones(n, dtype=np.bool_)
         ngood = 0
         for i in range(n):
@@ -99,11 +107,8 @@ if njit is not None:
                 if not (alive[i] and good[i]) or ngood - 1 < new_k:
                     continue
                 p = pos[i]
-                rank = -1  # position of best in order[i] if it is within the first k alive
-                for q in range(p + 1):
-                    if order[i, q] == best:
-                        rank = q
-                        break
+                # position of best in order[i] if it is within the first k alive
+                rank = where[i, best] if where[i, best] <= p else -1
                 if rank >= 0:
                     score[i] -= D[i, best]
                     if new_k == k:  # one more neighbour: the next alive one after p
