@@ -149,3 +149,17 @@ def test_a_failing_launch_leaves_the_other_kernels_running(monkeypatch) -> None:
     _no_torch_path(monkeypatch)  # up to 64 rows the generated kernels still run
     cpu, other = _both(X[:10], _select.MEDIAN, 0)
     assert torch.equal(other, cpu)
+
+
+@needs_triton
+@pytest.mark.parametrize(("name", "n", "f"), [("phocas", 70, 14), ("bulyan", 200, 40)])
+def test_the_rules_through_the_registry(monkeypatch, name: str, n: int, f: int) -> None:
+    # the public rules on the GPU's path: Bulyan's second phase takes its 120 selected rows
+    import byzlearn.aggregators as agg
+
+    X = _inputs(n, 48, n, torch.float32)
+    cpu = agg.get(name)(X, f=f)
+    _no_torch_path(monkeypatch)
+    with accelerator_path():
+        other = agg.get(name)(X, f=f)
+    assert torch.equal(other, cpu)
