@@ -12,7 +12,8 @@
 #      sm_90 with Triton 3.9).
 # Usage, from the repository root:  bash benchmarks/cuda_check.sh [OUT_DIR]
 # (then, in a call of its own where time allows: python benchmarks/cuda_select_variants.py, the
-# selection kernels side by side from 25 to 1000 rows, about 3 minutes with its compiles)
+# selection kernels side by side from 25 to 1000 rows; several minutes, mostly compiles: 3-6 s
+# per sorted-block kernel, up to 35 s for the 64-row generated Phocas)
 # Each step's output goes to OUT_DIR (default: cuda_check_out); a step that fails or runs past
 # its time limit does not stop the next one. Exit status: 0 when every step passed.
 set -uo pipefail
