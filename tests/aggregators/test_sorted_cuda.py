@@ -163,3 +163,23 @@ def test_the_rules_through_the_registry(monkeypatch, name: str, n: int, f: int) 
     with accelerator_path():
         other = agg.get(name)(X, f=f)
     assert torch.equal(other, cpu)
+
+
+@needs_triton
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # numpy, interpreting
+@pytest.mark.parametrize("stat", [_select.MEAN, _select.TRIMMED])
+def test_overflowing_sums_are_redone(monkeypatch, stat: int) -> None:
+    # float64 sums beyond the largest double: flagged, then the torch path's scaled mean
+    n = 65
+    X = _inputs(n, 16, stat, torch.float64)
+    X[:20, 5] = 1e308
+    X[0, 9] = 1e300  # huge but summable
+    drop = 0 if stat == _select.MEAN else 13
+    redone = []
+    torch_path = _select._torch_path
+    monkeypatch.setattr(_select, "_torch_path", lambda X, *a: redone.append(X.shape[1])
+                        or torch_path(X, *a))
+    cpu, other = _both(X, stat, drop)
+    assert redone == [1]  # the one overflowing coordinate
+    assert torch.isfinite(other).all()
+    torch.testing.assert_close(other, cpu, rtol=1e-14, atol=1e-14)
