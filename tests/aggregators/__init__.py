@@ -10,6 +10,8 @@ import pytest
 import torch
 
 import byzlearn.aggregators as agg
+from byzlearn.aggregators import _select
+from byzlearn.aggregators._device import accelerator_path
 
 # The Triton kernels' tests on the CPU: Triton's interpreter runs them where Triton is installed
 # (it is not a dependency: CI skips them) and no GPU is (there test_gpu.py runs them compiled).
@@ -98,3 +100,39 @@ def centred_gram(X: torch.Tensor, m: torch.Tensor, bad: np.ndarray | None = None
     if bad is not None:
         aug[:-1][bad] = 0.0
     return aug @ aug.T
+
+
+# The selection kernel's statistics, for the Triton kernels' tests (test_fused_cuda.py,
+# test_sorted_cuda.py).
+SELECTION_STATS = [_select.MEAN, _select.MEDIAN, _select.TRIMMED, _select.CLOSEST_TO_MEDIAN,
+                   _select.CLOSEST_TO_TRIMMED]
+
+
+def cpu_and_triton(X: torch.Tensor, stat: int, drop: int, min_k: int = 1) -> tuple:
+    """The statistic of X's columns by the CPU kernels, and by the other devices' path (under
+    the ``triton_interpreter`` fixture: the Triton kernels, interpreted)."""
+    cpu = _select.coordinatewise(X, stat, drop, min_k, "cpu")
+    with accelerator_path():
+        other = _select.coordinatewise(X, stat, drop, min_k, "triton")
+    return cpu, other
+
+
+def forbid_torch_path(monkeypatch: Any) -> None:
+    """Make the blocked torch path of the selection (the Triton kernels' fallback) fail."""
+
+    def tripwire(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the torch path ran")
+
+    monkeypatch.setattr(_select, "_torch_path", tripwire)
+
+
+def with_missing_values(n: int, d: int, seed: int) -> torch.Tensor:
+    """An (n, d) float32 input with missing values for the Triton kernels' tests (d >= 40): a
+    NaN, a run of infinities, a column of five NaN, and a last row that holds no finite value
+    (left out before the kernels)."""
+    X = torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+    X[2, 7] = float("nan")
+    X[3, d // 9 : d // 3] = float("inf")
+    X[:5, d // 2 : d // 2 + 3] = float("nan")
+    X[n - 1] = float("nan")
+    return X

@@ -15,32 +15,21 @@ import torch
 
 from byzlearn.aggregators import _fused_cuda, _select
 from byzlearn.aggregators._device import accelerator_path
-from tests.aggregators import needs_triton
+from tests.aggregators import (
+    SELECTION_STATS,
+    cpu_and_triton,
+    forbid_torch_path,
+    needs_triton,
+    with_missing_values,
+)
 
 pytestmark = pytest.mark.usefixtures("triton_interpreter")
-
-STATS = [_select.MEAN, _select.MEDIAN, _select.TRIMMED, _select.CLOSEST_TO_MEDIAN,
-         _select.CLOSEST_TO_TRIMMED]
-
-
-def _both(X: torch.Tensor, stat: int, drop: int, min_k: int = 1) -> tuple:
-    cpu = _select.coordinatewise(X, stat, drop, min_k, "cpu")
-    with accelerator_path():
-        other = _select.coordinatewise(X, stat, drop, min_k, "triton")
-    return cpu, other
-
-
-def _no_torch_path(monkeypatch) -> None:
-    def tripwire(*args, **kwargs):
-        raise AssertionError("the torch path ran")
-
-    monkeypatch.setattr(_select, "_torch_path", tripwire)
 
 
 @needs_triton
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("n", [3, 7, 10, 16, 25, 26, 33, 50, 64])  # from 26: merged groups
-@pytest.mark.parametrize("stat", STATS)
+@pytest.mark.parametrize("stat", SELECTION_STATS)
 def test_same_bits_as_the_cpu_kernels(monkeypatch, stat: int, n: int, dtype) -> None:
     g = torch.Generator().manual_seed(n * 10 + stat)
     X = (torch.randn(n, 701, generator=g, dtype=torch.float64) * 3 + 1).to(dtype)
@@ -48,11 +37,11 @@ def test_same_bits_as_the_cpu_kernels(monkeypatch, stat: int, n: int, dtype) -> 
     X[:, 40:50] = -0.0
     X[n // 2 :, 45:50] = 0.0  # zeros of both signs in one column
     X[0, 50:60] = 1e30 if dtype == torch.float32 else 1e300  # huge values, finite
-    _no_torch_path(monkeypatch)  # finite values: no coordinate is redone (the CPU never uses it)
+    forbid_torch_path(monkeypatch)  # finite values: no coordinate is redone (the CPU never uses it)
     for drop in sorted({0, 1, (n - 1) // 3, (n - 1) // 2}):
         if _select.checked_min_k(stat, drop, 1, "t") > n:
             continue
-        cpu, other = _both(X, stat, drop)
+        cpu, other = cpu_and_triton(X, stat, drop)
         assert torch.equal(other, cpu), (stat, n, drop, (other - cpu).abs().max())
 
 
@@ -64,29 +53,24 @@ def test_windows_shorter_than_the_trimmed_part_as_bulyan_takes_them(monkeypatch,
     X = torch.randn(n, 701, generator=g) * 3 + 1
     X[:, :300] = X[:, :300].round()  # ties
     X[:, 300:310] = -0.0
-    _no_torch_path(monkeypatch)
-    cpu, other = _both(X, _select.CLOSEST_TO_MEDIAN, drop)
+    forbid_torch_path(monkeypatch)
+    cpu, other = cpu_and_triton(X, _select.CLOSEST_TO_MEDIAN, drop)
     assert torch.equal(other, cpu), (n, drop, (other - cpu).abs().max())
 
 
 @needs_triton
 @pytest.mark.parametrize("n", [25, 50])
-@pytest.mark.parametrize("stat", STATS)
+@pytest.mark.parametrize("stat", SELECTION_STATS)
 def test_missing_values_and_nan_rows(stat: int, n: int) -> None:
-    g = torch.Generator().manual_seed(stat)
-    X = torch.randn(n, 900, generator=g)
-    X[2, 7] = float("nan")
-    X[3, 100:300] = float("inf")
-    X[:5, 500:510] = float("nan")
-    X[n - 1] = float("nan")  # a row with no finite value: left out before the kernel
-    cpu, other = _both(X, stat, n // 5, min_k=n // 2 - 1)
+    X = with_missing_values(n, 900, stat)
+    cpu, other = cpu_and_triton(X, stat, n // 5, min_k=n // 2 - 1)
     torch.testing.assert_close(other, cpu, rtol=0, atol=0, equal_nan=True)
 
 
 @needs_triton
-@pytest.mark.parametrize("n", [10, 40])
+@pytest.mark.parametrize("n", [10, 40, 80])  # 80: the sorted blocks of _sorted_cuda
 def test_too_few_values_raise_the_same_error(n: int) -> None:
-    X = torch.randn(n, 300)
+    X = torch.randn(n, 40)
     X[: n - 2, 17] = float("nan")
     with pytest.raises(ValueError) as cpu:
         _select.coordinatewise(X, _select.MEDIAN, 2, 5, "median")
@@ -108,7 +92,7 @@ def test_cpu_tensors_keep_the_torch_path_without_the_interpreter(monkeypatch) ->
     assert not _fused_cuda.applies(torch.randn(5, 100), 5, _select.MEDIAN, 0, 1)
 
 
-@pytest.mark.parametrize("stat", STATS)
+@pytest.mark.parametrize("stat", SELECTION_STATS)
 @pytest.mark.parametrize("n", [1, 2, 3, 8, 13, 15, 24, 25, 26, 51, 64])
 def test_every_generated_line_is_translated(stat: int, n: int) -> None:
     # every drop up to 25 rows; beyond (the merged groups), the drops of each kind of window

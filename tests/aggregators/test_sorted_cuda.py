@@ -15,26 +15,15 @@ import torch
 
 from byzlearn.aggregators import _fused_cuda, _select, _sorted_cuda
 from byzlearn.aggregators._device import accelerator_path
-from tests.aggregators import needs_triton
+from tests.aggregators import (
+    SELECTION_STATS,
+    cpu_and_triton,
+    forbid_torch_path,
+    needs_triton,
+    with_missing_values,
+)
 
 pytestmark = pytest.mark.usefixtures("triton_interpreter")
-
-STATS = [_select.MEAN, _select.MEDIAN, _select.TRIMMED, _select.CLOSEST_TO_MEDIAN,
-         _select.CLOSEST_TO_TRIMMED]
-
-
-def _both(X: torch.Tensor, stat: int, drop: int, min_k: int = 1) -> tuple:
-    cpu = _select.coordinatewise(X, stat, drop, min_k, "cpu")
-    with accelerator_path():
-        other = _select.coordinatewise(X, stat, drop, min_k, "triton")
-    return cpu, other
-
-
-def _no_torch_path(monkeypatch) -> None:
-    def tripwire(*args, **kwargs):
-        raise AssertionError("the torch path ran")
-
-    monkeypatch.setattr(_select, "_torch_path", tripwire)
 
 
 def _inputs(n: int, d: int, seed: int, dtype: torch.dtype) -> torch.Tensor:
@@ -55,13 +44,13 @@ def _assert_agree(other: torch.Tensor, cpu: torch.Tensor, stat: int) -> None:
 
 @needs_triton
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("stat", STATS)
+@pytest.mark.parametrize("stat", SELECTION_STATS)
 def test_the_cpu_kernels_values_at_65_rows(monkeypatch, stat: int, dtype) -> None:
     n = 65
     X = _inputs(n, _sorted_cuda.block_columns(n) + 5, stat, dtype)  # two programs, the last short
-    _no_torch_path(monkeypatch)  # finite values: no coordinate is redone
+    forbid_torch_path(monkeypatch)  # finite values: no coordinate is redone
     drop = 0 if stat == _select.MEAN else 13
-    cpu, other = _both(X, stat, drop)
+    cpu, other = cpu_and_triton(X, stat, drop)
     _assert_agree(other, cpu, stat)
 
 
@@ -79,8 +68,8 @@ def test_the_cpu_kernels_values_at_65_rows(monkeypatch, stat: int, dtype) -> Non
 )
 def test_the_cpu_kernels_values_beyond(monkeypatch, n: int, stat: int, drop: int) -> None:
     X = _inputs(n, _sorted_cuda.block_columns(n), n + stat, torch.float32)
-    _no_torch_path(monkeypatch)
-    cpu, other = _both(X, stat, drop)
+    forbid_torch_path(monkeypatch)
+    cpu, other = cpu_and_triton(X, stat, drop)
     _assert_agree(other, cpu, stat)
 
 
@@ -88,25 +77,9 @@ def test_the_cpu_kernels_values_beyond(monkeypatch, n: int, stat: int, drop: int
 @pytest.mark.parametrize("stat", [_select.TRIMMED, _select.CLOSEST_TO_MEDIAN])
 def test_missing_values_and_nan_rows(stat: int) -> None:
     n = 100
-    g = torch.Generator().manual_seed(stat)
-    X = torch.randn(n, _sorted_cuda.block_columns(n), generator=g)
-    X[2, 7] = float("nan")
-    X[3, 10:20] = float("inf")
-    X[:5, 30:33] = float("nan")
-    X[n - 1] = float("nan")  # a row with no finite value: left out before the kernel
-    cpu, other = _both(X, stat, n // 5, min_k=n // 2 - 1)
+    X = with_missing_values(n, _sorted_cuda.block_columns(n), stat)
+    cpu, other = cpu_and_triton(X, stat, n // 5, min_k=n // 2 - 1)
     torch.testing.assert_close(other, cpu, rtol=0, atol=0, equal_nan=True)
-
-
-@needs_triton
-def test_too_few_values_raise_the_same_error() -> None:
-    X = torch.randn(80, 40)
-    X[:78, 17] = float("nan")
-    with pytest.raises(ValueError) as cpu:
-        _select.coordinatewise(X, _select.MEDIAN, 2, 5, "median")
-    with accelerator_path(), pytest.raises(ValueError) as other:
-        _select.coordinatewise(X, _select.MEDIAN, 2, 5, "median")
-    assert str(other.value) == str(cpu.value)
 
 
 @needs_triton
@@ -143,11 +116,11 @@ def test_a_failing_launch_leaves_the_other_kernels_running(monkeypatch) -> None:
     monkeypatch.setattr(_sorted_cuda, "kernel", lambda interpret: Broken())
     X = torch.randn(70, 40)
     with pytest.warns(RuntimeWarning, match="no such instruction"):
-        cpu, other = _both(X, _select.MEDIAN, 0)
+        cpu, other = cpu_and_triton(X, _select.MEDIAN, 0)
     assert torch.equal(other, cpu)  # the torch path took it
     assert _sorted_cuda.FAILED and not _fused_cuda._FAILED
-    _no_torch_path(monkeypatch)  # up to 64 rows the generated kernels still run
-    cpu, other = _both(X[:10], _select.MEDIAN, 0)
+    forbid_torch_path(monkeypatch)  # up to 64 rows the generated kernels still run
+    cpu, other = cpu_and_triton(X[:10], _select.MEDIAN, 0)
     assert torch.equal(other, cpu)
 
 
@@ -159,7 +132,7 @@ def test_the_rules_through_the_registry(monkeypatch, name: str, n: int, f: int) 
 
     X = _inputs(n, 48, n, torch.float32)
     cpu = agg.get(name)(X, f=f)
-    _no_torch_path(monkeypatch)
+    forbid_torch_path(monkeypatch)
     with accelerator_path():
         other = agg.get(name)(X, f=f)
     assert torch.equal(other, cpu)
@@ -179,7 +152,7 @@ def test_overflowing_sums_are_redone(monkeypatch, stat: int) -> None:
     torch_path = _select._torch_path
     monkeypatch.setattr(_select, "_torch_path", lambda X, *a: redone.append(X.shape[1])
                         or torch_path(X, *a))
-    cpu, other = _both(X, stat, drop)
+    cpu, other = cpu_and_triton(X, stat, drop)
     assert redone == [1]  # the one overflowing coordinate
     assert torch.isfinite(other).all()
     torch.testing.assert_close(other, cpu, rtol=1e-14, atol=1e-14)
