@@ -1,7 +1,7 @@
 """The coordinate-wise statistics of many rows on a GPU: one Triton kernel that sorts blocks.
 
 From 65 rows (beyond :data:`._fused_cuda.MAX_ROWS`) the values of a coordinate no longer fit one
-GPU thread's registers, and the blocked torch path of :mod:`._select` took 70 to 260 reads of
+GPU thread's registers, and the blocked torch path of :mod:`._select` took 68 to 263 reads of
 the input on an H200 (table G2 of the README: the median of 100 x 1e7 float32 values 98 reads,
 Phocas of 200 rows 263). This kernel takes a block of ``BD`` coordinates of all n rows in one
 Triton program (n padded with +inf to the next power of two ``NP``, ``NP * BD`` values per
