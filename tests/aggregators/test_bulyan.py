@@ -384,3 +384,37 @@ def test_running_krum_scores_match_krum_on_each_subset(seed, f, extra, bad, shri
     fast = bulyan_module._iterated_krum(inputs, f, theta)
     slow = bulyan_module._iterated_rule(inputs, spec("krum"), f, {}, theta)
     assert fast == slow
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    f=st.integers(0, 6),
+    extra=st.integers(0, 25),
+    copies=st.integers(0, 6),
+    bad=st.integers(0, 2),
+)
+def test_running_krum_scores_ignore_the_order_of_tied_neighbours(seed, f, extra, copies, bad):
+    """The neighbour lists may order equal distances in any way (the library takes numpy's
+    unstable sort): with many exact ties (small integer vectors, repeated rows, bad rows) the
+    choices equal those made from lists with ties by increasing and by decreasing index."""
+    from byzlearn.aggregators._gram import Inputs
+    from byzlearn.aggregators.rules import bulyan as bulyan_module
+
+    n = 4 * f + 3 + extra
+    rng = np.random.default_rng(seed)
+    X = rng.integers(-2, 3, size=(n, 3)).astype(np.float64)
+    X[: min(copies, n)] = X[n - 1]  # identical rows, as an attack sends them
+    X[rng.choice(n, min(bad, f), replace=False)] = np.nan
+    inputs = Inputs.from_matrix(torch.from_numpy(X))
+    theta = max(1, n - 2 * f)
+    chosen = bulyan_module._iterated_krum(inputs, f, theta)
+    D = inputs.sqdist().numpy().copy()
+    np.fill_diagonal(D, np.inf)
+    good = ~inputs.bad.numpy()
+    increasing = np.argsort(D, axis=1, kind="stable")
+    decreasing = n - 1 - np.argsort(D[:, ::-1], axis=1, kind="stable")
+    for order in (increasing, decreasing):
+        again = bulyan_module._iterated_krum_kernel(D, order, good, f, theta,
+                                                    bulyan_module._RECHECK)
+        assert [int(c) for c in again] == chosen
