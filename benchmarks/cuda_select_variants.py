@@ -53,16 +53,7 @@ def timed(fn, device: torch.device, repeats: int) -> float:
 
 def _generated(X, rows, stat, drop, out):
     flags = torch.empty(X.shape[1], dtype=torch.int8, device=X.device)
-    made = _fused_cuda.kernel(rows.numel(), stat, drop, X.dtype == torch.float32,
-                              _fused_cuda.interpreted())
-    assert made is not None, "the kernel's source file cannot be written"
-    run, constants = made
-    consts = torch.tensor([*constants, 0.0], dtype=torch.float64, device=X.device)
-    grid = ((X.shape[1] + _fused_cuda.BLOCK - 1) // _fused_cuda.BLOCK,)
-    ok = _fused_cuda.launch(run, grid, X, rows, X.stride(0), out, flags, X.shape[1],
-                            float("inf"), consts, BLOCK=_fused_cuda.BLOCK,
-                            num_warps=_fused_cuda.NUM_WARPS)
-    return ok, flags
+    return _fused_cuda.launch_generated(X, rows, stat, drop, out, flags), flags
 
 
 def _sorted(X, rows, stat, drop, out, values, warps):

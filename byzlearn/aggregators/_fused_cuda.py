@@ -267,6 +267,24 @@ def rows_with_values(X: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return torch.tensor([r for r in rows.tolist() if r not in empty], dtype=torch.int64)
 
 
+def launch_generated(
+    X: torch.Tensor, kept: torch.Tensor, stat: int, drop: int, out: torch.Tensor,
+    flags: torch.Tensor,
+) -> bool:
+    """Run the generated kernel of ``kept.numel()`` rows (at most :data:`MAX_ROWS`) on the rows
+    ``kept`` of X (a row stride, unit column stride) into ``out`` and ``flags`` (both
+    contiguous, d values); False where it could not run."""
+    made = kernel(kept.numel(), stat, drop, X.dtype == torch.float32, interpreted())
+    if made is None:
+        return False
+    run, constants = made
+    consts = torch.tensor([*constants, 0.0], dtype=torch.float64, device=X.device)
+    d = X.shape[1]
+    grid = ((d + BLOCK - 1) // BLOCK,)
+    return launch(run, grid, X, kept.to(X.device), X.stride(0), out, flags, d, float("inf"),
+                  consts, BLOCK=BLOCK, num_warps=NUM_WARPS)
+
+
 def statistic_into(
     X: torch.Tensor,
     rows: torch.Tensor,
@@ -286,22 +304,14 @@ def statistic_into(
         return False
     Xc = X if X.stride(1) == 1 else X.contiguous()
     o = out if out.is_contiguous() else torch.empty_like(out)
-    d = X.shape[1]
-    flags = torch.empty(d, dtype=torch.int8, device=X.device)
+    flags = torch.empty(X.shape[1], dtype=torch.int8, device=X.device)
     if kept.numel() > MAX_ROWS:  # too many rows for one thread's registers: sorted blocks
-        if not _sorted_cuda.launch_statistic(Xc, kept, stat, drop, o, flags, launch,
-                                             interpreted()):
-            return False
+        launched = _sorted_cuda.launch_statistic(Xc, kept, stat, drop, o, flags, launch,
+                                                 interpreted())
     else:
-        made = kernel(kept.numel(), stat, drop, X.dtype == torch.float32, interpreted())
-        if made is None:
-            return False
-        run, constants = made
-        consts = torch.tensor([*constants, 0.0], dtype=torch.float64, device=X.device)
-        grid = ((d + BLOCK - 1) // BLOCK,)
-        if not launch(run, grid, Xc, kept.to(X.device), Xc.stride(0), o, flags, d,
-                      float("inf"), consts, BLOCK=BLOCK, num_warps=NUM_WARPS):
-            return False
+        launched = launch_generated(Xc, kept, stat, drop, o, flags)
+    if not launched:
+        return False
     columns = torch.nonzero(flags).flatten()
     if columns.numel():
         values = torch.empty(columns.numel(), dtype=o.dtype, device=o.device)

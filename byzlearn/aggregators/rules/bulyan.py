@@ -35,9 +35,9 @@ if njit is not None:
         row keeps its running score and the position of its k-th neighbour still in R, and
         ``where[i, j]`` (the position of j in ``order[i]``, built once) tells at once whether
         the row just chosen was among them, so a step costs O(n) plus the pointer moves
-        (O(n^2) in all), not a sort nor a scan of each row's neighbours (which took 71 of
-        109 ms at n = 1000, f = 200, one thread; now about 6, the rest numpy's argsort of
-        ``order``). Scores within a
+        (O(n^2) in all), not a sort nor a scan of each row's neighbours (the scan took 71 ms
+        at n = 1000, f = 200, one thread; the whole selection now about 16, numpy's sort of
+        ``order`` about 9 of them). Scores within a
         relative ``recheck`` of the least are summed again in sorted order before the choice,
         so ties and near-ties resolve as a fresh computation does (lowest index first).
         """
