@@ -112,9 +112,9 @@ def _measure(n: int, d: int, hot_kib: int, repeats: int) -> dict[str, float]:
 
     rows = np.arange(1, n, dtype=np.int64)
     R = gk.padded_rows(rows.size)
-    W = gk.tile_lanes(R)
-    blocks = _gram.column_blocks(d, _gram.kernel_block_size(n, rows.size))
     X = np.random.default_rng(0).standard_normal((n, d), dtype=np.float32) + 3
+    W = gk.tile_lanes(R, X.nbytes)  # the library's width for this input
+    blocks = _gram.column_blocks(d, _gram.kernel_block_size(n, rows.size, X.nbytes))
     T = torch.from_numpy(X)
     hot_cols = max(W, (hot_kib * 1024 // (4 * n)) // W * W)
     H = np.ascontiguousarray(X[:, :hot_cols])

@@ -391,7 +391,7 @@ def _kernel_pass(
         centre_np = None
     if rows.size >= _gram_kernel.BLAS_MIN_ROWS:
         return (*_blas_pass(X, Xn, centre, centre_np, centre_row, rows), None)
-    blocks = column_blocks(d, kernel_block_size(n, rows.size))
+    blocks = column_blocks(d, kernel_block_size(n, rows.size, Xn.nbytes))
     threads = torch.get_num_threads()
     speculation = None
     if guess is None or len(blocks) < _speculate.MIN_BLOCKS:
@@ -471,10 +471,11 @@ def _partial_base(
     return _masked_base(torch.from_numpy(_laid_out(n, rows, parts)), bad)
 
 
-def kernel_block_size(n: int, active: int) -> int:
-    """Columns per block of the CPU kernel pass over n rows, ``active`` of them multiplied: about
-    ``_KERNEL_BLOCK_ELEMENTS`` values, a whole number of passes of the tiles."""
-    lanes = _gram_kernel.tile_lanes(_gram_kernel.padded_rows(active))
+def kernel_block_size(n: int, active: int, nbytes: int | None = None) -> int:
+    """Columns per block of the CPU kernel pass over n rows, ``active`` of them multiplied, of
+    an input of ``nbytes`` bytes: about ``_KERNEL_BLOCK_ELEMENTS`` values, a whole number of
+    passes of the tiles (:func:`._gram_kernel.tile_lanes`)."""
+    lanes = _gram_kernel.tile_lanes(_gram_kernel.padded_rows(active), nbytes)
     return max(lanes, (_KERNEL_BLOCK_ELEMENTS // max(n, 1)) // lanes * lanes)
 
 

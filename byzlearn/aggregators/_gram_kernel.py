@@ -9,8 +9,9 @@ is finite; when a given centre is not finite on a chunk (a central row missing v
 chunk falls back to the mean. Any per-chunk centre gives valid statistics: the centre of the whole
 matrix is then the vector made of the chunk centres.
 
-Small n (:func:`gram_blocks`): for each pass over ``tile_lanes(rows)`` coordinates (two chunks of
-``LANES``, four from 28 rows on) the kernel
+Small n (:func:`gram_blocks`): for each pass over ``tile_lanes(rows, nbytes)`` coordinates (two
+chunks of ``LANES``; four from 28 rows on, and for an input that fits in the last-level cache) the
+kernel
 
 1. writes the centred active rows, chunk by chunk (each chunk centred on its own ``m``), into a
    small buffer ``C`` (padded with zero rows to a multiple of 3, of 4 from ``BIG_TILE_ROWS`` rows
@@ -72,7 +73,12 @@ try:  # numba is a dependency, but keep a working fallback if it cannot load
 except ImportError:  # pragma: no cover
     njit = None  # type: ignore[assignment]
 
-from byzlearn.aggregators._simd import SUM_MIN_COLUMNS_PER_THREAD, separate_add_pipes, sum_plan
+from byzlearn.aggregators._simd import (
+    SUM_MIN_COLUMNS_PER_THREAD,
+    in_last_level_cache,
+    separate_add_pipes,
+    sum_plan,
+)
 
 LANES = 256
 TILE = 3
@@ -110,6 +116,20 @@ BIG_TILE_ROWS = 128
 # 1.55 -> 1.71 at 1024, in one process); 2048 lost from 100 rows on (200 rows: Krum 5.73 ->
 # 7.28); the fused tiles up to 51 rows instead of 27 were no faster here (28-52 rows, three
 # alternations: Krum 3.12-3.81 against 3.15-4.12).
+# Below 28 buffer rows, an input that fits in the last-level cache takes 1024 too (off AMD's Zen
+# cores, where it was not measured; ``tile_lanes``' ``nbytes``): there the tiles compute rather
+# than wait for memory, and longer passes halve the per-pass cost of the tiles' reductions and
+# float64 additions; from memory 1024 loses (10 x 1e7: Krum 1.51-1.69 -> 1.70-1.88 floors;
+# 25 x 1e7 above), so larger inputs keep 512. The Gram matrices are the same to the bit within a
+# block (the blocks' bounds, a multiple of the width, may move: the geometric median within a
+# unit of float32). On the same Xeon (300 MB L3), one thread, the two widths alternated three
+# times in one process, time / X.sum(), Krum, Multi-Krum, the geometric median: 5 x 1e6
+# 2.97-3.01 -> 2.57-2.69, 3.52-3.63 -> 3.16-3.29, 3.79-4.07 -> 3.66-3.73; 10 x 1e6 2.31-2.33 ->
+# 2.25-2.28, 2.95-3.01 -> 2.86-3.00, 3.32-3.38 -> 3.23-3.36; 16 x 1e6 2.35-2.38 -> 2.30-2.31;
+# 25 x 1e6 2.85-2.89 -> 2.66-2.67, 3.59-3.66 -> 3.42-3.50, 3.86-3.93 -> 3.68-3.86; 10 x 2e5
+# 4.22-4.42 -> 4.10-4.11; an MLP's 25 x 4810 gradients (the small path's buffer), Krum 148-151
+# -> 142-148 us, Multi-Krum 158-159 -> 151-156 us; 25 x 2.5e6 (250 MB) 2.60-2.72 -> 2.54-2.55;
+# 25 x 3.5e6 (350 MB, beyond the L3) 2.22-2.25 either way.
 _TILE_LANES_WIDE = 2 * LANES
 _TILE_LANES_WIDEST = 4 * LANES
 _MANY_ROWS = 28
@@ -194,9 +214,24 @@ if njit is not None:
     _padded_rows = njit(cache=True, inline="always")(padded_rows)
 
 
-def tile_lanes(rows: int) -> int:
-    """Coordinates per pass of the tiles for this many buffer rows (a multiple of LANES)."""
-    return _TILE_LANES_WIDEST if rows >= _MANY_ROWS else _TILE_LANES_WIDE
+def tile_lanes(rows: int, nbytes: int | None = None) -> int:
+    """Coordinates per pass of the tiles for this many buffer rows (a multiple of LANES), on an
+    input of ``nbytes`` bytes where given: the widest from ``_MANY_ROWS`` buffer rows on, or for
+    an input in the last-level cache off AMD's Zen cores (see ``_TILE_LANES_WIDE``)."""
+    if rows >= _MANY_ROWS or (nbytes is not None and _wide_in_cache(nbytes)):
+        return _TILE_LANES_WIDEST
+    return _TILE_LANES_WIDE
+
+
+# Whether an input in the last-level cache takes the widest passes on this host (not on AMD's
+# Zen cores; see ``_TILE_LANES_WIDE``).
+_WIDE_WHEN_CACHED = not separate_add_pipes()
+
+
+def _wide_in_cache(nbytes: int) -> bool:
+    """Whether fewer than ``_MANY_ROWS`` buffer rows take the widest passes on an input of
+    ``nbytes`` bytes: where it fits in the last-level cache (:data:`_WIDE_WHEN_CACHED`)."""
+    return _WIDE_WHEN_CACHED and in_last_level_cache(nbytes) is True
 
 
 def aligned_zeros(shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
@@ -1516,7 +1551,7 @@ def gram_blocks(
     use_centre = centre is not None
     c = np.ascontiguousarray(centre, dtype=X.dtype) if use_centre else np.zeros(1, X.dtype)
     R = padded_rows(rows.shape[0])
-    width = tile_lanes(R)
+    width = tile_lanes(R, X.nbytes)
 
     def one(block: tuple[int, int]) -> BlockStats:
         acc = np.zeros((R, R))

@@ -78,17 +78,19 @@ _MAX_BUFFERS = 8  # buffers kept per thread (each at most 384 x 1024 values, 3 M
 _DONE, _LOSSY, _OVERFLOW = 0, 1, 2
 
 
-def _buffer(n: int, dtype: np.dtype) -> np.ndarray:
-    """The kernel's buffer for n rows of ``dtype`` in this thread (made on first use)."""
+def _buffer(n: int, dtype: np.dtype, nbytes: int) -> np.ndarray:
+    """The kernel's buffer for n rows of ``dtype`` of an input of ``nbytes`` bytes in this thread
+    (made on first use; as wide as the general pass's, :func:`._gram_kernel.tile_lanes`)."""
     buffers = getattr(_BUFFERS, "by_rows", None)
     if buffers is None:
         buffers = _BUFFERS.by_rows = {}
-    key = (n, dtype.str)
+    R = _gram_kernel.padded_rows(n)
+    width = _gram_kernel.tile_lanes(R, nbytes)
+    key = (n, dtype.str, width)
     if key not in buffers:
         if len(buffers) >= _MAX_BUFFERS:  # callers with ever other n: keep the memory bounded
             buffers.clear()
-        R = _gram_kernel.padded_rows(n)
-        buffers[key] = _gram_kernel.aligned_zeros((R, _gram_kernel.tile_lanes(R)), dtype)
+        buffers[key] = _gram_kernel.aligned_zeros((R, width), dtype)
     return buffers[key]
 
 
@@ -103,7 +105,8 @@ def applies(X: torch.Tensor) -> bool:
     n, d = X.shape
     if n < 1 or d < 1 or n * d >= SMALL_MAX_ELEMENTS or n >= _gram_kernel.BLAS_MIN_ROWS:
         return False
-    return d <= kernel_block_size(n, n)  # one block of the general pass (always, below 2^21)
+    # one block of the general pass (always, below 2^21)
+    return d <= kernel_block_size(n, n, X.element_size() * X.numel())
 
 
 def small_gram(
@@ -121,8 +124,8 @@ def small_gram(
     n, d = Xn.shape
     no_centre = _NO_CENTRE[Xn.dtype.type]  # read by the kernel only with a given centre
     status, aug, D, bad, medians = _small_pass(
-        Xn, _gram_kernel.all_rows(n), no_centre, _buffer(n, Xn.dtype), float(max_missing * d),
-        measurable_limit(d), max_missing > 0,
+        Xn, _gram_kernel.all_rows(n), no_centre, _buffer(n, Xn.dtype, Xn.nbytes),
+        float(max_missing * d), measurable_limit(d), max_missing > 0,
     )
     if status != _DONE:
         return None  # a lossy row (imputed by the general path), or an overflow (float64 path)

@@ -103,8 +103,15 @@ def prefetched_sums(rows: int, nbytes: int) -> bool:
     prefetch cost the sums 0.15-0.2 floors at every chunk width."""
     if rows >= _LONG_CHUNK_ROWS or _zen():
         return False
+    return in_last_level_cache(nbytes) is False
+
+
+def in_last_level_cache(nbytes: int) -> bool | None:
+    """Whether an input of ``nbytes`` bytes fits in the CPU's last-level cache (so that a rule
+    called on it again, or right after the step that wrote it, reads it from there); None where
+    that cache's size is unknown."""
     cache = last_level_cache_bytes()
-    return cache is not None and nbytes > cache
+    return None if cache is None else nbytes <= cache
 
 
 @functools.cache

@@ -139,11 +139,13 @@ def torch_pass_gram(X, centre=None, centre_row=None):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("mode", ["mean", "centre", "row"])
 @pytest.mark.parametrize("n", [1, 2, 4, 25, 31, 40, 70, 127, 130])
-def test_kernel_pass_matches_float64_products(dtype, mode, n, monkeypatch):
+@pytest.mark.parametrize("in_cache", [False, True])
+def test_kernel_pass_matches_float64_products(dtype, mode, n, in_cache, monkeypatch):
     """The numba pass (3 x 3 tiles, 4 x 4 from 128 buffer rows, chunks, threads) against centred
-    float64 products; a pass of the tiles spans two chunks, from 64 rows on four, each centred
-    on its own centre."""
+    float64 products; a pass of the tiles spans two chunks, from 28 buffer rows on (and on an
+    input in the last-level cache, ``in_cache``) four, each centred on its own centre."""
     monkeypatch.setattr(_gram, "_KERNEL_BLOCK_ELEMENTS", 1)  # blocks of one pass of the tiles
+    monkeypatch.setattr(_gram_kernel, "_wide_in_cache", lambda nbytes: in_cache)
     g = torch.Generator().manual_seed(n)
     d = 3 * 4 * _gram_kernel.LANES + 77  # several blocks and a partial chunk
     X = (torch.randn(n, d, generator=g, dtype=torch.float64) + 50.0).to(dtype)
@@ -172,6 +174,32 @@ def test_kernel_pass_matches_float64_products(dtype, mode, n, monkeypatch):
     unit = float(torch.finfo(dtype).eps)
     scale = float(np.abs(np.diag(expected)).max())
     np.testing.assert_allclose(acc.numpy(), expected, atol=64 * unit * scale)
+
+
+@pytest.mark.parametrize(
+    "zen, cache, nbytes, rows, expected",
+    [
+        (False, 300 << 20, 100 << 20, 9, 4),  # in the cache: the widest passes
+        (False, 300 << 20, 300 << 20, 27, 4),  # exactly the cache's size
+        (False, 300 << 20, (300 << 20) + 1, 27, 2),  # from memory: two chunks
+        (False, None, 1 << 10, 9, 2),  # the cache's size unknown
+        (True, 300 << 20, 1 << 10, 9, 2),  # AMD's Zen cores: not measured, as before
+        (True, 300 << 20, 1 << 40, 28, 4),  # many rows: the widest everywhere
+        (False, None, None, 30, 4),
+        (False, 300 << 20, None, 27, 2),  # no size given
+    ],
+)
+def test_tile_width_from_rows_and_cache(zen, cache, nbytes, rows, expected, monkeypatch):
+    """Coordinates per pass of the tiles: four chunks from ``_MANY_ROWS`` buffer rows on, and
+    for fewer rows where the input fits in the last-level cache (off AMD's Zen cores); two
+    otherwise."""
+    from byzlearn.aggregators import _simd
+
+    monkeypatch.setattr(_gram_kernel, "_WIDE_WHEN_CACHED", not zen)
+    monkeypatch.setattr(_simd, "last_level_cache_bytes", lambda: cache)
+    assert _gram_kernel.tile_lanes(rows, nbytes) == expected * _gram_kernel.LANES
+    block = _gram.kernel_block_size(rows, rows, nbytes)
+    assert block % (expected * _gram_kernel.LANES) == 0
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -281,6 +281,22 @@ def test_same_statistics_as_the_general_pass(
     assert_same_as_general(T, max_missing)
 
 
+@pytest.mark.parametrize("in_cache", [False, True])
+def test_same_statistics_as_the_general_pass_at_either_tile_width(in_cache, monkeypatch):
+    """The small path's buffer is as wide as the general pass's for the same input (two chunks,
+    or four for an input in the last-level cache): the same bits either way, over several
+    passes of the tiles, a NaN row and an attack."""
+    monkeypatch.setattr(_gram_kernel, "_wide_in_cache", lambda nbytes: in_cache)
+    width = (4 if in_cache else 2) * _gram_kernel.LANES
+    X = attacked(25, 4810, seed=3)
+    X[7] = float("nan")
+    for T in (X, X.double(), attacked(10, 2 * width + 5, seed=4)):
+        assert_same_as_general(T, 0.1)
+        n = T.shape[0]
+        buffer = _gram_small._buffer(n, T.numpy().dtype, T.numel() * T.element_size())
+        assert buffer.shape[1] == width
+
+
 def test_the_reused_buffer_gives_each_input_its_own_statistics():
     # the kernel's buffer is kept per (n, dtype) and thread: a call right after another on
     # different values (NaN rows, wider rows, other dtype) must not see what the first left

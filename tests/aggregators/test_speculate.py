@@ -25,9 +25,11 @@ D = BLOCKS * 512 + 100
 
 @pytest.fixture
 def small_blocks(monkeypatch):
-    """Blocks of one pass of the tiles, so that a small input has many; the central row chosen
-    on a sample as for large inputs (the tiles then centre in registers where the CPU does)."""
+    """Blocks of one pass of the tiles (512 coordinates, also where the input is in the cache),
+    so that a small input has many; the central row chosen on a sample as for large inputs (the
+    tiles then centre in registers where the CPU does)."""
     monkeypatch.setattr(_gram, "_KERNEL_BLOCK_ELEMENTS", 1)
+    monkeypatch.setattr(_gram_kernel, "_WIDE_WHEN_CACHED", False)
     monkeypatch.setattr(_gram, "_SAMPLE_MIN_ELEMENTS", 1)
     monkeypatch.setattr(_speculate, "GUESS_BUDGET", 1e6)  # blocks of microseconds
 
@@ -272,6 +274,7 @@ def test_guessed_or_not_same_bits_on_random_inputs(
         X[n - 1] = float("nan")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(_gram, "_KERNEL_BLOCK_ELEMENTS", 1)
+        mp.setattr(_gram_kernel, "_WIDE_WHEN_CACHED", False)  # blocks of 512 coordinates
         mp.setattr(_gram, "_SAMPLE_MIN_ELEMENTS", 1)
         mp.setattr(_speculate, "GUESS_BUDGET", 1e6)
         try:

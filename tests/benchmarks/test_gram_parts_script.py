@@ -57,7 +57,8 @@ def test_the_library_width_by_default(script, capsys):
 
     script.main(["--n", "5", "--d", "3000", "--repeats", "1", "--hot-kib", "64"])
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| 5 |"))
-    assert _cells(row)[1] == str(_gram_kernel.tile_lanes(_gram_kernel.padded_rows(4)))
+    width = _gram_kernel.tile_lanes(_gram_kernel.padded_rows(4), 5 * 3000 * 4)  # float32
+    assert _cells(row)[1] == str(width)
     assert _gram_kernel.tile_lanes(3) == 2 * _gram_kernel.LANES  # the widths are restored
     mode = _gram_kernel.FUSED_LONG if _gram_kernel.separate_add_pipes() else _gram_kernel.FUSED
     assert mode == _gram_kernel.FUSED_CENTRING  # and the choice
