@@ -120,9 +120,9 @@ BIG_TILE_ROWS = 128
 # cores, where it was not measured; ``tile_lanes``' ``nbytes``): there the tiles compute rather
 # than wait for memory, and longer passes halve the per-pass cost of the tiles' reductions and
 # float64 additions; from memory 1024 loses (10 x 1e7: Krum 1.51-1.69 -> 1.70-1.88 floors;
-# 25 x 1e7 above), so larger inputs keep 512. The Gram matrices are the same to the bit within a
-# block (the blocks' bounds, a multiple of the width, may move: the geometric median within a
-# unit of float32). On the same Xeon (300 MB L3), one thread, the two widths alternated three
+# 25 x 1e7 above), so larger inputs keep 512. A block's Gram statistics came out the same bits at
+# either width (25 x 4810, centred on a row and on chunk means); the blocks' bounds, a multiple
+# of the width, may move (the geometric median then within a unit of float32). On the same Xeon (300 MB L3), one thread, the two widths alternated three
 # times in one process, time / X.sum(), Krum, Multi-Krum, the geometric median: 5 x 1e6
 # 2.97-3.01 -> 2.57-2.69, 3.52-3.63 -> 3.16-3.29, 3.79-4.07 -> 3.66-3.73; 10 x 1e6 2.31-2.33 ->
 # 2.25-2.28, 2.95-3.01 -> 2.86-3.00, 3.32-3.38 -> 3.23-3.36; 16 x 1e6 2.35-2.38 -> 2.30-2.31;
