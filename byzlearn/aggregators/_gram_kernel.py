@@ -118,18 +118,19 @@ BIG_TILE_ROWS = 128
 # alternations: Krum 3.12-3.81 against 3.15-4.12).
 # Below 28 buffer rows, an input that fits in the last-level cache takes 1024 too (off AMD's Zen
 # cores, where it was not measured; ``tile_lanes``' ``nbytes``): there the tiles compute rather than
-# wait for memory, and longer passes halve the per-pass cost of the tiles' reductions and float64
-# additions; from memory 1024 loses (10 x 1e7: Krum 1.51-1.69 -> 1.70-1.88 floors; 25 x 1e7 above),
-# so larger inputs keep 512. A block's Gram statistics came out the same bits at either width (25 x
-# 4810, centred on a row and on chunk means); the blocks' bounds, a multiple of the width, may move
-# (the geometric median then within a unit of float32). On the same Xeon (300 MB L3), one thread,
-# the two widths alternated three times in one process, time / X.sum(), Krum, Multi-Krum, the
-# geometric median: 5 x 1e6 2.97-3.01 -> 2.57-2.69, 3.52-3.63 -> 3.16-3.29, 3.79-4.07 -> 3.66-3.73;
-# 10 x 1e6 2.31-2.33 -> 2.25-2.28, 2.95-3.01 -> 2.86-3.00, 3.32-3.38 -> 3.23-3.36; 16 x 1e6
-# 2.35-2.38 -> 2.30-2.31; 25 x 1e6 2.85-2.89 -> 2.66-2.67, 3.59-3.66 -> 3.42-3.50, 3.86-3.93 ->
-# 3.68-3.86; 10 x 2e5 4.22-4.42 -> 4.10-4.11; an MLP's 25 x 4810 gradients (the small path's
-# buffer), Krum 148-151 -> 142-148 us, Multi-Krum 158-159 -> 151-156 us; 25 x 2.5e6 (250 MB)
-# 2.60-2.72 -> 2.54-2.55; 25 x 3.5e6 (350 MB, beyond the L3) 2.22-2.25 either way.
+# wait for memory, and longer passes halve what the tiles pay once per pass (reductions, float64
+# additions, loop set-up); from memory 1024 loses (10 x 1e7: Krum 1.51-1.69 -> 1.70-1.88 floors;
+# 25 x 1e7 above), so larger inputs keep 512. A block's Gram statistics came out the same bits at
+# either width (25 x 4810, centred on a row and on chunk means); the blocks' bounds, a multiple of
+# the width, may move (the geometric median then within a unit of float32). On the same Xeon (300 MB
+# L3), one thread, the two widths alternated three times in one process, time / X.sum(), Krum,
+# Multi-Krum, the geometric median: 5 x 1e6 2.97-3.01 -> 2.57-2.69, 3.52-3.63 -> 3.16-3.29,
+# 3.79-4.07 -> 3.66-3.73; 10 x 1e6 2.31-2.33 -> 2.25-2.28, 2.95-3.01 -> 2.86-3.00,
+# 3.32-3.38 -> 3.23-3.36; 16 x 1e6 2.35-2.38 -> 2.30-2.31; 25 x 1e6 2.85-2.89 -> 2.66-2.67,
+# 3.59-3.66 -> 3.42-3.50, 3.86-3.93 -> 3.68-3.86; 10 x 2e5 4.22-4.42 -> 4.10-4.11; an MLP's
+# 25 x 4810 gradients (the small path's buffer), Krum 148-151 -> 142-148 us, Multi-Krum
+# 158-159 -> 151-156 us; 25 x 2.5e6 (250 MB) 2.60-2.72 -> 2.54-2.55; 25 x 3.5e6 (350 MB, beyond the
+# L3) 2.22-2.25 either way.
 _TILE_LANES_WIDE = 2 * LANES
 _TILE_LANES_WIDEST = 4 * LANES
 _MANY_ROWS = 28
