@@ -19,7 +19,9 @@ compiles numba's kernels):
 - ``ref``: the fastest plain implementation of the rule in a few lines (``np.partition``, a
   float64 Gram matrix by BLAS on column blocks, ``np.sort`` on blocks for the window rules), see
   ``REFERENCES``; the script checks it gives the same result and exits with status 1 otherwise;
-- ``peak MB``: the largest resident memory above the input seen during one call (sampled).
+- ``peak MB``: the most memory above the input seen during one call (sampled): the larger of
+  the growth of the resident set and, where glibc tells it (``mallinfo2``), of the bytes malloc
+  has handed out, so that an output placed in memory freed earlier (resident already) counts.
 
 Input kinds (rows: n - f honest ``mu + s_i noise_i``, s_i in [0.8, 1.2], then f Byzantine):
 ``honest`` (all n honest), ``mean10`` (the demo's attack, -10 x the honest mean), ``gauss200``
@@ -36,6 +38,7 @@ before each n, the best of the run; printed) plus the floor (target 1.5x). See
 from __future__ import annotations
 
 import argparse
+import ctypes
 import datetime as dt
 import itertools
 import math
@@ -463,9 +466,46 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
     return time.perf_counter() - t0, out
 
 
+class _MallInfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2`` (every field a ``size_t``)."""
+
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd",
+            "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost",
+        )
+    ]
+
+
+def _mallinfo2() -> Callable[[], _MallInfo2] | None:
+    """glibc's ``mallinfo2`` (2.33 and later), or None where the C library has none."""
+    try:
+        fn = ctypes.CDLL(None).mallinfo2
+    except (AttributeError, OSError):
+        return None
+    fn.restype = _MallInfo2
+    fn.argtypes = []
+    return fn
+
+
+_MALLINFO2 = _mallinfo2()
+
+
+def heap_in_use() -> int | None:
+    """Bytes malloc has handed out and not taken back, in every arena (``mallinfo2``: ordinary
+    blocks plus mmapped ones), or None without glibc's ``mallinfo2``."""
+    if _MALLINFO2 is None:
+        return None
+    info = _MALLINFO2()
+    return int(info.uordblks) + int(info.hblkhd)
+
+
 class PeakMemory:
-    """The largest resident set size above the level at entry, sampled every 0.5 ms (on CUDA:
-    the largest device memory torch allocated above the level at entry)."""
+    """The most memory above the level at entry, sampled every 0.5 ms: the larger of the growth
+    of the resident set and of the bytes malloc has handed out (:func:`heap_in_use`; an output
+    placed in freed memory that is still resident leaves the resident set as it was). On CUDA:
+    the largest device memory torch allocated above the level at entry."""
 
     def __init__(self) -> None:
         self.peak = 0
@@ -480,25 +520,36 @@ class PeakMemory:
         with open("/proc/self/statm") as fh:
             return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
+    @staticmethod
+    def heap() -> int | None:
+        return heap_in_use() if DEVICE == "cpu" else None
+
     def __enter__(self) -> PeakMemory:
         if DEVICE != "cpu":
             import torch
 
             torch.cuda.reset_peak_memory_stats()
         self.base = self.rss()
+        self.heap_base = self.heap()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
 
+    def _sample(self) -> None:
+        self.peak = max(self.peak, self.rss() - self.base)
+        heap = self.heap()
+        if heap is not None and self.heap_base is not None:
+            self.peak = max(self.peak, heap - self.heap_base)
+
     def _run(self) -> None:
         while not self._stop:
-            self.peak = max(self.peak, self.rss() - self.base)
+            self._sample()
             time.sleep(0.0005)
 
     def __exit__(self, *exc) -> None:
         self._stop = True
         self._thread.join()
-        self.peak = max(self.peak, self.rss() - self.base)
+        self._sample()
 
 
 @dataclass
@@ -895,8 +946,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table(rows, d, args.markdown))
     print(sep + f"n = {n}, f = {f}, d = {d:.0e}; floor = the faster of X.sum() and a compiled "
           "one-pass read, timed in turns with the rule; ours/floor = median of the per-pair "
-          "ratios (spread: their min-max); peak MB: resident memory above the input during one "
-          "call; ref: the fastest plain implementation (this file), ref/ours its time over ours.")
+          "ratios (spread: their min-max); peak MB: memory above the input during one call "
+          "(resident or handed out by malloc, the larger); ref: the fastest plain implementation "
+          "(this file), ref/ours its time over ours.")
     summary = threads_summary(rows, n, d, itemsize, args.markdown)
     if summary:
         print(sep + summary)
