@@ -471,10 +471,12 @@ def _partial_base(
     return _masked_base(torch.from_numpy(_laid_out(n, rows, parts)), bad)
 
 
-def kernel_block_size(n: int, active: int, nbytes: int | None = None) -> int:
+def kernel_block_size(n: int, active: int, nbytes: int | None) -> int:
     """Columns per block of the CPU kernel pass over n rows, ``active`` of them multiplied, of
     an input of ``nbytes`` bytes: about ``_KERNEL_BLOCK_ELEMENTS`` values, a whole number of
-    passes of the tiles (:func:`._gram_kernel.tile_lanes`)."""
+    passes of the tiles (:func:`._gram_kernel.tile_lanes`, which takes the same ``nbytes``, so
+    that the blocks and :func:`._gram_kernel.gram_blocks`' passes agree; None: the width for an
+    input of unknown size)."""
     lanes = _gram_kernel.tile_lanes(_gram_kernel.padded_rows(active), nbytes)
     return max(lanes, (_KERNEL_BLOCK_ELEMENTS // max(n, 1)) // lanes * lanes)
 

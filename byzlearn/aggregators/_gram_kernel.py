@@ -82,6 +82,9 @@ from byzlearn.aggregators._simd import (
 
 LANES = 256
 TILE = 3
+# Whether the host is one of AMD's Zen cores (vector additions on pipes of their own): asked of
+# llvmlite once, for the three choices below that depend on it.
+_ZEN = separate_add_pipes()
 # From this many buffer rows on, 4 x 4 tiles (16 accumulators, 8 loads per step) instead of 3 x 3
 # (9 and 6): the tiles then read a quarter less from the L2 cache, where the next chunk of the
 # rows streams in meanwhile. Gram pass, A/B in one process, one AVX-512 core with a 2 MB L2,
@@ -166,7 +169,7 @@ BLAS_MIN_ROWS = 384
 FUSED_MAX_ROWS = 27
 # ``_gram_block``'s ``mode``: the buffer, fused spans of the buffer's width, or long ones too.
 BUFFER, FUSED, FUSED_LONG = 0, 1, 2
-FUSED_CENTRING = FUSED_LONG if separate_add_pipes() else FUSED
+FUSED_CENTRING = FUSED_LONG if _ZEN else FUSED
 # Up to LONG_SPAN_MAX_ROWS active rows, in whole groups of 3, the tiles that centre in
 # registers take spans of FUSED_SPAN coordinates without software prefetch
 # (:func:`_add_centred_long_tiles`): each tile reads its rows in runs of 16 KB, which the
@@ -195,7 +198,7 @@ _SUM_LANES = 256
 # (:func:`_row_stats`, measured faster on an AVX-512 Xeon) kept the maximum's compare and
 # select; one chunk per pass with that select took 2.8 floors, four with the integer maximum
 # 2.1-2.2. Elsewhere (not measured on this change) the four-chunk pass stays.
-ROW_STATS_BY_CHUNK = separate_add_pipes()
+ROW_STATS_BY_CHUNK = _ZEN
 # Float32 values per cache line: the prefetch stride (float64 rows prefetch every other line
 # twice, harmlessly).
 _LINE = 16
@@ -226,7 +229,7 @@ def tile_lanes(rows: int, nbytes: int | None = None) -> int:
 
 # Whether an input in the last-level cache takes the widest passes on this host (not on AMD's
 # Zen cores; see ``_TILE_LANES_WIDE``).
-_WIDE_WHEN_CACHED = not separate_add_pipes()
+_WIDE_WHEN_CACHED = not _ZEN
 
 
 def _wide_in_cache(nbytes: int) -> bool:
