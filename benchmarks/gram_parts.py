@@ -20,8 +20,9 @@ matters), the pass centred on row 0 as after the library's choice of a central r
   from a compiled loop), so no memory stall can show: if it is as slow as ``pass``, the pass is
   bound by its own work, not by the read;
 - ``centring, hot`` and ``tiles, hot``: the buffer path's two steps alone on that slice
-  (:func:`_centre_span` writing the centred rows into the tile buffer; :func:`_add_tiles`, the
-  3 x 3 tiles of products, without prefetches), each called from a compiled loop; ``tiles and
+  (:func:`_centre_span` writing the centred rows into the tile buffer; :func:`_buffer_tiles`,
+  the tiles of products, 3 x 3 or from ``BIG_TILE_ROWS`` buffer rows 4 x 4, without
+  prefetches), each called from a compiled loop; ``tiles and
   prefetches, hot``: the tiles with the pass's prefetches of the next coordinates of every row
   (lines already in cache: the cost of the instructions);
 - ``weighted sum, n - f rows`` and ``f rows``: the compiled weighted sum that forms the output
@@ -33,8 +34,8 @@ matters), the pass centred on row 0 as after the library's choice of a central r
   the coordinates counted (SignGuard's default ``coordinate_fraction``).
 
 Times are the minimum of ``--repeats`` runs, each part timed in turns with the others; the table
-gives milliseconds and the ratio to the floor. The tile steps apply below ``BIG_TILE_ROWS``
-(128) rows; more rows take 4 x 4 tiles or BLAS, which this script does not split.
+gives milliseconds and the ratio to the floor. The tile steps apply below ``BLAS_MIN_ROWS``
+(384) rows; more rows take BLAS, which this script does not split.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def _compiled_loops():
     def tiles(C, acc, X, rows, passes, lines):  # pragma: no cover
         Xf = X.reshape(-1)
         for _ in range(passes):
-            gk._add_tiles(C, acc, Xf, rows, 0, X.shape[1], lines)
+            gk._buffer_tiles(C, rows.shape[0], C.shape[1], acc, Xf, rows, 0, X.shape[1], lines)
 
     return passes, centring, tiles
 
@@ -184,8 +185,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if any(w is not None and w % 256 for w in args.widths):
         sys.exit("error: --widths must be multiples of 256 (the chunk of the centring)")
-    if max(args.n) > 127:
-        sys.exit("error: --n must be at most 127 (more rows take 4 x 4 tiles or BLAS)")
+    from byzlearn.aggregators._gram_kernel import BLAS_MIN_ROWS
+
+    if max(args.n) >= BLAS_MIN_ROWS:
+        sys.exit(f"error: --n must be under {BLAS_MIN_ROWS} (more rows take BLAS)")
     import numba
     import torch
 

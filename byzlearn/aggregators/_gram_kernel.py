@@ -78,6 +78,7 @@ from byzlearn.aggregators._simd import (
     in_last_level_cache,
     separate_add_pipes,
     sum_plan,
+    vector_bytes,
 )
 
 LANES = 256
@@ -85,14 +86,6 @@ TILE = 3
 # Whether the host is one of AMD's Zen cores (vector additions on pipes of their own): asked of
 # llvmlite once, for the three choices below that depend on it.
 _ZEN = separate_add_pipes()
-# From this many buffer rows on, 4 x 4 tiles (16 accumulators, 8 loads per step) instead of 3 x 3
-# (9 and 6): the tiles then read a quarter less from the L2 cache, where the next chunk of the
-# rows streams in meanwhile. Gram pass, A/B in one process, one AVX-512 core with a 2 MB L2,
-# d = 1e6, 1024 coordinates per pass, 3 x 3 -> 4 x 4: 100 rows 104 -> 103 ms, 150 rows 215 ->
-# 208, 200 rows 376 -> 342, 300 rows 841 -> 770, 380 rows 1425 -> 1279 (512 per pass: 113 ->
-# 107, 234 -> 225, 399 -> 373, 884 -> 815, 1461 -> 1346).
-BIG_TILE = 4
-BIG_TILE_ROWS = 128
 # Coordinates per pass of the tiles: two chunks (512) below 28 buffer rows, four (1024) from 28
 # rows on, where the buffer is in L2 anyway (up to 1.5 MB at 383 rows). Longer passes amortise
 # each tile's reductions (float32 sums of 512 or 1024 products, then added in float64). Each row
@@ -167,6 +160,23 @@ BLAS_MIN_ROWS = 384
 # memory (d = 1e7: 10 rows 1.32-1.36 -> 1.35-1.41, 13 rows 1.29-1.33 -> 1.49-1.77, 16 rows
 # 1.30-1.41 -> 1.72-1.79 floors).
 FUSED_MAX_ROWS = 27
+# From BIG_TILE_ROWS buffer rows on, 4 x 4 tiles (16 accumulators, 8 loads per step) instead of
+# 3 x 3 (9 and 6): the tiles then read a quarter less from the L2 cache, where the next chunk of
+# the rows streams in meanwhile. First from 128 rows (Gram pass, A/B in one process, one AVX-512
+# core with a 2 MB L2, d = 1e6, 1024 coordinates per pass, 3 x 3 -> 4 x 4: 100 rows 104 -> 103
+# ms, 150 rows 215 -> 208, 200 rows 376 -> 342, 300 rows 841 -> 770, 380 rows 1425 -> 1279; 512
+# per pass: 113 -> 107, 234 -> 225, 399 -> 373, 884 -> 815, 1461 -> 1346). Later (2026-12-06,
+# the same kind of Xeon, 48 KB L1, 2 MB L2), from the first buffer row past the fused tiles on,
+# where the 32 vector registers of AVX-512 hold the 16 accumulators and 5 loaded rows: on a hot
+# 64-byte aligned buffer of 1024 coordinates the 3 x 3 tiles ran at 71-76 G useful
+# multiply-adds/s from 48 to 128 rows, the 4 x 4 at 99-103 G (torch's sgemm 110-113 G); end
+# to end (`benchmarks/aggregators.py --scale-n`, both settings in turns, twice, time / (Gram
+# bound + floor)): Krum 32 rows 1.56-1.60 -> 1.47-1.51, 50 rows 1.49-1.52 -> 1.45-1.46, 64 rows
+# 1.37-1.40 -> 1.32-1.33, 100 rows 1.35-1.38 -> 1.23-1.24; Multi-Krum and the geometric median
+# 2-9 % likewise. Hosts with 16 vector registers (AVX2), where 21 live vectors spill, keep
+# 3 x 3 up to 127 rows (not measured there).
+BIG_TILE = 4
+BIG_TILE_ROWS = FUSED_MAX_ROWS + 1 if vector_bytes() >= 64 else 128
 # ``_gram_block``'s ``mode``: the buffer, fused spans of the buffer's width, or long ones too.
 BUFFER, FUSED, FUSED_LONG = 0, 1, 2
 FUSED_CENTRING = FUSED_LONG if _ZEN else FUSED

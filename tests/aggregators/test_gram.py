@@ -141,9 +141,10 @@ def torch_pass_gram(X, centre=None, centre_row=None):
 @pytest.mark.parametrize("n", [1, 2, 4, 25, 31, 40, 70, 127, 130])
 @pytest.mark.parametrize("in_cache", [False, True])
 def test_kernel_pass_matches_float64_products(dtype, mode, n, in_cache, monkeypatch):
-    """The numba pass (3 x 3 tiles, 4 x 4 from 128 buffer rows, chunks, threads) against centred
-    float64 products; a pass of the tiles spans two chunks, from 28 buffer rows on (and on an
-    input in the last-level cache, ``in_cache``) four, each centred on its own centre."""
+    """The numba pass (3 x 3 tiles, 4 x 4 from ``BIG_TILE_ROWS`` buffer rows, chunks, threads)
+    against centred float64 products; a pass of the tiles spans two chunks, from 28 buffer rows
+    on (and on an input in the last-level cache, ``in_cache``) four, each centred on its own
+    centre."""
     monkeypatch.setattr(_gram, "_KERNEL_BLOCK_ELEMENTS", 1)  # blocks of one pass of the tiles
     monkeypatch.setattr(_gram_kernel, "_wide_in_cache", lambda nbytes: in_cache)
     g = torch.Generator().manual_seed(n)
@@ -209,6 +210,30 @@ def test_tile_buffer_is_aligned_and_zero(dtype, shape):
     assert C.shape == shape and C.dtype == dtype and C.flags.c_contiguous
     assert C.ctypes.data % 64 == 0
     assert not C.any()
+
+
+@pytest.mark.parametrize("active", [28, 31, 50, 100, 129])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_both_tile_shapes_match_float64_products(active, dtype):
+    """The 3 x 3 and the 4 x 4 tiles each give the upper triangle of C C^T over the active rows
+    (every host compiles both: AVX-512 takes 4 x 4 from ``BIG_TILE_ROWS`` buffer rows, hosts
+    with 16 vector registers only from 128); what the padding rows' products hold is not read."""
+    rng = np.random.default_rng(active)
+    width = 2 * _gram_kernel.LANES
+    rows = np.arange(active, dtype=np.int64)
+    values = rng.standard_normal((active, width))
+    reference = values @ values.T
+    upper = np.triu(np.ones((active, active), dtype=bool))
+    Xf = np.zeros(_gram_kernel.LANES, dtype)  # nothing to prefetch (lines = 0)
+    for tile, kernel in ((3, _gram_kernel._add_tiles), (4, _gram_kernel._add_tiles4)):
+        R = -(-active // tile) * tile
+        C = _gram_kernel.aligned_zeros((R, width), dtype)
+        C[:active] = values
+        acc = np.zeros((R, R))
+        kernel(C, acc, Xf, rows, 0, Xf.size, 0)
+        tol = 1e-4 if dtype == np.float32 else 1e-10
+        got = acc[:active, :active][upper]
+        assert np.allclose(got, reference[upper], rtol=tol, atol=tol * width), tile
 
 
 def test_kernel_and_torch_passes_give_the_same_distances():
