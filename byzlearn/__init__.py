@@ -11,3 +11,9 @@ Subpackages:
 """
 
 __version__ = "0.1.0"
+
+from byzlearn._jit_cache import drop_stale as _drop_stale_jit_caches
+
+# numba's cached machine code, built from other versions of the compiled modules, is dropped
+# before any of it can load (see byzlearn._jit_cache).
+_drop_stale_jit_caches()

@@ -1,0 +1,76 @@
+"""Dropping numba's cached machine code when the compiled modules it was built from change.
+
+numba's disk cache (``@njit(cache=True)``) checks a cached function against the file that
+defines it only (its modification time and size). A compiled function that calls into another
+module carries that module's code and constants as they were when it was compiled: after an edit
+or a ``git pull`` in an editable install that changes, say, ``_gram_kernel.py`` but not
+``_gram_small.py``, the cached ``_gram_small._small_pass`` would keep running the old Gram
+kernel, with the old buffer layout, beside Python code that already uses the new one (a wrong
+result or a read outside a buffer, with no error). So on the package's first import,
+:func:`drop_stale` compares a digest of the sources of every module holding numba code with the
+one stored beside their caches, and where it differs deletes those caches (numba then compiles
+afresh, once). The generated selection kernels (:mod:`byzlearn.aggregators._sortnet`) already
+carry such a digest in their file names.
+
+Only the package's own ``__pycache__`` folders are handled: that is where numba caches for a
+writable source tree (an editable install). A non-editable install is rewritten as a whole on
+upgrade, so every cached function sees its own file change; a cache folder set with
+``NUMBA_CACHE_DIR`` is left alone (clear it yourself after changing the sources).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent
+# The stamp holding the digest the caches were built from (in the package's __pycache__).
+STAMP = "byzlearn-jit-sources.sha256"
+# A module holds numba code when its source names either (njit without a cache can still be
+# compiled into a cached caller).
+_MARKERS = (b"njit", b"cache=True")
+
+
+def compiled_sources(package: Path = PACKAGE) -> list[Path]:
+    """The package's modules that hold numba code, in a fixed order."""
+    return [
+        path
+        for path in sorted(package.rglob("*.py"))
+        if any(marker in path.read_bytes() for marker in _MARKERS)
+    ]
+
+
+def sources_digest(sources: list[Path], package: Path = PACKAGE) -> str:
+    """SHA-256 of the sources' paths (relative to the package) and contents."""
+    digest = hashlib.sha256()
+    for path in sources:
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def drop_stale(package: Path = PACKAGE) -> bool:
+    """Delete numba's index and data files (``*.nbi``, ``*.nbc``) from the ``__pycache__`` folders
+    of the package's compiled modules when their sources' digest differs from the stored one
+    (or none is stored), then store the new digest; True when caches were dropped. Never raises:
+    a folder that cannot be read or written keeps what it has (numba then caches elsewhere)."""
+    try:
+        sources = compiled_sources(package)
+        digest = sources_digest(sources, package)
+        stamp = package / "__pycache__" / STAMP
+        try:
+            if stamp.read_text() == digest:
+                return False
+        except OSError:
+            pass  # no stamp yet: the caches' origin is unknown
+        for folder in sorted({path.parent / "__pycache__" for path in sources}):
+            for cached in folder.glob("*.nb[ic]"):
+                cached.unlink(missing_ok=True)
+        stamp.parent.mkdir(exist_ok=True)
+        partial = stamp.with_name(f"{STAMP}.{os.getpid()}")
+        partial.write_text(digest)
+        partial.replace(stamp)  # atomic: a concurrent import reads the old or the new digest
+        return True
+    except OSError:
+        return False

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from byzlearn import _jit_cache
+
+
+def make_package(root: Path) -> Path:
+    """A package with two compiled modules (one cached, one not), a plain one, and numba's
+    cache files for all three folders."""
+    package = root / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "kernel.py").write_text("@njit(cache=True)\ndef f(x):\n    return x\n")
+    (package / "sub" / "helper.py").write_text("from numba import njit\nLIMIT = 3\n")
+    (package / "plain.py").write_text("NOTHING = 1\n")
+    for folder in (package / "__pycache__", package / "sub" / "__pycache__"):
+        folder.mkdir()
+        for name in ("f-1.py311.nbi", "f-1.py311.1.nbc", "plain.cpython-311.pyc"):
+            (folder / name).write_text("cached")
+    return package
+
+
+def cache_files(package: Path) -> list[str]:
+    return sorted(p.relative_to(package).as_posix() for p in package.rglob("*.nb[ic]"))
+
+
+def test_compiled_sources_are_the_modules_with_numba_code(tmp_path):
+    package = make_package(tmp_path)
+    names = [p.relative_to(package).as_posix() for p in _jit_cache.compiled_sources(package)]
+    assert names == ["kernel.py", "sub/helper.py"]
+
+
+def test_caches_are_dropped_when_a_compiled_module_changes_and_only_then(tmp_path):
+    package = make_package(tmp_path)
+    # no stamp yet: the caches' origin is unknown, so they go
+    assert _jit_cache.drop_stale(package)
+    assert cache_files(package) == []
+    assert (package / "__pycache__" / "plain.cpython-311.pyc").exists()  # Python's own stay
+    stamp = package / "__pycache__" / _jit_cache.STAMP
+    assert stamp.read_text() == _jit_cache.sources_digest(
+        _jit_cache.compiled_sources(package), package
+    )
+    # numba caches again; nothing changed: the caches stay
+    (package / "__pycache__" / "f-1.py311.nbi").write_text("cached")
+    assert not _jit_cache.drop_stale(package)
+    assert cache_files(package) == ["__pycache__/f-1.py311.nbi"]
+    # a module without numba code changes: the caches stay
+    (package / "plain.py").write_text("NOTHING = 2\n")
+    assert not _jit_cache.drop_stale(package)
+    # a constant of a compiled helper changes (the cached caller inlined the old one): dropped
+    (package / "sub" / "__pycache__" / "f-1.py311.1.nbc").write_text("cached")
+    (package / "sub" / "helper.py").write_text("from numba import njit\nLIMIT = 4\n")
+    assert _jit_cache.drop_stale(package)
+    assert cache_files(package) == []
+    assert not list(package.rglob(f"{_jit_cache.STAMP}.*"))  # no partial stamp left
+
+
+def test_a_read_only_tree_is_left_alone(tmp_path):
+    package = make_package(tmp_path)
+    for folder in (package / "__pycache__", package / "sub" / "__pycache__"):
+        folder.chmod(0o555)
+    try:
+        if os.access(package / "__pycache__", os.W_OK):  # root ignores permissions
+            return
+        assert not _jit_cache.drop_stale(package)  # no exception
+        assert len(cache_files(package)) == 4
+    finally:
+        for folder in (package / "__pycache__", package / "sub" / "__pycache__"):
+            folder.chmod(0o755)
+
+
+def test_importing_the_package_keeps_a_current_stamp():
+    """The package's own import checks its caches (a fresh process: the stamp then matches)."""
+    code = "import byzlearn, byzlearn._jit_cache as j; print(j.drop_stale())"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "False"
