@@ -171,7 +171,7 @@ FUSED_MAX_ROWS = 27
 # 64-byte aligned buffer of 1024 coordinates the 3 x 3 tiles ran at 71-76 G useful
 # multiply-adds/s from 48 to 128 rows, the 4 x 4 at 99-103 G (torch's sgemm 110-113 G); end
 # to end (`benchmarks/aggregators.py --scale-n`, both settings in turns, twice, time / (Gram
-# bound + floor)): Krum 32 rows 1.56-1.60 -> 1.47-1.51, 50 rows 1.49-1.52 -> 1.45-1.46, 64 rows
+# bound + floor)): Krum 32 rows 1.56-1.60 -> 1.47-1.51, 50 rows 1.49 -> 1.45-1.46, 64 rows
 # 1.37-1.40 -> 1.32-1.33, 100 rows 1.35-1.38 -> 1.23-1.24; Multi-Krum and the geometric median
 # 2-9 % likewise. Hosts with 16 vector registers (AVX2), where 21 live vectors spill, keep
 # 3 x 3 up to 127 rows (not measured there).
