@@ -86,12 +86,12 @@ TILE = 3
 # Whether the host is one of AMD's Zen cores (vector additions on pipes of their own): asked of
 # llvmlite once, for the three choices below that depend on it.
 _ZEN = separate_add_pipes()
-# Coordinates per pass of the tiles: two chunks (512) below 28 buffer rows, four (1024) from 28
-# rows on, where the buffer is in L2 anyway (up to 1.5 MB at 383 rows). Longer passes amortise
-# each tile's reductions (float32 sums of 512 or 1024 products, then added in float64). Each row
-# is centred in one loop per pass (its chunks' centres side by side). Measured in the Gram pass
-# (medoid, f = n/5, d = 1e6, one AVX-512 core, A/B in one process, min of 5-7): on a host with a
-# 48 KB L1 and a 2 MB L2, 512 -> 1024: 34 rows 22.5 -> 24.3 ms, 50 rows 40.5 -> 42.2, 64 rows
+# Coordinates per pass of the tiles: two chunks (512) below 28 buffer rows, four (1024) from 28 rows
+# on, where the buffer is in L2 anyway (1.5 MB at 383 rows; beyond, ``BAND_BYTES``). Longer passes
+# amortise each tile's reductions (float32 sums of 512 or 1024 products, then added in float64).
+# Each row is centred in one loop per pass (its chunks' centres side by side). Measured in the Gram
+# pass (medoid, f = n/5, d = 1e6, one AVX-512 core, A/B in one process, min of 5-7): on a host
+# with a 48 KB L1 and a 2 MB L2, 512 -> 1024: 34 rows 22.5 -> 24.3 ms, 50 rows 40.5 -> 42.2, 64 rows
 # 58.3 -> 57.0, 75 rows 74.7 -> 70.1, 100 rows 122 -> 111, 200 rows 419 -> 393, 340 rows 1220
 # -> 1169 (on a hot buffer of 102 rows the 3 x 3 tiles ran at 56 G useful multiply-adds/s at
 # 512, 64 G at 1024); 256 -> 512 from 19 to 32 rows, which earlier took one chunk to keep the
@@ -135,10 +135,25 @@ _MANY_ROWS = 28
 # run at 54 G multiply-adds/s instead of 38 G on a hot 99-row buffer (sgemm: about 83 G); in the
 # Gram pass: 4.7 -> 4.1 floors at 100 rows, 8.9 -> 7.4 at 200.
 _ALIGN = 64
-# From this many active rows on, the products go to BLAS (syrk) instead of the 3 x 3 tiles
-# (measured, one core, in reads of X: tiles 9.0 against syrk 10.9 at 256 rows, 11.5 against
-# 11.8 at 350, 17.0 against 15.4 at 500).
-BLAS_MIN_ROWS = 384
+# From this many active rows on, the products go to BLAS (syrk) instead of the tiles. First 384
+# (measured with 3 x 3 tiles, one core, in reads of X: tiles 9.0 against syrk 10.9 at 256 rows,
+# 11.5 against 11.8 at 350, 17.0 against 15.4 at 500). Since 2026-12-06 the 4 x 4 tiles run in
+# bands (``BAND_BYTES``) beyond 384 rows; Krum at d = 1e5, one thread, the syrk and the tiles
+# alternated three times in one process (ms): 384 rows 111.0-113.5 against 112.2-113.8, 400
+# rows 138.8-139.9 against 118.9-122.8, 450 rows 154.6-157.7 against 150.3-152.5, 500 rows
+# 190.9-198.5 against 182.1-187.6, 550 rows 224.6-226.9 against 218.1-224.2, but 600 rows
+# 260.7-270.5 against 276.2-286.7 and 700 rows 340.4-358.3 against 390.8-401.4 (OpenBLAS's
+# syrk gains with the row count: 77 G useful multiply-adds/s at 500 x 8192, 90 G at 700).
+BLAS_MIN_ROWS = 576
+# The 4 x 4 tiles take the buffer's rows in bands of this many bytes (384 rows of 1024 float32
+# values): each band's rows against every row up to them, so that the rows a tile streams stay in
+# the 2 MB L2 cache whatever the row count. Fewer rows than a band: one band, the loop as before. On
+# hot buffers of 1024 coordinates, in bands of 256 rows against none (useful multiply-adds/s): 700
+# rows 87 against 58 G, 1000 rows 89 against 42 G (the syrk: 90 and 91 G; 77 G at 500 rows, where
+# the tiles took 93-95 G either way); bands of 256 rows also at 260-383 rows were 0-5 % slower end
+# to end (Krum 300 x 2e5: 131-136 -> 138-141 ms), so the band holds all rows up to the old BLAS
+# threshold.
+BAND_BYTES = 3 << 19
 # Up to this many buffer rows, the Gram pass centres the rows in the tiles' registers
 # (:func:`_add_centred_tiles`) instead of writing them centred into the buffer and reading them
 # back: 7 loads, 6 subtractions and 9 multiply-adds per step of a 3 x 3 tile instead of 6 loads
@@ -720,7 +735,9 @@ if njit is not None:
         """:func:`_add_tiles` with 4 x 4 tiles, for buffers of ``BIG_TILE_ROWS`` rows or more
         (a multiple of 4): 16 products per 8 loads instead of 9 per 6, so that the tiles draw
         less on the L2 cache while the next chunk streams in. Diagonal tiles: their upper
-        triangle only (10 products of 16)."""
+        triangle only (10 products of 16). The rows go in bands of ``BAND_BYTES``: the tiles of
+        rows J0:J1 against every row up to J1, band after band (each tile once, its sums as
+        without bands)."""
         wide()
         R = C.shape[0]
         zero = C.dtype.type(0)
@@ -728,88 +745,91 @@ if njit is not None:
         tiles = (R // 4) * (R // 4 + 1) // 2
         per_tile = (total + tiles - 1) // tiles
         t = c = 0  # the row and line of the next prefetch, as in _add_tiles
-        for I in range(0, R, 4):
-            x0 = C[I]
-            x1 = C[I + 1]
-            x2 = C[I + 2]
-            x3 = C[I + 3]
-            for J in range(I, R, 4):
-                t, c = _prefetch_share(Xf, rows, d, next0, lines, per_tile, t, c)
-                if I == J:
-                    b00 = b01 = b02 = b03 = b11 = b12 = b13 = b22 = b23 = b33 = zero
+        band = max(4, BAND_BYTES // (C.shape[1] * C.itemsize) // 4 * 4)
+        for J0 in range(0, R, band):  # the rows J0:J1 against every row up to them
+            J1 = min(R, J0 + band)
+            for I in range(0, J1, 4):
+                x0 = C[I]
+                x1 = C[I + 1]
+                x2 = C[I + 2]
+                x3 = C[I + 3]
+                for J in range(max(I, J0), J1, 4):
+                    t, c = _prefetch_share(Xf, rows, d, next0, lines, per_tile, t, c)
+                    if I == J:
+                        b00 = b01 = b02 = b03 = b11 = b12 = b13 = b22 = b23 = b33 = zero
+                        for k in range(C.shape[1]):
+                            u0 = x0[k]
+                            u1 = x1[k]
+                            u2 = x2[k]
+                            u3 = x3[k]
+                            b00 += u0 * u0
+                            b01 += u0 * u1
+                            b02 += u0 * u2
+                            b03 += u0 * u3
+                            b11 += u1 * u1
+                            b12 += u1 * u2
+                            b13 += u1 * u3
+                            b22 += u2 * u2
+                            b23 += u2 * u3
+                            b33 += u3 * u3
+                        acc[I, J] += b00
+                        acc[I, J + 1] += b01
+                        acc[I, J + 2] += b02
+                        acc[I, J + 3] += b03
+                        acc[I + 1, J + 1] += b11
+                        acc[I + 1, J + 2] += b12
+                        acc[I + 1, J + 3] += b13
+                        acc[I + 2, J + 2] += b22
+                        acc[I + 2, J + 3] += b23
+                        acc[I + 3, J + 3] += b33
+                        continue
+                    a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = zero
+                    a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = zero
+                    y0 = C[J]
+                    y1 = C[J + 1]
+                    y2 = C[J + 2]
+                    y3 = C[J + 3]
                     for k in range(C.shape[1]):
                         u0 = x0[k]
                         u1 = x1[k]
                         u2 = x2[k]
                         u3 = x3[k]
-                        b00 += u0 * u0
-                        b01 += u0 * u1
-                        b02 += u0 * u2
-                        b03 += u0 * u3
-                        b11 += u1 * u1
-                        b12 += u1 * u2
-                        b13 += u1 * u3
-                        b22 += u2 * u2
-                        b23 += u2 * u3
-                        b33 += u3 * u3
-                    acc[I, J] += b00
-                    acc[I, J + 1] += b01
-                    acc[I, J + 2] += b02
-                    acc[I, J + 3] += b03
-                    acc[I + 1, J + 1] += b11
-                    acc[I + 1, J + 2] += b12
-                    acc[I + 1, J + 3] += b13
-                    acc[I + 2, J + 2] += b22
-                    acc[I + 2, J + 3] += b23
-                    acc[I + 3, J + 3] += b33
-                    continue
-                a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = zero
-                a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = zero
-                y0 = C[J]
-                y1 = C[J + 1]
-                y2 = C[J + 2]
-                y3 = C[J + 3]
-                for k in range(C.shape[1]):
-                    u0 = x0[k]
-                    u1 = x1[k]
-                    u2 = x2[k]
-                    u3 = x3[k]
-                    v = y0[k]
-                    a00 += u0 * v
-                    a10 += u1 * v
-                    a20 += u2 * v
-                    a30 += u3 * v
-                    v = y1[k]
-                    a01 += u0 * v
-                    a11 += u1 * v
-                    a21 += u2 * v
-                    a31 += u3 * v
-                    v = y2[k]
-                    a02 += u0 * v
-                    a12 += u1 * v
-                    a22 += u2 * v
-                    a32 += u3 * v
-                    v = y3[k]
-                    a03 += u0 * v
-                    a13 += u1 * v
-                    a23 += u2 * v
-                    a33 += u3 * v
-                acc[I, J] += a00
-                acc[I, J + 1] += a01
-                acc[I, J + 2] += a02
-                acc[I, J + 3] += a03
-                acc[I + 1, J] += a10
-                acc[I + 1, J + 1] += a11
-                acc[I + 1, J + 2] += a12
-                acc[I + 1, J + 3] += a13
-                acc[I + 2, J] += a20
-                acc[I + 2, J + 1] += a21
-                acc[I + 2, J + 2] += a22
-                acc[I + 2, J + 3] += a23
-                acc[I + 3, J] += a30
-                acc[I + 3, J + 1] += a31
-                acc[I + 3, J + 2] += a32
-                acc[I + 3, J + 3] += a33
+                        v = y0[k]
+                        a00 += u0 * v
+                        a10 += u1 * v
+                        a20 += u2 * v
+                        a30 += u3 * v
+                        v = y1[k]
+                        a01 += u0 * v
+                        a11 += u1 * v
+                        a21 += u2 * v
+                        a31 += u3 * v
+                        v = y2[k]
+                        a02 += u0 * v
+                        a12 += u1 * v
+                        a22 += u2 * v
+                        a32 += u3 * v
+                        v = y3[k]
+                        a03 += u0 * v
+                        a13 += u1 * v
+                        a23 += u2 * v
+                        a33 += u3 * v
+                    acc[I, J] += a00
+                    acc[I, J + 1] += a01
+                    acc[I, J + 2] += a02
+                    acc[I, J + 3] += a03
+                    acc[I + 1, J] += a10
+                    acc[I + 1, J + 1] += a11
+                    acc[I + 1, J + 2] += a12
+                    acc[I + 1, J + 3] += a13
+                    acc[I + 2, J] += a20
+                    acc[I + 2, J + 1] += a21
+                    acc[I + 2, J + 2] += a22
+                    acc[I + 2, J + 3] += a23
+                    acc[I + 3, J] += a30
+                    acc[I + 3, J + 1] += a31
+                    acc[I + 3, J + 2] += a32
+                    acc[I + 3, J + 3] += a33
 
     @njit(fastmath=_FLAGS, boundscheck=False, error_model="numpy", cache=True, nogil=True)
     def _chunk_centre(X, rows, centre, use_centre, k0, w, m):  # pragma: no cover (compiled)

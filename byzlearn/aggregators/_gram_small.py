@@ -72,7 +72,7 @@ _NO_CENTRE = {np.float32: np.zeros(1, np.float32), np.float64: np.zeros(1, np.fl
 # threads at once). The pass writes the rows it centres before it reads them and never writes
 # the padding rows after the n rows, which stay zero, so a buffer serves every call of its n.
 _BUFFERS = threading.local()
-_MAX_BUFFERS = 8  # buffers kept per thread (each at most 384 x 1024 values, 3 MB in float64)
+_MAX_BUFFERS = 8  # buffers kept per thread (each at most 576 x 1024 values, 4.5 MB in float64)
 # What :func:`_small_pass` found: the statistics, a lossy row (the general path imputes its
 # missing values), products that overflowed (the general path's float64 slow path).
 _DONE, _LOSSY, _OVERFLOW = 0, 1, 2

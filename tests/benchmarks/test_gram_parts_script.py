@@ -68,7 +68,7 @@ def test_the_library_width_by_default(script, capsys):
     ("argv", "message"),
     [
         (["--widths", "300"], "error: --widths must be multiples of 256"),
-        (["--n", "400"], "error: --n must be under 384"),
+        (["--n", "600"], "error: --n must be under 576"),
     ],
 )
 def test_what_it_cannot_split_is_one_line(script, argv, message):
