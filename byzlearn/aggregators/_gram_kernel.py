@@ -154,6 +154,15 @@ BLAS_MIN_ROWS = 576
 # to end (Krum 300 x 2e5: 131-136 -> 138-141 ms), so the band holds all rows up to the old BLAS
 # threshold.
 BAND_BYTES = 3 << 19
+# The tiles prefetch the next pass's coordinates of every row while the buffer holds at most this
+# many bytes (256 rows of 1024 float32 values): beyond, the buffer and the next pass no longer
+# both fit the 2 MB L2 and the prefetched lines are evicted before use. Krum, one thread, with
+# the prefetch against without (separate processes alternated twice, ms; 2026-12-06, AVX-512
+# Xeon): 200 x 1e6 248.0-248.7 against 269.4-277.2, 260 x 3e5 150.3-152.7 against 150.9-151.6,
+# 300 x 2e5 133.9-134.9 against 130.4-134.2, 380 x 1e5 108.7-110.1 against 103.2-104.1, 400 x
+# 1e5 116.1-119.8 against 111.4, 500 x 1e5 179.5-181.3 against 172.6, 500 x 6e5 (1.2 GB, from
+# memory) 1105-1109 against 1074-1090.
+PREFETCH_MAX_BUFFER_BYTES = 1 << 20
 # Up to this many buffer rows, the Gram pass centres the rows in the tiles' registers
 # (:func:`_add_centred_tiles`) instead of writing them centred into the buffer and reading them
 # back: 7 loads, 6 subtractions and 9 multiply-adds per step of a 3 x 3 tile instead of 6 loads
@@ -1043,6 +1052,7 @@ if njit is not None:
         m = np.zeros(width, dtype=X.dtype)  # the centres of the pass's chunks, side by side
         R = C.shape[0]
         fuse = mode != BUFFER and use_centre and R <= FUSED_MAX_ROWS and rows.shape[0] > 0
+        prefetch_next = R * width * C.itemsize <= PREFETCH_MAX_BUFFER_BYTES
         # (the fused tiles' flag: after a span they could not take, only where that span
         # flagged new rows)
         part = np.zeros((R, R))  # a fused span's sums (float64)
@@ -1070,7 +1080,7 @@ if njit is not None:
                 _rows_sum(X, srows, sweights, sout, summed, end - summed, sums)
                 summed = end
             lines = 0  # the next span's lines, prefetched during the tiles (but long ones)
-            if s1 < j1:
+            if s1 < j1 and prefetch_next:
                 lines = (min(width, j1 - s1) + _LINE - 1) // _LINE
             if fused:
                 if _fused_span(X, sub, place, centre, s0, end, acc, dots, msq, part, dpart,
