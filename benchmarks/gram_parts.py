@@ -35,7 +35,7 @@ matters), the pass centred on row 0 as after the library's choice of a central r
 
 Times are the minimum of ``--repeats`` runs, each part timed in turns with the others; the table
 gives milliseconds and the ratio to the floor. The tile steps apply below ``BLAS_MIN_ROWS``
-(576) rows; more rows take BLAS, which this script does not split.
+(576 on AVX-512, 384 elsewhere) rows; more rows take BLAS, which this script does not split.
 """
 
 from __future__ import annotations
