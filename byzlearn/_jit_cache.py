@@ -32,21 +32,19 @@ STAMP = "byzlearn-jit-sources.sha256"
 _MARKERS = (b"njit", b"cache=True")
 
 
-def compiled_sources(package: Path = PACKAGE) -> list[Path]:
-    """The package's modules that hold numba code, in a fixed order."""
-    return [
-        path
-        for path in sorted(package.rglob("*.py"))
-        if any(marker in path.read_bytes() for marker in _MARKERS)
-    ]
+def compiled_sources(package: Path = PACKAGE) -> dict[Path, bytes]:
+    """The package's modules that hold numba code and their sources, in a fixed order (each file
+    read once)."""
+    sources = {path: path.read_bytes() for path in sorted(package.rglob("*.py"))}
+    return {path: text for path, text in sources.items() if any(m in text for m in _MARKERS)}
 
 
-def sources_digest(sources: list[Path], package: Path = PACKAGE) -> str:
+def sources_digest(sources: dict[Path, bytes], package: Path = PACKAGE) -> str:
     """SHA-256 of the sources' paths (relative to the package) and contents."""
     digest = hashlib.sha256()
-    for path in sources:
+    for path, text in sources.items():
         digest.update(path.relative_to(package).as_posix().encode() + b"\0")
-        digest.update(path.read_bytes() + b"\0")
+        digest.update(text + b"\0")
     return digest.hexdigest()
 
 

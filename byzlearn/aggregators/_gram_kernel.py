@@ -83,9 +83,11 @@ from byzlearn.aggregators._simd import (
 
 LANES = 256
 TILE = 3
-# Whether the host is one of AMD's Zen cores (vector additions on pipes of their own): asked of
-# llvmlite once, for the three choices below that depend on it.
+# Whether the host is one of AMD's Zen cores (vector additions on pipes of their own), and
+# whether it has AVX-512 (32 vector registers of 64 bytes): each asked of llvmlite once (about
+# 20 and 75 us a query), for the choices below that depend on them.
 _ZEN = separate_add_pipes()
+_AVX512 = vector_bytes() >= 64
 # Coordinates per pass of the tiles: two chunks (512) below 28 buffer rows, four (1024) from 28 rows
 # on, where the buffer is in L2 anyway (1.5 MB at 383 rows; beyond, ``BAND_BYTES``). Longer passes
 # amortise each tile's reductions (float32 sums of 512 or 1024 products, then added in float64).
@@ -144,7 +146,7 @@ _ALIGN = 64
 # 190.9-198.5 against 182.1-187.6, 550 rows 224.6-226.9 against 218.1-224.2, but 600 rows
 # 260.7-270.5 against 276.2-286.7 and 700 rows 340.4-358.3 against 390.8-401.4 (OpenBLAS's
 # syrk gains with the row count: 77 G useful multiply-adds/s at 500 x 8192, 90 G at 700).
-BLAS_MIN_ROWS = 576 if vector_bytes() >= 64 else 384  # measured on AVX-512 only: others keep 384
+BLAS_MIN_ROWS = 576 if _AVX512 else 384  # measured on AVX-512 only: others keep 384
 # The 4 x 4 tiles take the buffer's rows in bands of this many bytes (384 rows of 1024 float32
 # values): each band's rows against every row up to them, so that the rows a tile streams stay in
 # the 2 MB L2 cache whatever the row count. Fewer rows than a band: one band, the loop as before. On
@@ -162,7 +164,7 @@ BAND_BYTES = 3 << 19
 # 300 x 2e5 133.9-134.9 against 130.4-134.2, 380 x 1e5 108.7-110.1 against 103.2-104.1, 400 x
 # 1e5 116.1-119.8 against 111.4, 500 x 1e5 179.5-181.3 against 172.6, 500 x 6e5 (1.2 GB, from
 # memory) 1105-1109 against 1074-1090.
-PREFETCH_MAX_BUFFER_BYTES = 1 << 20 if vector_bytes() >= 64 else 1 << 62  # (AVX-512 only, as above)
+PREFETCH_MAX_BUFFER_BYTES = 1 << 20 if _AVX512 else 1 << 62  # (AVX-512 only, as above)
 # Up to this many buffer rows, the Gram pass centres the rows in the tiles' registers
 # (:func:`_add_centred_tiles`) instead of writing them centred into the buffer and reading them
 # back: 7 loads, 6 subtractions and 9 multiply-adds per step of a 3 x 3 tile instead of 6 loads
@@ -200,7 +202,7 @@ FUSED_MAX_ROWS = 27
 # 2-9 % likewise. Hosts with 16 vector registers (AVX2), where 21 live vectors spill, keep
 # 3 x 3 up to 127 rows (not measured there).
 BIG_TILE = 4
-BIG_TILE_ROWS = FUSED_MAX_ROWS + 1 if vector_bytes() >= 64 else 128
+BIG_TILE_ROWS = FUSED_MAX_ROWS + 1 if _AVX512 else 128
 # ``_gram_block``'s ``mode``: the buffer, fused spans of the buffer's width, or long ones too.
 BUFFER, FUSED, FUSED_LONG = 0, 1, 2
 FUSED_CENTRING = FUSED_LONG if _ZEN else FUSED
