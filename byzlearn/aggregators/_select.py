@@ -286,6 +286,59 @@ if _HAVE_NUMBA:
             b if closer else high
         )
 
+    @njit(cache=True, inline="always")
+    def _closer_or_left(c, a, b):
+        """v[i + m] = b when it is closer to the centre c than v[i] = a (the window moved past
+        i), else a: the value position i adds to the window's sum (``_window_step``)."""
+        a = np.float64(a)
+        b = np.float64(b)
+        return b if (c - a) > (b - c) else a
+
+    @njit(cache=True)
+    def _window_end_mean(col, s, m, r, recip):
+        """The output of the window col[s:s + m] whose mean came out as r, not finite or zero:
+        the scaled values' mean when the sum overflowed (``_range_mean``), else r clamped to
+        the window's ends (``_full_block``'s clamp, which gives a zero mean the sign of an end
+        that is a zero: the passes without the ends leave zero means to this)."""
+        if not np.isfinite(r):
+            return _range_mean(col, s, s + m, recip)
+        lo = np.float64(col[s])
+        hi = np.float64(col[s + m - 1])
+        r = r if r > lo else lo
+        return r if r < hi else hi
+
+    @njit(cache=True, error_model="numpy", boundscheck=False)
+    def _window_sum(buf, w, drop, m, centre, acc):
+        """acc[j] += the window's values at positions i < drop (``_window_step``'s sums, in the
+        same order), four positions per pass over the columns, without the window's ends.
+
+        For float32 inputs and outputs those ends are not needed: the clamp of the mean r to
+        [lo, hi] = [v[s], v[s + m - 1]] cannot change r rounded to float32. The exact mean
+        lo + e lies in that range, and r's error (m float64 additions of values in it, then a
+        product by 1 / m) is at most about (m + 1) 2^-53 (|lo| + e), less than e plus half a
+        float32 unit in the last place of lo (2^-25 |lo| or more, or 2^-150), the most r could
+        stray below lo and still round to lo; likewise at hi. Only the sign of a zero mean can
+        differ (the clamp gives it an end's sign): the callers clamp zero means, as sums that
+        overflow, column by column (:func:`_window_end_mean`)."""
+        wide()
+        i = 0
+        while i + 4 <= drop:
+            l0, l1, l2, l3 = buf[i], buf[i + 1], buf[i + 2], buf[i + 3]
+            r0, r1, r2, r3 = buf[i + m], buf[i + 1 + m], buf[i + 2 + m], buf[i + 3 + m]
+            for j in range(w):
+                c = centre[j]
+                t = acc[j] + _closer_or_left(c, l0[j], r0[j])
+                t = t + _closer_or_left(c, l1[j], r1[j])
+                t = t + _closer_or_left(c, l2[j], r2[j])
+                acc[j] = t + _closer_or_left(c, l3[j], r3[j])
+            i += 4
+        while i < drop:
+            left = buf[i]
+            right = buf[i + m]
+            for j in range(w):
+                acc[j] += _closer_or_left(centre[j], left[j], right[j])
+            i += 1
+
     @njit(cache=True, error_model="numpy", boundscheck=False)
     def _full_block(buf, w, stat, drop, out, j0, centre, acc, lo, hi, recip):
         """The statistic of every column of a block whose n values are all finite.
@@ -321,6 +374,25 @@ if _HAVE_NUMBA:
         if stat == 0 or stat == 1 or stat == 4:
             for j in range(w):
                 o[j] = centre[j]
+        elif drop <= m and recip and o.itemsize == 4:
+            # float32: the window pass below without its ends (the clamp to [v[s], v[s + m - 1]]
+            # cannot move a mean that is rounded to float32, see _window_sum); the same sums
+            _window_sum(buf, w, drop, m, centre, acc)
+            rare = False
+            for j in range(w):
+                r = acc[j] * inv
+                rare |= (not np.isfinite(r)) | (r == 0.0)
+                o[j] = r
+            if rare:  # a sum overflowed, or a zero mean (the clamp may give it its sign)
+                for j in range(w):
+                    r = acc[j] * inv
+                    if np.isfinite(r) and r != 0.0:
+                        continue
+                    col = buf[:, j]
+                    s = 0
+                    while s < drop and (centre[j] - col[s]) > (col[s + m] - centre[j]):
+                        s += 1
+                    o[j] = _window_end_mean(col, s, m, r, recip)
         elif drop <= m:
             # The k - drop values closest to the centre: a window [s, s + m) of the sorted
             # values, s = how many of the first ``drop`` positions satisfy centre - v[i] >
@@ -393,28 +465,41 @@ if _HAVE_NUMBA:
             # centre is not needed any more: its array takes the low end), rather than two
             # gathers per column after the loop (which cost as much as the rest of the
             # statistic: Bulyan's second phase at n = 25, d = 1e6 10.3 -> 6.8 ms)
+            # (float32 inputs and outputs: the sum only, the clamp cannot move the rounded mean,
+            # see _window_sum)
             low = centre
             high = hi
+            ends = not (recip and o.itemsize == 4)
             for i in range(first, stop + m):
                 row = buf[i]
-                for j in range(w):
-                    v = np.float64(row[j])
-                    s0 = start[j]
-                    inside = (i >= s0) & (i < s0 + m)
-                    acc[j] += v if inside else 0.0
-                    low[j] = v if i == s0 else low[j]
-                    high[j] = v if i == s0 + (m - 1) else high[j]
-            overflow = False
+                if ends:
+                    for j in range(w):
+                        v = np.float64(row[j])
+                        s0 = start[j]
+                        inside = (i >= s0) & (i < s0 + m)
+                        acc[j] += v if inside else 0.0
+                        low[j] = v if i == s0 else low[j]
+                        high[j] = v if i == s0 + (m - 1) else high[j]
+                else:
+                    for j in range(w):
+                        s0 = start[j]
+                        acc[j] += np.float64(row[j]) if (i >= s0) & (i < s0 + m) else 0.0
+            rare = False
             for j in range(w):
                 r = _mean(acc[j], m, inv, recip)
-                overflow |= not np.isfinite(r)
-                r = r if r > low[j] else low[j]
-                o[j] = r if r < high[j] else high[j]
-            if overflow:  # a sum overflowed: average the scaled values in those columns
+                if ends:
+                    rare |= not np.isfinite(r)
+                    r = r if r > low[j] else low[j]
+                    r = r if r < high[j] else high[j]
+                else:
+                    rare |= (not np.isfinite(r)) | (r == 0.0)
+                o[j] = r
+            if rare:  # a sum overflowed, or (without the ends) a zero mean
                 for j in range(w):
-                    if not np.isfinite(_mean(acc[j], m, inv, recip)):
-                        s = int(start[j])
-                        o[j] = _range_mean(buf[:, j], s, s + m, recip)
+                    r = _mean(acc[j], m, inv, recip)
+                    if np.isfinite(r) and (ends or r != 0.0):
+                        continue
+                    o[j] = _window_end_mean(buf[:, j], int(start[j]), m, r, recip)
         ok = True
         for j in range(w):
             ok &= np.isfinite(o[j])

@@ -932,6 +932,81 @@ def _closest_to_median_bits(values: list[float], drop: int) -> float:
     return min(max(acc / m, v[s]), v[s + m - 1])
 
 
+def _window_bits_by_column(X: torch.Tensor, drop: int, centre: str) -> np.ndarray:
+    """The window statistic of each column in float32 as the kernel computes it: the float64
+    sum of the window (the core first when ``drop <= m``), the mean by the reciprocal, clamped
+    to the window's ends, rounded to float32 (a zero's sign then follows how the sort ordered
+    equal zeros, which Python's sort does not reproduce: compared by value)."""
+    n = X.shape[0]
+    m = n - drop
+    out = np.empty(X.shape[1], dtype=np.float32)
+    for j in range(X.shape[1]):
+        v = sorted(X[:, j].double().tolist())
+        if centre == "median":
+            c = v[n // 2] if n % 2 else 0.5 * (v[n // 2 - 1] + v[n // 2])
+        else:  # the trimmed mean, as the kernel rounds it (float32 result of a float64 mean)
+            t = 0.0
+            for x in v[drop : n - drop]:
+                t += x
+            c = min(max(t * (1.0 / (n - 2 * drop)), v[drop]), v[n - drop - 1])
+        s = 0
+        while s < drop and (c - v[s]) > (v[s + m] - c):
+            s += 1
+        acc = 0.0
+        if drop <= m:
+            for t in range(drop, m):
+                acc += v[t]
+            for t in range(drop):
+                acc += v[t + m] if t < s else v[t]
+        else:
+            for t in range(s, s + m):
+                acc += v[t]
+        r = acc * (1.0 / m)
+        r = r if r > v[s] else v[s]
+        out[j] = r if r < v[s + m - 1] else v[s + m - 1]
+    return out
+
+
+@pytest.mark.parametrize(
+    "n,stat,drop",
+    [
+        (100, sel.CLOSEST_TO_MEDIAN, 20),
+        (131, sel.CLOSEST_TO_TRIMMED, 26),
+        (200, sel.CLOSEST_TO_MEDIAN, 40),
+        (120, sel.CLOSEST_TO_MEDIAN, 80),  # Bulyan's second phase: a window shorter than drop
+    ],
+)
+def test_float32_windows_without_their_ends_keep_every_bit(n, stat, drop):
+    """float32 MeaMed, Phocas and Bulyan's short window sum without tracking the window's ends
+    (the clamp cannot move a mean rounded to float32) and clamp only zero means: the values of
+    the clamped statistic on ties, signed zeros, all-zero columns and spread values, with a
+    negative zero where the clamp gives one, and the per-column path's bits but zeros' signs
+    (blocks holding a missing value in one column take it)."""
+    rng = np.random.default_rng(n)
+    d = 2 * sel.LANES + 37
+    values = rng.integers(-2, 3, (n, d)).astype(np.float32)
+    values[(values == 0) & (rng.random((n, d)) < 0.5)] = -0.0
+    values[:, 5::7] = np.where(rng.random((n, len(range(5, d, 7)))) < 0.5, -0.0, 0.0)
+    values[:, 3::11] = rng.standard_normal((n, len(range(3, d, 11))))
+    values[:, 9::13] = -0.0  # the clamp gives these a negative zero mean
+    X = torch.from_numpy(values)
+    centre = "median" if stat == sel.CLOSEST_TO_MEDIAN else "trimmed"
+    want = _window_bits_by_column(X, drop, centre)
+    got = run(X, stat, drop, drop + 1).numpy()
+    assert np.array_equal(got, want)
+    assert (got == 0).sum() > 20 and got[want != 0].tobytes() == want[want != 0].tobytes()
+    assert np.signbit(got[9::13]).all() and not np.signbit(got[(got == 0) & ~np.signbit(got)]).any()
+    Y = X.clone()
+    missing = np.arange(1, d, sel.LANES)  # one column in every block
+    Y[0, missing] = float("nan")
+    lane = run(Y, stat, drop, drop).numpy()
+    keep = np.ones(d, dtype=bool)
+    keep[missing] = False
+    assert np.array_equal(lane[keep], got[keep])
+    nonzero = keep & (got != 0)  # (the per-column clamp, min and max, keeps a zero's sign)
+    assert lane[nonzero].tobytes() == got[nonzero].tobytes()
+
+
 @given(
     n=st.integers(3, 24),
     d=st.integers(1, 40),
