@@ -638,9 +638,10 @@ def _refinement(
 ) -> tuple[np.ndarray, int | None]:
     """The squared distances of the rows whose centred Gram matrix is G (its first ``len(bad)``
     rows and columns: :func:`._gram_finish.distances`) and, where they look cancellation-prone
-    (:func:`cancellation_prone` on the lower medians of the good rows' squared norms and
-    distances), the central row to centre a second pass on (:func:`._gram_finish.central_row`);
-    else None. One compiled call for the distances, which the caller may keep."""
+    (:func:`cancellation_prone` on the lower median of the good rows' squared norms and their
+    distance scale, :func:`._gram_finish.distances`), the central row to centre a second pass
+    on (:func:`._gram_finish.central_row`); else None. One compiled call for the distances,
+    which the caller may keep."""
     D, scale_g, scale_d = _distances(G, bad)
     if not cancellation_prone(scale_g, scale_d, dtype):
         return D, None

@@ -17,8 +17,8 @@ README's table 1b), in two steps:
 2. :func:`_finish`: the (n + 1) x (n + 1) matrix ``aug`` laid out as :func:`._gram_kernel.layout`
    does, the rows of bad inputs zeroed, the squared distances ``D_ij = G_ii + G_jj - 2 G_ij``
    (clamped at 0, +inf to and from bad rows, as :meth:`._gram.Inputs.sqdist`) and the two
-   medians of the precision check (:func:`._gram._refinement`: the lower median of the
-   distances between good rows and of their centred squared norms).
+   scales of the precision check (:func:`._gram._refinement`: the lower median of the good
+   rows' centred squared norms and their distance scale, :func:`._gram_finish.distances`).
 
 The numerics contract is the general path's (see :mod:`._gram`), case by case:
 
@@ -171,8 +171,8 @@ if njit is not None:
     def _finish(acc, dots, msq, bad, aug, D, medians):  # pragma: no cover (compiled)
         """From the kernel's statistics: ``aug`` (the layout of :func:`._gram_kernel.layout`,
         bad rows zeroed as in :func:`._gram.base_gram`), the squared distances ``D`` (as
-        :meth:`._gram.Inputs.sqdist`) and ``medians = (median centred squared norm, median
-        distance)`` over the good rows (torch's lower medians). Returns False when a statistic
+        :meth:`._gram.Inputs.sqdist`) and ``medians = (median centred squared norm, distance
+        scale)`` of the good rows (:func:`._gram_finish.distances`). Returns False when a statistic
         is not finite (an overflow: the caller takes the general path). No fast-math: the
         operations and their rounding are those of the torch code they replace."""
         n = dots.shape[0]

@@ -589,22 +589,47 @@ def test_central_row_matches_a_loop_reference(seed):
     assert not bad[central]
 
 
+def distance_scale(D: torch.Tensor) -> float:
+    """Each row's lower median distance to the others, then the lower median of those."""
+    n = D.shape[0]
+    others = D[~torch.eye(n, dtype=torch.bool)].reshape(n, n - 1)
+    rows = others.sort(dim=1).values[:, (n - 2) // 2]
+    return float(rows.sort().values[(n - 1) // 2])
+
+
 @pytest.mark.parametrize("n", [3, 4, 9, 10])
 def test_precision_check_uses_the_lower_medians(n):
     """Rows far from the origin compared with their spread need the second pass, close ones do
-    not; the scales are torch's lower medians of all off-diagonal distances and of the norms."""
+    not; the scales are the lower median of the norms and the distance scale (each row's lower
+    median distance to the others, their lower median)."""
     g = torch.Generator().manual_seed(n)
     for offset, expected in ((0.0, False), (1e4, True)):
         X = torch.randn(n, 50, generator=g, dtype=torch.float64) + offset
         G = X @ X.T
         bad = torch.zeros(n, dtype=torch.bool)
         D = torch.cdist(X, X) ** 2
-        off = D[~torch.eye(n, dtype=torch.bool)]
-        rel = (
-            torch.finfo(torch.float32).eps * 64 * float(G.diagonal().median()) / float(off.median())
-        )
+        rel = torch.finfo(torch.float32).eps * 64 * float(G.diagonal().median()) / distance_scale(D)
         assert (rel > _gram._REFINE_REL_ERROR) == expected
         assert (_gram._refinement(G, bad, torch.float32)[1] is not None) == expected
+
+
+@pytest.mark.parametrize("n,f,d", [(25, 12, 300), (51, 25, 300), (101, 50, 1000), (576, 282, 511)])
+def test_half_identical_far_rows_leave_the_honest_distances_exact(n, f, d):
+    """Nearly half the rows one far vector (200 times a Gaussian one): the chunk means they
+    drag make the first pass cancellation-prone for the honest rows, whose distances the
+    precision check must see (the median of all pairwise distances was one to the far vector,
+    and the honest distances came out 0.2-1.4 % off); after the second pass they are exact to
+    float32 rounding."""
+    rng = np.random.default_rng(n)
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    X[n - f :] = 200.0 * X[n - f]
+    D = _gram.Inputs.from_matrix(torch.from_numpy(X)).sqdist().numpy()
+    Y = X[: n - f].astype(np.float64)
+    sq = (Y**2).sum(1)
+    want = sq[:, None] + sq[None, :] - 2 * Y @ Y.T
+    h = n - f
+    off = ~np.eye(h, dtype=bool)
+    assert np.abs(D[:h, :h] - want)[off].max() <= 1e-5 * want[off].min()
 
 
 @pytest.mark.parametrize("case", ["finite", "square_overflows", "nan_chunk"])
