@@ -113,9 +113,9 @@ def _input_if_optimal(
     when ``||sum_{i != k} a_i (x_i - x_k) / ||x_i - x_k|| || <= m_k`` (the subgradient condition
     of Kuhn's and Vardi and Zhang's analyses of Weiszfeld's algorithm); on the Gram matrix that
     norm squared is ``w^T M w`` with ``w_i = a_i / ||x_i - x_k||`` and ``M_ij = <x_i - x_k,
-    x_j - x_k> = G_ij - G_ik - G_jk + G_kk``: O(n^2), once. Only a strict margin snaps (the
-    minimiser is then unique), so equally good points (1-D inputs of an even count) never swap
-    under a translation."""
+    x_j - x_k> = G_ij - G_ik - G_jk + G_kk``, i.e. one product by G: O(n^2), once. Only a
+    strict margin snaps (the minimiser is then unique), so equally good points (1-D inputs of
+    an even count) never swap under a translation."""
     live = a > 0
     dist = affine_distances(G, alpha)
     k = int(torch.where(live, dist, torch.full_like(dist, float("inf"))).argmin())
@@ -123,10 +123,10 @@ def _input_if_optimal(
     other = live & ~same
     if not bool(other.any()):
         return alpha
-    w = a[other] / D[k][other].sqrt()
-    Go = G[other]
-    M = Go[:, other] - Go[:, k][:, None] - Go[:, k][None, :] + G[k, k]
-    pull = float((w @ M @ w).clamp(min=0.0).sqrt())
+    w = torch.where(other, a / D[k].sqrt(), torch.zeros_like(a))
+    total = float(w.sum())  # w^T M w without M: w^T G w - 2 sum(w) w^T G_k + G_kk sum(w)^2
+    square = w @ (G @ w) - 2.0 * total * (w @ G[:, k]) + G[k, k] * total * total
+    pull = float(square.clamp(min=0.0).sqrt())
     mass = float(a[same].sum())
     if pull >= mass * (1.0 - 1e-9):  # at the limit the minimiser need not be unique (points on
         return alpha  # a line, an even count): the iterations' point is kept there
