@@ -546,6 +546,28 @@ def test_geometric_median_is_the_attack_vector_exactly_where_it_is_optimal(n, f,
     )
 
 
+def test_geometric_median_optimality_check_compiled_and_torch_agree():
+    """The compiled check and its torch fallback choose the same input and weights, on inputs
+    where the check snaps (attack rows outweighing the others, a heavy weight) and where it
+    does not."""
+    from byzlearn.aggregators._gram import Inputs
+    from byzlearn.aggregators.rules import geometric_median as gm
+
+    rng = np.random.default_rng(5)
+    for n, f, heavy in ((25, 12, False), (25, 3, False), (9, 0, True), (40, 19, False)):
+        X = rng.normal(size=(n, 30))
+        X[n - f :] = X[: n - f].mean(0) - X[: n - f].std(0)
+        inputs = Inputs.from_matrix(torch.from_numpy(X))
+        G, D = inputs.centred_gram().clone(), inputs.sqdist()
+        a = torch.ones(n, dtype=torch.float64)
+        if heavy:
+            a[0] = n
+        for alpha in (a / a.sum(), torch.from_numpy(rng.dirichlet(np.ones(n)))):
+            want = gm._input_if_optimal(G, D, a, alpha, 1e-9)
+            got = gm._input_weights(G.numpy(), D.numpy(), a.numpy(), alpha.numpy(), 1e-9)
+            np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=1e-15)
+
+
 def test_geometric_median_leaves_an_input_it_starts_on():
     """An input at the inputs' mean (ALIE at n = 88, f = 1 has z = 0: the honest mean) is where
     Weiszfeld starts; its weight a / nu held the smoothed iterations there although it is not

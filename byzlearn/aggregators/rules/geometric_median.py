@@ -95,7 +95,11 @@ def geometric_median(
             if float((step @ G @ step).clamp(min=0).sqrt()) <= tol * scale:
                 break
     if nu is None:  # the minimiser of the plain objective: an input, where it is one
-        alpha = _input_if_optimal(G, D, a, alpha, smoothing)
+        if njit is not None:
+            Gn, Dn = G.numpy(), np.ascontiguousarray(D.numpy())
+            alpha = torch.from_numpy(_input_weights(Gn, Dn, a.numpy(), alpha.numpy(), smoothing))
+        else:  # pragma: no cover (numba missing)
+            alpha = _input_if_optimal(G, D, a, alpha, smoothing)
     return Combination(inputs=inputs, alpha=alpha)
 
 
@@ -115,7 +119,8 @@ def _input_if_optimal(
     norm squared is ``w^T M w`` with ``w_i = a_i / ||x_i - x_k||`` and ``M_ij = <x_i - x_k,
     x_j - x_k> = G_ij - G_ik - G_jk + G_kk``, i.e. one product by G: O(n^2), once. Only a
     strict margin snaps (the minimiser is then unique), so equally good points (1-D inputs of
-    an even count) never swap under a translation."""
+    an even count) never swap under a translation. (Compiled: :func:`_input_weights`, the same
+    operations; these torch calls took 0.1 ms at 25 rows.)"""
     live = a > 0
     dist = affine_distances(G, alpha)
     k = int(torch.where(live, dist, torch.full_like(dist, float("inf"))).argmin())
@@ -134,6 +139,62 @@ def _input_if_optimal(
 
 
 if njit is not None:
+
+    @njit(cache=True, nogil=True)
+    def _input_weights(G, D, a, alpha, tiny):  # pragma: no cover (compiled)
+        """:func:`_input_if_optimal` on numpy arrays (G, D C-contiguous float64): the same
+        choice of the input, the same sums in float64 (``w^T G w`` row by row), a new array
+        of weights or ``alpha`` itself."""
+        n = G.shape[0]
+        Ga = np.empty(n)
+        quad = 0.0
+        for i in range(n):
+            s = 0.0
+            for j in range(n):
+                s += G[i, j] * alpha[j]
+            Ga[i] = s
+            quad += alpha[i] * s
+        k = -1
+        best = np.inf
+        for i in range(n):
+            if a[i] > 0.0:
+                sq = G[i, i] - 2.0 * Ga[i] + quad
+                dist = np.sqrt(sq) if sq > 0.0 else 0.0
+                if dist < best:
+                    best = dist
+                    k = i
+        if k < 0:
+            return alpha
+        w = np.zeros(n)
+        mass = 0.0
+        total = 0.0
+        for i in range(n):
+            if a[i] > 0.0:
+                if D[k, i] <= tiny * tiny:
+                    mass += a[i]
+                else:
+                    w[i] = a[i] / np.sqrt(D[k, i])
+                    total += w[i]
+        if total == 0.0:
+            return alpha
+        square = 0.0
+        towards = 0.0
+        for i in range(n):
+            if w[i] != 0.0:
+                s = 0.0
+                for j in range(n):
+                    s += G[i, j] * w[j]
+                square += w[i] * s
+                towards += w[i] * G[i, k]
+        square = square - 2.0 * total * towards + G[k, k] * total * total
+        pull = np.sqrt(square) if square > 0.0 else 0.0
+        if pull >= mass * (1.0 - 1e-9):
+            return alpha
+        out = np.zeros(n)
+        for i in range(n):
+            if a[i] > 0.0 and D[k, i] <= tiny * tiny:
+                out[i] = a[i] / mass
+        return out
 
     @njit(cache=True, nogil=True)
     def _weiszfeld(G, a, alpha, smoothing, stop, max_iter, from_inputs):
