@@ -97,17 +97,35 @@ def geometric_median(
     if nu is None:  # the minimiser of the plain objective: an input, where it is one
         if njit is not None:
             Gn, Dn = G.numpy(), np.ascontiguousarray(D.numpy())
-            alpha = torch.from_numpy(_input_weights(Gn, Dn, a.numpy(), alpha.numpy(), smoothing))
+            unit = _GRAM_UNITS * torch.finfo(inputs.X.dtype).eps
+            alpha = torch.from_numpy(
+                _input_weights(Gn, Dn, a.numpy(), alpha.numpy(), smoothing, unit)
+            )
         else:  # pragma: no cover (numba missing)
-            alpha = _input_if_optimal(G, D, a, alpha, smoothing)
+            unit = _GRAM_UNITS * torch.finfo(inputs.X.dtype).eps
+            alpha = _input_if_optimal(G, D, a, alpha, smoothing, unit)
     return Combination(inputs=inputs, alpha=alpha)
 
 
+# Units of rounding of the inputs' precision in a Gram entry: inputs whose squared distance is
+# below that many units of their squared norms count as one point for the optimality check
+# (identical rows in different tiles of the pass came out up to 8e-4 apart in squared distance,
+# squared norms about 8e3, float32; the precision check assumes 64 units, _gram.cancellation_prone).
+_GRAM_UNITS = 64.0
+
+
 def _input_if_optimal(
-    G: torch.Tensor, D: torch.Tensor, a: torch.Tensor, alpha: torch.Tensor, tiny: float
+    G: torch.Tensor,
+    D: torch.Tensor,
+    a: torch.Tensor,
+    alpha: torch.Tensor,
+    tiny: float,
+    unit: float = 0.0,
 ) -> torch.Tensor:
     """The weights of the input nearest to the Weiszfeld point z (and of the inputs that
-    coincide with it, within ``tiny``) when that input is the geometric median, else ``alpha``.
+    coincide with it: within ``tiny``, or a squared distance within ``unit`` times their
+    squared norms, the Gram pass's rounding) when that input is the geometric median, else
+    ``alpha``.
 
     Weiszfeld's iterations approach a minimiser that is an input only sublinearly: attacks that
     send one vector from f rows (ALIE, inner-product manipulation) make it the geometric median
@@ -124,7 +142,7 @@ def _input_if_optimal(
     live = a > 0
     dist = affine_distances(G, alpha)
     k = int(torch.where(live, dist, torch.full_like(dist, float("inf"))).argmin())
-    same = live & (D[k] <= tiny * tiny)
+    same = live & (D[k] <= tiny * tiny + unit * (G.diagonal() + G[k, k]))
     other = live & ~same
     if not bool(other.any()):
         return alpha
@@ -141,7 +159,7 @@ def _input_if_optimal(
 if njit is not None:
 
     @njit(cache=True, nogil=True)
-    def _input_weights(G, D, a, alpha, tiny):  # pragma: no cover (compiled)
+    def _input_weights(G, D, a, alpha, tiny, unit):  # pragma: no cover (compiled)
         """:func:`_input_if_optimal` on numpy arrays (G, D C-contiguous float64): the same
         choice of the input, the same sums in float64 (``w^T G w`` row by row), a new array
         of weights or ``alpha`` itself."""
@@ -170,7 +188,7 @@ if njit is not None:
         total = 0.0
         for i in range(n):
             if a[i] > 0.0:
-                if D[k, i] <= tiny * tiny:
+                if D[k, i] <= tiny * tiny + unit * (G[i, i] + G[k, k]):
                     mass += a[i]
                 else:
                     w[i] = a[i] / np.sqrt(D[k, i])
@@ -192,7 +210,7 @@ if njit is not None:
             return alpha
         out = np.zeros(n)
         for i in range(n):
-            if a[i] > 0.0 and D[k, i] <= tiny * tiny:
+            if a[i] > 0.0 and D[k, i] <= tiny * tiny + unit * (G[i, i] + G[k, k]):
                 out[i] = a[i] / mass
         return out
 
