@@ -157,13 +157,11 @@ def _input_if_optimal(
 
 if njit is not None:
 
-    @njit(cache=True, nogil=True)
-    def _input_weights(G, D, a, alpha, tiny, unit):  # pragma: no cover (compiled)
-        """:func:`_input_if_optimal` on numpy arrays (G, D C-contiguous float64): the same
-        choice of the input, the same sums in float64 (``w^T G w`` row by row), a new array
-        of weights or ``alpha`` itself."""
+    @njit(cache=True, nogil=True, inline="always")
+    def _gram_product(G, alpha, Ga):  # pragma: no cover (compiled)
+        """Ga = G alpha; returns alpha^T G alpha (``||z||^2`` in the Gram's centring), the
+        sums in index order."""
         n = G.shape[0]
-        Ga = np.empty(n)
         quad = 0.0
         for i in range(n):
             s = 0.0
@@ -171,6 +169,16 @@ if njit is not None:
                 s += G[i, j] * alpha[j]
             Ga[i] = s
             quad += alpha[i] * s
+        return quad
+
+    @njit(cache=True, nogil=True)
+    def _input_weights(G, D, a, alpha, tiny, unit):  # pragma: no cover (compiled)
+        """:func:`_input_if_optimal` on numpy arrays (G, D C-contiguous float64): the same
+        choice of the input, the same sums in float64 (``w^T G w`` row by row), a new array
+        of weights or ``alpha`` itself."""
+        n = G.shape[0]
+        Ga = np.empty(n)
+        quad = _gram_product(G, alpha, Ga)
         k = -1
         best = np.inf
         for i in range(n):
@@ -236,13 +244,7 @@ if njit is not None:
         step = np.empty(n)
         new = np.empty(n)
         for _ in range(max_iter):
-            quad = 0.0
-            for i in range(n):
-                s = 0.0
-                for j in range(n):
-                    s += G[i, j] * alpha[j]
-                Ga[i] = s
-                quad += alpha[i] * s
+            quad = _gram_product(G, alpha, Ga)
             total = 0.0
             eta = 0.0
             for i in range(n):
