@@ -527,6 +527,7 @@ def caf(inputs: Inputs, f: int) -> Combination:
     c = torch.ones(n_good, dtype=torch.float64)
     best = c / n_good
     best_lambda = math.inf
+    unit = 64.0 * torch.finfo(inputs.X.dtype).eps  # the rounding the Gram pass allows for
     while float(c.sum()) > n_good - 2 * f_left:
         a = c / c.sum()
         Ga = G @ a
@@ -541,7 +542,11 @@ def caf(inputs: Inputs, f: int) -> Combination:
         if not lam > 0.0:
             break
         tau = (K_live @ (root_w * evecs[:, -1])) ** 2 / lam
-        c[live] = (c[live] * (1.0 - tau / tau.max())).clamp(min=0.0)
+        # inputs whose tau is the largest up to the Gram pass's rounding (identical inputs: an
+        # attack's one vector) all drop, as in exact arithmetic; dropping one of them and
+        # keeping the others at a weight of about 1e-15 made the output depend on the row order
+        keep = 1.0 - tau / tau.max()
+        c[live] = c[live] * torch.where(keep > unit, keep, torch.zeros_like(keep))
     alpha = torch.zeros(inputs.n, dtype=torch.float64)
     alpha[good] = best
     return rows.output(alpha, None)
