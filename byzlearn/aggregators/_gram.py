@@ -653,12 +653,20 @@ def _float64_numpy(G: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(G.detach().to(device="cpu", dtype=torch.float64).numpy())
 
 
+def rounding_unit(dtype: torch.dtype) -> float:
+    """The relative rounding the Gram pass allows for in an entry of inputs of ``dtype``: 64
+    units in the last place (products in the input precision summed over many coordinates).
+    The precision check (:func:`cancellation_prone`) compares it with the distances; the rules
+    that must tell equal inputs apart from the pass's results (the geometric median's optimality
+    check, CAF's drops) count inputs within it of each other as one."""
+    return 64.0 * torch.finfo(dtype).eps
+
+
 def cancellation_prone(scale_g: float, scale_d: float, dtype: torch.dtype) -> bool:
-    """Whether the rounding of Gram entries of size ``scale_g`` (64 units of ``dtype``) is large
+    """Whether the rounding of Gram entries of size ``scale_g`` (:func:`rounding_unit`) is large
     against squared distances of size ``scale_d``: above ``_REFINE_REL_ERROR`` relative error,
     the pass is run again centred on a central row. False when ``scale_g`` is 0."""
-    unit = torch.finfo(dtype).eps
-    rel = unit * 64.0 * scale_g / max(scale_d, 1e-300)
+    rel = rounding_unit(dtype) * scale_g / max(scale_d, 1e-300)
     return rel > _REFINE_REL_ERROR and scale_g > 0.0
 
 

@@ -178,6 +178,15 @@ if _HAVE_NUMBA:
         return min(max(res, col[lo]), col[hi - 1])
 
     @njit(cache=True, inline="always")
+    def _window_start(col, drop, m, c):
+        """The start s of the window of the m sorted values col[s:s + m] closest to c: how many
+        of the first ``drop`` positions satisfy ``c - col[i] > col[i + m] - c`` (a prefix)."""
+        s = 0
+        while s < drop and (c - col[s]) > (col[s + m] - c):
+            s += 1
+        return s
+
+    @njit(cache=True, inline="always")
     def _window_mean(col, k, drop, centre, recip):
         """Mean of the k - drop sorted values closest to ``centre`` (a window col[s:s + m]).
 
@@ -187,9 +196,7 @@ if _HAVE_NUMBA:
         same order.
         """
         m = k - drop
-        s = 0
-        while s < k - m and (centre - col[s]) > (col[s + m] - centre):
-            s += 1
+        s = _window_start(col, drop, m, centre)
         acc = 0.0
         if drop <= m:
             for t in range(drop, m):
@@ -389,9 +396,7 @@ if _HAVE_NUMBA:
                     if np.isfinite(r) and r != 0.0:
                         continue
                     col = buf[:, j]
-                    s = 0
-                    while s < drop and (centre[j] - col[s]) > (col[s + m] - centre[j]):
-                        s += 1
+                    s = _window_start(col, drop, m, centre[j])
                     o[j] = _window_end_mean(col, s, m, r, recip)
         elif drop <= m:
             # The k - drop values closest to the centre: a window [s, s + m) of the sorted
@@ -439,9 +444,7 @@ if _HAVE_NUMBA:
                 for j in range(w):
                     if not np.isfinite(_mean(acc[j], m, inv, recip)):
                         col = buf[:, j]
-                        s = 0
-                        while s < drop and (centre[j] - col[s]) > (col[s + m] - centre[j]):
-                            s += 1
+                        s = _window_start(col, drop, m, centre[j])
                         o[j] = _range_mean(col, s, s + m, recip)
         else:  # a window shorter than the trimmed part: every row may be in it
             # The window starts at s = how many i < drop pass the test (a prefix). Around the

@@ -49,6 +49,7 @@ from byzlearn.aggregators._gram import (
     block_size,
     column_blocks,
     measurable_limit,
+    rounding_unit,
     weighted_rows,
 )
 from byzlearn.aggregators._registry import Combination, register
@@ -527,7 +528,7 @@ def caf(inputs: Inputs, f: int) -> Combination:
     c = torch.ones(n_good, dtype=torch.float64)
     best = c / n_good
     best_lambda = math.inf
-    unit = 64.0 * torch.finfo(inputs.X.dtype).eps  # the rounding the Gram pass allows for
+    unit = rounding_unit(inputs.X.dtype)  # the rounding the Gram pass allows for
     while float(c.sum()) > n_good - 2 * f_left:
         a = c / c.sum()
         Ga = G @ a

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from byzlearn.aggregators._gram import Inputs
+from byzlearn.aggregators._gram import Inputs, rounding_unit
 from byzlearn.aggregators._registry import Combination, register
 
 try:
@@ -95,7 +95,7 @@ def geometric_median(
             if float((step @ G @ step).clamp(min=0).sqrt()) <= tol * scale:
                 break
     if nu is None:  # the minimiser of the plain objective: an input, where it is one
-        unit = _GRAM_UNITS * torch.finfo(inputs.X.dtype).eps
+        unit = rounding_unit(inputs.X.dtype)
         if njit is not None:
             Gn, Dn = G.numpy(), np.ascontiguousarray(D.numpy())
             alpha = torch.from_numpy(
@@ -104,13 +104,6 @@ def geometric_median(
         else:  # pragma: no cover (numba missing)
             alpha = _input_if_optimal(G, D, a, alpha, smoothing, unit)
     return Combination(inputs=inputs, alpha=alpha)
-
-
-# Units of rounding of the inputs' precision in a Gram entry: inputs whose squared distance is
-# below that many units of their squared norms count as one point for the optimality check
-# (identical float32 rows came out up to 1.8e-4 apart in squared distance, squared norms about
-# 1.7e3; the precision check assumes 64 units too, _gram.cancellation_prone).
-_GRAM_UNITS = 64.0
 
 
 def _input_if_optimal(
@@ -123,8 +116,9 @@ def _input_if_optimal(
 ) -> torch.Tensor:
     """The weights of the input nearest to the Weiszfeld point z (and of the inputs that
     coincide with it: within ``tiny``, or a squared distance within ``unit`` times their
-    squared norms, the Gram pass's rounding) when that input is the geometric median, else
-    ``alpha``.
+    squared norms, the Gram pass's rounding, :func:`._gram.rounding_unit`: identical float32
+    rows came out up to 1.8e-4 apart in squared distance, squared norms about 1.7e3) when that
+    input is the geometric median, else ``alpha``.
 
     Weiszfeld's iterations approach a minimiser that is an input only sublinearly: attacks that
     send one vector from f rows (ALIE, inner-product manipulation) make it the geometric median
