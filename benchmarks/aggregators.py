@@ -770,10 +770,10 @@ def sgemm_rate(threads: int) -> float:
 def syrk_rate(threads: int) -> float:
     """Useful multiply-adds per second (n (n + 1) / 2 per column) of numpy's C @ C.T on a
     1000 x 16384 float32 buffer (the BLAS syrk the library's Gram pass uses for many rows)."""
-    from byzlearn.aggregators._gram import _blas_threads
+    from byzlearn.aggregators._gram import blas_threads
 
     C = np.random.default_rng(0).standard_normal((1000, 16384)).astype(np.float32)
-    with _blas_threads(threads):
+    with blas_threads(threads):
         C @ C.T
         best = min(timed(lambda: C @ C.T)[0] for _ in range(3))
     return 1000 * 1001 / 2 * 16384 / best

@@ -530,7 +530,7 @@ def _blas_pass(
     msq = 0.0
     extra = torch.zeros(n + 1, n + 1, dtype=torch.float64)
     bad = torch.zeros(n, dtype=torch.bool)
-    with _blas_threads(torch.get_num_threads()):
+    with blas_threads(torch.get_num_threads()):
         for j0, j1 in column_blocks(d, size):
             C = buf if j1 - j0 == buf.shape[1] else np.empty((na, j1 - j0), Xn.dtype)
             dots_b, msq_b, nonfinite, centre_missing = _gram_kernel.centre_block(
@@ -552,7 +552,7 @@ _BLAS_CONTROLLER: list = []  # the threadpoolctl controller, created on first us
 
 
 @contextlib.contextmanager
-def _blas_threads(threads: int) -> Iterator[None]:
+def blas_threads(threads: int) -> Iterator[None]:
     """Limit the BLAS behind numpy to ``threads`` threads inside a ``with`` block (threadpoolctl,
     a dependency of scikit-learn; without it the BLAS keeps its own setting)."""
     limit = None

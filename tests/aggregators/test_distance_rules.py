@@ -617,6 +617,57 @@ def test_geometric_median_sees_identical_rows_as_one_point(n, f, d, seed):
     assert torch.equal(out, torch.from_numpy(X[-1]))
 
 
+@pytest.mark.parametrize(
+    "n,f,d,seed", [(39, 18, 60, 0), (39, 18, 60, 1), (8, 3, 60, 0), (39, 18, 20, 0)]
+)
+def test_geometric_median_converges_where_weiszfeld_is_slow(n, f, d, seed):
+    """f identical rows (ALIE) that just fail to outweigh the others' pull put the minimiser
+    close to them, where Weiszfeld's iterations converge at a linear rate near 1: after 1000
+    of them (float64) the gradient of the objective was still 6e-4 to 3.5e-3 and the point
+    1e-4 to 1e-3 of the typical distance away; Newton's steps take over (first-order
+    condition checked here on X: ||sum_i (z - x_i) / ||z - x_i|| || = 0)."""
+    from byzlearn.attacks.gradient import alie_z
+
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d))
+    X[n - f :] = X[: n - f].mean(0) - alie_z(n, f) * X[: n - f].std(0, ddof=1)
+    honest = X[: n - f] - X[-1]
+    pull = np.linalg.norm((honest / np.linalg.norm(honest, axis=1)[:, None]).sum(0))
+    assert f < pull < 1.01 * f  # the attack vector is not the minimiser, but nearly
+    z = agg.geometric_median(torch.from_numpy(X), f=f).numpy()
+    R = z - X
+    r = np.linalg.norm(R, axis=1)
+    assert r.min() > 1e-3 * np.median(r)  # not at an input: the gradient exists
+    assert np.linalg.norm((R / r[:, None]).sum(0)) < 1e-6
+    long = ref_geometric_median(X, iters=20000)
+    assert ref_gm_objective(X, z) <= ref_gm_objective(X, long) * (1 + 1e-13)
+
+
+def test_geometric_median_loops_compiled_and_torch_agree():
+    """The compiled Weiszfeld loop and its torch fallback: the same weights and convergence
+    flag (plain and smoothed objectives, an input near the start, a budget
+    that runs out)."""
+    from byzlearn.aggregators._gram import Inputs
+    from byzlearn.aggregators.rules import geometric_median as gm
+
+    rng = np.random.default_rng(3)
+    for n, f, max_iter in ((9, 2, 1000), (25, 5, 1000), (40, 19, 30), (12, 0, 1000)):
+        X = rng.normal(size=(n, 20))
+        X[n - f :] = X[: n - f].mean(0) - X[: n - f].std(0)
+        if f == 0:
+            X[0] = X.mean(0)  # an input near the start (the mean)
+        G = Inputs.from_matrix(torch.from_numpy(X)).centred_gram().clone().numpy()
+        a = np.ones(n)
+        for plain, tiny in ((True, 1e-9), (False, 0.3)):
+            got = gm._weiszfeld(G, a, a / n, tiny, 1e-10, max_iter, plain)
+            want = gm._weiszfeld_torch(G, a, a / n, tiny, 1e-10, max_iter, plain)
+            # an iterate held at an input (the smoothed case at the centred row) differs in
+            # its rounding only: weights of 1e-9 where the sums run in another order
+            np.testing.assert_allclose(got[0], want[0], rtol=0, atol=1e-7)
+            assert got[2] == want[2]  # converged, in a few iterations more or less
+            assert got[2] or got[1] == want[1] == max_iter
+
+
 def test_geometric_median_heavy_weight_is_the_point():
     """A weight at least the others' sum makes its input the minimiser (its pull is at most
     that sum): returned exactly, not approached."""
