@@ -205,23 +205,36 @@ def call_options(
     rule (centred clipping) starts from ``centre`` (the previous aggregate, a peer's own
     vector) when its options give no ``center``; a randomised rule (bucketing) gets a generator
     keyed on ``key`` (:func:`byzlearn.keyed.generator`) when its options fix neither a
-    ``generator`` nor a ``seed``."""
+    ``generator`` nor a ``seed``; in a composition of several randomised parts
+    (``bucketing+dnc``) each part gets its own, keyed on ``(*key, part)``, in its
+    ``<part>_options``."""
     from byzlearn import keyed
 
     opts = dict(options or {})
-    takes_centre, takes_generator = _call_needs(name)
+    takes_centre, drawing = _call_needs(name)
     if centre is not None and takes_centre and "center" not in opts:
         opts["center"] = centre
-    if key is not None and takes_generator and not {"generator", "seed"} & set(opts):
-        opts["generator"] = keyed.generator(key)
+    if key is None or not drawing:
+        return opts
+    if len(drawing) == 1:  # the one randomised part takes the plain option
+        if not {"generator", "seed"} & set(opts):
+            opts["generator"] = keyed.generator(key)
+        return opts
+    for part in drawing:  # several (bucketing+dnc): each its own stream, in its own options
+        sub = dict(opts.get(f"{part}_options") or {})
+        if not {"generator", "seed"} & set(sub):
+            sub["generator"] = keyed.generator((*key, part))
+            opts[f"{part}_options"] = sub
     return opts
 
 
 @functools.lru_cache(maxsize=256)
-def _call_needs(name: str) -> tuple[bool, bool]:
-    """Whether the (possibly composed) rule ``name`` starts from a centre, and takes a
-    generator: :func:`call_options` asks every step, and the registry is fixed by then."""
-    return spec(name.split("+")[-1].strip()).accepts_centre, accepts(name, "generator")
+def _call_needs(name: str) -> tuple[bool, tuple[str, ...]]:
+    """Whether the (possibly composed) rule ``name`` starts from a centre, and the names of
+    its parts that take a generator: :func:`call_options` asks every step, and the registry
+    is fixed by then."""
+    drawing = tuple(dict.fromkeys(p.name for p in _parts(name) if "generator" in p.options))
+    return spec(name.split("+")[-1].strip()).accepts_centre, drawing
 
 
 def _parts(name: str) -> list[RuleSpec]:

@@ -252,6 +252,26 @@ def test_call_options_add_a_centre_and_a_keyed_generator_only_where_they_belong(
     assert agg.call_options("krum", {}, centre=c, key=(0,)) == {}
 
 
+def test_call_options_give_each_randomised_part_of_a_composition_its_own_generator():
+    """bucketing+dnc: both parts draw; a plain ``generator`` option is ambiguous there (the
+    call raised TypeError at a training run's first round), so each part gets its own keyed
+    generator in its ``<part>_options``; a part's own seed is kept."""
+    import torch
+
+    X = torch.randn(12, 40)
+    opts = agg.call_options("bucketing+dnc", {}, key=(0, "rule", 1))
+    assert "generator" not in opts and set(opts) == {"bucketing_options", "dnc_options"}
+    g_b, g_d = opts["bucketing_options"]["generator"], opts["dnc_options"]["generator"]
+    assert not torch.equal(torch.rand(4, generator=g_b), torch.rand(4, generator=g_d))
+    runs = [
+        agg.aggregate("bucketing+dnc", X, f=1, **agg.call_options("bucketing+dnc", {}, key=(5,)))
+        for _ in range(2)
+    ]
+    assert torch.equal(runs[0].vector, runs[1].vector)
+    seeded = agg.call_options("bucketing+dnc", {"dnc_options": {"seed": 3}}, key=(0,))
+    assert seeded["dnc_options"] == {"seed": 3} and "generator" in seeded["bucketing_options"]
+
+
 def test_equal_weights_put_one_over_the_count_on_the_rows_given():
     from byzlearn.aggregators._registry import equal_weights
 

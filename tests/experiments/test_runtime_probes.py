@@ -121,11 +121,12 @@ def test_node_ids_come_from_the_protocol_and_engines_from_the_registry() -> None
         ENGINES.add("local", lambda *a, **k: None)
 
 
-def test_randomised_rules_are_deterministic_and_resume_exactly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["krum", "dnc"])  # bucketing+dnc: two parts that draw
+def test_randomised_rules_are_deterministic_and_resume_exactly(tmp_path: Path, name: str) -> None:
     config = _config(
         n=10,
         f=1,
-        rule={"name": "krum", "pre": ["bucketing"]},
+        rule={"name": name, "pre": ["bucketing"]},
         attack={"name": "ipm"},
         steps=12,
         eval_every=4,
