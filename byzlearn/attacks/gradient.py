@@ -163,7 +163,7 @@ def nonfinite(ctx: AttackContext, *, value: str = "nan", fraction: float = 1.0) 
     bad = float(value)
     if fraction == 1.0:
         return torch.full((ctx.d,), bad, dtype=ctx.dtype, device=ctx.device)
-    m = math.ceil(fraction * ctx.d)
+    m = math.ceil(round(fraction * ctx.d, 9))  # 0.07 * 100 is 7.000000000000001
     rows = ctx.rows()
     picks = ctx.rand(rows, ctx.d).argsort(dim=1)[:, :m]
     out = ctx.mean().reshape(1, -1).repeat(rows, 1)

@@ -159,8 +159,8 @@ def min_max_opt(
 
     ``gamma = t * s / ||p||`` with ``s`` the honest norm spread; the factor ``t`` is searched
     with both signs within ``bounds`` (see :mod:`byzlearn.attacks.optimised`), and the min-max
-    ``gamma`` is tried too, so ``min_max_opt`` is at least as damaging as ``min_max`` for a
-    deterministic rule.
+    ``gamma`` is tried too (and ``min_max``'s own vector, one more rule evaluation), so
+    ``min_max_opt`` is at least as damaging as ``min_max`` for a deterministic rule.
 
     Options:
         perturbation: ``"unit_vec"`` (default), ``"std"`` or ``"sign"``.
@@ -175,13 +175,14 @@ def min_max_opt(
     if pn == 0.0:
         return mu.to(ctx.dtype)
     unit = (ctx.spread() or 1.0) / pn
-    fixed = min_max_gamma(G, mu, p) / unit
+    gamma = min_max_gamma(G, mu, p)
     byz, _ = optimise(
         ctx,
         mu.to(ctx.dtype),
         (-unit * p).to(ctx.dtype),
-        include=(fixed,),
+        include=(gamma / unit,),
         evaluations=evaluations,
         bounds=bounds,
+        exact=(mu - gamma * p).to(ctx.dtype),  # min_max's own vector, to the bit
     )
     return byz

@@ -12,6 +12,7 @@ non-finite aggregate counts as infinitely damaging), or its part on target coord
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -32,14 +33,28 @@ def optimise(
     evaluations: object,
     bounds: object,
     coordinates: torch.Tensor | None = None,
+    exact: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, float]:
-    """``(base + t* direction, t*)`` with ``t*`` the factor maximising ``ctx.deviation``."""
+    """``(base + t* direction, t*)`` with ``t*`` the factor maximising ``ctx.deviation``.
+
+    ``exact``: a fixed attack's own vector, which ``base + t direction`` at its factor (in
+    ``include``) reproduces only up to rounding; it is evaluated too (one more call) and
+    returned (with ``t* = nan``) where it does at least as much damage, so that the search is
+    never less damaging than that attack: a rounding unit can decide a tie of the rule (the
+    min-max vector sits exactly on its distance limit, a tie for Krum-like selections).
+    """
     evaluations, lo, hi = check_search_options(ctx.name, evaluations, bounds)
 
     def objective(t: float) -> float:
         return ctx.deviation(base + t * direction, coordinates)
 
-    t, _, _ = maximise_factor(objective, bounds=(lo, hi), evaluations=evaluations, include=include)
+    t, best, _ = maximise_factor(
+        objective, bounds=(lo, hi), evaluations=evaluations, include=include
+    )
+    if exact is not None:
+        value = float(ctx.deviation(exact, coordinates))
+        if value >= best or math.isnan(best):
+            return exact, math.nan
     return base + t * direction, t
 
 

@@ -143,6 +143,10 @@ def test_nonfinite():
     assert len({tuple(np.isnan(r)) for r in out}) > 1
     with pytest.raises(ValueError, match="fraction"):
         run("nonfinite", X, 2, fraction=1.5)
+    # ceil(fraction d) of the fraction as written: 0.07 * 100 is 7.000000000000001 in floats
+    for fraction, count in ((0.07, 7), (0.14, 14), (0.55, 55), (0.071, 8)):
+        out = atk.get("nonfinite")(torch.randn(3, 100), 1, fraction=fraction)
+        assert int(out.isnan().sum()) == count, fraction
     with pytest.raises(ValueError, match="value must be one of"):
         run("nonfinite", X, 2, value="zero")
 

@@ -190,6 +190,29 @@ def test_optimised_against_the_fixed_attack_and_a_dense_scan(rule):
             assert found > 10 * fixed_damage, (opt, kw, found, fixed_damage)
 
 
+def test_min_max_opt_is_never_less_damaging_than_min_max_on_a_tie():
+    """The min-max vector sits exactly on its distance limit, a tie for MDA's subsets: the
+    search's own evaluation of that factor (mu + (gamma / unit)(-unit p)) is a rounding unit
+    away and fell on the other side (3.3927 against 3.3968 here, found by a random search);
+    min_max's own vector is now compared too. Also in float32 (1 unit apart against the
+    average with narrow bounds)."""
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        h, d = int(rng.integers(3, 7)), int(rng.integers(1, 200))
+        H = torch.from_numpy(rng.normal(rng.uniform(-3, 3), rng.uniform(0.1, 5), size=(h, d)))
+
+    def damage_mda(b: torch.Tensor) -> float:
+        return float((agg.get("mda")(torch.cat([H, b[:1]]), f=1) - H.mean(0)).norm())
+
+    fixed = damage_mda(atk.get("min_max")(H, 1))
+    assert damage_mda(atk.get("min_max_opt")(H, 1, rule="mda")) >= fixed
+    H32 = torch.tensor([[1000.2146606445312], [1000.3553466796875]], dtype=torch.float32)
+    plain = atk.get("min_max")(H32, 2)
+    tailored = atk.get("min_max_opt")(H32, 2, rule="average", bounds=(0.003, 0.18))
+    mu = H32.mean(0)
+    assert float((tailored[0] - mu).abs().max()) >= float((plain[0] - mu).abs().max())
+
+
 def test_optimised_uses_both_directions():
     # against the average the damage is |t| * f / n * ||direction||: the largest magnitude wins
     H = gaussian(20, 30, seed=5, mean=1.0)
