@@ -205,16 +205,28 @@ class AsyncServer(Server):
 
     def _bootstrap(self, msgs: list[Message], lr: float) -> dict[str, Any]:
         """Kardam's first update: the coordinate-wise median of the first 2f + 1 gradients
-        (all on the initial model, at most f Byzantine); the gradients themselves are rejected."""
+        (all on the initial model, at most f Byzantine); the gradients themselves are rejected.
+        Coordinates that the links dropped from any of them stay where they are (``unmoved``:
+        their count)."""
         assert self.kardam is not None
         for m in msgs:
             self._consider(m, lr, "bootstrap")
-        X = torch.stack([m.payload for m in msgs])  # lost coordinates are skipped by the median
+        X = torch.stack([m.payload for m in msgs])
         f = agg.largest_f("median", len(msgs), self.kardam.f) or 0
-        median = torch.nan_to_num(agg.median(X, f=f), nan=0.0)
+        # a coordinate lost on the links in some of them has fewer than the 2f + 1 values the
+        # median needs to be safe: the first update leaves it where it is
+        short = torch.isfinite(X).sum(0) < 2 * f + 1
+        X[:, short] = 0.0
+        median = agg.median(X, f=f)
         self.kardam.accept(-1, median, self.theta, self.version)
         weight = self._apply(median, 0, lr)
-        return {"bootstrap": True, "accepted": True, "reason": "bootstrap", "weight": weight}
+        return {
+            "bootstrap": True,
+            "accepted": True,
+            "reason": "bootstrap",
+            "weight": weight,
+            "unmoved": int(short.sum()),
+        }
 
     @property
     def steps_done(self) -> int:

@@ -341,8 +341,18 @@ def server_order(servers: Sequence[int], index: int, t: int) -> list[int]:
 
 
 def _median(models: Sequence[torch.Tensor]) -> torch.Tensor:
-    """The coordinate-wise median of the models (a NaN coordinate counts as missing)."""
-    return agg.median(torch.stack(list(models)), f=0)
+    """The coordinate-wise median of the models (a non-finite coordinate counts as missing);
+    where no model has a finite value (every server diverged there), the first model's value,
+    so that a diverged model stays diverged (the run is marked so) instead of failing here."""
+    X = torch.stack(list(models))
+    lost = ~torch.isfinite(X).any(0)
+    if not bool(lost.any()):
+        return agg.median(X, f=0)
+    first = X[0, lost].clone()
+    X[:, lost] = 0.0
+    out = agg.median(X, f=0)
+    out[lost] = first
+    return out
 
 
 class ReplicaServer(ParameterServer):

@@ -247,3 +247,23 @@ def test_a_killed_kardam_run_resumes_exactly(tmp_path: Path) -> None:
     resumed = run(config, tmp_path / "run")
     assert without_times(resumed.records) == without_times(full.records)
     assert resumed.summary["per_worker"] == full.summary["per_worker"]
+
+
+@pytest.mark.parametrize("n,f", [(4, 0), (10, 3)])
+def test_bootstrap_survives_coordinates_lost_on_the_links(n: int, f: int) -> None:
+    """Kardam's first update (the median of 2f + 1 gradients) over lossy links: a coordinate
+    lost from any of them lacks the values the median needs; it stays where it is instead of
+    aborting the run (found by a CLI fuzz: n = 4, f = 0, coordinate_drop 0.01)."""
+    config = {
+        "dataset": {"name": "digits"},
+        "model": {"name": "logistic"},
+        "n": n,
+        "f": f,
+        "steps": 3,
+        "eval_every": 1,
+        "protocol": {"name": "kardam"},
+        "network": {"coordinate_drop": 0.05},
+    }
+    result = run(parse_config(config))
+    first = next(r for r in result.records if r.get("bootstrap"))
+    assert first["unmoved"] > 0 and len(result.records) == 4

@@ -134,6 +134,27 @@ def test_median_read_is_the_coordinate_wise_median():
     torch.testing.assert_close(_median(models), torch.tensor([2.0, 0.0]))
 
 
+def test_median_of_models_keeps_a_coordinate_no_model_has_finite():
+    inf, nan = float("inf"), float("nan")
+    models = [
+        torch.tensor([inf, 1.0, nan]),
+        torch.tensor([-inf, 3.0, 2.0]),
+        torch.tensor([nan, 2.0, 4.0]),
+    ]
+    out = _median(models)
+    assert out[0] == inf  # the first model's
+    assert out[1] == 2.0 and out[2] == 3.0  # the medians of the finite values
+
+
+@pytest.mark.parametrize("name", ["byzsgd", "liubei"])
+def test_a_diverging_run_is_marked_diverged_not_aborted(name):
+    """lr = 1e300: every server's model overflows at the first step; the median of the
+    models had no finite value to take and raised (found by a CLI fuzz)."""
+    quiet = dict(n=10, f=1, steps=3, eval_every=1, optimizer={"lr": 1e300})
+    result = run(parse_config({**quiet, "protocol": {"name": name}}))
+    assert result.summary["diverged"]
+
+
 # ------------------------------------------------------------------ messages
 def test_messages_per_step_against_the_single_server():
     quiet = dict(n=10, f=3, num_byzantine=0, steps=2, eval_every=1, attack={"name": "none"})
