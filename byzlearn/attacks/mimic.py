@@ -153,6 +153,9 @@ def most_heterogeneous(X: torch.Tensor) -> int:
         if keep.numel() == 0:
             raise ValueError("mimic: every honest vector holds a non-finite value")
         A = X[keep].to(torch.float64)
+    scale = float(A.abs().max())  # the eigenvectors do not change; huge values overflowed
+    if scale > 0.0:  # A A^T (rows of 1e155: the wrong row; of 1e200: eigh failed)
+        A = A / scale
     A = A - A.mean(0)
     _, vecs = torch.linalg.eigh(A @ A.T)
     return int(keep[int(torch.argmax(vecs[:, -1].abs()))])

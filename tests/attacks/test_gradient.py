@@ -189,6 +189,11 @@ def test_mimic_per_step_choice(seed):
     assert_rows(run("mimic", X, 3, worker=2), X[2], 3)
     with pytest.raises(ValueError, match="worker must be in"):
         run("mimic", X, 3, worker=15)
+    # huge honest values: the same choice (A A^T overflowed: the wrong row at 1e155, and
+    # eigh failed at 1e200; found by a random search)
+    for scale in (1e155, 1e200):
+        big = torch.from_numpy(X.astype(np.float64) * scale)
+        assert torch.equal(atk.get("mimic")(big, 3)[0], big[k])
 
 
 def mimic_variant_reference(steps: list[np.ndarray], warmup: int, z0: np.ndarray | None):
