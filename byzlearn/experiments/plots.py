@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -17,6 +18,18 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    """Save ``fig`` as a PNG at ``path`` atomically (never through a link there) and close it."""
+    from byzlearn.experiments.store import write_atomically
+
+    path = Path(path)
+    try:
+        write_atomically(path, lambda fh: fig.savefig(fh, format="png", dpi=120))
+    finally:
+        _pyplot().close(fig)
+    return path
 
 
 def accuracy_curves(
@@ -42,10 +55,7 @@ def accuracy_curves(
         ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def heatmap(
@@ -80,7 +90,4 @@ def heatmap(
         ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=label)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

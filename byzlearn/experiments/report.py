@@ -11,6 +11,10 @@ tree of run directories) and writes into ``DIR/report/``:
   attacks* of the seed-averaged accuracy, one heatmap per combination of the other varying
   fields (e.g. per heterogeneity level); ``worst_heterogeneity_f_<rule>[_<panel>].png``:
   heterogeneity x f, one per rule (when heterogeneity varies).
+
+Every file is written atomically (a temporary file created afresh, then moved over the name:
+a link at a file's name is replaced, never written through); a ``report`` folder that is a
+symbolic link, or a run file that is one, is refused in one line.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import numpy as np
 
 from byzlearn.experiments.config import Config
 from byzlearn.experiments.plots import accuracy_curves, heatmap
-from byzlearn.experiments.store import iter_runs
+from byzlearn.experiments.store import iter_runs, write_atomically
 from byzlearn.experiments.tables import markdown_table
 
 __all__ = ["RunRecord", "build_report", "collect", "describe"]
@@ -86,6 +90,7 @@ def collect(root: str | Path) -> list[RunRecord]:
     """Every finished run under ``root``."""
     out = []
     for rd in iter_runs(root):
+        rd.refuse_links()  # never read a run's files through links (they could point anywhere)
         summary = rd.summary()
         if summary is None:
             continue
@@ -101,6 +106,11 @@ def collect(root: str | Path) -> list[RunRecord]:
             raise ValueError(f"{rd.metrics_path}: a test_accuracy that is not a number") from None
         out.append(RunRecord(rd.path, rd.read_config(), summary, curve))
     return out
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write a report file atomically, replacing (never writing through) a link at ``path``."""
+    write_atomically(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 def _varying(descs: list[dict[str, Any]]) -> list[str]:
@@ -179,6 +189,11 @@ def build_report(
     ``root/report``); return ``out``."""
     root = Path(root)
     out = Path(out) if out is not None else root / "report"
+    if out.is_symlink():  # a received sweep directory could point it anywhere
+        raise ValueError(
+            f"{out}: is a symbolic link; the report is never written through links: remove the "
+            "link (the report is written afresh) or pass another folder"
+        )
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: is a file, not the report folder; move it out of the way")
     for summary in sorted(root.rglob("summary.json")):  # damaged runs are named, not left out
@@ -207,7 +222,7 @@ def build_report(
         ]
         for d, r in sorted(pairs, key=lambda p: [str(p[0][k]) for k in varying])
     ]
-    (out / "runs.md").write_text(markdown_table(cols, rows))
+    _write_text(out / "runs.md", markdown_table(cols, rows))
 
     # ---- curves: one figure per combination of the varying fields other than rule and seed
     group_keys = [k for k in varying if k not in ("rule", "seed")]
@@ -232,7 +247,7 @@ def build_report(
             mine = [(d, r) for d, r in pairs if d["rule"] == rule]
             stem = f"worst_heterogeneity_f_{_slug(rule)}"
             _worst_panels(mine, varying, "heterogeneity", stem, metric, text, out, rule)
-    (out / "worst.md").write_text("\n".join(text))
+    _write_text(out / "worst.md", "\n".join(text))
     return out
 
 

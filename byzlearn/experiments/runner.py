@@ -107,32 +107,70 @@ def _evaluate(trainer: Trainer, record: dict[str, Any]) -> None:
     record["accuracies"] = {k: a for k, (a, _) in results.items()}
 
 
+_AFRESH = "rerun with --no-resume to start this run afresh"
+
+
 def _checkpoint(rd: RunDir, config: Config) -> dict[str, Any] | None:
-    """The directory's checkpoint, checked to belong to ``config`` (before anything is
-    written); None without one."""
+    """The directory's checkpoint, checked to belong to ``config`` and to hold a round of it
+    (an ``int`` in ``[0, steps]``), before anything is written; None without one."""
     state = rd.load_checkpoint()
-    if state is not None and state.get("hash") != config_hash(config):
+    if state is None:
+        return None
+    if state.get("hash") != config_hash(config):
         raise CheckpointError(
             f"{rd.checkpoint_path}: checkpoint of another config; nothing was written. Use "
             "another directory"
         )
+    r = state["round"]
+    if type(r) is not int or not 0 <= r <= config.steps:
+        raise CheckpointError(
+            f"{rd.checkpoint_path}: its round {r!r} is not a step of this run (a whole number "
+            f"from 0 to {config.steps}); {_AFRESH}"
+        )
     return state
 
 
-def _resume(trainer: Trainer, rd: RunDir, state: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """Restore the checkpoint ``state`` (if any) and cut the metrics back to it; return the
-    kept records."""
-    if state is None:
-        rd.metrics_path.unlink(missing_ok=True)
-        return []
-    try:
-        trainer.load_state_dict(state["trainer"])
-    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
-        raise CheckpointError(
-            f"{rd.checkpoint_path}: does not fit this run ({type(err).__name__}: {err}); "
-            "rerun with --no-resume to start this run afresh"
-        ) from None
-    return rd.truncate_metrics(int(state["round"]))
+def _shape_problem(saved: Any, fresh: Any, where: str = "") -> str | None:
+    """The first tensor of the checkpoint's trainer state ``saved`` whose shape differs from the
+    tensor at the same place in a new trainer's state ``fresh`` (None: none differs). Only the
+    places both states have are compared (queues of messages grow and shrink)."""
+    if isinstance(saved, torch.Tensor) and isinstance(fresh, torch.Tensor):
+        if saved.shape != fresh.shape:
+            return f"{where or 'state'} has shape {list(saved.shape)}, not {list(fresh.shape)}"
+        return None
+    pairs: list[tuple[str, Any, Any]] = []
+    if isinstance(saved, dict) and isinstance(fresh, dict):
+        pairs = [(f"{where}/{k}", saved[k], fresh[k]) for k in saved if k in fresh]
+    elif isinstance(saved, (list, tuple)) and isinstance(fresh, (list, tuple)):
+        common = zip(saved, fresh, strict=False)  # the places both lists have
+        pairs = [(f"{where}/{i}", a, b) for i, (a, b) in enumerate(common)]
+    for place, a, b in pairs:
+        problem = _shape_problem(a, b, place)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _restore(trainer: Trainer, rd: RunDir, state: dict[str, Any]) -> None:
+    """Load the checkpoint ``state`` into the new ``trainer``, checked to fit it: the shapes of
+    its tensors, and the round the restored trainer is at (that of the checkpoint)."""
+    problem = _shape_problem(state["trainer"], trainer.state_dict())
+    if problem is None:
+        try:
+            trainer.load_state_dict(state["trainer"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as err:
+            problem = f"{type(err).__name__}: {err}"
+    if problem is None and trainer.round != state["round"]:
+        problem = f"its round is {state['round']} but its state is at round {trainer.round}"
+    if problem is not None:
+        raise CheckpointError(f"{rd.checkpoint_path}: does not fit this run ({problem}); {_AFRESH}")
+
+
+def _resume(trainer: Trainer, rd: RunDir, state: dict[str, Any]) -> list[dict[str, Any]]:
+    """Restore the checkpoint ``state`` and cut the metrics back to it, after checking that they
+    agree (:meth:`RunDir.cut_metrics_to`; a refusal writes nothing); return the kept records."""
+    _restore(trainer, rd, state)
+    return rd.cut_metrics_to(state["round"])
 
 
 def run(
@@ -164,9 +202,7 @@ def run(
     with rd.lock():
         if resume and rd.finished:
             summary = rd.summary() or {}
-            theta = (
-                torch.load(rd.model_path, weights_only=True) if rd.model_path.exists() else None
-            )
+            theta = rd.load_model()  # weights_only; a damaged file is one line naming it
             return RunResult(config, rd.metrics(), summary, theta, rd.path, status="loaded")
         state = _checkpoint(rd, config) if resume else None
         return _threads(config, lambda: _train(config, rd, model, dataset, state, callback))
@@ -197,12 +233,13 @@ def _train(
     writer: MetricsWriter | None = None
     status, resumed_from = "started", None
     if rd is not None:
+        if state is not None:  # checked to agree before anything is written
+            records = _resume(trainer, rd, state)
+            status, resumed_from = "resumed", int(state["round"])
         rd.write_config(config)
         rd.summary_path.unlink(missing_ok=True)  # an unfinished run of this config
-        records = _resume(trainer, rd, state)
-        if state is not None:
-            status, resumed_from = "resumed", int(state["round"])
-        else:
+        if state is None:
+            rd.metrics_path.unlink(missing_ok=True)
             rd.checkpoint_path.unlink(missing_ok=True)
         writer = MetricsWriter(rd.metrics_path)
     try:
@@ -241,7 +278,7 @@ def _train(
             writer.close()
     summary = {**summarise(config, records), **trainer.summary()}
     if rd is not None:
-        torch.save(trainer.theta, rd.model_path)
+        rd.save_model(trainer.theta)
         rd.write_summary(summary)
         rd.checkpoint_path.unlink(missing_ok=True)
     return RunResult(

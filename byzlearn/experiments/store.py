@@ -11,23 +11,35 @@ Layout of a run directory::
     lock             present while a process runs in the directory (its pid and host)
 
 A run is *finished* when ``summary.json`` exists. On resume, ``metrics.jsonl`` is cut back to the
-checkpoint's round, so the finished file equals an uninterrupted run's.
+checkpoint's round, so the finished file equals an uninterrupted run's; its records must then be
+those of rounds ``0, 1, ..., k`` exactly (``k`` the checkpoint's round), else the resume is
+refused (:meth:`RunDir.cut_metrics_to`): a finished run never has gaps or repeated rounds.
 
 Safety. A directory holding any result of another config (its ``config.yaml``, metrics,
 checkpoint, summary or model) is never written to: :meth:`RunDir.claim` refuses it before
 anything is written. A lock file keeps two processes out of one directory. Checkpoints hold only
 tensors, numbers and strings and are read with ``torch.load(..., weights_only=True)``: a run
-directory received from someone else cannot run code when resumed. Every such problem raises a
-:class:`RunDirError` whose message is one line naming the file and what to do.
+directory received from someone else cannot run code when resumed; so is ``model.pt``.
+
+Links. Nothing is ever written through a symbolic link: a run file (``config.yaml``,
+``metrics.jsonl``, ``checkpoint.pt``, ``summary.json``, ``model.pt``) that is a link makes
+:meth:`RunDir.claim` refuse the directory; files are written to a temporary name created afresh
+(``O_EXCL | O_NOFOLLOW``; a leftover ``*.tmp``, link or not, is removed, never followed) and
+moved over the final name with ``os.replace`` (which replaces a link itself, not its target);
+``metrics.jsonl`` is appended to with ``O_NOFOLLOW``.
+
+Every such problem raises a :class:`RunDirError` whose message is one line naming the file and
+what to do.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -51,6 +63,7 @@ __all__ = [
     "RunDirError",
     "RunLockedError",
     "read_metrics",
+    "write_atomically",
 ]
 
 
@@ -112,16 +125,37 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
             ) from None
         if not isinstance(record, dict):
             raise RunDirError(f"{path}: line {number} is not a metrics record")
+        if not _is_round(record.get("round")):
+            raise RunDirError(
+                f"{path}: line {number} has round {record.get('round')!r}, not a whole number "
+                ">= 0 (the file is damaged)"
+            )
         records.append(record)
     return records
 
 
+def _is_round(value: Any) -> bool:
+    """Whether ``value`` is a round number: an ``int`` (not a bool) ``>= 0``."""
+    return type(value) is int and value >= 0
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # open() flag: fail on a symbolic link
+
+
 class MetricsWriter:
-    """Append-only JSON-lines file, flushed after every record."""
+    """Append-only JSON-lines file, flushed after every record (opened with ``O_NOFOLLOW``: a
+    symbolic link there raises :class:`RunDirError`, nothing is written through it)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._fh: IO[str] = open(self.path, "a")  # noqa: SIM115 - closed in close()
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW
+        try:
+            fd = os.open(self.path, flags, 0o644)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise RunDirError(_link_message(self.path)) from None
+            raise
+        self._fh: IO[str] = os.fdopen(fd, "a")
 
     def write(self, record: dict[str, Any]) -> None:
         """Append ``record`` and flush it to the OS."""
@@ -142,10 +176,45 @@ class MetricsWriter:
         self.close()
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def _link_message(path: Path) -> str:
+    return (
+        f"{path}: is a symbolic link; byzlearn never writes through links (it would change a "
+        "file outside the run directory): remove the link or put the file itself there"
+    )
+
+
+def _create_new(path: Path) -> int:
+    """A file descriptor of a new file at ``path``, created here (``O_EXCL | O_NOFOLLOW``: never
+    through a link); whatever held the name before (a temp file left by a killed run, a link
+    put there) is removed first, never followed."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW
+    try:
+        return os.open(path, flags, 0o644)
+    except FileExistsError:
+        path.unlink()  # removes a link itself, not its target
+        return os.open(path, flags, 0o644)
+
+
+def write_atomically(path: str | Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Write ``path`` through ``write(file)``: into ``path.tmp`` (created afresh, see
+    :func:`_create_new`), synced, then moved over ``path`` with ``os.replace``, which replaces
+    the name (a link there included), never the file a link points to. A kill mid-write leaves
+    the previous ``path``."""
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(_create_new(tmp), "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    write_atomically(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 class RunDir:
@@ -189,11 +258,20 @@ class RunDir:
         except (ValueError, OSError):
             return "?"
 
+    def refuse_links(self) -> None:
+        """Raise :class:`RunDirError` if a run file of this directory is a symbolic link (a
+        directory received from someone else could point one at a file outside it)."""
+        for name in self._RESULTS:
+            if (self.path / name).is_symlink():
+                raise RunDirError(_link_message(self.path / name))
+
     def claim(self, config: Config) -> None:
         """Check, before anything is written, that this directory may hold a run of
-        ``config``: it is not a file, and holds no result of another config."""
+        ``config``: it is not a file, holds no symbolic link as a run file
+        (:meth:`refuse_links`) and no result of another config."""
         if self.path.exists() and not self.path.is_dir():
             raise RunDirError(f"{self.path}: is a file, not a run directory")
+        self.refuse_links()
         owner = self.owner_hash()
         mine = config_hash(config)
         if owner is not None and owner != mine:
@@ -234,6 +312,8 @@ class RunDir:
             self.lock_path.unlink(missing_ok=True)
 
     def _live_owner(self) -> bool:
+        if self.lock_path.is_symlink():
+            return False  # never ours (created with O_EXCL): removed, not read through
         try:
             pid_text, _, host = self.lock_path.read_text().strip().partition(" ")
             pid = int(pid_text)
@@ -272,17 +352,49 @@ class RunDir:
 
     def truncate_metrics(self, last_round: int) -> list[dict[str, Any]]:
         """Keep only the records of rounds ``<= last_round``; return them."""
-        kept = [r for r in self.metrics() if int(r.get("round", 0)) <= last_round]
+        kept = [r for r in self.metrics() if r["round"] <= last_round]
         text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept)
         _atomic_write_text(self.metrics_path, text)
         return kept
 
+    def cut_metrics_to(self, last_round: int) -> list[dict[str, Any]]:
+        """On resume from the checkpoint of ``last_round``: keep the records of rounds
+        ``<= last_round`` (see :meth:`truncate_metrics`) after checking that they are those of
+        rounds ``0, 1, ..., last_round`` exactly, in order; a gap, a repeated round or a missing
+        end (a cut or damaged file) raises :class:`RunDirError`, before anything is written."""
+        rounds = [r["round"] for r in self.metrics() if r["round"] <= last_round]
+        problem = _rounds_problem(rounds, last_round)
+        if problem is not None:
+            raise RunDirError(
+                f"{self.path}: {self.metrics_path.name} and {self.checkpoint_path.name} disagree: "
+                f"{problem}; rerun with --no-resume to start this run afresh"
+            )
+        return self.truncate_metrics(last_round)
+
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         """Write ``state`` atomically (a kill mid-write leaves the previous checkpoint)."""
-        tmp = self.checkpoint_path.with_name("checkpoint.pt.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.checkpoint_path)
+        write_atomically(self.checkpoint_path, lambda fh: torch.save(state, fh))
+
+    def save_model(self, theta: torch.Tensor) -> None:
+        """Write the final model ``theta`` atomically."""
+        write_atomically(self.model_path, lambda fh: torch.save(theta, fh))
+
+    def load_model(self) -> torch.Tensor | None:
+        """The final model (a flat parameter vector), or None without one. Read with
+        ``weights_only=True``; an unreadable one raises :class:`RunDirError`."""
+        path = self.model_path
+        if not path.exists():
+            return None
+        hint = "rerun with --no-resume to train this run afresh"
+        try:
+            theta = torch.load(path, weights_only=True, map_location="cpu")
+        except Exception as err:  # any failure to read is one clear error
+            problem = _load_problem(err, "model file")
+            raise RunDirError(f"{path}: {problem}; {hint}") from None
+        if not isinstance(theta, torch.Tensor) or theta.dim() != 1:
+            raise RunDirError(f"{path}: not a model file (a flat parameter vector); {hint}")
+        return theta
 
     def load_checkpoint(self) -> dict[str, Any] | None:
         """The latest checkpoint, or None. Read with ``weights_only=True`` (tensors, numbers,
@@ -294,7 +406,8 @@ class RunDir:
         try:
             state = torch.load(path, weights_only=True, map_location="cpu")
         except Exception as err:  # any failure to read is one clear error
-            raise CheckpointError(f"{path}: {_checkpoint_problem(err)}; {hint}") from None
+            problem = _load_problem(err, "checkpoint")
+            raise CheckpointError(f"{path}: {problem}; {hint}") from None
         if not isinstance(state, dict) or not {"round", "hash", "trainer"} <= set(state):
             raise CheckpointError(f"{path}: not a byzlearn checkpoint; {hint}")
         return state
@@ -326,21 +439,37 @@ def _zombie(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
-def _checkpoint_problem(err: Exception) -> str:
-    """What a failed ``torch.load(..., weights_only=True)`` says about the file, in words."""
+def _rounds_problem(rounds: list[int], last_round: int) -> str | None:
+    """What is wrong with the metrics' ``rounds`` (those ``<= last_round``, in file order) of a
+    run resumed from the checkpoint of ``last_round``; None when they are ``0..last_round``."""
+    for expected, got in enumerate(rounds):
+        if got != expected:
+            return (
+                f"the metrics hold round {got} where round {expected} belongs (a record is "
+                "missing or repeated)"
+            )
+    if len(rounds) <= last_round:
+        end = f"end at round {len(rounds) - 1}" if rounds else "hold no record"
+        return f"the metrics {end} but the checkpoint is of round {last_round} (records are lost)"
+    return None
+
+
+def _load_problem(err: Exception, what: str) -> str:
+    """What a failed ``torch.load(..., weights_only=True)`` of a ``what`` (``"checkpoint"``,
+    ``"model file"``) says about the file, in words."""
     import pickle
 
     text = str(err).lower()
     if isinstance(err, EOFError) or "truncated" in text:
-        return "empty or truncated, not a readable checkpoint"
+        return f"empty or truncated, not a readable {what}"
     if isinstance(err, pickle.UnpicklingError) and "weights_only" in text:
         return (
             "holds objects other than tensors, numbers and strings (refused: loading them "
             "could run code from the file)"
         )
-    if "zip" in text or "magic number" in text:
-        return "not a checkpoint file (corrupt, or written by something else)"
-    return f"cannot be read as a checkpoint ({type(err).__name__})"
+    if "zip" in text or "magic number" in text or isinstance(err, (KeyError, pickle.PickleError)):
+        return f"not a {what} (corrupt, or written by something else)"
+    return f"cannot be read as a {what} ({type(err).__name__})"
 
 
 def iter_runs(root: str | Path) -> Iterator[RunDir]:
