@@ -103,7 +103,7 @@ def _minimise(G, a, alpha, smoothing, stop, max_iter, plain):
     """The weights of the minimiser on numpy arrays: Weiszfeld's iterations (compiled where
     numba is there); for the plain objective (``plain``, the default ``nu``) those left
     unconverged after :data:`NEWTON_AFTER` continue as Newton steps (:func:`_newton`), then as
-    Weiszfeld's again where Newton's stall (at an input, where the objective has a kink).
+    Weiszfeld's again where Newton's steps stall (at an input, where the objective has a kink).
     Every step counts against ``max_iter``."""
     loop = _weiszfeld if njit is not None else _weiszfeld_torch
     first = min(max_iter, NEWTON_AFTER) if plain else max_iter
