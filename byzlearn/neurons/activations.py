@@ -39,8 +39,8 @@ class ScaledSigmoid(nn.Module):
 
     def __init__(self, K: float = 1.0) -> None:
         super().__init__()
-        if not K > 0:
-            raise ValueError(f"ScaledSigmoid needs K > 0, got {K}")
+        if not (math.isfinite(K) and K > 0):
+            raise ValueError(f"ScaledSigmoid needs a finite K > 0, got {K}")
         self.K = float(K)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -41,6 +41,7 @@ from typing import Literal
 
 import torch
 
+from byzlearn.neurons._checks import check_int, check_real
 from byzlearn.neurons.network import Network
 
 __all__ = [
@@ -115,12 +116,8 @@ def _counts(values: Sequence[int] | None, n: int, caps: list[int], what: str) ->
     vals = list(values)
     if len(vals) != n:
         raise ValueError(f"{what} needs {n} entries, got {len(vals)}")
-    out = []
-    for i, (v, cap) in enumerate(zip(vals, caps, strict=True)):
-        if isinstance(v, bool) or int(v) != v or not 0 <= v <= cap:
-            raise ValueError(f"{what}[{i}] must be an integer in [0, {cap}], got {v!r}")
-        out.append(int(v))
-    return out
+    pairs = enumerate(zip(vals, caps, strict=True))
+    return [check_int(v, f"{what}[{i}]", 0, cap) for i, (v, cap) in pairs]
 
 
 def _top_sum_columns(absw: torch.Tensor, keep: int) -> float:
@@ -201,6 +198,11 @@ def paper_fep(N: Sequence[int], f: Sequence[int], K: float, w_m: float, e_max: f
     """
     if len(N) != len(f):
         raise ValueError("N and f must have the same length")
+    N = [check_int(n, f"N[{i}]", 1) for i, n in enumerate(N)]
+    f = [check_int(v, f"f[{i}]", 0, n) for i, (v, n) in enumerate(zip(f, N, strict=True))]
+    K = check_real(K, "K", 0.0)
+    w_m = check_real(w_m, "w_m", 0.0)
+    e_max = check_real(e_max, "e_max", 0.0)
     total = 0.0
     for l in range(len(N)):
         term = f[l] * e_max * w_m
@@ -208,6 +210,13 @@ def paper_fep(N: Sequence[int], f: Sequence[int], K: float, w_m: float, e_max: f
             term *= K * w_m * (N[lp] - f[lp])
         total += term
     return total
+
+
+def _check_epsilons(epsilon: float, epsilon_prime: float) -> None:
+    """ε > 0 and 0 ≤ ε' < ε (one line naming the bad argument)."""
+    epsilon = check_real(epsilon, "epsilon", 0.0, lo_open=True)
+    if not check_real(epsilon_prime, "epsilon_prime", 0.0) < epsilon:
+        raise ValueError(f"epsilon_prime must be in [0, epsilon), got {epsilon_prime!r}")
 
 
 def tolerates(
@@ -224,10 +233,7 @@ def tolerates(
 
     ε' is the approximation error of the fault-free network (*When Neurons Fail*, IPDPS 2017).
     """
-    if not epsilon > 0:
-        raise ValueError(f"epsilon must be > 0, got {epsilon}")
-    if not 0 <= epsilon_prime < epsilon:
-        raise ValueError(f"epsilon_prime must be in [0, epsilon), got {epsilon_prime}")
+    _check_epsilons(epsilon, epsilon_prime)
     b = fep_bound(net, neurons, synapses, mode, byzantine_bound, method)
     return b <= epsilon - epsilon_prime
 
@@ -256,8 +262,7 @@ def max_failures(
     exact. Reference: *When Neurons Fail* (IPDPS 2017).
     """
     caps = _layer_caps(net, kind)
-    if not epsilon > 0:
-        raise ValueError(f"epsilon must be > 0, got {epsilon}")
+    _check_epsilons(epsilon, epsilon_prime)
     budget = epsilon - epsilon_prime
     out = []
     for l, cap in enumerate(caps):

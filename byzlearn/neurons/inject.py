@@ -30,6 +30,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from byzlearn.neurons._checks import check_choice, check_index, check_rows
 from byzlearn.neurons.fep import FaultMode, _counts, byzantine_interval
 from byzlearn.neurons.network import Network
 
@@ -122,6 +123,7 @@ class WorstCase:
 def _check_x(net: Network, x: torch.Tensor) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    check_rows(x, "x")
     x = x.reshape(x.shape[0], -1) if x.dim() != 2 else x
     if x.shape[1] != net.in_features:
         raise ValueError(f"x has {x.shape[1]} features, the network expects {net.in_features}")
@@ -172,6 +174,13 @@ def _value_set(lo: float, hi: float, mode: str, byzantine_bound: float | None) -
     return [blo] if blo == bhi else [blo, bhi]
 
 
+def _unit_layer(net: Network, kind: str, layer: object) -> int:
+    """Layer of a :data:`Unit`: a hidden layer for neurons, a Linear index for synapses."""
+    if kind == "neuron":
+        return check_index(layer, "neuron layer", net.num_hidden)
+    return check_index(layer, "synapse layer (Linear index)", len(net.layers))
+
+
 def evaluate_configs(
     net: Network,
     x: torch.Tensor,
@@ -185,6 +194,7 @@ def evaluate_configs(
     Each configuration is a list of :data:`Unit`. The per-input error ‖ỹ − y‖∞ is reduced over
     the batch by ``max`` (worst input) or ``mean``.
     """
+    check_choice(reduce, "reduce", ("max", "mean"))
     x = _check_x(net, x)
     with torch.no_grad():
         if y_ref is None:
@@ -207,8 +217,10 @@ def evaluate_configs(
             for (kind, layer), (rows, cols, vals) in entries.items():
                 if kind not in ("neuron", "synapse"):
                     raise ValueError(f"unknown unit kind {kind!r}")
-                lay = net.layers[layer]
+                lay = net.layers[_unit_layer(net, kind, layer)]
                 size = lay.n_out if kind == "neuron" else lay.n_out * lay.n_in
+                for i in cols:
+                    check_index(i, f"{kind} index in {kind} layer {layer}", size)
                 mask = torch.zeros(M, size, dtype=torch.bool)
                 sent = torch.zeros(M, size, dtype=x.dtype)
                 r, c = torch.tensor(rows), torch.tensor(cols)
@@ -365,6 +377,7 @@ def random_faults(
     """
     if reps < 1:
         raise ValueError(f"reps must be >= 1, got {reps}")
+    check_choice(reduce, "reduce", ("mean", "max"))
     x = _check_x(net, x)
     groups = _groups(net, neurons, synapses, mode, byzantine_bound)
     g = torch.Generator().manual_seed(seed)
@@ -428,7 +441,9 @@ def module_faults(
         for layer, idx in neurons.items():
             lay = net.layers[net.check_hidden(layer)]
             mod = _module_by_name(model, lay.out_name)
-            index = torch.as_tensor(list(idx), dtype=torch.long)
+            name = f"neuron index of hidden layer {layer}"
+            checked = [check_index(i, name, lay.n_out) for i in idx]
+            index = torch.as_tensor(checked, dtype=torch.long)
             val = values.get(layer, 0.0)
 
             def hook(
@@ -470,5 +485,7 @@ def with_crashed_synapses(
                     "shared, use Network.forward(..., synapse_masks=...) instead"
                 )
             for i, j in pairs:
+                i = check_index(i, f"synapse row i of Linear {k}", lin.out_features)
+                j = check_index(j, f"synapse column j of Linear {k}", lin.in_features)
                 lin.weight[i, j] = 0.0
     return clone

@@ -211,13 +211,32 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         raise ModelFileError(f"{path} holds an empty state dict")
     out: dict[str, torch.Tensor] = {}
     for key, value in obj.items():
-        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+        if not isinstance(key, str):
+            raise ModelFileError(
+                f"{path} is not a state dict: key {_one_line(repr(key), 60)} is not a string "
+                f"(it is of type {type(key).__name__})"
+            )
+        if not isinstance(value, torch.Tensor):
             raise ModelFileError(
                 f"{path} is not a state dict: entry {key!r} holds a {type(value).__name__}, "
                 "not a tensor"
             )
+        _check_dense(path, key, value)
         out[key] = value
     return out
+
+
+def _check_dense(path: Path, key: str, value: torch.Tensor) -> None:
+    """Refuse tensors that are not plain dense CPU-readable tensors (sparse, meta, nested)."""
+    if getattr(value, "is_nested", False):
+        kind = "a nested tensor"
+    elif value.layout != torch.strided:
+        kind = f"a {str(value.layout).removeprefix('torch.')} tensor"
+    elif value.is_meta:
+        kind = "a meta tensor (no data)"
+    else:
+        return
+    raise ModelFileError(f"{path}: {key} holds {kind}, expected a dense tensor of weights")
 
 
 def _shape(t: torch.Tensor) -> str:

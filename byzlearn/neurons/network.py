@@ -25,6 +25,7 @@ from typing import Literal, overload
 import torch
 from torch import nn
 
+from byzlearn.neurons._checks import check_real
 from byzlearn.neurons.activations import IDENTITY, ActivationInfo, CrashDropout, activation_info
 
 __all__ = ["HiddenLayerError", "Layer", "Network", "extract_network", "iter_modules"]
@@ -278,27 +279,55 @@ class Network:
         return rows
 
 
-def _per_layer(value: float | Sequence[float] | None, n: int, what: str) -> Sequence[float | None]:
+def _per_layer(value: object, n: int, what: str) -> Sequence[float | None]:
+    """One positive value per hidden layer from a number, a sequence or ``None``."""
     if value is None:
         return [None] * n
-    if isinstance(value, (int, float)):
-        if not value > 0:
-            raise ValueError(f"{what} must be > 0, got {value}")
-        return [float(value)] * n
-    vals = [float(v) for v in value]
-    if len(vals) != n:
-        raise ValueError(f"{what} needs {n} values (one per hidden layer), got {len(vals)}")
-    if any(not v > 0 for v in vals):
-        raise ValueError(f"{what} values must be > 0, got {vals}")
-    return vals
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{what} must be a number or a sequence of numbers, got {value!r}")
+    if isinstance(value, Sequence):
+        vals = [check_real(v, what, 0.0, lo_open=True) for v in value]
+        if len(vals) != n:
+            raise ValueError(f"{what} needs {n} values (one per hidden layer), got {len(vals)}")
+        return vals
+    return [check_real(value, what, 0.0, lo_open=True)] * n
+
+
+def _check_finite_weights(layers: Sequence[Layer]) -> None:
+    """Refuse NaN/Inf weights or biases: the bounds would silently be NaN."""
+    for lay in layers:
+        for part, t in (("weight", lay.weight), ("bias", lay.bias)):
+            if t is not None and not bool(torch.isfinite(t.detach()).all()):
+                raise ValueError(f"layer {lay.name!r} has non-finite {part} values (NaN or Inf)")
+
+
+def _check_data(data: object, in_features: int) -> torch.Tensor:
+    """``data`` as a (B, in_features) tensor with B >= 1 finite rows."""
+    if not isinstance(data, torch.Tensor):
+        raise TypeError(f"data must be a torch.Tensor, got {type(data).__name__}")
+    if data.dim() < 2 or data.shape[0] == 0:
+        raise ValueError(
+            f"data must be a non-empty batch of shape (B, ...) with B >= 1, got shape "
+            f"{tuple(data.shape)}"
+        )
+    x = data.reshape(data.shape[0], -1)
+    if x.shape[1] != in_features:
+        raise ValueError(
+            f"data has {x.shape[1]} features per row, the network expects {in_features}"
+        )
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("data holds non-finite values (NaN or Inf)")
+    return x
 
 
 def _next_shape(mod: nn.Module, shape: tuple[int, ...], name: str) -> tuple[int, ...]:
     """Shape after ``mod`` (no batch axis); elementwise modules keep it."""
     if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Flatten)):
         try:
+            param = next(mod.parameters(), None)
+            dtype = param.dtype if param is not None else torch.get_default_dtype()
             with torch.no_grad():
-                out = mod(torch.zeros(1, *shape))
+                out = mod(torch.zeros(1, *shape, dtype=dtype))
         except RuntimeError as e:
             raise ValueError(f"module {name!r} cannot take inputs of shape {shape}: {e}") from e
         return tuple(out.shape[1:])
@@ -356,8 +385,11 @@ def extract_network(
     Raises:
         NotImplementedError: for a convolution without ``input_shape`` (the layer is named).
         ValueError: for any other unsupported module (named), an activation before the first
-            Linear, two activations in a row, or a model without Linear layers.
-        TypeError: for containers other than ``nn.Sequential``.
+            Linear, two activations in a row, a model without Linear layers, NaN/Inf weights
+            (the layer is named), a non-positive ``C``, or ``data`` that is empty, of the wrong
+            width or not finite.
+        TypeError: for containers other than ``nn.Sequential``, a ``C`` that is not a number
+            (or sequence of numbers) or ``data`` that is not a tensor.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -422,12 +454,13 @@ def extract_network(
             raise ValueError(
                 f"{lay.act.name} after {lay.name!r} is only supported as the output activation"
             )
+    _check_finite_weights(layers)
     net = Network(layers)
     Cs = _per_layer(C, net.num_hidden, "C")
     observed: list[tuple[float, float]] | None = None
     if data is not None:
         with torch.no_grad():
-            x = data.reshape(data.shape[0], -1).to(layers[0].weight.dtype)
+            x = _check_data(data, net.in_features).to(layers[0].weight.dtype)
             hs = net.hidden(x)
         observed = [(float(h.min()), float(h.max())) for h in hs]
         net.in_lo, net.in_hi = float(x.min()), float(x.max())

@@ -41,6 +41,7 @@ from typing import Literal
 import torch
 from scipy import stats
 
+from byzlearn.neurons._checks import check_int, check_real
 from byzlearn.neurons.inject import _check_x
 from byzlearn.neurons.network import Network
 
@@ -77,9 +78,8 @@ class Moments:
 
 
 def _check_p(p: float) -> float:
-    if not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
-        raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
-    return float(p)
+    """A probability: a real number in [0, 1] (numpy scalars and 0-d tensors too, not bools)."""
+    return check_real(p, "p (a probability)", 0.0, 1.0)
 
 
 def layer_jacobian(net: Network, x: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,6 +137,7 @@ def _mc_chunks(
     net: Network, x: torch.Tensor, p: float, layer: int, reps: int, seed: int
 ) -> torch.Tensor:
     """(reps, B, out) output errors under independent Bernoulli(p) crashes of ``layer``."""
+    reps = check_int(reps, "reps", 1)
     N = net.layers[layer].n_out
     g = torch.Generator().manual_seed(seed)
     chunk = max(1, min(reps, 2_000_000 // max(1, x.shape[0] * max(N, net.out_features))))
@@ -161,8 +162,7 @@ def monte_carlo(
     (arXiv 1902.01686, ``IndependentCrashes`` / ``compute_error``).
     """
     p = _check_p(p)
-    if reps < 2:
-        raise ValueError(f"reps must be >= 2, got {reps}")
+    reps = check_int(reps, "reps", 2)
     layer = net.check_hidden(layer)
     x = _check_x(net, x)
     d = _mc_chunks(net, x, p, layer, reps, seed)
@@ -245,6 +245,7 @@ def median_repeats_needed(q: float, delta: float, max_r: int = 100_001) -> int |
     """
     if not 0 < delta < 1:
         raise ValueError(f"delta must be in (0, 1), got {delta}")
+    q = check_real(q, "q", 0.0, 1.0)
     if q <= delta:
         return 1
     if q >= 0.5:
@@ -397,6 +398,7 @@ def failure_frequency(
     p = _check_p(p)
     if not epsilon > 0:
         raise ValueError(f"epsilon must be > 0, got {epsilon}")
+    reps = check_int(reps, "reps", 1)
     layer = net.check_hidden(layer)
     x = _check_x(net, x)
     d = _mc_chunks(net, x, p, layer, reps, seed)
@@ -410,8 +412,7 @@ def median_of_repeats(
 
     The boosting step of Algorithm 1 (arXiv 1902.01686).
     """
-    if R < 1:
-        raise ValueError(f"R must be >= 1, got {R}")
+    R = check_int(R, "R", 1)
     p = _check_p(p)
     layer = net.check_hidden(layer)
     x = _check_x(net, x)
@@ -431,6 +432,7 @@ def algorithm1_conditions(
     Var/(ε − E)² < 1/3 (b3 moments, worst input and output). Reported, not enforced.
     """
     p = _check_p(p)
+    epsilon = check_real(epsilon, "epsilon", 0.0, lo_open=True)
     layer = net.check_hidden(layer)
     lay = net.layers[layer]
     norms = lay.weight.detach().abs().sum(1)
@@ -472,7 +474,9 @@ def compare_estimates(
     Keys: ``{b3,b4,mc}_{mean,std}`` (averaged over inputs and outputs of |E Δ_k| and sqrt(Var)),
     ``mc_abs`` (measured E‖Δ‖∞), ``rigorous_abs`` (bound on E‖Δ‖∞), ``rigorous_rms`` (bound on
     sqrt(E‖Δ‖∞²)), ``mc_rms`` (measured sqrt(E‖Δ‖∞²)), all averaged over the batch.
+    ``reps`` must be >= 2 (the Monte-Carlo standard deviation needs two samples).
     """
+    reps = check_int(reps, "reps", 2)
     x = _check_x(net, x)
     with torch.no_grad():
         m3 = b3(net, x, p, layer)

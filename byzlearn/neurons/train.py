@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from byzlearn.neurons._checks import check_int, check_real
 from byzlearn.neurons.activations import CrashDropout, ScaledSigmoid
 from byzlearn.neurons.network import extract_network
 from byzlearn.neurons.probabilistic import _mc_chunks, b3
@@ -137,8 +138,8 @@ def make_mlp(
     """
     if len(sizes) < 3:
         raise ValueError(f"sizes needs at least [in, hidden, out], got {list(sizes)}")
-    if any(int(s) < 1 for s in sizes):
-        raise ValueError(f"sizes must be positive, got {list(sizes)}")
+    sizes = [check_int(v, f"sizes[{i}]", 1) for i, v in enumerate(sizes)]
+    p_train = check_real(p_train, "p_train", 0.0, 1.0, hi_open=True)
     crashed = _crash_layers(crash_layer, len(sizes) - 2)
     mods: list[nn.Module] = []
     for i, (a, b) in enumerate(itertools.pairwise(sizes[:-1])):
@@ -169,6 +170,22 @@ def strip_crash_dropout(model: nn.Sequential) -> nn.Sequential:
     out = nn.Sequential(*kept)
     out.train(model.training)
     return out
+
+
+def _check_labels(X: torch.Tensor, y: torch.Tensor) -> None:
+    """X is a non-empty (n, features) tensor and y holds n integer class labels >= 0."""
+    if not isinstance(X, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise TypeError("X and y must be torch.Tensors")
+    if X.dim() != 2 or X.shape[0] == 0:
+        raise ValueError(f"X must have shape (n, features) with n >= 1, got {tuple(X.shape)}")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")
+    if y.dim() != 1 or y.shape[0] != X.shape[0]:
+        raise ValueError(
+            f"y must have one label per row of X ({X.shape[0]}), got shape {tuple(y.shape)}"
+        )
+    if int(y.min()) < 0:
+        raise ValueError(f"y must hold class labels >= 0, got {int(y.min())}")
 
 
 def train_mlp(
@@ -202,10 +219,11 @@ def train_mlp(
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError("epochs and batch_size must be >= 1")
-    if var_reg < 0:
-        raise ValueError(f"var_reg must be >= 0, got {var_reg}")
+    var_reg = check_real(var_reg, "var_reg", 0.0)
+    p_train = check_real(p_train, "p_train", 0.0, 1.0, hi_open=True)
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; choose from {list(LOSSES)}")
+    _check_labels(X, y)
     torch.manual_seed(seed)
     classes = int(y.max()) + 1
     model = make_mlp(
