@@ -34,6 +34,14 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(code=2)
 
 
+def _directory(value: str, option: str = "--out") -> Path:
+    """The directory given to ``option``; an empty value is refused (as a Path it would be
+    ``.``, the current directory, which the user did not name)."""
+    if not value.strip():
+        _fail(f"{option}: empty; give a directory (--out . for the current one)")
+    return Path(value)
+
+
 @contextmanager
 def _user_errors(dataset: str | None = None) -> Iterator[None]:
     """Turn the errors a user can cause (a bad config or file, a run directory in use or
@@ -94,9 +102,9 @@ def _status(record: dict[str, Any]) -> str:
 
 
 def demo(
-    out: Annotated[Path, typer.Option(help="Run directory for the table, figure and runs.")] = Path(
-        "runs/demo"
-    ),
+    out: Annotated[
+        str, typer.Option(metavar="PATH", help="Run directory for the table, figure and runs.")
+    ] = "runs/demo",
     steps: Annotated[int, typer.Option(min=1, help="Training rounds per rule.")] = 200,
     rules: Annotated[
         str, typer.Option(help="Comma-separated rules (compositions with '+').")
@@ -106,6 +114,7 @@ def demo(
     """Digits, n=25, f=5, omniscient attack: average collapses, robust rules keep learning."""
     from byzlearn.experiments.demo import run_demo
 
+    directory = _directory(out)
     names = [r.strip() for r in rules.split(",") if r.strip()]
     if not names:
         _fail("--rules: give at least one rule")
@@ -119,7 +128,7 @@ def demo(
             progress.update(task, advance=1, status=_status(record))
 
         result = run_demo(
-            out, rules=names, steps=steps, seed=seed, on_start=on_start, callback=callback
+            directory, rules=names, steps=steps, seed=seed, on_start=on_start, callback=callback
         )
         progress.update(task, completed=len(names) * steps)
     console.print()
@@ -137,8 +146,11 @@ def run_command(
         list[str] | None, typer.Argument(help="key=value overrides, e.g. rule.name=krum f=3")
     ] = None,
     out: Annotated[
-        Path | None,
-        typer.Option(help="Run directory (default: runs/<name>-<config hash>, one per config)."),
+        str | None,
+        typer.Option(
+            metavar="PATH",
+            help="Run directory (default: runs/<name>-<config hash>, one per config).",
+        ),
     ] = None,
     resume: Annotated[
         bool, typer.Option(help="Resume a killed run of this config from its checkpoint.")
@@ -153,10 +165,11 @@ def run_command(
     from byzlearn.experiments.runner import run
     from byzlearn.experiments.tables import markdown_table
 
+    chosen = None if out is None else _directory(out)
     with _user_errors():
         cfg = load_config(config, list(overrides or []))
     h = config_hash(cfg)[:16]
-    directory = out or Path("runs") / (f"{cfg.name}-{h[:8]}" if cfg.name else h)
+    directory = chosen or Path("runs") / (f"{cfg.name}-{h[:8]}" if cfg.name else h)
     # run() claims the directory before any work: a refusal prints alone (the bar is lazy)
     with _user_errors(cfg.dataset.name), _progress(cfg.steps, cfg.name or config.stem) as (
         progress,
@@ -207,7 +220,8 @@ def _fraction(summary: dict[str, Any], who: str) -> str:
 def sweep(
     spec: Annotated[Path, typer.Argument(help="Sweep file (base + grid).", show_default=False)],
     out: Annotated[
-        Path | None, typer.Option(help="Sweep directory (default: runs/<sweep file name>).")
+        str | None,
+        typer.Option(metavar="PATH", help="Sweep directory (default: runs/<sweep file name>)."),
     ] = None,
     dry_run: Annotated[bool, typer.Option(help="List the runs without training.")] = False,
     report: Annotated[bool, typer.Option(help="Build the report when done.")] = True,
@@ -226,16 +240,17 @@ def sweep(
 
     if address is not None and not ray:
         _fail("--address: only with --ray")
+    chosen = None if out is None else _directory(out)
     with _user_errors():
         base, grid = load_sweep(spec)
         plan = plan_sweep(base, grid)
-    out = out or Path("runs") / spec.stem
-    if out.exists() and not out.is_dir():
-        _fail(f"{out}: is a file, not a sweep directory")
-    done = [RunDir(plan.directory(out, c)).finished for c in plan.configs]
+    out_dir = chosen or Path("runs") / spec.stem
+    if out_dir.exists() and not out_dir.is_dir():
+        _fail(f"{out_dir}: is a file, not a sweep directory")
+    done = [RunDir(plan.directory(out_dir, c)).finished for c in plan.configs]
     console.print(
         f"{len(plan.configs)} runs ({sum(done)} already finished), {len(plan.invalid)} invalid "
-        f"combinations skipped; directory {out}",
+        f"combinations skipped; directory {out_dir}",
         highlight=False,
         markup=False,
     )
@@ -247,7 +262,7 @@ def sweep(
     if dry_run:
         for i, (point, config) in enumerate(zip(plan.points, plan.configs, strict=True)):
             state = "finished" if done[i] else "to run"
-            where = plan.directory(out, config)
+            where = plan.directory(out_dir, config)
             console.print(f"  {where}  [{state}]  {point}", highlight=False, markup=False)
         return
     total = sum(c.steps for c in plan.configs)
@@ -277,14 +292,14 @@ def sweep(
         try:
             with _user_errors():
                 run_sweep(
-                    plan, out, on_start=on_start, on_round=on_round, jobs=jobs, ray=ray,
+                    plan, out_dir, on_start=on_start, on_round=on_round, jobs=jobs, ray=ray,
                     address=address,
                 )
         except JobError as err:  # a worker died, Ray unreachable: one line, rerun resumes
             _fail(str(err))
         progress.update(task, completed=total)
     if report:
-        _report(out)
+        _report(out_dir)
 
 
 def _report(directory: Path, metric: str = "final_accuracy") -> None:

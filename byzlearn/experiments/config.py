@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import types
 from collections.abc import Sequence
@@ -89,7 +90,31 @@ class DatasetConfig(_Strict):
         from byzlearn.data import loader_options
 
         _check_option_names(self.name, self.options, loader_options(self.name))
+        _check_loader_types(self.name, self.options)
         return self
+
+
+def _check_loader_types(name: str, options: dict[str, Any]) -> None:
+    """Each dataset option has its loader's type (``int``, ``float``, ``str``, ``bool``) with
+    no coercion (``seed: 1.5`` or ``seed: true`` are errors, not 1), and a ``seed`` is a
+    32-bit seed as the config's own."""
+    import typing
+
+    from byzlearn.data.datasets import _LOADERS  # the loaders' signatures: their types
+
+    hints = typing.get_type_hints(_LOADERS[name])
+    for key, value in options.items():
+        kind = hints.get(key)
+        if kind is int and type(value) is not int:
+            raise ValueError(f"options.{key}: an integer, got {value!r}")
+        if kind is float and (type(value) not in (int, float) or not math.isfinite(value)):
+            raise ValueError(f"options.{key}: a finite number, got {value!r}")
+        if kind is str and type(value) is not str:
+            raise ValueError(f"options.{key}: a string, got {value!r}")
+        if kind is bool and type(value) is not bool:
+            raise ValueError(f"options.{key}: true or false, got {value!r}")
+        if key == "seed" and kind is int and not 0 <= value < 2**32:
+            raise ValueError(f"options.seed: 0 to 2^32 - 1, got {value}")
 
 
 class PartitionConfig(_Strict):
@@ -326,7 +351,25 @@ class RuleConfig(_Strict):
             )
         if last not in rules:
             raise ValueError(f"name: unknown rule {last!r} (known: {', '.join(rules)})")
+        for key in _RULE_NAMING_OPTIONS:
+            if key in self.options and agg.accepts(self.full_name, key):
+                _check_rule_named(key, self.options[key], rules, pre)
         return self
+
+
+# rule options whose value names another rule (Bulyan's ``selection``): checked against the
+# registry when the config is read
+_RULE_NAMING_OPTIONS = ("selection",)
+
+
+def _check_rule_named(key: str, value: Any, rules: Sequence[str], pre: Sequence[str]) -> None:
+    """Refuse a rule option that should name a registered rule (one, not a composition)."""
+    if isinstance(value, str) and value in rules:
+        return
+    what = "a pre-aggregator, not a rule" if value in pre else "not a rule"
+    if not isinstance(value, str):
+        what = f"not a rule name (a {type(value).__name__})"
+    raise ValueError(f"options.{key}: {value!r} is {what} (rules: {', '.join(rules)})")
 
 
 class OptimizerConfig(_Strict):
@@ -347,6 +390,14 @@ class OptimizerConfig(_Strict):
 
 
 ByzantineSpec = Literal["first", "last", "random"] | list[int]
+_BYZANTINE_CHOICES = ("first", "last", "random")
+
+# caps that keep a config from asking for more memory than any machine has (a MemoryError at
+# round 1): local SGD steps per round, server replicas of byzsgd / liubei, and the minibatch
+# indices one round draws (n x local_steps x batch_size, drawn for 32 rounds at once)
+MAX_LOCAL_STEPS = 10_000
+MAX_SERVERS = 1_000
+MAX_SAMPLES_PER_ROUND = 10_000_000
 
 
 class Config(_Strict):
@@ -367,7 +418,7 @@ class Config(_Strict):
     poisoning: PoisoningConfig = Field(default_factory=PoisoningConfig)
     rule: RuleConfig = Field(default_factory=RuleConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
-    local_steps: int = Field(1, ge=1)
+    local_steps: int = Field(1, ge=1, le=MAX_LOCAL_STEPS)
     batch_size: int = Field(32, ge=1, le=1_000_000)
     steps: int = Field(300, ge=1, description="protocol steps (rounds, or gradients for async)")
     eval_every: int = Field(10, ge=1)
@@ -387,6 +438,18 @@ class Config(_Strict):
                 f"at most 100, got {v!r}"
             )
         return v
+
+    @field_validator("byzantine", mode="before")
+    @classmethod
+    def _byzantine_spec(cls, v: Any) -> Any:
+        """One message for both forms (pydantic would report each member of the union)."""
+        if isinstance(v, str) and v in _BYZANTINE_CHOICES:
+            return v
+        if isinstance(v, list) and all(type(i) is int for i in v):
+            return v
+        raise ValueError(
+            f"expected {', '.join(_BYZANTINE_CHOICES)} or a list of worker ids, got {v!r}"
+        )
 
     @property
     def declared_f(self) -> int:
@@ -439,6 +502,8 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
+        _check_finite(self.protocol, "protocol")
+        _check_sizes(self)
         if self.f >= self.n:
             raise ValueError(f"f: must be < n (got f={self.f}, n={self.n})")
         count = self.byzantine_count
@@ -503,6 +568,31 @@ class Config(_Strict):
             raise ValueError(f"rule.options: {exc}") from None
         _try_options(self, n_rule, f_rule)
         return self
+
+
+def _check_finite(model: BaseModel, where: str) -> None:
+    """Refuse an infinite or NaN number in a section whose model allows them (the protocols'
+    options: ``protocol.deadline: .inf`` would pass their bounds and fail every run)."""
+    for key in type(model).model_fields:
+        value = getattr(model, key)
+        if isinstance(value, BaseModel):
+            _check_finite(value, f"{where}.{key}")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{where}.{key}: must be a finite number, got {value}")
+
+
+def _check_sizes(config: Config) -> None:
+    """The caps whose fields live in other modules (the protocols' options) or span fields."""
+    servers = getattr(config.protocol, "servers", None)
+    if isinstance(servers, int) and servers > MAX_SERVERS:
+        raise ValueError(f"protocol.servers: at most {MAX_SERVERS}, got {servers}")
+    samples = config.n * config.local_steps * config.batch_size
+    if samples > MAX_SAMPLES_PER_ROUND:
+        raise ValueError(
+            f"batch_size: n x local_steps x batch_size (the samples one round draws) must be at "
+            f"most {MAX_SAMPLES_PER_ROUND:,}, got {config.n} x {config.local_steps} x "
+            f"{config.batch_size} = {samples:,}"
+        )
 
 
 _PROBE_DIM = 4  # coordinates of the vectors the option values are tried on
@@ -641,16 +731,20 @@ def parse_config(data: Config | dict[str, Any] | None = None, **overrides: Any) 
         raise ConfigError(_format(err)) from None
 
 
-def _coerce(text: str) -> Any:
+def _coerce(key: str, text: str) -> Any:
+    """The YAML value of the override ``key=text`` (the text itself when it is not YAML)."""
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)
+    except RecursionError:
+        raise ConfigError(f"{key}: value nested too deeply") from None
     except yaml.YAMLError:
         return text
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides (values parsed as YAML: numbers, bools, lists)."""
-    out = json.loads(json.dumps(data))  # deep copy of plain data
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML: numbers, bools, lists) to a
+    plain-data copy of ``data`` (see :func:`plain_data`)."""
+    out = plain_data(data)
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -662,12 +756,74 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
             if not isinstance(child, dict):
                 raise ConfigError(f"{'.'.join(parts[: i + 1])}: is not a section")
             node = child
-        node[parts[-1]] = _coerce(value)
+        node[parts[-1]] = plain_data(_coerce(key.strip(), value), key.strip())
     return out
 
 
+# configs nest a few levels (rule.options.selection_options, network.compute_time); deeper
+# data is refused before it reaches the schema
+MAX_DEPTH = 64
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def plain_data(value: Any, where: str = "", depth: int = 0) -> Any:
+    """A fresh copy of ``value`` made of plain data only: strings, numbers, booleans, null,
+    lists and mappings with string or number keys (tuples become lists). Anything else (a
+    ``!!binary`` or ``!!timestamp`` value, a set, a recursive alias, more than
+    :data:`MAX_DEPTH` levels) raises :class:`ConfigError` naming the dotted place ``where``.
+    Aliases that share a value get one copy each, so an override of one changes only it."""
+    return _copy_plain(value, where, depth, frozenset())
+
+
+def _copy_plain(value: Any, where: str, depth: int, inside: frozenset[int]) -> Any:
+    place = where or "<config>"
+    if isinstance(value, _SCALARS):
+        return value
+    if not isinstance(value, (dict, list, tuple)):
+        raise ConfigError(
+            f"{place}: {_describe(value)} is not a config value (configs hold strings, "
+            "numbers, booleans, null, lists and mappings)"
+        )
+    if depth >= MAX_DEPTH:
+        top = place.split(".")[0]  # the full path would be MAX_DEPTH parts long
+        raise ConfigError(f"{top}: config nested too deeply (more than {MAX_DEPTH} levels)")
+    if id(value) in inside:
+        raise ConfigError(f"{place}: a recursive alias (the value contains itself)")
+    inside = inside | {id(value)}
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, _SCALARS):
+                raise ConfigError(f"{place}: keys must be strings, got {_describe(key)}")
+            out[key] = _copy_plain(item, _join(where, key), depth + 1, inside)
+        return out
+    return [_copy_plain(v, _join(where, i), depth + 1, inside) for i, v in enumerate(value)]
+
+
+def _join(where: str, key: Any) -> str:
+    return f"{where}.{key}" if where else str(key)
+
+
+def _describe(value: Any) -> str:
+    """What a value that is not plain data is, for an error message."""
+    import datetime
+
+    if isinstance(value, datetime.date):
+        return f"a date ({value.isoformat()})"
+    if isinstance(value, (bytes, bytearray)):
+        return "binary data (!!binary)"
+    if isinstance(value, (set, frozenset)):
+        return "a set (!!set)"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"a {type(value).__name__}"
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """A safe YAML loader that refuses a key written twice in one mapping."""
+    """A safe YAML loader that refuses a key written twice in one mapping, a key that is a
+    list or a mapping, and reads numbers as YAML 1.2 does (see the resolvers below)."""
 
 
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False):
@@ -675,6 +831,10 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bo
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=True)
         line = key_node.start_mark.line + 1
+        if not isinstance(key, _SCALARS):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"keys must be strings, got {_describe(key)}", key_node.start_mark
+            )
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f"key {key!r} written twice (lines {seen[key]} and {line})",
@@ -687,18 +847,47 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bo
 _UniqueKeyLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
 )
-# YAML 1.1 (PyYAML) reads ``1e-3`` as a string (its floats need a dot); YAML 1.2 and every
-# user read it as a number: so does this loader (``lr: 1e-3``, ``optimizer.lr=1e-3``).
-_UniqueKeyLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."),
+
+# Numbers are read as YAML 1.2 (core schema) reads them, in files and in overrides: PyYAML
+# follows YAML 1.1, where ``010`` is 8 (octal), ``1:00`` is 60 (base 60), ``1_000`` is 1000,
+# ``1e-3`` a string and ``2024-01-01`` a date. Here ``010`` is 10, ``0o10`` 8, ``0x10`` 16,
+# ``1e-3`` a float, and ``1:00``, ``1_000`` and ``2024-01-01`` are strings (which a number
+# field refuses, naming it).
+_YAML11_ONLY = {"tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:timestamp"}
+_UniqueKeyLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _YAML11_ONLY]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_INT_12 = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")
+_FLOAT_12 = re.compile(
+    r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
 )
+# an int is tried first: "10" matches both
+_UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:int", _INT_12, list("-+0123456789"))
+_UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    """A YAML 1.2 integer: decimal (leading zeros allowed: ``010`` is 10), ``0o`` octal or
+    ``0x`` hexadecimal."""
+    text = str(loader.construct_scalar(node))
+    if not _INT_12.match(text):
+        raise yaml.constructor.ConstructorError(
+            None, None, f"{text!r} is not an integer (YAML 1.2)", node.start_mark
+        )
+    if text.startswith(("0o", "0x")):
+        return int(text[2:], 8 if text[1] == "o" else 16)
+    return int(text, 10)
+
+
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
 def read_yaml(path: str | Path) -> Any:
-    """The YAML document in ``path``; any problem (missing, a directory, not UTF-8, malformed,
-    a key written twice) raises :class:`ConfigError` in one line naming the file."""
+    """The YAML document in ``path``, as plain data (:func:`plain_data`); any problem (missing,
+    a directory, not UTF-8, malformed, a key written twice, a value that is not plain data,
+    nested too deeply) raises :class:`ConfigError` in one line naming the file."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: no such file")
@@ -711,21 +900,34 @@ def read_yaml(path: str | Path) -> Any:
     except OSError as err:
         raise ConfigError(f"{path}: cannot be read ({err.strerror})") from None
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except RecursionError:
+        raise ConfigError(f"{path}: config nested too deeply") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    try:
+        return plain_data(data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
 
 
 def load_config(
     path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> Config:
-    """Load a YAML config file (or the defaults if ``path`` is None) and apply overrides."""
+    """Load a YAML config file (or the defaults if ``path`` is None) and apply overrides.
+
+    An empty file (or one of comments only) is an error, not the default config: ``{}`` says
+    "all defaults" on purpose."""
     data: dict[str, Any] = {}
     if path is not None:
-        loaded = read_yaml(path) or {}
+        loaded = read_yaml(path)
+        if loaded is None:
+            raise ConfigError(
+                f"{path}: config file is empty (write {{}} to train the default config)"
+            )
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of config fields")
         data = loaded
@@ -781,6 +983,18 @@ def config_hash(config: Config) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+class _QuotingDumper(yaml.SafeDumper):
+    """A safe dumper that quotes a string YAML 1.1 *or* 1.2 would read as another type
+    (``0o10``, ``2024-01-01``), so that this loader and any other read it back as a string."""
+
+
+_QuotingDumper.yaml_implicit_resolvers = {
+    first: list(resolvers) for first, resolvers in yaml.SafeDumper.yaml_implicit_resolvers.items()
+}
+_QuotingDumper.add_implicit_resolver("tag:yaml.org,2002:int", _INT_12, list("-+0123456789"))
+_QuotingDumper.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))
+
+
 def to_yaml(config: Config) -> str:
-    """The resolved config as YAML."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    """The resolved config as YAML (read back by :func:`read_yaml` as the same values)."""
+    return yaml.dump(config.model_dump(mode="json"), Dumper=_QuotingDumper, sort_keys=False)

@@ -71,7 +71,9 @@ class SweepPlan:
 def load_sweep(path: str | Path) -> tuple[dict[str, Any], dict[str, list[Any]]]:
     """Read a sweep file: ``(base config mapping, grid)``."""
     path = Path(path)
-    data = read_yaml(path) or {}
+    data = read_yaml(path)
+    if data is None:
+        raise ConfigError(f"{path}: sweep file is empty (a sweep has base and grid)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping with 'base' and 'grid'")
     unknown = sorted(set(data) - {"base", "grid"})
@@ -82,7 +84,9 @@ def load_sweep(path: str | Path) -> tuple[dict[str, Any], dict[str, list[Any]]]:
         base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
         if not base_path.is_file():
             raise ConfigError(f"{path}: base: no such config file {base_path}")
-        base = read_yaml(base_path) or {}
+        base = read_yaml(base_path)
+        if base is None:
+            raise ConfigError(f"{path}: base: config file {base_path} is empty")
     if not isinstance(base, dict):
         raise ConfigError(f"{path}: base: must be a config mapping or a path to a config file")
     grid = data.get("grid") or {}
@@ -96,10 +100,23 @@ def load_sweep(path: str | Path) -> tuple[dict[str, Any], dict[str, list[Any]]]:
     return base, grid
 
 
+def _check_overlap(grid: dict[str, list[Any]]) -> None:
+    """Refuse two grid keys where one is (or holds) the other, e.g. ``rule`` and ``rule.name``:
+    whichever is set last would silently replace the other's values."""
+    for a, b in itertools.combinations(map(str, grid), 2):
+        if a.startswith(b + ".") or b.startswith(a + "."):
+            raise ConfigError(
+                f"grid: {a} and {b} overlap (one would replace the other's values): "
+                "keep one key, or put both in one section"
+            )
+
+
 def plan_sweep(base: dict[str, Any], grid: dict[str, list[Any]]) -> SweepPlan:
-    """Expand the grid over ``base``; validate every combination."""
+    """Expand the grid over ``base``; validate every combination (a grid whose keys overlap
+    is a :class:`ConfigError`)."""
     import copy
 
+    _check_overlap(grid)
     keys = list(grid)
     configs: list[Config] = []
     invalid: list[tuple[dict[str, Any], str]] = []
