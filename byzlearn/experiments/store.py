@@ -267,8 +267,15 @@ class RunDir:
 
     def claim(self, config: Config) -> None:
         """Check, before anything is written, that this directory may hold a run of
-        ``config``: it is not a file, holds no symbolic link as a run file
-        (:meth:`refuse_links`) and no result of another config."""
+        ``config``: it is not a file or a symbolic link (a sweep directory received from
+        someone else could point a run's directory anywhere; a link among its parents is
+        followed), holds no symbolic link as a run file (:meth:`refuse_links`) and no result of
+        another config."""
+        if self.path.is_symlink():
+            raise RunDirError(
+                f"{self.path}: the run directory is a symbolic link; byzlearn never writes "
+                f"through links: give the directory it points to ({self.path.resolve()})"
+            )
         if self.path.exists() and not self.path.is_dir():
             raise RunDirError(f"{self.path}: is a file, not a run directory")
         self.refuse_links()

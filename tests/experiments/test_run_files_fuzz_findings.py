@@ -379,3 +379,18 @@ def test_every_protocol_still_resumes_through_the_checks(tmp_path: Path, case: s
     assert resumed.status == "resumed" and resumed.resumed_from == 8
     assert without_times(resumed.records) == without_times(full.records)
     assert _rounds(tmp_path / "r") == list(range(13))
+
+
+def test_a_run_directory_that_is_a_link_is_refused(tmp_path: Path) -> None:
+    """A sweep directory from someone else can hold runs/<hash> as a link to any directory:
+    nothing is written there (a link among the parents, e.g. runs -> scratch, is followed)."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    link = tmp_path / "run"
+    link.symlink_to(elsewhere)
+    with pytest.raises(RunDirError, match="the run directory is a symbolic link"):
+        RunDir(link).claim(load_config(_config(tmp_path)))
+    assert list(elsewhere.iterdir()) == []
+    parent = tmp_path / "parent"
+    parent.symlink_to(elsewhere)
+    RunDir(parent / "run").claim(load_config(_config(tmp_path)))  # no error
