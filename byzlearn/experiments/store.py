@@ -394,11 +394,7 @@ class RunDir:
         if not path.exists():
             return None
         hint = "rerun with --no-resume to train this run afresh"
-        try:
-            theta = torch.load(path, weights_only=True, map_location="cpu")
-        except Exception as err:  # any failure to read is one clear error
-            problem = _load_problem(err, "model file")
-            raise RunDirError(f"{path}: {problem}; {hint}") from None
+        theta = _load_safely(path, "model file", hint, RunDirError)
         if not isinstance(theta, torch.Tensor) or theta.dim() != 1:
             raise RunDirError(f"{path}: not a model file (a flat parameter vector); {hint}")
         return theta
@@ -410,11 +406,7 @@ class RunDir:
         if not path.exists():
             return None
         hint = "rerun with --no-resume to start this run afresh"
-        try:
-            state = torch.load(path, weights_only=True, map_location="cpu")
-        except Exception as err:  # any failure to read is one clear error
-            problem = _load_problem(err, "checkpoint")
-            raise CheckpointError(f"{path}: {problem}; {hint}") from None
+        state = _load_safely(path, "checkpoint", hint, CheckpointError)
         if not isinstance(state, dict) or not {"round", "hash", "trainer"} <= set(state):
             raise CheckpointError(f"{path}: not a byzlearn checkpoint; {hint}")
         return state
@@ -459,6 +451,16 @@ def _rounds_problem(rounds: list[int], last_round: int) -> str | None:
         end = f"end at round {len(rounds) - 1}" if rounds else "hold no record"
         return f"the metrics {end} but the checkpoint is of round {last_round} (records are lost)"
     return None
+
+
+def _load_safely(path: Path, what: str, hint: str, error: type[RunDirError]) -> Any:
+    """``torch.load(path, weights_only=True)`` (tensors, numbers, strings: no code runs); any
+    failure to read it raises ``error`` in one line naming the file, what it is not, and
+    ``hint``."""
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as err:  # any failure to read is one clear error
+        raise error(f"{path}: {_load_problem(err, what)}; {hint}") from None
 
 
 def _load_problem(err: Exception, what: str) -> str:

@@ -18,19 +18,8 @@ from typer.testing import CliRunner
 from byzlearn.cli import app
 from byzlearn.experiments.config import load_config
 from byzlearn.experiments.store import MetricsWriter, RunDir, RunDirError
+from tests.experiments.test_cli_errors import SMALL
 from tests.resume import kill_run
-
-SMALL = {
-    "name": "small",
-    "dataset": {"name": "synthetic", "options": {"num_samples": 400, "num_features": 8}},
-    "model": {"name": "logistic"},
-    "n": 7,
-    "f": 1,
-    "steps": 10,
-    "eval_every": 5,
-    "checkpoint_every": 4,
-    "batch_size": 8,
-}
 
 runner = CliRunner()
 
