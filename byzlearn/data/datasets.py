@@ -315,6 +315,14 @@ def loader_options(name: str) -> tuple[str, ...]:
     return tuple(p.name for p in params if p.kind in named and p.name not in hidden)
 
 
+def loader_types(name: str) -> dict[str, object]:
+    """The declared types of a dataset loader's parameters (``int``, ``float``, ``str``,
+    ``bool``, ...), from its signature: a config's ``dataset.options`` must have them."""
+    import typing
+
+    return typing.get_type_hints(_LOADERS[name])
+
+
 def describe_dataset(name: str, **options: object) -> tuple[tuple[int, ...], int]:
     """``(input_shape, num_classes)`` of a dataset without reading its files (the synthetic
     one is generated, which also checks its options' values)."""

@@ -98,11 +98,9 @@ def _check_loader_types(name: str, options: dict[str, Any]) -> None:
     """Each dataset option has its loader's type (``int``, ``float``, ``str``, ``bool``) with
     no coercion (``seed: 1.5`` or ``seed: true`` are errors, not 1), and a ``seed`` is a
     32-bit seed as the config's own."""
-    import typing
+    from byzlearn.data import loader_types
 
-    from byzlearn.data.datasets import _LOADERS  # the loaders' signatures: their types
-
-    hints = typing.get_type_hints(_LOADERS[name])
+    hints = loader_types(name)
     for key, value in options.items():
         kind = hints.get(key)
         if kind is int and type(value) is not int:
