@@ -127,6 +127,8 @@ def _check_x(net: Network, x: torch.Tensor) -> torch.Tensor:
     x = x.reshape(x.shape[0], -1) if x.dim() != 2 else x
     if x.shape[1] != net.in_features:
         raise ValueError(f"x has {x.shape[1]} features, the network expects {net.in_features}")
+    if not bool(torch.isfinite(x).all()):  # the errors measured would be NaN
+        raise ValueError("x holds NaN or infinite values; give finite inputs")
     return x.to(net.layers[0].weight.dtype)
 
 

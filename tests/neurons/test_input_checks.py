@@ -143,6 +143,17 @@ def test_empty_batch_is_refused(net: bn.Network) -> None:
         bn.certify(net, empty, 0.1, 0.1, 0.1)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_inputs_are_refused(net: bn.Network, bad: float) -> None:
+    """NaN in x made worst_case_search return a NaN error (found by a random search)."""
+    x = torch.rand(4, 3)
+    x[1, 2] = bad
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        bn.worst_case_search(net, x, [1])
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        bn.random_faults(net, x, [1], reps=2)
+
+
 @pytest.mark.parametrize("idx", [9, -1])
 def test_out_of_range_neuron_indices(net: bn.Network, x: torch.Tensor, idx: int) -> None:
     with pytest.raises(ValueError, match="neuron index"):
