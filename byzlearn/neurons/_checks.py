@@ -12,7 +12,7 @@ from collections.abc import Collection
 
 import torch
 
-__all__ = ["check_choice", "check_index", "check_int", "check_real", "check_rows"]
+__all__ = ["check_batch", "check_choice", "check_index", "check_int", "check_real"]
 
 
 def _as_number(value: object, name: str) -> float:
@@ -83,7 +83,22 @@ def check_choice(value: object, name: str, choices: Collection[str]) -> str:
     return value
 
 
-def check_rows(x: torch.Tensor, name: str) -> None:
-    """Refuse a batch without rows (the statistics over it are undefined)."""
-    if x.dim() == 0 or x.shape[0] == 0:
-        raise ValueError(f"{name} is empty (0 rows); pass at least one input")
+def check_batch(x: object, name: str, in_features: int, *, min_dim: int = 1) -> torch.Tensor:
+    """``x`` as a ``(B, in_features)`` tensor (rows flattened) with B >= 1 rows, all finite:
+    the inputs of the fault injections (``x``) and of :func:`extract_network` (``data``, which
+    needs an explicit batch axis: ``min_dim=2``)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() == 0 or x.shape[0] == 0:  # the statistics over it are undefined
+        raise ValueError(f"{name} is empty (0 rows); pass a non-empty batch of inputs")
+    if x.dim() < min_dim:
+        raise ValueError(
+            f"{name} must be a non-empty batch of shape (B, ...) with B >= 1, got shape "
+            f"{tuple(x.shape)}"
+        )
+    x = x.reshape(x.shape[0], -1)
+    if x.shape[1] != in_features:
+        raise ValueError(f"{name} has {x.shape[1]} features, the network expects {in_features}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} holds NaN or infinite values; give finite inputs")
+    return x

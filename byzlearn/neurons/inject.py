@@ -30,7 +30,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from byzlearn.neurons._checks import check_choice, check_index, check_rows
+from byzlearn.neurons._checks import check_batch, check_choice, check_index, check_int
 from byzlearn.neurons.fep import FaultMode, _counts, byzantine_interval
 from byzlearn.neurons.network import Network
 
@@ -121,15 +121,8 @@ class WorstCase:
 
 
 def _check_x(net: Network, x: torch.Tensor) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    check_rows(x, "x")
-    x = x.reshape(x.shape[0], -1) if x.dim() != 2 else x
-    if x.shape[1] != net.in_features:
-        raise ValueError(f"x has {x.shape[1]} features, the network expects {net.in_features}")
-    if not bool(torch.isfinite(x).all()):  # the errors measured would be NaN
-        raise ValueError("x holds NaN or infinite values; give finite inputs")
-    return x.to(net.layers[0].weight.dtype)
+    """The batch ``x`` checked (:func:`check_batch`), in the network's dtype."""
+    return check_batch(x, "x", net.in_features).to(net.layers[0].weight.dtype)
 
 
 def _groups(
@@ -377,8 +370,7 @@ def random_faults(
     the mean (``reduce="mean"``) or max over the batch of ‖ỹ − y‖∞. Returns the samples, their
     mean and a ``level`` confidence interval (normal or percentile bootstrap).
     """
-    if reps < 1:
-        raise ValueError(f"reps must be >= 1, got {reps}")
+    reps = check_int(reps, "reps", 1)
     check_choice(reduce, "reduce", ("mean", "max"))
     x = _check_x(net, x)
     groups = _groups(net, neurons, synapses, mode, byzantine_bound)

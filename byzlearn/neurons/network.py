@@ -25,7 +25,7 @@ from typing import Literal, overload
 import torch
 from torch import nn
 
-from byzlearn.neurons._checks import check_real
+from byzlearn.neurons._checks import check_batch, check_real
 from byzlearn.neurons.activations import IDENTITY, ActivationInfo, CrashDropout, activation_info
 
 __all__ = ["HiddenLayerError", "Layer", "Network", "extract_network", "iter_modules"]
@@ -301,25 +301,6 @@ def _check_finite_weights(layers: Sequence[Layer]) -> None:
                 raise ValueError(f"layer {lay.name!r} has non-finite {part} values (NaN or Inf)")
 
 
-def _check_data(data: object, in_features: int) -> torch.Tensor:
-    """``data`` as a (B, in_features) tensor with B >= 1 finite rows."""
-    if not isinstance(data, torch.Tensor):
-        raise TypeError(f"data must be a torch.Tensor, got {type(data).__name__}")
-    if data.dim() < 2 or data.shape[0] == 0:
-        raise ValueError(
-            f"data must be a non-empty batch of shape (B, ...) with B >= 1, got shape "
-            f"{tuple(data.shape)}"
-        )
-    x = data.reshape(data.shape[0], -1)
-    if x.shape[1] != in_features:
-        raise ValueError(
-            f"data has {x.shape[1]} features per row, the network expects {in_features}"
-        )
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("data holds non-finite values (NaN or Inf)")
-    return x
-
-
 def _next_shape(mod: nn.Module, shape: tuple[int, ...], name: str) -> tuple[int, ...]:
     """Shape after ``mod`` (no batch axis); elementwise modules keep it."""
     if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Flatten)):
@@ -460,7 +441,8 @@ def extract_network(
     observed: list[tuple[float, float]] | None = None
     if data is not None:
         with torch.no_grad():
-            x = _check_data(data, net.in_features).to(layers[0].weight.dtype)
+            x = check_batch(data, "data", net.in_features, min_dim=2)
+            x = x.to(layers[0].weight.dtype)
             hs = net.hidden(x)
         observed = [(float(h.min()), float(h.max())) for h in hs]
         net.in_lo, net.in_hi = float(x.min()), float(x.max())
