@@ -181,7 +181,7 @@ def _newton(G, a, alpha, tiny, stop, budget):
 
     r = radii(x)
     F = float(al @ r)
-    rounding = 64.0 * np.finfo(np.float64).eps * m
+    rounding = rounding_unit(torch.float64) * m  # F's rounding over m float64 terms
     budget = min(budget, NEWTON_STEPS)
     for step in range(1, budget + 1):
         k = int(np.argmin(r))
