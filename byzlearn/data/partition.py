@@ -10,29 +10,63 @@ sample.
   worker (McMahan et al.'s pathological non-iid split).
 - ``gamma(gamma)``: a fraction ``gamma`` of the data is dealt iid, the rest is sorted by label
   and cut into contiguous blocks (``gamma = 1``: iid; ``gamma = 0``: fully sorted).
+
+Refused with one line: ``n`` not an integer >= 1 or above the number of samples, labels that
+are not class ids (integers >= 0), a seed not an integer >= 0, ``alpha`` not a finite number
+> 0, ``shards_per_worker`` not an integer >= 1 or more shards (``n * s``) than samples,
+``gamma`` outside [0, 1], and unknown options.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
 
 __all__ = ["dirichlet", "gamma_similarity", "iid", "label_shards", "partition"]
 
+#: the options :func:`partition` passes on (each kind reads its own, ignores the others)
+OPTIONS = ("alpha", "shards_per_worker", "gamma")
+
 
 def _labels(labels) -> np.ndarray:
-    y = np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels).astype(np.int64)
+    """The labels as int64 class ids: integer-valued, finite and >= 0 (no silent truncation)."""
+    y = np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels)
     if y.ndim != 1:
-        raise ValueError("labels must be one-dimensional")
+        raise ValueError(f"labels must be one-dimensional, got shape {y.shape}")
+    numeric = np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)
+    if y.size and not numeric:
+        raise ValueError(f"labels must be integer class ids, got dtype {y.dtype}")
+    if y.size and np.issubdtype(y.dtype, np.floating):
+        bad = ~np.isfinite(y) | (y != np.round(y)) | (np.abs(y) > 2**62)
+        if bad.any():
+            raise ValueError(f"labels must be integer class ids, got {float(y[bad][0])}")
+    y = y.astype(np.int64)
+    if y.size and y.min() < 0:
+        raise ValueError(f"labels must be class ids >= 0, got {int(y.min())}")
     return y
 
 
-def _check(num: int, n: int) -> None:
-    if n < 1:
-        raise ValueError(f"need at least one worker, got n={n}")
+def _integer(name: str, value: object, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def _real(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _check(num: int, n: int, seed: object = 0) -> None:
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ValueError(f"need at least one worker: n must be an integer >= 1, got n={n!r}")
     if num < n:
         raise ValueError(f"cannot give each of n={n} workers a sample out of {num}")
+    _integer("seed", seed, 0)
 
 
 def _fill_empty(parts: list[np.ndarray]) -> list[np.ndarray]:
@@ -48,17 +82,17 @@ def _fill_empty(parts: list[np.ndarray]) -> list[np.ndarray]:
 def iid(labels, n: int, seed: int = 0) -> list[np.ndarray]:
     """Uniformly random near-equal split."""
     y = _labels(labels)
-    _check(len(y), n)
+    _check(len(y), n, seed)
     perm = np.random.default_rng(seed).permutation(len(y))
     return [np.sort(p) for p in np.array_split(perm, n)]
 
 
 def dirichlet(labels, n: int, alpha: float = 1.0, seed: int = 0) -> list[np.ndarray]:
     """Per-class Dirichlet(alpha) shares (Hsu et al. 2019)."""
-    if alpha <= 0:
+    if _real("alpha", alpha) <= 0:
         raise ValueError(f"alpha must be > 0, got {alpha}")
     y = _labels(labels)
-    _check(len(y), n)
+    _check(len(y), n, seed)
     rng = np.random.default_rng(seed)
     parts: list[list[np.ndarray]] = [[] for _ in range(n)]
     for c in np.unique(y):
@@ -72,10 +106,14 @@ def dirichlet(labels, n: int, alpha: float = 1.0, seed: int = 0) -> list[np.ndar
 
 def label_shards(labels, n: int, shards_per_worker: int = 2, seed: int = 0) -> list[np.ndarray]:
     """Sort by label, cut into ``n * shards_per_worker`` shards, deal them at random."""
-    if shards_per_worker < 1:
-        raise ValueError(f"shards_per_worker must be >= 1, got {shards_per_worker}")
+    shards_per_worker = _integer("shards_per_worker", shards_per_worker, 1)
     y = _labels(labels)
-    _check(len(y), n)
+    _check(len(y), n, seed)
+    if n * shards_per_worker > len(y):
+        raise ValueError(
+            f"cannot cut {len(y)} samples into n x shards_per_worker = {n} x {shards_per_worker} "
+            "shards (at most one shard per sample)"
+        )
     rng = np.random.default_rng(seed)
     order = np.argsort(y, kind="stable")
     shards = np.array_split(order, n * shards_per_worker)
@@ -85,10 +123,10 @@ def label_shards(labels, n: int, shards_per_worker: int = 2, seed: int = 0) -> l
 
 def gamma_similarity(labels, n: int, gamma: float = 0.5, seed: int = 0) -> list[np.ndarray]:
     """A fraction ``gamma`` dealt iid; the rest sorted by label and cut into contiguous blocks."""
-    if not 0.0 <= gamma <= 1.0:
+    if not 0.0 <= _real("gamma", gamma) <= 1.0:
         raise ValueError(f"gamma must be in [0, 1], got {gamma}")
     y = _labels(labels)
-    _check(len(y), n)
+    _check(len(y), n, seed)
     rng = np.random.default_rng(seed)
     perm = rng.permutation(len(y))
     k = round(gamma * len(y))
@@ -102,21 +140,26 @@ def partition(
     labels, n: int, kind: str = "iid", seed: int = 0, **options: float
 ) -> list[np.ndarray]:
     """Dispatch by name: ``iid``, ``dirichlet`` (alpha), ``shards`` (shards_per_worker),
-    ``gamma`` (gamma)."""
+    ``gamma`` (gamma); the options of the other kinds are ignored, unknown ones refused."""
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown partition option {unknown[0]!r}; known: {', '.join(OPTIONS)}")
     if kind == "iid":
         return iid(labels, n, seed=seed)
     if kind == "dirichlet":
-        return dirichlet(labels, n, alpha=float(options.get("alpha", 1.0)), seed=seed)
+        return dirichlet(labels, n, alpha=options.get("alpha", 1.0), seed=seed)
     if kind == "shards":
-        return label_shards(
-            labels, n, shards_per_worker=int(options.get("shards_per_worker", 2)), seed=seed
-        )
+        shards = _integer("shards_per_worker", options.get("shards_per_worker", 2), 1)
+        return label_shards(labels, n, shards_per_worker=shards, seed=seed)
     if kind == "gamma":
-        return gamma_similarity(labels, n, gamma=float(options.get("gamma", 0.5)), seed=seed)
+        return gamma_similarity(labels, n, gamma=options.get("gamma", 0.5), seed=seed)
     raise ValueError(f"unknown partition {kind!r}; known: iid, dirichlet, shards, gamma")
 
 
 def label_histogram(labels, parts: Sequence[np.ndarray], num_classes: int) -> np.ndarray:
     """``(n, num_classes)`` counts of each label per worker."""
     y = _labels(labels)
+    num_classes = _integer("num_classes", num_classes, 1)
+    if y.size and y.max() >= num_classes:
+        raise ValueError(f"label {int(y.max())} out of range for num_classes={num_classes}")
     return np.stack([np.bincount(y[p], minlength=num_classes) for p in parts])
