@@ -17,7 +17,29 @@ import numpy as np
 
 from byzlearn import keyed
 
-__all__ = ["Complete", "ErdosRenyi", "Explicit", "Graph", "RandomRegular", "Ring", "Topology"]
+__all__ = [
+    "MAX_LINKS",
+    "MAX_REGULAR_EDGES",
+    "Complete",
+    "ErdosRenyi",
+    "Explicit",
+    "Graph",
+    "RandomRegular",
+    "Ring",
+    "Topology",
+]
+
+#: the most links (node pairs) a graph is built from: a ring's or random regular graph's edges,
+#: the pairs an Erdos-Renyi draw considers (the graph is built in memory when a run starts)
+MAX_LINKS = 1_000_000
+#: the most edges of a random regular graph (drawn one at a time: about 10 s at this cap)
+MAX_REGULAR_EDGES = 100_000
+
+
+def _check_links(what: str, links: int, noun: str = "links", most: int = MAX_LINKS) -> None:
+    """Refuse a graph built from more than ``most`` links (one clear line)."""
+    if links > most:
+        raise ValueError(f"{what} makes {links:,} {noun}, at most {most:,}")
 
 
 class Topology:
@@ -106,11 +128,14 @@ class Ring(Graph):
         n = len(ids)
         if k < 1:
             raise ValueError(f"ring: k must be >= 1, got {k}")
+        _check_links(f"ring: n={n}, k={k}", n * min(k, n // 2))
+        # offsets s and n - s link the same pairs: beyond n // 2 a larger k adds no edge (and
+        # k = 10**9 must not loop a billion times)
         edges = {
             (min(ids[i], ids[(i + s) % n]), max(ids[i], ids[(i + s) % n]))
             for i in range(n)
-            for s in range(1, k + 1)
-            if n > 1 and ids[i] != ids[(i + s) % n]
+            for s in range(1, min(k, n // 2) + 1)
+            if ids[i] != ids[(i + s) % n]
         }
         super().__init__(ids, edges)
 
@@ -123,10 +148,12 @@ class ErdosRenyi(Graph):
             raise ValueError(f"erdos_renyi: p must be in [0, 1], got {p}")
         ids = list(ids)
         n = len(ids)
-        pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
-        u = keyed.uniform((seed, "topology", "erdos_renyi", n), len(pairs))
-        kept = [(ids[i], ids[j]) for (i, j), v in zip(pairs, u, strict=True) if v < p]
-        super().__init__(ids, kept)
+        _check_links(f"erdos_renyi: n={n}", n * (n - 1) // 2, "candidate links (node pairs)")
+        first, second = np.triu_indices(n, 1)  # the pairs i < j, row by row
+        u = keyed.uniform((seed, "topology", "erdos_renyi", n), len(first))
+        kept = u < p
+        pairs = zip(first[kept].tolist(), second[kept].tolist(), strict=True)
+        super().__init__(ids, [(ids[i], ids[j]) for i, j in pairs])
 
 
 class RandomRegular(Graph):
@@ -134,7 +161,10 @@ class RandomRegular(Graph):
 
     Stubs (``degree`` per node) are paired at random, a pair being accepted when it joins two
     distinct nodes not yet linked; a dead end restarts the draw. Needs ``n * degree`` even and
-    ``degree < n``.
+    ``degree < n``. A graph denser than half (``2 degree > n``) is the complement of a random
+    ``(n - 1 - degree)``-regular one: near the complete graph, pairing stubs dead-ends almost
+    every draw (200 draws found no 22-regular graph on 24 nodes for some seeds, and took minutes
+    for 297-regular on 300).
     """
 
     def __init__(self, ids: Sequence[int], degree: int, seed: int = 0) -> None:
@@ -145,10 +175,16 @@ class RandomRegular(Graph):
                 f"random_regular: needs 0 <= degree < n and n * degree even, got n={n}, "
                 f"degree={degree}"
             )
+        what = f"random_regular: n={n}, degree={degree}"
+        _check_links(what, n * degree // 2, "edges", MAX_REGULAR_EDGES)
+        dense = 2 * degree > n
+        drawn = n - 1 - degree if dense else degree
         for attempt in range(200):
-            edges = _pair_stubs(n, degree, keyed.seed_of((seed, "topology", "regular", attempt)))
+            edges = _pair_stubs(n, drawn, keyed.seed_of((seed, "topology", "regular", attempt)))
             if edges is not None:
-                super().__init__(ids, [(ids[a], ids[b]) for a, b in edges])
+                if dense:
+                    edges = {(a, b) for a in range(n) for b in range(a + 1, n)} - edges
+                super().__init__(ids, [(ids[a], ids[b]) for a, b in sorted(edges)])
                 return
         raise ValueError(f"random_regular: no simple {degree}-regular graph found for n={n}")
 

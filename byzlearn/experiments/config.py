@@ -554,14 +554,18 @@ class Config(_Strict):
         # requirement does not apply there
         arity = getattr(self.protocol, "rule_arity", None)
         n_rule, f_rule = max(self.n, 10), 0
+        inputs = ""  # what n_rule counts, when it is not the config's n
         if self.protocol.name == "parameter_server":
             n_rule, f_rule = (q or self.n), self.f
-        elif arity is not None:
-            n_rule, f_rule = arity(self.n, self.f) or (n_rule, f_rule)
+            if q:
+                inputs = f" (the {q} gradients the server waits for)"
+        elif arity is not None and (given := arity(self.n, self.f)) is not None:
+            n_rule, f_rule = given
+            inputs = f" (one aggregation of {self.protocol.name} takes {n_rule} inputs)"
         try:
             agg.check(self.rule.full_name, n_rule, f_rule, **self.rule.options)
         except ValueError as exc:
-            raise ValueError(f"rule.name: {exc}") from None
+            raise ValueError(f"rule.name: {exc}{inputs}") from None
         except TypeError as exc:
             raise ValueError(f"rule.options: {exc}") from None
         _try_options(self, n_rule, f_rule)
@@ -594,6 +598,24 @@ def _check_sizes(config: Config) -> None:
 
 
 _PROBE_DIM = 4  # coordinates of the vectors the option values are tried on
+_PROBE_VALUES = 1 << 22  # the most values of an attack's probe (16 MiB of float32)
+
+
+def _attack_probe_dim(options: dict[str, Any], model_dim: int, rows: int) -> int:
+    """Coordinates of the honest vectors an attack's options are tried on: enough for every
+    integer in them to be a coordinate index (leeway's ``coordinates: 10`` was refused on 4
+    coordinates), at most the model's (an index beyond it fails in the run too), and at most
+    :data:`_PROBE_VALUES` values over the ``rows`` vectors."""
+    largest = _PROBE_DIM - 1
+    pending: list[Any] = list(options.values())
+    while pending:
+        value = pending.pop()
+        if isinstance(value, (list, tuple)):
+            pending.extend(value)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            largest = max(largest, value)
+    dim = min(model_dim, largest + 1, _PROBE_VALUES // max(rows, 1))
+    return max(_PROBE_DIM, dim)
 
 
 def _check_poisoning(p: PoisoningConfig, classes: int) -> None:
@@ -664,7 +686,9 @@ def _try_options(config: Config, n_rule: int, f_rule: int) -> None:
             value = options.get(key, cap)
             if key in atk.spec(a.name).options and isinstance(value, (int, float)):
                 options[key] = min(value, cap)
-        honest = torch.randn(max(config.n - config.byzantine_count, 1), _PROBE_DIM)
+        rows = max(config.n - config.byzantine_count, 1)
+        model_dim = sum(p.numel() for p in model.parameters())
+        honest = torch.randn(rows, _attack_probe_dim(options, model_dim, rows))
         try:
             atk.get(a.name)(
                 honest,

@@ -12,7 +12,7 @@ running the config's ``attack`` on the vectors peers exchange). One step t of ho
    received ones ``R_i``:
 
    - ``nna`` (nearest-neighbour averaging, MoNNA): the mean of the ``|R_i| + 1 - f`` vectors of
-     ``{x_i} + R_i`` nearest to ``x_i`` (``x_i`` itself included);
+     ``{x_i} + R_i`` nearest to ``x_i`` (``x_i`` itself included; none when ``|R_i| < f``);
    - ``rule``: the config's rule on ``{x_i} + R_i`` with the declared f: ``trimmed_mean``
      repeated over rounds is the iterated coordinate-wise trimmed mean of LEARN / RB-TM,
      ``mda`` the MDA-based averaging agreement, ``centered_clipping`` (centred at ``x_i``:
@@ -51,6 +51,16 @@ from byzlearn.protocols.workers import ComputeWorkers, computing_workers
 __all__ = ["DecentralizedOptions", "DecentralizedProtocol", "TopologyConfig", "nna"]
 
 
+#: the options each topology reads (any other one given is refused, not ignored)
+_TAKES = {
+    "complete": (),
+    "ring": ("k",),
+    "random_regular": ("degree", "seed"),
+    "erdos_renyi": ("p", "seed"),
+    "explicit": ("edges",),
+}
+
+
 class TopologyConfig(BaseModel):
     """The peers' graph: ``complete``, ``ring`` (``k`` neighbours per side),
     ``random_regular`` (``degree``), ``erdos_renyi`` (``p``) or ``explicit`` (``edges``)."""
@@ -69,6 +79,15 @@ class TopologyConfig(BaseModel):
         need = {"random_regular": "degree", "erdos_renyi": "p", "explicit": "edges"}.get(self.name)
         if need is not None and getattr(self, need) is None:
             raise ValueError(f"{need}: topology {self.name} needs {need}")
+        takes = _TAKES[self.name]
+        for key, default in (("degree", None), ("k", 1), ("p", None), ("edges", None)):
+            if key not in takes and getattr(self, key) != default:  # a ring's degree: k=1
+                raise ValueError(
+                    f"{key}: topology {self.name} takes {' and '.join(takes) or 'no option'}, "
+                    f"not {key}"
+                )
+        if self.seed is not None and "seed" not in takes:
+            raise ValueError(f"seed: topology {self.name} is not random, it takes no seed")
         bad = [e for e in self.edges or [] if len(e) != 2]
         if bad:
             raise ValueError(f"edges: each edge is a pair [a, b] of peer indices, got {bad[0]}")
@@ -119,21 +138,38 @@ class DecentralizedOptions(BaseModel):
         return f"decentralized/{mixing}{rounds}@{t.name}{extra}"
 
     def check_config(self, n: int, f: int) -> None:
-        """The graph can be built over n peers (one clear line when not)."""
+        """The graph can be built over n peers, and NNA on a regular graph has a vector to
+        average (``degree >= f``) (one clear line when not)."""
         try:
             self.topology.build(list(range(n)), seed=0)
         except ValueError as exc:
             raise ValueError(f"protocol.topology: {' '.join(str(exc).split())}") from None
+        degree = self.peer_degree(n)
+        if self.mixing == "nna" and degree is not None and degree < f:
+            raise ValueError(
+                f"protocol.mixing: nna averages the |R| + 1 - f vectors nearest a peer's own, "
+                f"none on a {self.topology.name} graph of degree {degree} with f={f}: needs "
+                f"f <= {degree} or more neighbours"
+            )
+
+    def peer_degree(self, n: int) -> int | None:
+        """Neighbours of every peer on a regular graph over n peers (complete: n - 1; ring:
+        2k; random regular: degree); None for random and explicit graphs."""
+        t = self.topology
+        if t.name == "complete":
+            return n - 1
+        if t.name == "ring":
+            return min(2 * t.k, n - 1)
+        return t.degree if t.name == "random_regular" else None
 
     def rule_arity(self, n: int, f: int) -> tuple[int, int] | None:
         """Inputs and f of one mixing with the config's rule (``mixing: rule`` only): a peer's
-        own vector and its neighbours' (complete: n - 1; ring: 2k; random regular: degree;
-        random and explicit graphs are checked per peer when the run starts)."""
+        own vector and its neighbours' (:meth:`peer_degree`; n - 1 for random and explicit graphs,
+        whose peers with too few inputs keep their own vector at each mixing)."""
         if self.mixing != "rule":
             return None
-        t = self.topology
-        degree = {"complete": n - 1, "ring": min(2 * t.k, n - 1), "random_regular": t.degree}
-        return (degree.get(t.name) or n - 1) + 1, f
+        degree = self.peer_degree(n)
+        return (n - 1 if degree is None else degree) + 1, f
 
 
 def nna(own: torch.Tensor, received: torch.Tensor, f: int) -> torch.Tensor:
@@ -231,10 +267,12 @@ class DecentralizedProtocol(Protocol):
     def _mix(
         self, row: int, own: torch.Tensor, received: list[torch.Tensor], t: int, r: int
     ) -> torch.Tensor | None:
+        mixing = self.options.mixing
+        if mixing == "nna" and len(received) < self.f:
+            return None  # |R| + 1 - f < 1: no vector to average
         if not received:
             return own
         R = torch.stack(received)
-        mixing = self.options.mixing
         if mixing == "gossip":
             return torch.cat([own[None], R]).mean(dim=0)
         if mixing == "nna":

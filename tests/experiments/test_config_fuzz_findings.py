@@ -268,3 +268,41 @@ def test_a_stored_config_reads_back_the_same(tmp_path: Path, name: str) -> None:
     path = tmp_path / "config.yaml"
     path.write_text(to_yaml(config))
     assert load_config(path) == config
+
+
+def test_a_rule_too_big_for_a_peers_inputs_says_what_it_counts():
+    """On a ring of degree 2 a peer's rule takes 3 inputs, not the config's n = 16: the message
+    says so instead of printing an n the config does not hold."""
+    config = {
+        "dataset": {"name": "digits"},
+        "n": 16,
+        "f": 2,
+        "rule": {"name": "trimmed_mean"},
+        "protocol": {"name": "decentralized", "mixing": "rule", "topology": {"name": "ring"}},
+    }
+    with pytest.raises(ConfigError) as caught:
+        parse_config(config)
+    message = str(caught.value)
+    assert "got n=3, f=2 (one aggregation of decentralized takes 3 inputs)" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("coordinates", "refused"), [(10, False), ([3, 700], False), (4810, True), ("all", False)]
+)
+def test_an_attack_option_indexing_coordinates_is_probed_on_the_model_size(coordinates, refused):
+    """The attack's options are tried on vectors with as many coordinates as an index in them
+    needs, up to the model's (the digits MLP: 4810): leeway's ``coordinates: 10`` was refused on
+    the probe's 4 coordinates, an index beyond the model still is."""
+    config = {
+        "dataset": {"name": "digits"},
+        "n": 25,
+        "f": 5,
+        "rule": {"name": "krum"},
+        "attack": {"name": "leeway", "options": {"coordinates": coordinates}},
+    }
+    if refused:
+        with pytest.raises(ConfigError, match=r"coordinates must lie in \[0, d=4810\)"):
+            parse_config(config)
+    else:
+        parse_config(config)
