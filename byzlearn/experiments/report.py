@@ -12,15 +12,28 @@ tree of run directories) and writes into ``DIR/report/``:
   fields (e.g. per heterogeneity level); ``worst_heterogeneity_f_<rule>[_<panel>].png``:
   heterogeneity x f, one per rule (when heterogeneity varies).
 
+The fields that vary are those of :func:`describe`, plus any config field (dotted, e.g.
+``batch_size``, ``rule.options.m``) that tells apart runs described alike but for the seed:
+only seeds of one config are ever averaged. File names are the slugs of the fields' values,
+made unique (a name cut at 150 characters, or one another group's slug already took, ends with
+a hash of its text): no figure overwrites another.
+
 Every file is written atomically (a temporary file created afresh, then moved over the name:
 a link at a file's name is replaced, never written through); a ``report`` folder that is a
-symbolic link, or a run file that is one, is refused in one line.
+symbolic link, or a run directory or run file that is one, is refused in one line (a link among
+the parents, e.g. ``runs`` on a scratch disk, is followed). So is a damaged finished run
+(:func:`collect`): a summary of another config than its ``config.yaml``, a second finished run
+of one config, a summary value or test accuracy that is not a number (accuracies in [0, 1]),
+metrics whose rounds do not increase.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
+import sys
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,9 +42,9 @@ from typing import Any
 
 import numpy as np
 
-from byzlearn.experiments.config import Config
+from byzlearn.experiments.config import Config, config_hash
 from byzlearn.experiments.plots import accuracy_curves, heatmap
-from byzlearn.experiments.store import iter_runs, write_atomically
+from byzlearn.experiments.store import RunDir, RunDirError, find_named, iter_runs, write_atomically
 from byzlearn.experiments.tables import markdown_table
 
 __all__ = ["RunRecord", "build_report", "collect", "describe"]
@@ -87,25 +100,96 @@ def describe(config: Config) -> dict[str, Any]:
 
 
 def collect(root: str | Path) -> list[RunRecord]:
-    """Every finished run under ``root``."""
+    """Every finished run under ``root``, checked: a run directory or run file that is a
+    symbolic link, a summary of another config than the run's ``config.yaml`` (their hashes
+    differ), two finished runs of one config (a mean over seeds would count it twice), a
+    summary number or test accuracy that is not one (accuracies in [0, 1]) and metrics whose
+    rounds do not increase are each a :class:`ValueError` naming the file."""
     out = []
+    first_of: dict[str, Path] = {}
     for rd in iter_runs(root):
+        if rd.path.is_symlink():  # found through a link: refused as a sweep refuses it
+            raise RunDirError(
+                f"{rd.path}: the run directory is a symbolic link; byzlearn reads no run "
+                "through links: put the directory itself there"
+            )
         rd.refuse_links()  # never read a run's files through links (they could point anywhere)
         summary = rd.summary()
         if summary is None:
             continue
-        records = rd.metrics()
-        pts = [
-            (r["round"], r["test_accuracy"])
-            for r in records
-            if r.get("test_accuracy") is not None  # an accuracy of 0 is a point too
-        ]
-        try:
-            curve = ([p[0] for p in pts], [float(p[1]) for p in pts])
-        except (TypeError, ValueError):
-            raise ValueError(f"{rd.metrics_path}: a test_accuracy that is not a number") from None
-        out.append(RunRecord(rd.path, rd.read_config(), summary, curve))
+        _check_summary(rd.summary_path, summary)
+        config = rd.read_config()
+        mine = config_hash(config)
+        if summary.get("hash") is not None and summary["hash"] != mine:
+            raise ValueError(
+                f"{rd.path}: summary.json is of another config than config.yaml (their hashes "
+                "differ), so what its numbers measure is unknown; run the config again in a "
+                "new directory or move this one out of the way"
+            )
+        if first_of.setdefault(mine, rd.path) != rd.path:
+            raise ValueError(
+                f"{rd.path}: a second finished run of the config of {first_of[mine]} (a mean "
+                "over seeds would count it twice); move one of them out of the way"
+            )
+        out.append(RunRecord(rd.path, config, summary, _curve(rd)))
     return out
+
+
+_ACCURACIES = ("final_accuracy", "best_accuracy")
+_AMOUNTS = ("kept_byzantine_mean", "seconds")
+
+
+def _is_number(value: Any, low: float, high: float) -> bool:
+    """Whether ``value`` is an ``int`` or ``float`` (not a bool) in ``[low, high]``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return low <= value <= high  # False for NaN
+
+
+def _check_summary(path: Path, summary: dict[str, Any]) -> None:
+    """The numbers of a summary the report shows are numbers (or null): accuracies in [0, 1],
+    Byzantine inputs kept and seconds finite and >= 0, ``diverged`` true or false; else a
+    :class:`ValueError` naming the file and the field."""
+    for key in (*_ACCURACIES, *_AMOUNTS):
+        value = summary.get(key)
+        accuracy = key in _ACCURACIES
+        if value is None or _is_number(value, 0.0, 1.0 if accuracy else sys.float_info.max):
+            continue
+        allowed = "a number from 0 to 1" if accuracy else "a finite number >= 0"
+        raise ValueError(f"{path}: {key} is {value!r}, not {allowed} or null (the file is damaged)")
+    diverged = summary.get("diverged")
+    if diverged is not None and type(diverged) is not bool:
+        raise ValueError(
+            f"{path}: diverged is {diverged!r}, not true or false (the file is damaged)"
+        )
+
+
+def _curve(rd: RunDir) -> tuple[list[int], list[float]]:
+    """``(rounds, test accuracies)`` of a run's metrics (records without an accuracy left out);
+    rounds that do not increase or an accuracy that is not a number from 0 to 1 are a
+    :class:`ValueError` naming the file."""
+    rounds: list[int] = []
+    values: list[float] = []
+    previous = -1
+    for record in rd.metrics():
+        t = record["round"]  # a whole number >= 0 (read_metrics checks it)
+        if t <= previous:
+            raise ValueError(
+                f"{rd.metrics_path}: round {t} comes after round {previous} (the file is "
+                "damaged: rounds must increase)"
+            )
+        previous = t
+        acc = record.get("test_accuracy")
+        if acc is None:
+            continue
+        if not _is_number(acc, 0.0, 1.0):
+            raise ValueError(
+                f"{rd.metrics_path}: a test_accuracy that is not a number from 0 to 1 "
+                f"({acc!r} at round {t})"
+            )
+        rounds.append(t)
+        values.append(float(acc))
+    return rounds, values
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -133,7 +217,68 @@ def _mean(values: Iterable[float | None]) -> float:
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_")[:120] or "all"
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_") or "all"
+
+
+class _FileNames:
+    """The file names of one report: ``stem + slug(text)``, at most 150 characters before the
+    extension, and never the name of another text (``a/b`` and ``a(b)`` share a slug; long
+    texts share their beginning): a name cut short or already taken ends with a hash of its
+    text instead, so no figure overwrites another."""
+
+    LIMIT = 150
+
+    def __init__(self) -> None:
+        self.taken: dict[str, str] = {}
+
+    def __call__(self, stem: str, text: str) -> str:
+        key = stem + "\0" + text
+        name = stem + _slug(text)
+        if len(name) > self.LIMIT or self.taken.get(name, key) != key:
+            digest = hashlib.sha256(key.encode()).hexdigest()[:10]
+            name = f"{name[: self.LIMIT - 11]}-{digest}"
+        self.taken[name] = key
+        return name
+
+
+# fields of a config that cannot change its results (see config_hash)
+_NOT_RESULTS = {"name", "threads", "checkpoint_every"}
+
+
+def _leaves(value: Any, prefix: str = "") -> dict[str, Any]:
+    """The leaves of a config dump as dotted keys; a list is one leaf (its JSON text)."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, child in value.items():
+            out.update(_leaves(child, f"{prefix}{key}."))
+        return out
+    if isinstance(value, list):
+        value = json.dumps(value)
+    return {prefix[:-1]: value}
+
+
+def _distinguish(configs: list[Config], descs: list[dict[str, Any]]) -> None:
+    """Add to ``descs`` (in place) the dotted config fields that tell apart runs whose
+    descriptions are equal but for the seed (a sweep over ``batch_size``, ``rule.options.m``,
+    ``num_byzantine``, ...): without them the report would average different configs as if
+    they were seeds of one."""
+    leaves = [_leaves(c.model_dump(mode="json", exclude=_NOT_RESULTS | {"seed"})) for c in configs]
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, d in enumerate(descs):
+        seedless = {k: v for k, v in d.items() if k != "seed"}
+        groups[json.dumps(seedless, sort_keys=True, default=str)].append(i)
+    order = list(dict.fromkeys(k for leaf in leaves for k in leaf))
+    extra = [
+        key
+        for key in order
+        if any(
+            len({json.dumps(leaves[i].get(key)) for i in members}) > 1
+            for members in groups.values()
+        )
+    ]
+    for d, leaf in zip(descs, leaves, strict=True):
+        for key in extra:
+            d[key] = leaf.get(key)
 
 
 def _sort_key(value: Any) -> tuple[int, Any]:
@@ -178,7 +323,9 @@ def _worst(
     cols = sorted({k[1] for k in cells}, key=_sort_key)
     values = np.full((len(rows), len(cols)), np.nan)
     for (a, b), per_attack in cells.items():
-        values[rows.index(a), cols.index(b)] = min(_mean(v) for v in per_attack.values())
+        means = [m for m in (_mean(v) for v in per_attack.values()) if not math.isnan(m)]
+        # the attacks with a number (NaN when none has one; min() of a NaN depends on order)
+        values[rows.index(a), cols.index(b)] = min(means) if means else math.nan
     return rows, cols, values
 
 
@@ -196,7 +343,7 @@ def build_report(
         )
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: is a file, not the report folder; move it out of the way")
-    for summary in sorted(root.rglob("summary.json")):  # damaged runs are named, not left out
+    for summary in find_named(root, "summary.json"):  # damaged runs are named, not left out
         if not (summary.parent / "config.yaml").is_file():
             raise ValueError(
                 f"{summary.parent}: a finished run without its config.yaml (what it ran is "
@@ -207,6 +354,8 @@ def build_report(
         raise FileNotFoundError(f"no finished runs under {root}")
     out.mkdir(parents=True, exist_ok=True)
     descs = [describe(r.config) for r in runs]
+    _distinguish([r.config for r in runs], descs)
+    names = _FileNames()
     varying = _varying(descs) or ["rule"]
     pairs = list(zip(descs, runs, strict=True))
 
@@ -230,9 +379,9 @@ def build_report(
     for d, r in pairs:
         groups[tuple(d[k] for k in group_keys)][d["rule"]].append(r)
     chance = None
-    for key, per_rule in list(groups.items())[:64]:
+    for key, per_rule in groups.items():
         title = ", ".join(f"{k}={v}" for k, v in zip(group_keys, key, strict=True))
-        name = "curves_" + _slug("_".join(f"{k}={v}" for k, v in zip(group_keys, key, strict=True)))
+        name = names("curves_", "_".join(f"{k}={v}" for k, v in zip(group_keys, key, strict=True)))
         curves = {
             _curve_label(rule, runs): _mean_curve([r.curve for r in runs])
             for rule, runs in sorted(per_rule.items())
@@ -241,12 +390,12 @@ def build_report(
 
     # ---- worst case over attacks
     text = [f"# Worst case over attacks ({metric}, mean over seeds)\n"]
-    _worst_panels(pairs, varying, "rule", "worst_rule_f", metric, text, out)
+    _worst_panels(pairs, varying, "rule", "worst_rule_f", metric, text, out, names)
     if "heterogeneity" in varying:
         for rule in sorted({d["rule"] for d, _ in pairs}):
             mine = [(d, r) for d, r in pairs if d["rule"] == rule]
-            stem = f"worst_heterogeneity_f_{_slug(rule)}"
-            _worst_panels(mine, varying, "heterogeneity", stem, metric, text, out, rule)
+            stem = f"worst_heterogeneity_f_{rule}"
+            _worst_panels(mine, varying, "heterogeneity", stem, metric, text, out, names, rule)
     _write_text(out / "worst.md", "\n".join(text))
     return out
 
@@ -259,6 +408,7 @@ def _worst_panels(
     metric: str,
     text: list[str],
     out: Path,
+    names: _FileNames,
     prefix: str = "",
 ) -> None:
     """``row`` x f heatmaps of the worst case over attacks, one per combination of the other
@@ -270,13 +420,13 @@ def _worst_panels(
     for key, mine in sorted(panels.items(), key=lambda kv: [str(v) for v in kv[0]]):
         label = ", ".join(f"{k}={v}" for k, v in zip(others, key, strict=True))
         rows, cols, values = _worst(mine, row, "f", metric)
-        suffix = ("_" + _slug(label.replace(", ", "_"))) if label else ""
+        name = names("", "_".join(p for p in (stem, label.replace(", ", "_")) if p))
         title = ": ".join(p for p in (prefix, label) if p) or "all runs"
         heatmap(
             values,
             rows,
             [f"f={c}" for c in cols],
-            out / f"{stem}{suffix}.png",
+            out / f"{name}.png",
             title=f"worst case over attacks ({title})",
             label=metric.replace("_", " "),
             xlabel="f",

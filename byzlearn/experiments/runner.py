@@ -31,7 +31,7 @@ from torch import nn
 
 from byzlearn.data import ArrayDataset
 from byzlearn.experiments.config import Config, ConfigError, config_hash, parse_config
-from byzlearn.experiments.store import CheckpointError, MetricsWriter, RunDir
+from byzlearn.experiments.store import CheckpointError, MetricsWriter, RunDir, json_safe
 from byzlearn.experiments.trainer import Trainer
 from byzlearn.finite import all_finite
 
@@ -246,7 +246,7 @@ def _train(
         if trainer.round == 0:
             first = {"round": 0}
             _evaluate(trainer, first)
-            records.append(first)
+            records.append(json_safe(first))
             if writer:
                 writer.write(first)
         while trainer.round < config.steps:
@@ -261,7 +261,9 @@ def _train(
             if diverged or t % config.eval_every == 0 or t == config.steps:
                 _evaluate(trainer, record)
             record["seconds"] = time.perf_counter() - start
-            records.append(record)
+            # kept as written (non-finite values as None), so that a resumed run's records,
+            # read back from its file, equal an uninterrupted run's
+            records.append(json_safe(record))
             if writer:
                 writer.write(record)
             if callback is not None:

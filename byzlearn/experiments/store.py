@@ -62,6 +62,8 @@ __all__ = [
     "RunDir",
     "RunDirError",
     "RunLockedError",
+    "find_named",
+    "iter_runs",
     "read_metrics",
     "write_atomically",
 ]
@@ -83,14 +85,15 @@ class CheckpointError(RunDirError):
     """The checkpoint cannot be read or is not a byzlearn checkpoint."""
 
 
-def _clean(value: Any) -> Any:
-    """JSON-safe copy: non-finite floats become null."""
+def json_safe(value: Any) -> Any:
+    """JSON-safe copy: non-finite floats become null (``None``), as a record is written and
+    read back."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -159,7 +162,7 @@ class MetricsWriter:
 
     def write(self, record: dict[str, Any]) -> None:
         """Append ``record`` and flush it to the OS."""
-        self._fh.write(json.dumps(_clean(record), allow_nan=False) + "\n")
+        self._fh.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
         self._fh.flush()
 
     def close(self) -> None:
@@ -414,7 +417,7 @@ class RunDir:
     # ------------------------------------------------------------------ summary
     def write_summary(self, summary: dict[str, Any]) -> None:
         """Mark the run finished with its summary."""
-        _atomic_write_text(self.summary_path, json.dumps(_clean(summary), indent=2) + "\n")
+        _atomic_write_text(self.summary_path, json.dumps(json_safe(summary), indent=2) + "\n")
 
     def summary(self) -> dict[str, Any] | None:
         """The summary of a finished run, or None."""
@@ -481,7 +484,40 @@ def _load_problem(err: Exception, what: str) -> str:
     return f"cannot be read as a {what} ({type(err).__name__})"
 
 
+def find_named(root: str | Path, name: str) -> list[Path]:
+    """Every entry called ``name`` under ``root``, at any depth, sorted by path.
+
+    Links to directories are followed (a sweep's ``runs`` on a scratch disk is a link among its
+    parents), each directory is read once (a link to a parent cannot loop), and a directory that
+    cannot be read is left out; whether a run directory that is a link may be used is for the
+    caller to say (:meth:`RunDir.claim`, the report)."""
+    found: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    todo = [Path(root)]
+    while todo:
+        folder = todo.pop()
+        try:
+            st = folder.stat()
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        for entry in entries:
+            if entry.name == name:
+                found.append(folder / entry.name)
+            try:
+                is_dir = entry.is_dir()  # follows a link
+            except OSError:
+                continue
+            if is_dir:
+                todo.append(folder / entry.name)
+    return sorted(found)
+
+
 def iter_runs(root: str | Path) -> Iterator[RunDir]:
-    """Every run directory (one holding a ``config.yaml``) under ``root``, sorted by path."""
-    for cfg in sorted(Path(root).rglob("config.yaml")):
+    """Every run directory (one holding a ``config.yaml``) under ``root``, sorted by path (links
+    to directories followed, see :func:`find_named`)."""
+    for cfg in find_named(root, "config.yaml"):
         yield RunDir(cfg.parent)

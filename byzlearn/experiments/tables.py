@@ -19,9 +19,18 @@ def fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _cell(text: str) -> str:
+    """``text`` as it can stand in one cell: a ``|`` escaped (``\\|``), line breaks as spaces
+    (either would end the cell or the row: a value from a config, e.g. a path or an option
+    string, would shift the columns of its row)."""
+    return " ".join(text.replace("|", "\\|").splitlines())
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A GitHub-flavoured Markdown table (numbers right-aligned)."""
-    cells = [[fmt(v) for v in row] for row in rows]
+    """A GitHub-flavoured Markdown table (numbers right-aligned; ``|`` in a cell escaped, line
+    breaks as spaces)."""
+    headers = [_cell(str(h)) for h in headers]
+    cells = [[_cell(fmt(v)) for v in row] for row in rows]
     numeric = [
         all(isinstance(row[i], (int, float)) or row[i] is None for row in rows) and bool(rows)
         for i in range(len(headers))

@@ -206,3 +206,28 @@ def test_simulated_network_stragglers_losses_and_crashes() -> None:
     assert trainer.engine.stats["dropped"] > 0 and trainer.engine.stats["discarded"] > 0
     result = run(_config(rule={"name": "median"}, network={"coordinate_drop": 0.2}, steps=40))
     assert result.summary["final_accuracy"] > 0.9  # NaN coordinates are skipped, not spread
+
+
+def test_resumed_records_equal_uninterrupted_ones_with_non_finite_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record value that is not finite (an infinite test loss: a sample whose probability
+    underflowed) is written as null and read back as None on resume; the records a run returns
+    hold it as written, so a resumed run's equal an uninterrupted one's."""
+    from byzlearn.experiments import runner
+
+    evaluate = runner._evaluate
+
+    def infinite_loss(trainer: Any, record: dict[str, Any]) -> None:
+        evaluate(trainer, record)
+        record["test_loss"] = float("inf")
+
+    monkeypatch.setattr(runner, "_evaluate", infinite_loss)
+    config = _config(steps=12, eval_every=2, checkpoint_every=5)
+    full = run(config, tmp_path / "full")
+    kill_run(config, tmp_path / "killed", at=7)
+    resumed = run(config, tmp_path / "killed")
+    assert resumed.status == "resumed"
+    assert without_times(full.records) == without_times(resumed.records)
+    assert without_times(full.records) == without_times(RunDir(tmp_path / "full").metrics())
+    assert all(r["test_loss"] is None for r in full.records if "test_loss" in r)
