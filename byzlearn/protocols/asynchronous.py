@@ -3,9 +3,10 @@
 At the start the server sends the initial model to every worker. Then each step:
 
 1. take the next gradient to arrive (waiting at most ``deadline`` simulated seconds; a step
-   where none came is recorded ``skipped``);
-2. its staleness tau is the server's version minus the version it sent that worker (the server's
-   own record: a worker cannot lie about it);
+   where none came is recorded ``skipped``); the workers presumed to have lost their last
+   gradient get the current model again (:meth:`AsyncServer._resend`);
+2. its staleness tau is the server's version minus the version of the model it sent that worker
+   in the gradient's round (the server's own record: a worker cannot lie about it);
 3. ``async_sgd`` accepts every gradient; ``kardam`` passes it through the Lipschitz and
    frequency filters (:mod:`byzlearn.protocols.kardam`);
 4. an accepted gradient is applied as ``theta <- theta - lr_t Lambda(tau) g`` (optionally with
@@ -14,7 +15,8 @@ At the start the server sends the initial model to every worker. Then each step:
 
 A step is one received gradient (accepted or not), so "steps to a target accuracy" counts
 gradients, i.e. time, as the paper's slowdown does. Kardam's first step (the *bootstrap*) takes
-the first 2f + 1 gradients and applies their coordinate-wise median.
+the first 2f + 1 gradients and applies their coordinate-wise median; a median that would move no
+coordinate is not applied, and the next step bootstraps again with every worker heard so far.
 
 The server never knows which workers are Byzantine; it emits an ``update`` event per gradient
 (sender, accepted, reason, staleness, reported loss) for observers.
@@ -42,6 +44,9 @@ __all__ = [
     "KardamOptions",
     "KardamProtocol",
 ]
+
+
+_UNANSWERED = 16  # unanswered models remembered per worker (a reply to an older: the last)
 
 
 class AsyncSGDOptions(BaseModel):
@@ -85,9 +90,10 @@ class KardamOptions(AsyncSGDOptions):
         None, ge=1, description="accept after this many consecutive rejections (reference code)"
     )
 
-    @field_validator("summary")
+    @field_validator("summary", mode="before")
     @classmethod
-    def _summary(cls, v: float | str) -> float | str:
+    def _summary(cls, v: Any) -> float | str:
+        # before the union's own parsing, which reports each member ("summary.float: ...")
         return check_summary(v)
 
 
@@ -118,11 +124,19 @@ class AsyncServer(Server):
         self.kardam = kardam
         self.steps = 0
         self.started = False
-        self.sent: dict[int, tuple[int, torch.Tensor]] = {}  # worker -> (version, model) sent
+        # worker -> round -> (version, model, time) sent to it in that round, not yet answered
+        self.sent: dict[int, dict[int, tuple[int, torch.Tensor, float]]] = {}
+        self.slowest = 0.0  # the longest a worker took to answer a model, so far
+        self.recheck = 0.0  # no worker is due a model again before (a cache: not saved)
+        self.heard: dict[int, torch.Tensor] = {}  # Kardam's bootstrap: worker -> its gradient
 
     # ------------------------------------------------------------------ messages
     def _send_model(self, worker: int, round: int) -> None:
-        self.sent[worker] = (self.version, self.theta)
+        sent = self.sent.setdefault(worker, {})
+        sent[round] = (self.version, self.theta, self.node.clock)
+        if len(sent) > _UNANSWERED:  # lost long ago (see _resend's back-off)
+            del sent[min(sent)]
+        self.recheck = min(self.recheck, self.node.clock + 2 ** len(sent) * self.slowest)
         self.node.send(
             Message(
                 kind="model",
@@ -134,10 +148,42 @@ class AsyncServer(Server):
             )
         )
 
+    def _resend(self, t: int, everyone: bool) -> None:
+        """Send the current model again to the workers presumed to have lost their gradient (an
+        omission): nothing else would ever send them one. ``everyone``: nothing can arrive any
+        more (no deadline, nothing came), so every worker is. Otherwise a worker holding k
+        unanswered models is once the last is ``2^k`` times the longest answer time seen so far
+        old (none before a first answer): a worker merely slower than a deadline, or than the
+        others, is left alone."""
+        now = self.node.clock
+        if not everyone and now < self.recheck:
+            return
+        self.recheck, later = math.inf, math.inf
+        for w in self.workers:
+            sent = self.sent.get(w, {})
+            if sent and not everyone:
+                due = sent[max(sent)][2] + 2 ** len(sent) * self.slowest
+                if not self.slowest or now < due:
+                    later = min(later, due if self.slowest else now)
+                    continue
+            self._send_model(w, t)
+        self.recheck = min(self.recheck, later)
+
     def _start(self) -> None:
         for w in self.workers:
             self._send_model(w, 0)
         self.started = True
+
+    def _model_of(self, msg: Message) -> tuple[int, torch.Tensor]:
+        """The version and model a gradient was computed on, from the server's own record: the
+        model it sent that worker in the reply's round (a worker may hold several after
+        :meth:`_resend`, answered in any order), else the last one it sent it."""
+        sent = self.sent.get(int(msg.sender), {})  # type: ignore[arg-type]
+        if msg.round in sent:
+            version, x, time = sent.pop(msg.round)
+            self.slowest = max(self.slowest, msg.arrival - time)
+            return version, x
+        return sent[max(sent)][:2] if sent else (self.version, self.theta)
 
     # ------------------------------------------------------------------ updates
     def _apply(self, g: torch.Tensor, staleness: int, lr: float) -> float:
@@ -150,7 +196,7 @@ class AsyncServer(Server):
     ) -> dict[str, Any]:
         """Filter and maybe apply one gradient; return its part of the record."""
         worker = int(msg.sender)  # type: ignore[arg-type]
-        version, x = self.sent.get(worker, (self.version, self.theta))
+        version, x = self._model_of(msg)
         staleness = self.version - version
         g = torch.nan_to_num(msg.payload, nan=0.0, posinf=0.0, neginf=0.0)
         info: dict[str, Any] = {"sender": worker, "staleness": staleness}
@@ -198,6 +244,7 @@ class AsyncServer(Server):
             record.update(self._consider(msgs[0], lr))
         for m in msgs:  # every worker heard gets the current model back
             self._send_model(int(m.sender), t)  # type: ignore[arg-type]
+        self._resend(t, everyone=not msgs and self.deadline is None)
         self.steps = t
         record["version"] = self.version
         record["time"] = self.node.clock
@@ -206,27 +253,31 @@ class AsyncServer(Server):
     def _bootstrap(self, msgs: list[Message], lr: float) -> dict[str, Any]:
         """Kardam's first update: the coordinate-wise median of the first 2f + 1 gradients
         (all on the initial model, at most f Byzantine); the gradients themselves are rejected.
-        Coordinates that the links dropped from any of them stay where they are (``unmoved``:
-        their count)."""
+        A coordinate lost (non-finite) in some of them has fewer than the 2f + 1 values the
+        median needs to be safe: it stays where it is (``unmoved``: their count). When that
+        leaves every coordinate where it is, nothing is applied (not ``accepted``: a reference
+        at the very model every gradient is computed on never gives a Lipschitz coefficient,
+        and the filter would reject everything forever) and the next step bootstraps again,
+        with the latest finite value of each coordinate from every worker heard so far (still
+        on the initial model, one vector per worker, so at most f of them Byzantine)."""
         assert self.kardam is not None
         for m in msgs:
             self._consider(m, lr, "bootstrap")
-        X = torch.stack([m.payload for m in msgs])
-        f = agg.largest_f("median", len(msgs), self.kardam.f) or 0
-        # a coordinate lost on the links in some of them has fewer than the 2f + 1 values the
-        # median needs to be safe: the first update leaves it where it is
+            worker, g = int(m.sender), m.payload  # type: ignore[arg-type]
+            known = self.heard.get(worker)
+            self.heard[worker] = g if known is None else torch.where(torch.isfinite(g), g, known)
+        X = torch.stack([self.heard[w] for w in sorted(self.heard)])
+        f = agg.largest_f("median", len(X), self.kardam.f) or 0
         short = torch.isfinite(X).sum(0) < 2 * f + 1
         X[:, short] = 0.0
         median = agg.median(X, f=f)
+        record = {"bootstrap": True, "heard": len(X), "unmoved": int(short.sum())}
+        if not bool(median.any()):
+            return {**record, "accepted": False, "reason": "bootstrap"}
+        self.heard = {}
         self.kardam.accept(-1, median, self.theta, self.version)
         weight = self._apply(median, 0, lr)
-        return {
-            "bootstrap": True,
-            "accepted": True,
-            "reason": "bootstrap",
-            "weight": weight,
-            "unmoved": int(short.sum()),
-        }
+        return {**record, "accepted": True, "reason": "bootstrap", "weight": weight}
 
     @property
     def steps_done(self) -> int:
@@ -239,7 +290,9 @@ class AsyncServer(Server):
             **super().state_dict(),
             "steps": self.steps,
             "started": self.started,
-            "sent": {w: [v, x] for w, (v, x) in self.sent.items()},
+            "sent": {w: {r: list(e) for r, e in s.items()} for w, s in self.sent.items()},
+            "slowest": self.slowest,
+            "heard": dict(self.heard),
             "kardam": None if self.kardam is None else self.kardam.state_dict(),
         }
 
@@ -247,9 +300,20 @@ class AsyncServer(Server):
         super().load_state_dict(state)
         self.steps = int(state["steps"])
         self.started = bool(state["started"])
-        self.sent = {int(w): (int(v), x) for w, (v, x) in state["sent"].items()}
+        self.sent = {int(w): _unanswered(s) for w, s in state["sent"].items()}
+        self.slowest = float(state.get("slowest", 0.0))
+        self.recheck = 0.0
+        self.heard = {int(w): g for w, g in state.get("heard", {}).items()}
         if self.kardam is not None:
             self.kardam.load_state_dict(state["kardam"])
+
+
+def _unanswered(saved: Any) -> dict[int, tuple[int, torch.Tensor, float]]:
+    """A worker's saved record of unanswered models; a checkpoint written before the records
+    were kept by round holds the last model sent only (``[version, model]``)."""
+    if isinstance(saved, (list, tuple)):
+        return {-1: (int(saved[0]), saved[1], 0.0)}
+    return {int(r): (int(v), x, float(time)) for r, (v, x, time) in saved.items()}
 
 
 class _AsyncBase(ServerProtocol):

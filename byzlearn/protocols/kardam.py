@@ -48,7 +48,11 @@ documented in ``docs/training.md``:
   reference at another version (only at the start), the gradient is rejected (``no_reference``);
 - *bootstrap*: the first update is the coordinate-wise median of the first 2f + 1 gradients (all
   computed on the initial model; at most f are Byzantine), and those gradients themselves are
-  rejected; the filter then *warms up*, rejecting until n - f workers have a coefficient. Without
+  rejected (a coordinate lost in one of them stays; a median that would move no coordinate, e.g.
+  with an all-NaN Byzantine gradient, is not applied, and the next step bootstraps again with
+  every worker heard so far: a reference at the very model every gradient is computed on gives
+  no coefficient, and the filter would reject everything forever);
+  the filter then *warms up*, rejecting until n - f workers have a coefficient. Without
   this, the first gradient (possibly Byzantine and huge) would be applied unchecked; a medoid,
   tried first, was captured by f identical Byzantine gradients;
 - the reference accepts after ``workers`` consecutive rejections (a liveness rule not in the
@@ -85,9 +89,17 @@ def dampening(kind: str, staleness: int, alpha: float = 0.2) -> float:
 
 def check_summary(summary: float | str) -> float | str:
     """``summary`` when it is ``"max"`` or a quantile in (0, 1]; else a ValueError."""
-    if summary == "max" or (isinstance(summary, (int, float)) and 0 < summary <= 1):
+    if summary == "max":
+        return summary
+    if isinstance(summary, (int, float)) and not isinstance(summary, bool) and 0 < summary <= 1:
         return summary
     raise ValueError(f"must be 'max' or a quantile in (0, 1], got {summary!r}")
+
+
+def _rank(q: float, m: int) -> int:
+    """``ceil(q m)``, the rank of the q-quantile of m values, without the rounding of ``q m``
+    in floating point pushing an exact integer one rank up (``0.28 * 25 = 7.000000000000001``)."""
+    return math.ceil(round(q * m, 9))
 
 
 @dataclass(frozen=True)
@@ -118,8 +130,14 @@ class KardamFilter:
         frequency: bool = True,
         liveness: int | None = None,
     ) -> None:
-        if n < 3 * f + 1:
-            raise ValueError(f"kardam needs n >= 3f + 1, got n={n}, f={f}")
+        if f < 0 or n < 3 * f + 1:
+            raise ValueError(f"kardam needs n >= 3f + 1 and f >= 0, got n={n}, f={f}")
+        counts = {"history": history, "gap": gap, "window": window, "per_window": per_window}
+        for name, value in {**counts, "liveness": liveness}.items():
+            if value is not None and value < 1:
+                raise ValueError(f"kardam: {name} must be >= 1, got {value}")
+        if quantile is not None and not 0 < quantile <= 1:
+            raise ValueError(f"kardam: quantile must be in (0, 1], got {quantile}")
         self.n, self.f = int(n), int(f)
         self.history = int(history)
         try:
@@ -146,7 +164,7 @@ class KardamFilter:
         if self.summary == "max":
             return max(values)
         ordered = sorted(values)  # the ceil(s h)-th smallest of the worker's h coefficients
-        return ordered[max(math.ceil(float(self.summary) * len(ordered)), 1) - 1]
+        return ordered[max(_rank(float(self.summary), len(ordered)), 1) - 1]
 
     def threshold(self) -> float:
         """K: the (n - f)/n quantile of the workers' summaries (NaN while warming up)."""
@@ -154,7 +172,7 @@ class KardamFilter:
         m = len(summaries)
         if m < self.n - self.f or m <= self.f:
             return math.nan
-        index = min(math.ceil(self.quantile * m), m - self.f)
+        index = min(_rank(self.quantile, m), m - self.f)
         return summaries[max(index, 1) - 1]
 
     def reference(self, version: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
