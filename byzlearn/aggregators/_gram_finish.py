@@ -134,7 +134,7 @@ if njit is not None:
     def fill_distances(aug, bad, D, medians):  # pragma: no cover (compiled)
         """:func:`distances` into D (n x n) and medians (2,); callable from compiled code."""
         n = bad.shape[0]
-        good = 0
+        good = np.int64(0)  # (not a literal: see _gram_kernel's "Literal arguments")
         for i in range(n):
             if not bad[i]:
                 good += 1
@@ -160,8 +160,9 @@ if njit is not None:
         for i in range(n):
             if bad[i]:
                 continue
-            norms[a] = aug[i, i]
-            b = 0
+            v = aug[i, i]
+            norms[a] = v if v == v else np.inf
+            b = np.int64(0)  # not the literal 0: numba would compile _kth_smallest for it too
             for j in range(n):
                 if j != i and not bad[j]:
                     v = D[i, j]
@@ -169,21 +170,32 @@ if njit is not None:
                     b += 1
             rows[a] = _kth_smallest(others, b, (good - 2) // 2)
             a += 1
-        medians[0] = np.partition(norms, (good - 1) // 2)[(good - 1) // 2]
+        medians[0] = _kth_smallest(norms, good, (good - 1) // 2)
         medians[1] = _kth_smallest(rows, good, (good - 1) // 2)
+
+    # Hoare's selection rounds of :func:`_kth_smallest` before it sorts what is left.
+    _SELECTION_ROUNDS = 64
 
     @njit(boundscheck=False, cache=True, nogil=True)
     def _kth_smallest(a, m, k):  # pragma: no cover (compiled)
         """The k-th smallest of a[:m] (no NaN), reordering a[:m] in place (Hoare's selection
-        on the middle value of three; after 64 rounds the rest is sorted): a row's median
-        without the copy ``np.partition`` makes, which cost 4 -> 18 us at 25 rows."""
+        on the middle value of three; after 64 rounds the rest is sorted by insertion): a row's
+        median without the copy ``np.partition`` makes, which cost 4 -> 18 us at 25 rows. Plain
+        loops, no numpy sort or partition: numba's implementations of those compile in about
+        10 s, which every first call of a distance-based rule paid."""
         lo = 0
         hi = m - 1
         rounds = 0
         while lo < hi:
             rounds += 1
-            if rounds > 64:  # a slowly shrinking range: sort what is left
-                a[lo : hi + 1].sort()
+            if rounds > _SELECTION_ROUNDS:  # a slowly shrinking range: sort what is left
+                for i in range(lo + 1, hi + 1):
+                    v = a[i]
+                    j = i - 1
+                    while j >= lo and a[j] > v:
+                        a[j + 1] = a[j]
+                        j -= 1
+                    a[j + 1] = v
                 break
             mid = (lo + hi) // 2
             x, y, z = a[lo], a[mid], a[hi]

@@ -55,6 +55,15 @@ product that overflowed the input precision) is redone by the caller's float64 s
 
 Indexing note: numba wraps negative indices, and when it cannot prove an index is non-negative
 the vectoriser emits gathers. The loops below therefore index 1-D row views from 0.
+
+Literal arguments: numba compiles a compiled callee once per argument type, and a constant
+argument (``0``, ``True``, or a variable that starts as one before a loop changes it) has its own
+literal type, so a kernel called with ``0`` by one caller and a run-time ``j0`` by another was
+compiled twice, with all its callees (and a ``Literal[int](0)`` variable that a loop later widens
+to ``int64`` compiles the callee for both). Calls between kernels therefore pass run-time values
+(``np.int64(0)``, ``np.bool_(True)``) where a literal would stand: a first call of Krum on a cold
+cache compiled 132 functions, 85 after this and the plain-loop selection of
+:mod:`._gram_finish`.
 """
 
 from __future__ import annotations
@@ -1023,7 +1032,7 @@ if njit is not None:
         R = _padded_rows(ns)
         dsub = np.zeros(ns)
         fsub = np.zeros(ns + 1, dtype=np.bool_)
-        _centre_span(X, sub, centre, True, s0, s1, m, C, dsub, msq, fsub)
+        _centre_span(X, sub, centre, np.bool_(True), s0, s1, m, C, dsub, msq, fsub)
         sums = np.zeros((R, R))
         _buffer_tiles(C[:R], ns, s1 - s0, sums, Xf, sub, s1, d, lines)
         _add_at(acc, dots, sums, dsub, place)

@@ -153,10 +153,13 @@ if njit is not None:
         dots = np.zeros(n)
         msq = np.zeros(1)
         flags = np.zeros(n + 1, dtype=np.bool_)
-        # (``mode`` passed, as gram_blocks does: the same compiled specialisation of the
-        # kernel, so the same vectorised loops and the same bits as the general pass)
-        _gram_kernel._gram_block(X, rows, no_centre, False, 0, X.shape[1], acc, dots, msq,
-                                 flags, C, _gram_kernel.BUFFER)
+        # (``mode`` passed, and run-time values for the flag and the start, as gram_blocks
+        # passes them: the same compiled specialisation of the kernel, so the same vectorised
+        # loops and the same bits as the general pass, and one compilation for both, where the
+        # literals False and 0 made numba compile the kernel and its callees again: see
+        # "Literal arguments" in :mod:`._gram_kernel`)
+        _gram_kernel._gram_block(X, rows, no_centre, np.bool_(False), np.int64(0), X.shape[1],
+                                 acc, dots, msq, flags, C, _gram_kernel.BUFFER)
         bad = flags[:n]  # rows holding a non-finite value; _finish adds none (it only reads)
         aug = np.empty((n + 1, n + 1))
         D = np.empty((n, n))

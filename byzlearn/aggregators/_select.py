@@ -359,7 +359,7 @@ if _HAVE_NUMBA:
         m = n - drop
         inv = 1.0 / m
         if stat == 4:  # MEAN
-            _rows_mean(buf, 0, n, w, centre, acc, recip)
+            _rows_mean(buf, np.int64(0), n, w, centre, acc, recip)  # (not a literal 0)
         elif stat == 1 or stat == 3:  # TRIMMED, or its mean as the centre
             _rows_mean(buf, drop, n - drop, w, centre, acc, recip)
         else:

@@ -188,3 +188,39 @@ def test_central_row_of_all_bad_rows_is_row_zero():
     D = np.full((3, 3), np.inf)
     np.fill_diagonal(D, 0.0)
     assert _gram_finish.central_row(D, np.ones(3, dtype=bool)) == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    values=st.lists(
+        st.sampled_from([-math.inf, -2.0, -1.0, 0.0, 0.5, 1.0, 3.0, math.inf])
+        | st.floats(-1e6, 1e6),
+        min_size=1,
+        max_size=40,
+    ),
+    data=st.data(),
+)
+def test_kth_smallest_matches_numpy_partition(values, data):
+    """The compiled selection (no numpy sort or partition inside: those cost seconds of numba
+    compilation on every first call) picks np.partition's k-th value, ties and infinities
+    included."""
+    a = np.array(values)
+    k = data.draw(st.integers(0, a.size - 1))
+    m = a.size
+    padded = np.concatenate([a, [7.0, -7.0]])  # entries past m are left alone
+    assert _gram_finish._kth_smallest(padded, m, k) == np.partition(a, k)[k]
+    assert sorted(padded[:m]) == sorted(a) and list(padded[m:]) == [7.0, -7.0]
+
+
+@pytest.mark.parametrize("rounds", [0, 1, 2])
+def test_kth_smallest_sorts_what_is_left_after_its_rounds(monkeypatch, rounds):
+    """The fallback after the selection's rounds (an insertion sort of the range left), run
+    through the Python function with the round limit lowered so that it is reached."""
+    monkeypatch.setattr(_gram_finish, "_SELECTION_ROUNDS", rounds)
+    rng = np.random.default_rng(rounds)
+    for _ in range(50):
+        a = rng.integers(-5, 5, size=int(rng.integers(1, 30))).astype(float)
+        k = int(rng.integers(0, a.size))
+        b = a.copy()
+        assert _gram_finish._kth_smallest.py_func(b, a.size, k) == np.partition(a, k)[k]
+        assert sorted(b) == sorted(a)
