@@ -37,7 +37,7 @@ def honest_statistics(
     """``(dist_honest_mean, spread, norm of the honest mean)`` over the rows ``honest`` of the
     ``(n, d)`` CPU ``vectors`` (float32 or float64), ``spread = sqrt(mean_r ||h_r - mean||^2)``;
     ``None`` when the compiled path does not apply (numba missing, another device or dtype, a
-    non-finite honest value)."""
+    non-finite honest value or aggregate, squares past the floats)."""
     if njit is None or not vectors.is_cpu or vectors.dim() != 2 or not honest:
         return None
     if vectors.dtype not in (torch.float32, torch.float64) or output.dtype != vectors.dtype:
@@ -81,7 +81,8 @@ if njit is not None:
     @njit(boundscheck=False, cache=True, nogil=True)
     def _statistics(X, rows, a, work, out):  # pragma: no cover (compiled)
         """``out = (||a - mean||^2, sum_r ||X_r - mean||^2, ||mean||^2)`` over ``rows``, in
-        float64; False when a value of those rows is not finite.
+        float64; False when a value of those rows or of ``a`` is not finite, or a square
+        passes the floats.
 
         One pass over the rows, shifted by the first of them (``c``): per coordinate the sums
         ``S1 = sum_r (x_r - c)`` and ``S2 = sum_r (x_r - c)^2`` (``work``; independent lanes,
@@ -124,13 +125,17 @@ if njit is not None:
                     t = np.float64(row[j]) - np.float64(cb[j])
                     b1[j] += t
                     b2[j] += t * t
+        finite = True
         for j in range(d):  # independent lanes: the mean in s1, the squared deviations in s2
             mean = np.float64(c[j]) + s1[j] / m
             dev = s2[j] - s1[j] * s1[j] / m
+            # a non-finite value, or squares past the floats (float64 values past 1e154):
+            # the deviations are inf - inf or -inf, which the clamp below would make 0
+            finite &= np.isfinite(dev)
             s1[j] = mean
             s2[j] = dev if dev > 0.0 else 0.0
         out[0] = _fixed_sum(a, s1, 1.0, True)
         out[1] = _fixed_sum(s2, s2, 0.0, False)
         out[2] = _fixed_sum(s1, s1, 0.0, True)
         # a non-finite value makes its column's mean or deviations, so these sums, non-finite
-        return np.isfinite(out[1]) and np.isfinite(out[2])
+        return finite and np.isfinite(out[0]) and np.isfinite(out[1]) and np.isfinite(out[2])

@@ -15,6 +15,7 @@ from the config) and turn the roles' events into metrics:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -82,12 +83,12 @@ class TruthObserver(Observer):
         finite = all_finite(mean)
         if not finite:  # lost coordinates: skip them
             mean = rows.nanmean(dim=0)
-        self._fields["dist_honest_mean"] = float(torch.dist(output, mean))
+        self._fields["dist_honest_mean"] = _norm(output - mean)
         if len(rows) > 1 and (finite or all_finite(rows)):
             # sqrt(E ||h - mean||^2) / ||mean||: the variance-norm ratio of ICLR 2021,
             # the spread as the Frobenius norm of the centred rows over sqrt(rows)
-            spread = float(torch.linalg.vector_norm(rows - mean)) / len(rows) ** 0.5
-            norm = float(torch.linalg.vector_norm(mean))
+            spread = _norm(rows - mean) / len(rows) ** 0.5
+            norm = _norm(mean)
             self._fields["variance_norm_ratio"] = spread / norm if norm > 0 else None
 
     def _update(self, data: dict[str, Any]) -> None:
@@ -136,6 +137,16 @@ class TruthObserver(Observer):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.accepted = {int(k): int(v) for k, v in state["accepted"].items()}
         self.rejected = {int(k): int(v) for k, v in state["rejected"].items()}
+
+
+def _norm(v: torch.Tensor) -> float:
+    """``||v||``, also where its squares pass the floats (values past 1e154 in float64, 1e19
+    in float32: a plain norm is inf): then that of ``v`` scaled by its largest entry."""
+    norm = float(torch.linalg.vector_norm(v))
+    if math.isinf(norm) and all_finite(v):
+        top = v.abs().amax()
+        norm = float(top.double() * torch.linalg.vector_norm(v / top).double())
+    return norm
 
 
 _COUNTERS = {

@@ -105,11 +105,24 @@ class StudyDirError(ValueError):
     """A study directory that holds another study's, or another scale's, results."""
 
 
+# the files a study writes at the top of its directory (besides its figures, ``*.png``)
+_WRITTEN = ("study.json", "results.json", "results.json.tmp", "report.md")
+
+
 def _claim(out: Path, name: str, scale: str) -> None:
     """Make ``out`` the directory of study ``name`` at ``scale`` (``study.json``), or refuse
     (nothing written) when it already belongs to another study or scale: its report and
     results would be overwritten. Its runs could be shared (each lives under the hash of its
-    config), its report cannot."""
+    config), its report cannot. A symbolic link in place of a file the study writes (its
+    record, results, report or a figure) is refused too: a folder received from someone else
+    could point one at a file outside it."""
+    if out.is_dir():
+        for path in sorted(out.iterdir()):
+            if path.is_symlink() and (path.name in _WRITTEN or path.suffix == ".png"):
+                raise StudyDirError(
+                    f"{path}: is a symbolic link; byzlearn never writes through links (it "
+                    "would change a file outside the study directory): remove the link"
+                )
     owner = out / "study.json"
     for path in (owner, out / "results.json"):  # results.json: folders made before study.json
         if not path.is_file():
@@ -138,8 +151,13 @@ def _computed(study: Study, scale: str, out: Path) -> dict[str, Any]:
             saved = json.loads(path.read_text())
         except (OSError, ValueError):
             saved = None
-        # the folder's study and scale were checked by _claim before any run
-        if isinstance(saved, dict) and saved.get("scale") == scale and "results" in saved:
+        # the folder's study and scale were checked by _claim before any run; results that
+        # are not a mapping (a damaged file) are computed again
+        if (
+            isinstance(saved, dict)
+            and saved.get("scale") == scale
+            and isinstance(saved.get("results"), dict)
+        ):
             return dict(saved["results"])
     start = time.perf_counter()
     results = study.compute(scale)
@@ -162,6 +180,8 @@ def run_study(
     report's path and the analysis. Finished runs are loaded, killed ones resume."""
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r} (known: {', '.join(SCALES)})")
+    if isinstance(jobs, bool) or not isinstance(jobs, int):
+        raise TypeError(f"jobs must be an int >= 1, got {jobs!r}")
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     study = STUDIES.get(name)

@@ -90,3 +90,39 @@ def test_the_observer_records_what_the_torch_path_records(monkeypatch: pytest.Mo
     assert records[0].keys() == records[1].keys() == keys
     for key in ("dist_honest_mean", "variance_norm_ratio"):
         assert records[0][key] == pytest.approx(records[1][key], rel=1e-5)
+
+
+def _record(X: torch.Tensor, a: torch.Tensor) -> dict:
+    senders = list(range(len(X)))
+    obs = TruthObserver(byzantine=[], workers=senders)
+    obs.on_event("aggregated", {"senders": senders, "losses": {}, "vectors": X, "output": a})
+    rec: dict = {}
+    obs.collect(rec)
+    return rec
+
+
+def test_squares_past_the_floats_are_not_a_zero_spread_or_an_infinite_distance(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """float64 values past 1e154: their squares overflow. The kernel's deviations were
+    inf - inf (NaN), clamped to 0: a spread of 0 recorded as a variance-norm ratio of 0."""
+    X = torch.tensor([[0.0], [1.5e154], [1.5e154]], dtype=torch.float64)
+    a = torch.zeros(1, dtype=torch.float64)
+    assert honest_statistics(X, [0, 1, 2], a) is None  # was (1e154, 0.0, 1e154)
+    rec = _record(X, a)
+    assert rec["variance_norm_ratio"] == pytest.approx(math.sqrt(0.5), rel=1e-12)
+    assert rec["dist_honest_mean"] == pytest.approx(1e154, rel=1e-12)
+    # the torch path's norms overflowed too (an infinite ratio, an infinite distance)
+    X = torch.tensor([[1e300, 1.0], [-1e300, 2.0], [5e299, 3.0]], dtype=torch.float64)
+    rec = _record(X, torch.zeros(2, dtype=torch.float64))
+    mean = 0.5 / 3  # in units of 1e300 (the ratio does not depend on the unit)
+    spread = math.sqrt(((1 - mean) ** 2 + (1 + mean) ** 2 + (0.5 - mean) ** 2) / 3)
+    assert rec["dist_honest_mean"] == pytest.approx(mean * 1e300, rel=1e-12)
+    assert rec["variance_norm_ratio"] == pytest.approx(spread / mean, rel=1e-12)
+    monkeypatch.setattr("byzlearn.experiments.observers.honest_statistics", lambda *a: None)
+    X32 = torch.tensor([[3e19, 1.0], [-3e19, 2.0], [1e19, 3.0]])
+    rec = _record(X32, torch.zeros(2))
+    mean, rows = 1e19 / 3, [3e19, -3e19, 1e19]
+    spread = math.sqrt(sum((r - mean) ** 2 for r in rows) / 3)
+    assert rec["dist_honest_mean"] == pytest.approx(mean, rel=1e-6)
+    assert rec["variance_norm_ratio"] == pytest.approx(spread / mean, rel=1e-6)

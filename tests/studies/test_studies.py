@@ -88,3 +88,34 @@ def test_a_study_folder_is_never_taken_over_by_another_study_or_scale(tmp_path: 
         _claim(older, "leeway-2018", "tiny")
     res = CliRunner().invoke(app, ["study", "leeway-2018", "--scale", "tiny", "--out", str(older)])
     assert res.exit_code == 2 and "holds the study 'krum-2017'" in res.output
+
+
+@pytest.mark.parametrize("name", ["study.json", "results.json", "report.md", "fep2017_bound.png"])
+def test_a_link_in_place_of_a_file_the_study_writes_is_refused(tmp_path: Path, name: str) -> None:
+    """A study folder received from someone else could point its files anywhere: the study
+    would have written through the link (a dangling study.json, a report.md over a file)."""
+    victim = tmp_path / "victim.md"
+    victim.write_text("precious")
+    out = tmp_path / "study"
+    out.mkdir()
+    (out / name).symlink_to(victim if name != "study.json" else tmp_path / "outside.json")
+    res = CliRunner().invoke(app, ["study", "fep-2017", "--scale", "tiny", "--out", str(out)])
+    assert res.exit_code == 2 and "is a symbolic link" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert victim.read_text() == "precious" and not (tmp_path / "outside.json").exists()
+    assert [p.name for p in out.iterdir()] == [name]
+
+
+def test_damaged_results_are_computed_again_and_jobs_must_be_an_int(tmp_path: Path) -> None:
+    import json
+
+    out = tmp_path / "fep"
+    out.mkdir()
+    saved = {"study": "fep-2017", "scale": "tiny", "results": [1, 2]}  # was a TypeError
+    (out / "results.json").write_text(json.dumps(saved))
+    report, _ = run_study("fep-2017", "tiny", out)
+    assert report.is_file()
+    assert isinstance(json.loads((out / "results.json").read_text())["results"], dict)
+    for jobs in (True, 1.5):
+        with pytest.raises(TypeError, match="jobs must be an int >= 1"):
+            run_study("fep-2017", "tiny", out, jobs=jobs)  # type: ignore[arg-type]
