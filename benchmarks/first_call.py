@@ -73,7 +73,7 @@ def _run(rule: str, n: int, d: int, f: int, cache: Path) -> dict[str, float]:
     env["NUMBA_CACHE_DIR"] = str(cache / "numba")
     env["BYZLEARN_CACHE"] = str(cache / "byzlearn")
     done = subprocess.run(
-        [sys.executable, "-c", _CHILD, rule, str(n), str(d), str(f)],
+        [sys.executable, "-c", _CHILD, rule, str(n), str(int(d)), str(f)],
         env=env,
         capture_output=True,
         text=True,
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{load}); Python {platform.python_version()}; torch threads: 1 (compilation: one core)"
     )
     print(
-        f"- n = {args.n}, f = {f}, d = {args.d}, float32; "
+        f"- n = {args.n}, f = {f}, d = {int(args.d)}, float32; "
         + ("one cache for all the rules, in order" if args.session else "a cache per rule")
         + "\n"
     )
