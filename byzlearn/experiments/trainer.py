@@ -59,15 +59,18 @@ def deal(config: Config, labels: torch.Tensor, byzantine: list[int]) -> list[np.
         return [everything] * n
     byz = set(byzantine) if p.among == "honest" else set()
     owners = [i for i in range(n) if i not in byz]
-    parts = partition(
-        labels,
-        len(owners),
-        p.kind,
-        seed=config.seed * 1000 + _SEED_PARTITION,
-        alpha=p.alpha,
-        shards_per_worker=p.shards_per_worker,
-        gamma=p.gamma,
-    )
+    try:
+        parts = partition(
+            labels,
+            len(owners),
+            p.kind,
+            seed=config.seed * 1000 + _SEED_PARTITION,
+            alpha=p.alpha,
+            shards_per_worker=p.shards_per_worker,
+            gamma=p.gamma,
+        )
+    except ValueError as exc:  # the data cannot be dealt so: say which section
+        raise ValueError(f"partition: {exc}") from None
     out = [everything] * n
     for owner, part in zip(owners, parts, strict=True):
         out[owner] = part
