@@ -10,10 +10,12 @@ well-formed reply are kept: the rule's missing-value policy handles them.
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.lib.format as npy
 import torch
 from flwr.app import Array, ArrayRecord, Message
 
@@ -26,6 +28,7 @@ class Layout:
 
     keys: tuple[str, ...]  # floating-point tensors, aggregated
     shapes: tuple[tuple[int, ...], ...]
+    dtypes: tuple[np.dtype, ...]  # of each tensor as sent: the new model keeps them
     offsets: tuple[int, ...]  # start of each key in the flat vector (len(keys) + 1 entries)
     dtype: torch.dtype
     sent: torch.Tensor  # the flattened tensors the server sent, in ``dtype``
@@ -52,6 +55,7 @@ class Layout:
         return cls(
             tuple(floats),
             tuple(tuple(v.shape) for v in floats.values()),
+            tuple(v.dtype for v in floats.values()),
             offsets,
             dtype,
             sent,
@@ -65,9 +69,13 @@ class Layout:
         return self.offsets[-1]
 
     def to_arrays(self, flat: torch.Tensor) -> ArrayRecord:
-        """An ArrayRecord with the model's keys and order: ``flat`` split back into tensors."""
+        """An ArrayRecord with the model's keys, order and dtypes: ``flat`` split back into
+        tensors (a float32 tensor of a model with a float64 one stays float32)."""
         values = {
-            k: flat[self.offsets[i] : self.offsets[i + 1]].reshape(self.shapes[i]).numpy()
+            k: flat[self.offsets[i] : self.offsets[i + 1]]
+            .reshape(self.shapes[i])
+            .numpy()
+            .astype(self.dtypes[i], copy=False)
             for i, k in enumerate(self.keys)
         }
         values.update(self.other)
@@ -113,6 +121,29 @@ def _weight_of(message: Message, key: str) -> float:
     return math.nan
 
 
+def _header(array: Array) -> tuple[tuple[int, ...], np.dtype] | None:
+    """The shape and dtype an ``.npy`` payload declares, read without allocating the array
+    (None: another serialisation, left to Flower)."""
+    if array.stype != "numpy.ndarray":
+        return None
+    stream = io.BytesIO(array.data)
+    version = npy.read_magic(stream)
+    if version == (1, 0):
+        shape, _, dtype = npy.read_array_header_1_0(stream)
+    elif version == (2, 0):
+        shape, _, dtype = npy.read_array_header_2_0(stream)
+    else:
+        raise ValueError(f"npy format version {version} not supported")
+    return tuple(int(x) for x in shape), dtype
+
+
+def _check(key: str, shape: tuple[int, ...], dtype: np.dtype, expected: tuple[int, ...]) -> None:
+    if dtype.kind not in "fiu":
+        raise ValueError(f"tensor {key!r} has dtype {dtype}, not a number")
+    if shape != expected:
+        raise ValueError(f"tensor {key!r} has shape {shape}, expected {expected}")
+
+
 def _row(arrays: ArrayRecord, layout: Layout, out: torch.Tensor) -> None:
     """Write ``reply - sent`` into ``out``; raise ValueError naming the first defect."""
     expected = set(layout.keys) | set(layout.other)
@@ -123,16 +154,17 @@ def _row(arrays: ArrayRecord, layout: Layout, out: torch.Tensor) -> None:
     if extra:
         raise ValueError(f"unexpected tensor {extra[0]!r}")
     for i, key in enumerate(layout.keys):
+        try:  # the header first: numpy allocates what it declares (36 TiB: MemoryError)
+            declared = _header(arrays[key])
+        except (ValueError, OSError, EOFError) as err:
+            raise ValueError(f"tensor {key!r} does not decode ({err})") from None
+        if declared is not None:
+            _check(key, *declared, layout.shapes[i])
         try:
             value = arrays[key].numpy()
         except (TypeError, ValueError, OSError, EOFError) as err:
             raise ValueError(f"tensor {key!r} does not decode ({err})") from None
-        if value.dtype.kind not in "fiu":
-            raise ValueError(f"tensor {key!r} has dtype {value.dtype}, not a number")
-        if tuple(value.shape) != layout.shapes[i]:
-            raise ValueError(
-                f"tensor {key!r} has shape {tuple(value.shape)}, expected {layout.shapes[i]}"
-            )
+        _check(key, tuple(value.shape), value.dtype, layout.shapes[i])
         lo, hi = layout.offsets[i], layout.offsets[i + 1]
         flat = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float64).reshape(-1))
         out[lo:hi] = flat.to(layout.dtype)
@@ -158,12 +190,14 @@ def read_replies(
     weights: list[float] = []
     messages: list[Message] = []
     rejected: list[Rejected] = []
+    seen: set[int] = set()  # nodes with a reply, usable or rejected: their next one is rejected
     for message in usable:
         node = int(message.metadata.src_node_id)
         row = updates[len(nodes)]  # a rejected reply's partial row is overwritten by the next
-        if node in nodes:
+        if node in seen:
             rejected.append(Rejected(node, "a second reply from this node this round"))
             continue
+        seen.add(node)
         try:
             _row(_arrays_of(message, arrays_key), layout, row)
         except ValueError as err:

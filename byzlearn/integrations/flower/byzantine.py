@@ -88,8 +88,11 @@ class ByzantineClientApp(ClientApp):
         mark: bool = True,
     ) -> None:
         super().__init__()
-        if not isinstance(f, int) or isinstance(f, bool) or f < 1 or not 0 <= index < f:
-            raise ValueError(f"need an int f >= 1 and 0 <= index < f, got index={index}, f={f}")
+        ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (f, index))
+        if not ints or f < 1 or not 0 <= index < f:
+            raise ValueError(f"need ints f >= 1 and 0 <= index < f, got index={index!r}, f={f!r}")
+        if isinstance(seed, bool) or not hasattr(seed, "__index__"):  # int, numpy ints
+            raise ValueError(f"seed must be an int, got {seed!r}")
         behaviour = Reliable() if behaviour is None else behaviour
         if not isinstance(behaviour, _BEHAVIOURS):
             raise ValueError(
