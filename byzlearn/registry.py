@@ -34,6 +34,7 @@ class Registry(Generic[T]):
 
     def __init__(self, kind: str, *, normalise: Callable[[str], str] | None = None) -> None:
         self.kind = kind
+        self._article = "an" if kind[:1].lower() in "aeiou" else "a"  # (messages: an attack)
         self._normalise = normalise or (lambda name: name)
         self._entries: dict[str, T] = {}
         self._aliases: dict[str, str] = {}
@@ -42,7 +43,9 @@ class Registry(Generic[T]):
     def add(self, name: str, entry: T, *, aliases: tuple[str, ...] = ()) -> None:
         """Register ``entry`` under ``name`` (and ``aliases``); taken names raise ``ValueError``."""
         if not isinstance(name, str) or not name:
-            raise TypeError(f"a {self.kind} name must be a non-empty string, got {name!r}")
+            raise TypeError(
+                f"{self._article} {self.kind} name must be a non-empty string, got {name!r}"
+            )
         key = self._normalise(name)
         keys = [key, *(self._normalise(a) for a in aliases)]
         for k in keys:
@@ -67,7 +70,9 @@ class Registry(Generic[T]):
     def canonical(self, name: str) -> str:
         """The registered name that ``name`` (or an alias of it) refers to."""
         if not isinstance(name, str) or not name:
-            raise TypeError(f"a {self.kind} name must be a non-empty string, got {name!r}")
+            raise TypeError(
+                f"{self._article} {self.kind} name must be a non-empty string, got {name!r}"
+            )
         key = self._normalise(name.strip())
         key = self._aliases.get(key, key)
         if key not in self._entries:

@@ -240,7 +240,10 @@ def _call_needs(name: str) -> tuple[bool, tuple[str, ...]]:
 def _parts(name: str) -> list[RuleSpec]:
     if not isinstance(name, str) or not name:
         raise TypeError(f"an aggregator name must be a non-empty string, got {name!r}")
-    parts = [spec(p.strip()) for p in name.split("+")]
+    pieces = [p.strip() for p in name.split("+")]
+    if "" in pieces:
+        raise ValueError(f"{name!r}: an empty part; compose names as 'pre+rule' (e.g. 'nnm+krum')")
+    parts = [spec(p) for p in pieces]
     for p in parts[:-1]:
         if p.kind != "pre":
             raise ValueError(

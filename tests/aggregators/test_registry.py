@@ -279,3 +279,13 @@ def test_equal_weights_put_one_over_the_count_on_the_rows_given():
     assert w.dtype == torch.float64 and w.shape == (7,)
     assert w.tolist() == [0.0, 1 / 3, 1 / 3, 0.0, 0.0, 1 / 3, 0.0]
     assert equal_weights(3, 2).tolist() == [0.0, 0.0, 1.0]
+
+
+@pytest.mark.parametrize("name", ["krum+", "+krum", "nnm++krum", "nnm+ +krum"])
+def test_a_composition_with_an_empty_part_says_so(name):
+    """An empty part of a composed name is one line naming the name and the form it takes (it
+    was "a aggregator name must be a non-empty string, got ''")."""
+    with pytest.raises(ValueError, match=r"an empty part; compose names as 'pre\+rule'"):
+        agg.get(name)
+    with pytest.raises(ValueError, match="an empty part"):
+        agg.check(name, 10, 1)
