@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 import weakref
 from collections import Counter
@@ -153,6 +154,11 @@ class _GroupActor:
 
 
 _RemoteGroupActor = ray.remote(_GroupActor)
+
+
+def _plain(text: str) -> str:
+    """``text`` without the terminal colour codes Ray puts in its error messages."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
 def _cut(a: int, size: int, parts: int) -> int:
@@ -323,11 +329,18 @@ class RayEngine(NodeTable):
     def _plan(self) -> list[int]:
         """Actors per group (the adversary: one; honest groups: ``actors`` or what is left)."""
         known = set(self._roles.values())
+        in_actors = {self._roles[g.ids[0]] for g in self._groups if g.ids}
         unknown = sorted(set(self.resources) - known)
         if unknown:
             raise ValueError(
                 f"ray engine: resources for role {unknown[0]!r}, which no node plays "
                 f"(roles: {', '.join(sorted(known))})"
+            )
+        driver_only = sorted(set(self.resources) - in_actors)
+        if driver_only:  # its nodes are driven: they run in the driver, no actor reserves
+            raise ValueError(
+                f"ray engine: resources for role {driver_only[0]!r}, whose nodes run in the "
+                f"driver, not in actors (roles in actors: {', '.join(sorted(in_actors))})"
             )
         total = ray.cluster_resources()
         cpus, gpus = float(total.get("CPU", 0.0)), float(total.get("GPU", 0.0))
@@ -399,9 +412,9 @@ class RayEngine(NodeTable):
             for a in range(k):  # k contiguous slices, sizes differing by at most one
                 members = group.ids[_cut(a, len(group.ids), k) : _cut(a + 1, len(group.ids), k)]
                 state = saved[gi][a] if saved is not None else None
-                actor = _RemoteGroupActor.options(
-                    num_cpus=res.cpus, num_gpus=res.gpus
-                ).remote(handler_ref, max(1, math.ceil(res.cpus)), state, kept())
+                actor = _RemoteGroupActor.options(num_cpus=res.cpus, num_gpus=res.gpus).remote(
+                    handler_ref, max(1, math.ceil(res.cpus)), state, kept()
+                )
                 group.actors.append(actor)
                 group.members.append(members)
         try:
@@ -412,6 +425,13 @@ class RayEngine(NodeTable):
                 f"ray engine: the actors did not start within {_START:g} s (a busy cluster, or "
                 "resources no node has); nothing was run"
             ) from None
+        except _DEAD as err:  # e.g. the handler cannot be unpickled there (a missing module)
+            self.close()
+            lines = [line.strip() for line in _plain(str(err)).splitlines() if line.strip()]
+            raise RuntimeError(
+                f"ray engine: an actor failed to start ({lines[-1] if lines else 'it died'}); "
+                "nothing was run"
+            ) from err
         self._started = True
 
     # ------------------------------------------------------------------ transport
@@ -528,8 +548,9 @@ class RayEngine(NodeTable):
             return math.inf
         return max(0.0, min(h.since for h in self._held) + self.adversary_wait - self._wall())
 
-    def _collect(self, timeout: float) -> None:
-        """Take the results of the finished calls (waiting up to ``timeout`` s for one)."""
+    def _collect(self, timeout: float, *, flush: bool = True) -> None:
+        """Take the results of the finished calls (waiting up to ``timeout`` s for one); with
+        ``flush``, hand the answers for reactive nodes out at once."""
         self._release_held()
         if not self._calls:
             return
@@ -545,6 +566,10 @@ class RayEngine(NodeTable):
                 self._crash(call)
                 continue
             except ray.exceptions.RayTaskError as err:  # the handler raised: a bug, re-raised
+                cause = err.cause
+                if isinstance(cause, Exception):  # its own message; Ray's traceback as a note
+                    cause.add_note(f"raised in a Ray actor:\n{_plain(str(err))}")
+                    raise cause from None
                 raise err.as_instanceof_cause() from None
             self._stats["delivered"] += len(call.msgs)
             at = min(max(finished - self._t0, max(m.sent_at for m in call.msgs)), self._wall())
@@ -558,7 +583,8 @@ class RayEngine(NodeTable):
                 self._stamp(reply, sender)
                 reply.sent_at = reply.arrival = at
                 self._dispatch(reply)
-        self._flush()
+        if flush:
+            self._flush()
         self._release_held()
 
     def _crash(self, call: _Call) -> None:
@@ -584,6 +610,8 @@ class RayEngine(NodeTable):
         deadline: float | None = None,
     ) -> list[Message]:
         dest, q, deadline = self._recv_arguments(dest, q, deadline)
+        if self._outbox:  # actor start-up (the first delivery) never eats into a deadline
+            self._start()
         start = self._wall()
         limit = start + deadline if deadline is not None else math.inf
         self._flush()
@@ -616,8 +644,11 @@ class RayEngine(NodeTable):
 
     def discard(self, dest: int, match: Match) -> int:
         dest = self._driven_id(dest)
-        self._flush()
-        self._collect(0.0)
+        # no delivery here: the buffered messages cannot have been answered yet, and handing
+        # them out now would split a delivery the protocol is still making (several servers
+        # each discarding, then multicasting: the adversary would get each server's part
+        # alone, before the honest workers have a quorum, and stay silent)
+        self._collect(0.0, flush=False)
         return self._discard(dest, match)
 
     def drain(self) -> None:

@@ -1,0 +1,167 @@
+"""Regressions found by a random search comparing the ``ray`` engine with the ``local`` one
+(the actors' start-up and a deadline; deliveries split by ``discard``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pytest
+import torch
+
+pytest.importorskip("ray")
+
+from byzlearn.engines import Message
+from byzlearn.engines.ray_engine import RayEngine
+from byzlearn.experiments import Trainer, parse_config
+from tests.engines.test_contract import Echo
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(120)]
+
+
+@pytest.fixture
+def engines(ray_instance) -> Iterator[list[RayEngine]]:
+    """Engines made by a test; their actors are killed when it ends."""
+    made: list[RayEngine] = []
+    yield made
+    for engine in made:
+        engine.close()
+
+
+class SlowStart(Echo):
+    """Echo whose copy in an actor takes ``seconds`` to unpickle (a slow actor start-up)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        time.sleep(state["seconds"])
+        self.__dict__.update(state)
+
+
+def test_actor_start_up_does_not_eat_into_the_first_deadline(engines) -> None:
+    engine = RayEngine(actors=1)
+    engines.append(engine)
+    ids = engine.add_group("worker", 2, SlowStart(seconds=3.0))
+    server = engine.add_node("server")
+    server.multicast(Message(kind="ask", round=1), ids)  # no engine.start(): the recv starts
+    got = server.gather(1, q=2, deadline=2.0)  # the actors (3 s), then waits up to 2 s
+    assert sorted(int(m.sender) for m in got) == ids
+    assert engine.stats["late"] == 0
+
+
+class Quorum:
+    """Honest workers answering a round once ``quorum`` models of it came (one answer to each
+    of those models), as ByzSGD's workers do."""
+
+    def __init__(self, quorum: int) -> None:
+        self.quorum = quorum
+        self.pending: dict[tuple[int, int], list[Message]] = {}
+
+    def handle(self, inbox: Sequence[Message], observed: Sequence[Message] = ()) -> list[Message]:
+        out = []
+        for m in inbox:
+            key = (int(m.dest), m.round)  # type: ignore[arg-type]
+            self.pending.setdefault(key, []).append(m)
+            if len(self.pending[key]) == self.quorum:
+                out += [p.reply(torch.ones(2), kind="grad") for p in self.pending[key]]
+        return out
+
+
+class Watcher:
+    """The adversary: answers each model with the honest senders of ``grad`` it observed."""
+
+    def handle(self, inbox: Sequence[Message], observed: Sequence[Message] = ()) -> list[Message]:
+        view = sorted(int(m.sender) for m in observed if m.kind == "grad")  # type: ignore[arg-type]
+        return [m.reply(torch.zeros(2), kind="grad", view=view) for m in inbox]
+
+
+def test_discard_does_not_split_a_delivery_several_servers_are_making(engines) -> None:
+    engine = RayEngine(actors=1)
+    engines.append(engine)
+    honest = engine.add_group("worker", 2, Quorum(quorum=2))
+    byz = engine.add_group("worker", 1, Watcher(), adversary=True)
+    servers = [engine.add_node("server") for _ in range(2)]
+    for server in servers:  # each server: drop stale answers, then send its model
+        server.discard(lambda m: m.round < 1)
+        server.multicast(Message(kind="model", round=1), honest + byz)
+    for server in servers:
+        got = {int(m.sender): m for m in server.gather(1, q=3, kind="grad")}
+        assert sorted(got) == honest + byz
+        assert got[byz[0]].meta["view"] == honest  # it saw the honest answers of the round
+
+
+def test_byzsgd_on_ray_receives_what_it_receives_on_local(ray_instance) -> None:
+    config: dict[str, Any] = {
+        "dataset": {"name": "digits"},
+        "model": {"name": "logistic"},
+        "n": 7,
+        "f": 1,
+        "attack": {"name": "alie"},
+        "rule": {"name": "median"},
+        "protocol": {"name": "byzsgd"},
+        "network": {"crashes": {0: 2}},  # from round 2 the quorum needs the coalition
+        "steps": 3,
+        "checkpoint_every": 0,
+        "seed": 1,
+    }
+    local = Trainer(parse_config(config))
+    remote = Trainer(parse_config({**config, "engine": {"name": "ray", "actors": 1}}))
+    try:
+        for _ in range(3):
+            a, b = local.step(), remote.step()
+            assert a["received"] == b["received"] == 6  # the coalition answered every server
+        assert torch.allclose(remote.theta, local.theta, atol=1e-5, rtol=1e-4)
+    finally:
+        remote.engine.close()  # type: ignore[attr-defined]
+
+
+def test_resources_for_a_role_only_driven_nodes_play_are_refused(engines) -> None:
+    from byzlearn.engines.ray_engine import Resources
+
+    engine = RayEngine(resources={"server": Resources(cpus=1)})  # the server runs in the driver
+    engines.append(engine)
+    ids = engine.add_group("worker", 1, Echo())
+    server = engine.add_node("server")
+    with pytest.raises(ValueError, match="role 'server', whose nodes run in the driver") as err:
+        server.multicast(Message(kind="ask", round=1), ids) or server.recv(1)
+    assert "\n" not in str(err.value)
+
+
+class Unbuildable(Echo):
+    """A handler that cannot be unpickled in an actor (e.g. a module missing on that node)."""
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        raise RuntimeError("no module named 'somewhere'")
+
+
+class Buggy(Echo):
+    """A handler with a bug."""
+
+    def handle(self, inbox: Sequence[Message], observed: Sequence[Message] = ()) -> list[Message]:
+        raise ValueError("the handler's own bug")
+
+
+def test_an_actor_that_cannot_start_is_reported_in_one_line(engines) -> None:
+    engine = RayEngine(actors=1)
+    engines.append(engine)
+    ids = engine.add_group("worker", 2, Unbuildable())
+    server = engine.add_node("server")
+    server.multicast(Message(kind="ask", round=1), ids)
+    with pytest.raises(RuntimeError, match=r"an actor failed to start .*'somewhere'") as err:
+        server.gather(1, q=2)
+    assert "\n" not in str(err.value) and "\x1b" not in str(err.value)
+
+
+def test_a_handlers_exception_is_raised_in_the_driver_with_its_own_message(engines) -> None:
+    engine = RayEngine(actors=1)
+    engines.append(engine)
+    ids = engine.add_group("worker", 2, Buggy())
+    server = engine.add_node("server")
+    server.multicast(Message(kind="ask", round=1), ids)
+    with pytest.raises(ValueError) as err:
+        server.gather(1, q=2)
+    assert str(err.value) == "the handler's own bug"
+    assert any("raised in a Ray actor" in note for note in err.value.__notes__)
