@@ -5,7 +5,7 @@ engine. The engine-independent contract runs on it in ``test_contract.py``."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -22,15 +22,6 @@ from tests.engines.test_contract import Echo, Impostor
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(90)]
 
 HALF = {"worker": Resources(cpus=0.5)}  # four actors fit on the two CPUs
-
-
-@pytest.fixture
-def engines(ray_instance) -> Iterator[list[RayEngine]]:
-    """Engines made by a test; their actors are killed when it ends."""
-    made: list[RayEngine] = []
-    yield made
-    for engine in made:
-        engine.close()
 
 
 def _engine(made: list[RayEngine], **kw: Any) -> RayEngine:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -18,15 +18,6 @@ from byzlearn.experiments import Trainer, parse_config
 from tests.engines.test_contract import Echo
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(120)]
-
-
-@pytest.fixture
-def engines(ray_instance) -> Iterator[list[RayEngine]]:
-    """Engines made by a test; their actors are killed when it ends."""
-    made: list[RayEngine] = []
-    yield made
-    for engine in made:
-        engine.close()
 
 
 class SlowStart(Echo):
@@ -144,23 +135,26 @@ class Buggy(Echo):
         raise ValueError("the handler's own bug")
 
 
-def test_an_actor_that_cannot_start_is_reported_in_one_line(engines) -> None:
+def _asked(engines: list[Any], handler: Any) -> Any:
+    """A server node of a new one-actor engine that has asked two workers running ``handler``
+    (the actors start with the delivery, in the server's next gather)."""
     engine = RayEngine(actors=1)
     engines.append(engine)
-    ids = engine.add_group("worker", 2, Unbuildable())
+    ids = engine.add_group("worker", 2, handler)
     server = engine.add_node("server")
     server.multicast(Message(kind="ask", round=1), ids)
+    return server
+
+
+def test_an_actor_that_cannot_start_is_reported_in_one_line(engines) -> None:
+    server = _asked(engines, Unbuildable())
     with pytest.raises(RuntimeError, match=r"an actor failed to start .*'somewhere'") as err:
         server.gather(1, q=2)
     assert "\n" not in str(err.value) and "\x1b" not in str(err.value)
 
 
 def test_a_handlers_exception_is_raised_in_the_driver_with_its_own_message(engines) -> None:
-    engine = RayEngine(actors=1)
-    engines.append(engine)
-    ids = engine.add_group("worker", 2, Buggy())
-    server = engine.add_node("server")
-    server.multicast(Message(kind="ask", round=1), ids)
+    server = _asked(engines, Buggy())
     with pytest.raises(ValueError) as err:
         server.gather(1, q=2)
     assert str(err.value) == "the handler's own bug"
