@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+import click
 import typer
 
 from byzlearn.allocator import keep_freed_memory
@@ -31,7 +32,24 @@ def main() -> None:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    app()
+    raise SystemExit(run_app())
+
+
+def run_app(args: list[str] | None = None) -> int:
+    """Run the command line on ``args`` (default: ``sys.argv[1:]``) and return its exit
+    status. A usage error (an unknown option, a value out of its range, a missing argument) is
+    one ``error:`` line naming the command's help and status 2, instead of click's framed
+    usage block; ``--help`` and the commands' own statuses are unchanged."""
+    try:
+        status = app(args=args, prog_name="byzlearn", standalone_mode=False)
+    except click.UsageError as err:
+        command = err.ctx.command_path if err.ctx is not None else "byzlearn"
+        print(f"error: {err.format_message()} (see '{command} --help')", file=sys.stderr)
+        return 2
+    except click.Abort:  # Ctrl-C at a prompt or during a command
+        print("aborted", file=sys.stderr)
+        return 130
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":
