@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 
 from byzlearn.allocator import keep_freed_memory
@@ -21,6 +20,12 @@ app = typer.Typer(
 _register_experiment_commands(app)
 app.add_typer(_neurons_app, name="neurons", help="Fault tolerance of neural networks.")
 app.command("study")(_study)
+
+# click's UsageError, the base of every usage error, from whichever click typer runs on (typer
+# 0.22 and later carry their own copy and no longer install click)
+_USAGE_ERROR: type[Exception] = next(
+    c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError"
+)
 
 
 def main() -> None:
@@ -42,11 +47,13 @@ def run_app(args: list[str] | None = None) -> int:
     usage block; ``--help`` and the commands' own statuses are unchanged."""
     try:
         status = app(args=args, prog_name="byzlearn", standalone_mode=False)
-    except click.UsageError as err:
-        command = err.ctx.command_path if err.ctx is not None else "byzlearn"
-        print(f"error: {err.format_message()} (see '{command} --help')", file=sys.stderr)
+    except _USAGE_ERROR as err:
+        ctx = getattr(err, "ctx", None)
+        command = ctx.command_path if ctx is not None else "byzlearn"
+        message = err.format_message()  # type: ignore[attr-defined]
+        print(f"error: {message} (see '{command} --help')", file=sys.stderr)
         return 2
-    except click.Abort:  # Ctrl-C at a prompt or during a command
+    except typer.Abort:  # Ctrl-C at a prompt or during a command
         print("aborted", file=sys.stderr)
         return 130
     return status if isinstance(status, int) else 0
