@@ -299,15 +299,28 @@ def largest_f(name: str, n: int, f: int, **options) -> int | None:
     """The largest ``f' <= f`` for which ``name`` can run on ``n`` inputs (None if no f' >= 0).
 
     A protocol that received fewer inputs than its rule needs may aggregate with this f'
-    (a documented failure policy: fewer Byzantine inputs tolerated, but no crash).
+    (a documented failure policy: fewer Byzantine inputs tolerated, but no crash). A rule that
+    tolerates f' Byzantine inputs tolerates fewer (every requirement grows with f), so a
+    bisection finds f' in O(log f) checks; a scan from f down took minutes for a huge f.
     """
-    for g in range(int(f), -1, -1):
+
+    def runs(g: int) -> bool:
         try:
             check(name, n, g, **options)
         except ValueError:
-            continue
-        return g
-    return None
+            return False
+        return True
+
+    f = int(f)
+    if f < 0 or not runs(0):
+        return None
+    if runs(f):
+        return f
+    low, high = 0, f  # low runs, high does not
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if runs(middle) else (low, middle)
+    return low
 
 
 def _max_missing(name: str, parts: list[RuleSpec], options: dict) -> float:

@@ -289,3 +289,28 @@ def test_a_composition_with_an_empty_part_says_so(name):
         agg.get(name)
     with pytest.raises(ValueError, match="an empty part"):
         agg.check(name, 10, 1)
+
+
+@pytest.mark.parametrize("name", [*agg.names(), "nnm+krum", "bucketing+median", "arc+bulyan"])
+def test_largest_f_is_the_largest_f_the_rule_runs_with(name):
+    """Its bisection (requirements grow with f) gives what trying every f' from f down gives,
+    and a huge f costs a few checks."""
+
+    def scan(n: int, f: int) -> int | None:
+        for g in range(f, -1, -1):
+            try:
+                agg.check(name, n, g)
+            except ValueError:
+                continue
+            return g
+        return None
+
+    for n in range(0, 24):
+        for f in range(-1, 12):
+            assert agg.largest_f(name, n, f) == scan(n, f)
+    try:  # a rule without a requirement on f (average) runs with any f
+        agg.check(name, 40, 10**9)
+        expected = 10**9
+    except ValueError:  # the others with fewer than the 40 inputs
+        expected = scan(40, 40)
+    assert agg.largest_f(name, 40, 10**9) == expected

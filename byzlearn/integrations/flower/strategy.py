@@ -124,18 +124,6 @@ def _runs(rule: str, n: int, f: int, options: dict[str, Any]) -> bool:
     return True
 
 
-def largest_f(rule: str, n: int, f: int, options: dict[str, Any]) -> int | None:
-    """``agg.largest_f`` by bisection (a rule that tolerates f' tolerates fewer): O(log f)
-    checks instead of f."""
-    if not _runs(rule, n, 0, options):
-        return None
-    low, high = 0, f + 1  # low runs, high does not (or is past f)
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (middle, high) if _runs(rule, n, middle, options) else (low, middle)
-    return low
-
-
 def _dry_run(rule: str, f: int, n: int, options: dict[str, Any]) -> None:
     """Run the rule once on n random 2-d inputs so that a missing or invalid option raises when
     the strategy is built, not in a round (generators given in the options are restored)."""
@@ -370,7 +358,7 @@ class RobustStrategy(FedAvg):
         f = self.f
         if n < self.needed:
             shortfall = f"{n} usable replies, {self.rule} needs {self.needed} with f={self.f}"
-            shrunk = largest_f(self.rule, n, self.f, self.rule_options) if n else None
+            shrunk = agg.largest_f(self.rule, n, self.f, **self.rule_options) if n else None
             if self.on_shortfall == "skip" or shrunk is None:
                 report.skipped = shortfall
                 return None
