@@ -28,3 +28,12 @@ def memory() -> str:
     """Total memory, e.g. ``23.5 GiB`` (/proc/meminfo), or ``unknown``."""
     total = _proc_field("/proc/meminfo", "MemTotal")
     return f"{int(total.split()[0]) / 2**20:.1f} GiB" if total else "unknown"
+
+
+def available_bytes() -> int | None:
+    """Memory the system can give now (/proc/meminfo's MemAvailable), or None if unknown."""
+    available = _proc_field("/proc/meminfo", "MemAvailable")
+    try:
+        return int(available.split()[0]) * 1024 if available else None
+    except (ValueError, IndexError):
+        return None

@@ -14,6 +14,9 @@ def test_at_least_takes_integers_from_its_bound() -> None:
     for text in ("0", "-2", "1.5", "x"):
         with pytest.raises(argparse.ArgumentTypeError):
             at_least(1)(text)
+    assert at_least(0, 5)("5") == 5
+    with pytest.raises(argparse.ArgumentTypeError, match="must be <= 5, got 6"):
+        at_least(0, 5)("6")
 
 
 def test_dimension_and_non_negative() -> None:

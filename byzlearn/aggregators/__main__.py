@@ -15,6 +15,11 @@ import torch
 
 import byzlearn.aggregators as agg
 from byzlearn.argtypes import at_least
+from byzlearn.machine import available_bytes
+
+# Vectors of n x d float32 values the demo holds at once (the honest rows, three inputs, the
+# rules' work), for its memory check.
+_COPIES = 6
 
 
 def _error(out: torch.Tensor, honest_mean: torch.Tensor, spread: float) -> float:
@@ -30,11 +35,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=at_least(2), default=25)
     parser.add_argument("--f", type=at_least(0), default=5)
     parser.add_argument("--d", type=at_least(1), default=100_000)
-    parser.add_argument("--seed", type=at_least(0), default=0)
+    parser.add_argument("--seed", type=at_least(0, 2**64 - 1), default=0)
     args = parser.parse_args(argv)
     n, f, d = args.n, args.f, args.d
     if n - f < 2:  # the honest spread (the error's unit) needs two honest vectors
         parser.error(f"needs n - f >= 2 honest vectors, got n={n}, f={f}")
+    needed, available = _COPIES * 4 * n * d, available_bytes()
+    if available is not None and needed > available:
+        parser.error(
+            f"n={n} x d={d} needs about {needed / 2**30:.1f} GiB, {available / 2**30:.1f} GiB "
+            "available: lower --n or --d"
+        )
     g = torch.Generator().manual_seed(args.seed)
     direction = torch.randn(d, generator=g)
     honest = direction + torch.randn(n - f, d, generator=g)

@@ -55,6 +55,7 @@ def test_more_byzantine_than_honest_inputs_still_make_n_rows(capsys, monkeypatch
         (["--d", "0"], "argument --d: must be >= 1, got 0"),
         (["--d", "x"], "argument --d: not an integer: 'x'"),
         (["--n", "5", "--f", "4"], "needs n - f >= 2 honest vectors, got n=5, f=4"),
+        (["--seed", str(2**64)], f"argument --seed: must be <= {2**64 - 1}, got {2**64}"),
     ],
 )
 def test_bad_arguments_are_one_error_line(argv, message, capsys):
@@ -63,3 +64,19 @@ def test_bad_arguments_are_one_error_line(argv, message, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == f"python -m byzlearn.aggregators: error: {message}"
+
+
+def test_inputs_larger_than_the_memory_are_one_error_line(capsys, monkeypatch):
+    """n x d beyond the memory available: one line (was a RuntimeError traceback from torch's
+    allocator); the check reads /proc/meminfo, faked here."""
+    import byzlearn.aggregators.__main__ as demo
+
+    monkeypatch.setattr(demo, "available_bytes", lambda: 10 * 2**30)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--n", "1000", "--d", "1000000"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        "python -m byzlearn.aggregators: error: n=1000 x d=1000000 needs about 22.4 GiB, "
+        "10.0 GiB available: lower --n or --d"
+    )
