@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from byzlearn.checks import check_int, check_real
+
 __all__ = [
     "ArrayDataset",
     "describe_dataset",
@@ -105,23 +107,13 @@ def _make(
 
 def _seed(seed: object) -> int:
     """A loader's seed: an integer 0 to 2^32 - 1 (numpy's and scikit-learn's range)."""
-    if (
-        isinstance(seed, bool)
-        or not isinstance(seed, numbers.Integral)
-        or not 0 <= int(seed) < 2**32
-    ):
-        raise ValueError(f"seed must be an integer 0 to 2^32 - 1, got {seed!r}")
-    return int(seed)
+    return check_int(seed, "seed", 0, 2**32 - 1, type_error=ValueError)
 
 
 def _fraction(test_fraction: object) -> float:
-    if (
-        not isinstance(test_fraction, numbers.Real)
-        or isinstance(test_fraction, bool)
-        or not 0 < float(test_fraction) < 1  # NaN fails the comparison
-    ):
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
-    return float(test_fraction)
+    return check_real(
+        test_fraction, "test_fraction", 0.0, 1.0, lo_open=True, hi_open=True, type_error=ValueError
+    )
 
 
 def _where(root: object, download: object) -> Path:

@@ -19,11 +19,11 @@ are not class ids (integers >= 0), a seed not an integer >= 0, ``alpha`` not a f
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Sequence
 
 import numpy as np
+
+from byzlearn.checks import check_int, check_real
 
 __all__ = ["dirichlet", "gamma_similarity", "iid", "label_shards", "partition"]
 
@@ -50,20 +50,12 @@ def _labels(labels) -> np.ndarray:
 
 
 def _integer(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
-
-
-def _real(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
+    """An int >= ``low``; every bad value is a ``ValueError`` here (wrong types too)."""
+    return check_int(value, name, low, type_error=ValueError)
 
 
 def _check(num: int, n: int, seed: object = 0) -> None:
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-        raise ValueError(f"need at least one worker: n must be an integer >= 1, got n={n!r}")
+    _integer("n", n, 1)
     if num < n:
         raise ValueError(f"cannot give each of n={n} workers a sample out of {num}")
     _integer("seed", seed, 0)
@@ -89,8 +81,7 @@ def iid(labels, n: int, seed: int = 0) -> list[np.ndarray]:
 
 def dirichlet(labels, n: int, alpha: float = 1.0, seed: int = 0) -> list[np.ndarray]:
     """Per-class Dirichlet(alpha) shares (Hsu et al. 2019)."""
-    if _real("alpha", alpha) <= 0:
-        raise ValueError(f"alpha must be > 0, got {alpha}")
+    check_real(alpha, "alpha", 0.0, lo_open=True, type_error=ValueError)
     y = _labels(labels)
     _check(len(y), n, seed)
     rng = np.random.default_rng(seed)
@@ -123,8 +114,7 @@ def label_shards(labels, n: int, shards_per_worker: int = 2, seed: int = 0) -> l
 
 def gamma_similarity(labels, n: int, gamma: float = 0.5, seed: int = 0) -> list[np.ndarray]:
     """A fraction ``gamma`` dealt iid; the rest sorted by label and cut into contiguous blocks."""
-    if not 0.0 <= _real("gamma", gamma) <= 1.0:
-        raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+    check_real(gamma, "gamma", 0.0, 1.0, type_error=ValueError)
     y = _labels(labels)
     _check(len(y), n, seed)
     rng = np.random.default_rng(seed)

@@ -18,11 +18,11 @@ def test_reliable_and_crash():
     assert [c.reply(t) for t in range(6)] == [0, 0, 0, None, None, None]
     assert [c.replies(t, node=2) for t in range(5)] == [True, True, True, False, False]
     assert not Crash(0).replies(0)
-    with pytest.raises(ValueError, match="step must be >= 0"):
+    with pytest.raises(ValueError, match="step must be an integer >= 0"):
         Crash(-1)
     with pytest.raises(TypeError, match="step must be an int"):
         Crash(1.5)
-    with pytest.raises(ValueError, match="step must be >= 0"):
+    with pytest.raises(ValueError, match="step must be an integer >= 0"):
         c.reply(-1)
     with pytest.raises(dataclasses.FrozenInstanceError):
         c.step = 4

@@ -44,7 +44,7 @@ def test_flip_labels_errors():
         atk.flip_labels(np.array([0.0, 1.0]), 3)
     with pytest.raises(TypeError, match="tensor or a numpy array"):
         atk.flip_labels([0, 1], 3)
-    with pytest.raises(ValueError, match="num_classes must be >= 1"):
+    with pytest.raises(ValueError, match="num_classes must be an integer >= 1"):
         atk.flip_labels(np.array([0]), 0)
     with pytest.raises(ValueError, match="outside"):
         atk.flip_labels(np.array([0]), 3, mapping={0: 5})
@@ -64,7 +64,7 @@ def test_targeted_flip(raw, source, target):
 
 
 def test_targeted_flip_errors():
-    with pytest.raises(ValueError, match="source must be >= 0"):
+    with pytest.raises(ValueError, match="source must be an integer >= 0"):
         atk.targeted_flip(np.array([0]), -1, 2)
     with pytest.raises(ValueError, match="non-negative"):
         atk.targeted_flip(np.array([-2, 1]), 1, 2)

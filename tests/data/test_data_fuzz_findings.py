@@ -39,14 +39,14 @@ LABELS = np.repeat(np.arange(10), 20)  # 200 samples, 10 classes
 @pytest.mark.parametrize("alpha", [float("nan"), float("inf"), True, "0.5", None])
 def test_dirichlet_alpha_must_be_a_finite_number(alpha: object) -> None:
     # NaN and inf gave NaN shares: one worker got the whole set, with a RuntimeWarning
-    with pytest.raises(ValueError, match="alpha must be a finite number"):
+    with pytest.raises(ValueError, match=r"alpha must be (a number|> 0 and finite), got"):
         partition(LABELS, 4, "dirichlet", alpha=alpha)
 
 
 @pytest.mark.parametrize("spw", [2.5, True, "2", float("nan")])
 def test_shards_per_worker_must_be_an_integer(spw: object) -> None:
     # 2.5 was truncated to 2 and True taken for 1, silently
-    with pytest.raises(ValueError, match="shards_per_worker must be an integer >= 1"):
+    with pytest.raises(ValueError, match="shards_per_worker must be an int, got"):
         partition(LABELS, 4, "shards", shards_per_worker=spw)
 
 
@@ -60,20 +60,20 @@ def test_more_shards_than_samples_is_refused_without_allocating_them() -> None:
 
 @pytest.mark.parametrize("gamma", [True, "0.5"])
 def test_gamma_must_be_a_number(gamma: object) -> None:
-    with pytest.raises(ValueError, match="gamma must be a finite number"):
+    with pytest.raises(ValueError, match="gamma must be a number, got"):
         partition(LABELS, 4, "gamma", gamma=gamma)
 
 
 @pytest.mark.parametrize("n", [True, 2.0, 2.5, "3", None])
 def test_worker_count_must_be_an_integer(n: object) -> None:
     # n=True and n=2.0 were taken for 1 and 2
-    with pytest.raises(ValueError, match="n must be an integer >= 1"):
+    with pytest.raises(ValueError, match="n must be an int"):
         partition(LABELS, n, "iid")
 
 
 @pytest.mark.parametrize("seed", [-1, 1.5, "1", True])
 def test_partition_seed_must_be_a_non_negative_integer(seed: object) -> None:
-    with pytest.raises(ValueError, match="seed must be an integer >= 0"):
+    with pytest.raises(ValueError, match="seed must be an int"):
         partition(LABELS, 4, "iid", seed=seed)
 
 
@@ -128,11 +128,12 @@ def test_dataset_names_are_only_looked_up(name: object) -> None:
 @pytest.mark.parametrize(
     "options, message",
     [
-        ({"seed": -1}, "seed must be an integer 0 to 2^32 - 1, got -1"),
-        ({"seed": 1.5}, "seed must be an integer 0 to 2^32 - 1, got 1.5"),
-        ({"seed": True}, "seed must be an integer 0 to 2^32 - 1, got True"),
-        ({"seed": 2**32}, "seed must be an integer 0 to 2^32 - 1"),
-        ({"test_fraction": "0.5"}, "test_fraction must be in (0, 1), got '0.5'"),
+        ({"seed": -1}, "seed must be an integer in [0, 4294967295], got -1"),
+        ({"seed": 1.5}, "seed must be an int, got float 1.5"),
+        ({"seed": True}, "seed must be an int, got bool True"),
+        ({"seed": 2**32}, "seed must be an integer in [0, 4294967295], got 4294967296"),
+        ({"test_fraction": "0.5"}, "test_fraction must be a number, got str '0.5'"),
+        ({"test_fraction": 1.0}, "test_fraction must be in (0, 1), got 1.0"),
         ({"test_fraction": 0.001}, "leaves 2 of 1797 images for testing"),
         ({"test_fraction": 0.999}, "leaves 1796 of 1797 images for testing"),
     ],
@@ -148,8 +149,8 @@ def test_digits_options_are_checked(options: dict, message: str) -> None:
     [
         ({"num_samples": 2, "test_fraction": 0.9}, "leaves no training sample"),
         ({"separation": True}, "separation must be a finite number >= 0, got True"),
-        ({"seed": -1}, "seed must be an integer 0 to 2^32 - 1"),
-        ({"test_fraction": "0.5"}, "test_fraction must be in (0, 1)"),
+        ({"seed": -1}, "seed must be an integer in [0, 4294967295]"),
+        ({"test_fraction": "0.5"}, "test_fraction must be a number"),
     ],
 )
 def test_synthetic_options_are_checked(options: dict, message: str) -> None:
