@@ -148,7 +148,9 @@ def test_digits_options_are_checked(options: dict, message: str) -> None:
     "options, message",
     [
         ({"num_samples": 2, "test_fraction": 0.9}, "leaves no training sample"),
-        ({"separation": True}, "separation must be a finite number >= 0, got True"),
+        ({"separation": True}, "separation must be a number, got bool True"),
+        ({"separation": float("inf")}, "separation must be >= 0 and finite, got inf"),
+        ({"num_classes": 1}, "num_classes must be an integer >= 2, got 1"),
         ({"seed": -1}, "seed must be an integer in [0, 4294967295]"),
         ({"test_fraction": "0.5"}, "test_fraction must be a number"),
     ],
@@ -239,6 +241,28 @@ def test_corrupt_gzip_is_one_line_naming_the_file(tmp_path: Path) -> None:
     p.write_bytes(b"not gzip")
     with pytest.raises(ValueError, match="not a valid gzip file"):
         read_idx(p)
+
+
+def test_a_file_inflating_beyond_the_limit_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small .gz that inflates without bound (a gzip bomb) is refused once it passes
+    MAX_FILE_BYTES, and so is a plain file larger than that (was: read whole into memory)."""
+    import byzlearn.data.datasets as datasets
+
+    monkeypatch.setattr(datasets, "MAX_FILE_BYTES", 10_000)
+    monkeypatch.setattr(datasets, "_CHUNK", 4096)
+    inflating = tmp_path / "t10k-images-idx3-ubyte.gz"
+    inflating.write_bytes(gzip.compress(b"\0" * 10_001))
+    with pytest.raises(ValueError, match=r"larger than 10,000 bytes once gunzipped"):
+        read_idx(inflating)
+    plain = tmp_path / "t10k-images-idx3-ubyte"
+    plain.write_bytes(b"\0" * 10_001)
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte: larger than 10,000 bytes$"):
+        read_idx(plain)
+    exact = _idx(np.zeros(10_000 - 8, dtype=np.uint8))  # 10 000 bytes: read
+    inflating.write_bytes(gzip.compress(exact))
+    assert read_idx(inflating).shape == (10_000 - 8,)
 
 
 @pytest.mark.parametrize(

@@ -154,10 +154,10 @@ def test_standardise_per_channel_per_feature_or_none() -> None:
     [
         ({"num_features": 0}, "num_features must be an integer >= 1, got 0"),
         ({"num_classes": 1}, "num_classes must be an integer >= 2, got 1"),
-        ({"num_classes": 2.5}, "num_classes must be an integer >= 2, got 2.5"),
+        ({"num_classes": 2.5}, "num_classes must be an int, got float 2.5"),
         ({"num_samples": 1}, "num_samples must be an integer >= 2, got 1"),
-        ({"separation": float("nan")}, "separation must be a finite number >= 0, got nan"),
-        ({"separation": -1.0}, "separation must be a finite number >= 0"),
+        ({"separation": float("nan")}, "separation must be >= 0 and finite, got nan"),
+        ({"separation": -1.0}, "separation must be >= 0 and finite, got -1.0"),
     ],
 )
 def test_synthetic_options_out_of_range_are_refused(options: dict, message: str) -> None:
