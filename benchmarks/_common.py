@@ -3,14 +3,41 @@
 
 from __future__ import annotations
 
+import argparse
 import copy
 import sys
 
 import torch
 
 from byzlearn.argtypes import at_least, dimension, non_negative
+from byzlearn.machine import available_bytes
 
-__all__ = ["at_least", "channels_last", "dimension", "non_negative", "refused"]
+__all__ = [
+    "MAX_THREADS",
+    "at_least",
+    "channels_last",
+    "check_memory",
+    "dimension",
+    "non_negative",
+    "refused",
+]
+
+# The most torch threads a script takes (as the library's configs: far beyond, torch crashes).
+MAX_THREADS = 1024
+
+
+def check_memory(
+    parser: argparse.ArgumentParser, needed: float, what: str, lower: str = "--n or --d"
+) -> None:
+    """End with one ``error:`` line (``parser.error``, exit status 2) when ``what`` needs more
+    than the ``needed`` bytes the machine has available now (MemAvailable; no check where it is
+    unknown), instead of the allocator's traceback (or the kernel's OOM killer) later."""
+    available = available_bytes()
+    if available is not None and needed > available:
+        parser.error(
+            f"{what} needs about {needed / 2**30:.1f} GiB, {available / 2**30:.1f} GiB "
+            f"available: lower {lower}"
+        )
 
 
 def refused(err: Exception) -> int:

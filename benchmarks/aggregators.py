@@ -52,7 +52,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from _common import at_least, dimension, non_negative, refused
+from _common import MAX_THREADS, at_least, check_memory, dimension, non_negative, refused
 
 COORDINATEWISE = ("average", "median", "trimmed_mean", "meamed", "phocas")
 DISTANCE_BASED = (
@@ -866,7 +866,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--d", type=dimension, default=1e7, help="dimension")
     p.add_argument("--n", type=at_least(1), default=25)
     p.add_argument("--f", type=at_least(0), default=5)
-    p.add_argument("--threads", type=at_least(1), nargs="+", default=[1],
+    p.add_argument("--threads", type=at_least(1, MAX_THREADS), nargs="+", default=[1],
                    help="torch thread counts")
     p.add_argument("--inputs", nargs="+", default=list(INPUT_KINDS), choices=INPUT_KINDS)
     p.add_argument("--rules", nargs="+", default=None, choices=ALL_RULES, metavar="RULE",
@@ -875,7 +875,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-time", type=non_negative, default=0.5,
                    help="more pairs (at most 100) until the rule's runs add up to this (s)")
     p.add_argument("--dtype", default="float32", choices=sorted(RTOL))
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=at_least(0, 2**64 - 1), default=0)
     p.add_argument("--no-reference", action="store_true")
     p.add_argument("--markdown", action="store_true")
     p.add_argument("--quick", action="store_true", help="smoke test: d = 1e5, 2 inputs")
@@ -889,8 +889,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def host_copies(args) -> int:
+    """(n, d) inputs' worth of host memory a run holds at once: on the CPU the input and, while
+    it is made, two blocks of up to 2^22 columns (or a rule's work: NNM's mixed rows); with the
+    references, the input and up to three copies (NNM + trimmed mean's reference: the mixed
+    rows, the finite rows, their finite rows), on a GPU a host copy of the input and those."""
+    if not args.no_reference and not args.scale_n:
+        return 4
+    return 3 if args.device == "cpu" else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     import torch
 
     import byzlearn.aggregators as agg
@@ -902,6 +913,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     DEVICE = args.device
     if args.quick:
         args.d, args.inputs, args.repeats, args.min_time = 1e5, ["honest", "nan"], 3, 0.05
+    sizes, lower = [(args.n, int(args.d))], "--n or --d"
+    if args.scale_n:
+        sizes = [
+            (n, int(args.scale_d if n < 500 else args.scale_d_large)) for n in args.scale_values
+        ]
+        lower = "--scale-values, --scale-d or --scale-d-large"
+    n, d = max(sizes, key=lambda size: size[0] * size[1])
+    itemsize = 4 if args.dtype == "float32" else 8
+    check_memory(parser, host_copies(args) * n * d * itemsize, f"n={n} x d={d}", lower)
     sep = "\n" if args.markdown else ""
     for key, value in machine_facts(args):
         print(f"- {key}: {value}" if args.markdown else f"{key:>36}: {value}")
@@ -928,7 +948,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         return refused(err)
     rows: list[Row] = []
-    itemsize = 4 if args.dtype == "float32" else 8
     for kind in args.inputs:
         X = make_inputs(kind, n, f, d, args.dtype, args.seed, DEVICE)
         # the references' input (on a GPU: a copy to the host, made only when it is checked)

@@ -16,7 +16,7 @@ import sys
 import time
 
 import torch
-from _common import at_least, refused
+from _common import MAX_THREADS, at_least, check_memory, refused
 
 from byzlearn.attacks.matrix import attack_matrix, format_matrix
 from byzlearn.machine import cpu_name
@@ -41,16 +41,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=at_least(3), default=25)
     p.add_argument("--f", type=at_least(0), default=5)
     p.add_argument("--d", type=at_least(1), default=1000)
-    p.add_argument("--seed", type=at_least(0), default=0)
+    p.add_argument("--seed", type=at_least(0, 2**63 - 1), default=0)
     p.add_argument("--signal", type=float, default=1.0, help="honest mean = signal * ones")
     p.add_argument("--attacks", default=None, help="comma-separated (default: all + 'none')")
     p.add_argument("--rules", default=None, help="comma-separated (default: the 12 of the table)")
     p.add_argument(
         "--evaluations", type=at_least(1), default=None, help="search budget of rule-aware attacks"
     )
-    p.add_argument("--threads", type=at_least(1), default=1)
+    p.add_argument("--threads", type=at_least(1, MAX_THREADS), default=1)
     p.add_argument("--markdown", action="store_true", help="print a Markdown table")
     a = p.parse_args(argv)
+    # float64 (n, d) values held at once: the honest and baseline draws, a cell's input, the
+    # rule's (or a rule-aware attack's) work on it
+    check_memory(p, 4 * 8 * a.n * a.d, f"n={a.n} x d={a.d}")
     set_threads(a.threads)
     attacks = a.attacks.split(",") if a.attacks else None
     rules = a.rules.split(",") if a.rules else None

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import at_least, dimension
+from _common import at_least, check_memory, dimension
 
 from byzlearn.machine import cpu_name
 
@@ -178,6 +178,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--inputs", nargs="+", choices=INPUTS, default=list(INPUTS))
     parser.add_argument("--repeats", type=at_least(1), default=5)
     args = parser.parse_args(argv)
+    sizes = [(n, int(args.d) if args.d else (1_000_000 if n < 500 else 100_000)) for n in args.n]
+    n, d = max(sizes, key=lambda size: size[0] * size[1])
+    # float32 (n, d) inputs held at once: an input kind's, the next one's (made before the
+    # first is let go), the library median's work
+    check_memory(parser, 3 * 4 * n * d, f"n={n} x d={d}")
     if shutil.which("gcc") is None:
         sys.exit("error: this prototype needs gcc on the PATH")
     if not has_avx512():
@@ -201,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         print("|---:|---:|---|---:|---:|---:|---|---|---|---:|---:|---:|")
         for n in args.n:
-            d = int(args.d) if args.d else (1_000_000 if n < 500 else 100_000)
+            d = dict(sizes)[n]
             for kind in args.inputs:
                 X = make_input(kind, n, d)
                 Xn = X.numpy()

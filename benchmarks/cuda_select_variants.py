@@ -26,6 +26,7 @@ import time
 import torch
 
 from byzlearn.aggregators import _fused_cuda, _select, _sorted_cuda
+from byzlearn.argtypes import at_least
 
 SHAPES = [(25, 10**7), (50, 10**7), (64, 10**7), (65, 10**7), (100, 10**7), (200, 10**7),
           (500, 10**6), (1000, 10**6)]
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--small", action="store_true",
                         help="tiny shapes on the CPU under TRITON_INTERPRET=1 (a check)")
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=at_least(1), default=7)
     args = parser.parse_args(argv)
     if args.small:
         if not _fused_cuda.interpreted():

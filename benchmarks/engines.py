@@ -33,7 +33,7 @@ import time
 from typing import Any
 
 import torch
-from _common import at_least, refused
+from _common import MAX_THREADS, at_least, refused
 
 from byzlearn.experiments import Trainer, parse_config
 
@@ -70,24 +70,24 @@ def _measure(trainer: Trainer, warmup: int, rounds: int) -> dict[str, float]:
     }
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=at_least(1), nargs="+", default=[8, 25])
     parser.add_argument("--models", nargs="+", default=["mlp", "cnn"])
     parser.add_argument("--rounds", type=at_least(1), default=20)
     parser.add_argument("--warmup", type=at_least(0), default=3)
     parser.add_argument(
-        "--threads", type=at_least(1), default=1, help="torch threads of this process"
+        "--threads", type=at_least(1, MAX_THREADS), default=1, help="torch threads of this process"
     )
     parser.add_argument("--cpus", type=at_least(1), default=os.cpu_count() or 1, help="Ray CPUs")
     parser.add_argument("--quick", action="store_true", help="n = 8, MLP, 5 rounds")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.n, args.models, args.rounds, args.warmup = [8], ["mlp"], 5, 2
-    try:  # every config is checked (model names among them) before Ray starts
+    try:  # every config is checked (model names, n against the data) before Ray starts
         for model in args.models:
             for n in args.n:
-                _config(model, n, {"name": "local"})
+                Trainer(_config(model, n, {"name": "local"}))
     except ValueError as err:
         return refused(err)
 

@@ -37,7 +37,7 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from _common import at_least, dimension
+from _common import at_least, check_memory, dimension
 
 from byzlearn.machine import cpu_name
 
@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--session", action="store_true", help="one cache for all the rules")
     args = parser.parse_args(argv)
     f = args.n // 5 if args.f is None else args.f
+    # each child holds the (n, d) float32 input and a rule's work (a copy at most: NNM's rows)
+    check_memory(parser, 2 * 4 * args.n * int(args.d), f"n={args.n} x d={int(args.d)}")
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     print(
         f"- machine: {platform.machine()}, {cpu_name()}, {os.cpu_count()} cores (load average "

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from _common import at_least, channels_last
+from _common import MAX_THREADS, at_least, channels_last, check_memory
 from torch.nn import functional as F  # noqa: N812
 
 from byzlearn.engines import FlatModel, _pool_kernel
@@ -44,6 +44,9 @@ from byzlearn.models import build_model
 BATCH = 32
 SHAPE = (1, 8, 8)  # digits
 CLASSES = 10
+# Peak bytes per worker of measure() (both parameter kinds; measured at 1000 workers, rounded up:
+# mostly the vmapped activations and per-worker gradients)
+BYTES_PER_WORKER = {"mlp": 300_000, "cnn": 1_300_000}
 
 
 def _big_batch(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
@@ -108,8 +111,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=at_least(1), nargs="+", default=[25])
     parser.add_argument("--kinds", nargs="+", choices=["shared", "own"], default=["shared", "own"])
     parser.add_argument("--calls", type=at_least(1), default=40)
-    parser.add_argument("--threads", type=at_least(1), default=1)
+    parser.add_argument("--threads", type=at_least(1, MAX_THREADS), default=1)
     args = parser.parse_args(argv)
+    h = max(args.workers)
+    per_worker = max(BYTES_PER_WORKER[model] for model in args.models)
+    check_memory(parser, h * per_worker, f"{h} workers", "--workers")
     torch.set_num_threads(args.threads)
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
     print(

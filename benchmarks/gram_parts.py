@@ -43,12 +43,11 @@ from __future__ import annotations
 import argparse
 import functools
 import platform
-import sys
 import time
 from collections.abc import Callable
 
 import numpy as np
-from _common import at_least, dimension
+from _common import at_least, check_memory, dimension
 
 
 @functools.cache
@@ -117,7 +116,7 @@ def _measure(n: int, d: int, hot_kib: int, repeats: int) -> dict[str, float]:
     W = gk.tile_lanes(R, X.nbytes)  # the library's width for this input
     blocks = _gram.column_blocks(d, _gram.kernel_block_size(n, rows.size, X.nbytes))
     T = torch.from_numpy(X)
-    hot_cols = max(W, (hot_kib * 1024 // (4 * n)) // W * W)
+    hot_cols = max(W, min(hot_kib * 1024 // (4 * n), d) // W * W)  # within the input
     H = np.ascontiguousarray(X[:, :hot_cols])
     laps = max(1, d // hot_cols)
     spans = np.tile(np.arange(0, hot_cols, W, dtype=np.int64), laps)
@@ -184,18 +183,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=at_least(1), default=5)
     args = parser.parse_args(argv)
     if any(w is not None and w % 256 for w in args.widths):
-        sys.exit("error: --widths must be multiples of 256 (the chunk of the centring)")
-    from byzlearn.aggregators._gram_kernel import BLAS_MIN_ROWS
+        parser.error("--widths must be multiples of 256 (the chunk of the centring)")
+    from byzlearn.aggregators import _gram_kernel as gk
 
-    if max(args.n) >= BLAS_MIN_ROWS:
-        sys.exit(f"error: --n must be under {BLAS_MIN_ROWS} (more rows take BLAS)")
+    if max(args.n) >= gk.BLAS_MIN_ROWS:
+        parser.error(f"--n must be under {gk.BLAS_MIN_ROWS} (more rows take BLAS)")
+    d = int(args.d)
+    for n in args.n:  # the hot parts take at least one pass width of the input
+        for width in args.widths:
+            W = width or gk.tile_lanes(gk.padded_rows(n - 1), n * d * 4)
+            if d < W:
+                parser.error(f"--d must be at least the pass width, {W} at n={n}")
+    n = max(args.n)
+    # the float32 input and its draw (a copy), and SignGuard's sample: a permutation of d int64
+    check_memory(parser, 2 * 4 * n * d + 9 * d, f"n={n} x d={d}")
     import numba
     import torch
 
     from byzlearn.machine import cpu_name
 
     torch.set_num_threads(1)
-    d = int(args.d)
     print(f"- machine: {platform.machine()}, {cpu_name()}; one thread")
     print(
         f"- python / torch / numba: {platform.python_version()} / {torch.__version__} / "

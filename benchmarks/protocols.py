@@ -34,7 +34,7 @@ import time
 from typing import Any
 
 import torch
-from _common import at_least, non_negative, refused
+from _common import MAX_THREADS, at_least, non_negative, refused
 
 from byzlearn.experiments import parse_config
 from byzlearn.experiments.runner import run
@@ -103,7 +103,7 @@ def measure(name: str, data: dict[str, Any], args: argparse.Namespace) -> dict[s
     }
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=at_least(1), default=300)
     p.add_argument("--eval-every", type=at_least(1), default=10)
@@ -114,9 +114,11 @@ def main() -> int:
     p.add_argument("--gather-every", type=at_least(1), default=1)
     p.add_argument("--link", type=non_negative, default=0.1)
     p.add_argument("--seed", type=at_least(0), default=0)
-    p.add_argument("--threads", type=at_least(1), default=1)
+    p.add_argument("--threads", type=at_least(1, MAX_THREADS), default=1)
     p.add_argument("--quick", action="store_true")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    if args.target > 1:
+        p.error(f"argument --target: an accuracy, at most 1, got {args.target:g}")
     if args.quick:
         args.steps, args.eval_every = 20, 10
     try:  # every row's config (attack names, server counts) is checked before any run

@@ -25,6 +25,7 @@ import types
 from pathlib import Path
 
 import numpy as np
+from _common import at_least, check_memory
 
 from byzlearn.machine import cpu_name
 
@@ -67,12 +68,12 @@ def _loop(module: types.ModuleType):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rev", required=True, help="the git revision to compare with")
-    parser.add_argument("--n", type=int, nargs="+", default=[10, 26, 100, 200])
-    parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--calls", type=int, default=4000)
+    parser.add_argument("--n", type=at_least(3), nargs="+", default=[10, 26, 100, 200])
+    parser.add_argument("--repeats", type=at_least(1), default=9)
+    parser.add_argument("--calls", type=at_least(1), default=4000)
     args = parser.parse_args(argv)
-    if min(args.n) < 3 or args.repeats < 1 or args.calls < 1:
-        sys.exit("error: --n values must be >= 3, --repeats and --calls >= 1")
+    # a block of n x 256 values: drawn in float64, its float32 copy, sorted
+    check_memory(parser, max(args.n) * LANES * (8 + 4 + 4), f"n={max(args.n)}", "--n")
 
     from byzlearn.aggregators import _select as current
 

@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 import torch
-from _common import at_least, dimension, refused
+from _common import MAX_THREADS, at_least, check_memory, dimension, refused
 
 CHUNK = 1 << 20
 RULES = ("average", "median", "trimmed_mean", "krum", "multi_krum", "geometric_median", "bulyan")
@@ -99,21 +99,26 @@ def bulyan_f(args: argparse.Namespace) -> int:
     return min(args.f, (args.n - 3) // 4)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--d", type=dimension, default=1e8)
     parser.add_argument("--n", type=at_least(1), default=10)
     parser.add_argument("--f", type=at_least(0), default=2)
     parser.add_argument("--k", type=at_least(1), nargs="+", default=[1, 2, 4])
     parser.add_argument("--rules", nargs="+", default=list(RULES), choices=RULES)
-    parser.add_argument("--threads", type=at_least(1), default=1)
+    parser.add_argument("--threads", type=at_least(1, MAX_THREADS), default=1)
     parser.add_argument("--repeats", type=at_least(1), default=3)
     parser.add_argument("--local", action="store_true", help="also the unsharded rule, checked")
     parser.add_argument("--quick", action="store_true", help="d = 1e6, k = 1 2, 1 repeat")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.d, args.k, args.repeats = 1e6, [1, 2], 1
     args.d = int(args.d)
+    if max(args.k) > args.d:
+        parser.error(f"--k {max(args.k)} shards for d={args.d} coordinates: at most one each")
+    # float32 (n, d) values on this machine at once: the shards (or --local's whole input) and
+    # a rule's work on them
+    check_memory(parser, 2 * 4 * args.n * args.d, f"n={args.n} x d={args.d}")
 
     import ray
 

@@ -61,7 +61,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from _common import at_least, channels_last
+from _common import MAX_THREADS, at_least, channels_last
 
 from byzlearn.allocator import keep_freed_memory, setting
 from byzlearn.attacks import alie_z
@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--rounds", type=at_least(1), default=30)
     parser.add_argument("--warmup", type=at_least(0), default=5)
-    parser.add_argument("--threads", type=at_least(1), default=1)
+    parser.add_argument("--threads", type=at_least(1, MAX_THREADS), default=1)
     parser.add_argument(
         "--block",
         type=at_least(1),

@@ -27,6 +27,9 @@ from byzlearn.attacks._checks import integer, real
 from byzlearn.attacks._context import norm_std
 from byzlearn.attacks._registry import get, names
 
+#: The largest seed (the draws use seeds up to ``seed + 10 000``, within torch's 64 bits).
+MAX_SEED = 2**63 - 1
+
 RULES: tuple[str, ...] = (
     "average",
     "median",
@@ -67,7 +70,8 @@ def attack_matrix(
         attacks: attack names (default: ``"none"`` then every registered attack).
         rules: aggregator names, compositions allowed (default :data:`RULES`).
         n, f, d: sizes (``h = n - f >= 2`` honest vectors).
-        seed: seeds the honest draw (``seed``) and the attacks' generator (``seed + 1``).
+        seed: seeds the honest draw (``seed``) and the attacks' generator (``seed + 1``);
+            0 to :data:`MAX_SEED`.
         signal: the honest mean is ``signal * 1_d`` (default 1).
         attack_options: per-attack options, e.g. ``{"leeway": {"evaluations": 16}}``.
 
@@ -79,6 +83,8 @@ def attack_matrix(
     f = integer("attack_matrix", "f", f, minimum=0)
     d = integer("attack_matrix", "d", d, minimum=1)
     seed = integer("attack_matrix", "seed", seed, minimum=0)
+    if seed > MAX_SEED:  # seed + 10 000 must still seed a torch generator
+        raise ValueError(f"attack_matrix: seed must be <= {MAX_SEED}, got {seed}")
     signal = real("attack_matrix", "signal", signal)
     if n - f < 2:
         raise ValueError(f"attack_matrix: needs n - f >= 2 honest vectors, got n={n}, f={f}")

@@ -49,6 +49,15 @@ def test_an_unknown_attack_is_refused_before_any_work(monkeypatch):
         attack_matrix(["none", "ipm", "ipmm"], ["median"], n=7, f=2, d=20)
 
 
+def test_a_seed_beyond_torch_generators_is_one_line():
+    """seed + 10 000 seeds a draw: 2^64 - 1 was torch's 'Overflow when unpacking long long'."""
+    from byzlearn.attacks.matrix import MAX_SEED
+
+    with pytest.raises(ValueError, match=f"attack_matrix: seed must be <= {MAX_SEED}"):
+        attack_matrix(["none"], ["median"], n=7, f=2, d=20, seed=2**64 - 1)
+    assert attack_matrix(["none"], ["median"], n=7, f=2, d=20, seed=MAX_SEED)["seed"] == MAX_SEED
+
+
 def test_cell_definition():
     # reproduce one cell by hand
     import torch
