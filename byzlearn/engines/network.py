@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from byzlearn import keyed
+from byzlearn.checks import check_real
 
 __all__ = ["DISTRIBUTIONS", "Delay", "NetworkModel"]
 
@@ -52,12 +53,9 @@ class Delay:
             raise ValueError(
                 f"unknown distribution {self.dist!r} (known: {', '.join(DISTRIBUTIONS)})"
             )
-        if not math.isfinite(self.mean) or self.mean < 0:
-            raise ValueError(f"mean must be finite and >= 0, got {self.mean}")
-        if not math.isfinite(self.sigma) or self.sigma <= 0:
-            raise ValueError(f"sigma must be finite and > 0, got {self.sigma}")
-        if not math.isfinite(self.shape) or self.shape <= 1:
-            raise ValueError(f"shape must be finite and > 1, got {self.shape}")
+        check_real(self.mean, "mean", 0.0)
+        check_real(self.sigma, "sigma", 0.0, lo_open=True)
+        check_real(self.shape, "shape", 1.0, lo_open=True)
 
     @property
     def random(self) -> bool:
@@ -97,8 +95,19 @@ class NetworkModel:
     lossy_kinds: tuple[str, ...] = ("gradient",)
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.coordinate_drop < 1.0:
-            raise ValueError(f"coordinate_drop must be in [0, 1), got {self.coordinate_drop}")
+        for name in ("compute", "link"):
+            if not isinstance(getattr(self, name), Delay):
+                got = type(getattr(self, name)).__name__
+                raise TypeError(f"{name} must be a Delay (e.g. Delay('constant', 1.0)), got {got}")
+        check_real(self.coordinate_drop, "coordinate_drop", 0.0, 1.0, hi_open=True)
+        check_real(self.step_time, "step_time", 0.0)
+        for node, factor in self.slowdown.items():
+            check_real(factor, f"slowdown of node {node}", 0.0)
+        # a bare string would be matched by substring ("grad" in "gradient")
+        kinds = self.lossy_kinds
+        if isinstance(kinds, str) or not all(isinstance(k, str) for k in kinds):
+            raise TypeError(f"lossy_kinds must be a tuple of message kinds, got {kinds!r}")
+        self.lossy_kinds = tuple(kinds)
 
     def compute_time(self, node: int, round: int) -> float:
         """Seconds node ``node`` spends on one message of ``round``."""

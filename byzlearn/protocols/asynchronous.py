@@ -52,7 +52,7 @@ _UNANSWERED = 16  # unanswered models remembered per worker (a reply to an older
 class AsyncSGDOptions(BaseModel):
     """Config section ``protocol: {name: async_sgd, ...}``."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
     name: Literal["async_sgd"] = "async_sgd"
     dampening: Dampening = Field("none", description="staleness weighting Lambda(tau)")

@@ -28,6 +28,7 @@ from pydantic import BaseModel
 
 from byzlearn.aggregators import _memory
 from byzlearn.aggregators._gram import sqdist_from_gram
+from byzlearn.checks import check_real
 from byzlearn.registry import Registry
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ __all__ = [
     "ServerProtocol",
     "World",
     "accumulate",
+    "check_momentum",
     "diameter",
     "stack_rows",
 ]
@@ -156,6 +158,12 @@ class Protocol(ABC):
         """Restore :meth:`state_dict`."""
 
 
+def check_momentum(mu: Any) -> float:
+    """``mu`` as a float, checked: a momentum is a number in [0, 1) (NaN used to mean no
+    momentum, a negative one too, silently; 1 or more diverges)."""
+    return check_real(mu, "momentum", 0.0, 1.0, hi_open=True, type_error=ValueError)
+
+
 def accumulate(
     buffer: torch.Tensor, g: torch.Tensor, mu: float, dampened: bool = False
 ) -> torch.Tensor:
@@ -188,7 +196,7 @@ class Server(ABC):
         self.theta = theta.detach().clone()
         self.workers = [int(w) for w in workers]
         self.lr = lr
-        self.momentum = float(momentum)
+        self.momentum = check_momentum(momentum)
         self.dampened = bool(dampened)
         self.events = events or Events()
         self.buffer = torch.zeros_like(self.theta) if self.momentum > 0 else None

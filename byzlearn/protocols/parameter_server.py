@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 import byzlearn.aggregators as agg
+from byzlearn.checks import check_choice, check_int, check_real
 from byzlearn.engines.base import Engine, Message, Node
 from byzlearn.protocols.base import Events, Server, ServerProtocol, World, register, stack_rows
 from byzlearn.protocols.workers import WorkerSet, build_workers
@@ -44,7 +45,8 @@ OnMissing = Literal["shrink", "skip", "wait"]
 class ParameterServerOptions(BaseModel):
     """Config section ``protocol: {name: parameter_server, ...}``."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict like the rest of the config: ``q: true`` or ``deadline: "2"`` are errors, not 1, 2.0
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
     name: Literal["parameter_server"] = "parameter_server"
     q: int | None = Field(None, ge=1, description="replies gathered per round (default n)")
@@ -80,6 +82,7 @@ class ParameterServer(Server):
         super().__init__(
             node, theta, workers, lr=lr, momentum=momentum, dampened=dampened, events=events
         )
+        _check_options(f, q, deadline, on_missing, max_waits)
         self.rule_name = rule
         self.rule_options = dict(rule_options or {})
         self.f = int(f)
@@ -192,12 +195,39 @@ class ParameterServer(Server):
         self.previous = state["previous"]
 
 
-def _fewest_inputs(rule: str, f: int, options: dict[str, Any], limit: int = 100_000) -> int:
-    """Fewest inputs ``rule`` runs on with ``f`` Byzantine ones."""
-    for n in range(1, limit):
-        if agg.largest_f(rule, n, f, **options) == f:
-            return n
-    raise ValueError(f"{rule} cannot run with f={f} on fewer than {limit} inputs")
+def _check_options(
+    f: int, q: int | None, deadline: float | None, on_missing: str, max_waits: int
+) -> None:
+    """The server's options checked (one line each), as the config section checks them."""
+    check_int(f, "f", 0, type_error=ValueError)
+    if q is not None:
+        check_int(q, "q", 1, type_error=ValueError)
+    if deadline is not None:
+        check_real(deadline, "deadline", 0.0, lo_open=True, type_error=ValueError)
+    check_choice(on_missing, "on_missing", get_args(OnMissing))
+    check_int(max_waits, "max_waits", 1, type_error=ValueError)
+
+
+def _fewest_inputs(rule: str, f: int, options: dict[str, Any]) -> int:
+    """Fewest inputs ``rule`` runs on with ``f`` Byzantine ones.
+
+    A rule that runs on n inputs runs on more (every requirement is ``n >= min_n(f)``), so a
+    doubling then a bisection find it in O(log n) checks; a scan from 1 took 12 s for f = 30000
+    and gave up, with a wrong message, past 100000 inputs."""
+
+    def runs(n: int) -> bool:
+        return agg.largest_f(rule, n, f, **options) == f
+
+    high = 1
+    while not runs(high):
+        if high > 2**62:
+            raise ValueError(f"{rule} cannot run with f={f} on any number of inputs")
+        high *= 2
+    low = high // 2  # 0, or a number of inputs the rule does not run on
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if runs(middle) else (middle, high)
+    return high
 
 
 @register

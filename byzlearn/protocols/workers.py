@@ -29,9 +29,10 @@ import numpy as np
 import torch
 
 from byzlearn import keyed
+from byzlearn.checks import check_int, check_real
 from byzlearn.engines.base import Engine, Handler, Message
 from byzlearn.engines.functional import FlatModel
-from byzlearn.protocols.base import accumulate, stack_rows
+from byzlearn.protocols.base import accumulate, check_momentum, stack_rows
 
 if TYPE_CHECKING:
     from byzlearn.protocols.base import World
@@ -90,12 +91,16 @@ class ComputeWorkers:
         self.flat_idx = torch.from_numpy(
             np.concatenate(parts).astype(np.int64) if h else np.zeros(0, np.int64)
         )
-        self.batch_size = int(batch_size)
-        self.local_steps = int(local_steps)
-        self.momentum = float(momentum)
+        self.batch_size = check_int(batch_size, "batch_size", 1, type_error=ValueError)
+        self.local_steps = check_int(local_steps, "local_steps", 1, type_error=ValueError)
+        self.momentum = check_momentum(momentum)
         self.dampened = bool(dampened)
-        self.weight_decay = float(weight_decay)
-        self.clip = clip
+        self.weight_decay = check_real(weight_decay, "weight_decay", 0.0, type_error=ValueError)
+        self.clip = (  # a norm: 0 would zero every gradient, a negative one flip it
+            None
+            if clip is None
+            else check_real(clip, "clip", 0.0, lo_open=True, type_error=ValueError)
+        )
         self.seed = int(seed)
         self.m = torch.zeros(h, model.dim) if self.momentum > 0 else None
         self._batches: dict[int, torch.Tensor] = {}  # block of rounds -> their sample indices
@@ -221,12 +226,15 @@ class ComputeWorkers:
             vec, loss = self._grads(theta, rows, idx[0])
         else:
             lr = torch.tensor(list(lrs) if lrs is not None else [1.0] * len(rows))[:, None]
-            start = theta.expand(len(rows), -1) if theta.dim() == 1 else theta
-            local = start.clone()
+            local = (theta.expand(len(rows), -1) if theta.dim() == 1 else theta).clone()
+            # the displacement divided by lr is the sum of the local gradients: summed as they
+            # come, not (start - end) / lr, which loses them when lr * g is below the model's
+            # float32 resolution and is 0 / 0 when a tiny lr rounds to 0 in float32
+            vec = torch.zeros_like(local)
             for k in range(self.local_steps):
                 g, loss = self._grads(local, rows, idx[k])
                 local = local - lr * g
-            vec = (start - local) / lr
+                vec = vec + g
         if self.m is not None:
             r = torch.tensor(rows)
             self.m[r] = accumulate(self.m[r], vec, self.momentum, self.dampened)
