@@ -171,9 +171,12 @@ def run_command(
     h = config_hash(cfg)[:16]
     directory = chosen or Path("runs") / (f"{cfg.name}-{h[:8]}" if cfg.name else h)
     # run() claims the directory before any work: a refusal prints alone (the bar is lazy)
-    with _user_errors(cfg.dataset.name), _progress(cfg.steps, cfg.name or config.stem) as (
-        progress,
-        task,
+    with (
+        _user_errors(cfg.dataset.name),
+        _progress(cfg.steps, cfg.name or config.stem) as (
+            progress,
+            task,
+        ),
     ):
         result = run(
             cfg,
@@ -257,6 +260,10 @@ def sweep(
     for point, err in plan.invalid:
         reason = err.splitlines()[-1].strip().removeprefix("invalid config: ")
         console.print(f"  skipped {point}: {reason}", highlight=False, markup=False)
+    for point, earlier in plan.repeats:  # values the config hash leaves out (e.g. name)
+        console.print(
+            f"  {point}: the config of {earlier}, run once", highlight=False, markup=False
+        )
     if not plan.configs:
         _fail(f"{spec}: no valid run in the grid (every combination was rejected, see above)")
     if dry_run:
@@ -292,7 +299,12 @@ def sweep(
         try:
             with _user_errors():
                 run_sweep(
-                    plan, out_dir, on_start=on_start, on_round=on_round, jobs=jobs, ray=ray,
+                    plan,
+                    out_dir,
+                    on_start=on_start,
+                    on_round=on_round,
+                    jobs=jobs,
+                    ray=ray,
                     address=address,
                 )
         except JobError as err:  # a worker died, Ray unreachable: one line, rerun resumes

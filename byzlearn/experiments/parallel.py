@@ -33,7 +33,7 @@ import torch
 from byzlearn.allocator import keep_freed_memory, kept
 from byzlearn.experiments.config import Config, parse_config
 
-__all__ = ["JobError", "RoundCallback", "run_parallel", "threads_per_job"]
+__all__ = ["JobError", "RoundCallback", "run_in_sweep", "run_parallel", "threads_per_job"]
 
 #: ``on_round(i, record)``: run ``i`` of the plan finished a round
 RoundCallback = Callable[[int, dict[str, Any]], None]
@@ -80,17 +80,34 @@ def _report(i: int) -> Callable[[dict[str, Any]], None] | None:
     return callback
 
 
+def run_in_sweep(
+    config: Config, directory: str | Path, callback: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """Run, resume or load one run of a sweep; return its summary. A directory holding another
+    config's results is an error whose remedy fits a sweep (the run's directory is not chosen
+    by the user, unlike ``byzlearn run --out``)."""
+    from byzlearn.experiments.runner import run
+    from byzlearn.experiments.store import RunCollisionError
+
+    try:
+        return run(config, directory, callback=callback).summary
+    except RunCollisionError:
+        raise RunCollisionError(
+            f"{directory}: holds the results of another config than the one of its name (a "
+            "copied or damaged run); nothing was written. Move that folder away, or sweep into "
+            "another directory (--out)"
+        ) from None
+
+
 def run_job(
     i: int, config: dict[str, Any], directory: str, keep_memory: bool = False
 ) -> dict[str, Any]:
     """Run (or resume) one run of a sweep; return its summary. Executed in a worker process
     or a Ray task (configs travel as plain mappings); ``keep_memory``: the driver's malloc
     thresholds (:mod:`byzlearn.allocator`), for a Ray task."""
-    from byzlearn.experiments.runner import run
-
     if keep_memory:
         keep_freed_memory(environment=False)
-    return run(parse_config(config), directory, callback=_report(i)).summary
+    return run_in_sweep(parse_config(config), directory, callback=_report(i))
 
 
 # --------------------------------------------------------------------------- driver side
@@ -127,8 +144,7 @@ def run_parallel(
     threads = threads_per_job(jobs)
     # absolute paths: a Ray worker's working directory is not the driver's
     work = [
-        (i, _capped(c, threads).model_dump(mode="json"), str(Path(d).resolve()))
-        for i, c, d in todo
+        (i, _capped(c, threads).model_dump(mode="json"), str(Path(d).resolve())) for i, c, d in todo
     ]
     if ray:
         return _run_ray(work, jobs, address, on_done)
@@ -150,7 +166,9 @@ def _run_processes(
     work_dirs = {w[0]: w[2] for w in work}
     try:
         with ProcessPoolExecutor(
-            max_workers=jobs, mp_context=context, initializer=_init_worker,
+            max_workers=jobs,
+            mp_context=context,
+            initializer=_init_worker,
             initargs=(threads, progress, kept()),
         ) as pool:
             pending: dict[Future, int] = {pool.submit(run_job, *w): w[0] for w in work}
@@ -207,9 +225,7 @@ def _run_ray(
     try:
         import ray
     except ImportError:
-        raise ImportError(
-            "--ray needs the ray extra: pip install -e '.[ray]'"
-        ) from None
+        raise ImportError("--ray needs the ray extra: pip install -e '.[ray]'") from None
     if not ray.is_initialized():
         try:
             if address is None:

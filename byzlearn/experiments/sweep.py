@@ -17,14 +17,19 @@ a killed run resumes from its checkpoint, so running an interrupted sweep again 
 ``run_sweep(..., jobs=N)`` runs N at a time (local processes; ``ray=True``: Ray tasks), with
 the same directories, skips and resumes (:mod:`byzlearn.experiments.parallel`).
 Combinations the config schema rejects (e.g. Bulyan with too many Byzantine workers) are
-listed as invalid and skipped, not fatal.
+listed as invalid and skipped, not fatal; combinations of one config (values that differ only
+in fields left out of the config hash) are listed as repeats and run once. A grid of more than
+:data:`MAX_COMBINATIONS` combinations, a base or grid of the wrong type, a grid key that is not
+a config field or overlaps another are one-line :class:`ConfigError`.
 """
 
 from __future__ import annotations
 
 import itertools
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from math import prod
 from pathlib import Path
 from typing import Any
 
@@ -36,18 +41,24 @@ from byzlearn.experiments.config import (
     parse_config,
     read_yaml,
 )
-from byzlearn.experiments.parallel import RoundCallback, run_parallel
-from byzlearn.experiments.runner import Callback, run
+from byzlearn.experiments.parallel import RoundCallback, run_in_sweep, run_parallel
+from byzlearn.experiments.runner import Callback
 
-__all__ = ["SweepPlan", "load_sweep", "plan_sweep", "run_sweep", "set_path"]
+__all__ = ["MAX_COMBINATIONS", "SweepPlan", "load_sweep", "plan_sweep", "run_sweep", "set_path"]
+
+#: the most grid points a sweep expands (each is a config checked when planned)
+MAX_COMBINATIONS = 100_000
 
 
 def set_path(data: dict[str, Any], key: str, value: Any) -> None:
-    """Set the dotted ``key`` of nested ``data`` to ``value`` (creating sections)."""
+    """Set the dotted ``key`` of nested ``data`` to ``value`` (creating sections; the old
+    shorthand ``engine: local`` counts as the section ``engine: {name: local}``)."""
     parts = key.split(".")
     node = data
     for i, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
+        if i == 0 and part == "engine" and isinstance(child, str):
+            child = node[part] = {"name": child}
         if not isinstance(child, dict):
             raise ConfigError(f"{'.'.join(parts[: i + 1])}: is not a section")
         node = child
@@ -56,12 +67,15 @@ def set_path(data: dict[str, Any], key: str, value: Any) -> None:
 
 @dataclass
 class SweepPlan:
-    """The valid configs of a sweep (with the grid point of each) and the combinations the
-    schema rejected."""
+    """The valid configs of a sweep (with the grid point of each), the combinations the
+    schema rejected, and the ``repeats``: combinations whose config is that of an earlier one
+    (``(point, earlier point)``; e.g. values differing only in ``name``, ``threads`` or
+    ``checkpoint_every``, left out of the config hash), run once."""
 
     configs: list[Config]
     invalid: list[tuple[dict[str, Any], str]]
     points: list[dict[str, Any]] = field(default_factory=list)
+    repeats: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
 
     def directory(self, out: str | Path, config: Config) -> Path:
         """Where the run of ``config`` is stored."""
@@ -79,17 +93,27 @@ def load_sweep(path: str | Path) -> tuple[dict[str, Any], dict[str, list[Any]]]:
     unknown = sorted(set(data) - {"base", "grid"})
     if unknown:
         raise ConfigError(f"{path}: unknown key {unknown[0]!r} (a sweep has base and grid)")
-    base = data.get("base") or {}
+    base = data.get("base")
+    if base is None:  # no base: the defaults
+        base = {}
     if isinstance(base, str):
-        base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
-        if not base_path.is_file():
+        base_path = path.parent / base  # an absolute base stays absolute
+        try:
+            found, folder = base_path.is_file(), base_path.is_dir()
+        except OSError as err:  # a name too long, a folder that cannot be searched
+            raise ConfigError(f"{path}: base: {err.strerror}: {base[:80]!r}") from None
+        if folder:
+            raise ConfigError(f"{path}: base: {base_path} is a directory, not a config file")
+        if not found:
             raise ConfigError(f"{path}: base: no such config file {base_path}")
         base = read_yaml(base_path)
         if base is None:
             raise ConfigError(f"{path}: base: config file {base_path} is empty")
     if not isinstance(base, dict):
         raise ConfigError(f"{path}: base: must be a config mapping or a path to a config file")
-    grid = data.get("grid") or {}
+    grid = data.get("grid")
+    if grid is None:  # no grid: one run, the base
+        grid = {}
     if not isinstance(grid, dict):
         raise ConfigError(f"{path}: grid: must map dotted config fields to lists of values")
     for key, values in grid.items():
@@ -118,10 +142,17 @@ def plan_sweep(base: dict[str, Any], grid: dict[str, list[Any]]) -> SweepPlan:
 
     _check_overlap(grid)
     keys = list(grid)
+    combinations = prod(len(grid[k]) for k in keys)
+    if combinations > MAX_COMBINATIONS:
+        sizes = " x ".join(str(len(grid[k])) for k in keys)
+        raise ConfigError(
+            f"grid: {sizes} = {combinations:,} combinations, at most {MAX_COMBINATIONS:,}"
+        )
     configs: list[Config] = []
     invalid: list[tuple[dict[str, Any], str]] = []
     points: list[dict[str, Any]] = []
-    seen: set[str] = set()
+    repeats: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    seen: dict[str, int] = {}  # config hash -> its index in configs
     for values in itertools.product(*(grid[k] for k in keys)):
         data = copy.deepcopy(base)
         point = dict(zip(keys, values, strict=True))
@@ -133,11 +164,13 @@ def plan_sweep(base: dict[str, Any], grid: dict[str, list[Any]]) -> SweepPlan:
             invalid.append((point, str(err)))
             continue
         h = config_hash(config)
-        if h not in seen:
-            seen.add(h)
-            configs.append(config)
-            points.append(point)
-    return SweepPlan(configs, invalid, points)
+        if h in seen:
+            repeats.append((point, points[seen[h]]))
+            continue
+        seen[h] = len(configs)
+        configs.append(config)
+        points.append(point)
+    return SweepPlan(configs, invalid, points, repeats)
 
 
 def run_sweep(
@@ -162,10 +195,11 @@ def run_sweep(
     """
     from byzlearn.experiments.store import RunDir
 
+    if isinstance(jobs, bool) or not isinstance(jobs, numbers.Integral) or jobs < 1:
+        raise ConfigError(f"--jobs: a whole number >= 1, got {jobs!r}")
+    jobs = int(jobs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if jobs < 1:
-        raise ConfigError(f"--jobs: must be >= 1, got {jobs}")
     if jobs == 1 and not ray:
         summaries = []
         for i, config in enumerate(plan.configs):
@@ -180,8 +214,9 @@ def run_sweep(
                 if on_round is not None:
                     on_round(i, record)
 
-            result = run(config, directory, callback=None if finished else each_round)
-            summaries.append(result.summary)
+            summaries.append(
+                run_in_sweep(config, directory, callback=None if finished else each_round)
+            )
         return summaries
 
     by_index: dict[int, dict[str, Any]] = {}
@@ -192,7 +227,7 @@ def run_sweep(
         if on_start is not None:
             on_start(i, config, finished)
         if finished:  # loaded here, never submitted (checked and locked as any run)
-            by_index[i] = run(config, directory).summary
+            by_index[i] = run_in_sweep(config, directory)
         else:
             todo.append((i, config, directory))
 

@@ -8,6 +8,7 @@ without buffers that change in ``forward`` works the same way.
 
 from __future__ import annotations
 
+import inspect
 import numbers
 from collections.abc import Callable, Sequence
 from math import prod
@@ -16,12 +17,25 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-__all__ = ["CNN", "MLP", "ResNet", "build_model", "logistic", "names"]
+from byzlearn.checks import check_int
+
+__all__ = ["CNN", "MAX_PARAMETERS", "MLP", "ResNet", "build_model", "logistic", "names"]
+
+#: the most parameters :func:`build_model` builds (400 MB a copy in float32; a round holds one
+#: copy per worker and more): a size beyond it is refused before anything is allocated
+MAX_PARAMETERS = 100_000_000
+#: the deepest ResNet built (each block is a module of its own, whatever its width)
+MAX_RESNET_DEPTH = 2_000
 
 
 def logistic(input_shape: Sequence[int], num_classes: int) -> nn.Module:
     """Multinomial logistic regression (flatten + linear)."""
     return nn.Sequential(nn.Flatten(), nn.Linear(prod(input_shape), num_classes))
+
+
+def _integer(option: str, value: object, low: int = 1) -> int:
+    """An integer option (``bool``, ``8.0`` or ``"8"`` are refused, never converted)."""
+    return check_int(value, option, low, type_error=ValueError)
 
 
 def _widths(option: str, values: Sequence[int], count: int | None = None) -> list[int]:
@@ -67,6 +81,11 @@ class CNN(nn.Module):
         super().__init__()
         if len(input_shape) != 3:
             raise ValueError(f"CNN needs (C, H, W) inputs, got shape {tuple(input_shape)}")
+        if min(input_shape[1:]) < 4:
+            raise ValueError(
+                f"CNN needs images of at least 4 x 4 pixels (it pools 2 x 2 twice), got shape "
+                f"{tuple(input_shape)}"
+            )
         c1, c2 = _widths("channels", channels, count=2)
         self.features = nn.Sequential(
             nn.Conv2d(input_shape[0], c1, 3, padding=1),
@@ -115,8 +134,17 @@ class ResNet(nn.Module):
         groups: int = 8,
     ) -> None:
         super().__init__()
-        if (depth - 2) % 6 != 0 or depth < 8:
-            raise ValueError(f"ResNet depth must be 6k + 2 >= 8, got {depth}")
+        depth = _integer("depth", depth)
+        width = _integer("width", width)
+        groups = _integer("groups", groups)
+        if (depth - 2) % 6 != 0 or not 8 <= depth <= MAX_RESNET_DEPTH:
+            raise ValueError(f"ResNet depth must be 6k + 2 in 8..{MAX_RESNET_DEPTH}, got {depth}")
+        channels = (width, 2 * width, 4 * width)
+        if any(c % min(groups, c) for c in channels):
+            raise ValueError(
+                f"ResNet groups: must divide each stage's channels {channels} (or exceed them: "
+                f"one group per channel), got {groups}"
+            )
         k = (depth - 2) // 6
         self.stem = nn.Sequential(
             nn.Conv2d(input_shape[0], width, 3, 1, 1, bias=False),
@@ -151,12 +179,52 @@ def names() -> list[str]:
     return sorted(_MODELS)
 
 
+def _parameter_count(
+    ctor: Callable[..., nn.Module],
+    shape: tuple[int, ...],
+    classes: int,
+    options: dict[str, object],
+) -> int | None:
+    """The parameters of ``ctor(shape, classes, **options)``, built on the ``meta`` device
+    (nothing allocated); None when a tensor would hold more than 2^63 elements."""
+    try:
+        with torch.device("meta"):
+            return sum(p.numel() for p in ctor(shape, classes, **options).parameters())
+    except RuntimeError as err:  # "Storage size calculation overflowed"
+        if "overflow" not in str(err):
+            raise
+        return None
+
+
 def build_model(
     name: str, input_shape: Sequence[int], num_classes: int, **options: object
 ) -> nn.Module:
-    """Build a reference model by name (``logistic``, ``mlp``, ``cnn``, ``resnet``)."""
-    try:
-        ctor = _MODELS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(names())}") from None
-    return ctor(tuple(input_shape), int(num_classes), **options)
+    """Build a reference model by name (``logistic``, ``mlp``, ``cnn``, ``resnet``).
+
+    Bad arguments raise a one-line :class:`ValueError`: an unknown model or option, an input
+    shape or class count that is not of positive integers, an option value the model refuses,
+    or a model of more than :data:`MAX_PARAMETERS` parameters (counted on the ``meta`` device,
+    before anything is allocated)."""
+    ctor = _MODELS.get(name) if isinstance(name, str) else None
+    if ctor is None:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(names())}")
+    try:  # any sequence of dimensions: a tuple, a torch.Size, a numpy array
+        shape = tuple(_widths("input_shape", list(input_shape)))
+    except TypeError:  # not iterable
+        raise ValueError(f"input_shape: a list of positive integers, got {input_shape!r}") from None
+    if not shape:
+        raise ValueError("input_shape: at least one dimension, got ()")
+    classes = _integer("num_classes", num_classes)
+    accepted = list(inspect.signature(ctor).parameters)[2:]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"{name}: unknown option {unknown[0]!r} (its options: {', '.join(accepted) or 'none'})"
+        )
+    count = _parameter_count(ctor, shape, classes, options)
+    if count is None or count > MAX_PARAMETERS:
+        size = "more than 2^63" if count is None else f"{count:,}"
+        raise ValueError(
+            f"{name}: these options make {size} parameters, at most {MAX_PARAMETERS:,}"
+        )
+    return ctor(shape, classes, **options)
