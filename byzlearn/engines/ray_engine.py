@@ -218,6 +218,11 @@ class RayEngine(NodeTable):
         history: int = 2,
     ) -> None:
         self.network = network if network is not None else NetworkModel(seed=seed)
+        if address is not None and num_cpus is not None:  # it was silently ignored
+            raise ValueError(
+                "ray engine: num_cpus sizes the local instance Ray starts; with an address the "
+                "cluster's own CPUs count (leave num_cpus out)"
+            )
         self.address = address
         self.num_cpus = num_cpus
         if actors is not None and int(actors) < 1:

@@ -247,6 +247,9 @@ def test_bad_settings_fail_with_one_clear_line(engines) -> None:
         server.multicast(Message(kind="ask", round=1), [0]) or server.recv(1)
     with pytest.raises(ValueError, match="cpus must be finite and >= 0"):
         Resources(cpus=-1)
+    # num_cpus with an address used to be ignored silently (the cluster's CPUs count)
+    with pytest.raises(ValueError, match="with an address the cluster's own CPUs count"):
+        RayEngine(address="auto", num_cpus=4)
 
 
 def test_the_config_refuses_what_real_time_cannot_honour() -> None:
