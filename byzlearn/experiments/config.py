@@ -597,27 +597,6 @@ def _check_sizes(config: Config) -> None:
         )
 
 
-_PROBE_DIM = 4  # coordinates of the vectors the option values are tried on
-_PROBE_VALUES = 1 << 22  # the most values of an attack's probe (16 MiB of float32)
-
-
-def _attack_probe_dim(options: dict[str, Any], model_dim: int, rows: int) -> int:
-    """Coordinates of the honest vectors an attack's options are tried on: enough for every
-    integer in them to be a coordinate index (leeway's ``coordinates: 10`` was refused on 4
-    coordinates), at most the model's (an index beyond it fails in the run too), and at most
-    :data:`_PROBE_VALUES` values over the ``rows`` vectors."""
-    largest = _PROBE_DIM - 1
-    pending: list[Any] = list(options.values())
-    while pending:
-        value = pending.pop()
-        if isinstance(value, (list, tuple)):
-            pending.extend(value)
-        elif isinstance(value, int) and not isinstance(value, bool):
-            largest = max(largest, value)
-    dim = min(model_dim, largest + 1, _PROBE_VALUES // max(rows, 1))
-    return max(_PROBE_DIM, dim)
-
-
 def _check_poisoning(p: PoisoningConfig, classes: int) -> None:
     """The poisoning's classes exist in the dataset (``classes`` labels, 0 to classes - 1): a
     mapping is checked by ``flip_labels`` itself, on one label per class."""
@@ -666,7 +645,7 @@ def _try_options(config: Config, n_rule: int, f_rule: int) -> None:
                 f"of shape {tuple(shape)}: {_one_line(exc)}"
             ) from None
         _check_poisoning(config.poisoning, classes)
-        X = torch.randn(n_rule, _PROBE_DIM)
+        X = torch.randn(n_rule, 4)  # the rule's option values, tried on 4 coordinates
         try:
             agg.get(config.rule.full_name)(X, f=f_rule, **config.rule.options)
         except (ValueError, TypeError) as exc:
@@ -674,30 +653,18 @@ def _try_options(config: Config, n_rule: int, f_rule: int) -> None:
         a = config.attack
         if a.name == "none" or config.byzantine_count == 0:
             return
-        import byzlearn.attacks as atk
+        from byzlearn.attacks._probe import probe_attack
 
         try:
-            options, _ = atk.spec(a.name).start(a.options)
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"attack.options: {_one_line(exc)}") from None
-        # the probe checks values, not quality: cap the search budgets of rule-aware attacks
-        # (an invalid budget stays invalid: min keeps a value below the cap)
-        for key, cap in (("evaluations", 8), ("restarts", 1)):
-            value = options.get(key, cap)
-            if key in atk.spec(a.name).options and isinstance(value, (int, float)):
-                options[key] = min(value, cap)
-        rows = max(config.n - config.byzantine_count, 1)
-        model_dim = sum(p.numel() for p in model.parameters())
-        honest = torch.randn(rows, _attack_probe_dim(options, model_dim, rows))
-        try:
-            atk.get(a.name)(
-                honest,
-                config.byzantine_count,
+            probe_attack(
+                a.name,
+                a.options,
+                honest=max(config.n - config.byzantine_count, 1),
+                f=config.byzantine_count,
+                max_dim=sum(p.numel() for p in model.parameters()),
                 rule=config.rule.full_name,
                 rule_options=config.rule.options,
-                generator=torch.Generator().manual_seed(0),
                 identical=a.identical,
-                **options,
             )
         except (ValueError, TypeError) as exc:
             raise ValueError(f"attack.options: {_one_line(exc)}") from None

@@ -125,27 +125,19 @@ class ReplicatedOptions(BaseModel):
 
 def _try_server_attack(attack: NodeAttackConfig, honest: int) -> None:
     """Run the servers' attack once on tiny models (``honest`` correct servers' models, at least
-    3, with more coordinates than any integer option, which may be a coordinate index), so that
-    a bad option *value* is refused when the config is parsed: in a run, a ValueError would
-    silently make the Byzantine servers silent (:meth:`ByzantineNodes.craft` reads it as "too
-    little observed") and a TypeError would abort the run at its first step."""
+    3, with more coordinates than any integer option, which may be a coordinate index, up to
+    100,000: the model is not known here), so that a bad option *value* is refused when the
+    config is parsed: in a run, a ValueError would silently make the Byzantine servers silent
+    (:meth:`ByzantineNodes.craft` reads it as "too little observed") and a TypeError would abort
+    the run at its first step."""
     if attack.name == "silent":
         return
-    import byzlearn.attacks as atk
+    from byzlearn.attacks._probe import probe_attack
 
-    values = [v for o in attack.options.values() for v in (o if isinstance(o, list) else [o])]
-    indices = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
-    dim = 4 + max([0, *indices])
     try:
-        options, state = atk.spec(attack.name).start(attack.options)
-        for key, cap in (("evaluations", 8), ("restarts", 1)):  # values, not quality
-            value = options.get(key)
-            if key in atk.spec(attack.name).options and isinstance(value, (int, float)):
-                options[key] = min(value, cap)
-        generator = torch.Generator().manual_seed(0)
-        models = torch.randn(max(honest, 3), min(dim, 100_000), generator=generator)
-        extra = {} if state is None else {"state": state.observe(models)}
-        atk.get(attack.name)(models, f=1, rule="median", generator=generator, **options, **extra)
+        probe_attack(
+            attack.name, attack.options, honest=max(honest, 3), f=1, max_dim=100_000, rule="median"
+        )
     except (ValueError, TypeError) as exc:
         raise ValueError(f"server_attack.options: {' '.join(str(exc).split())}") from None
 
