@@ -185,3 +185,20 @@ def test_a_payload_declaring_a_huge_array_is_rejected_without_allocating_it() ->
     new, metrics = strategy.aggregate_train(1, [bad, good])  # was a MemoryError: server crash
     assert metrics["rejected"] == 1 and metrics["aggregated"] == 1
     np.testing.assert_array_equal(new["w"].numpy(), np.ones(3, np.float32))
+
+
+def test_new_weights_that_overflow_skip_the_round_and_keep_the_state() -> None:
+    """A finite aggregate times a huge server_lr overflowed to inf weights, which were sent to
+    every client; now the round is skipped (model and server momentum unchanged)."""
+    sent = {"w": np.zeros(3, np.float32)}
+    strategy = RobustStrategy("median", f=0, server_lr=1e30, server_momentum=0.5)
+    messages = sent_messages(strategy, sent, 3)
+    replies = [reply(m, {"w": np.full(3, 1e10, np.float32)}) for m in messages]
+    new, metrics = strategy.aggregate_train(1, replies)
+    assert new is None and metrics["skipped"] == 1 and metrics["f"] == -1
+    assert "are not finite" in strategy.reports[-1].skipped
+    assert strategy.momentum is None and strategy.previous is None
+    replies = [reply(m, {"w": np.full(3, 1e-30, np.float32)}) for m in messages]
+    new, metrics = strategy.aggregate_train(2, replies)
+    assert new is not None and metrics["skipped"] == 0
+    assert np.isfinite(new["w"].numpy()).all()

@@ -375,15 +375,19 @@ class RobustStrategy(FedAvg):
         if not bool(torch.isfinite(out).all()):
             report.skipped = f"{self.rule} returned non-finite values"
             return None
+        step = out if self.momentum is None else self.server_momentum * self.momentum + out
+        weights = self.layout.sent + self.server_lr * step
+        if not bool(torch.isfinite(weights).all()):  # a finite aggregate, a huge server_lr
+            report.skipped = f"the new weights w + {self.server_lr:g} m are not finite"
+            return None
         report.f = f
         rows = range(n) if result.kept is None else result.kept.tolist()
         report.kept = [parsed.nodes[i] for i in rows]
         report.aggregate = out
         self.previous = out.clone()
-        step = out if self.momentum is None else self.server_momentum * self.momentum + out
         if self.server_momentum > 0:
             self.momentum = step
-        return self.layout.to_arrays(self.layout.sent + self.server_lr * step)
+        return self.layout.to_arrays(weights)
 
     def _metrics(self, report: RoundReport, parsed: Parsed) -> MetricRecord:
         metrics: dict[str, Any] = {
