@@ -299,6 +299,15 @@ class RayEngineConfig(_Strict):
             raise ValueError('the ray engine needs the optional extra: pip install -e ".[ray]"')
         return v
 
+    @model_validator(mode="after")
+    def _cpus_of_a_local_instance(self) -> RayEngineConfig:
+        if self.address is not None and self.num_cpus is not None:  # was ignored silently
+            raise ValueError(
+                "num_cpus sizes the local instance Ray starts; with an address the cluster's "
+                "own CPUs count (leave num_cpus out)"
+            )
+        return self
+
 
 EngineConfig = Annotated[LocalEngineConfig | RayEngineConfig, Field(discriminator="name")]
 

@@ -255,6 +255,8 @@ def test_bad_settings_fail_with_one_clear_line(engines) -> None:
 def test_the_config_refuses_what_real_time_cannot_honour() -> None:
     ok = parse_config({"engine": {"name": "ray", "actors": 2, "resources": {"worker": {}}}})
     assert ok.engine.name == "ray" and ok.engine.resources["worker"].cpus == 1.0
+    with pytest.raises(ConfigError, match="engine: num_cpus sizes the local instance"):
+        parse_config({"engine": {"name": "ray", "address": "auto", "num_cpus": 2}})
     for network, key in (
         ({"compute_time": 2.0}, "compute_time"),
         ({"link_delay": {"dist": "exponential", "mean": 0.1}}, "link_delay"),
