@@ -14,12 +14,13 @@ import re
 import types
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, cast
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from byzlearn.engines import ENGINES
+from byzlearn.machine import available_bytes
 from byzlearn.protocols import (
     PROTOCOLS,
     AsyncSGDOptions,
@@ -30,6 +31,9 @@ from byzlearn.protocols import (
     ParameterServerOptions,
 )
 from byzlearn.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "AttackConfig",
@@ -46,11 +50,13 @@ __all__ = [
     "RayEngineConfig",
     "RuleConfig",
     "apply_overrides",
+    "check_round_memory",
     "config_hash",
     "field_path_exists",
     "load_config",
     "parse_config",
     "read_yaml",
+    "round_memory",
 ]
 
 
@@ -544,9 +550,7 @@ class Config(_Strict):
         if self.attack.name != "none" and self.poisoning.kind != "none":
             raise ValueError("attack.name: choose an attack or poisoning, not both")
         if self.protocol.name == "kardam" and self.n < 3 * self.f + 1:
-            raise ValueError(
-                f"protocol.name: kardam needs n >= 3f + 1, got n={self.n}, f={self.f}"
-            )
+            raise ValueError(f"protocol.name: kardam needs n >= 3f + 1, got n={self.n}, f={self.f}")
         engines = getattr(self.protocol, "engines", None)
         if engines is not None and self.engine.name not in engines:
             raise ValueError(
@@ -625,6 +629,82 @@ def _check_poisoning(p: PoisoningConfig, classes: int) -> None:
                 raise ValueError(f"poisoning.{key}: a class in 0..{classes - 1}, got {value}")
 
 
+# the largest forward pass run for real when a config is read (2 samples; beyond, only the
+# meta-device pass checks that the model takes the inputs)
+_REAL_FORWARD_BYTES = 1 << 28
+
+
+def _activations_per_sample(config: Config, shape: Sequence[int], classes: int) -> int:
+    """Values the leaf modules of the config's model output for one input sample of ``shape``:
+    the model built and run on the meta device (shapes only, nothing allocated). A model that
+    does not take the inputs raises as a real forward pass would."""
+    import torch
+
+    from byzlearn.models import build_model
+
+    with torch.device("meta"):
+        meta = build_model(config.model.name, shape, classes, **config.model.options)
+    total = 0
+
+    def count(module: torch.nn.Module, inputs: Any, output: Any) -> None:
+        nonlocal total
+        if isinstance(output, torch.Tensor):
+            total += output[0].numel()
+
+    for module in meta.modules():
+        if not any(True for _ in module.children()):
+            module.register_forward_hook(count)
+    with torch.no_grad():
+        meta.eval()(torch.zeros(1, *shape, device="meta"))
+    return total
+
+
+def _inputs_not_taken(config: Config, shape: Sequence[int], exc: BaseException) -> ValueError:
+    return ValueError(
+        f"model.name: {config.model.name} does not take {config.dataset.name}'s inputs of shape "
+        f"{tuple(shape)}: {_one_line(exc)}"
+    )
+
+
+def round_memory(config: Config) -> int:
+    """A lower bound of the bytes one round of ``config`` holds at once: the n vectors of d
+    values the server gathers, and (the local engine) the activations of the samples whose
+    gradients are computed together, kept for the backward pass (every honest worker's batch
+    when vectorised, one batch otherwise); float32. The model is built on the meta device
+    (nothing allocated)."""
+    import torch
+
+    from byzlearn.data import describe_dataset
+    from byzlearn.models import build_model
+
+    shape, classes = describe_dataset(config.dataset.name, **config.dataset.options)
+    with torch.device("meta"):
+        d = sum(
+            p.numel()
+            for p in build_model(
+                config.model.name, shape, classes, **config.model.options
+            ).parameters()
+        )
+    honest = max(config.n - config.byzantine_count, 1)
+    at_once = 0
+    if config.engine.name == "local":
+        at_once = config.batch_size * (honest if config.engine.vectorise else 1)
+    return 4 * (config.n * d + at_once * _activations_per_sample(config, shape, classes))
+
+
+def check_round_memory(config: Config) -> None:
+    """Refuse (one-line ``ValueError``) a run whose rounds cannot fit in the memory available
+    now (:func:`round_memory`, a lower bound). Checked where a run starts, not when a config is
+    read: a finished run's config stays readable (reports) on a smaller machine."""
+    needed, available = round_memory(config), available_bytes()
+    if available is not None and needed > available:
+        raise ValueError(
+            f"memory: a round of this config needs at least {needed / 2**30:.1f} GiB (its n "
+            f"gradients, and the activations of the samples computed together), "
+            f"{available / 2**30:.1f} GiB available: lower n, batch_size or the model's sizes"
+        )
+
+
 def _try_options(config: Config, n_rule: int, f_rule: int) -> None:
     """Build the model and run the rule and the attack once on tiny random inputs, so that
     option *values* are checked by the objects themselves when the config is parsed (a bad
@@ -645,14 +725,16 @@ def _try_options(config: Config, n_rule: int, f_rule: int) -> None:
             model = build_model(config.model.name, shape, classes, **config.model.options)
         except (ValueError, TypeError, RuntimeError) as exc:
             raise ValueError(f"model.options: {_one_line(exc)}") from None
-        try:  # one forward pass: a model that does not take the dataset's inputs fails here
-            with torch.no_grad():
-                model.eval()(torch.zeros(2, *shape))
+        # a model that does not take the dataset's inputs fails here: first on the meta device
+        # (shapes only, nothing allocated: it counts the activations), then for real, once the
+        # round is known to fit in the memory
+        try:
+            activations = _activations_per_sample(config, shape, classes)
+            if 2 * 4 * activations <= _REAL_FORWARD_BYTES:
+                with torch.no_grad():
+                    model.eval()(torch.zeros(2, *shape))
         except (ValueError, TypeError, RuntimeError) as exc:
-            raise ValueError(
-                f"model.name: {config.model.name} does not take {config.dataset.name}'s inputs "
-                f"of shape {tuple(shape)}: {_one_line(exc)}"
-            ) from None
+            raise _inputs_not_taken(config, shape, exc) from None
         _check_poisoning(config.poisoning, classes)
         X = torch.randn(n_rule, 4)  # the rule's option values, tried on 4 coordinates
         try:
@@ -842,9 +924,7 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bo
     return loader.construct_mapping(node, deep=deep)
 
 
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
-)
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 # Numbers are read as YAML 1.2 (core schema) reads them, in files and in overrides: PyYAML
 # follows YAML 1.1, where ``010`` is 8 (octal), ``1:00`` is 60 (base 60), ``1_000`` is 1000,

@@ -30,7 +30,13 @@ import torch
 from torch import nn
 
 from byzlearn.data import ArrayDataset
-from byzlearn.experiments.config import Config, ConfigError, config_hash, parse_config
+from byzlearn.experiments.config import (
+    Config,
+    ConfigError,
+    check_round_memory,
+    config_hash,
+    parse_config,
+)
 from byzlearn.experiments.store import CheckpointError, MetricsWriter, RunDir, json_safe
 from byzlearn.experiments.trainer import Trainer
 from byzlearn.finite import all_finite
@@ -226,6 +232,8 @@ def _train(
     callback: Callback | None,
 ) -> RunResult:
     try:  # the data must suit the config (e.g. a sample per worker): one line, before any write
+        if model is None and dataset is None:  # the config's own: a round must fit the memory
+            check_round_memory(config)
         trainer = Trainer(config, model=model, dataset=dataset)
     except ValueError as err:
         raise ConfigError(f"invalid config: {err}") from None
@@ -253,9 +261,7 @@ def _train(
             start = time.perf_counter()
             record = trainer.step()
             t = record["round"]
-            diverged = not (
-                all_finite(trainer.theta) and _finite(record.get("train_loss"))
-            )
+            diverged = not (all_finite(trainer.theta) and _finite(record.get("train_loss")))
             if diverged:
                 record["diverged"] = True
             if diverged or t % config.eval_every == 0 or t == config.steps:
