@@ -275,10 +275,11 @@ def _load_from_file(name: str, source: str) -> Callable | None:
         folder = _cache_dir()
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{name}.py"
-        if not path.exists() or path.read_text() != source:
+        # bytes, not text: a damaged file that is not UTF-8 is rewritten, not a decode error
+        if not path.is_file() or path.read_bytes() != source.encode():
             fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-            with os.fdopen(fd, "w") as fh:
-                fh.write(source)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(source.encode())
             os.replace(tmp, path)
     except OSError:
         return None

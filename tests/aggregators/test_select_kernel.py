@@ -1095,3 +1095,21 @@ def test_prefetching_the_next_group_leaves_every_output_bit(n, dtype):
             results.append((out.tobytes(), first_bad.tolist()))
         assert results[0] == results[1], NAMES[stat]
         assert results[1][1][0] == 11 or stat in (sel.MEDIAN, sel.MEAN)  # the short coordinate
+
+
+def test_a_damaged_kernel_file_in_the_cache_is_rewritten(tmp_path, monkeypatch):
+    """A generated kernel's file that is not UTF-8 (a damaged disk, another tool's bytes) made
+    every call raise UnicodeDecodeError; the file is compared as bytes and written again."""
+    from byzlearn.aggregators import _sortnet
+
+    monkeypatch.setenv("BYZLEARN_CACHE", str(tmp_path))
+    source = "def kernel():\n    return 42\n"
+    path = tmp_path / "kernels" / "probe_kernel.py"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\xff\xfe\x00 not a kernel")
+    assert _sortnet._load_from_file("probe_kernel", source)() == 42
+    assert path.read_bytes() == source.encode()
+    path.unlink()
+    # a folder where the file goes: not loadable from a file (the caller compiles in memory)
+    path.mkdir()
+    assert _sortnet._load_from_file("probe_kernel", source) is None
