@@ -632,18 +632,28 @@ def _check_poisoning(p: PoisoningConfig, classes: int) -> None:
 # the largest forward pass run for real when a config is read (2 samples; beyond, only the
 # meta-device pass checks that the model takes the inputs)
 _REAL_FORWARD_BYTES = 1 << 28
+# (model name, options as JSON, input shape, classes) -> (parameters, activations per sample)
+_MODEL_SIZES: dict[tuple, tuple[int, int]] = {}
 
 
-def _activations_per_sample(config: Config, shape: Sequence[int], classes: int) -> int:
-    """Values the leaf modules of the config's model output for one input sample of ``shape``:
-    the model built and run on the meta device (shapes only, nothing allocated). A model that
-    does not take the inputs raises as a real forward pass would."""
+def _model_sizes(config: Config, shape: Sequence[int], classes: int) -> tuple[int, int]:
+    """(parameters, activations per sample) of the config's model on inputs of ``shape``: the
+    values its leaf modules output for one sample, by a forward pass on the meta device (shapes
+    only, nothing allocated). A model that does not take the inputs raises as a real forward
+    pass would. Remembered per model, options and inputs (a sweep's configs share a few)."""
     import torch
 
     from byzlearn.models import build_model
 
+    name, options = config.model.name, config.model.options
+    try:
+        key: tuple | None = (name, json.dumps(options, sort_keys=True), tuple(shape), classes)
+    except (TypeError, ValueError):  # options that are not plain data: not remembered
+        key = None
+    if key in _MODEL_SIZES:
+        return _MODEL_SIZES[key]
     with torch.device("meta"):
-        meta = build_model(config.model.name, shape, classes, **config.model.options)
+        meta = build_model(name, shape, classes, **options)
     total = 0
 
     def count(module: torch.nn.Module, inputs: Any, output: Any) -> None:
@@ -656,7 +666,12 @@ def _activations_per_sample(config: Config, shape: Sequence[int], classes: int) 
             module.register_forward_hook(count)
     with torch.no_grad():
         meta.eval()(torch.zeros(1, *shape, device="meta"))
-    return total
+    sizes = sum(p.numel() for p in meta.parameters()), total
+    if key is not None:
+        if len(_MODEL_SIZES) >= 64:
+            _MODEL_SIZES.clear()
+        _MODEL_SIZES[key] = sizes
+    return sizes
 
 
 def _inputs_not_taken(config: Config, shape: Sequence[int], exc: BaseException) -> ValueError:
@@ -672,24 +687,15 @@ def round_memory(config: Config) -> int:
     gradients are computed together, kept for the backward pass (every honest worker's batch
     when vectorised, one batch otherwise); float32. The model is built on the meta device
     (nothing allocated)."""
-    import torch
-
     from byzlearn.data import describe_dataset
-    from byzlearn.models import build_model
 
     shape, classes = describe_dataset(config.dataset.name, **config.dataset.options)
-    with torch.device("meta"):
-        d = sum(
-            p.numel()
-            for p in build_model(
-                config.model.name, shape, classes, **config.model.options
-            ).parameters()
-        )
+    d, activations = _model_sizes(config, shape, classes)
     honest = max(config.n - config.byzantine_count, 1)
     at_once = 0
     if config.engine.name == "local":
         at_once = config.batch_size * (honest if config.engine.vectorise else 1)
-    return 4 * (config.n * d + at_once * _activations_per_sample(config, shape, classes))
+    return 4 * (config.n * d + at_once * activations)
 
 
 def check_round_memory(config: Config) -> None:
@@ -729,7 +735,7 @@ def _try_options(config: Config, n_rule: int, f_rule: int) -> None:
         # (shapes only, nothing allocated: it counts the activations), then for real, once the
         # round is known to fit in the memory
         try:
-            activations = _activations_per_sample(config, shape, classes)
+            _, activations = _model_sizes(config, shape, classes)
             if 2 * 4 * activations <= _REAL_FORWARD_BYTES:
                 with torch.no_grad():
                     model.eval()(torch.zeros(2, *shape))
