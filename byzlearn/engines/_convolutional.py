@@ -36,6 +36,7 @@ convolutions read the grouped batch without a copy. The per-worker numbers agree
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -44,7 +45,7 @@ from torch.nn import functional as F  # noqa: N812
 
 from byzlearn.engines import _pool_kernel
 
-__all__ = ["ConvForward", "supported", "to_grouped"]
+__all__ = ["ConvForward", "check_pools", "supported", "to_grouped"]
 
 _LAST = torch.channels_last
 _RELU = nn.ReLU()  # a ReLU moved after the max-pool that follows it
@@ -98,6 +99,21 @@ def _pair(v: int | tuple[int, ...]) -> list[int]:
     return [int(v), int(v)] if isinstance(v, int) else [int(u) for u in v]
 
 
+def _default_strides(t: torch.Tensor) -> torch.Tensor:
+    """A copy of ``t`` with the default (row-major) strides, also along its dimensions of
+    size 1 (which ``contiguous`` leaves as they are)."""
+    return torch.empty(t.shape, dtype=t.dtype).copy_(t)
+
+
+def _dilation(layer: nn.Conv2d) -> list[int]:
+    """The convolution's dilation, 1 along a dimension of kernel size 1 (where it changes
+    nothing): torch 2.13's channels-last CPU convolution with a bias crashes the process on
+    some such shapes (a 1 x 1 kernel, dilation and stride 2, padding 1, an input 1 pixel
+    wide)."""
+    kernel, dilation = _pair(layer.kernel_size), _pair(layer.dilation)
+    return [1 if k == 1 else d for k, d in zip(kernel, dilation, strict=True)]
+
+
 @dataclass
 class _Saved:
     layer: nn.Module
@@ -120,6 +136,8 @@ class ConvForward:
     ) -> None:
         self.h = x.shape[0]
         self.saved: list[_Saved] = []
+        #: whether a convolution (a parameter) is among the layers: else no backward is needed
+        self.trainable = any(isinstance(layer, nn.Conv2d) for _, layer in layers)
         a = to_grouped(x)
         held_relu = False  # a ReLU waiting to run after the max-pool that follows it
         with torch.no_grad():
@@ -128,7 +146,10 @@ class ConvForward:
                     a = self._conv(name, layer, params, a)
                 elif isinstance(layer, nn.ReLU):
                     following = layers[i + 1][1] if i + 1 < len(layers) else None
-                    if isinstance(following, nn.MaxPool2d):
+                    if (  # a window over padding alone gives -inf, which a ReLU before it keeps
+                        isinstance(following, nn.MaxPool2d)
+                        and not _empty_windows(following, a.shape[-2:])
+                    ):
                         held_relu = True
                         continue
                     a = torch.relu(a)
@@ -151,6 +172,9 @@ class ConvForward:
         bias = params.get(f"{name}.bias")
         if bias is not None:
             bias = (bias if bias.dim() == 2 else bias.expand(self.h, -1)).reshape(-1)
+        if a.shape[1] == 1:  # one channel in all: torch 2.13's channels-last convolution
+            # gives wrong numbers on some shapes (an output 1 pixel wide, a stride along it)
+            a, grouped = _default_strides(a), _default_strides(grouped)
         self.saved.append(_Saved(layer, name, a, grouped))
         return F.conv2d(
             a,
@@ -158,7 +182,7 @@ class ConvForward:
             bias,
             layer.stride,
             layer.padding,
-            layer.dilation,
+            _dilation(layer),
             self.h,
         )
 
@@ -166,6 +190,8 @@ class ConvForward:
         """The pool's output; through the ReLU that follows it when ``relu`` and the compiled
         passes take it (then ``saved[-1].relu``)."""
         kernel = _tiling(layer)
+        if kernel is not None and (a.shape[-2] < kernel[0] or a.shape[-1] < kernel[1]):
+            kernel = None  # no window fits: torch's pool refuses the empty output
         if kernel is not None and _pool_kernel.applies(a, a):  # the compiled passes
             self.saved.append(_Saved(layer, name, a, None, relu))
             return _pool_kernel.pool_forward(a, kernel, relu)
@@ -187,9 +213,13 @@ class ConvForward:
         h = self.h
         b, hc, height, width = self.shape
         grads: dict[str, torch.Tensor] = {}
+        # the layers below the first convolution have no parameter: no backward through them
+        first = next((i for i, s in enumerate(self.saved) if isinstance(s.layer, nn.Conv2d)), None)
+        if first is None:
+            return grads
         with torch.no_grad():
             g = to_grouped(g.reshape(h, b, hc // h, height, width))
-            for i in range(len(self.saved) - 1, -1, -1):
+            for i in range(len(self.saved) - 1, first - 1, -1):
                 s = self.saved[i]
                 if isinstance(s.layer, nn.ReLU):
                     g = torch.ops.aten.threshold_backward(g, s.tensor, 0)
@@ -201,7 +231,7 @@ class ConvForward:
                 elif isinstance(s.layer, nn.MaxPool2d):
                     g = _pool_backward(s.layer, g, s.tensor, s.extra)
                 else:
-                    g = self._conv_backward(s, g, grads, need_input=i > 0)
+                    g = self._conv_backward(s, g, grads, need_input=i > first)
         return grads
 
     def _conv_backward(
@@ -216,7 +246,7 @@ class ConvForward:
             None,
             _pair(layer.stride),
             _pair(layer.padding),  # type: ignore[arg-type]
-            _pair(layer.dilation),
+            _dilation(layer),
             False,
             [0, 0],
             self.h,
@@ -244,6 +274,57 @@ def _tiling(layer: nn.MaxPool2d) -> tuple[int, int] | None:
     if kernel == stride and simple and not layer.ceil_mode:
         return kernel[0], kernel[1]
     return None
+
+
+def _pool_size(size: int, kernel: int, stride: int, padding: int, dilation: int, ceil: bool) -> int:
+    """The output size of a max-pool along one dimension of ``size`` (torch's formula)."""
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    out = (span + (stride - 1 if ceil else 0)) // stride + 1
+    if ceil and (out - 1) * stride >= size + padding:  # the last window starts in the padding
+        out -= 1
+    return out
+
+
+def _empty_windows(layer: nn.MaxPool2d, size: Sequence[int]) -> bool:
+    """Whether one of the pool's windows over an input of ``size`` ``(H, W)`` covers no input
+    pixel (padding alone, or dilation stepping over the input): its value is -inf, and torch's
+    index for it points at another pixel or past the input."""
+    kernel, stride = _pair(layer.kernel_size), _pair(layer.stride or layer.kernel_size)
+    padding, dilation = _pair(layer.padding), _pair(layer.dilation)
+    if padding == [0, 0] and dilation == [1, 1]:  # every window starts inside the input
+        return False
+    for n, k, s, p, d in zip(size, kernel, stride, padding, dilation, strict=True):
+        for start in range(-p, _pool_size(n, k, s, p, d, layer.ceil_mode) * s - p, s):
+            if not any(0 <= start + j * d < n for j in range(k)):
+                return True
+    return False
+
+
+def check_pools(layers: list[tuple[str, nn.Module]], size: Sequence[int]) -> None:
+    """Raise a one-line :class:`ValueError` when a max-pool after a convolution has, on
+    ``(H, W)`` images of ``size``, a window over padding alone: torch's max-pool backward
+    (autograd's and ``vmap``'s) writes its gradient at a bogus index there, past the tensor's
+    memory for some shapes, which crashes the process."""
+    h, w = int(size[0]), int(size[1])
+    below = False  # a convolution before this layer: the backward runs through it
+    for name, layer in layers:
+        if isinstance(layer, (nn.Conv2d, nn.MaxPool2d)):
+            if isinstance(layer, nn.MaxPool2d) and below and _empty_windows(layer, (h, w)):
+                raise ValueError(
+                    f"MaxPool2d {name!r} (kernel {layer.kernel_size}, stride {layer.stride}, "
+                    f"padding {layer.padding}, dilation {layer.dilation}, ceil_mode "
+                    f"{layer.ceil_mode}) has a window over padding alone on its {h} x {w} "
+                    f"input, where torch's max-pool backward writes out of bounds; use less "
+                    f"padding or dilation, or larger images"
+                )
+            kernel, stride = _pair(layer.kernel_size), _pair(layer.stride or layer.kernel_size)
+            padding, dilation = _pair(layer.padding), _pair(layer.dilation)  # type: ignore[arg-type]
+            ceil = isinstance(layer, nn.MaxPool2d) and layer.ceil_mode
+            h, w = (
+                _pool_size(n, k, s, p, d, ceil)
+                for n, k, s, p, d in zip((h, w), kernel, stride, padding, dilation, strict=True)
+            )
+            below = below or isinstance(layer, nn.Conv2d)
 
 
 def _pool_backward(

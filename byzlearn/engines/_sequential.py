@@ -35,10 +35,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
+from torch.nn.modules import module as base
 
 from byzlearn.engines import _convolutional
 
-__all__ = ["Layers", "forward", "hooked", "per_worker_grads", "plain_layers"]
+__all__ = [
+    "Layers",
+    "backward_hooked",
+    "check_labels",
+    "check_pools",
+    "forward",
+    "hooked",
+    "per_worker_grads",
+    "plain_layers",
+]
 
 Layers = list[tuple[str, nn.Module]]
 
@@ -48,10 +58,13 @@ def _chain(module: nn.Module, prefix: str) -> Layers | None:
     plain chain: an ``nn.Sequential``'s own forward, or a class declaring
     ``sequential_children`` (names of children its own ``forward`` runs one after the other,
     e.g. the ``cnn`` model's ``features`` then ``classifier``); nested chains are flattened.
-    A leaf is any other module; ``None`` when ``module`` is not a chain."""
+    A leaf is any other module; ``None`` when ``module`` is not a chain. A module held twice
+    runs twice (``named_children`` would list it once)."""
     kind = type(module)
+    if kind.__call__ is not nn.Module.__call__:
+        return None
     if isinstance(module, nn.Sequential) and kind.forward is nn.Sequential.forward:
-        children = [name for name, _ in module.named_children()]
+        children = list(module._modules)
     else:
         owner = next((c for c in kind.__mro__ if "sequential_children" in vars(c)), None)
         if owner is None or kind.forward is not owner.forward:  # type: ignore[attr-defined]
@@ -61,7 +74,9 @@ def _chain(module: nn.Module, prefix: str) -> Layers | None:
             return None
     layers: Layers = []
     for name in children:
-        child = getattr(module, name)
+        child = module._modules[name]
+        if child is None:  # the module's own call fails on it
+            return None
         inner = _chain(child, f"{prefix}{name}.")
         layers += inner if inner is not None else [(f"{prefix}{name}", child)]
     return layers
@@ -91,13 +106,25 @@ def plain_layers(module: nn.Module) -> Layers | None:
     return layers
 
 
-def hooked(modules: list[nn.Module]) -> bool:
-    """Whether a forward hook (global, or on one of ``modules``) would run in a module call."""
-    from torch.nn.modules import module as base
-
+def hooked(modules: list[nn.Module], params: list[nn.Parameter]) -> bool:
+    """Whether a module call would run more than the layers' own ``forward``: a forward or
+    backward hook (global, or on one of ``modules`` or their ``params``), or a ``forward`` set
+    on an instance."""
     if base._global_forward_hooks or base._global_forward_pre_hooks:
         return True
-    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+    if any(m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__ for m in modules):
+        return True
+    return backward_hooked(modules, params)
+
+
+def backward_hooked(modules: list[nn.Module], params: list[nn.Parameter]) -> bool:
+    """Whether a backward hook (global, on one of ``modules`` or on one of their ``params``)
+    would run in autograd's backward of a module call (``vmap`` cannot run them)."""
+    if base._global_backward_hooks or base._global_backward_pre_hooks:
+        return True
+    if any(m._backward_hooks or m._backward_pre_hooks for m in modules):
+        return True
+    return any(p._backward_hooks for p in params)
 
 
 def forward(layers: Layers, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -157,6 +184,24 @@ def _split(layers: Layers) -> tuple[Layers, Layers] | None:
     return None
 
 
+def check_labels(y: torch.Tensor, classes: int) -> None:
+    """A one-line :class:`ValueError` for labels outside ``0..classes - 1`` (cross-entropy
+    would skip the samples labelled -100, the gather of the other roads fail deep inside)."""
+    if y.numel():
+        low, high = int(y.min()), int(y.max())
+        if low < 0 or high >= classes:
+            bad = low if low < 0 else high
+            raise ValueError(f"labels must be in 0..{classes - 1} (the model's classes), got {bad}")
+
+
+def check_pools(layers: Layers, x: torch.Tensor) -> None:
+    """A one-line :class:`ValueError` for a max-pool whose backward torch cannot run on the
+    images ``x`` (``(..., C, H, W)``): see :func:`byzlearn.engines._convolutional.check_pools`."""
+    parts = _split(layers)
+    if parts is not None and parts[0] and x.dim() >= 3:
+        _convolutional.check_pools(parts[0], x.shape[-2:])
+
+
 def per_worker_grads(
     layers: Layers,
     names: list[str],
@@ -182,6 +227,8 @@ def per_worker_grads(
         x = conv.features
     a = x
     saved: list[tuple[str, torch.Tensor, torch.Tensor | None]] = []  # (layer, input or output, W)
+    head_params = conv is not None and conv.trainable  # convolutions: a gradient to send down
+    below = head_params  # a parameter below this layer: else a ReLU needs no backward
     with torch.no_grad():
         for name, layer in tail:
             if isinstance(layer, nn.Linear):
@@ -189,6 +236,7 @@ def per_worker_grads(
                     return None
                 w, bias = params[f"{name}.weight"], params.get(f"{name}.bias")
                 saved.append((name, a, w))
+                below = True
                 out = torch.matmul(a, w.transpose(-1, -2))  # w: (out, in), or (h, out, in)
                 if bias is not None:
                     a = (bias if bias.dim() == 1 else bias.unsqueeze(-2)) + out
@@ -196,12 +244,14 @@ def per_worker_grads(
                     a = out
             elif isinstance(layer, nn.ReLU):
                 a = torch.relu(a)
-                saved.append((name, a, None))
+                if below:
+                    saved.append((name, a, None))
             else:
                 assert isinstance(layer, nn.Flatten)
                 a = a.flatten(_batched_dim(layer.start_dim), _batched_dim(layer.end_dim))
         if a.dim() != 3:
             return None
+    check_labels(y, a.shape[-1])
     g, losses = loss_and_gradient(a, y)
     grads: dict[str, torch.Tensor] = {}
     with torch.no_grad():
@@ -213,9 +263,10 @@ def per_worker_grads(
             grads[f"{name}.weight"] = torch.matmul(g.transpose(1, 2), tensor)
             if f"{name}.bias" in params:
                 grads[f"{name}.bias"] = g.sum(1)
-            if i > 0 or conv is not None:
+            if i > 0 or head_params:
                 g = torch.matmul(g, weight)
-    if conv is not None:
+    if head_params:
+        assert conv is not None
         grads.update(conv.backward(g))
     flat = torch.cat([grads[n].reshape(h, -1) for n in names], dim=1)
     return flat, losses.detach()

@@ -50,7 +50,9 @@ class FlatModel:
         self.dim = sum(self.numels)
         self.buffers = dict(module.named_buffers())
         self._layers = _sequential.plain_layers(module)
-        self._modules = list(module.modules()) if self._layers is not None else []
+        self._modules = list(module.modules())
+        self._params = list(module.parameters())
+        self._pools_checked: set[tuple[int, ...]] = set()  # image sizes (see _check_pools)
 
     # ------------------------------------------------------------------ conversion
     def flatten(self) -> torch.Tensor:
@@ -82,7 +84,7 @@ class FlatModel:
 
     def _plain(self) -> bool:
         """Whether the plain-Sequential road applies now (no hook was added since)."""
-        return self._layers is not None and not _sequential.hooked(self._modules)
+        return self._layers is not None and not _sequential.hooked(self._modules, self._params)
 
     def loss(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of the model ``theta`` on ``(x, y)``.
@@ -101,24 +103,69 @@ class FlatModel:
 
         ``theta``: ``(d,)`` shared by all workers, or ``(h, d)`` one row per worker;
         ``x``: ``(h, b, ...)``; ``y``: ``(h, b)``. Returns ``(h, d)`` gradients, ``(h,)`` losses.
+        A model with backward hooks (which ``vmap`` cannot run) takes :meth:`grad` per worker.
+        With non-finite inputs or parameters, which entries of a worker's gradient are NaN
+        depends on the kernels (torch's ``vmap`` and its per-worker autograd differ there too).
         """
-        if theta.dim() in (1, 2) and self._plain():
+        self._check_batch(theta, x, y)
+        self._check_pools(x)
+        if _sequential.backward_hooked(self._modules, self._params):
+            rows = [
+                self.grad(theta if theta.dim() == 1 else theta[i], x[i], y[i])
+                for i in range(len(y))
+            ]
+            return torch.stack([g for g, _ in rows]), torch.stack([v for _, v in rows])
+        if self._plain():
             assert self._layers is not None
             params = self.unflatten(theta)
             out = _sequential.per_worker_grads(self._layers, self.names, params, x, y)
             if out is not None:
                 return out
         in_dims = (None if theta.dim() == 1 else 0, 0, 0)
-        grads, losses = vmap(grad_and_value(self.loss), in_dims=in_dims)(theta, x, y)
+        try:
+            grads, losses = vmap(grad_and_value(self.loss), in_dims=in_dims)(theta, x, y)
+        except RuntimeError as err:  # a label out of range fails in the gather: say so
+            try:
+                with torch.no_grad():
+                    one = self.forward(theta if theta.dim() == 1 else theta[0], x[0, :1])
+            except RuntimeError:
+                raise err from None
+            _sequential.check_labels(y, one.shape[-1])
+            raise
         return grads.detach(), losses.detach()
+
+    def _check_batch(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> None:
+        """One clear line for stacks that do not fit together (the roads would fail deep
+        inside, or broadcast a single row of ``theta`` to every worker)."""
+        if theta.dim() not in (1, 2) or theta.shape[-1] != self.dim:
+            raise ValueError(
+                f"theta: (d,) or (h, d) with d = {self.dim}, got shape {tuple(theta.shape)}"
+            )
+        if y.dim() != 2 or x.dim() < 2 or x.shape[:2] != y.shape:
+            raise ValueError(
+                f"x: (h, b, ...) and y: (h, b), got shapes {tuple(x.shape)} and {tuple(y.shape)}"
+            )
+        if theta.dim() == 2 and theta.shape[0] != y.shape[0]:
+            raise ValueError(f"theta: one row per worker, got {theta.shape[0]} for {y.shape[0]}")
+
+    def _check_pools(self, x: torch.Tensor) -> None:
+        """A plain chain's max-pools that torch cannot take the backward of on ``x``'s image
+        size are refused (:func:`_sequential.check_pools`; each size checked once)."""
+        size = tuple(x.shape[-2:])
+        if self._layers is not None and size not in self._pools_checked:
+            _sequential.check_pools(self._layers, x)
+            self._pools_checked.add(size)
 
     def grad(
         self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One worker's gradient by a plain forward/backward of the module (the loop baseline)."""
+        self._check_pools(x)
         self.load(theta)
         self.module.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(self.module(x), y)
+        logits = self.module(x)
+        _sequential.check_labels(y, logits.shape[-1])
+        loss = F.cross_entropy(logits, y)
         loss.backward()
         g = torch.cat(  # a parameter the forward did not use has a zero gradient
             [

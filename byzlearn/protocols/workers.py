@@ -102,7 +102,8 @@ class ComputeWorkers:
             else check_real(clip, "clip", 0.0, lo_open=True, type_error=ValueError)
         )
         self.seed = int(seed)
-        self.m = torch.zeros(h, model.dim) if self.momentum > 0 else None
+        dtype = model.flatten().dtype  # the momentum in the model's precision (float64 too)
+        self.m = torch.zeros(h, model.dim, dtype=dtype) if self.momentum > 0 else None
         self._batches: dict[int, torch.Tensor] = {}  # block of rounds -> their sample indices
         worker_parts = np.array(self.indices, dtype=np.uint64)
         self._states = keyed.fold(keyed.key_state((self.seed, "batch"), h), worker_parts)

@@ -170,3 +170,20 @@ def test_the_server_refuses_a_bad_momentum_or_f(options: dict) -> None:
         ParameterServer(
             engine.add_node("server"), torch.zeros(2), ids, **{"rule": "average", "f": 0, **options}
         )
+
+
+def test_worker_momentum_of_a_float64_model_is_in_float64() -> None:
+    """The momentum buffer was float32 whatever the model: with a float64 model, submit failed
+    deep inside ("Index put requires the source and destination dtypes match")."""
+    torch.manual_seed(0)
+    model = FlatModel(build_model("logistic", (4,), 3).double())
+    x, y = torch.randn(40, 4, dtype=torch.float64), torch.randint(0, 3, (40,))
+    engine = LocalEngine()
+    ids = engine.reserve("worker", 2)
+    workers = ComputeWorkers(
+        ids, range(2), model, x, y, np.array_split(np.arange(40), 2), momentum=0.9
+    )
+    first, _ = workers.submit(ids, model.flatten(), [1, 1])
+    second, _ = workers.submit(ids, model.flatten(), [2, 2])
+    assert first.dtype == second.dtype == torch.float64
+    assert workers.m is not None and workers.m.dtype == torch.float64
