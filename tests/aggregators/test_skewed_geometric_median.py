@@ -31,13 +31,18 @@ def objective(z: np.ndarray, X: np.ndarray, S: np.ndarray) -> float:
 @given(n=st.integers(3, 12), d=st.integers(1, 5), seed=st.integers(0, 10**6),
        diagonal=st.booleans())
 @example(n=4, d=3, seed=209, diagonal=True)  # a flat objective: 55,000 Weiszfeld steps
+@example(n=3, d=4, seed=31503, diagonal=False)  # minimisers 5.7e-9 apart, objectives 1e-15
 def test_matches_the_reference_and_minimises_the_skewed_objective(n, d, seed, diagonal):
     """The skewing, exactly (the rule's output is the geometric median of the skewed inputs
     mapped back), and the minimum against a plain Weiszfeld run to convergence, with a tighter
     ``tol`` than the default: Weiszfeld's steps converge linearly at a rate that can be close
     to 1 on near-degenerate inputs, and the default stopping test (a step below ``tol`` times
     the typical distance, at most ``max_iter = 1000`` steps) can stop 1e-5 above the minimum
-    there (this example: 1.8e-5 relative after 1000 steps, 5e-9 after 10,000)."""
+    there (this example: 1.8e-5 relative after 1000 steps, 5e-9 after 10,000). A minimiser is
+    known to about the square root of the objective's rounding (near a minimum the objective
+    changes with the square of the distance): two runs whose objectives agree to 1e-15 may
+    stop 6e-9 apart, whatever ``tol`` (the second example), so the skewing is compared to 1e-7;
+    a wrong skewing is off by O(1)."""
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(n, d))
     if diagonal:
@@ -50,7 +55,7 @@ def test_matches_the_reference_and_minimises_the_skewed_objective(n, d, seed, di
     got = rule(torch.tensor(X), f=0, skew=torch.tensor(skew), **tight).numpy()
     # the skewing, exactly: the geometric median of the skewed inputs, mapped back
     plain = agg.geometric_median(torch.tensor(X @ S.T), f=0, **tight).numpy()
-    np.testing.assert_allclose(got @ S.T, plain, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(got @ S.T, plain, rtol=1e-7, atol=1e-7)
     ref = np.linalg.solve(S, weiszfeld(X @ S.T))
     assert objective(got, X, S) <= objective(ref, X, S) * (1 + 1e-6) + 1e-9
     perm = rng.permutation(n)
