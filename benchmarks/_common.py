@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 
 import torch
 
-from byzlearn.argtypes import at_least, dimension, non_negative
-from byzlearn.machine import available_bytes
+from byzlearn.argtypes import at_least, check_memory, dimension, non_negative
 
 __all__ = [
     "MAX_THREADS",
@@ -24,20 +22,6 @@ __all__ = [
 
 # The most torch threads a script takes (as the library's configs: far beyond, torch crashes).
 MAX_THREADS = 1024
-
-
-def check_memory(
-    parser: argparse.ArgumentParser, needed: float, what: str, lower: str = "--n or --d"
-) -> None:
-    """End with one ``error:`` line (``parser.error``, exit status 2) when ``what`` needs more
-    than the ``needed`` bytes the machine has available now (MemAvailable; no check where it is
-    unknown), instead of the allocator's traceback (or the kernel's OOM killer) later."""
-    available = available_bytes()
-    if available is not None and needed > available:
-        parser.error(
-            f"{what} needs about {needed / 2**30:.1f} GiB, {available / 2**30:.1f} GiB "
-            f"available: lower {lower}"
-        )
 
 
 def refused(err: Exception) -> int:

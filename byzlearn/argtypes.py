@@ -7,6 +7,8 @@ import argparse
 import math
 from collections.abc import Callable
 
+from byzlearn import machine
+
 
 def at_least(low: int, high: int | None = None) -> Callable[[str], int]:
     """An argparse type: an integer >= ``low`` (and <= ``high`` when given)."""
@@ -46,3 +48,17 @@ def non_negative(text: str) -> float:
     if not (math.isfinite(value) and value >= 0):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
+
+
+def check_memory(
+    parser: argparse.ArgumentParser, needed: float, what: str, lower: str = "--n or --d"
+) -> None:
+    """End with one ``error:`` line (``parser.error``, exit status 2) when ``what`` needs more
+    than the ``needed`` bytes the machine has available now (MemAvailable; no check where it is
+    unknown), instead of the allocator's traceback (or the kernel's OOM killer) later."""
+    available = machine.available_bytes()
+    if available is not None and needed > available:
+        parser.error(
+            f"{what} needs about {needed / 2**30:.1f} GiB, {available / 2**30:.1f} GiB "
+            f"available: lower {lower}"
+        )

@@ -14,8 +14,7 @@ import time
 import torch
 
 import byzlearn.aggregators as agg
-from byzlearn.argtypes import at_least
-from byzlearn.machine import available_bytes
+from byzlearn.argtypes import at_least, check_memory
 
 # Vectors of n x d float32 values the demo holds at once (the honest rows, three inputs, the
 # rules' work), for its memory check.
@@ -40,12 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     n, f, d = args.n, args.f, args.d
     if n - f < 2:  # the honest spread (the error's unit) needs two honest vectors
         parser.error(f"needs n - f >= 2 honest vectors, got n={n}, f={f}")
-    needed, available = _COPIES * 4 * n * d, available_bytes()
-    if available is not None and needed > available:
-        parser.error(
-            f"n={n} x d={d} needs about {needed / 2**30:.1f} GiB, {available / 2**30:.1f} GiB "
-            "available: lower --n or --d"
-        )
+    check_memory(parser, _COPIES * 4 * n * d, f"n={n} x d={d}")
     g = torch.Generator().manual_seed(args.seed)
     direction = torch.randn(d, generator=g)
     honest = direction + torch.randn(n - f, d, generator=g)

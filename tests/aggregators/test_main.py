@@ -69,9 +69,9 @@ def test_bad_arguments_are_one_error_line(argv, message, capsys):
 def test_inputs_larger_than_the_memory_are_one_error_line(capsys, monkeypatch):
     """n x d beyond the memory available: one line (was a RuntimeError traceback from torch's
     allocator); the check reads /proc/meminfo, faked here."""
-    import byzlearn.aggregators.__main__ as demo
+    from byzlearn import machine
 
-    monkeypatch.setattr(demo, "available_bytes", lambda: 10 * 2**30)
+    monkeypatch.setattr(machine, "available_bytes", lambda: 10 * 2**30)
     with pytest.raises(SystemExit) as exit_:
         main(["--n", "1000", "--d", "1000000"])
     assert exit_.value.code == 2

@@ -19,12 +19,13 @@ GIB = 2**30
 
 @pytest.fixture
 def little_memory(monkeypatch):
-    """The machine has 1 GiB available (what ``_common.check_memory`` reads)."""
-    common = load_script("_common")  # puts benchmarks/ on the path, as the scripts import it
+    """The machine has 1 GiB available (what ``check_memory`` reads)."""
+    from byzlearn import machine
+
+    load_script("_common")  # puts benchmarks/ on the path, as the scripts import it
     import _common
 
-    for module in (common, _common):
-        monkeypatch.setattr(module, "available_bytes", lambda: GIB)
+    monkeypatch.setattr(machine, "available_bytes", lambda: GIB)
     return _common
 
 
@@ -100,7 +101,9 @@ def test_sizes_beyond_the_available_memory_are_one_line(
 def test_the_memory_check_says_nothing_when_it_fits_or_is_unknown(little_memory, monkeypatch):
     parser = argparse.ArgumentParser()
     little_memory.check_memory(parser, GIB, "this")  # exactly what is available
-    monkeypatch.setattr(little_memory, "available_bytes", lambda: None)
+    from byzlearn import machine
+
+    monkeypatch.setattr(machine, "available_bytes", lambda: None)
     little_memory.check_memory(parser, 1e30, "this")  # unknown (no /proc/meminfo): no check
 
 
