@@ -45,6 +45,7 @@ __all__ = [
     "check_labels",
     "check_pools",
     "forward",
+    "forward_hooked",
     "hooked",
     "per_worker_grads",
     "plain_layers",
@@ -110,11 +111,15 @@ def hooked(modules: list[nn.Module], params: list[nn.Parameter]) -> bool:
     """Whether a module call would run more than the layers' own ``forward``: a forward or
     backward hook (global, or on one of ``modules`` or their ``params``), or a ``forward`` set
     on an instance."""
+    return forward_hooked(modules) or backward_hooked(modules, params)
+
+
+def forward_hooked(modules: list[nn.Module]) -> bool:
+    """Whether a forward hook (global, or on one of ``modules``) or a ``forward`` set on one of
+    them would run in a module call."""
     if base._global_forward_hooks or base._global_forward_pre_hooks:
         return True
-    if any(m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__ for m in modules):
-        return True
-    return backward_hooked(modules, params)
+    return any(m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__ for m in modules)
 
 
 def backward_hooked(modules: list[nn.Module], params: list[nn.Parameter]) -> bool:

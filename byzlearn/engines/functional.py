@@ -115,8 +115,8 @@ class FlatModel:
                 for i in range(len(y))
             ]
             return torch.stack([g for g, _ in rows]), torch.stack([v for _, v in rows])
-        if self._plain():
-            assert self._layers is not None
+        # no backward hook (just checked): the road applies unless a forward hook runs
+        if self._layers is not None and not _sequential.forward_hooked(self._modules):
             params = self.unflatten(theta)
             out = _sequential.per_worker_grads(self._layers, self.names, params, x, y)
             if out is not None:
