@@ -33,7 +33,7 @@ from byzlearn.protocols import (
 from byzlearn.registry import Registry
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 __all__ = [
     "AttackConfig",
@@ -637,13 +637,10 @@ _MODEL_SIZES: dict[tuple, tuple[int, int]] = {}
 
 
 def _model_sizes(config: Config, shape: Sequence[int], classes: int) -> tuple[int, int]:
-    """(parameters, activations per sample) of the config's model on inputs of ``shape``: the
-    values its leaf modules output for one sample, by a forward pass on the meta device (shapes
-    only, nothing allocated). A model that does not take the inputs raises as a real forward
-    pass would. Remembered per model, options and inputs (a sweep's configs share a few)."""
-    import torch
-
-    from byzlearn.models import build_model
+    """:func:`byzlearn.models.model_sizes` of the config's model on inputs of ``shape``
+    (parameters, activations of one sample; counted on the meta device), remembered per model,
+    options and inputs (a sweep's configs share a few)."""
+    from byzlearn.models import model_sizes
 
     name, options = config.model.name, config.model.options
     try:
@@ -652,21 +649,7 @@ def _model_sizes(config: Config, shape: Sequence[int], classes: int) -> tuple[in
         key = None
     if key in _MODEL_SIZES:
         return _MODEL_SIZES[key]
-    with torch.device("meta"):
-        meta = build_model(name, shape, classes, **options)
-    total = 0
-
-    def count(module: torch.nn.Module, inputs: Any, output: Any) -> None:
-        nonlocal total
-        if isinstance(output, torch.Tensor):
-            total += output[0].numel()
-
-    for module in meta.modules():
-        if not any(True for _ in module.children()):
-            module.register_forward_hook(count)
-    with torch.no_grad():
-        meta.eval()(torch.zeros(1, *shape, device="meta"))
-    sizes = sum(p.numel() for p in meta.parameters()), total
+    sizes = model_sizes(name, shape, classes, **options)
     if key is not None:
         if len(_MODEL_SIZES) >= 64:
             _MODEL_SIZES.clear()

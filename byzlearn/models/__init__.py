@@ -19,7 +19,16 @@ from torch import nn
 
 from byzlearn.checks import check_int
 
-__all__ = ["CNN", "MAX_PARAMETERS", "MLP", "ResNet", "build_model", "logistic", "names"]
+__all__ = [
+    "CNN",
+    "MAX_PARAMETERS",
+    "MLP",
+    "ResNet",
+    "build_model",
+    "logistic",
+    "model_sizes",
+    "names",
+]
 
 #: the most parameters :func:`build_model` builds (400 MB a copy in float32; a round holds one
 #: copy per worker and more): a size beyond it is refused before anything is allocated
@@ -179,32 +188,11 @@ def names() -> list[str]:
     return sorted(_MODELS)
 
 
-def _parameter_count(
-    ctor: Callable[..., nn.Module],
-    shape: tuple[int, ...],
-    classes: int,
-    options: dict[str, object],
-) -> int | None:
-    """The parameters of ``ctor(shape, classes, **options)``, built on the ``meta`` device
-    (nothing allocated); None when a tensor would hold more than 2^63 elements."""
-    try:
-        with torch.device("meta"):
-            return sum(p.numel() for p in ctor(shape, classes, **options).parameters())
-    except RuntimeError as err:  # "Storage size calculation overflowed"
-        if "overflow" not in str(err):
-            raise
-        return None
-
-
-def build_model(
-    name: str, input_shape: Sequence[int], num_classes: int, **options: object
-) -> nn.Module:
-    """Build a reference model by name (``logistic``, ``mlp``, ``cnn``, ``resnet``).
-
-    Bad arguments raise a one-line :class:`ValueError`: an unknown model or option, an input
-    shape or class count that is not of positive integers, an option value the model refuses,
-    or a model of more than :data:`MAX_PARAMETERS` parameters (counted on the ``meta`` device,
-    before anything is allocated)."""
+def _meta_model(
+    name: str, input_shape: Sequence[int], num_classes: int, options: dict[str, object]
+) -> tuple[nn.Module, Callable[..., nn.Module], tuple[int, ...], int]:
+    """The model checked (see :func:`build_model`) and built on the ``meta`` device (nothing
+    allocated), with its constructor and the checked shape and class count."""
     ctor = _MODELS.get(name) if isinstance(name, str) else None
     if ctor is None:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(names())}")
@@ -221,10 +209,53 @@ def build_model(
         raise ValueError(
             f"{name}: unknown option {unknown[0]!r} (its options: {', '.join(accepted) or 'none'})"
         )
-    count = _parameter_count(ctor, shape, classes, options)
+    try:
+        with torch.device("meta"):
+            meta = ctor(shape, classes, **options)
+        count: int | None = sum(p.numel() for p in meta.parameters())
+    except RuntimeError as err:  # "Storage size calculation overflowed": beyond 2^63 elements
+        if "overflow" not in str(err):
+            raise
+        count = None
     if count is None or count > MAX_PARAMETERS:
         size = "more than 2^63" if count is None else f"{count:,}"
         raise ValueError(
             f"{name}: these options make {size} parameters, at most {MAX_PARAMETERS:,}"
         )
+    return meta, ctor, shape, classes
+
+
+def build_model(
+    name: str, input_shape: Sequence[int], num_classes: int, **options: object
+) -> nn.Module:
+    """Build a reference model by name (``logistic``, ``mlp``, ``cnn``, ``resnet``).
+
+    Bad arguments raise a one-line :class:`ValueError`: an unknown model or option, an input
+    shape or class count that is not of positive integers, an option value the model refuses,
+    or a model of more than :data:`MAX_PARAMETERS` parameters (counted on the ``meta`` device,
+    before anything is allocated)."""
+    _, ctor, shape, classes = _meta_model(name, input_shape, num_classes, options)
     return ctor(shape, classes, **options)
+
+
+def model_sizes(
+    name: str, input_shape: Sequence[int], num_classes: int, **options: object
+) -> tuple[int, int]:
+    """(parameters, activations of one sample) of :func:`build_model`'s model, checked as there:
+    the values its leaf modules output for one input of ``input_shape``, by a forward pass on
+    the ``meta`` device (shapes only, nothing allocated). A model that does not take the inputs
+    raises as a real forward pass would."""
+    meta, _, shape, _ = _meta_model(name, input_shape, num_classes, options)
+    total = 0
+
+    def count(module: nn.Module, inputs: object, output: object) -> None:
+        nonlocal total
+        if isinstance(output, torch.Tensor):
+            total += output[0].numel()
+
+    for module in meta.modules():
+        if not any(True for _ in module.children()):
+            module.register_forward_hook(count)
+    with torch.no_grad():
+        meta.eval()(torch.zeros(1, *shape, device="meta"))
+    return sum(p.numel() for p in meta.parameters()), total

@@ -172,3 +172,17 @@ def test_any_sequence_of_dimensions_is_a_shape() -> None:
     assert _count(build_model("cnn", torch.Size([1, 8, 8]), 10)) == 6090
     with pytest.raises(ValueError, match="input_shape: a list of positive integers, got 5"):
         build_model("mlp", 5, 10)
+
+
+def test_model_sizes_counts_on_the_meta_device_with_build_models_checks() -> None:
+    from byzlearn.models import model_sizes
+
+    # the MLP on digits: 64 -> 64 -> 10 (4810 parameters); one sample's leaf outputs: flatten
+    # 64, linear 64, relu 64, linear 10
+    assert model_sizes("mlp", (1, 8, 8), 10) == (4810, 202)
+    with pytest.raises(ValueError, match="mlp: unknown option 'hiddn'"):
+        model_sizes("mlp", (1, 8, 8), 10, hiddn=[3])
+    with pytest.raises(ValueError, match="at most 100,000,000"):
+        model_sizes("mlp", (1, 8, 8), 10, hidden=[10**12])
+    with pytest.raises(RuntimeError):  # a convolution on flat features: as a real forward pass
+        model_sizes("resnet", (20,), 4)
