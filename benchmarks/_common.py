@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import argparse
 import copy
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -17,6 +20,7 @@ __all__ = [
     "check_memory",
     "dimension",
     "non_negative",
+    "parse_with_quick",
     "refused",
 ]
 
@@ -30,6 +34,18 @@ def refused(err: Exception) -> int:
     message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
     print(f"error: {message}", file=sys.stderr)
     return 2
+
+
+def parse_with_quick(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None, **quick: Any
+) -> argparse.Namespace:
+    """Parse ``argv``; with ``--quick``, the smoke test's ``quick`` values replace the defaults
+    of the options not given, so that ``--quick --d 2e4`` runs the smoke test at d = 2e4."""
+    args = parser.parse_args(argv)
+    if args.quick:
+        parser.set_defaults(**quick)
+        args = parser.parse_args(argv)
+    return args
 
 
 def channels_last(

@@ -52,7 +52,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from _common import MAX_THREADS, at_least, check_memory, dimension, non_negative, refused
+from _common import (
+    MAX_THREADS,
+    at_least,
+    check_memory,
+    dimension,
+    non_negative,
+    parse_with_quick,
+    refused,
+)
 
 COORDINATEWISE = ("average", "median", "trimmed_mean", "meamed", "phocas")
 DISTANCE_BASED = (
@@ -878,7 +886,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=at_least(0, 2**64 - 1), default=0)
     p.add_argument("--no-reference", action="store_true")
     p.add_argument("--markdown", action="store_true")
-    p.add_argument("--quick", action="store_true", help="smoke test: d = 1e5, 2 inputs")
+    p.add_argument(
+        "--quick", action="store_true", help="smoke test: d = 1e5, 2 inputs (explicit options win)"
+    )
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                    help="where the inputs live; on cuda the floor is X.sum() on the GPU")
     p.add_argument("--scale-n", action="store_true", help="the sweep over n (see the docstring)")
@@ -901,7 +911,8 @@ def host_copies(args) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    quick = {"d": 1e5, "inputs": ["honest", "nan"], "repeats": 3, "min_time": 0.05}
+    args = parse_with_quick(parser, argv, **quick)
     import torch
 
     import byzlearn.aggregators as agg
@@ -911,8 +922,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     global DEVICE
     DEVICE = args.device
-    if args.quick:
-        args.d, args.inputs, args.repeats, args.min_time = 1e5, ["honest", "nan"], 3, 0.05
     sizes, lower = [(args.n, int(args.d))], "--n or --d"
     if args.scale_n:
         sizes = [

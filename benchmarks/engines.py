@@ -33,7 +33,7 @@ import time
 from typing import Any
 
 import torch
-from _common import MAX_THREADS, at_least, refused
+from _common import MAX_THREADS, at_least, parse_with_quick, refused
 
 from byzlearn.experiments import Trainer, parse_config
 
@@ -80,10 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=at_least(1, MAX_THREADS), default=1, help="torch threads of this process"
     )
     parser.add_argument("--cpus", type=at_least(1), default=os.cpu_count() or 1, help="Ray CPUs")
-    parser.add_argument("--quick", action="store_true", help="n = 8, MLP, 5 rounds")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.n, args.models, args.rounds, args.warmup = [8], ["mlp"], 5, 2
+    parser.add_argument(
+        "--quick", action="store_true", help="n = 8, MLP, 5 rounds (explicit options win)"
+    )
+    args = parse_with_quick(parser, argv, n=[8], models=["mlp"], rounds=5, warmup=2)
     try:  # every config is checked (model names, n against the data) before Ray starts
         for model in args.models:
             for n in args.n:

@@ -37,7 +37,7 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from _common import at_least, check_memory, dimension
+from _common import at_least, check_memory, dimension, refused
 
 from byzlearn.machine import cpu_name
 
@@ -85,8 +85,9 @@ def _run(rule: str, n: int, d: int, f: int, cache: Path) -> dict[str, float]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the benchmark and print a Markdown table."""
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print a Markdown table; 2 (and one line) for a rule that cannot
+    run on these sizes, before any process starts."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rules", nargs="+", default=list(DEMO_RULES))
     parser.add_argument("--n", type=at_least(2), default=25)
@@ -95,6 +96,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--session", action="store_true", help="one cache for all the rules")
     args = parser.parse_args(argv)
     f = args.n // 5 if args.f is None else args.f
+    import byzlearn.aggregators as agg  # the children time their own import
+
+    try:  # an unknown name, or an f the rule cannot take, before any child compiles
+        for rule in args.rules:
+            agg.check(rule, args.n, f)
+    except (KeyError, ValueError, TypeError) as err:
+        return refused(err)
     # each child holds the (n, d) float32 input and a rule's work (a copy at most: NNM's rows)
     check_memory(parser, 2 * 4 * args.n * int(args.d), f"n={args.n} x d={int(args.d)}")
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -122,7 +130,8 @@ def main(argv: list[str] | None = None) -> None:
                 flush=True,
             )
     print(f"\ncold first calls in all: {total:.1f} s")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -34,7 +34,7 @@ import time
 from typing import Any
 
 import torch
-from _common import MAX_THREADS, at_least, non_negative, refused
+from _common import MAX_THREADS, at_least, non_negative, parse_with_quick, refused
 
 from byzlearn.experiments import parse_config
 from byzlearn.experiments.runner import run
@@ -115,12 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--link", type=non_negative, default=0.1)
     p.add_argument("--seed", type=at_least(0), default=0)
     p.add_argument("--threads", type=at_least(1, MAX_THREADS), default=1)
-    p.add_argument("--quick", action="store_true")
-    args = p.parse_args(argv)
+    p.add_argument("--quick", action="store_true", help="20 steps (explicit options win)")
+    args = parse_with_quick(p, argv, steps=20, eval_every=10)
     if args.target > 1:
         p.error(f"argument --target: an accuracy, at most 1, got {args.target:g}")
-    if args.quick:
-        args.steps, args.eval_every = 20, 10
     try:  # every row's config (attack names, server counts) is checked before any run
         for _, data in rows(args):
             _config(data, args)

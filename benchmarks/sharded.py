@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 import torch
-from _common import MAX_THREADS, at_least, check_memory, dimension, refused
+from _common import MAX_THREADS, at_least, check_memory, dimension, parse_with_quick, refused
 
 CHUNK = 1 << 20
 RULES = ("average", "median", "trimmed_mean", "krum", "multi_krum", "geometric_median", "bulyan")
@@ -109,10 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=at_least(1, MAX_THREADS), default=1)
     parser.add_argument("--repeats", type=at_least(1), default=3)
     parser.add_argument("--local", action="store_true", help="also the unsharded rule, checked")
-    parser.add_argument("--quick", action="store_true", help="d = 1e6, k = 1 2, 1 repeat")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.d, args.k, args.repeats = 1e6, [1, 2], 1
+    parser.add_argument(
+        "--quick", action="store_true", help="d = 1e6, k = 1, 2, 1 repeat (explicit options win)"
+    )
+    args = parse_with_quick(parser, argv, d=1e6, k=[1, 2], repeats=1)
     args.d = int(args.d)
     if max(args.k) > args.d:
         parser.error(f"--k {max(args.k)} shards for d={args.d} coordinates: at most one each")

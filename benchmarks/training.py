@@ -61,7 +61,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from _common import MAX_THREADS, at_least, channels_last
+from _common import MAX_THREADS, at_least, channels_last, parse_with_quick
 
 from byzlearn.allocator import keep_freed_memory, setting
 from byzlearn.attacks import alie_z
@@ -384,15 +384,15 @@ def main(argv: list[str] | None = None) -> None:
         help="consecutive rounds per variant and turn (1: alternate round by round)",
     )
     parser.add_argument("--no-byzfl", action="store_true", help="do not run ByzFL's loop")
-    parser.add_argument("--quick", action="store_true", help="MLP, n = 25, 5 rounds")
+    parser.add_argument(
+        "--quick", action="store_true", help="MLP, n = 25, 5 rounds (explicit options win)"
+    )
     parser.add_argument(
         "--system-malloc",
         action="store_true",
         help="keep glibc's malloc thresholds (the command line fixes them: byzlearn.allocator)",
     )
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.models, args.n, args.rounds, args.warmup = ["mlp"], [25], 5, 1
+    args = parse_with_quick(parser, argv, models=["mlp"], n=[25], rounds=5, warmup=1)
     torch.set_num_threads(args.threads)
     try:
         setting()  # a misspelt BYZLEARN_MALLOC is refused with --system-malloc too

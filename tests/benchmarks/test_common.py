@@ -67,3 +67,20 @@ def test_scripts_refuse_bad_arguments_before_running(name, argv, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert ": error: argument --" in err[-1]  # argparse's line, naming the argument
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--d", type=float, default=1e8)
+    parser.add_argument("--k", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--quick", action="store_true")
+    return parser
+
+
+def test_quick_replaces_only_the_defaults_of_options_not_given(common):
+    args = common.parse_with_quick(_parser(), ["--quick", "--d", "2e4"], d=1e6, k=[1, 2])
+    assert (args.d, args.k) == (2e4, [1, 2])  # --d given: kept; --k not: the smoke test's
+    args = common.parse_with_quick(_parser(), ["--quick"], d=1e6, k=[1, 2])
+    assert (args.d, args.k) == (1e6, [1, 2])
+    args = common.parse_with_quick(_parser(), ["--k", "3"], d=1e6, k=[1, 2])
+    assert (args.d, args.k) == (1e8, [3])  # no --quick: the defaults

@@ -28,6 +28,23 @@ def test_a_row_per_rule_with_its_compilations(script, capsys):
     assert "cold first calls in all:" in out
 
 
-def test_a_rule_that_fails_is_one_error_line(script):
-    with pytest.raises(SystemExit, match=r"^error: nosuchrule failed in its process: "):
-        script.main(["--rules", "nosuchrule", "--n", "5", "--d", "10"])
+@pytest.mark.parametrize(
+    "rules, n, f, message",
+    [
+        (["nosuchrule"], "5", "1", "nosuchrule"),
+        (["average", "krum"], "5", "2", "krum"),  # Krum needs n >= 2f + 3
+        (["nnm+nosuchrule"], "9", "1", "nosuchrule"),
+    ],
+)
+def test_a_rule_that_cannot_run_is_one_line_before_any_child(script, capsys, rules, n, f, message):
+    assert script.main(["--rules", *rules, "--n", n, "--f", f, "--d", "10"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # refused before the table starts: no child ran
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+
+
+def test_a_rule_that_fails_in_its_process_is_one_error_line(script, monkeypatch):
+    monkeypatch.setattr(script, "_CHILD", "raise SystemExit('boom')")
+    with pytest.raises(SystemExit, match=r"^error: average failed in its process: "):
+        script.main(["--rules", "average", "--n", "5", "--d", "10"])
