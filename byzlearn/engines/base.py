@@ -30,6 +30,7 @@ protocol discards them (:meth:`Node.discard`); either way they are counted (``la
 from __future__ import annotations
 
 import math
+import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
@@ -111,10 +112,9 @@ class Message:
         )
 
     def to(self, dest: int) -> Message:
-        """A copy addressed to ``dest`` (the payload is shared, not copied)."""
-        return Message(
-            self.kind, self.payload, int(dest), self.round, self.version, dict(self.meta)
-        )
+        """A copy addressed to ``dest`` (the payload is shared, not copied; the engine checks
+        ``dest`` when the copy is sent)."""
+        return Message(self.kind, self.payload, dest, self.round, self.version, dict(self.meta))
 
     def copy(self) -> Message:
         """A shallow copy (same payload object)."""
@@ -338,6 +338,7 @@ class Node:
         match: Match | None = None,
     ) -> list[Message]:
         """The first ``q`` messages of ``round`` (and ``kind``) for this node; see ``recv``."""
+
         def of_round(m: Message) -> bool:  # round and kind in one test per message
             return m.round == round and (kind is None or m.kind == kind)
 
@@ -360,8 +361,9 @@ def check_deadline(deadline: float | None) -> float | None:
     """Validate a relative deadline (``None``, or a finite number >= 0)."""
     if deadline is None:
         return None
+    if isinstance(deadline, bool) or not isinstance(deadline, numbers.Real):
+        raise TypeError(f"deadline must be a number of seconds or None, got {deadline!r}")
     value = float(deadline)
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"deadline must be a finite number >= 0, got {deadline!r}")
     return value
-

@@ -37,6 +37,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from byzlearn.checks import check_int, check_real
 from byzlearn.engines.base import (
     STATS,
     Handler,
@@ -45,7 +46,7 @@ from byzlearn.engines.base import (
     Node,
 )
 from byzlearn.engines.network import NetworkModel
-from byzlearn.engines.nodes import NodeTable
+from byzlearn.engines.nodes import NodeTable, node_id
 from byzlearn.engines.topology import Complete, Topology
 
 __all__ = ["LocalEngine"]
@@ -54,6 +55,7 @@ __all__ = ["LocalEngine"]
 def _charged(replies: Sequence[Message]) -> set[int]:
     """The messages whose handling took compute time: those a computed reply answers."""
     return {r.reply_to for r in replies if r.reply_to is not None and r.computed}
+
 
 # Waves of reactive messages handled in one recv before the engine gives up (reactive nodes
 # answering each other forever would otherwise never let the driven node's recv return).
@@ -84,24 +86,28 @@ class LocalEngine(NodeTable):
         history: int = 2,
     ) -> None:
         self.vectorise = bool(vectorise)
+        if network is not None and not isinstance(network, NetworkModel):
+            raise TypeError(f"network must be a NetworkModel, got {type(network).__name__}")
         self.network = network if network is not None else NetworkModel(seed=seed)
         self._init_nodes(topology or Complete(), history)
         self._pending: list[Message] = []
         self._charged: set[tuple[int | None, int]] = set()  # adversary (member, round) charged
+        self._timers: set[int] = set()  # seqs of the alarms pending (not network messages)
 
     # ------------------------------------------------------------------ nodes
     def attach(self, ids: Sequence[int], handler: Handler, *, adversary: bool = False) -> None:
         # the adversary moves last in a wave
-        self._register_group(_Group([int(i) for i in ids], handler, bool(adversary)))
+        self._register_group(_Group([node_id(i) for i in ids], handler, bool(adversary)))
 
     def driven(self, id: int, *, adversary: bool = False) -> Node:
-        id = int(id)
+        id = node_id(id)
         return self._register_driven(id, adversary, lambda: Node(self, id), 0.0)
 
     @property
     def stats(self) -> dict[str, int]:
         out = dict(self._stats)
-        out["in_flight"] = len(self._pending) + sum(len(box) for box in self._mail.values())
+        pending = len(self._pending) - len(self._timers)  # a timer is no message in flight
+        out["in_flight"] = pending + sum(len(box) for box in self._mail.values())
         return out
 
     # ------------------------------------------------------------------ transport
@@ -129,7 +135,7 @@ class LocalEngine(NodeTable):
         self._remember_last(sent)
 
     def _sender(self, sender: int) -> int:
-        sender = int(sender)
+        sender = node_id(sender)
         if sender not in self._driven:
             raise ValueError(f"node {sender} is not a driven node; reactive nodes answer")
         return sender
@@ -154,7 +160,7 @@ class LocalEngine(NodeTable):
         return True
 
     def observe(self, node: int, match: Match | None = None) -> list[Message]:
-        return self._observed(int(node), match)
+        return self._observed(node_id(node), match)
 
     def _lose(self, msgs: Sequence[Message]) -> None:
         """Lose coordinates of the delivered messages' payloads (nothing, and no call per
@@ -210,7 +216,12 @@ class LocalEngine(NodeTable):
         inbox.sort(key=lambda m: (m.dest, m.arrival, m.seq))
         instant = bool(getattr(group.handler, "instant", False))
         self._lose(inbox)
-        self._stats["delivered"] += len(inbox)
+        fired = 0
+        if self._timers:  # timers are handled, not delivered (no network message)
+            fired = len(self._timers)
+            self._timers.difference_update(m.seq for m in inbox)
+            fired -= len(self._timers)
+        self._stats["delivered"] += len(inbox) - fired
         if group.adversary:
             first: dict[tuple[int | None, int], int] = {}
             for m in inbox:
@@ -232,35 +243,36 @@ class LocalEngine(NodeTable):
             finish = self._schedule(inbox, set() if instant else _charged(replies))
             self._emit(group, replies, finish)
         else:
-            busy = dict(self._busy)  # the order of the calls: as if every message were answered
-            order = self._schedule(inbox, {m.seq for m in inbox})
-            self._busy.update(busy)
-            for m in sorted(inbox, key=lambda m: (order[m.seq], m.dest)):
+            # one call per message in the vectorised call's order (member, arrival): the replies
+            # are stamped in the same order, so equal arrivals break ties the same way
+            for m in inbox:
                 replies = group.handler.handle([m], [])
                 charged = set() if instant else _charged(replies)
                 self._emit(group, replies, self._schedule([m], charged))
 
     def alarm(self, nodes: Sequence[int], at: float, round: int, kind: str = "alarm") -> None:
-        at = float(at)
-        if not math.isfinite(at):
-            raise ValueError(f"an alarm needs a finite time, got {at!r}")
-        for node in nodes:
-            node = int(node)
+        at = check_real(at, "an alarm's time")
+        round = check_int(round, "an alarm's round", 0)
+        ids = [node_id(node) for node in nodes]
+        for node in ids:  # all checked before any is set
             if node not in self._group_of:
                 raise ValueError(f"node {node} is not a reactive node")
-            msg = Message(kind=kind, dest=node, round=int(round))
+        for node in ids:
+            msg = Message(kind=kind, dest=node, round=round)
             self._stamp(msg, node)
             msg.sent_at = msg.arrival = at
             self._pending.append(msg)
+            self._timers.add(msg.seq)
             self._stats["alarms"] += 1
 
     def settle(self) -> None:
         self._run_reactive()
 
     def compute(self, node: int, round: int) -> float:
-        node = int(node)
+        node = node_id(node)
         if node not in self._driven:
             raise ValueError(f"node {node} is not a driven node")
+        round = check_int(round, "round", 0)
         self._clock[node] += self.network.compute_time(node, round)
         return self._clock[node]
 
@@ -319,6 +331,7 @@ class LocalEngine(NodeTable):
             "seen": {i: [m.to_state() for m in kept] for i, kept in self._seen.items()},
             "late": sorted(self._late),
             "charged": sorted(self._charged),
+            "timers": sorted(self._timers),
             "seq": self._seq,
             "stats": dict(self._stats),
         }
@@ -337,6 +350,7 @@ class LocalEngine(NodeTable):
         self._seen = {int(i): [Message.from_state(m) for m in k] for i, k in state["seen"].items()}
         self._late = {int(s) for s in state["late"]}
         self._charged = {(int(d), int(r)) for d, r in state.get("charged", [])}
+        self._timers = {int(s) for s in state.get("timers", [])}
         self._seq = int(state["seq"])
         self._stats = Counter({k: 0 for k in STATS})
         self._stats.update({k: int(v) for k, v in state["stats"].items()})

@@ -11,11 +11,30 @@ from typing import Any
 
 import torch
 
+from byzlearn.checks import check_int
 from byzlearn.engines.base import STATS, Engine, Match, Message, Node, check_deadline
 from byzlearn.engines.network import NetworkModel
 from byzlearn.engines.topology import Complete, Topology
 
-__all__ = ["NodeTable"]
+__all__ = ["NodeTable", "node_id"]
+
+
+def node_id(value: object) -> int:
+    """``value`` as a node id: an int (a numpy integer too), never a bool, a float or a str,
+    which ``int()`` would turn into another node's id (2.5 into 2) or a confusing error."""
+    if type(value) is int:  # the common case, one test
+        return value
+    return check_int(value, "a node id")
+
+
+def _topology(topology: object) -> Topology:
+    """``topology`` if it is a :class:`Topology` (a wrong value would fail at the first send)."""
+    if not isinstance(topology, Topology):
+        raise TypeError(
+            f"topology must be a Topology (Complete(), Ring(ids), ...), "
+            f"got {type(topology).__name__}"
+        )
+    return topology
 
 
 class NodeTable(Engine):
@@ -46,7 +65,7 @@ class NodeTable(Engine):
     _history: int
 
     def _init_nodes(self, topology: Topology, history: int = 2) -> None:
-        self._topology = topology
+        self._topology = _topology(topology)
         self._roles = {}
         self._groups = []
         self._group_of = {}
@@ -66,10 +85,9 @@ class NodeTable(Engine):
     def reserve(self, role: str, count: int) -> list[int]:
         if not isinstance(role, str) or not role:
             raise ValueError(f"a role must be a non-empty string, got {role!r}")
-        if int(count) < 0:
-            raise ValueError(f"count must be >= 0, got {count}")
+        count = check_int(count, "count", 0)
         start = len(self._roles)
-        ids = list(range(start, start + int(count)))
+        ids = list(range(start, start + count))
         for i in ids:
             self._roles[i] = role
         return ids
@@ -115,7 +133,7 @@ class NodeTable(Engine):
 
     def role_of(self, id: int) -> str:
         try:
-            return self._roles[int(id)]
+            return self._roles[node_id(id)]
         except KeyError:
             raise ValueError(f"unknown node {id}") from None
 
@@ -124,10 +142,10 @@ class NodeTable(Engine):
         return self._topology
 
     def set_topology(self, topology: Topology) -> None:
-        self._topology = topology
+        self._topology = _topology(topology)
 
     def now(self, node: int) -> float:
-        node = int(node)
+        node = node_id(node)
         if node in self._clock:
             return self._clock[node]
         if node in self._busy:
@@ -148,9 +166,14 @@ class NodeTable(Engine):
 
         Called for every message: the common case (every edge allowed, a sender without a
         fault behaviour) takes no call into the topology or the network model."""
-        if msg.dest is None:
-            raise ValueError("message has no destination")
-        dest = int(msg.dest)
+        dest = msg.dest
+        if type(dest) is not int:  # (an int: the common case, one test)
+            if dest is None:
+                raise ValueError("message has no destination")
+            # 1.5 or "1" would reach node 1's queue but never match it: lost silently
+            dest = msg.dest = check_int(dest, "message destination", 0)
+        if type(msg.round) is not int or msg.round < 0:  # the round keys the message's draws
+            msg.round = check_int(msg.round, "message round", 0)
         if dest not in self._driven and dest not in self._group_of:
             raise ValueError(f"message to unknown or unregistered node {dest}")
         sender = msg.sender
@@ -220,7 +243,7 @@ class NodeTable(Engine):
 
     # ------------------------------------------------------------------ mailboxes
     def _driven_id(self, dest: int) -> int:
-        dest = int(dest)
+        dest = node_id(dest)
         if dest not in self._driven:
             raise ValueError(f"node {dest} is not a driven node")
         return dest
@@ -230,9 +253,7 @@ class NodeTable(Engine):
     ) -> tuple[int, int, float | None]:
         """``recv``'s arguments checked: a driven node, ``q >= 0``, a valid deadline."""
         dest = self._driven_id(dest)
-        if isinstance(q, bool) or int(q) < 0:
-            raise ValueError(f"q must be an int >= 0, got {q!r}")
-        return dest, int(q), check_deadline(deadline)
+        return dest, check_int(q, "q", 0), check_deadline(deadline)
 
     def _take(self, dest: int, taken: list[Message]) -> list[Message]:
         """Remove ``taken`` from ``dest``'s mailbox (delivered, no longer late)."""

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from byzlearn import keyed
+from byzlearn.checks import check_int, check_real
 
 __all__ = [
     "MAX_LINKS",
@@ -69,13 +70,21 @@ class Graph(Topology):
     """An undirected graph over ``ids``; pairs involving other nodes are allowed."""
 
     def __init__(self, ids: Sequence[int], edges: Iterable[tuple[int, int]]) -> None:
-        self.ids = [int(i) for i in ids]
+        # int() would make 0.5 node 0 and "a" a confusing error
+        self.ids = [check_int(i, "topology: a node id") for i in ids]
         if len(set(self.ids)) != len(self.ids):
             raise ValueError("topology: node ids must be distinct")
         members = set(self.ids)
         self.adjacency: dict[int, set[int]] = {i: set() for i in self.ids}
-        for a, b in edges:
-            a, b = int(a), int(b)
+        for edge in edges:
+            try:
+                a, b = edge
+            except (TypeError, ValueError):
+                raise ValueError(f"topology: an edge is a pair of node ids, got {edge!r}") from None
+            a, b = (
+                check_int(a, "topology: a node id in an edge"),
+                check_int(b, "topology: a node id in an edge"),
+            )
             if a not in members or b not in members:
                 raise ValueError(
                     f"topology: edge ({a}, {b}) names a node outside {sorted(members)}"
@@ -126,8 +135,7 @@ class Ring(Graph):
     def __init__(self, ids: Sequence[int], k: int = 1) -> None:
         ids = list(ids)
         n = len(ids)
-        if k < 1:
-            raise ValueError(f"ring: k must be >= 1, got {k}")
+        k = check_int(k, "ring: k", 1)
         _check_links(f"ring: n={n}, k={k}", n * min(k, n // 2))
         # offsets s and n - s link the same pairs: beyond n // 2 a larger k adds no edge (and
         # k = 10**9 must not loop a billion times)
@@ -144,8 +152,8 @@ class ErdosRenyi(Graph):
     """Each pair linked independently with probability ``p`` (keyed on ``seed``)."""
 
     def __init__(self, ids: Sequence[int], p: float, seed: int = 0) -> None:
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"erdos_renyi: p must be in [0, 1], got {p}")
+        p = check_real(p, "erdos_renyi: p", 0.0, 1.0)
+        seed = check_int(seed, "erdos_renyi: seed", 0)
         ids = list(ids)
         n = len(ids)
         _check_links(f"erdos_renyi: n={n}", n * (n - 1) // 2, "candidate links (node pairs)")
@@ -170,6 +178,8 @@ class RandomRegular(Graph):
     def __init__(self, ids: Sequence[int], degree: int, seed: int = 0) -> None:
         ids = list(ids)
         n = len(ids)
+        degree = check_int(degree, "random_regular: degree")
+        seed = check_int(seed, "random_regular: seed", 0)
         if not 0 <= degree < max(n, 1) or (n * degree) % 2:
             raise ValueError(
                 f"random_regular: needs 0 <= degree < n and n * degree even, got n={n}, "
