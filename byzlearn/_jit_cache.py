@@ -34,8 +34,8 @@ _MARKERS = (b"njit", b"cache=True")
 
 def compiled_sources(package: Path = PACKAGE) -> dict[Path, bytes]:
     """The package's modules that hold numba code and their sources, in a fixed order (each file
-    read once)."""
-    sources = {path: path.read_bytes() for path in sorted(package.rglob("*.py"))}
+    read once; a ``.py`` name that is not a file, e.g. a dangling link, is no module)."""
+    sources = {path: path.read_bytes() for path in sorted(package.rglob("*.py")) if path.is_file()}
     return {path: text for path, text in sources.items() if any(m in text for m in _MARKERS)}
 
 
@@ -58,10 +58,10 @@ def drop_stale(package: Path = PACKAGE) -> bool:
         digest = sources_digest(sources, package)
         stamp = package / "__pycache__" / STAMP
         try:
-            if stamp.read_text() == digest:
+            if stamp.read_bytes() == digest.encode():
                 return False
         except OSError:
-            pass  # no stamp yet: the caches' origin is unknown
+            pass  # no stamp yet: the caches' origin is unknown (a damaged one: the same)
         for folder in sorted({path.parent / "__pycache__" for path in sources}):
             for cached in folder.glob("*.nb[ic]"):
                 cached.unlink(missing_ok=True)

@@ -1,6 +1,8 @@
 """Keyed randomness: every random draw is a pure function of its key.
 
-A key is a tuple such as ``(seed, "batch", node, step)``. The same key always gives the same
+A key is a tuple such as ``(seed, "batch", node, step)``, of ints in ``[0, 2**64)`` and strs
+(other parts are refused: a bool, a float, or an int that would alias one in the range, as -1
+would 2**64 - 1, is a ``TypeError`` or ``ValueError``). The same key always gives the same
 numbers, whatever was drawn before, in which order, in which process, or how nodes are grouped
 or vectorised; two different keys give independent-looking streams. This is what makes a
 simulated run reproducible and independent of the engine (one process, a vectorised group, or
@@ -54,10 +56,22 @@ def _mix(z: np.ndarray) -> np.ndarray:
 
 def _part(part: int | str) -> int:
     if isinstance(part, str):
-        return int.from_bytes(hashlib.blake2b(part.encode(), digest_size=8).digest(), "little")
+        text = part.encode("utf-8", "surrogatepass")  # every str (a lone surrogate too)
+        return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little")
     if isinstance(part, (bool, np.bool_)) or not isinstance(part, (int, np.integer)):
         raise TypeError(f"a key part must be an int or a str, got {type(part).__name__}")
-    return int(part) & _MASK
+    if not 0 <= part <= _MASK:  # outside, it would alias a part in the range (-1: 2**64 - 1)
+        raise ValueError(f"a key part must be an int in [0, 2**64) or a str, got {part}")
+    return int(part)
+
+
+def _count(count: int) -> int:
+    """``count`` if it is a number of draws (a non-negative int)."""
+    if isinstance(count, (bool, np.bool_)) or not isinstance(count, (int, np.integer)):
+        raise TypeError(f"count must be a non-negative int, got {type(count).__name__}")
+    if count < 0:
+        raise ValueError(f"count must be a non-negative int, got {count}")
+    return int(count)
 
 
 def _mix_int(z: int) -> int:
@@ -68,6 +82,8 @@ def _mix_int(z: int) -> int:
 
 
 def _fold(state: int, key: Key) -> int:
+    if isinstance(key, (str, bytes)):  # not a key of one part per character
+        raise TypeError(f"a key must be a tuple of ints and strs, got {key!r}")
     for part in key:
         state = _mix_int(((state ^ _part(part)) + 0x9E3779B97F4A7C15) & _MASK)
     return state
@@ -90,7 +106,7 @@ def generator(key: Key) -> torch.Generator:
 
 def _stream(states: np.ndarray, count: int) -> np.ndarray:
     """``count`` uint64 numbers for each state: shape ``states.shape + (count,)``."""
-    j = np.arange(1, count + 1, dtype=np.uint64)
+    j = np.arange(1, _count(count) + 1, dtype=np.uint64)
     with np.errstate(over="ignore"):
         return _mix(states[..., None] + j * _GOLDEN)
 
@@ -105,9 +121,14 @@ def uniform(key: Key, count: int) -> np.ndarray:
 
 
 def fold(states: np.ndarray, part: int | np.ndarray) -> np.ndarray:
-    """Fold one more key part (an int, or one non-negative int per state) into uint64 states:
+    """Fold one more key part (a key part, or an array of one per state) into uint64 states:
     ``fold(key_state(k), p)`` is the state of the key ``k + (p,)``."""
-    parts = np.asarray(part, dtype=np.uint64)
+    parts = np.asarray(part)
+    if parts.dtype.kind == "i" and (parts >= 0).all():
+        parts = parts.astype(np.uint64)
+    elif parts.dtype.kind != "u":  # ints out of range, strs, or not key parts: one at a time
+        parts = np.array([_part(p) for p in parts.ravel().tolist()], dtype=np.uint64)
+        parts = parts.reshape(np.shape(part))
     with np.errstate(over="ignore"):
         return _mix((np.asarray(states, dtype=np.uint64) ^ parts) + _GOLDEN)
 
@@ -130,7 +151,7 @@ def uniform_rows(prefix: Key, rows: Sequence[tuple[int | str, ...]], count: int)
     group of nodes costs about as much as for one.
     """
     if not rows:
-        return np.zeros((0, count))
+        return np.zeros((0, _count(count)))
     width = len(rows[0])
     if any(len(r) != width for r in rows):
         raise ValueError("uniform_rows: every row key must have the same length")
@@ -138,7 +159,7 @@ def uniform_rows(prefix: Key, rows: Sequence[tuple[int | str, ...]], count: int)
     with np.errstate(over="ignore"):
         for c in range(width):
             column = [r[c] for r in rows]
-            if all(type(v) is int and v >= 0 for v in column):
+            if all(type(v) is int and 0 <= v <= _MASK for v in column):
                 parts = np.array(column, dtype=np.uint64)
             else:
                 parts = np.array([_part(v) for v in column], dtype=np.uint64)

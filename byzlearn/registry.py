@@ -11,8 +11,9 @@ Traceback (most recent call last):
 KeyError: "unknown shape 'circle' (known: square)"
 
 A name is registered once: a second registration under a name or alias already taken raises
-``ValueError`` (a plugin can never silently replace a built-in component). Lookups of unknown
-names raise ``KeyError`` listing the known names.
+``ValueError`` (a plugin can never silently replace a built-in component). Names and aliases
+are non-empty strings without surrounding whitespace (lookups strip it), aliases a tuple.
+Lookups of unknown names raise ``KeyError`` listing the known names.
 """
 
 from __future__ import annotations
@@ -42,12 +43,12 @@ class Registry(Generic[T]):
     # ------------------------------------------------------------------ registration
     def add(self, name: str, entry: T, *, aliases: tuple[str, ...] = ()) -> None:
         """Register ``entry`` under ``name`` (and ``aliases``); taken names raise ``ValueError``."""
-        if not isinstance(name, str) or not name:
+        if isinstance(aliases, str) or not isinstance(aliases, (tuple, list)):
             raise TypeError(
-                f"{self._article} {self.kind} name must be a non-empty string, got {name!r}"
+                f"{self.kind} {name!r}: aliases must be a tuple of names, got {aliases!r}"
             )
-        key = self._normalise(name)
-        keys = [key, *(self._normalise(a) for a in aliases)]
+        key = self._normalise(self._registrable(name))
+        keys = [key, *(self._normalise(self._registrable(a)) for a in aliases)]
         for k in keys:
             if k in self._entries or k in self._aliases:
                 raise ValueError(f"{self.kind} {k!r} is already registered")
@@ -56,6 +57,20 @@ class Registry(Generic[T]):
         self._entries[key] = entry
         for alias in keys[1:]:
             self._aliases[alias] = key
+
+    def _registrable(self, name: object) -> str:
+        """``name`` if it can be registered: a lookup finds it (it strips surrounding spaces and
+        refuses an empty name, so a name with either could never be looked up)."""
+        if not isinstance(name, str) or not name:
+            raise TypeError(
+                f"{self._article} {self.kind} name must be a non-empty string, got {name!r}"
+            )
+        if name != name.strip():
+            raise ValueError(
+                f"{self.kind} name {name!r}: no leading or trailing whitespace "
+                f"(lookups strip it: the name could never be found)"
+            )
+        return name
 
     def register(self, name: str, *, aliases: tuple[str, ...] = ()) -> Callable[[T], T]:
         """Decorator form of :meth:`add`; returns the decorated object unchanged."""

@@ -59,3 +59,13 @@ def test_other_dtypes() -> None:
     assert all_finite(torch.tensor([1 + 2j, 3 - 1j]))
     assert not all_finite(torch.tensor([1 + 2j, complex(0, float("inf"))]))
     assert not all_finite(torch.tensor([1.0, float("nan")], dtype=torch.bfloat16))
+
+
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
+@pytest.mark.parametrize("dtype", [torch.float8_e5m2, torch.complex32])
+def test_dtypes_without_a_sum(dtype: torch.dtype) -> None:
+    """Where torch has no sum for a dtype (CPU) but an elementwise test, the answer is the
+    elementwise one (it raised NotImplementedError from the sum)."""
+    for values, expected in (([1.0, 2.0], True), ([1.0, float("nan")], False)):
+        x = torch.tensor(values).to(dtype)
+        assert all_finite(x) is expected is bool(torch.isfinite(x).all())

@@ -79,3 +79,27 @@ def test_importing_the_package_keeps_a_current_stamp():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "False"
+
+
+def test_a_damaged_stamp_drops_the_caches_and_is_rewritten(tmp_path):
+    """A stamp that is not text raised UnicodeDecodeError out of ``import byzlearn``."""
+    package = make_package(tmp_path)
+    stamp = package / "__pycache__" / _jit_cache.STAMP
+    stamp.write_bytes(b"\xff\xfe\x00 not a digest")
+    assert _jit_cache.drop_stale(package)
+    assert cache_files(package) == []
+    assert not _jit_cache.drop_stale(package)  # the stamp now holds the digest
+
+
+def test_a_py_name_that_is_not_a_module_does_not_stop_the_check(tmp_path):
+    """A dangling link or a folder named ``*.py`` raised OSError in ``compiled_sources``, which
+    turned the whole check off: stale caches stayed, to be loaded."""
+    package = make_package(tmp_path)
+    (package / "dangling.py").symlink_to(package / "gone.py")
+    (package / "folder.py").mkdir()
+    assert _jit_cache.drop_stale(package)
+    assert cache_files(package) == []
+    (package / "__pycache__" / "f-1.py311.nbi").write_text("cached")
+    (package / "kernel.py").write_text("@njit(cache=True)\ndef f(x):\n    return x + 1\n")
+    assert _jit_cache.drop_stale(package)
+    assert cache_files(package) == []

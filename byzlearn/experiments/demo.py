@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from byzlearn.experiments.config import Config, parse_config
+from byzlearn.experiments.config import Config, ConfigError, parse_config
 from byzlearn.experiments.plots import accuracy_curves
 from byzlearn.experiments.runner import RunResult, run
-from byzlearn.experiments.store import RunCollisionError, RunDir, RunDirError
+from byzlearn.experiments.store import RunCollisionError, RunDir, RunDirError, write_atomically
 from byzlearn.experiments.tables import markdown_table
 
 __all__ = ["DEMO_RULES", "DemoResult", "check_demo", "demo_config", "run_demo"]
@@ -93,10 +93,14 @@ def check_demo(
 ) -> dict[str, Config]:
     """The configs of the demo's runs, after checking (before anything is written) that
     ``directory`` holds no demo of other settings: raises
-    :class:`~byzlearn.experiments.store.RunDirError` in one line naming a directory to use."""
+    :class:`~byzlearn.experiments.store.RunDirError` in one line naming a directory to use
+    (a rule given twice is a :class:`~byzlearn.experiments.config.ConfigError`)."""
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise RunDirError(f"{directory}: is a file, not a directory")
+    twice = sorted({rule for rule in rules if list(rules).count(rule) > 1})
+    if twice:
+        raise ConfigError(f"rules: {', '.join(twice)} given twice; give each rule once")
     configs = {rule: demo_config(rule, steps=steps, seed=seed) for rule in rules}
     for rule, config in configs.items():
         try:
@@ -129,7 +133,10 @@ def run_demo(
     """
     directory = Path(directory)
     configs = check_demo(directory, rules=rules, steps=steps, seed=seed)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # (not the dataset's fault, as the command would otherwise say)
+        raise RunDirError(f"{directory}: cannot create the directory ({e.strerror})") from None
     start = time.perf_counter()
     results: dict[str, RunResult] = {}
     for i, (rule, config) in enumerate(configs.items()):
@@ -152,7 +159,9 @@ def run_demo(
         title=title,
         chance=0.1,
     )
-    (directory / "table.md").write_text(f"# byzlearn demo\n\n{title}\n\n{table}")
+    text = f"# byzlearn demo\n\n{title}\n\n{table}"
+    # atomically, and never through a link at table.md (it would write outside the directory)
+    write_atomically(directory / "table.md", lambda fh: fh.write(text.encode("utf-8")))
     return DemoResult(results, table, directory, seconds)
 
 
