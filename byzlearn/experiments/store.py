@@ -23,10 +23,11 @@ directory received from someone else cannot run code when resumed; so is ``model
 
 Links. Nothing is ever written through a symbolic link: a run file (``config.yaml``,
 ``metrics.jsonl``, ``checkpoint.pt``, ``summary.json``, ``model.pt``) that is a link makes
-:meth:`RunDir.claim` refuse the directory; files are written to a temporary name created afresh
-(``O_EXCL | O_NOFOLLOW``; a leftover ``*.tmp``, link or not, is removed, never followed) and
-moved over the final name with ``os.replace`` (which replaces a link itself, not its target);
-``metrics.jsonl`` is appended to with ``O_NOFOLLOW``.
+:meth:`RunDir.claim` refuse the directory; files are written to a temporary name of their own,
+created afresh (``<name>.<random>.tmp``, ``O_EXCL | O_NOFOLLOW``: two processes writing one
+file never meet in it; what a killed run left, links or not, is removed, never followed, when
+the directory is next locked), and moved over the final name with ``os.replace`` (which
+replaces a link itself, not its target); ``metrics.jsonl`` is appended to with ``O_NOFOLLOW``.
 
 Every such problem raises a :class:`RunDirError` whose message is one line naming the file and
 what to do.
@@ -38,6 +39,8 @@ import errno
 import json
 import math
 import os
+import re
+import secrets
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -186,27 +189,35 @@ def _link_message(path: Path) -> str:
     )
 
 
-def _create_new(path: Path) -> int:
-    """A file descriptor of a new file at ``path``, created here (``O_EXCL | O_NOFOLLOW``: never
-    through a link); whatever held the name before (a temp file left by a killed run, a link
-    put there) is removed first, never followed."""
+# the temporary files of the run files (write_atomically's names, and the earlier fixed one)
+_TEMPORARY = re.compile(
+    r"(config\.yaml|metrics\.jsonl|checkpoint\.pt|summary\.json|model\.pt)(\.[0-9a-f]{12})?\.tmp"
+)
+
+
+def _create_temp(path: Path) -> tuple[int, Path]:
+    """A new file beside ``path`` under a name of its own (``<name>.<random>.tmp``, created with
+    ``O_EXCL | O_NOFOLLOW``): two processes writing the same file (two reports of one sweep)
+    never write into, or publish, each other's temporary file."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW
-    try:
-        return os.open(path, flags, 0o644)
-    except FileExistsError:
-        path.unlink()  # removes a link itself, not its target
-        return os.open(path, flags, 0o644)
+    while True:
+        tmp = path.with_name(f"{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o644), tmp
+        except FileExistsError:  # pragma: no cover (a 48-bit name taken: draw another)
+            continue
 
 
 def write_atomically(path: str | Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Write ``path`` through ``write(file)``: into ``path.tmp`` (created afresh, see
-    :func:`_create_new`), synced, then moved over ``path`` with ``os.replace``, which replaces
-    the name (a link there included), never the file a link points to. A kill mid-write leaves
-    the previous ``path``."""
+    """Write ``path`` through ``write(file)``: into a temporary file of this call's own beside
+    it (:func:`_create_temp`), synced, then moved over ``path`` with ``os.replace``, which
+    replaces the name (a link there included), never the file a link points to. A kill
+    mid-write leaves the previous ``path`` (and the temporary file, which the next run of the
+    directory removes: :meth:`RunDir.lock`)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    fd, tmp = _create_temp(path)
     try:
-        with os.fdopen(_create_new(tmp), "wb") as fh:
+        with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
@@ -317,9 +328,20 @@ class RunDir:
         else:
             raise RunLockedError(f"{self.path}: could not take the lock {self.lock_path}")
         try:
+            self._remove_temporary_files()
             yield
         finally:
             self.lock_path.unlink(missing_ok=True)
+
+    def _remove_temporary_files(self) -> None:
+        """Remove the temporary files of run files a killed process left (``<run file>.tmp``,
+        ``<run file>.<random>.tmp``; the lock is held: no process writes one now); a link is
+        removed itself, never followed. Other files are the user's and stay."""
+        for leftover in self.path.glob("*.tmp"):
+            if _TEMPORARY.fullmatch(leftover.name) and (
+                leftover.is_symlink() or leftover.is_file()
+            ):
+                leftover.unlink(missing_ok=True)
 
     def _live_owner(self) -> bool:
         if self.lock_path.is_symlink():
