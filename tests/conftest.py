@@ -23,7 +23,7 @@ settings.load_profile(os.environ.get("BYZLEARN_HYPOTHESIS_PROFILE", "default"))
 
 torch.set_num_threads(1)
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]  # the repository (parents[2] was the folder above)
 
 
 def start_ray(**options: Any) -> Any:
