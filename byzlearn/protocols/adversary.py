@@ -126,10 +126,12 @@ class ByzantineNodes:
             self.silent += 1
             return None
         extra: dict[str, Any] = {}
-        if self.state is not None:
-            self.state = self.state.observe(honest)
-            extra["state"] = self.state
         try:
+            # a running state refuses vectors it cannot learn from (every one non-finite, as in
+            # a diverged run): it is kept as it was, and the coalition is silent this time
+            if self.state is not None:
+                self.state = self.state.observe(honest)
+                extra["state"] = self.state
             byz = self.attack(
                 honest,
                 f=len(self.ids),

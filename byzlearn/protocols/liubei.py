@@ -9,11 +9,13 @@ system start at known times. Step t, starting at time T:
    i being assigned to server ``(i + t) mod servers`` (so each worker gets **one** model);
 2. a worker checks the model it got with :class:`~byzlearn.protocols.replicated.ModelFilter`
    (the model-distance filter, bound by what the rule could have moved the model, and the
-   Lipschitz filter); accepted: it computes its gradient there and sends it to every server;
+   Lipschitz filter; a worker that read no model at step 1 bounds it with its gradient at the
+   initial model); accepted: it computes its gradient there and sends it to every server;
    rejected: it *pulls* the next server's model (``pull`` -> ``model`` reply) and checks that,
    and so on through the servers;
 3. at ``T + timeout`` a worker that has received no model yet (its server is silent or slow)
-   pulls the next server's;
+   pulls the next server's; a pulled server that does not answer times out in turn (at
+   ``T + k timeout``, k = 2, 3, ...): the worker pulls the next one;
 4. a correct server aggregates the first ``gradient_quorum`` gradients of step t (default
    n - f) with the rule (MDA by default) and updates; a pull that comes after it updated is
    answered with the model of step t it kept. At ``T + deadline`` (default ``T + timeout``;
@@ -112,6 +114,7 @@ class LiuBeiWorkers:
         self.filters = {m: ModelFilter.start(theta0) for m in compute.ids}
         self.answered: dict[int, int] = {}
         self.tried: dict[int, tuple[int, list[int]]] = {}  # member -> (step, servers asked)
+        self.waiting: dict[int, tuple[int, int]] = {}  # member -> (step, server pulled, no reply)
         self.counts = {"accepted": 0, "rejected": 0, "pulls": 0, "timeouts": 0, "gave_up": 0}
 
     def _order(self, member: int, t: int) -> list[int]:
@@ -133,8 +136,10 @@ class LiuBeiWorkers:
         rest = [s for s in self._order(member, t) if s not in asked]
         if not rest:
             self.counts["gave_up"] += 1
+            self.waiting.pop(member, None)
             return []
         asked.append(rest[0])
+        self.waiting[member] = (t, rest[0])
         self.counts["pulls"] += 1
         pull = Message(
             kind="pull",
@@ -145,6 +150,22 @@ class LiuBeiWorkers:
             computed=computed,
         )
         return [pull]
+
+    def waiting_on(self, t: int) -> list[int]:
+        """The members still waiting at step t for the model of a server they pulled (after
+        the engine settled: that server is silent, or the pull or its answer was lost)."""
+        return sorted(m for m, (step, _) in self.waiting.items() if step == t)
+
+    def _missed_start(self, member: int, t: int) -> None:
+        """A worker that accepted no model yet has no gradient norm to bound the distance
+        filter's radius (zero: only the initial model passes, right at step 1 only); after
+        step 1 (it got no model then: silent servers, a lost message) it estimates the norm by
+        its gradient at the initial model, which it knows, instead of rejecting every model of
+        the run."""
+        state = self.filters[member]
+        if state["g_norm"] is None and t > 1:
+            g, _ = self.compute.gradients([member], state["theta"], t)
+            state["g_norm"] = float(g[0].norm())
 
     def handle(self, inbox: Sequence[Message], observed: Sequence[Message] = ()) -> list[Message]:
         out: list[Message] = []
@@ -158,13 +179,19 @@ class LiuBeiWorkers:
                     self.counts["timeouts"] += 1
                     self._asked(member, t).append(self._order(member, t)[0])
                     out += self._pull_next(member, t, m)
+                elif member in self.waiting_on(t):  # the server it pulled did not answer
+                    self.counts["timeouts"] += 1
+                    out += self._pull_next(member, t, m)
                 continue
             if m.kind != "model" or m.sender is None:
                 continue
+            if self.waiting.get(member) == (t, m.sender):
+                del self.waiting[member]
             asked = self._asked(member, t)
             if m.sender not in asked:
                 asked.append(int(m.sender))
             lr = float(m.meta.get("lr", 1.0))
+            self._missed_start(member, t)
             verdict = self.filter.check(
                 self.compute, member, m.payload, self.filters[member], t, lr
             )
@@ -202,6 +229,7 @@ class LiuBeiWorkers:
             "filters": {m: {**s, "k": list(s["k"])} for m, s in self.filters.items()},
             "answered": dict(self.answered),
             "tried": {m: [t, list(a)] for m, (t, a) in self.tried.items()},
+            "waiting": {m: [t, s] for m, (t, s) in self.waiting.items()},
             "counts": dict(self.counts),
         }
 
@@ -209,6 +237,8 @@ class LiuBeiWorkers:
         self.filters = {int(m): dict(s) for m, s in state["filters"].items()}
         self.answered = {int(k): int(v) for k, v in state["answered"].items()}
         self.tried = {int(m): (int(t), [int(x) for x in a]) for m, (t, a) in state["tried"].items()}
+        waiting = state.get("waiting", {})  # checkpoints of earlier versions have none
+        self.waiting = {int(m): (int(t), int(s)) for m, (t, s) in waiting.items()}
         self.counts = {k: int(v) for k, v in state["counts"].items()}
 
 
@@ -568,6 +598,12 @@ class LiuBeiProtocol(Protocol):
         eng.settle()
         eng.alarm(self.workers.ids, T + opts.timeout, t, "timeout")
         eng.settle()
+        for k in range(2, len(self.server_ids) + 1):  # a pulled server that does not answer
+            waiting = self.handler.waiting_on(t)  # times out too: pull the next one
+            if not waiting:
+                break
+            eng.alarm(waiting, T + k * opts.timeout, t, "timeout")
+            eng.settle()
         if self.servers.ids:
             eng.alarm(self.servers.ids, T + (opts.deadline or opts.timeout), t, "close")
             eng.settle()
@@ -581,6 +617,10 @@ class LiuBeiProtocol(Protocol):
         if states:
             record.update(states[0].record)
         record["servers_skipped"] = sum(1 for st in states if st.record.get("skipped"))
+        if gathered:  # the other models the median used (none where fewer than needed came)
+            need = opts.quorum - 1
+            used = [len(st.models) if len(st.models) == need else 0 for st in states]
+            record["gather_models"] = min(used, default=0)
         record["gathered"] = gathered
         thetas = [st.theta for st in states]
         record["server_diameter"] = diameter(torch.stack(thetas)) if thetas else 0.0
