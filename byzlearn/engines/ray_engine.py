@@ -69,6 +69,7 @@ import ray
 import torch
 
 from byzlearn.allocator import keep_freed_memory, kept
+from byzlearn.checks import check_int
 from byzlearn.engines.base import (
     STATS,
     Handler,
@@ -78,7 +79,7 @@ from byzlearn.engines.base import (
     check_deadline,
 )
 from byzlearn.engines.network import NetworkModel
-from byzlearn.engines.nodes import NodeTable
+from byzlearn.engines.nodes import NodeTable, node_id
 from byzlearn.engines.topology import Complete, Topology
 
 __all__ = ["RayEngine", "Resources"]
@@ -225,9 +226,7 @@ class RayEngine(NodeTable):
             )
         self.address = address
         self.num_cpus = num_cpus
-        if actors is not None and int(actors) < 1:
-            raise ValueError(f"actors must be >= 1, got {actors}")
-        self.actors = None if actors is None else int(actors)
+        self.actors = None if actors is None else check_int(actors, "actors", 1)
         self.resources = dict(resources or {})
         self.adversary_wait = check_deadline(adversary_wait)
         self._init_nodes(topology or Complete(), history)
@@ -245,12 +244,12 @@ class RayEngine(NodeTable):
         if self._started:
             raise ValueError("ray engine: attach every group before the first message")
         # the adversary is handed out last
-        self._register_group(_Group([int(i) for i in ids], handler, bool(adversary)))
+        self._register_group(_Group([node_id(i) for i in ids], handler, bool(adversary)))
 
     def driven(self, id: int, *, adversary: bool = False) -> Node:
         """The handle of node ``id``; ``adversary=True``: a Byzantine node acting on its own
         (its messages are not shown to the adversary as honest ones; it may :meth:`observe`)."""
-        id = int(id)
+        id = node_id(id)
         # the handle refers back through a weak proxy: no engine <-> node cycle, so a dropped
         # engine is freed at once and its actors (and their CPUs) with it
         proxy: Any = weakref.proxy(self)
@@ -264,7 +263,7 @@ class RayEngine(NodeTable):
         """What the Byzantine driven node ``node`` sees: for each honest sender, the latest
         message (satisfying ``match``) it has sent so far (answers of finished calls included);
         the node's clock moves to the latest of their send times."""
-        node = int(node)
+        node = node_id(node)
         if node in self._byzantine:  # answers of calls finished by now count as sent
             self._flush()
             self._collect(0.0)
@@ -273,7 +272,7 @@ class RayEngine(NodeTable):
     def compute(self, node: int, round: int) -> float:
         """A driven node's local work (a peer's gradient) ran in the driver on real time:
         nothing to simulate; its clock moves to now."""
-        node = int(node)
+        node = node_id(node)
         if node not in self._driven:
             raise ValueError(f"node {node} is not a driven node")
         self._clock[node] = max(self._clock[node], self._wall())
@@ -299,11 +298,12 @@ class RayEngine(NodeTable):
     def actor_of(self, node: int) -> Any:
         """The Ray actor handle running reactive node ``node`` (starts the actors if needed)."""
         self._start()
-        group = self._group_of.get(int(node))
+        node = node_id(node)
+        group = self._group_of.get(node)
         if group is None:
             raise ValueError(f"node {node} is not a reactive node")
         for actor, members in zip(group.actors, group.members, strict=True):
-            if int(node) in members:
+            if node in members:
                 return actor
         raise AssertionError("unreachable: every member has an actor")
 
@@ -441,7 +441,7 @@ class RayEngine(NodeTable):
 
     # ------------------------------------------------------------------ transport
     def send(self, sender: int, msg: Message) -> None:
-        sender = int(sender)
+        sender = node_id(sender)
         if sender not in self._driven:
             raise ValueError(f"node {sender} is not a driven node; reactive nodes answer")
         self._stamp(msg, sender)

@@ -159,3 +159,29 @@ def test_a_handlers_exception_is_raised_in_the_driver_with_its_own_message(engin
         server.gather(1, q=2)
     assert str(err.value) == "the handler's own bug"
     assert any("raised in a Ray actor" in note for note in err.value.__notes__)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda e, ids: e.driven(1.5), "node id must be an int"),
+        (lambda e, ids: e.attach([7.5], Echo()), "node id must be an int"),
+        (lambda e, ids: e.compute("0", 1), "node id must be an int"),
+        (lambda e, ids: e.actor_of(True), "node id must be an int"),
+        (lambda e, ids: e.observe(0.0), "node id must be an int"),
+    ],
+)
+def test_node_ids_are_ints_as_on_the_local_engine(engines, call, message) -> None:
+    # int() made 1.5 node 1 and "0" node 0 (the local engine refuses them: one line)
+    engine = RayEngine(actors=1)
+    engines.append(engine)
+    ids = engine.add_group("worker", 2, Echo())
+    engine.add_node("server")
+    with pytest.raises((TypeError, ValueError), match=message):
+        call(engine, ids)
+
+
+@pytest.mark.parametrize("actors", [0, 1.5, "2", True])
+def test_actors_must_be_a_whole_number_of_at_least_one(actors) -> None:
+    with pytest.raises((TypeError, ValueError), match="actors must be"):
+        RayEngine(actors=actors)
