@@ -94,7 +94,9 @@ def check_demo(
     """The configs of the demo's runs, after checking (before anything is written) that
     ``directory`` holds no demo of other settings: raises
     :class:`~byzlearn.experiments.store.RunDirError` in one line naming a directory to use
-    (a rule given twice is a :class:`~byzlearn.experiments.config.ConfigError`)."""
+    (a rule given twice is a :class:`~byzlearn.experiments.config.ConfigError`), and that the
+    finished runs of other rules the table will show can be read (a damaged file is one line
+    before training, not after)."""
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise RunDirError(f"{directory}: is a file, not a directory")
@@ -111,6 +113,8 @@ def check_demo(
                 f"nothing was written. Use another directory, e.g. --out "
                 f"{directory}-steps{steps}-seed{seed}"
             ) from None
+    if directory.is_dir():  # the other rules' runs the table shows: a damaged file, now
+        _earlier_runs(directory, steps, seed, exclude=set(configs))
     return configs
 
 

@@ -152,3 +152,18 @@ def test_the_demo_table_is_never_written_through_a_link(tmp_path) -> None:
     assert (demo / "table.md").read_text().endswith(result.table)
     assert (demo / "accuracy.png").read_bytes()[:8] == PNG
     assert sorted(p.name for p in demo.iterdir()) == ["accuracy.png", "average", "table.md"]
+
+
+def test_a_damaged_earlier_run_of_the_demo_is_one_line_before_training(tmp_path) -> None:
+    """The table shows the finished runs of other rules already there; a damaged metrics file
+    of one was found only after the new rule's run had trained (and the table was not
+    written)."""
+    from byzlearn.experiments.demo import run_demo
+    from byzlearn.experiments.store import RunDirError
+
+    demo = tmp_path / "demo"
+    run_demo(demo, rules=["average"], steps=2)
+    (demo / "average" / "metrics.jsonl").write_text('{"round": 0}\n{"round": \n')
+    with pytest.raises(RunDirError, match=r"metrics\.jsonl"):
+        run_demo(demo, rules=["median"], steps=2)
+    assert not (demo / "median").exists()  # refused before the median's run started
