@@ -135,11 +135,58 @@ class Message:
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Message:
-        """Inverse of :meth:`to_state`."""
+        """Inverse of :meth:`to_state`; a field of the wrong kind (a checkpoint from elsewhere:
+        a str round, a list as destination) is a ``ValueError`` here, not a failure deep inside
+        the round that handles the message."""
+        if not isinstance(state, dict) or not set(state) <= set(_FIELDS):
+            raise ValueError(f"a saved message must be a mapping of {', '.join(_FIELDS)}")
+        for name, value in state.items():
+            if name in _CHECKS and not _CHECKS[name](value):
+                expected = _EXPECTED[name]
+                raise ValueError(f"a saved message's {name} is not {expected}: {value!r:.80}")
         return cls(**state)
 
 
 _FIELDS = tuple(f.name for f in fields(Message))
+
+
+def _is_int(value: Any, low: int | None = None) -> bool:
+    return type(value) is int and (low is None or value >= low)
+
+
+def _is_time(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+
+
+# what each saved field of a message may hold (its payload and meta: anything a checkpoint holds)
+_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "kind": lambda v: isinstance(v, str),
+    "dest": lambda v: v is None or _is_int(v, 0),
+    "round": lambda v: _is_int(v, 0),
+    "version": _is_int,
+    "meta": lambda v: isinstance(v, dict),
+    "sender": lambda v: v is None or _is_int(v, 0),
+    "role": lambda v: isinstance(v, str),
+    "seq": lambda v: _is_int(v, -1),
+    "reply_to": lambda v: v is None or _is_int(v),
+    "sent_at": _is_time,
+    "arrival": _is_time,
+    "computed": lambda v: isinstance(v, bool),
+}
+_EXPECTED = {
+    "kind": "a str",
+    "dest": "a node id (an int >= 0) or None",
+    "round": "an int >= 0",
+    "version": "an int",
+    "meta": "a mapping",
+    "sender": "a node id (an int >= 0) or None",
+    "role": "a str",
+    "seq": "an int >= -1",
+    "reply_to": "an int or None",
+    "sent_at": "a time (a number >= 0)",
+    "arrival": "a time (a number >= 0)",
+    "computed": "a bool",
+}
 
 
 class Handler(Protocol):

@@ -136,31 +136,55 @@ def _checkpoint(rd: RunDir, config: Config) -> dict[str, Any] | None:
     return state
 
 
-def _shape_problem(saved: Any, fresh: Any, where: str = "") -> str | None:
-    """The first tensor of the checkpoint's trainer state ``saved`` whose shape differs from the
-    tensor at the same place in a new trainer's state ``fresh`` (None: none differs). Only the
-    places both states have are compared (queues of messages grow and shrink)."""
-    if isinstance(saved, torch.Tensor) and isinstance(fresh, torch.Tensor):
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _kind(value: Any) -> str:
+    """``value`` in a message: its type and a short repr (``str 'x'``, ``None``)."""
+    return "None" if value is None else f"{type(value).__name__} {value!r:.40}"
+
+
+def _structure_problem(saved: Any, fresh: Any, where: str = "") -> str | None:
+    """The first place where the checkpoint's trainer state ``saved`` does not have the form of
+    a new trainer's state ``fresh`` (None: none): a tensor of another shape or dtype, or a
+    value of another kind (a tensor, a mapping, a list, a number) where the new state holds
+    one; a place the new state leaves empty (``None``) takes anything. Only the places both
+    states have are compared (queues of messages grow and shrink). What loads without a
+    complaint would otherwise fail in the first round, deep inside the protocol."""
+    place = where or "state"
+    if isinstance(fresh, torch.Tensor):
+        if not isinstance(saved, torch.Tensor):
+            return f"{place} is {_kind(saved)}, not a tensor"
         if saved.shape != fresh.shape:
-            return f"{where or 'state'} has shape {list(saved.shape)}, not {list(fresh.shape)}"
+            return f"{place} has shape {list(saved.shape)}, not {list(fresh.shape)}"
+        if saved.dtype != fresh.dtype:
+            return f"{place} is {saved.dtype}, not {fresh.dtype}"
         return None
     pairs: list[tuple[str, Any, Any]] = []
-    if isinstance(saved, dict) and isinstance(fresh, dict):
+    if isinstance(fresh, dict):
+        if not isinstance(saved, dict):
+            return f"{place} is {_kind(saved)}, not a mapping"
         pairs = [(f"{where}/{k}", saved[k], fresh[k]) for k in saved if k in fresh]
-    elif isinstance(saved, (list, tuple)) and isinstance(fresh, (list, tuple)):
+    elif isinstance(fresh, (list, tuple)):
+        if not isinstance(saved, (list, tuple)):
+            return f"{place} is {_kind(saved)}, not a list"
         common = zip(saved, fresh, strict=False)  # the places both lists have
         pairs = [(f"{where}/{i}", a, b) for i, (a, b) in enumerate(common)]
-    for place, a, b in pairs:
-        problem = _shape_problem(a, b, place)
+    elif _is_number(fresh) and not _is_number(saved):
+        return f"{place} is {_kind(saved)}, not a number"
+    for child, a, b in pairs:
+        problem = _structure_problem(a, b, child)
         if problem is not None:
             return problem
     return None
 
 
 def _restore(trainer: Trainer, rd: RunDir, state: dict[str, Any]) -> None:
-    """Load the checkpoint ``state`` into the new ``trainer``, checked to fit it: the shapes of
-    its tensors, and the round the restored trainer is at (that of the checkpoint)."""
-    problem = _shape_problem(state["trainer"], trainer.state_dict())
+    """Load the checkpoint ``state`` into the new ``trainer``, checked to fit it: the form of
+    its state (:func:`_structure_problem`), and the round the restored trainer is at (that of
+    the checkpoint)."""
+    problem = _structure_problem(state["trainer"], trainer.state_dict())
     if problem is None:
         try:
             trainer.load_state_dict(state["trainer"])
@@ -170,6 +194,22 @@ def _restore(trainer: Trainer, rd: RunDir, state: dict[str, Any]) -> None:
         problem = f"its round is {state['round']} but its state is at round {trainer.round}"
     if problem is not None:
         raise CheckpointError(f"{rd.checkpoint_path}: does not fit this run ({problem}); {_AFRESH}")
+
+
+def _first_round_resumed(trainer: Trainer, rd: RunDir) -> dict[str, Any]:
+    """The first round after a resume: a state that loaded but has a part of the wrong form
+    where the new state held nothing to compare it with (a checkpoint from elsewhere) fails
+    here, deep inside the protocol; that is one line naming the checkpoint (nothing of the
+    round is written)."""
+    t = trainer.round + 1
+    try:
+        return trainer.step()
+    except (KeyError, TypeError, AttributeError, IndexError) as err:
+        raise CheckpointError(
+            f"{rd.checkpoint_path}: round {t}, the first after resuming from it, "
+            f"failed ({type(err).__name__}: {err}): the checkpoint may not fit this run; "
+            f"{_AFRESH}"
+        ) from None
 
 
 def _resume(trainer: Trainer, rd: RunDir, state: dict[str, Any]) -> list[dict[str, Any]]:
@@ -259,7 +299,10 @@ def _train(
                 writer.write(first)
         while trainer.round < config.steps:
             start = time.perf_counter()
-            record = trainer.step()
+            if status == "resumed" and trainer.round == resumed_from and rd is not None:
+                record = _first_round_resumed(trainer, rd)
+            else:
+                record = trainer.step()
             t = record["round"]
             diverged = not (all_finite(trainer.theta) and _finite(record.get("train_loss")))
             if diverged:
