@@ -26,6 +26,7 @@ import torch
 
 from byzlearn.experiments.config import Config, config_hash, parse_config
 from byzlearn.experiments.runner import RunResult, run
+from byzlearn.experiments.store import write_atomically
 from byzlearn.registry import Registry
 
 __all__ = ["SCALES", "STUDIES", "Analysis", "Study", "StudyRun", "run_study"]
@@ -109,6 +110,12 @@ class StudyDirError(ValueError):
 _WRITTEN = ("study.json", "results.json", "results.json.tmp", "report.md")
 
 
+def _write(path: Path, text: str) -> None:
+    """``path`` written whole or not at all, through a temporary file of this call's own (two
+    processes writing one study's files never meet in one), never through a link."""
+    write_atomically(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
 def _claim(out: Path, name: str, scale: str) -> None:
     """Make ``out`` the directory of study ``name`` at ``scale`` (``study.json``), or refuse
     (nothing written) when it already belongs to another study or scale: its report and
@@ -141,7 +148,7 @@ def _claim(out: Path, name: str, scale: str) -> None:
             )
     if not owner.is_file():
         out.mkdir(parents=True, exist_ok=True)
-        owner.write_text(json.dumps({"study": name, "scale": scale}))
+        _write(owner, json.dumps({"study": name, "scale": scale}))
 
 
 def _computed(study: Study, scale: str, out: Path) -> dict[str, Any]:
@@ -162,9 +169,7 @@ def _computed(study: Study, scale: str, out: Path) -> dict[str, Any]:
     start = time.perf_counter()
     results = study.compute(scale)
     results["_seconds"] = time.perf_counter() - start
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"study": study.name, "scale": scale, "results": results}))
-    tmp.replace(path)  # written whole or not at all
+    _write(path, json.dumps({"study": study.name, "scale": scale, "results": results}))
     return results
 
 
@@ -210,7 +215,7 @@ def run_study(
     work = sum(float(p.summary.get("seconds") or 0.0) for p in planned)
     work += float(computed.get("_seconds", 0.0))
     report = out / "report.md"
-    report.write_text(_report(study, scale, analysis, work, planned))
+    _write(report, _report(study, scale, analysis, work, planned))
     return report, analysis
 
 

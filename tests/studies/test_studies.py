@@ -119,3 +119,20 @@ def test_damaged_results_are_computed_again_and_jobs_must_be_an_int(tmp_path: Pa
     for jobs in (True, 1.5):
         with pytest.raises(TypeError, match="jobs must be an int >= 1"):
             run_study("fep-2017", "tiny", out, jobs=jobs)  # type: ignore[arg-type]
+
+
+def test_a_report_that_fails_to_be_written_leaves_the_previous_one(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from byzlearn.studies import base
+
+    out = tmp_path / "fep"
+    report, _ = run_study("fep-2017", "tiny", out)
+    before = report.read_text()
+    # a text that fails half-way through being written (a lone surrogate cannot be encoded):
+    # written in place, the report was emptied first
+    monkeypatch.setattr(base, "_report", lambda *a, **k: "# partial report \ud800")
+    with pytest.raises(UnicodeEncodeError):
+        run_study("fep-2017", "tiny", out)
+    assert report.read_text() == before  # written whole or not at all
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
