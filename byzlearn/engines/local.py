@@ -21,7 +21,9 @@ coalition), whose answers are computed with the honest messages sent by the time
 Answers for reactive nodes start the next wave. Because a reactive node's answers depend only on
 what it received, handling it early does not change what the simulation computes; the
 adversary's view is what has been sent by then among the messages already created (a message
-that a driven node has not yet triggered is not in it).
+that a driven node has not yet triggered is not in it). One limit (docs/runtime.md): a message
+one reactive node sends to another, created in a later wave, that arrives before messages its
+destination already handled is handled after them; no protocol of the library does this.
 
 Late messages. A message that arrives after the deadline of a ``recv`` waiting for it stays in
 flight (counted ``late``): a later ``recv`` may take it, or the protocol discards it (counted
