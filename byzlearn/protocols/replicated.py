@@ -161,11 +161,13 @@ class ModelFilter:
     ``theta`` offered at step t passes when
 
     - *distance* (the rule-based filter): ``||theta - theta_prev|| <= (t - t_prev) lr_t
-      (1 + slack) ||g_prev||``: one update moves the model by ``lr`` times the aggregate, and
-      the aggregate of a robust rule stays within the honest gradients' norm, of which the
-      worker's own is its estimate (at the first step the only model it can accept is the
-      initial one, which it knows);
-    - *Lipschitz*: with ``g`` its gradient at ``theta``,
+      (1 + slack) ||v_prev||``, ``v_prev`` the vector the worker sent at ``t_prev`` (its
+      gradient, or what worker momentum or local steps made of it): one update moves the model
+      by ``lr`` times the aggregate, and the aggregate of a robust rule stays within the honest
+      vectors' norm, of which the worker's own is its estimate (at the first step the only model
+      it can accept is the initial one, which it knows);
+    - *Lipschitz*: with ``g`` its gradient at ``theta`` and ``g_prev`` its gradient at
+      ``theta_prev`` (plain gradients, whatever it sent),
       ``k = ||g - g_prev|| / ||theta - theta_prev||`` is at most ``lipschitz_factor`` times the
       median of its last 25 accepted coefficients (accepted without the check while fewer than
       5 are known, and when ``theta = theta_prev``).
