@@ -586,8 +586,9 @@ class Config(_Strict):
 
 
 def _check_finite(model: BaseModel, where: str) -> None:
-    """Refuse an infinite or NaN number in a section whose model allows them (the protocols'
-    options: ``protocol.deadline: .inf`` would pass their bounds and fail every run)."""
+    """Refuse an infinite or NaN number in a section whose model allows them (a registered
+    protocol's options model: ``protocol.deadline: .inf`` would pass its bounds and fail every
+    run; the library's own refuse them with ``allow_inf_nan=False``, as every section here)."""
     for key in type(model).model_fields:
         value = getattr(model, key)
         if isinstance(value, BaseModel):

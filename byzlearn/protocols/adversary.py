@@ -35,7 +35,9 @@ __all__ = ["ByzantineNodes", "NodeAttackConfig"]
 class NodeAttackConfig(BaseModel):
     """What Byzantine servers (or peers) send: ``silent``, or an attack with its options."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False
+    )
 
     name: str = Field("gaussian", description="silent, or an attack of byzlearn.attacks")
     options: dict[str, Any] = Field(default_factory=dict)

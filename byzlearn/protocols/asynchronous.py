@@ -52,7 +52,9 @@ _UNANSWERED = 16  # unanswered models remembered per worker (a reply to an older
 class AsyncSGDOptions(BaseModel):
     """Config section ``protocol: {name: async_sgd, ...}``."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False
+    )
 
     name: Literal["async_sgd"] = "async_sgd"
     dampening: Dampening = Field("none", description="staleness weighting Lambda(tau)")

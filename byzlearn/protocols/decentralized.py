@@ -65,7 +65,9 @@ class TopologyConfig(BaseModel):
     """The peers' graph: ``complete``, ``ring`` (``k`` neighbours per side),
     ``random_regular`` (``degree``), ``erdos_renyi`` (``p``) or ``explicit`` (``edges``)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False
+    )
 
     name: Literal["complete", "ring", "random_regular", "erdos_renyi", "explicit"] = "complete"
     degree: int | None = Field(None, ge=1)
@@ -116,7 +118,9 @@ class TopologyConfig(BaseModel):
 class DecentralizedOptions(BaseModel):
     """Config section ``protocol: {name: decentralized, ...}``."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False
+    )
 
     name: Literal["decentralized"] = "decentralized"
     topology: TopologyConfig = Field(default_factory=TopologyConfig)

@@ -46,7 +46,9 @@ class ParameterServerOptions(BaseModel):
     """Config section ``protocol: {name: parameter_server, ...}``."""
 
     # strict like the rest of the config: ``q: true`` or ``deadline: "2"`` are errors, not 1, 2.0
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False
+    )
 
     name: Literal["parameter_server"] = "parameter_server"
     q: int | None = Field(None, ge=1, description="replies gathered per round (default n)")

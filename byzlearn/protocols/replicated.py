@@ -59,7 +59,9 @@ _SEED_SERVERS = 11  # offset of the stream that picks the Byzantine servers
 class ReplicatedOptions(BaseModel):
     """Options shared by the replicated-server protocols."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False
+    )
 
     servers: int = Field(4, ge=1, description="server replicas (n_ps)")
     f_servers: int = Field(1, ge=0, description="Byzantine servers tolerated (f_ps)")
