@@ -17,7 +17,12 @@ from typing import Any
 from byzlearn.experiments.config import Config, ConfigError, parse_config
 from byzlearn.experiments.plots import accuracy_curves
 from byzlearn.experiments.runner import RunResult, run
-from byzlearn.experiments.store import RunCollisionError, RunDir, RunDirError, write_atomically
+from byzlearn.experiments.store import (
+    RunCollisionError,
+    RunDir,
+    RunDirError,
+    write_text_atomically,
+)
 from byzlearn.experiments.tables import markdown_table
 
 __all__ = ["DEMO_RULES", "DemoResult", "check_demo", "demo_config", "run_demo"]
@@ -97,7 +102,13 @@ def check_demo(
     (a rule given twice is a :class:`~byzlearn.experiments.config.ConfigError`), and that the
     finished runs of other rules the table will show can be read (a damaged file is one line
     before training, not after)."""
-    directory = Path(directory)
+    return _checked(Path(directory), rules, steps, seed)[0]
+
+
+def _checked(
+    directory: Path, rules: Sequence[str], steps: int, seed: int
+) -> tuple[dict[str, Config], dict[str, RunResult]]:
+    """:func:`check_demo`'s configs, and the finished runs of other rules it read."""
     if directory.exists() and not directory.is_dir():
         raise RunDirError(f"{directory}: is a file, not a directory")
     twice = sorted({rule for rule in rules if list(rules).count(rule) > 1})
@@ -113,9 +124,9 @@ def check_demo(
                 f"nothing was written. Use another directory, e.g. --out "
                 f"{directory}-steps{steps}-seed{seed}"
             ) from None
-    if directory.is_dir():  # the other rules' runs the table shows: a damaged file, now
-        _earlier_runs(directory, steps, seed, exclude=set(configs))
-    return configs
+    # the other rules' runs the table shows: a damaged file is found now
+    earlier = _earlier_runs(directory, steps, seed, set(configs)) if directory.is_dir() else {}
+    return configs, earlier
 
 
 def run_demo(
@@ -136,7 +147,7 @@ def run_demo(
     once on inputs of the demo's shape before its timed run).
     """
     directory = Path(directory)
-    configs = check_demo(directory, rules=rules, steps=steps, seed=seed)
+    configs, earlier = _checked(directory, rules, steps, seed)
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # (not the dataset's fault, as the command would otherwise say)
@@ -150,7 +161,7 @@ def run_demo(
             _warm_up(config, first=i == 0)
         results[rule] = run(config, _run_dir(directory, rule), callback=callback)
     seconds = time.perf_counter() - start
-    results = {**_earlier_runs(directory, steps, seed, exclude=set(results)), **results}
+    results = {**earlier, **results}
     order = {rule: i for i, rule in enumerate(DEMO_RULES)}
     results = dict(sorted(results.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
     headers = ["rule", "final acc", "best acc", "Byzantine kept/round", "seconds"]
@@ -163,9 +174,8 @@ def run_demo(
         title=title,
         chance=0.1,
     )
-    text = f"# byzlearn demo\n\n{title}\n\n{table}"
     # atomically, and never through a link at table.md (it would write outside the directory)
-    write_atomically(directory / "table.md", lambda fh: fh.write(text.encode("utf-8")))
+    write_text_atomically(directory / "table.md", f"# byzlearn demo\n\n{title}\n\n{table}")
     return DemoResult(results, table, directory, seconds)
 
 

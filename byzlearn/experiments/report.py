@@ -44,7 +44,13 @@ import numpy as np
 
 from byzlearn.experiments.config import Config, config_hash
 from byzlearn.experiments.plots import accuracy_curves, heatmap
-from byzlearn.experiments.store import RunDir, RunDirError, find_named, iter_runs, write_atomically
+from byzlearn.experiments.store import (
+    RunDir,
+    RunDirError,
+    find_named,
+    iter_runs,
+    write_text_atomically,
+)
 from byzlearn.experiments.tables import markdown_table
 
 __all__ = ["RunRecord", "build_report", "collect", "describe"]
@@ -190,11 +196,6 @@ def _curve(rd: RunDir) -> tuple[list[int], list[float]]:
         rounds.append(t)
         values.append(float(acc))
     return rounds, values
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write a report file atomically, replacing (never writing through) a link at ``path``."""
-    write_atomically(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 def _varying(descs: list[dict[str, Any]]) -> list[str]:
@@ -371,7 +372,7 @@ def build_report(
         ]
         for d, r in sorted(pairs, key=lambda p: [str(p[0][k]) for k in varying])
     ]
-    _write_text(out / "runs.md", markdown_table(cols, rows))
+    write_text_atomically(out / "runs.md", markdown_table(cols, rows))
 
     # ---- curves: one figure per combination of the varying fields other than rule and seed
     group_keys = [k for k in varying if k not in ("rule", "seed")]
@@ -396,7 +397,7 @@ def build_report(
             mine = [(d, r) for d, r in pairs if d["rule"] == rule]
             stem = f"worst_heterogeneity_f_{rule}"
             _worst_panels(mine, varying, "heterogeneity", stem, metric, text, out, names, rule)
-    _write_text(out / "worst.md", "\n".join(text))
+    write_text_atomically(out / "worst.md", "\n".join(text))
     return out
 
 

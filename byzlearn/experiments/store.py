@@ -69,6 +69,7 @@ __all__ = [
     "iter_runs",
     "read_metrics",
     "write_atomically",
+    "write_text_atomically",
 ]
 
 
@@ -189,10 +190,7 @@ def _link_message(path: Path) -> str:
     )
 
 
-# the temporary files of the run files (write_atomically's names, and the earlier fixed one)
-_TEMPORARY = re.compile(
-    r"(config\.yaml|metrics\.jsonl|checkpoint\.pt|summary\.json|model\.pt)(\.[0-9a-f]{12})?\.tmp"
-)
+_TEMP_BYTES = 6  # random bytes in a temporary file's name (12 hex digits)
 
 
 def _create_temp(path: Path) -> tuple[int, Path]:
@@ -201,7 +199,7 @@ def _create_temp(path: Path) -> tuple[int, Path]:
     never write into, or publish, each other's temporary file."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW
     while True:
-        tmp = path.with_name(f"{path.name}.{secrets.token_hex(6)}.tmp")
+        tmp = path.with_name(f"{path.name}.{secrets.token_hex(_TEMP_BYTES)}.tmp")
         try:
             return os.open(tmp, flags, 0o644), tmp
         except FileExistsError:  # pragma: no cover (a 48-bit name taken: draw another)
@@ -227,7 +225,8 @@ def write_atomically(path: str | Path, write: Callable[[IO[bytes]], object]) -> 
         raise
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def write_text_atomically(path: str | Path, text: str) -> None:
+    """:func:`write_atomically` of ``text`` in UTF-8 (run files, reports, tables, studies)."""
     write_atomically(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
@@ -251,6 +250,10 @@ class RunDir:
 
     # ------------------------------------------------------------------ ownership
     _RESULTS = ("config.yaml", "metrics.jsonl", "checkpoint.pt", "summary.json", "model.pt")
+    # their temporary files (write_atomically's names, and the earlier fixed ``<name>.tmp``)
+    _TEMPORARY = re.compile(
+        f"({'|'.join(map(re.escape, _RESULTS))})(\\.[0-9a-f]{{{2 * _TEMP_BYTES}}})?\\.tmp"
+    )
 
     def holds_results(self) -> bool:
         """Whether the directory holds any file of a run."""
@@ -338,7 +341,7 @@ class RunDir:
         ``<run file>.<random>.tmp``; the lock is held: no process writes one now); a link is
         removed itself, never followed. Other files are the user's and stay."""
         for leftover in self.path.glob("*.tmp"):
-            if _TEMPORARY.fullmatch(leftover.name) and (
+            if self._TEMPORARY.fullmatch(leftover.name) and (
                 leftover.is_symlink() or leftover.is_file()
             ):
                 leftover.unlink(missing_ok=True)
@@ -365,7 +368,7 @@ class RunDir:
     def write_config(self, config: Config) -> None:
         """Create the directory and write the resolved config."""
         self.path.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(self.config_path, to_yaml(config))
+        write_text_atomically(self.config_path, to_yaml(config))
 
     def read_config(self) -> Config:
         """The resolved config of this run."""
@@ -386,7 +389,7 @@ class RunDir:
         """Keep only the records of rounds ``<= last_round``; return them."""
         kept = [r for r in self.metrics() if r["round"] <= last_round]
         text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept)
-        _atomic_write_text(self.metrics_path, text)
+        write_text_atomically(self.metrics_path, text)
         return kept
 
     def cut_metrics_to(self, last_round: int) -> list[dict[str, Any]]:
@@ -439,7 +442,7 @@ class RunDir:
     # ------------------------------------------------------------------ summary
     def write_summary(self, summary: dict[str, Any]) -> None:
         """Mark the run finished with its summary."""
-        _atomic_write_text(self.summary_path, json.dumps(json_safe(summary), indent=2) + "\n")
+        write_text_atomically(self.summary_path, json.dumps(json_safe(summary), indent=2) + "\n")
 
     def summary(self) -> dict[str, Any] | None:
         """The summary of a finished run, or None."""

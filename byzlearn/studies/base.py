@@ -26,7 +26,7 @@ import torch
 
 from byzlearn.experiments.config import Config, config_hash, parse_config
 from byzlearn.experiments.runner import RunResult, run
-from byzlearn.experiments.store import write_atomically
+from byzlearn.experiments.store import write_text_atomically
 from byzlearn.registry import Registry
 
 __all__ = ["SCALES", "STUDIES", "Analysis", "Study", "StudyRun", "run_study"]
@@ -110,12 +110,6 @@ class StudyDirError(ValueError):
 _WRITTEN = ("study.json", "results.json", "results.json.tmp", "report.md")
 
 
-def _write(path: Path, text: str) -> None:
-    """``path`` written whole or not at all, through a temporary file of this call's own (two
-    processes writing one study's files never meet in one), never through a link."""
-    write_atomically(path, lambda fh: fh.write(text.encode("utf-8")))
-
-
 def _claim(out: Path, name: str, scale: str) -> None:
     """Make ``out`` the directory of study ``name`` at ``scale`` (``study.json``), or refuse
     (nothing written) when it already belongs to another study or scale: its report and
@@ -148,7 +142,7 @@ def _claim(out: Path, name: str, scale: str) -> None:
             )
     if not owner.is_file():
         out.mkdir(parents=True, exist_ok=True)
-        _write(owner, json.dumps({"study": name, "scale": scale}))
+        write_text_atomically(owner, json.dumps({"study": name, "scale": scale}))
 
 
 def _computed(study: Study, scale: str, out: Path) -> dict[str, Any]:
@@ -169,7 +163,8 @@ def _computed(study: Study, scale: str, out: Path) -> dict[str, Any]:
     start = time.perf_counter()
     results = study.compute(scale)
     results["_seconds"] = time.perf_counter() - start
-    _write(path, json.dumps({"study": study.name, "scale": scale, "results": results}))
+    saved = {"study": study.name, "scale": scale, "results": results}
+    write_text_atomically(path, json.dumps(saved))
     return results
 
 
@@ -215,7 +210,7 @@ def run_study(
     work = sum(float(p.summary.get("seconds") or 0.0) for p in planned)
     work += float(computed.get("_seconds", 0.0))
     report = out / "report.md"
-    _write(report, _report(study, scale, analysis, work, planned))
+    write_text_atomically(report, _report(study, scale, analysis, work, planned))
     return report, analysis
 
 
