@@ -29,8 +29,6 @@ protocol discards them (:meth:`Node.discard`); either way they are counted (``la
 
 from __future__ import annotations
 
-import math
-import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
@@ -38,6 +36,7 @@ from typing import Any, Protocol
 
 import torch
 
+from byzlearn.checks import check_real
 from byzlearn.engines.topology import Complete, Topology
 
 __all__ = [
@@ -406,11 +405,4 @@ class Node:
 
 def check_deadline(deadline: float | None) -> float | None:
     """Validate a relative deadline (``None``, or a finite number >= 0)."""
-    if deadline is None:
-        return None
-    if isinstance(deadline, bool) or not isinstance(deadline, numbers.Real):
-        raise TypeError(f"deadline must be a number of seconds or None, got {deadline!r}")
-    value = float(deadline)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"deadline must be a finite number >= 0, got {deadline!r}")
-    return value
+    return None if deadline is None else check_real(deadline, "deadline", 0)

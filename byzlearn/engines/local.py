@@ -218,12 +218,10 @@ class LocalEngine(NodeTable):
         inbox.sort(key=lambda m: (m.dest, m.arrival, m.seq))
         instant = bool(getattr(group.handler, "instant", False))
         self._lose(inbox)
-        fired = 0
-        if self._timers:  # timers are handled, not delivered (no network message)
-            fired = len(self._timers)
-            self._timers.difference_update(m.seq for m in inbox)
-            fired -= len(self._timers)
-        self._stats["delivered"] += len(inbox) - fired
+        # timers are handled, not delivered (no network message)
+        fired = self._timers.intersection(m.seq for m in inbox) if self._timers else set()
+        self._timers -= fired
+        self._stats["delivered"] += len(inbox) - len(fired)
         if group.adversary:
             first: dict[tuple[int | None, int], int] = {}
             for m in inbox:

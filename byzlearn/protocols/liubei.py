@@ -179,7 +179,7 @@ class LiuBeiWorkers:
                     self.counts["timeouts"] += 1
                     self._asked(member, t).append(self._order(member, t)[0])
                     out += self._pull_next(member, t, m)
-                elif member in self.waiting_on(t):  # the server it pulled did not answer
+                elif self.waiting.get(member, (None,))[0] == t:  # its pulled server is silent
                     self.counts["timeouts"] += 1
                     out += self._pull_next(member, t, m)
                 continue
