@@ -14,7 +14,7 @@ import re
 import types
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal, cast
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -31,9 +31,6 @@ from byzlearn.protocols import (
     ParameterServerOptions,
 )
 from byzlearn.registry import Registry
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = [
     "AttackConfig",
