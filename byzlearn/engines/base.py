@@ -324,6 +324,12 @@ class Engine(ABC):
     def stats(self) -> dict[str, int]:
         """The counters of :data:`STATS` so far, plus ``in_flight``."""
 
+    def start(self) -> None:  # noqa: B027 - optional hook
+        """Get ready to deliver ahead of the first delivery (which does it otherwise): an
+        engine whose nodes run elsewhere starts them here, so that a plan the machines cannot
+        hold (too few CPUs for the actors) fails before a run writes anything. Nothing to do
+        for an engine that runs every node in this process."""
+
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         """State needed to resume deterministically (plain data and tensors only)."""

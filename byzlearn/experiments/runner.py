@@ -196,6 +196,16 @@ def _restore(trainer: Trainer, rd: RunDir, state: dict[str, Any]) -> None:
         raise CheckpointError(f"{rd.checkpoint_path}: does not fit this run ({problem}); {_AFRESH}")
 
 
+def _start_engine(trainer: Trainer) -> None:
+    """Start the trainer's engine before the run writes anything: Ray actors the cluster
+    cannot hold (``engine.actors``, ``engine.resources``), or that fail to start, are one line
+    then, not a traceback at the first round after the run directory was written."""
+    try:
+        trainer.engine.start()
+    except (ValueError, RuntimeError) as err:
+        raise ConfigError(str(err)) from None
+
+
 def _first_round_resumed(trainer: Trainer, rd: RunDir) -> dict[str, Any]:
     """The first round after a resume: a state that loaded but has a part of the wrong form
     where the new state held nothing to compare it with (a checkpoint from elsewhere) fails
@@ -284,6 +294,7 @@ def _train(
         if state is not None:  # checked to agree before anything is written
             records = _resume(trainer, rd, state)
             status, resumed_from = "resumed", int(state["round"])
+        _start_engine(trainer)
         rd.write_config(config)
         rd.summary_path.unlink(missing_ok=True)  # an unfinished run of this config
         if state is None:

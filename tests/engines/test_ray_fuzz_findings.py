@@ -185,3 +185,39 @@ def test_node_ids_are_ints_as_on_the_local_engine(engines, call, message) -> Non
 def test_actors_must_be_a_whole_number_of_at_least_one(actors) -> None:
     with pytest.raises((TypeError, ValueError), match="actors must be"):
         RayEngine(actors=actors)
+
+
+@pytest.mark.parametrize(
+    ("engine", "message"),
+    [
+        ({"actors": 3}, "the actors need 3 CPUs and 0 GPUs, the cluster has 2"),
+        ({"resources": {"server": {"cpus": 1}}}, "role 'server', whose nodes run in the driver"),
+        ({"resources": {"foo": {}}}, "role 'foo', which no node plays"),
+    ],
+)
+def test_a_plan_the_cluster_cannot_run_is_one_line_before_the_run_writes(
+    ray_instance, tmp_path, engine, message
+) -> None:
+    """Found by running the docs' commands: these raised at the first delivery, after the run
+    directory held config.yaml and metrics.jsonl, and the CLI printed a traceback."""
+    from typer.testing import CliRunner
+
+    from byzlearn.cli import app
+    from byzlearn.experiments import run
+    from byzlearn.experiments.config import ConfigError
+
+    config = {"dataset": {"name": "digits"}, "n": 3, "f": 0, "steps": 2}
+    config["engine"] = {"name": "ray", **engine}
+    with pytest.raises(ConfigError, match=message) as err:
+        run(config, tmp_path / "api")
+    assert "\n" not in str(err.value)
+    api = tmp_path / "api"
+    assert not any(api.glob("*.yaml")) and not any(api.glob("*.jsonl"))
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("dataset: {name: digits}\nn: 3\nf: 0\nsteps: 2\nengine: {name: ray}\n")
+    overrides = [f"engine.{k}={v}" for k, v in engine.items()]
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(app, ["run", str(yaml_file), *overrides, "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not any(out.glob("*.yaml")) and not any(out.glob("*.jsonl"))
