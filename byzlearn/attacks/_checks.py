@@ -14,9 +14,21 @@ def real(name: str, option: str, value: object, *, positive: bool = False) -> fl
     return check_real(value, f"{name}: {option}", low, lo_open=positive)
 
 
-def integer(name: str, option: str, value: object, *, minimum: int | None = None) -> int:
-    """``value`` as an int (``>= minimum`` when given)."""
-    return check_int(value, f"{name}: {option}", -math.inf if minimum is None else minimum)
+def integer(
+    name: str,
+    option: str,
+    value: object,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+) -> int:
+    """``value`` as an int (``>= minimum`` and ``<= maximum`` when given)."""
+    return check_int(
+        value,
+        f"{name}: {option}",
+        -math.inf if minimum is None else minimum,
+        math.inf if maximum is None else maximum,
+    )
 
 
 def choice(name: str, option: str, value: object, allowed: tuple[str, ...]) -> str:

@@ -11,6 +11,8 @@ Conventions shared by every attack:
 * ``f = 0`` gives an empty ``(0, d)`` result (after the common arguments are checked).
 * Statistics (mean, standard deviation) are per coordinate over the honest vectors. The standard
   deviation is the unbiased one (``correction=1``, as ``torch.std`` in the reference codes).
+  A representable statistic is computed at any magnitude: sums that overflow and squares that
+  overflow or underflow are redone on values scaled by a power of two (exact).
 * Non-finite honest entries (NaN, +-Inf: e.g. coordinates dropped by the network) are *missing*,
   as in the aggregators: the per-coordinate statistics ignore them (a coordinate with no finite
   value has a NaN mean), and attacks that use distances between honest vectors or copy one honest
@@ -186,13 +188,18 @@ class AttackContext:
             s = std_of_rows(X)
             if s is None and self.all_finite:
                 s = X.std(0, correction=1)
-            elif s is None:
-                finite = torch.isfinite(X)
-                cnt = finite.sum(0)
-                dev = torch.where(finite, X - self.mean(), torch.zeros_like(X))
-                s = ((dev * dev).sum(0) / (cnt - 1).clamp_min(1)).sqrt()
-            self._cache["std"] = s
+            elif s is None:  # float64 squares: a float32 one overflowed beyond 1.8e19
+                s = _finite_std(X.to(_wide(X))).to(X.dtype)
+            self._cache["std"] = _rescaled_std(X, s)
         return self._cache["std"]
+
+    def wide_std(self) -> torch.Tensor:
+        """:meth:`std` in float64 (for float32 honest vectors a std beyond 3.4e38 is inf in
+        float32 while ``mu - z sigma`` may not be); not cached: a rare fallback."""
+        if self.dtype == torch.float64:
+            return self.std()
+        W = self.honest.to(torch.float64)
+        return _rescaled_std(W, _finite_std(W))
 
     def finite_rows(self) -> torch.Tensor:
         """The honest rows without any non-finite entry (the rows distance-based attacks use):
@@ -263,7 +270,7 @@ class AttackContext:
         out = self.aggregate(byz).to(torch.float64) - self.mean().to(torch.float64)
         if coordinates is not None:
             out = out[coordinates]
-        val = float(torch.linalg.vector_norm(out))
+        val = scaled_norm(out)
         return val if math.isfinite(val) else math.inf
 
     def finish(self, out: torch.Tensor) -> torch.Tensor:
@@ -279,6 +286,12 @@ class AttackContext:
         return out.to(device=self.device, dtype=self.dtype)
 
 
+_TINY = 2.0**-450
+"""Below this (about 3e-136) a float64 value's square has lost bits (or is 0)."""
+_HUGE = 2.0**500
+"""Above this (about 3e150) sums of float64 squares may overflow."""
+
+
 def norm_std(X: torch.Tensor) -> float:
     """``sqrt(sum_i ||x_i - mean||^2 / (m - 1))`` over the m rows of ``X`` (float64; 0 when
     ``m < 2``): the norm standard deviation, i.e. the square root of the trace of the sample
@@ -287,7 +300,85 @@ def norm_std(X: torch.Tensor) -> float:
         return 0.0
     X = X.to(torch.float64)
     dev = X - X.mean(0)
-    return math.sqrt(float((dev * dev).sum()) / (X.shape[0] - 1))
+    value = math.sqrt(float((dev * dev).sum()) / (X.shape[0] - 1))
+    if _TINY < value < math.inf:
+        return value
+    # squares beyond 1e154 overflowed, below 1e-154 underflowed: scale by a power of two
+    c = power_of_two_above(float(X.abs().max()))
+    if c == 0.0 or not math.isfinite(c):
+        return value
+    dev = X / c - (X / c).mean(0)
+    return c * math.sqrt(float((dev * dev).sum()) / (X.shape[0] - 1))
+
+
+def power_of_two_above(x: float) -> float:
+    """The power of two ``2^e >= |x|`` closest to it (``2^1023`` beyond it; 0, inf and NaN as
+    they are): a scale that divides and multiplies float values exactly (away from
+    subnormals)."""
+    if x == 0.0 or not math.isfinite(x):
+        return x
+    return math.ldexp(1.0, min(math.frexp(abs(x))[1], 1023))  # 2^1024 is not a float
+
+
+def scale_for(x: float) -> float:
+    """1 where float64 squares of values of magnitude up to ``|x|`` are safe (``|x|`` between
+    about 3e-136 and 3e150, or 0, inf, NaN), else :func:`power_of_two_above`: the statistics
+    of normal values keep their bits, extreme ones are computed scaled."""
+    if x == 0.0 or not math.isfinite(x) or _TINY <= abs(x) <= _HUGE:
+        return 1.0
+    return power_of_two_above(x)
+
+
+def scaled_norm(v: torch.Tensor) -> float:
+    """``||v||_2`` in float64, also where the squares of ``v``'s entries overflow (beyond 1e154)
+    or underflow (below 1e-154): then computed from ``v`` scaled by a power of two (``torch``'s
+    norm does not scale: ``[1e200, 1e200]`` gave inf). NaN when ``v`` holds one, inf for inf."""
+    v = v.to(torch.float64)
+    value = float(torch.linalg.vector_norm(v))
+    if _TINY < value < math.inf or v.numel() == 0:
+        return value
+    c = power_of_two_above(float(v.abs().max()))
+    if c == 0.0 or not math.isfinite(c):
+        return value  # 0, or inf (an inf entry), or NaN (a NaN entry)
+    return c * float(torch.linalg.vector_norm(v / c))
+
+
+def _powers_of_two_above(top: torch.Tensor) -> torch.Tensor:
+    """:func:`power_of_two_above` of each (positive, finite) float64 value of ``top``."""
+    return torch.exp2(torch.ceil(torch.log2(top)).clamp_max(1023))
+
+
+def _wide(X: torch.Tensor) -> torch.dtype:
+    """float64, the accumulation dtype of the fallbacks (kept as is where a device lacks it)."""
+    return X.dtype if X.device.type == "mps" else torch.float64
+
+
+def _finite_std(X: torch.Tensor) -> torch.Tensor:
+    """The unbiased std of each column's finite values (0 where fewer than two), in X's dtype."""
+    finite = torch.isfinite(X)
+    cnt = finite.sum(0)
+    mean = torch.where(finite, X, torch.zeros_like(X)).sum(0) / cnt.clamp_min(1)
+    dev = torch.where(finite, X - mean, torch.zeros_like(X))
+    return ((dev * dev).sum(0) / (cnt - 1).clamp_min(1)).sqrt()
+
+
+def _rescaled_std(X: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """``s`` (the std of X's columns, float64 squares) again, where a float64 column's largest
+    magnitude is beyond 3e150 or below 3e-136, from that column scaled by a power of two:
+    its squares overflowed (ALIE sent -inf for values of 1e200) or underflowed (the std of
+    values of 1e-200 was 0, ALIE sent the mean)."""
+    if X.dtype != torch.float64 or X.shape[0] < 2:
+        return s
+    if bool(torch.isfinite(s).all()) and float(s.min()) >= _TINY:
+        return s  # no column can be extreme (s = 0 of a constant column calls for a look)
+    top = torch.where(torch.isfinite(X), X.abs(), torch.zeros_like(X)).amax(0)
+    redo = torch.nonzero((top > _HUGE) | ((top < _TINY) & (top > 0))).flatten()
+    if redo.numel() == 0:
+        return s
+    c = _powers_of_two_above(top[redo])
+    s = s.clone()
+    s[redo] = _finite_std(X[:, redo] / c) * c
+    return s
 
 
 def _no_rule(name: str) -> ValueError:
@@ -314,8 +405,14 @@ def _mean_and_finiteness(X: torch.Tensor, finite: bool | None) -> tuple[torch.Te
         return mean, True
     if finite is None:
         finite = all_finite(X)
-    # finite here: no rows, or finite values whose float64 sum overflows
-    return (X.mean(0) if finite else _nanmean(X)), finite
+    # here: not finite, no rows, a matrix the kernel does not take, or finite values whose
+    # float64 sum overflows
+    mean = X.mean(0) if finite else _nanmean(X)
+    if X.shape[0] and not bool(torch.isfinite(mean).all()):
+        # a sum overflowed (float32 sums: 3e38 + 2e38; float64 ones: 1.5e308 + 1.2e308) or a
+        # column holds no finite value (NaN): the mean of the scaled values, scaled back
+        mean = _scaled_nanmean(X)
+    return mean, finite
 
 
 def _nanmean(X: torch.Tensor) -> torch.Tensor:
@@ -323,6 +420,20 @@ def _nanmean(X: torch.Tensor) -> torch.Tensor:
     total = torch.where(finite, X, torch.zeros_like(X)).sum(0)
     cnt = finite.sum(0)
     return torch.where(cnt > 0, total / cnt.clamp_min(1), torch.full_like(total, math.nan))
+
+
+def _scaled_nanmean(X: torch.Tensor) -> torch.Tensor:
+    """The mean of each column's finite values (NaN where none), in float64 from the values
+    divided by a power of two above the column's largest finite magnitude (no overflow), in
+    X's dtype: a mean of finite values is always representable."""
+    W = X.to(_wide(X))
+    finite = torch.isfinite(W)
+    vals = torch.where(finite, W, torch.zeros_like(W))
+    top = vals.abs().amax(0)
+    c = torch.where(top > 0, _powers_of_two_above(top), torch.ones_like(top))
+    cnt = finite.sum(0)
+    mean = (vals / c).sum(0) / cnt.clamp_min(1) * c
+    return torch.where(cnt > 0, mean, torch.full_like(mean, math.nan)).to(X.dtype)
 
 
 def make_context(
@@ -343,6 +454,10 @@ def make_context(
     """
     X, kind = as_honest_matrix(honest, name)
     f = check_f(f, name)
+    if f * X.shape[1] >= 2**63:  # torch's own refusal is a page of C++ frames
+        raise ValueError(
+            f"{name}: f={f} Byzantine vectors of d={X.shape[1]} values are too many to allocate"
+        )
     if not isinstance(identical, (bool, np.bool_)):
         raise TypeError(f"{name}: identical must be a bool, got {type(identical).__name__}")
     if generator is not None and not isinstance(generator, torch.Generator):

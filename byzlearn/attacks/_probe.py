@@ -16,15 +16,18 @@ from typing import Any
 import torch
 
 from byzlearn.attacks._registry import get, spec
+from byzlearn.attacks._search import MAX_EVALUATIONS
+from byzlearn.attacks.strategic import MAX_RESTARTS
 
 PROBE_DIM = 4
 """The fewest coordinates of the probe's honest vectors."""
 PROBE_VALUES = 1 << 22
 """The most values of the probe's honest vectors (16 MiB of float32)."""
-BUDGET_CAPS = (("evaluations", 8), ("restarts", 1))
+BUDGET_CAPS = (("evaluations", 8, MAX_EVALUATIONS), ("restarts", 1, MAX_RESTARTS))
 """The probe checks values, not quality: the search budgets of rule-aware attacks are capped
-(an absent one, the attack's default, and an int above the cap become the cap; one below it or
-not an int is kept, so that an invalid one stays invalid)."""
+(an absent one, the attack's default, and an int above the cap become the cap; one below it,
+above the largest budget the attacks take, or not an int is kept, so that an invalid one stays
+invalid)."""
 
 
 def probe_dim(options: dict[str, Any], rows: int, max_dim: int) -> int:
@@ -67,11 +70,13 @@ def probe_attack(
     """
     attack_spec = spec(name)
     own, state = attack_spec.start(options)
-    for key, cap in BUDGET_CAPS:
+    for key, cap, largest in BUDGET_CAPS:
         if key in attack_spec.options:  # an absent budget is the attack's default, above cap
             value = own.get(key, cap)
-            # an int only: min(100.0, 8) would turn a float the run refuses into the int cap
-            own[key] = min(value, cap) if isinstance(value, int) else value
+            # an int only: min(100.0, 8) would turn a float the run refuses into the int cap;
+            # and one the attack takes: 10**30 would have become the cap, refused in the run
+            valid = isinstance(value, int) and value <= largest
+            own[key] = min(value, cap) if valid else value
     rows = min(honest, PROBE_VALUES // PROBE_DIM)
     generator = torch.Generator().manual_seed(0)
     vectors = torch.randn(rows, probe_dim(own, rows, max_dim), generator=generator)

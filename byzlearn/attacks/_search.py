@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
 _INV_PHI = (math.sqrt(5.0) - 1.0) / 2.0  # 0.618...
+MAX_EVALUATIONS = 10**6
+"""The largest search budget taken: each evaluation aggregates once, every step."""
 
 
 def check_search_options(
@@ -41,6 +43,11 @@ def check_search_options(
         raise TypeError(f"{name}: evaluations must be an int, got {type(evaluations).__name__}")
     if evaluations < 8:
         raise ValueError(f"{name}: evaluations must be >= 8, got {evaluations}")
+    if evaluations > MAX_EVALUATIONS:  # 10**30 built a grid of 2.5e29 factors
+        raise ValueError(
+            f"{name}: evaluations must be <= {MAX_EVALUATIONS} (rule evaluations per step), "
+            f"got {evaluations}"
+        )
     try:
         lo, hi = (float(b) for b in cast(Iterable[Any], bounds))
     except (TypeError, ValueError):

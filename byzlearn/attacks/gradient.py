@@ -19,7 +19,7 @@ from statistics import NormalDist
 import torch
 
 from byzlearn.attacks._checks import choice, integer, real
-from byzlearn.attacks._context import AttackContext, as_honest_matrix
+from byzlearn.attacks._context import AttackContext, as_honest_matrix, power_of_two_above
 from byzlearn.attacks._registry import register
 
 
@@ -133,7 +133,13 @@ def alie(ctx: AttackContext, *, z: float | None = None) -> torch.Tensor:
     Distributed Learning", NeurIPS 2019 (arXiv 1902.06156).
     """
     z = alie_z(ctx.n, ctx.f) if z is None else real(ctx.name, "z", z)
-    return ctx.mean() - z * ctx.std()
+    out = ctx.mean() - z * ctx.std()
+    if ctx.dtype != torch.float64 and not bool(torch.isfinite(out).all()):
+        # z * sigma, or sigma, may overflow where mu - z * sigma does not (float32: 1.5 *
+        # 2.3e38; a std of 3.7e38 made z = 0 send NaN)
+        wide = ctx.mean().to(torch.float64) - z * ctx.wide_std()
+        out = wide.to(ctx.dtype)
+    return out
 
 
 @register(
@@ -218,6 +224,19 @@ def zero(ctx: AttackContext) -> torch.Tensor:
     return torch.zeros(ctx.d, dtype=ctx.dtype, device=ctx.device)
 
 
+def _largest_norm(G: torch.Tensor) -> float:
+    """``max_i ||g_i||`` of the float64 rows of ``G``, also where their squares overflow or
+    underflow (rows of 1e200 gave inf, rows of 1e-200 gave 0): then from the rows scaled by a
+    power of two."""
+    value = float(torch.linalg.vector_norm(G, dim=1).max())
+    if 2.0**-450 < value < math.inf:
+        return value
+    c = power_of_two_above(float(G.abs().max()))
+    if c == 0.0 or not math.isfinite(c):
+        return value
+    return c * float(torch.linalg.vector_norm(G / c, dim=1).max())
+
+
 @register(
     "large_norm",
     distinct=True,
@@ -240,7 +259,7 @@ def large_norm(ctx: AttackContext, *, scale: float = 100.0) -> torch.Tensor:
     vector of arbitrary norm moves the average anywhere).
     """
     scale = real(ctx.name, "scale", scale, positive=True)
-    ref = float(torch.linalg.vector_norm(ctx.finite_rows().to(torch.float64), dim=1).max())
+    ref = _largest_norm(ctx.finite_rows().to(torch.float64))
     ref = ref if ref > 0 else 1.0
     xi = ctx.randn(ctx.rows(), ctx.d).to(torch.float64)
     xi = xi / torch.linalg.vector_norm(xi, dim=1, keepdim=True).clamp_min(1e-300)

@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from byzlearn.attacks._checks import choice, integer
-from byzlearn.attacks._context import AttackContext, as_honest_matrix
+from byzlearn.attacks._context import AttackContext, as_honest_matrix, scale_for, scaled_norm
 from byzlearn.attacks._registry import RunningState, register
 from byzlearn.finite import all_finite
 
@@ -117,10 +117,13 @@ class MimicState:
                 )
             mu = (t * self.mu + avg) / (t + 1)
             z = self.z
-        A = G - mu
+        # z is a direction and the pick an argmax: computed on values scaled by a power of two
+        # where their squares would overflow or underflow (values of 1e200 gave a NaN z)
+        scale = scale_for(float(G.abs().max()))
+        A = (G - mu) / scale
         c = _unit((A @ z) @ A)
         z = c if t == 0 else _unit((t * z + c) / (t + 1))
-        target = int(keep[int(torch.argmax(G @ z))])
+        target = int(keep[int(torch.argmax((G / scale) @ z))])
         return replace(self, step=t + 1, mu=mu, z=z, target=target)
 
     def _start(
@@ -135,8 +138,8 @@ class MimicState:
 
 
 def _unit(v: torch.Tensor) -> torch.Tensor:
-    norm = torch.linalg.vector_norm(v)
-    return v / norm if float(norm) > 0 else v
+    norm = scaled_norm(v)  # no overflow or underflow of the squares
+    return v / norm if norm > 0 else v
 
 
 def most_heterogeneous(X: torch.Tensor) -> int:

@@ -35,8 +35,14 @@ import torch
 from byzlearn.aggregators._gram import sqdist_from_gram
 from byzlearn.aggregators._mean import std_of_rows
 from byzlearn.attacks._checks import choice
-from byzlearn.attacks._context import AttackContext
+from byzlearn.attacks._context import (
+    AttackContext,
+    power_of_two_above,
+    scale_for,
+    scaled_norm,
+)
 from byzlearn.attacks._registry import register
+from byzlearn.attacks._search import check_search_options
 from byzlearn.attacks.optimised import optimise
 
 _PERTURBATIONS = ("unit_vec", "std", "sign")
@@ -52,17 +58,21 @@ def _setup(
     """(G, mu, p) in float64 over the fully finite honest rows."""
     perturbation = choice(ctx.name, "perturbation", perturbation, _PERTURBATIONS)
     G = ctx.finite_rows().to(torch.float64)
-    mu = G.mean(0)
+    # the statistics of G / c, scaled back: exact for a power of two c, and without overflow
+    # (the mean of values of 1.5e308) or underflow (the std of values of 1e-200 was 0)
+    c = scale_for(float(G.abs().max()))
+    Gc = G / c if c != 1.0 else G
+    mu = Gc.mean(0) * c
     if perturbation == "unit_vec":
-        norm = torch.linalg.vector_norm(mu)
-        p = mu / norm if float(norm) > 0 else torch.zeros_like(mu)
+        norm = scaled_norm(mu)
+        p = mu / norm if norm > 0 else torch.zeros_like(mu)
     elif perturbation == "sign":
         p = torch.sign(mu)
     else:
         if G.shape[0] < 2:
             raise ValueError(f"{ctx.name}: perturbation='std' needs at least 2 finite honest rows")
-        std = std_of_rows(G)  # one compiled call, or torch's where it does not apply
-        p = std if std is not None else G.std(0, correction=1)
+        std = std_of_rows(Gc)  # one compiled call, or torch's where it does not apply
+        p = (std if std is not None else Gc.std(0, correction=1)) * c
     return G, mu, p
 
 
@@ -84,32 +94,58 @@ def _centred_distances(
     return A, K.diagonal(), sqdist_from_gram(K)
 
 
+def _normalised(
+    G: torch.Tensor, mu: torch.Tensor, p: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """``(G / c, mu / c, p / q, c / q)`` with ``c`` and ``q`` the powers of two at the largest
+    magnitudes of ``G`` (and ``mu``) and of ``p``; ``c / q = 0`` when ``p = 0``.
+
+    The constraints divided by ``c^2`` are those of ``(G / c, mu / c, p / q)`` with
+    ``gamma' = gamma q / c``, on values of at most 1: their squares, and the squares of
+    squares in the roots' discriminants, neither overflow (values of 1e200, or of 1e150 in
+    one dimension, gave ``gamma = 0``, NaN or inf) nor underflow (values of 1e-200:
+    ``gamma = 0``, the attack sent ``mu``), and the answer is ``gamma' * c / q``. Scaling by
+    powers of two is exact: normal values get the bits they got unscaled.
+    """
+    G, mu, p = G.to(torch.float64), mu.to(torch.float64), p.to(torch.float64)
+    top = float(p.abs().max())
+    if top == 0.0:
+        return G, mu, p, 0.0
+    c = power_of_two_above(max(float(G.abs().max()), float(mu.abs().max()))) or 1.0
+    q = power_of_two_above(top)
+    return G / c, mu / c, p / q, c / q
+
+
 def min_max_gamma(G: torch.Tensor, mu: torch.Tensor, p: torch.Tensor) -> float:
     """Largest ``gamma`` with ``max_i ||mu - gamma p - g_i||^2 <= max_{i,j} ||g_i - g_j||^2``.
 
     Per honest row: ``||a_i||^2 - 2 gamma <a_i, p> + gamma^2 ||p||^2 <= R^2`` with
-    ``a_i = mu - g_i``; the answer is the smallest of the per-row largest roots.
+    ``a_i = mu - g_i``; the answer is the smallest of the per-row largest roots. Computed on
+    values scaled by powers of two (any magnitude of float64 values).
     """
-    pp = float(p @ p)
-    if pp == 0.0:
+    G, mu, p, unit = _normalised(G, mu, p)
+    if unit == 0.0:
         return 0.0
+    pp = float(p @ p)
     A, aa, D = _centred_distances(G, mu)
     R2 = float(D.max())
     ap = A @ p
-    return min(
+    return unit * min(
         _largest_root(pp, -2.0 * float(x), float(y) - R2) for x, y in zip(ap, aa, strict=True)
     )
 
 
 def min_sum_gamma(G: torch.Tensor, mu: torch.Tensor, p: torch.Tensor) -> float:
-    """Largest ``gamma`` with ``sum_i ||mu - gamma p - g_i||^2 <= min_i sum_j ||g_i - g_j||^2``."""
-    pp = float(p @ p)
-    if pp == 0.0:
+    """Largest ``gamma`` with ``sum_i ||mu - gamma p - g_i||^2 <= min_i sum_j ||g_i - g_j||^2``
+    (computed on values scaled by powers of two, as :func:`min_max_gamma`)."""
+    G, mu, p, unit = _normalised(G, mu, p)
+    if unit == 0.0:
         return 0.0
+    pp = float(p @ p)
     A, aa, D = _centred_distances(G, mu)
     T = float(D.sum(1).min())
     S = float(aa.sum())
-    return _largest_root(G.shape[0] * pp, -2.0 * float((A @ p).sum()), S - T)
+    return unit * _largest_root(G.shape[0] * pp, -2.0 * float((A @ p).sum()), S - T)
 
 
 @register("min_max", reference=_REFERENCE, aliases=("minmax",))
@@ -164,14 +200,15 @@ def min_max_opt(
 
     Options:
         perturbation: ``"unit_vec"`` (default), ``"std"`` or ``"sign"``.
-        evaluations: rule evaluations of the search (default 32; ``>= 8``).
+        evaluations: rule evaluations of the search (default 32; from 8 to 10^6).
         bounds: the magnitudes ``(lo, hi)`` of ``t`` (default (0.01, 100)).
 
     Reference: Shejwalkar, Houmansadr, NDSS 2021 (the AGR-tailored attacks optimise gamma for
     the known rule).
     """
+    check_search_options(ctx.name, evaluations, bounds)  # also where there is no search
     G, mu, p = _setup(ctx, perturbation)
-    pn = float(torch.linalg.vector_norm(p))
+    pn = scaled_norm(p)
     if pn == 0.0:
         return mu.to(ctx.dtype)
     unit = (ctx.spread() or 1.0) / pn

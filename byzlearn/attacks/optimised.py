@@ -71,7 +71,7 @@ def _coordinates(ctx: AttackContext, coordinates: object) -> torch.Tensor:
             f"{ctx.name}: coordinates must be an int, a sequence of ints or 'all', "
             f"got {coordinates!r}"
         ) from None
-    if idx.numel() == 0 or idx.is_floating_point() or idx.dtype == torch.bool:
+    if idx.numel() == 0 or idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
         raise TypeError(f"{ctx.name}: coordinates must be non-empty integer indices or 'all'")
     if bool((idx < 0).any()) or bool((idx >= ctx.d).any()):
         raise ValueError(
@@ -111,7 +111,7 @@ def leeway(
             honest norm spread (1 when it is 0) and ``t`` maximising the objective.
         objective: ``"target"`` (default): ``||F - mu||`` restricted to ``J``; ``"distance"``:
             the whole ``||F - mu||`` (ByzantineMomentum maximises its square, the same argmax).
-        evaluations: rule evaluations of the search (default 32; ``>= 8``).
+        evaluations: rule evaluations of the search (default 32; from 8 to 10^6).
         bounds: the magnitudes ``(lo, hi)`` of ``t`` searched, both signs (default (0.01, 100)).
 
     Reference: El Mhamdi, Guerraoui, Rouault, "The Hidden Vulnerability of Distributed Learning
@@ -120,6 +120,7 @@ def leeway(
     """
     J = _coordinates(ctx, coordinates)
     objective = choice(ctx.name, "objective", objective, ("target", "distance"))
+    check_search_options(ctx.name, evaluations, bounds)  # also with a given epsilon
     e = torch.zeros(ctx.d, dtype=ctx.dtype, device=ctx.device)
     e[J] = 1.0
     mu = ctx.mean()
@@ -161,7 +162,7 @@ def alie_opt(
     Options:
         z: the fixed z tried by the search (default ``None``: the paper's ``z_max(n, f)`` when it
             exists, see :func:`~byzlearn.attacks.gradient.alie_z`).
-        evaluations: rule evaluations of the search (default 32; ``>= 8``).
+        evaluations: rule evaluations of the search (default 32; from 8 to 10^6).
         bounds: the magnitudes ``(lo, hi)`` of ``t``, in units of sigma, searched with both signs
             (default (0.01, 100)).
 
@@ -205,7 +206,7 @@ def ipm_opt(
 
     Options:
         epsilon: the fixed epsilon tried by the search (default 0.1).
-        evaluations: rule evaluations of the search (default 32; ``>= 8``).
+        evaluations: rule evaluations of the search (default 32; from 8 to 10^6).
         bounds: the magnitudes ``(lo, hi)`` of ``t`` searched with both signs (default
             (0.01, 100)).
 

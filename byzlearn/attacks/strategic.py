@@ -24,8 +24,12 @@ import torch
 from byzlearn.attacks._checks import integer
 from byzlearn.attacks._context import AttackContext
 from byzlearn.attacks._registry import register
+from byzlearn.attacks._search import MAX_EVALUATIONS
 
 __all__ = ["best_response", "strategic"]
+
+MAX_RESTARTS = 10**4
+"""The most far starting points taken (each runs a Nelder-Mead search)."""
 
 
 def _as_vector(ctx: AttackContext, value: object, what: str, default: float) -> np.ndarray:
@@ -96,15 +100,18 @@ def strategic(
         preferred: the participants' preferred vector ``p`` (d values; default: the honest
             mean, where reporting it is already optimal for a mean-like rule).
         metric: the diagonal of ``M`` (d positive values; default all ones: Euclidean).
-        restarts: far starting points of the search besides ``p`` (default 8).
-        evaluations: rule evaluations per start (default 400).
+        restarts: far starting points of the search besides ``p`` (default 8; at most 10^4).
+        evaluations: rule evaluations per start (default 400; at most 10^6).
 
     Rule-aware (the rule is evaluated, a black box); randomized (the far starts). Reference:
     El Mhamdi, Farhadkhani, Guerraoui, Hoang, "On the Strategyproofness of the Geometric
     Median", AISTATS 2023 (arXiv 2106.02394).
     """
-    restarts = integer(ctx.name, "restarts", restarts, minimum=0)
-    evaluations = integer(ctx.name, "evaluations", evaluations, minimum=1)
+    # bounded: restarts=10**30 built 1e30 starting points
+    restarts = integer(ctx.name, "restarts", restarts, minimum=0, maximum=MAX_RESTARTS)
+    evaluations = integer(
+        ctx.name, "evaluations", evaluations, minimum=1, maximum=MAX_EVALUATIONS
+    )
     mean = ctx.mean().to(torch.float64).cpu().numpy()
     p = _as_vector(ctx, preferred, "preferred", 0.0) if preferred is not None else mean
     m = _as_vector(ctx, metric, "metric", 1.0)
