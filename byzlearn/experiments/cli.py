@@ -272,44 +272,44 @@ def sweep(
             where = plan.directory(out_dir, config)
             console.print(f"  {where}  [{state}]  {point}", highlight=False, markup=False)
         return
+    from byzlearn.experiments.parallel import JobError
+
     total = sum(c.steps for c in plan.configs)
-    with _progress(total, "sweep") as (progress, task):
-        rounds = [0] * len(plan.configs)
-        finished = {"runs": 0}
+    # the bar stops before an error is printed: the error is the last line
+    try:
+        with _user_errors(), _progress(total, "sweep") as (progress, task):
+            rounds = [0] * len(plan.configs)
+            finished = {"runs": 0}
 
-        def on_start(i: int, config: Any, was_finished: bool) -> None:
-            if was_finished:
-                rounds[i] = config.steps
-            if jobs == 1 and not ray:
-                progress.update(task, description=f"sweep {i + 1}/{len(plan.configs)}")
+            def on_start(i: int, config: Any, was_finished: bool) -> None:
+                if was_finished:
+                    rounds[i] = config.steps
+                if jobs == 1 and not ray:
+                    progress.update(task, description=f"sweep {i + 1}/{len(plan.configs)}")
 
-        def on_round(i: int, record: dict[str, Any]) -> None:
-            rounds[i] = record["round"]
-            if jobs > 1 or ray:
-                finished["runs"] = sum(
-                    r >= c.steps for r, c in zip(rounds, plan.configs, strict=True)
-                )
-                progress.update(
-                    task, description=f"sweep {finished['runs']}/{len(plan.configs)} done"
-                )
-            progress.update(task, completed=sum(rounds), status=_status(record))
+            def on_round(i: int, record: dict[str, Any]) -> None:
+                rounds[i] = record["round"]
+                if jobs > 1 or ray:
+                    finished["runs"] = sum(
+                        r >= c.steps for r, c in zip(rounds, plan.configs, strict=True)
+                    )
+                    progress.update(
+                        task, description=f"sweep {finished['runs']}/{len(plan.configs)} done"
+                    )
+                progress.update(task, completed=sum(rounds), status=_status(record))
 
-        from byzlearn.experiments.parallel import JobError
-
-        try:
-            with _user_errors():
-                run_sweep(
-                    plan,
-                    out_dir,
-                    on_start=on_start,
-                    on_round=on_round,
-                    jobs=jobs,
-                    ray=ray,
-                    address=address,
-                )
-        except JobError as err:  # a worker died, Ray unreachable: one line, rerun resumes
-            _fail(str(err))
-        progress.update(task, completed=total)
+            run_sweep(
+                plan,
+                out_dir,
+                on_start=on_start,
+                on_round=on_round,
+                jobs=jobs,
+                ray=ray,
+                address=address,
+            )
+            progress.update(task, completed=total)
+    except JobError as err:  # a worker died, Ray unreachable: one line, rerun resumes
+        _fail(str(err))
     if report:
         _report(out_dir)
 

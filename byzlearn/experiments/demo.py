@@ -21,6 +21,8 @@ from byzlearn.experiments.store import (
     RunCollisionError,
     RunDir,
     RunDirError,
+    lock_directory,
+    temporary_names,
     write_text_atomically,
 )
 from byzlearn.experiments.tables import markdown_table
@@ -109,6 +111,15 @@ def _checked(
     directory: Path, rules: Sequence[str], steps: int, seed: int
 ) -> tuple[dict[str, Config], dict[str, RunResult]]:
     """:func:`check_demo`'s configs, and the finished runs of other rules it read."""
+    configs = _claimed(directory, rules, steps, seed)
+    # the other rules' runs the table shows: a damaged file is found now
+    earlier = _earlier_runs(directory, steps, seed, set(configs)) if directory.is_dir() else {}
+    return configs, earlier
+
+
+def _claimed(directory: Path, rules: Sequence[str], steps: int, seed: int) -> dict[str, Config]:
+    """The configs of the demo's runs, after checking that ``directory`` may hold them (see
+    :func:`check_demo`; nothing is read but what tells)."""
     if directory.exists() and not directory.is_dir():
         raise RunDirError(f"{directory}: is a file, not a directory")
     twice = sorted({rule for rule in rules if list(rules).count(rule) > 1})
@@ -124,9 +135,7 @@ def _checked(
                 f"nothing was written. Use another directory, e.g. --out "
                 f"{directory}-steps{steps}-seed{seed}"
             ) from None
-    # the other rules' runs the table shows: a damaged file is found now
-    earlier = _earlier_runs(directory, steps, seed, set(configs)) if directory.is_dir() else {}
-    return configs, earlier
+    return configs
 
 
 def run_demo(
@@ -141,17 +150,39 @@ def run_demo(
     """Run the demo into ``directory``; return its results and Markdown table.
 
     :func:`check_demo` runs first: a demo with other settings (``--steps``, ``--seed``) in the
-    same directory is refused, not overwritten. The table and the figure cover every rule whose
-    run the directory holds (a later ``--rules krum`` adds to them, it does not replace them).
+    same directory is refused, not overwritten, and so is a directory another live demo (or
+    run) works in (:class:`~byzlearn.experiments.store.RunLockedError`). The table and the
+    figure cover every rule whose run the directory holds (a later ``--rules krum`` adds to
+    them, it does not replace them).
     The seconds exclude the one-off compilation of the aggregation kernels (each rule runs
     once on inputs of the demo's shape before its timed run).
     """
     directory = Path(directory)
-    configs, earlier = _checked(directory, rules, steps, seed)
+    configs = _claimed(directory, rules, steps, seed)  # refused before anything is written
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # (not the dataset's fault, as the command would otherwise say)
         raise RunDirError(f"{directory}: cannot create the directory ({e.strerror})") from None
+    # one demo at a time in the folder (its table covers every rule's run: two at once would
+    # each write a table lacking the other's); the temporary files of a killed one are removed
+    with lock_directory(directory, _TEMPORARY):
+        # the other rules' runs the table shows, as they are now: a damaged file is found now
+        earlier = _earlier_runs(directory, steps, seed, set(configs))
+        return _run_locked(directory, configs, earlier, on_start, callback)
+
+
+# the temporary files of the demo's table and figure (write_atomically's names)
+_TEMPORARY = temporary_names(r"table\.md|accuracy\.png")
+
+
+def _run_locked(
+    directory: Path,
+    configs: dict[str, Config],
+    earlier: dict[str, RunResult],
+    on_start: Callable[[str], None] | None,
+    callback: Callable[[dict[str, Any]], None] | None,
+) -> DemoResult:
+    """:func:`run_demo` in the locked ``directory``."""
     start = time.perf_counter()
     results: dict[str, RunResult] = {}
     for i, (rule, config) in enumerate(configs.items()):

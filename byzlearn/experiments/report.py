@@ -19,7 +19,9 @@ made unique (a name cut at 150 characters, or one another group's slug already t
 a hash of its text): no figure overwrites another.
 
 Every file is written atomically (a temporary file created afresh, then moved over the name:
-a link at a file's name is replaced, never written through); a ``report`` folder that is a
+a link at a file's name is replaced, never written through), one report at a time in a folder
+(its ``lock``, as a run directory's: a second report is refused in one line naming the live one;
+the temporary files of a killed one are removed by the next); a ``report`` folder that is a
 symbolic link, or a run directory or run file that is one, is refused in one line (a link among
 the parents, e.g. ``runs`` on a scratch disk, is followed). So is a damaged finished run
 (:func:`collect`): a summary of another config than its ``config.yaml``, a second finished run
@@ -49,6 +51,8 @@ from byzlearn.experiments.store import (
     RunDirError,
     find_named,
     iter_runs,
+    lock_directory,
+    temporary_names,
     write_text_atomically,
 )
 from byzlearn.experiments.tables import markdown_table
@@ -353,7 +357,19 @@ def build_report(
     runs = collect(root)
     if not runs:
         raise FileNotFoundError(f"no finished runs under {root}")
-    out.mkdir(parents=True, exist_ok=True)
+    # one report at a time in the folder (a run directory's lock: another live one is a
+    # RunLockedError naming it); the temporary files of a killed one are removed
+    with lock_directory(out, _TEMPORARY):
+        _write_report(runs, out, metric)
+    return out
+
+
+# the temporary files of the report's tables and figures (write_atomically's names)
+_TEMPORARY = temporary_names(r"[^/]+\.(md|png)")
+
+
+def _write_report(runs: list[RunRecord], out: Path, metric: str) -> None:
+    """Write the tables and figures of ``runs`` into the locked folder ``out``."""
     descs = [describe(r.config) for r in runs]
     _distinguish([r.config for r in runs], descs)
     names = _FileNames()
@@ -398,7 +414,6 @@ def build_report(
             stem = f"worst_heterogeneity_f_{rule}"
             _worst_panels(mine, varying, "heterogeneity", stem, metric, text, out, names, rule)
     write_text_atomically(out / "worst.md", "\n".join(text))
-    return out
 
 
 def _worst_panels(

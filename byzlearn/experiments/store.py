@@ -17,9 +17,12 @@ refused (:meth:`RunDir.cut_metrics_to`): a finished run never has gaps or repeat
 
 Safety. A directory holding any result of another config (its ``config.yaml``, metrics,
 checkpoint, summary or model) is never written to: :meth:`RunDir.claim` refuses it before
-anything is written. A lock file keeps two processes out of one directory. Checkpoints hold only
-tensors, numbers and strings and are read with ``torch.load(..., weights_only=True)``: a run
-directory received from someone else cannot run code when resumed; so is ``model.pt``.
+anything is written. A lock file keeps two processes out of one directory
+(:func:`lock_directory`, which studies, reports and the demo use for their folders too; the
+taking of it is serialised by a ``flock`` of the directory, so that two processes finding one
+stale lock never both take it over). Checkpoints hold only tensors, numbers and strings and
+are read with ``torch.load(..., weights_only=True)``: a run directory received from someone
+else cannot run code when resumed; so is ``model.pt``.
 
 Links. Nothing is ever written through a symbolic link: a run file (``config.yaml``,
 ``metrics.jsonl``, ``checkpoint.pt``, ``summary.json``, ``model.pt``) that is a link makes
@@ -35,6 +38,7 @@ what to do.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
@@ -67,7 +71,9 @@ __all__ = [
     "RunLockedError",
     "find_named",
     "iter_runs",
+    "lock_directory",
     "read_metrics",
+    "temporary_names",
     "write_atomically",
     "write_text_atomically",
 ]
@@ -230,6 +236,108 @@ def write_text_atomically(path: str | Path, text: str) -> None:
     write_atomically(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
+LOCK = "lock"  # the lock file's name in a locked directory
+
+
+@contextmanager
+def lock_directory(path: str | Path, temporary: re.Pattern[str]) -> Iterator[None]:
+    """Keep other byzlearn processes out of the directory ``path`` while the block runs (a run
+    directory, a study's folder).
+
+    The lock file ``path/lock`` holds the owner's pid and host; another live process's lock
+    raises :class:`RunLockedError` in one line naming the directory and that process, while a
+    lock left by a process that no longer runs on this host is taken over. Once the lock is
+    taken, the temporary files a killed writer left (names matching ``temporary``: no process
+    writes one now) are removed; a link among them is removed itself, never followed. Other
+    files are the user's and stay.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    lock_path = path / LOCK
+    with _taking_locks(path):  # one process at a time decides: a live lock is never taken over
+        for _ in range(2):
+            try:
+                fd = os.open(lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = _live_owner(lock_path)
+                if owner is not None:
+                    raise RunLockedError(
+                        f"{path}: another byzlearn process ({owner}) is running in this "
+                        "directory"
+                    ) from None
+                lock_path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(f"{os.getpid()} {socket.gethostname()}\n")
+            break
+        else:
+            raise RunLockedError(f"{path}: could not take the lock {lock_path}")
+    try:
+        for leftover in path.glob("*.tmp"):
+            if temporary.fullmatch(leftover.name) and (
+                leftover.is_symlink() or leftover.is_file()
+            ):
+                leftover.unlink(missing_ok=True)
+        yield
+    finally:
+        lock_path.unlink(missing_ok=True)
+
+
+def temporary_names(names: str) -> re.Pattern[str]:
+    """The names :func:`write_atomically` gives the temporary files of the files matching the
+    regular expression ``names`` (``<name>.<12 hex digits>.tmp``, and the earlier fixed
+    ``<name>.tmp``): what :func:`lock_directory` removes."""
+    return re.compile(f"({names})(\\.[0-9a-f]{{{2 * _TEMP_BYTES}}})?\\.tmp")
+
+
+@contextmanager
+def _taking_locks(path: Path) -> Iterator[None]:
+    """Serialise the taking of locks in the directory ``path`` among this host's processes: an
+    exclusive ``flock`` of the directory, which the kernel releases when its process dies (it is
+    never stale). Without it two processes finding one stale lock could both take it over, the
+    second removing the first's fresh lock. Where the directory cannot be flocked (no
+    ``fcntl``, some network filesystems), nothing is serialised."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover (not POSIX)
+        yield
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover (a directory that cannot be opened for reading)
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):  # a filesystem without flock: not serialised
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _live_owner(lock_path: Path) -> str | None:
+    """The ``pid host`` of the live process the lock file ``lock_path`` belongs to (one of
+    another host is taken to be alive: it cannot be checked); None when there is no lock or it
+    is stale (its process is gone, the file is unreadable or a link)."""
+    if lock_path.is_symlink():
+        return None  # never ours (created with O_EXCL): removed, not read through
+    try:
+        text = lock_path.read_text().strip()
+        pid_text, _, host = text.partition(" ")
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return None  # no lock, or an unreadable one: stale
+    if host != socket.gethostname():
+        return text  # another machine's process: cannot check, respect it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return text
+    return None if _zombie(pid) else text  # a killed process not reaped yet is gone
+
+
 class RunDir:
     """Paths and file operations of one run directory."""
 
@@ -237,7 +345,7 @@ class RunDir:
         self.path = Path(path)
 
     config_path = property(lambda self: self.path / "config.yaml")
-    lock_path = property(lambda self: self.path / "lock")
+    lock_path = property(lambda self: self.path / LOCK)
     metrics_path = property(lambda self: self.path / "metrics.jsonl")
     checkpoint_path = property(lambda self: self.path / "checkpoint.pt")
     summary_path = property(lambda self: self.path / "summary.json")
@@ -251,9 +359,7 @@ class RunDir:
     # ------------------------------------------------------------------ ownership
     _RESULTS = ("config.yaml", "metrics.jsonl", "checkpoint.pt", "summary.json", "model.pt")
     # their temporary files (write_atomically's names, and the earlier fixed ``<name>.tmp``)
-    _TEMPORARY = re.compile(
-        f"({'|'.join(map(re.escape, _RESULTS))})(\\.[0-9a-f]{{{2 * _TEMP_BYTES}}})?\\.tmp"
-    )
+    _TEMPORARY = temporary_names("|".join(map(re.escape, _RESULTS)))
 
     def holds_results(self) -> bool:
         """Whether the directory holds any file of a run."""
@@ -307,62 +413,11 @@ class RunDir:
 
     @contextmanager
     def lock(self) -> Iterator[None]:
-        """Keep other processes out of this directory while the block runs.
-
-        The lock file holds the owner's pid and host; a lock left by a process that no longer
-        runs on this host is taken over.
-        """
-        self.path.mkdir(parents=True, exist_ok=True)
-        me = f"{os.getpid()} {socket.gethostname()}"
-        for _ in range(2):
-            try:
-                fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                if self._live_owner():
-                    raise RunLockedError(
-                        f"{self.path}: another byzlearn process "
-                        f"({self.lock_path.read_text().strip()}) is running in this directory"
-                    ) from None
-                self.lock_path.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            with os.fdopen(fd, "w") as fh:
-                fh.write(me + "\n")
-            break
-        else:
-            raise RunLockedError(f"{self.path}: could not take the lock {self.lock_path}")
-        try:
-            self._remove_temporary_files()
+        """Keep other processes out of this directory while the block runs
+        (:func:`lock_directory`; the temporary files of run files a killed process left are
+        removed once the lock is taken)."""
+        with lock_directory(self.path, self._TEMPORARY):
             yield
-        finally:
-            self.lock_path.unlink(missing_ok=True)
-
-    def _remove_temporary_files(self) -> None:
-        """Remove the temporary files of run files a killed process left (``<run file>.tmp``,
-        ``<run file>.<random>.tmp``; the lock is held: no process writes one now); a link is
-        removed itself, never followed. Other files are the user's and stay."""
-        for leftover in self.path.glob("*.tmp"):
-            if self._TEMPORARY.fullmatch(leftover.name) and (
-                leftover.is_symlink() or leftover.is_file()
-            ):
-                leftover.unlink(missing_ok=True)
-
-    def _live_owner(self) -> bool:
-        if self.lock_path.is_symlink():
-            return False  # never ours (created with O_EXCL): removed, not read through
-        try:
-            pid_text, _, host = self.lock_path.read_text().strip().partition(" ")
-            pid = int(pid_text)
-        except (OSError, ValueError):
-            return False  # an unreadable lock is stale
-        if host != socket.gethostname():
-            return True  # another machine's process: cannot check, respect it
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return not _zombie(pid)  # a killed process its parent has not reaped yet is gone
 
     # ------------------------------------------------------------------ config
     def write_config(self, config: Config) -> None:

@@ -26,7 +26,7 @@ import torch
 
 from byzlearn.experiments.config import Config, config_hash, parse_config
 from byzlearn.experiments.runner import RunResult, run
-from byzlearn.experiments.store import write_text_atomically
+from byzlearn.experiments.store import lock_directory, temporary_names, write_text_atomically
 from byzlearn.registry import Registry
 
 __all__ = ["SCALES", "STUDIES", "Analysis", "Study", "StudyRun", "run_study"]
@@ -108,6 +108,8 @@ class StudyDirError(ValueError):
 
 # the files a study writes at the top of its directory (besides its figures, ``*.png``)
 _WRITTEN = ("study.json", "results.json", "results.json.tmp", "report.md")
+# their temporary files (and the figures'), which a killed study leaves: removed once locked
+_TEMPORARY = temporary_names(r"study\.json|results\.json|report\.md|[^/]+\.png")
 
 
 def _claim(out: Path, name: str, scale: str) -> None:
@@ -177,7 +179,10 @@ def run_study(
     on_run: Callable[[int, int, StudyRun, bool], None] | None = None,
 ) -> tuple[Path, Analysis]:
     """Run the study ``name`` at ``scale`` into ``out`` (default ``studies/NAME``); return the
-    report's path and the analysis. Finished runs are loaded, killed ones resume."""
+    report's path and the analysis. Finished runs are loaded, killed ones resume. One study
+    works in ``out`` at a time: a folder another live process works in raises
+    :class:`~byzlearn.experiments.store.RunLockedError` (one line naming it), before anything is
+    written."""
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r} (known: {', '.join(SCALES)})")
     if isinstance(jobs, bool) or not isinstance(jobs, int):
@@ -186,7 +191,21 @@ def run_study(
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     study = STUDIES.get(name)
     out = Path(out) if out is not None else Path("studies") / name
-    _claim(out, study.name, scale)
+    # one study process at a time in a folder (a run directory's lock): another live one is a
+    # RunLockedError naming it, the lock of a killed one is taken over
+    with lock_directory(out, _TEMPORARY):
+        _claim(out, study.name, scale)
+        return _run_claimed(study, scale, out, jobs, on_run)
+
+
+def _run_claimed(
+    study: Study,
+    scale: str,
+    out: Path,
+    jobs: int,
+    on_run: Callable[[int, int, StudyRun, bool], None] | None,
+) -> tuple[Path, Analysis]:
+    """:func:`run_study` in the folder ``out``, locked and claimed."""
     planned = [StudyRun(label, parse_config(data)) for label, data in study.runs(scale)]
     if jobs > 1 and planned:  # train what is not finished, N at a time (the sweep's pool)
         from byzlearn.experiments.sweep import SweepPlan, run_sweep
