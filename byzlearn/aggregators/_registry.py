@@ -430,7 +430,7 @@ def _run(
     f: int,
     max_missing: float,
     output: bool = False,
-) -> Result | Combination | torch.Tensor | Inputs:
+) -> Combination | torch.Tensor | Inputs | _Rescaled:
     """The parts applied in turn to the prepared inputs. ``output``: the caller forms the
     output and is the only user of ``prepared`` (which it made), so a guessable rule may have
     its output written during the Gram pass (:mod:`._speculate`)."""
@@ -452,10 +452,81 @@ def _run(
     else:
         guessable = output and all(p.guessable for p in parts)
         inputs = prepared.inputs(max_missing, _guess(parts, routed, f, X) if guessable else None)
+    if inputs.gram is not None and (scale := _underflow_scale(inputs)) is not None:
+        rescaled = Prepared(_times_power_of_two(X, scale))
+        again = _run(parts, _scaled_options(routed, scale), rescaled, f, max_missing)
+        if isinstance(again, _Rescaled):  # (not expected: the rescaled rows are not tiny)
+            return _Rescaled(again.result, scale + again.scale)
+        return _Rescaled(again, scale)
     result: Combination | torch.Tensor | Inputs = inputs
     for part, opts in zip(parts, routed, strict=True):
         result = part.impl(result, f, **opts)
     return result
+
+
+# options that are lengths (or points) in the input space: rescaled with the rows
+_LENGTH_OPTIONS = ("max_norm", "radius", "center", "nu")
+
+
+@dataclass(frozen=True)
+class _Rescaled:
+    """A run on the rows multiplied by 2^``scale``: its output, divided back."""
+
+    result: Combination | torch.Tensor | Inputs
+    scale: int
+
+
+def _times_power_of_two(value: Any, exponent: int) -> Any:
+    """``value * 2**exponent`` in two exact steps (2^1060 itself would overflow)."""
+    half = exponent // 2
+    return value * 2.0**half * 2.0 ** (exponent - half)
+
+
+def _underflow_scale(inputs: Inputs) -> int | None:
+    """The exponent of a power of two to multiply tiny rows by, where their squared
+    distances were lost to underflow (the largest finite one below d * tiny / eps of the input
+    dtype: the squares were subnormal or zero), e.g. Krum at 2^-540 in float64 or 2^-80 in
+    float32, whose distances all read 0 and whose pick fell on the first row, an attacker's;
+    None otherwise (one reduction of the (n + 1)^2 Gram entries on normal inputs; a read of X
+    for tiny rows)."""
+    X = inputs.X
+    info = torch.finfo(X.dtype)
+    lost = X.shape[1] * info.tiny / info.eps
+    # Rows this tiny make every entry of the pass's Gram matrix (centred rows, centre; float64,
+    # CPU) smaller than 4 n lost (|c_i.c_j| <= max(||c_i||^2, ||m||^2), ||m||^2 <= n max
+    # ||x_i||^2): one numpy reduction (NaN ignored) rules out every other input; the torch
+    # checks below cost ~50 us a call at 25 x 4810 (a third of Krum's time there)
+    aug = np.abs(inputs.base.aug.numpy())
+    if float(np.fmax.reduce(aug, axis=None, initial=0.0)) >= 4 * X.shape[0] * lost:
+        return None
+    D = inputs.sqdist()
+    finite = D[torch.isfinite(D)]
+    top = float(finite.max()) if finite.numel() else 0.0
+    if top >= lost:
+        return None
+    norms = inputs.sqnorms()
+    norms = norms[torch.isfinite(norms)]
+    if norms.numel() and float(norms.max()) >= lost:
+        return None  # equal rows that are not tiny (n compares, no read of X)
+    values = X.abs()
+    values = values[torch.isfinite(values)]
+    if values.numel() == 0:
+        return None
+    largest = float(values.max())
+    if largest == 0.0 or largest * largest >= info.tiny / info.eps:  # zero, or not tiny
+        return None  # (near-equal rows: their distances are small, not lost)
+    return -int(np.frexp(largest)[1])  # the largest value in [0.5, 1)
+
+
+def _scaled_options(routed: list[dict], scale: int) -> list[dict]:
+    """The routed options with every length multiplied by 2^``scale``."""
+    return [
+        {
+            k: (_times_power_of_two(v, scale) if k in _LENGTH_OPTIONS and v is not None else v)
+            for k, v in opts.items()
+        }
+        for opts in routed
+    ]
 
 
 def _guess(parts: list[RuleSpec], routed: list[dict], f: int, X: torch.Tensor) -> Guess:
@@ -480,6 +551,8 @@ def _guess(parts: list[RuleSpec], routed: list[dict], f: int, X: torch.Tensor) -
 
 def _kept(result) -> torch.Tensor | None:
     """Indices of the base inputs with non-zero weight in what a selection rule kept."""
+    if isinstance(result, _Rescaled):
+        return _kept(result.result)
     if not isinstance(result, Combination) or result.kept is None:
         return None
     if result.inputs.A is None:  # the base rows themselves (no n x n identity to build)
@@ -490,6 +563,12 @@ def _kept(result) -> torch.Tensor | None:
 
 
 def _output(result, kind: InputKind):
+    if isinstance(result, _Rescaled):  # the output of the rows times a power of two
+        inner = result.result
+        if isinstance(inner, Inputs):
+            return kind.matrix(_times_power_of_two(inner.materialize(), -result.scale))
+        vector = inner.vector() if isinstance(inner, Combination) else inner
+        return kind.vector(_times_power_of_two(vector, -result.scale))
     if isinstance(result, Inputs):
         return kind.matrix(result.materialize())
     if isinstance(result, Combination):
