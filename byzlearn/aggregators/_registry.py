@@ -496,7 +496,7 @@ def _underflow_scale(inputs: Inputs) -> int | None:
     # CPU) smaller than 4 n lost (|c_i.c_j| <= max(||c_i||^2, ||m||^2), ||m||^2 <= n max
     # ||x_i||^2): one numpy reduction (NaN ignored) rules out every other input; the torch
     # checks below cost ~50 us a call at 25 x 4810 (a third of Krum's time there)
-    aug = np.abs(inputs.base.aug.numpy())
+    aug = np.abs(inputs.base.aug.cpu().numpy())
     if float(np.fmax.reduce(aug, axis=None, initial=0.0)) >= 4 * X.shape[0] * lost:
         return None
     D = inputs.sqdist()
