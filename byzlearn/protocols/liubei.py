@@ -168,9 +168,12 @@ class LiuBeiWorkers:
             state["g_norm"] = float(g[0].norm())
 
     def handle(self, inbox: Sequence[Message], observed: Sequence[Message] = ()) -> list[Message]:
+        # by member, then arrival: the order of the engine's calls when each message has its
+        # own, so that the answers leave in the same order (ties of arrival at the servers
+        # break the same way) whether the group is vectorised or not
         out: list[Message] = []
-        accepted: list[tuple[int, Message]] = []
-        for m in sorted(inbox, key=lambda m: (m.arrival, m.seq)):
+        accepted: list[tuple[int, Message, int]] = []  # and where its gradients go in ``out``
+        for m in sorted(inbox, key=lambda m: (m.dest, m.arrival, m.seq)):
             member, t = int(m.dest), m.round  # type: ignore[arg-type]
             if t <= self.answered.get(member, 0):
                 continue
@@ -198,30 +201,31 @@ class LiuBeiWorkers:
             if verdict == "accepted":
                 self.counts["accepted"] += 1
                 self.answered[member] = t
-                accepted.append((member, m))
+                accepted.append((member, m, len(out)))
             else:  # the Lipschitz check took a gradient's compute time, the distance none
                 self.counts["rejected"] += 1
                 out += self._pull_next(member, t, m, computed=verdict == "lipschitz")
-        if accepted:
-            members = [member for member, _ in accepted]
-            theta = torch.stack([m.payload for _, m in accepted])
-            rounds = [m.round for _, m in accepted]
-            lrs = [float(m.meta.get("lr", 1.0)) for _, m in accepted]
-            vec, loss = self.compute.submit(members, theta, rounds, lrs)
-            for i, (member, m) in enumerate(accepted):
-                self.filters[member]["g_norm"] = float(vec[i].norm())
-                for server in self.servers:
-                    out.append(
-                        Message(
-                            kind="gradient",
-                            payload=vec[i],
-                            dest=server,
-                            round=m.round,
-                            meta={"loss": float(loss[i])},
-                            sender=member,
-                            reply_to=m.seq,
-                        )
-                    )
+        if not accepted:
+            return out
+        members = [member for member, _, _ in accepted]
+        theta = torch.stack([m.payload for _, m, _ in accepted])
+        rounds = [m.round for _, m, _ in accepted]
+        lrs = [float(m.meta.get("lr", 1.0)) for _, m, _ in accepted]
+        vec, loss = self.compute.submit(members, theta, rounds, lrs)
+        for i, (member, m, at) in reversed(list(enumerate(accepted))):  # later slots first
+            self.filters[member]["g_norm"] = float(vec[i].norm())
+            out[at:at] = [
+                Message(
+                    kind="gradient",
+                    payload=vec[i],
+                    dest=server,
+                    round=m.round,
+                    meta={"loss": float(loss[i])},
+                    sender=member,
+                    reply_to=m.seq,
+                )
+                for server in self.servers
+            ]
         return out
 
     def state_dict(self) -> dict[str, Any]:

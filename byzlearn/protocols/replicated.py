@@ -277,9 +277,17 @@ class ReplicaWorkers:
         out: list[Message] = []
         for t in sorted({t for _, t in ready}):
             members = [member for member, step in ready if step == t]
-            batches = [self.pending.pop((member, t)) for member in members]
+            batches = [self._quorum(self.pending.pop((member, t))) for member in members]
             out.extend(self._answer(t, members, batches))
         return out
+
+    def _quorum(self, msgs: list[Message]) -> list[Message]:
+        """The first ``quorum`` models of a step (in arrival order), which the member reads;
+        the others arrived after it answered, so they are ignored, as they are when they come
+        in later calls (one call may bring more: a vectorised group gets every model in
+        flight, so the read is the same as that of one call per message)."""
+        self.ignored += max(0, len(msgs) - self.quorum)
+        return msgs[: self.quorum]
 
     def _answer(self, t: int, members: list[int], batches: list[list[Message]]) -> list[Message]:
         lr = float(batches[0][0].meta.get("lr", 1.0))
