@@ -71,3 +71,32 @@ def test_subnormal_rows_need_a_scale_beyond_the_float_range() -> None:
     ref = agg.aggregate("krum", X, f=2)
     assert torch.equal(res.kept, ref.kept)
     assert torch.equal(res.vector, ref.vector * c)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "exponent"),
+    [(torch.float64, -540), (torch.float64, -1000), (torch.float64, 500),
+     (torch.float32, -80), (torch.float32, -115), (torch.float32, 80), (torch.float32, 120)],
+)
+@pytest.mark.parametrize("name", ["signguard", "dnc"])
+def test_filters_without_gram_are_scale_equivariant(
+    name: str, dtype: torch.dtype, exponent: int
+) -> None:
+    """SignGuard's row norms (summed in the input precision) underflowed to 0 or overflowed to
+    inf at extreme magnitudes (an infinite norm was an outlier), and DnC's float64 scores of
+    rows near 2^-1000 read 0: rule(2^k X) / 2^k was 2-77 % off rule(X) with the same seed.
+    Now they run on the rows times a power of two and divide the output back, exactly."""
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(9, 64, dtype=torch.float64, generator=g)
+    X[:2] = 4.0 * X[:2] - 1.0  # the attack: larger rows with other signs
+    X[2] *= 2.5  # an honest row above the median norm (clipped by SignGuard)
+    X = X.to(dtype)
+    c = 2.0**exponent
+    ref = agg.aggregate(name, X, f=2, seed=5)
+    scaled = agg.aggregate(name, (X.double() * c).to(dtype), f=2, seed=5)
+    assert scaled.vector.dtype == dtype
+    out = scaled.vector.double() / c
+    assert torch.allclose(out, ref.vector.double(), rtol=1e-6, atol=0.0), (
+        (out - ref.vector.double()).abs().max()
+    )
+    assert torch.equal(scaled.kept, ref.kept)

@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -52,7 +53,7 @@ from byzlearn.aggregators._gram import (
     rounding_unit,
     weighted_rows,
 )
-from byzlearn.aggregators._registry import Combination, register
+from byzlearn.aggregators._registry import Combination, _times_power_of_two, register
 from byzlearn.aggregators._sample import sorted_sample
 
 # Elements per block of the validity / norm pass (float64 copies of one block stay small).
@@ -132,6 +133,35 @@ def _row_stats(
     return sq, bad, None
 
 
+def _rescue_exponent(
+    squares: torch.Tensor,
+    values: torch.Tensor | Callable[[], torch.Tensor],
+    dtype: torch.dtype,
+    d: int,
+) -> int | None:
+    """The exponent of a power of two that brings the largest finite magnitude of ``values``
+    (a tensor, or a callable that reads it) into [0.5, 1), where ``squares`` (sums of d squares
+    in ``dtype``) lost their bits: the largest below d * tiny / eps of ``dtype`` (the squares
+    were subnormal or zero), or one not finite (a square overflowed); None otherwise, or when
+    the values are all zero, or not tiny (near-equal rows). On normal inputs: one reduction
+    of the given squares (n values); ``values`` is read only where they lost their bits. Run
+    again on the rows times 2^exponent and divided back, a rule's output is scale-equivariant
+    (exact: powers of two)."""
+    info = torch.finfo(dtype)
+    lost = d * info.tiny / info.eps
+    top = float(squares.max()) if squares.numel() else 0.0
+    if lost <= top < math.inf:
+        return None
+    magnitudes = (values if isinstance(values, torch.Tensor) else values()).abs()
+    magnitudes = magnitudes[torch.isfinite(magnitudes)]
+    largest = float(magnitudes.max()) if magnitudes.numel() else 0.0
+    if largest == 0.0:
+        return None
+    if top < lost and largest * largest >= info.tiny / info.eps:
+        return None  # small squares of rows that are not tiny: no bits lost
+    return -int(np.frexp(largest)[1])
+
+
 @dataclass
 class _Rows:
     """The rows a filter works on: validity, norms, sampled coordinates and the output."""
@@ -142,6 +172,7 @@ class _Rows:
     sqnorms: torch.Tensor | None  # float64, CPU, (n,); +inf on bad rows
     # (n, 3) positive/zero/negative counts at the sign_cols of :meth:`of`, when computed
     signs: np.ndarray | None = None
+    scale: int = 0  # Y holds the input rows times 2^scale (:meth:`rescued`)
 
     @classmethod
     def of(cls, inputs: Inputs, norms: bool, sign_cols: np.ndarray | None = None) -> _Rows:
@@ -159,6 +190,27 @@ class _Rows:
         cols = sign_cols if inputs.A is None else None
         sq, bad, signs = _row_stats(Y, norms, cols)
         return cls(inputs=inputs, Y=Y, bad=bad, sqnorms=sq, signs=signs)
+
+    def rescued(self, good: torch.Tensor) -> _Rows:
+        """These rows times a power of two, their norms computed again, where the squared
+        norms of the complete rows ``good`` lost their bits (underflow to subnormals or 0, or
+        overflow to inf in the input precision, e.g. float32 rows near 2^-80 or 2^+80, float64
+        near 2^-540; see :func:`_rescue_exponent`); :meth:`output` divides back. ``self``
+        otherwise, and where the rows are not held here (sharded inputs; the Gram pass has its
+        own check in the registry)."""
+        Y = self.Y
+        if Y is None or self.sqnorms is None:
+            return self
+        exponent = _rescue_exponent(
+            self.sqnorms[good], lambda: Y.index_select(0, good.to(Y.device)), Y.dtype, Y.shape[1]
+        )
+        if exponent is None:
+            return self
+        scaled = _times_power_of_two(Y, exponent)
+        sq, _, _ = _row_stats(scaled, norms=True)
+        assert sq is not None  # asked for
+        sq[self.bad] = float("inf")  # the incomplete rows as found on the input rows
+        return replace(self, Y=scaled, sqnorms=sq, scale=self.scale + exponent)
 
     def complete(self, f: int, name: str, count_in_f: bool) -> tuple[torch.Tensor, int]:
         """Indices of the complete rows and the f left for them."""
@@ -198,6 +250,8 @@ class _Rows:
         if self.Y is None:
             return Combination(inputs=self.inputs, alpha=alpha, kept=kept)
         value = weighted_rows(self.Y, alpha, all_rows=not bool(self.bad.any()))
+        if self.scale:
+            value = _times_power_of_two(value, -self.scale)
         return Combination(inputs=self.inputs, alpha=alpha, kept=kept, value=value)
 
 
@@ -276,7 +330,13 @@ def dnc(
     kept = torch.ones(n_good, dtype=torch.bool)
     for _ in range(rounds):
         r = draw_coordinates(rng, d, b)
-        scores = dnc_scores(rows.columns(good, r))
+        S = rows.columns(good, r)
+        scores = dnc_scores(S)
+        # float64 rows near 2^-1000: the scores' squares underflowed (all read 0); the ranking
+        # on the sampled values times a power of two is that of the rows at other scales
+        exponent = _rescue_exponent(scores, S, S.dtype, S.shape[1])
+        if exponent is not None:
+            scores = dnc_scores(_times_power_of_two(S, exponent))
         lowest = torch.as_tensor(np.argsort(scores.numpy(), kind="stable")[:m])
         mask = torch.zeros(n_good, dtype=torch.bool)
         mask[lowest] = True
@@ -470,6 +530,7 @@ def signguard(
     r = draw_coordinates(make_rng(seed, generator, "signguard"), d, k)
     rows = _Rows.of(inputs, norms=True, sign_cols=r)  # the sign counts from the same read
     good, _ = rows.complete(f, "signguard", count_in_f=False)
+    rows = rows.rescued(good)  # norms that lost their bits: on the rows times a power of two
     assert rows.sqnorms is not None  # asked for above
     norms = rows.sqnorms[good].sqrt()
     M = float(np.median(norms.numpy()))
