@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -500,22 +501,38 @@ def _underflow_scale(inputs: Inputs) -> int | None:
     if float(np.fmax.reduce(aug, axis=None, initial=0.0)) >= 4 * X.shape[0] * lost:
         return None
     D = inputs.sqdist()
-    finite = D[torch.isfinite(D)]
-    top = float(finite.max()) if finite.numel() else 0.0
-    if top >= lost:
+    norms = inputs.sqnorms()  # (equal rows that are not tiny have small distances, not lost)
+    squares = torch.cat([D[torch.isfinite(D)], norms[torch.isfinite(norms)]])
+    return _rescue_exponent(squares, lambda: X, X.dtype, X.shape[1])
+
+
+def _rescue_exponent(
+    squares: torch.Tensor,
+    values: torch.Tensor | Callable[[], torch.Tensor],
+    dtype: torch.dtype,
+    d: int,
+) -> int | None:
+    """The exponent of a power of two that brings the largest finite magnitude of ``values``
+    (a tensor, or a callable that reads it) into [0.5, 1), where ``squares`` (sums of d squares
+    in ``dtype``) lost their bits: the largest below d * tiny / eps of ``dtype`` (the squares
+    were subnormal or zero), or one not finite (a square overflowed); None otherwise, or when
+    the values are all zero, or not tiny (near-equal rows). On normal inputs: one reduction
+    of the given squares (n values); ``values`` is read only where they lost their bits. Run
+    again on the rows times 2^exponent and divided back, a rule's output is scale-equivariant
+    (exact: powers of two)."""
+    info = torch.finfo(dtype)
+    lost = d * info.tiny / info.eps
+    top = float(squares.max()) if squares.numel() else 0.0
+    if lost <= top < math.inf:
         return None
-    norms = inputs.sqnorms()
-    norms = norms[torch.isfinite(norms)]
-    if norms.numel() and float(norms.max()) >= lost:
-        return None  # equal rows that are not tiny (n compares, no read of X)
-    values = X.abs()
-    values = values[torch.isfinite(values)]
-    if values.numel() == 0:
+    magnitudes = (values if isinstance(values, torch.Tensor) else values()).abs()
+    magnitudes = magnitudes[torch.isfinite(magnitudes)]
+    largest = float(magnitudes.max()) if magnitudes.numel() else 0.0
+    if largest == 0.0:
         return None
-    largest = float(values.max())
-    if largest == 0.0 or largest * largest >= info.tiny / info.eps:  # zero, or not tiny
-        return None  # (near-equal rows: their distances are small, not lost)
-    return -int(np.frexp(largest)[1])  # the largest value in [0.5, 1)
+    if top < lost and largest * largest >= info.tiny / info.eps:
+        return None  # small squares of rows that are not tiny: no bits lost
+    return -int(np.frexp(largest)[1])
 
 
 def _scaled_options(routed: list[dict], scale: int) -> list[dict]:

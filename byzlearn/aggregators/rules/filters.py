@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -53,7 +52,12 @@ from byzlearn.aggregators._gram import (
     rounding_unit,
     weighted_rows,
 )
-from byzlearn.aggregators._registry import Combination, _times_power_of_two, register
+from byzlearn.aggregators._registry import (
+    Combination,
+    _rescue_exponent,
+    _times_power_of_two,
+    register,
+)
 from byzlearn.aggregators._sample import sorted_sample
 
 # Elements per block of the validity / norm pass (float64 copies of one block stay small).
@@ -131,35 +135,6 @@ def _row_stats(
     sq = sq.cpu()
     sq[bad] = float("inf")
     return sq, bad, None
-
-
-def _rescue_exponent(
-    squares: torch.Tensor,
-    values: torch.Tensor | Callable[[], torch.Tensor],
-    dtype: torch.dtype,
-    d: int,
-) -> int | None:
-    """The exponent of a power of two that brings the largest finite magnitude of ``values``
-    (a tensor, or a callable that reads it) into [0.5, 1), where ``squares`` (sums of d squares
-    in ``dtype``) lost their bits: the largest below d * tiny / eps of ``dtype`` (the squares
-    were subnormal or zero), or one not finite (a square overflowed); None otherwise, or when
-    the values are all zero, or not tiny (near-equal rows). On normal inputs: one reduction
-    of the given squares (n values); ``values`` is read only where they lost their bits. Run
-    again on the rows times 2^exponent and divided back, a rule's output is scale-equivariant
-    (exact: powers of two)."""
-    info = torch.finfo(dtype)
-    lost = d * info.tiny / info.eps
-    top = float(squares.max()) if squares.numel() else 0.0
-    if lost <= top < math.inf:
-        return None
-    magnitudes = (values if isinstance(values, torch.Tensor) else values()).abs()
-    magnitudes = magnitudes[torch.isfinite(magnitudes)]
-    largest = float(magnitudes.max()) if magnitudes.numel() else 0.0
-    if largest == 0.0:
-        return None
-    if top < lost and largest * largest >= info.tiny / info.eps:
-        return None  # small squares of rows that are not tiny: no bits lost
-    return -int(np.frexp(largest)[1])
 
 
 @dataclass
