@@ -296,19 +296,29 @@ def norm_std(X: torch.Tensor) -> float:
     """``sqrt(sum_i ||x_i - mean||^2 / (m - 1))`` over the m rows of ``X`` (float64; 0 when
     ``m < 2``): the norm standard deviation, i.e. the square root of the trace of the sample
     covariance."""
-    if X.shape[0] < 2:
+    m = X.shape[0]
+    if m < 2:
         return 0.0
-    X = X.to(torch.float64)
-    dev = X - X.mean(0)
-    value = math.sqrt(float((dev * dev).sum()) / (X.shape[0] - 1))
-    if _TINY < value < math.inf:
+
+    def spread(Y: torch.Tensor) -> float:
+        dev = Y - Y.mean(0)
+        return math.sqrt(float((dev * dev).sum()) / (m - 1))
+
+    return scaled(spread, X.to(torch.float64))
+
+
+def scaled(length: Callable[[torch.Tensor], float], X: torch.Tensor) -> float:
+    """``length(X)`` for a float64 ``length`` of degree one (``length(c X) = c length(X)`` for
+    c > 0: a norm, a standard deviation), also where its squares overflow (values beyond about
+    1e154) or underflow (below 1e-154): then ``c length(X / c)`` with c the power of two above
+    X's largest magnitude (exact). As computed where X is empty or holds an inf or a NaN."""
+    value = length(X)
+    if _TINY < value < math.inf or X.numel() == 0:
         return value
-    # squares beyond 1e154 overflowed, below 1e-154 underflowed: scale by a power of two
     c = power_of_two_above(float(X.abs().max()))
     if c == 0.0 or not math.isfinite(c):
-        return value
-    dev = X / c - (X / c).mean(0)
-    return c * math.sqrt(float((dev * dev).sum()) / (X.shape[0] - 1))
+        return value  # 0, or inf (an inf entry), or NaN (a NaN entry)
+    return c * length(X / c)
 
 
 def power_of_two_above(x: float) -> float:
@@ -331,16 +341,9 @@ def scale_for(x: float) -> float:
 
 def scaled_norm(v: torch.Tensor) -> float:
     """``||v||_2`` in float64, also where the squares of ``v``'s entries overflow (beyond 1e154)
-    or underflow (below 1e-154): then computed from ``v`` scaled by a power of two (``torch``'s
-    norm does not scale: ``[1e200, 1e200]`` gave inf). NaN when ``v`` holds one, inf for inf."""
-    v = v.to(torch.float64)
-    value = float(torch.linalg.vector_norm(v))
-    if _TINY < value < math.inf or v.numel() == 0:
-        return value
-    c = power_of_two_above(float(v.abs().max()))
-    if c == 0.0 or not math.isfinite(c):
-        return value  # 0, or inf (an inf entry), or NaN (a NaN entry)
-    return c * float(torch.linalg.vector_norm(v / c))
+    or underflow (below 1e-154) (:func:`scaled`; ``torch``'s norm does not scale: ``[1e200,
+    1e200]`` gave inf). NaN when ``v`` holds one, inf for inf."""
+    return scaled(lambda u: float(torch.linalg.vector_norm(u)), v.to(torch.float64))
 
 
 def _powers_of_two_above(top: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ from statistics import NormalDist
 import torch
 
 from byzlearn.attacks._checks import choice, integer, real
-from byzlearn.attacks._context import AttackContext, as_honest_matrix, power_of_two_above
+from byzlearn.attacks._context import AttackContext, as_honest_matrix, scaled
 from byzlearn.attacks._registry import register
 
 
@@ -224,19 +224,6 @@ def zero(ctx: AttackContext) -> torch.Tensor:
     return torch.zeros(ctx.d, dtype=ctx.dtype, device=ctx.device)
 
 
-def _largest_norm(G: torch.Tensor) -> float:
-    """``max_i ||g_i||`` of the float64 rows of ``G``, also where their squares overflow or
-    underflow (rows of 1e200 gave inf, rows of 1e-200 gave 0): then from the rows scaled by a
-    power of two."""
-    value = float(torch.linalg.vector_norm(G, dim=1).max())
-    if 2.0**-450 < value < math.inf:
-        return value
-    c = power_of_two_above(float(G.abs().max()))
-    if c == 0.0 or not math.isfinite(c):
-        return value
-    return c * float(torch.linalg.vector_norm(G / c, dim=1).max())
-
-
 @register(
     "large_norm",
     distinct=True,
@@ -259,7 +246,12 @@ def large_norm(ctx: AttackContext, *, scale: float = 100.0) -> torch.Tensor:
     vector of arbitrary norm moves the average anywhere).
     """
     scale = real(ctx.name, "scale", scale, positive=True)
-    ref = _largest_norm(ctx.finite_rows().to(torch.float64))
+    # max_i ||g_i||, also where the squares overflow or underflow (rows of 1e200 gave inf,
+    # rows of 1e-200 gave 0)
+    ref = scaled(
+        lambda G: float(torch.linalg.vector_norm(G, dim=1).max()),
+        ctx.finite_rows().to(torch.float64),
+    )
     ref = ref if ref > 0 else 1.0
     xi = ctx.randn(ctx.rows(), ctx.d).to(torch.float64)
     xi = xi / torch.linalg.vector_norm(xi, dim=1, keepdim=True).clamp_min(1e-300)
