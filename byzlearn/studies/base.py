@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -109,7 +110,9 @@ class StudyDirError(ValueError):
 # the files a study writes at the top of its directory (besides its figures, ``*.png``)
 _WRITTEN = ("study.json", "results.json", "results.json.tmp", "report.md")
 # their temporary files (and the figures'), which a killed study leaves: removed once locked
-_TEMPORARY = temporary_names(r"study\.json|results\.json|report\.md|[^/]+\.png")
+_TEMPORARY = temporary_names(
+    "|".join(re.escape(name) for name in _WRITTEN if not name.endswith(".tmp")) + r"|[^/]+\.png"
+)
 
 
 def _claim(out: Path, name: str, scale: str) -> None:
