@@ -140,8 +140,10 @@ class Message:
         if not isinstance(state, dict) or not set(state) <= set(_FIELDS):
             raise ValueError(f"a saved message must be a mapping of {', '.join(_FIELDS)}")
         for name, value in state.items():
-            if name in _CHECKS and not _CHECKS[name](value):
-                expected = _EXPECTED[name]
+            if name == "payload":  # anything a checkpoint holds
+                continue
+            check, expected = _FIELD_CHECKS[name]
+            if not check(value):
                 raise ValueError(f"a saved message's {name} is not {expected}: {value!r:.80}")
         return cls(**state)
 
@@ -157,34 +159,21 @@ def _is_time(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
 
 
-# what each saved field of a message may hold (its payload and meta: anything a checkpoint holds)
-_CHECKS: dict[str, Callable[[Any], bool]] = {
-    "kind": lambda v: isinstance(v, str),
-    "dest": lambda v: v is None or _is_int(v, 0),
-    "round": lambda v: _is_int(v, 0),
-    "version": _is_int,
-    "meta": lambda v: isinstance(v, dict),
-    "sender": lambda v: v is None or _is_int(v, 0),
-    "role": lambda v: isinstance(v, str),
-    "seq": lambda v: _is_int(v, -1),
-    "reply_to": lambda v: v is None or _is_int(v),
-    "sent_at": _is_time,
-    "arrival": _is_time,
-    "computed": lambda v: isinstance(v, bool),
-}
-_EXPECTED = {
-    "kind": "a str",
-    "dest": "a node id (an int >= 0) or None",
-    "round": "an int >= 0",
-    "version": "an int",
-    "meta": "a mapping",
-    "sender": "a node id (an int >= 0) or None",
-    "role": "a str",
-    "seq": "an int >= -1",
-    "reply_to": "an int or None",
-    "sent_at": "a time (a number >= 0)",
-    "arrival": "a time (a number >= 0)",
-    "computed": "a bool",
+# what each saved field of a message but its payload may hold, and its description for the
+# error (meta: any mapping a checkpoint holds)
+_FIELD_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "kind": (lambda v: isinstance(v, str), "a str"),
+    "dest": (lambda v: v is None or _is_int(v, 0), "a node id (an int >= 0) or None"),
+    "round": (lambda v: _is_int(v, 0), "an int >= 0"),
+    "version": (_is_int, "an int"),
+    "meta": (lambda v: isinstance(v, dict), "a mapping"),
+    "sender": (lambda v: v is None or _is_int(v, 0), "a node id (an int >= 0) or None"),
+    "role": (lambda v: isinstance(v, str), "a str"),
+    "seq": (lambda v: _is_int(v, -1), "an int >= -1"),
+    "reply_to": (lambda v: v is None or _is_int(v), "an int or None"),
+    "sent_at": (_is_time, "a time (a number >= 0)"),
+    "arrival": (_is_time, "a time (a number >= 0)"),
+    "computed": (lambda v: isinstance(v, bool), "a bool"),
 }
 
 
