@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, cast
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from byzlearn.engines import ENGINES
 from byzlearn.machine import available_bytes
@@ -30,6 +30,7 @@ from byzlearn.protocols import (
     LiuBeiOptions,
     ParameterServerOptions,
 )
+from byzlearn.protocols.base import STRICT_OPTIONS
 from byzlearn.registry import Registry
 
 __all__ = [
@@ -64,9 +65,7 @@ class ConfigError(ValueError):
 class _Strict(BaseModel):
     # strict: no silent coercion (``n: true`` or ``lr: "0.1"`` are errors, not 1 and 0.1);
     # allow_inf_nan=False: ``lr: .inf`` is an error, not a run that "diverges" at round 1
-    model_config = ConfigDict(
-        extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False
-    )
+    model_config = STRICT_OPTIONS
 
 
 class DatasetConfig(_Strict):

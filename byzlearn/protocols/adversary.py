@@ -24,10 +24,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from byzlearn import keyed
 from byzlearn.engines.base import Message, Node
+from byzlearn.protocols.base import STRICT_OPTIONS
 
 __all__ = ["ByzantineNodes", "NodeAttackConfig"]
 
@@ -35,9 +36,7 @@ __all__ = ["ByzantineNodes", "NodeAttackConfig"]
 class NodeAttackConfig(BaseModel):
     """What Byzantine servers (or peers) send: ``silent``, or an attack with its options."""
 
-    model_config = ConfigDict(
-        extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False
-    )
+    model_config = STRICT_OPTIONS
 
     name: str = Field("gaussian", description="silent, or an attack of byzlearn.attacks")
     options: dict[str, Any] = Field(default_factory=dict)

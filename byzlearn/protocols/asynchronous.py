@@ -29,11 +29,18 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 import byzlearn.aggregators as agg
 from byzlearn.engines.base import Engine, Message, Node
-from byzlearn.protocols.base import Events, Server, ServerProtocol, World, register
+from byzlearn.protocols.base import (
+    STRICT_OPTIONS,
+    Events,
+    Server,
+    ServerProtocol,
+    World,
+    register,
+)
 from byzlearn.protocols.kardam import Dampening, KardamFilter, check_summary, dampening
 from byzlearn.protocols.workers import WorkerSet, build_workers
 
@@ -52,9 +59,7 @@ _UNANSWERED = 16  # unanswered models remembered per worker (a reply to an older
 class AsyncSGDOptions(BaseModel):
     """Config section ``protocol: {name: async_sgd, ...}``."""
 
-    model_config = ConfigDict(
-        extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False
-    )
+    model_config = STRICT_OPTIONS
 
     name: Literal["async_sgd"] = "async_sgd"
     dampening: Dampening = Field("none", description="staleness weighting Lambda(tau)")

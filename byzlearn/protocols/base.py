@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from byzlearn.aggregators import _memory
 from byzlearn.aggregators._gram import sqdist_from_gram
@@ -50,6 +50,12 @@ __all__ = [
     "diameter",
     "stack_rows",
 ]
+
+#: The pydantic configuration of the protocols' option models and of the config's sections:
+#: unknown keys refused, assignments validated, no coercion, NaN and infinities refused.
+STRICT_OPTIONS = ConfigDict(
+    extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False
+)
 
 
 class Observer:

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 import byzlearn.aggregators as agg
 from byzlearn.engines.base import Engine, Message, Node
@@ -45,7 +45,7 @@ from byzlearn.engines.topology import (
     Topology,
 )
 from byzlearn.protocols.adversary import ByzantineNodes, NodeAttackConfig
-from byzlearn.protocols.base import Protocol, World, diameter, register
+from byzlearn.protocols.base import STRICT_OPTIONS, Protocol, World, diameter, register
 from byzlearn.protocols.workers import ComputeWorkers, computing_workers
 
 __all__ = ["DecentralizedOptions", "DecentralizedProtocol", "TopologyConfig", "nna"]
@@ -65,9 +65,7 @@ class TopologyConfig(BaseModel):
     """The peers' graph: ``complete``, ``ring`` (``k`` neighbours per side),
     ``random_regular`` (``degree``), ``erdos_renyi`` (``p``) or ``explicit`` (``edges``)."""
 
-    model_config = ConfigDict(
-        extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False
-    )
+    model_config = STRICT_OPTIONS
 
     name: Literal["complete", "ring", "random_regular", "erdos_renyi", "explicit"] = "complete"
     degree: int | None = Field(None, ge=1)
@@ -118,9 +116,7 @@ class TopologyConfig(BaseModel):
 class DecentralizedOptions(BaseModel):
     """Config section ``protocol: {name: decentralized, ...}``."""
 
-    model_config = ConfigDict(
-        extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False
-    )
+    model_config = STRICT_OPTIONS
 
     name: Literal["decentralized"] = "decentralized"
     topology: TopologyConfig = Field(default_factory=TopologyConfig)

@@ -29,12 +29,20 @@ from collections.abc import Callable
 from typing import Any, Literal, get_args
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 import byzlearn.aggregators as agg
 from byzlearn.checks import check_choice, check_int, check_real
 from byzlearn.engines.base import Engine, Message, Node
-from byzlearn.protocols.base import Events, Server, ServerProtocol, World, register, stack_rows
+from byzlearn.protocols.base import (
+    STRICT_OPTIONS,
+    Events,
+    Server,
+    ServerProtocol,
+    World,
+    register,
+    stack_rows,
+)
 from byzlearn.protocols.workers import WorkerSet, build_workers
 
 __all__ = ["ParameterServer", "ParameterServerOptions", "ParameterServerProtocol"]
@@ -46,9 +54,7 @@ class ParameterServerOptions(BaseModel):
     """Config section ``protocol: {name: parameter_server, ...}``."""
 
     # strict like the rest of the config: ``q: true`` or ``deadline: "2"`` are errors, not 1, 2.0
-    model_config = ConfigDict(
-        extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False
-    )
+    model_config = STRICT_OPTIONS
 
     name: Literal["parameter_server"] = "parameter_server"
     q: int | None = Field(None, ge=1, description="replies gathered per round (default n)")

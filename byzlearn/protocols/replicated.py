@@ -35,12 +35,19 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 import byzlearn.aggregators as agg
 from byzlearn.engines.base import Engine, Message
 from byzlearn.protocols.adversary import ByzantineNodes, NodeAttackConfig
-from byzlearn.protocols.base import Events, Protocol, World, diameter, register
+from byzlearn.protocols.base import (
+    STRICT_OPTIONS,
+    Events,
+    Protocol,
+    World,
+    diameter,
+    register,
+)
 from byzlearn.protocols.parameter_server import ParameterServer
 from byzlearn.protocols.workers import ComputeWorkers, WorkerSet, build_workers
 
@@ -59,9 +66,7 @@ _SEED_SERVERS = 11  # offset of the stream that picks the Byzantine servers
 class ReplicatedOptions(BaseModel):
     """Options shared by the replicated-server protocols."""
 
-    model_config = ConfigDict(
-        extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False
-    )
+    model_config = STRICT_OPTIONS
 
     servers: int = Field(4, ge=1, description="server replicas (n_ps)")
     f_servers: int = Field(1, ge=0, description="Byzantine servers tolerated (f_ps)")
