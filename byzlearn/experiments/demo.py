@@ -104,17 +104,11 @@ def check_demo(
     (a rule given twice is a :class:`~byzlearn.experiments.config.ConfigError`), and that the
     finished runs of other rules the table will show can be read (a damaged file is one line
     before training, not after)."""
-    return _checked(Path(directory), rules, steps, seed)[0]
-
-
-def _checked(
-    directory: Path, rules: Sequence[str], steps: int, seed: int
-) -> tuple[dict[str, Config], dict[str, RunResult]]:
-    """:func:`check_demo`'s configs, and the finished runs of other rules it read."""
+    directory = Path(directory)
     configs = _claimed(directory, rules, steps, seed)
-    # the other rules' runs the table shows: a damaged file is found now
-    earlier = _earlier_runs(directory, steps, seed, set(configs)) if directory.is_dir() else {}
-    return configs, earlier
+    if directory.is_dir():  # the other rules' runs the table shows: a damaged file is found now
+        _earlier_runs(directory, steps, seed, set(configs))
+    return configs
 
 
 def _claimed(directory: Path, rules: Sequence[str], steps: int, seed: int) -> dict[str, Config]:
