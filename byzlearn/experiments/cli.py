@@ -12,6 +12,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.live import Live
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -21,12 +22,41 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.spinner import Spinner
 
 from byzlearn.experiments.demo import DEMO_RULES
 
-__all__ = ["register"]
+__all__ = ["CHECKING", "Waiting", "register"]
 
 console = Console()
+
+# shown while a command checks its configs: each check runs the rule once, which on a fresh
+# install compiles its kernels (numba; cached on disk afterwards)
+CHECKING = "checking the {what} (a first run compiles kernels: a minute or so)"
+
+
+class Waiting:
+    """A spinner with ``message`` on a terminal from creation to :meth:`stop` (or the end of a
+    ``with`` block), then erased, so that an error printed next stands alone; nothing where
+    the output is not a terminal. Stopping twice is harmless."""
+
+    def __init__(self, message: str, on: Console | None = None) -> None:
+        on = on or console
+        self._live: Live | None = None
+        if on.is_terminal:
+            self._live = Live(Spinner("dots", message), console=on, transient=True)
+            self._live.start(refresh=True)  # drawn now, not at the refresh thread's first tick
+
+    def stop(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+    def __enter__(self) -> Waiting:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def _fail(message: str) -> NoReturn:
@@ -61,9 +91,10 @@ def _user_errors(dataset: str | None = None) -> Iterator[None]:
 
 class _LazyProgress:
     """A progress bar that appears at its first update, so that an error raised before any
-    work (a refused directory, a bad checkpoint) prints alone."""
+    work (a refused directory, a bad checkpoint) prints alone; until then, ``before`` (if
+    given) shows as a :class:`Waiting` spinner."""
 
-    def __init__(self, total: int, description: str) -> None:
+    def __init__(self, total: int, description: str, before: str | None = None) -> None:
         columns = (
             TextColumn("[bold]{task.description}", justify="left"),
             BarColumn(),
@@ -75,21 +106,28 @@ class _LazyProgress:
         self.bar = Progress(*columns, console=console, transient=False)
         self.task = self.bar.add_task(description, total=total, status="")
         self.started = False
+        self.waiting = Waiting(before) if before else None
 
     def update(self, task: Any = None, **fields: Any) -> None:
         if not self.started:
+            self.stop()
+            self.bar.reset(self.task)  # the elapsed time from the first update, not the checks
             self.bar.start()
             self.started = True
         self.bar.update(self.task, **fields)
 
     def stop(self) -> None:
+        if self.waiting is not None:
+            self.waiting.stop()
         if self.started:
             self.bar.stop()
 
 
 @contextmanager
-def _progress(total: int, description: str) -> Iterator[tuple[_LazyProgress, Any]]:
-    progress = _LazyProgress(total, description)
+def _progress(
+    total: int, description: str, before: str | None = None
+) -> Iterator[tuple[_LazyProgress, Any]]:
+    progress = _LazyProgress(total, description, before)
     try:
         yield progress, progress.task
     finally:
@@ -119,7 +157,11 @@ def demo(
     if not names:
         _fail("--rules: give at least one rule")
     # run_demo checks the directory before any work: a refusal prints alone (the bar is lazy)
-    with _user_errors("digits"), _progress(len(names) * steps, "demo") as (progress, task):
+    checking = CHECKING.format(what="demo's configs")
+    with (
+        _user_errors("digits"),
+        _progress(len(names) * steps, "demo", checking) as (progress, task),
+    ):
 
         def on_start(rule: str) -> None:
             progress.update(task, description=f"demo: {rule}")
@@ -166,7 +208,7 @@ def run_command(
     from byzlearn.experiments.tables import markdown_table
 
     chosen = None if out is None else _directory(out)
-    with _user_errors():
+    with _user_errors(), Waiting(CHECKING.format(what="config")):
         cfg = load_config(config, list(overrides or []))
     h = config_hash(cfg)[:16]
     directory = chosen or Path("runs") / (f"{cfg.name}-{h[:8]}" if cfg.name else h)
@@ -244,7 +286,7 @@ def sweep(
     if address is not None and not ray:
         _fail("--address: only with --ray")
     chosen = None if out is None else _directory(out)
-    with _user_errors():
+    with _user_errors(), Waiting(CHECKING.format(what="sweep's configs")):
         base, grid = load_sweep(spec)
         plan = plan_sweep(base, grid)
     out_dir = chosen or Path("runs") / spec.stem

@@ -43,7 +43,12 @@ def study(
     if target.exists() and not target.is_dir():
         _fail(f"{target}: is a file, not a study directory")
 
+    from byzlearn.experiments.cli import CHECKING, Waiting
+
+    checking = Waiting(CHECKING.format(what="study's configs"), console)
+
     def on_run(i: int, total: int, item, finished: bool) -> None:
+        checking.stop()
         state = "loaded" if finished else "training"
         console.print(f"[{i + 1}/{total}] {state} {item.label}", highlight=False, markup=False)
 
@@ -52,7 +57,8 @@ def study(
     from byzlearn.studies.base import StudyDirError
 
     try:
-        report, analysis = run_study(name, scale, target, jobs=jobs, on_run=on_run)
+        with checking:  # erased before an error or the first run's line
+            report, analysis = run_study(name, scale, target, jobs=jobs, on_run=on_run)
     except (ConfigError, RunDirError, StudyDirError, OSError, ImportError) as err:
         _fail(str(err))  # OSError: a folder that cannot be written, a file in the path
     console.print(f"verdict: {analysis.verdict}. {analysis.reason}", highlight=False, markup=False)
