@@ -102,6 +102,10 @@ class ParameterServer(Server):
         self.round = 0
         self.previous: torch.Tensor | None = None  # last aggregate
         self.needed = _fewest_inputs(rule, self.f, self.rule_options)
+        if q is not None and q < self.needed:  # (the config refuses it as well)
+            raise ValueError(
+                f"q={q}: {rule} with f={self.f} needs at least {self.needed} replies a round"
+            )
 
     # ------------------------------------------------------------------ aggregation
     def _options(self, t: int) -> dict[str, Any]:
@@ -114,7 +118,7 @@ class ParameterServer(Server):
         """The round's replies and, when too few came, the policy's verdict."""
         q = self.q or len(self.workers)
         replies = self.node.gather(t, q, self.deadline, kind="gradient")
-        needed = min(self.needed, q)
+        needed = self.needed  # <= q (checked when built)
         waits = 0
         while len(replies) < needed and self.on_missing == "wait" and waits < self.max_waits:
             if self.deadline is None:

@@ -187,3 +187,16 @@ def test_worker_momentum_of_a_float64_model_is_in_float64() -> None:
     second, _ = workers.submit(ids, model.flatten(), [2, 2])
     assert first.dtype == second.dtype == torch.float64
     assert workers.m is not None and workers.m.dtype == torch.float64
+
+
+@pytest.mark.parametrize("rule, f, q", [("krum", 1, 3), ("median", 2, 4), ("bulyan", 1, 6)])
+def test_the_server_refuses_a_q_below_what_the_rule_needs(rule: str, f: int, q: int) -> None:
+    """The config refuses such a q; built directly, the server gathered q replies, took them
+    for enough (``min(needed, q)``) and skipped every round with the rule's own error, under
+    ``on_missing="shrink"`` too (found by mutation testing)."""
+    engine = LocalEngine()
+    ids = engine.reserve("worker", 9)
+    with pytest.raises(ValueError, match=rf"q={q}: {rule} with f={f} needs at least \d+ "):
+        ParameterServer(engine.add_node("server"), torch.zeros(2), ids, rule=rule, f=f, q=q)
+    needed = _fewest_inputs(rule, f, {})
+    ParameterServer(engine.add_node("server"), torch.zeros(2), ids, rule=rule, f=f, q=needed)
