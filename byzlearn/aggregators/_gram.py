@@ -22,8 +22,9 @@ same kernel pass in one compiled call (:mod:`._gram_small`, bit-identical result
 
 Missing coordinates (NaN/Inf: a lossy link, or a Byzantine input). A row missing at most a
 fraction ``max_missing`` of its coordinates stays in: each missing value is replaced by the
-coordinate-wise median m_k of the rows that carry coordinate k (rows known to be over the
-budget when the block is read excluded: a row's count is checked block by block), and the row's
+coordinate-wise median m_k of the rows that carry coordinate k (rows known to be bad when the
+block is read excluded: a row's count is checked block by block, and a row found over the budget,
+or holding a value too large to measure, stays out of every later block's medians), and the row's
 squared norm in the Gram matrix gets ``c_i = sum_{k missing in i} s_k^2`` added, s_k the spread
 (1.4826 x MAD) of coordinate k. So ``D_ij = ||x^_i - x^_j||^2 + c_i + c_j``: where one row misses
 k the term is ``(m_k - x_jk)^2 + s_k^2``, whose expectation for an honest pair is the honest
@@ -151,6 +152,9 @@ class _MissingLog:
     def __init__(self, n: int, d: int, max_missing: float) -> None:
         self.budget = max_missing * d  # rows missing more than this are bad
         self.counts = torch.zeros(n, dtype=torch.long)
+        # rows found bad in the blocks read so far (over the budget, values too large): left
+        # out of the later blocks' medians, as rows known to be over the budget are
+        self.bad = torch.zeros(n, dtype=torch.bool)
         self.penalty = torch.zeros(n, dtype=torch.float64)
         self.parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
@@ -199,7 +203,9 @@ def _masked_block(
     missing = ~finite
     if log is None:
         bad |= missing.any(dim=1)
-    else:  # over the budget with this block's missing values: bad before any median is taken
+    else:  # found bad in an earlier block, or over the budget with this block's missing
+        # values: bad before any median is taken
+        bad |= log.bad.to(bad.device)
         bad |= (log.counts.to(bad.device) + missing.sum(dim=1)) > log.budget
         _impute_block(Xd, finite, missing & ~bad[:, None], bad, j0, log)
     good = ~bad
@@ -223,6 +229,8 @@ def _masked_block(
         bad |= overflow
         aug[:n][bad] = 0
         G = aug @ aug.T
+    if log is not None:
+        log.bad |= bad.cpu()
     return G, bad
 
 

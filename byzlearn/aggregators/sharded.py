@@ -186,16 +186,19 @@ class Shard:
         centre_row: int | None,
         max_missing: float,
         counts: torch.Tensor,
+        known_bad: torch.Tensor,
     ):
-        """The float64 pass imputing missing values, continuing the rows' missing counts of the
-        shards before this one; returns the partial Gram matrix, the rows found bad, the counts
-        after this shard and the rows' penalties (their imputed coordinates' spreads)."""
+        """The float64 pass imputing missing values, continuing the rows' missing counts and
+        the rows found bad of the shards before this one (left out of this shard's medians);
+        returns the partial Gram matrix, the rows found bad, the counts after this shard and the
+        rows' penalties (their imputed coordinates' spreads)."""
         n = self.X.shape[0]
         log = _gram._MissingLog(n, self.d_total, max_missing)
         log.counts = counts.clone()
+        log.bad = known_bad.clone()
         acc, bad = _gram._torch_pass(self.X, centre, centre_row, log)
         self._log = log
-        return acc.cpu(), bad.cpu(), log.counts, log.penalty
+        return acc.cpu(), (bad.cpu() | log.bad), log.counts, log.penalty
 
     def set_gram(self, bad: torch.Tensor, imputed: bool) -> None:
         """Keep the imputed entries of the rows that stay in (``bad`` is the final, global
@@ -510,9 +513,9 @@ def _base_gram(
             bad = torch.zeros(n, dtype=torch.bool)
             penalty = torch.zeros(n, dtype=torch.float64)
             carried = torch.zeros(n, dtype=torch.long)
-            for s in range(V.k):  # in order: each shard continues the rows' counts
+            for s in range(V.k):  # in order: each shard continues the rows' counts and bad
                 a, b, carried, p = V._one(s, "imputed_pass", centres[s][0], row, max_missing,
-                                          carried)
+                                          carried, bad)
                 acc += a
                 bad |= b
                 penalty += p

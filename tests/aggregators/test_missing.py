@@ -257,3 +257,30 @@ def test_column_medians_are_numpys_over_the_values_present(n, dtype):
     )
     # other layouts take torch's nanquantile, with the same answers
     torch.testing.assert_close(_gram._column_medians(V.t().contiguous().t()), got, equal_nan=True)
+
+
+def test_a_row_over_the_budget_in_an_early_block_stays_out_of_later_medians(monkeypatch):
+    """Blocks of 1024 coordinates: row 5 goes over its budget (31 > 30.72 missing) in the first
+    block, row 3 (the most central) loses 10 coordinates in the third. Row 5 is known to be bad
+    when the third block is read, so the medians that fill row 3's holes leave it out, as the
+    written policy does (found by mutation testing: its count stopped at the block where it
+    went over, so later blocks took it for a row within its budget and its values moved those
+    medians)."""
+    monkeypatch.setattr(_gram, "_BLOCK_ELEMENTS", 1)  # the imputing pass: 1024 columns a block
+    X = _lossy(9, 3072, 0.0, seed=5, offset=1.0)
+    X[3] = X[[0, 1, 2, 4, 6, 7, 8]].mean(dim=0)
+    X[5, 100:131] = math.nan
+    X[3, 2100:2110] = math.nan
+    D_ref, Xh, bad = reference_distances(X.numpy(), 0.01)
+    assert bad.tolist() == [i == 5 for i in range(9)]
+    inputs = Inputs.from_matrix(X, max_missing=0.01)
+    assert inputs.bad.tolist() == bad.tolist()
+    good = ~bad
+    np.testing.assert_allclose(
+        inputs.sqdist().numpy()[np.ix_(good, good)], D_ref[np.ix_(good, good)], rtol=1e-9
+    )
+    out = agg.medoid(X, f=1, max_missing=0.01)  # row 3, its holes filled by the medians
+    np.testing.assert_allclose(out.numpy(), Xh[3], rtol=1e-12)
+    moved = X.clone()
+    moved[5, 2048:] += 1000.0  # the bad row's values after it went over: no effect
+    assert torch.equal(agg.medoid(moved, f=1, max_missing=0.01), out)
