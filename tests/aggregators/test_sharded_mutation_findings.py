@@ -168,3 +168,19 @@ def test_a_value_too_large_to_measure_over_all_of_d_makes_its_row_bad(k: int) ->
         assert 2 not in ref.kept.tolist()
         assert got.kept is not None and torch.equal(got.kept, ref.kept)
         torch.testing.assert_close(got.vector(), ref.vector)
+
+
+def test_signguard_counts_the_signs_of_every_shard() -> None:
+    """The Byzantine rows equal the honest mean on the first shard and are negative everywhere
+    after: only the later shards' sign counts tell them apart. Counted on the first shard
+    alone, SignGuard kept them (found by mutation testing)."""
+    g = torch.Generator().manual_seed(0)
+    n, f, d = 12, 3, 3000
+    X = torch.randn(n, d, generator=g, dtype=torch.float64)
+    X[n - f :, :1000] = X[: n - f, :1000].mean(dim=0)
+    X[n - f :, 1000:] = -X[: n - f, 1000:].abs().mean(dim=0)
+    ref = agg.aggregate("signguard", X, f=f, seed=0)
+    assert ref.kept is not None and ref.kept.tolist() == list(range(n - f))
+    got = sharded.aggregate("signguard", sharded.scatter(X, 3, backend="local"), f=f, seed=0)
+    assert got.kept is not None and torch.equal(got.kept, ref.kept)
+    torch.testing.assert_close(got.vector(), ref.vector, rtol=1e-12, atol=1e-12)
