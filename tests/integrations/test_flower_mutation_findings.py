@@ -207,3 +207,23 @@ def test_weighting_by_examples_refuses_weights_in_the_rule_options() -> None:
             weighting="examples",
             rule_options={"weights": torch.ones(5) / 5},
         )
+
+
+@pytest.mark.parametrize(
+    ("fraction", "min_train", "warned"), [(0.5, 2, True), (0.5, 8, False), (1.0, 2, False)]
+)
+def test_the_shortfall_warning_counts_the_nodes_flower_samples(
+    caplog: pytest.LogCaptureFixture, fraction: float, min_train: int, warned: bool
+) -> None:
+    """10 nodes, fraction 0.5: Flower samples max(5, min_train_nodes) of them. With
+    min_train_nodes = 8 it asks 8 nodes, enough for Krum with f = 2 (7): no warning (it
+    warned from the 5 of the fraction alone)."""
+    strategy = RobustStrategy(
+        "krum", f=2, fraction_train=fraction, min_train_nodes=min_train, min_available_nodes=2
+    )
+    grid = LocalGrid([idle_app() for _ in range(10)])
+    with caplog.at_level(logging.WARNING):
+        sent = list(strategy.configure_train(1, record(model(0)), ConfigRecord(), grid))
+    assert len(sent) == max(int(10 * fraction), min_train)
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("krum needs 7 replies with f=2" in m for m in said) == warned

@@ -256,7 +256,11 @@ class RobustStrategy(FedAvg):
         """Remember the model sent (updates are taken against it), then FedAvg's sampling."""
         self.layout = Layout.of(arrays)
         available = len(list(grid.get_node_ids()))
-        if int(available * self.fraction_train) < self.needed and self.fraction_train > 0:
+        # FedAvg asks max(int(available * fraction_train), min_train_nodes) nodes, of those
+        # available (after waiting for min_available_nodes)
+        asked = max(int(available * self.fraction_train), self.min_train_nodes)
+        reachable = max(available, self.min_available_nodes)
+        if min(asked, reachable) < self.needed and self.fraction_train > 0:
             log(
                 WARNING,
                 "%d nodes available, %s needs %d replies with f=%d: on_shortfall=%s applies",
