@@ -405,3 +405,37 @@ def test_a_ring_peer_has_at_most_n_minus_1_neighbours() -> None:
     assert options.peer_degree(4) == 3
     assert options.rule_arity(4, 1) == (4, 1)
     assert options.peer_degree(7) == 4
+
+
+# peer 0 has one neighbour (peer 1); every other peer has three
+_ONE_NEIGHBOUR = [[0, 1], [1, 2], [2, 3], [3, 4], [4, 5], [5, 1], [1, 3], [2, 4], [3, 5]]
+
+
+@pytest.mark.parametrize(("mixing", "kept_own"), [("rule", 1), ("nna", 0)])
+def test_a_peer_with_too_few_neighbours_keeps_its_own_vector_only_when_mixing_needs_more(
+    mixing: str, kept_own: int
+) -> None:
+    """f = 1. ``rule`` (the median with the declared f) on peer 0's own vector and its one
+    neighbour's would need 3 vectors: peer 0 keeps its own (a mutant ran the median with the f
+    that fits 2 vectors, 0, and averaged with that neighbour, Byzantine or not). ``nna`` with
+    |R| = f averages the |R| + 1 - f = 1 nearest vector, its own: that is a mixing, not a peer
+    that kept its own (a mutant counted it as one)."""
+    from byzlearn.experiments import Trainer, parse_config
+
+    config = {
+        "dataset": {"name": "digits"},
+        "model": {"name": "logistic"},
+        "n": 6,
+        "f": 1,
+        "steps": 1,
+        "eval_every": 100,
+        "checkpoint_every": 0,
+        "rule": {"name": "median"},
+        "protocol": {
+            "name": "decentralized",
+            "mixing": mixing,
+            "topology": {"name": "explicit", "edges": _ONE_NEIGHBOUR},
+        },
+    }
+    record = Trainer(parse_config(config)).step()
+    assert record["kept_own"] == kept_own
