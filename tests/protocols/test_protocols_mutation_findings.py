@@ -29,6 +29,15 @@ from byzlearn.protocols import (
 from byzlearn.protocols.replicated import ModelFilter, ReplicaWorkers
 from tests.protocols.test_parameter_server import _group
 
+# digits and the logistic model, no evaluation or checkpoint between steps: the base of the
+# tests that build a protocol from a config
+DIGITS: dict[str, Any] = {
+    "dataset": {"name": "digits"},
+    "model": {"name": "logistic"},
+    "eval_every": 100,
+    "checkpoint_every": 0,
+}
+
 
 def test_kardam_coefficient_is_the_upper_median_of_an_even_number_of_values() -> None:
     """A reference at the very model carries no coefficient: with 2f + 1 = 3 references of
@@ -356,13 +365,10 @@ def test_liubei_servers_follow_the_failure_policy_when_gradients_are_too_few(pol
         "on_missing": policy,
     }
     config = {
-        "dataset": {"name": "digits"},
-        "model": {"name": "logistic"},
+        **DIGITS,
         "n": 4,
         "f": 0,
         "steps": 2,
-        "eval_every": 100,
-        "checkpoint_every": 0,
         "network": {"crashes": {3: 0}},
         "protocol": protocol,
     }
@@ -383,13 +389,10 @@ def test_gossip_mixing_averages_a_peers_own_vector_with_the_received_ones() -> N
     from byzlearn.experiments.runner import run
 
     config = {
-        "dataset": {"name": "digits"},
-        "model": {"name": "logistic"},
+        **DIGITS,
         "n": 3,
         "f": 0,
         "steps": 1,
-        "eval_every": 100,
-        "checkpoint_every": 0,
         "protocol": {"name": "decentralized", "mixing": "gossip"},
     }
     (step,) = run(parse_config(config)).records[1:]
@@ -423,13 +426,10 @@ def test_a_peer_with_too_few_neighbours_keeps_its_own_vector_only_when_mixing_ne
     from byzlearn.experiments import Trainer, parse_config
 
     config = {
-        "dataset": {"name": "digits"},
-        "model": {"name": "logistic"},
+        **DIGITS,
         "n": 6,
         "f": 1,
         "steps": 1,
-        "eval_every": 100,
-        "checkpoint_every": 0,
         "rule": {"name": "median"},
         "protocol": {
             "name": "decentralized",
