@@ -16,12 +16,13 @@ that should notice it::
       tests: [tests/aggregators/test_aggregators_mutation_findings.py]
 
 The repository is copied once into a temporary folder (without ``.git``, ``.venv`` and
-caches; numba gets a cache of its own there, so the first mutant of a compiled module
-recompiles it), each mutant is applied to the copy alone, its tests run there
-(``pytest -x``), and the file is restored. A mutant is *killed* when a test fails, *survives*
-when they all pass (a gap in the tests, or an equivalent mutant: same behaviour), and *invalid*
-when the tests cannot run (a syntax error, no tests collected). The checkout is never
-modified. The exit status is 1 when a mutant survived or was invalid, 2 for a bad mutants file.
+caches; numba and the generated selection kernels get caches of their own there, so the first
+mutant of a compiled module recompiles it), each mutant is applied to the copy alone, its
+tests run there (``pytest -x``), and the file is restored. A mutant is *killed* when a test
+fails, *survives* when they all pass (a gap in the tests, or an equivalent mutant: same
+behaviour), and *invalid* when the tests cannot run (a syntax error, no tests collected). The
+checkout is never modified. The exit status is 1 when a mutant survived or was invalid, 2 for
+a bad mutants file.
 """
 
 from __future__ import annotations
@@ -149,7 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     verdicts = []
     with tempfile.TemporaryDirectory(prefix="byzlearn-mutants-") as scratch:
         copy = copy_repository(ROOT, Path(scratch))
-        env = dict(os.environ, PYTHONPATH=str(copy), NUMBA_CACHE_DIR=str(Path(scratch) / "numba"))
+        env = dict(  # numba's cache and the generated kernels' sources in the copy's folder
+            os.environ,
+            PYTHONPATH=str(copy),
+            NUMBA_CACHE_DIR=str(Path(scratch) / "numba"),
+            BYZLEARN_CACHE=str(Path(scratch) / "byzlearn"),
+        )
         print("| mutant | file | verdict | seconds | first failing test |")
         print("| --- | --- | --- | ---: | --- |")
         for mutant in mutants:
