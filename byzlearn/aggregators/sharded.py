@@ -196,9 +196,10 @@ class Shard:
         log = _gram._MissingLog(n, self.d_total, max_missing)
         log.counts = counts.clone()
         log.bad = known_bad.clone()
-        acc, bad = _gram._torch_pass(self.X, centre, centre_row, log)
+        acc, _ = _gram._torch_pass(self.X, centre, centre_row, log)
         self._log = log
-        return acc.cpu(), (bad.cpu() | log.bad), log.counts, log.penalty
+        # (the imputing pass adds every row it finds bad to log.bad: the carried ones and these)
+        return acc.cpu(), log.bad, log.counts, log.penalty
 
     def set_gram(self, bad: torch.Tensor, imputed: bool) -> None:
         """Keep the imputed entries of the rows that stay in (``bad`` is the final, global
