@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
 PACKAGE = Path(__file__).resolve().parent
 # The stamp holding the digest the caches were built from (in the package's __pycache__).
@@ -72,3 +73,52 @@ def drop_stale(package: Path = PACKAGE) -> bool:
         return True
     except OSError:
         return False
+
+
+# The file, in each numba cache folder, whose lock serialises saves there (its name outlives the
+# caches that :func:`drop_stale` deletes).
+SAVE_LOCK = "byzlearn-numba-save.lock"
+
+
+def serialise_saves() -> bool:
+    """Make a numba cache save (read the index, pick a data file name, write both) one step
+    across processes, by an exclusive ``flock`` of a lock file in the cache folder; True when
+    installed (or already), False without numba or ``fcntl`` (then nothing changes).
+
+    numba (0.68; its issue #10128 for the same race in its GUFunc caches) saves a compiled
+    function's new signature by reading the function's index, taking the first data file name
+    not in it, and writing the index and the file without a lock. Two processes saving two
+    signatures of one function at once (a ``sweep --jobs 2`` of float32 and float64 runs, or
+    the background compilation of :mod:`byzlearn.experiments._warm`) both read the same index,
+    both take ``<name>.1.nbc``, and the last index written can map a signature to the other's
+    machine code: a later process would run code compiled for other argument types (a wrong
+    result or a crash, no error). Under the lock the second save reads the first one's index
+    and takes another name. A folder where the lock file cannot be made saves as before."""
+    try:
+        import fcntl
+
+        from numba.core import caching
+    except ImportError:
+        return False
+    cls = caching.IndexDataCacheFile
+    if getattr(cls.save, "_byzlearn_serialised", False):
+        return True
+    unlocked = cls.save
+
+    def save(self: Any, key: Any, data: Any) -> None:
+        try:
+            os.makedirs(self._cache_path, exist_ok=True)
+            lock = os.open(os.path.join(self._cache_path, SAVE_LOCK), os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:
+            return unlocked(self, key, data)  # (numba's own save reports what it cannot write)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released by the close (or by the kernel at exit)
+            return unlocked(self, key, data)
+        finally:
+            os.close(lock)
+
+    save._byzlearn_serialised = True  # type: ignore[attr-defined]
+    save.__wrapped__ = unlocked  # type: ignore[attr-defined]
+    save.__doc__ = unlocked.__doc__
+    cls.save = save  # type: ignore[method-assign]
+    return True

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -103,3 +104,88 @@ def test_a_py_name_that_is_not_a_module_does_not_stop_the_check(tmp_path):
     (package / "kernel.py").write_text("@njit(cache=True)\ndef f(x):\n    return x + 1\n")
     assert _jit_cache.drop_stale(package)
     assert cache_files(package) == []
+
+
+# ---------------------------------------------------------------- saves across processes
+def _save_both_at_once(folder: Path, monkeypatch) -> None:
+    """Two saves of one function's cache (two signatures) that both read its index before
+    either writes (threads meeting at a barrier after the read: each opens the lock file on its
+    own, so a flock excludes the other as another process's would)."""
+    import threading
+
+    from numba.core import caching
+
+    barrier = threading.Barrier(2, timeout=1.0)
+    read_index = caching.IndexDataCacheFile._load_index
+
+    def read_then_meet(self):
+        index = read_index(self)
+        # with the lock the other save waits for this one: they do not meet
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait()
+        return index
+
+    monkeypatch.setattr(caching.IndexDataCacheFile, "_load_index", read_then_meet)
+    saves = [
+        threading.Thread(target=_cache_file(folder).save, args=(key, value))
+        for key, value in (("float32", b"code for float32"), ("float64", b"code for float64"))
+    ]
+    for thread in saves:
+        thread.start()
+    for thread in saves:
+        thread.join()
+    monkeypatch.undo()
+
+
+def _cache_file(folder: Path):
+    from numba.core import caching
+
+    return caching.IndexDataCacheFile(
+        cache_path=str(folder), filename_base="kernel-12.py311", source_stamp=(1.0, 100)
+    )
+
+
+def test_two_saves_of_one_function_at_once_keep_each_signatures_code(tmp_path, monkeypatch):
+    assert _jit_cache.serialise_saves()  # (installed by importing the aggregators too)
+    _save_both_at_once(tmp_path, monkeypatch)
+    cache = _cache_file(tmp_path)
+    assert cache.load("float32") == b"code for float32"
+    assert cache.load("float64") == b"code for float64"
+    assert (tmp_path / _jit_cache.SAVE_LOCK).is_file()
+    assert sorted(p.name for p in tmp_path.glob("*.nbc")) == [
+        "kernel-12.py311.1.nbc",
+        "kernel-12.py311.2.nbc",
+    ]
+
+
+def test_without_the_lock_the_race_maps_a_signature_to_the_others_code(tmp_path, monkeypatch):
+    """What the lock prevents (numba's own save, unlocked): the test above can fail."""
+    from numba.core import caching
+
+    assert _jit_cache.serialise_saves()
+    unlocked = caching.IndexDataCacheFile.save.__wrapped__
+    with monkeypatch.context() as patched:
+        patched.setattr(caching.IndexDataCacheFile, "save", unlocked)
+        _save_both_at_once(tmp_path, monkeypatch)
+    cache = _cache_file(tmp_path)
+    found = {key: cache.load(key) for key in ("float32", "float64")}
+    assert [p.name for p in tmp_path.glob("*.nbc")] == ["kernel-12.py311.1.nbc"]
+    assert None in found.values() or found["float32"] == found["float64"]
+
+
+def test_a_cache_folder_without_a_lock_file_saves_as_before(tmp_path, monkeypatch):
+    assert _jit_cache.serialise_saves()
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    real_open = os.open
+
+    def no_lock_file(path, *args, **kwargs):
+        if str(path).endswith(_jit_cache.SAVE_LOCK):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", no_lock_file)
+    _cache_file(folder).save("float32", b"code")
+    monkeypatch.undo()
+    assert _cache_file(folder).load("float32") == b"code"
+    assert not (folder / _jit_cache.SAVE_LOCK).exists()

@@ -23,6 +23,7 @@ from all others, so it is never selected nor averaged in (and raise when they wo
 it). See ``docs/aggregators.md``.
 """
 
+from byzlearn._jit_cache import serialise_saves as _serialise_jit_saves
 from byzlearn.aggregators import rules as _rules  # noqa: F401  (registers every rule)
 from byzlearn.aggregators._gram import DEFAULT_MAX_MISSING
 from byzlearn.aggregators._registry import (
@@ -63,6 +64,8 @@ clipping = get("clipping")
 dnc = get("dnc")
 signguard = get("signguard")
 caf = get("caf")
+
+_serialise_jit_saves()  # before any kernel compiles and saves (see byzlearn._jit_cache)
 
 __all__ = [
     "DEFAULT_MAX_MISSING",

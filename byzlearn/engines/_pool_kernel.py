@@ -28,10 +28,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from byzlearn._jit_cache import serialise_saves
+
 try:
     from numba import njit
 except ImportError:  # pragma: no cover
     njit = None  # type: ignore[assignment]
+else:  # numba's cache saves one at a time across processes (see byzlearn._jit_cache)
+    serialise_saves()
 
 __all__ = ["applies", "pool_backward", "pool_forward"]
 

@@ -21,12 +21,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from byzlearn._jit_cache import serialise_saves
+
 _COLUMNS = 512  # coordinates per block of the row pass: 2 x 4 KiB of float64 sums
 
 try:
     from numba import njit
 except ImportError:  # pragma: no cover
     njit = None  # type: ignore[assignment]
+else:  # numba's cache saves one at a time across processes (see byzlearn._jit_cache)
+    serialise_saves()
 
 __all__ = ["honest_statistics"]
 

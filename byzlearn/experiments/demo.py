@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from byzlearn.experiments._warm import compiling_ahead
 from byzlearn.experiments.config import Config, ConfigError, parse_config
 from byzlearn.experiments.plots import accuracy_curves
 from byzlearn.experiments.runner import RunResult, run
@@ -34,6 +35,11 @@ DEMO_RULES = ("average", "krum", "median", "trimmed_mean", "bulyan", "nnm+krum")
 
 def demo_config(rule: str, *, steps: int = 200, seed: int = 0, **overrides: Any) -> Config:
     """The demo's config for one rule (``overrides`` are top-level config fields)."""
+    return parse_config(_demo_data(rule, steps=steps, seed=seed, **overrides))
+
+
+def _demo_data(rule: str, *, steps: int, seed: int, **overrides: Any) -> dict[str, Any]:
+    """The fields of :func:`demo_config`, before they are checked."""
     data: dict[str, Any] = {
         "name": f"demo-{rule}",
         "seed": seed,
@@ -51,7 +57,7 @@ def demo_config(rule: str, *, steps: int = 200, seed: int = 0, **overrides: Any)
         "checkpoint_every": 0,
     }
     data.update(overrides)
-    return parse_config(data)
+    return data
 
 
 @dataclass
@@ -119,7 +125,10 @@ def _claimed(directory: Path, rules: Sequence[str], steps: int, seed: int) -> di
     twice = sorted({rule for rule in rules if list(rules).count(rule) > 1})
     if twice:
         raise ConfigError(f"rules: {', '.join(twice)} given twice; give each rule once")
-    configs = {rule: demo_config(rule, steps=steps, seed=seed) for rule in rules}
+    # checking a config compiles its rule's kernels on a fresh install: a second process
+    # compiles the later rules' meanwhile (_warm)
+    with compiling_ahead([_demo_data(rule, steps=steps, seed=seed) for rule in rules]):
+        configs = {rule: demo_config(rule, steps=steps, seed=seed) for rule in rules}
     for rule, config in configs.items():
         try:
             RunDir(_run_dir(directory, rule)).claim(config)

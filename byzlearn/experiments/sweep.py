@@ -33,6 +33,7 @@ from math import prod
 from pathlib import Path
 from typing import Any
 
+from byzlearn.experiments._warm import compiling_ahead
 from byzlearn.experiments.config import (
     Config,
     ConfigError,
@@ -153,15 +154,26 @@ def plan_sweep(base: dict[str, Any], grid: dict[str, list[Any]]) -> SweepPlan:
     points: list[dict[str, Any]] = []
     repeats: list[tuple[dict[str, Any], dict[str, Any]]] = []
     seen: dict[str, int] = {}  # config hash -> its index in configs
+    filled: list[tuple[dict[str, Any], dict[str, Any] | ConfigError]] = []  # point, fields
     for values in itertools.product(*(grid[k] for k in keys)):
         data = copy.deepcopy(base)
         point = dict(zip(keys, values, strict=True))
         try:
             for key, value in point.items():
                 set_path(data, key, copy.deepcopy(value))
-            config = parse_config(data)
+            filled.append((point, data))
         except ConfigError as err:
-            invalid.append((point, str(err)))
+            filled.append((point, err))
+    # checking a config compiles its rule's kernels on a fresh install: a second process
+    # compiles the later configs' meanwhile (_warm)
+    with compiling_ahead([data for _, data in filled if isinstance(data, dict)]):
+        checked = [
+            (point, data if isinstance(data, ConfigError) else _checked(data))
+            for point, data in filled
+        ]
+    for point, config in checked:
+        if isinstance(config, ConfigError):
+            invalid.append((point, str(config)))
             continue
         h = config_hash(config)
         if h in seen:
@@ -171,6 +183,13 @@ def plan_sweep(base: dict[str, Any], grid: dict[str, list[Any]]) -> SweepPlan:
         configs.append(config)
         points.append(point)
     return SweepPlan(configs, invalid, points, repeats)
+
+
+def _checked(data: dict[str, Any]) -> Config | ConfigError:
+    try:
+        return parse_config(data)
+    except ConfigError as err:
+        return err
 
 
 def run_sweep(

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from byzlearn.experiments._warm import compiling_ahead
 from byzlearn.experiments.config import Config, config_hash, parse_config
 from byzlearn.experiments.runner import RunResult, run
 from byzlearn.experiments.store import lock_directory, temporary_names, write_text_atomically
@@ -209,7 +210,11 @@ def _run_claimed(
     on_run: Callable[[int, int, StudyRun, bool], None] | None,
 ) -> tuple[Path, Analysis]:
     """:func:`run_study` in the folder ``out``, locked and claimed."""
-    planned = [StudyRun(label, parse_config(data)) for label, data in study.runs(scale)]
+    runs = list(study.runs(scale))
+    # checking a config compiles its rule's kernels on a fresh install: a second process
+    # compiles the later runs' meanwhile (byzlearn.experiments._warm)
+    with compiling_ahead([data for _, data in runs]):
+        planned = [StudyRun(label, parse_config(data)) for label, data in runs]
     if jobs > 1 and planned:  # train what is not finished, N at a time (the sweep's pool)
         from byzlearn.experiments.sweep import SweepPlan, run_sweep
 
