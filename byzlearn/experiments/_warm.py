@@ -28,6 +28,8 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from byzlearn._lifetime import end_with
+
 __all__ = ["SWITCH", "check_in_turn", "compiling_ahead", "helper_order"]
 
 # The environment variable that turns the helper off ("0").
@@ -141,26 +143,12 @@ def compiling_ahead(configs: Sequence[Mapping[str, Any]]) -> Iterator[None]:
             _stop(helper)
 
 
-def _die_with(parent: int) -> None:
-    """End this helper with its parent: at once where Linux can signal it
-    (``PR_SET_PDEATHSIG``), else between configs (the parent id checked)."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
-    except (OSError, AttributeError, TypeError):  # (no prctl: not Linux)
-        pass
-    if os.getppid() != parent:  # the parent ended before the request took effect
-        sys.exit(0)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """The helper: ``python -m byzlearn.experiments._warm PARENT_PID`` with a JSON list of
     config dicts on its input; checks each (errors ignored) while its parent lives."""
     args = list(sys.argv[1:] if argv is None else argv)
     parent = int(args[0])
-    _die_with(parent)
+    end_with(parent)  # (killed on its own, the command leaves no helper behind)
     check_in_turn(json.loads(sys.stdin.buffer.read() or b"[]"), parent)
     return 0
 

@@ -25,11 +25,13 @@ import queue
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.managers import SyncManager
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from byzlearn._lifetime import end_with
 from byzlearn.allocator import keep_freed_memory, kept
 from byzlearn.experiments.config import Config, parse_config
 
@@ -59,10 +61,15 @@ def _capped(config: Config, threads: int) -> Config:
 _PROGRESS: Any = None  # the worker's queue of (i, record) progress messages
 
 
-def _init_worker(threads: int, progress: Any, keep_memory: bool = False) -> None:
-    """Process-pool initializer: torch threads for this job, the progress queue, and the
-    parent's malloc thresholds (:mod:`byzlearn.allocator`) when it had set them."""
+def _init_worker(
+    threads: int, progress: Any, keep_memory: bool = False, driver: int | None = None
+) -> None:
+    """Process-pool initializer: torch threads for this job, the progress queue, the
+    parent's malloc thresholds (:mod:`byzlearn.allocator`) when it had set them, and an end
+    with the ``driver`` process (the sweep's command: :func:`byzlearn._lifetime.end_with`)."""
     global _PROGRESS
+    if driver is not None:
+        end_with(driver)
     torch.set_num_threads(threads)
     _PROGRESS = progress
     if keep_memory:
@@ -159,7 +166,7 @@ def _run_processes(
     on_done: Callable[[int, dict[str, Any]], None] | None,
 ) -> dict[int, dict[str, Any]]:
     context = _context()
-    manager = context.Manager() if on_round is not None else None
+    manager = _manager(context) if on_round is not None else None
     progress = manager.Queue() if manager is not None else None
     summaries: dict[int, dict[str, Any]] = {}
     error: BaseException | None = None
@@ -169,7 +176,7 @@ def _run_processes(
             max_workers=jobs,
             mp_context=context,
             initializer=_init_worker,
-            initargs=(threads, progress, kept()),
+            initargs=(threads, progress, kept(), os.getpid()),
         ) as pool:
             pending: dict[Future, int] = {pool.submit(run_job, *w): w[0] for w in work}
             while pending:
@@ -203,6 +210,16 @@ def _run_processes(
     if error is not None:
         raise error
     return summaries
+
+
+def _manager(context: multiprocessing.context.BaseContext) -> SyncManager:
+    """``context.Manager()`` (the progress queue's server process), ending with this process:
+    every child of the forkserver keeps it alive, so a manager left running after a kill of
+    this process alone would keep the forkserver (torch imported) and the resource tracker
+    too."""
+    manager = SyncManager(ctx=context)
+    manager.start(end_with, (os.getpid(),))
+    return manager
 
 
 def _drain(progress: Any, on_round: RoundCallback | None) -> None:

@@ -73,8 +73,9 @@ def test_parallel_sweep_equals_sequential_and_skips_finished(tmp_path: Path) -> 
     assert mtimes == [p.stat().st_mtime_ns for p in summaries]
 
 
-def _wait_group_gone(pgid: int, timeout: float = 20.0) -> None:
-    """Wait until every process of group ``pgid`` has exited (zombies count as exited)."""
+def _wait_group_gone(pgid: int, timeout: float = 20.0) -> bool:
+    """Wait until every process of group ``pgid`` has exited (zombies count as exited); False
+    if some still runs after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         alive = False
@@ -87,8 +88,9 @@ def _wait_group_gone(pgid: int, timeout: float = 20.0) -> None:
                 alive = True
                 break
         if not alive:
-            return
+            return True
         time.sleep(0.05)
+    return False
 
 
 @pytest.mark.timeout(180)
@@ -116,6 +118,42 @@ def test_parallel_sweep_killed_mid_way_resumes(tmp_path: Path) -> None:
     dirs = [RunDir(plan.directory(out, c)) for c in plan.configs]
     assert not all(d.finished for d in dirs)
     assert any(d.checkpoint_path.exists() for d in dirs)
+    result = CliRunner().invoke(
+        app, ["sweep", str(spec), "--out", str(out), "--jobs", "2", "--no-report"]
+    )
+    assert result.exit_code == 0, result.output
+    assert all(d.finished and not d.lock_path.exists() for d in dirs)
+    run_sweep(plan, tmp_path / "seq")
+    assert _runs(out, spec) == _runs(tmp_path / "seq", spec)  # no lost or duplicated round
+
+
+@pytest.mark.timeout(180)
+def test_the_workers_end_with_the_sweep_killed_alone_and_it_resumes(tmp_path: Path) -> None:
+    """SIGKILL of the command's process only (not its group): its workers, the progress
+    queue's manager and then multiprocessing's forkserver and resource tracker end too, instead
+    of finishing their runs (or idling forever) with the runs' locks held."""
+    spec = _spec(tmp_path, steps=400, checkpoint_every=5)
+    out = tmp_path / "par"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "byzlearn.cli", "sweep", str(spec), "--out", str(out),
+         "--jobs", "2", "--no-report"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while not list(out.rglob("checkpoint.pt")):
+            assert proc.poll() is None, "the sweep ended before it could be killed"
+            assert time.monotonic() < deadline, "no checkpoint within 90 s"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert _wait_group_gone(proc.pid, timeout=15), "processes of the sweep still run"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # (whatever is left, if the test failed)
+        _wait_group_gone(proc.pid)
+    plan = plan_sweep(*load_sweep(spec))
+    dirs = [RunDir(plan.directory(out, c)) for c in plan.configs]
+    assert not all(d.finished for d in dirs)
     result = CliRunner().invoke(
         app, ["sweep", str(spec), "--out", str(out), "--jobs", "2", "--no-report"]
     )
