@@ -99,6 +99,10 @@ def _start(configs: Sequence[Mapping[str, Any]]) -> subprocess.Popen | None:
     work = helper_order(configs)
     if not _wanted(work):
         return None
+    try:
+        payload = json.dumps(work).encode()
+    except (TypeError, ValueError):  # (a value JSON cannot carry: the checks will tell)
+        return None
     env = {**os.environ, SWITCH: "0", "OMP_NUM_THREADS": "1"}
     try:
         helper = subprocess.Popen(
@@ -112,7 +116,7 @@ def _start(configs: Sequence[Mapping[str, Any]]) -> subprocess.Popen | None:
         return None
     try:
         assert helper.stdin is not None
-        helper.stdin.write(json.dumps(work).encode())
+        helper.stdin.write(payload)
         helper.stdin.close()
     except OSError:  # it died at once: nothing to wait for
         pass

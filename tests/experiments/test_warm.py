@@ -93,7 +93,8 @@ def test_a_helper_checks_the_later_configs_and_is_stopped_when_the_block_ends(re
 
 
 @pytest.mark.parametrize(
-    "case", ["one set of kernels", "switched off", "one cpu", "no process can start"]
+    "case",
+    ["one set of kernels", "switched off", "one cpu", "no process can start", "not json data"],
 )
 def test_no_helper_where_it_cannot_help(recorder, monkeypatch, case):
     configs = _demo()
@@ -103,6 +104,8 @@ def test_no_helper_where_it_cannot_help(recorder, monkeypatch, case):
         monkeypatch.setenv(_warm.SWITCH, "0")
     elif case == "one cpu":
         monkeypatch.setattr(_warm, "_usable_cpus", lambda: 1)
+    elif case == "not json data":  # (outside the sections that tell the kernels apart)
+        configs[-1] = {**configs[-1], "name": object()}
     else:
 
         def refused(*args, **kwargs):
