@@ -99,41 +99,16 @@ def test_parallel_sweep_killed_mid_way_resumes(tmp_path: Path) -> None:
     out = tmp_path / "par"
     # the command line, in its own process group, killed (SIGKILL, workers included) once a
     # run has checkpointed and before the sweep is over
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "byzlearn.cli", "sweep", str(spec), "--out", str(out),
-         "--jobs", "2", "--no-report"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 90
-        while not list(out.rglob("checkpoint.pt")):
-            assert proc.poll() is None, "the sweep ended before it could be killed"
-            assert time.monotonic() < deadline, "no checkpoint within 90 s"
-            time.sleep(0.02)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        _wait_group_gone(proc.pid)
-    plan = plan_sweep(*load_sweep(spec))
-    dirs = [RunDir(plan.directory(out, c)) for c in plan.configs]
-    assert not all(d.finished for d in dirs)
-    assert any(d.checkpoint_path.exists() for d in dirs)
-    result = CliRunner().invoke(
-        app, ["sweep", str(spec), "--out", str(out), "--jobs", "2", "--no-report"]
-    )
-    assert result.exit_code == 0, result.output
-    assert all(d.finished and not d.lock_path.exists() for d in dirs)
-    run_sweep(plan, tmp_path / "seq")
-    assert _runs(out, spec) == _runs(tmp_path / "seq", spec)  # no lost or duplicated round
+    proc = _sweep_until_a_checkpoint(spec, out)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    _wait_group_gone(proc.pid)
+    _resumes_to_the_sequential_records(spec, out, tmp_path / "seq")
 
 
-@pytest.mark.timeout(180)
-def test_the_workers_end_with_the_sweep_killed_alone_and_it_resumes(tmp_path: Path) -> None:
-    """SIGKILL of the command's process only (not its group): its workers, the progress
-    queue's manager and then multiprocessing's forkserver and resource tracker end too, instead
-    of finishing their runs (or idling forever) with the runs' locks held."""
-    spec = _spec(tmp_path, steps=400, checkpoint_every=5)
-    out = tmp_path / "par"
+def _sweep_until_a_checkpoint(spec: Path, out: Path) -> subprocess.Popen:
+    """``byzlearn sweep --jobs 2`` in its own process group, once a run has checkpointed
+    (and the sweep is not over); killed (the whole group) if that does not come."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "byzlearn.cli", "sweep", str(spec), "--out", str(out),
          "--jobs", "2", "--no-report"],
@@ -145,22 +120,45 @@ def test_the_workers_end_with_the_sweep_killed_alone_and_it_resumes(tmp_path: Pa
             assert proc.poll() is None, "the sweep ended before it could be killed"
             assert time.monotonic() < deadline, "no checkpoint within 90 s"
             time.sleep(0.02)
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    return proc
+
+
+def _resumes_to_the_sequential_records(spec: Path, out: Path, sequential: Path) -> None:
+    """The killed parallel sweep in ``out`` (unfinished, checkpointed) run again to the end:
+    the records of a sequential sweep, no run left locked."""
+    plan = plan_sweep(*load_sweep(spec))
+    dirs = [RunDir(plan.directory(out, c)) for c in plan.configs]
+    assert not all(d.finished for d in dirs)
+    assert any(d.checkpoint_path.exists() for d in dirs)
+    result = CliRunner().invoke(
+        app, ["sweep", str(spec), "--out", str(out), "--jobs", "2", "--no-report"]
+    )
+    assert result.exit_code == 0, result.output
+    assert all(d.finished and not d.lock_path.exists() for d in dirs)
+    run_sweep(plan, sequential)
+    assert _runs(out, spec) == _runs(sequential, spec)  # no lost or duplicated round
+
+
+@pytest.mark.timeout(180)
+def test_the_workers_end_with_the_sweep_killed_alone_and_it_resumes(tmp_path: Path) -> None:
+    """SIGKILL of the command's process only (not its group): its workers, the progress
+    queue's manager and then multiprocessing's forkserver and resource tracker end too, instead
+    of finishing their runs (or idling forever) with the runs' locks held."""
+    spec = _spec(tmp_path, steps=400, checkpoint_every=5)
+    out = tmp_path / "par"
+    proc = _sweep_until_a_checkpoint(spec, out)
+    try:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         assert _wait_group_gone(proc.pid, timeout=15), "processes of the sweep still run"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # (whatever is left, if the test failed)
         _wait_group_gone(proc.pid)
-    plan = plan_sweep(*load_sweep(spec))
-    dirs = [RunDir(plan.directory(out, c)) for c in plan.configs]
-    assert not all(d.finished for d in dirs)
-    result = CliRunner().invoke(
-        app, ["sweep", str(spec), "--out", str(out), "--jobs", "2", "--no-report"]
-    )
-    assert result.exit_code == 0, result.output
-    assert all(d.finished and not d.lock_path.exists() for d in dirs)
-    run_sweep(plan, tmp_path / "seq")
-    assert _runs(out, spec) == _runs(tmp_path / "seq", spec)  # no lost or duplicated round
+    _resumes_to_the_sequential_records(spec, out, tmp_path / "seq")
 
 
 @pytest.mark.timeout(120)
