@@ -82,7 +82,9 @@ def _run_dir(directory: Path, rule: str) -> Path:
 
 def _warm_up(config: Config, first: bool) -> None:
     """One-off costs out of the timed run: the rule's kernels (compiled, or loaded from the
-    cache) on inputs of the run's shape, and, before the first rule, one untimed training
+    cache) on inputs of the run's shape, plain and attacked as in the demo (close honest rows
+    and f rows at -10 x their mean: a distance-based rule then refines its Gram pass on a
+    central row, as on the first rounds), and, before the first rule, one untimed training
     step (the batched forward/backward's first call)."""
     import torch
 
@@ -90,7 +92,10 @@ def _warm_up(config: Config, first: bool) -> None:
     from byzlearn.experiments.trainer import Trainer
 
     X = torch.randn(config.n, 4096, generator=torch.Generator().manual_seed(0))
-    agg.aggregate(config.rule.full_name, X, f=config.f, **config.rule.options)
+    attacked = X[0] + 1e-3 * X
+    attacked[config.n - config.f :] = -10.0 * attacked[: config.n - config.f].mean(0)
+    for inputs in (X, attacked):
+        agg.aggregate(config.rule.full_name, inputs, f=config.f, **config.rule.options)
     if first:
         with torch.random.fork_rng(devices=[]):
             Trainer(config).step()
