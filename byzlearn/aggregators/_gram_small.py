@@ -29,9 +29,12 @@ The numerics contract is the general path's (see :mod:`._gram`), case by case:
   the general path runs instead;
 - products that overflowed the input precision (values beyond ~1e19 in float32) send the input
   to the general path, whose float64 slow path handles them;
-- when the precision check fails (inputs far from the chunk means compared with their spread),
-  the pass is run again by the general path centred on the central row of this Gram matrix,
-  exactly as after a general pass.
+- when the precision check fails (inputs far from the chunk means compared with their spread,
+  e.g. a round under the -10 x mean attack), the pass is run again centred on the central row
+  of this Gram matrix, as the general pass does (the same kernel on the other rows, centred on
+  that row, its entries zero, the distances cached), in one more compiled call: it took the
+  general path's Python steps before (Krum on 25 x 4810 attacked float32 values 488-499 ->
+  284-286 us a call, one thread; docs/performance.md, 2026-12-07).
 
 So the results (``aug``, ``bad``, the distances, Krum's choice) are those of the general path, to
 the last bit (``tests/aggregators/test_gram_small.py`` compares them on random inputs with NaN
@@ -124,77 +127,109 @@ def small_gram(
     n, d = Xn.shape
     no_centre = _NO_CENTRE[Xn.dtype.type]  # read by the kernel only with a given centre
     status, aug, D, bad, medians = _small_pass(
-        Xn, _gram_kernel.all_rows(n), no_centre, _buffer(n, Xn.dtype, Xn.nbytes),
-        float(max_missing * d), measurable_limit(d), max_missing > 0,
+        Xn, _gram_kernel.all_rows(n), no_centre, False, _buffer(n, Xn.dtype, Xn.nbytes),
+        float(max_missing * d), measurable_limit(d), max_missing > 0, _gram_kernel.BUFFER,
     )
     if status != _DONE:
         return None  # a lossy row (imputed by the general path), or an overflow (float64 path)
-    gram = BaseGram(aug=torch.from_numpy(aug), bad=torch.from_numpy(bad))
-    gram._any_bad = bool(bad.any())
     if refine and cancellation_prone(float(medians[0]), float(medians[1]), X.dtype):
         refined = _gram_finish.central_row(D, bad)
-        return base_gram(X, centre_row=refined, max_missing=max_missing), {}
+        again = _centred_on_row(Xn, refined)
+        if again is None:
+            return base_gram(X, centre_row=refined, max_missing=max_missing), {}
+        aug, D, bad = again
+    gram = BaseGram(aug=torch.from_numpy(aug), bad=torch.from_numpy(bad))
+    gram._any_bad = bool(bad.any())
     return gram, {"sqdist": torch.from_numpy(D)}
+
+
+def _centred_on_row(Xn: np.ndarray, row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(aug, D, bad)`` of the pass centred on ``row``, as ``base_gram(X, centre_row=row)``
+    computes them (the other rows active, centred on that row's values; the general pass's
+    mode, block and buffer), or None where the general path must run it (a block size below d,
+    products that overflow, a centre not finite somewhere). No row is lossy here: the first
+    pass found none within the budget, and the bad rows do not depend on the centre."""
+    n, d = Xn.shape
+    if n < 2 or d > kernel_block_size(n, n - 1, Xn.nbytes):
+        return None
+    rows = np.delete(_gram_kernel.all_rows(n), row)
+    status, aug, D, bad, _ = _small_pass(
+        Xn, rows, np.ascontiguousarray(Xn[row]), True, _buffer(n - 1, Xn.dtype, Xn.nbytes),
+        0.0, measurable_limit(d), False, _gram_kernel.FUSED_CENTRING,
+    )
+    return (aug, D, bad) if status == _DONE else None
 
 
 if njit is not None:
 
     @njit(boundscheck=False, error_model="numpy", cache=True, nogil=True)
-    def _small_pass(X, rows, no_centre, C, budget, limit, lossy_allowed):
+    def _small_pass(X, rows, centre, use_centre, C, budget, limit, lossy_allowed, mode):
         # pragma: no cover (compiled)
-        """The kernel pass on the whole of X, then :func:`_finish`, in one call: (status,
-        ``aug``, the squared distances, the bad rows, the two medians). ``status`` is
+        """The kernel pass on the active ``rows`` of X (all, or all but the centre row, whose
+        values ``centre`` are then used, ``use_centre``), then :func:`_finish`, in one call:
+        (status, ``aug``, the squared distances, the bad rows, the two medians). ``status`` is
         ``_LOSSY`` when ``lossy_allowed`` and a flagged row is within the budget of missing
         values (:func:`._gram_kernel.rows_within_budget`), ``_OVERFLOW`` when a statistic is
-        not finite; the other outputs are then unset."""
+        not finite or the given centre is not finite somewhere; the other outputs are then
+        unset. ``mode``: the kernel's (:func:`._gram_kernel._gram_block`), a run-time value
+        (a default would be a literal: another compilation of the kernel)."""
         n = X.shape[0]
+        na = rows.shape[0]
         R = C.shape[0]
         acc = np.zeros((R, R))
-        dots = np.zeros(n)
+        dots = np.zeros(na)
         msq = np.zeros(1)
-        flags = np.zeros(n + 1, dtype=np.bool_)
+        flags = np.zeros(na + 1, dtype=np.bool_)
         # (``mode`` passed, and run-time values for the flag and the start, as gram_blocks
         # passes them: the same compiled specialisation of the kernel, so the same vectorised
         # loops and the same bits as the general pass, and one compilation for both, where the
         # literals False and 0 made numba compile the kernel and its callees again: see
         # "Literal arguments" in :mod:`._gram_kernel`)
-        _gram_kernel._gram_block(X, rows, no_centre, np.bool_(False), np.int64(0), X.shape[1],
-                                 acc, dots, msq, flags, C, _gram_kernel.BUFFER)
-        bad = flags[:n]  # rows holding a non-finite value; _finish adds none (it only reads)
-        aug = np.empty((n + 1, n + 1))
+        _gram_kernel._gram_block(X, rows, centre, use_centre, np.int64(0), X.shape[1],
+                                 acc, dots, msq, flags, C, mode)
+        bad = np.zeros(n, dtype=np.bool_)  # rows holding a non-finite value (_finish adds none)
+        for a in range(na):
+            bad[rows[a]] = flags[a]
+        aug = np.zeros((n + 1, n + 1))
         D = np.empty((n, n))
         medians = np.zeros(2)
+        if flags[na]:  # (the general pass then centres on the mean there, and flags the row)
+            return _OVERFLOW, aug, D, bad, medians
         if lossy_allowed and bad.any() and _gram_kernel.rows_within_budget(X, bad, budget, limit):
             return _LOSSY, aug, D, bad, medians
-        if not _finish(acc, dots, msq[0], bad, aug, D, medians):
+        if not _finish(acc, dots, msq[0], rows, bad, aug, D, medians):
             return _OVERFLOW, aug, D, bad, medians
         return _DONE, aug, D, bad, medians
 
     @njit(boundscheck=False, error_model="numpy", cache=True, nogil=True)
-    def _finish(acc, dots, msq, bad, aug, D, medians):  # pragma: no cover (compiled)
-        """From the kernel's statistics: ``aug`` (the layout of :func:`._gram_kernel.layout`,
-        bad rows zeroed as in :func:`._gram.base_gram`), the squared distances ``D`` (as
+    def _finish(acc, dots, msq, rows, bad, aug, D, medians):  # pragma: no cover (compiled)
+        """From the kernel's statistics of the active ``rows``: ``aug`` (zeros on entry; the
+        layout of :func:`._gram_kernel.layout`, an inactive row's entries zero, bad rows zeroed
+        as in :func:`._gram.base_gram`), the squared distances ``D`` (as
         :meth:`._gram.Inputs.sqdist`) and ``medians = (median centred squared norm, distance
         scale)`` of the good rows (:func:`._gram_finish.distances`). Returns False when a statistic
         is not finite (an overflow: the caller takes the general path). No fast-math: the
         operations and their rounding are those of the torch code they replace."""
-        n = dots.shape[0]
+        n = bad.shape[0]
+        na = rows.shape[0]
         if not np.isfinite(msq):
             return False
-        for i in range(n):
-            if not np.isfinite(dots[i]):
+        for a in range(na):
+            if not np.isfinite(dots[a]):
                 return False
-            for j in range(i, n):
-                if not np.isfinite(acc[i, j]):
+            for b in range(a, na):
+                if not np.isfinite(acc[a, b]):
                     return False
-        for i in range(n):
-            for j in range(i, n):
-                v = acc[i, j]
+        for a in range(na):
+            i = rows[a]
+            for b in range(a, na):
+                j = rows[b]
+                v = acc[a, b]
                 if bad[i] or bad[j]:
                     v = 0.0
                 aug[i, j] = v
                 aug[j, i] = v
-            v = 0.0 if bad[i] else dots[i]
+            v = 0.0 if bad[i] else dots[a]
             aug[i, n] = v
             aug[n, i] = v
         aug[n, n] = msq

@@ -199,8 +199,9 @@ def test_finish_against_numpy(seed):
     dots = rng.normal(size=n)
     bad = rng.random(n) < 0.3
     bad[:2] = False
-    aug, D, medians = np.empty((n + 1, n + 1)), np.empty((n, n)), np.zeros(2)
-    assert _gram_small._finish(acc, dots, 2.5, bad.copy(), aug, D, medians)
+    aug, D, medians = np.zeros((n + 1, n + 1)), np.empty((n, n)), np.zeros(2)
+    rows = np.arange(n, dtype=np.int64)
+    assert _gram_small._finish(acc, dots, 2.5, rows, bad.copy(), aug, D, medians)
     keep = ~bad
     ref_aug = np.zeros((n + 1, n + 1))
     ref_aug[:n, :n] = np.where(keep[:, None] & keep[None, :], G, 0.0)
@@ -222,6 +223,22 @@ def test_finish_against_numpy(seed):
 
 
 # ------------------------------------------------------------------ the general pass, to the bit
+def small_gram_recording(X: torch.Tensor, max_missing: float) -> tuple:
+    """``small_gram(X, max_missing)`` and the central rows its refinement was centred on."""
+    centred_on_row = _gram_small._centred_on_row
+    calls: list[int] = []
+
+    def recorded(Xn, row):
+        calls.append(row)
+        return centred_on_row(Xn, row)
+
+    _gram_small._centred_on_row = recorded  # type: ignore[assignment]
+    try:
+        return _gram_small.small_gram(X, max_missing), calls
+    finally:
+        _gram_small._centred_on_row = centred_on_row  # type: ignore[assignment]
+
+
 def assert_same_as_general(X: torch.Tensor, max_missing: float) -> None:
     fast = Inputs.from_matrix(X, max_missing=max_missing)
     slow = general_inputs(X, max_missing)
@@ -239,12 +256,45 @@ def test_refinement_runs_as_in_the_general_pass(seed):
     X = torch.randn(12, 900, generator=g)
     X[:8] += 1e3
     X[8:] -= 1e3
-    small = _gram_small.small_gram(X, 0.1)
-    assert small is not None and "sqdist" not in small[1]  # the refined (general) pass
+    assert _gram_small.small_gram(X, 0.1, refine=False) is not None
+    small, calls = small_gram_recording(X, 0.1)
+    assert small is not None and "sqdist" in small[1]  # refined on the small path, D cached
+    assert len(calls) == 1 and calls[0] < 8  # centred on a row of the large cluster
     assert_same_as_general(X, 0.1)
     # exact near the central row (the large cluster), as the general pass promises
     D = Inputs.from_matrix(X).sqdist().numpy()[:8, :8]
     assert_close_distances(D, reference_sqdist(X[:8].numpy(), np.zeros(8, bool)), 1e-5)
+
+
+@pytest.mark.parametrize("n", [5, 10, 25, 30])
+@pytest.mark.parametrize("nan_row", [False, True])
+def test_attacked_rounds_refine_on_the_small_path_to_the_general_bits(n, nan_row):
+    """Gradient-like float32 rows under the -10 x mean attack fail the precision check (float64
+    rows pass it): the pass centred on the central row runs on the small path (its distances
+    cached), with the general pass's statistics to the bit; a NaN row stays bad and is never
+    the centre."""
+    X = attacked(n, 777, seed=n)
+    if nan_row:
+        X[1] = float("nan")
+    small, calls = small_gram_recording(X, 0.1)
+    assert small is not None and "sqdist" in small[1]
+    assert len(calls) == 1 and not (nan_row and calls[0] == 1)
+    assert_same_as_general(X, 0.1)
+    assert_same_as_general(X, 0.0)
+
+
+def test_a_centred_pass_the_small_path_cannot_finish_goes_to_the_general_path(monkeypatch):
+    """Products that overflow only once centred on a row (a far row of 1e19s in float32: its
+    square overflows the input precision) leave the centred pass to the general path's float64
+    redo, with the same statistics as the general pass."""
+    X = attacked(10, 300, seed=1)
+    Xn = X.numpy()
+    assert _gram_small._centred_on_row(Xn, 0) is not None
+    far = X.clone()
+    far[9] = 3e19
+    assert _gram_small._centred_on_row(far.numpy(), 0) is None
+    monkeypatch.setattr(_gram_small, "kernel_block_size", lambda n, rows, nbytes: 10)
+    assert _gram_small._centred_on_row(Xn, 0) is None  # (a block shorter than d)
 
 
 @settings(max_examples=60, deadline=None)
