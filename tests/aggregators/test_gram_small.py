@@ -271,11 +271,13 @@ def test_refinement_runs_as_in_the_general_pass(seed):
 def test_attacked_rounds_refine_on_the_small_path_to_the_general_bits(n, nan_row):
     """Gradient-like float32 rows under the -10 x mean attack fail the precision check (float64
     rows pass it): the pass centred on the central row runs on the small path (its distances
-    cached), with the general pass's statistics to the bit; a NaN row stays bad and is never
-    the centre."""
+    cached), with the general pass's statistics to the bit; NaN rows (before and after the
+    centre row, whose own entries the centred pass leaves out) stay bad and are never the
+    centre."""
     X = attacked(n, 777, seed=n)
     if nan_row:
         X[1] = float("nan")
+        X[n - 2] = float("nan")
     small, calls = small_gram_recording(X, 0.1)
     assert small is not None and "sqdist" in small[1]
     assert len(calls) == 1 and not (nan_row and calls[0] == 1)
