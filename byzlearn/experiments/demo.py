@@ -132,8 +132,9 @@ def _claimed(directory: Path, rules: Sequence[str], steps: int, seed: int) -> di
         raise ConfigError(f"rules: {', '.join(twice)} given twice; give each rule once")
     # checking a config compiles its rule's kernels on a fresh install: a second process
     # compiles the later rules' meanwhile (_warm)
-    with compiling_ahead([_demo_data(rule, steps=steps, seed=seed) for rule in rules]):
-        configs = {rule: demo_config(rule, steps=steps, seed=seed) for rule in rules}
+    fields = {rule: _demo_data(rule, steps=steps, seed=seed) for rule in rules}
+    with compiling_ahead(list(fields.values())):
+        configs = {rule: parse_config(data) for rule, data in fields.items()}
     for rule, config in configs.items():
         try:
             RunDir(_run_dir(directory, rule)).claim(config)

@@ -154,7 +154,7 @@ def plan_sweep(base: dict[str, Any], grid: dict[str, list[Any]]) -> SweepPlan:
     points: list[dict[str, Any]] = []
     repeats: list[tuple[dict[str, Any], dict[str, Any]]] = []
     seen: dict[str, int] = {}  # config hash -> its index in configs
-    filled: list[tuple[dict[str, Any], dict[str, Any] | ConfigError]] = []  # point, fields
+    filled: list[tuple[dict[str, Any], dict[str, Any] | str]] = []  # point, fields or error
     for values in itertools.product(*(grid[k] for k in keys)):
         data = copy.deepcopy(base)
         point = dict(zip(keys, values, strict=True))
@@ -163,33 +163,27 @@ def plan_sweep(base: dict[str, Any], grid: dict[str, list[Any]]) -> SweepPlan:
                 set_path(data, key, copy.deepcopy(value))
             filled.append((point, data))
         except ConfigError as err:
-            filled.append((point, err))
+            filled.append((point, str(err)))
     # checking a config compiles its rule's kernels on a fresh install: a second process
     # compiles the later configs' meanwhile (_warm)
-    with compiling_ahead([data for _, data in filled if isinstance(data, dict)]):
-        checked = [
-            (point, data if isinstance(data, ConfigError) else _checked(data))
-            for point, data in filled
-        ]
-    for point, config in checked:
-        if isinstance(config, ConfigError):
-            invalid.append((point, str(config)))
-            continue
-        h = config_hash(config)
-        if h in seen:
-            repeats.append((point, points[seen[h]]))
-            continue
-        seen[h] = len(configs)
-        configs.append(config)
-        points.append(point)
+    with compiling_ahead([fields for _, fields in filled if isinstance(fields, dict)]):
+        for point, fields in filled:
+            if isinstance(fields, str):
+                invalid.append((point, fields))
+                continue
+            try:
+                config = parse_config(fields)
+            except ConfigError as err:
+                invalid.append((point, str(err)))
+                continue
+            h = config_hash(config)
+            if h in seen:
+                repeats.append((point, points[seen[h]]))
+                continue
+            seen[h] = len(configs)
+            configs.append(config)
+            points.append(point)
     return SweepPlan(configs, invalid, points, repeats)
-
-
-def _checked(data: dict[str, Any]) -> Config | ConfigError:
-    try:
-        return parse_config(data)
-    except ConfigError as err:
-        return err
 
 
 def run_sweep(
