@@ -795,6 +795,7 @@ def scale_n(args) -> list[list[str]]:
     import torch
 
     import byzlearn.aggregators as agg
+    from byzlearn.aggregators.rules.mda import EXACT_F
 
     threads = args.threads[0]
     torch.set_num_threads(threads)
@@ -815,9 +816,9 @@ def scale_n(args) -> list[list[str]]:
                 continue
             opts = dict(OPTIONS.get(rule, {}))
             note = ""
-            if rule == "mda" and f > 19:
+            if rule == "mda" and f > EXACT_F:
                 opts["approximate"] = True
-                note = "approximate (f > 19)"
+                note = f"approximate (f > {EXACT_F})"
             impl = agg.get(rule)
             try:
                 impl(X, f, **opts)

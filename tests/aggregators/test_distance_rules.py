@@ -395,7 +395,7 @@ def test_mda_exact_search_limit_and_its_message():
     approximation; approximate=True then runs, in O(n^2 log n)."""
     rng = np.random.default_rng(3)
     X = rng.normal(size=(60, 8))
-    with pytest.raises(ValueError, match=r"max_branches=5 .*1\.62\^f.*f <= 19.*approximate=True"):
+    with pytest.raises(ValueError, match=r"max_branches=5 .*1\.62\^f.*f <= 22.*approximate=True"):
         agg.mda(X, f=12, max_branches=5)
     with pytest.raises(ValueError, match="max_branches must be"):
         agg.mda(X, f=12, max_branches=0)

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import byzlearn.aggregators as agg
+from byzlearn.aggregators.rules.mda import EXACT_F
 from byzlearn.attacks.gradient import alie_z
 
 SWEEP_N = (10, 25, 50, 100, 200, 500, 1000)
@@ -288,7 +289,7 @@ def test_mda_matches_brute_force(n, kind):
 @pytest.mark.parametrize("n", (50, 100, 200, 500, 1000))
 def test_mda_approximation_on_the_sweep(n, kind):
     """Beyond brute force: the approximation keeps n - f complete rows within twice the exact
-    search's diameter where that search is guaranteed (f <= 19), and within twice the least
+    search's diameter where that search is guaranteed (f <= EXACT_F), and within twice the least
     radius-based bound otherwise."""
     X = make(kind, n)
     f = n // 5
@@ -296,7 +297,7 @@ def test_mda_approximation_on_the_sweep(n, kind):
     assert rows.size == n - f and np.isfinite(X[rows]).all()
     D = sqdist(X)
     diam = math.sqrt(D[np.ix_(rows, rows)].max())
-    if f <= 19:
+    if f <= EXACT_F:
         exact = agg.selected_indices("mda", torch.from_numpy(X), f=f).numpy()
         assert diam <= 2 * math.sqrt(D[np.ix_(exact, exact)].max()) * (1 + 1e-9)
     # every (n - f)-subset has diameter >= the least radius of its members: a lower bound

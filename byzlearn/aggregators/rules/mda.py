@@ -8,11 +8,22 @@ removed, or all its neighbours are) with the forced-move rule "a vertex of degre
 removed"; this explores at most O(1.62^f) branches, independent of C(n, f). A binary search over
 the sorted pairwise distances finds the least feasible t. Only n x n matrices are touched.
 
+The search runs compiled on bitsets (:mod:`.._cover`: a degree is a popcount over ceil(n / 64)
+words; the same branches in the same order as :func:`_cover`, which stays as the path where
+numba is missing and as the tests' reference): 0.3-3 us a branch from 200 to 1000 inputs
+against 15-25 us at 25-200 inputs and about 1-2 ms at 1000 in Python (n = 200, f = 40, Gaussian
+rows: 43 ms against 2.2 s; n = 300, f = 60: 2.9 s against 224 s).
+
 Limit. The search is exponential in f in the worst case, so it stops with ``ValueError`` after
-``max_branches`` branches (default 200 000, a few seconds): within that budget it is guaranteed
-to finish for f <= 19 at any n <= 1000 (1.62^19 branches per threshold times the ~20 thresholds of
-the binary search); beyond, typical inputs still finish in milliseconds (f = 40, n = 200:
-0.3 s), adversarial ones may not. ``approximate=True`` replaces the search by a
+``max_branches`` branches (default 2 000 000: at most 0.7 s at n = 200, 1.6 s at 500, 5.7 s at
+1000): within that budget it is guaranteed to finish for f <= 22 at any n <= 1000 (a search
+with budget k branches at most N(k) = 1 + N(k - 1) + N(k - 2) times, N(0) = 1, N(1) = 2, the
+two branches removing one vertex and at least two, so about 1.17 x 1.62^(k + 1): 75 024 for
+k = 22; the binary search over the at most 499 502 thresholds visits 19: 1.43 million);
+beyond, typical inputs still finish fast (f = 40, n = 200: 14 000 branches), adversarial ones
+may not. (The bound of the earlier default, f <= 19 within 200 000 branches, undercounted:
+N(19) x 19 = 336 000.)
+``approximate=True`` replaces the search by a
 2-approximation in O(n^2 log n): for each input x_i the n - f inputs closest to it (itself
 included) lie within the radius r_i of x_i, so their diameter is at most 2 r_i; an optimal subset
 S* contains some x_i with all of S* within diam(S*) of it, so min_i r_i <= diam(S*). The rule
@@ -25,20 +36,34 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from byzlearn.aggregators import _cover as _cover_kernel
 from byzlearn.aggregators._gram import Inputs
 from byzlearn.aggregators._registry import Combination, equal_weights, register
 
-# Branches the exact search may explore before it gives up (see the module docstring).
-MAX_BRANCHES = 200_000
-# f up to which the exact search always finishes within MAX_BRANCHES (n <= 1000).
-EXACT_F = 19
+# Branches the exact search may explore before it gives up (see the module docstring; 200 000
+# before the search was compiled, a few seconds in Python at 25 inputs).
+MAX_BRANCHES = 2_000_000
+# f up to which the exact search always finishes within MAX_BRANCHES (n <= 1000): N(f)
+# branches per threshold times 19 thresholds (the module docstring).
+EXACT_F = 22
 # Branches of the search on the Gram matrix of the first blocks of the pass, when the output is
 # guessed there (._speculate): past them no guess is made. Measured on 1e5 coordinates (about
-# 25 us a branch): 25 rows, f = 5, 18-32 branches; 50 rows, f = 10, 40-112; 100 rows, f = 20,
-# 72 under the Gaussian attack, 226 for rows of distinct spreads, 403 for rows alike.
+# 25 us a branch in Python, under 1 us compiled): 25 rows, f = 5, 18-32 branches; 50 rows,
+# f = 10, 40-112; 100 rows, f = 20, 72 under the Gaussian attack, 226 for rows of distinct
+# spreads, 403 for rows alike.
 GUESS_BRANCHES = 200
 # Candidate centres (least radius) whose neighbourhoods the approximation compares.
 _APPROX_CANDIDATES = 16
+
+
+def _exhausted(limit: int, n: int, f: int) -> ValueError:
+    return ValueError(
+        f"mda: the exact search for the (n - f)-subset of least diameter exceeded "
+        f"max_branches={limit} branches (n={n}, f={f}); it grows like "
+        f"1.62^f and is guaranteed within {MAX_BRANCHES} branches for f <= {EXACT_F} "
+        "only. Pass approximate=True for the 2-approximation (docs/aggregators.md), or "
+        "a larger max_branches"
+    )
 
 
 class _Budget:
@@ -51,13 +76,7 @@ class _Budget:
     def spend(self) -> None:
         self.left -= 1
         if self.left < 0:
-            raise ValueError(
-                f"mda: the exact search for the (n - f)-subset of least diameter exceeded "
-                f"max_branches={self.limit} branches (n={self.n}, f={self.f}); it grows like "
-                f"1.62^f and is guaranteed within {MAX_BRANCHES} branches for f <= {EXACT_F} "
-                "only. Pass approximate=True for the 2-approximation (docs/aggregators.md), or "
-                "a larger max_branches"
-            )
+            raise _exhausted(self.limit, self.n, self.f)
 
 
 def _cover(
@@ -117,17 +136,7 @@ def min_diameter_subset(
     iu = np.triu_indices(n, 1)
     finite = D[iu][np.isfinite(D[iu])]
     thresholds = np.unique(np.concatenate([[0.0], finite]))
-    lo, hi = 0, len(thresholds) - 1
-    best: list[int] | None = None
-    all_active = np.ones(n, dtype=bool)
-    spent = _Budget(max_branches, n, f)
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        cover = _cover(thresholds[mid] < D, all_active, f, spent)
-        if cover is None:
-            lo = mid + 1
-        else:
-            best, hi = cover, mid - 1
+    best = _least_cover(D, thresholds, f, max_branches)
     if best is None:
         raise ValueError(
             f"mda: no {n - f} inputs are all at finite distance from each other "
@@ -141,6 +150,36 @@ def min_diameter_subset(
     keep = np.array(sorted(set(range(n)) - removed))
     diameter = float(D[np.ix_(keep, keep)].max()) if keep.size > 1 else 0.0
     return keep, diameter
+
+
+def _least_cover(
+    D: np.ndarray, thresholds: np.ndarray, f: int, max_branches: int, compiled: bool = True
+) -> list[int] | None:
+    """The cover (at most f inputs) of the least of ``thresholds`` (ascending) whose conflict
+    graph ``threshold < D`` has one, by binary search; None when none has. ``ValueError`` past
+    ``max_branches`` branches of the searches together. Compiled on bitsets
+    (:func:`._cover.least_cover`, the same branches in the same order) where numba runs;
+    ``compiled=False``: the search of :func:`_cover` (the tests' reference)."""
+    n = D.shape[0]
+    if compiled and _cover_kernel.available():
+        cover, size = _cover_kernel.least_cover(
+            np.ascontiguousarray(D, dtype=np.float64), thresholds, int(f), int(max_branches)
+        )
+        if size == _cover_kernel.EXHAUSTED:
+            raise _exhausted(int(max_branches), n, f)
+        return None if size == _cover_kernel.NO_COVER else [int(i) for i in cover[:size]]
+    lo, hi = 0, len(thresholds) - 1
+    best: list[int] | None = None
+    all_active = np.ones(n, dtype=bool)
+    spent = _Budget(max_branches, n, f)
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        cover_ = _cover(thresholds[mid] < D, all_active, f, spent)
+        if cover_ is None:
+            lo = mid + 1
+        else:
+            best, hi = cover_, mid - 1
+    return best
 
 
 def approximate_subset(D: np.ndarray, f: int) -> tuple[np.ndarray, float]:
@@ -197,14 +236,14 @@ def mda(
     Reference: El Mhamdi, Guerraoui, Rouault, "The Hidden Vulnerability of Distributed Learning in
     Byzantium", ICML 2018 (as "Brute"); El Mhamdi et al., "Collaborative Learning in the Jungle",
     NeurIPS 2021. Requirement: n >= 2f + 1. Cost: one Gram pass + an exact search on the n x n
-    distance matrix that grows like 1.62^f (not C(n, f)); n = 25, f = 5 takes milliseconds.
-    Ties between subsets of equal diameter are broken by the search order.
+    distance matrix that grows like 1.62^f (not C(n, f)), compiled on bitsets; n = 25, f = 5
+    takes about 30 us. Ties between subsets of equal diameter are broken by the search order.
 
     Limit: the exact search raises ``ValueError`` after ``max_branches`` branches (default
-    200 000; always enough for f <= 19 at n <= 1000, see :mod:`.mda`). ``approximate=True``
-    uses the 2-approximation instead (:func:`approximate_subset`: the neighbourhood of least
-    diameter among those of the 16 inputs of least radius; its diameter is at most twice the
-    optimum), O(n^2 log n).
+    2 000 000, a few seconds at most; always enough for f <= 22 at n <= 1000, see :mod:`.mda`).
+    ``approximate=True`` uses the 2-approximation instead (:func:`approximate_subset`: the
+    neighbourhood of least diameter among those of the 16 inputs of least radius; its diameter
+    is at most twice the optimum), O(n^2 log n).
     """
     D = inputs.sqdist().numpy()
     if approximate:
