@@ -6,6 +6,7 @@ Usage (from the repository root)::
     python benchmarks/training.py                       # MLP and CNN, n = 25, both scenarios
     python benchmarks/training.py --quick               # smoke test: MLP, few rounds
     python benchmarks/training.py --n 10 25 50 --scenarios average --rounds 20 --threads 2
+    python benchmarks/training.py --models mlp --scenarios krum --rules median mda signguard
 
 One round of the synchronous parameter server on scikit-learn's digits (8x8, no download), batch
 32 per worker, ``--n`` workers, in two scenarios by default:
@@ -15,6 +16,11 @@ One round of the synchronous parameter server on scikit-learn's digits (8x8, no 
   demo's attack), Krum at the server (issue 12's training round);
 - ``alie`` (on request, ``--scenarios alie``): as ``krum`` with ALIE (``mu - z sigma``, z of
   the paper for n and f; ByzFL's ``ALittleIsEnough`` with the same z).
+
+``--rules`` runs the attacked scenarios with other rules at the server (default: Krum; any
+registered rule or composition, default options), each as its own row (``ipm+median``,
+``alie+mda``: the scenario's attack, then the rule; ``krum`` and ``alie`` keep their names with
+Krum); ByzFL's loop runs with Krum only.
 
 For every (model, scenario, n) one run times, after ``--warmup`` rounds, in turns of ``--block``
 consecutive rounds per variant (so that load from other processes on a shared machine hits all
@@ -78,7 +84,7 @@ BLOCK = 10  # consecutive rounds per variant and turn
 PARTS = ("workers", "attack", "aggregation", "update", "metrics")
 
 
-def _config(model: str, n: int, scenario: str, vectorise: bool) -> Any:
+def _config(model: str, n: int, scenario: str, vectorise: bool, rule: str = "krum") -> Any:
     robust = scenario != "average"
     attack = {"name": "ipm", "options": {"epsilon": EPSILON}} if scenario == "krum" else {}
     if scenario == "alie":
@@ -90,7 +96,7 @@ def _config(model: str, n: int, scenario: str, vectorise: bool) -> Any:
             "n": n,
             "f": BYZANTINE if robust else 0,
             "attack": attack,
-            "rule": {"name": "krum" if robust else "average"},
+            "rule": {"name": rule if robust else "average"},
             "optimizer": {"lr": 0.1},
             "batch_size": BATCH,
             "engine": {"name": "local", "vectorise": vectorise},
@@ -313,6 +319,7 @@ def measure(
     warmup: int,
     byzfl: Any = None,
     block: int = BLOCK,
+    rule: str = "krum",
 ) -> dict[str, Any]:
     """Median seconds per round of every variant and of the vectorised round's parts.
 
@@ -320,8 +327,8 @@ def measure(
     rounds back to back, with its own data in the caches), so that load from other processes
     hits all of them alike; ``block = 1`` alternates round by round, where each variant starts
     with caches the others have just filled."""
-    vec = Trainer(_config(model, n, scenario, True))
-    loop = Trainer(_config(model, n, scenario, False))
+    vec = Trainer(_config(model, n, scenario, True, rule))
+    loop = Trainer(_config(model, n, scenario, False, rule))
     clocks = {"vectorised": _instrument(vec), "loop": _instrument(loop)}
     module = vec.model.module
     x, y = _big_batch(vec, n)
@@ -333,7 +340,7 @@ def measure(
     }
     if last is not None:
         variants["big_last"] = lambda: _big_batch_seconds(*last, y)
-    if byzfl is not None:
+    if byzfl is not None and (rule == "krum" or scenario == "average"):
         variants["byzfl"] = ByzflRound(byzfl, vec, scenario).step
     samples: dict[str, list[Any]] = {key: [] for key in variants}
     done, total = 0, warmup + rounds
@@ -366,6 +373,13 @@ def _machine(threads: int) -> str:
     )
 
 
+def _label(scenario: str, rule: str) -> str:
+    """A row's scenario: ``average``, ``krum``, ``alie`` (with Krum), else attack+rule."""
+    if scenario == "average" or rule == "krum":
+        return scenario
+    return f"{'ipm' if scenario == 'krum' else scenario}+{rule}"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and print Markdown tables."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
@@ -373,6 +387,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", choices=model_names(), default=["mlp", "cnn"])
     parser.add_argument(
         "--scenarios", nargs="+", choices=SCENARIOS, default=list(DEFAULT_SCENARIOS)
+    )
+    parser.add_argument(
+        "--rules",
+        nargs="+",
+        default=["krum"],
+        metavar="RULE",
+        help="the server's rule in the attacked scenarios, one row each (default: krum)",
     )
     parser.add_argument("--rounds", type=at_least(1), default=30)
     parser.add_argument("--warmup", type=at_least(0), default=5)
@@ -414,16 +435,25 @@ def main(argv: list[str] | None = None) -> None:
         else "- allocator: the C library's defaults"
     )
     print(f"- peers: {note}; krum 0.9.1 is not on PyPI: not run\n")
+    for rule in args.rules:  # refused at once, not after the other rules' measurements
+        try:
+            _config(args.models[0], max(args.n), "krum", True, rule)
+        except ValueError as err:
+            parser.error(f"--rules {rule}: {err}")
     rows = []
     for model in args.models:
         for scenario in args.scenarios:
-            for n in args.n:
-                try:
-                    m = measure(model, n, scenario, args.rounds, args.warmup, byzfl, args.block)
-                except ValueError as err:  # a config the library refuses (e.g. n too small)
-                    parser.error(f"{model} {scenario} n={n}: {err}")
-                rows.append((model, scenario, n, m))
-                print(f"  measured {model} {scenario} n={n}", file=sys.stderr, flush=True)
+            for rule in ["average"] if scenario == "average" else args.rules:
+                label = _label(scenario, rule)
+                for n in args.n:
+                    try:
+                        m = measure(
+                            model, n, scenario, args.rounds, args.warmup, byzfl, args.block, rule
+                        )
+                    except ValueError as err:  # a config the library refuses (n too small,
+                        parser.error(f"{model} {label} n={n}: {err}")  # an unknown rule)
+                    rows.append((model, label, n, m))
+                    print(f"  measured {model} {label} n={n}", file=sys.stderr, flush=True)
     print(
         "| model | d | scenario | n | vectorised (ms) | / big batch | loop (ms) | byzfl (ms) "
         "| byzfl / vectorised | big batch (ms) | big batch CL (ms) |"
