@@ -435,9 +435,10 @@ def main(argv: list[str] | None = None) -> None:
         else "- allocator: the C library's defaults"
     )
     print(f"- peers: {note}; krum 0.9.1 is not on PyPI: not run\n")
-    for rule in args.rules:  # refused at once, not after the other rules' measurements
-        try:
-            _config(args.models[0], max(args.n), "krum", True, rule)
+    attacked = [scenario for scenario in args.scenarios if scenario != "average"]
+    for rule in args.rules if attacked else []:  # refused at once, not after the other rules'
+        try:  # measurements (at the largest n: a rule that needs more inputs is refused below)
+            _config(args.models[0], max(args.n), attacked[0], True, rule)
         except ValueError as err:
             parser.error(f"--rules {rule}: {err}")
     rows = []

@@ -120,3 +120,21 @@ def test_block_must_be_positive(script, capsys) -> None:
     with pytest.raises(SystemExit):
         script.main(["--no-byzfl", "--rounds", "1", "--block", "0"])
     assert "--block: must be >= 1, got 0" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_rules_run_the_attacked_scenarios_a_row_each(script, capsys) -> None:
+    args = "--models mlp --scenarios average krum --rules krum median --rounds 1 --warmup 0"
+    script.main([*args.split(), "--no-byzfl", "--n", "13"])
+    labels = [row[2] for row in _rows(capsys.readouterr().out, "mlp")]
+    assert labels[:3] == ["average", "krum", "ipm+median"]  # the first table, then the parts
+    assert script._label("alie", "mda") == "alie+mda" and script._label("alie", "krum") == "alie"
+
+
+def test_an_unknown_rule_is_refused_before_any_measurement(script, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(script, "measure", lambda *a, **k: pytest.fail("measured"))
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(["--no-byzfl", "--models", "mlp", "--rules", "krum", "nosuch"])
+    assert exit_info.value.code == 2
+    assert "--rules nosuch: invalid config: rule.name: unknown rule 'nosuch'" in (
+        capsys.readouterr().err.strip().splitlines()[-1]
+    )
