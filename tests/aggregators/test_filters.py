@@ -715,6 +715,27 @@ def test_mean_shift_is_scikit_learns(seed):
     assert _mean_shift(rng.random((11, 3)), 0.3) is None  # brute force: the estimator's fit
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_bandwidth_and_nearest_centres_are_scikit_learns(seed):
+    """SignGuard's bandwidth (scikit-learn's brute-force neighbour search called directly) is
+    estimate_bandwidth's to the bit, from 1 to 1200 points (batches of 500 queries), on
+    continuous features and on fractions with ties; the nearest centres are the estimator's."""
+    from sklearn.neighbors import NearestNeighbors
+
+    from byzlearn.aggregators.rules.filters import _bandwidth, _nearest_centre
+
+    rng = np.random.default_rng(seed)
+    for n in (1, 2, 3, 12, 25, 40, 499, 500, 501, 1200):
+        for F in (rng.random((n, 3)), rng.multinomial(20, [0.45, 0.1, 0.45], size=n) / 20):
+            assert _bandwidth(F) == float(estimate_bandwidth(F, quantile=0.5))
+        for m in (1, 2, 3, 4, 6):
+            centres = rng.random((m, 3))
+            got = _nearest_centre(F, centres)
+            ref = NearestNeighbors(n_neighbors=1).fit(centres).kneighbors(F)
+            np.testing.assert_array_equal(got[0], ref[0])
+            np.testing.assert_array_equal(got[1], ref[1])
+
+
 @pytest.mark.parametrize("shape", [(25, 400), (7, 3), (30, 40), (2, 5)])
 def test_dnc_scores_from_the_gram_matrix_equal_the_svd_scores(shape):
     """The scores <c_i, v>^2 (v the top right singular vector of the centred rows) computed

@@ -370,9 +370,9 @@ def largest_sign_cluster(features: np.ndarray) -> np.ndarray:
     the groups of identical feature vectors (the zero-bandwidth limit), ties to the
     lexicographically smallest vector.
     """
-    from sklearn.cluster import MeanShift, estimate_bandwidth
+    from sklearn.cluster import MeanShift
 
-    bandwidth = float(estimate_bandwidth(features, quantile=0.5))
+    bandwidth = _bandwidth(features)
     if not bandwidth > 0.0:
         _, inverse, counts = np.unique(features, axis=0, return_inverse=True, return_counts=True)
         return inverse.reshape(-1) == int(np.argmax(counts))
@@ -389,29 +389,90 @@ def largest_sign_cluster(features: np.ndarray) -> np.ndarray:
 
 
 _MEAN_SHIFT_MAX_ITER = 300  # MeanShift's default
+_LEAF_SIZE = 30  # NearestNeighbors' default
+_MAX_BRUTE_FEATURES = 15  # NearestNeighbors(algorithm="auto") takes brute force above
+
+
+def _neighbour_tools() -> tuple[Any, Any] | None:
+    """scikit-learn's ``ArgKmin`` (the brute-force k-nearest search its ``NearestNeighbors``
+    runs) and ``KDTree``, or None where the private module moved (the estimators then run)."""
+    try:
+        from sklearn.metrics._pairwise_distances_reduction import ArgKmin
+        from sklearn.neighbors import KDTree
+    except ImportError:  # pragma: no cover (another scikit-learn)
+        return None
+    return ArgKmin, KDTree
+
+
+def _brute_neighbours(X: np.ndarray, Y: np.ndarray, k: int) -> np.ndarray | None:
+    """Distances of each row of X to its k nearest rows of Y, as ``NearestNeighbors(
+    n_neighbors=k).fit(Y).kneighbors(X)`` computes them where it takes brute force (``k >=
+    len(Y) // 2`` or more than 15 features): its ``ArgKmin`` call, without the estimators'
+    input validation (about 0.2 ms a fit or query); None where it would not (a KD-tree) or
+    ``ArgKmin`` does not take these arrays."""
+    tools = _neighbour_tools()
+    if tools is None or not (k >= Y.shape[0] // 2 or Y.shape[1] > _MAX_BRUTE_FEATURES):
+        return None
+    arg_kmin = tools[0]
+    if not arg_kmin.is_usable_for(X, Y, "euclidean"):
+        return None
+    distances, _ = arg_kmin.compute(
+        X=X, Y=Y, k=k, metric="euclidean", metric_kwargs={}, strategy="auto",
+        return_distance=True,
+    )
+    return distances
+
+
+def _bandwidth(features: np.ndarray) -> float:
+    """``estimate_bandwidth(features, quantile=0.5)``: the mean over the points of the distance
+    to their ``int(n / 2)``-th nearest point (themselves included), by its own brute-force
+    search in batches of 500 queries (:func:`_brute_neighbours`), the same sums in the same
+    order; the function itself where that search does not apply."""
+    from sklearn.cluster import estimate_bandwidth
+
+    X = np.ascontiguousarray(features, dtype=np.float64)
+    n = X.shape[0]
+    k = max(1, int(n * 0.5))
+    total = 0.0
+    for start in range(0, n, 500):  # scikit-learn's gen_batches(n, 500)
+        d = _brute_neighbours(X[start : start + 500], X, k) if k <= n else None
+        if d is None:
+            return float(estimate_bandwidth(features, quantile=0.5))
+        total += np.max(d, axis=1).sum()
+    return float(total / n) if n else float(estimate_bandwidth(features, quantile=0.5))
+
+
+def _radius_tree(X: np.ndarray) -> Any | None:
+    """The KD-tree ``NearestNeighbors(radius=...).fit(X)`` builds (``algorithm="auto"``, five
+    neighbours by default: a KD-tree from 12 points in up to 15 dimensions), built directly;
+    None where it would take brute force or ``KDTree`` is not there."""
+    tools = _neighbour_tools()
+    if tools is None or X.shape[0] // 2 <= 5 or X.shape[1] > _MAX_BRUTE_FEATURES:
+        return None
+    return tools[1](X, _LEAF_SIZE, metric="euclidean")
 
 
 def _mean_shift(X: np.ndarray, bandwidth: float) -> tuple[np.ndarray, int] | None:
     """``(labels_, number of clusters)`` of ``MeanShift(bandwidth, bin_seeding=True,
     cluster_all=False).fit(X)``: scikit-learn's own steps (its bin seeds, mean shift from each
     seed, near-duplicate centres removed by intensity, labels), with the radius queries of the
-    shifts sent straight to the KD-tree its ``NearestNeighbors`` built (the same tree, the
-    same query, so the same neighbours in the same order), the shifts of all seeds still
-    moving in one query per step. Each seed's shift is scikit-learn's
-    ``_mean_shift_single_seed`` (its own mean, its own stop); a query of several points runs
-    the tree's search of each point as a query of that point alone does. Through the estimator
-    each query went through its input validation as well: 11-12 ms a fit for 25 points; one
-    query of the tree per seed and step, about 4 ms (each query costs about 60 us, most of it
-    validation, whether it holds one point or 25); one per step, about 1.3 ms.
-    ``None`` when that estimator did not build a KD-tree (few points: brute force) or its
-    internals are not where they were (scikit-learn 1.9); the caller then fits the estimator.
+    shifts sent straight to the KD-tree its ``NearestNeighbors`` builds, built directly
+    (:func:`_radius_tree`: the same tree, the same query, so the same neighbours in the same
+    order), the shifts of all seeds still moving in one query per step, and the labels' nearest
+    centres from its brute-force search where it takes one (:func:`_nearest_centre`). Each
+    seed's shift is scikit-learn's ``_mean_shift_single_seed`` (its own mean, its own stop); a
+    query of several points runs the tree's search of each point as a query of that point alone
+    does. Through the estimator each query went through its input validation as well: 11-12 ms
+    a fit for 25 points; one query of the tree per seed and step, about 4 ms (each query costs
+    about 60 us, most of it validation, whether it holds one point or 25); one per step, about
+    1.3 ms. ``None`` when that estimator would not build a KD-tree (few points: brute force) or
+    scikit-learn's internals are not where they were (1.9); the caller then fits the estimator.
     """
     from sklearn.cluster import get_bin_seeds
     from sklearn.neighbors import NearestNeighbors
 
-    nbrs = NearestNeighbors(radius=bandwidth, n_jobs=1).fit(X)
-    tree: Any = getattr(nbrs, "_tree", None)
-    if getattr(nbrs, "_fit_method", None) != "kd_tree" or not hasattr(tree, "query_radius"):
+    tree = _radius_tree(X)
+    if tree is None:
         return None
     seeds = get_bin_seeds(X, bandwidth, 1)
     means, within = _shift_seeds(X, tree, np.asarray(seeds), bandwidth)
@@ -433,11 +494,27 @@ def _mean_shift(X: np.ndarray, bandwidth: float) -> tuple[np.ndarray, int] | Non
             unique[near.radius_neighbors([centre], return_distance=False)[0]] = False
             unique[i] = True
     kept = centres[unique]
-    distances, idxs = NearestNeighbors(n_neighbors=1, n_jobs=None).fit(kept).kneighbors(X)
+    distances, idxs = _nearest_centre(X, kept)
     labels = np.full(X.shape[0], -1, dtype=int)
     inside = distances.flatten() <= bandwidth
     labels[inside] = idxs.flatten()[inside]
     return labels, len(kept)
+
+
+def _nearest_centre(X: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``NearestNeighbors(n_neighbors=1).fit(centres).kneighbors(X)``: its ``ArgKmin`` call
+    where it takes brute force (up to 3 centres), else the estimator."""
+    from sklearn.neighbors import NearestNeighbors
+
+    tools = _neighbour_tools()
+    if tools is not None and centres.shape[0] // 2 <= 1 and tools[0].is_usable_for(
+        X, centres, "euclidean"
+    ):
+        return tools[0].compute(
+            X=X, Y=centres, k=1, metric="euclidean", metric_kwargs={}, strategy="auto",
+            return_distance=True,
+        )
+    return NearestNeighbors(n_neighbors=1, n_jobs=None).fit(centres).kneighbors(X)
 
 
 def _shift_seeds(
