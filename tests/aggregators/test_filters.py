@@ -719,10 +719,11 @@ def test_mean_shift_is_scikit_learns(seed):
 def test_bandwidth_and_nearest_centres_are_scikit_learns(seed):
     """SignGuard's bandwidth (scikit-learn's brute-force neighbour search called directly) is
     estimate_bandwidth's to the bit, from 1 to 1200 points (batches of 500 queries), on
-    continuous features and on fractions with ties; the nearest centres are the estimator's."""
+    continuous features and on fractions with ties; the nearest centres and the centres within
+    the radius of each are the estimator's (its brute force and its KD-tree)."""
     from sklearn.neighbors import NearestNeighbors
 
-    from byzlearn.aggregators.rules.filters import _bandwidth, _nearest_centre
+    from byzlearn.aggregators.rules.filters import _bandwidth, _nearest_centre, _within_radius
 
     rng = np.random.default_rng(seed)
     for n in (1, 2, 3, 12, 25, 40, 499, 500, 501, 1200):
@@ -734,6 +735,15 @@ def test_bandwidth_and_nearest_centres_are_scikit_learns(seed):
             ref = NearestNeighbors(n_neighbors=1).fit(centres).kneighbors(F)
             np.testing.assert_array_equal(got[0], ref[0])
             np.testing.assert_array_equal(got[1], ref[1])
+    for m in (1, 2, 5, 11, 12, 13, 40):  # brute force up to 11 centres, a KD-tree from 12
+        for centres in (rng.random((m, 3)), rng.multinomial(10, [0.4, 0.2, 0.4], size=m) / 10):
+            centres = np.unique(centres, axis=0)
+            radius = float(np.median(np.abs(centres - centres[0]).sum(axis=1))) + 0.1
+            near = _within_radius(centres, radius)
+            fitted = NearestNeighbors(radius=radius).fit(centres)
+            for i in range(len(centres)):
+                ref = fitted.radius_neighbors([centres[i]], return_distance=False)[0]
+                np.testing.assert_array_equal(near(i), ref)
 
 
 @pytest.mark.parametrize("shape", [(25, 400), (7, 3), (30, 40), (2, 5)])

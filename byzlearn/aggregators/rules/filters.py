@@ -393,15 +393,16 @@ _LEAF_SIZE = 30  # NearestNeighbors' default
 _MAX_BRUTE_FEATURES = 15  # NearestNeighbors(algorithm="auto") takes brute force above
 
 
-def _neighbour_tools() -> tuple[Any, Any] | None:
-    """scikit-learn's ``ArgKmin`` (the brute-force k-nearest search its ``NearestNeighbors``
-    runs) and ``KDTree``, or None where the private module moved (the estimators then run)."""
+def _neighbour_tools() -> tuple[Any, Any, Any] | None:
+    """scikit-learn's ``ArgKmin`` and ``RadiusNeighbors`` (the brute-force searches its
+    ``NearestNeighbors`` runs) and ``KDTree``, or None where the private module moved (the
+    estimators then run)."""
     try:
-        from sklearn.metrics._pairwise_distances_reduction import ArgKmin
+        from sklearn.metrics._pairwise_distances_reduction import ArgKmin, RadiusNeighbors
         from sklearn.neighbors import KDTree
     except ImportError:  # pragma: no cover (another scikit-learn)
         return None
-    return ArgKmin, KDTree
+    return ArgKmin, RadiusNeighbors, KDTree
 
 
 def _brute_neighbours(X: np.ndarray, Y: np.ndarray, k: int) -> np.ndarray | None:
@@ -449,7 +450,7 @@ def _radius_tree(X: np.ndarray) -> Any | None:
     tools = _neighbour_tools()
     if tools is None or X.shape[0] // 2 <= 5 or X.shape[1] > _MAX_BRUTE_FEATURES:
         return None
-    return tools[1](X, _LEAF_SIZE, metric="euclidean")
+    return tools[2](X, _LEAF_SIZE, metric="euclidean")
 
 
 def _mean_shift(X: np.ndarray, bandwidth: float) -> tuple[np.ndarray, int] | None:
@@ -469,7 +470,6 @@ def _mean_shift(X: np.ndarray, bandwidth: float) -> tuple[np.ndarray, int] | Non
     scikit-learn's internals are not where they were (1.9); the caller then fits the estimator.
     """
     from sklearn.cluster import get_bin_seeds
-    from sklearn.neighbors import NearestNeighbors
 
     tree = _radius_tree(X)
     if tree is None:
@@ -488,10 +488,10 @@ def _mean_shift(X: np.ndarray, bandwidth: float) -> tuple[np.ndarray, int] | Non
     ordered = sorted(intensity.items(), key=lambda item: (item[1], item[0]), reverse=True)
     centres = np.array([item[0] for item in ordered])
     unique = np.ones(len(centres), dtype=bool)
-    near = NearestNeighbors(radius=bandwidth, n_jobs=None).fit(centres)
-    for i, centre in enumerate(centres):
+    near = _within_radius(centres, bandwidth)
+    for i in range(len(centres)):
         if unique[i]:
-            unique[near.radius_neighbors([centre], return_distance=False)[0]] = False
+            unique[near(i)] = False
             unique[i] = True
     kept = centres[unique]
     distances, idxs = _nearest_centre(X, kept)
@@ -499,6 +499,30 @@ def _mean_shift(X: np.ndarray, bandwidth: float) -> tuple[np.ndarray, int] | Non
     inside = distances.flatten() <= bandwidth
     labels[inside] = idxs.flatten()[inside]
     return labels, len(kept)
+
+
+def _within_radius(centres: np.ndarray, radius: float) -> Any:
+    """``i -> NearestNeighbors(radius=radius).fit(centres).radius_neighbors([centres[i]],
+    return_distance=False)[0]``: the KD-tree it builds from 12 centres on (:func:`_radius_tree`,
+    queried as it queries it), its brute-force ``RadiusNeighbors`` call below, each query of one
+    centre as MeanShift sends it; the estimator where scikit-learn's internals moved."""
+    from sklearn.neighbors import NearestNeighbors
+
+    tree = _radius_tree(centres)
+    if tree is not None:
+        return lambda i: tree.query_radius(
+            centres[i : i + 1], radius, return_distance=False, sort_results=False
+        )[0]
+    tools = _neighbour_tools()
+    brute = None if tools is None else tools[1]
+    few = centres.shape[0] // 2 <= 5 and centres.shape[1] <= _MAX_BRUTE_FEATURES
+    if brute is not None and few and brute.is_usable_for(centres[:1], centres, "euclidean"):
+        return lambda i: brute.compute(
+            X=centres[i : i + 1], Y=centres, radius=radius, metric="euclidean",
+            metric_kwargs={}, strategy="auto", return_distance=False, sort_results=False,
+        )[0]
+    near = NearestNeighbors(radius=radius, n_jobs=None).fit(centres)
+    return lambda i: near.radius_neighbors([centres[i]], return_distance=False)[0]
 
 
 def _nearest_centre(X: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
