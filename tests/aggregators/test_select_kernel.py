@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from byzlearn.aggregators import _gram
@@ -1113,3 +1113,49 @@ def test_a_damaged_kernel_file_in_the_cache_is_rewritten(tmp_path, monkeypatch):
     # a folder where the file goes: not loadable from a file (the caller compiles in memory)
     path.mkdir()
     assert _sortnet._load_from_file("probe_kernel", source) is None
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    rows=st.integers(1, 30),
+    cols=st.integers(1, 8),
+    values=st.sampled_from([(0.0, 0.05, 1 / 3), (0.0, 1.0), (-0.5, 0.0, 0.25, 2.0)]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_unique_rows_are_numpys(rows: int, cols: int, values: tuple, seed: int) -> None:
+    """The lexsort behind the mixed rows' plan gives np.unique(axis=0)'s rows and inverse, on
+    matrices with many repeated rows (NNM's overlapping neighbourhoods)."""
+    from byzlearn.aggregators._select import unique_rows
+
+    rng = np.random.default_rng(seed)
+    A = rng.choice(np.asarray(values), size=(rows, cols))
+    A[rng.integers(0, rows, rows // 2)] = A[0]  # repeats
+    unique, inverse = unique_rows(A)
+    ref_unique, ref_inverse = np.unique(A, axis=0, return_inverse=True)
+    np.testing.assert_array_equal(unique, ref_unique)
+    np.testing.assert_array_equal(inverse, ref_inverse.reshape(-1))
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 40), k=st.integers(1, 40), seed=st.integers(0, 2**32 - 1))
+def test_the_mixed_rows_plan_rebuilds_the_mixing_matrix(n: int, k: int, seed: int) -> None:
+    """Each row of an NNM-like mixing matrix (k of n inputs weighted 1/k, repeated rows) is its
+    distinct row's common terms plus that row's extra terms, and no term is listed twice."""
+    rng = np.random.default_rng(seed)
+    k = min(k, n)
+    A = np.zeros((n, n))
+    for i in range(n):
+        A[i, rng.choice(n, k, replace=False)] = 1 / k
+    A[rng.integers(0, n, n // 2)] = A[0]
+    n_unique, inverse, common, common_w, starts, extra, extra_w = sel._mixed_rows_plan(A)
+    assert starts[0] == 0 and starts[-1] == extra.size == extra_w.size
+    assert len(starts) == n_unique + 1
+    for i in range(n):
+        r = inverse[i]
+        row = np.zeros(n)
+        row[common] = common_w
+        terms = extra[starts[r] : starts[r + 1]]
+        assert not set(terms.tolist()) & set(common.tolist())
+        assert np.all(np.diff(terms) > 0)
+        row[terms] = extra_w[starts[r] : starts[r + 1]]
+        np.testing.assert_array_equal(row, A[i])
