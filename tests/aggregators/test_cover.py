@@ -124,3 +124,12 @@ def test_one_search_stays_within_the_documented_branch_bound(n: int, density: fl
     assert [_fibonacci_bound(k) for k in (0, 1, 2, 3, 22)] == [1, 2, 4, 7, 75024]
     assert _fibonacci_bound(mda.EXACT_F) * 19 <= mda.MAX_BRANCHES
     assert _fibonacci_bound(mda.EXACT_F + 1) * 19 > mda.MAX_BRANCHES
+
+
+def test_a_budget_beyond_int64_is_ample():
+    rng = np.random.default_rng(11)
+    X = rng.standard_normal((12, 5))
+    D = ((X[:, None] - X[None]) ** 2).sum(-1)
+    assert mda.min_diameter_subset(D, 3, max_branches=10**30)[0].tolist() == (
+        mda.min_diameter_subset(D, 3)[0].tolist()
+    )

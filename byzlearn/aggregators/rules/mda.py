@@ -162,8 +162,9 @@ def _least_cover(
     ``compiled=False``: the search of :func:`_cover` (the tests' reference)."""
     n = D.shape[0]
     if compiled and _cover_kernel.available():
+        budget = min(int(max_branches), 2**62)  # (an int64 in the kernel: ample)
         cover, size = _cover_kernel.least_cover(
-            np.ascontiguousarray(D, dtype=np.float64), thresholds, int(f), int(max_branches)
+            np.ascontiguousarray(D, dtype=np.float64), thresholds, int(f), budget
         )
         if size == _cover_kernel.EXHAUSTED:
             raise _exhausted(int(max_branches), n, f)
