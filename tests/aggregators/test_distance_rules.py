@@ -399,6 +399,9 @@ def test_mda_exact_search_limit_and_its_message():
         agg.mda(X, f=12, max_branches=5)
     with pytest.raises(ValueError, match="max_branches must be"):
         agg.mda(X, f=12, max_branches=0)
+    for wrong in ("many", 2.5, True):
+        with pytest.raises(TypeError, match="mda: max_branches must be an int, got "):
+            agg.mda(X, f=12, max_branches=wrong)
     exact = agg.selected_indices("mda", X, f=12).tolist()  # the default budget suffices here
     approx = agg.selected_indices("mda", X, f=12, approximate=True).tolist()
     assert len(approx) == 48

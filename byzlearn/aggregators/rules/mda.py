@@ -250,7 +250,9 @@ def mda(
     if approximate:
         keep, _ = approximate_subset(D, f)
     else:
-        if int(max_branches) < 1:
+        if isinstance(max_branches, bool) or not isinstance(max_branches, (int, np.integer)):
+            raise TypeError(f"mda: max_branches must be an int, got {type(max_branches).__name__}")
+        if max_branches < 1:
             raise ValueError(f"mda: max_branches must be >= 1, got {max_branches}")
         keep, _ = min_diameter_subset(D, f, max_branches)
     if bool(inputs.bad[torch.as_tensor(keep)].any()):  # n = 1: a lone row has no distances
