@@ -760,3 +760,22 @@ def test_dnc_scores_from_the_gram_matrix_equal_the_svd_scores(shape):
     v = np.linalg.svd(C, full_matrices=False)[2][0]
     np.testing.assert_allclose(dnc_scores(torch.from_numpy(S)).numpy(), (C @ v) ** 2,
                                rtol=1e-9, atol=1e-12 * float((C**2).sum()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_every_column_of_every_row_is_a_fresh_float64_copy(dtype):
+    """DnC's gather of all the coordinates of all the rows (d <= subsample) takes one copy:
+    the values of the two gathers, in float64, never the input's own memory."""
+    from byzlearn.aggregators._gram import Inputs
+    from byzlearn.aggregators.rules.filters import _Rows
+
+    X = torch.randn(9, 70, dtype=dtype)
+    rows = _Rows.of(Inputs(X=X, gram=None), norms=False)
+    every, cols = torch.arange(9), np.arange(70)
+    got = rows.columns(every, cols)
+    assert rows.Y is not None
+    ref = rows.Y.index_select(1, torch.as_tensor(cols)).index_select(0, every).double()
+    assert torch.equal(got, ref) and got.dtype == torch.float64
+    assert got.data_ptr() != rows.Y.data_ptr()
+    some = rows.columns(torch.tensor([0, 3, 8]), cols)  # fewer rows: the gathers
+    assert torch.equal(some, ref[[0, 3, 8]])
