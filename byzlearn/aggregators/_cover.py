@@ -17,7 +17,6 @@ from __future__ import annotations
 import numpy as np
 
 try:  # numba is a dependency, but keep a working fallback if it cannot load
-    from llvmlite import ir  # noqa: F401  (numba's own dependency)
     from numba import njit, types
     from numba.extending import intrinsic
 except ImportError:  # pragma: no cover
@@ -70,8 +69,6 @@ if njit is not None:
                     best, top = i, c
             else:
                 deg[i] = 0
-        if top < 0:
-            top = 0
         return best, total
 
     @njit(cache=True, nogil=True)

@@ -410,8 +410,10 @@ def _neighbour_tools() -> tuple[Any, Any, Any] | None:
     return ArgKmin, RadiusNeighbors, KDTree
 
 
-def _brute_neighbours(X: np.ndarray, Y: np.ndarray, k: int) -> np.ndarray | None:
-    """Distances of each row of X to its k nearest rows of Y, as ``NearestNeighbors(
+def _brute_neighbours(
+    X: np.ndarray, Y: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(distances, indices) of each row of X's k nearest rows of Y, as ``NearestNeighbors(
     n_neighbors=k).fit(Y).kneighbors(X)`` computes them where it takes brute force (``k >=
     len(Y) // 2`` or more than 15 features): its ``ArgKmin`` call, without the estimators'
     input validation (about 0.2 ms a fit or query); None where it would not (a KD-tree) or
@@ -422,11 +424,10 @@ def _brute_neighbours(X: np.ndarray, Y: np.ndarray, k: int) -> np.ndarray | None
     arg_kmin = tools[0]
     if not arg_kmin.is_usable_for(X, Y, "euclidean"):
         return None
-    distances, _ = arg_kmin.compute(
+    return arg_kmin.compute(
         X=X, Y=Y, k=k, metric="euclidean", metric_kwargs={}, strategy="auto",
         return_distance=True,
     )
-    return distances
 
 
 def _bandwidth(features: np.ndarray) -> float:
@@ -441,10 +442,10 @@ def _bandwidth(features: np.ndarray) -> float:
     k = max(1, int(n * 0.5))
     total = 0.0
     for start in range(0, n, 500):  # scikit-learn's gen_batches(n, 500)
-        d = _brute_neighbours(X[start : start + 500], X, k) if k <= n else None
-        if d is None:
+        found = _brute_neighbours(X[start : start + 500], X, k)
+        if found is None:
             return float(estimate_bandwidth(features, quantile=0.5))
-        total += np.max(d, axis=1).sum()
+        total += np.max(found[0], axis=1).sum()
     return float(total / n) if n else float(estimate_bandwidth(features, quantile=0.5))
 
 
@@ -532,17 +533,13 @@ def _within_radius(centres: np.ndarray, radius: float) -> Any:
 
 def _nearest_centre(X: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``NearestNeighbors(n_neighbors=1).fit(centres).kneighbors(X)``: its ``ArgKmin`` call
-    where it takes brute force (up to 3 centres), else the estimator."""
+    where it takes brute force (up to 3 centres: :func:`_brute_neighbours`), else the
+    estimator."""
     from sklearn.neighbors import NearestNeighbors
 
-    tools = _neighbour_tools()
-    if tools is not None and centres.shape[0] // 2 <= 1 and tools[0].is_usable_for(
-        X, centres, "euclidean"
-    ):
-        return tools[0].compute(
-            X=X, Y=centres, k=1, metric="euclidean", metric_kwargs={}, strategy="auto",
-            return_distance=True,
-        )
+    found = _brute_neighbours(X, centres, 1)
+    if found is not None:
+        return found
     return NearestNeighbors(n_neighbors=1, n_jobs=None).fit(centres).kneighbors(X)
 
 
