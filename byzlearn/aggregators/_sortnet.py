@@ -31,14 +31,21 @@ time at 50 rows, about 0.5 at 200 and 0.4 to 0.5 at 500 and 1000 rows (docs/aggr
 On blocks whose values are all finite the median and the trimmed mean take :func:`exact_passes`
 (the last merge level sorts only around the positions they read): 5-17 % faster again.
 
-From 3 groups up to 256 rows (:data:`PREFETCH_GROUPS`, ``Plan.ahead``) the kernel prefetches the
-rows of the next group (the next block's first group after the last) before it sorts a group:
-from memory, a hundred rows or more are more streams than the hardware prefetchers follow. On an
+From 3 groups on (:data:`PREFETCH_MIN_GROUPS`, ``Plan.ahead``) the kernel prefetches the rows
+of the next group (the next part's first group after the last) before it sorts a group: from
+memory, a hundred rows or more are more streams than the hardware prefetchers follow. On an
 AVX-512 Xeon, one thread, d = 1e6, with and without it in one process (the same outputs): the
 kernel at 64, 75, 100, 150, 200 and 256 rows took 0.82-0.93 of the time for the median, the
 trimmed mean, MeaMed and Phocas (100 rows: 85 -> 73 ns per coordinate for the median, the
 floor 28); at 51 rows (groups of 13) 0.98-1.01; at 300 rows 1.01-1.07, and at 1000 rows
-(d = 3e5 and 1e6) 1.00-1.05, where the merge passes take most of the time.
+(d = 3e5 and 1e6) 1.00-1.05, where the merge passes take most of the time: so it stopped at
+256 rows until the plans of 256 or more buffer rows took their blocks in halves
+(:attr:`Plan.part`, :data:`PART_WIRES`), with which it pays there too (2026-12-07, a 2-core
+Xeon, one thread, time over one read, f = n / 5, medians of 7, alternated twice, the same
+outputs: halves with the prefetch against whole blocks without it, the median 2.69-2.82 ->
+2.48-2.57 at 200 x 1e6, 3.35-3.45 -> 3.18-3.34 at 400 x 5e5, 4.60-4.66 -> 4.12-4.25 at
+1000 x 1e5, 5.79-5.82 -> 5.47-5.70 at 2000 x 5e4; whole blocks with the prefetch from 257 rows
+were slower, 3.55-3.72 against 3.43-3.50 at 500 x 1e5).
 """
 
 from __future__ import annotations
@@ -64,14 +71,13 @@ LANES = 256
 # 39-47 -> 33 us per block, 500 rows 149-159 -> 126-128, 1000 rows 488-497 -> 329-335 (8 values
 # of padding; 16: 32-33, 127-130, 348-356; 64: 36-37, 142-144, 380-389).
 ROW_PAD = 8
-_GENERATOR_VERSION = 20
+_GENERATOR_VERSION = 21
 # The grouped kernel prefetches (into L2, by software) the rows of the group it sorts next while
-# it sorts one, for plans of at least PREFETCH_GROUPS[0] groups and at most PREFETCH_GROUPS[1]
-# rows: from memory, some hundred rows are more streams at once than the hardware prefetchers
-# follow (a group of 25 rows of one block took about 14 ns per coordinate from 100 rows on,
-# 10.5 at 25 and 50 rows; 8 from the L3 cache). Measured on an AVX-512 Xeon, one thread: see
-# the module docstring.
-PREFETCH_GROUPS = (3, 256)
+# it sorts one, for plans of at least PREFETCH_MIN_GROUPS groups: from memory, some hundred rows
+# are more streams at once than the hardware prefetchers follow (a group of 25 rows of one block
+# took about 14 ns per coordinate from 100 rows on, 10.5 at 25 and 50 rows; 8 from the L3
+# cache). Measured on an AVX-512 Xeon and a 2-core Xeon, one thread: see the module docstring.
+PREFETCH_MIN_GROUPS = 3
 # Whether the fused kernels of 26 to 64 rows merge the sorted groups in registers
 # (:func:`._fused.merges_in_registers`), which then takes every statistic there, the median and
 # the trimmed mean too, and the plain kernel merges instead of taking the two sorted lists (the
@@ -83,19 +89,24 @@ PREFETCH_GROUPS = (3, 256)
 REGISTER_MERGE = _simd.vector_bytes() >= 64
 
 
-def _source(size: int, pairs: np.ndarray) -> str:
+def _source(size: int, pairs: np.ndarray, part: int = LANES) -> str:
     """Kernel source: groups of up to ``size`` rows sorted by the unrolled network, then merged.
 
+    Each block of ``LANES`` coordinates (the unit of ``blk0``, ``blk1`` and ``first_bad``) is
+    taken in parts of ``part`` coordinates (:attr:`Plan.part`), one after the other:
     ``starts[g]:starts[g + 1]`` are the positions in ``rows`` of group g; its sorted values go
     straight to buffer rows ``g * slot ...`` (group rows beyond its count read +inf). The buffer
     rows listed in ``pad`` are set to +inf, then the bitonic passes ``kinds``, ``passes``
     (:func:`._bitonic.run_passes`) merge the sorted groups; one group and no passes is the
-    plain unrolled kernel. On a block whose values are all finite the passes ``exact_kinds``,
+    plain unrolled kernel. On a part whose values are all finite the passes ``exact_kinds``,
     ``exact_passes`` run instead: a last merge level that sorts only around the positions the
     statistic reads (see :func:`exact_passes`; the full passes where it needs them all). With
     ``ahead`` (:attr:`Plan.ahead`), before it sorts a group the kernel prefetches the rows of the
-    group it sorts next, in this block or (after the last group) the next one of its range.
+    group it sorts next, in this part or (after the last group) the next one of its range.
+    ``first_bad[blk]`` is the first coordinate of the block short of values (the first part's
+    that has one), or -1.
     """
+    assert LANES % part == 0
     lines = [
         '"""Generated by byzlearn.aggregators._sortnet; do not edit."""',
         "import numpy as np",
@@ -119,78 +130,84 @@ def _source(size: int, pairs: np.ndarray) -> str:
         "    n = rows.shape[0]",
         "    inf = big[0]",
         "    merged = starts.shape[0] > 2",
-        f"    buf = np.empty((wires, {LANES + ROW_PAD}), dtype=X.dtype)",
-        f"    work = np.empty((4, {LANES}), dtype=np.float64)",
+        f"    stop = min(d, blk1 * {LANES})",
+        f"    buf = np.empty((wires, {part + ROW_PAD}), dtype=X.dtype)",
+        f"    work = np.empty((4, {part}), dtype=np.float64)",
         "    col = np.empty(wires, dtype=np.float64)",
-        f"    ranks = np.empty((5, {LANES}), dtype=X.dtype)",
-        f"    sums = np.empty((2, {LANES}), dtype=np.float64)",
+        f"    ranks = np.empty((5, {part}), dtype=X.dtype)",
+        f"    sums = np.empty((2, {part}), dtype=np.float64)",
         "    for blk in range(blk0, blk1):",
-        f"        j0 = np.uint64(blk * {LANES})",
-        f"        w = min({LANES}, d - blk * {LANES})",
-        "        for g in range(starts.shape[0] - 1):",
-        "            g0 = starts[g]",
-        "            count = starts[g + 1] - g0",
-        "            s0 = np.uint64(g * slot)",
+        "        bad = -1",
+        f"        for c0 in range(blk * {LANES}, min(d, (blk + 1) * {LANES}), {part}):",
+        "            j0 = np.uint64(c0)",
+        f"            w = min({part}, d - c0)",
+        "            for g in range(starts.shape[0] - 1):",
+        "                g0 = starts[g]",
+        "                count = starts[g + 1] - g0",
+        "                s0 = np.uint64(g * slot)",
     ]
     # Row indices, not row views: reads from one array keep the compiler's runtime alias checks
     # (writes to buf against every array read) few enough for it to vectorise. Padding rows
     # read the group's first row and are replaced by +inf (``live{r}`` is False for them).
     for r in range(size):
         lines += [
-            f"            live{r} = {r} < count",
-            f"            i{r} = rows[g0 + {r}] if live{r} else rows[g0]",
+            f"                live{r} = {r} < count",
+            f"                i{r} = rows[g0 + {r}] if live{r} else rows[g0]",
         ]
     lines += [
-        "            if ahead:",  # the next group's rows: this block's, or the next block's first
-        "                ng = g + 1",
-        "                nb = blk",
-        "                if ng == starts.shape[0] - 1:",
-        "                    ng = 0",
-        "                    nb = blk + 1",
-        "                if nb < blk1:",
-        f"                    nxt = nb * {LANES}",
-        f"                    lim = min({LANES}, d - nxt)",
-        "                    for r in range(starts[ng], starts[ng + 1]):",
-        "                        base = rows[r] * row_step + nxt * column_step",
-        "                        for q in range(0, lim, line):",
-        "                            prefetch(X, base + q * column_step)",
-        "            for j in range(np.uint64(w)):",
+        "                if ahead:",  # the next group's rows: this part's, or the next part's first
+        "                    ng = g + 1",
+        "                    nxt = c0",
+        "                    if ng == starts.shape[0] - 1:",
+        "                        ng = 0",
+        f"                        nxt = c0 + {part}",
+        "                    if nxt < stop:",
+        f"                        lim = min({part}, d - nxt)",
+        "                        for r in range(starts[ng], starts[ng + 1]):",
+        "                            base = rows[r] * row_step + nxt * column_step",
+        "                            for q in range(0, lim, line):",
+        "                                prefetch(X, base + q * column_step)",
+        "                for j in range(np.uint64(w)):",
     ]
 
     def load(r: int) -> list[str]:
         return [f"a{r} = X[i{r}, j0 + j]", f"a{r} = pick((abs(a{r}) < inf) & live{r}, a{r}, inf)"]
 
     body = network_body(pairs, size, load, lambda r: [f"buf[s0 + np.uint64({r}), j] = a{r}"])
-    lines += ["                " + line for line in body]
+    lines += ["                    " + line for line in body]
     lines += [
-        "        if not merged:",
-        "            first_bad[blk] = block_statistic(",
-        f"                buf[:n], w, stat, drop, min_k, out, blk * {LANES}, work, col",
-        "            )",
-        "            continue",
-        "        for q in range(pad.shape[0]):",
-        "            row = buf[pad[q]]",
-        "            for j in range(w):",
-        "                row[j] = inf",
-        # the block's values are all finite when each group's last (largest) value is
-        "        finite = True",
-        "        for g in range(starts.shape[0] - 1):",
-        "            top = buf[g * slot + starts[g + 1] - starts[g] - 1]",
-        "            for j in range(w):",
-        "                finite &= top[j] < inf",
-        "        if finite and two_lists:",  # the median or trimmed mean of the two groups
-        "            na = starts[1]",
-        f"            if two_list_block(buf, slot, na, n - na, stat, drop, w, out, blk * {LANES},",
-        "                              ranks, sums):",
-        "                first_bad[blk] = -1",
-        "                continue",
-        "        if finite:",
-        f"            run_passes(buf, exact_kinds, exact_passes, w, {MERGE_LANES})",
-        "        else:",
-        f"            run_passes(buf, kinds, passes, w, {MERGE_LANES})",
-        "        first_bad[blk] = block_statistic(",
-        f"            buf[:n], w, stat, drop, min_k, out, blk * {LANES}, work, col",
-        "        )",
+        "            if not merged:",
+        "                first = block_statistic(",
+        "                    buf[:n], w, stat, drop, min_k, out, c0, work, col",
+        "                )",
+        "            else:",
+        "                for q in range(pad.shape[0]):",
+        "                    row = buf[pad[q]]",
+        "                    for j in range(w):",
+        "                        row[j] = inf",
+        # the part's values are all finite when each group's last (largest) value is
+        "                finite = True",
+        "                for g in range(starts.shape[0] - 1):",
+        "                    top = buf[g * slot + starts[g + 1] - starts[g] - 1]",
+        "                    for j in range(w):",
+        "                        finite &= top[j] < inf",
+        "                done = False",
+        "                if finite and two_lists:",  # the median or trimmed mean of the two groups
+        "                    na = starts[1]",
+        "                    done = two_list_block(buf, slot, na, n - na, stat, drop, w, out, c0,",
+        "                                          ranks, sums)",
+        "                first = -1",
+        "                if not done:",
+        "                    if finite:",
+        f"                        run_passes(buf, exact_kinds, exact_passes, w, {part})",
+        "                    else:",
+        f"                        run_passes(buf, kinds, passes, w, {part})",
+        "                    first = block_statistic(",
+        "                        buf[:n], w, stat, drop, min_k, out, c0, work, col",
+        "                    )",
+        "            if bad < 0:",
+        "                bad = first",
+        "        first_bad[blk] = bad",
         "",
     ]
     return "\n".join(lines)
@@ -320,11 +337,13 @@ def _load_in_memory(source: str) -> Callable:
 # rows by the same kernels and the groups merged (see :func:`plan`).
 SIZES = (8, 10, 12, 16, 25)
 
-# Coordinates per run of the merge passes: the passes run over chunks of this many coordinates of
-# the block. With the bitonic passes the whole block was as fast as or faster than chunks of 128
-# and 64 from 50 to 1000 rows on an AVX-512 core (chunks of 16 and 32 were 1.5 to 2 times
-# slower), so the passes run once per block.
-MERGE_LANES = LANES
+# Coordinates per part of a block (:attr:`Plan.part`): the plans of at least PART_WIRES buffer
+# rows take each block in parts of HALF_PART coordinates, the others in one part. (The merge
+# passes run once per part: with the bitonic passes a whole block of 256 was as fast as or
+# faster than runs of 128 and 64 coordinates from 50 to 1000 rows on an AVX-512 core, runs of
+# 16 and 32 1.5 to 2 times slower; the parts shrink the buffer as well.)
+PART_WIRES = 256
+HALF_PART = LANES // 2
 
 
 def size_for(n: int) -> int | None:
@@ -359,18 +378,33 @@ class Plan:
         """The statistic of blocks blk0..blk1-1 of X's rows ``rows`` (see :func:`kernel`)."""
         n = int(self.starts[-1])
         exact_kinds, exact_table = exact_passes(n, read_positions(n, stat, drop))
-        kernel(self.size)(
+        kernel(self.size, self.part)(
             X, rows, big, stat, drop, min_k, out, first_bad, blk0, blk1,
             self.starts, self.slot, self.wires, self.pad, self.kinds, self.passes,
             exact_kinds, exact_table, self.two_lists(stat, drop, min_k), self.ahead,
         )
 
     @property
+    def part(self) -> int:
+        """Coordinates the kernel sorts, merges and reduces at a time: :data:`HALF_PART` for the
+        plans of :data:`PART_WIRES` buffer rows or more (from 129 rows), else a whole block
+        (``LANES``).
+
+        With halves the buffer is half as large (256 wires: 136 KB instead of 270; 1024 wires:
+        544 KB instead of 1.1 MB) while the next group's rows are prefetched into the same L2
+        cache. On a 2-core Xeon (one thread, time over one read, f = n / 5, medians of 7,
+        alternated twice, the same outputs), halves against whole blocks: the median 2.69-2.82
+        -> 2.48-2.57 at 200 x 1e6 (the trimmed mean 2.91-2.94 -> 2.64-2.67, Phocas 3.06-3.08 ->
+        2.83-2.90), 4.60-4.66 -> 4.12-4.25 at 1000 x 1e5; the kernel's group sorts alone (no
+        merge) 1.6 -> 1.3 at 200 rows. Parts of 64 were slower at 200 rows (3.40-3.50), as were
+        halves at 128 rows (2.19-2.21 against 2.08)."""
+        return HALF_PART if self.wires >= PART_WIRES else LANES
+
+    @property
     def ahead(self) -> bool:
         """Whether the kernel prefetches each group's next group while it sorts one
-        (:data:`PREFETCH_GROUPS`)."""
-        groups = self.starts.size - 1
-        return groups >= PREFETCH_GROUPS[0] and int(self.starts[-1]) <= PREFETCH_GROUPS[1]
+        (:data:`PREFETCH_MIN_GROUPS`)."""
+        return self.starts.size - 1 >= PREFETCH_MIN_GROUPS
 
     def two_lists(self, stat: int, drop: int, min_k: int) -> bool:
         """Whether the kernel takes the statistic of its finite blocks from the two sorted
@@ -472,12 +506,13 @@ def plan(n: int) -> Plan:
 
 
 @functools.cache
-def kernel(size: int) -> Callable:
-    """The compiled (single-threaded) kernel for groups of up to ``size`` rows."""
-    source = _source(size, unrolled_pairs(size))
+def kernel(size: int, part: int = LANES) -> Callable:
+    """The compiled (single-threaded) kernel for groups of up to ``size`` rows, blocks taken in
+    parts of ``part`` coordinates."""
+    source = _source(size, unrolled_pairs(size), part)
     select = sys.modules["byzlearn.aggregators._select"]
     helpers = (select, _bitonic, _branchfree, _two_lists, _simd)
-    return compiled(f"sortnet_{size}_v{_GENERATOR_VERSION}", source, helpers)
+    return compiled(f"sortnet_{size}_{part}_v{_GENERATOR_VERSION}", source, helpers)
 
 
 def compiled(prefix: str, source: str, helpers: tuple) -> Callable:

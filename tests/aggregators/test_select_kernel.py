@@ -1047,54 +1047,62 @@ def test_vector_bytes_follows_the_cpu_numba_compiles_for(monkeypatch):
     assert _simd.vector_bytes() == 64
 
 
-def test_prefetch_rule_of_the_plans():
-    """The grouped kernel prefetches the next group from 3 groups up to 256 rows (the range
-    where it was measured faster), not for one network or two groups, nor beyond."""
+def test_prefetch_and_part_rules_of_the_plans():
+    """The grouped kernel prefetches the next group from 3 groups on (not for one network or
+    two groups), and takes its blocks in halves from 256 buffer rows (129 rows) on."""
     from byzlearn.aggregators import _sortnet
 
     assert not _sortnet.plan(25).ahead  # one network
     assert not _sortnet.plan(50).ahead  # two groups
-    assert _sortnet.plan(75).ahead and _sortnet.plan(100).ahead and _sortnet.plan(256).ahead
-    assert not _sortnet.plan(257).ahead and not _sortnet.plan(1000).ahead
+    for n in (75, 100, 128, 129, 256, 257, 1000):
+        assert _sortnet.plan(n).ahead, n
+    for n in (25, 50, 100, 128):
+        assert _sortnet.plan(n).part == _sortnet.LANES, n
+    for n in (129, 200, 256, 300, 1000):
+        assert _sortnet.plan(n).wires >= 256 and _sortnet.plan(n).part == _sortnet.LANES // 2, n
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("n", [64, 100, 160])
-def test_prefetching_the_next_group_leaves_every_output_bit(n, dtype):
-    """The kernel with and without the prefetch of the next group (``ahead``), on a subset of
-    the rows, blocks split between calls as threads split them (the last block of each call
-    prefetches nothing), NaN, infinities and ties: the same outputs and short coordinates."""
+@pytest.mark.parametrize("n", [64, 100, 160, 300])
+def test_prefetch_and_parts_leave_every_output_bit(n, dtype):
+    """The kernel with and without the prefetch of the next group (``ahead``), in whole blocks
+    and in halves, on a subset of the rows, blocks split between calls as threads split them
+    (the last block of each call prefetches nothing), NaN, infinities and ties: the same
+    outputs, and the same first short coordinate of each block (in either half, in both)."""
     from byzlearn.aggregators import _sortnet
 
     gen = torch.Generator().manual_seed(77 + n)
-    d = 5 * sel.LANES + 19
+    d = 5 * sel.LANES + 19  # a last block of 19 coordinates: one short part
     X = torch.randn(n + 7, d, generator=gen, dtype=torch.float64)
     X[:, ::5] = torch.randint(-2, 3, (n + 7, len(range(0, d, 5))), generator=gen).double()
     special = torch.rand(n + 7, d, generator=gen)
     X[special < 0.03] = math.nan
     X[(special >= 0.03) & (special < 0.05)] = math.inf
-    X[3:, 11] = math.nan  # a coordinate too short for the statistics that drop values
+    short = [11, 200, sel.LANES + 130, 5 * sel.LANES + 3]  # first, second, second, last half
+    X[3:, short] = math.nan  # coordinates too short for the statistics that drop values
     Xn = X.to(dtype).numpy()
     rows = np.sort(np.random.default_rng(n).choice(n + 7, size=n, replace=False)).astype(np.int64)
     plan = _sortnet.plan(n)
     big = np.array([np.inf], Xn.dtype)
-    kernel = _sortnet.kernel(plan.size)
     blocks = plan.blocks(d)
     for stat in STATS:
         drop = 0 if stat in (sel.MEDIAN, sel.MEAN) else n // 5
         min_k = needed(stat, drop)
         exact_kinds, exact_table = _sortnet.exact_passes(n, _sortnet.read_positions(n, stat, drop))
         results = []
-        for ahead in (False, True):
-            out = np.full(d, -7.0, dtype=Xn.dtype)
-            first_bad = np.full(blocks, -2, dtype=np.int64)
-            for b0, b1 in ((0, 2), (2, 3), (3, blocks)):
-                kernel(Xn, rows, big, stat, drop, min_k, out, first_bad, b0, b1, plan.starts,
-                       plan.slot, plan.wires, plan.pad, plan.kinds, plan.passes, exact_kinds,
-                       exact_table, plan.two_lists(stat, drop, min_k), ahead)
-            results.append((out.tobytes(), first_bad.tolist()))
-        assert results[0] == results[1], NAMES[stat]
-        assert results[1][1][0] == 11 or stat in (sel.MEDIAN, sel.MEAN)  # the short coordinate
+        for part in (_sortnet.LANES, _sortnet.LANES // 2):
+            kernel = _sortnet.kernel(plan.size, part)
+            for ahead in (False, True):
+                out = np.full(d, -7.0, dtype=Xn.dtype)
+                first_bad = np.full(blocks, -2, dtype=np.int64)
+                for b0, b1 in ((0, 2), (2, 3), (3, blocks)):
+                    kernel(Xn, rows, big, stat, drop, min_k, out, first_bad, b0, b1, plan.starts,
+                           plan.slot, plan.wires, plan.pad, plan.kinds, plan.passes, exact_kinds,
+                           exact_table, plan.two_lists(stat, drop, min_k), ahead)
+                results.append((out.tobytes(), first_bad.tolist()))
+        assert all(r == results[0] for r in results), NAMES[stat]
+        if stat not in (sel.MEDIAN, sel.MEAN):  # the short coordinates, each block's first
+            assert results[0][1] == [11, short[2], -1, -1, -1, short[3]]
 
 
 def test_a_damaged_kernel_file_in_the_cache_is_rewritten(tmp_path, monkeypatch):
