@@ -1062,9 +1062,10 @@ def test_prefetch_and_part_rules_of_the_plans():
         assert _sortnet.plan(n).wires >= 256 and _sortnet.plan(n).part == _sortnet.LANES // 2, n
 
 
+@pytest.mark.parametrize("tail", [19, 150], ids=["last block in one part", "in two parts"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("n", [64, 100, 160, 300])
-def test_prefetch_and_parts_leave_every_output_bit(n, dtype):
+def test_prefetch_and_parts_leave_every_output_bit(n, dtype, tail):
     """The kernel with and without the prefetch of the next group (``ahead``), in whole blocks
     and in halves, on a subset of the rows, blocks split between calls as threads split them
     (the last block of each call prefetches nothing), NaN, infinities and ties: the same
@@ -1072,14 +1073,16 @@ def test_prefetch_and_parts_leave_every_output_bit(n, dtype):
     from byzlearn.aggregators import _sortnet
 
     gen = torch.Generator().manual_seed(77 + n)
-    d = 5 * sel.LANES + 19  # a last block of 19 coordinates: one short part
+    d = 5 * sel.LANES + tail  # a short last block: one part, or a whole and a short one
     X = torch.randn(n + 7, d, generator=gen, dtype=torch.float64)
     X[:, ::5] = torch.randint(-2, 3, (n + 7, len(range(0, d, 5))), generator=gen).double()
     special = torch.rand(n + 7, d, generator=gen)
     X[special < 0.03] = math.nan
     X[(special >= 0.03) & (special < 0.05)] = math.inf
-    short = [11, 200, sel.LANES + 130, 5 * sel.LANES + 3]  # first, second, second, last half
-    X[3:, short] = math.nan  # coordinates too short for the statistics that drop values
+    # coordinates too short for the statistics that drop values: in the first and the second
+    # half of block 0, the second of block 1, the last block's first (and second) part
+    short = [11, 200, sel.LANES + 130, 5 * sel.LANES + 3, 5 * sel.LANES + tail - 1]
+    X[3:, short] = math.nan
     Xn = X.to(dtype).numpy()
     rows = np.sort(np.random.default_rng(n).choice(n + 7, size=n, replace=False)).astype(np.int64)
     plan = _sortnet.plan(n)
@@ -1101,8 +1104,10 @@ def test_prefetch_and_parts_leave_every_output_bit(n, dtype):
                            exact_table, plan.two_lists(stat, drop, min_k), ahead)
                 results.append((out.tobytes(), first_bad.tolist()))
         assert all(r == results[0] for r in results), NAMES[stat]
-        if stat not in (sel.MEDIAN, sel.MEAN):  # the short coordinates, each block's first
-            assert results[0][1] == [11, short[2], -1, -1, -1, short[3]]
+        if stat not in (sel.MEDIAN, sel.MEAN):  # each block's first short coordinate
+            firsts = [min((c for c in short if c // sel.LANES == b), default=-1)
+                      for b in range(blocks)]
+            assert results[0][1] == firsts == [11, short[2], -1, -1, -1, short[3]]
 
 
 def test_a_damaged_kernel_file_in_the_cache_is_rewritten(tmp_path, monkeypatch):
