@@ -40,7 +40,7 @@ trimmed mean, MeaMed and Phocas (100 rows: 85 -> 73 ns per coordinate for the me
 floor 28); at 51 rows (groups of 13) 0.98-1.01; at 300 rows 1.01-1.07, and at 1000 rows
 (d = 3e5 and 1e6) 1.00-1.05, where the merge passes take most of the time: so it stopped at
 256 rows until the plans of 256 or more buffer rows took their blocks in halves
-(:attr:`Plan.part`, :data:`PART_WIRES`), with which it pays there too (2026-12-07, a 2-core
+(:meth:`Plan.part`, :data:`PART_WIRES`), with which it pays there too (2026-12-07, a 2-core
 Xeon, one thread, time over one read, f = n / 5, medians of 7, alternated twice, the same
 outputs: halves with the prefetch against whole blocks without it, the median 2.69-2.82 ->
 2.48-2.57 at 200 x 1e6, 3.35-3.45 -> 3.18-3.34 at 400 x 5e5, 4.60-4.66 -> 4.12-4.25 at
@@ -93,7 +93,7 @@ def _source(size: int, pairs: np.ndarray, part: int = LANES) -> str:
     """Kernel source: groups of up to ``size`` rows sorted by the unrolled network, then merged.
 
     Each block of ``LANES`` coordinates (the unit of ``blk0``, ``blk1`` and ``first_bad``) is
-    taken in parts of ``part`` coordinates (:attr:`Plan.part`), one after the other:
+    taken in parts of ``part`` coordinates (:meth:`Plan.part`), one after the other:
     ``starts[g]:starts[g + 1]`` are the positions in ``rows`` of group g; its sorted values go
     straight to buffer rows ``g * slot ...`` (group rows beyond its count read +inf). The buffer
     rows listed in ``pad`` are set to +inf, then the bitonic passes ``kinds``, ``passes``
@@ -337,12 +337,12 @@ def _load_in_memory(source: str) -> Callable:
 # rows by the same kernels and the groups merged (see :func:`plan`).
 SIZES = (8, 10, 12, 16, 25)
 
-# Coordinates per part of a block (:attr:`Plan.part`): the plans of at least PART_WIRES buffer
-# rows take each block in parts of HALF_PART coordinates, the others in one part. (The merge
-# passes run once per part: with the bitonic passes a whole block of 256 was as fast as or
-# faster than runs of 128 and 64 coordinates from 50 to 1000 rows on an AVX-512 core, runs of
-# 16 and 32 1.5 to 2 times slower; the parts shrink the buffer as well.)
-PART_WIRES = 256
+# Coordinates per part of a block (:meth:`Plan.part`): the plans of at least PART_WIRES[itemsize]
+# buffer rows take each block in parts of HALF_PART coordinates, the others in one part. (The
+# merge passes run once per part: with the bitonic passes a whole block of 256 was as fast as or
+# faster than runs of 128 and 64 coordinates from 50 to 1000 rows on an AVX-512 core, runs of 16
+# and 32 1.5 to 2 times slower; the parts shrink the buffer as well.)
+PART_WIRES = {4: 256, 8: 512}
 HALF_PART = LANES // 2
 
 
@@ -378,27 +378,30 @@ class Plan:
         """The statistic of blocks blk0..blk1-1 of X's rows ``rows`` (see :func:`kernel`)."""
         n = int(self.starts[-1])
         exact_kinds, exact_table = exact_passes(n, read_positions(n, stat, drop))
-        kernel(self.size, self.part)(
+        kernel(self.size, self.part(X.itemsize))(
             X, rows, big, stat, drop, min_k, out, first_bad, blk0, blk1,
             self.starts, self.slot, self.wires, self.pad, self.kinds, self.passes,
             exact_kinds, exact_table, self.two_lists(stat, drop, min_k), self.ahead,
         )
 
-    @property
-    def part(self) -> int:
-        """Coordinates the kernel sorts, merges and reduces at a time: :data:`HALF_PART` for the
-        plans of :data:`PART_WIRES` buffer rows or more (from 129 rows), else a whole block
-        (``LANES``).
+    def part(self, itemsize: int) -> int:
+        """Coordinates the kernel sorts, merges and reduces at a time for values of ``itemsize``
+        bytes: :data:`HALF_PART` for the plans of ``PART_WIRES[itemsize]`` buffer rows or more
+        (float32 from 256, i.e. from 129 rows; float64 from 512, from 257 rows), else a whole
+        block (``LANES``).
 
-        With halves the buffer is half as large (256 wires: 136 KB instead of 270; 1024 wires:
-        544 KB instead of 1.1 MB) while the next group's rows are prefetched into the same L2
-        cache. On a 2-core Xeon (one thread, time over one read, f = n / 5, medians of 7,
-        alternated twice, the same outputs), halves against whole blocks: the median 2.69-2.82
-        -> 2.48-2.57 at 200 x 1e6 (the trimmed mean 2.91-2.94 -> 2.64-2.67, Phocas 3.06-3.08 ->
-        2.83-2.90), 4.60-4.66 -> 4.12-4.25 at 1000 x 1e5; the kernel's group sorts alone (no
-        merge) 1.6 -> 1.3 at 200 rows. Parts of 64 were slower at 200 rows (3.40-3.50), as were
-        halves at 128 rows (2.19-2.21 against 2.08)."""
-        return HALF_PART if self.wires >= PART_WIRES else LANES
+        With halves the buffer is half as large (float32, 256 wires: 136 KB instead of 270;
+        1024 wires: 544 KB instead of 1.1 MB) while the next group's rows are prefetched into the
+        same L2 cache. On a 2-core Xeon (one thread, time over one read, f = n / 5, medians of 7,
+        alternated twice, the same outputs), float32, halves against whole blocks: the median
+        2.69-2.82 -> 2.48-2.57 at 200 x 1e6 (the trimmed mean 2.91-2.94 -> 2.64-2.67, Phocas
+        3.06-3.08 -> 2.83-2.90), 4.60-4.66 -> 4.12-4.25 at 1000 x 1e5; the kernel's group sorts
+        alone (no merge) 1.6 -> 1.3 at 200 rows. Parts of 64 were slower at 200 rows (3.40-3.50),
+        as were halves at 128 rows (2.19-2.21 against 2.08). Float64, against the commit before
+        (ms): halves at 150 and 200 rows 2-5 % slower (200 x 5e5: 208-221 against 205-215), at
+        500 and 1000 rows faster (500 x 5e4: 55.9-58.4 against 59.3-69.5; 1000 x 5e4: 145-150
+        against 154-163), hence halves from 512 wires there."""
+        return HALF_PART if self.wires >= PART_WIRES.get(itemsize, PART_WIRES[8]) else LANES
 
     @property
     def ahead(self) -> bool:

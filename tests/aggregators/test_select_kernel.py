@@ -1049,17 +1049,22 @@ def test_vector_bytes_follows_the_cpu_numba_compiles_for(monkeypatch):
 
 def test_prefetch_and_part_rules_of_the_plans():
     """The grouped kernel prefetches the next group from 3 groups on (not for one network or
-    two groups), and takes its blocks in halves from 256 buffer rows (129 rows) on."""
+    two groups), and takes its blocks in halves from 256 buffer rows (129 rows) on for float32,
+    from 512 (257 rows) for float64."""
     from byzlearn.aggregators import _sortnet
 
+    whole, half = _sortnet.LANES, _sortnet.LANES // 2
     assert not _sortnet.plan(25).ahead  # one network
     assert not _sortnet.plan(50).ahead  # two groups
     for n in (75, 100, 128, 129, 256, 257, 1000):
         assert _sortnet.plan(n).ahead, n
     for n in (25, 50, 100, 128):
-        assert _sortnet.plan(n).part == _sortnet.LANES, n
-    for n in (129, 200, 256, 300, 1000):
-        assert _sortnet.plan(n).wires >= 256 and _sortnet.plan(n).part == _sortnet.LANES // 2, n
+        assert _sortnet.plan(n).part(4) == _sortnet.plan(n).part(8) == whole, n
+    for n in (129, 200, 256):
+        assert _sortnet.plan(n).wires == 256, n
+        assert _sortnet.plan(n).part(4) == half and _sortnet.plan(n).part(8) == whole, n
+    for n in (257, 300, 1000):
+        assert _sortnet.plan(n).part(4) == _sortnet.plan(n).part(8) == half, n
 
 
 @pytest.mark.parametrize("tail", [19, 150], ids=["last block in one part", "in two parts"])
