@@ -39,8 +39,8 @@ kernel at 64, 75, 100, 150, 200 and 256 rows took 0.82-0.93 of the time for the 
 trimmed mean, MeaMed and Phocas (100 rows: 85 -> 73 ns per coordinate for the median, the
 floor 28); at 51 rows (groups of 13) 0.98-1.01; at 300 rows 1.01-1.07, and at 1000 rows
 (d = 3e5 and 1e6) 1.00-1.05, where the merge passes take most of the time: so it stopped at
-256 rows until the plans of 256 or more buffer rows took their blocks in halves
-(:meth:`Plan.part`, :data:`PART_WIRES`), with which it pays there too (2026-12-07, a 2-core
+256 rows until the plans of 256 or more buffer rows (float64: 512) took their blocks in
+halves (:meth:`Plan.part`, :data:`PART_WIRES`), with which it pays there too (2026-12-07, a 2-core
 Xeon, one thread, time over one read, f = n / 5, medians of 7, alternated twice, the same
 outputs: halves with the prefetch against whole blocks without it, the median 2.69-2.82 ->
 2.48-2.57 at 200 x 1e6, 3.35-3.45 -> 3.18-3.34 at 400 x 5e5, 4.60-4.66 -> 4.12-4.25 at
