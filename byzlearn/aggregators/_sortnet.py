@@ -40,12 +40,9 @@ trimmed mean, MeaMed and Phocas (100 rows: 85 -> 73 ns per coordinate for the me
 floor 28); at 51 rows (groups of 13) 0.98-1.01; at 300 rows 1.01-1.07, and at 1000 rows
 (d = 3e5 and 1e6) 1.00-1.05, where the merge passes take most of the time: so it stopped at
 256 rows until the plans of 256 or more buffer rows (float64: 512) took their blocks in
-halves (:meth:`Plan.part`, :data:`PART_WIRES`), with which it pays there too (2026-12-07, a 2-core
-Xeon, one thread, time over one read, f = n / 5, medians of 7, alternated twice, the same
-outputs: halves with the prefetch against whole blocks without it, the median 2.69-2.82 ->
-2.48-2.57 at 200 x 1e6, 3.35-3.45 -> 3.18-3.34 at 400 x 5e5, 4.60-4.66 -> 4.12-4.25 at
-1000 x 1e5, 5.79-5.82 -> 5.47-5.70 at 2000 x 5e4; whole blocks with the prefetch from 257 rows
-were slower, 3.55-3.72 against 3.43-3.50 at 500 x 1e5).
+halves (:meth:`Plan.part`, where the measurements are), with which it pays there too; whole
+blocks with the prefetch from 257 rows were slower (2026-12-07, a 2-core Xeon: 3.55-3.72
+floors against 3.43-3.50 without it at 500 x 1e5).
 """
 
 from __future__ import annotations
