@@ -78,7 +78,7 @@ except ImportError:  # pragma: no cover
 MIN_COLUMNS = 1 << 16
 # Blocks the plain kernel takes after a block the fused kernel could not take.
 _RETRY_BLOCKS = 16
-_GENERATOR_VERSION = 6
+_GENERATOR_VERSION = 7
 # Most rows whose sorted groups the fused kernels merge in registers (64 wires: from 51 rows
 # four groups of 16; the plain kernel against the fused one at 56 rows, the median 2.80 -> 1.38
 # floors, the trimmed mean 3.03 -> 1.53, MeaMed 3.11 -> 1.95, Phocas 3.52 -> 2.08; at 64 rows
@@ -154,7 +154,9 @@ def statistic_lines(n: int, stat: int, drop: int, recip: bool) -> list[str]:
         return lines + _sum_lines(0, n) + _mean_lines(n, recip, _value(0), _value(n - 1))
     if stat in (TRIMMED, CLOSEST_TO_TRIMMED):
         lines += _sum_lines(drop, n - drop)
-        lines += _mean_lines(n - 2 * drop, recip, _value(drop), _value(n - drop - 1))
+        # Phocas' centre is divided, never taken by the reciprocal (see _select._mean)
+        centre_recip = recip and stat == TRIMMED
+        lines += _mean_lines(n - 2 * drop, centre_recip, _value(drop), _value(n - drop - 1))
         if stat == TRIMMED:
             return lines
         lines.append("c = o")

@@ -55,7 +55,7 @@ NUM_WARPS = 4
 # The most rows a kernel takes: beyond one network (25 rows), the CPU's groups merged in
 # registers (:func:`._fused._merged_body`), as far as the CPU kernels merge them.
 MAX_ROWS = _fused.MERGED_MAX_ROWS
-_GENERATOR_VERSION = 5
+_GENERATOR_VERSION = 6
 
 
 @functools.cache

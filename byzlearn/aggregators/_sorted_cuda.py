@@ -8,7 +8,8 @@ Triton program (n padded with +inf to the next power of two ``NP``, ``NP * BD`` 
 program), sorts every coordinate's values with ``tl.sort`` (a bitonic network across the
 program's threads) and takes the statistic right there, as the torch path does on its sorted
 columns (:func:`._select._torch_statistic`): the median from the two middle values, a range mean
-as a masked float64 sum scaled by the float64 reciprocal (float32 inputs) or divided (float64),
+as a masked float64 sum scaled by the float64 reciprocal (float32 inputs) or divided (float64;
+Phocas' centre always, see :func:`._select._mean`),
 clamped to the range's end values; the window of MeaMed and Phocas (the n - drop values closest
 to the centre) found by a binary search for its start (the step test of the torch path and the
 CPU kernels, ``centre - v[s] > v[s + m] - centre``, holds for a prefix of the starts, values
@@ -42,7 +43,7 @@ MAX_ROWS = 1024
 # Values per program (NP rows x BD coordinates), and the program's warps.
 VALUES_PER_PROGRAM = 8192
 NUM_WARPS = 8
-_GENERATOR_VERSION = 2
+_GENERATOR_VERSION = 3
 # The first error of this kernel's launch (then the torch path takes 65-1024 rows for the rest
 # of the process); apart from :mod:`._fused_cuda`'s, whose kernels keep running.
 FAILED: list[str] = []
@@ -95,8 +96,11 @@ def kernel(X, rows, stride, out, flags, d, inf, N: tl.constexpr, NP: tl.constexp
         o, ok = _range_mean(s, pos, first, first + N, low, RECIP)
         fine = fine & ok
     else:
-        if STAT == 1 or STAT == 3:  # the trimmed mean, or its mean as the centre
+        if STAT == 1:  # the trimmed mean
             centre, ok = _range_mean(s, pos, first + DROP, first + (N - DROP), low, RECIP)
+            fine = fine & ok
+        elif STAT == 3:  # the trimmed mean as Phocas' centre: divided (see _select._mean)
+            centre, ok = _range_mean(s, pos, first + DROP, first + (N - DROP), low, False)
             fine = fine & ok
         else:  # the median
             a = _take(s, pos, first + (N - 1) // 2, low)

@@ -68,7 +68,7 @@ LANES = 256
 # 39-47 -> 33 us per block, 500 rows 149-159 -> 126-128, 1000 rows 488-497 -> 329-335 (8 values
 # of padding; 16: 32-33, 127-130, 348-356; 64: 36-37, 142-144, 380-389).
 ROW_PAD = 8
-_GENERATOR_VERSION = 21
+_GENERATOR_VERSION = 22
 # The grouped kernel prefetches (into L2, by software) the rows of the group it sorts next while
 # it sorts one, for plans of at least PREFETCH_MIN_GROUPS groups: from memory, some hundred rows
 # are more streams at once than the hardware prefetchers follow (a group of 25 rows of one block

@@ -136,3 +136,37 @@ def with_missing_values(n: int, d: int, seed: int) -> torch.Tensor:
     X[:5, d // 2 : d // 2 + 3] = float("nan")
     X[n - 1] = float("nan")
     return X
+
+
+# Phocas' centre on exact ties (test_coordinatewise, test_fused and the Triton kernels' tests)
+_TIE_STEPS = (-1.5, -0.5, 0.0, 0.5, 1.5)  # the columns' values around their centre c
+
+
+def tie_case(n: int) -> tuple[int, float]:
+    """(f, c): a trim f <= n // 4 and a centre c (c and c + every step exact in float32) for
+    which c m * (1 / m), m = n - 2f, lies far enough above c in float64 to break the tie
+    between c - 1.5 and c + 1.5 (the division gives c, and a tie)."""
+    gen = np.random.default_rng(0)
+    candidates = [j / 8 for j in range(1, 400)] + gen.standard_normal(20000).tolist()
+    for f in range(1, n // 4 + 1):
+        m = n - 2 * f
+        for c in candidates:
+            c = float(np.float32(c))
+            if not all(float(np.float32(c + t)) == c + t for t in _TIE_STEPS):
+                continue
+            low, high, by_reciprocal = c - 1.5, c + 1.5, (c * m) * (1.0 / m)
+            if (by_reciprocal - low) > (high - by_reciprocal):
+                return f, c
+    raise AssertionError(f"no tie case for n = {n}")
+
+
+def tied_centre_input(n: int, d: int, c: float, seed: int) -> torch.Tensor:
+    """(n, d) float64 columns of n // 4 each of c - 1.5, c - 0.5, c + 0.5 and c + 1.5 (the
+    rest c), shuffled per column: symmetric, so every f-trimmed mean (f <= n // 4) is exactly c,
+    halfway between the two ends, and Phocas' window must break that tie towards the smaller."""
+    q = n // 4
+    column = torch.tensor(
+        [c + t for t in _TIE_STEPS for _ in range(q if t else n - 4 * q)], dtype=torch.float64
+    )
+    gen = torch.Generator().manual_seed(seed)
+    return torch.stack([column[torch.randperm(n, generator=gen)] for _ in range(d)], dim=1)

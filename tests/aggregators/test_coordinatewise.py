@@ -21,6 +21,8 @@ from hypothesis import strategies as st
 
 import byzlearn.aggregators as agg
 from byzlearn.aggregators import _gram
+from byzlearn.aggregators._device import accelerator_path
+from tests.aggregators import tie_case, tied_centre_input
 
 RULES = ("average", "median", "trimmed_mean", "meamed", "phocas")
 ROBUST = ("median", "trimmed_mean", "meamed", "phocas")
@@ -223,6 +225,32 @@ def test_tie_breaking_goes_to_the_smaller_value():
     # without a tie the nearer value wins whatever its side
     X = torch.tensor([[-1.0], [0.0], [1.0], [2.0], [2.9]], dtype=torch.float64)
     assert float(agg.meamed(X, f=1)) == pytest.approx((0.0 + 1.0 + 2.0 + 2.9) / 4)
+
+
+# The plain kernel's paths for Phocas: the grouped kernel in whole blocks (51, 100 rows) and in
+# halves (200, 284, 501), and, with a missing value in the block, the lane-by-lane statistic;
+# the torch path of other devices (the fused kernel: test_fused.py; Triton: test_*_cuda.py).
+@pytest.mark.parametrize("n", [51, 100, 200, 284, 501])
+def test_phocas_centre_is_the_divided_trimmed_mean(n):
+    # Regression: the float32 kernels took the trimmed mean by the reciprocal, one unit of
+    # float64 above the centre for these m = n - 2f, and their window left out the lowest
+    # values instead of the highest (1.72 against 1.28 at 284 rows of the integers 0..3, f =
+    # 37): another output than the same values in float64 and than the reference. Found by a
+    # random search against the references.
+    f, c = tie_case(n)
+    X64 = tied_centre_input(n, 300, c, seed=n)
+    X64[n // 2, 290] = float("nan")  # a missing value: its block goes lane by lane
+    q = n // 4
+    expected = (n * c - (c + 1.5) * f) / (n - f)  # the f highest values left out
+    outputs = {}
+    for dtype in (torch.float32, torch.float64):
+        X = X64.to(dtype)
+        outputs[dtype] = out = agg.phocas(X, f=f)
+        assert_matches_reference(out, X, "phocas", f)
+        assert out[:256].double().sub(expected).abs().max() < 1e-6, (dtype, n, f, c, q)
+        with accelerator_path():  # the other devices' torch path, on the CPU
+            assert torch.equal(agg.phocas(X, f=f), out), (dtype, n, f)
+    assert torch.equal(outputs[torch.float32].double(), outputs[torch.float64].float().double())
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -15,6 +15,7 @@ import torch
 
 from byzlearn.aggregators import _fused, _sortnet
 from byzlearn.aggregators import _select as sel
+from tests.aggregators import tie_case, tied_centre_input
 
 LANES = _sortnet.LANES
 D = LANES * 37 + 45  # several blocks and a short last one
@@ -142,6 +143,19 @@ def test_groups_merge_in_registers_on_hosts_that_do(monkeypatch):
     assert not _fused.applies(40, sel.CLOSEST_TO_MEDIAN, 8, 1, 1 << 20, np.float32)
     assert not _fused.applies(51, sel.MEDIAN, 10, 1, 1 << 20, np.float32)
     assert _fused.applies(50, sel.TRIMMED, 10, 1, 1 << 20, np.float32)
+
+
+def test_phocas_centre_on_exact_ties_is_the_plain_kernels(monkeypatch):
+    # the fused kernel's Phocas centre is divided, as the plain kernel's: taken by the
+    # reciprocal, its unit of float64 above the exact centre moved the window across a tie
+    # (test_coordinatewise.test_phocas_centre_is_the_divided_trimmed_mean); 51 rows, f = 1
+    monkeypatch.setattr(_sortnet, "REGISTER_MERGE", True)
+    f, c = tie_case(51)
+    X = tied_centre_input(51, 300, c, seed=3).float()
+    (plain, _), (fused, _) = both_paths(X, sel.CLOSEST_TO_TRIMMED, f, None, monkeypatch)
+    assert torch.equal(bits(fused), bits(plain))
+    expected = (51 * c - (c + 1.5) * f) / (51 - f)  # the f highest values left out
+    assert fused.double().sub(expected).abs().max() < 1e-6
 
 
 def test_fused_kernel_on_a_subset_of_rows_as_bulyan_calls_it(monkeypatch):

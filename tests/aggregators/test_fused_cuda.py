@@ -20,6 +20,8 @@ from tests.aggregators import (
     cpu_and_triton,
     forbid_torch_path,
     needs_triton,
+    tie_case,
+    tied_centre_input,
     with_missing_values,
 )
 
@@ -43,6 +45,19 @@ def test_same_bits_as_the_cpu_kernels(monkeypatch, stat: int, n: int, dtype) -> 
             continue
         cpu, other = cpu_and_triton(X, stat, drop)
         assert torch.equal(other, cpu), (stat, n, drop, (other - cpu).abs().max())
+
+
+@needs_triton
+def test_phocas_centre_on_exact_ties(monkeypatch) -> None:
+    # Phocas' centre divided, never by the reciprocal (see _select._mean): on a centre halfway
+    # between two values the window keeps the smaller, as on the CPU (51 rows: merged groups)
+    n = 51
+    f, c = tie_case(n)
+    X = tied_centre_input(n, 300, c, seed=2).float()
+    forbid_torch_path(monkeypatch)
+    cpu, other = cpu_and_triton(X, _select.CLOSEST_TO_TRIMMED, f)
+    assert torch.equal(other, cpu)
+    assert other.double().sub((n * c - (c + 1.5) * f) / (n - f)).abs().max() < 1e-6
 
 
 @needs_triton

@@ -20,6 +20,8 @@ from tests.aggregators import (
     cpu_and_triton,
     forbid_torch_path,
     needs_triton,
+    tie_case,
+    tied_centre_input,
     with_missing_values,
 )
 
@@ -71,6 +73,19 @@ def test_the_cpu_kernels_values_beyond(monkeypatch, n: int, stat: int, drop: int
     forbid_torch_path(monkeypatch)
     cpu, other = cpu_and_triton(X, stat, drop)
     _assert_agree(other, cpu, stat)
+
+
+@needs_triton
+def test_phocas_centre_on_exact_ties(monkeypatch) -> None:
+    # Phocas' centre divided, never by the reciprocal (see _select._mean): on a centre halfway
+    # between two values the window keeps the smaller, as on the CPU
+    n = 100
+    f, c = tie_case(n)
+    X = tied_centre_input(n, _sorted_cuda.block_columns(n), c, seed=1).float()
+    forbid_torch_path(monkeypatch)
+    cpu, other = cpu_and_triton(X, _select.CLOSEST_TO_TRIMMED, f)
+    assert torch.equal(other, cpu)
+    assert other.double().sub((n * c - (c + 1.5) * f) / (n - f)).abs().max() < 1e-6
 
 
 @needs_triton
