@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -60,9 +61,14 @@ def ref_clip(X, c) -> np.ndarray:
     return out
 
 
+def ref_arc_k(n: int, f: int) -> int:
+    """ARC's k = floor(2 (f/n) (n - f)), in exact rational arithmetic."""
+    return math.floor(Fraction(2 * f * (n - f), n))
+
+
 def ref_arc(X, f) -> np.ndarray:
     n = len(X)
-    k = math.floor(2 * (f / n) * (n - f))
+    k = ref_arc_k(n, f)
     norms = ref_norms(X)
     order = sorted(range(n), key=lambda i: (-norms[i], i))
     out = X.astype(np.float64).copy()
@@ -266,7 +272,7 @@ def test_arc_reference(n, f):
     out = agg.arc(X, f=f)
     np.testing.assert_allclose(out, ref_arc(X, f), rtol=1e-12)
     # norm properties: at most k norms changed, all clipped to the (k+1)-th largest norm
-    k = math.floor(2 * (f / n) * (n - f))
+    k = ref_arc_k(n, f)
     norms, new = ref_norms(X), ref_norms(out)
     if k:
         limit = np.sort(norms)[::-1][k]
@@ -274,6 +280,18 @@ def test_arc_reference(n, f):
     assert int(np.sum(np.abs(new - norms) > 1e-12 * norms)) <= k
     if f == 0:
         np.testing.assert_array_equal(out, X)
+
+
+@pytest.mark.parametrize(("n", "f", "k"), [(121, 66, 60), (150, 105, 63), (242, 33, 57)])
+def test_arc_clips_exactly_k_inputs_where_the_float_formula_falls_short(n, f, k):
+    # 2 * (f / n) * (n - f) evaluates just below these integers in float64 (56.99999999999999 at
+    # n = 242, f = 33): k must be counted in integers (regression: one input fewer was clipped)
+    assert ref_arc_k(n, f) == k
+    X = make_X(n + f, n, 3)  # distinct norms
+    out = agg.arc(X, f=f)
+    changed = np.abs(ref_norms(out) - ref_norms(X)) > 1e-12 * ref_norms(X)
+    assert int(changed.sum()) == min(k, n - 1)
+    np.testing.assert_allclose(out, ref_arc(X, f), rtol=1e-12)
 
 
 def test_arc_rotation_scaling_and_bad_rows():
