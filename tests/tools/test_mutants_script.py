@@ -4,27 +4,15 @@ still apply to the code (an edit that moves their text fails here, not in a late
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.tools import ROOT, load_tool
 
-
-def _tool():
-    spec = importlib.util.spec_from_file_location("mutants_tool", ROOT / "tools" / "mutants.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("mutants_tool", module)  # (its dataclasses look their module up)
-    spec.loader.exec_module(module)
-    return module
-
-
-mutants = _tool()
+mutants = load_tool("mutants")
 
 
 @pytest.fixture
