@@ -15,7 +15,7 @@ kernel
 
 1. writes the centred active rows, chunk by chunk (each chunk centred on its own ``m``), into a
    small buffer ``C`` (padded with zero rows to a multiple of 3, of 4 from ``BIG_TILE_ROWS`` rows
-   on: :func:`padded_rows`; 64-byte aligned; it stays in the
+   on, AVX-512 hosts only: :func:`padded_rows`; 64-byte aligned; it stays in the
    L1/L2 cache), adding ``c_i . m`` and ``|m|^2`` on the way, and flags the rows holding a
    non-finite value in the block (their buffer rows are zeroed: they are missing, the caller
    marks them bad);
@@ -209,9 +209,13 @@ FUSED_MAX_ROWS = 27
 # bound + floor)): Krum 32 rows 1.56-1.60 -> 1.47-1.51, 50 rows 1.49 -> 1.45-1.46, 64 rows
 # 1.37-1.40 -> 1.32-1.33, 100 rows 1.35-1.38 -> 1.23-1.24; Multi-Krum and the geometric median
 # 2-9 % likewise. Hosts with 16 vector registers (AVX2), where 21 live vectors spill, keep
-# 3 x 3 up to 127 rows (not measured there).
+# 3 x 3 at every row count the tiles take (up to ``BLAS_MIN_ROWS``): until 2026-12-08 they took
+# 4 x 4 from 128 rows, unmeasured there; on a 2-core AMD EPYC (Zen 3, AVX2, 512 KB L2), Krum,
+# one thread, 4 x 4 against 3 x 3 in separate processes alternated twice (ms, medians of five):
+# 132 x 1e6 466-580 against 335-405, 200 x 1e6 1131-1284 against 807-909, 300 x 3e5 791-950
+# against 530-711 (hot buffers: see docs/performance.md, 2026-12-08).
 BIG_TILE = 4
-BIG_TILE_ROWS = FUSED_MAX_ROWS + 1 if _AVX512 else 128
+BIG_TILE_ROWS = FUSED_MAX_ROWS + 1 if _AVX512 else 1 << 62
 # ``_gram_block``'s ``mode``: the buffer, fused spans of the buffer's width, or long ones too.
 BUFFER, FUSED, FUSED_LONG = 0, 1, 2
 FUSED_CENTRING = FUSED_LONG if _ZEN else FUSED

@@ -219,7 +219,7 @@ def test_tile_buffer_is_aligned_and_zero(dtype, shape):
 def test_both_tile_shapes_match_float64_products(active, chunks, dtype):
     """The 3 x 3 and the 4 x 4 tiles each give the upper triangle of C C^T over the active rows
     (every host compiles both: AVX-512 takes 4 x 4 from ``BIG_TILE_ROWS`` buffer rows, hosts
-    with 16 vector registers only from 128); what the padding rows' products hold is not read.
+    with 16 vector registers never); what the padding rows' products hold is not read.
     At 401 rows of 1024 coordinates the 4 x 4 tiles take the rows in bands (``BAND_BYTES``:
     two in float32, three in float64)."""
     rng = np.random.default_rng(active)
