@@ -10,8 +10,8 @@ chunk falls back to the mean. Any per-chunk centre gives valid statistics: the c
 matrix is then the vector made of the chunk centres.
 
 Small n (:func:`gram_blocks`): for each pass over ``tile_lanes(rows, nbytes)`` coordinates (two
-chunks of ``LANES``; four from 28 rows on, and for an input that fits in the last-level cache) the
-kernel
+chunks of ``LANES``; four from 28 rows on and for an input that fits in the last-level cache,
+off AMD's Zen cores) the kernel
 
 1. writes the centred active rows, chunk by chunk (each chunk centred on its own ``m``), into a
    small buffer ``C`` (padded with zero rows to a multiple of 3, of 4 from ``BIG_TILE_ROWS`` rows
@@ -98,8 +98,9 @@ TILE = 3
 _ZEN = separate_add_pipes()
 _AVX512 = vector_bytes() >= 64
 # Coordinates per pass of the tiles: two chunks (512) below 28 buffer rows, four (1024) from 28 rows
-# on, where the buffer is in L2 anyway (1.5 MB at 383 rows; beyond, ``BAND_BYTES``). Longer passes
-# amortise each tile's reductions (float32 sums of 512 or 1024 products, then added in float64).
+# on (off AMD's Zen cores: ``_WIDE_WHEN_MANY``), where the buffer is in L2 anyway (1.5 MB at 383
+# rows; beyond, ``BAND_BYTES``). Longer passes amortise each tile's reductions (float32 sums of
+# 512 or 1024 products, then added in float64).
 # Each row is centred in one loop per pass (its chunks' centres side by side). Measured in the Gram
 # pass (medoid, f = n/5, d = 1e6, one AVX-512 core, A/B in one process, min of 5-7): on a host
 # with a 48 KB L1 and a 2 MB L2, 512 -> 1024: 34 rows 22.5 -> 24.3 ms, 50 rows 40.5 -> 42.2, 64 rows
@@ -269,11 +270,23 @@ if njit is not None:
 
 def tile_lanes(rows: int, nbytes: int | None = None) -> int:
     """Coordinates per pass of the tiles for this many buffer rows (a multiple of LANES), on an
-    input of ``nbytes`` bytes where given: the widest from ``_MANY_ROWS`` buffer rows on, or for
-    an input in the last-level cache off AMD's Zen cores (see ``_TILE_LANES_WIDE``)."""
-    if rows >= _MANY_ROWS or (nbytes is not None and _wide_in_cache(nbytes)):
+    input of ``nbytes`` bytes where given: off AMD's Zen cores the widest from ``_MANY_ROWS``
+    buffer rows on, or for an input in the last-level cache (see ``_TILE_LANES_WIDE``)."""
+    if (rows >= _MANY_ROWS and _WIDE_WHEN_MANY) or (nbytes is not None and _wide_in_cache(nbytes)):
         return _TILE_LANES_WIDEST
     return _TILE_LANES_WIDE
+
+
+# Whether ``_MANY_ROWS`` buffer rows or more take the widest passes on this host: not on AMD's
+# Zen cores, whose 512 KB L2 cache holds a buffer of 1024 float32 coordinates only up to 128
+# rows (and 512 were faster from 50 rows on too). The tiles alone on a hot 64-byte aligned
+# buffer, one thread, a 2-core EPYC (Zen 3), useful multiply-adds/s: 1024 coordinates 24-25 G
+# from 64 to 380 rows, 512 coordinates 27-32 G from 64 to 300 rows (torch's sgemm 25-35 G);
+# end to end, Krum, the two widths alternated four times in one process (ms, min-median):
+# 50 x 1e6 59-60 -> 53-55, 100 x 1e6 187-191 -> 174-182, 150 x 1e6 414-416 -> 396-398, 200 x
+# 1e6 740-845 -> 760-769; a second run 150 x 1e6 436-457 -> 401-441, 200 x 1e6 681-754 ->
+# 680-713, the geometric median 2-4 % likewise, 30 rows the same (2026-12-08).
+_WIDE_WHEN_MANY = not _ZEN
 
 
 # Whether an input in the last-level cache takes the widest passes on this host (not on AMD's

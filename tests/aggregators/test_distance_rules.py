@@ -614,8 +614,12 @@ def test_geometric_median_sees_identical_rows_as_one_point(n, f, d, seed):
     Y = X.astype(np.float64)
     honest = Y[:h] - Y[-1]
     assert np.linalg.norm((honest / np.linalg.norm(honest, axis=1)[:, None]).sum(0)) < f
+    # Whether the identical rows' distances come out a few units apart or exactly zero depends
+    # on the rounding of the host's pass (apart on the AVX-512 Xeons these draws were found on;
+    # on a Zen 3 EPYC, with its own tile widths and centring, the 25- and 59-row draws' are
+    # exactly zero): the output must be the attack vector either way.
     D = Inputs.from_matrix(torch.from_numpy(X)).sqdist().numpy()
-    assert D[h:, h:].max() > 0  # identical rows, distances not all exactly zero
+    assert np.all(D[h:, h:] <= 1e-6 * D.max())
     out = agg.geometric_median(torch.from_numpy(X), f=f)
     assert torch.equal(out, torch.from_numpy(X[-1]))
 

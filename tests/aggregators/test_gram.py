@@ -185,18 +185,21 @@ def test_kernel_pass_matches_float64_products(dtype, mode, n, in_cache, monkeypa
         (False, 300 << 20, (300 << 20) + 1, 27, 2),  # from memory: two chunks
         (False, None, 1 << 10, 9, 2),  # the cache's size unknown
         (True, 300 << 20, 1 << 10, 9, 2),  # AMD's Zen cores: not measured, as before
-        (True, 300 << 20, 1 << 40, 28, 4),  # many rows: the widest everywhere
+        (False, 300 << 20, 1 << 40, 28, 4),  # many rows: the widest
+        (True, 300 << 20, 1 << 40, 28, 2),  # AMD's Zen cores: two chunks there too
+        (True, None, None, 400, 2),
         (False, None, None, 30, 4),
         (False, 300 << 20, None, 27, 2),  # no size given
     ],
 )
 def test_tile_width_from_rows_and_cache(zen, cache, nbytes, rows, expected, monkeypatch):
-    """Coordinates per pass of the tiles: four chunks from ``_MANY_ROWS`` buffer rows on, and
-    for fewer rows where the input fits in the last-level cache (off AMD's Zen cores); two
+    """Coordinates per pass of the tiles: off AMD's Zen cores four chunks from ``_MANY_ROWS``
+    buffer rows on, and for fewer rows where the input fits in the last-level cache; two
     otherwise."""
     from byzlearn.aggregators import _simd
 
     monkeypatch.setattr(_gram_kernel, "_WIDE_WHEN_CACHED", not zen)
+    monkeypatch.setattr(_gram_kernel, "_WIDE_WHEN_MANY", not zen)
     monkeypatch.setattr(_simd, "last_level_cache_bytes", lambda: cache)
     assert _gram_kernel.tile_lanes(rows, nbytes) == expected * _gram_kernel.LANES
     block = _gram.kernel_block_size(rows, rows, nbytes)
